@@ -1,0 +1,1 @@
+//! Examples of embedding remexec; see the `examples` targets.

@@ -1,0 +1,52 @@
+//! [`MemoryActionCache`]: action results in RAM, least recently used evicted beyond a budget.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use prost::Message;
+use remexec_core::reapi::ActionResult;
+use remexec_core::{ActionCache, Digest, Result};
+
+use crate::key::Key;
+use crate::lru_index::LruIndex;
+
+/// An in-memory [`ActionCache`] bounded by the encoded size of its results.
+#[derive(Debug)]
+pub struct MemoryActionCache {
+    index: Mutex<LruIndex<Key, ActionResult>>,
+}
+
+impl MemoryActionCache {
+    /// A cache holding at most `budget` bytes of encoded results.
+    pub fn new(budget: u64) -> Self {
+        Self { index: Mutex::new(LruIndex::new(budget)) }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[async_trait]
+impl ActionCache for MemoryActionCache {
+    async fn get(&self, instance: &str, action: Digest) -> Result<Option<ActionResult>> {
+        Ok(lock(&self.index).get(&Key::new(instance, action)).cloned())
+    }
+
+    async fn put(&self, instance: &str, action: Digest, result: ActionResult) -> Result<()> {
+        let cost = result.encoded_len() as u64 + 128;
+        lock(&self.index).insert(Key::new(instance, action), cost, result);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn conformance() {
+        remexec_core::testing::action_cache_conformance(Arc::new(MemoryActionCache::new(1 << 20))).await;
+    }
+}

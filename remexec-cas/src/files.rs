@@ -1,0 +1,218 @@
+//! [`FileTable`]: files on disk keyed by [`Key`], written atomically, evicted LRU by bytes, and
+//! re-indexed from disk at start. The disk blob store and the disk action cache build on it.
+//!
+//! Layout: `{root}/{namespace as 32 hex}/{function}/{first 2 hex}/{hash}-{size}`, plus
+//! `{root}/tmp/` for uploads in progress, which is emptied at start.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use futures::StreamExt;
+use remexec_core::{ChunkStream, Digest, DigestFunction, Error, Result};
+use tokio::io::AsyncWriteExt;
+
+use crate::key::Key;
+use crate::lru_index::LruIndex;
+
+/// Checks a re-indexed file: given its key and length, keep it?
+pub(crate) type Check = fn(&Key, u64) -> bool;
+
+#[derive(Debug)]
+pub(crate) struct FileTable {
+    root: PathBuf,
+    tmp: PathBuf,
+    sync: bool,
+    index: Mutex<LruIndex<Key, ()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+}
+
+impl FileTable {
+    /// Opens (creating if needed) the table at `root` and rebuilds its index from disk.
+    pub(crate) async fn open(root: &Path, budget: u64, sync: bool, check: Check) -> Result<Arc<Self>> {
+        let root = root.to_path_buf();
+        blocking(move || {
+            let tmp = root.join("tmp");
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(format!("clearing {}", tmp.display()), e))?;
+            }
+            std::fs::create_dir_all(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+            let mut found = Vec::new();
+            scan(&root, check, &mut found)?;
+            found.sort_by_key(|(mtime, _, _)| *mtime);
+            let mut index = LruIndex::new(budget);
+            for (_, key, len) in found {
+                index.insert_unbounded(key, len, ());
+            }
+            let table = Self { root, tmp, sync, index: Mutex::new(LruIndex::new(budget)) };
+            for (key, ()) in index.evict_to_budget() {
+                table.remove_file(&key);
+            }
+            tracing::info!(root = %table.root.display(), entries = index.len(), bytes = index.bytes(), "disk index rebuilt");
+            *lock(&table.index) = index;
+            Ok(Arc::new(table))
+        })
+        .await
+    }
+
+    pub(crate) fn path(&self, key: &Key) -> PathBuf {
+        let hex = key.digest.hash_hex();
+        self.root
+            .join(format!("{:032x}", key.ns))
+            .join(key.digest.function().name())
+            .join(&hex[..2])
+            .join(format!("{hex}-{}", key.digest.size()))
+    }
+
+    fn remove_file(&self, key: &Key) {
+        let path = self.path(key);
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "could not delete evicted file");
+            }
+        }
+    }
+
+    pub(crate) fn budget(&self) -> u64 {
+        lock(&self.index).budget()
+    }
+
+    /// Bytes and entries indexed now.
+    pub(crate) fn usage(&self) -> (u64, usize) {
+        let index = lock(&self.index);
+        (index.bytes(), index.len())
+    }
+
+    /// Whether the key is present; marks it as recently used.
+    pub(crate) fn touch(&self, key: &Key) -> bool {
+        lock(&self.index).touch(key)
+    }
+
+    /// Runs `f` with the index locked, for batch lookups.
+    pub(crate) fn with_index<T>(&self, f: impl FnOnce(&mut dyn FnMut(&Key) -> bool) -> T) -> T {
+        let mut index = lock(&self.index);
+        f(&mut |k| index.touch(k))
+    }
+
+    /// Writes `data` under `key`. With `expected_len`, a stream of another length fails with
+    /// `InvalidArgument`. The file becomes visible only once complete (and fsynced if `sync`).
+    pub(crate) async fn write(self: &Arc<Self>, key: Key, mut data: ChunkStream, expected_len: Option<u64>) -> Result<()> {
+        let tmp_dir = self.tmp.clone();
+        let temp = blocking(move || {
+            tempfile::Builder::new()
+                .prefix("up-")
+                .tempfile_in(&tmp_dir)
+                .map_err(|e| Error::io(format!("creating a temporary file in {}", tmp_dir.display()), e))
+        })
+        .await?;
+        let std_file = temp.as_file().try_clone().map_err(|e| Error::io("cloning a file handle", e))?;
+        let mut file = tokio::fs::File::from_std(std_file);
+        let mut written = 0u64;
+        let digest = key.digest;
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk?;
+            written += chunk.len() as u64;
+            if expected_len.is_some_and(|n| written > n) {
+                return Err(crate::store::size_mismatch(digest, written, false));
+            }
+            file.write_all(&chunk).await.map_err(|e| Error::io(format!("writing {}", temp.path().display()), e))?;
+        }
+        if expected_len.is_some_and(|n| written != n) {
+            return Err(crate::store::size_mismatch(digest, written, true));
+        }
+        file.flush().await.map_err(|e| Error::io("flushing an upload", e))?;
+        if self.sync {
+            file.sync_all().await.map_err(|e| Error::io("syncing an upload", e))?;
+        }
+        drop(file);
+        let table = Arc::clone(self);
+        blocking(move || table.commit(key, temp, written)).await
+    }
+
+    /// Renames the finished temp file into place and indexes it, evicting as needed. Done under
+    /// the index lock so that eviction and insertion of the same key cannot interleave.
+    fn commit(&self, key: Key, temp: tempfile::NamedTempFile, len: u64) -> Result<()> {
+        let path = self.path(&key);
+        let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        {
+            let mut index = lock(&self.index);
+            temp.persist(&path).map_err(|e| Error::io(format!("renaming into {}", path.display()), e.error))?;
+            for (evicted, ()) in index.insert(key, len, ()) {
+                if evicted != key {
+                    self.remove_file(&evicted);
+                }
+            }
+        }
+        if self.sync {
+            std::fs::File::open(&parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io(format!("syncing {}", parent.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Opens the file for `key`, if present with length accepted by `check`.
+    pub(crate) async fn open_read(&self, key: &Key, check: Check) -> Result<Option<(tokio::fs::File, u64)>> {
+        if !self.touch(key) {
+            return Ok(None);
+        }
+        let path = self.path(key);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                lock(&self.index).remove(key);
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+        };
+        let len = file.metadata().await.map_err(|e| Error::io(format!("stat {}", path.display()), e))?.len();
+        if !check(key, len) {
+            tracing::error!(path = %path.display(), len, "stored file has the wrong length; dropping it");
+            lock(&self.index).remove(key);
+            self.remove_file(key);
+            return Ok(None);
+        }
+        Ok(Some((file, len)))
+    }
+}
+
+/// Finds every well-named file under `root`, as `(mtime, key, len)`.
+fn scan(root: &Path, check: Check, out: &mut Vec<(SystemTime, Key, u64)>) -> Result<()> {
+    let read = |p: &Path| std::fs::read_dir(p).map_err(|e| Error::io(format!("listing {}", p.display()), e));
+    for ns_entry in read(root)?.flatten() {
+        let Some(ns) = ns_entry.file_name().to_str().and_then(|n| u128::from_str_radix(n, 16).ok()) else { continue };
+        for fn_entry in read(&ns_entry.path())?.flatten() {
+            let Some(function) = fn_entry.file_name().to_str().and_then(DigestFunction::from_name) else { continue };
+            for prefix in read(&fn_entry.path())?.flatten() {
+                for file in read(&prefix.path())?.flatten() {
+                    let name = file.file_name();
+                    let parsed = name.to_str().and_then(|n| n.split_once('-')).and_then(|(h, s)| {
+                        Digest::from_hex(function, h, s.parse().ok()?).ok()
+                    });
+                    let (Some(digest), Ok(meta)) = (parsed, file.metadata()) else {
+                        tracing::warn!(path = %file.path().display(), "ignoring unexpected file in the store");
+                        continue;
+                    };
+                    let key = Key { ns, digest };
+                    if !meta.is_file() || !check(&key, meta.len()) {
+                        tracing::warn!(path = %file.path().display(), "removing damaged file from the store");
+                        let _ = std::fs::remove_file(file.path());
+                        continue;
+                    }
+                    out.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), key, meta.len()));
+                }
+            }
+        }
+    }
+    Ok(())
+}

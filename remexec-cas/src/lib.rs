@@ -1,0 +1,43 @@
+//! Content-addressable storage and action cache for remexec.
+//!
+//! - [`store`]: [`BlobStore`](remexec_core::BlobStore) backends ([`MemoryStore`],
+//!   [`DiskStore`]) and wrappers ([`VerifyingStore`]).
+//! - [`ac`]: [`ActionCache`](remexec_core::ActionCache) backends ([`MemoryActionCache`],
+//!   [`DiskActionCache`]) and the [`CompletenessCheckingCache`] wrapper.
+//! - [`service`]: the REAPI Capabilities, ContentAddressableStorage, ByteStream and ActionCache
+//!   gRPC services, which an embedder mounts in its own tonic server.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use remexec_cas::{CacheServices, CompletenessCheckingCache, MemoryActionCache, MemoryStore};
+//! use remexec_core::{BlobStore, BlobStoreExt, DigestFunction};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> remexec_core::Result<()> {
+//! let store: Arc<dyn BlobStore> = Arc::new(MemoryStore::new(64 << 20));
+//! let ac = Arc::new(CompletenessCheckingCache::new(Arc::new(MemoryActionCache::new(16 << 20)), store.clone()));
+//! let digest = DigestFunction::Sha256.digest_of(b"hello");
+//! store.put_bytes("", digest, "hello".into()).await?;
+//! assert!(store.contains("", digest).await?);
+//!
+//! // Mount the REAPI services in any tonic server:
+//! let routes = CacheServices::new(store, ac).into_routes();
+//! let _server = tonic::transport::Server::builder().add_routes(routes);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod ac;
+mod files;
+mod key;
+mod lru_index;
+pub mod service;
+pub mod store;
+
+pub use ac::completeness::CompletenessCheckingCache;
+pub use ac::disk::DiskActionCache;
+pub use ac::memory::MemoryActionCache;
+pub use service::{CacheServices, Limits};
+pub use store::disk::{DiskStore, DiskStoreOptions};
+pub use store::memory::MemoryStore;
+pub use store::verifying::VerifyingStore;

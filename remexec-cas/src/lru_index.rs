@@ -1,0 +1,116 @@
+//! A least-recently-used index bounded by total bytes, shared by the memory and disk backends.
+
+use std::hash::Hash;
+
+use lru::LruCache;
+
+/// Entries keyed by `K`, each with a cost in bytes; the total stays within a budget.
+#[derive(Debug)]
+pub(crate) struct LruIndex<K: Hash + Eq, V> {
+    entries: LruCache<K, (u64, V)>,
+    bytes: u64,
+    budget: u64,
+}
+
+impl<K: Hash + Eq + Clone, V> LruIndex<K, V> {
+    pub(crate) fn new(budget: u64) -> Self {
+        Self {
+            entries: LruCache::unbounded(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    pub(crate) fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Looks up and marks as recently used.
+    pub(crate) fn get(&mut self, key: &K) -> Option<&V> {
+        self.entries.get(key).map(|(_, v)| v)
+    }
+
+    /// Whether the key is present; marks it as recently used.
+    pub(crate) fn touch(&mut self, key: &K) -> bool {
+        self.entries.get(key).is_some()
+    }
+
+    /// Inserts or replaces, then evicts least recently used entries (never the new one) until
+    /// the total fits. Returns what was replaced or evicted.
+    pub(crate) fn insert(&mut self, key: K, cost: u64, value: V) -> Vec<(K, V)> {
+        let mut removed = Vec::new();
+        if let Some((old_cost, old)) = self.entries.put(key.clone(), (cost, value)) {
+            self.bytes -= old_cost;
+            removed.push((key.clone(), old));
+        }
+        self.bytes += cost;
+        while self.bytes > self.budget {
+            match self.entries.peek_lru() {
+                Some((k, _)) if *k == key => break,
+                Some(_) => {}
+                None => break,
+            }
+            if let Some((k, (c, v))) = self.entries.pop_lru() {
+                self.bytes -= c;
+                removed.push((k, v));
+            }
+        }
+        removed
+    }
+
+    /// Adds an entry as the least recently used one (for rebuilding an index oldest-first is
+    /// not needed: insert in age order instead). Does not evict.
+    pub(crate) fn insert_unbounded(&mut self, key: K, cost: u64, value: V) {
+        if let Some((old_cost, _)) = self.entries.put(key, (cost, value)) {
+            self.bytes -= old_cost;
+        }
+        self.bytes += cost;
+    }
+
+    /// Evicts least recently used entries until the total fits.
+    pub(crate) fn evict_to_budget(&mut self) -> Vec<(K, V)> {
+        let mut removed = Vec::new();
+        while self.bytes > self.budget {
+            let Some((k, (c, v))) = self.entries.pop_lru() else { break };
+            self.bytes -= c;
+            removed.push((k, v));
+        }
+        removed
+    }
+
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
+        let (cost, v) = self.entries.pop(key)?;
+        self.bytes -= cost;
+        Some(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_least_recent_within_budget() {
+        let mut idx = LruIndex::new(10);
+        assert!(idx.insert("a", 4, ()).is_empty());
+        assert!(idx.insert("b", 4, ()).is_empty());
+        assert!(idx.touch(&"a"));
+        let evicted: Vec<_> = idx.insert("c", 4, ()).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(evicted, vec!["b"]);
+        assert_eq!(idx.bytes(), 8);
+        // An entry larger than the budget stays alone rather than evicting itself.
+        let evicted = idx.insert("huge", 20, ());
+        assert_eq!(evicted.len(), 2);
+        assert_eq!(idx.len(), 1);
+        assert_eq!(idx.remove(&"huge"), Some(()));
+        assert_eq!(idx.bytes(), 0);
+    }
+}

@@ -1,0 +1,129 @@
+//! The ActionCache service.
+
+use bytes::Bytes;
+use remexec_core::reapi::ActionResult;
+use remexec_core::{BlobStore, BlobStoreExt, Digest, DigestFunction, Error, Result};
+use remexec_proto::reapi::action_cache_server::ActionCache as ActionCacheRpc;
+use remexec_proto::reapi::{GetActionResultRequest, UpdateActionResultRequest};
+use tonic::{Request, Response, Status};
+
+use super::{CacheServices, request_scope, respond};
+
+/// The ActionCache service. Build it with [`CacheServices::action_cache`].
+#[derive(Debug, Clone)]
+pub struct ActionCacheService {
+    services: CacheServices,
+}
+
+/// Inlines one blob if it fits the remaining budget and is in the CAS.
+async fn inline(store: &dyn BlobStore, instance: &str, digest: Digest, budget: &mut u64) -> Result<Option<Vec<u8>>> {
+    if digest.size() > *budget {
+        return Ok(None);
+    }
+    let data = if digest.is_empty_blob() { Some(Bytes::new()) } else { store.get_bytes(instance, digest, *budget).await? };
+    Ok(data.map(|d| {
+        *budget -= d.len() as u64;
+        d.to_vec()
+    }))
+}
+
+/// Moves inlined bytes into the CAS, leaving digests only, so stored results are canonical.
+async fn outline(store: &dyn BlobStore, instance: &str, function: DigestFunction, raw: &mut Vec<u8>) -> Result<Option<Digest>> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let data = Bytes::from(std::mem::take(raw));
+    let digest = function.digest_of(&data);
+    store.put_bytes(instance, digest, data).await?;
+    Ok(Some(digest))
+}
+
+impl ActionCacheService {
+    pub(crate) fn new(services: CacheServices) -> Self {
+        Self { services }
+    }
+
+    async fn get(&self, req: GetActionResultRequest) -> Result<ActionResult> {
+        let function = request_scope(&req.instance_name, req.digest_function)?;
+        let action = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
+        let instance = req.instance_name.as_str();
+        let mut result = self
+            .services
+            .ac
+            .get(instance, action)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no cached result for action {action}")))?;
+        let store = self.services.store.as_ref();
+        let mut budget = self.services.limits.max_inline_size;
+        if req.inline_stdout {
+            if let Some(d) = &result.stdout_digest {
+                if let Some(raw) = inline(store, instance, Digest::from_proto(function, d)?, &mut budget).await? {
+                    result.stdout_raw = raw;
+                }
+            }
+        }
+        if req.inline_stderr {
+            if let Some(d) = &result.stderr_digest {
+                if let Some(raw) = inline(store, instance, Digest::from_proto(function, d)?, &mut budget).await? {
+                    result.stderr_raw = raw;
+                }
+            }
+        }
+        for file in &mut result.output_files {
+            if !req.inline_output_files.contains(&file.path) {
+                continue;
+            }
+            let digest = Digest::from_field(function, file.digest.as_ref(), "output file digest")?;
+            if let Some(raw) = inline(store, instance, digest, &mut budget).await? {
+                file.contents = raw;
+            }
+        }
+        Ok(result)
+    }
+
+    async fn update(&self, req: UpdateActionResultRequest) -> Result<ActionResult> {
+        let function = request_scope(&req.instance_name, req.digest_function)?;
+        let action = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
+        let mut result = req.action_result.ok_or_else(|| Error::invalid("action_result is missing"))?;
+        let instance = req.instance_name.as_str();
+        let store = self.services.store.as_ref();
+        for file in &mut result.output_files {
+            remexec_core::merkle::validate_output_path(&file.path)?;
+            let digest = Digest::from_field(function, file.digest.as_ref(), &format!("output file {:?} digest", file.path))?;
+            if !file.contents.is_empty() {
+                let stored = outline(store, instance, function, &mut file.contents).await?;
+                if stored != Some(digest) {
+                    return Err(Error::invalid(format!("contents of output file {:?} do not match its digest", file.path)));
+                }
+            }
+        }
+        for dir in &result.output_directories {
+            remexec_core::merkle::validate_output_path(&dir.path)?;
+            Digest::from_field(function, dir.tree_digest.as_ref(), &format!("output directory {:?} tree_digest", dir.path))?;
+        }
+        for (raw, digest, name) in [
+            (&mut result.stdout_raw, &mut result.stdout_digest, "stdout_digest"),
+            (&mut result.stderr_raw, &mut result.stderr_digest, "stderr_digest"),
+        ] {
+            if let Some(d) = digest.as_ref() {
+                Digest::from_proto(function, d).map_err(|e| Error::invalid(format!("{name}: {e}")))?;
+            }
+            if let Some(stored) = outline(store, instance, function, raw).await? {
+                *digest = Some(stored.to_proto());
+            }
+        }
+        self.services.ac.put(instance, action, result.clone()).await?;
+        Ok(result)
+    }
+}
+
+#[tonic::async_trait]
+impl ActionCacheRpc for ActionCacheService {
+    async fn get_action_result(&self, request: Request<GetActionResultRequest>) -> Result<Response<ActionResult>, Status> {
+        respond(self.get(request.into_inner()).await)
+    }
+
+    async fn update_action_result(&self, request: Request<UpdateActionResultRequest>) -> Result<Response<ActionResult>, Status> {
+        respond(self.update(request.into_inner()).await)
+    }
+}

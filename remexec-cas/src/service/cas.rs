@@ -1,0 +1,217 @@
+//! The ContentAddressableStorage service.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use prost::Message;
+use remexec_core::merkle::walk_tree;
+use remexec_core::{BlobStoreExt, Compressor, Digest, DigestFunction, Error, Result, ok_rpc_status};
+use remexec_proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
+use remexec_proto::reapi::{
+    BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse,
+    FindMissingBlobsRequest, FindMissingBlobsResponse, GetChunkMappingRequest, GetChunkMappingResponse,
+    GetTreeRequest, GetTreeResponse, RegisterChunkMappingRequest, RegisterChunkMappingResponse,
+    SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse, batch_read_blobs_response,
+    batch_update_blobs_response,
+};
+use tonic::{Request, Response, Status};
+
+use super::compression::{compress_bytes, decompress_bytes};
+use super::{CacheServices, request_scope, respond};
+
+/// Byte size at which a GetTree page is closed even if it has fewer than `page_size` entries.
+const TREE_PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// The REAPI ContentAddressableStorage service. Build it with [`CacheServices::cas`].
+#[derive(Debug, Clone)]
+pub struct CasService {
+    services: CacheServices,
+}
+
+fn parse_digests(function: DigestFunction, digests: &[remexec_proto::reapi::Digest]) -> Result<Vec<Digest>> {
+    digests.iter().map(|d| Digest::from_proto(function, d)).collect()
+}
+
+impl CasService {
+    pub(crate) fn new(services: CacheServices) -> Self {
+        Self { services }
+    }
+
+    async fn find_missing(&self, req: FindMissingBlobsRequest) -> Result<FindMissingBlobsResponse> {
+        let function = request_scope(&req.instance_name, req.digest_function)?;
+        let mut digests = parse_digests(function, &req.blob_digests)?;
+        digests.retain(|d| !d.is_empty_blob());
+        let missing = self.services.store.find_missing(&req.instance_name, &digests).await?;
+        Ok(FindMissingBlobsResponse { missing_blob_digests: missing.iter().map(Digest::to_proto).collect() })
+    }
+
+    fn check_batch_size(&self, total: u64, what: &str) -> Result<()> {
+        let limit = self.services.limits.max_batch_total_size;
+        if total > limit {
+            return Err(Error::invalid(format!(
+                "{what} totals {total} bytes, over the {limit}-byte max_batch_total_size_bytes; use ByteStream"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn batch_update(&self, req: BatchUpdateBlobsRequest) -> Result<BatchUpdateBlobsResponse> {
+        let function = request_scope(&req.instance_name, req.digest_function)?;
+        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
+        self.check_batch_size(total, "BatchUpdateBlobs request")?;
+        let instance = req.instance_name.as_str();
+        let store = &self.services.store;
+        let puts = req.requests.into_iter().map(|r| async move {
+            let digest_proto = r.digest.clone();
+            let outcome: Result<()> = async {
+                let digest = Digest::from_field(function, r.digest.as_ref(), "digest")?;
+                let compressor = Compressor::from_proto(r.compressor)?;
+                let data = decompress_bytes(compressor, Bytes::from(r.data), digest)?;
+                if digest.is_empty_blob() {
+                    return if data.is_empty() { Ok(()) } else { Err(Error::invalid("data given for the empty digest")) };
+                }
+                store.put_bytes(instance, digest, data).await
+            }
+            .await;
+            batch_update_blobs_response::Response {
+                digest: digest_proto,
+                status: Some(outcome.map_or_else(|e| e.to_rpc_status(), |()| ok_rpc_status())),
+            }
+        });
+        let responses = futures::future::join_all(puts).await;
+        Ok(BatchUpdateBlobsResponse { responses })
+    }
+
+    async fn batch_read(&self, req: BatchReadBlobsRequest) -> Result<BatchReadBlobsResponse> {
+        let function = request_scope(&req.instance_name, req.digest_function)?;
+        let digests = parse_digests(function, &req.digests)?;
+        self.check_batch_size(digests.iter().map(Digest::size).sum(), "BatchReadBlobs request")?;
+        let compressor = if req.acceptable_compressors.contains(&Compressor::Zstd.to_proto()) {
+            Compressor::Zstd
+        } else {
+            Compressor::Identity
+        };
+        let instance = req.instance_name.as_str();
+        let store = &self.services.store;
+        let reads = digests.into_iter().map(|digest| async move {
+            let outcome: Result<Bytes> = async {
+                if digest.is_empty_blob() {
+                    return Ok(Bytes::new());
+                }
+                store
+                    .get_bytes(instance, digest, u64::MAX)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the CAS")))
+            }
+            .await;
+            let (data, status, used) = match outcome.and_then(|data| Ok((compress_bytes(compressor, data)?, compressor))) {
+                Ok((data, used)) => (data, ok_rpc_status(), used),
+                Err(e) => (Bytes::new(), e.to_rpc_status(), Compressor::Identity),
+            };
+            batch_read_blobs_response::Response {
+                digest: Some(digest.to_proto()),
+                data: data.to_vec(),
+                compressor: used.to_proto(),
+                status: Some(status),
+            }
+        });
+        Ok(BatchReadBlobsResponse { responses: futures::future::join_all(reads).await })
+    }
+
+    async fn tree_pages(self, req: GetTreeRequest) -> Result<BoxStream<'static, Result<GetTreeResponse, Status>>> {
+        let function = request_scope(&req.instance_name, req.digest_function)?;
+        let root = Digest::from_field(function, req.root_digest.as_ref(), "root_digest")?;
+        let max_page = self.services.limits.max_tree_page_size;
+        let page_size = match req.page_size {
+            n if n < 0 => return Err(Error::invalid(format!("page_size {n} is negative"))),
+            0 => max_page,
+            n => (n as usize).min(max_page),
+        };
+        let offset: usize = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token
+                .parse()
+                .map_err(|_| Error::invalid(format!("page_token {:?} was not issued by this server", req.page_token)))?
+        };
+        let instance = req.instance_name;
+        // Fetch the first page eagerly so that a missing or invalid root fails the call itself.
+        let (first, more) = self.tree_page(&instance, root, offset, page_size).await?;
+        let stream = futures::stream::unfold(Some(Ok((first, more, offset))), move |state| {
+            let this = self.clone();
+            let instance = instance.clone();
+            async move {
+                let (response, more, offset) = match state? {
+                    Ok(page) => page,
+                    Err(status) => return Some((Err(status), None)),
+                };
+                let next = if more {
+                    let offset = offset + response.directories.len();
+                    match this.tree_page(&instance, root, offset, page_size).await {
+                        Ok((page, more)) => Some(Ok((page, more, offset))),
+                        Err(e) => Some(Err(Status::from(e))),
+                    }
+                } else {
+                    None
+                };
+                Some((Ok(response), next))
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn tree_page(&self, instance: &str, root: Digest, offset: usize, page_size: usize) -> Result<(GetTreeResponse, bool)> {
+        let (entries, mut more) = walk_tree(self.services.store.as_ref(), instance, root, offset, page_size).await?;
+        let mut directories = Vec::with_capacity(entries.len());
+        let mut bytes = 0;
+        for entry in entries {
+            bytes += entry.directory.encoded_len();
+            directories.push(entry.directory);
+            if bytes > TREE_PAGE_BYTES {
+                more = true;
+                break;
+            }
+        }
+        let next_page_token = if more { (offset + directories.len()).to_string() } else { String::new() };
+        Ok((GetTreeResponse { directories, next_page_token }, more))
+    }
+}
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for CasService {
+    async fn find_missing_blobs(&self, request: Request<FindMissingBlobsRequest>) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        respond(self.find_missing(request.into_inner()).await)
+    }
+
+    async fn batch_update_blobs(&self, request: Request<BatchUpdateBlobsRequest>) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        respond(self.batch_update(request.into_inner()).await)
+    }
+
+    async fn batch_read_blobs(&self, request: Request<BatchReadBlobsRequest>) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        respond(self.batch_read(request.into_inner()).await)
+    }
+
+    type GetTreeStream = BoxStream<'static, Result<GetTreeResponse, Status>>;
+
+    async fn get_tree(&self, request: Request<GetTreeRequest>) -> Result<Response<Self::GetTreeStream>, Status> {
+        respond(self.clone().tree_pages(request.into_inner()).await)
+    }
+
+    async fn split_blob(&self, _: Request<SplitBlobRequest>) -> Result<Response<SplitBlobResponse>, Status> {
+        Err(Error::Unimplemented("SplitBlob is not supported (split_blob_support is false)".into()).into())
+    }
+
+    type GetChunkMappingStream = BoxStream<'static, Result<GetChunkMappingResponse, Status>>;
+
+    async fn get_chunk_mapping(&self, _: Request<GetChunkMappingRequest>) -> Result<Response<Self::GetChunkMappingStream>, Status> {
+        Err(Error::Unimplemented("GetChunkMapping is not supported".into()).into())
+    }
+
+    async fn splice_blob(&self, _: Request<SpliceBlobRequest>) -> Result<Response<SpliceBlobResponse>, Status> {
+        Err(Error::Unimplemented("SpliceBlob is not supported".into()).into())
+    }
+
+    async fn register_chunk_mapping(&self, _: Request<tonic::Streaming<RegisterChunkMappingRequest>>) -> Result<Response<RegisterChunkMappingResponse>, Status> {
+        Err(Error::Unimplemented("RegisterChunkMapping is not supported".into()).into())
+    }
+}

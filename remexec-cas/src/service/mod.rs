@@ -1,0 +1,135 @@
+//! The REAPI gRPC services over a [`BlobStore`] and an [`ActionCache`].
+//!
+//! [`CacheServices`] builds them all; each service can also be mounted on its own in an
+//! embedder's tonic server.
+
+mod action_cache;
+mod bytestream;
+mod capabilities;
+mod cas;
+mod compression;
+
+use std::sync::Arc;
+
+use remexec_core::{ActionCache, BlobStore, DigestFunction, Error, Result, validate_instance_name};
+
+pub use action_cache::ActionCacheService;
+pub use bytestream::ByteStreamService;
+pub use capabilities::{CapabilitiesService, HIGH_API_VERSION, LOW_API_VERSION};
+pub use cas::CasService;
+
+use remexec_proto::google::bytestream::byte_stream_server::ByteStreamServer;
+use remexec_proto::reapi::action_cache_server::ActionCacheServer;
+use remexec_proto::reapi::capabilities_server::CapabilitiesServer;
+use remexec_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+
+use crate::store::verifying::VerifyingStore;
+
+/// Limits the services enforce and advertise.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest total of blob bytes in one BatchUpdateBlobs or BatchReadBlobs (advertised as
+    /// `max_batch_total_size_bytes`).
+    pub max_batch_total_size: u64,
+    /// Largest gRPC message accepted; a little above the batch limit so that an oversized batch
+    /// gets a clear `INVALID_ARGUMENT` instead of a transport error.
+    pub max_message_size: usize,
+    /// Most bytes of stdout, stderr and output files inlined into one GetActionResult reply.
+    pub max_inline_size: u64,
+    /// Most directories in one GetTree page.
+    pub max_tree_page_size: usize,
+    /// How long an interrupted ByteStream upload waits to be resumed.
+    pub upload_resume_window: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_batch_total_size: 4 * 1024 * 1024,
+            max_message_size: 8 * 1024 * 1024,
+            max_inline_size: 1024 * 1024,
+            max_tree_page_size: 1000,
+            upload_resume_window: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// All the cache services of one server, sharing a store, an action cache and limits.
+///
+/// Writes through these services are always hash-verified: the store is wrapped in a
+/// [`VerifyingStore`].
+#[derive(Clone, Debug)]
+pub struct CacheServices {
+    pub(crate) store: Arc<dyn BlobStore>,
+    pub(crate) ac: Arc<dyn ActionCache>,
+    pub(crate) limits: Limits,
+}
+
+impl CacheServices {
+    /// Services over `store` (verified on write) and `ac`, with default limits.
+    pub fn new(store: Arc<dyn BlobStore>, ac: Arc<dyn ActionCache>) -> Self {
+        Self {
+            store: Arc::new(VerifyingStore::new(store)),
+            ac,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Replaces the limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The Capabilities service (cache-only, until an execution service is added).
+    pub fn capabilities(&self) -> CapabilitiesServer<CapabilitiesService> {
+        CapabilitiesServer::new(CapabilitiesService::new(self.limits.clone()))
+    }
+
+    /// The ContentAddressableStorage service.
+    pub fn cas(&self) -> ContentAddressableStorageServer<CasService> {
+        ContentAddressableStorageServer::new(CasService::new(self.clone()))
+            .max_decoding_message_size(self.limits.max_message_size)
+            .max_encoding_message_size(self.limits.max_message_size)
+    }
+
+    /// The ByteStream service.
+    pub fn byte_stream(&self) -> ByteStreamServer<ByteStreamService> {
+        ByteStreamServer::new(ByteStreamService::new(self.clone()))
+            .max_decoding_message_size(self.limits.max_message_size)
+            .max_encoding_message_size(self.limits.max_message_size)
+    }
+
+    /// The ActionCache service.
+    pub fn action_cache(&self) -> ActionCacheServer<ActionCacheService> {
+        ActionCacheServer::new(ActionCacheService::new(self.clone()))
+            .max_decoding_message_size(self.limits.max_message_size)
+            .max_encoding_message_size(self.limits.max_message_size)
+    }
+
+    /// All four services as tonic routes, ready for `Server::builder().add_routes(...)` or to
+    /// merge with an embedder's own services.
+    pub fn into_routes(self) -> tonic::service::Routes {
+        tonic::service::Routes::new(self.capabilities())
+            .add_service(self.cas())
+            .add_service(self.byte_stream())
+            .add_service(self.action_cache())
+    }
+}
+
+/// Validates a request's instance name and digest function.
+pub(crate) fn request_scope(instance: &str, digest_function: i32) -> Result<DigestFunction> {
+    validate_instance_name(instance)?;
+    DigestFunction::from_proto(digest_function)
+}
+
+/// Converts a core result into a tonic response.
+pub(crate) fn respond<T>(result: Result<T>) -> Result<tonic::Response<T>, tonic::Status> {
+    result.map(tonic::Response::new).map_err(|e: Error| {
+        if e.code() == tonic::Code::Internal {
+            tracing::error!(error = %e, "request failed");
+        }
+        e.into()
+    })
+}

@@ -1,0 +1,179 @@
+//! [`DiskStore`]: blobs as files on local disk.
+//!
+//! - Each blob is written to a temporary file, fsynced, then renamed into place, so a
+//!   half-written blob is never visible, even after a crash.
+//! - An in-memory index, rebuilt by scanning the directory at start, answers lookups without
+//!   touching the disk and evicts least recently used blobs beyond the byte budget.
+//! - Concurrent writers of the same digest each write their own temporary file; the renames are
+//!   atomic, so readers see one complete copy.
+//! - Blobs stream through in chunks; none is held whole in memory.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use remexec_core::{BlobStore, ChunkStream, Digest, Error, ReadRange, Result};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::files::FileTable;
+use crate::key::Key;
+
+/// Size of the chunks a read yields.
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// Options for [`DiskStore::open`].
+#[derive(Clone, Debug)]
+pub struct DiskStoreOptions {
+    /// Most bytes of blob content kept; older blobs are evicted beyond it.
+    pub budget: u64,
+    /// fsync each blob and its directory before acknowledging it (on by default). Turning it off
+    /// keeps crash safety against process kills but not against power loss.
+    pub sync: bool,
+}
+
+impl Default for DiskStoreOptions {
+    fn default() -> Self {
+        Self { budget: 10 << 30, sync: true }
+    }
+}
+
+/// A [`BlobStore`] on local disk. See the module docs for its guarantees.
+#[derive(Debug, Clone)]
+pub struct DiskStore {
+    files: Arc<FileTable>,
+}
+
+fn length_matches(key: &Key, len: u64) -> bool {
+    key.digest.size() == len
+}
+
+impl DiskStore {
+    /// Opens the store rooted at `root`, creating it if needed and re-indexing what is there.
+    pub async fn open(root: impl AsRef<Path>, options: DiskStoreOptions) -> Result<Self> {
+        let files = FileTable::open(root.as_ref(), options.budget, options.sync, length_matches).await?;
+        Ok(Self { files })
+    }
+
+    /// `(bytes, blobs)` currently stored.
+    pub fn usage(&self) -> (u64, usize) {
+        self.files.usage()
+    }
+}
+
+#[async_trait]
+impl BlobStore for DiskStore {
+    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let ns = crate::key::namespace(instance);
+        Ok(self.files.with_index(|present| {
+            digests.iter().filter(|d| !present(&Key { ns, digest: **d })).copied().collect()
+        }))
+    }
+
+    async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
+        let key = Key::new(instance, digest);
+        if self.files.touch(&key) {
+            return Ok(());
+        }
+        let budget = self.files.budget();
+        if digest.size() > budget {
+            return Err(Error::ResourceExhausted(format!(
+                "blob {digest} is larger than the disk store's {budget}-byte budget"
+            )));
+        }
+        self.files.write(key, data, Some(digest.size())).await
+    }
+
+    async fn get(&self, instance: &str, digest: Digest, range: ReadRange) -> Result<Option<ChunkStream>> {
+        let key = Key::new(instance, digest);
+        let Some((mut file, len)) = self.files.open_read(&key, length_matches).await? else {
+            return Ok(None);
+        };
+        let (offset, take) = range.resolve(len)?;
+        if offset > 0 {
+            file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| Error::io("seeking a blob", e))?;
+        }
+        let reader = file.take(take);
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK)
+            .map(|r| r.map_err(|e| Error::io("reading a blob", e)));
+        Ok(Some(stream.boxed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use remexec_core::testing::{blob_store_conformance, chunked, content};
+    use remexec_core::{BlobStoreExt, DigestFunction};
+
+    fn opts(budget: u64) -> DiskStoreOptions {
+        DiskStoreOptions { budget, sync: true }
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        blob_store_conformance(Arc::new(DiskStore::open(dir.path(), opts(1 << 30)).await.unwrap())).await;
+    }
+
+    #[tokio::test]
+    async fn survives_restart_and_evicts_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs: Vec<_> = (0..4).map(|i| content(i, 1000)).collect();
+        let digests: Vec<_> = blobs.iter().map(|b| DigestFunction::Sha256.digest_of(b)).collect();
+        {
+            let store = DiskStore::open(dir.path(), opts(10_000)).await.unwrap();
+            for (b, d) in blobs.iter().zip(&digests) {
+                store.put("inst", *d, chunked(b.clone(), 300)).await.unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        // Leftover temp files from a crash are cleared at start.
+        std::fs::write(dir.path().join("tmp").join("up-partial"), b"half").unwrap();
+        let store = DiskStore::open(dir.path(), opts(10_000)).await.unwrap();
+        assert_eq!(store.usage(), (4000, 4));
+        assert!(store.find_missing("inst", &digests).await.unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        for (b, d) in blobs.iter().zip(&digests) {
+            assert_eq!(store.get_bytes("inst", *d, u64::MAX).await.unwrap().as_deref(), Some(&b[..]));
+        }
+        drop(store);
+        // Re-opening with a smaller budget evicts the oldest blobs first.
+        let store = DiskStore::open(dir.path(), opts(2_500)).await.unwrap();
+        assert_eq!(store.find_missing("inst", &digests).await.unwrap(), digests[..2].to_vec());
+        // And further puts evict least recently used.
+        store.get_bytes("inst", digests[2], u64::MAX).await.unwrap();
+        let extra = content(99, 1000);
+        let ed = DigestFunction::Sha256.digest_of(&extra);
+        store.put_bytes("inst", ed, extra).await.unwrap();
+        assert_eq!(store.find_missing("inst", &[digests[2], digests[3], ed]).await.unwrap(), vec![digests[3]]);
+        assert!(store.usage().0 <= 2_500);
+    }
+
+    #[tokio::test]
+    async fn damaged_files_are_dropped_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = content(5, 500);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        let store = DiskStore::open(dir.path(), opts(1 << 20)).await.unwrap();
+        store.put_bytes("", d, data).await.unwrap();
+        let path = store.files.path(&Key::new("", d));
+        std::fs::write(&path, b"truncated").unwrap();
+        assert!(store.get("", d, ReadRange::ALL).await.unwrap().is_none());
+        drop(store);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"truncated").unwrap();
+        let store = DiskStore::open(dir.path(), opts(1 << 20)).await.unwrap();
+        assert_eq!(store.find_missing("", &[d]).await.unwrap(), vec![d]);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn rejects_blob_over_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), opts(100)).await.unwrap();
+        let data = content(1, 200);
+        let err = store.put_bytes("", DigestFunction::Sha256.digest_of(&data), data).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    }
+}

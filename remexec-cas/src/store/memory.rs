@@ -1,0 +1,97 @@
+//! [`MemoryStore`]: blobs in RAM, least recently used evicted beyond a byte budget.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use remexec_core::{BlobStore, ChunkStream, Digest, Error, ReadRange, Result};
+
+use super::read_exact_len;
+use crate::key::Key;
+use crate::lru_index::LruIndex;
+
+/// An in-memory [`BlobStore`] bounded by bytes.
+#[derive(Debug)]
+pub struct MemoryStore {
+    index: Mutex<LruIndex<Key, Bytes>>,
+}
+
+impl MemoryStore {
+    /// A store that holds at most `budget` bytes of blob content.
+    pub fn new(budget: u64) -> Self {
+        Self {
+            index: Mutex::new(LruIndex::new(budget)),
+        }
+    }
+
+    /// Bytes currently held.
+    pub fn bytes(&self) -> u64 {
+        lock(&self.index).bytes()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[async_trait]
+impl BlobStore for MemoryStore {
+    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let mut index = lock(&self.index);
+        Ok(digests
+            .iter()
+            .filter(|d| !index.touch(&Key::new(instance, **d)))
+            .copied()
+            .collect())
+    }
+
+    async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
+        let budget = lock(&self.index).budget();
+        if digest.size() > budget {
+            return Err(Error::ResourceExhausted(format!(
+                "blob {digest} is larger than the memory store's {budget}-byte budget"
+            )));
+        }
+        let bytes = read_exact_len(data, digest).await?;
+        lock(&self.index).insert(Key::new(instance, digest), digest.size(), bytes);
+        Ok(())
+    }
+
+    async fn get(&self, instance: &str, digest: Digest, range: ReadRange) -> Result<Option<ChunkStream>> {
+        let Some(bytes) = lock(&self.index).get(&Key::new(instance, digest)).cloned() else {
+            return Ok(None);
+        };
+        let (offset, len) = range.resolve(bytes.len() as u64)?;
+        let slice = bytes.slice(offset as usize..(offset + len) as usize);
+        Ok(Some(futures::stream::once(async { Ok(slice) }).boxed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use remexec_core::testing::{blob_store_conformance, content};
+    use remexec_core::{BlobStoreExt, DigestFunction};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn conformance() {
+        blob_store_conformance(Arc::new(MemoryStore::new(64 << 20))).await;
+    }
+
+    #[tokio::test]
+    async fn evicts_beyond_budget() {
+        let store = MemoryStore::new(250);
+        let blobs: Vec<_> = (0..3).map(|i| content(i, 100)).collect();
+        let digests: Vec<_> = blobs.iter().map(|b| DigestFunction::Sha256.digest_of(b)).collect();
+        for (b, d) in blobs.iter().zip(&digests) {
+            store.put_bytes("", *d, b.clone()).await.unwrap();
+        }
+        assert_eq!(store.find_missing("", &digests).await.unwrap(), vec![digests[0]]);
+        assert!(store.bytes() <= 250);
+        let too_big = content(9, 300);
+        let err = store.put_bytes("", DigestFunction::Sha256.digest_of(&too_big), too_big).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    }
+}

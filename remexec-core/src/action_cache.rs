@@ -1,0 +1,39 @@
+//! The [`ActionCache`] trait: results of actions, keyed by action digest.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
+
+use crate::{Digest, Result};
+
+/// A map from `(instance name, action digest)` to `ActionResult`.
+///
+/// # Contract
+/// - **Namespaces.** Each instance name is its own namespace, and digests of different functions
+///   never alias.
+/// - **Misses.** [`get`](ActionCache::get) returns `Ok(None)` for an unknown action. `Err` means
+///   the cache failed.
+/// - **Last writer wins.** [`put`](ActionCache::put) replaces any earlier entry atomically: a
+///   reader sees the old or the new result, never a mix or a torn entry.
+/// - **No judgement.** The cache stores what it is given. Whether outputs still exist in the CAS
+///   is a wrapper's business (see the completeness-checking cache in `remexec-cas`).
+#[async_trait]
+pub trait ActionCache: Send + Sync + Debug + 'static {
+    /// The cached result of `action`, if any.
+    async fn get(&self, instance: &str, action: Digest) -> Result<Option<ActionResult>>;
+
+    /// Records `result` as the result of `action`.
+    async fn put(&self, instance: &str, action: Digest, result: ActionResult) -> Result<()>;
+}
+
+#[async_trait]
+impl<T: ActionCache + ?Sized> ActionCache for Arc<T> {
+    async fn get(&self, instance: &str, action: Digest) -> Result<Option<ActionResult>> {
+        (**self).get(instance, action).await
+    }
+    async fn put(&self, instance: &str, action: Digest, result: ActionResult) -> Result<()> {
+        (**self).put(instance, action, result).await
+    }
+}

@@ -1,0 +1,151 @@
+//! The [`BlobStore`] trait: where content-addressed blobs live.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{BoxStream, StreamExt};
+
+use crate::{Digest, Error, Result};
+
+/// A stream of chunks of one blob. An `Err` item aborts whatever consumes it.
+pub type ChunkStream = BoxStream<'static, Result<Bytes>>;
+
+/// Which part of a blob to read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadRange {
+    /// First byte to return.
+    pub offset: u64,
+    /// Most bytes to return; `None` reads to the end.
+    pub limit: Option<u64>,
+}
+
+impl ReadRange {
+    /// The whole blob.
+    pub const ALL: ReadRange = ReadRange {
+        offset: 0,
+        limit: None,
+    };
+
+    /// Checks the range against a blob of `size` bytes and returns `(offset, length)`.
+    pub fn resolve(self, size: u64) -> Result<(u64, u64)> {
+        if self.offset > size {
+            return Err(Error::OutOfRange(format!(
+                "read offset {} is past the end of a {size}-byte blob",
+                self.offset
+            )));
+        }
+        let available = size - self.offset;
+        Ok((self.offset, self.limit.map_or(available, |l| l.min(available))))
+    }
+}
+
+/// A store of blobs addressed by `(instance name, digest)`.
+///
+/// # Contract
+/// - **Namespaces.** Each instance name is its own namespace: a blob put under one instance is
+///   not visible under another. Digests of different functions never alias.
+/// - **Atomic puts.** [`put`](BlobStore::put) makes the blob visible only after the whole stream
+///   was consumed without an `Err` item and its length equals `digest.size()`. A failed or
+///   abandoned put leaves nothing visible, and never damages a blob already stored.
+/// - **Trust.** A store may trust that the content hashes to the digest; wrap it in a verifying
+///   store to check. Stores do check the length and fail with `InvalidArgument` on a mismatch.
+/// - **Misses.** [`get`](BlobStore::get) returns `Ok(None)` for a blob it does not hold;
+///   [`find_missing`](BlobStore::find_missing) lists them. `Err` means the store failed.
+/// - **Ranges.** An offset past the end is `OutOfRange`; an offset equal to the size gives an
+///   empty stream.
+/// - **Idempotence.** Putting a blob that exists succeeds, concurrently too.
+/// - **The empty blob** need not be stored; the gRPC services answer for it.
+#[async_trait]
+pub trait BlobStore: Send + Sync + Debug + 'static {
+    /// Returns the digests from `digests` that this store does not hold, in input order.
+    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>>;
+
+    /// Stores the blob whose content `data` yields.
+    async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()>;
+
+    /// Streams `range` of a blob, or `Ok(None)` if the store does not hold it.
+    async fn get(
+        &self,
+        instance: &str,
+        digest: Digest,
+        range: ReadRange,
+    ) -> Result<Option<ChunkStream>>;
+}
+
+#[async_trait]
+impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
+    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        (**self).find_missing(instance, digests).await
+    }
+    async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
+        (**self).put(instance, digest, data).await
+    }
+    async fn get(
+        &self,
+        instance: &str,
+        digest: Digest,
+        range: ReadRange,
+    ) -> Result<Option<ChunkStream>> {
+        (**self).get(instance, digest, range).await
+    }
+}
+
+/// Convenience methods for every [`BlobStore`].
+#[async_trait]
+pub trait BlobStoreExt: BlobStore {
+    /// Stores a blob held in memory.
+    async fn put_bytes(&self, instance: &str, digest: Digest, data: Bytes) -> Result<()> {
+        self.put(instance, digest, futures::stream::once(async { Ok(data) }).boxed())
+            .await
+    }
+
+    /// Reads a whole blob into memory, refusing blobs larger than `max_size`.
+    async fn get_bytes(&self, instance: &str, digest: Digest, max_size: u64) -> Result<Option<Bytes>> {
+        if digest.size() > max_size {
+            return Err(Error::ResourceExhausted(format!(
+                "blob {digest} is larger than the {max_size}-byte limit for in-memory reads"
+            )));
+        }
+        let Some(stream) = self.get(instance, digest, ReadRange::ALL).await? else {
+            return Ok(None);
+        };
+        collect_chunks(stream, digest.size()).await.map(Some)
+    }
+
+    /// Whether the store holds the blob (the empty blob always counts as held).
+    async fn contains(&self, instance: &str, digest: Digest) -> Result<bool> {
+        if digest.is_empty_blob() {
+            return Ok(true);
+        }
+        Ok(self.find_missing(instance, &[digest]).await?.is_empty())
+    }
+}
+
+impl<T: BlobStore + ?Sized> BlobStoreExt for T {}
+
+/// Concatenates a chunk stream into one buffer, preallocating `size_hint` bytes.
+pub async fn collect_chunks(mut stream: ChunkStream, size_hint: u64) -> Result<Bytes> {
+    let first = match stream.next().await {
+        None => return Ok(Bytes::new()),
+        Some(chunk) => chunk?,
+    };
+    if first.len() as u64 >= size_hint {
+        if let Some(next) = stream.next().await {
+            let mut buf = BytesMut::from(&first[..]);
+            buf.extend_from_slice(&next?);
+            while let Some(chunk) = stream.next().await {
+                buf.extend_from_slice(&chunk?);
+            }
+            return Ok(buf.freeze());
+        }
+        return Ok(first);
+    }
+    let mut buf = BytesMut::with_capacity(usize::try_from(size_hint).unwrap_or(0));
+    buf.extend_from_slice(&first);
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk?);
+    }
+    Ok(buf.freeze())
+}

@@ -1,0 +1,46 @@
+//! Core types and traits of remexec, a Remote Execution API v2 server.
+//!
+//! This crate holds what every other remexec crate shares and depends on no other remexec
+//! crate:
+//! - [`Digest`] and [`DigestFunction`] (SHA-256 and BLAKE3) with streaming hashers;
+//! - ByteStream resource names ([`ReadResource`], [`WriteResource`]) and instance names;
+//! - Merkle helpers for `Directory` and `Tree` messages ([`merkle`]);
+//! - the [`BlobStore`] and [`ActionCache`] traits that storage backends implement;
+//! - the [`enum@Error`] enum, whose [`Error::code`] is the one place gRPC codes are chosen;
+//! - with the `testing` feature, conformance suites that every backend runs.
+//!
+//! ```
+//! use remexec_core::{Digest, DigestFunction, ReadResource};
+//!
+//! let digest = DigestFunction::Sha256.digest_of(b"hello");
+//! assert_eq!(digest.size(), 5);
+//! let name = format!("my/instance/blobs/{digest}");
+//! let parsed = ReadResource::parse(&name)?;
+//! assert_eq!(parsed.instance, "my/instance");
+//! assert_eq!(parsed.blob.digest, digest);
+//! assert_eq!(parsed.to_string(), name);
+//! assert!(Digest::parse(DigestFunction::Sha256, "abc/-1").is_err());
+//! # Ok::<(), remexec_core::Error>(())
+//! ```
+
+mod action_cache;
+mod blob_store;
+mod digest;
+mod error;
+pub mod merkle;
+mod resource;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use action_cache::ActionCache;
+pub use blob_store::{BlobStore, BlobStoreExt, ChunkStream, ReadRange, collect_chunks};
+pub use digest::{Digest, DigestFunction, Hasher};
+pub use error::{Error, Result, ok_rpc_status};
+pub use resource::{
+    BlobRef, Compressor, RESERVED_SEGMENTS, ReadResource, WriteResource, validate_instance_name,
+};
+
+/// The REAPI, ByteStream, longrunning and google.rpc types this crate's API uses.
+pub use bazel_remote_apis as apis;
+/// Shorthand for the REAPI v2 module.
+pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
