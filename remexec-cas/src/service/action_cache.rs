@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use remexec_core::reapi::ActionResult;
-use remexec_core::{BlobStore, BlobStoreExt, Digest, DigestFunction, Error, Result};
+use remexec_core::{BlobStore, BlobStoreExt, Digest, Error, Result};
 use remexec_proto::reapi::action_cache_server::ActionCache as ActionCacheRpc;
 use remexec_proto::reapi::{GetActionResultRequest, UpdateActionResultRequest};
 use tonic::{Request, Response, Status};
@@ -25,17 +25,6 @@ async fn inline(store: &dyn BlobStore, instance: &str, digest: Digest, budget: &
         *budget -= d.len() as u64;
         d.to_vec()
     }))
-}
-
-/// Moves inlined bytes into the CAS, leaving digests only, so stored results are canonical.
-async fn outline(store: &dyn BlobStore, instance: &str, function: DigestFunction, raw: &mut Vec<u8>) -> Result<Option<Digest>> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    let data = Bytes::from(std::mem::take(raw));
-    let digest = function.digest_of(&data);
-    store.put_bytes(instance, digest, data).await?;
-    Ok(Some(digest))
 }
 
 impl ActionCacheService {
@@ -84,34 +73,24 @@ impl ActionCacheService {
     async fn update(&self, req: UpdateActionResultRequest) -> Result<ActionResult> {
         let function = request_scope(&req.instance_name, req.digest_function)?;
         let action = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
-        let mut result = req.action_result.ok_or_else(|| Error::invalid("action_result is missing"))?;
-        let instance = req.instance_name.as_str();
-        let store = self.services.store.as_ref();
-        for file in &mut result.output_files {
+        let result = req.action_result.ok_or_else(|| Error::invalid("action_result is missing"))?;
+        for file in &result.output_files {
             remexec_core::merkle::validate_output_path(&file.path)?;
             let digest = Digest::from_field(function, file.digest.as_ref(), &format!("output file {:?} digest", file.path))?;
-            if !file.contents.is_empty() {
-                let stored = outline(store, instance, function, &mut file.contents).await?;
-                if stored != Some(digest) {
-                    return Err(Error::invalid(format!("contents of output file {:?} do not match its digest", file.path)));
-                }
+            if !file.contents.is_empty() && function.digest_of(&file.contents) != digest {
+                return Err(Error::invalid(format!("inlined contents of output file {:?} do not match its digest", file.path)));
             }
         }
         for dir in &result.output_directories {
             remexec_core::merkle::validate_output_path(&dir.path)?;
             Digest::from_field(function, dir.tree_digest.as_ref(), &format!("output directory {:?} tree_digest", dir.path))?;
         }
-        for (raw, digest, name) in [
-            (&mut result.stdout_raw, &mut result.stdout_digest, "stdout_digest"),
-            (&mut result.stderr_raw, &mut result.stderr_digest, "stderr_digest"),
-        ] {
-            if let Some(d) = digest.as_ref() {
+        for (digest, name) in [(&result.stdout_digest, "stdout_digest"), (&result.stderr_digest, "stderr_digest")] {
+            if let Some(d) = digest {
                 Digest::from_proto(function, d).map_err(|e| Error::invalid(format!("{name}: {e}")))?;
             }
-            if let Some(stored) = outline(store, instance, function, raw).await? {
-                *digest = Some(stored.to_proto());
-            }
         }
+        let instance = req.instance_name.as_str();
         self.services.ac.put(instance, action, result.clone()).await?;
         Ok(result)
     }

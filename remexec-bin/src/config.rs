@@ -1,0 +1,152 @@
+//! The daemon's configuration: embedded defaults, overridden by a TOML file, overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+/// The default listen address: loopback only, port 8980.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8980";
+
+/// Everything `remexec serve` needs. Every field has a default, so no file is required.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on for gRPC.
+    pub listen: SocketAddr,
+    /// Directory for the CAS, the action cache and other state.
+    pub data_dir: PathBuf,
+    /// Content-addressable storage settings.
+    pub cas: CasConfig,
+    /// Action cache settings.
+    pub action_cache: ActionCacheConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
+}
+
+/// `[cas]`: the disk blob store.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CasConfig {
+    /// Most bytes of blobs kept on disk; least recently used blobs are evicted beyond it.
+    pub disk_budget: ByteSize,
+    /// fsync every blob before acknowledging it.
+    pub fsync: bool,
+}
+
+/// `[action_cache]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionCacheConfig {
+    /// `disk` (kept across restarts) or `memory`.
+    pub backend: AcBackend,
+    /// Most bytes of encoded results kept.
+    pub budget: ByteSize,
+    /// Report entries whose outputs are missing from the CAS as misses.
+    pub check_completeness: bool,
+}
+
+/// Where action results live.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AcBackend {
+    /// Files under `data_dir/ac`.
+    Disk,
+    /// RAM only.
+    Memory,
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest total of one BatchUpdateBlobs / BatchReadBlobs.
+    pub max_batch_total_size: ByteSize,
+    /// Most bytes inlined into one GetActionResult reply.
+    pub max_inline_size: ByteSize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            data_dir: default_data_dir(),
+            cas: CasConfig::default(),
+            action_cache: ActionCacheConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for CasConfig {
+    fn default() -> Self {
+        Self { disk_budget: ByteSize::gib(10), fsync: true }
+    }
+}
+
+impl Default for ActionCacheConfig {
+    fn default() -> Self {
+        Self { backend: AcBackend::Disk, budget: ByteSize::gib(1), check_completeness: true }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let defaults = remexec_cas::Limits::default();
+        Self {
+            max_batch_total_size: ByteSize::b(defaults.max_batch_total_size),
+            max_inline_size: ByteSize::b(defaults.max_inline_size),
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/remexec`, else `$HOME/.cache/remexec`, else `./remexec-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("remexec");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".cache").join("remexec");
+    }
+    PathBuf::from("remexec-data")
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are errors.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The cache services' limits.
+    pub fn cache_limits(&self) -> remexec_cas::Limits {
+        let mut limits = remexec_cas::Limits::default();
+        limits.max_batch_total_size = self.limits.max_batch_total_size.as_u64();
+        limits.max_message_size = (limits.max_batch_total_size as usize).saturating_mul(2).max(limits.max_message_size);
+        limits.max_inline_size = self.limits.max_inline_size.as_u64();
+        limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_unknown_keys() {
+        let c = Config::from_toml("listen = \"127.0.0.1:9000\"\n[cas]\ndisk_budget = \"2 GiB\"\n").unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.cas.disk_budget, ByteSize::gib(2));
+        assert!(c.cas.fsync);
+        assert_eq!(c.action_cache, ActionCacheConfig::default());
+        let err = Config::from_toml("[cas]\ndisk_budgett = 1\n").unwrap_err();
+        assert!(err.contains("disk_budgett"), "{err}");
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+}

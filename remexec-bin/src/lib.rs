@@ -1,0 +1,24 @@
+//! The remexec daemons, as a library so that benchmarks and tests can start them in-process.
+//!
+//! This is the only remexec crate that reads files, environment variables or command-line
+//! flags. [`config::Config`] holds the embedded defaults (loopback port 8980, data under
+//! `$XDG_CACHE_HOME/remexec` or `~/.cache/remexec`, a 10 GiB disk budget), which a TOML file and
+//! then flags override.
+//!
+//! ```no_run
+//! use remexec_bin::config::Config;
+//! use remexec_bin::serve::BoundServer;
+//!
+//! # async fn run() -> remexec_core::Result<()> {
+//! let mut config = Config::default();
+//! config.listen = "127.0.0.1:0".parse().unwrap();
+//! config.data_dir = std::env::temp_dir().join("remexec-doc");
+//! let server = BoundServer::bind(&config).await?;
+//! println!("listening on {}", server.local_addr()?);
+//! server.serve(remexec_bin::serve::shutdown_signal()).await
+//! # }
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod serve;
