@@ -159,7 +159,7 @@ fn parse_blob(name: &str, segments: &[&str]) -> Result<(BlobRef, usize)> {
     };
     let mut function = DigestFunction::Sha256;
     let first = segments.get(i).ok_or_else(|| bad("missing hash"))?;
-    if first.len() != 64 || !first.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !first.bytes().all(|b| b.is_ascii_hexdigit()) {
         function = DigestFunction::from_name(first)
             .ok_or_else(|| bad(&format!("unsupported digest function {first:?}")))?;
         i += 1;
