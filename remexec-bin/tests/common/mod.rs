@@ -1,0 +1,85 @@
+//! Starting and stopping a real `remexec serve` process.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `remexec serve` on a free loopback port with `data_dir`, waiting until it listens.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_remexec"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("REMEXEC_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start remexec");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            assert!(Instant::now() < deadline, "server did not start");
+            let line = lines.next().expect("server exited before listening").expect("read stdout");
+            if let Some(addr) = line.strip_prefix("remexec: listening on ") {
+                break addr.parse().expect("address");
+            }
+        };
+        Self { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("grpc://{}", self.addr)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Finds a required external tool, or panics with how to get it. Set REMEXEC_SKIP_E2E=1 to
+/// skip end-to-end tests explicitly (CI never does).
+pub fn require_tool(env_var: &str, default: &str) -> Option<PathBuf> {
+    if std::env::var_os("REMEXEC_SKIP_E2E").is_some_and(|v| v == "1") {
+        eprintln!("REMEXEC_SKIP_E2E=1: skipping");
+        return None;
+    }
+    let tool = std::env::var_os(env_var).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
+    let found = Command::new(&tool).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    assert!(found, "{} not found; run .ci/run (or set {env_var}) to install it, or REMEXEC_SKIP_E2E=1 to skip", tool.display());
+    Some(tool)
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+}
