@@ -31,7 +31,7 @@ pub struct Config {
 pub struct CasConfig {
     /// Most bytes of blobs kept on disk; least recently used blobs are evicted beyond it.
     pub disk_budget: ByteSize,
-    /// fsync every blob before acknowledging it.
+    /// fsync every blob and action result (and their directories) before acknowledging it.
     pub fsync: bool,
 }
 
@@ -81,13 +81,20 @@ impl Default for Config {
 
 impl Default for CasConfig {
     fn default() -> Self {
-        Self { disk_budget: ByteSize::gib(10), fsync: true }
+        Self {
+            disk_budget: ByteSize::gib(10),
+            fsync: true,
+        }
     }
 }
 
 impl Default for ActionCacheConfig {
     fn default() -> Self {
-        Self { backend: AcBackend::Disk, budget: ByteSize::gib(1), check_completeness: true }
+        Self {
+            backend: AcBackend::Disk,
+            budget: ByteSize::gib(1),
+            check_completeness: true,
+        }
     }
 }
 
@@ -115,7 +122,8 @@ pub fn default_data_dir() -> PathBuf {
 impl Config {
     /// Reads a TOML file; unknown keys are errors.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
         Self::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -128,7 +136,9 @@ impl Config {
     pub fn cache_limits(&self) -> remexec_cas::Limits {
         let mut limits = remexec_cas::Limits::default();
         limits.max_batch_total_size = self.limits.max_batch_total_size.as_u64();
-        limits.max_message_size = (limits.max_batch_total_size as usize).saturating_mul(2).max(limits.max_message_size);
+        limits.max_message_size = (limits.max_batch_total_size as usize)
+            .saturating_mul(2)
+            .max(limits.max_message_size);
         limits.max_inline_size = self.limits.max_inline_size.as_u64();
         limits
     }
@@ -140,7 +150,8 @@ mod tests {
 
     #[test]
     fn file_overrides_defaults_and_rejects_unknown_keys() {
-        let c = Config::from_toml("listen = \"127.0.0.1:9000\"\n[cas]\ndisk_budget = \"2 GiB\"\n").unwrap();
+        let c = Config::from_toml("listen = \"127.0.0.1:9000\"\n[cas]\ndisk_budget = \"2 GiB\"\n")
+            .unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.cas.disk_budget, ByteSize::gib(2));
         assert!(c.cas.fsync);

@@ -1,7 +1,7 @@
 //! The remexec daemons, as a library so that benchmarks and tests can start them in-process.
 //!
-//! This is the only remexec crate that reads files, environment variables or command-line
-//! flags. [`config::Config`] holds the embedded defaults (loopback port 8980, data under
+//! This is the only remexec crate that reads configuration: config files, environment variables
+//! and command-line flags. [`config::Config`] holds the embedded defaults (loopback port 8980, data under
 //! `$XDG_CACHE_HOME/remexec` or `~/.cache/remexec`, a 10 GiB disk budget), which a TOML file and
 //! then flags override.
 //!

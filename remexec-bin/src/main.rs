@@ -7,7 +7,8 @@ use remexec_bin::serve::{BoundServer, shutdown_signal};
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REMEXEC_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("REMEXEC_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -23,11 +24,16 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => {
                 let config = args.resolve()?;
-                let server = BoundServer::bind(&config).await.map_err(|e| e.to_string())?;
+                let server = BoundServer::bind(&config)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let addr = server.local_addr().map_err(|e| e.to_string())?;
                 tracing::info!(data_dir = %config.data_dir.display(), "serving");
                 println!("remexec: listening on {addr}");
-                server.serve(shutdown_signal()).await.map_err(|e| e.to_string())
+                server
+                    .serve(shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())
             }
         }
     });

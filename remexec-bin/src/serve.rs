@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use remexec_cas::{CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions, MemoryActionCache};
+use remexec_cas::{
+    CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions,
+    MemoryActionCache,
+};
 use remexec_core::{ActionCache, BlobStore, Error, Result};
 use tokio::net::TcpListener;
 
@@ -19,11 +22,20 @@ const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 pub async fn cache_services(config: &Config) -> Result<CacheServices> {
     let cas_dir = config.data_dir.join("cas");
     let store: Arc<dyn BlobStore> = Arc::new(
-        DiskStore::open(&cas_dir, DiskStoreOptions { budget: config.cas.disk_budget.as_u64(), sync: config.cas.fsync }).await?,
+        DiskStore::open(
+            &cas_dir,
+            DiskStoreOptions {
+                budget: config.cas.disk_budget.as_u64(),
+                sync: config.cas.fsync,
+            },
+        )
+        .await?,
     );
     let budget = config.action_cache.budget.as_u64();
     let mut ac: Arc<dyn ActionCache> = match config.action_cache.backend {
-        AcBackend::Disk => Arc::new(DiskActionCache::open(config.data_dir.join("ac"), budget, config.cas.fsync).await?),
+        AcBackend::Disk => Arc::new(
+            DiskActionCache::open(config.data_dir.join("ac"), budget, config.cas.fsync).await?,
+        ),
         AcBackend::Memory => Arc::new(MemoryActionCache::new(budget)),
     };
     if config.action_cache.check_completeness {
@@ -51,7 +63,9 @@ impl BoundServer {
 
     /// The address actually bound.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener.local_addr().map_err(|e| Error::io("reading the bound address", e))
+        self.listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound address", e))
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish.

@@ -2,6 +2,8 @@
 //! After a restart every acknowledged blob reads back hash-correct, and no partial blob is ever
 //! visible or served.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -23,7 +25,9 @@ const CHUNK: usize = 64 * 1024;
 
 /// Uploads `data` slowly (a pause between chunks) so that uploads are mid-stream when killed.
 async fn slow_upload(url: String, digest: Digest, data: Bytes) -> Result<(), tonic::Status> {
-    let mut client = ByteStreamClient::connect(url).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = ByteStreamClient::connect(url)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let name = format!("uploads/{}/blobs/{digest}", uuid::Uuid::new_v4());
     let total = data.len();
     let requests = async_stream_of(name, data);
@@ -51,8 +55,15 @@ fn async_stream_of(name: String, data: Bytes) -> impl tokio_stream::Stream<Item 
 }
 
 async fn read_back(url: &str, digest: Digest) -> Option<Vec<u8>> {
-    let mut client = ByteStreamClient::connect(url.to_string()).await.unwrap().max_decoding_message_size(64 << 20);
-    let req = ReadRequest { resource_name: format!("blobs/{digest}"), read_offset: 0, read_limit: 0 };
+    let mut client = ByteStreamClient::connect(url.to_string())
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 << 20);
+    let req = ReadRequest {
+        resource_name: format!("blobs/{digest}"),
+        read_offset: 0,
+        read_limit: 0,
+    };
     let mut stream = match client.read(req).await {
         Ok(s) => s.into_inner(),
         Err(s) if s.code() == tonic::Code::NotFound => return None,
@@ -83,7 +94,11 @@ async fn acknowledged_blobs_survive_sigkill_and_partial_blobs_never_appear() {
             for round in 0..1000u64 {
                 // Sizes from 1 chunk to ~2 MiB; workers 0 and 1 upload the same blobs to
                 // exercise concurrent writers of one digest.
-                let seed = if worker < 2 { round } else { worker * 10_000 + round };
+                let seed = if worker < 2 {
+                    round
+                } else {
+                    worker * 10_000 + round
+                };
                 let size = 1 + (seed as usize * 7919) % (2 << 20);
                 let data = content(seed, size);
                 let digest = DigestFunction::Sha256.digest_of(&data);
@@ -105,35 +120,72 @@ async fn acknowledged_blobs_survive_sigkill_and_partial_blobs_never_appear() {
     }
     let acked = acked.lock().unwrap().clone();
     let attempted: BTreeSet<Digest> = attempted.lock().unwrap().iter().copied().collect();
-    assert!(acked_before_kill >= 4, "too few uploads finished before the kill ({acked_before_kill}); the test proves nothing");
-    assert!(attempted.len() > acked.len(), "no upload was in flight at the kill");
+    assert!(
+        acked_before_kill >= 4,
+        "too few uploads finished before the kill ({acked_before_kill}); the test proves nothing"
+    );
+    assert!(
+        attempted.len() > acked.len(),
+        "no upload was in flight at the kill"
+    );
 
     let server = ServerProcess::start(dir.path(), &[]);
     let url = server.http_url();
     // Every acknowledged blob is present and hash-correct.
     for digest in &acked {
-        let data = read_back(&url, *digest).await.unwrap_or_else(|| panic!("acknowledged blob {digest} lost"));
-        assert_eq!(DigestFunction::Sha256.digest_of(&data), *digest, "acknowledged blob {digest} corrupted");
+        let data = read_back(&url, *digest)
+            .await
+            .unwrap_or_else(|| panic!("acknowledged blob {digest} lost"));
+        assert_eq!(
+            DigestFunction::Sha256.digest_of(&data),
+            *digest,
+            "acknowledged blob {digest} corrupted"
+        );
     }
     // Every blob the server admits to holding, acknowledged or not, is complete and correct.
-    let mut cas = ContentAddressableStorageClient::connect(url.clone()).await.unwrap();
-    let query = FindMissingBlobsRequest { blob_digests: attempted.iter().map(Digest::to_proto).collect(), ..Default::default() };
-    let missing: BTreeSet<String> = cas.find_missing_blobs(query).await.unwrap().into_inner().missing_blob_digests.into_iter().map(|d| d.hash).collect();
+    let mut cas = ContentAddressableStorageClient::connect(url.clone())
+        .await
+        .unwrap();
+    let query = FindMissingBlobsRequest {
+        blob_digests: attempted.iter().map(Digest::to_proto).collect(),
+        ..Default::default()
+    };
+    let missing: BTreeSet<String> = cas
+        .find_missing_blobs(query)
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests
+        .into_iter()
+        .map(|d| d.hash)
+        .collect();
     let mut present_unacked = 0;
     for digest in &attempted {
         if missing.contains(&digest.hash_hex()) {
-            assert!(!acked.contains(digest), "acknowledged blob {digest} reported missing");
+            assert!(
+                !acked.contains(digest),
+                "acknowledged blob {digest} reported missing"
+            );
             continue;
         }
-        let data = read_back(&url, *digest).await.expect("present blob readable");
-        assert_eq!(DigestFunction::Sha256.digest_of(&data), *digest, "partial or corrupt blob {digest} served");
+        let data = read_back(&url, *digest)
+            .await
+            .expect("present blob readable");
+        assert_eq!(
+            DigestFunction::Sha256.digest_of(&data),
+            *digest,
+            "partial or corrupt blob {digest} served"
+        );
         present_unacked += usize::from(!acked.contains(digest));
     }
     // And on disk, every stored file hashes to its name; no temp file survived the restart.
     let mut files = 0;
     for entry in walk(&dir.path().join("cas")) {
         let name = entry.file_name().unwrap().to_str().unwrap().to_string();
-        assert!(!entry.starts_with(dir.path().join("cas/tmp")), "temp file {name} left after restart");
+        assert!(
+            !entry.starts_with(dir.path().join("cas/tmp")),
+            "temp file {name} left after restart"
+        );
         let (hash, size) = name.split_once('-').unwrap();
         let bytes = std::fs::read(&entry).unwrap();
         assert_eq!(bytes.len().to_string(), size, "{name}");
@@ -141,7 +193,11 @@ async fn acknowledged_blobs_survive_sigkill_and_partial_blobs_never_appear() {
         files += 1;
     }
     assert!(files >= acked.len());
-    eprintln!("acked {} of {} attempted; {present_unacked} completed but unacknowledged; {files} files", acked.len(), attempted.len());
+    eprintln!(
+        "acked {} of {} attempted; {present_unacked} completed but unacknowledged; {files} files",
+        acked.len(),
+        attempted.len()
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -1,6 +1,8 @@
 //! Real clients against a real `remexec serve`: Bazel 4.2.3 as a remote cache, and BuildGrid's
 //! `bgd` command-line client.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;
@@ -9,7 +11,9 @@ use common::{ServerProcess, fixtures, require_tool};
 
 #[test]
 fn bazel_builds_with_remote_cache_and_rebuilds_from_it() {
-    let Some(bazel) = require_tool("BAZEL", "bazel") else { return };
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), &[]);
     let status = Command::new("bash")
@@ -19,12 +23,18 @@ fn bazel_builds_with_remote_cache_and_rebuilds_from_it() {
         .status()
         .unwrap();
     assert!(status.success(), "cache_e2e.sh failed: {status}");
-    assert_eq!(server.terminate().code(), Some(0), "clean shutdown on SIGTERM");
+    assert_eq!(
+        server.terminate().code(),
+        Some(0),
+        "clean shutdown on SIGTERM"
+    );
 }
 
 #[test]
 fn buildgrid_bgd_client_uploads_downloads_and_uses_the_action_cache() {
-    let Some(bgd) = require_tool("BGD", "bgd") else { return };
+    let Some(bgd) = require_tool("BGD", "bgd") else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), &["--action-cache", "memory"]);
     for instance in ["", "team/a"] {
@@ -35,6 +45,9 @@ fn buildgrid_bgd_client_uploads_downloads_and_uses_the_action_cache() {
             .env("BGD_E2E_INSTANCE", instance)
             .status()
             .unwrap();
-        assert!(status.success(), "bgd_e2e.sh failed for instance {instance:?}: {status}");
+        assert!(
+            status.success(),
+            "bgd_e2e.sh failed for instance {instance:?}: {status}"
+        );
     }
 }

@@ -38,7 +38,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 impl FileTable {
     /// Opens (creating if needed) the table at `root` and rebuilds its index from disk.
-    pub(crate) async fn open(root: &Path, budget: u64, sync: bool, check: Check) -> Result<Arc<Self>> {
+    pub(crate) async fn open(
+        root: &Path,
+        budget: u64,
+        sync: bool,
+        check: Check,
+    ) -> Result<Arc<Self>> {
         let root = root.to_path_buf();
         blocking(move || {
             let tmp = root.join("tmp");
@@ -75,11 +80,10 @@ impl FileTable {
 
     fn remove_file(&self, key: &Key) {
         let path = self.path(key);
-        if let Err(e) = std::fs::remove_file(&path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %path.display(), error = %e, "could not delete evicted file");
             }
-        }
     }
 
     pub(crate) fn budget(&self) -> u64 {
@@ -105,16 +109,29 @@ impl FileTable {
 
     /// Writes `data` under `key`. With `expected_len`, a stream of another length fails with
     /// `InvalidArgument`. The file becomes visible only once complete (and fsynced if `sync`).
-    pub(crate) async fn write(self: &Arc<Self>, key: Key, mut data: ChunkStream, expected_len: Option<u64>) -> Result<()> {
+    pub(crate) async fn write(
+        self: &Arc<Self>,
+        key: Key,
+        mut data: ChunkStream,
+        expected_len: Option<u64>,
+    ) -> Result<()> {
         let tmp_dir = self.tmp.clone();
         let temp = blocking(move || {
             tempfile::Builder::new()
                 .prefix("up-")
                 .tempfile_in(&tmp_dir)
-                .map_err(|e| Error::io(format!("creating a temporary file in {}", tmp_dir.display()), e))
+                .map_err(|e| {
+                    Error::io(
+                        format!("creating a temporary file in {}", tmp_dir.display()),
+                        e,
+                    )
+                })
         })
         .await?;
-        let std_file = temp.as_file().try_clone().map_err(|e| Error::io("cloning a file handle", e))?;
+        let std_file = temp
+            .as_file()
+            .try_clone()
+            .map_err(|e| Error::io("cloning a file handle", e))?;
         let mut file = tokio::fs::File::from_std(std_file);
         let mut written = 0u64;
         let digest = key.digest;
@@ -124,14 +141,20 @@ impl FileTable {
             if expected_len.is_some_and(|n| written > n) {
                 return Err(crate::store::size_mismatch(digest, written, false));
             }
-            file.write_all(&chunk).await.map_err(|e| Error::io(format!("writing {}", temp.path().display()), e))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io(format!("writing {}", temp.path().display()), e))?;
         }
         if expected_len.is_some_and(|n| written != n) {
             return Err(crate::store::size_mismatch(digest, written, true));
         }
-        file.flush().await.map_err(|e| Error::io("flushing an upload", e))?;
+        file.flush()
+            .await
+            .map_err(|e| Error::io("flushing an upload", e))?;
         if self.sync {
-            file.sync_all().await.map_err(|e| Error::io("syncing an upload", e))?;
+            file.sync_all()
+                .await
+                .map_err(|e| Error::io("syncing an upload", e))?;
         }
         drop(file);
         let table = Arc::clone(self);
@@ -143,10 +166,25 @@ impl FileTable {
     fn commit(&self, key: Key, temp: tempfile::NamedTempFile, len: u64) -> Result<()> {
         let path = self.path(&key);
         let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        std::fs::create_dir_all(&parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        let new_dirs = !parent.exists();
+        if new_dirs {
+            std::fs::create_dir_all(&parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+            if self.sync {
+                // Make the new directory entries themselves durable, up to the root.
+                for dir in parent
+                    .ancestors()
+                    .skip(1)
+                    .take_while(|d| d.starts_with(&self.root))
+                {
+                    sync_dir(dir)?;
+                }
+            }
+        }
         {
             let mut index = lock(&self.index);
-            temp.persist(&path).map_err(|e| Error::io(format!("renaming into {}", path.display()), e.error))?;
+            temp.persist(&path)
+                .map_err(|e| Error::io(format!("renaming into {}", path.display()), e.error))?;
             for (evicted, ()) in index.insert(key, len, ()) {
                 if evicted != key {
                     self.remove_file(&evicted);
@@ -154,15 +192,24 @@ impl FileTable {
             }
         }
         if self.sync {
-            std::fs::File::open(&parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::io(format!("syncing {}", parent.display()), e))?;
+            sync_dir(&parent)?;
         }
         Ok(())
     }
 
+    /// Forgets and deletes a damaged entry.
+    pub(crate) fn discard(&self, key: &Key) {
+        let mut index = lock(&self.index);
+        index.remove(key);
+        self.remove_file(key);
+    }
+
     /// Opens the file for `key`, if present with length accepted by `check`.
-    pub(crate) async fn open_read(&self, key: &Key, check: Check) -> Result<Option<(tokio::fs::File, u64)>> {
+    pub(crate) async fn open_read(
+        &self,
+        key: &Key,
+        check: Check,
+    ) -> Result<Option<(tokio::fs::File, u64)>> {
         if !self.touch(key) {
             return Ok(None);
         }
@@ -175,7 +222,11 @@ impl FileTable {
             }
             Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
         };
-        let len = file.metadata().await.map_err(|e| Error::io(format!("stat {}", path.display()), e))?.len();
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+            .len();
         if !check(key, len) {
             tracing::error!(path = %path.display(), len, "stored file has the wrong length; dropping it");
             lock(&self.index).remove(key);
@@ -186,19 +237,50 @@ impl FileTable {
     }
 }
 
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+}
+
 /// Finds every well-named file under `root`, as `(mtime, key, len)`.
 fn scan(root: &Path, check: Check, out: &mut Vec<(SystemTime, Key, u64)>) -> Result<()> {
-    let read = |p: &Path| std::fs::read_dir(p).map_err(|e| Error::io(format!("listing {}", p.display()), e));
+    let read = |p: &Path| {
+        std::fs::read_dir(p).map_err(|e| Error::io(format!("listing {}", p.display()), e))
+    };
+    // Below the root, anything that is not a readable directory is skipped, not fatal.
+    let sub = |p: &Path| -> Vec<std::fs::DirEntry> {
+        match std::fs::read_dir(p) {
+            Ok(entries) => entries.flatten().collect(),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "skipping unreadable entry in the store");
+                Vec::new()
+            }
+        }
+    };
     for ns_entry in read(root)?.flatten() {
-        let Some(ns) = ns_entry.file_name().to_str().and_then(|n| u128::from_str_radix(n, 16).ok()) else { continue };
-        for fn_entry in read(&ns_entry.path())?.flatten() {
-            let Some(function) = fn_entry.file_name().to_str().and_then(DigestFunction::from_name) else { continue };
-            for prefix in read(&fn_entry.path())?.flatten() {
-                for file in read(&prefix.path())?.flatten() {
+        let Some(ns) = ns_entry
+            .file_name()
+            .to_str()
+            .and_then(|n| u128::from_str_radix(n, 16).ok())
+        else {
+            continue;
+        };
+        for fn_entry in sub(&ns_entry.path()) {
+            let Some(function) = fn_entry
+                .file_name()
+                .to_str()
+                .and_then(DigestFunction::from_name)
+            else {
+                continue;
+            };
+            for prefix in sub(&fn_entry.path()) {
+                for file in sub(&prefix.path()) {
                     let name = file.file_name();
-                    let parsed = name.to_str().and_then(|n| n.split_once('-')).and_then(|(h, s)| {
-                        Digest::from_hex(function, h, s.parse().ok()?).ok()
-                    });
+                    let parsed = name
+                        .to_str()
+                        .and_then(|n| n.split_once('-'))
+                        .and_then(|(h, s)| Digest::from_hex(function, h, s.parse().ok()?).ok());
                     let (Some(digest), Ok(meta)) = (parsed, file.metadata()) else {
                         tracing::warn!(path = %file.path().display(), "ignoring unexpected file in the store");
                         continue;
@@ -209,7 +291,11 @@ fn scan(root: &Path, check: Check, out: &mut Vec<(SystemTime, Key, u64)>) -> Res
                         let _ = std::fs::remove_file(file.path());
                         continue;
                     }
-                    out.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), key, meta.len()));
+                    out.push((
+                        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        key,
+                        meta.len(),
+                    ));
                 }
             }
         }

@@ -66,8 +66,8 @@ impl<K: Hash + Eq + Clone, V> LruIndex<K, V> {
         removed
     }
 
-    /// Adds an entry as the least recently used one (for rebuilding an index oldest-first is
-    /// not needed: insert in age order instead). Does not evict.
+    /// Adds an entry as the most recently used one without evicting; rebuilding an index inserts
+    /// entries oldest first and then calls [`evict_to_budget`](Self::evict_to_budget).
     pub(crate) fn insert_unbounded(&mut self, key: K, cost: u64, value: V) {
         if let Some((old_cost, _)) = self.entries.put(key, (cost, value)) {
             self.bytes -= old_cost;
@@ -79,7 +79,9 @@ impl<K: Hash + Eq + Clone, V> LruIndex<K, V> {
     pub(crate) fn evict_to_budget(&mut self) -> Vec<(K, V)> {
         let mut removed = Vec::new();
         while self.bytes > self.budget {
-            let Some((k, (c, v))) = self.entries.pop_lru() else { break };
+            let Some((k, (c, v))) = self.entries.pop_lru() else {
+                break;
+            };
             self.bytes -= c;
             removed.push((k, v));
         }

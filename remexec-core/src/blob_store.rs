@@ -37,7 +37,10 @@ impl ReadRange {
             )));
         }
         let available = size - self.offset;
-        Ok((self.offset, self.limit.map_or(available, |l| l.min(available))))
+        Ok((
+            self.offset,
+            self.limit.map_or(available, |l| l.min(available)),
+        ))
     }
 }
 
@@ -97,12 +100,21 @@ impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
 pub trait BlobStoreExt: BlobStore {
     /// Stores a blob held in memory.
     async fn put_bytes(&self, instance: &str, digest: Digest, data: Bytes) -> Result<()> {
-        self.put(instance, digest, futures::stream::once(async { Ok(data) }).boxed())
-            .await
+        self.put(
+            instance,
+            digest,
+            futures::stream::once(async { Ok(data) }).boxed(),
+        )
+        .await
     }
 
     /// Reads a whole blob into memory, refusing blobs larger than `max_size`.
-    async fn get_bytes(&self, instance: &str, digest: Digest, max_size: u64) -> Result<Option<Bytes>> {
+    async fn get_bytes(
+        &self,
+        instance: &str,
+        digest: Digest,
+        max_size: u64,
+    ) -> Result<Option<Bytes>> {
         if digest.size() > max_size {
             return Err(Error::ResourceExhausted(format!(
                 "blob {digest} is larger than the {max_size}-byte limit for in-memory reads"
@@ -142,7 +154,8 @@ pub async fn collect_chunks(mut stream: ChunkStream, size_hint: u64) -> Result<B
         }
         return Ok(first);
     }
-    let mut buf = BytesMut::with_capacity(usize::try_from(size_hint).unwrap_or(0));
+    // The hint may come from a client; never preallocate more than 64 MiB on its word.
+    let mut buf = BytesMut::with_capacity(usize::try_from(size_hint.min(64 << 20)).unwrap_or(0));
     buf.extend_from_slice(&first);
     while let Some(chunk) = stream.next().await {
         buf.extend_from_slice(&chunk?);

@@ -78,7 +78,7 @@ impl DigestFunction {
         hasher.finish()
     }
 
-    /// The digest of the empty blob, which every store always holds.
+    /// The digest of the empty blob, which the gRPC services always report as present.
     pub fn empty_digest(self) -> Digest {
         self.digest_of(&[])
     }
@@ -185,7 +185,10 @@ impl Digest {
                 HASH_LEN * 2
             )));
         }
-        if !hex_hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if !hex_hash
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(Error::invalid(format!(
                 "digest hash {hex_hash:?} is not lowercase hex"
             )));
@@ -200,9 +203,9 @@ impl Digest {
 
     /// Parses the text form `hash/size`.
     pub fn parse(function: DigestFunction, text: &str) -> Result<Self> {
-        let (hash, size) = text
-            .split_once('/')
-            .ok_or_else(|| Error::invalid(format!("digest {text:?} is not of the form hash/size")))?;
+        let (hash, size) = text.split_once('/').ok_or_else(|| {
+            Error::invalid(format!("digest {text:?} is not of the form hash/size"))
+        })?;
         Self::from_hex(function, hash, parse_size(size)?)
     }
 
@@ -218,8 +221,7 @@ impl Digest {
         field: &str,
     ) -> Result<Self> {
         let digest = digest.ok_or_else(|| Error::invalid(format!("{field} is missing")))?;
-        Self::from_proto(function, digest)
-            .map_err(|e| Error::invalid(format!("{field}: {e}")))
+        Self::from_proto(function, digest).map_err(|e| Error::invalid(format!("{field}: {e}")))
     }
 
     /// The wire form.
@@ -261,8 +263,13 @@ fn parse_size(text: &str) -> Result<i64> {
     if text.starts_with('-') {
         return Err(Error::invalid(format!("digest size {text} is negative")));
     }
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) || (text.len() > 1 && text.starts_with('0')) {
-        return Err(Error::invalid(format!("digest size {text:?} is not a decimal number")));
+    if text.is_empty()
+        || !text.bytes().all(|b| b.is_ascii_digit())
+        || (text.len() > 1 && text.starts_with('0'))
+    {
+        return Err(Error::invalid(format!(
+            "digest size {text:?} is not a decimal number"
+        )));
     }
     text.parse::<i64>()
         .map_err(|_| Error::invalid(format!("digest size {text} is too large")))
@@ -316,12 +323,27 @@ mod tests {
             assert!(err.to_string().contains(needle), "{err}");
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
         }
-        for text in ["", "abc", &format!("{good}/"), &format!("{good}/-3"), &format!("{good}/01"), &format!("{good}/x")] {
+        for text in [
+            "",
+            "abc",
+            &format!("{good}/"),
+            &format!("{good}/-3"),
+            &format!("{good}/01"),
+            &format!("{good}/x"),
+        ] {
             assert!(Digest::parse(f, text).is_err(), "{text}");
         }
-        assert!(DigestFunction::from_proto(2).unwrap_err().to_string().contains("SHA1"));
+        assert!(
+            DigestFunction::from_proto(2)
+                .unwrap_err()
+                .to_string()
+                .contains("SHA1")
+        );
         assert!(DigestFunction::from_proto(99).is_err());
-        assert_eq!(DigestFunction::from_proto(0).unwrap(), DigestFunction::Sha256);
+        assert_eq!(
+            DigestFunction::from_proto(0).unwrap(),
+            DigestFunction::Sha256
+        );
     }
 
     #[test]
@@ -335,7 +357,11 @@ mod tests {
     }
 
     fn any_digest() -> impl Strategy<Value = Digest> {
-        (prop::sample::select(DigestFunction::ALL.to_vec()), any::<[u8; 32]>(), 0..=i64::MAX as u64)
+        (
+            prop::sample::select(DigestFunction::ALL.to_vec()),
+            any::<[u8; 32]>(),
+            0..=i64::MAX as u64,
+        )
             .prop_map(|(f, h, s)| Digest::new(f, h, s))
     }
 

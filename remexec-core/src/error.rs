@@ -136,7 +136,10 @@ mod tests {
     fn codes_are_chosen_by_kind() {
         assert_eq!(Error::invalid("x").code(), tonic::Code::InvalidArgument);
         assert_eq!(Error::NotFound("x".into()).code(), tonic::Code::NotFound);
-        let full = Error::io("write", std::io::Error::from(std::io::ErrorKind::StorageFull));
+        let full = Error::io(
+            "write",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        );
         assert_eq!(full.code(), tonic::Code::ResourceExhausted);
         let status: tonic::Status = Error::invalid("bad digest").into();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -30,7 +30,9 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// Checks an output path: relative, `/`-separated, with no empty, `.` or `..` segments.
 pub fn validate_output_path(path: &str) -> Result<()> {
     if path.is_empty() || path.starts_with('/') || path.ends_with('/') {
-        return Err(Error::invalid(format!("output path {path:?} must be relative, non-empty and without a trailing /")));
+        return Err(Error::invalid(format!(
+            "output path {path:?} must be relative, non-empty and without a trailing /"
+        )));
     }
     for segment in path.split('/') {
         validate_name(segment).map_err(|e| Error::invalid(format!("output path {path:?}: {e}")))?;
@@ -43,8 +45,14 @@ pub fn validate_output_path(path: &str) -> Result<()> {
 pub fn validate_directory(function: DigestFunction, dir: &Directory) -> Result<()> {
     let lists: [(&str, Vec<&str>); 3] = [
         ("file", dir.files.iter().map(|f| f.name.as_str()).collect()),
-        ("directory", dir.directories.iter().map(|d| d.name.as_str()).collect()),
-        ("symlink", dir.symlinks.iter().map(|s| s.name.as_str()).collect()),
+        (
+            "directory",
+            dir.directories.iter().map(|d| d.name.as_str()).collect(),
+        ),
+        (
+            "symlink",
+            dir.symlinks.iter().map(|s| s.name.as_str()).collect(),
+        ),
     ];
     let mut seen = HashSet::new();
     for (kind, names) in &lists {
@@ -57,19 +65,32 @@ pub fn validate_directory(function: DigestFunction, dir: &Directory) -> Result<(
                 )));
             }
             if !seen.insert(*name) {
-                return Err(Error::invalid(format!("directory: name {name:?} is used twice")));
+                return Err(Error::invalid(format!(
+                    "directory: name {name:?} is used twice"
+                )));
             }
         }
     }
     for f in &dir.files {
-        Digest::from_field(function, f.digest.as_ref(), &format!("file {:?} digest", f.name))?;
+        Digest::from_field(
+            function,
+            f.digest.as_ref(),
+            &format!("file {:?} digest", f.name),
+        )?;
     }
     for d in &dir.directories {
-        Digest::from_field(function, d.digest.as_ref(), &format!("directory {:?} digest", d.name))?;
+        Digest::from_field(
+            function,
+            d.digest.as_ref(),
+            &format!("directory {:?} digest", d.name),
+        )?;
     }
     for s in &dir.symlinks {
         if s.target.is_empty() || s.target.contains('\0') {
-            return Err(Error::invalid(format!("directory: symlink {:?} has an invalid target", s.name)));
+            return Err(Error::invalid(format!(
+                "directory: symlink {:?} has an invalid target",
+                s.name
+            )));
         }
     }
     Ok(())
@@ -92,7 +113,10 @@ pub async fn fetch_directory(
             "directory {digest} is larger than {MAX_DIRECTORY_SIZE} bytes"
         )));
     }
-    let Some(bytes) = store.get_bytes(instance, digest, MAX_DIRECTORY_SIZE).await? else {
+    let Some(bytes) = store
+        .get_bytes(instance, digest, MAX_DIRECTORY_SIZE)
+        .await?
+    else {
         if digest.is_empty_blob() {
             return Ok(Some(Directory::default()));
         }
@@ -138,16 +162,27 @@ pub async fn walk_tree(
         }
         let directory = fetch_directory(store, instance, digest)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("directory {digest} at {path:?} is not in the CAS")))?;
+            .ok_or_else(|| {
+                Error::NotFound(format!("directory {digest} at {path:?} is not in the CAS"))
+            })?;
         for child in &directory.directories {
-            let child_digest = Digest::from_field(digest.function(), child.digest.as_ref(), "directory")?;
+            let child_digest =
+                Digest::from_field(digest.function(), child.digest.as_ref(), "directory")?;
             if seen.insert(child_digest) {
-                let child_path = if path.is_empty() { child.name.clone() } else { format!("{path}/{}", child.name) };
+                let child_path = if path.is_empty() {
+                    child.name.clone()
+                } else {
+                    format!("{path}/{}", child.name)
+                };
                 queue.push_back((child_path, child_digest));
             }
         }
         if visited >= skip {
-            out.push(WalkEntry { path, digest, directory });
+            out.push(WalkEntry {
+                path,
+                digest,
+                directory,
+            });
         }
         visited += 1;
     }
@@ -184,7 +219,9 @@ pub fn tree_file_digests(function: DigestFunction, tree: &Tree) -> Result<Vec<Di
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bazel_remote_apis::build::bazel::remote::execution::v2::{DirectoryNode, FileNode, SymlinkNode};
+    use bazel_remote_apis::build::bazel::remote::execution::v2::{
+        DirectoryNode, FileNode, SymlinkNode,
+    };
 
     fn file(name: &str) -> FileNode {
         FileNode {
@@ -197,28 +234,78 @@ mod tests {
     #[test]
     fn directory_validation() {
         let f = DigestFunction::Sha256;
-        let ok = Directory { files: vec![file("a"), file("b")], ..Default::default() };
+        let ok = Directory {
+            files: vec![file("a"), file("b")],
+            ..Default::default()
+        };
         validate_directory(f, &ok).unwrap();
         let cases: Vec<(Directory, &str)> = vec![
-            (Directory { files: vec![file("b"), file("a")], ..Default::default() }, "sorted"),
-            (Directory { files: vec![file("a"), file("a")], ..Default::default() }, "sorted"),
-            (Directory { files: vec![file("")], ..Default::default() }, "empty"),
-            (Directory { files: vec![file("..")], ..Default::default() }, ". or .."),
-            (Directory { files: vec![file("a/b")], ..Default::default() }, "contains /"),
+            (
+                Directory {
+                    files: vec![file("b"), file("a")],
+                    ..Default::default()
+                },
+                "sorted",
+            ),
+            (
+                Directory {
+                    files: vec![file("a"), file("a")],
+                    ..Default::default()
+                },
+                "sorted",
+            ),
+            (
+                Directory {
+                    files: vec![file("")],
+                    ..Default::default()
+                },
+                "empty",
+            ),
+            (
+                Directory {
+                    files: vec![file("..")],
+                    ..Default::default()
+                },
+                ". or ..",
+            ),
+            (
+                Directory {
+                    files: vec![file("a/b")],
+                    ..Default::default()
+                },
+                "contains /",
+            ),
             (
                 Directory {
                     files: vec![file("x")],
-                    directories: vec![DirectoryNode { name: "x".into(), digest: Some(f.empty_digest().to_proto()) }],
+                    directories: vec![DirectoryNode {
+                        name: "x".into(),
+                        digest: Some(f.empty_digest().to_proto()),
+                    }],
                     ..Default::default()
                 },
                 "used twice",
             ),
             (
-                Directory { files: vec![FileNode { name: "a".into(), digest: None, ..Default::default() }], ..Default::default() },
+                Directory {
+                    files: vec![FileNode {
+                        name: "a".into(),
+                        digest: None,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
                 "missing",
             ),
             (
-                Directory { symlinks: vec![SymlinkNode { name: "s".into(), target: String::new(), ..Default::default() }], ..Default::default() },
+                Directory {
+                    symlinks: vec![SymlinkNode {
+                        name: "s".into(),
+                        target: String::new(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
                 "target",
             ),
         ];

@@ -3,8 +3,9 @@
 //! Reads: `{instance}/blobs/{function/}{hash}/{size}` and
 //! `{instance}/compressed-blobs/{compressor}/{function/}{hash}/{size}`.
 //! Writes: `{instance}/uploads/{uuid}/blobs/...` or `.../compressed-blobs/...`, optionally followed
-//! by `/{metadata}`. The instance name may be empty or contain slashes; the function segment is
-//! omitted for SHA-256 and required for BLAKE3 (both have 64-hex-digit hashes).
+//! by `/{metadata}`. The instance name may be empty or contain slashes. The function segment is
+//! required for BLAKE3; for SHA-256 it is optional when parsing and omitted when formatting
+//! (both have 64-hex-digit hashes).
 
 use std::fmt;
 
@@ -129,7 +130,11 @@ pub struct WriteResource {
     pub metadata: Option<String>,
 }
 
-fn split_instance<'a>(name: &'a str, segments: &[&'a str], markers: &[&str]) -> Result<(String, usize)> {
+fn split_instance<'a>(
+    name: &'a str,
+    segments: &[&'a str],
+    markers: &[&str],
+) -> Result<(String, usize)> {
     let at = segments
         .iter()
         .position(|s| markers.contains(s))
@@ -139,6 +144,12 @@ fn split_instance<'a>(name: &'a str, segments: &[&'a str], markers: &[&str]) -> 
                 markers.join(" or ")
             ))
         })?;
+    if segments[..at].iter().any(|s| s.is_empty()) {
+        return Err(Error::invalid(format!(
+            "resource name {name:?} has an empty segment before {}",
+            segments[at]
+        )));
+    }
     let instance = segments[..at].join("/");
     validate_instance_name(&instance)
         .map_err(|e| Error::invalid(format!("resource name {name:?}: {e}")))?;
@@ -153,7 +164,10 @@ fn parse_blob(name: &str, segments: &[&str]) -> Result<(BlobRef, usize)> {
         Some(&"blobs") => (Compressor::Identity, 1),
         Some(&"compressed-blobs") => {
             let c = segments.get(1).ok_or_else(|| bad("missing compressor"))?;
-            (Compressor::from_segment(c).map_err(|e| bad(&e.to_string()))?, 2)
+            (
+                Compressor::from_segment(c).map_err(|e| bad(&e.to_string()))?,
+                2,
+            )
         }
         _ => return Err(bad("expected blobs or compressed-blobs")),
     };
@@ -166,7 +180,8 @@ fn parse_blob(name: &str, segments: &[&str]) -> Result<(BlobRef, usize)> {
     }
     let hash = segments.get(i).ok_or_else(|| bad("missing hash"))?;
     let size = segments.get(i + 1).ok_or_else(|| bad("missing size"))?;
-    let digest = Digest::parse(function, &format!("{hash}/{size}")).map_err(|e| bad(&e.to_string()))?;
+    let digest =
+        Digest::parse(function, &format!("{hash}/{size}")).map_err(|e| bad(&e.to_string()))?;
     Ok((BlobRef { compressor, digest }, i + 2))
 }
 
@@ -262,10 +277,14 @@ mod tests {
         assert_eq!(r.instance, "");
         assert_eq!(r.blob.compressor, Compressor::Zstd);
         assert_eq!(r.blob.digest.function(), DigestFunction::Blake3);
-        let w = WriteResource::parse(&format!("i/uploads/u-1/blobs/sha256/{H}/5/meta/data")).unwrap();
+        let w =
+            WriteResource::parse(&format!("i/uploads/u-1/blobs/sha256/{H}/5/meta/data")).unwrap();
         assert_eq!((w.instance.as_str(), w.uuid.as_str()), ("i", "u-1"));
         assert_eq!(w.metadata.as_deref(), Some("meta/data"));
-        assert_eq!(w.to_string(), format!("i/uploads/u-1/blobs/{H}/5/meta/data"));
+        assert_eq!(
+            w.to_string(),
+            format!("i/uploads/u-1/blobs/{H}/5/meta/data")
+        );
     }
 
     #[test]
@@ -282,6 +301,8 @@ mod tests {
             format!("../blobs/{H}/5"),
             format!("blobs/{}/5", &H[..10]),
             format!("uploads/blobs/{H}/5"),
+            format!("/blobs/{H}/5"),
+            format!("a//blobs/{H}/5"),
         ] {
             let err = ReadResource::parse(&name).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}");
@@ -309,7 +330,11 @@ mod tests {
             prop::bool::ANY,
         )
             .prop_map(|(f, h, s, z)| BlobRef {
-                compressor: if z { Compressor::Zstd } else { Compressor::Identity },
+                compressor: if z {
+                    Compressor::Zstd
+                } else {
+                    Compressor::Identity
+                },
                 digest: Digest::new(f, h, s),
             })
     }

@@ -1,5 +1,7 @@
 //! Starting and stopping a real `remexec serve` process.
 
+#![allow(clippy::unwrap_used)]
+
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
@@ -30,7 +32,10 @@ impl ServerProcess {
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {
             assert!(Instant::now() < deadline, "server did not start");
-            let line = lines.next().expect("server exited before listening").expect("read stdout");
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .expect("read stdout");
             if let Some(addr) = line.strip_prefix("remexec: listening on ") {
                 break addr.parse().expect("address");
             }
@@ -55,7 +60,10 @@ impl ServerProcess {
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
         self.child.wait().expect("wait")
     }
 }
@@ -74,12 +82,25 @@ pub fn require_tool(env_var: &str, default: &str) -> Option<PathBuf> {
         eprintln!("REMEXEC_SKIP_E2E=1: skipping");
         return None;
     }
-    let tool = std::env::var_os(env_var).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
-    let found = Command::new(&tool).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    assert!(found, "{} not found; run .ci/run (or set {env_var}) to install it, or REMEXEC_SKIP_E2E=1 to skip", tool.display());
+    let tool = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
+    let found = Command::new(&tool)
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        found,
+        "{} not found; run .ci/run (or set {env_var}) to install it, or REMEXEC_SKIP_E2E=1 to skip",
+        tool.display()
+    );
     Some(tool)
 }
 
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
 }

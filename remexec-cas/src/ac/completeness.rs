@@ -28,7 +28,12 @@ impl CompletenessCheckingCache {
     }
 
     /// Whether every blob `result` refers to is present. Malformed entries count as incomplete.
-    async fn is_complete(&self, instance: &str, action: Digest, result: &ActionResult) -> Result<bool> {
+    async fn is_complete(
+        &self,
+        instance: &str,
+        action: Digest,
+        result: &ActionResult,
+    ) -> Result<bool> {
         let f = action.function();
         let mut needed = Vec::new();
         let mut trees = Vec::new();
@@ -37,11 +42,21 @@ impl CompletenessCheckingCache {
                 needed.push(Digest::from_field(f, file.digest.as_ref(), "output file")?);
             }
             for dir in &result.output_directories {
-                trees.push(Digest::from_field(f, dir.tree_digest.as_ref(), "output directory")?);
+                trees.push(Digest::from_field(
+                    f,
+                    dir.tree_digest.as_ref(),
+                    "output directory",
+                )?);
             }
-            for (digest, name) in [(&result.stdout_digest, "stdout"), (&result.stderr_digest, "stderr")] {
+            for (digest, name) in [
+                (&result.stdout_digest, "stdout"),
+                (&result.stderr_digest, "stderr"),
+            ] {
                 if let Some(d) = digest {
-                    needed.push(Digest::from_proto(f, d).map_err(|e| remexec_core::Error::invalid(format!("{name}: {e}")))?);
+                    needed.push(
+                        Digest::from_proto(f, d)
+                            .map_err(|e| remexec_core::Error::invalid(format!("{name}: {e}")))?,
+                    );
                 }
             }
             Ok(())
@@ -51,10 +66,20 @@ impl CompletenessCheckingCache {
             return Ok(false);
         }
         for tree_digest in trees {
-            let Some(bytes) = self.cas.get_bytes(instance, tree_digest, MAX_TREE_SIZE).await? else {
+            if tree_digest.size() > MAX_TREE_SIZE {
+                tracing::warn!(%action, tree = %tree_digest, "output tree too large to check; treating as a miss");
+                return Ok(false);
+            }
+            let Some(bytes) = self
+                .cas
+                .get_bytes(instance, tree_digest, MAX_TREE_SIZE)
+                .await?
+            else {
                 return Ok(false);
             };
-            let Ok(tree) = Tree::decode(bytes) else { return Ok(false) };
+            let Ok(tree) = Tree::decode(bytes) else {
+                return Ok(false);
+            };
             match merkle::tree_file_digests(f, &tree) {
                 Ok(files) => needed.extend(files),
                 Err(_) => return Ok(false),
@@ -96,30 +121,52 @@ mod tests {
     async fn incomplete_entries_are_misses() {
         let f = DigestFunction::Sha256;
         let cas: Arc<dyn BlobStore> = Arc::new(MemoryStore::new(1 << 20));
-        let cache = CompletenessCheckingCache::new(Arc::new(MemoryActionCache::new(1 << 20)), cas.clone());
+        let cache =
+            CompletenessCheckingCache::new(Arc::new(MemoryActionCache::new(1 << 20)), cas.clone());
         let action = f.digest_of(b"action");
         let out = f.digest_of(b"out");
         let inner_file = f.digest_of(b"inner");
         let tree = Tree {
             root: Some(Directory {
-                files: vec![FileNode { name: "x".into(), digest: Some(inner_file.to_proto()), ..Default::default() }],
+                files: vec![FileNode {
+                    name: "x".into(),
+                    digest: Some(inner_file.to_proto()),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
             children: vec![],
         };
         let (tree_digest, tree_bytes) = encode_message(f, &tree);
         let result = ActionResult {
-            output_files: vec![OutputFile { path: "o".into(), digest: Some(out.to_proto()), ..Default::default() }],
-            output_directories: vec![OutputDirectory { path: "d".into(), tree_digest: Some(tree_digest.to_proto()), ..Default::default() }],
+            output_files: vec![OutputFile {
+                path: "o".into(),
+                digest: Some(out.to_proto()),
+                ..Default::default()
+            }],
+            output_directories: vec![OutputDirectory {
+                path: "d".into(),
+                tree_digest: Some(tree_digest.to_proto()),
+                ..Default::default()
+            }],
             stdout_digest: Some(f.empty_digest().to_proto()),
             ..Default::default()
         };
         cache.put("", action, result.clone()).await.unwrap();
-        assert!(cache.get("", action).await.unwrap().is_none(), "nothing in CAS yet");
+        assert!(
+            cache.get("", action).await.unwrap().is_none(),
+            "nothing in CAS yet"
+        );
         cas.put_bytes("", out, "out".into()).await.unwrap();
-        assert!(cache.get("", action).await.unwrap().is_none(), "tree missing");
+        assert!(
+            cache.get("", action).await.unwrap().is_none(),
+            "tree missing"
+        );
         cas.put_bytes("", tree_digest, tree_bytes).await.unwrap();
-        assert!(cache.get("", action).await.unwrap().is_none(), "file inside tree missing");
+        assert!(
+            cache.get("", action).await.unwrap().is_none(),
+            "file inside tree missing"
+        );
         cas.put_bytes("", inner_file, "inner".into()).await.unwrap();
         assert_eq!(cache.get("", action).await.unwrap(), Some(result));
     }
@@ -129,7 +176,9 @@ mod tests {
         // With no outputs referenced, the wrapper must behave exactly like its inner cache.
         let cas: Arc<dyn BlobStore> = Arc::new(MemoryStore::new(1 << 20));
         for instance in ["", "many"] {
-            cas.put_bytes(instance, DigestFunction::Sha256.digest_of(b"a"), "a".into()).await.unwrap();
+            cas.put_bytes(instance, DigestFunction::Sha256.digest_of(b"a"), "a".into())
+                .await
+                .unwrap();
         }
         let cache = CompletenessCheckingCache::new(Arc::new(MemoryActionCache::new(1 << 20)), cas);
         remexec_core::testing::action_cache_conformance(Arc::new(cache)).await;

@@ -16,6 +16,9 @@ use crate::key::Key;
 
 /// Largest encoded `ActionResult` accepted.
 const MAX_RESULT_SIZE: u64 = 16 * 1024 * 1024;
+/// First byte of every entry file. An empty `ActionResult` encodes to zero bytes, so without it a
+/// truncated file would read as a valid "exit 0, no outputs" result.
+const FORMAT_V1: u8 = 1;
 
 /// A disk-persisted [`ActionCache`], bounded by bytes with LRU eviction.
 #[derive(Debug, Clone)]
@@ -24,13 +27,15 @@ pub struct DiskActionCache {
 }
 
 fn any_length(_: &Key, len: u64) -> bool {
-    len <= MAX_RESULT_SIZE
+    (1..=MAX_RESULT_SIZE + 1).contains(&len)
 }
 
 impl DiskActionCache {
     /// Opens the cache rooted at `root`, keeping at most `budget` bytes.
     pub async fn open(root: impl AsRef<Path>, budget: u64, sync: bool) -> Result<Self> {
-        Ok(Self { files: FileTable::open(root.as_ref(), budget, sync, any_length).await? })
+        Ok(Self {
+            files: FileTable::open(root.as_ref(), budget, sync, any_length).await?,
+        })
     }
 }
 
@@ -42,19 +47,40 @@ impl ActionCache for DiskActionCache {
             return Ok(None);
         };
         let mut buf = Vec::with_capacity(len as usize);
-        file.read_to_end(&mut buf).await.map_err(|e| Error::io("reading an action result", e))?;
-        let result = ActionResult::decode(&buf[..])
-            .map_err(|e| Error::Internal(format!("stored action result for {action} does not decode: {e}")))?;
-        Ok(Some(result))
+        file.read_to_end(&mut buf)
+            .await
+            .map_err(|e| Error::io("reading an action result", e))?;
+        let decoded = match buf.split_first() {
+            Some((&FORMAT_V1, body)) => ActionResult::decode(body).map_err(|e| e.to_string()),
+            _ => Err("unknown format".to_string()),
+        };
+        match decoded {
+            Ok(result) => Ok(Some(result)),
+            Err(e) => {
+                tracing::error!(%action, error = %e, "stored action result is damaged; dropping it");
+                self.files.discard(&key);
+                Ok(None)
+            }
+        }
     }
 
     async fn put(&self, instance: &str, action: Digest, result: ActionResult) -> Result<()> {
-        let bytes = Bytes::from(result.encode_to_vec());
+        let mut buf = Vec::with_capacity(1 + result.encoded_len());
+        buf.push(FORMAT_V1);
+        result
+            .encode(&mut buf)
+            .map_err(|e| Error::Internal(format!("encoding an action result: {e}")))?;
+        let bytes = Bytes::from(buf);
         if bytes.len() as u64 > MAX_RESULT_SIZE {
-            return Err(Error::invalid(format!("action result of {} bytes is too large", bytes.len())));
+            return Err(Error::invalid(format!(
+                "action result of {} bytes is too large",
+                bytes.len()
+            )));
         }
         let data = futures::stream::once(async { Ok(bytes) }).boxed();
-        self.files.write(Key::new(instance, action), data, None).await
+        self.files
+            .write(Key::new(instance, action), data, None)
+            .await
     }
 }
 
@@ -66,7 +92,9 @@ mod tests {
     #[tokio::test]
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskActionCache::open(dir.path(), 1 << 20, true).await.unwrap();
+        let cache = DiskActionCache::open(dir.path(), 1 << 20, true)
+            .await
+            .unwrap();
         remexec_core::testing::action_cache_conformance(Arc::new(cache)).await;
     }
 
@@ -74,9 +102,66 @@ mod tests {
     async fn survives_restart() {
         let dir = tempfile::tempdir().unwrap();
         let action = DigestFunction::Sha256.digest_of(b"a");
-        let result = ActionResult { exit_code: 7, ..Default::default() };
-        DiskActionCache::open(dir.path(), 1 << 20, true).await.unwrap().put("i", action, result.clone()).await.unwrap();
-        let cache = DiskActionCache::open(dir.path(), 1 << 20, true).await.unwrap();
+        let result = ActionResult {
+            exit_code: 7,
+            ..Default::default()
+        };
+        DiskActionCache::open(dir.path(), 1 << 20, true)
+            .await
+            .unwrap()
+            .put("i", action, result.clone())
+            .await
+            .unwrap();
+        let cache = DiskActionCache::open(dir.path(), 1 << 20, true)
+            .await
+            .unwrap();
         assert_eq!(cache.get("i", action).await.unwrap(), Some(result));
+        // An empty result (exit 0, no outputs) is a valid entry too.
+        let empty = DigestFunction::Sha256.digest_of(b"empty");
+        cache
+            .put("i", empty, ActionResult::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get("i", empty).await.unwrap(),
+            Some(ActionResult::default())
+        );
+    }
+
+    #[tokio::test]
+    async fn damaged_entries_are_misses_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskActionCache::open(dir.path(), 1 << 20, true)
+            .await
+            .unwrap();
+        let action = DigestFunction::Sha256.digest_of(b"a");
+        cache
+            .put(
+                "",
+                action,
+                ActionResult {
+                    exit_code: 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let path = cache.files.path(&Key::new("", action));
+        for damage in [&b""[..], &b"\x01\xff\xff\xff"[..], &b"\x07garbage"[..]] {
+            std::fs::write(&path, damage).unwrap();
+            assert_eq!(cache.get("", action).await.unwrap(), None, "{damage:?}");
+            assert!(!path.exists());
+            cache
+                .put(
+                    "",
+                    action,
+                    ActionResult {
+                        exit_code: 1,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
     }
 }

@@ -19,7 +19,9 @@ pub struct MemoryActionCache {
 impl MemoryActionCache {
     /// A cache holding at most `budget` bytes of encoded results.
     pub fn new(budget: u64) -> Self {
-        Self { index: Mutex::new(LruIndex::new(budget)) }
+        Self {
+            index: Mutex::new(LruIndex::new(budget)),
+        }
     }
 }
 
@@ -47,6 +49,7 @@ mod tests {
 
     #[tokio::test]
     async fn conformance() {
-        remexec_core::testing::action_cache_conformance(Arc::new(MemoryActionCache::new(1 << 20))).await;
+        remexec_core::testing::action_cache_conformance(Arc::new(MemoryActionCache::new(1 << 20)))
+            .await;
     }
 }

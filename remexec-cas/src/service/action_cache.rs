@@ -16,11 +16,20 @@ pub struct ActionCacheService {
 }
 
 /// Inlines one blob if it fits the remaining budget and is in the CAS.
-async fn inline(store: &dyn BlobStore, instance: &str, digest: Digest, budget: &mut u64) -> Result<Option<Vec<u8>>> {
+async fn inline(
+    store: &dyn BlobStore,
+    instance: &str,
+    digest: Digest,
+    budget: &mut u64,
+) -> Result<Option<Vec<u8>>> {
     if digest.size() > *budget {
         return Ok(None);
     }
-    let data = if digest.is_empty_blob() { Some(Bytes::new()) } else { store.get_bytes(instance, digest, *budget).await? };
+    let data = if digest.is_empty_blob() {
+        Some(Bytes::new())
+    } else {
+        store.get_bytes(instance, digest, *budget).await?
+    };
     Ok(data.map(|d| {
         *budget -= d.len() as u64;
         d.to_vec()
@@ -44,20 +53,30 @@ impl ActionCacheService {
             .ok_or_else(|| Error::NotFound(format!("no cached result for action {action}")))?;
         let store = self.services.store.as_ref();
         let mut budget = self.services.limits.max_inline_size;
-        if req.inline_stdout {
-            if let Some(d) = &result.stdout_digest {
-                if let Some(raw) = inline(store, instance, Digest::from_proto(function, d)?, &mut budget).await? {
+        if req.inline_stdout
+            && let Some(d) = &result.stdout_digest
+                && let Some(raw) = inline(
+                    store,
+                    instance,
+                    Digest::from_proto(function, d)?,
+                    &mut budget,
+                )
+                .await?
+                {
                     result.stdout_raw = raw;
                 }
-            }
-        }
-        if req.inline_stderr {
-            if let Some(d) = &result.stderr_digest {
-                if let Some(raw) = inline(store, instance, Digest::from_proto(function, d)?, &mut budget).await? {
+        if req.inline_stderr
+            && let Some(d) = &result.stderr_digest
+                && let Some(raw) = inline(
+                    store,
+                    instance,
+                    Digest::from_proto(function, d)?,
+                    &mut budget,
+                )
+                .await?
+                {
                     result.stderr_raw = raw;
                 }
-            }
-        }
         for file in &mut result.output_files {
             if !req.inline_output_files.contains(&file.path) {
                 continue;
@@ -73,36 +92,62 @@ impl ActionCacheService {
     async fn update(&self, req: UpdateActionResultRequest) -> Result<ActionResult> {
         let function = request_scope(&req.instance_name, req.digest_function)?;
         let action = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
-        let result = req.action_result.ok_or_else(|| Error::invalid("action_result is missing"))?;
+        let result = req
+            .action_result
+            .ok_or_else(|| Error::invalid("action_result is missing"))?;
         for file in &result.output_files {
             remexec_core::merkle::validate_output_path(&file.path)?;
-            let digest = Digest::from_field(function, file.digest.as_ref(), &format!("output file {:?} digest", file.path))?;
+            let digest = Digest::from_field(
+                function,
+                file.digest.as_ref(),
+                &format!("output file {:?} digest", file.path),
+            )?;
             if !file.contents.is_empty() && function.digest_of(&file.contents) != digest {
-                return Err(Error::invalid(format!("inlined contents of output file {:?} do not match its digest", file.path)));
+                return Err(Error::invalid(format!(
+                    "inlined contents of output file {:?} do not match its digest",
+                    file.path
+                )));
             }
         }
         for dir in &result.output_directories {
             remexec_core::merkle::validate_output_path(&dir.path)?;
-            Digest::from_field(function, dir.tree_digest.as_ref(), &format!("output directory {:?} tree_digest", dir.path))?;
+            Digest::from_field(
+                function,
+                dir.tree_digest.as_ref(),
+                &format!("output directory {:?} tree_digest", dir.path),
+            )?;
         }
-        for (digest, name) in [(&result.stdout_digest, "stdout_digest"), (&result.stderr_digest, "stderr_digest")] {
+        for (digest, name) in [
+            (&result.stdout_digest, "stdout_digest"),
+            (&result.stderr_digest, "stderr_digest"),
+        ] {
             if let Some(d) = digest {
-                Digest::from_proto(function, d).map_err(|e| Error::invalid(format!("{name}: {e}")))?;
+                Digest::from_proto(function, d)
+                    .map_err(|e| Error::invalid(format!("{name}: {e}")))?;
             }
         }
         let instance = req.instance_name.as_str();
-        self.services.ac.put(instance, action, result.clone()).await?;
+        self.services
+            .ac
+            .put(instance, action, result.clone())
+            .await?;
         Ok(result)
     }
 }
 
 #[tonic::async_trait]
 impl ActionCacheRpc for ActionCacheService {
-    async fn get_action_result(&self, request: Request<GetActionResultRequest>) -> Result<Response<ActionResult>, Status> {
+    async fn get_action_result(
+        &self,
+        request: Request<GetActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
         respond(self.get(request.into_inner()).await)
     }
 
-    async fn update_action_result(&self, request: Request<UpdateActionResultRequest>) -> Result<Response<ActionResult>, Status> {
+    async fn update_action_result(
+        &self,
+        request: Request<UpdateActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
         respond(self.update(request.into_inner()).await)
     }
 }

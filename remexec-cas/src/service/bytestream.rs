@@ -3,8 +3,9 @@
 //! A write feeds the store through a bounded channel as the chunks arrive, so nothing is
 //! buffered whole. If the client's stream breaks before `finish_write`, the upload is parked for
 //! [`Limits::upload_resume_window`](super::Limits): a new `Write` with the same resource name
-//! and `write_offset` equal to the committed size continues it, and `QueryWriteStatus` reports
-//! progress. An upload of a blob the store already holds completes at once.
+//! and a `write_offset` at or below the committed size continues it (bytes already committed are
+//! skipped), and `QueryWriteStatus` reports progress. An upload of a blob the store already
+//! holds completes at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,10 +13,14 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use remexec_core::{BlobStoreExt, Compressor, Error, ReadRange, ReadResource, Result, WriteResource, validate_instance_name};
+use remexec_core::{
+    BlobStoreExt, Compressor, Error, ReadRange, ReadResource, Result, WriteResource,
+    validate_instance_name,
+};
 use remexec_proto::google::bytestream::byte_stream_server::ByteStream;
 use remexec_proto::google::bytestream::{
-    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest, WriteResponse,
+    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
+    WriteResponse,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
@@ -25,6 +30,8 @@ use super::{CacheServices, respond};
 
 /// Chunks buffered between the network and the store for one upload.
 const UPLOAD_QUEUE: usize = 8;
+/// Most interrupted uploads kept for resumption; beyond it, interrupted uploads are dropped.
+const MAX_PARKED: usize = 1024;
 
 /// An upload in progress whose client stream is not attached.
 #[derive(Debug)]
@@ -49,20 +56,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ByteStreamService {
     pub(crate) fn new(services: CacheServices) -> Self {
-        Self { services, parked: Arc::default(), generations: Arc::default() }
+        Self {
+            services,
+            parked: Arc::default(),
+            generations: Arc::default(),
+        }
     }
 
-    async fn read(&self, req: ReadRequest) -> Result<BoxStream<'static, Result<ReadResponse, Status>>> {
+    async fn read(
+        &self,
+        req: ReadRequest,
+    ) -> Result<BoxStream<'static, Result<ReadResponse, Status>>> {
         let resource = ReadResource::parse(&req.resource_name)?;
         let digest = resource.blob.digest;
         if req.read_offset < 0 {
-            return Err(Error::OutOfRange(format!("read_offset {} is negative", req.read_offset)));
+            return Err(Error::OutOfRange(format!(
+                "read_offset {} is negative",
+                req.read_offset
+            )));
         }
         if req.read_limit < 0 {
-            return Err(Error::invalid(format!("read_limit {} is negative", req.read_limit)));
+            return Err(Error::invalid(format!(
+                "read_limit {} is negative",
+                req.read_limit
+            )));
         }
         if resource.blob.compressor != Compressor::Identity && req.read_limit != 0 {
-            return Err(Error::invalid("read_limit must be 0 when reading compressed-blobs"));
+            return Err(Error::invalid(
+                "read_limit must be 0 when reading compressed-blobs",
+            ));
         }
         let range = ReadRange {
             offset: req.read_offset as u64,
@@ -81,7 +103,13 @@ impl ByteStreamService {
         let data = compress_stream(resource.blob.compressor, data);
         Ok(data
             .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
-            .map(|chunk| chunk.map(|data| ReadResponse { data: data.to_vec() }).map_err(Status::from))
+            .map(|chunk| {
+                chunk
+                    .map(|data| ReadResponse {
+                        data: data.to_vec(),
+                    })
+                    .map_err(Status::from)
+            })
             .boxed())
     }
 
@@ -92,18 +120,35 @@ impl ByteStreamService {
         let store = Arc::clone(&self.services.store);
         let instance = resource.instance.clone();
         let digest = resource.blob.digest;
-        let data = decompress_stream(resource.blob.compressor, tokio_stream::wrappers::ReceiverStream::new(rx).boxed());
+        let data = decompress_stream(
+            resource.blob.compressor,
+            tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
+        );
         tokio::spawn(async move {
             let _ = done_tx.send(store.put(&instance, digest, data).await);
         });
-        Upload { tx, done, committed: 0, generation: 0 }
+        Upload {
+            tx,
+            done,
+            committed: 0,
+            generation: 0,
+        }
     }
 
     /// Parks an interrupted upload and forgets it after the resume window.
     fn park(&self, name: String, mut upload: Upload) {
-        let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         upload.generation = generation;
-        lock(&self.parked).insert(name.clone(), upload);
+        {
+            let mut parked = lock(&self.parked);
+            if parked.len() >= MAX_PARKED {
+                tracing::warn!(resource = %name, "too many interrupted uploads; this one cannot be resumed");
+                return;
+            }
+            parked.insert(name.clone(), upload);
+        }
         let parked = Arc::clone(&self.parked);
         let window = self.services.limits.upload_resume_window;
         tokio::spawn(async move {
@@ -116,7 +161,10 @@ impl ByteStreamService {
         });
     }
 
-    async fn write(&self, mut stream: impl Stream<Item = Result<WriteRequest, Status>> + Unpin) -> Result<WriteResponse> {
+    async fn write(
+        &self,
+        mut stream: impl Stream<Item = Result<WriteRequest, Status>> + Unpin,
+    ) -> Result<WriteResponse> {
         let first = match stream.next().await {
             Some(Ok(first)) => first,
             Some(Err(status)) => return Err(status.into()),
@@ -127,8 +175,15 @@ impl ByteStreamService {
         validate_instance_name(&resource.instance)?;
         let digest = resource.blob.digest;
         let compressed = resource.blob.compressor != Compressor::Identity;
-        let complete = || WriteResponse { committed_size: if compressed { -1 } else { digest.size() as i64 } };
-        if self.services.store.contains(&resource.instance, digest).await? {
+        let complete = || WriteResponse {
+            committed_size: if compressed { -1 } else { digest.size() as i64 },
+        };
+        if self
+            .services
+            .store
+            .contains(&resource.instance, digest)
+            .await?
+        {
             return Ok(complete());
         }
         let parked = lock(&self.parked).remove(&name);
@@ -157,26 +212,40 @@ impl ByteStreamService {
                 }
             };
             if !req.resource_name.is_empty() && req.resource_name != name {
-                return Err(Error::invalid("resource_name changed within one Write stream"));
+                return Err(Error::invalid(
+                    "resource_name changed within one Write stream",
+                ));
             }
-            let offset = u64::try_from(req.write_offset)
-                .map_err(|_| Error::invalid(format!("write_offset {} is negative", req.write_offset)))?;
+            let offset = u64::try_from(req.write_offset).map_err(|_| {
+                Error::invalid(format!("write_offset {} is negative", req.write_offset))
+            })?;
             if offset > upload.committed {
-                return Err(Error::invalid(format!("write_offset {offset} skips past the {} bytes committed", upload.committed)));
+                return Err(Error::invalid(format!(
+                    "write_offset {offset} skips past the {} bytes committed",
+                    upload.committed
+                )));
             }
             let skip = (upload.committed - offset) as usize;
             if skip < req.data.len() {
                 let data = Bytes::from(req.data).slice(skip..);
                 upload.committed += data.len() as u64;
                 if upload.tx.send(Ok(data)).await.is_err() {
-                    // The store stopped reading: it has failed; report why.
-                    return Err(finish(upload).await.err().unwrap_or_else(|| Error::invalid("blob longer than its digest says")));
+                    // The store stopped reading: either it failed (say why) or the blob was
+                    // completed meanwhile by another upload (done early).
+                    finish(upload).await?;
+                    return Ok(complete());
                 }
             }
             if req.finish_write {
                 let committed = upload.committed;
                 finish(upload).await?;
-                return Ok(if compressed { WriteResponse { committed_size: committed as i64 } } else { complete() });
+                return Ok(if compressed {
+                    WriteResponse {
+                        committed_size: committed as i64,
+                    }
+                } else {
+                    complete()
+                });
             }
             next = stream.next().await;
         }
@@ -184,33 +253,58 @@ impl ByteStreamService {
 
     async fn query(&self, req: QueryWriteStatusRequest) -> Result<QueryWriteStatusResponse> {
         let resource = WriteResource::parse(&req.resource_name)?;
-        if self.services.store.contains(&resource.instance, resource.blob.digest).await? {
-            return Ok(QueryWriteStatusResponse { committed_size: resource.blob.digest.size() as i64, complete: true });
+        if self
+            .services
+            .store
+            .contains(&resource.instance, resource.blob.digest)
+            .await?
+        {
+            return Ok(QueryWriteStatusResponse {
+                committed_size: resource.blob.digest.size() as i64,
+                complete: true,
+            });
         }
-        let committed = lock(&self.parked).get(&req.resource_name).map_or(0, |u| u.committed);
-        Ok(QueryWriteStatusResponse { committed_size: committed as i64, complete: false })
+        let committed = lock(&self.parked)
+            .get(&req.resource_name)
+            .map_or(0, |u| u.committed);
+        Ok(QueryWriteStatusResponse {
+            committed_size: committed as i64,
+            complete: false,
+        })
     }
 }
 
 /// Closes the upload's channel and waits for the store's verdict.
 async fn finish(upload: Upload) -> Result<()> {
     drop(upload.tx);
-    upload.done.await.map_err(|_| Error::Internal("upload task vanished".into()))?
+    upload
+        .done
+        .await
+        .map_err(|_| Error::Internal("upload task vanished".into()))?
 }
 
 #[tonic::async_trait]
 impl ByteStream for ByteStreamService {
     type ReadStream = BoxStream<'static, Result<ReadResponse, Status>>;
 
-    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+    async fn read(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
         respond(ByteStreamService::read(self, request.into_inner()).await)
     }
 
-    async fn write(&self, request: Request<Streaming<WriteRequest>>) -> Result<Response<WriteResponse>, Status> {
+    async fn write(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+    ) -> Result<Response<WriteResponse>, Status> {
         respond(ByteStreamService::write(self, request.into_inner()).await)
     }
 
-    async fn query_write_status(&self, request: Request<QueryWriteStatusRequest>) -> Result<Response<QueryWriteStatusResponse>, Status> {
+    async fn query_write_status(
+        &self,
+        request: Request<QueryWriteStatusRequest>,
+    ) -> Result<Response<QueryWriteStatusResponse>, Status> {
         respond(self.query(request.into_inner()).await)
     }
 }

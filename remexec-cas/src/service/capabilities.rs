@@ -4,8 +4,8 @@ use remexec_core::{Compressor, DigestFunction};
 use remexec_proto::build::bazel::semver::SemVer;
 use remexec_proto::reapi::capabilities_server::Capabilities;
 use remexec_proto::reapi::{
-    ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities, GetCapabilitiesRequest,
-    ServerCapabilities, digest_function, symlink_absolute_path_strategy,
+    ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities,
+    GetCapabilitiesRequest, ServerCapabilities, digest_function, symlink_absolute_path_strategy,
 };
 use tonic::{Request, Response, Status};
 
@@ -18,7 +18,12 @@ pub const LOW_API_VERSION: (i32, i32) = (2, 0);
 pub const HIGH_API_VERSION: (i32, i32) = (2, 3);
 
 fn semver((major, minor): (i32, i32)) -> SemVer {
-    SemVer { major, minor, patch: 0, prerelease: String::new() }
+    SemVer {
+        major,
+        minor,
+        patch: 0,
+        prerelease: String::new(),
+    }
 }
 
 /// The Capabilities service. Build it with [`CacheServices::capabilities`](super::CacheServices::capabilities).
@@ -31,7 +36,10 @@ pub struct CapabilitiesService {
 impl CapabilitiesService {
     /// A cache-only server's capabilities.
     pub fn new(limits: Limits) -> Self {
-        Self { limits, execution: None }
+        Self {
+            limits,
+            execution: None,
+        }
     }
 
     /// Also advertises execution, for servers that mount an Execution service.
@@ -46,10 +54,13 @@ impl CapabilitiesService {
         ServerCapabilities {
             cache_capabilities: Some(CacheCapabilities {
                 digest_functions: DigestFunction::ALL.iter().map(|f| f.to_proto()).collect(),
-                action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities { update_enabled: true }),
+                action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
+                    update_enabled: true,
+                }),
                 cache_priority_capabilities: None,
                 max_batch_total_size_bytes: self.limits.max_batch_total_size as i64,
-                symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed as i32,
+                symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed
+                    as i32,
                 supported_compressors: compressors.clone(),
                 supported_batch_update_compressors: compressors,
                 ..Default::default()
@@ -69,8 +80,12 @@ impl CapabilitiesService {
 
 #[tonic::async_trait]
 impl Capabilities for CapabilitiesService {
-    async fn get_capabilities(&self, request: Request<GetCapabilitiesRequest>) -> Result<Response<ServerCapabilities>, Status> {
-        remexec_core::validate_instance_name(&request.get_ref().instance_name).map_err(Status::from)?;
+    async fn get_capabilities(
+        &self,
+        request: Request<GetCapabilitiesRequest>,
+    ) -> Result<Response<ServerCapabilities>, Status> {
+        remexec_core::validate_instance_name(&request.get_ref().instance_name)
+            .map_err(Status::from)?;
         Ok(Response::new(self.capabilities()))
     }
 }

@@ -5,13 +5,16 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use prost::Message;
 use remexec_core::merkle::walk_tree;
-use remexec_core::{BlobStoreExt, Compressor, Digest, DigestFunction, Error, Result, ok_rpc_status};
+use remexec_core::{
+    BlobStoreExt, Compressor, Digest, DigestFunction, Error, Result, ok_rpc_status,
+};
 use remexec_proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
 use remexec_proto::reapi::{
-    BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse,
-    FindMissingBlobsRequest, FindMissingBlobsResponse, GetChunkMappingRequest, GetChunkMappingResponse,
-    GetTreeRequest, GetTreeResponse, RegisterChunkMappingRequest, RegisterChunkMappingResponse,
-    SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse, batch_read_blobs_response,
+    BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest,
+    BatchUpdateBlobsResponse, FindMissingBlobsRequest, FindMissingBlobsResponse,
+    GetChunkMappingRequest, GetChunkMappingResponse, GetTreeRequest, GetTreeResponse,
+    RegisterChunkMappingRequest, RegisterChunkMappingResponse, SpliceBlobRequest,
+    SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse, batch_read_blobs_response,
     batch_update_blobs_response,
 };
 use tonic::{Request, Response, Status};
@@ -28,8 +31,14 @@ pub struct CasService {
     services: CacheServices,
 }
 
-fn parse_digests(function: DigestFunction, digests: &[remexec_proto::reapi::Digest]) -> Result<Vec<Digest>> {
-    digests.iter().map(|d| Digest::from_proto(function, d)).collect()
+fn parse_digests(
+    function: DigestFunction,
+    digests: &[remexec_proto::reapi::Digest],
+) -> Result<Vec<Digest>> {
+    digests
+        .iter()
+        .map(|d| Digest::from_proto(function, d))
+        .collect()
 }
 
 impl CasService {
@@ -41,8 +50,14 @@ impl CasService {
         let function = request_scope(&req.instance_name, req.digest_function)?;
         let mut digests = parse_digests(function, &req.blob_digests)?;
         digests.retain(|d| !d.is_empty_blob());
-        let missing = self.services.store.find_missing(&req.instance_name, &digests).await?;
-        Ok(FindMissingBlobsResponse { missing_blob_digests: missing.iter().map(Digest::to_proto).collect() })
+        let missing = self
+            .services
+            .store
+            .find_missing(&req.instance_name, &digests)
+            .await?;
+        Ok(FindMissingBlobsResponse {
+            missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
+        })
     }
 
     fn check_batch_size(&self, total: u64, what: &str) -> Result<()> {
@@ -57,8 +72,14 @@ impl CasService {
 
     async fn batch_update(&self, req: BatchUpdateBlobsRequest) -> Result<BatchUpdateBlobsResponse> {
         let function = request_scope(&req.instance_name, req.digest_function)?;
-        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
-        self.check_batch_size(total, "BatchUpdateBlobs request")?;
+        let sent: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
+        let declared: u64 = req
+            .requests
+            .iter()
+            .filter_map(|r| r.digest.as_ref())
+            .map(|d| d.size_bytes.max(0) as u64)
+            .sum();
+        self.check_batch_size(sent.max(declared), "BatchUpdateBlobs request")?;
         let instance = req.instance_name.as_str();
         let store = &self.services.store;
         let puts = req.requests.into_iter().map(|r| async move {
@@ -68,7 +89,11 @@ impl CasService {
                 let compressor = Compressor::from_proto(r.compressor)?;
                 let data = decompress_bytes(compressor, Bytes::from(r.data), digest)?;
                 if digest.is_empty_blob() {
-                    return if data.is_empty() { Ok(()) } else { Err(Error::invalid("data given for the empty digest")) };
+                    return if data.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(Error::invalid("data given for the empty digest"))
+                    };
                 }
                 store.put_bytes(instance, digest, data).await
             }
@@ -85,8 +110,14 @@ impl CasService {
     async fn batch_read(&self, req: BatchReadBlobsRequest) -> Result<BatchReadBlobsResponse> {
         let function = request_scope(&req.instance_name, req.digest_function)?;
         let digests = parse_digests(function, &req.digests)?;
-        self.check_batch_size(digests.iter().map(Digest::size).sum(), "BatchReadBlobs request")?;
-        let compressor = if req.acceptable_compressors.contains(&Compressor::Zstd.to_proto()) {
+        self.check_batch_size(
+            digests.iter().map(Digest::size).sum(),
+            "BatchReadBlobs request",
+        )?;
+        let compressor = if req
+            .acceptable_compressors
+            .contains(&Compressor::Zstd.to_proto())
+        {
             Compressor::Zstd
         } else {
             Compressor::Identity
@@ -104,7 +135,9 @@ impl CasService {
                     .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the CAS")))
             }
             .await;
-            let (data, status, used) = match outcome.and_then(|data| Ok((compress_bytes(compressor, data)?, compressor))) {
+            let (data, status, used) = match outcome
+                .and_then(|data| Ok((compress_bytes(compressor, data)?, compressor)))
+            {
                 Ok((data, used)) => (data, ok_rpc_status(), used),
                 Err(e) => (Bytes::new(), e.to_rpc_status(), Compressor::Identity),
             };
@@ -115,10 +148,15 @@ impl CasService {
                 status: Some(status),
             }
         });
-        Ok(BatchReadBlobsResponse { responses: futures::future::join_all(reads).await })
+        Ok(BatchReadBlobsResponse {
+            responses: futures::future::join_all(reads).await,
+        })
     }
 
-    async fn tree_pages(self, req: GetTreeRequest) -> Result<BoxStream<'static, Result<GetTreeResponse, Status>>> {
+    async fn tree_pages(
+        self,
+        req: GetTreeRequest,
+    ) -> Result<BoxStream<'static, Result<GetTreeResponse, Status>>> {
         let function = request_scope(&req.instance_name, req.digest_function)?;
         let root = Digest::from_field(function, req.root_digest.as_ref(), "root_digest")?;
         let max_page = self.services.limits.max_tree_page_size;
@@ -130,9 +168,12 @@ impl CasService {
         let offset: usize = if req.page_token.is_empty() {
             0
         } else {
-            req.page_token
-                .parse()
-                .map_err(|_| Error::invalid(format!("page_token {:?} was not issued by this server", req.page_token)))?
+            req.page_token.parse().map_err(|_| {
+                Error::invalid(format!(
+                    "page_token {:?} was not issued by this server",
+                    req.page_token
+                ))
+            })?
         };
         let instance = req.instance_name;
         // Fetch the first page eagerly so that a missing or invalid root fails the call itself.
@@ -160,58 +201,109 @@ impl CasService {
         Ok(stream.boxed())
     }
 
-    async fn tree_page(&self, instance: &str, root: Digest, offset: usize, page_size: usize) -> Result<(GetTreeResponse, bool)> {
-        let (entries, mut more) = walk_tree(self.services.store.as_ref(), instance, root, offset, page_size).await?;
+    async fn tree_page(
+        &self,
+        instance: &str,
+        root: Digest,
+        offset: usize,
+        page_size: usize,
+    ) -> Result<(GetTreeResponse, bool)> {
+        let (entries, mut more) = walk_tree(
+            self.services.store.as_ref(),
+            instance,
+            root,
+            offset,
+            page_size,
+        )
+        .await?;
         let mut directories = Vec::with_capacity(entries.len());
         let mut bytes = 0;
-        for entry in entries {
+        let count = entries.len();
+        for (i, entry) in entries.into_iter().enumerate() {
             bytes += entry.directory.encoded_len();
             directories.push(entry.directory);
-            if bytes > TREE_PAGE_BYTES {
+            if bytes > TREE_PAGE_BYTES && i + 1 < count {
                 more = true;
                 break;
             }
         }
-        let next_page_token = if more { (offset + directories.len()).to_string() } else { String::new() };
-        Ok((GetTreeResponse { directories, next_page_token }, more))
+        let next_page_token = if more {
+            (offset + directories.len()).to_string()
+        } else {
+            String::new()
+        };
+        Ok((
+            GetTreeResponse {
+                directories,
+                next_page_token,
+            },
+            more,
+        ))
     }
 }
 
 #[tonic::async_trait]
 impl ContentAddressableStorage for CasService {
-    async fn find_missing_blobs(&self, request: Request<FindMissingBlobsRequest>) -> Result<Response<FindMissingBlobsResponse>, Status> {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<FindMissingBlobsRequest>,
+    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
         respond(self.find_missing(request.into_inner()).await)
     }
 
-    async fn batch_update_blobs(&self, request: Request<BatchUpdateBlobsRequest>) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+    async fn batch_update_blobs(
+        &self,
+        request: Request<BatchUpdateBlobsRequest>,
+    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
         respond(self.batch_update(request.into_inner()).await)
     }
 
-    async fn batch_read_blobs(&self, request: Request<BatchReadBlobsRequest>) -> Result<Response<BatchReadBlobsResponse>, Status> {
+    async fn batch_read_blobs(
+        &self,
+        request: Request<BatchReadBlobsRequest>,
+    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
         respond(self.batch_read(request.into_inner()).await)
     }
 
     type GetTreeStream = BoxStream<'static, Result<GetTreeResponse, Status>>;
 
-    async fn get_tree(&self, request: Request<GetTreeRequest>) -> Result<Response<Self::GetTreeStream>, Status> {
+    async fn get_tree(
+        &self,
+        request: Request<GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
         respond(self.clone().tree_pages(request.into_inner()).await)
     }
 
-    async fn split_blob(&self, _: Request<SplitBlobRequest>) -> Result<Response<SplitBlobResponse>, Status> {
-        Err(Error::Unimplemented("SplitBlob is not supported (split_blob_support is false)".into()).into())
+    async fn split_blob(
+        &self,
+        _: Request<SplitBlobRequest>,
+    ) -> Result<Response<SplitBlobResponse>, Status> {
+        Err(
+            Error::Unimplemented("SplitBlob is not supported (split_blob_support is false)".into())
+                .into(),
+        )
     }
 
     type GetChunkMappingStream = BoxStream<'static, Result<GetChunkMappingResponse, Status>>;
 
-    async fn get_chunk_mapping(&self, _: Request<GetChunkMappingRequest>) -> Result<Response<Self::GetChunkMappingStream>, Status> {
+    async fn get_chunk_mapping(
+        &self,
+        _: Request<GetChunkMappingRequest>,
+    ) -> Result<Response<Self::GetChunkMappingStream>, Status> {
         Err(Error::Unimplemented("GetChunkMapping is not supported".into()).into())
     }
 
-    async fn splice_blob(&self, _: Request<SpliceBlobRequest>) -> Result<Response<SpliceBlobResponse>, Status> {
+    async fn splice_blob(
+        &self,
+        _: Request<SpliceBlobRequest>,
+    ) -> Result<Response<SpliceBlobResponse>, Status> {
         Err(Error::Unimplemented("SpliceBlob is not supported".into()).into())
     }
 
-    async fn register_chunk_mapping(&self, _: Request<tonic::Streaming<RegisterChunkMappingRequest>>) -> Result<Response<RegisterChunkMappingResponse>, Status> {
+    async fn register_chunk_mapping(
+        &self,
+        _: Request<tonic::Streaming<RegisterChunkMappingRequest>>,
+    ) -> Result<Response<RegisterChunkMappingResponse>, Status> {
         Err(Error::Unimplemented("RegisterChunkMapping is not supported".into()).into())
     }
 }

@@ -24,7 +24,10 @@ pub(crate) fn compress_stream(compressor: Compressor, data: ChunkStream) -> Chun
     match compressor {
         Compressor::Zstd => {
             let reader = StreamReader::new(data.map(|r| r.map_err(to_io)));
-            let encoder = async_compression::tokio::bufread::ZstdEncoder::with_quality(reader, async_compression::Level::Fastest);
+            let encoder = async_compression::tokio::bufread::ZstdEncoder::with_quality(
+                reader,
+                async_compression::Level::Fastest,
+            );
             ReaderStream::with_capacity(encoder, CHUNK)
                 .map(|r| r.map_err(|e| from_io(e, "compressing")))
                 .boxed()
@@ -48,13 +51,22 @@ pub(crate) fn decompress_stream(compressor: Compressor, data: ChunkStream) -> Ch
 }
 
 /// Decompresses one batch entry, refusing output larger than the digest says.
-pub(crate) fn decompress_bytes(compressor: Compressor, data: Bytes, digest: Digest) -> Result<Bytes> {
+pub(crate) fn decompress_bytes(
+    compressor: Compressor,
+    data: Bytes,
+    digest: Digest,
+) -> Result<Bytes> {
     match compressor {
         Compressor::Zstd => {
-            let limit = usize::try_from(digest.size()).map_err(|_| Error::invalid("blob too large"))?;
+            let limit =
+                usize::try_from(digest.size()).map_err(|_| Error::invalid("blob too large"))?;
             zstd::bulk::decompress(&data, limit)
                 .map(Bytes::from)
-                .map_err(|e| Error::invalid(format!("blob {digest}: invalid zstd data or larger than its digest says: {e}")))
+                .map_err(|e| {
+                    Error::invalid(format!(
+                        "blob {digest}: invalid zstd data or larger than its digest says: {e}"
+                    ))
+                })
         }
         _ => Ok(data),
     }

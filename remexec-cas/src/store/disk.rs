@@ -1,7 +1,7 @@
 //! [`DiskStore`]: blobs as files on local disk.
 //!
-//! - Each blob is written to a temporary file, fsynced, then renamed into place, so a
-//!   half-written blob is never visible, even after a crash.
+//! - Each blob is written to a temporary file, fsynced (unless `sync` is off), then renamed into
+//!   place, so a half-written blob is never visible, even after a crash.
 //! - An in-memory index, rebuilt by scanning the directory at start, answers lookups without
 //!   touching the disk and evicts least recently used blobs beyond the byte budget.
 //! - Concurrent writers of the same digest each write their own temporary file; the renames are
@@ -34,7 +34,10 @@ pub struct DiskStoreOptions {
 
 impl Default for DiskStoreOptions {
     fn default() -> Self {
-        Self { budget: 10 << 30, sync: true }
+        Self {
+            budget: 10 << 30,
+            sync: true,
+        }
     }
 }
 
@@ -51,7 +54,8 @@ fn length_matches(key: &Key, len: u64) -> bool {
 impl DiskStore {
     /// Opens the store rooted at `root`, creating it if needed and re-indexing what is there.
     pub async fn open(root: impl AsRef<Path>, options: DiskStoreOptions) -> Result<Self> {
-        let files = FileTable::open(root.as_ref(), options.budget, options.sync, length_matches).await?;
+        let files =
+            FileTable::open(root.as_ref(), options.budget, options.sync, length_matches).await?;
         Ok(Self { files })
     }
 
@@ -66,7 +70,11 @@ impl BlobStore for DiskStore {
     async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
         let ns = crate::key::namespace(instance);
         Ok(self.files.with_index(|present| {
-            digests.iter().filter(|d| !present(&Key { ns, digest: **d })).copied().collect()
+            digests
+                .iter()
+                .filter(|d| !present(&Key { ns, digest: **d }))
+                .copied()
+                .collect()
         }))
     }
 
@@ -84,14 +92,21 @@ impl BlobStore for DiskStore {
         self.files.write(key, data, Some(digest.size())).await
     }
 
-    async fn get(&self, instance: &str, digest: Digest, range: ReadRange) -> Result<Option<ChunkStream>> {
+    async fn get(
+        &self,
+        instance: &str,
+        digest: Digest,
+        range: ReadRange,
+    ) -> Result<Option<ChunkStream>> {
         let key = Key::new(instance, digest);
         let Some((mut file, len)) = self.files.open_read(&key, length_matches).await? else {
             return Ok(None);
         };
         let (offset, take) = range.resolve(len)?;
         if offset > 0 {
-            file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| Error::io("seeking a blob", e))?;
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| Error::io("seeking a blob", e))?;
         }
         let reader = file.take(take);
         let stream = tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK)
@@ -113,40 +128,83 @@ mod tests {
     #[tokio::test]
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
-        blob_store_conformance(Arc::new(DiskStore::open(dir.path(), opts(1 << 30)).await.unwrap())).await;
+        blob_store_conformance(Arc::new(
+            DiskStore::open(dir.path(), opts(1 << 30)).await.unwrap(),
+        ))
+        .await;
     }
 
     #[tokio::test]
     async fn survives_restart_and_evicts_oldest() {
         let dir = tempfile::tempdir().unwrap();
         let blobs: Vec<_> = (0..4).map(|i| content(i, 1000)).collect();
-        let digests: Vec<_> = blobs.iter().map(|b| DigestFunction::Sha256.digest_of(b)).collect();
+        let digests: Vec<_> = blobs
+            .iter()
+            .map(|b| DigestFunction::Sha256.digest_of(b))
+            .collect();
         {
             let store = DiskStore::open(dir.path(), opts(10_000)).await.unwrap();
             for (b, d) in blobs.iter().zip(&digests) {
-                store.put("inst", *d, chunked(b.clone(), 300)).await.unwrap();
+                store
+                    .put("inst", *d, chunked(b.clone(), 300))
+                    .await
+                    .unwrap();
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
         // Leftover temp files from a crash are cleared at start.
         std::fs::write(dir.path().join("tmp").join("up-partial"), b"half").unwrap();
+        // Stray files where directories belong are skipped, not fatal.
+        std::fs::write(
+            dir.path()
+                .join(format!("{:032x}", crate::key::namespace("inst")))
+                .join("stray"),
+            b"x",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("README"), b"x").unwrap();
         let store = DiskStore::open(dir.path(), opts(10_000)).await.unwrap();
         assert_eq!(store.usage(), (4000, 4));
-        assert!(store.find_missing("inst", &digests).await.unwrap().is_empty());
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(
+            store
+                .find_missing("inst", &digests)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
         for (b, d) in blobs.iter().zip(&digests) {
-            assert_eq!(store.get_bytes("inst", *d, u64::MAX).await.unwrap().as_deref(), Some(&b[..]));
+            assert_eq!(
+                store
+                    .get_bytes("inst", *d, u64::MAX)
+                    .await
+                    .unwrap()
+                    .as_deref(),
+                Some(&b[..])
+            );
         }
         drop(store);
         // Re-opening with a smaller budget evicts the oldest blobs first.
         let store = DiskStore::open(dir.path(), opts(2_500)).await.unwrap();
-        assert_eq!(store.find_missing("inst", &digests).await.unwrap(), digests[..2].to_vec());
+        assert_eq!(
+            store.find_missing("inst", &digests).await.unwrap(),
+            digests[..2].to_vec()
+        );
         // And further puts evict least recently used.
         store.get_bytes("inst", digests[2], u64::MAX).await.unwrap();
         let extra = content(99, 1000);
         let ed = DigestFunction::Sha256.digest_of(&extra);
         store.put_bytes("inst", ed, extra).await.unwrap();
-        assert_eq!(store.find_missing("inst", &[digests[2], digests[3], ed]).await.unwrap(), vec![digests[3]]);
+        assert_eq!(
+            store
+                .find_missing("inst", &[digests[2], digests[3], ed])
+                .await
+                .unwrap(),
+            vec![digests[3]]
+        );
         assert!(store.usage().0 <= 2_500);
     }
 
@@ -173,7 +231,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path(), opts(100)).await.unwrap();
         let data = content(1, 200);
-        let err = store.put_bytes("", DigestFunction::Sha256.digest_of(&data), data).await.unwrap_err();
+        let err = store
+            .put_bytes("", DigestFunction::Sha256.digest_of(&data), data)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     }
 }

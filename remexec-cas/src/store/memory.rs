@@ -58,7 +58,12 @@ impl BlobStore for MemoryStore {
         Ok(())
     }
 
-    async fn get(&self, instance: &str, digest: Digest, range: ReadRange) -> Result<Option<ChunkStream>> {
+    async fn get(
+        &self,
+        instance: &str,
+        digest: Digest,
+        range: ReadRange,
+    ) -> Result<Option<ChunkStream>> {
         let Some(bytes) = lock(&self.index).get(&Key::new(instance, digest)).cloned() else {
             return Ok(None);
         };
@@ -84,14 +89,23 @@ mod tests {
     async fn evicts_beyond_budget() {
         let store = MemoryStore::new(250);
         let blobs: Vec<_> = (0..3).map(|i| content(i, 100)).collect();
-        let digests: Vec<_> = blobs.iter().map(|b| DigestFunction::Sha256.digest_of(b)).collect();
+        let digests: Vec<_> = blobs
+            .iter()
+            .map(|b| DigestFunction::Sha256.digest_of(b))
+            .collect();
         for (b, d) in blobs.iter().zip(&digests) {
             store.put_bytes("", *d, b.clone()).await.unwrap();
         }
-        assert_eq!(store.find_missing("", &digests).await.unwrap(), vec![digests[0]]);
+        assert_eq!(
+            store.find_missing("", &digests).await.unwrap(),
+            vec![digests[0]]
+        );
         assert!(store.bytes() <= 250);
         let too_big = content(9, 300);
-        let err = store.put_bytes("", DigestFunction::Sha256.digest_of(&too_big), too_big).await.unwrap_err();
+        let err = store
+            .put_bytes("", DigestFunction::Sha256.digest_of(&too_big), too_big)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     }
 }

@@ -11,9 +11,15 @@ use remexec_core::{ChunkStream, Digest, Error, Result};
 /// Length mismatch error, shared so every backend words it the same way.
 pub(crate) fn size_mismatch(digest: Digest, got: u64, finished: bool) -> Error {
     if finished {
-        Error::invalid(format!("blob {digest}: received {got} bytes, digest says {}", digest.size()))
+        Error::invalid(format!(
+            "blob {digest}: received {got} bytes, digest says {}",
+            digest.size()
+        ))
     } else {
-        Error::invalid(format!("blob {digest}: received more than the {} bytes the digest says", digest.size()))
+        Error::invalid(format!(
+            "blob {digest}: received more than the {} bytes the digest says",
+            digest.size()
+        ))
     }
 }
 
@@ -23,7 +29,11 @@ pub(crate) async fn read_exact_len(mut data: ChunkStream, digest: Digest) -> Res
     while let Some(chunk) = data.next().await {
         let chunk = chunk?;
         if buf.len() as u64 + chunk.len() as u64 > digest.size() {
-            return Err(size_mismatch(digest, buf.len() as u64 + chunk.len() as u64, false));
+            return Err(size_mismatch(
+                digest,
+                buf.len() as u64 + chunk.len() as u64,
+                false,
+            ));
         }
         buf.extend_from_slice(&chunk);
     }

@@ -43,7 +43,10 @@ pub fn verify_stream(digest: Digest, data: ChunkStream) -> ChunkStream {
                 if got == digest {
                     None
                 } else if got.size() != digest.size() {
-                    Some((Err(crate::store::size_mismatch(digest, got.size(), true)), (data, None)))
+                    Some((
+                        Err(crate::store::size_mismatch(digest, got.size(), true)),
+                        (data, None),
+                    ))
                 } else {
                     let err = Error::invalid(format!(
                         "uploaded content hashes to {}, not {} as its digest says",
@@ -65,10 +68,17 @@ impl BlobStore for VerifyingStore {
     }
 
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
-        self.inner.put(instance, digest, verify_stream(digest, data)).await
+        self.inner
+            .put(instance, digest, verify_stream(digest, data))
+            .await
     }
 
-    async fn get(&self, instance: &str, digest: Digest, range: ReadRange) -> Result<Option<ChunkStream>> {
+    async fn get(
+        &self,
+        instance: &str,
+        digest: Digest,
+        range: ReadRange,
+    ) -> Result<Option<ChunkStream>> {
         self.inner.get(instance, digest, range).await
     }
 }
@@ -77,12 +87,15 @@ impl BlobStore for VerifyingStore {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
-    use remexec_core::testing::{blob_store_conformance, chunked, content};
     use remexec_core::DigestFunction;
+    use remexec_core::testing::{blob_store_conformance, chunked, content};
 
     #[tokio::test]
     async fn conformance() {
-        blob_store_conformance(Arc::new(VerifyingStore::new(Arc::new(MemoryStore::new(64 << 20))))).await;
+        blob_store_conformance(Arc::new(VerifyingStore::new(Arc::new(MemoryStore::new(
+            64 << 20,
+        )))))
+        .await;
     }
 
     #[tokio::test]
@@ -90,10 +103,16 @@ mod tests {
         let store = VerifyingStore::new(Arc::new(MemoryStore::new(1 << 20)));
         let data = content(3, 1000);
         let claimed = DigestFunction::Sha256.digest_of(&content(4, 1000));
-        let err = store.put("", claimed, chunked(data.clone(), 100)).await.unwrap_err();
+        let err = store
+            .put("", claimed, chunked(data.clone(), 100))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.to_string().contains("hashes to"), "{err}");
-        assert_eq!(store.find_missing("", &[claimed]).await.unwrap(), vec![claimed]);
+        assert_eq!(
+            store.find_missing("", &[claimed]).await.unwrap(),
+            vec![claimed]
+        );
         let b3 = DigestFunction::Blake3.digest_of(&data);
         store.put("", b3, chunked(data, 7)).await.unwrap();
         assert!(store.find_missing("", &[b3]).await.unwrap().is_empty());

@@ -1,10 +1,14 @@
 //! An in-process server for the gRPC tests.
 
+#![allow(clippy::unwrap_used)]
+
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::Arc;
 
-use remexec_cas::{CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions, Limits};
+use remexec_cas::{
+    CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions, Limits,
+};
 use remexec_core::{ActionCache, BlobStore};
 use remexec_proto::google::bytestream::byte_stream_client::ByteStreamClient;
 use remexec_proto::reapi::action_cache_client::ActionCacheClient;
@@ -25,11 +29,26 @@ impl TestServer {
 
     pub async fn start_with(limits: Limits) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn BlobStore> =
-            Arc::new(DiskStore::open(dir.path().join("cas"), DiskStoreOptions { budget: 1 << 30, sync: false }).await.unwrap());
-        let ac: Arc<dyn ActionCache> = Arc::new(DiskActionCache::open(dir.path().join("ac"), 1 << 20, false).await.unwrap());
+        let store: Arc<dyn BlobStore> = Arc::new(
+            DiskStore::open(
+                dir.path().join("cas"),
+                DiskStoreOptions {
+                    budget: 1 << 30,
+                    sync: false,
+                },
+            )
+            .await
+            .unwrap(),
+        );
+        let ac: Arc<dyn ActionCache> = Arc::new(
+            DiskActionCache::open(dir.path().join("ac"), 1 << 20, false)
+                .await
+                .unwrap(),
+        );
         let ac = Arc::new(CompletenessCheckingCache::new(ac, store.clone()));
-        let routes = CacheServices::new(store.clone(), ac).with_limits(limits).into_routes();
+        let routes = CacheServices::new(store.clone(), ac)
+            .with_limits(limits)
+            .into_routes();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -39,12 +58,22 @@ impl TestServer {
                 .await
                 .unwrap();
         });
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        Self { channel, store, _dir: dir }
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            channel,
+            store,
+            _dir: dir,
+        }
     }
 
     pub fn cas(&self) -> ContentAddressableStorageClient<Channel> {
-        ContentAddressableStorageClient::new(self.channel.clone()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+        ContentAddressableStorageClient::new(self.channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
     }
 
     pub fn bytestream(&self) -> ByteStreamClient<Channel> {
@@ -62,8 +91,16 @@ impl TestServer {
 
 /// Asserts a gRPC error's code and that its message mentions `needle`.
 #[track_caller]
-pub fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic::Code, needle: &str) {
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) {
     let status = result.expect_err("expected an error");
     assert_eq!(status.code(), code, "{status:?}");
-    assert!(status.message().contains(needle), "message {:?} should mention {needle:?}", status.message());
+    assert!(
+        status.message().contains(needle),
+        "message {:?} should mention {needle:?}",
+        status.message()
+    );
 }
