@@ -21,4 +21,5 @@
 
 pub mod cli;
 pub mod config;
+pub mod loadgen;
 pub mod serve;

@@ -10,6 +10,7 @@ use remexec_cas::{
     MemoryActionCache,
 };
 use remexec_core::{ActionCache, BlobStore, Error, Result};
+use futures::StreamExt;
 use tokio::net::TcpListener;
 
 use crate::config::{AcBackend, Config};
@@ -70,11 +71,15 @@ impl BoundServer {
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        // `Server::tcp_nodelay` applies only to listeners tonic binds itself; set it per stream.
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener).map(|stream| {
+            let stream = stream?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        });
         tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_routes(self.services.into_routes())
             .serve_with_incoming_shutdown(incoming, shutdown)
