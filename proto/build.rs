@@ -5,13 +5,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
-    println!("cargo:rerun-if-changed=protos/build/bazel/remote/execution/v2/digest.proto");
+    println!("cargo:rerun-if-changed=protos");
     let fds = protox::compile(protos, ["protos"])?;
     tonic_prost_build::configure()
         .extern_path(
             ".build.bazel.remote.execution.v2",
             "::bazel_remote_apis::build::bazel::remote::execution::v2",
         )
+        .extern_path(".google.rpc", "::bazel_remote_apis::google::rpc")
         .compile_fds(fds)?;
     Ok(())
 }

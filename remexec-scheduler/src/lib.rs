@@ -1,12 +1,34 @@
-//! The remexec scheduler (coming with remote execution).
+//! The remexec scheduler: REAPI Execution and Operations services over an action queue.
 //!
-//! This crate will hold the REAPI Execution and Operations services, the action queue with
-//! platform matching and priorities, merging of identical in-flight actions, and the
-//! `ExecutorPool` trait through which the scheduler dispatches actions to workers. It depends on
-//! `remexec-core` only, never on `remexec-cas` or `remexec-worker`.
+//! - [`Scheduler`] owns operations and the queue: it checks the Action Cache, merges identical
+//!   in-flight actions (same instance and action digest), validates that every input is in the
+//!   CAS (reporting missing blobs as `MISSING` precondition violations), matches platforms
+//!   ([`platform`]), dispatches by `ExecutionPolicy.priority` (lower runs sooner), re-queues
+//!   actions whose executor was lost, and caches successful results.
+//! - [`ExecutorPool`] is the scheduler's view of executors. [`WorkerPool`] implements it for
+//!   workers attached over remexec's worker protocol; an embedder can implement it differently.
+//! - [`ExecutionService`] and [`OperationsService`] are the gRPC services.
+//!
+//! It depends on `remexec-core` and `remexec-proto` only, never on `remexec-cas` or
+//! `remexec-worker`: stores arrive as `Arc<dyn BlobStore>` and `Arc<dyn ActionCache>`.
 //!
 //! ```
-//! // The scheduler shares its types with the rest of remexec through remexec-core.
-//! let digest = remexec_core::DigestFunction::Sha256.digest_of(b"action");
-//! assert_eq!(digest.size(), 6);
+//! use remexec_scheduler::platform::MatchRules;
+//!
+//! let rules = MatchRules::default(); // cpu-count, memory-mb and disk-mb are "at least"
+//! let executor = vec![("OSFamily".to_string(), "linux".to_string()), ("cpu-count".to_string(), "8".to_string())];
+//! assert!(rules.matches(&[("cpu-count".into(), "4".into())], &executor));
+//! assert!(!rules.matches(&[("OSFamily".into(), "windows".into())], &executor));
 //! ```
+
+mod inputs;
+pub mod platform;
+mod pool;
+mod scheduler;
+mod service;
+mod worker_pool;
+
+pub use pool::{ExecutorInfo, ExecutorPool, Job, JobOutcome};
+pub use scheduler::{Scheduler, SchedulerConfig};
+pub use service::{ExecutionService, OperationsService};
+pub use worker_pool::WorkerPool;

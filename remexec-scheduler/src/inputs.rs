@@ -1,0 +1,100 @@
+//! Loading an action and checking that everything it needs is in the CAS.
+
+use std::collections::{HashSet, VecDeque};
+
+use prost::Message;
+use remexec_core::merkle::{fetch_directory, validate_output_path};
+use remexec_core::reapi::{Action, Command};
+use remexec_core::{BlobStore, BlobStoreExt, Digest, Error, Result};
+
+/// Largest `Action` or `Command` message accepted.
+const MAX_MESSAGE: u64 = 16 * 1024 * 1024;
+/// Digests per FindMissingBlobs call to the store.
+const FIND_BATCH: usize = 10_000;
+
+/// An action ready to queue, or the blobs that must be uploaded first.
+#[derive(Debug)]
+pub(crate) enum Loaded {
+    Ready(Box<(Action, Command)>),
+    Missing(Vec<Digest>),
+}
+
+async fn fetch<M: Message + Default>(cas: &dyn BlobStore, instance: &str, digest: Digest, what: &str) -> Result<Option<M>> {
+    let Some(bytes) = cas.get_bytes(instance, digest, MAX_MESSAGE).await? else {
+        return Ok(None);
+    };
+    M::decode(bytes).map(Some).map_err(|e| Error::invalid(format!("{what} {digest} does not decode: {e}")))
+}
+
+/// Fetches and validates the Action and Command, and finds every missing input blob.
+pub(crate) async fn load(cas: &dyn BlobStore, instance: &str, action_digest: Digest) -> Result<Loaded> {
+    let f = action_digest.function();
+    let Some(action) = fetch::<Action>(cas, instance, action_digest, "action").await? else {
+        return Ok(Loaded::Missing(vec![action_digest]));
+    };
+    let command_digest = Digest::from_field(f, action.command_digest.as_ref(), "action.command_digest")?;
+    let root = Digest::from_field(f, action.input_root_digest.as_ref(), "action.input_root_digest")?;
+    if action.timeout.as_ref().is_some_and(|t| t.seconds < 0 || t.nanos < 0) {
+        return Err(Error::invalid("action.timeout is negative"));
+    }
+    let command = fetch::<Command>(cas, instance, command_digest, "command").await?;
+    let mut missing = Vec::new();
+    if command.is_none() {
+        missing.push(command_digest);
+    }
+    missing.extend(missing_inputs(cas, instance, root).await?);
+    let Some(command) = command else { return Ok(Loaded::Missing(missing)) };
+    if !missing.is_empty() {
+        return Ok(Loaded::Missing(missing));
+    }
+    validate_command(&command)?;
+    Ok(Loaded::Ready(Box::new((action, command))))
+}
+
+#[allow(deprecated)] // output_files and output_directories: REAPI v2.0 clients still send them
+fn validate_command(command: &Command) -> Result<()> {
+    if command.arguments.is_empty() || command.arguments[0].is_empty() {
+        return Err(Error::invalid("command.arguments is empty"));
+    }
+    let outputs = command.output_paths.iter().chain(&command.output_files).chain(&command.output_directories);
+    for path in outputs {
+        validate_output_path(path).map_err(|e| Error::invalid(format!("command: {e}")))?;
+    }
+    if !command.working_directory.is_empty() {
+        validate_output_path(&command.working_directory)
+            .map_err(|e| Error::invalid(format!("command.working_directory: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Walks the input tree; returns every directory and file blob it needs that the CAS lacks.
+async fn missing_inputs(cas: &dyn BlobStore, instance: &str, root: Digest) -> Result<Vec<Digest>> {
+    let f = root.function();
+    let mut missing = Vec::new();
+    let mut files = HashSet::new();
+    let mut seen = HashSet::from([root]);
+    let mut queue = VecDeque::from([root]);
+    while let Some(digest) = queue.pop_front() {
+        let Some(dir) = fetch_directory(cas, instance, digest).await? else {
+            missing.push(digest);
+            continue;
+        };
+        for child in &dir.directories {
+            let d = Digest::from_field(f, child.digest.as_ref(), "directory")?;
+            if seen.insert(d) {
+                queue.push_back(d);
+            }
+        }
+        for file in &dir.files {
+            let d = Digest::from_field(f, file.digest.as_ref(), "file")?;
+            if !d.is_empty_blob() {
+                files.insert(d);
+            }
+        }
+    }
+    let files: Vec<Digest> = files.into_iter().collect();
+    for chunk in files.chunks(FIND_BATCH) {
+        missing.extend(cas.find_missing(instance, chunk).await?);
+    }
+    Ok(missing)
+}

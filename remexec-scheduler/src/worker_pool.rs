@@ -1,0 +1,239 @@
+//! [`WorkerPool`]: an [`ExecutorPool`] of remote workers attached over remexec's worker protocol
+//! (`remexec.worker.v1.WorkerService/Attach`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use remexec_core::{Error, Result};
+use remexec_proto::worker::v1::worker_message::Message as FromWorker;
+use remexec_proto::worker::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use remexec_proto::worker::v1::{scheduler_message, Lease, LeaseResult, SchedulerMessage, WorkerMessage};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::pool::{ExecutorInfo, ExecutorPool, Job, JobOutcome};
+
+/// Heartbeat interval assumed when a worker does not say.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// A worker silent for this many heartbeat intervals is considered lost.
+const MISSED_HEARTBEATS: u32 = 3;
+/// How long a cancelled lease may take to report back before it is given up.
+const CANCEL_GRACE: Duration = Duration::from_secs(30);
+
+type Outbox = mpsc::Sender<Result<SchedulerMessage, Status>>;
+
+#[derive(Debug)]
+struct Connection {
+    worker: String,
+    outbox: Outbox,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    connections: HashMap<String, Connection>,
+    executors: Vec<(ExecutorInfo, String)>,
+    pending: HashMap<String, (String, oneshot::Sender<Result<JobOutcome>>)>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    state: Mutex<PoolState>,
+    changes: watch::Sender<u64>,
+}
+
+/// Workers attached over gRPC. Mount [`WorkerPool::service`] on the scheduler's server and hand
+/// the pool to the [`Scheduler`](crate::Scheduler).
+#[derive(Debug, Clone)]
+pub struct WorkerPool {
+    inner: Arc<PoolInner>,
+}
+
+impl Default for WorkerPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl WorkerPool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self { inner: Arc::new(PoolInner { state: Mutex::default(), changes: watch::channel(0).0 }) }
+    }
+
+    /// The gRPC service workers attach to.
+    pub fn service(&self) -> WorkerServiceServer<Self> {
+        WorkerServiceServer::new(self.clone())
+    }
+
+    /// Names of the attached workers.
+    pub fn workers(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.inner.state).connections.values().map(|c| c.worker.clone()).collect();
+        names.sort();
+        names
+    }
+
+    fn bump(&self) {
+        self.inner.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets a connection: its executors go, and its leases fail as `Unavailable`.
+    fn detach(&self, conn: &str, why: &str) {
+        let failed: Vec<_> = {
+            let mut state = lock(&self.inner.state);
+            let Some(connection) = state.connections.remove(conn) else { return };
+            tracing::warn!(worker = %connection.worker, %why, "worker detached");
+            state.executors.retain(|(_, c)| c != conn);
+            let leases: Vec<String> = state.pending.iter().filter(|(_, (c, _))| c == conn).map(|(id, _)| id.clone()).collect();
+            leases.into_iter().filter_map(|id| state.pending.remove(&id)).collect()
+        };
+        for (_, tx) in failed {
+            let _ = tx.send(Err(Error::Unavailable(format!("worker lost: {why}"))));
+        }
+        self.bump();
+    }
+
+    fn finish_lease(&self, result: LeaseResult) {
+        let Some((_, tx)) = lock(&self.inner.state).pending.remove(&result.lease_id) else {
+            tracing::debug!(lease = %result.lease_id, "result for an unknown lease");
+            return;
+        };
+        let status = result.status.unwrap_or_default();
+        let outcome = match (tonic::Code::from_i32(status.code), result.result) {
+            (tonic::Code::Ok, Some(r)) => Ok(JobOutcome::Completed(r)),
+            (tonic::Code::DeadlineExceeded, r) => Ok(JobOutcome::TimedOut(r.unwrap_or_default())),
+            (tonic::Code::Cancelled, _) => Ok(JobOutcome::Cancelled),
+            (tonic::Code::Ok, None) => Err(Error::Internal("worker reported success without a result".into())),
+            (code, _) => Err(Error::from(Status::new(code, status.message))),
+        };
+        let _ = tx.send(outcome);
+    }
+
+    /// Reads one worker's messages until its stream ends or it misses heartbeats.
+    async fn read_worker(self, conn: String, mut inbound: Streaming<WorkerMessage>, heartbeat: Duration) {
+        let deadline = heartbeat * MISSED_HEARTBEATS;
+        let why = loop {
+            match tokio::time::timeout(deadline, inbound.message()).await {
+                Err(_) => break format!("no heartbeat for {deadline:?}"),
+                Ok(Err(status)) => break format!("stream failed: {}", status.message()),
+                Ok(Ok(None)) => break "stream closed".to_string(),
+                Ok(Ok(Some(msg))) => match msg.message {
+                    Some(FromWorker::Result(result)) => self.finish_lease(result),
+                    Some(FromWorker::Heartbeat(_) | FromWorker::Progress(_)) | None => {}
+                    Some(FromWorker::Register(_)) => break "registered twice on one stream".to_string(),
+                },
+            }
+        };
+        self.detach(&conn, &why);
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerPool {
+    type AttachStream = BoxStream<'static, Result<SchedulerMessage, Status>>;
+
+    async fn attach(&self, request: Request<Streaming<WorkerMessage>>) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = request.into_inner();
+        let register = match inbound.message().await? {
+            Some(WorkerMessage { message: Some(FromWorker::Register(r)) }) => r,
+            _ => return Err(Error::invalid("a worker must send Register first").into()),
+        };
+        if register.worker_name.is_empty() {
+            return Err(Error::invalid("Register.worker_name is empty").into());
+        }
+        let heartbeat = match register.heartbeat_interval_ms {
+            0 => DEFAULT_HEARTBEAT,
+            ms => Duration::from_millis(ms),
+        };
+        let conn = uuid::Uuid::new_v4().to_string();
+        let (outbox, rx) = mpsc::channel(256);
+        let replaced: Vec<String> = {
+            let mut state = lock(&self.inner.state);
+            let old = state.connections.iter().filter(|(_, c)| c.worker == register.worker_name).map(|(id, _)| id.clone()).collect();
+            state.connections.insert(conn.clone(), Connection { worker: register.worker_name.clone(), outbox });
+            for e in &register.executors {
+                let info = ExecutorInfo {
+                    id: format!("{}/{}", register.worker_name, e.id),
+                    worker: register.worker_name.clone(),
+                    properties: e.properties.iter().map(|p| (p.name.clone(), p.value.clone())).collect(),
+                };
+                state.executors.push((info, conn.clone()));
+            }
+            old
+        };
+        for old in replaced {
+            self.detach(&old, "replaced by a new connection from the same worker");
+        }
+        tracing::info!(worker = %register.worker_name, executors = register.executors.len(), "worker attached");
+        self.bump();
+        tokio::spawn(self.clone().read_worker(conn, inbound, heartbeat));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx).boxed()))
+    }
+}
+
+#[async_trait]
+impl ExecutorPool for WorkerPool {
+    fn executors(&self) -> Vec<ExecutorInfo> {
+        lock(&self.inner.state).executors.iter().map(|(e, _)| e.clone()).collect()
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    async fn run(&self, executor: &str, job: Job, cancel: CancellationToken) -> Result<JobOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let lease_id = job.lease_id.clone();
+        let outbox = {
+            let mut state = lock(&self.inner.state);
+            let Some((info, conn)) = state.executors.iter().find(|(e, _)| e.id == executor).cloned() else {
+                return Err(Error::Unavailable(format!("executor {executor} is gone")));
+            };
+            let outbox = state.connections.get(&conn).map(|c| c.outbox.clone());
+            state.pending.insert(lease_id.clone(), (conn, tx));
+            let local_id = info.id.strip_prefix(&format!("{}/", info.worker)).unwrap_or(&info.id).to_string();
+            outbox.map(|o| (o, local_id))
+        };
+        let Some((outbox, executor_id)) = outbox else {
+            lock(&self.inner.state).pending.remove(&lease_id);
+            return Err(Error::Unavailable(format!("executor {executor} is gone")));
+        };
+        let lease = Lease {
+            lease_id: lease_id.clone(),
+            executor_id,
+            instance_name: job.instance,
+            action_digest: Some(job.action_digest.to_proto()),
+            digest_function: job.action_digest.function().to_proto(),
+            action: Some(job.action),
+            command: Some(job.command),
+            timeout_ms: job.timeout.map_or(0, |t| t.as_millis() as u64),
+            queued_at_unix_nanos: job.queued_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
+        };
+        let send = |m| outbox.send(Ok(SchedulerMessage { message: Some(m) }));
+        if send(scheduler_message::Message::Lease(lease)).await.is_err() {
+            lock(&self.inner.state).pending.remove(&lease_id);
+            return Err(Error::Unavailable(format!("executor {executor}'s worker is gone")));
+        }
+        let mut rx = rx;
+        tokio::select! {
+            r = &mut rx => return r.unwrap_or_else(|_| Err(Error::Unavailable("worker lost".into()))),
+            () = cancel.cancelled() => {}
+        }
+        let _ = send(scheduler_message::Message::CancelLease(lease_id.clone())).await;
+        match tokio::time::timeout(CANCEL_GRACE, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => {
+                lock(&self.inner.state).pending.remove(&lease_id);
+                Ok(JobOutcome::Cancelled)
+            }
+        }
+    }
+}
