@@ -1,0 +1,272 @@
+//! [`Worker`]: runs leases from a scheduler on its executors.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use remexec_core::apis::google::protobuf::Timestamp;
+use remexec_core::apis::google::rpc::Status as RpcStatus;
+use remexec_core::reapi::{ActionResult, ExecutedActionMetadata};
+use remexec_core::{BlobStore, Digest, DigestFunction, Error, Result};
+use remexec_proto::worker::v1::scheduler_message::Message as FromScheduler;
+use remexec_proto::worker::v1::worker_message::Message as ToScheduler;
+use remexec_proto::worker::v1::worker_service_client::WorkerServiceClient;
+use remexec_proto::worker::v1::{Executor, Heartbeat, Lease, LeaseResult, Property, Register, WorkerMessage};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::file_cache::FileCache;
+use crate::isolation::{Exit, Isolation, Spawn};
+use crate::outputs::{collect_outputs, upload_file};
+use crate::stage::stage_inputs;
+
+/// One executor's id and advertised properties.
+#[derive(Clone, Debug)]
+pub struct ExecutorSpec {
+    /// Unique within the worker.
+    pub id: String,
+    /// Advertised `name=value` properties.
+    pub properties: Vec<(String, String)>,
+}
+
+/// Worker settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// Unique worker name, reported in `ExecutedActionMetadata.worker`.
+    pub name: String,
+    /// The executors; each runs one action at a time.
+    pub executors: Vec<ExecutorSpec>,
+    /// Directory for the file cache and action directories.
+    pub work_dir: PathBuf,
+    /// Byte budget of the input file cache.
+    pub cache_budget: u64,
+    /// How often to send heartbeats.
+    pub heartbeat: Duration,
+}
+
+impl WorkerConfig {
+    /// `executors` identical executors offering `properties`.
+    pub fn new(name: impl Into<String>, work_dir: PathBuf, executors: usize, properties: Vec<(String, String)>) -> Self {
+        Self {
+            name: name.into(),
+            executors: (0..executors).map(|i| ExecutorSpec { id: i.to_string(), properties: properties.clone() }).collect(),
+            work_dir,
+            cache_budget: 10 << 30,
+            heartbeat: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A worker: stages inputs, runs commands under an [`Isolation`], uploads outputs.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    config: Arc<WorkerConfig>,
+    cas: Arc<dyn BlobStore>,
+    isolation: Arc<dyn Isolation>,
+    cache: Arc<FileCache>,
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+fn rpc_status(code: tonic::Code, message: impl Into<String>) -> RpcStatus {
+    RpcStatus { code: code as i32, message: message.into(), details: Vec::new() }
+}
+
+impl Worker {
+    /// A worker reading and writing blobs through `cas`.
+    pub fn new(config: WorkerConfig, cas: Arc<dyn BlobStore>, isolation: Arc<dyn Isolation>) -> Result<Self> {
+        let cache = FileCache::open(&config.work_dir.join("cache"), config.cache_budget)?;
+        let actions = config.work_dir.join("actions");
+        if actions.exists() {
+            std::fs::remove_dir_all(&actions).map_err(|e| Error::io(format!("clearing {}", actions.display()), e))?;
+        }
+        std::fs::create_dir_all(&actions).map_err(|e| Error::io(format!("creating {}", actions.display()), e))?;
+        Ok(Self { config: Arc::new(config), cas, isolation, cache })
+    }
+
+    /// Attaches to the scheduler behind `channel` and serves leases, reconnecting with backoff
+    /// whenever the connection drops. Returns only when `stop` fires.
+    pub async fn run(&self, channel: Channel, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = std::time::Instant::now();
+            tokio::select! {
+                r = self.serve(channel.clone()) => match r {
+                    Ok(()) => tracing::warn!(worker = %self.config.name, "scheduler closed the connection"),
+                    Err(e) => tracing::warn!(worker = %self.config.name, error = %e, "scheduler connection failed"),
+                },
+                () = stop.cancelled() => return,
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {},
+                () = stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One attach session: registers, then runs leases until the stream ends. Leases still
+    /// running when it ends are cancelled (the scheduler re-queues them).
+    pub async fn serve(&self, channel: Channel) -> Result<()> {
+        let (tx, rx) = mpsc::channel::<WorkerMessage>(256);
+        let executors = self
+            .config
+            .executors
+            .iter()
+            .map(|e| Executor { id: e.id.clone(), properties: e.properties.iter().map(|(n, v)| Property { name: n.clone(), value: v.clone() }).collect() })
+            .collect();
+        let register = Register { worker_name: self.config.name.clone(), executors, heartbeat_interval_ms: self.config.heartbeat.as_millis() as u64 };
+        let send = |m| WorkerMessage { message: Some(m) };
+        tx.send(send(ToScheduler::Register(register))).await.map_err(|_| Error::Internal("outbox closed".into()))?;
+        let mut inbound = WorkerServiceClient::new(channel)
+            .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(Error::from)?
+            .into_inner();
+        tracing::info!(worker = %self.config.name, "attached to scheduler");
+        let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
+        let session = CancellationToken::new();
+        let heartbeat = {
+            let (tx, session, every) = (tx.clone(), session.clone(), self.config.heartbeat);
+            tokio::spawn(async move {
+                while tokio::time::timeout(every, session.cancelled()).await.is_err() {
+                    if tx.send(send(ToScheduler::Heartbeat(Heartbeat {}))).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let result = loop {
+            match inbound.message().await {
+                Ok(Some(msg)) => match msg.message {
+                    Some(FromScheduler::Lease(lease)) => {
+                        let cancel = session.child_token();
+                        running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(lease.lease_id.clone(), cancel.clone());
+                        let (this, tx, running) = (self.clone(), tx.clone(), Arc::clone(&running));
+                        tokio::spawn(async move {
+                            let id = lease.lease_id.clone();
+                            let result = this.execute(lease, cancel).await;
+                            running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+                            let _ = tx.send(send(ToScheduler::Result(result))).await;
+                        });
+                    }
+                    Some(FromScheduler::CancelLease(id)) => {
+                        if let Some(token) = running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id) {
+                            token.cancel();
+                        }
+                    }
+                    None => {}
+                },
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(Error::from(status)),
+            }
+        };
+        session.cancel();
+        heartbeat.abort();
+        result
+    }
+
+    /// Runs one lease to its end and reports how it went. Never fails: infrastructure errors
+    /// become the result's status.
+    pub async fn execute(&self, lease: Lease, cancel: CancellationToken) -> LeaseResult {
+        let lease_id = lease.lease_id.clone();
+        let dir = self.config.work_dir.join("actions").join(&lease_id);
+        let outcome = self.execute_in(&dir, lease, cancel).await;
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove the action directory");
+            }
+        }
+        match outcome {
+            Ok((result, status)) => LeaseResult { lease_id, result: Some(result), status: Some(status) },
+            Err(e) => {
+                tracing::warn!(lease = %lease_id, error = %e, "lease failed");
+                LeaseResult { lease_id, result: None, status: Some(e.to_rpc_status()) }
+            }
+        }
+    }
+
+    async fn execute_in(&self, dir: &std::path::Path, lease: Lease, cancel: CancellationToken) -> Result<(ActionResult, RpcStatus)> {
+        let worker_start = SystemTime::now();
+        let function = DigestFunction::from_proto(lease.digest_function)?;
+        let action = lease.action.ok_or_else(|| Error::invalid("lease without an action"))?;
+        let command = lease.command.ok_or_else(|| Error::invalid("lease without a command"))?;
+        let root_digest = Digest::from_field(function, action.input_root_digest.as_ref(), "input_root_digest")?;
+        let instance = lease.instance_name.as_str();
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        let fetch_start = SystemTime::now();
+        stage_inputs(self.cas.as_ref(), &self.cache, instance, root_digest, &root).await?;
+        let fetch_done = SystemTime::now();
+        let workdir = root.join(&command.working_directory);
+        create_output_parents(&command, &workdir)?;
+        let spawn = Spawn {
+            args: command.arguments.clone(),
+            env: command.environment_variables.iter().map(|v| (v.name.clone(), v.value.clone())).collect(),
+            cwd: workdir.clone(),
+            stdout: dir.join("stdout"),
+            stderr: dir.join("stderr"),
+            timeout: (lease.timeout_ms > 0).then(|| Duration::from_millis(lease.timeout_ms)),
+        };
+        let exec_start = SystemTime::now();
+        let exit = self.isolation.run(spawn.clone(), cancel).await?;
+        let exec_done = SystemTime::now();
+        let mut result = ActionResult::default();
+        let status = match exit {
+            Exit::Exited(code) => {
+                result.exit_code = code;
+                rpc_status(tonic::Code::Ok, "")
+            }
+            Exit::TimedOut => {
+                result.exit_code = -1;
+                rpc_status(tonic::Code::DeadlineExceeded, "action timed out")
+            }
+            Exit::Cancelled => return Ok((result, rpc_status(tonic::Code::Cancelled, "cancelled"))),
+        };
+        collect_outputs(self.cas.as_ref(), instance, function, &command, &workdir, &mut result).await?;
+        result.stdout_digest = Some(upload_file(self.cas.as_ref(), instance, function, &spawn.stdout).await?.to_proto());
+        result.stderr_digest = Some(upload_file(self.cas.as_ref(), instance, function, &spawn.stderr).await?.to_proto());
+        let upload_done = SystemTime::now();
+        let queued = UNIX_EPOCH + Duration::from_nanos(lease.queued_at_unix_nanos.max(0) as u64);
+        result.execution_metadata = Some(ExecutedActionMetadata {
+            worker: self.config.name.clone(),
+            queued_timestamp: Some(timestamp(queued)),
+            worker_start_timestamp: Some(timestamp(worker_start)),
+            input_fetch_start_timestamp: Some(timestamp(fetch_start)),
+            input_fetch_completed_timestamp: Some(timestamp(fetch_done)),
+            execution_start_timestamp: Some(timestamp(exec_start)),
+            execution_completed_timestamp: Some(timestamp(exec_done)),
+            output_upload_start_timestamp: Some(timestamp(exec_done)),
+            output_upload_completed_timestamp: Some(timestamp(upload_done)),
+            worker_completed_timestamp: Some(timestamp(SystemTime::now())),
+            ..Default::default()
+        });
+        Ok((result, status))
+    }
+}
+
+/// Creates the parent directory of every declared output, and v2.0 output directories
+/// themselves, so commands can write into them.
+#[allow(deprecated)] // output_files and output_directories are REAPI v2.0's
+fn create_output_parents(command: &remexec_core::reapi::Command, workdir: &std::path::Path) -> Result<()> {
+    let mkdir = |p: &std::path::Path| std::fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e));
+    mkdir(workdir)?;
+    for path in command.output_paths.iter().chain(&command.output_files).chain(&command.output_directories) {
+        if let Some(parent) = workdir.join(path).parent() {
+            mkdir(parent)?;
+        }
+    }
+    for dir in &command.output_directories {
+        mkdir(&workdir.join(dir))?;
+    }
+    Ok(())
+}
