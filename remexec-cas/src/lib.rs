@@ -39,5 +39,6 @@ pub use ac::disk::DiskActionCache;
 pub use ac::memory::MemoryActionCache;
 pub use service::{CacheServices, Limits};
 pub use store::disk::{DiskStore, DiskStoreOptions};
+pub use store::grpc::GrpcStore;
 pub use store::memory::MemoryStore;
 pub use store::verifying::VerifyingStore;

@@ -1,6 +1,7 @@
 //! [`BlobStore`](remexec_core::BlobStore) backends and wrappers, one per module.
 
 pub mod disk;
+pub mod grpc;
 pub mod memory;
 pub mod verifying;
 

@@ -1,0 +1,159 @@
+//! [`GrpcStore`]: a [`BlobStore`] that is a client of another server's REAPI CAS and ByteStream.
+//!
+//! Workers use it to reach a scheduler's CAS; later, peers use it to reach each other.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use remexec_core::{BlobRef, BlobStore, ChunkStream, Compressor, Digest, Error, ReadRange, ReadResource, Result, WriteResource, collect_chunks};
+use remexec_proto::google::bytestream::byte_stream_client::ByteStreamClient;
+use remexec_proto::google::bytestream::{ReadRequest, WriteRequest};
+use remexec_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use remexec_proto::reapi::{BatchUpdateBlobsRequest, FindMissingBlobsRequest, batch_update_blobs_request};
+use tonic::transport::Channel;
+
+/// Blobs up to this size are uploaded with BatchUpdateBlobs, larger ones with ByteStream.
+const BATCH_LIMIT: u64 = 1024 * 1024;
+/// ByteStream write message size.
+const WRITE_CHUNK: usize = 1024 * 1024;
+/// Digests per FindMissingBlobs call.
+const FIND_BATCH: usize = 10_000;
+
+/// A remote CAS reached over gRPC. Instance names are passed through unchanged.
+#[derive(Debug, Clone)]
+pub struct GrpcStore {
+    channel: Channel,
+}
+
+impl GrpcStore {
+    /// A store that talks to the server behind `channel`.
+    pub fn new(channel: Channel) -> Self {
+        Self { channel }
+    }
+
+    fn cas(&self) -> ContentAddressableStorageClient<Channel> {
+        ContentAddressableStorageClient::new(self.channel.clone()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    }
+
+    fn bytestream(&self) -> ByteStreamClient<Channel> {
+        ByteStreamClient::new(self.channel.clone()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    }
+}
+
+#[async_trait]
+impl BlobStore for GrpcStore {
+    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let mut missing = Vec::new();
+        let mut by_function: Vec<(remexec_core::DigestFunction, Vec<Digest>)> = Vec::new();
+        for d in digests {
+            match by_function.iter_mut().find(|(f, _)| *f == d.function()) {
+                Some((_, list)) => list.push(*d),
+                None => by_function.push((d.function(), vec![*d])),
+            }
+        }
+        for (function, list) in by_function {
+            for chunk in list.chunks(FIND_BATCH) {
+                let req = FindMissingBlobsRequest {
+                    instance_name: instance.to_string(),
+                    blob_digests: chunk.iter().map(Digest::to_proto).collect(),
+                    digest_function: function.to_proto(),
+                };
+                let resp = self.cas().find_missing_blobs(req).await?.into_inner();
+                for d in resp.missing_blob_digests {
+                    missing.push(Digest::from_proto(function, &d)?);
+                }
+            }
+        }
+        // Keep the input order, as the contract asks.
+        Ok(digests.iter().filter(|d| missing.contains(d)).copied().collect())
+    }
+
+    async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
+        if digest.size() <= BATCH_LIMIT {
+            let bytes = collect_chunks(data, digest.size()).await?;
+            let req = BatchUpdateBlobsRequest {
+                instance_name: instance.to_string(),
+                requests: vec![batch_update_blobs_request::Request { digest: Some(digest.to_proto()), data: bytes.to_vec(), compressor: 0 }],
+                digest_function: digest.function().to_proto(),
+            };
+            let resp = self.cas().batch_update_blobs(req).await?.into_inner();
+            let status = resp.responses.into_iter().next().and_then(|r| r.status).unwrap_or_default();
+            if status.code != 0 {
+                return Err(Error::from(tonic::Status::new(tonic::Code::from_i32(status.code), status.message)));
+            }
+            return Ok(());
+        }
+        let name = WriteResource {
+            instance: instance.to_string(),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            blob: BlobRef { compressor: Compressor::Identity, digest },
+            metadata: None,
+        }
+        .to_string();
+        let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(4);
+        let feeder = async move {
+            let mut data = data;
+            let mut offset = 0u64;
+            let mut first = true;
+            let mut pending = Bytes::new();
+            while let Some(chunk) = data.next().await {
+                pending = if pending.is_empty() { chunk? } else { [pending, chunk?].concat().into() };
+                while pending.len() >= WRITE_CHUNK {
+                    let piece = pending.split_to(WRITE_CHUNK);
+                    let req = WriteRequest { resource_name: if first { name.clone() } else { String::new() }, write_offset: offset as i64, finish_write: false, data: piece.to_vec() };
+                    first = false;
+                    offset += piece.len() as u64;
+                    if tx.send(req).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            let req = WriteRequest { resource_name: if first { name } else { String::new() }, write_offset: offset as i64, finish_write: true, data: pending.to_vec() };
+            let _ = tx.send(req).await;
+            Ok::<(), Error>(())
+        };
+        let mut client = self.bytestream();
+        let call = client.write(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let (fed, written) = tokio::join!(feeder, call);
+        fed?;
+        written?;
+        Ok(())
+    }
+
+    async fn get(&self, instance: &str, digest: Digest, range: ReadRange) -> Result<Option<ChunkStream>> {
+        let name = ReadResource { instance: instance.to_string(), blob: BlobRef { compressor: Compressor::Identity, digest } }.to_string();
+        let req = ReadRequest { resource_name: name, read_offset: range.offset as i64, read_limit: range.limit.map_or(0, |l| l as i64) };
+        let mut stream = match self.bytestream().read(req).await {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            Err(s) => return Err(s.into()),
+        };
+        // Some servers report a missing blob as the first item of the stream.
+        let first = match stream.message().await {
+            Ok(first) => first,
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            Err(s) => return Err(s.into()),
+        };
+        let head = futures::stream::iter(first.map(|m| Ok(Bytes::from(m.data))));
+        let rest = stream.map(|m| m.map(|m| Bytes::from(m.data)).map_err(Error::from));
+        Ok(Some(head.chain(rest).boxed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CacheServices, MemoryActionCache, MemoryStore};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn conformance_against_a_real_server() {
+        let store = Arc::new(MemoryStore::new(256 << 20));
+        let routes = CacheServices::new(store, Arc::new(MemoryActionCache::new(1 << 20))).into_routes();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(tonic::transport::Server::builder().add_routes(routes).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        remexec_core::testing::blob_store_conformance(Arc::new(GrpcStore::new(channel))).await;
+    }
+}
