@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{AcBackend, Config};
 
-/// remexec: a Remote Execution API v2 cache and execution service for Bazel and other build tools.
+/// remexec: a Remote Execution API v2 service (cache and remote execution) for Bazel and other
+/// build tools.
 #[derive(Debug, Parser)]
 #[command(name = "remexec", version, about, long_about = None)]
 pub struct Cli {
@@ -19,26 +20,40 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the all-in-one server: CAS, ByteStream, Action Cache and Capabilities services.
+    /// Run everything in one process: CAS, Action Cache, scheduler and a local worker.
     ///
-    /// With no flags and no config file it listens on 127.0.0.1:8980 and keeps data in
-    /// $XDG_CACHE_HOME/remexec (or ~/.cache/remexec) with a 10 GiB disk budget. Point Bazel at
-    /// it with --remote_cache=grpc://127.0.0.1:8980.
-    Serve(ServeArgs),
+    /// With no flags and no config file it listens on 127.0.0.1:8980, keeps data in
+    /// $XDG_CACHE_HOME/remexec (or ~/.cache/remexec) with a 10 GiB disk budget, and runs one
+    /// executor per CPU. Point Bazel at it with --remote_executor=grpc://127.0.0.1:8980.
+    Serve(ServerArgs),
+    /// Run the CAS, Action Cache and scheduler, for workers started with `remexec worker`.
+    Scheduler(ServerArgs),
+    /// Run a worker that takes actions from a scheduler.
+    Worker(WorkerArgs),
+    /// Run one command remotely: upload an input directory, execute, download the outputs.
+    Exec(crate::exec::ExecArgs),
 }
 
-/// Flags of `remexec serve`; each overrides the config file.
+/// Settings shared by every daemon; each flag overrides the config file.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub struct CommonArgs {
     /// TOML config file (see docs/CONFIG.md); flags override it.
     #[arg(long, short = 'c', env = "REMEXEC_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Directory for the CAS, action cache and worker files [default: $XDG_CACHE_HOME/remexec or ~/.cache/remexec].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Flags of `remexec serve` and `remexec scheduler`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Shared settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Address to listen on, HOST:PORT (port 0 picks a free one) [default: 127.0.0.1:8980].
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
-    /// Directory for the CAS and action cache [default: $XDG_CACHE_HOME/remexec or ~/.cache/remexec].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
     /// Most bytes of blobs kept on disk, e.g. 10GiB [default: 10 GiB].
     #[arg(long)]
     pub disk_budget: Option<ByteSize>,
@@ -48,20 +63,59 @@ pub struct ServeArgs {
     /// Skip fsync before acknowledging writes (faster; safe against crashes of remexec, not of the machine).
     #[arg(long)]
     pub no_fsync: bool,
+    /// Executors of the local worker (`serve` only) [default: one per CPU].
+    #[arg(long)]
+    pub executors: Option<usize>,
 }
 
-impl ServeArgs {
-    /// Defaults, then the config file, then flags.
-    pub fn resolve(&self) -> Result<Config, String> {
+/// Flags of `remexec worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Shared settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The scheduler to take actions from, e.g. grpc://10.0.0.5:8980.
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Worker name [default: the host name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Number of executors [default: one per CPU].
+    #[arg(long)]
+    pub executors: Option<usize>,
+    /// Extra executor property NAME=VALUE (repeatable).
+    #[arg(long = "property", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+}
+
+/// Parses `NAME=VALUE`.
+pub fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=VALUE"))?;
+    if name.is_empty() {
+        return Err(format!("{s:?} has an empty name"));
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
+impl CommonArgs {
+    fn load(&self) -> Result<Config, String> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        if let Some(listen) = self.listen {
-            config.listen = listen;
-        }
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+impl ServerArgs {
+    /// Defaults, then the config file, then flags.
+    pub fn resolve(&self) -> Result<Config, String> {
+        let mut config = self.common.load()?;
+        if let Some(listen) = self.listen {
+            config.listen = listen;
         }
         if let Some(budget) = self.disk_budget {
             config.cas.disk_budget = budget;
@@ -71,6 +125,29 @@ impl ServeArgs {
         }
         if self.no_fsync {
             config.cas.fsync = false;
+        }
+        if let Some(n) = self.executors {
+            config.worker.executors = n;
+        }
+        Ok(config)
+    }
+}
+
+impl WorkerArgs {
+    /// Defaults, then the config file, then flags.
+    pub fn resolve(&self) -> Result<Config, String> {
+        let mut config = self.common.load()?;
+        if let Some(url) = &self.scheduler {
+            config.worker.scheduler = url.clone();
+        }
+        if let Some(name) = &self.name {
+            config.worker.name = name.clone();
+        }
+        if let Some(n) = self.executors {
+            config.worker.executors = n;
+        }
+        for (name, value) in &self.properties {
+            config.worker.properties.insert(name.clone(), value.clone());
         }
         Ok(config)
     }

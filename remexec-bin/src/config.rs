@@ -23,6 +23,95 @@ pub struct Config {
     pub action_cache: ActionCacheConfig,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// Scheduler settings (`serve` and `scheduler`).
+    pub scheduler: SchedulerSection,
+    /// Worker settings (`serve`'s local worker and `worker`).
+    pub worker: WorkerSection,
+}
+
+/// `[scheduler]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// Name used in operation names.
+    pub name: String,
+    /// Upper bound on an action's timeout, in seconds (also the timeout of actions that set none).
+    pub max_action_timeout_secs: u64,
+    /// How often an action is re-queued after losing its worker before the client gets UNAVAILABLE.
+    pub max_retries: u32,
+    /// Seconds an action that no executor can match waits for one to register.
+    pub unmatched_grace_secs: f64,
+    /// Platform properties matched as "at least" (numeric); others match exactly.
+    pub at_least: Vec<String>,
+    /// Platform properties that never constrain matching.
+    pub ignore: Vec<String>,
+}
+
+/// `[worker]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSection {
+    /// Worker name; empty means the host name (with `-local` for `serve`'s own worker).
+    pub name: String,
+    /// Number of executors (actions run at once); 0 means one per CPU.
+    pub executors: usize,
+    /// Scheduler URL for `remexec worker`.
+    pub scheduler: String,
+    /// Byte budget of the worker's input file cache.
+    pub cache_budget: ByteSize,
+    /// Extra properties every executor advertises, besides the detected OSFamily, Arch,
+    /// cpu-count and memory-mb.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        let defaults = remexec_scheduler::SchedulerConfig::default();
+        Self {
+            name: defaults.name,
+            max_action_timeout_secs: defaults.max_action_timeout.as_secs(),
+            max_retries: defaults.max_retries,
+            unmatched_grace_secs: defaults.unmatched_grace.as_secs_f64(),
+            at_least: remexec_scheduler::platform::DEFAULT_AT_LEAST.iter().map(|s| s.to_string()).collect(),
+            ignore: Vec::new(),
+        }
+    }
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            executors: 0,
+            scheduler: format!("grpc://{DEFAULT_LISTEN}"),
+            cache_budget: ByteSize::gib(10),
+            properties: Default::default(),
+        }
+    }
+}
+
+impl SchedulerSection {
+    /// The scheduler library's configuration.
+    pub fn to_config(&self) -> Result<remexec_scheduler::SchedulerConfig, String> {
+        use remexec_scheduler::platform::{MatchRule, MatchRules};
+        let mut rules = MatchRules::exact();
+        for name in &self.at_least {
+            rules = rules.with(name.clone(), MatchRule::AtLeast);
+        }
+        for name in &self.ignore {
+            rules = rules.with(name.clone(), MatchRule::Ignore);
+        }
+        if !self.unmatched_grace_secs.is_finite() || self.unmatched_grace_secs < 0.0 {
+            return Err("scheduler.unmatched_grace_secs must be a non-negative number".into());
+        }
+        let mut config = remexec_scheduler::SchedulerConfig::default();
+        config.name = self.name.clone();
+        config.match_rules = rules;
+        config.max_action_timeout = std::time::Duration::from_secs(self.max_action_timeout_secs);
+        config.max_retries = self.max_retries;
+        config.unmatched_grace = std::time::Duration::from_secs_f64(self.unmatched_grace_secs);
+        Ok(config)
+    }
 }
 
 /// `[cas]`: the disk blob store.
@@ -75,6 +164,8 @@ impl Default for Config {
             cas: CasConfig::default(),
             action_cache: ActionCacheConfig::default(),
             limits: LimitsConfig::default(),
+            scheduler: SchedulerSection::default(),
+            worker: WorkerSection::default(),
         }
     }
 }

@@ -21,5 +21,6 @@
 
 pub mod cli;
 pub mod config;
+pub mod exec;
 pub mod loadgen;
 pub mod serve;

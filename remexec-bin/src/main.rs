@@ -2,14 +2,11 @@
 
 use clap::Parser;
 use remexec_bin::cli::{Cli, Command};
-use remexec_bin::serve::{BoundServer, shutdown_signal};
+use remexec_bin::serve::{BoundServer, Role, run_worker, shutdown_signal};
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REMEXEC_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REMEXEC_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -20,28 +17,31 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    let result: Result<u8, String> = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => {
+            Command::Serve(args) => serve(args.resolve()?, Role::AllInOne).await.map(|()| 0),
+            Command::Scheduler(args) => serve(args.resolve()?, Role::Scheduler).await.map(|()| 0),
+            Command::Worker(args) => {
                 let config = args.resolve()?;
-                let server = BoundServer::bind(&config)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let addr = server.local_addr().map_err(|e| e.to_string())?;
-                tracing::info!(data_dir = %config.data_dir.display(), "serving");
-                println!("remexec: listening on {addr}");
-                server
-                    .serve(shutdown_signal())
-                    .await
-                    .map_err(|e| e.to_string())
+                run_worker(&config, shutdown_signal()).await.map_err(|e| e.to_string())?;
+                Ok(0)
             }
+            Command::Exec(args) => remexec_bin::exec::run(args).await,
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("remexec: {e}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn serve(config: remexec_bin::config::Config, role: Role) -> Result<(), String> {
+    let server = BoundServer::bind(&config, role).await.map_err(|e| e.to_string())?;
+    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(data_dir = %config.data_dir.display(), ?role, "serving");
+    println!("remexec: listening on {addr}");
+    server.serve(shutdown_signal()).await.map_err(|e| e.to_string())
 }

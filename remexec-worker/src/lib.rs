@@ -39,6 +39,6 @@ mod worker;
 
 pub use file_cache::FileCache;
 pub use isolation::{Exit, Isolation, ProcessIsolation, Spawn};
-pub use outputs::{collect_outputs, upload_file};
+pub use outputs::{collect_outputs, upload_directory, upload_file};
 pub use stage::stage_inputs;
 pub use worker::{ExecutorSpec, Worker, WorkerConfig};

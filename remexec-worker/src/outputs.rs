@@ -54,7 +54,8 @@ fn directory<'a>(cas: &'a dyn BlobStore, instance: &'a str, f: DigestFunction, d
                 out.symlinks.push(SymlinkNode { name, target: target.to_string_lossy().into_owned(), ..Default::default() });
             } else if meta.is_dir() {
                 let sub = directory(cas, instance, f, &path, children).await?;
-                let (digest, _) = encode_message(f, &sub);
+                let (digest, bytes) = encode_message(f, &sub);
+                cas.put_bytes(instance, digest, bytes).await?;
                 children.push(sub);
                 out.directories.push(DirectoryNode { name, digest: Some(digest.to_proto()) });
             } else if meta.is_file() {
@@ -66,13 +67,21 @@ fn directory<'a>(cas: &'a dyn BlobStore, instance: &'a str, f: DigestFunction, d
     })
 }
 
-/// Uploads the tree under `dir` and returns the digest of its `Tree` message.
-async fn upload_tree(cas: &dyn BlobStore, instance: &str, f: DigestFunction, dir: &Path) -> Result<Digest> {
+/// Uploads every file and `Directory` under `dir`; returns the root directory's digest and the
+/// whole `Tree`. The root digest makes `dir` usable as an action's input root.
+pub async fn upload_directory(cas: &dyn BlobStore, instance: &str, f: DigestFunction, dir: &Path) -> Result<(Digest, Tree)> {
     let mut children = Vec::new();
     let root = directory(cas, instance, f, dir, &mut children).await?;
+    let (root_digest, bytes) = encode_message(f, &root);
+    cas.put_bytes(instance, root_digest, bytes).await?;
     let mut seen = std::collections::HashSet::new();
     children.retain(|c| seen.insert(encode_message(f, c).0));
-    let tree = Tree { root: Some(root), children };
+    Ok((root_digest, Tree { root: Some(root), children }))
+}
+
+/// Uploads the tree under `dir` and returns the digest of its `Tree` message.
+async fn upload_tree(cas: &dyn BlobStore, instance: &str, f: DigestFunction, dir: &Path) -> Result<Digest> {
+    let (_, tree) = upload_directory(cas, instance, f, dir).await?;
     let (digest, bytes): (Digest, Bytes) = encode_message(f, &tree);
     cas.put_bytes(instance, digest, bytes).await?;
     Ok(digest)

@@ -64,6 +64,7 @@ pub struct CacheServices {
     pub(crate) store: Arc<dyn BlobStore>,
     pub(crate) ac: Arc<dyn ActionCache>,
     pub(crate) limits: Limits,
+    pub(crate) execution: Option<remexec_proto::reapi::ExecutionCapabilities>,
 }
 
 impl CacheServices {
@@ -73,6 +74,7 @@ impl CacheServices {
             store: Arc::new(VerifyingStore::new(store)),
             ac,
             limits: Limits::default(),
+            execution: None,
         }
     }
 
@@ -82,9 +84,19 @@ impl CacheServices {
         self
     }
 
-    /// The Capabilities service (cache-only, until an execution service is added).
+    /// Advertises execution in Capabilities, for servers that also mount an Execution service.
+    pub fn with_execution(mut self, execution: remexec_proto::reapi::ExecutionCapabilities) -> Self {
+        self.execution = Some(execution);
+        self
+    }
+
+    /// The Capabilities service.
     pub fn capabilities(&self) -> CapabilitiesServer<CapabilitiesService> {
-        CapabilitiesServer::new(CapabilitiesService::new(self.limits.clone()))
+        let service = CapabilitiesService::new(self.limits.clone());
+        CapabilitiesServer::new(match &self.execution {
+            Some(execution) => service.with_execution(execution.clone()),
+            None => service,
+        })
     }
 
     /// The ContentAddressableStorage service.
