@@ -134,6 +134,8 @@ async fn execute(args: ExecArgs) -> Result<u8> {
     let Some(result) = response.result else { return Ok(1) };
     if response.cached_result {
         eprintln!("remexec exec: result from the Action Cache");
+    } else if let Some(meta) = &result.execution_metadata {
+        eprintln!("remexec exec: ran on worker {}", meta.worker);
     }
     download(store.as_ref(), instance, f, &result, &args.output_dir).await?;
     for (digest, raw, mut out) in [

@@ -18,8 +18,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `remexec serve` on a free loopback port with `data_dir`, waiting until it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_role("serve", data_dir, extra)
+    }
+
+    /// Starts `remexec ROLE` (`serve` or `scheduler`) on a free loopback port.
+    pub fn start_role(role: &str, data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_remexec"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([role, "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("REMEXEC_LOG", "warn")
@@ -103,4 +108,43 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("fixtures")
+}
+
+/// Starts `remexec worker` attached to `scheduler`.
+pub fn start_worker(scheduler: &ServerProcess, name: &str, data_dir: &Path, executors: usize) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(["worker", "--scheduler", &scheduler.url(), "--name", name, "--executors", &executors.to_string(), "--data-dir"])
+        .arg(data_dir)
+        .env("REMEXEC_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start worker")
+}
+
+/// Runs `remexec exec` against `server`; returns (exit code, stdout, stderr).
+pub fn exec(server: &ServerProcess, cwd: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(["exec", "--server", &server.url()])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run remexec exec");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Waits up to `secs` for `cond`.
+pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
 }
