@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use remexec_bin::config::Config;
 use remexec_bin::loadgen::{self, Summary};
-use remexec_bin::serve::BoundServer;
+use remexec_bin::serve::{BoundServer, Role};
 use remexec_core::reapi::{ActionResult, OutputFile};
 use remexec_core::testing::content;
 use remexec_core::{Digest, DigestFunction};
@@ -44,8 +44,16 @@ fn blobs(seed: u64, count: usize, size: usize) -> Vec<(Digest, Bytes)> {
 }
 
 fn row(name: &str, s: &Summary, throughput: Option<f64>) {
-    let tp = throughput.map_or_else(|| format!("{:.0} ops/s", s.ops_per_s()), |t| format!("{t:.0} MiB/s"));
-    println!("| {name} | {} | {tp} | {} | {} |", s.ops, ms(s.p50), ms(s.p99));
+    let tp = throughput.map_or_else(
+        || format!("{:.0} ops/s", s.ops_per_s()),
+        |t| format!("{t:.0} MiB/s"),
+    );
+    println!(
+        "| {name} | {} | {tp} | {} | {} |",
+        s.ops,
+        ms(s.p50),
+        ms(s.p99)
+    );
 }
 
 #[tokio::main]
@@ -55,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::default();
     config.listen = "127.0.0.1:0".parse()?;
     config.data_dir = dir.path().to_path_buf();
-    let server = BoundServer::bind(&config).await?;
+    let server = BoundServer::bind(&config, Role::Scheduler).await?;
     let url = format!("http://{}", server.local_addr()?);
     tokio::spawn(server.serve(futures::future::pending()));
     let channel = loadgen::connect(&url).await?;
@@ -63,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let nosync_dir = tempfile::tempdir()?;
     config.data_dir = nosync_dir.path().to_path_buf();
     config.cas.fsync = false;
-    let nosync = BoundServer::bind(&config).await?;
+    let nosync = BoundServer::bind(&config, Role::Scheduler).await?;
     let nosync_url = format!("http://{}", nosync.local_addr()?);
     tokio::spawn(nosync.serve(futures::future::pending()));
     let nosync_channel = loadgen::connect(&nosync_url).await?;
@@ -73,37 +81,70 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| workload | ops | throughput | p50 | p99 |");
     println!("|---|---|---|---|---|");
 
-    for (label, count, size) in [("1 MiB", if quick { 16 } else { 256 }, 1 << 20), ("64 MiB", if quick { 2 } else { 16 }, 64 << 20)] {
+    for (label, count, size) in [
+        ("1 MiB", if quick { 16 } else { 256 }, 1 << 20),
+        ("64 MiB", if quick { 2 } else { 16 }, 64 << 20),
+    ] {
         let set = blobs(size as u64 * 1000, count, size);
         let total = (count * size) as u64;
         let w = loadgen::bytestream_write(&channel, &set).await?;
-        row(&format!("ByteStream write {label} (fsync on)"), &w, Some(mib_per_s(total, w.wall)));
+        row(
+            &format!("ByteStream write {label} (fsync on)"),
+            &w,
+            Some(mib_per_s(total, w.wall)),
+        );
         let w = loadgen::bytestream_write(&nosync_channel, &set).await?;
-        row(&format!("ByteStream write {label} (fsync off)"), &w, Some(mib_per_s(total, w.wall)));
+        row(
+            &format!("ByteStream write {label} (fsync off)"),
+            &w,
+            Some(mib_per_s(total, w.wall)),
+        );
         let digests: Vec<Digest> = set.iter().map(|(d, _)| *d).collect();
         let r = loadgen::bytestream_read(&channel, &digests).await?;
-        row(&format!("ByteStream read {label}"), &r, Some(mib_per_s(total, r.wall)));
+        row(
+            &format!("ByteStream read {label}"),
+            &r,
+            Some(mib_per_s(total, r.wall)),
+        );
     }
 
     // FindMissingBlobs: half of the digests present.
     let present = blobs(7_000_000, 5_000, 64);
     for (d, data) in &present {
-        let requests = vec![remexec_proto::reapi::batch_update_blobs_request::Request { digest: Some(d.to_proto()), data: data.to_vec(), compressor: 0 }];
+        let requests = vec![remexec_proto::reapi::batch_update_blobs_request::Request {
+            digest: Some(d.to_proto()),
+            data: data.to_vec(),
+            compressor: 0,
+        }];
         remexec_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient::new(channel.clone())
             .batch_update_blobs(remexec_proto::reapi::BatchUpdateBlobsRequest { requests, ..Default::default() })
             .await?;
     }
     for n in [1_000usize, 10_000] {
         let digests: Vec<Digest> = (0..n)
-            .map(|i| if i % 2 == 0 { present[i / 2].0 } else { DigestFunction::Sha256.digest_of(format!("absent {i}").as_bytes()) })
+            .map(|i| {
+                if i % 2 == 0 {
+                    present[i / 2].0
+                } else {
+                    DigestFunction::Sha256.digest_of(format!("absent {i}").as_bytes())
+                }
+            })
             .collect();
         let s = loadgen::find_missing(&channel, &digests, if quick { 10 } else { 200 }).await?;
-        row(&format!("FindMissingBlobs {n} digests (half present)"), &s, None);
+        row(
+            &format!("FindMissingBlobs {n} digests (half present)"),
+            &s,
+            None,
+        );
     }
 
     let action = DigestFunction::Sha256.digest_of(b"bench action");
     let result = ActionResult {
-        output_files: vec![OutputFile { path: "out/a".into(), digest: Some(present[0].0.to_proto()), ..Default::default() }],
+        output_files: vec![OutputFile {
+            path: "out/a".into(),
+            digest: Some(present[0].0.to_proto()),
+            ..Default::default()
+        }],
         ..Default::default()
     };
     let rounds = if quick { 100 } else { 5_000 };
@@ -111,5 +152,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     row("GetActionResult hit, 1 client", &s, None);
     let s = loadgen::action_cache_hits(&url, action, result, 64, rounds / 10).await?;
     row("GetActionResult hit, 64 clients", &s, None);
+
+    // Remote execution of uncached no-op actions through the all-in-one server.
+    let mut config = Config::default();
+    let exec_dir = tempfile::tempdir()?;
+    config.listen = "127.0.0.1:0".parse()?;
+    config.data_dir = exec_dir.path().to_path_buf();
+    config.worker.executors = 32;
+    let exec_server = BoundServer::bind(&config, Role::AllInOne).await?;
+    let exec_channel = loadgen::connect(&format!("http://{}", exec_server.local_addr()?)).await?;
+    tokio::spawn(exec_server.serve(futures::future::pending()));
+    tokio::time::sleep(Duration::from_millis(500)).await; // let the local worker attach
+    let n = if quick { 50 } else { 500 };
+    let s = loadgen::execute(
+        &exec_channel,
+        loadgen::noop_actions(&exec_channel, n).await?,
+        1,
+    )
+    .await?;
+    row(
+        "Execute no-op `true`, 1 client (Execute to COMPLETED)",
+        &s,
+        None,
+    );
+    let s = loadgen::execute(
+        &exec_channel,
+        loadgen::noop_actions(&exec_channel, n * 4).await?,
+        64,
+    )
+    .await?;
+    row("Execute no-op `true`, 64 clients, 32 executors", &s, None);
     Ok(())
 }

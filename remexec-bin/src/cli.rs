@@ -90,7 +90,9 @@ pub struct WorkerArgs {
 
 /// Parses `NAME=VALUE`.
 pub fn parse_property(s: &str) -> Result<(String, String), String> {
-    let (name, value) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=VALUE"))?;
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))?;
     if name.is_empty() {
         return Err(format!("{s:?} has an empty name"));
     }

@@ -72,7 +72,10 @@ impl Default for SchedulerSection {
             max_action_timeout_secs: defaults.max_action_timeout.as_secs(),
             max_retries: defaults.max_retries,
             unmatched_grace_secs: defaults.unmatched_grace.as_secs_f64(),
-            at_least: remexec_scheduler::platform::DEFAULT_AT_LEAST.iter().map(|s| s.to_string()).collect(),
+            at_least: remexec_scheduler::platform::DEFAULT_AT_LEAST
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             ignore: Vec::new(),
         }
     }

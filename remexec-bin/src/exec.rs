@@ -9,10 +9,14 @@ use prost::Message;
 use remexec_cas::GrpcStore;
 use remexec_core::apis::google::longrunning::operation;
 use remexec_core::reapi::{
-    Action, Command, Directory, ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, ExecutionPolicy, Platform, Tree, command::EnvironmentVariable,
+    Action, Command, Directory, ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse,
+    ExecutionPolicy, Platform, Tree, command::EnvironmentVariable,
     execution_client::ExecutionClient, execution_stage, platform,
 };
-use remexec_core::{BlobStore, BlobStoreExt, Digest, DigestFunction, Error, ReadRange, Result, merkle::encode_message};
+use remexec_core::{
+    BlobStore, BlobStoreExt, Digest, DigestFunction, Error, ReadRange, Result,
+    merkle::encode_message,
+};
 use tokio::io::AsyncWriteExt;
 
 use crate::cli::parse_property;
@@ -74,64 +78,112 @@ async fn execute(args: ExecArgs) -> Result<u8> {
     let store: Arc<dyn BlobStore> = Arc::new(GrpcStore::new(channel.clone()));
     let instance = args.instance.as_str();
     let root = match &args.input {
-        Some(dir) => remexec_worker::upload_directory(store.as_ref(), instance, f, dir).await?.0,
+        Some(dir) => {
+            remexec_worker::upload_directory(store.as_ref(), instance, f, dir)
+                .await?
+                .0
+        }
         None => encode_message(f, &Directory::default()).0,
     };
-    let mut env = if args.env.is_empty() { vec![("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string())] } else { args.env.clone() };
+    let mut env = if args.env.is_empty() {
+        vec![(
+            "PATH".to_string(),
+            "/usr/local/bin:/usr/bin:/bin".to_string(),
+        )]
+    } else {
+        args.env.clone()
+    };
     env.sort();
     let mut outputs = args.outputs.clone();
     outputs.sort();
     outputs.dedup();
-    let mut properties: Vec<platform::Property> = args.platform.iter().map(|(n, v)| platform::Property { name: n.clone(), value: v.clone() }).collect();
+    let mut properties: Vec<platform::Property> = args
+        .platform
+        .iter()
+        .map(|(n, v)| platform::Property {
+            name: n.clone(),
+            value: v.clone(),
+        })
+        .collect();
     properties.sort_by(|a, b| (&a.name, &a.value).cmp(&(&b.name, &b.value)));
     let platform = (!properties.is_empty()).then(|| Platform { properties });
     #[allow(deprecated)] // Command.platform: for servers older than REAPI v2.2
     let command = Command {
         arguments: args.command.clone(),
-        environment_variables: env.into_iter().map(|(name, value)| EnvironmentVariable { name, value }).collect(),
+        environment_variables: env
+            .into_iter()
+            .map(|(name, value)| EnvironmentVariable { name, value })
+            .collect(),
         output_paths: outputs,
         working_directory: args.workdir.clone(),
         platform: platform.clone(),
         ..Default::default()
     };
     let (command_digest, command_bytes) = encode_message(f, &command);
-    store.put_bytes(instance, command_digest, command_bytes).await?;
+    store
+        .put_bytes(instance, command_digest, command_bytes)
+        .await?;
     let action = Action {
         command_digest: Some(command_digest.to_proto()),
         input_root_digest: Some(root.to_proto()),
-        timeout: (args.timeout > 0).then(|| remexec_core::apis::google::protobuf::Duration { seconds: args.timeout as i64, nanos: 0 }),
+        timeout: (args.timeout > 0).then(|| remexec_core::apis::google::protobuf::Duration {
+            seconds: args.timeout as i64,
+            nanos: 0,
+        }),
         do_not_cache: args.no_cache,
         platform,
         ..Default::default()
     };
     let (action_digest, action_bytes) = encode_message(f, &action);
-    store.put_bytes(instance, action_digest, action_bytes).await?;
+    store
+        .put_bytes(instance, action_digest, action_bytes)
+        .await?;
     let request = ExecuteRequest {
         instance_name: args.instance.clone(),
         skip_cache_lookup: args.no_cache,
         action_digest: Some(action_digest.to_proto()),
-        execution_policy: Some(ExecutionPolicy { priority: args.priority }),
+        execution_policy: Some(ExecutionPolicy {
+            priority: args.priority,
+        }),
         digest_function: f.to_proto(),
         ..Default::default()
     };
-    let mut stream = ExecutionClient::new(channel).execute(request).await?.into_inner();
+    let mut stream = ExecutionClient::new(channel)
+        .execute(request)
+        .await?
+        .into_inner();
     let mut response = None;
     while let Some(op) = stream.next().await {
         let op = op?;
-        if let Some(meta) = op.metadata.as_ref().and_then(|m| ExecuteOperationMetadata::decode(&m.value[..]).ok()) {
-            let stage = execution_stage::Value::try_from(meta.stage).map_or("?", |s| s.as_str_name());
+        if let Some(meta) = op
+            .metadata
+            .as_ref()
+            .and_then(|m| ExecuteOperationMetadata::decode(&m.value[..]).ok())
+        {
+            let stage =
+                execution_stage::Value::try_from(meta.stage).map_or("?", |s| s.as_str_name());
             eprintln!("remexec exec: {} {stage}", op.name);
         }
         if let Some(operation::Result::Response(any)) = op.result {
-            response = Some(ExecuteResponse::decode(&any.value[..]).map_err(|e| Error::Internal(format!("bad ExecuteResponse: {e}")))?);
+            response = Some(
+                ExecuteResponse::decode(&any.value[..])
+                    .map_err(|e| Error::Internal(format!("bad ExecuteResponse: {e}")))?,
+            );
         }
     }
-    let response = response.ok_or_else(|| Error::Unavailable("the operation ended without a response".into()))?;
+    let response = response
+        .ok_or_else(|| Error::Unavailable("the operation ended without a response".into()))?;
     let status = response.status.unwrap_or_default();
     if status.code != 0 {
-        eprintln!("remexec exec: {}: {}", tonic::Code::from_i32(status.code), status.message);
+        eprintln!(
+            "remexec exec: {}: {}",
+            tonic::Code::from_i32(status.code),
+            status.message
+        );
     }
-    let Some(result) = response.result else { return Ok(1) };
+    let Some(result) = response.result else {
+        return Ok(1);
+    };
     if response.cached_result {
         eprintln!("remexec exec: result from the Action Cache");
     } else if let Some(meta) = &result.execution_metadata {
@@ -139,47 +191,104 @@ async fn execute(args: ExecArgs) -> Result<u8> {
     }
     download(store.as_ref(), instance, f, &result, &args.output_dir).await?;
     for (digest, raw, mut out) in [
-        (&result.stdout_digest, &result.stdout_raw, Box::new(tokio::io::stdout()) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>),
-        (&result.stderr_digest, &result.stderr_raw, Box::new(tokio::io::stderr())),
+        (
+            &result.stdout_digest,
+            &result.stdout_raw,
+            Box::new(tokio::io::stdout()) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+        ),
+        (
+            &result.stderr_digest,
+            &result.stderr_raw,
+            Box::new(tokio::io::stderr()),
+        ),
     ] {
         let bytes = match digest {
-            Some(d) if raw.is_empty() => store.get_bytes(instance, Digest::from_proto(f, d)?, 64 << 20).await?.unwrap_or_default().to_vec(),
+            Some(d) if raw.is_empty() => store
+                .get_bytes(instance, Digest::from_proto(f, d)?, 64 << 20)
+                .await?
+                .unwrap_or_default()
+                .to_vec(),
             _ => raw.clone(),
         };
-        out.write_all(&bytes).await.map_err(|e| Error::io("writing output", e))?;
-        out.flush().await.map_err(|e| Error::io("writing output", e))?;
+        out.write_all(&bytes)
+            .await
+            .map_err(|e| Error::io("writing output", e))?;
+        out.flush()
+            .await
+            .map_err(|e| Error::io("writing output", e))?;
     }
-    Ok(if status.code != 0 { 1 } else { u8::try_from(result.exit_code.clamp(0, 255)).unwrap_or(1) })
+    Ok(if status.code != 0 {
+        1
+    } else {
+        u8::try_from(result.exit_code.clamp(0, 255)).unwrap_or(1)
+    })
 }
 
-async fn write_blob(store: &dyn BlobStore, instance: &str, digest: Digest, executable: bool, path: &Path) -> Result<()> {
+async fn write_blob(
+    store: &dyn BlobStore,
+    instance: &str,
+    digest: Digest,
+    executable: bool,
+    path: &Path,
+) -> Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
     }
-    let mut file = tokio::fs::File::create(path).await.map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     if !digest.is_empty_blob() {
-        let mut stream = store.get(instance, digest, ReadRange::ALL).await?.ok_or_else(|| Error::NotFound(format!("output {digest} is not in the CAS")))?;
+        let mut stream = store
+            .get(instance, digest, ReadRange::ALL)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("output {digest} is not in the CAS")))?;
         while let Some(chunk) = stream.next().await {
-            file.write_all(&chunk?).await.map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            file.write_all(&chunk?)
+                .await
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         }
     }
-    file.flush().await.map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    file.flush()
+        .await
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     let mode = if executable { 0o755 } else { 0o644 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io("setting permissions", e))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("setting permissions", e))
 }
 
-fn materialize<'a>(store: &'a dyn BlobStore, instance: &'a str, f: DigestFunction, dir: &'a Directory, tree: &'a Tree, path: PathBuf) -> futures::future::BoxFuture<'a, Result<()>> {
+fn materialize<'a>(
+    store: &'a dyn BlobStore,
+    instance: &'a str,
+    f: DigestFunction,
+    dir: &'a Directory,
+    tree: &'a Tree,
+    path: PathBuf,
+) -> futures::future::BoxFuture<'a, Result<()>> {
     Box::pin(async move {
-        std::fs::create_dir_all(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         for file in &dir.files {
-            write_blob(store, instance, Digest::from_field(f, file.digest.as_ref(), "file")?, file.is_executable, &path.join(&file.name)).await?;
+            write_blob(
+                store,
+                instance,
+                Digest::from_field(f, file.digest.as_ref(), "file")?,
+                file.is_executable,
+                &path.join(&file.name),
+            )
+            .await?;
         }
         for link in &dir.symlinks {
-            std::os::unix::fs::symlink(&link.target, path.join(&link.name)).map_err(|e| Error::io("symlink", e))?;
+            std::os::unix::fs::symlink(&link.target, path.join(&link.name))
+                .map_err(|e| Error::io("symlink", e))?;
         }
         for sub in &dir.directories {
             let digest = Digest::from_field(f, sub.digest.as_ref(), "directory")?;
-            let child = tree.children.iter().find(|c| encode_message(f, *c).0 == digest).ok_or_else(|| Error::invalid(format!("tree lacks directory {digest}")))?;
+            let child = tree
+                .children
+                .iter()
+                .find(|c| encode_message(f, *c).0 == digest)
+                .ok_or_else(|| Error::invalid(format!("tree lacks directory {digest}")))?;
             materialize(store, instance, f, child, tree, path.join(&sub.name)).await?;
         }
         Ok(())
@@ -187,22 +296,45 @@ fn materialize<'a>(store: &'a dyn BlobStore, instance: &'a str, f: DigestFunctio
 }
 
 #[allow(deprecated)] // the v2.0 *_symlinks fields
-async fn download(store: &dyn BlobStore, instance: &str, f: DigestFunction, result: &remexec_core::reapi::ActionResult, out: &Path) -> Result<()> {
+async fn download(
+    store: &dyn BlobStore,
+    instance: &str,
+    f: DigestFunction,
+    result: &remexec_core::reapi::ActionResult,
+    out: &Path,
+) -> Result<()> {
     for file in &result.output_files {
-        write_blob(store, instance, Digest::from_field(f, file.digest.as_ref(), "output file")?, file.is_executable, &out.join(&file.path)).await?;
+        write_blob(
+            store,
+            instance,
+            Digest::from_field(f, file.digest.as_ref(), "output file")?,
+            file.is_executable,
+            &out.join(&file.path),
+        )
+        .await?;
     }
     for dir in &result.output_directories {
         let digest = Digest::from_field(f, dir.tree_digest.as_ref(), "tree")?;
-        let bytes = store.get_bytes(instance, digest, 256 << 20).await?.ok_or_else(|| Error::NotFound(format!("tree {digest} is not in the CAS")))?;
-        let tree = Tree::decode(bytes).map_err(|e| Error::invalid(format!("tree {digest}: {e}")))?;
+        let bytes = store
+            .get_bytes(instance, digest, 256 << 20)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("tree {digest} is not in the CAS")))?;
+        let tree =
+            Tree::decode(bytes).map_err(|e| Error::invalid(format!("tree {digest}: {e}")))?;
         let root = tree.root.clone().unwrap_or_default();
         materialize(store, instance, f, &root, &tree, out.join(&dir.path)).await?;
     }
-    for link in result.output_symlinks.iter().chain(&result.output_file_symlinks).chain(&result.output_directory_symlinks) {
+    for link in result
+        .output_symlinks
+        .iter()
+        .chain(&result.output_file_symlinks)
+        .chain(&result.output_directory_symlinks)
+    {
         let path = out.join(&link.path);
         if path.symlink_metadata().is_err() {
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io("creating a directory", e))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io("creating a directory", e))?;
             }
             std::os::unix::fs::symlink(&link.target, &path).map_err(|e| Error::io("symlink", e))?;
         }

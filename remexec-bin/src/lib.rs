@@ -7,13 +7,13 @@
 //!
 //! ```no_run
 //! use remexec_bin::config::Config;
-//! use remexec_bin::serve::BoundServer;
+//! use remexec_bin::serve::{BoundServer, Role};
 //!
 //! # async fn run() -> remexec_core::Result<()> {
 //! let mut config = Config::default();
 //! config.listen = "127.0.0.1:0".parse().unwrap();
 //! config.data_dir = std::env::temp_dir().join("remexec-doc");
-//! let server = BoundServer::bind(&config).await?;
+//! let server = BoundServer::bind(&config, Role::AllInOne).await?;
 //! println!("listening on {}", server.local_addr()?);
 //! server.serve(remexec_bin::serve::shutdown_signal()).await
 //! # }

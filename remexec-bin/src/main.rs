@@ -6,7 +6,10 @@ use remexec_bin::serve::{BoundServer, Role, run_worker, shutdown_signal};
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REMEXEC_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REMEXEC_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -23,7 +26,9 @@ fn main() -> std::process::ExitCode {
             Command::Scheduler(args) => serve(args.resolve()?, Role::Scheduler).await.map(|()| 0),
             Command::Worker(args) => {
                 let config = args.resolve()?;
-                run_worker(&config, shutdown_signal()).await.map_err(|e| e.to_string())?;
+                run_worker(&config, shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(0)
             }
             Command::Exec(args) => remexec_bin::exec::run(args).await,
@@ -39,9 +44,14 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: remexec_bin::config::Config, role: Role) -> Result<(), String> {
-    let server = BoundServer::bind(&config, role).await.map_err(|e| e.to_string())?;
+    let server = BoundServer::bind(&config, role)
+        .await
+        .map_err(|e| e.to_string())?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(data_dir = %config.data_dir.display(), ?role, "serving");
     println!("remexec: listening on {addr}");
-    server.serve(shutdown_signal()).await.map_err(|e| e.to_string())
+    server
+        .serve(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -7,9 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use remexec_cas::{CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions, MemoryActionCache};
+use remexec_cas::{
+    CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions,
+    MemoryActionCache,
+};
 use remexec_core::{ActionCache, BlobStore, DigestFunction, Error, Result};
-use remexec_proto::reapi::{ExecutionCapabilities, PriorityCapabilities, digest_function, priority_capabilities::PriorityRange};
+use remexec_proto::reapi::{
+    ExecutionCapabilities, PriorityCapabilities, digest_function,
+    priority_capabilities::PriorityRange,
+};
 use remexec_scheduler::{ExecutionService, OperationsService, Scheduler, WorkerPool};
 use remexec_worker::{ProcessIsolation, Worker, WorkerConfig};
 use tokio::net::TcpListener;
@@ -33,11 +39,20 @@ pub enum Role {
 /// The stores under `config.data_dir`.
 pub async fn open_stores(config: &Config) -> Result<(Arc<dyn BlobStore>, Arc<dyn ActionCache>)> {
     let store: Arc<dyn BlobStore> = Arc::new(
-        DiskStore::open(config.data_dir.join("cas"), DiskStoreOptions { budget: config.cas.disk_budget.as_u64(), sync: config.cas.fsync }).await?,
+        DiskStore::open(
+            config.data_dir.join("cas"),
+            DiskStoreOptions {
+                budget: config.cas.disk_budget.as_u64(),
+                sync: config.cas.fsync,
+            },
+        )
+        .await?,
     );
     let budget = config.action_cache.budget.as_u64();
     let mut ac: Arc<dyn ActionCache> = match config.action_cache.backend {
-        AcBackend::Disk => Arc::new(DiskActionCache::open(config.data_dir.join("ac"), budget, config.cas.fsync).await?),
+        AcBackend::Disk => Arc::new(
+            DiskActionCache::open(config.data_dir.join("ac"), budget, config.cas.fsync).await?,
+        ),
         AcBackend::Memory => Arc::new(MemoryActionCache::new(budget)),
     };
     if config.action_cache.check_completeness {
@@ -51,7 +66,12 @@ pub fn execution_capabilities() -> ExecutionCapabilities {
     ExecutionCapabilities {
         digest_function: digest_function::Value::Sha256 as i32,
         exec_enabled: true,
-        execution_priority_capabilities: Some(PriorityCapabilities { priorities: vec![PriorityRange { min_priority: i32::MIN, max_priority: i32::MAX }] }),
+        execution_priority_capabilities: Some(PriorityCapabilities {
+            priorities: vec![PriorityRange {
+                min_priority: i32::MIN,
+                max_priority: i32::MAX,
+            }],
+        }),
         digest_functions: DigestFunction::ALL.iter().map(|f| f.to_proto()).collect(),
         ..Default::default()
     }
@@ -80,20 +100,38 @@ fn cpus() -> usize {
 
 fn memory_mb() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: u64 = info
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kb / 1024)
 }
 
 /// The worker's settings: name, executors and properties from `config`.
 pub fn worker_config(config: &Config, default_suffix: &str) -> WorkerConfig {
     let name = if config.worker.name.is_empty() {
-        let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "worker".into());
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "worker".into());
         format!("{host}{default_suffix}")
     } else {
         config.worker.name.clone()
     };
-    let executors = if config.worker.executors == 0 { cpus() } else { config.worker.executors };
-    let mut worker = WorkerConfig::new(name, config.data_dir.join("worker"), executors, executor_properties(config));
+    let executors = if config.worker.executors == 0 {
+        cpus()
+    } else {
+        config.worker.executors
+    };
+    let mut worker = WorkerConfig::new(
+        name,
+        config.data_dir.join("worker"),
+        executors,
+        executor_properties(config),
+    );
     worker.cache_budget = config.worker.cache_budget.as_u64();
     worker
 }
@@ -112,7 +150,12 @@ impl BoundServer {
         let (store, ac) = open_stores(config).await?;
         let pool = WorkerPool::new();
         let scheduler_config = config.scheduler.to_config().map_err(Error::invalid)?;
-        let scheduler = Scheduler::new(scheduler_config, Arc::clone(&store), Arc::clone(&ac), Arc::new(pool.clone()));
+        let scheduler = Scheduler::new(
+            scheduler_config,
+            Arc::clone(&store),
+            Arc::clone(&ac),
+            Arc::new(pool.clone()),
+        );
         let routes = CacheServices::new(Arc::clone(&store), ac)
             .with_limits(config.cache_limits())
             .with_execution(execution_capabilities())
@@ -121,16 +164,28 @@ impl BoundServer {
             .add_service(OperationsService::new(scheduler).into_server())
             .add_service(pool.service());
         let local_worker = match role {
-            Role::AllInOne => Some(Worker::new(worker_config(config, "-local"), store, Arc::new(ProcessIsolation))?),
+            Role::AllInOne => Some(Worker::new(
+                worker_config(config, "-local"),
+                store,
+                Arc::new(ProcessIsolation),
+            )?),
             Role::Scheduler => None,
         };
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
-        Ok(Self { listener, routes, local_worker })
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
+        Ok(Self {
+            listener,
+            routes,
+            local_worker,
+        })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener.local_addr().map_err(|e| Error::io("reading the bound address", e))
+        self.listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound address", e))
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish.
@@ -147,11 +202,12 @@ impl BoundServer {
             tokio::spawn(async move { worker.run(channel, stop).await });
         }
         // `Server::tcp_nodelay` applies only to listeners tonic binds itself; set it per stream.
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener).map(|stream| {
-            let stream = stream?;
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(stream)
-        });
+        let incoming =
+            tokio_stream::wrappers::TcpListenerStream::new(self.listener).map(|stream| {
+                let stream = stream?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(stream)
+            });
         let result = tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -170,7 +226,11 @@ impl BoundServer {
 
 /// `remexec worker`: attaches to a scheduler and runs its leases until `shutdown`.
 pub async fn run_worker(config: &Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    let url = config.worker.scheduler.replacen("grpc://", "http://", 1).replacen("grpcs://", "https://", 1);
+    let url = config
+        .worker
+        .scheduler
+        .replacen("grpc://", "http://", 1)
+        .replacen("grpcs://", "https://", 1);
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|e| Error::invalid(format!("scheduler URL {url:?}: {e}")))?
         .initial_stream_window_size(STREAM_WINDOW)

@@ -54,21 +54,39 @@ fn buildgrid_bgd_client_uploads_downloads_and_uses_the_action_cache() {
 
 #[test]
 fn buildgrid_bgd_executes_a_command_and_gets_its_outputs() {
-    let Some(bgd) = require_tool("BGD", "bgd") else { return };
+    let Some(bgd) = require_tool("BGD", "bgd") else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), &["--executors", "2"]);
     std::fs::create_dir_all(work.path().join("in/sub")).unwrap();
     std::fs::write(work.path().join("in/sub/f.txt"), "abc\n").unwrap();
     let out = Command::new(&bgd)
-        .args(["execute", "--remote", &server.url(), "command", "--output-file", "out.txt", "in", "--"])
+        .args([
+            "execute",
+            "--remote",
+            &server.url(),
+            "command",
+            "--output-file",
+            "out.txt",
+            "in",
+            "--",
+        ])
         .args(["sh", "-c", "cat sub/f.txt sub/f.txt > out.txt; echo done"])
         .current_dir(work.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bgd failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bgd failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("done: true"), "{stdout}");
     // bgd downloads outputs into ./testing by default.
-    assert_eq!(std::fs::read_to_string(work.path().join("testing/out.txt")).unwrap(), "abc\nabc\n");
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("testing/out.txt")).unwrap(),
+        "abc\nabc\n"
+    );
 }

@@ -20,23 +20,68 @@ fn exec_runs_a_command_remotely_and_downloads_outputs() {
     std::fs::write(input.join("sub/a.txt"), "hello\n").unwrap();
     std::fs::write(input.join("tool.sh"), "#!/bin/sh\necho tool ran\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(input.join("tool.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        input.join("tool.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("sub/a.txt", input.join("link")).unwrap();
     let script = "mkdir -p out/dir && tr a-z A-Z < link > out/upper.txt && ./tool.sh > out/dir/tool.txt && ln -s upper.txt out/alias && echo $GREETING && echo oops >&2 && exit 7";
     let (code, stdout, stderr) = exec(
         &server,
         work.path(),
-        &["--input", "in", "--output", "out/upper.txt", "--output", "out/dir", "--output", "out/alias", "--output-dir", "got", "--env", "GREETING=hi", "--env", "PATH=/usr/bin:/bin", "--", "sh", "-c", script],
+        &[
+            "--input",
+            "in",
+            "--output",
+            "out/upper.txt",
+            "--output",
+            "out/dir",
+            "--output",
+            "out/alias",
+            "--output-dir",
+            "got",
+            "--env",
+            "GREETING=hi",
+            "--env",
+            "PATH=/usr/bin:/bin",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
     );
     assert_eq!(code, 7, "stderr: {stderr}");
     assert_eq!(stdout, "hi\n");
     assert!(stderr.contains("oops"), "{stderr}");
     let got = work.path().join("got/out");
-    assert_eq!(std::fs::read_to_string(got.join("upper.txt")).unwrap(), "HELLO\n");
-    assert_eq!(std::fs::read_to_string(got.join("dir/tool.txt")).unwrap(), "tool ran\n");
-    assert_eq!(std::fs::read_link(got.join("alias")).unwrap().to_str(), Some("upper.txt"));
+    assert_eq!(
+        std::fs::read_to_string(got.join("upper.txt")).unwrap(),
+        "HELLO\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(got.join("dir/tool.txt")).unwrap(),
+        "tool ran\n"
+    );
+    assert_eq!(
+        std::fs::read_link(got.join("alias")).unwrap().to_str(),
+        Some("upper.txt")
+    );
     // A failing action is not cached: it runs again.
-    let (_, _, stderr) = exec(&server, work.path(), &["--input", "in", "--output-dir", "got2", "--", "sh", "-c", "exit 7"]);
+    let (_, _, stderr) = exec(
+        &server,
+        work.path(),
+        &[
+            "--input",
+            "in",
+            "--output-dir",
+            "got2",
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ],
+    );
     assert!(!stderr.contains("from the Action Cache"), "{stderr}");
     // A successful one is.
     let args = ["--", "sh", "-c", "echo cached-run"];
@@ -45,7 +90,12 @@ fn exec_runs_a_command_remotely_and_downloads_outputs() {
     assert_eq!((code, stdout.as_str()), (0, "cached-run\n"));
     assert!(stderr.contains("from the Action Cache"), "{stderr}");
     // The worker removed its action directories.
-    assert!(wait_until(5, || std::fs::read_dir(data.path().join("worker/actions")).unwrap().count() == 0));
+    assert!(wait_until(5, || std::fs::read_dir(
+        data.path().join("worker/actions")
+    )
+    .unwrap()
+    .count()
+        == 0));
 }
 
 #[test]
@@ -54,13 +104,33 @@ fn timeout_kills_the_whole_process_group() {
     let work = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), &["--executors", "1"]);
     let pidfile = work.path().join("grandchild.pid");
-    let script = format!("sh -c 'echo $$ > {}; exec sleep 300' & echo partial; sleep 300", pidfile.display());
-    let (code, stdout, stderr) = exec(&server, work.path(), &["--timeout", "2", "--no-cache", "--", "sh", "-c", &script]);
+    let script = format!(
+        "sh -c 'echo $$ > {}; exec sleep 300' & echo partial; sleep 300",
+        pidfile.display()
+    );
+    let (code, stdout, stderr) = exec(
+        &server,
+        work.path(),
+        &["--timeout", "2", "--no-cache", "--", "sh", "-c", &script],
+    );
     assert_eq!(code, 1);
-    assert!(stderr.contains("DeadlineExceeded") || stderr.contains("Deadline"), "{stderr}");
-    assert_eq!(stdout, "partial\n", "output produced before the timeout is returned");
-    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    assert!(wait_until(5, || !alive(pid)), "grandchild {pid} outlived its action");
+    assert!(
+        stderr.contains("DeadlineExceeded") || stderr.contains("Deadline"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout, "partial\n",
+        "output produced before the timeout is returned"
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_until(5, || !alive(pid)),
+        "grandchild {pid} outlived its action"
+    );
 }
 
 #[test]
@@ -71,25 +141,54 @@ fn killing_a_worker_mid_action_reruns_it_on_the_other_worker() {
     let work = tempfile::tempdir().unwrap();
     let scheduler = ServerProcess::start_role("scheduler", sched_dir.path(), &[]);
     let mut workers = vec![
-        ("w1", start_worker(&scheduler, "w1", w1_dir.path(), 1), w1_dir.path().to_path_buf()),
-        ("w2", start_worker(&scheduler, "w2", w2_dir.path(), 1), w2_dir.path().to_path_buf()),
+        (
+            "w1",
+            start_worker(&scheduler, "w1", w1_dir.path(), 1),
+            w1_dir.path().to_path_buf(),
+        ),
+        (
+            "w2",
+            start_worker(&scheduler, "w2", w2_dir.path(), 1),
+            w2_dir.path().to_path_buf(),
+        ),
     ];
     // Wait for both workers to create their directories (they are attached soon after).
-    assert!(wait_until(20, || workers.iter().all(|(_, _, d)| d.join("worker/actions").exists())));
+    assert!(wait_until(20, || workers
+        .iter()
+        .all(|(_, _, d)| d.join("worker/actions").exists())));
     std::thread::sleep(Duration::from_millis(500));
     let url = scheduler.url();
     let exe = env!("CARGO_BIN_EXE_remexec");
     let cwd = work.path().to_path_buf();
     let client = std::thread::spawn(move || {
         Command::new(exe)
-            .args(["exec", "--server", &url, "--output", "done.txt", "--output-dir", "got", "--", "sh", "-c", "sleep 3; echo finished > done.txt"])
+            .args([
+                "exec",
+                "--server",
+                &url,
+                "--output",
+                "done.txt",
+                "--output-dir",
+                "got",
+                "--",
+                "sh",
+                "-c",
+                "sleep 3; echo finished > done.txt",
+            ])
             .current_dir(cwd)
             .output()
             .unwrap()
     });
     // Find the worker that took the action, and SIGKILL it mid-action.
-    let busy = |d: &std::path::Path| std::fs::read_dir(d.join("worker/actions")).map(|r| r.count() > 0).unwrap_or(false);
-    assert!(wait_until(20, || workers.iter().any(|(_, _, d)| busy(d))), "no worker started the action");
+    let busy = |d: &std::path::Path| {
+        std::fs::read_dir(d.join("worker/actions"))
+            .map(|r| r.count() > 0)
+            .unwrap_or(false)
+    };
+    assert!(
+        wait_until(20, || workers.iter().any(|(_, _, d)| busy(d))),
+        "no worker started the action"
+    );
     let victim = workers.iter().position(|(_, _, d)| busy(d)).unwrap();
     let (victim_name, mut child, _) = workers.remove(victim);
     child.kill().unwrap();
@@ -97,10 +196,16 @@ fn killing_a_worker_mid_action_reruns_it_on_the_other_worker() {
     let out = client.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert_eq!(std::fs::read_to_string(work.path().join("got/done.txt")).unwrap(), "finished\n");
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("got/done.txt")).unwrap(),
+        "finished\n"
+    );
     let survivor = workers[0].0;
     assert_ne!(survivor, victim_name);
-    assert!(stderr.contains(&format!("ran on worker {survivor}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("ran on worker {survivor}")),
+        "{stderr}"
+    );
     for (_, mut child, _) in workers {
         let _ = child.kill();
         let _ = child.wait();

@@ -81,9 +81,10 @@ impl FileTable {
     fn remove_file(&self, key: &Key) {
         let path = self.path(key);
         if let Err(e) = std::fs::remove_file(&path)
-            && e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %path.display(), error = %e, "could not delete evicted file");
-            }
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not delete evicted file");
+        }
     }
 
     pub(crate) fn budget(&self) -> u64 {

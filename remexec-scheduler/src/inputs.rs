@@ -19,22 +19,42 @@ pub(crate) enum Loaded {
     Missing(Vec<Digest>),
 }
 
-async fn fetch<M: Message + Default>(cas: &dyn BlobStore, instance: &str, digest: Digest, what: &str) -> Result<Option<M>> {
+async fn fetch<M: Message + Default>(
+    cas: &dyn BlobStore,
+    instance: &str,
+    digest: Digest,
+    what: &str,
+) -> Result<Option<M>> {
     let Some(bytes) = cas.get_bytes(instance, digest, MAX_MESSAGE).await? else {
         return Ok(None);
     };
-    M::decode(bytes).map(Some).map_err(|e| Error::invalid(format!("{what} {digest} does not decode: {e}")))
+    M::decode(bytes)
+        .map(Some)
+        .map_err(|e| Error::invalid(format!("{what} {digest} does not decode: {e}")))
 }
 
 /// Fetches and validates the Action and Command, and finds every missing input blob.
-pub(crate) async fn load(cas: &dyn BlobStore, instance: &str, action_digest: Digest) -> Result<Loaded> {
+pub(crate) async fn load(
+    cas: &dyn BlobStore,
+    instance: &str,
+    action_digest: Digest,
+) -> Result<Loaded> {
     let f = action_digest.function();
     let Some(action) = fetch::<Action>(cas, instance, action_digest, "action").await? else {
         return Ok(Loaded::Missing(vec![action_digest]));
     };
-    let command_digest = Digest::from_field(f, action.command_digest.as_ref(), "action.command_digest")?;
-    let root = Digest::from_field(f, action.input_root_digest.as_ref(), "action.input_root_digest")?;
-    if action.timeout.as_ref().is_some_and(|t| t.seconds < 0 || t.nanos < 0) {
+    let command_digest =
+        Digest::from_field(f, action.command_digest.as_ref(), "action.command_digest")?;
+    let root = Digest::from_field(
+        f,
+        action.input_root_digest.as_ref(),
+        "action.input_root_digest",
+    )?;
+    if action
+        .timeout
+        .as_ref()
+        .is_some_and(|t| t.seconds < 0 || t.nanos < 0)
+    {
         return Err(Error::invalid("action.timeout is negative"));
     }
     let command = fetch::<Command>(cas, instance, command_digest, "command").await?;
@@ -43,7 +63,9 @@ pub(crate) async fn load(cas: &dyn BlobStore, instance: &str, action_digest: Dig
         missing.push(command_digest);
     }
     missing.extend(missing_inputs(cas, instance, root).await?);
-    let Some(command) = command else { return Ok(Loaded::Missing(missing)) };
+    let Some(command) = command else {
+        return Ok(Loaded::Missing(missing));
+    };
     if !missing.is_empty() {
         return Ok(Loaded::Missing(missing));
     }
@@ -56,7 +78,11 @@ fn validate_command(command: &Command) -> Result<()> {
     if command.arguments.is_empty() || command.arguments[0].is_empty() {
         return Err(Error::invalid("command.arguments is empty"));
     }
-    let outputs = command.output_paths.iter().chain(&command.output_files).chain(&command.output_directories);
+    let outputs = command
+        .output_paths
+        .iter()
+        .chain(&command.output_files)
+        .chain(&command.output_directories);
     for path in outputs {
         validate_output_path(path).map_err(|e| Error::invalid(format!("command: {e}")))?;
     }

@@ -36,14 +36,21 @@ pub const DEFAULT_AT_LEAST: [&str; 3] = ["cpu-count", "memory-mb", "disk-mb"];
 
 impl Default for MatchRules {
     fn default() -> Self {
-        Self { rules: DEFAULT_AT_LEAST.iter().map(|n| (n.to_string(), MatchRule::AtLeast)).collect() }
+        Self {
+            rules: DEFAULT_AT_LEAST
+                .iter()
+                .map(|n| (n.to_string(), MatchRule::AtLeast))
+                .collect(),
+        }
     }
 }
 
 impl MatchRules {
     /// Rules with nothing but `Exact`.
     pub fn exact() -> Self {
-        Self { rules: HashMap::new() }
+        Self {
+            rules: HashMap::new(),
+        }
     }
 
     /// Sets the rule for one property name.
@@ -58,16 +65,26 @@ impl MatchRules {
     }
 
     /// Requested properties the executor does not satisfy; empty means it matches.
-    pub fn unmatched<'a>(&self, requested: &'a [Property], offered: &[Property]) -> Vec<&'a Property> {
+    pub fn unmatched<'a>(
+        &self,
+        requested: &'a [Property],
+        offered: &[Property],
+    ) -> Vec<&'a Property> {
         requested
             .iter()
             .filter(|(name, want)| {
-                let values = offered.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str());
+                let values = offered
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str());
                 !match self.rule(name) {
                     MatchRule::Ignore => true,
                     MatchRule::Exact => values.into_iter().any(|v| v == want),
                     MatchRule::AtLeast => match want.trim().parse::<f64>() {
-                        Ok(want) => values.into_iter().filter_map(|v| v.trim().parse::<f64>().ok()).any(|have| have >= want),
+                        Ok(want) => values
+                            .into_iter()
+                            .filter_map(|v| v.trim().parse::<f64>().ok())
+                            .any(|have| have >= want),
                         Err(_) => false,
                     },
                 }
@@ -86,13 +103,21 @@ mod tests {
     use super::*;
 
     fn props(list: &[(&str, &str)]) -> Vec<Property> {
-        list.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn matching_table() {
         let rules = MatchRules::default().with("pool", MatchRule::Ignore);
-        let executor = props(&[("OSFamily", "linux"), ("cpu-count", "8"), ("memory-mb", "16384"), ("container-image", "a"), ("container-image", "b")]);
+        let executor = props(&[
+            ("OSFamily", "linux"),
+            ("cpu-count", "8"),
+            ("memory-mb", "16384"),
+            ("container-image", "a"),
+            ("container-image", "b"),
+        ]);
         let cases: &[(&[(&str, &str)], bool)] = &[
             (&[], true),
             (&[("OSFamily", "linux")], true),
@@ -112,10 +137,18 @@ mod tests {
         ];
         for (requested, expected) in cases {
             let requested = props(requested);
-            assert_eq!(rules.matches(&requested, &executor), *expected, "{requested:?}");
+            assert_eq!(
+                rules.matches(&requested, &executor),
+                *expected,
+                "{requested:?}"
+            );
         }
         let requested = props(&[("OSFamily", "linux"), ("gpu", "1"), ("cpu-count", "64")]);
-        let unmatched: Vec<_> = rules.unmatched(&requested, &executor).into_iter().map(|(n, _)| n.as_str()).collect();
+        let unmatched: Vec<_> = rules
+            .unmatched(&requested, &executor)
+            .into_iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
         assert_eq!(unmatched, vec!["gpu", "cpu-count"]);
         assert!(!MatchRules::exact().matches(&props(&[("cpu-count", "4")]), &executor));
     }

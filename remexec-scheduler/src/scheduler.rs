@@ -7,11 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
-use remexec_core::apis::google::protobuf::Any;
 use remexec_core::apis::google::longrunning::{Operation, operation};
+use remexec_core::apis::google::protobuf::Any;
 use remexec_core::apis::google::rpc::Status as RpcStatus;
-use remexec_core::reapi::{ActionResult, ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, execution_stage};
-use remexec_core::{ActionCache, BlobStore, Digest, DigestFunction, Error, Result, validate_instance_name};
+use remexec_core::reapi::{
+    ActionResult, ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, execution_stage,
+};
+use remexec_core::{
+    ActionCache, BlobStore, Digest, DigestFunction, Error, Result, validate_instance_name,
+};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -97,10 +101,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn any<M: Message>(type_name: &str, message: &M) -> Any {
-    Any { type_url: format!("type.googleapis.com/{type_name}"), value: message.encode_to_vec() }
+    Any {
+        type_url: format!("type.googleapis.com/{type_name}"),
+        value: message.encode_to_vec(),
+    }
 }
 
-fn operation(name: &str, digest: Digest, stage: execution_stage::Value, response: Option<ExecuteResponse>) -> Operation {
+fn operation(
+    name: &str,
+    digest: Digest,
+    stage: execution_stage::Value,
+    response: Option<ExecuteResponse>,
+) -> Operation {
     let metadata = ExecuteOperationMetadata {
         stage: stage as i32,
         action_digest: Some(digest.to_proto()),
@@ -109,14 +121,23 @@ fn operation(name: &str, digest: Digest, stage: execution_stage::Value, response
     };
     Operation {
         name: name.to_string(),
-        metadata: Some(any("build.bazel.remote.execution.v2.ExecuteOperationMetadata", &metadata)),
+        metadata: Some(any(
+            "build.bazel.remote.execution.v2.ExecuteOperationMetadata",
+            &metadata,
+        )),
         done: response.is_some(),
-        result: response.map(|r| operation::Result::Response(any("build.bazel.remote.execution.v2.ExecuteResponse", &r))),
+        result: response.map(|r| {
+            operation::Result::Response(any("build.bazel.remote.execution.v2.ExecuteResponse", &r))
+        }),
     }
 }
 
 fn status(code: tonic::Code, message: impl Into<String>) -> RpcStatus {
-    RpcStatus { code: code as i32, message: message.into(), details: Vec::new() }
+    RpcStatus {
+        code: code as i32,
+        message: message.into(),
+        details: Vec::new(),
+    }
 }
 
 /// FAILED_PRECONDITION with one `MISSING` violation per blob, which makes clients re-upload.
@@ -137,22 +158,48 @@ fn missing_status(missing: &[Digest]) -> RpcStatus {
     };
     RpcStatus {
         code: tonic::Code::FailedPrecondition as i32,
-        message: format!("{} blob(s) needed by the action are missing from the CAS", missing.len()),
+        message: format!(
+            "{} blob(s) needed by the action are missing from the CAS",
+            missing.len()
+        ),
         details: vec![any("google.rpc.PreconditionFailure", &failure)],
     }
 }
 
 #[allow(deprecated)] // Command.platform: where REAPI v2.0-v2.1 clients put it
 fn platform_of(job: &Job) -> Vec<Property> {
-    let platform = job.action.platform.as_ref().or(job.command.platform.as_ref());
-    platform.map(|p| p.properties.iter().map(|p| (p.name.clone(), p.value.clone())).collect()).unwrap_or_default()
+    let platform = job
+        .action
+        .platform
+        .as_ref()
+        .or(job.command.platform.as_ref());
+    platform
+        .map(|p| {
+            p.properties
+                .iter()
+                .map(|p| (p.name.clone(), p.value.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Scheduler {
     /// A scheduler over the given stores and pool; starts its dispatch task on the current
     /// tokio runtime.
-    pub fn new(config: SchedulerConfig, cas: Arc<dyn BlobStore>, ac: Arc<dyn ActionCache>, pool: Arc<dyn ExecutorPool>) -> Self {
-        let inner = Arc::new(Inner { config, cas, ac, pool, state: Mutex::default(), wake: Notify::new() });
+    pub fn new(
+        config: SchedulerConfig,
+        cas: Arc<dyn BlobStore>,
+        ac: Arc<dyn ActionCache>,
+        pool: Arc<dyn ExecutorPool>,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            config,
+            cas,
+            ac,
+            pool,
+            state: Mutex::default(),
+            wake: Notify::new(),
+        });
         tokio::spawn(dispatch_loop(Arc::downgrade(&inner)));
         Self { inner }
     }
@@ -169,20 +216,43 @@ impl Scheduler {
         let digest = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
         let instance = req.instance_name;
         let done = |response: ExecuteResponse| {
-            let name = format!("operations/{}/{}", self.inner.config.name, uuid::Uuid::new_v4());
-            watch::channel(operation(&name, digest, execution_stage::Value::Completed, Some(response))).1
+            let name = format!(
+                "operations/{}/{}",
+                self.inner.config.name,
+                uuid::Uuid::new_v4()
+            );
+            watch::channel(operation(
+                &name,
+                digest,
+                execution_stage::Value::Completed,
+                Some(response),
+            ))
+            .1
         };
         if !req.skip_cache_lookup {
             if let Some(result) = self.inner.ac.get(&instance, digest).await? {
-                return Ok(done(ExecuteResponse { result: Some(result), cached_result: true, status: Some(status(tonic::Code::Ok, "")), ..Default::default() }));
+                return Ok(done(ExecuteResponse {
+                    result: Some(result),
+                    cached_result: true,
+                    status: Some(status(tonic::Code::Ok, "")),
+                    ..Default::default()
+                }));
             }
         }
-        if let Some(op) = lock(&self.inner.state).inflight.get(&(instance.clone(), digest)) {
+        if let Some(op) = lock(&self.inner.state)
+            .inflight
+            .get(&(instance.clone(), digest))
+        {
             return Ok(op.tx.subscribe());
         }
         let (action, command) = match load(self.inner.cas.as_ref(), &instance, digest).await? {
             Loaded::Ready(loaded) => *loaded,
-            Loaded::Missing(missing) => return Ok(done(ExecuteResponse { status: Some(missing_status(&missing)), ..Default::default() })),
+            Loaded::Missing(missing) => {
+                return Ok(done(ExecuteResponse {
+                    status: Some(missing_status(&missing)),
+                    ..Default::default()
+                }));
+            }
         };
         let max = self.inner.config.max_action_timeout;
         let timeout = action
@@ -193,9 +263,26 @@ impl Scheduler {
             .map_or(max, |t| t.min(max));
         let priority = req.execution_policy.as_ref().map_or(0, |p| p.priority);
         let do_not_cache = action.do_not_cache;
-        let job = Job { lease_id: String::new(), instance: instance.clone(), action_digest: digest, action, command, timeout: Some(timeout), queued_at: SystemTime::now() };
-        let name = format!("operations/{}/{}", self.inner.config.name, uuid::Uuid::new_v4());
-        let (tx, rx) = watch::channel(operation(&name, digest, execution_stage::Value::Queued, None));
+        let job = Job {
+            lease_id: String::new(),
+            instance: instance.clone(),
+            action_digest: digest,
+            action,
+            command,
+            timeout: Some(timeout),
+            queued_at: SystemTime::now(),
+        };
+        let name = format!(
+            "operations/{}/{}",
+            self.inner.config.name,
+            uuid::Uuid::new_v4()
+        );
+        let (tx, rx) = watch::channel(operation(
+            &name,
+            digest,
+            execution_stage::Value::Queued,
+            None,
+        ));
         let op = Arc::new(Op {
             name: name.clone(),
             key: (instance, digest),
@@ -234,15 +321,24 @@ impl Scheduler {
     pub fn cancel(&self, name: &str) -> Result<()> {
         let (op, was_queued) = {
             let mut state = lock(&self.inner.state);
-            let op = state.ops.get(name).cloned().ok_or_else(|| Error::NotFound(format!("operation {name:?} is unknown or has expired")))?;
-            let key = state.queue.iter().find(|(_, o)| Arc::ptr_eq(o, &op)).map(|(k, _)| *k);
+            let op = state.ops.get(name).cloned().ok_or_else(|| {
+                Error::NotFound(format!("operation {name:?} is unknown or has expired"))
+            })?;
+            let key = state
+                .queue
+                .iter()
+                .find(|(_, o)| Arc::ptr_eq(o, &op))
+                .map(|(k, _)| *k);
             if let Some(key) = key {
                 state.queue.remove(&key);
             }
             (op, key.is_some())
         };
         if was_queued {
-            let response = ExecuteResponse { status: Some(status(tonic::Code::Cancelled, "cancelled while queued")), ..Default::default() };
+            let response = ExecuteResponse {
+                status: Some(status(tonic::Code::Cancelled, "cancelled while queued")),
+                ..Default::default()
+            };
             self.inner.complete(&op, response);
         } else {
             op.cancel.cancel();
@@ -264,15 +360,25 @@ fn enqueue(state: &mut State, op: Arc<Op>) {
 
 impl Inner {
     fn set_stage(&self, op: &Op, stage: execution_stage::Value) {
-        op.tx.send_replace(operation(&op.name, op.key.1, stage, None));
+        op.tx
+            .send_replace(operation(&op.name, op.key.1, stage, None));
     }
 
     /// Publishes the final state, forgets the in-flight entry, and expires the operation later.
     fn complete(self: &Arc<Self>, op: &Arc<Op>, response: ExecuteResponse) {
-        op.tx.send_replace(operation(&op.name, op.key.1, execution_stage::Value::Completed, Some(response)));
+        op.tx.send_replace(operation(
+            &op.name,
+            op.key.1,
+            execution_stage::Value::Completed,
+            Some(response),
+        ));
         {
             let mut state = lock(&self.state);
-            if state.inflight.get(&op.key).is_some_and(|o| Arc::ptr_eq(o, op)) {
+            if state
+                .inflight
+                .get(&op.key)
+                .is_some_and(|o| Arc::ptr_eq(o, op))
+            {
                 state.inflight.remove(&op.key);
             }
         }
@@ -296,19 +402,33 @@ impl Inner {
         let mut failures = Vec::new();
         {
             let mut state = lock(&self.state);
-            let mut idle: Vec<&ExecutorInfo> = executors.iter().filter(|e| !state.busy.contains(&e.id)).collect();
+            let mut idle: Vec<&ExecutorInfo> = executors
+                .iter()
+                .filter(|e| !state.busy.contains(&e.id))
+                .collect();
             let mut taken = Vec::new();
             for (key, op) in &state.queue {
-                if let Some(i) = idle.iter().position(|e| rules.matches(&op.requirements, &e.properties)) {
+                if let Some(i) = idle
+                    .iter()
+                    .position(|e| rules.matches(&op.requirements, &e.properties))
+                {
                     starts.push((Arc::clone(op), idle.remove(i).clone()));
                     taken.push(*key);
                     continue;
                 }
                 let mut since = lock(&op.unmatched_since);
-                if executors.iter().any(|e| rules.matches(&op.requirements, &e.properties)) {
+                if executors
+                    .iter()
+                    .any(|e| rules.matches(&op.requirements, &e.properties))
+                {
                     *since = None;
-                } else if since.get_or_insert_with(Instant::now).elapsed() >= self.config.unmatched_grace {
-                    failures.push((Arc::clone(op), unmatched_message(rules, &op.requirements, &executors)));
+                } else if since.get_or_insert_with(Instant::now).elapsed()
+                    >= self.config.unmatched_grace
+                {
+                    failures.push((
+                        Arc::clone(op),
+                        unmatched_message(rules, &op.requirements, &executors),
+                    ));
                     taken.push(*key);
                 }
             }
@@ -320,7 +440,13 @@ impl Inner {
             }
         }
         for (op, message) in failures {
-            self.complete(&op, ExecuteResponse { status: Some(status(tonic::Code::FailedPrecondition, message)), ..Default::default() });
+            self.complete(
+                &op,
+                ExecuteResponse {
+                    status: Some(status(tonic::Code::FailedPrecondition, message)),
+                    ..Default::default()
+                },
+            );
         }
         for (op, executor) in starts {
             tokio::spawn(Arc::clone(self).run(op, executor));
@@ -339,13 +465,27 @@ impl Inner {
         let response = match outcome {
             Ok(JobOutcome::Completed(result)) => {
                 self.cache(&op, &result).await;
-                ExecuteResponse { result: Some(result), status: ok(), ..Default::default() }
+                ExecuteResponse {
+                    result: Some(result),
+                    status: ok(),
+                    ..Default::default()
+                }
             }
             Ok(JobOutcome::TimedOut(result)) => {
                 let limit = op.job.timeout.unwrap_or_default();
-                ExecuteResponse { result: Some(result), status: Some(status(tonic::Code::DeadlineExceeded, format!("action exceeded its timeout of {limit:?} and was killed"))), ..Default::default() }
+                ExecuteResponse {
+                    result: Some(result),
+                    status: Some(status(
+                        tonic::Code::DeadlineExceeded,
+                        format!("action exceeded its timeout of {limit:?} and was killed"),
+                    )),
+                    ..Default::default()
+                }
             }
-            Ok(JobOutcome::Cancelled) => ExecuteResponse { status: Some(status(tonic::Code::Cancelled, "cancelled")), ..Default::default() },
+            Ok(JobOutcome::Cancelled) => ExecuteResponse {
+                status: Some(status(tonic::Code::Cancelled, "cancelled")),
+                ..Default::default()
+            },
             Err(Error::Unavailable(why)) => {
                 let attempts = op.attempts.fetch_add(1, Ordering::SeqCst) + 1;
                 if attempts <= self.config.max_retries && !op.cancel.is_cancelled() {
@@ -355,9 +495,18 @@ impl Inner {
                     self.wake.notify_one();
                     return;
                 }
-                ExecuteResponse { status: Some(status(tonic::Code::Unavailable, format!("executors were lost {attempts} times running this action: {why}"))), ..Default::default() }
+                ExecuteResponse {
+                    status: Some(status(
+                        tonic::Code::Unavailable,
+                        format!("executors were lost {attempts} times running this action: {why}"),
+                    )),
+                    ..Default::default()
+                }
             }
-            Err(e) => ExecuteResponse { status: Some(e.to_rpc_status()), ..Default::default() },
+            Err(e) => ExecuteResponse {
+                status: Some(e.to_rpc_status()),
+                ..Default::default()
+            },
         };
         self.complete(&op, response);
     }
@@ -373,13 +522,25 @@ impl Inner {
     }
 }
 
-fn unmatched_message(rules: &MatchRules, requested: &[Property], executors: &[ExecutorInfo]) -> String {
+fn unmatched_message(
+    rules: &MatchRules,
+    requested: &[Property],
+    executors: &[ExecutorInfo],
+) -> String {
     if executors.is_empty() {
         return "no executor can run this action: no executors are registered".into();
     }
-    let closest = executors.iter().map(|e| rules.unmatched(requested, &e.properties)).min_by_key(Vec::len).unwrap_or_default();
+    let closest = executors
+        .iter()
+        .map(|e| rules.unmatched(requested, &e.properties))
+        .min_by_key(Vec::len)
+        .unwrap_or_default();
     let list: Vec<String> = closest.iter().map(|(n, v)| format!("{n}={v}")).collect();
-    format!("no executor can run this action: unmatched platform properties {} (among {} executors)", list.join(", "), executors.len())
+    format!(
+        "no executor can run this action: unmatched platform properties {} (among {} executors)",
+        list.join(", "),
+        executors.len()
+    )
 }
 
 async fn dispatch_loop(weak: std::sync::Weak<Inner>) {
@@ -390,7 +551,8 @@ async fn dispatch_loop(weak: std::sync::Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         inner.dispatch_once();
-        let tick = Duration::from_millis(200).min(inner.config.unmatched_grace.max(Duration::from_millis(10)));
+        let tick = Duration::from_millis(200)
+            .min(inner.config.unmatched_grace.max(Duration::from_millis(10)));
         tokio::select! {
             () = inner.wake.notified() => {}
             r = changes.changed() => if r.is_err() { return },

@@ -4,8 +4,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use remexec_core::apis::google::longrunning::operations_server::{Operations, OperationsServer};
 use remexec_core::apis::google::longrunning::{
-    CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest, ListOperationsResponse, Operation,
-    WaitOperationRequest,
+    CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
+    ListOperationsResponse, Operation, WaitOperationRequest,
 };
 use remexec_core::apis::google::protobuf::Empty;
 use remexec_core::reapi::execution_server::{Execution, ExecutionServer};
@@ -23,7 +23,10 @@ fn follow(rx: watch::Receiver<Operation>) -> BoxStream<'static, Result<Operation
             return None;
         }
         if !first && rx.changed().await.is_err() {
-            return Some((Err(Status::unavailable("the scheduler dropped this operation")), (rx, false, true)));
+            return Some((
+                Err(Status::unavailable("the scheduler dropped this operation")),
+                (rx, false, true),
+            ));
         }
         let op = rx.borrow_and_update().clone();
         let done = op.done;
@@ -59,12 +62,27 @@ impl Execution for ExecutionService {
     type ExecuteStream = BoxStream<'static, Result<Operation, Status>>;
     type WaitExecutionStream = BoxStream<'static, Result<Operation, Status>>;
 
-    async fn execute(&self, request: Request<ExecuteRequest>) -> Result<Response<Self::ExecuteStream>, Status> {
-        respond(self.scheduler.execute(request.into_inner()).await.map(follow))
+    async fn execute(
+        &self,
+        request: Request<ExecuteRequest>,
+    ) -> Result<Response<Self::ExecuteStream>, Status> {
+        respond(
+            self.scheduler
+                .execute(request.into_inner())
+                .await
+                .map(follow),
+        )
     }
 
-    async fn wait_execution(&self, request: Request<WaitExecutionRequest>) -> Result<Response<Self::WaitExecutionStream>, Status> {
-        respond(self.scheduler.subscribe(&request.into_inner().name).map(follow))
+    async fn wait_execution(
+        &self,
+        request: Request<WaitExecutionRequest>,
+    ) -> Result<Response<Self::WaitExecutionStream>, Status> {
+        respond(
+            self.scheduler
+                .subscribe(&request.into_inner().name)
+                .map(follow),
+        )
     }
 }
 
@@ -88,23 +106,49 @@ impl OperationsService {
 
 #[tonic::async_trait]
 impl Operations for OperationsService {
-    async fn list_operations(&self, _: Request<ListOperationsRequest>) -> Result<Response<ListOperationsResponse>, Status> {
+    async fn list_operations(
+        &self,
+        _: Request<ListOperationsRequest>,
+    ) -> Result<Response<ListOperationsResponse>, Status> {
         Err(Error::Unimplemented("ListOperations is not supported".into()).into())
     }
 
-    async fn get_operation(&self, request: Request<GetOperationRequest>) -> Result<Response<Operation>, Status> {
-        respond(self.scheduler.subscribe(&request.into_inner().name).map(|rx| rx.borrow().clone()))
+    async fn get_operation(
+        &self,
+        request: Request<GetOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        respond(
+            self.scheduler
+                .subscribe(&request.into_inner().name)
+                .map(|rx| rx.borrow().clone()),
+        )
     }
 
-    async fn delete_operation(&self, _: Request<DeleteOperationRequest>) -> Result<Response<Empty>, Status> {
-        Err(Error::Unimplemented("DeleteOperation is not supported; operations expire on their own".into()).into())
+    async fn delete_operation(
+        &self,
+        _: Request<DeleteOperationRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Error::Unimplemented(
+            "DeleteOperation is not supported; operations expire on their own".into(),
+        )
+        .into())
     }
 
-    async fn cancel_operation(&self, request: Request<CancelOperationRequest>) -> Result<Response<Empty>, Status> {
-        respond(self.scheduler.cancel(&request.into_inner().name).map(|()| Empty {}))
+    async fn cancel_operation(
+        &self,
+        request: Request<CancelOperationRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        respond(
+            self.scheduler
+                .cancel(&request.into_inner().name)
+                .map(|()| Empty {}),
+        )
     }
 
-    async fn wait_operation(&self, _: Request<WaitOperationRequest>) -> Result<Response<Operation>, Status> {
+    async fn wait_operation(
+        &self,
+        _: Request<WaitOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
         Err(Error::Unimplemented("WaitOperation is not supported; use WaitExecution".into()).into())
     }
 }

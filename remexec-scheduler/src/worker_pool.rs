@@ -6,12 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use remexec_core::{Error, Result};
 use remexec_proto::worker::v1::worker_message::Message as FromWorker;
 use remexec_proto::worker::v1::worker_service_server::{WorkerService, WorkerServiceServer};
-use remexec_proto::worker::v1::{scheduler_message, Lease, LeaseResult, SchedulerMessage, WorkerMessage};
+use remexec_proto::worker::v1::{
+    Lease, LeaseResult, SchedulerMessage, WorkerMessage, scheduler_message,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -66,7 +68,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl WorkerPool {
     /// An empty pool.
     pub fn new() -> Self {
-        Self { inner: Arc::new(PoolInner { state: Mutex::default(), changes: watch::channel(0).0 }) }
+        Self {
+            inner: Arc::new(PoolInner {
+                state: Mutex::default(),
+                changes: watch::channel(0).0,
+            }),
+        }
     }
 
     /// The gRPC service workers attach to.
@@ -76,7 +83,11 @@ impl WorkerPool {
 
     /// Names of the attached workers.
     pub fn workers(&self) -> Vec<String> {
-        let mut names: Vec<String> = lock(&self.inner.state).connections.values().map(|c| c.worker.clone()).collect();
+        let mut names: Vec<String> = lock(&self.inner.state)
+            .connections
+            .values()
+            .map(|c| c.worker.clone())
+            .collect();
         names.sort();
         names
     }
@@ -89,11 +100,21 @@ impl WorkerPool {
     fn detach(&self, conn: &str, why: &str) {
         let failed: Vec<_> = {
             let mut state = lock(&self.inner.state);
-            let Some(connection) = state.connections.remove(conn) else { return };
+            let Some(connection) = state.connections.remove(conn) else {
+                return;
+            };
             tracing::warn!(worker = %connection.worker, %why, "worker detached");
             state.executors.retain(|(_, c)| c != conn);
-            let leases: Vec<String> = state.pending.iter().filter(|(_, (c, _))| c == conn).map(|(id, _)| id.clone()).collect();
-            leases.into_iter().filter_map(|id| state.pending.remove(&id)).collect()
+            let leases: Vec<String> = state
+                .pending
+                .iter()
+                .filter(|(_, (c, _))| c == conn)
+                .map(|(id, _)| id.clone())
+                .collect();
+            leases
+                .into_iter()
+                .filter_map(|id| state.pending.remove(&id))
+                .collect()
         };
         for (_, tx) in failed {
             let _ = tx.send(Err(Error::Unavailable(format!("worker lost: {why}"))));
@@ -111,14 +132,21 @@ impl WorkerPool {
             (tonic::Code::Ok, Some(r)) => Ok(JobOutcome::Completed(r)),
             (tonic::Code::DeadlineExceeded, r) => Ok(JobOutcome::TimedOut(r.unwrap_or_default())),
             (tonic::Code::Cancelled, _) => Ok(JobOutcome::Cancelled),
-            (tonic::Code::Ok, None) => Err(Error::Internal("worker reported success without a result".into())),
+            (tonic::Code::Ok, None) => Err(Error::Internal(
+                "worker reported success without a result".into(),
+            )),
             (code, _) => Err(Error::from(Status::new(code, status.message))),
         };
         let _ = tx.send(outcome);
     }
 
     /// Reads one worker's messages until its stream ends or it misses heartbeats.
-    async fn read_worker(self, conn: String, mut inbound: Streaming<WorkerMessage>, heartbeat: Duration) {
+    async fn read_worker(
+        self,
+        conn: String,
+        mut inbound: Streaming<WorkerMessage>,
+        heartbeat: Duration,
+    ) {
         let deadline = heartbeat * MISSED_HEARTBEATS;
         let why = loop {
             match tokio::time::timeout(deadline, inbound.message()).await {
@@ -128,7 +156,9 @@ impl WorkerPool {
                 Ok(Ok(Some(msg))) => match msg.message {
                     Some(FromWorker::Result(result)) => self.finish_lease(result),
                     Some(FromWorker::Heartbeat(_) | FromWorker::Progress(_)) | None => {}
-                    Some(FromWorker::Register(_)) => break "registered twice on one stream".to_string(),
+                    Some(FromWorker::Register(_)) => {
+                        break "registered twice on one stream".to_string();
+                    }
                 },
             }
         };
@@ -140,10 +170,15 @@ impl WorkerPool {
 impl WorkerService for WorkerPool {
     type AttachStream = BoxStream<'static, Result<SchedulerMessage, Status>>;
 
-    async fn attach(&self, request: Request<Streaming<WorkerMessage>>) -> Result<Response<Self::AttachStream>, Status> {
+    async fn attach(
+        &self,
+        request: Request<Streaming<WorkerMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
         let mut inbound = request.into_inner();
         let register = match inbound.message().await? {
-            Some(WorkerMessage { message: Some(FromWorker::Register(r)) }) => r,
+            Some(WorkerMessage {
+                message: Some(FromWorker::Register(r)),
+            }) => r,
             _ => return Err(Error::invalid("a worker must send Register first").into()),
         };
         if register.worker_name.is_empty() {
@@ -157,13 +192,28 @@ impl WorkerService for WorkerPool {
         let (outbox, rx) = mpsc::channel(256);
         let replaced: Vec<String> = {
             let mut state = lock(&self.inner.state);
-            let old = state.connections.iter().filter(|(_, c)| c.worker == register.worker_name).map(|(id, _)| id.clone()).collect();
-            state.connections.insert(conn.clone(), Connection { worker: register.worker_name.clone(), outbox });
+            let old = state
+                .connections
+                .iter()
+                .filter(|(_, c)| c.worker == register.worker_name)
+                .map(|(id, _)| id.clone())
+                .collect();
+            state.connections.insert(
+                conn.clone(),
+                Connection {
+                    worker: register.worker_name.clone(),
+                    outbox,
+                },
+            );
             for e in &register.executors {
                 let info = ExecutorInfo {
                     id: format!("{}/{}", register.worker_name, e.id),
                     worker: register.worker_name.clone(),
-                    properties: e.properties.iter().map(|p| (p.name.clone(), p.value.clone())).collect(),
+                    properties: e
+                        .properties
+                        .iter()
+                        .map(|p| (p.name.clone(), p.value.clone()))
+                        .collect(),
                 };
                 state.executors.push((info, conn.clone()));
             }
@@ -175,14 +225,20 @@ impl WorkerService for WorkerPool {
         tracing::info!(worker = %register.worker_name, executors = register.executors.len(), "worker attached");
         self.bump();
         tokio::spawn(self.clone().read_worker(conn, inbound, heartbeat));
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx).boxed()))
+        Ok(Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
+        ))
     }
 }
 
 #[async_trait]
 impl ExecutorPool for WorkerPool {
     fn executors(&self) -> Vec<ExecutorInfo> {
-        lock(&self.inner.state).executors.iter().map(|(e, _)| e.clone()).collect()
+        lock(&self.inner.state)
+            .executors
+            .iter()
+            .map(|(e, _)| e.clone())
+            .collect()
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -194,12 +250,21 @@ impl ExecutorPool for WorkerPool {
         let lease_id = job.lease_id.clone();
         let outbox = {
             let mut state = lock(&self.inner.state);
-            let Some((info, conn)) = state.executors.iter().find(|(e, _)| e.id == executor).cloned() else {
+            let Some((info, conn)) = state
+                .executors
+                .iter()
+                .find(|(e, _)| e.id == executor)
+                .cloned()
+            else {
                 return Err(Error::Unavailable(format!("executor {executor} is gone")));
             };
             let outbox = state.connections.get(&conn).map(|c| c.outbox.clone());
             state.pending.insert(lease_id.clone(), (conn, tx));
-            let local_id = info.id.strip_prefix(&format!("{}/", info.worker)).unwrap_or(&info.id).to_string();
+            let local_id = info
+                .id
+                .strip_prefix(&format!("{}/", info.worker))
+                .unwrap_or(&info.id)
+                .to_string();
             outbox.map(|o| (o, local_id))
         };
         let Some((outbox, executor_id)) = outbox else {
@@ -215,12 +280,20 @@ impl ExecutorPool for WorkerPool {
             action: Some(job.action),
             command: Some(job.command),
             timeout_ms: job.timeout.map_or(0, |t| t.as_millis() as u64),
-            queued_at_unix_nanos: job.queued_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
+            queued_at_unix_nanos: job
+                .queued_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
         };
         let send = |m| outbox.send(Ok(SchedulerMessage { message: Some(m) }));
-        if send(scheduler_message::Message::Lease(lease)).await.is_err() {
+        if send(scheduler_message::Message::Lease(lease))
+            .await
+            .is_err()
+        {
             lock(&self.inner.state).pending.remove(&lease_id);
-            return Err(Error::Unavailable(format!("executor {executor}'s worker is gone")));
+            return Err(Error::Unavailable(format!(
+                "executor {executor}'s worker is gone"
+            )));
         }
         let mut rx = rx;
         tokio::select! {

@@ -12,11 +12,15 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use prost::Message;
-use remexec_core::apis::google::longrunning::{CancelOperationRequest, GetOperationRequest, Operation, operation};
+use remexec_core::apis::google::longrunning::{
+    CancelOperationRequest, GetOperationRequest, Operation, operation,
+};
 use remexec_core::reapi::{ExecuteRequest, ExecuteResponse, ExecutionPolicy, WaitExecutionRequest};
 use remexec_core::{ActionCache, BlobStore, Digest, DigestFunction, Error};
 use remexec_scheduler::platform::MatchRules;
-use remexec_scheduler::{ExecutionService, JobOutcome, OperationsService, Scheduler, SchedulerConfig};
+use remexec_scheduler::{
+    ExecutionService, JobOutcome, OperationsService, Scheduler, SchedulerConfig,
+};
 use support::{FakePool, MapCache, MapStore, store_action};
 use tokio::sync::watch;
 
@@ -34,21 +38,34 @@ fn setup(pool: FakePool, configure: impl FnOnce(&mut SchedulerConfig)) -> Setup 
     config.unmatched_grace = Duration::from_millis(300);
     configure(&mut config);
     let scheduler = Scheduler::new(config, cas.clone(), ac.clone(), Arc::new(pool.clone()));
-    Setup { scheduler, pool, cas, ac }
+    Setup {
+        scheduler,
+        pool,
+        cas,
+        ac,
+    }
 }
 
 fn request(digest: Digest) -> ExecuteRequest {
-    ExecuteRequest { action_digest: Some(digest.to_proto()), ..Default::default() }
+    ExecuteRequest {
+        action_digest: Some(digest.to_proto()),
+        ..Default::default()
+    }
 }
 
 async fn finish(mut rx: watch::Receiver<Operation>) -> ExecuteResponse {
     loop {
         let op = rx.borrow_and_update().clone();
         if op.done {
-            let Some(operation::Result::Response(any)) = op.result else { panic!("done without response") };
+            let Some(operation::Result::Response(any)) = op.result else {
+                panic!("done without response")
+            };
             return ExecuteResponse::decode(&any.value[..]).unwrap();
         }
-        tokio::time::timeout(Duration::from_secs(20), rx.changed()).await.expect("operation stalled").unwrap();
+        tokio::time::timeout(Duration::from_secs(20), rx.changed())
+            .await
+            .expect("operation stalled")
+            .unwrap();
     }
 }
 
@@ -63,7 +80,11 @@ async fn twenty_identical_executes_run_once() {
         async move { finish(scheduler.execute(request(digest)).await.unwrap()).await }
     });
     let responses = futures::future::join_all(waits).await;
-    assert_eq!(s.pool.runs.load(Ordering::SeqCst), 1, "identical in-flight actions must merge");
+    assert_eq!(
+        s.pool.runs.load(Ordering::SeqCst),
+        1,
+        "identical in-flight actions must merge"
+    );
     for r in &responses {
         assert_eq!(r.status.as_ref().unwrap().code, 0);
         assert_eq!(r.result.as_ref().unwrap().stdout_raw, b"echo once");
@@ -73,7 +94,16 @@ async fn twenty_identical_executes_run_once() {
     assert!(cached.cached_result);
     assert_eq!(s.pool.runs.load(Ordering::SeqCst), 1);
     // skip_cache_lookup runs it again.
-    let fresh = finish(s.scheduler.execute(ExecuteRequest { skip_cache_lookup: true, ..request(digest) }).await.unwrap()).await;
+    let fresh = finish(
+        s.scheduler
+            .execute(ExecuteRequest {
+                skip_cache_lookup: true,
+                ..request(digest)
+            })
+            .await
+            .unwrap(),
+    )
+    .await;
     assert!(!fresh.cached_result);
     assert_eq!(s.pool.runs.load(Ordering::SeqCst), 2);
 }
@@ -93,7 +123,10 @@ async fn lower_priority_value_runs_sooner() {
     let mut waits = vec![first];
     for p in [5, -2, 3, 0, -7] {
         let d = store_action(s.cas.as_ref(), &[&format!("p{p}")], &[], false).await;
-        let req = ExecuteRequest { execution_policy: Some(ExecutionPolicy { priority: p }), ..request(d) };
+        let req = ExecuteRequest {
+            execution_policy: Some(ExecutionPolicy { priority: p }),
+            ..request(d)
+        };
         waits.push(s.scheduler.execute(req).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -101,30 +134,64 @@ async fn lower_priority_value_runs_sooner() {
     for w in waits {
         finish(w).await;
     }
-    assert_eq!(*s.pool.order.lock().unwrap(), vec!["blocker", "p-7", "p-2", "p0", "p3", "p5"]);
+    assert_eq!(
+        *s.pool.order.lock().unwrap(),
+        vec!["blocker", "p-7", "p-2", "p0", "p3", "p5"]
+    );
 }
 
 #[tokio::test]
 async fn unsatisfiable_platform_fails_fast_naming_the_properties() {
-    let s = setup(FakePool::new(2, &[("OSFamily", "linux"), ("cpu-count", "2")], FakePool::ok()), |_| {});
-    let digest = store_action(s.cas.as_ref(), &["x"], &[("OSFamily", "windows"), ("cpu-count", "1")], false).await;
+    let s = setup(
+        FakePool::new(
+            2,
+            &[("OSFamily", "linux"), ("cpu-count", "2")],
+            FakePool::ok(),
+        ),
+        |_| {},
+    );
+    let digest = store_action(
+        s.cas.as_ref(),
+        &["x"],
+        &[("OSFamily", "windows"), ("cpu-count", "1")],
+        false,
+    )
+    .await;
     let start = Instant::now();
     let response = finish(s.scheduler.execute(request(digest)).await.unwrap()).await;
     let status = response.status.unwrap();
     assert_eq!(status.code, tonic::Code::FailedPrecondition as i32);
-    assert!(status.message.contains("OSFamily=windows"), "{}", status.message);
-    assert!(!status.message.contains("cpu-count"), "satisfied properties are not blamed: {}", status.message);
+    assert!(
+        status.message.contains("OSFamily=windows"),
+        "{}",
+        status.message
+    );
+    assert!(
+        !status.message.contains("cpu-count"),
+        "satisfied properties are not blamed: {}",
+        status.message
+    );
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(s.pool.runs.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
 async fn an_executor_appearing_within_the_grace_period_runs_the_action() {
-    let s = setup(FakePool::new(0, &[], FakePool::ok()), |c| c.unmatched_grace = Duration::from_secs(10));
+    let s = setup(FakePool::new(0, &[], FakePool::ok()), |c| {
+        c.unmatched_grace = Duration::from_secs(10)
+    });
     let digest = store_action(s.cas.as_ref(), &["late"], &[("gpu", "1")], false).await;
     let rx = s.scheduler.execute(request(digest)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    s.pool.executors.lock().unwrap().push(remexec_scheduler::ExecutorInfo { id: "g/0".into(), worker: "g".into(), properties: vec![("gpu".into(), "1".into())] });
+    s.pool
+        .executors
+        .lock()
+        .unwrap()
+        .push(remexec_scheduler::ExecutorInfo {
+            id: "g/0".into(),
+            worker: "g".into(),
+            properties: vec![("gpu".into(), "1".into())],
+        });
     s.pool.changes.send_modify(|n| *n += 1);
     assert_eq!(finish(rx).await.status.unwrap().code, 0);
 }
@@ -138,12 +205,26 @@ async fn missing_inputs_are_reported_as_missing_violations() {
     s.cas.0.lock().unwrap().remove(&(String::new(), input));
     let unknown_action = DigestFunction::Sha256.digest_of(b"never uploaded");
     for (action, expected) in [(digest, input), (unknown_action, unknown_action)] {
-        let status = finish(s.scheduler.execute(request(action)).await.unwrap()).await.status.unwrap();
-        assert_eq!(status.code, tonic::Code::FailedPrecondition as i32, "{status:?}");
+        let status = finish(s.scheduler.execute(request(action)).await.unwrap())
+            .await
+            .status
+            .unwrap();
+        assert_eq!(
+            status.code,
+            tonic::Code::FailedPrecondition as i32,
+            "{status:?}"
+        );
         assert_eq!(status.details.len(), 1);
-        assert_eq!(status.details[0].type_url, "type.googleapis.com/google.rpc.PreconditionFailure");
+        assert_eq!(
+            status.details[0].type_url,
+            "type.googleapis.com/google.rpc.PreconditionFailure"
+        );
         let failure = PreconditionFailure::decode(&status.details[0].value[..]).unwrap();
-        let subjects: Vec<_> = failure.violations.iter().map(|v| (v.r#type.as_str(), v.subject.clone())).collect();
+        let subjects: Vec<_> = failure
+            .violations
+            .iter()
+            .map(|v| (v.r#type.as_str(), v.subject.clone()))
+            .collect();
         assert_eq!(subjects, vec![("MISSING", format!("blobs/{expected}"))]);
     }
     assert_eq!(s.pool.runs.load(Ordering::SeqCst), 0);
@@ -152,28 +233,59 @@ async fn missing_inputs_are_reported_as_missing_violations() {
 #[tokio::test]
 async fn lost_executors_requeue_then_give_up_with_unavailable() {
     // Fails as "executor lost" on the first two runs, then succeeds.
-    let flaky: support::Script = Arc::new(|_, n| if n < 2 { Err(Error::Unavailable("worker died".into())) } else { Ok(JobOutcome::Completed(Default::default())) });
+    let flaky: support::Script = Arc::new(|_, n| {
+        if n < 2 {
+            Err(Error::Unavailable("worker died".into()))
+        } else {
+            Ok(JobOutcome::Completed(Default::default()))
+        }
+    });
     let s = setup(FakePool::new(1, &[], flaky), |c| c.max_retries = 2);
     let digest = store_action(s.cas.as_ref(), &["x"], &[], false).await;
-    assert_eq!(finish(s.scheduler.execute(request(digest)).await.unwrap()).await.status.unwrap().code, 0);
+    assert_eq!(
+        finish(s.scheduler.execute(request(digest)).await.unwrap())
+            .await
+            .status
+            .unwrap()
+            .code,
+        0
+    );
     assert_eq!(s.pool.runs.load(Ordering::SeqCst), 3);
 
     let dead: support::Script = Arc::new(|_, _| Err(Error::Unavailable("worker died".into())));
     let s = setup(FakePool::new(1, &[], dead), |c| c.max_retries = 2);
     let digest = store_action(s.cas.as_ref(), &["y"], &[], false).await;
-    let status = finish(s.scheduler.execute(request(digest)).await.unwrap()).await.status.unwrap();
+    let status = finish(s.scheduler.execute(request(digest)).await.unwrap())
+        .await
+        .status
+        .unwrap();
     assert_eq!(status.code, tonic::Code::Unavailable as i32);
     assert_eq!(s.pool.runs.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
 async fn only_successful_cacheable_results_are_cached() {
-    let exit: support::Script = Arc::new(|job, _| Ok(JobOutcome::Completed(remexec_core::reapi::ActionResult { exit_code: job.command.arguments[0].parse().unwrap(), ..Default::default() })));
+    let exit: support::Script = Arc::new(|job, _| {
+        Ok(JobOutcome::Completed(remexec_core::reapi::ActionResult {
+            exit_code: job.command.arguments[0].parse().unwrap(),
+            ..Default::default()
+        }))
+    });
     let s = setup(FakePool::new(1, &[], exit), |_| {});
     for (args, no_cache, cached) in [("0", false, true), ("1", false, false), ("0", true, false)] {
-        let digest = store_action(s.cas.as_ref(), &[args, if no_cache { "nc" } else { "c" }], &[], no_cache).await;
+        let digest = store_action(
+            s.cas.as_ref(),
+            &[args, if no_cache { "nc" } else { "c" }],
+            &[],
+            no_cache,
+        )
+        .await;
         finish(s.scheduler.execute(request(digest)).await.unwrap()).await;
-        assert_eq!(s.ac.get("", digest).await.unwrap().is_some(), cached, "{args} do_not_cache={no_cache}");
+        assert_eq!(
+            s.ac.get("", digest).await.unwrap().is_some(),
+            cached,
+            "{args} do_not_cache={no_cache}"
+        );
     }
 }
 
@@ -187,9 +299,19 @@ async fn wait_execution_get_and_cancel_over_grpc() {
     let s = setup(pool, |_| {});
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let routes = tonic::service::Routes::new(ExecutionService::new(s.scheduler.clone()).into_server()).add_service(OperationsService::new(s.scheduler.clone()).into_server());
-    tokio::spawn(tonic::transport::Server::builder().add_routes(routes).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let routes =
+        tonic::service::Routes::new(ExecutionService::new(s.scheduler.clone()).into_server())
+            .add_service(OperationsService::new(s.scheduler.clone()).into_server());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut exec = ExecutionClient::new(channel.clone());
     let mut ops = OperationsClient::new(channel);
 
@@ -199,7 +321,11 @@ async fn wait_execution_get_and_cancel_over_grpc() {
     let name = stream.next().await.unwrap().unwrap().name;
     drop(stream);
     // It reconnects with WaitExecution and gets the rest.
-    let mut resumed = exec.wait_execution(WaitExecutionRequest { name: name.clone() }).await.unwrap().into_inner();
+    let mut resumed = exec
+        .wait_execution(WaitExecutionRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     gate.add_permits(1000);
     let mut last = None;
     while let Some(op) = resumed.next().await {
@@ -207,10 +333,29 @@ async fn wait_execution_get_and_cancel_over_grpc() {
     }
     let last = last.unwrap();
     assert!(last.done && last.name == name);
-    assert!(ops.get_operation(GetOperationRequest { name: name.clone() }).await.unwrap().into_inner().done);
-    let unknown = exec.wait_execution(WaitExecutionRequest { name: "operations/s0/nope".into() }).await.map(|_| ());
+    assert!(
+        ops.get_operation(GetOperationRequest { name: name.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .done
+    );
+    let unknown = exec
+        .wait_execution(WaitExecutionRequest {
+            name: "operations/s0/nope".into(),
+        })
+        .await
+        .map(|_| ());
     assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
-    assert_eq!(ops.get_operation(GetOperationRequest { name: "nope".into() }).await.unwrap_err().code(), tonic::Code::NotFound);
+    assert_eq!(
+        ops.get_operation(GetOperationRequest {
+            name: "nope".into()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        tonic::Code::NotFound
+    );
 
     // Cancelling a running action ends it as CANCELLED.
     s.pool.gate.forget_permits(s.pool.gate.available_permits());
@@ -220,12 +365,16 @@ async fn wait_execution_get_and_cancel_over_grpc() {
     while s.pool.order.lock().unwrap().last().map(String::as_str) != Some("cancel me") {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    ops.cancel_operation(CancelOperationRequest { name }).await.unwrap();
+    ops.cancel_operation(CancelOperationRequest { name })
+        .await
+        .unwrap();
     let mut last = None;
     while let Some(op) = stream.next().await {
         last = Some(op.unwrap());
     }
-    let Some(operation::Result::Response(any)) = last.unwrap().result else { panic!() };
+    let Some(operation::Result::Response(any)) = last.unwrap().result else {
+        panic!()
+    };
     let response = ExecuteResponse::decode(&any.value[..]).unwrap();
     assert_eq!(response.status.unwrap().code, tonic::Code::Cancelled as i32);
 }

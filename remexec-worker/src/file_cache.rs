@@ -30,18 +30,37 @@ impl FileCache {
     /// A cache in `dir` (emptied first) holding at most `budget` bytes.
     pub fn open(dir: &Path, budget: u64) -> Result<Arc<Self>> {
         if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| Error::io(format!("clearing {}", dir.display()), e))?;
+            std::fs::remove_dir_all(dir)
+                .map_err(|e| Error::io(format!("clearing {}", dir.display()), e))?;
         }
-        std::fs::create_dir_all(dir.join("tmp")).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        Ok(Arc::new(Self { dir: dir.to_path_buf(), budget, index: Mutex::new((LruCache::unbounded(), 0)) }))
+        std::fs::create_dir_all(dir.join("tmp"))
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        Ok(Arc::new(Self {
+            dir: dir.to_path_buf(),
+            budget,
+            index: Mutex::new((LruCache::unbounded(), 0)),
+        }))
     }
 
     fn path(&self, digest: &Digest, executable: bool) -> PathBuf {
-        self.dir.join(format!("{}-{}-{}-{}", digest.function(), digest.hash_hex(), digest.size(), if executable { "x" } else { "r" }))
+        self.dir.join(format!(
+            "{}-{}-{}-{}",
+            digest.function(),
+            digest.hash_hex(),
+            digest.size(),
+            if executable { "x" } else { "r" }
+        ))
     }
 
     /// Makes `dest` a hardlink to the cached file for `digest`, fetching it first if needed.
-    pub async fn link(&self, cas: &dyn BlobStore, instance: &str, digest: Digest, executable: bool, dest: &Path) -> Result<()> {
+    pub async fn link(
+        &self,
+        cas: &dyn BlobStore,
+        instance: &str,
+        digest: Digest,
+        executable: bool,
+        dest: &Path,
+    ) -> Result<()> {
         for _ in 0..3 {
             let cached = self.path(&digest, executable);
             if lock(&self.index).0.get(&(digest, executable)).is_none() {
@@ -55,34 +74,59 @@ impl FileCache {
                 }
                 Err(_) => {
                     // Another file system or too many links: copy instead.
-                    std::fs::copy(&cached, dest).map_err(|e| Error::io(format!("copying to {}", dest.display()), e))?;
+                    std::fs::copy(&cached, dest)
+                        .map_err(|e| Error::io(format!("copying to {}", dest.display()), e))?;
                     return Ok(());
                 }
             }
         }
-        Err(Error::Internal(format!("input {digest} kept disappearing from the file cache")))
+        Err(Error::Internal(format!(
+            "input {digest} kept disappearing from the file cache"
+        )))
     }
 
-    async fn fetch(&self, cas: &dyn BlobStore, instance: &str, digest: Digest, executable: bool) -> Result<()> {
+    async fn fetch(
+        &self,
+        cas: &dyn BlobStore,
+        instance: &str,
+        digest: Digest,
+        executable: bool,
+    ) -> Result<()> {
         let mut stream = cas
             .get(instance, digest, ReadRange::ALL)
             .await?
-            .ok_or_else(|| Error::FailedPrecondition(format!("input blob {digest} is not in the CAS")))?;
-        let temp = tempfile::Builder::new().tempfile_in(self.dir.join("tmp")).map_err(|e| Error::io("creating a cache file", e))?;
-        let mut file = tokio::fs::File::from_std(temp.as_file().try_clone().map_err(|e| Error::io("cloning a file handle", e))?);
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!("input blob {digest} is not in the CAS"))
+            })?;
+        let temp = tempfile::Builder::new()
+            .tempfile_in(self.dir.join("tmp"))
+            .map_err(|e| Error::io("creating a cache file", e))?;
+        let mut file = tokio::fs::File::from_std(
+            temp.as_file()
+                .try_clone()
+                .map_err(|e| Error::io("cloning a file handle", e))?,
+        );
         let mut hasher = digest.function().hasher();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(|e| Error::io("writing a cache file", e))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io("writing a cache file", e))?;
         }
-        file.flush().await.map_err(|e| Error::io("writing a cache file", e))?;
+        file.flush()
+            .await
+            .map_err(|e| Error::io("writing a cache file", e))?;
         if hasher.finish() != digest {
-            return Err(Error::Internal(format!("CAS returned wrong content for {digest}")));
+            return Err(Error::Internal(format!(
+                "CAS returned wrong content for {digest}"
+            )));
         }
         let mode = if executable { 0o555 } else { 0o444 };
-        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io("setting permissions", e))?;
-        temp.persist(self.path(&digest, executable)).map_err(|e| Error::io("renaming a cache file", e.error))?;
+        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("setting permissions", e))?;
+        temp.persist(self.path(&digest, executable))
+            .map_err(|e| Error::io("renaming a cache file", e.error))?;
         let evicted = {
             let mut index = lock(&self.index);
             let (entries, bytes) = &mut *index;
@@ -91,7 +135,9 @@ impl FileCache {
             }
             let mut evicted = Vec::new();
             while *bytes > self.budget && entries.len() > 1 {
-                let Some(((d, x), size)) = entries.pop_lru() else { break };
+                let Some(((d, x), size)) = entries.pop_lru() else {
+                    break;
+                };
                 *bytes -= size;
                 evicted.push(self.path(&d, x));
             }

@@ -69,8 +69,13 @@ fn kill_group(pid: Option<u32>) {
 #[async_trait]
 impl Isolation for ProcessIsolation {
     async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit> {
-        let program = spawn.args.first().ok_or_else(|| Error::invalid("empty command"))?;
-        let open = |p: &PathBuf| std::fs::File::create(p).map_err(|e| Error::io(format!("creating {}", p.display()), e));
+        let program = spawn
+            .args
+            .first()
+            .ok_or_else(|| Error::invalid("empty command"))?;
+        let open = |p: &PathBuf| {
+            std::fs::File::create(p).map_err(|e| Error::io(format!("creating {}", p.display()), e))
+        };
         let mut child = tokio::process::Command::new(program)
             .args(&spawn.args[1..])
             .env_clear()
@@ -114,7 +119,10 @@ mod tests {
     fn spawn(dir: &std::path::Path, script: &str, timeout: Option<Duration>) -> Spawn {
         Spawn {
             args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("GREETING".into(), "hi".into())],
+            env: vec![
+                ("PATH".into(), "/usr/bin:/bin".into()),
+                ("GREETING".into(), "hi".into()),
+            ],
             cwd: dir.to_path_buf(),
             stdout: dir.join("stdout"),
             stderr: dir.join("stderr"),
@@ -124,19 +132,41 @@ mod tests {
 
     fn alive(pid: i32) -> bool {
         nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
     }
 
     #[tokio::test]
     async fn exit_codes_env_and_output() {
         let dir = tempfile::tempdir().unwrap();
-        let exit = ProcessIsolation.run(spawn(dir.path(), "echo $GREETING; echo err >&2; pwd; exit 3", None), CancellationToken::new()).await.unwrap();
+        let exit = ProcessIsolation
+            .run(
+                spawn(
+                    dir.path(),
+                    "echo $GREETING; echo err >&2; pwd; exit 3",
+                    None,
+                ),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
         assert_eq!(exit, Exit::Exited(3));
         let out = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
         assert_eq!(out, format!("hi\n{}\n", dir.path().display()));
-        assert_eq!(std::fs::read_to_string(dir.path().join("stderr")).unwrap(), "err\n");
-        let missing = Spawn { args: vec!["/nonexistent/prog".into()], ..spawn(dir.path(), "", None) };
-        assert!(ProcessIsolation.run(missing, CancellationToken::new()).await.is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("stderr")).unwrap(),
+            "err\n"
+        );
+        let missing = Spawn {
+            args: vec!["/nonexistent/prog".into()],
+            ..spawn(dir.path(), "", None)
+        };
+        assert!(
+            ProcessIsolation
+                .run(missing, CancellationToken::new())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -156,9 +186,20 @@ mod tests {
                 }
             };
             let (exit, ()) = tokio::join!(run, canceller);
-            assert_eq!(exit.unwrap(), if cancel_it { Exit::Cancelled } else { Exit::TimedOut });
+            assert_eq!(
+                exit.unwrap(),
+                if cancel_it {
+                    Exit::Cancelled
+                } else {
+                    Exit::TimedOut
+                }
+            );
             assert!(start.elapsed() < Duration::from_secs(30));
-            let pid: i32 = std::fs::read_to_string(dir.path().join("grandchild.pid")).unwrap().trim().parse().unwrap();
+            let pid: i32 = std::fs::read_to_string(dir.path().join("grandchild.pid"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
             let deadline = Instant::now() + Duration::from_secs(5);
             while alive(pid) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -171,8 +212,18 @@ mod tests {
     async fn background_processes_die_with_a_normal_exit() {
         let dir = tempfile::tempdir().unwrap();
         let script = "sh -c 'echo $$ > bg.pid; exec sleep 300' & sleep 0.2; exit 0";
-        assert_eq!(ProcessIsolation.run(spawn(dir.path(), script, None), CancellationToken::new()).await.unwrap(), Exit::Exited(0));
-        let pid: i32 = std::fs::read_to_string(dir.path().join("bg.pid")).unwrap().trim().parse().unwrap();
+        assert_eq!(
+            ProcessIsolation
+                .run(spawn(dir.path(), script, None), CancellationToken::new())
+                .await
+                .unwrap(),
+            Exit::Exited(0)
+        );
+        let pid: i32 = std::fs::read_to_string(dir.path().join("bg.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!alive(pid), "background process {pid} outlived its action");
     }

@@ -13,18 +13,28 @@ const PARALLEL_FILES: usize = 32;
 
 /// Creates the tree rooted at `root_digest` under `root`: directories, hardlinked files (with
 /// their executable bit) and symlinks.
-pub async fn stage_inputs(cas: &dyn BlobStore, cache: &FileCache, instance: &str, root_digest: Digest, root: &Path) -> Result<()> {
-    let (entries, _) = walk_tree(cas, instance, root_digest, 0, usize::MAX).await.map_err(|e| match e {
-        Error::NotFound(m) => Error::FailedPrecondition(m),
-        e => e,
-    })?;
+pub async fn stage_inputs(
+    cas: &dyn BlobStore,
+    cache: &FileCache,
+    instance: &str,
+    root_digest: Digest,
+    root: &Path,
+) -> Result<()> {
+    let (entries, _) = walk_tree(cas, instance, root_digest, 0, usize::MAX)
+        .await
+        .map_err(|e| match e {
+            Error::NotFound(m) => Error::FailedPrecondition(m),
+            e => e,
+        })?;
     let mut files = Vec::new();
     for entry in &entries {
         let dir = root.join(&entry.path);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         for link in &entry.directory.symlinks {
             let path = dir.join(&link.name);
-            std::os::unix::fs::symlink(&link.target, &path).map_err(|e| Error::io(format!("symlinking {}", path.display()), e))?;
+            std::os::unix::fs::symlink(&link.target, &path)
+                .map_err(|e| Error::io(format!("symlinking {}", path.display()), e))?;
         }
         for file in &entry.directory.files {
             let digest = Digest::from_field(root_digest.function(), file.digest.as_ref(), "file")?;
@@ -46,7 +56,9 @@ pub async fn stage_inputs(cas: &dyn BlobStore, cache: &FileCache, instance: &str
 
 fn create_empty(path: &Path, executable: bool) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    std::fs::File::create(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     let mode = if executable { 0o555 } else { 0o444 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io("setting permissions", e))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("setting permissions", e))
 }

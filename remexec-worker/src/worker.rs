@@ -12,7 +12,9 @@ use remexec_core::{BlobStore, Digest, DigestFunction, Error, Result};
 use remexec_proto::worker::v1::scheduler_message::Message as FromScheduler;
 use remexec_proto::worker::v1::worker_message::Message as ToScheduler;
 use remexec_proto::worker::v1::worker_service_client::WorkerServiceClient;
-use remexec_proto::worker::v1::{Executor, Heartbeat, Lease, LeaseResult, Property, Register, WorkerMessage};
+use remexec_proto::worker::v1::{
+    Executor, Heartbeat, Lease, LeaseResult, Property, Register, WorkerMessage,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -49,10 +51,20 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     /// `executors` identical executors offering `properties`.
-    pub fn new(name: impl Into<String>, work_dir: PathBuf, executors: usize, properties: Vec<(String, String)>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        work_dir: PathBuf,
+        executors: usize,
+        properties: Vec<(String, String)>,
+    ) -> Self {
         Self {
             name: name.into(),
-            executors: (0..executors).map(|i| ExecutorSpec { id: i.to_string(), properties: properties.clone() }).collect(),
+            executors: (0..executors)
+                .map(|i| ExecutorSpec {
+                    id: i.to_string(),
+                    properties: properties.clone(),
+                })
+                .collect(),
             work_dir,
             cache_budget: 10 << 30,
             heartbeat: Duration::from_secs(2),
@@ -71,23 +83,41 @@ pub struct Worker {
 
 fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
 }
 
 fn rpc_status(code: tonic::Code, message: impl Into<String>) -> RpcStatus {
-    RpcStatus { code: code as i32, message: message.into(), details: Vec::new() }
+    RpcStatus {
+        code: code as i32,
+        message: message.into(),
+        details: Vec::new(),
+    }
 }
 
 impl Worker {
     /// A worker reading and writing blobs through `cas`.
-    pub fn new(config: WorkerConfig, cas: Arc<dyn BlobStore>, isolation: Arc<dyn Isolation>) -> Result<Self> {
+    pub fn new(
+        config: WorkerConfig,
+        cas: Arc<dyn BlobStore>,
+        isolation: Arc<dyn Isolation>,
+    ) -> Result<Self> {
         let cache = FileCache::open(&config.work_dir.join("cache"), config.cache_budget)?;
         let actions = config.work_dir.join("actions");
         if actions.exists() {
-            std::fs::remove_dir_all(&actions).map_err(|e| Error::io(format!("clearing {}", actions.display()), e))?;
+            std::fs::remove_dir_all(&actions)
+                .map_err(|e| Error::io(format!("clearing {}", actions.display()), e))?;
         }
-        std::fs::create_dir_all(&actions).map_err(|e| Error::io(format!("creating {}", actions.display()), e))?;
-        Ok(Self { config: Arc::new(config), cas, isolation, cache })
+        std::fs::create_dir_all(&actions)
+            .map_err(|e| Error::io(format!("creating {}", actions.display()), e))?;
+        Ok(Self {
+            config: Arc::new(config),
+            cas,
+            isolation,
+            cache,
+        })
     }
 
     /// Attaches to the scheduler behind `channel` and serves leases, reconnecting with backoff
@@ -122,11 +152,27 @@ impl Worker {
             .config
             .executors
             .iter()
-            .map(|e| Executor { id: e.id.clone(), properties: e.properties.iter().map(|(n, v)| Property { name: n.clone(), value: v.clone() }).collect() })
+            .map(|e| Executor {
+                id: e.id.clone(),
+                properties: e
+                    .properties
+                    .iter()
+                    .map(|(n, v)| Property {
+                        name: n.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+            })
             .collect();
-        let register = Register { worker_name: self.config.name.clone(), executors, heartbeat_interval_ms: self.config.heartbeat.as_millis() as u64 };
+        let register = Register {
+            worker_name: self.config.name.clone(),
+            executors,
+            heartbeat_interval_ms: self.config.heartbeat.as_millis() as u64,
+        };
         let send = |m| WorkerMessage { message: Some(m) };
-        tx.send(send(ToScheduler::Register(register))).await.map_err(|_| Error::Internal("outbox closed".into()))?;
+        tx.send(send(ToScheduler::Register(register)))
+            .await
+            .map_err(|_| Error::Internal("outbox closed".into()))?;
         let mut inbound = WorkerServiceClient::new(channel)
             .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
@@ -138,8 +184,15 @@ impl Worker {
         let heartbeat = {
             let (tx, session, every) = (tx.clone(), session.clone(), self.config.heartbeat);
             tokio::spawn(async move {
-                while tokio::time::timeout(every, session.cancelled()).await.is_err() {
-                    if tx.send(send(ToScheduler::Heartbeat(Heartbeat {}))).await.is_err() {
+                while tokio::time::timeout(every, session.cancelled())
+                    .await
+                    .is_err()
+                {
+                    if tx
+                        .send(send(ToScheduler::Heartbeat(Heartbeat {})))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -150,17 +203,27 @@ impl Worker {
                 Ok(Some(msg)) => match msg.message {
                     Some(FromScheduler::Lease(lease)) => {
                         let cancel = session.child_token();
-                        running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(lease.lease_id.clone(), cancel.clone());
+                        running
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(lease.lease_id.clone(), cancel.clone());
                         let (this, tx, running) = (self.clone(), tx.clone(), Arc::clone(&running));
                         tokio::spawn(async move {
                             let id = lease.lease_id.clone();
                             let result = this.execute(lease, cancel).await;
-                            running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+                            running
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .remove(&id);
                             let _ = tx.send(send(ToScheduler::Result(result))).await;
                         });
                     }
                     Some(FromScheduler::CancelLease(id)) => {
-                        if let Some(token) = running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id) {
+                        if let Some(token) = running
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .get(&id)
+                        {
                             token.cancel();
                         }
                     }
@@ -187,23 +250,45 @@ impl Worker {
             }
         }
         match outcome {
-            Ok((result, status)) => LeaseResult { lease_id, result: Some(result), status: Some(status) },
+            Ok((result, status)) => LeaseResult {
+                lease_id,
+                result: Some(result),
+                status: Some(status),
+            },
             Err(e) => {
                 tracing::warn!(lease = %lease_id, error = %e, "lease failed");
-                LeaseResult { lease_id, result: None, status: Some(e.to_rpc_status()) }
+                LeaseResult {
+                    lease_id,
+                    result: None,
+                    status: Some(e.to_rpc_status()),
+                }
             }
         }
     }
 
-    async fn execute_in(&self, dir: &std::path::Path, lease: Lease, cancel: CancellationToken) -> Result<(ActionResult, RpcStatus)> {
+    async fn execute_in(
+        &self,
+        dir: &std::path::Path,
+        lease: Lease,
+        cancel: CancellationToken,
+    ) -> Result<(ActionResult, RpcStatus)> {
         let worker_start = SystemTime::now();
         let function = DigestFunction::from_proto(lease.digest_function)?;
-        let action = lease.action.ok_or_else(|| Error::invalid("lease without an action"))?;
-        let command = lease.command.ok_or_else(|| Error::invalid("lease without a command"))?;
-        let root_digest = Digest::from_field(function, action.input_root_digest.as_ref(), "input_root_digest")?;
+        let action = lease
+            .action
+            .ok_or_else(|| Error::invalid("lease without an action"))?;
+        let command = lease
+            .command
+            .ok_or_else(|| Error::invalid("lease without a command"))?;
+        let root_digest = Digest::from_field(
+            function,
+            action.input_root_digest.as_ref(),
+            "input_root_digest",
+        )?;
         let instance = lease.instance_name.as_str();
         let root = dir.join("root");
-        std::fs::create_dir_all(&root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
         let fetch_start = SystemTime::now();
         stage_inputs(self.cas.as_ref(), &self.cache, instance, root_digest, &root).await?;
         let fetch_done = SystemTime::now();
@@ -211,7 +296,11 @@ impl Worker {
         create_output_parents(&command, &workdir)?;
         let spawn = Spawn {
             args: command.arguments.clone(),
-            env: command.environment_variables.iter().map(|v| (v.name.clone(), v.value.clone())).collect(),
+            env: command
+                .environment_variables
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone()))
+                .collect(),
             cwd: workdir.clone(),
             stdout: dir.join("stdout"),
             stderr: dir.join("stderr"),
@@ -230,11 +319,29 @@ impl Worker {
                 result.exit_code = -1;
                 rpc_status(tonic::Code::DeadlineExceeded, "action timed out")
             }
-            Exit::Cancelled => return Ok((result, rpc_status(tonic::Code::Cancelled, "cancelled"))),
+            Exit::Cancelled => {
+                return Ok((result, rpc_status(tonic::Code::Cancelled, "cancelled")));
+            }
         };
-        collect_outputs(self.cas.as_ref(), instance, function, &command, &workdir, &mut result).await?;
-        result.stdout_digest = Some(upload_file(self.cas.as_ref(), instance, function, &spawn.stdout).await?.to_proto());
-        result.stderr_digest = Some(upload_file(self.cas.as_ref(), instance, function, &spawn.stderr).await?.to_proto());
+        collect_outputs(
+            self.cas.as_ref(),
+            instance,
+            function,
+            &command,
+            &workdir,
+            &mut result,
+        )
+        .await?;
+        result.stdout_digest = Some(
+            upload_file(self.cas.as_ref(), instance, function, &spawn.stdout)
+                .await?
+                .to_proto(),
+        );
+        result.stderr_digest = Some(
+            upload_file(self.cas.as_ref(), instance, function, &spawn.stderr)
+                .await?
+                .to_proto(),
+        );
         let upload_done = SystemTime::now();
         let queued = UNIX_EPOCH + Duration::from_nanos(lease.queued_at_unix_nanos.max(0) as u64);
         result.execution_metadata = Some(ExecutedActionMetadata {
@@ -257,10 +364,20 @@ impl Worker {
 /// Creates the parent directory of every declared output, and v2.0 output directories
 /// themselves, so commands can write into them.
 #[allow(deprecated)] // output_files and output_directories are REAPI v2.0's
-fn create_output_parents(command: &remexec_core::reapi::Command, workdir: &std::path::Path) -> Result<()> {
-    let mkdir = |p: &std::path::Path| std::fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e));
+fn create_output_parents(
+    command: &remexec_core::reapi::Command,
+    workdir: &std::path::Path,
+) -> Result<()> {
+    let mkdir = |p: &std::path::Path| {
+        std::fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e))
+    };
     mkdir(workdir)?;
-    for path in command.output_paths.iter().chain(&command.output_files).chain(&command.output_directories) {
+    for path in command
+        .output_paths
+        .iter()
+        .chain(&command.output_files)
+        .chain(&command.output_directories)
+    {
         if let Some(parent) = workdir.join(path).parent() {
             mkdir(parent)?;
         }

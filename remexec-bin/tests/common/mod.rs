@@ -1,7 +1,6 @@
 //! Starting and stopping a real `remexec serve` process.
 
 #![allow(clippy::unwrap_used)]
-
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
@@ -111,9 +110,23 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// Starts `remexec worker` attached to `scheduler`.
-pub fn start_worker(scheduler: &ServerProcess, name: &str, data_dir: &Path, executors: usize) -> Child {
+pub fn start_worker(
+    scheduler: &ServerProcess,
+    name: &str,
+    data_dir: &Path,
+    executors: usize,
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_remexec"))
-        .args(["worker", "--scheduler", &scheduler.url(), "--name", name, "--executors", &executors.to_string(), "--data-dir"])
+        .args([
+            "worker",
+            "--scheduler",
+            &scheduler.url(),
+            "--name",
+            name,
+            "--executors",
+            &executors.to_string(),
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env("REMEXEC_LOG", "warn")
         .stdout(Stdio::null())
@@ -129,7 +142,11 @@ pub fn exec(server: &ServerProcess, cwd: &Path, args: &[&str]) -> (i32, String, 
         .current_dir(cwd)
         .output()
         .expect("run remexec exec");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Whether a process exists and is not a zombie.

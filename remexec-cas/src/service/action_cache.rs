@@ -55,28 +55,28 @@ impl ActionCacheService {
         let mut budget = self.services.limits.max_inline_size;
         if req.inline_stdout
             && let Some(d) = &result.stdout_digest
-                && let Some(raw) = inline(
-                    store,
-                    instance,
-                    Digest::from_proto(function, d)?,
-                    &mut budget,
-                )
-                .await?
-                {
-                    result.stdout_raw = raw;
-                }
+            && let Some(raw) = inline(
+                store,
+                instance,
+                Digest::from_proto(function, d)?,
+                &mut budget,
+            )
+            .await?
+        {
+            result.stdout_raw = raw;
+        }
         if req.inline_stderr
             && let Some(d) = &result.stderr_digest
-                && let Some(raw) = inline(
-                    store,
-                    instance,
-                    Digest::from_proto(function, d)?,
-                    &mut budget,
-                )
-                .await?
-                {
-                    result.stderr_raw = raw;
-                }
+            && let Some(raw) = inline(
+                store,
+                instance,
+                Digest::from_proto(function, d)?,
+                &mut budget,
+            )
+            .await?
+        {
+            result.stderr_raw = raw;
+        }
         for file in &mut result.output_files {
             if !req.inline_output_files.contains(&file.path) {
                 continue;

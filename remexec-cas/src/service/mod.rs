@@ -85,7 +85,10 @@ impl CacheServices {
     }
 
     /// Advertises execution in Capabilities, for servers that also mount an Execution service.
-    pub fn with_execution(mut self, execution: remexec_proto::reapi::ExecutionCapabilities) -> Self {
+    pub fn with_execution(
+        mut self,
+        execution: remexec_proto::reapi::ExecutionCapabilities,
+    ) -> Self {
         self.execution = Some(execution);
         self
     }

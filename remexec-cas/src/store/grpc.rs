@@ -5,11 +5,16 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use remexec_core::{BlobRef, BlobStore, ChunkStream, Compressor, Digest, Error, ReadRange, ReadResource, Result, WriteResource, collect_chunks};
+use remexec_core::{
+    BlobRef, BlobStore, ChunkStream, Compressor, Digest, Error, ReadRange, ReadResource, Result,
+    WriteResource, collect_chunks,
+};
 use remexec_proto::google::bytestream::byte_stream_client::ByteStreamClient;
 use remexec_proto::google::bytestream::{ReadRequest, WriteRequest};
 use remexec_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use remexec_proto::reapi::{BatchUpdateBlobsRequest, FindMissingBlobsRequest, batch_update_blobs_request};
+use remexec_proto::reapi::{
+    BatchUpdateBlobsRequest, FindMissingBlobsRequest, batch_update_blobs_request,
+};
 use tonic::transport::Channel;
 
 /// Blobs up to this size are uploaded with BatchUpdateBlobs, larger ones with ByteStream.
@@ -32,11 +37,15 @@ impl GrpcStore {
     }
 
     fn cas(&self) -> ContentAddressableStorageClient<Channel> {
-        ContentAddressableStorageClient::new(self.channel.clone()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+        ContentAddressableStorageClient::new(self.channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
     }
 
     fn bytestream(&self) -> ByteStreamClient<Channel> {
-        ByteStreamClient::new(self.channel.clone()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+        ByteStreamClient::new(self.channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
     }
 }
 
@@ -65,7 +74,11 @@ impl BlobStore for GrpcStore {
             }
         }
         // Keep the input order, as the contract asks.
-        Ok(digests.iter().filter(|d| missing.contains(d)).copied().collect())
+        Ok(digests
+            .iter()
+            .filter(|d| missing.contains(d))
+            .copied()
+            .collect())
     }
 
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
@@ -73,20 +86,35 @@ impl BlobStore for GrpcStore {
             let bytes = collect_chunks(data, digest.size()).await?;
             let req = BatchUpdateBlobsRequest {
                 instance_name: instance.to_string(),
-                requests: vec![batch_update_blobs_request::Request { digest: Some(digest.to_proto()), data: bytes.to_vec(), compressor: 0 }],
+                requests: vec![batch_update_blobs_request::Request {
+                    digest: Some(digest.to_proto()),
+                    data: bytes.to_vec(),
+                    compressor: 0,
+                }],
                 digest_function: digest.function().to_proto(),
             };
             let resp = self.cas().batch_update_blobs(req).await?.into_inner();
-            let status = resp.responses.into_iter().next().and_then(|r| r.status).unwrap_or_default();
+            let status = resp
+                .responses
+                .into_iter()
+                .next()
+                .and_then(|r| r.status)
+                .unwrap_or_default();
             if status.code != 0 {
-                return Err(Error::from(tonic::Status::new(tonic::Code::from_i32(status.code), status.message)));
+                return Err(Error::from(tonic::Status::new(
+                    tonic::Code::from_i32(status.code),
+                    status.message,
+                )));
             }
             return Ok(());
         }
         let name = WriteResource {
             instance: instance.to_string(),
             uuid: uuid::Uuid::new_v4().to_string(),
-            blob: BlobRef { compressor: Compressor::Identity, digest },
+            blob: BlobRef {
+                compressor: Compressor::Identity,
+                digest,
+            },
             metadata: None,
         }
         .to_string();
@@ -97,10 +125,19 @@ impl BlobStore for GrpcStore {
             let mut first = true;
             let mut pending = Bytes::new();
             while let Some(chunk) = data.next().await {
-                pending = if pending.is_empty() { chunk? } else { [pending, chunk?].concat().into() };
+                pending = if pending.is_empty() {
+                    chunk?
+                } else {
+                    [pending, chunk?].concat().into()
+                };
                 while pending.len() >= WRITE_CHUNK {
                     let piece = pending.split_to(WRITE_CHUNK);
-                    let req = WriteRequest { resource_name: if first { name.clone() } else { String::new() }, write_offset: offset as i64, finish_write: false, data: piece.to_vec() };
+                    let req = WriteRequest {
+                        resource_name: if first { name.clone() } else { String::new() },
+                        write_offset: offset as i64,
+                        finish_write: false,
+                        data: piece.to_vec(),
+                    };
                     first = false;
                     offset += piece.len() as u64;
                     if tx.send(req).await.is_err() {
@@ -108,7 +145,12 @@ impl BlobStore for GrpcStore {
                     }
                 }
             }
-            let req = WriteRequest { resource_name: if first { name } else { String::new() }, write_offset: offset as i64, finish_write: true, data: pending.to_vec() };
+            let req = WriteRequest {
+                resource_name: if first { name } else { String::new() },
+                write_offset: offset as i64,
+                finish_write: true,
+                data: pending.to_vec(),
+            };
             let _ = tx.send(req).await;
             Ok::<(), Error>(())
         };
@@ -120,9 +162,25 @@ impl BlobStore for GrpcStore {
         Ok(())
     }
 
-    async fn get(&self, instance: &str, digest: Digest, range: ReadRange) -> Result<Option<ChunkStream>> {
-        let name = ReadResource { instance: instance.to_string(), blob: BlobRef { compressor: Compressor::Identity, digest } }.to_string();
-        let req = ReadRequest { resource_name: name, read_offset: range.offset as i64, read_limit: range.limit.map_or(0, |l| l as i64) };
+    async fn get(
+        &self,
+        instance: &str,
+        digest: Digest,
+        range: ReadRange,
+    ) -> Result<Option<ChunkStream>> {
+        let name = ReadResource {
+            instance: instance.to_string(),
+            blob: BlobRef {
+                compressor: Compressor::Identity,
+                digest,
+            },
+        }
+        .to_string();
+        let req = ReadRequest {
+            resource_name: name,
+            read_offset: range.offset as i64,
+            read_limit: range.limit.map_or(0, |l| l as i64),
+        };
         let mut stream = match self.bytestream().read(req).await {
             Ok(s) => s.into_inner(),
             Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
@@ -149,11 +207,20 @@ mod tests {
     #[tokio::test]
     async fn conformance_against_a_real_server() {
         let store = Arc::new(MemoryStore::new(256 << 20));
-        let routes = CacheServices::new(store, Arc::new(MemoryActionCache::new(1 << 20))).into_routes();
+        let routes =
+            CacheServices::new(store, Arc::new(MemoryActionCache::new(1 << 20))).into_routes();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(tonic::transport::Server::builder().add_routes(routes).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         remexec_core::testing::blob_store_conformance(Arc::new(GrpcStore::new(channel))).await;
     }
 }

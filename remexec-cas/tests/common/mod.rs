@@ -1,7 +1,6 @@
 //! An in-process server for the gRPC tests.
 
 #![allow(clippy::unwrap_used)]
-
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::Arc;

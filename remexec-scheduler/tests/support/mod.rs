@@ -13,7 +13,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
 use remexec_core::reapi::{Action, ActionResult, Command, Directory, FileNode, Platform, platform};
-use remexec_core::{ActionCache, BlobStore, BlobStoreExt, ChunkStream, Digest, DigestFunction, ReadRange, Result, collect_chunks, merkle::encode_message};
+use remexec_core::{
+    ActionCache, BlobStore, BlobStoreExt, ChunkStream, Digest, DigestFunction, ReadRange, Result,
+    collect_chunks, merkle::encode_message,
+};
 use remexec_scheduler::{ExecutorInfo, ExecutorPool, Job, JobOutcome};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -25,18 +28,40 @@ pub struct MapStore(pub Mutex<HashMap<(String, Digest), Bytes>>);
 impl BlobStore for MapStore {
     async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
         let map = self.0.lock().unwrap();
-        Ok(digests.iter().filter(|d| !map.contains_key(&(instance.to_string(), **d))).copied().collect())
+        Ok(digests
+            .iter()
+            .filter(|d| !map.contains_key(&(instance.to_string(), **d)))
+            .copied()
+            .collect())
     }
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
         let bytes = collect_chunks(data, digest.size()).await?;
-        self.0.lock().unwrap().insert((instance.to_string(), digest), bytes);
+        self.0
+            .lock()
+            .unwrap()
+            .insert((instance.to_string(), digest), bytes);
         Ok(())
     }
-    async fn get(&self, instance: &str, digest: Digest, range: ReadRange) -> Result<Option<ChunkStream>> {
-        let Some(bytes) = self.0.lock().unwrap().get(&(instance.to_string(), digest)).cloned() else { return Ok(None) };
+    async fn get(
+        &self,
+        instance: &str,
+        digest: Digest,
+        range: ReadRange,
+    ) -> Result<Option<ChunkStream>> {
+        let Some(bytes) = self
+            .0
+            .lock()
+            .unwrap()
+            .get(&(instance.to_string(), digest))
+            .cloned()
+        else {
+            return Ok(None);
+        };
         let (offset, len) = range.resolve(bytes.len() as u64)?;
         let slice = bytes.slice(offset as usize..(offset + len) as usize);
-        Ok(Some(futures::stream::once(async move { Ok(slice) }).boxed()))
+        Ok(Some(
+            futures::stream::once(async move { Ok(slice) }).boxed(),
+        ))
     }
 }
 
@@ -46,10 +71,18 @@ pub struct MapCache(pub Mutex<HashMap<(String, Digest), ActionResult>>);
 #[async_trait]
 impl ActionCache for MapCache {
     async fn get(&self, instance: &str, action: Digest) -> Result<Option<ActionResult>> {
-        Ok(self.0.lock().unwrap().get(&(instance.to_string(), action)).cloned())
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .get(&(instance.to_string(), action))
+            .cloned())
     }
     async fn put(&self, instance: &str, action: Digest, result: ActionResult) -> Result<()> {
-        self.0.lock().unwrap().insert((instance.to_string(), action), result);
+        self.0
+            .lock()
+            .unwrap()
+            .insert((instance.to_string(), action), result);
         Ok(())
     }
 }
@@ -78,9 +111,20 @@ impl std::fmt::Debug for FakePool {
 
 impl FakePool {
     pub fn new(executors: usize, properties: &[(&str, &str)], script: Script) -> Self {
-        let props: Vec<(String, String)> = properties.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let props: Vec<(String, String)> = properties
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
         Self {
-            executors: Arc::new(Mutex::new((0..executors).map(|i| ExecutorInfo { id: format!("w/{i}"), worker: "w".into(), properties: props.clone() }).collect())),
+            executors: Arc::new(Mutex::new(
+                (0..executors)
+                    .map(|i| ExecutorInfo {
+                        id: format!("w/{i}"),
+                        worker: "w".into(),
+                        properties: props.clone(),
+                    })
+                    .collect(),
+            )),
             changes: Arc::new(watch::channel(0).0),
             runs: Arc::default(),
             order: Arc::default(),
@@ -91,7 +135,13 @@ impl FakePool {
     }
 
     pub fn ok() -> Script {
-        Arc::new(|job, _| Ok(JobOutcome::Completed(ActionResult { exit_code: 0, stdout_raw: job.command.arguments.join(" ").into_bytes(), ..Default::default() })))
+        Arc::new(|job, _| {
+            Ok(JobOutcome::Completed(ActionResult {
+                exit_code: 0,
+                stdout_raw: job.command.arguments.join(" ").into_bytes(),
+                ..Default::default()
+            }))
+        })
     }
 }
 
@@ -103,9 +153,17 @@ impl ExecutorPool for FakePool {
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
-    async fn run(&self, _executor: &str, job: Job, cancel: CancellationToken) -> Result<JobOutcome> {
+    async fn run(
+        &self,
+        _executor: &str,
+        job: Job,
+        cancel: CancellationToken,
+    ) -> Result<JobOutcome> {
         let n = self.runs.fetch_add(1, Ordering::SeqCst);
-        self.order.lock().unwrap().push(job.command.arguments.join(" "));
+        self.order
+            .lock()
+            .unwrap()
+            .push(job.command.arguments.join(" "));
         let gate = Arc::clone(&self.gate);
         tokio::select! {
             _ = async { let _permit = gate.acquire().await; tokio::time::sleep(self.delay).await } => (self.script)(&job, n),
@@ -115,19 +173,50 @@ impl ExecutorPool for FakePool {
 }
 
 /// Stores an action running `args` (with `platform`) and an input file; returns its digest.
-pub async fn store_action(cas: &dyn BlobStore, args: &[&str], platform: &[(&str, &str)], do_not_cache: bool) -> Digest {
+pub async fn store_action(
+    cas: &dyn BlobStore,
+    args: &[&str],
+    platform: &[(&str, &str)],
+    do_not_cache: bool,
+) -> Digest {
     let f = DigestFunction::Sha256;
     let input = Bytes::from_static(b"input file");
     let input_digest = f.digest_of(&input);
     cas.put_bytes("", input_digest, input).await.unwrap();
-    let root = Directory { files: vec![FileNode { name: "in.txt".into(), digest: Some(input_digest.to_proto()), ..Default::default() }], ..Default::default() };
+    let root = Directory {
+        files: vec![FileNode {
+            name: "in.txt".into(),
+            digest: Some(input_digest.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
     let (root_digest, root_bytes) = encode_message(f, &root);
     cas.put_bytes("", root_digest, root_bytes).await.unwrap();
-    let command = Command { arguments: args.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    let command = Command {
+        arguments: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
     let (command_digest, command_bytes) = encode_message(f, &command);
-    cas.put_bytes("", command_digest, command_bytes).await.unwrap();
-    let platform = Platform { properties: platform.iter().map(|(n, v)| platform::Property { name: n.to_string(), value: v.to_string() }).collect() };
-    let action = Action { command_digest: Some(command_digest.to_proto()), input_root_digest: Some(root_digest.to_proto()), platform: Some(platform), do_not_cache, ..Default::default() };
+    cas.put_bytes("", command_digest, command_bytes)
+        .await
+        .unwrap();
+    let platform = Platform {
+        properties: platform
+            .iter()
+            .map(|(n, v)| platform::Property {
+                name: n.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+    };
+    let action = Action {
+        command_digest: Some(command_digest.to_proto()),
+        input_root_digest: Some(root_digest.to_proto()),
+        platform: Some(platform),
+        do_not_cache,
+        ..Default::default()
+    };
     let bytes = Bytes::from(action.encode_to_vec());
     let digest = f.digest_of(&bytes);
     cas.put_bytes("", digest, bytes).await.unwrap();
