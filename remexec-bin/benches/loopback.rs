@@ -5,6 +5,8 @@
 //! FindMissingBlobs latency for 1,000 and 10,000 digests; GetActionResult hit latency.
 //! Set `LOOPBACK_QUICK=1` for a short smoke run.
 
+#![allow(clippy::field_reassign_with_default)] // configs are built up from the defaults
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -106,7 +106,7 @@ async fn execute(args: ExecArgs) -> Result<u8> {
         })
         .collect();
     properties.sort_by(|a, b| (&a.name, &a.value).cmp(&(&b.name, &b.value)));
-    let platform = (!properties.is_empty()).then(|| Platform { properties });
+    let platform = (!properties.is_empty()).then_some(Platform { properties });
     #[allow(deprecated)] // Command.platform: for servers older than REAPI v2.2
     let command = Command {
         arguments: args.command.clone(),
@@ -126,7 +126,7 @@ async fn execute(args: ExecArgs) -> Result<u8> {
     let action = Action {
         command_digest: Some(command_digest.to_proto()),
         input_root_digest: Some(root.to_proto()),
-        timeout: (args.timeout > 0).then(|| remexec_core::apis::google::protobuf::Duration {
+        timeout: (args.timeout > 0).then_some(remexec_core::apis::google::protobuf::Duration {
             seconds: args.timeout as i64,
             nanos: 0,
         }),

@@ -229,15 +229,15 @@ impl Scheduler {
             ))
             .1
         };
-        if !req.skip_cache_lookup {
-            if let Some(result) = self.inner.ac.get(&instance, digest).await? {
-                return Ok(done(ExecuteResponse {
-                    result: Some(result),
-                    cached_result: true,
-                    status: Some(status(tonic::Code::Ok, "")),
-                    ..Default::default()
-                }));
-            }
+        if !req.skip_cache_lookup
+            && let Some(result) = self.inner.ac.get(&instance, digest).await?
+        {
+            return Ok(done(ExecuteResponse {
+                result: Some(result),
+                cached_result: true,
+                status: Some(status(tonic::Code::Ok, "")),
+                ..Default::default()
+            }));
         }
         if let Some(op) = lock(&self.inner.state)
             .inflight

@@ -16,7 +16,7 @@ use remexec_core::apis::google::longrunning::{
     CancelOperationRequest, GetOperationRequest, Operation, operation,
 };
 use remexec_core::reapi::{ExecuteRequest, ExecuteResponse, ExecutionPolicy, WaitExecutionRequest};
-use remexec_core::{ActionCache, BlobStore, Digest, DigestFunction, Error};
+use remexec_core::{ActionCache, Digest, DigestFunction, Error};
 use remexec_scheduler::platform::MatchRules;
 use remexec_scheduler::{
     ExecutionService, JobOutcome, OperationsService, Scheduler, SchedulerConfig,

@@ -9,6 +9,9 @@ use lru::LruCache;
 use remexec_core::{BlobStore, Digest, Error, ReadRange, Result};
 use tokio::io::AsyncWriteExt;
 
+/// LRU of `(digest, executable)` to size, plus the total size.
+type Index = (LruCache<(Digest, bool), u64>, u64);
+
 /// A bounded directory of read-only files named by digest and executable bit.
 ///
 /// Files are fetched from the CAS into a temporary file, made read-only, and renamed into
@@ -19,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 pub struct FileCache {
     dir: PathBuf,
     budget: u64,
-    index: Mutex<(LruCache<(Digest, bool), u64>, u64)>,
+    index: Mutex<Index>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

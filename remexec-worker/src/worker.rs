@@ -244,10 +244,10 @@ impl Worker {
         let lease_id = lease.lease_id.clone();
         let dir = self.config.work_dir.join("actions").join(&lease_id);
         let outcome = self.execute_in(&dir, lease, cancel).await;
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove the action directory");
-            }
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the action directory");
         }
         match outcome {
             Ok((result, status)) => LeaseResult {
