@@ -34,6 +34,8 @@ fn main() -> std::process::ExitCode {
             Command::Exec(args) => remexec_bin::exec::run(args).await,
         }
     });
+    // Do not wait for idle blocking threads (file I/O) once the work is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {

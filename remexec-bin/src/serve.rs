@@ -26,6 +26,8 @@ use crate::config::{AcBackend, Config};
 /// HTTP/2 flow-control windows: large enough that one stream can fill a fast link.
 const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+/// Longest a graceful shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Which parts one process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +143,7 @@ pub fn worker_config(config: &Config, default_suffix: &str) -> WorkerConfig {
 pub struct BoundServer {
     listener: TcpListener,
     routes: tonic::service::Routes,
+    pool: WorkerPool,
     local_worker: Option<Worker>,
 }
 
@@ -177,6 +180,7 @@ impl BoundServer {
         Ok(Self {
             listener,
             routes,
+            pool,
             local_worker,
         })
     }
@@ -192,6 +196,7 @@ impl BoundServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let addr = self.local_addr()?;
         let stop = CancellationToken::new();
+        let pool = self.pool.clone();
         if let Some(worker) = self.local_worker {
             // The local worker takes leases over the same protocol as remote ones, through
             // loopback; its CAS is the server's own store, so blobs never cross the socket.
@@ -216,9 +221,20 @@ impl BoundServer {
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
                 stop.cancel();
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("gRPC server failed: {e}")));
+                pool.shutdown();
+            });
+        // Requests in flight get a bounded time to finish once shutdown starts.
+        let drained = async {
+            stop.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        let result = tokio::select! {
+            r = result => r.map_err(|e| Error::Internal(format!("gRPC server failed: {e}"))),
+            () = drained => {
+                tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; exiting anyway");
+                Ok(())
+            }
+        };
         stop.cancel();
         result
     }

@@ -90,3 +90,128 @@ fn buildgrid_bgd_executes_a_command_and_gets_its_outputs() {
         "abc\nabc\n"
     );
 }
+
+fn exec_e2e(url: &str, bazel: &std::path::Path, env: &[(&str, &str)]) {
+    let status = Command::new("bash")
+        .arg(fixtures().join("bazel/exec_e2e.sh"))
+        .arg(url)
+        .env("BAZEL", bazel)
+        .envs(env.iter().copied())
+        .status()
+        .unwrap();
+    assert!(status.success(), "exec_e2e.sh {env:?} failed: {status}");
+}
+
+#[test]
+fn bazel_runs_every_action_remotely_on_the_all_in_one_server() {
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &[]);
+    exec_e2e(&server.url(), &bazel, &[]);
+    assert_eq!(
+        server.terminate().code(),
+        Some(0),
+        "clean shutdown on SIGTERM"
+    );
+}
+
+#[test]
+fn bazel_runs_every_action_remotely_with_remote_download_minimal() {
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &[]);
+    exec_e2e(&server.url(), &bazel, &[("BAZEL_DOWNLOAD_MINIMAL", "1")]);
+}
+
+#[test]
+fn bazel_runs_every_action_remotely_on_a_scheduler_with_two_workers() {
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let scheduler = ServerProcess::start_role("scheduler", dirs[0].path(), &[]);
+    let mut workers = vec![
+        common::start_worker(&scheduler, "w1", dirs[1].path(), 2),
+        common::start_worker(&scheduler, "w2", dirs[2].path(), 2),
+    ];
+    // --jobs=8 keeps both workers' executors busy.
+    exec_e2e(
+        &scheduler.url(),
+        &bazel,
+        &[("BAZEL_EXTRA_FLAGS", "--jobs=8")],
+    );
+    // Both workers took part.
+    for d in &dirs[1..] {
+        assert!(
+            std::fs::read_dir(d.path().join("worker/cache"))
+                .unwrap()
+                .count()
+                > 1,
+            "a worker ran nothing"
+        );
+    }
+    assert_eq!(
+        scheduler.terminate().code(),
+        Some(0),
+        "clean shutdown with workers attached"
+    );
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}
+
+#[test]
+fn bazel_build_succeeds_when_the_worker_running_its_action_is_killed() {
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let scheduler = ServerProcess::start_role("scheduler", dirs[0].path(), &[]);
+    let mut workers: Vec<_> = [("w1", 1), ("w2", 2)]
+        .iter()
+        .map(|(n, i)| {
+            (
+                common::start_worker(&scheduler, n, dirs[*i].path(), 1),
+                dirs[*i].path().to_path_buf(),
+            )
+        })
+        .collect();
+    let mut build = Command::new("bash")
+        .arg(fixtures().join("bazel/build_target.sh"))
+        .args([
+            &scheduler.url(),
+            "//gen:slow",
+            "gen/slow.txt",
+            "slow action finished",
+        ])
+        .env("BAZEL", &bazel)
+        .spawn()
+        .unwrap();
+    let busy = |d: &std::path::Path| {
+        std::fs::read_dir(d.join("worker/actions"))
+            .map(|r| r.count() > 0)
+            .unwrap_or(false)
+    };
+    assert!(
+        common::wait_until(120, || workers.iter().any(|(_, d)| busy(d))),
+        "no worker started the slow action"
+    );
+    let victim = workers.iter().position(|(_, d)| busy(d)).unwrap();
+    let (mut child, _) = workers.remove(victim);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let status = build.wait().unwrap();
+    assert!(
+        status.success(),
+        "the build failed after a worker was killed: {status}"
+    );
+    for (mut w, _) in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}

@@ -211,3 +211,59 @@ fn killing_a_worker_mid_action_reruns_it_on_the_other_worker() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn cancel_operation_kills_the_running_action_and_its_children() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--executors", "1"]);
+    let pidfile = work.path().join("grandchild.pid");
+    let script = format!(
+        "sh -c 'echo $$ > {}; exec sleep 300' & sleep 300",
+        pidfile.display()
+    );
+    let mut client = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args([
+            "exec",
+            "--server",
+            &server.url(),
+            "--no-cache",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .current_dir(work.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The client prints "remexec exec: NAME STAGE" as the operation progresses.
+    let mut lines = BufReader::new(client.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let name = first.split_whitespace().nth(2).unwrap().to_string();
+    assert!(wait_until(20, || std::fs::read_to_string(&pidfile)
+        .is_ok_and(|s| s.ends_with('\n'))));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(pid));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use remexec_proto::google::longrunning::CancelOperationRequest;
+        use remexec_proto::google::longrunning::operations_client::OperationsClient;
+        let mut ops = OperationsClient::connect(server.http_url()).await.unwrap();
+        ops.cancel_operation(CancelOperationRequest { name })
+            .await
+            .unwrap();
+    });
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(client.wait().unwrap().code(), Some(1));
+    assert!(rest.iter().any(|l| l.contains("cancelled")), "{rest:?}");
+    assert!(
+        wait_until(5, || !alive(pid)),
+        "grandchild {pid} outlived its cancelled action"
+    );
+}

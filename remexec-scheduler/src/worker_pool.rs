@@ -46,6 +46,7 @@ struct PoolState {
 struct PoolInner {
     state: Mutex<PoolState>,
     changes: watch::Sender<u64>,
+    shutdown: CancellationToken,
 }
 
 /// Workers attached over gRPC. Mount [`WorkerPool::service`] on the scheduler's server and hand
@@ -72,7 +73,22 @@ impl WorkerPool {
             inner: Arc::new(PoolInner {
                 state: Mutex::default(),
                 changes: watch::channel(0).0,
+                shutdown: CancellationToken::new(),
             }),
+        }
+    }
+
+    /// Closes every worker stream and refuses new ones, so that a graceful server shutdown is
+    /// not held up by workers; their leases fail as `Unavailable`.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let conns: Vec<String> = lock(&self.inner.state)
+            .connections
+            .keys()
+            .cloned()
+            .collect();
+        for conn in conns {
+            self.detach(&conn, "the scheduler is shutting down");
         }
     }
 
@@ -149,7 +165,11 @@ impl WorkerPool {
     ) {
         let deadline = heartbeat * MISSED_HEARTBEATS;
         let why = loop {
-            match tokio::time::timeout(deadline, inbound.message()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout(deadline, inbound.message()) => next,
+                () = self.inner.shutdown.cancelled() => break "the scheduler is shutting down".to_string(),
+            };
+            match next {
                 Err(_) => break format!("no heartbeat for {deadline:?}"),
                 Ok(Err(status)) => break format!("stream failed: {}", status.message()),
                 Ok(Ok(None)) => break "stream closed".to_string(),
@@ -174,6 +194,9 @@ impl WorkerService for WorkerPool {
         &self,
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::Unavailable("the scheduler is shutting down".into()).into());
+        }
         let mut inbound = request.into_inner();
         let register = match inbound.message().await? {
             Some(WorkerMessage {

@@ -126,12 +126,14 @@ impl Worker {
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = std::time::Instant::now();
-            tokio::select! {
-                r = self.serve(channel.clone()) => match r {
-                    Ok(()) => tracing::warn!(worker = %self.config.name, "scheduler closed the connection"),
-                    Err(e) => tracing::warn!(worker = %self.config.name, error = %e, "scheduler connection failed"),
-                },
-                () = stop.cancelled() => return,
+            match self.serve(channel.clone(), stop.clone()).await {
+                Ok(()) if stop.is_cancelled() => return,
+                Ok(()) => {
+                    tracing::warn!(worker = %self.config.name, "scheduler closed the connection")
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %self.config.name, error = %e, "scheduler connection failed")
+                }
             }
             if started.elapsed() > Duration::from_secs(10) {
                 backoff = Duration::from_millis(100);
@@ -144,9 +146,9 @@ impl Worker {
         }
     }
 
-    /// One attach session: registers, then runs leases until the stream ends. Leases still
-    /// running when it ends are cancelled (the scheduler re-queues them).
-    pub async fn serve(&self, channel: Channel) -> Result<()> {
+    /// One attach session: registers, then runs leases until the stream ends or `stop` fires.
+    /// Leases still running when it ends are cancelled (the scheduler re-queues them).
+    pub async fn serve(&self, channel: Channel, stop: CancellationToken) -> Result<()> {
         let (tx, rx) = mpsc::channel::<WorkerMessage>(256);
         let executors = self
             .config
@@ -180,7 +182,9 @@ impl Worker {
             .into_inner();
         tracing::info!(worker = %self.config.name, "attached to scheduler");
         let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
-        let session = CancellationToken::new();
+        let session = stop.child_token();
+        // However this function ends (even dropped), the session's leases and heartbeats stop.
+        let _session_guard = session.clone().drop_guard();
         let heartbeat = {
             let (tx, session, every) = (tx.clone(), session.clone(), self.config.heartbeat);
             tokio::spawn(async move {
@@ -199,7 +203,11 @@ impl Worker {
             })
         };
         let result = loop {
-            match inbound.message().await {
+            let next = tokio::select! {
+                next = inbound.message() => next,
+                () = session.cancelled() => break Ok(()),
+            };
+            match next {
                 Ok(Some(msg)) => match msg.message {
                     Some(FromScheduler::Lease(lease)) => {
                         let cancel = session.child_token();
@@ -235,6 +243,7 @@ impl Worker {
         };
         session.cancel();
         heartbeat.abort();
+        drop(tx);
         result
     }
 
