@@ -386,3 +386,83 @@ fn default_rules_treat_resources_as_minimums() {
     assert!(rules.matches(&[("memory-mb".into(), "1024".into())], &offered));
     assert!(!rules.matches(&[("memory-mb".into(), "4096".into())], &offered));
 }
+
+#[tokio::test]
+async fn a_worker_that_misses_heartbeats_is_dropped() {
+    use remexec_proto::worker::v1::worker_message::Message as M;
+    use remexec_proto::worker::v1::worker_service_client::WorkerServiceClient;
+    use remexec_proto::worker::v1::{Executor, Heartbeat, Register, WorkerMessage};
+    use remexec_scheduler::{ExecutorPool, WorkerPool};
+    let pool = WorkerPool::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pool.service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for heartbeats in [false, true] {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let register = Register {
+            worker_name: format!("w-{heartbeats}"),
+            executors: vec![Executor {
+                id: "0".into(),
+                properties: vec![],
+            }],
+            heartbeat_interval_ms: 100,
+        };
+        tx.send(WorkerMessage {
+            message: Some(M::Register(register)),
+        })
+        .await
+        .unwrap();
+        let _inbound = WorkerServiceClient::new(channel.clone())
+            .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.executors().len(), 1);
+        // 3 missed intervals (300 ms) detach a silent worker; a heartbeating one stays.
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            if heartbeats {
+                tx.send(WorkerMessage {
+                    message: Some(M::Heartbeat(Heartbeat {})),
+                })
+                .await
+                .unwrap();
+            }
+        }
+        assert_eq!(
+            pool.executors().len(),
+            usize::from(heartbeats),
+            "heartbeats={heartbeats}"
+        );
+        drop(tx);
+        if heartbeats {
+            pool.shutdown();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(pool.executors().is_empty());
+            // After shutdown, new workers are refused.
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(WorkerMessage {
+                message: Some(M::Register(Register {
+                    worker_name: "late".into(),
+                    ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+            let refused = WorkerServiceClient::new(channel.clone())
+                .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+            assert_eq!(refused.unwrap_err().code(), tonic::Code::Unavailable);
+            return;
+        }
+    }
+}
