@@ -53,29 +53,30 @@ impl ActionCacheService {
             .ok_or_else(|| Error::NotFound(format!("no cached result for action {action}")))?;
         let store = self.services.store.as_ref();
         let mut budget = self.services.limits.max_inline_size;
-        if req.inline_stdout
-            && let Some(d) = &result.stdout_digest
-            && let Some(raw) = inline(
+        let ActionResult {
+            stdout_digest,
+            stdout_raw,
+            stderr_digest,
+            stderr_raw,
+            ..
+        } = &mut result;
+        for (wanted, digest, raw) in [
+            (req.inline_stdout, stdout_digest, stdout_raw),
+            (req.inline_stderr, stderr_digest, stderr_raw),
+        ] {
+            let Some(digest) = digest.as_ref().filter(|_| wanted) else {
+                continue;
+            };
+            if let Some(bytes) = inline(
                 store,
                 instance,
-                Digest::from_proto(function, d)?,
+                Digest::from_proto(function, digest)?,
                 &mut budget,
             )
             .await?
-        {
-            result.stdout_raw = raw;
-        }
-        if req.inline_stderr
-            && let Some(d) = &result.stderr_digest
-            && let Some(raw) = inline(
-                store,
-                instance,
-                Digest::from_proto(function, d)?,
-                &mut budget,
-            )
-            .await?
-        {
-            result.stderr_raw = raw;
+            {
+                *raw = bytes;
+            }
         }
         for file in &mut result.output_files {
             if !req.inline_output_files.contains(&file.path) {
