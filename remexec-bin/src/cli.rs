@@ -32,6 +32,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Run one command remotely: upload an input directory, execute, download the outputs.
     Exec(crate::exec::ExecArgs),
+    /// Load-test any REAPI server: throughput and latency percentiles of one workload.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Settings shared by every daemon; each flag overrides the config file.

@@ -32,6 +32,20 @@ fn main() -> std::process::ExitCode {
                 Ok(0)
             }
             Command::Exec(args) => remexec_bin::exec::run(args).await,
+            Command::Bench(args) => {
+                let report = remexec_bin::bench::run(&args, !args.json)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&report).map_err(|e| e.to_string())?
+                    );
+                } else {
+                    print!("{}", report.table());
+                }
+                Ok(u8::from(report.errors > 0))
+            }
         }
     });
     // Do not wait for idle blocking threads (file I/O) once the work is done.

@@ -1,0 +1,471 @@
+//! The workloads of `remexec bench`: what to prepare before the clock starts, and one operation.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message;
+use remexec_core::apis::google::longrunning::operation;
+use remexec_core::merkle::encode_message;
+use remexec_core::reapi::{
+    Action, ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, Command, Directory,
+    ExecuteRequest, ExecuteResponse, FindMissingBlobsRequest, GetActionResultRequest,
+    UpdateActionResultRequest, action_cache_client::ActionCacheClient, batch_update_blobs_request,
+    content_addressable_storage_client::ContentAddressableStorageClient,
+    execution_client::ExecutionClient,
+};
+use remexec_core::{
+    BlobRef, Compressor, Digest, DigestFunction, Error, ReadResource, Result, WriteResource,
+};
+use remexec_proto::google::bytestream::byte_stream_client::ByteStreamClient;
+use remexec_proto::google::bytestream::{ReadRequest, WriteRequest};
+use tonic::transport::Channel;
+
+use super::{BenchArgs, WorkloadKind};
+
+const F: DigestFunction = DigestFunction::Sha256;
+/// ByteStream message size.
+const CHUNK: usize = 1024 * 1024;
+/// Distinct prebuilt FindMissingBlobs requests cycled through.
+const REQUEST_POOL: usize = 8;
+/// Size of the small blobs the mixed workload uploads.
+const SMALL_BLOB: usize = 4096;
+
+/// A prepared workload.
+#[derive(Debug)]
+pub struct Workload {
+    kind: WorkloadKind,
+    instance: String,
+    batch: bool,
+    size: usize,
+    /// cas-write: blob `i` is `nonce ‖ i ‖ template[16..]`; its digest is `digests[i]`.
+    template: Bytes,
+    nonce: u64,
+    digests: Vec<Digest>,
+    find: Vec<FindMissingBlobsRequest>,
+    hit: Option<Digest>,
+    misses: Vec<Digest>,
+    hit_ratio: f64,
+    actions: Vec<Digest>,
+}
+
+fn random_digest() -> Digest {
+    let mut hash = [0u8; 32];
+    fastrand::fill(&mut hash);
+    Digest::new(F, hash, 1 + fastrand::u64(..1 << 20))
+}
+
+fn blob_prefix(nonce: u64, i: u64) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    p[..8].copy_from_slice(&nonce.to_le_bytes());
+    p[8..].copy_from_slice(&i.to_le_bytes());
+    p
+}
+
+fn check(status: Option<&remexec_core::apis::google::rpc::Status>) -> Result<()> {
+    match status {
+        Some(s) if s.code != 0 => Err(Error::from(tonic::Status::new(
+            tonic::Code::from_i32(s.code),
+            s.message.clone(),
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn batch_upload(
+    channel: &Channel,
+    instance: &str,
+    blobs: Vec<(Digest, Bytes)>,
+) -> Result<()> {
+    let mut cas = ContentAddressableStorageClient::new(channel.clone())
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let mut requests = Vec::new();
+    let mut total = 0;
+    let flush = |requests: Vec<batch_update_blobs_request::Request>| {
+        let mut cas = cas.clone();
+        let instance = instance.to_string();
+        async move {
+            let resp = cas
+                .batch_update_blobs(BatchUpdateBlobsRequest {
+                    instance_name: instance,
+                    requests,
+                    digest_function: F.to_proto(),
+                })
+                .await?;
+            for r in resp.into_inner().responses {
+                check(r.status.as_ref())?;
+            }
+            Ok::<(), Error>(())
+        }
+    };
+    for (digest, data) in blobs {
+        if total + data.len() > 2 << 20 && !requests.is_empty() {
+            flush(std::mem::take(&mut requests)).await?;
+            total = 0;
+        }
+        total += data.len();
+        requests.push(batch_update_blobs_request::Request {
+            digest: Some(digest.to_proto()),
+            data: data.to_vec(),
+            compressor: 0,
+        });
+    }
+    if !requests.is_empty() {
+        flush(requests).await?;
+    }
+    let _ = &mut cas;
+    Ok(())
+}
+
+/// Uploads `count` distinct no-op actions (`/bin/true N`, not cacheable) and returns their digests.
+pub async fn noop_actions(channel: &Channel, instance: &str, count: usize) -> Result<Vec<Digest>> {
+    let (root, root_bytes) = encode_message(F, &Directory::default());
+    let nonce = fastrand::u64(..).to_string();
+    let mut blobs = vec![(root, root_bytes)];
+    let mut actions = Vec::with_capacity(count);
+    for i in 0..count {
+        let command = Command {
+            arguments: vec!["/bin/true".into(), nonce.clone(), i.to_string()],
+            ..Default::default()
+        };
+        let (cd, cb) = encode_message(F, &command);
+        let action = Action {
+            command_digest: Some(cd.to_proto()),
+            input_root_digest: Some(root.to_proto()),
+            do_not_cache: true,
+            ..Default::default()
+        };
+        let (ad, ab) = encode_message(F, &action);
+        blobs.push((cd, cb));
+        blobs.push((ad, ab));
+        actions.push(ad);
+    }
+    batch_upload(channel, instance, blobs).await?;
+    Ok(actions)
+}
+
+impl Workload {
+    /// Uploads and precomputes whatever the measured operations need.
+    pub async fn prepare(args: &BenchArgs, channel: &Channel) -> Result<Self> {
+        let size = usize::try_from(args.size.as_u64())
+            .map_err(|_| Error::invalid("--size too large"))?
+            .max(16);
+        let mut w = Self {
+            kind: args.workload,
+            instance: args.instance.clone(),
+            batch: args.batch,
+            size,
+            template: Bytes::new(),
+            nonce: fastrand::u64(..),
+            digests: Vec::new(),
+            find: Vec::new(),
+            hit: None,
+            misses: (0..1024).map(|_| random_digest()).collect(),
+            hit_ratio: args.hit_ratio.clamp(0.0, 1.0),
+            actions: Vec::new(),
+        };
+        match args.workload {
+            WorkloadKind::CasWrite | WorkloadKind::CasRead => {
+                let mut template = vec![0u8; size];
+                fastrand::fill(&mut template);
+                w.template = Bytes::from(template);
+                let n = if args.workload == WorkloadKind::CasWrite {
+                    args.count
+                } else {
+                    args.blobs.max(1) as u64
+                };
+                w.digests = (0..n)
+                    .map(|i| {
+                        let mut h = F.hasher();
+                        h.update(&blob_prefix(w.nonce, i));
+                        h.update(&w.template[16..]);
+                        h.finish()
+                    })
+                    .collect();
+                if args.workload == WorkloadKind::CasRead {
+                    for i in 0..n {
+                        w.write(channel, i).await?;
+                    }
+                }
+            }
+            WorkloadKind::FindMissing => {
+                let present: Vec<(Digest, Bytes)> = (0..args.batch_size.clamp(1, 10_000))
+                    .map(|i| {
+                        let data = Bytes::from(
+                            [blob_prefix(w.nonce, i as u64).as_slice(), b"find-missing"].concat(),
+                        );
+                        (F.digest_of(&data), data)
+                    })
+                    .collect();
+                let present_digests: Vec<Digest> = present.iter().map(|(d, _)| *d).collect();
+                batch_upload(channel, &w.instance, present).await?;
+                let hits = (args.batch_size as f64 * w.hit_ratio).round() as usize;
+                w.find = (0..REQUEST_POOL)
+                    .map(|r| {
+                        let digests = (0..args.batch_size).map(|j| {
+                            if j < hits {
+                                present_digests[(r * 7 + j) % present_digests.len()]
+                            } else {
+                                random_digest()
+                            }
+                        });
+                        FindMissingBlobsRequest {
+                            instance_name: w.instance.clone(),
+                            blob_digests: digests.map(|d| d.to_proto()).collect(),
+                            digest_function: F.to_proto(),
+                        }
+                    })
+                    .collect();
+            }
+            WorkloadKind::AcGet | WorkloadKind::Mixed => {
+                let action = F.digest_of(format!("remexec bench action {}", w.nonce).as_bytes());
+                let mut ac = ActionCacheClient::new(channel.clone());
+                let req = UpdateActionResultRequest {
+                    instance_name: w.instance.clone(),
+                    action_digest: Some(action.to_proto()),
+                    action_result: Some(ActionResult::default()),
+                    digest_function: F.to_proto(),
+                    ..Default::default()
+                };
+                ac.update_action_result(req).await?;
+                w.hit = Some(action);
+                if args.workload == WorkloadKind::Mixed && !args.no_execute {
+                    w.actions =
+                        noop_actions(channel, &w.instance, (args.count as usize).div_ceil(10))
+                            .await?;
+                }
+                if args.workload == WorkloadKind::AcGet && args.miss {
+                    w.hit_ratio = 0.0;
+                } else if args.workload == WorkloadKind::AcGet {
+                    w.hit_ratio = 1.0;
+                }
+            }
+            WorkloadKind::Execute => {
+                w.actions = noop_actions(channel, &w.instance, args.count as usize).await?;
+            }
+        }
+        Ok(w)
+    }
+
+    /// Runs operation `i`; returns the payload bytes it moved.
+    pub async fn op(&self, channel: &Channel, i: u64) -> Result<u64> {
+        match self.kind {
+            WorkloadKind::CasWrite => self.write(channel, i).await,
+            WorkloadKind::CasRead => {
+                self.read(
+                    channel,
+                    self.digests[(i % self.digests.len() as u64) as usize],
+                )
+                .await
+            }
+            WorkloadKind::FindMissing => {
+                let req = self.find[(i % REQUEST_POOL as u64) as usize].clone();
+                ContentAddressableStorageClient::new(channel.clone())
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20)
+                    .find_missing_blobs(req)
+                    .await?;
+                Ok(0)
+            }
+            WorkloadKind::AcGet => self.ac_get(channel, i).await,
+            WorkloadKind::Execute => {
+                self.execute(channel, self.actions[i as usize % self.actions.len()])
+                    .await
+            }
+            WorkloadKind::Mixed => match i % 10 {
+                0..=3 => {
+                    let present: Vec<Digest> = self.hit.into_iter().collect();
+                    let digests = (0..100).map(|j| {
+                        if j % 2 == 0 && !present.is_empty() {
+                            present[0]
+                        } else {
+                            self.misses[(i as usize + j) % self.misses.len()]
+                        }
+                    });
+                    let req = FindMissingBlobsRequest {
+                        instance_name: self.instance.clone(),
+                        blob_digests: digests.map(|d| d.to_proto()).collect(),
+                        digest_function: F.to_proto(),
+                    };
+                    ContentAddressableStorageClient::new(channel.clone())
+                        .find_missing_blobs(req)
+                        .await?;
+                    Ok(0)
+                }
+                4 | 5 => {
+                    let mut data = vec![0u8; SMALL_BLOB];
+                    data[..16].copy_from_slice(&blob_prefix(self.nonce, i));
+                    let data = Bytes::from(data);
+                    batch_upload(channel, &self.instance, vec![(F.digest_of(&data), data)]).await?;
+                    Ok(SMALL_BLOB as u64)
+                }
+                9 if !self.actions.is_empty() => {
+                    self.execute(
+                        channel,
+                        self.actions[(i / 10) as usize % self.actions.len()],
+                    )
+                    .await
+                }
+                _ => self.ac_get(channel, i).await,
+            },
+        }
+    }
+
+    async fn write(&self, channel: &Channel, i: u64) -> Result<u64> {
+        let digest = self.digests[i as usize];
+        let prefix = blob_prefix(self.nonce, i);
+        let chunk = |start: usize, end: usize| -> Vec<u8> {
+            let mut v = self.template[start..end].to_vec();
+            if start < 16 {
+                v[..16 - start].copy_from_slice(&prefix[start..]);
+            }
+            v
+        };
+        if self.batch {
+            let req = BatchUpdateBlobsRequest {
+                instance_name: self.instance.clone(),
+                requests: vec![batch_update_blobs_request::Request {
+                    digest: Some(digest.to_proto()),
+                    data: chunk(0, self.size),
+                    compressor: 0,
+                }],
+                digest_function: F.to_proto(),
+            };
+            let resp = ContentAddressableStorageClient::new(channel.clone())
+                .max_encoding_message_size(64 << 20)
+                .batch_update_blobs(req)
+                .await?;
+            for r in resp.into_inner().responses {
+                check(r.status.as_ref())?;
+            }
+            return Ok(self.size as u64);
+        }
+        let name = WriteResource {
+            instance: self.instance.clone(),
+            uuid: format!("{:x}-{i}", self.nonce),
+            blob: BlobRef {
+                compressor: Compressor::Identity,
+                digest,
+            },
+            metadata: None,
+        }
+        .to_string();
+        let n = self.size.div_ceil(CHUNK);
+        let requests: Vec<WriteRequest> = (0..n)
+            .map(|c| {
+                let end = ((c + 1) * CHUNK).min(self.size);
+                WriteRequest {
+                    resource_name: if c == 0 { name.clone() } else { String::new() },
+                    write_offset: (c * CHUNK) as i64,
+                    finish_write: c + 1 == n,
+                    data: chunk(c * CHUNK, end),
+                }
+            })
+            .collect();
+        let resp = ByteStreamClient::new(channel.clone())
+            .max_encoding_message_size(64 << 20)
+            .write(futures::stream::iter(requests))
+            .await?;
+        if resp.into_inner().committed_size != self.size as i64 {
+            return Err(Error::Internal("server committed a different size".into()));
+        }
+        Ok(self.size as u64)
+    }
+
+    async fn read(&self, channel: &Channel, digest: Digest) -> Result<u64> {
+        if self.batch {
+            let req = BatchReadBlobsRequest {
+                instance_name: self.instance.clone(),
+                digests: vec![digest.to_proto()],
+                digest_function: F.to_proto(),
+                ..Default::default()
+            };
+            let resp = ContentAddressableStorageClient::new(channel.clone())
+                .max_decoding_message_size(64 << 20)
+                .batch_read_blobs(req)
+                .await?;
+            let mut moved = 0;
+            for r in resp.into_inner().responses {
+                check(r.status.as_ref())?;
+                moved += r.data.len() as u64;
+            }
+            return Ok(moved);
+        }
+        let name = ReadResource {
+            instance: self.instance.clone(),
+            blob: BlobRef {
+                compressor: Compressor::Identity,
+                digest,
+            },
+        }
+        .to_string();
+        let mut stream = ByteStreamClient::new(channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .read(ReadRequest {
+                resource_name: name,
+                read_offset: 0,
+                read_limit: 0,
+            })
+            .await?
+            .into_inner();
+        let mut moved = 0u64;
+        while let Some(msg) = stream.next().await {
+            moved += msg?.data.len() as u64;
+        }
+        if moved != digest.size() {
+            return Err(Error::Internal(format!("read {moved} of {digest}'s bytes")));
+        }
+        Ok(moved)
+    }
+
+    async fn ac_get(&self, channel: &Channel, i: u64) -> Result<u64> {
+        let hit = (fastrand::f64() < self.hit_ratio)
+            .then_some(self.hit)
+            .flatten();
+        let digest = hit.unwrap_or(self.misses[i as usize % self.misses.len()]);
+        let req = GetActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(digest.to_proto()),
+            digest_function: F.to_proto(),
+            ..Default::default()
+        };
+        match ActionCacheClient::new(channel.clone())
+            .get_action_result(req)
+            .await
+        {
+            Ok(_) if hit.is_some() => Ok(0),
+            Err(s) if s.code() == tonic::Code::NotFound && hit.is_none() => Ok(0),
+            Ok(_) => Err(Error::Internal("unexpected hit".into())),
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    async fn execute(&self, channel: &Channel, action: Digest) -> Result<u64> {
+        let req = ExecuteRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(action.to_proto()),
+            skip_cache_lookup: true,
+            digest_function: F.to_proto(),
+            ..Default::default()
+        };
+        let mut ops = ExecutionClient::new(channel.clone())
+            .execute(req)
+            .await?
+            .into_inner();
+        while let Some(op) = ops.next().await {
+            if let Some(operation::Result::Response(any)) = op?.result {
+                let response = ExecuteResponse::decode(&any.value[..])
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                check(response.status.as_ref())?;
+                let code = response.result.map_or(-1, |r| r.exit_code);
+                return if code == 0 {
+                    Ok(0)
+                } else {
+                    Err(Error::Internal(format!("action exited {code}")))
+                };
+            }
+        }
+        Err(Error::Unavailable(
+            "operation stream ended without a result".into(),
+        ))
+    }
+}
