@@ -76,7 +76,14 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     );
 
     // Your server: remexec's cache routes plus the Execution and Operations services.
+    // Advertise execution in Capabilities, or Bazel refuses to use --remote_executor.
+    let execution = remexec_core::reapi::ExecutionCapabilities {
+        exec_enabled: true,
+        digest_functions: vec![DigestFunction::Sha256.to_proto()],
+        ..Default::default()
+    };
     let routes = CacheServices::new(Arc::clone(&cas), ac)
+        .with_execution(execution)
         .into_routes()
         .add_service(ExecutionService::new(scheduler.clone()).into_server())
         .add_service(OperationsService::new(scheduler).into_server());

@@ -220,7 +220,7 @@ async fn execute(args: ExecArgs) -> Result<u8> {
     Ok(if status.code != 0 {
         1
     } else {
-        u8::try_from(result.exit_code.clamp(0, 255)).unwrap_or(1)
+        u8::try_from(result.exit_code).unwrap_or(1)
     })
 }
 

@@ -167,9 +167,10 @@ impl BoundServer {
             .add_service(OperationsService::new(scheduler).into_server())
             .add_service(pool.service());
         let local_worker = match role {
+            // Outputs are hashed again as they are stored, like every other write.
             Role::AllInOne => Some(Worker::new(
                 worker_config(config, "-local"),
-                store,
+                Arc::new(remexec_cas::VerifyingStore::new(store)),
                 Arc::new(ProcessIsolation),
             )?),
             Role::Scheduler => None,

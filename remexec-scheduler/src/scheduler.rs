@@ -74,6 +74,8 @@ struct Op {
 #[derive(Debug, Default)]
 struct State {
     ops: HashMap<String, Arc<Op>>,
+    /// Operations answered without running anything (cache hits, missing inputs).
+    answered: HashMap<String, Operation>,
     inflight: HashMap<(String, Digest), Arc<Op>>,
     queue: BTreeMap<(i32, u64), Arc<Op>>,
     busy: HashSet<String>,
@@ -221,13 +223,17 @@ impl Scheduler {
                 self.inner.config.name,
                 uuid::Uuid::new_v4()
             );
-            watch::channel(operation(
+            let op = operation(
                 &name,
                 digest,
                 execution_stage::Value::Completed,
                 Some(response),
-            ))
-            .1
+            );
+            lock(&self.inner.state)
+                .answered
+                .insert(name.clone(), op.clone());
+            self.inner.expire(name);
+            watch::channel(op).1
         };
         if !req.skip_cache_lookup
             && let Some(result) = self.inner.ac.get(&instance, digest).await?
@@ -310,10 +316,14 @@ impl Scheduler {
 
     /// Follows an existing operation; `NotFound` if it is unknown or has expired.
     pub fn subscribe(&self, name: &str) -> Result<watch::Receiver<Operation>> {
-        lock(&self.inner.state)
-            .ops
+        let state = lock(&self.inner.state);
+        if let Some(op) = state.ops.get(name) {
+            return Ok(op.tx.subscribe());
+        }
+        state
+            .answered
             .get(name)
-            .map(|op| op.tx.subscribe())
+            .map(|op| watch::channel(op.clone()).1)
             .ok_or_else(|| Error::NotFound(format!("operation {name:?} is unknown or has expired")))
     }
 
@@ -382,13 +392,19 @@ impl Inner {
                 state.inflight.remove(&op.key);
             }
         }
+        self.expire(op.name.clone());
+    }
+
+    /// Forgets a finished operation once the retention period is over.
+    fn expire(self: &Arc<Self>, name: String) {
         let weak = Arc::downgrade(self);
-        let name = op.name.clone();
         let retention = self.config.retention;
         tokio::spawn(async move {
             tokio::time::sleep(retention).await;
             if let Some(inner) = weak.upgrade() {
-                lock(&inner.state).ops.remove(&name);
+                let mut state = lock(&inner.state);
+                state.ops.remove(&name);
+                state.answered.remove(&name);
             }
         });
     }
@@ -500,6 +516,18 @@ impl Inner {
                         tonic::Code::Unavailable,
                         format!("executors were lost {attempts} times running this action: {why}"),
                     )),
+                    ..Default::default()
+                }
+            }
+            Err(Error::FailedPrecondition(why)) => {
+                // Typically an input evicted since the check: report what is missing now, as
+                // MISSING violations, so that the client uploads it again.
+                let status = match load(self.cas.as_ref(), &op.key.0, op.key.1).await {
+                    Ok(Loaded::Missing(missing)) => missing_status(&missing),
+                    _ => status(tonic::Code::FailedPrecondition, why),
+                };
+                ExecuteResponse {
+                    status: Some(status),
                     ..Default::default()
                 }
             }

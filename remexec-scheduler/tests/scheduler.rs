@@ -90,7 +90,11 @@ async fn twenty_identical_executes_run_once() {
         assert_eq!(r.result.as_ref().unwrap().stdout_raw, b"echo once");
     }
     // Now cached: another Execute is a cache hit, not a run.
-    let cached = finish(s.scheduler.execute(request(digest)).await.unwrap()).await;
+    let cached_rx = s.scheduler.execute(request(digest)).await.unwrap();
+    let cached_name = cached_rx.borrow().name.clone();
+    let cached = finish(cached_rx).await;
+    // Even an operation answered from the cache can be looked up afterwards.
+    assert!(s.scheduler.subscribe(&cached_name).unwrap().borrow().done);
     assert!(cached.cached_result);
     assert_eq!(s.pool.runs.load(Ordering::SeqCst), 1);
     // skip_cache_lookup runs it again.

@@ -299,7 +299,18 @@ impl Worker {
         std::fs::create_dir_all(&root)
             .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
         let fetch_start = SystemTime::now();
-        stage_inputs(self.cas.as_ref(), &self.cache, instance, root_digest, &root).await?;
+        // Staging and uploading stop as soon as the lease is cancelled, so that the executor is
+        // really free when the scheduler is told it is.
+        let cancelled = || {
+            Ok((
+                ActionResult::default(),
+                rpc_status(tonic::Code::Cancelled, "cancelled"),
+            ))
+        };
+        tokio::select! {
+            staged = stage_inputs(self.cas.as_ref(), &self.cache, instance, root_digest, &root) => staged?,
+            () = cancel.cancelled() => return cancelled(),
+        }
         let fetch_done = SystemTime::now();
         let workdir = root.join(&command.working_directory);
         create_output_parents(&command, &workdir)?;
@@ -316,7 +327,7 @@ impl Worker {
             timeout: (lease.timeout_ms > 0).then(|| Duration::from_millis(lease.timeout_ms)),
         };
         let exec_start = SystemTime::now();
-        let exit = self.isolation.run(spawn.clone(), cancel).await?;
+        let exit = self.isolation.run(spawn.clone(), cancel.clone()).await?;
         let exec_done = SystemTime::now();
         let mut result = ActionResult::default();
         let status = match exit {
@@ -332,25 +343,32 @@ impl Worker {
                 return Ok((result, rpc_status(tonic::Code::Cancelled, "cancelled")));
             }
         };
-        collect_outputs(
-            self.cas.as_ref(),
-            instance,
-            function,
-            &command,
-            &workdir,
-            &mut result,
-        )
-        .await?;
-        result.stdout_digest = Some(
-            upload_file(self.cas.as_ref(), instance, function, &spawn.stdout)
-                .await?
-                .to_proto(),
-        );
-        result.stderr_digest = Some(
-            upload_file(self.cas.as_ref(), instance, function, &spawn.stderr)
-                .await?
-                .to_proto(),
-        );
+        let upload = async {
+            collect_outputs(
+                self.cas.as_ref(),
+                instance,
+                function,
+                &command,
+                &workdir,
+                &mut result,
+            )
+            .await?;
+            result.stdout_digest = Some(
+                upload_file(self.cas.as_ref(), instance, function, &spawn.stdout)
+                    .await?
+                    .to_proto(),
+            );
+            result.stderr_digest = Some(
+                upload_file(self.cas.as_ref(), instance, function, &spawn.stderr)
+                    .await?
+                    .to_proto(),
+            );
+            Ok::<(), Error>(())
+        };
+        tokio::select! {
+            uploaded = upload => uploaded?,
+            () = cancel.cancelled() => return cancelled(),
+        }
         let upload_done = SystemTime::now();
         let queued = UNIX_EPOCH + Duration::from_nanos(lease.queued_at_unix_nanos.max(0) as u64);
         result.execution_metadata = Some(ExecutedActionMetadata {

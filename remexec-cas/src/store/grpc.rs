@@ -52,7 +52,7 @@ impl GrpcStore {
 #[async_trait]
 impl BlobStore for GrpcStore {
     async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let mut missing = Vec::new();
+        let mut missing = std::collections::HashSet::new();
         let mut by_function: Vec<(remexec_core::DigestFunction, Vec<Digest>)> = Vec::new();
         for d in digests {
             match by_function.iter_mut().find(|(f, _)| *f == d.function()) {
@@ -69,7 +69,7 @@ impl BlobStore for GrpcStore {
                 };
                 let resp = self.cas().find_missing_blobs(req).await?.into_inner();
                 for d in resp.missing_blob_digests {
-                    missing.push(Digest::from_proto(function, &d)?);
+                    missing.insert(Digest::from_proto(function, &d)?);
                 }
             }
         }
