@@ -23,5 +23,4 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod exec;
-pub mod loadgen;
 pub mod serve;

@@ -1,6 +1,6 @@
 //! `remexec bench` against an in-process server: every workload runs briefly and counts right.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 
 use bytesize::ByteSize;
 use remexec_bin::bench::{BenchArgs, WorkloadKind, run};
