@@ -135,6 +135,8 @@ pub struct ActionCacheConfig {
     pub backend: AcBackend,
     /// Most bytes of encoded results kept.
     pub budget: ByteSize,
+    /// With the disk backend: bytes of recently used results also kept in memory (0: none).
+    pub memory_budget: ByteSize,
     /// Report entries whose outputs are missing from the CAS as misses.
     pub check_completeness: bool,
 }
@@ -187,6 +189,7 @@ impl Default for ActionCacheConfig {
         Self {
             backend: AcBackend::Disk,
             budget: ByteSize::gib(1),
+            memory_budget: ByteSize::mib(64),
             check_completeness: true,
         }
     }

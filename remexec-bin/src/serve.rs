@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use remexec_cas::{
     CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions,
-    MemoryActionCache,
+    MemoryActionCache, TieredActionCache,
 };
 use remexec_core::{ActionCache, BlobStore, DigestFunction, Error, Result};
 use remexec_proto::reapi::{
@@ -52,9 +52,18 @@ pub async fn open_stores(config: &Config) -> Result<(Arc<dyn BlobStore>, Arc<dyn
     );
     let budget = config.action_cache.budget.as_u64();
     let mut ac: Arc<dyn ActionCache> = match config.action_cache.backend {
-        AcBackend::Disk => Arc::new(
-            DiskActionCache::open(config.data_dir.join("ac"), budget, config.cas.fsync).await?,
-        ),
+        AcBackend::Disk => {
+            let disk = Arc::new(
+                DiskActionCache::open(config.data_dir.join("ac"), budget, config.cas.fsync).await?,
+            );
+            match config.action_cache.memory_budget.as_u64() {
+                0 => disk,
+                front => Arc::new(TieredActionCache::new(
+                    Arc::new(MemoryActionCache::new(front)),
+                    disk,
+                )),
+            }
+        }
         AcBackend::Memory => Arc::new(MemoryActionCache::new(budget)),
     };
     if config.action_cache.check_completeness {

@@ -37,6 +37,7 @@ pub mod store;
 pub use ac::completeness::CompletenessCheckingCache;
 pub use ac::disk::DiskActionCache;
 pub use ac::memory::MemoryActionCache;
+pub use ac::tiered::TieredActionCache;
 pub use service::{CacheServices, Limits};
 pub use store::disk::{DiskStore, DiskStoreOptions};
 pub use store::grpc::GrpcStore;

@@ -3,3 +3,4 @@
 pub mod completeness;
 pub mod disk;
 pub mod memory;
+pub mod tiered;

@@ -48,15 +48,29 @@ impl CasService {
 
     async fn find_missing(&self, req: FindMissingBlobsRequest) -> Result<FindMissingBlobsResponse> {
         let function = request_scope(&req.instance_name, req.digest_function)?;
-        let mut digests = parse_digests(function, &req.blob_digests)?;
-        digests.retain(|d| !d.is_empty_blob());
+        let parsed = parse_digests(function, &req.blob_digests)?;
+        let (indices, digests): (Vec<usize>, Vec<Digest>) = parsed
+            .into_iter()
+            .enumerate()
+            .filter(|(_, d)| !d.is_empty_blob())
+            .unzip();
         let missing = self
             .services
             .store
             .find_missing(&req.instance_name, &digests)
             .await?;
+        // `missing` is a subsequence of `digests` (stores keep input order): hand back the
+        // request's own messages instead of formatting new ones.
+        let mut protos = req.blob_digests;
+        let mut out = Vec::with_capacity(missing.len());
+        let mut candidates = digests.iter().zip(&indices);
+        for m in &missing {
+            if let Some((_, &i)) = candidates.by_ref().find(|(d, _)| *d == m) {
+                out.push(std::mem::take(&mut protos[i]));
+            }
+        }
         Ok(FindMissingBlobsResponse {
-            missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
+            missing_blob_digests: out,
         })
     }
 
