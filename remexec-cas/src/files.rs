@@ -10,7 +10,6 @@ use std::time::SystemTime;
 
 use futures::StreamExt;
 use remexec_core::{ChunkStream, Digest, DigestFunction, Error, Result};
-use tokio::io::AsyncWriteExt;
 
 use crate::key::Key;
 use crate::lru_index::LruIndex;
@@ -113,53 +112,54 @@ impl FileTable {
     pub(crate) async fn write(
         self: &Arc<Self>,
         key: Key,
+        data: ChunkStream,
+        expected_len: Option<u64>,
+    ) -> Result<()> {
+        // One blocking thread pulls the chunks (running whatever the stream does, such as
+        // hashing), writes them with plain blocking I/O and commits, while the runtime threads
+        // keep receiving the next chunks: hashing and disk writes overlap with the network.
+        let table = Arc::clone(self);
+        let runtime = tokio::runtime::Handle::current();
+        blocking(move || table.write_blocking(&runtime, key, data, expected_len)).await
+    }
+
+    fn write_blocking(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        key: Key,
         mut data: ChunkStream,
         expected_len: Option<u64>,
     ) -> Result<()> {
-        let tmp_dir = self.tmp.clone();
-        let temp = blocking(move || {
-            tempfile::Builder::new()
-                .prefix("up-")
-                .tempfile_in(&tmp_dir)
-                .map_err(|e| {
-                    Error::io(
-                        format!("creating a temporary file in {}", tmp_dir.display()),
-                        e,
-                    )
-                })
-        })
-        .await?;
-        let std_file = temp
-            .as_file()
-            .try_clone()
-            .map_err(|e| Error::io("cloning a file handle", e))?;
-        let mut file = tokio::fs::File::from_std(std_file);
+        use std::io::Write;
+        let mut temp = tempfile::Builder::new()
+            .prefix("up-")
+            .tempfile_in(&self.tmp)
+            .map_err(|e| {
+                Error::io(
+                    format!("creating a temporary file in {}", self.tmp.display()),
+                    e,
+                )
+            })?;
         let mut written = 0u64;
         let digest = key.digest;
-        while let Some(chunk) = data.next().await {
+        while let Some(chunk) = runtime.block_on(data.next()) {
             let chunk = chunk?;
             written += chunk.len() as u64;
             if expected_len.is_some_and(|n| written > n) {
                 return Err(crate::store::size_mismatch(digest, written, false));
             }
-            file.write_all(&chunk)
-                .await
+            temp.write_all(&chunk)
                 .map_err(|e| Error::io(format!("writing {}", temp.path().display()), e))?;
         }
         if expected_len.is_some_and(|n| written != n) {
             return Err(crate::store::size_mismatch(digest, written, true));
         }
-        file.flush()
-            .await
-            .map_err(|e| Error::io("flushing an upload", e))?;
         if self.sync {
-            file.sync_all()
-                .await
+            temp.as_file()
+                .sync_all()
                 .map_err(|e| Error::io("syncing an upload", e))?;
         }
-        drop(file);
-        let table = Arc::clone(self);
-        blocking(move || table.commit(key, temp, written)).await
+        self.commit(key, temp, written)
     }
 
     /// Renames the finished temp file into place and indexes it, evicting as needed. Done under
