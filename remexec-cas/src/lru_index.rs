@@ -7,7 +7,7 @@ use lru::LruCache;
 /// Entries keyed by `K`, each with a cost in bytes; the total stays within a budget.
 #[derive(Debug)]
 pub(crate) struct LruIndex<K: Hash + Eq, V> {
-    entries: LruCache<K, (u64, V)>,
+    entries: LruCache<K, (u64, V), foldhash::fast::RandomState>,
     bytes: u64,
     budget: u64,
 }
@@ -15,7 +15,7 @@ pub(crate) struct LruIndex<K: Hash + Eq, V> {
 impl<K: Hash + Eq + Clone, V> LruIndex<K, V> {
     pub(crate) fn new(budget: u64) -> Self {
         Self {
-            entries: LruCache::unbounded(),
+            entries: LruCache::unbounded_with_hasher(foldhash::fast::RandomState::default()),
             bytes: 0,
             budget,
         }

@@ -185,19 +185,15 @@ impl Digest {
                 HASH_LEN * 2
             )));
         }
-        if !hex_hash
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err(Error::invalid(format!(
-                "digest hash {hex_hash:?} is not lowercase hex"
-            )));
-        }
         let size = u64::try_from(size)
             .map_err(|_| Error::invalid(format!("digest size {size} is negative")))?;
         let mut hash = [0u8; HASH_LEN];
-        hex::decode_to_slice(hex_hash, &mut hash)
-            .map_err(|e| Error::invalid(format!("digest hash {hex_hash:?}: {e}")))?;
+        faster_hex::hex_decode_with_case(
+            hex_hash.as_bytes(),
+            &mut hash,
+            faster_hex::CheckCase::Lower,
+        )
+        .map_err(|_| Error::invalid(format!("digest hash {hex_hash:?} is not lowercase hex")))?;
         Ok(Self::new(function, hash, size))
     }
 
@@ -244,7 +240,7 @@ impl Digest {
 
     /// The hash as lowercase hex.
     pub fn hash_hex(&self) -> String {
-        hex::encode(self.hash)
+        faster_hex::hex_string(&self.hash)
     }
 
     /// The size of the content in bytes.
