@@ -23,6 +23,14 @@ pub use bazel_remote_apis::{build, google};
 /// Shorthand for `build::bazel::remote::execution::v2`.
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 
+/// ByteStream with `bytes::Bytes` data fields: the same service and wire format as
+/// [`google::bytestream`], without a copy per chunk. remexec serves and calls ByteStream with
+/// these types; clients built on [`google::bytestream`] interoperate unchanged.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod bytestream {
+    tonic::include_proto!("google.bytestream");
+}
+
 /// remexec's scheduler/worker protocol.
 pub mod worker {
     /// Version 1.

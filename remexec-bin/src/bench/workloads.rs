@@ -15,8 +15,8 @@ use remexec_core::reapi::{
 use remexec_core::{
     BlobRef, Compressor, Digest, DigestFunction, Error, ReadResource, Result, WriteResource,
 };
-use remexec_proto::google::bytestream::byte_stream_client::ByteStreamClient;
-use remexec_proto::google::bytestream::{ReadRequest, WriteRequest};
+use remexec_proto::bytestream::byte_stream_client::ByteStreamClient;
+use remexec_proto::bytestream::{ReadRequest, WriteRequest};
 use tonic::transport::Channel;
 
 use super::{BenchArgs, WorkloadKind};
@@ -313,19 +313,21 @@ impl Workload {
     async fn write(&self, channel: &Channel, i: u64) -> Result<u64> {
         let digest = self.digests[i as usize];
         let prefix = blob_prefix(self.nonce, i);
-        let chunk = |start: usize, end: usize| -> Vec<u8> {
-            let mut v = self.template[start..end].to_vec();
-            if start < 16 {
-                v[..16 - start].copy_from_slice(&prefix[start..]);
+        // Only the chunk holding the 16-byte prefix is copied; the rest are slices of the template.
+        let chunk = |start: usize, end: usize| -> Bytes {
+            if start >= 16 {
+                return self.template.slice(start..end);
             }
-            v
+            let mut v = self.template[start..end].to_vec();
+            v[..16 - start].copy_from_slice(&prefix[start..]);
+            Bytes::from(v)
         };
         if self.batch {
             let req = BatchUpdateBlobsRequest {
                 instance_name: self.instance.clone(),
                 requests: vec![batch_update_blobs_request::Request {
                     digest: Some(digest.to_proto()),
-                    data: chunk(0, self.size),
+                    data: chunk(0, self.size).to_vec(),
                     compressor: 0,
                 }],
                 digest_function: F.to_proto(),

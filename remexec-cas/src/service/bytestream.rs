@@ -17,8 +17,8 @@ use remexec_core::{
     BlobStoreExt, Compressor, Error, ReadRange, ReadResource, Result, WriteResource,
     validate_instance_name,
 };
-use remexec_proto::google::bytestream::byte_stream_server::ByteStream;
-use remexec_proto::google::bytestream::{
+use remexec_proto::bytestream::byte_stream_server::ByteStream;
+use remexec_proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
     WriteResponse,
 };
@@ -105,9 +105,7 @@ impl ByteStreamService {
             .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
             .map(|chunk| {
                 chunk
-                    .map(|data| ReadResponse {
-                        data: data.to_vec(),
-                    })
+                    .map(|data| ReadResponse { data })
                     .map_err(Status::from)
             })
             .boxed())
@@ -227,7 +225,7 @@ impl ByteStreamService {
             }
             let skip = (upload.committed - offset) as usize;
             if skip < req.data.len() {
-                let data = Bytes::from(req.data).slice(skip..);
+                let data = req.data.slice(skip..);
                 upload.committed += data.len() as u64;
                 if upload.tx.send(Ok(data)).await.is_err() {
                     // The store stopped reading: either it failed (say why) or the blob was

@@ -18,7 +18,7 @@ pub use bytestream::ByteStreamService;
 pub use capabilities::{CapabilitiesService, HIGH_API_VERSION, LOW_API_VERSION};
 pub use cas::CasService;
 
-use remexec_proto::google::bytestream::byte_stream_server::ByteStreamServer;
+use remexec_proto::bytestream::byte_stream_server::ByteStreamServer;
 use remexec_proto::reapi::action_cache_server::ActionCacheServer;
 use remexec_proto::reapi::capabilities_server::CapabilitiesServer;
 use remexec_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;

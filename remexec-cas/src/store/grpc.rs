@@ -9,8 +9,8 @@ use remexec_core::{
     BlobRef, BlobStore, ChunkStream, Compressor, Digest, Error, ReadRange, ReadResource, Result,
     WriteResource, collect_chunks,
 };
-use remexec_proto::google::bytestream::byte_stream_client::ByteStreamClient;
-use remexec_proto::google::bytestream::{ReadRequest, WriteRequest};
+use remexec_proto::bytestream::byte_stream_client::ByteStreamClient;
+use remexec_proto::bytestream::{ReadRequest, WriteRequest};
 use remexec_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use remexec_proto::reapi::{
     BatchUpdateBlobsRequest, FindMissingBlobsRequest, batch_update_blobs_request,
@@ -132,14 +132,15 @@ impl BlobStore for GrpcStore {
                 };
                 while pending.len() >= WRITE_CHUNK {
                     let piece = pending.split_to(WRITE_CHUNK);
+                    let len = piece.len() as u64;
                     let req = WriteRequest {
                         resource_name: if first { name.clone() } else { String::new() },
                         write_offset: offset as i64,
                         finish_write: false,
-                        data: piece.to_vec(),
+                        data: piece,
                     };
                     first = false;
-                    offset += piece.len() as u64;
+                    offset += len;
                     if tx.send(req).await.is_err() {
                         return Ok(());
                     }
@@ -149,7 +150,7 @@ impl BlobStore for GrpcStore {
                 resource_name: if first { name } else { String::new() },
                 write_offset: offset as i64,
                 finish_write: true,
-                data: pending.to_vec(),
+                data: pending,
             };
             let _ = tx.send(req).await;
             Ok::<(), Error>(())
@@ -192,8 +193,8 @@ impl BlobStore for GrpcStore {
             Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
             Err(s) => return Err(s.into()),
         };
-        let head = futures::stream::iter(first.map(|m| Ok(Bytes::from(m.data))));
-        let rest = stream.map(|m| m.map(|m| Bytes::from(m.data)).map_err(Error::from));
+        let head = futures::stream::iter(first.map(|m| Ok(m.data)));
+        let rest = stream.map(|m| m.map(|m| m.data).map_err(Error::from));
         Ok(Some(head.chain(rest).boxed()))
     }
 }
