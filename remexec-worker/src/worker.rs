@@ -79,6 +79,20 @@ pub struct Worker {
     cas: Arc<dyn BlobStore>,
     isolation: Arc<dyn Isolation>,
     cache: Arc<FileCache>,
+    /// Executors running a lease now: one lease per executor, whoever sends it.
+    busy: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Marks an executor busy for as long as it lives.
+struct BusyGuard(Arc<Mutex<std::collections::HashSet<String>>>, String);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.1);
+    }
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {
@@ -117,6 +131,7 @@ impl Worker {
             cas,
             isolation,
             cache,
+            busy: Arc::default(),
         })
     }
 
@@ -249,8 +264,40 @@ impl Worker {
 
     /// Runs one lease to its end and reports how it went. Never fails: infrastructure errors
     /// become the result's status.
+    ///
+    /// A lease for an unknown executor, or for one that is already running a lease, is refused
+    /// with `UNAVAILABLE` (the scheduler re-queues it): a worker never runs more actions than it
+    /// has executors.
     pub async fn execute(&self, lease: Lease, cancel: CancellationToken) -> LeaseResult {
         let lease_id = lease.lease_id.clone();
+        let refuse = |why: String| LeaseResult {
+            lease_id: lease_id.clone(),
+            result: None,
+            status: Some(rpc_status(tonic::Code::Unavailable, why)),
+        };
+        if !self
+            .config
+            .executors
+            .iter()
+            .any(|e| e.id == lease.executor_id)
+        {
+            return refuse(format!(
+                "worker {} has no executor {:?}",
+                self.config.name, lease.executor_id
+            ));
+        }
+        if !self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(lease.executor_id.clone())
+        {
+            return refuse(format!(
+                "executor {:?} of worker {} is busy",
+                lease.executor_id, self.config.name
+            ));
+        }
+        let _busy = BusyGuard(Arc::clone(&self.busy), lease.executor_id.clone());
         let dir = self.config.work_dir.join("actions").join(&lease_id);
         let outcome = self.execute_in(&dir, lease, cancel).await;
         if let Err(e) = std::fs::remove_dir_all(&dir)
@@ -413,4 +460,89 @@ fn create_output_parents(
         mkdir(&workdir.join(dir))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ProcessIsolation;
+    use remexec_core::reapi::{Action, Command, Directory};
+    use remexec_core::{ChunkStream, ReadRange};
+
+    /// A CAS that holds nothing: enough for actions with an empty input root and empty output.
+    #[derive(Debug)]
+    struct EmptyCas;
+
+    #[async_trait::async_trait]
+    impl BlobStore for EmptyCas {
+        async fn find_missing(&self, _: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+            Ok(digests.to_vec())
+        }
+        async fn put(&self, _: &str, _: Digest, _: ChunkStream) -> Result<()> {
+            Err(Error::Unimplemented("read-only".into()))
+        }
+        async fn get(&self, _: &str, _: Digest, _: ReadRange) -> Result<Option<ChunkStream>> {
+            Ok(None)
+        }
+    }
+
+    fn lease(id: &str, executor: &str) -> Lease {
+        let f = DigestFunction::Sha256;
+        let (root, _) = remexec_core::merkle::encode_message(f, &Directory::default());
+        Lease {
+            lease_id: id.into(),
+            executor_id: executor.into(),
+            action_digest: Some(f.digest_of(id.as_bytes()).to_proto()),
+            digest_function: f.to_proto(),
+            action: Some(Action {
+                input_root_digest: Some(root.to_proto()),
+                ..Default::default()
+            }),
+            command: Some(Command {
+                arguments: vec!["/bin/sh".into(), "-c".into(), "sleep 0.5".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn never_runs_two_leases_on_one_executor() {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = Worker::new(
+            WorkerConfig::new("w", dir.path().to_path_buf(), 2, vec![]),
+            Arc::new(EmptyCas),
+            Arc::new(ProcessIsolation),
+        )
+        .unwrap();
+        let code = |r: &LeaseResult| r.status.as_ref().map_or(0, |s| s.code);
+        let (a, b, c, d) = tokio::join!(
+            worker.execute(lease("a", "0"), CancellationToken::new()),
+            worker.execute(lease("b", "0"), CancellationToken::new()),
+            worker.execute(lease("c", "1"), CancellationToken::new()),
+            worker.execute(lease("d", "7"), CancellationToken::new()),
+        );
+        let codes = [code(&a), code(&b), code(&c), code(&d)];
+        // Exactly one of the two leases for executor 0 ran; executor 1 ran; 7 does not exist.
+        assert_eq!(
+            codes
+                .iter()
+                .filter(|c| **c == tonic::Code::Unavailable as i32)
+                .count(),
+            2,
+            "{codes:?}"
+        );
+        assert_eq!(codes[2], 0);
+        assert_eq!(codes[3], tonic::Code::Unavailable as i32);
+        assert!(a.result.is_some() || b.result.is_some());
+        // Once finished, executor 0 takes a lease again.
+        assert_eq!(
+            code(
+                &worker
+                    .execute(lease("e", "0"), CancellationToken::new())
+                    .await
+            ),
+            0
+        );
+    }
 }
