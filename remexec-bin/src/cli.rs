@@ -10,7 +10,7 @@ use crate::config::{AcBackend, Config};
 /// remexec: a Remote Execution API v2 service (cache and remote execution) for Bazel and other
 /// build tools.
 #[derive(Debug, Parser)]
-#[command(name = "remexec", version, about, long_about = None)]
+#[command(name = "remexec", version)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
