@@ -109,6 +109,26 @@ fn any<M: Message>(type_name: &str, message: &M) -> Any {
     }
 }
 
+/// The CACHE_CHECK stage of `op`: same name and action, not done. Execute streams start with it;
+/// the check itself has run by the time the stream starts.
+pub(crate) fn cache_check_stage(op: &Operation) -> Operation {
+    let mut metadata = op
+        .metadata
+        .as_ref()
+        .and_then(|m| ExecuteOperationMetadata::decode(&m.value[..]).ok())
+        .unwrap_or_default();
+    metadata.stage = execution_stage::Value::CacheCheck as i32;
+    Operation {
+        name: op.name.clone(),
+        metadata: Some(any(
+            "build.bazel.remote.execution.v2.ExecuteOperationMetadata",
+            &metadata,
+        )),
+        done: false,
+        result: None,
+    }
+}
+
 fn operation(
     name: &str,
     digest: Digest,

@@ -66,12 +66,13 @@ impl Execution for ExecutionService {
         &self,
         request: Request<ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
-        respond(
-            self.scheduler
-                .execute(request.into_inner())
-                .await
-                .map(follow),
-        )
+        let rx = self.scheduler.execute(request.into_inner()).await;
+        respond(rx.map(|rx| {
+            let first = crate::scheduler::cache_check_stage(&rx.borrow());
+            futures::stream::once(async move { Ok(first) })
+                .chain(follow(rx))
+                .boxed()
+        }))
     }
 
     async fn wait_execution(

@@ -15,7 +15,9 @@ use prost::Message;
 use remexec_core::apis::google::longrunning::{
     CancelOperationRequest, GetOperationRequest, Operation, operation,
 };
-use remexec_core::reapi::{ExecuteRequest, ExecuteResponse, ExecutionPolicy, WaitExecutionRequest};
+use remexec_core::reapi::{
+    ExecuteRequest, ExecuteResponse, ExecutionPolicy, WaitExecutionRequest, execution_stage,
+};
 use remexec_core::{ActionCache, Digest, DigestFunction, Error};
 use remexec_scheduler::platform::MatchRules;
 use remexec_scheduler::{
@@ -319,10 +321,12 @@ async fn wait_execution_get_and_cancel_over_grpc() {
     let mut exec = ExecutionClient::new(channel.clone());
     let mut ops = OperationsClient::new(channel);
 
-    // A client starts an action, reads one update, and goes away.
+    // A client starts an action, reads one update (the CACHE_CHECK stage), and goes away.
     let digest = store_action(s.cas.as_ref(), &["slow"], &[], false).await;
     let mut stream = exec.execute(request(digest)).await.unwrap().into_inner();
-    let name = stream.next().await.unwrap().unwrap().name;
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(stage(&first), execution_stage::Value::CacheCheck);
+    let name = first.name;
     drop(stream);
     // It reconnects with WaitExecution and gets the rest.
     let mut resumed = exec
@@ -337,6 +341,44 @@ async fn wait_execution_get_and_cancel_over_grpc() {
     }
     let last = last.unwrap();
     assert!(last.done && last.name == name);
+    assert_eq!(stage(&last), execution_stage::Value::Completed);
+
+    // A fresh Execute streams the stages in order: CACHE_CHECK, QUEUED, EXECUTING, COMPLETED
+    // (intermediate ones may be coalesced, never reordered).
+    let digest = store_action(s.cas.as_ref(), &["stages"], &[], false).await;
+    let stages: Vec<i32> = exec
+        .execute(request(digest))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|op| stage(&op.unwrap()) as i32)
+        .collect()
+        .await;
+    assert_eq!(
+        stages.first(),
+        Some(&(execution_stage::Value::CacheCheck as i32))
+    );
+    assert_eq!(
+        stages.last(),
+        Some(&(execution_stage::Value::Completed as i32))
+    );
+    assert!(stages.windows(2).all(|w| w[0] <= w[1]), "{stages:?}");
+    // A cache hit: CACHE_CHECK, then COMPLETED with cached_result.
+    let hit: Vec<Operation> = exec
+        .execute(request(digest))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|op| op.unwrap())
+        .collect()
+        .await;
+    assert_eq!(
+        hit.iter().map(stage).collect::<Vec<_>>(),
+        vec![
+            execution_stage::Value::CacheCheck,
+            execution_stage::Value::Completed
+        ]
+    );
     assert!(
         ops.get_operation(GetOperationRequest { name: name.clone() })
             .await
@@ -381,6 +423,14 @@ async fn wait_execution_get_and_cancel_over_grpc() {
     };
     let response = ExecuteResponse::decode(&any.value[..]).unwrap();
     assert_eq!(response.status.unwrap().code, tonic::Code::Cancelled as i32);
+}
+
+fn stage(op: &Operation) -> execution_stage::Value {
+    let meta = remexec_core::reapi::ExecuteOperationMetadata::decode(
+        &op.metadata.as_ref().unwrap().value[..],
+    )
+    .unwrap();
+    execution_stage::Value::try_from(meta.stage).unwrap()
 }
 
 #[test]
