@@ -639,6 +639,22 @@ async fn get_tree_pages_through_every_directory() {
             .concat(),
         seen
     );
+    // The same tree as one Tree message, and every file in it.
+    let tree = remexec_core::merkle::build_tree(server.store.as_ref(), "t", root)
+        .await
+        .unwrap();
+    assert_eq!(tree.root.as_ref(), seen.first());
+    assert_eq!(tree.children, seen[1..].to_vec());
+    let files = remexec_core::merkle::tree_file_digests(SHA256, &tree).unwrap();
+    assert_eq!(files.len(), 25);
+    assert!(
+        server
+            .store
+            .find_missing("t", &files)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Missing root.
     let missing = GetTreeRequest {
         instance_name: "t".into(),
