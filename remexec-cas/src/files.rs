@@ -5,7 +5,9 @@
 //! `{root}/tmp/` for uploads in progress, which is emptied at start.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::SystemTime;
 
 use futures::StreamExt;
@@ -23,10 +25,6 @@ pub(crate) struct FileTable {
     tmp: PathBuf,
     sync: bool,
     index: Mutex<LruIndex<Key, ()>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -62,7 +60,7 @@ impl FileTable {
                 table.remove_file(&key);
             }
             tracing::info!(root = %table.root.display(), entries = index.len(), bytes = index.bytes(), "disk index rebuilt");
-            *lock(&table.index) = index;
+            *table.index.lock() = index;
             Ok(Arc::new(table))
         })
         .await
@@ -87,23 +85,23 @@ impl FileTable {
     }
 
     pub(crate) fn budget(&self) -> u64 {
-        lock(&self.index).budget()
+        self.index.lock().budget()
     }
 
     /// Bytes and entries indexed now.
     pub(crate) fn usage(&self) -> (u64, usize) {
-        let index = lock(&self.index);
+        let index = self.index.lock();
         (index.bytes(), index.len())
     }
 
     /// Whether the key is present; marks it as recently used.
     pub(crate) fn touch(&self, key: &Key) -> bool {
-        lock(&self.index).touch(key)
+        self.index.lock().touch(key)
     }
 
     /// Runs `f` with the index locked, for batch lookups.
     pub(crate) fn with_index<T>(&self, f: impl FnOnce(&mut dyn FnMut(&Key) -> bool) -> T) -> T {
-        let mut index = lock(&self.index);
+        let mut index = self.index.lock();
         f(&mut |k| index.touch(k))
     }
 
@@ -183,7 +181,7 @@ impl FileTable {
             }
         }
         {
-            let mut index = lock(&self.index);
+            let mut index = self.index.lock();
             temp.persist(&path)
                 .map_err(|e| Error::io(format!("renaming into {}", path.display()), e.error))?;
             for (evicted, ()) in index.insert(key, len, ()) {
@@ -200,7 +198,7 @@ impl FileTable {
 
     /// Forgets and deletes a damaged entry.
     pub(crate) fn discard(&self, key: &Key) {
-        let mut index = lock(&self.index);
+        let mut index = self.index.lock();
         index.remove(key);
         self.remove_file(key);
     }
@@ -218,7 +216,7 @@ impl FileTable {
         let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                lock(&self.index).remove(key);
+                self.index.lock().remove(key);
                 return Ok(None);
             }
             Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
@@ -230,7 +228,7 @@ impl FileTable {
             .len();
         if !check(key, len) {
             tracing::error!(path = %path.display(), len, "stored file has the wrong length; dropping it");
-            lock(&self.index).remove(key);
+            self.index.lock().remove(key);
             self.remove_file(key);
             return Ok(None);
         }

@@ -2,8 +2,10 @@
 //! an [`ExecutorPool`], retries and caching of results.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
@@ -96,10 +98,6 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn any<M: Message>(type_name: &str, message: &M) -> Any {
@@ -249,7 +247,9 @@ impl Scheduler {
                 execution_stage::Value::Completed,
                 Some(response),
             );
-            lock(&self.inner.state)
+            self.inner
+                .state
+                .lock()
                 .answered
                 .insert(name.clone(), op.clone());
             self.inner.expire(name);
@@ -265,7 +265,10 @@ impl Scheduler {
                 ..Default::default()
             }));
         }
-        if let Some(op) = lock(&self.inner.state)
+        if let Some(op) = self
+            .inner
+            .state
+            .lock()
             .inflight
             .get(&(instance.clone(), digest))
         {
@@ -322,7 +325,7 @@ impl Scheduler {
             cancel: CancellationToken::new(),
         });
         {
-            let mut state = lock(&self.inner.state);
+            let mut state = self.inner.state.lock();
             if let Some(existing) = state.inflight.get(&op.key) {
                 return Ok(existing.tx.subscribe());
             }
@@ -336,7 +339,7 @@ impl Scheduler {
 
     /// Follows an existing operation; `NotFound` if it is unknown or has expired.
     pub fn subscribe(&self, name: &str) -> Result<watch::Receiver<Operation>> {
-        let state = lock(&self.inner.state);
+        let state = self.inner.state.lock();
         if let Some(op) = state.ops.get(name) {
             return Ok(op.tx.subscribe());
         }
@@ -350,7 +353,7 @@ impl Scheduler {
     /// Cancels an operation: a queued action is dropped, a running one is killed.
     pub fn cancel(&self, name: &str) -> Result<()> {
         let (op, was_queued) = {
-            let mut state = lock(&self.inner.state);
+            let mut state = self.inner.state.lock();
             let op = state.ops.get(name).cloned().ok_or_else(|| {
                 Error::NotFound(format!("operation {name:?} is unknown or has expired"))
             })?;
@@ -378,7 +381,7 @@ impl Scheduler {
 
     /// Number of operations queued and not yet dispatched.
     pub fn queued(&self) -> usize {
-        lock(&self.inner.state).queue.len()
+        self.inner.state.lock().queue.len()
     }
 }
 
@@ -403,7 +406,7 @@ impl Inner {
             Some(response),
         ));
         {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             if state
                 .inflight
                 .get(&op.key)
@@ -422,7 +425,7 @@ impl Inner {
         tokio::spawn(async move {
             tokio::time::sleep(retention).await;
             if let Some(inner) = weak.upgrade() {
-                let mut state = lock(&inner.state);
+                let mut state = inner.state.lock();
                 state.ops.remove(&name);
                 state.answered.remove(&name);
             }
@@ -437,7 +440,7 @@ impl Inner {
         let mut starts = Vec::new();
         let mut failures = Vec::new();
         {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let mut idle: Vec<&ExecutorInfo> = executors
                 .iter()
                 .filter(|e| !state.busy.contains(&e.id))
@@ -452,7 +455,7 @@ impl Inner {
                     taken.push(*key);
                     continue;
                 }
-                let mut since = lock(&op.unmatched_since);
+                let mut since = op.unmatched_since.lock();
                 if executors
                     .iter()
                     .any(|e| rules.matches(&op.requirements, &e.properties))
@@ -495,7 +498,7 @@ impl Inner {
         job.lease_id = uuid::Uuid::new_v4().to_string();
         tracing::debug!(operation = %op.name, executor = %executor.id, "dispatching");
         let outcome = self.pool.run(&executor.id, job, op.cancel.clone()).await;
-        lock(&self.state).busy.remove(&executor.id);
+        self.state.lock().busy.remove(&executor.id);
         self.wake.notify_one();
         let ok = || Some(status(tonic::Code::Ok, ""));
         let response = match outcome {
@@ -527,7 +530,7 @@ impl Inner {
                 if attempts <= self.config.max_retries && !op.cancel.is_cancelled() {
                     tracing::warn!(operation = %op.name, executor = %executor.id, %why, attempts, "executor lost; re-queueing");
                     self.set_stage(&op, execution_stage::Value::Queued);
-                    enqueue(&mut lock(&self.state), Arc::clone(&op));
+                    enqueue(&mut self.state.lock(), Arc::clone(&op));
                     self.wake.notify_one();
                     return;
                 }

@@ -2,7 +2,9 @@
 //! (`remexec.worker.v1.WorkerService/Attach`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -62,10 +64,6 @@ impl Default for WorkerPool {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl WorkerPool {
     /// An empty pool.
     pub fn new() -> Self {
@@ -82,7 +80,10 @@ impl WorkerPool {
     /// not held up by workers; their leases fail as `Unavailable`.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
-        let conns: Vec<String> = lock(&self.inner.state)
+        let conns: Vec<String> = self
+            .inner
+            .state
+            .lock()
             .connections
             .keys()
             .cloned()
@@ -99,7 +100,10 @@ impl WorkerPool {
 
     /// Names of the attached workers.
     pub fn workers(&self) -> Vec<String> {
-        let mut names: Vec<String> = lock(&self.inner.state)
+        let mut names: Vec<String> = self
+            .inner
+            .state
+            .lock()
             .connections
             .values()
             .map(|c| c.worker.clone())
@@ -115,7 +119,7 @@ impl WorkerPool {
     /// Forgets a connection: its executors go, and its leases fail as `Unavailable`.
     fn detach(&self, conn: &str, why: &str) {
         let failed: Vec<_> = {
-            let mut state = lock(&self.inner.state);
+            let mut state = self.inner.state.lock();
             let Some(connection) = state.connections.remove(conn) else {
                 return;
             };
@@ -139,7 +143,7 @@ impl WorkerPool {
     }
 
     fn finish_lease(&self, result: LeaseResult) {
-        let Some((_, tx)) = lock(&self.inner.state).pending.remove(&result.lease_id) else {
+        let Some((_, tx)) = self.inner.state.lock().pending.remove(&result.lease_id) else {
             tracing::debug!(lease = %result.lease_id, "result for an unknown lease");
             return;
         };
@@ -214,7 +218,7 @@ impl WorkerService for WorkerPool {
         let conn = uuid::Uuid::new_v4().to_string();
         let (outbox, rx) = mpsc::channel(256);
         let replaced: Vec<String> = {
-            let mut state = lock(&self.inner.state);
+            let mut state = self.inner.state.lock();
             let old = state
                 .connections
                 .iter()
@@ -257,7 +261,9 @@ impl WorkerService for WorkerPool {
 #[async_trait]
 impl ExecutorPool for WorkerPool {
     fn executors(&self) -> Vec<ExecutorInfo> {
-        lock(&self.inner.state)
+        self.inner
+            .state
+            .lock()
             .executors
             .iter()
             .map(|(e, _)| e.clone())
@@ -272,7 +278,7 @@ impl ExecutorPool for WorkerPool {
         let (tx, rx) = oneshot::channel();
         let lease_id = job.lease_id.clone();
         let outbox = {
-            let mut state = lock(&self.inner.state);
+            let mut state = self.inner.state.lock();
             let Some((info, conn)) = state
                 .executors
                 .iter()
@@ -291,7 +297,7 @@ impl ExecutorPool for WorkerPool {
             outbox.map(|o| (o, local_id))
         };
         let Some((outbox, executor_id)) = outbox else {
-            lock(&self.inner.state).pending.remove(&lease_id);
+            self.inner.state.lock().pending.remove(&lease_id);
             return Err(Error::Unavailable(format!("executor {executor} is gone")));
         };
         let lease = Lease {
@@ -313,7 +319,7 @@ impl ExecutorPool for WorkerPool {
             .await
             .is_err()
         {
-            lock(&self.inner.state).pending.remove(&lease_id);
+            self.inner.state.lock().pending.remove(&lease_id);
             return Err(Error::Unavailable(format!(
                 "executor {executor}'s worker is gone"
             )));
@@ -327,7 +333,7 @@ impl ExecutorPool for WorkerPool {
         match tokio::time::timeout(CANCEL_GRACE, rx).await {
             Ok(Ok(outcome)) => outcome,
             _ => {
-                lock(&self.inner.state).pending.remove(&lease_id);
+                self.inner.state.lock().pending.remove(&lease_id);
                 Ok(JobOutcome::Cancelled)
             }
         }

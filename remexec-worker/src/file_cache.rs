@@ -2,7 +2,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use futures::StreamExt;
 use lru::LruCache;
@@ -23,10 +25,6 @@ pub struct FileCache {
     dir: PathBuf,
     budget: u64,
     index: Mutex<Index>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl FileCache {
@@ -66,14 +64,14 @@ impl FileCache {
     ) -> Result<()> {
         for _ in 0..3 {
             let cached = self.path(&digest, executable);
-            if lock(&self.index).0.get(&(digest, executable)).is_none() {
+            if self.index.lock().0.get(&(digest, executable)).is_none() {
                 self.fetch(cas, instance, digest, executable).await?;
             }
             match std::fs::hard_link(&cached, dest) {
                 Ok(()) => return Ok(()),
                 // Evicted between the lookup and the link: fetch again.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    lock(&self.index).0.pop(&(digest, executable));
+                    self.index.lock().0.pop(&(digest, executable));
                 }
                 Err(_) => {
                     // Another file system or too many links: copy instead.
@@ -131,7 +129,7 @@ impl FileCache {
         temp.persist(self.path(&digest, executable))
             .map_err(|e| Error::io("renaming a cache file", e.error))?;
         let evicted = {
-            let mut index = lock(&self.index);
+            let mut index = self.index.lock();
             let (entries, bytes) = &mut *index;
             if entries.put((digest, executable), digest.size()).is_none() {
                 *bytes += digest.size();

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use remexec_core::apis::google::protobuf::Timestamp;
@@ -88,10 +90,7 @@ struct BusyGuard(Arc<Mutex<std::collections::HashSet<String>>>, String);
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.1);
+        self.0.lock().remove(&self.1);
     }
 }
 
@@ -228,25 +227,17 @@ impl Worker {
                         let cancel = session.child_token();
                         running
                             .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .insert(lease.lease_id.clone(), cancel.clone());
                         let (this, tx, running) = (self.clone(), tx.clone(), Arc::clone(&running));
                         tokio::spawn(async move {
                             let id = lease.lease_id.clone();
                             let result = this.execute(lease, cancel).await;
-                            running
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .remove(&id);
+                            running.lock().remove(&id);
                             let _ = tx.send(send(ToScheduler::Result(result))).await;
                         });
                     }
                     Some(FromScheduler::CancelLease(id)) => {
-                        if let Some(token) = running
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .get(&id)
-                        {
+                        if let Some(token) = running.lock().get(&id) {
                             token.cancel();
                         }
                     }
@@ -286,12 +277,7 @@ impl Worker {
                 self.config.name, lease.executor_id
             ));
         }
-        if !self
-            .busy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(lease.executor_id.clone())
-        {
+        if !self.busy.lock().insert(lease.executor_id.clone()) {
             return refuse(format!(
                 "executor {:?} of worker {} is busy",
                 lease.executor_id, self.config.name

@@ -1,6 +1,6 @@
 //! [`MemoryActionCache`]: action results in RAM, least recently used evicted beyond a budget.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use prost::Message;
@@ -25,19 +25,17 @@ impl MemoryActionCache {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[async_trait]
 impl ActionCache for MemoryActionCache {
     async fn get(&self, instance: &str, action: Digest) -> Result<Option<ActionResult>> {
-        Ok(lock(&self.index).get(&Key::new(instance, action)).cloned())
+        Ok(self.index.lock().get(&Key::new(instance, action)).cloned())
     }
 
     async fn put(&self, instance: &str, action: Digest, result: ActionResult) -> Result<()> {
         let cost = result.encoded_len() as u64 + 128;
-        lock(&self.index).insert(Key::new(instance, action), cost, result);
+        self.index
+            .lock()
+            .insert(Key::new(instance, action), cost, result);
         Ok(())
     }
 }

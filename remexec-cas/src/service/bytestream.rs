@@ -8,7 +8,9 @@
 //! holds completes at once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -48,10 +50,6 @@ pub struct ByteStreamService {
     services: CacheServices,
     parked: Arc<Mutex<HashMap<String, Upload>>>,
     generations: Arc<std::sync::atomic::AtomicU64>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ByteStreamService {
@@ -140,7 +138,7 @@ impl ByteStreamService {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         upload.generation = generation;
         {
-            let mut parked = lock(&self.parked);
+            let mut parked = self.parked.lock();
             if parked.len() >= MAX_PARKED {
                 tracing::warn!(resource = %name, "too many interrupted uploads; this one cannot be resumed");
                 return;
@@ -151,7 +149,7 @@ impl ByteStreamService {
         let window = self.services.limits.upload_resume_window;
         tokio::spawn(async move {
             tokio::time::sleep(window).await;
-            let mut map = lock(&parked);
+            let mut map = parked.lock();
             if map.get(&name).is_some_and(|u| u.generation == generation) {
                 map.remove(&name);
                 tracing::debug!(resource = %name, "interrupted upload expired");
@@ -184,7 +182,7 @@ impl ByteStreamService {
         {
             return Ok(complete());
         }
-        let parked = lock(&self.parked).remove(&name);
+        let parked = self.parked.lock().remove(&name);
         let mut upload = match parked {
             Some(upload) => upload,
             None if first.write_offset == 0 => self.start_upload(&resource),
@@ -262,7 +260,9 @@ impl ByteStreamService {
                 complete: true,
             });
         }
-        let committed = lock(&self.parked)
+        let committed = self
+            .parked
+            .lock()
             .get(&req.resource_name)
             .map_or(0, |u| u.committed);
         Ok(QueryWriteStatusResponse {

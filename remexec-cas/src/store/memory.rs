@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: blobs in RAM, least recently used evicted beyond a byte budget.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,18 +27,14 @@ impl MemoryStore {
 
     /// Bytes currently held.
     pub fn bytes(&self) -> u64 {
-        lock(&self.index).bytes()
+        self.index.lock().bytes()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[async_trait]
 impl BlobStore for MemoryStore {
     async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let mut index = lock(&self.index);
+        let mut index = self.index.lock();
         Ok(digests
             .iter()
             .filter(|d| !index.touch(&Key::new(instance, **d)))
@@ -47,14 +43,16 @@ impl BlobStore for MemoryStore {
     }
 
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
-        let budget = lock(&self.index).budget();
+        let budget = self.index.lock().budget();
         if digest.size() > budget {
             return Err(Error::ResourceExhausted(format!(
                 "blob {digest} is larger than the memory store's {budget}-byte budget"
             )));
         }
         let bytes = read_exact_len(data, digest).await?;
-        lock(&self.index).insert(Key::new(instance, digest), digest.size(), bytes);
+        self.index
+            .lock()
+            .insert(Key::new(instance, digest), digest.size(), bytes);
         Ok(())
     }
 
@@ -64,7 +62,7 @@ impl BlobStore for MemoryStore {
         digest: Digest,
         range: ReadRange,
     ) -> Result<Option<ChunkStream>> {
-        let Some(bytes) = lock(&self.index).get(&Key::new(instance, digest)).cloned() else {
+        let Some(bytes) = self.index.lock().get(&Key::new(instance, digest)).cloned() else {
             return Ok(None);
         };
         let (offset, len) = range.resolve(bytes.len() as u64)?;
