@@ -66,11 +66,7 @@ impl BlobStore for CountingStore {
         let Some(bytes) = blobs.get(&(instance.to_string(), digest)).cloned() else {
             return Ok(None);
         };
-        let (offset, len) = range.resolve(bytes.len() as u64)?;
-        let slice = bytes.slice(offset as usize..(offset + len) as usize);
-        Ok(Some(
-            futures::stream::once(async move { Ok(slice) }).boxed(),
-        ))
+        Ok(Some(range.stream_of(&bytes)?))
     }
 }
 

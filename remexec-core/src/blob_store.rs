@@ -42,6 +42,13 @@ impl ReadRange {
             self.limit.map_or(available, |l| l.min(available)),
         ))
     }
+
+    /// The part of an in-memory blob this range selects, as a one-chunk stream.
+    pub fn stream_of(self, blob: &Bytes) -> Result<ChunkStream> {
+        let (offset, len) = self.resolve(blob.len() as u64)?;
+        let slice = blob.slice(offset as usize..(offset + len) as usize);
+        Ok(futures::stream::once(async { Ok(slice) }).boxed())
+    }
 }
 
 /// A store of blobs addressed by `(instance name, digest)`.

@@ -4,7 +4,6 @@ use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use remexec_core::{BlobStore, ChunkStream, Digest, Error, ReadRange, Result};
 
 use super::read_exact_len;
@@ -65,9 +64,7 @@ impl BlobStore for MemoryStore {
         let Some(bytes) = self.index.lock().get(&Key::new(instance, digest)).cloned() else {
             return Ok(None);
         };
-        let (offset, len) = range.resolve(bytes.len() as u64)?;
-        let slice = bytes.slice(offset as usize..(offset + len) as usize);
-        Ok(Some(futures::stream::once(async { Ok(slice) }).boxed()))
+        Ok(Some(range.stream_of(&bytes)?))
     }
 }
 

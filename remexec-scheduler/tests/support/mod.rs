@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use prost::Message;
 use remexec_core::reapi::{Action, ActionResult, Command, Directory, FileNode, Platform, platform};
 use remexec_core::{
@@ -57,11 +56,7 @@ impl BlobStore for MapStore {
         else {
             return Ok(None);
         };
-        let (offset, len) = range.resolve(bytes.len() as u64)?;
-        let slice = bytes.slice(offset as usize..(offset + len) as usize);
-        Ok(Some(
-            futures::stream::once(async move { Ok(slice) }).boxed(),
-        ))
+        Ok(Some(range.stream_of(&bytes)?))
     }
 }
 
