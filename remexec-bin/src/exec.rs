@@ -1,5 +1,6 @@
 //! `remexec exec`: run one command remotely, as a handy client for users and tests.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -262,7 +263,7 @@ fn materialize<'a>(
     instance: &'a str,
     f: DigestFunction,
     dir: &'a Directory,
-    tree: &'a Tree,
+    children: &'a HashMap<Digest, Directory>,
     path: PathBuf,
 ) -> futures::future::BoxFuture<'a, Result<()>> {
     Box::pin(async move {
@@ -284,12 +285,10 @@ fn materialize<'a>(
         }
         for sub in &dir.directories {
             let digest = Digest::from_field(f, sub.digest.as_ref(), "directory")?;
-            let child = tree
-                .children
-                .iter()
-                .find(|c| encode_message(f, *c).0 == digest)
+            let child = children
+                .get(&digest)
                 .ok_or_else(|| Error::invalid(format!("tree lacks directory {digest}")))?;
-            materialize(store, instance, f, child, tree, path.join(&sub.name)).await?;
+            materialize(store, instance, f, child, children, path.join(&sub.name)).await?;
         }
         Ok(())
     })
@@ -321,8 +320,13 @@ async fn download(
             .ok_or_else(|| Error::NotFound(format!("tree {digest} is not in the CAS")))?;
         let tree =
             Tree::decode(bytes).map_err(|e| Error::invalid(format!("tree {digest}: {e}")))?;
-        let root = tree.root.clone().unwrap_or_default();
-        materialize(store, instance, f, &root, &tree, out.join(&dir.path)).await?;
+        let root = tree.root.unwrap_or_default();
+        let children: HashMap<Digest, Directory> = tree
+            .children
+            .into_iter()
+            .map(|c| (encode_message(f, &c).0, c))
+            .collect();
+        materialize(store, instance, f, &root, &children, out.join(&dir.path)).await?;
     }
     for link in result
         .output_symlinks

@@ -17,7 +17,6 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use remexec_core::{
     BlobStoreExt, Compressor, Error, ReadRange, ReadResource, Result, WriteResource,
-    validate_instance_name,
 };
 use remexec_proto::bytestream::byte_stream_server::ByteStream;
 use remexec_proto::bytestream::{
@@ -168,7 +167,6 @@ impl ByteStreamService {
         };
         let name = first.resource_name.clone();
         let resource = WriteResource::parse(&name)?;
-        validate_instance_name(&resource.instance)?;
         let digest = resource.blob.digest;
         let compressed = resource.blob.compressor != Compressor::Identity;
         let complete = || WriteResponse {
