@@ -90,26 +90,36 @@ async fn every_workload_runs_and_counts_right() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_counted_as_errors() {
-    // A cache-only server (no workers attached) cannot run actions: every Execute fails fast
-    // once the scheduler's grace for workers is over, so use mixed's cache part instead and
-    // an execute run against a server without the Execution service... here, a dead target.
     let bad = args(WorkloadKind::AcGet, "grpc://127.0.0.1:1", 5);
     assert!(
         run(&bad, false).await.is_err(),
         "connecting to a dead target fails"
     );
-    let (url, _dir) = server(Role::Scheduler).await;
-    let mut a = args(WorkloadKind::CasRead, &url, 6);
-    a.blobs = 2;
-    a.size = ByteSize::kib(4);
-    let report = run(&a, false).await.unwrap();
-    assert_eq!((report.ops, report.errors), (6, 0));
-    // Reads with a wrong instance (a separate namespace) miss: every op is an error.
-    let mut wrong = a.clone();
-    wrong.instance = "other".into();
-    let report = run(&wrong, false).await.unwrap();
-    assert_eq!(
-        report.errors, 0,
-        "setup uploads into the same instance it reads"
+    // A cache-only server has no Execution service: the setup uploads work, every Execute fails.
+    let store = std::sync::Arc::new(remexec_cas::MemoryStore::new(64 << 20));
+    let ac = std::sync::Arc::new(remexec_cas::MemoryActionCache::new(1 << 20));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("grpc://{}", listener.local_addr().unwrap());
+    let routes = remexec_cas::CacheServices::new(store, ac).into_routes();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
+    let report = run(&args(WorkloadKind::Execute, &url, 7), false)
+        .await
+        .unwrap();
+    assert_eq!((report.ops, report.errors), (0, 7));
+    assert!(
+        report
+            .first_error
+            .unwrap()
+            .to_lowercase()
+            .contains("unimplemented")
+    );
+    // While the cache workloads against the same server succeed.
+    let report = run(&args(WorkloadKind::AcGet, &url, 7), false)
+        .await
+        .unwrap();
+    assert_eq!((report.ops, report.errors), (7, 0));
 }

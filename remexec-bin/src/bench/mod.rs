@@ -195,7 +195,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Report> {
                     }
                     Err(e) => {
                         errors += 1;
-                        first_error.get_or_insert_with(|| e.to_string());
+                        first_error.get_or_insert_with(|| format!("{:?}: {e}", e.code()));
                     }
                 }
                 done.fetch_add(1, Ordering::Relaxed);
