@@ -19,6 +19,9 @@ pub enum Error {
     /// A named thing (blob, operation, instance) does not exist where one was required.
     #[error("{0}")]
     NotFound(String),
+    /// Something that must be unique (a live worker's name) is taken.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// A read offset or similar position lies past the end.
     #[error("{0}")]
     OutOfRange(String),
@@ -74,6 +77,7 @@ impl Error {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::OutOfRange(_) => Code::OutOfRange,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
@@ -111,6 +115,7 @@ impl From<tonic::Status> for Error {
         match status.code() {
             Code::InvalidArgument => Self::InvalidArgument(message),
             Code::NotFound => Self::NotFound(message),
+            Code::AlreadyExists => Self::AlreadyExists(message),
             Code::OutOfRange => Self::OutOfRange(message),
             Code::FailedPrecondition => Self::FailedPrecondition(message),
             Code::ResourceExhausted => Self::ResourceExhausted(message),

@@ -5,6 +5,7 @@
 //! - [`Digest`] and [`DigestFunction`] (SHA-256 and BLAKE3) with streaming hashers;
 //! - ByteStream resource names ([`ReadResource`], [`WriteResource`]) and instance names;
 //! - Merkle helpers for `Directory` and `Tree` messages ([`merkle`]);
+//! - file-system helpers that never follow a symlink or block on a FIFO ([`fs`]);
 //! - the [`BlobStore`] and [`ActionCache`] traits that storage backends implement;
 //! - the [`enum@Error`] enum, whose [`Error::code`] is the one place gRPC codes are chosen;
 //! - with the `testing` feature, conformance suites that every backend runs.
@@ -27,6 +28,7 @@ mod action_cache;
 mod blob_store;
 mod digest;
 mod error;
+pub mod fs;
 pub mod merkle;
 mod resource;
 #[cfg(feature = "testing")]

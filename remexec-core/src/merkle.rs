@@ -1,6 +1,7 @@
 //! Merkle-tree helpers for REAPI `Directory` and `Tree` messages.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::{Directory, Tree};
 use bytes::Bytes;
@@ -11,10 +12,19 @@ use crate::{BlobStore, BlobStoreExt, Digest, DigestFunction, Error, Result};
 /// Largest `Directory` message remexec will decode.
 pub const MAX_DIRECTORY_SIZE: u64 = 16 * 1024 * 1024;
 
+/// Longest file, directory or symlink name, in bytes (the usual file-system limit).
+pub const MAX_NAME_LEN: usize = 255;
+
 /// Checks that `name` is a valid single path component.
 pub fn validate_name(name: &str) -> Result<()> {
     let problem = if name.is_empty() {
         "is empty"
+    } else if name.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(format!(
+            "name {:?}... is {} bytes long; the limit is {MAX_NAME_LEN}",
+            name.chars().take(32).collect::<String>(),
+            name.len()
+        )));
     } else if name == "." || name == ".." {
         "is . or .."
     } else if name.contains('/') {
@@ -129,73 +139,251 @@ pub async fn fetch_directory(
     Ok(Some(dir))
 }
 
-/// One step of a breadth-first walk of an input root.
-#[derive(Debug, Clone)]
-pub struct WalkEntry {
-    /// Path from the root, `/`-separated; empty for the root.
-    pub path: String,
-    /// The directory's digest.
-    pub digest: Digest,
-    /// The validated directory.
-    pub directory: Directory,
-}
+/// Longest symlink target accepted in a result, in bytes (Linux's `PATH_MAX` less the NUL).
+pub const MAX_SYMLINK_TARGET_LEN: usize = 4095;
 
-/// Walks the tree rooted at `root` breadth first, in name order, visiting each distinct
-/// directory digest once.
+/// Checks an output symlink against remexec's one symlink policy, used for worker results,
+/// `UpdateActionResult` and downloads alike.
 ///
-/// Skips the first `skip` directories and stops after `limit` more, which is what paging needs.
-/// Returns the entries and whether more remain. A missing directory is `NotFound` naming it.
-pub async fn walk_tree(
-    store: &dyn BlobStore,
-    instance: &str,
-    root: Digest,
-    skip: usize,
-    limit: usize,
-) -> Result<(Vec<WalkEntry>, bool)> {
-    let mut queue = VecDeque::from([(String::new(), root)]);
-    let mut seen = HashSet::from([root]);
-    let mut visited = 0usize;
-    let mut out = Vec::new();
-    while let Some((path, digest)) = queue.pop_front() {
-        if out.len() == limit {
-            return Ok((out, true));
-        }
-        let directory = fetch_directory(store, instance, digest)
-            .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!("directory {digest} at {path:?} is not in the CAS"))
-            })?;
-        for child in &directory.directories {
-            let child_digest =
-                Digest::from_field(digest.function(), child.digest.as_ref(), "directory")?;
-            if seen.insert(child_digest) {
-                let child_path = if path.is_empty() {
-                    child.name.clone()
-                } else {
-                    format!("{path}/{}", child.name)
-                };
-                queue.push_back((child_path, child_digest));
+/// `path` is where the symlink lives, relative to the root its outputs are relative to (the
+/// action's working directory). The target must be non-empty, at most
+/// [`MAX_SYMLINK_TARGET_LEN`] bytes and free of NUL. Absolute targets are allowed (the server
+/// advertises `symlink_absolute_path_strategy: ALLOWED`). A relative target, resolved lexically
+/// from the symlink's own directory, must not climb above the root. Nothing in remexec writes
+/// through a symlink, whatever its target.
+pub fn validate_symlink_target(path: &str, target: &str) -> Result<()> {
+    let problem = if target.is_empty() {
+        "is empty"
+    } else if target.len() > MAX_SYMLINK_TARGET_LEN {
+        "is too long"
+    } else if target.contains('\0') {
+        "contains NUL"
+    } else if target.starts_with('/') {
+        return Ok(());
+    } else {
+        let mut depth = path.split('/').filter(|s| !s.is_empty()).count() as i64 - 1;
+        let mut escapes = false;
+        for segment in target.split('/') {
+            match segment {
+                "" | "." => {}
+                ".." => depth -= 1,
+                _ => depth += 1,
             }
+            escapes |= depth < 0;
         }
-        if visited >= skip {
-            out.push(WalkEntry {
-                path,
-                digest,
-                directory,
-            });
+        if !escapes {
+            return Ok(());
         }
-        visited += 1;
-    }
-    Ok((out, false))
+        "climbs above the root"
+    };
+    Err(Error::invalid(format!(
+        "symlink {path:?}: target {:?} {problem}",
+        target.chars().take(64).collect::<String>()
+    )))
 }
 
-/// Builds a `Tree` for the directory at `root`, fetching every descendant.
+/// Limits on an input tree as it would be laid out on disk, where a directory that appears at
+/// several paths counts at each of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeLimits {
+    /// Most files, symlinks and directories over all paths.
+    pub max_entries: u64,
+    /// Deepest nesting of directories below the root.
+    pub max_depth: u64,
+}
+
+impl Default for TreeLimits {
+    fn default() -> Self {
+        Self {
+            max_entries: 4_000_000,
+            max_depth: 512,
+        }
+    }
+}
+
+/// Directories fetched concurrently by [`fetch_tree`].
+const PARALLEL_DIRECTORIES: usize = 32;
+
+/// Every distinct directory of a tree, each fetched and validated once.
+///
+/// Memory is proportional to the distinct directories, however many paths they appear at:
+/// [`InputTree::check_limits`] measures the tree as laid out, without expanding it.
+#[derive(Clone, Debug)]
+pub struct InputTree {
+    /// The root directory's digest.
+    pub root: Digest,
+    /// Every distinct directory, by digest, the root included.
+    pub directories: HashMap<Digest, Directory>,
+}
+
+impl InputTree {
+    /// The directory with this digest; `Internal` if the tree does not hold it (it always does
+    /// for digests found inside the tree).
+    pub fn directory(&self, digest: &Digest) -> Result<&Directory> {
+        self.directories
+            .get(digest)
+            .ok_or_else(|| Error::Internal(format!("directory {digest} is not in the tree")))
+    }
+
+    /// Counts the entries and depth of the tree as laid out on disk, where a directory counts
+    /// at every path it appears at, and fails with `InvalidArgument` beyond `limits`. Returns
+    /// the entry count. Work is proportional to the distinct directories.
+    pub fn check_limits(&self, limits: TreeLimits) -> Result<u64> {
+        let f = self.root.function();
+        // (entries below, depth below) per directory, computed children first.
+        let mut sizes: HashMap<Digest, (u64, u64)> = HashMap::with_capacity(self.directories.len());
+        let mut stack = vec![(self.root, false)];
+        while let Some((digest, children_done)) = stack.pop() {
+            if sizes.contains_key(&digest) {
+                continue;
+            }
+            let dir = self.directory(&digest)?;
+            let children = dir
+                .directories
+                .iter()
+                .map(|c| Digest::from_field(f, c.digest.as_ref(), "directory"));
+            if !children_done {
+                stack.push((digest, true));
+                for child in children {
+                    let child = child?;
+                    if !sizes.contains_key(&child) {
+                        stack.push((child, false));
+                    }
+                }
+                continue;
+            }
+            let mut entries = (dir.files.len() + dir.symlinks.len()) as u64;
+            let mut depth = 0;
+            for child in children {
+                let (child_entries, child_depth) = sizes[&child?];
+                entries = entries.saturating_add(1).saturating_add(child_entries);
+                depth = depth.max(child_depth + 1);
+            }
+            sizes.insert(digest, (entries, depth));
+        }
+        let (entries, depth) = sizes[&self.root];
+        if entries > limits.max_entries {
+            return Err(Error::invalid(format!(
+                "input tree {} has {entries} entries laid out; the limit is {}",
+                self.root, limits.max_entries
+            )));
+        }
+        if depth > limits.max_depth {
+            return Err(Error::invalid(format!(
+                "input tree {} is {depth} directories deep; the limit is {}",
+                self.root, limits.max_depth
+            )));
+        }
+        Ok(entries)
+    }
+}
+
+/// Fetches every distinct directory of the tree rooted at `root`, level by level and several
+/// at a time. A missing directory is `NotFound` naming it.
+pub async fn fetch_tree(store: &dyn BlobStore, instance: &str, root: Digest) -> Result<InputTree> {
+    use futures::{StreamExt, TryStreamExt};
+    let f = root.function();
+    let mut directories = HashMap::new();
+    let mut level = vec![root];
+    let mut seen = HashSet::from([root]);
+    while !level.is_empty() {
+        let fetched: Vec<(Digest, Directory)> = futures::stream::iter(level)
+            .map(|digest| async move {
+                let dir = fetch_directory(store, instance, digest)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("directory {digest} is not in the CAS")))?;
+                Ok::<_, Error>((digest, dir))
+            })
+            .buffer_unordered(PARALLEL_DIRECTORIES)
+            .try_collect()
+            .await?;
+        level = Vec::new();
+        for (digest, dir) in fetched {
+            for child in &dir.directories {
+                let child = Digest::from_field(f, child.digest.as_ref(), "directory")?;
+                if seen.insert(child) {
+                    level.push(child);
+                }
+            }
+            directories.insert(digest, dir);
+        }
+    }
+    Ok(InputTree { root, directories })
+}
+
+/// Walks a tree breadth first, yielding each distinct directory once, a page at a time.
+///
+/// One walk serves every page: it holds the digests seen and still to visit, never paths, so
+/// memory is proportional to the distinct directories plus one page.
+#[derive(Debug)]
+pub struct TreeWalker {
+    store: Arc<dyn BlobStore>,
+    instance: String,
+    queue: VecDeque<Digest>,
+    seen: HashSet<Digest>,
+    visited: usize,
+}
+
+impl TreeWalker {
+    /// A walk of the tree rooted at `root`.
+    pub fn new(store: Arc<dyn BlobStore>, instance: impl Into<String>, root: Digest) -> Self {
+        Self {
+            store,
+            instance: instance.into(),
+            queue: VecDeque::from([root]),
+            seen: HashSet::from([root]),
+            visited: 0,
+        }
+    }
+
+    /// Directories yielded so far.
+    pub fn visited(&self) -> usize {
+        self.visited
+    }
+
+    /// Whether every directory has been yielded.
+    pub fn is_done(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The next directories, at most `max_count` of them and, beyond the first, at most
+    /// `max_bytes` encoded. Empty once the walk is done. A missing directory is `NotFound`.
+    pub async fn next_page(&mut self, max_count: usize, max_bytes: usize) -> Result<Vec<Directory>> {
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        while page.len() < max_count.max(1) {
+            let Some(&digest) = self.queue.front() else {
+                break;
+            };
+            let dir = fetch_directory(self.store.as_ref(), &self.instance, digest)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("directory {digest} is not in the CAS")))?;
+            let len = dir.encoded_len();
+            if !page.is_empty() && bytes + len > max_bytes {
+                break;
+            }
+            self.queue.pop_front();
+            for child in &dir.directories {
+                let child = Digest::from_field(digest.function(), child.digest.as_ref(), "directory")?;
+                if self.seen.insert(child) {
+                    self.queue.push_back(child);
+                }
+            }
+            bytes += len;
+            self.visited += 1;
+            page.push(dir);
+        }
+        Ok(page)
+    }
+}
+
+/// Builds a `Tree` for the directory at `root`, fetching every distinct descendant.
 pub async fn build_tree(store: &dyn BlobStore, instance: &str, root: Digest) -> Result<Tree> {
-    let (mut entries, _) = walk_tree(store, instance, root, 0, usize::MAX).await?;
-    let root_dir = entries.remove(0).directory;
+    let mut tree = fetch_tree(store, instance, root).await?;
+    let root_dir = tree.directories.remove(&root).unwrap_or_default();
     Ok(Tree {
         root: Some(root_dir),
-        children: entries.into_iter().map(|e| e.directory).collect(),
+        children: tree.directories.into_values().collect(),
     })
 }
 
