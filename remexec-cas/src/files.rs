@@ -113,51 +113,46 @@ impl FileTable {
         data: ChunkStream,
         expected_len: Option<u64>,
     ) -> Result<()> {
-        // One blocking thread pulls the chunks (running whatever the stream does, such as
-        // hashing), writes them with plain blocking I/O and commits, while the runtime threads
-        // keep receiving the next chunks: hashing and disk writes overlap with the network.
-        let table = Arc::clone(self);
-        let runtime = tokio::runtime::Handle::current();
-        blocking(move || table.write_blocking(&runtime, key, data, expected_len)).await
-    }
-
-    fn write_blocking(
-        &self,
-        runtime: &tokio::runtime::Handle,
-        key: Key,
-        mut data: ChunkStream,
-        expected_len: Option<u64>,
-    ) -> Result<()> {
-        use std::io::Write;
-        let mut temp = tempfile::Builder::new()
-            .prefix("up-")
-            .tempfile_in(&self.tmp)
-            .map_err(|e| {
-                Error::io(
-                    format!("creating a temporary file in {}", self.tmp.display()),
-                    e,
-                )
-            })?;
+        // The runtime waits for each burst of chunks, so no blocking thread ever waits on the
+        // network (a stalled upload holds a task and a file, not a thread). A blocking thread
+        // then writes the chunk and drains every chunk already available (running whatever the
+        // stream does, such as hashing), so disk writes overlap with receiving the next burst.
+        let tmp = self.tmp.clone();
+        let mut temp = blocking(move || {
+            tempfile::Builder::new()
+                .prefix("up-")
+                .tempfile_in(&tmp)
+                .map_err(|e| Error::io(format!("creating a temporary file in {}", tmp.display()), e))
+        })
+        .await?;
         let mut written = 0u64;
         let digest = key.digest;
-        while let Some(chunk) = runtime.block_on(data.next()) {
-            let chunk = chunk?;
-            written += chunk.len() as u64;
-            if expected_len.is_some_and(|n| written > n) {
-                return Err(crate::store::size_mismatch(digest, written, false));
-            }
-            temp.write_all(&chunk)
-                .map_err(|e| Error::io(format!("writing {}", temp.path().display()), e))?;
+        let mut data = Some(data);
+        while let Some(mut stream) = data.take() {
+            let Some(first) = stream.next().await else {
+                break;
+            };
+            let first = first?;
+            let (t, s, w) = blocking(move || {
+                let ended = write_burst(&mut temp, &mut stream, first, &mut written, expected_len, digest)?;
+                Ok((temp, (!ended).then_some(stream), written))
+            })
+            .await?;
+            (temp, data, written) = (t, s, w);
         }
         if expected_len.is_some_and(|n| written != n) {
             return Err(crate::store::size_mismatch(digest, written, true));
         }
-        if self.sync {
-            temp.as_file()
-                .sync_all()
-                .map_err(|e| Error::io("syncing an upload", e))?;
-        }
-        self.commit(key, temp, written)
+        let table = Arc::clone(self);
+        blocking(move || {
+            if table.sync {
+                temp.as_file()
+                    .sync_all()
+                    .map_err(|e| Error::io("syncing an upload", e))?;
+            }
+            table.commit(key, temp, written)
+        })
+        .await
     }
 
     /// Renames the finished temp file into place and indexes it, evicting as needed. Done under
@@ -300,4 +295,37 @@ fn scan(root: &Path, check: Check, out: &mut Vec<(SystemTime, Key, u64)>) -> Res
         }
     }
     Ok(())
+}
+
+/// Writes `first`, then every chunk of `data` that is ready without waiting, up to a burst of
+/// 16 MiB. Returns whether the stream has ended. Runs on a blocking thread.
+fn write_burst(
+    temp: &mut tempfile::NamedTempFile,
+    data: &mut ChunkStream,
+    first: bytes::Bytes,
+    written: &mut u64,
+    expected_len: Option<u64>,
+    digest: Digest,
+) -> Result<bool> {
+    use futures::FutureExt;
+    use std::io::Write;
+    const BURST: u64 = 16 << 20;
+    let start = *written;
+    let mut chunk = first;
+    loop {
+        *written += chunk.len() as u64;
+        if expected_len.is_some_and(|n| *written > n) {
+            return Err(crate::store::size_mismatch(digest, *written, false));
+        }
+        temp.write_all(&chunk)
+            .map_err(|e| Error::io(format!("writing {}", temp.path().display()), e))?;
+        if *written - start >= BURST {
+            return Ok(false);
+        }
+        chunk = match data.next().now_or_never() {
+            Some(Some(chunk)) => chunk?,
+            Some(None) => return Ok(true),
+            None => return Ok(false),
+        };
+    }
 }

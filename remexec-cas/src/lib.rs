@@ -34,7 +34,7 @@ mod lru_index;
 pub mod service;
 pub mod store;
 
-pub use ac::completeness::CompletenessCheckingCache;
+pub use ac::completeness::{CheckBudget, CompletenessCheckingCache};
 pub use ac::disk::DiskActionCache;
 pub use ac::memory::MemoryActionCache;
 pub use ac::tiered::TieredActionCache;

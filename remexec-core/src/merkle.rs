@@ -182,6 +182,71 @@ pub fn validate_symlink_target(path: &str, target: &str) -> Result<()> {
     )))
 }
 
+/// Checks an `ActionResult` before it is stored or returned, the same way for worker results
+/// and `UpdateActionResult`: every output path relative and normalised
+/// ([`validate_output_path`]) and used once, every digest valid for `function`, inlined file
+/// contents matching their digests, and every output symlink within
+/// [`validate_symlink_target`]'s policy. The `Tree` blobs of output directories are not
+/// fetched here.
+#[allow(deprecated)] // output_file_symlinks and output_directory_symlinks are REAPI v2.0's
+pub fn validate_action_result(
+    function: DigestFunction,
+    result: &bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult,
+) -> Result<()> {
+    let mut paths = HashSet::new();
+    let mut claim = |path: &str| -> Result<()> {
+        validate_output_path(path)?;
+        if !paths.insert(path.to_string()) {
+            return Err(Error::invalid(format!("output path {path:?} is used twice")));
+        }
+        Ok(())
+    };
+    for file in &result.output_files {
+        claim(&file.path)?;
+        let digest = Digest::from_field(
+            function,
+            file.digest.as_ref(),
+            &format!("output file {:?} digest", file.path),
+        )?;
+        if !file.contents.is_empty() && function.digest_of(&file.contents) != digest {
+            return Err(Error::invalid(format!(
+                "inlined contents of output file {:?} do not match its digest",
+                file.path
+            )));
+        }
+    }
+    for dir in &result.output_directories {
+        claim(&dir.path)?;
+        Digest::from_field(
+            function,
+            dir.tree_digest.as_ref(),
+            &format!("output directory {:?} tree_digest", dir.path),
+        )?;
+    }
+    // output_symlinks repeats the v2.0 lists for older clients: a path may be in both.
+    let mut symlinks = HashSet::new();
+    for link in result
+        .output_symlinks
+        .iter()
+        .chain(&result.output_file_symlinks)
+        .chain(&result.output_directory_symlinks)
+    {
+        if symlinks.insert((link.path.as_str(), link.target.as_str())) {
+            claim(&link.path)?;
+            validate_symlink_target(&link.path, &link.target)?;
+        }
+    }
+    for (digest, name) in [
+        (&result.stdout_digest, "stdout_digest"),
+        (&result.stderr_digest, "stderr_digest"),
+    ] {
+        if let Some(d) = digest {
+            Digest::from_proto(function, d).map_err(|e| Error::invalid(format!("{name}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// Limits on an input tree as it would be laid out on disk, where a directory that appears at
 /// several paths counts at each of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,10 +445,23 @@ impl TreeWalker {
 /// Builds a `Tree` for the directory at `root`, fetching every distinct descendant.
 pub async fn build_tree(store: &dyn BlobStore, instance: &str, root: Digest) -> Result<Tree> {
     let mut tree = fetch_tree(store, instance, root).await?;
-    let root_dir = tree.directories.remove(&root).unwrap_or_default();
+    // Children in breadth-first order, each distinct directory once.
+    let mut order = vec![root];
+    let mut seen = HashSet::from([root]);
+    let mut next = 0;
+    while next < order.len() {
+        for child in &tree.directory(&order[next])?.directories {
+            let child = Digest::from_field(root.function(), child.digest.as_ref(), "directory")?;
+            if seen.insert(child) {
+                order.push(child);
+            }
+        }
+        next += 1;
+    }
+    let mut dirs = order.iter().filter_map(|d| tree.directories.remove(d));
     Ok(Tree {
-        root: Some(root_dir),
-        children: tree.directories.into_values().collect(),
+        root: dirs.next(),
+        children: dirs.collect(),
     })
 }
 

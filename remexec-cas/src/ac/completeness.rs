@@ -1,92 +1,137 @@
 //! [`CompletenessCheckingCache`]: hides results whose outputs are no longer in the CAS.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use prost::Message;
 use remexec_core::reapi::{ActionResult, Tree};
 use remexec_core::{ActionCache, BlobStore, BlobStoreExt, Digest, Result, merkle};
 
+use crate::key::Key;
+use crate::lru_index::LruIndex;
+
 /// Largest `Tree` blob the check will read.
 const MAX_TREE_SIZE: u64 = 64 * 1024 * 1024;
+
+/// How much one check may do before it gives up and reports a miss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckBudget {
+    /// Most bytes of `Tree` blobs read from the CAS for one entry.
+    pub tree_bytes: u64,
+    /// Most distinct blobs looked up for one entry.
+    pub blobs: usize,
+    /// Bytes of memory for the file lists of trees already read, shared by all checks.
+    pub tree_cache_bytes: u64,
+}
+
+impl Default for CheckBudget {
+    fn default() -> Self {
+        Self {
+            tree_bytes: 256 * 1024 * 1024,
+            blobs: 1_000_000,
+            tree_cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
 
 /// Reports an entry as a miss unless every blob it refers to is in the CAS: output files,
 /// every file inside output directory trees (and the tree blobs), stdout and stderr.
 ///
 /// Without this, a client would get a hit whose outputs it cannot download. Entries are checked
-/// on every `get`; `put` passes through unchanged.
+/// on every `get`: each distinct tree once, the file lists of trees already read come from a
+/// bounded cache, and a check that would read more than its [`CheckBudget`] reports a miss.
+/// `put` passes straight through.
 #[derive(Debug, Clone)]
 pub struct CompletenessCheckingCache {
     inner: Arc<dyn ActionCache>,
     cas: Arc<dyn BlobStore>,
+    budget: CheckBudget,
+    /// File digests of trees read before, by tree.
+    trees: Arc<Mutex<LruIndex<Key, Arc<[Digest]>>>>,
 }
 
+/// Why an entry is not complete (for the log), or `None` if it is.
+type Verdict = Option<String>;
+
 impl CompletenessCheckingCache {
-    /// Checks entries of `inner` against `cas`.
+    /// Checks entries of `inner` against `cas`, within the default [`CheckBudget`].
     pub fn new(inner: Arc<dyn ActionCache>, cas: Arc<dyn BlobStore>) -> Self {
-        Self { inner, cas }
+        Self::with_budget(inner, cas, CheckBudget::default())
+    }
+
+    /// Checks entries of `inner` against `cas` within `budget`.
+    pub fn with_budget(inner: Arc<dyn ActionCache>, cas: Arc<dyn BlobStore>, budget: CheckBudget) -> Self {
+        Self {
+            inner,
+            cas,
+            budget,
+            trees: Arc::new(Mutex::new(LruIndex::new(budget.tree_cache_bytes))),
+        }
+    }
+
+    /// The file digests inside the tree blob `digest`, from the cache or the CAS; `Ok(None)`
+    /// if it is missing or malformed. Adds what it reads to `read`.
+    async fn tree_files(&self, instance: &str, digest: Digest, read: &mut u64) -> Result<Option<Arc<[Digest]>>> {
+        let key = Key::new(instance, digest);
+        if let Some(files) = self.trees.lock().get(&key) {
+            return Ok(Some(Arc::clone(files)));
+        }
+        *read += digest.size();
+        if digest.size() > MAX_TREE_SIZE || *read > self.budget.tree_bytes {
+            return Ok(None);
+        }
+        let Some(bytes) = self.cas.get_bytes(instance, digest, MAX_TREE_SIZE).await? else {
+            return Ok(None);
+        };
+        let Ok(tree) = Tree::decode(bytes) else {
+            return Ok(None);
+        };
+        let Ok(files) = merkle::tree_file_digests(digest.function(), &tree) else {
+            return Ok(None);
+        };
+        let files: Arc<[Digest]> = files.into();
+        let cost = 64 + files.len() as u64 * std::mem::size_of::<Digest>() as u64;
+        self.trees.lock().insert(key, cost, Arc::clone(&files));
+        Ok(Some(files))
     }
 
     /// Whether every blob `result` refers to is present. Malformed entries count as incomplete.
-    async fn is_complete(
-        &self,
-        instance: &str,
-        action: Digest,
-        result: &ActionResult,
-    ) -> Result<bool> {
+    async fn check(&self, instance: &str, action: Digest, result: &ActionResult) -> Result<Verdict> {
         let f = action.function();
-        let mut needed = Vec::new();
-        let mut trees = Vec::new();
-        let parsed: Result<()> = (|| {
-            for file in &result.output_files {
-                needed.push(Digest::from_field(f, file.digest.as_ref(), "output file")?);
-            }
-            for dir in &result.output_directories {
-                trees.push(Digest::from_field(
-                    f,
-                    dir.tree_digest.as_ref(),
-                    "output directory",
-                )?);
-            }
-            for (digest, name) in [
-                (&result.stdout_digest, "stdout"),
-                (&result.stderr_digest, "stderr"),
-            ] {
-                if let Some(d) = digest {
-                    needed.push(
-                        Digest::from_proto(f, d)
-                            .map_err(|e| remexec_core::Error::invalid(format!("{name}: {e}")))?,
-                    );
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = parsed {
-            tracing::warn!(%action, error = %e, "action result is malformed; treating as a miss");
-            return Ok(false);
+        if let Err(e) = merkle::validate_action_result(f, result) {
+            return Ok(Some(format!("malformed: {e}")));
         }
-        for tree_digest in trees {
-            if tree_digest.size() > MAX_TREE_SIZE {
-                tracing::warn!(%action, tree = %tree_digest, "output tree too large to check; treating as a miss");
-                return Ok(false);
-            }
-            let Some(bytes) = self
-                .cas
-                .get_bytes(instance, tree_digest, MAX_TREE_SIZE)
-                .await?
-            else {
-                return Ok(false);
+        let field = |d: &Option<remexec_core::reapi::Digest>| d.as_ref().and_then(|d| Digest::from_proto(f, d).ok());
+        let mut needed: HashSet<Digest> = result
+            .output_files
+            .iter()
+            .filter_map(|file| field(&file.digest))
+            .chain(field(&result.stdout_digest))
+            .chain(field(&result.stderr_digest))
+            .collect();
+        let trees: HashSet<Digest> = result
+            .output_directories
+            .iter()
+            .filter_map(|dir| field(&dir.tree_digest))
+            .collect();
+        let mut read = 0;
+        for tree in trees {
+            let Some(files) = self.tree_files(instance, tree, &mut read).await? else {
+                return Ok(Some(format!("output tree {tree} is missing, malformed or over the budget")));
             };
-            let Ok(tree) = Tree::decode(bytes) else {
-                return Ok(false);
-            };
-            match merkle::tree_file_digests(f, &tree) {
-                Ok(files) => needed.extend(files),
-                Err(_) => return Ok(false),
+            // The tree blob itself must be downloadable too, even if its list came from the cache.
+            needed.insert(tree);
+            needed.extend(files.iter().copied());
+            if needed.len() > self.budget.blobs {
+                return Ok(Some(format!("refers to more than {} blobs", self.budget.blobs)));
             }
         }
         needed.retain(|d| !d.is_empty_blob());
-        Ok(self.cas.find_missing(instance, &needed).await?.is_empty())
+        let needed: Vec<Digest> = needed.into_iter().collect();
+        let missing = self.cas.find_missing(instance, &needed).await?;
+        Ok((!missing.is_empty()).then(|| format!("{} blobs are missing, such as {}", missing.len(), missing[0])))
     }
 }
 
@@ -96,11 +141,12 @@ impl ActionCache for CompletenessCheckingCache {
         let Some(result) = self.inner.get(instance, action).await? else {
             return Ok(None);
         };
-        if self.is_complete(instance, action, &result).await? {
-            Ok(Some(result))
-        } else {
-            tracing::debug!(%action, "action result refers to missing blobs; reporting a miss");
-            Ok(None)
+        match self.check(instance, action, &result).await? {
+            None => Ok(Some(result)),
+            Some(why) => {
+                tracing::debug!(%action, %why, "action result is incomplete; reporting a miss");
+                Ok(None)
+            }
         }
     }
 
@@ -169,6 +215,89 @@ mod tests {
         );
         cas.put_bytes("", inner_file, "inner".into()).await.unwrap();
         assert_eq!(cache.get("", action).await.unwrap(), Some(result));
+    }
+
+    #[tokio::test]
+    async fn trees_are_read_once_and_checks_are_bounded() {
+        let f = DigestFunction::Sha256;
+        let cas = Arc::new(crate::store::CountingStore::new());
+        let budget = CheckBudget {
+            blobs: 1000,
+            ..CheckBudget::default()
+        };
+        let cache = CompletenessCheckingCache::with_budget(
+            Arc::new(MemoryActionCache::new(64 << 20)),
+            cas.clone(),
+            budget,
+        );
+        let file = f.digest_of(b"inner");
+        cas.put_bytes("", file, "inner".into()).await.unwrap();
+        let tree = Tree {
+            root: Some(Directory {
+                files: vec![FileNode {
+                    name: "x".into(),
+                    digest: Some(file.to_proto()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            children: vec![],
+        };
+        let (tree_digest, tree_bytes) = encode_message(f, &tree);
+        cas.put_bytes("", tree_digest, tree_bytes).await.unwrap();
+        // 20,000 output directories naming the same tree.
+        let result = ActionResult {
+            output_directories: (0..20_000)
+                .map(|i| OutputDirectory {
+                    path: format!("d{i}"),
+                    tree_digest: Some(tree_digest.to_proto()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let action = f.digest_of(b"action");
+        cache.put("", action, result.clone()).await.unwrap();
+        assert!(cache.get("", action).await.unwrap().is_some());
+        assert_eq!(cas.take_gets(), 1, "the tree is read once");
+        assert!(cache.get("", action).await.unwrap().is_some());
+        assert_eq!(cas.take_gets(), 0, "its file list is cached");
+        // A tree listing more files than the budget allows is a miss, even with every file
+        // present.
+        for i in 0..2000 {
+            let data = format!("{i}");
+            cas.put_bytes("", f.digest_of(data.as_bytes()), data.into())
+                .await
+                .unwrap();
+        }
+        let big = Tree {
+            root: Some(Directory {
+                files: (0..2000)
+                    .map(|i| FileNode {
+                        name: format!("f{i:05}"),
+                        digest: Some(f.digest_of(format!("{i}").as_bytes()).to_proto()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            children: vec![],
+        };
+        let (big_digest, big_bytes) = encode_message(f, &big);
+        cas.put_bytes("", big_digest, big_bytes).await.unwrap();
+        let over = ActionResult {
+            output_directories: vec![OutputDirectory {
+                path: "big".into(),
+                tree_digest: Some(big_digest.to_proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        cache.put("", action, over.clone()).await.unwrap();
+        assert!(cache.get("", action).await.unwrap().is_none());
+        let roomy = CompletenessCheckingCache::new(Arc::new(MemoryActionCache::new(1 << 20)), cas);
+        roomy.put("", action, over).await.unwrap();
+        assert!(roomy.get("", action).await.unwrap().is_some(), "complete within a larger budget");
     }
 
     #[tokio::test]

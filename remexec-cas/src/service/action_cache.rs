@@ -96,37 +96,7 @@ impl ActionCacheService {
         let result = req
             .action_result
             .ok_or_else(|| Error::invalid("action_result is missing"))?;
-        for file in &result.output_files {
-            remexec_core::merkle::validate_output_path(&file.path)?;
-            let digest = Digest::from_field(
-                function,
-                file.digest.as_ref(),
-                &format!("output file {:?} digest", file.path),
-            )?;
-            if !file.contents.is_empty() && function.digest_of(&file.contents) != digest {
-                return Err(Error::invalid(format!(
-                    "inlined contents of output file {:?} do not match its digest",
-                    file.path
-                )));
-            }
-        }
-        for dir in &result.output_directories {
-            remexec_core::merkle::validate_output_path(&dir.path)?;
-            Digest::from_field(
-                function,
-                dir.tree_digest.as_ref(),
-                &format!("output directory {:?} tree_digest", dir.path),
-            )?;
-        }
-        for (digest, name) in [
-            (&result.stdout_digest, "stdout_digest"),
-            (&result.stderr_digest, "stderr_digest"),
-        ] {
-            if let Some(d) = digest {
-                Digest::from_proto(function, d)
-                    .map_err(|e| Error::invalid(format!("{name}: {e}")))?;
-            }
-        }
+        remexec_core::merkle::validate_action_result(function, &result)?;
         let instance = req.instance_name.as_str();
         self.services
             .ac

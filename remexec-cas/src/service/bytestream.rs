@@ -31,8 +31,6 @@ use super::{CacheServices, respond};
 
 /// Chunks buffered between the network and the store for one upload.
 const UPLOAD_QUEUE: usize = 8;
-/// Most interrupted uploads kept for resumption; beyond it, interrupted uploads are dropped.
-const MAX_PARKED: usize = 1024;
 
 /// An upload in progress whose client stream is not attached.
 #[derive(Debug)]
@@ -138,7 +136,7 @@ impl ByteStreamService {
         upload.generation = generation;
         {
             let mut parked = self.parked.lock();
-            if parked.len() >= MAX_PARKED {
+            if parked.len() >= self.services.limits.max_parked_uploads {
                 tracing::warn!(resource = %name, "too many interrupted uploads; this one cannot be resumed");
                 return;
             }
@@ -160,7 +158,10 @@ impl ByteStreamService {
         &self,
         mut stream: impl Stream<Item = Result<WriteRequest, Status>> + Unpin,
     ) -> Result<WriteResponse> {
-        let first = match stream.next().await {
+        let idle = self.services.limits.upload_idle_timeout;
+        let first = match tokio::time::timeout(idle, stream.next()).await.map_err(|_| {
+            Error::DeadlineExceeded(format!("no Write request for {idle:?}"))
+        })? {
             Some(Ok(first)) => first,
             Some(Err(status)) => return Err(status.into()),
             None => return Err(Error::invalid("Write stream had no requests")),
@@ -241,7 +242,13 @@ impl ByteStreamService {
                     complete()
                 });
             }
-            next = stream.next().await;
+            next = match tokio::time::timeout(idle, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => Some(Err(Error::DeadlineExceeded(format!(
+                    "no data for {idle:?}; the upload is parked for resumption"
+                ))
+                .into())),
+            };
         }
     }
 

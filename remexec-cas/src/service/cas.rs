@@ -3,8 +3,7 @@
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use prost::Message;
-use remexec_core::merkle::walk_tree;
+use remexec_core::merkle::TreeWalker;
 use remexec_core::{
     BlobStoreExt, Compressor, Digest, DigestFunction, Error, Result, ok_rpc_status,
 };
@@ -189,71 +188,58 @@ impl CasService {
                 ))
             })?
         };
-        let instance = req.instance_name;
-        // Fetch the first page eagerly so that a missing or invalid root fails the call itself.
-        let (first, more) = self.tree_page(&instance, root, offset, page_size).await?;
-        let stream = futures::stream::unfold(Some(Ok((first, more, offset))), move |state| {
-            let this = self.clone();
-            let instance = instance.clone();
-            async move {
-                let (response, more, offset) = match state? {
-                    Ok(page) => page,
-                    Err(status) => return Some((Err(status), None)),
-                };
-                let next = if more {
-                    let offset = offset + response.directories.len();
-                    match this.tree_page(&instance, root, offset, page_size).await {
-                        Ok((page, more)) => Some(Ok((page, more, offset))),
-                        Err(e) => Some(Err(Status::from(e))),
-                    }
-                } else {
-                    None
-                };
-                Some((Ok(response), next))
-            }
-        });
-        Ok(stream.boxed())
-    }
-
-    async fn tree_page(
-        &self,
-        instance: &str,
-        root: Digest,
-        offset: usize,
-        page_size: usize,
-    ) -> Result<(GetTreeResponse, bool)> {
-        let (entries, mut more) = walk_tree(
-            self.services.store.as_ref(),
-            instance,
+        // One walk serves every page of this stream. A page token from an earlier call is the
+        // number of directories already returned: resuming from it walks that far again.
+        let mut walker = TreeWalker::new(
+            std::sync::Arc::clone(&self.services.store),
+            req.instance_name,
             root,
-            offset,
-            page_size,
-        )
-        .await?;
-        let mut directories = Vec::with_capacity(entries.len());
-        let mut bytes = 0;
-        let count = entries.len();
-        for (i, entry) in entries.into_iter().enumerate() {
-            bytes += entry.directory.encoded_len();
-            directories.push(entry.directory);
-            if bytes > TREE_PAGE_BYTES && i + 1 < count {
-                more = true;
-                break;
+        );
+        while walker.visited() < offset {
+            let want = (offset - walker.visited()).min(max_page);
+            if walker.next_page(want, usize::MAX).await?.is_empty() {
+                return Err(Error::invalid(format!(
+                    "page_token {:?} lies past the end of the tree",
+                    req.page_token
+                )));
             }
         }
-        let next_page_token = if more {
-            (offset + directories.len()).to_string()
-        } else {
-            String::new()
-        };
-        Ok((
-            GetTreeResponse {
-                directories,
-                next_page_token,
+        // Fetch the first page eagerly so that a missing or invalid root fails the call itself.
+        let first = tree_page(&mut walker, page_size).await?;
+        let stream = futures::stream::unfold(
+            Some((Ok(first), walker)),
+            move |state| async move {
+                let (page, mut walker) = state?;
+                let page = match page {
+                    Ok(page) => page,
+                    Err(e) => return Some((Err(Status::from(e)), None)),
+                };
+                let next = if page.next_page_token.is_empty() {
+                    None
+                } else {
+                    let next = tree_page(&mut walker, page_size).await;
+                    Some((next, walker))
+                };
+                Some((Ok(page), next))
             },
-            more,
-        ))
+        );
+        Ok(stream.boxed())
     }
+}
+
+/// The next GetTree page from `walker`: at most `page_size` directories and, beyond the first,
+/// at most [`TREE_PAGE_BYTES`].
+async fn tree_page(walker: &mut TreeWalker, page_size: usize) -> Result<GetTreeResponse> {
+    let directories = walker.next_page(page_size, TREE_PAGE_BYTES).await?;
+    let next_page_token = if walker.is_done() {
+        String::new()
+    } else {
+        walker.visited().to_string()
+    };
+    Ok(GetTreeResponse {
+        directories,
+        next_page_token,
+    })
 }
 
 #[tonic::async_trait]
@@ -319,5 +305,90 @@ impl ContentAddressableStorage for CasService {
         _: Request<tonic::Streaming<RegisterChunkMappingRequest>>,
     ) -> Result<Response<RegisterChunkMappingResponse>, Status> {
         Err(Error::Unimplemented("RegisterChunkMapping is not supported".into()).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use remexec_core::BlobStore;
+    use remexec_core::merkle::encode_message;
+    use remexec_core::reapi::{Directory, DirectoryNode};
+
+    use super::*;
+    use crate::MemoryActionCache;
+    use crate::store::CountingStore;
+
+    async fn put_dir(store: &dyn BlobStore, dir: &Directory) -> Digest {
+        let (digest, bytes) = encode_message(DigestFunction::Sha256, dir);
+        store.put_bytes("", digest, bytes).await.unwrap();
+        digest
+    }
+
+    fn node(name: String, digest: Digest) -> DirectoryNode {
+        DirectoryNode { name, digest: Some(digest.to_proto()) }
+    }
+
+    async fn get_tree(service: &CasService, root: Digest, page_size: i32) -> Vec<GetTreeResponse> {
+        let stream = service
+            .clone()
+            .tree_pages(GetTreeRequest {
+                root_digest: Some(root.to_proto()),
+                page_size,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        stream.map(|page| page.unwrap()).collect().await
+    }
+
+    #[tokio::test]
+    async fn get_tree_walks_once_for_all_pages() {
+        let store = Arc::new(CountingStore::new());
+        // 2,000 distinct leaf directories under one root.
+        let mut leaves = Vec::new();
+        for i in 0..2000 {
+            let leaf = Directory {
+                directories: vec![],
+                files: vec![],
+                symlinks: vec![],
+                node_properties: Some(remexec_core::reapi::NodeProperties {
+                    properties: vec![remexec_core::reapi::NodeProperty { name: "i".into(), value: i.to_string() }],
+                    ..Default::default()
+                }),
+            };
+            leaves.push(node(format!("d{i:05}"), put_dir(store.as_ref(), &leaf).await));
+        }
+        let root = put_dir(store.as_ref(), &Directory { directories: leaves, ..Default::default() }).await;
+        let service = CasService::new(CacheServices::new(store.clone(), Arc::new(MemoryActionCache::new(1 << 20))));
+        store.take_gets();
+        let pages = get_tree(&service, root, 10).await;
+        assert_eq!(pages.len(), 201);
+        assert_eq!(pages.iter().map(|p| p.directories.len()).sum::<usize>(), 2001);
+        let fetches = store.take_gets();
+        // Walking again from the root for every page would fetch about 200,000 directories.
+        assert!(fetches <= 2001 + 201, "{fetches} fetches for 2,001 directories");
+    }
+
+    #[tokio::test]
+    async fn get_tree_of_a_tree_bomb_returns_each_directory_once() {
+        let store = Arc::new(CountingStore::new());
+        // 40 levels, each holding the next twice: 2^40 paths, 41 distinct directories.
+        let mut dir = put_dir(store.as_ref(), &Directory::default()).await;
+        for _ in 0..40 {
+            let parent = Directory {
+                directories: vec![node("a".into(), dir), node("b".into(), dir)],
+                ..Default::default()
+            };
+            dir = put_dir(store.as_ref(), &parent).await;
+        }
+        let service = CasService::new(CacheServices::new(store.clone(), Arc::new(MemoryActionCache::new(1 << 20))));
+        let pages = get_tree(&service, dir, 0).await;
+        assert_eq!(pages.iter().map(|p| p.directories.len()).sum::<usize>(), 41);
+        let tree = remexec_core::merkle::fetch_tree(store.as_ref(), "", dir).await.unwrap();
+        let err = tree.check_limits(remexec_core::merkle::TreeLimits::default()).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().contains("entries"), "{err}");
     }
 }

@@ -41,6 +41,12 @@ pub struct Limits {
     pub max_tree_page_size: usize,
     /// How long an interrupted ByteStream upload waits to be resumed.
     pub upload_resume_window: std::time::Duration,
+    /// How long a ByteStream Write may go without receiving data before it is interrupted
+    /// (and parked for resumption).
+    pub upload_idle_timeout: std::time::Duration,
+    /// Most interrupted uploads parked for resumption at once; beyond it, interrupted uploads
+    /// are dropped. Parked uploads hold a file and a task, never a thread.
+    pub max_parked_uploads: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +57,8 @@ impl Default for Limits {
             max_inline_size: 1024 * 1024,
             max_tree_page_size: 1000,
             upload_resume_window: std::time::Duration::from_secs(60),
+            upload_idle_timeout: std::time::Duration::from_secs(60),
+            max_parked_uploads: 256,
         }
     }
 }

@@ -43,3 +43,43 @@ pub(crate) async fn read_exact_len(mut data: ChunkStream, digest: Digest) -> Res
     }
     Ok(buf.freeze())
 }
+
+/// A [`MemoryStore`](memory::MemoryStore) that counts `get` calls, for tests that bound work.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct CountingStore(
+    pub(crate) memory::MemoryStore,
+    pub(crate) std::sync::atomic::AtomicUsize,
+);
+
+#[cfg(test)]
+impl CountingStore {
+    pub(crate) fn new() -> Self {
+        Self(memory::MemoryStore::new(1 << 30), Default::default())
+    }
+
+    /// `get` calls since the last call of this.
+    pub(crate) fn take_gets(&self) -> usize {
+        self.1.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+#[async_trait::async_trait]
+impl remexec_core::BlobStore for CountingStore {
+    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.0.find_missing(instance, digests).await
+    }
+    async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
+        self.0.put(instance, digest, data).await
+    }
+    async fn get(
+        &self,
+        instance: &str,
+        digest: Digest,
+        range: remexec_core::ReadRange,
+    ) -> Result<Option<ChunkStream>> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.get(instance, digest, range).await
+    }
+}

@@ -18,7 +18,8 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub channel: Channel,
     pub store: Arc<dyn BlobStore>,
-    _dir: tempfile::TempDir,
+    pub addr: std::net::SocketAddr,
+    pub dir: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -65,7 +66,8 @@ impl TestServer {
         Self {
             channel,
             store,
-            _dir: dir,
+            addr,
+            dir,
         }
     }
 
