@@ -122,7 +122,9 @@ impl FileTable {
             tempfile::Builder::new()
                 .prefix("up-")
                 .tempfile_in(&tmp)
-                .map_err(|e| Error::io(format!("creating a temporary file in {}", tmp.display()), e))
+                .map_err(|e| {
+                    Error::io(format!("creating a temporary file in {}", tmp.display()), e)
+                })
         })
         .await?;
         let mut written = 0u64;
@@ -134,7 +136,14 @@ impl FileTable {
             };
             let first = first?;
             let (t, s, w) = blocking(move || {
-                let ended = write_burst(&mut temp, &mut stream, first, &mut written, expected_len, digest)?;
+                let ended = write_burst(
+                    &mut temp,
+                    &mut stream,
+                    first,
+                    &mut written,
+                    expected_len,
+                    digest,
+                )?;
                 Ok((temp, (!ended).then_some(stream), written))
             })
             .await?;

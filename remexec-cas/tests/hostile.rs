@@ -71,7 +71,11 @@ async fn stalled_uploads_stall_nothing_else() {
     while uploads_in_progress(&server) < STALLED && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(uploads_in_progress(&server), STALLED, "every stalled upload has started");
+    assert_eq!(
+        uploads_in_progress(&server),
+        STALLED,
+        "every stalled upload has started"
+    );
     // Reads of stored blobs still answer promptly, both batch and ByteStream.
     let batch = tokio::time::timeout(
         Duration::from_secs(3),
@@ -158,5 +162,13 @@ async fn an_idle_upload_is_cut_off_and_can_resume() {
         .unwrap()
         .into_inner();
     assert_eq!(done.committed_size, d.size() as i64);
-    assert_eq!(server.store.get_bytes("", d, u64::MAX).await.unwrap().unwrap(), blob);
+    assert_eq!(
+        server
+            .store
+            .get_bytes("", d, u64::MAX)
+            .await
+            .unwrap()
+            .unwrap(),
+        blob
+    );
 }

@@ -71,7 +71,8 @@ pub fn reset_dir(dir: &Path) -> Result<Option<PathBuf>> {
         })?;
         moved = Some(aside);
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     Ok(moved)
 }
 
@@ -190,7 +191,8 @@ mod tests {
         let root = dir.path().join("t");
         std::fs::create_dir_all(root.join("a/b")).unwrap();
         std::fs::write(root.join("a/b/f"), "x").unwrap();
-        std::fs::set_permissions(root.join("a/b/f"), std::fs::Permissions::from_mode(0o444)).unwrap();
+        std::fs::set_permissions(root.join("a/b/f"), std::fs::Permissions::from_mode(0o444))
+            .unwrap();
         std::fs::set_permissions(root.join("a/b"), std::fs::Permissions::from_mode(0o500)).unwrap();
         std::fs::set_permissions(root.join("a"), std::fs::Permissions::from_mode(0o000)).unwrap();
         remove_tree(&root).unwrap();
@@ -208,7 +210,11 @@ mod tests {
         assert!(lookup_beneath(dir.path(), "link/f").is_none());
         // Replacing the symlink itself is fine: the link goes, its target is untouched.
         create_file_beneath(dir.path(), "link").unwrap();
-        assert!(std::fs::symlink_metadata(dir.path().join("link")).unwrap().is_file());
+        assert!(
+            std::fs::symlink_metadata(dir.path().join("link"))
+                .unwrap()
+                .is_file()
+        );
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
         assert!(create_dirs_beneath(dir.path(), "a/b/c").unwrap().is_dir());
     }

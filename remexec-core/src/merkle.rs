@@ -197,7 +197,9 @@ pub fn validate_action_result(
     let mut claim = |path: &str| -> Result<()> {
         validate_output_path(path)?;
         if !paths.insert(path.to_string()) {
-            return Err(Error::invalid(format!("output path {path:?} is used twice")));
+            return Err(Error::invalid(format!(
+                "output path {path:?} is used twice"
+            )));
         }
         Ok(())
     };
@@ -356,7 +358,9 @@ pub async fn fetch_tree(store: &dyn BlobStore, instance: &str, root: Digest) -> 
             .map(|digest| async move {
                 let dir = fetch_directory(store, instance, digest)
                     .await?
-                    .ok_or_else(|| Error::NotFound(format!("directory {digest} is not in the CAS")))?;
+                    .ok_or_else(|| {
+                        Error::NotFound(format!("directory {digest} is not in the CAS"))
+                    })?;
                 Ok::<_, Error>((digest, dir))
             })
             .buffer_unordered(PARALLEL_DIRECTORIES)
@@ -413,7 +417,11 @@ impl TreeWalker {
 
     /// The next directories, at most `max_count` of them and, beyond the first, at most
     /// `max_bytes` encoded. Empty once the walk is done. A missing directory is `NotFound`.
-    pub async fn next_page(&mut self, max_count: usize, max_bytes: usize) -> Result<Vec<Directory>> {
+    pub async fn next_page(
+        &mut self,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Directory>> {
         let mut page = Vec::new();
         let mut bytes = 0;
         while page.len() < max_count.max(1) {
@@ -429,7 +437,8 @@ impl TreeWalker {
             }
             self.queue.pop_front();
             for child in &dir.directories {
-                let child = Digest::from_field(digest.function(), child.digest.as_ref(), "directory")?;
+                let child =
+                    Digest::from_field(digest.function(), child.digest.as_ref(), "directory")?;
                 if self.seen.insert(child) {
                     self.queue.push_back(child);
                 }
@@ -579,6 +588,109 @@ mod tests {
             let err = validate_directory(f, &dir).unwrap_err();
             assert!(err.to_string().contains(needle), "{needle}: {err}");
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        }
+    }
+
+    #[test]
+    fn names_are_at_most_255_bytes() {
+        validate_name(&"n".repeat(255)).unwrap();
+        let err = validate_name(&"n".repeat(256)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().contains("256 bytes"), "{err}");
+        assert!(validate_output_path(&format!("a/{}", "n".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn symlink_policy() {
+        for (path, target) in [
+            ("link", "target"),
+            ("a/b/link", "../x"),
+            ("a/b/link", "../../x"),
+            ("a/link", "./b/../c"),
+            ("link", "/usr/bin/python3"),
+        ] {
+            validate_symlink_target(path, target)
+                .unwrap_or_else(|e| panic!("{path} -> {target}: {e}"));
+        }
+        for (path, target, why) in [
+            ("link", "..", "climbs"),
+            ("link", "../etc/passwd", "climbs"),
+            ("a/b/link", "../../../x", "climbs"),
+            ("a/link", "b/../../../x", "climbs"),
+            ("link", "", "empty"),
+            ("link", "a\0b", "NUL"),
+        ] {
+            let err = validate_symlink_target(path, target).unwrap_err();
+            assert!(err.to_string().contains(why), "{path} -> {target}: {err}");
+        }
+        assert!(validate_symlink_target("l", &"a/".repeat(3000)).is_err());
+    }
+
+    #[test]
+    fn action_results_are_validated() {
+        use bazel_remote_apis::build::bazel::remote::execution::v2::{
+            ActionResult, OutputFile, OutputSymlink,
+        };
+        let f = DigestFunction::Sha256;
+        let file = |path: &str| OutputFile {
+            path: path.into(),
+            digest: Some(f.digest_of(b"x").to_proto()),
+            ..Default::default()
+        };
+        let link = |path: &str, target: &str| OutputSymlink {
+            path: path.into(),
+            target: target.into(),
+            ..Default::default()
+        };
+        let ok = ActionResult {
+            output_files: vec![file("out/a")],
+            output_symlinks: vec![link("out/l", "a")],
+            ..Default::default()
+        };
+        validate_action_result(f, &ok).unwrap();
+        #[allow(deprecated)]
+        let v20 = ActionResult {
+            output_file_symlinks: vec![link("out/l", "a")],
+            ..ok.clone()
+        };
+        validate_action_result(f, &v20).unwrap();
+        let bad = [
+            ActionResult {
+                output_files: vec![file("/etc/passwd")],
+                ..Default::default()
+            },
+            ActionResult {
+                output_files: vec![file("a/../../x")],
+                ..Default::default()
+            },
+            ActionResult {
+                output_files: vec![file("a//b")],
+                ..Default::default()
+            },
+            ActionResult {
+                output_files: vec![file("a"), file("a")],
+                ..Default::default()
+            },
+            ActionResult {
+                output_symlinks: vec![link("l", "../../home")],
+                ..Default::default()
+            },
+            ActionResult {
+                output_files: vec![file("l")],
+                output_symlinks: vec![link("l", "x")],
+                ..Default::default()
+            },
+            ActionResult {
+                output_files: vec![OutputFile {
+                    contents: b"y".to_vec(),
+                    ..file("a")
+                }],
+                ..Default::default()
+            },
+        ];
+        for result in bad {
+            let err = validate_action_result(f, &result).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{result:?}");
         }
     }
 }

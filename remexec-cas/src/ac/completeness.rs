@@ -62,7 +62,11 @@ impl CompletenessCheckingCache {
     }
 
     /// Checks entries of `inner` against `cas` within `budget`.
-    pub fn with_budget(inner: Arc<dyn ActionCache>, cas: Arc<dyn BlobStore>, budget: CheckBudget) -> Self {
+    pub fn with_budget(
+        inner: Arc<dyn ActionCache>,
+        cas: Arc<dyn BlobStore>,
+        budget: CheckBudget,
+    ) -> Self {
         Self {
             inner,
             cas,
@@ -73,7 +77,12 @@ impl CompletenessCheckingCache {
 
     /// The file digests inside the tree blob `digest`, from the cache or the CAS; `Ok(None)`
     /// if it is missing or malformed. Adds what it reads to `read`.
-    async fn tree_files(&self, instance: &str, digest: Digest, read: &mut u64) -> Result<Option<Arc<[Digest]>>> {
+    async fn tree_files(
+        &self,
+        instance: &str,
+        digest: Digest,
+        read: &mut u64,
+    ) -> Result<Option<Arc<[Digest]>>> {
         let key = Key::new(instance, digest);
         if let Some(files) = self.trees.lock().get(&key) {
             return Ok(Some(Arc::clone(files)));
@@ -98,12 +107,19 @@ impl CompletenessCheckingCache {
     }
 
     /// Whether every blob `result` refers to is present. Malformed entries count as incomplete.
-    async fn check(&self, instance: &str, action: Digest, result: &ActionResult) -> Result<Verdict> {
+    async fn check(
+        &self,
+        instance: &str,
+        action: Digest,
+        result: &ActionResult,
+    ) -> Result<Verdict> {
         let f = action.function();
         if let Err(e) = merkle::validate_action_result(f, result) {
             return Ok(Some(format!("malformed: {e}")));
         }
-        let field = |d: &Option<remexec_core::reapi::Digest>| d.as_ref().and_then(|d| Digest::from_proto(f, d).ok());
+        let field = |d: &Option<remexec_core::reapi::Digest>| {
+            d.as_ref().and_then(|d| Digest::from_proto(f, d).ok())
+        };
         let mut needed: HashSet<Digest> = result
             .output_files
             .iter()
@@ -119,19 +135,30 @@ impl CompletenessCheckingCache {
         let mut read = 0;
         for tree in trees {
             let Some(files) = self.tree_files(instance, tree, &mut read).await? else {
-                return Ok(Some(format!("output tree {tree} is missing, malformed or over the budget")));
+                return Ok(Some(format!(
+                    "output tree {tree} is missing, malformed or over the budget"
+                )));
             };
             // The tree blob itself must be downloadable too, even if its list came from the cache.
             needed.insert(tree);
             needed.extend(files.iter().copied());
             if needed.len() > self.budget.blobs {
-                return Ok(Some(format!("refers to more than {} blobs", self.budget.blobs)));
+                return Ok(Some(format!(
+                    "refers to more than {} blobs",
+                    self.budget.blobs
+                )));
             }
         }
         needed.retain(|d| !d.is_empty_blob());
         let needed: Vec<Digest> = needed.into_iter().collect();
         let missing = self.cas.find_missing(instance, &needed).await?;
-        Ok((!missing.is_empty()).then(|| format!("{} blobs are missing, such as {}", missing.len(), missing[0])))
+        Ok((!missing.is_empty()).then(|| {
+            format!(
+                "{} blobs are missing, such as {}",
+                missing.len(),
+                missing[0]
+            )
+        }))
     }
 }
 
@@ -297,7 +324,10 @@ mod tests {
         assert!(cache.get("", action).await.unwrap().is_none());
         let roomy = CompletenessCheckingCache::new(Arc::new(MemoryActionCache::new(1 << 20)), cas);
         roomy.put("", action, over).await.unwrap();
-        assert!(roomy.get("", action).await.unwrap().is_some(), "complete within a larger budget");
+        assert!(
+            roomy.get("", action).await.unwrap().is_some(),
+            "complete within a larger budget"
+        );
     }
 
     #[tokio::test]

@@ -159,9 +159,10 @@ impl ByteStreamService {
         mut stream: impl Stream<Item = Result<WriteRequest, Status>> + Unpin,
     ) -> Result<WriteResponse> {
         let idle = self.services.limits.upload_idle_timeout;
-        let first = match tokio::time::timeout(idle, stream.next()).await.map_err(|_| {
-            Error::DeadlineExceeded(format!("no Write request for {idle:?}"))
-        })? {
+        let first = match tokio::time::timeout(idle, stream.next())
+            .await
+            .map_err(|_| Error::DeadlineExceeded(format!("no Write request for {idle:?}")))?
+        {
             Some(Ok(first)) => first,
             Some(Err(status)) => return Err(status.into()),
             None => return Err(Error::invalid("Write stream had no requests")),

@@ -206,23 +206,20 @@ impl CasService {
         }
         // Fetch the first page eagerly so that a missing or invalid root fails the call itself.
         let first = tree_page(&mut walker, page_size).await?;
-        let stream = futures::stream::unfold(
-            Some((Ok(first), walker)),
-            move |state| async move {
-                let (page, mut walker) = state?;
-                let page = match page {
-                    Ok(page) => page,
-                    Err(e) => return Some((Err(Status::from(e)), None)),
-                };
-                let next = if page.next_page_token.is_empty() {
-                    None
-                } else {
-                    let next = tree_page(&mut walker, page_size).await;
-                    Some((next, walker))
-                };
-                Some((Ok(page), next))
-            },
-        );
+        let stream = futures::stream::unfold(Some((Ok(first), walker)), move |state| async move {
+            let (page, mut walker) = state?;
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => return Some((Err(Status::from(e)), None)),
+            };
+            let next = if page.next_page_token.is_empty() {
+                None
+            } else {
+                let next = tree_page(&mut walker, page_size).await;
+                Some((next, walker))
+            };
+            Some((Ok(page), next))
+        });
         Ok(stream.boxed())
     }
 }
@@ -327,7 +324,10 @@ mod tests {
     }
 
     fn node(name: String, digest: Digest) -> DirectoryNode {
-        DirectoryNode { name, digest: Some(digest.to_proto()) }
+        DirectoryNode {
+            name,
+            digest: Some(digest.to_proto()),
+        }
     }
 
     async fn get_tree(service: &CasService, root: Digest, page_size: i32) -> Vec<GetTreeResponse> {
@@ -354,21 +354,43 @@ mod tests {
                 files: vec![],
                 symlinks: vec![],
                 node_properties: Some(remexec_core::reapi::NodeProperties {
-                    properties: vec![remexec_core::reapi::NodeProperty { name: "i".into(), value: i.to_string() }],
+                    properties: vec![remexec_core::reapi::NodeProperty {
+                        name: "i".into(),
+                        value: i.to_string(),
+                    }],
                     ..Default::default()
                 }),
             };
-            leaves.push(node(format!("d{i:05}"), put_dir(store.as_ref(), &leaf).await));
+            leaves.push(node(
+                format!("d{i:05}"),
+                put_dir(store.as_ref(), &leaf).await,
+            ));
         }
-        let root = put_dir(store.as_ref(), &Directory { directories: leaves, ..Default::default() }).await;
-        let service = CasService::new(CacheServices::new(store.clone(), Arc::new(MemoryActionCache::new(1 << 20))));
+        let root = put_dir(
+            store.as_ref(),
+            &Directory {
+                directories: leaves,
+                ..Default::default()
+            },
+        )
+        .await;
+        let service = CasService::new(CacheServices::new(
+            store.clone(),
+            Arc::new(MemoryActionCache::new(1 << 20)),
+        ));
         store.take_gets();
         let pages = get_tree(&service, root, 10).await;
         assert_eq!(pages.len(), 201);
-        assert_eq!(pages.iter().map(|p| p.directories.len()).sum::<usize>(), 2001);
+        assert_eq!(
+            pages.iter().map(|p| p.directories.len()).sum::<usize>(),
+            2001
+        );
         let fetches = store.take_gets();
         // Walking again from the root for every page would fetch about 200,000 directories.
-        assert!(fetches <= 2001 + 201, "{fetches} fetches for 2,001 directories");
+        assert!(
+            fetches <= 2001 + 201,
+            "{fetches} fetches for 2,001 directories"
+        );
     }
 
     #[tokio::test]
@@ -383,11 +405,18 @@ mod tests {
             };
             dir = put_dir(store.as_ref(), &parent).await;
         }
-        let service = CasService::new(CacheServices::new(store.clone(), Arc::new(MemoryActionCache::new(1 << 20))));
+        let service = CasService::new(CacheServices::new(
+            store.clone(),
+            Arc::new(MemoryActionCache::new(1 << 20)),
+        ));
         let pages = get_tree(&service, dir, 0).await;
         assert_eq!(pages.iter().map(|p| p.directories.len()).sum::<usize>(), 41);
-        let tree = remexec_core::merkle::fetch_tree(store.as_ref(), "", dir).await.unwrap();
-        let err = tree.check_limits(remexec_core::merkle::TreeLimits::default()).unwrap_err();
+        let tree = remexec_core::merkle::fetch_tree(store.as_ref(), "", dir)
+            .await
+            .unwrap();
+        let err = tree
+            .check_limits(remexec_core::merkle::TreeLimits::default())
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.to_string().contains("entries"), "{err}");
     }

@@ -1,0 +1,120 @@
+//! Hostile trees at reduced scale: walking them costs memory and time in proportion to their
+//! distinct directories, never to the paths they would have when laid out.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use remexec_core::merkle::{TreeLimits, TreeWalker, encode_message, fetch_tree};
+use remexec_core::reapi::{Directory, DirectoryNode, FileNode};
+use remexec_core::{BlobStore, ChunkStream, Digest, DigestFunction, ReadRange, Result};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+/// Blobs in a map; enough for walking trees.
+#[derive(Debug, Default)]
+struct MapStore(Mutex<HashMap<Digest, Bytes>>);
+
+#[async_trait]
+impl BlobStore for MapStore {
+    async fn find_missing(&self, _: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let map = self.0.lock().unwrap();
+        Ok(digests
+            .iter()
+            .filter(|d| !map.contains_key(d))
+            .copied()
+            .collect())
+    }
+    async fn put(&self, _: &str, digest: Digest, data: ChunkStream) -> Result<()> {
+        let bytes = remexec_core::collect_chunks(data, digest.size()).await?;
+        self.0.lock().unwrap().insert(digest, bytes);
+        Ok(())
+    }
+    async fn get(&self, _: &str, digest: Digest, range: ReadRange) -> Result<Option<ChunkStream>> {
+        let blob = self.0.lock().unwrap().get(&digest).cloned();
+        blob.map(|b| range.stream_of(&b)).transpose()
+    }
+}
+
+fn store_dir(store: &MapStore, dir: &Directory) -> Digest {
+    let (digest, bytes) = encode_message(DigestFunction::Sha256, dir);
+    store.0.lock().unwrap().insert(digest, bytes);
+    digest
+}
+
+/// 60 levels, each directory holding the next one under four names plus a file with a long
+/// name: 4^60 paths laid out, 61 distinct directories.
+fn tree_bomb(store: &MapStore) -> Digest {
+    let file = DigestFunction::Sha256.digest_of(b"x");
+    let mut dir = store_dir(store, &Directory::default());
+    for _ in 0..60 {
+        let parent = Directory {
+            files: vec![FileNode {
+                name: "f".repeat(200),
+                digest: Some(file.to_proto()),
+                ..Default::default()
+            }],
+            directories: ["a", "b", "c", "d"]
+                .iter()
+                .map(|n| DirectoryNode {
+                    name: n.repeat(200),
+                    digest: Some(dir.to_proto()),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        dir = store_dir(store, &parent);
+    }
+    dir
+}
+
+#[tokio::test]
+async fn tree_bombs_cost_memory_per_distinct_directory() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let store = std::sync::Arc::new(MapStore::default());
+    let root = tree_bomb(&store);
+    let before = dhat::HeapStats::get().curr_bytes;
+
+    let tree = fetch_tree(store.as_ref(), "", root).await.unwrap();
+    assert_eq!(tree.directories.len(), 61);
+    let err = tree.check_limits(TreeLimits::default()).unwrap_err();
+    assert!(err.to_string().contains("entries"), "{err}");
+    let unlimited = TreeLimits {
+        max_entries: u64::MAX,
+        max_depth: u64::MAX,
+    };
+    // Saturates rather than overflowing; the depth is the real one.
+    assert_eq!(tree.check_limits(unlimited).unwrap(), u64::MAX);
+    let shallow = TreeLimits {
+        max_entries: u64::MAX,
+        max_depth: 59,
+    };
+    assert!(
+        tree.check_limits(shallow)
+            .unwrap_err()
+            .to_string()
+            .contains("60 directories deep")
+    );
+    drop(tree);
+
+    let mut walker = TreeWalker::new(store.clone(), "", root);
+    let mut seen = 0;
+    loop {
+        let page = walker.next_page(7, 1 << 20).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        seen += page.len();
+    }
+    assert_eq!(seen, 61);
+
+    let stats = dhat::HeapStats::get();
+    let peak = stats.max_bytes.saturating_sub(before);
+    // 61 directories of about 1 KiB each: far below a megabyte, where laying the tree out would
+    // need more memory than exists.
+    assert!(peak < 1 << 20, "peak {peak} bytes above the stored blobs");
+}
