@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -14,11 +15,16 @@ use remexec_core::reapi::{
     ExecutionPolicy, Platform, Tree, command::EnvironmentVariable,
     execution_client::ExecutionClient, execution_stage, platform,
 };
-use remexec_core::{
-    BlobStore, BlobStoreExt, Digest, DigestFunction, Error, ReadRange, Result,
-    merkle::encode_message,
+use remexec_core::fs::{create_dirs_beneath, create_file_beneath};
+use remexec_core::merkle::{
+    InputTree, TreeLimits, encode_message, validate_action_result, validate_directory,
+    validate_symlink_target,
 };
+use remexec_core::{BlobStore, BlobStoreExt, Digest, DigestFunction, Error, ReadRange, Result};
 use tokio::io::AsyncWriteExt;
+
+/// Largest output `Tree` blob downloaded.
+const MAX_TREE_SIZE: u64 = 256 << 20;
 
 use crate::cli::parse_property;
 
@@ -225,75 +231,118 @@ async fn execute(args: ExecArgs) -> Result<u8> {
     })
 }
 
+/// One thing to create under the output directory, relative to it.
+enum Entry {
+    Dir(String),
+    File(String, Digest, bool),
+    Symlink(String, String),
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+/// Fetches, decodes and validates an output directory's `Tree`, and lists what it holds at
+/// `base`: every entry name valid, every symlink within the policy, the tree as laid out within
+/// the input-tree limits.
+async fn tree_entries(
+    store: &dyn BlobStore,
+    instance: &str,
+    f: DigestFunction,
+    digest: Digest,
+    base: &str,
+    out: &mut Vec<Entry>,
+) -> Result<()> {
+    let bytes = store
+        .get_bytes(instance, digest, MAX_TREE_SIZE)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("tree {digest} is not in the CAS")))?;
+    let tree = Tree::decode(bytes).map_err(|e| Error::invalid(format!("tree {digest}: {e}")))?;
+    let root = tree.root.unwrap_or_default();
+    let (root_digest, _) = encode_message(f, &root);
+    let mut directories: HashMap<Digest, Directory> = HashMap::new();
+    for dir in tree.children.into_iter().chain([root]) {
+        validate_directory(f, &dir).map_err(|e| Error::invalid(format!("tree {digest}: {e}")))?;
+        directories.insert(encode_message(f, &dir).0, dir);
+    }
+    let tree = InputTree {
+        root: root_digest,
+        directories,
+    };
+    for dir in tree.directories.values() {
+        for sub in &dir.directories {
+            tree.directory(&Digest::from_field(f, sub.digest.as_ref(), "directory")?)
+                .map_err(|_| Error::invalid(format!("tree {digest} lacks a directory it names")))?;
+        }
+    }
+    tree.check_limits(TreeLimits::default())?;
+    let mut stack = vec![(base.to_string(), root_digest)];
+    while let Some((path, dir_digest)) = stack.pop() {
+        let dir = tree.directory(&dir_digest)?;
+        out.push(Entry::Dir(path.clone()));
+        for file in &dir.files {
+            let d = Digest::from_field(f, file.digest.as_ref(), "file")?;
+            out.push(Entry::File(join(&path, &file.name), d, file.is_executable));
+        }
+        for link in &dir.symlinks {
+            let at = join(&path, &link.name);
+            validate_symlink_target(&at, &link.target)?;
+            out.push(Entry::Symlink(at, link.target.clone()));
+        }
+        for sub in &dir.directories {
+            let d = Digest::from_field(f, sub.digest.as_ref(), "directory")?;
+            stack.push((join(&path, &sub.name), d));
+        }
+    }
+    Ok(())
+}
+
+/// Streams a blob into a new file at `rel` under `out`, checking its digest; a file with the
+/// wrong content is deleted.
 async fn write_blob(
     store: &dyn BlobStore,
     instance: &str,
     digest: Digest,
     executable: bool,
-    path: &Path,
+    out: &Path,
+    rel: &str,
 ) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-    }
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    use std::io::Write;
+    let mut file = create_file_beneath(out, rel)?;
+    let path = out.join(rel);
+    let mut hasher = digest.function().hasher();
     if !digest.is_empty_blob() {
         let mut stream = store
             .get(instance, digest, ReadRange::ALL)
             .await?
             .ok_or_else(|| Error::NotFound(format!("output {digest} is not in the CAS")))?;
         while let Some(chunk) = stream.next().await {
-            file.write_all(&chunk?)
-                .await
+            let chunk = chunk?;
+            hasher.update(&chunk);
+            file.write_all(&chunk)
                 .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         }
     }
-    file.flush()
-        .await
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    let got = hasher.finish();
+    if got != digest {
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        return Err(Error::invalid(format!(
+            "output {rel:?}: the CAS returned {got}, not {digest}"
+        )));
+    }
     let mode = if executable { 0o755 } else { 0o644 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("setting permissions", e))
 }
 
-fn materialize<'a>(
-    store: &'a dyn BlobStore,
-    instance: &'a str,
-    f: DigestFunction,
-    dir: &'a Directory,
-    children: &'a HashMap<Digest, Directory>,
-    path: PathBuf,
-) -> futures::future::BoxFuture<'a, Result<()>> {
-    Box::pin(async move {
-        std::fs::create_dir_all(&path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        for file in &dir.files {
-            write_blob(
-                store,
-                instance,
-                Digest::from_field(f, file.digest.as_ref(), "file")?,
-                file.is_executable,
-                &path.join(&file.name),
-            )
-            .await?;
-        }
-        for link in &dir.symlinks {
-            std::os::unix::fs::symlink(&link.target, path.join(&link.name))
-                .map_err(|e| Error::io("symlink", e))?;
-        }
-        for sub in &dir.directories {
-            let digest = Digest::from_field(f, sub.digest.as_ref(), "directory")?;
-            let child = children
-                .get(&digest)
-                .ok_or_else(|| Error::invalid(format!("tree lacks directory {digest}")))?;
-            materialize(store, instance, f, child, children, path.join(&sub.name)).await?;
-        }
-        Ok(())
-    })
-}
-
+/// Writes an action's outputs under `out`, never outside it: every path, entry name and
+/// symlink is validated before anything is written, directories and files are created without
+/// passing through a symlink, and symlinks are made last, so nothing is written through one.
 #[allow(deprecated)] // the v2.0 *_symlinks fields
 async fn download(
     store: &dyn BlobStore,
@@ -302,31 +351,15 @@ async fn download(
     result: &remexec_core::reapi::ActionResult,
     out: &Path,
 ) -> Result<()> {
+    validate_action_result(f, result)?;
+    let mut entries = Vec::new();
     for file in &result.output_files {
-        write_blob(
-            store,
-            instance,
-            Digest::from_field(f, file.digest.as_ref(), "output file")?,
-            file.is_executable,
-            &out.join(&file.path),
-        )
-        .await?;
+        let d = Digest::from_field(f, file.digest.as_ref(), "output file")?;
+        entries.push(Entry::File(file.path.clone(), d, file.is_executable));
     }
     for dir in &result.output_directories {
-        let digest = Digest::from_field(f, dir.tree_digest.as_ref(), "tree")?;
-        let bytes = store
-            .get_bytes(instance, digest, 256 << 20)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("tree {digest} is not in the CAS")))?;
-        let tree =
-            Tree::decode(bytes).map_err(|e| Error::invalid(format!("tree {digest}: {e}")))?;
-        let root = tree.root.unwrap_or_default();
-        let children: HashMap<Digest, Directory> = tree
-            .children
-            .into_iter()
-            .map(|c| (encode_message(f, &c).0, c))
-            .collect();
-        materialize(store, instance, f, &root, &children, out.join(&dir.path)).await?;
+        let d = Digest::from_field(f, dir.tree_digest.as_ref(), "tree")?;
+        tree_entries(store, instance, f, d, &dir.path, &mut entries).await?;
     }
     for link in result
         .output_symlinks
@@ -334,14 +367,34 @@ async fn download(
         .chain(&result.output_file_symlinks)
         .chain(&result.output_directory_symlinks)
     {
-        let path = out.join(&link.path);
-        if path.symlink_metadata().is_err() {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::io("creating a directory", e))?;
+        entries.push(Entry::Symlink(link.path.clone(), link.target.clone()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
+    for entry in &entries {
+        match entry {
+            Entry::Dir(rel) => {
+                create_dirs_beneath(out, rel)?;
             }
-            std::os::unix::fs::symlink(&link.target, &path).map_err(|e| Error::io("symlink", e))?;
+            Entry::File(rel, digest, executable) => {
+                write_blob(store, instance, *digest, *executable, out, rel).await?;
+            }
+            Entry::Symlink(..) => {}
         }
+    }
+    let mut made = std::collections::HashSet::new();
+    for entry in &entries {
+        let Entry::Symlink(rel, target) = entry else {
+            continue;
+        };
+        if !made.insert(rel) {
+            continue;
+        }
+        // Replaces a file or symlink left there before; a directory there is a conflict.
+        drop(create_file_beneath(out, rel)?);
+        let path = out.join(rel);
+        std::fs::remove_file(&path).map_err(|e| Error::io(format!("replacing {}", path.display()), e))?;
+        std::os::unix::fs::symlink(target, &path)
+            .map_err(|e| Error::io(format!("symlinking {}", path.display()), e))?;
     }
     Ok(())
 }

@@ -44,10 +44,10 @@ impl FileTable {
         let root = root.to_path_buf();
         blocking(move || {
             let tmp = root.join("tmp");
-            if tmp.exists() {
-                std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(format!("clearing {}", tmp.display()), e))?;
+            // Leftover uploads never prevent a start: what cannot be removed is moved aside.
+            if let Some(aside) = remexec_core::fs::reset_dir(&tmp)? {
+                tracing::warn!(tmp = %tmp.display(), moved_to = %aside.display(), "could not remove leftover uploads; moved them aside");
             }
-            std::fs::create_dir_all(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
             let mut found = Vec::new();
             scan(&root, check, &mut found)?;
             found.sort_by_key(|(mtime, _, _)| *mtime);

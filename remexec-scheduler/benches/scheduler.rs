@@ -1,5 +1,6 @@
-//! The scheduler's hot paths: platform matching, and queueing plus dispatch of many actions
-//! through an executor pool that completes instantly.
+//! The scheduler's hot paths: platform matching, one dispatch pass over a large queue indexed
+//! by platform, and queueing plus dispatch of many actions through an executor pool that
+//! completes instantly.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use remexec_core::reapi::ExecuteRequest;
 use remexec_scheduler::platform::MatchRules;
-use remexec_scheduler::{Scheduler, SchedulerConfig};
+use remexec_scheduler::{DispatchBench, Scheduler, SchedulerConfig};
 use support::{FakePool, MapCache, MapStore, store_action};
 
 fn matching(c: &mut Criterion) {
@@ -30,6 +31,15 @@ fn matching(c: &mut Criterion) {
     });
 }
 
+fn dispatch_pass(c: &mut Criterion) {
+    // 36 platform classes; every other executor is busy, so 250 idle ones get jobs.
+    let mut bench = DispatchBench::new(10_000, 36, 500);
+    c.bench_function(
+        "scheduler/dispatch pass: 10,000 queued in 36 classes, 500 executors",
+        |b| b.iter(|| bench.pass()),
+    );
+}
+
 fn queue(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let cas = Arc::new(MapStore::default());
@@ -41,6 +51,7 @@ fn queue(c: &mut Criterion) {
             Arc::new(MapCache::default()),
             Arc::new(pool),
         )
+        .expect("scheduler")
     });
     let actions: Vec<_> = rt.block_on(async {
         let mut actions = Vec::new();
@@ -73,5 +84,5 @@ fn queue(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, matching, queue);
+criterion_group!(benches, matching, dispatch_pass, queue);
 criterion_main!(benches);

@@ -50,13 +50,6 @@ pub(crate) async fn load(
         action.input_root_digest.as_ref(),
         "action.input_root_digest",
     )?;
-    if action
-        .timeout
-        .as_ref()
-        .is_some_and(|t| t.seconds < 0 || t.nanos < 0)
-    {
-        return Err(Error::invalid("action.timeout is negative"));
-    }
     let command = fetch::<Command>(cas, instance, command_digest, "command").await?;
     let mut missing = Vec::new();
     if command.is_none() {

@@ -21,14 +21,20 @@
 //! assert!(!rules.matches(&[("OSFamily".into(), "windows".into())], &executor));
 //! ```
 
+mod config;
 mod inputs;
+mod operations;
 pub mod platform;
 mod pool;
+mod queue;
 mod scheduler;
 mod service;
 mod worker_pool;
 
+pub use config::SchedulerConfig;
 pub use pool::{ExecutorInfo, ExecutorPool, Job, JobOutcome};
-pub use scheduler::{Scheduler, SchedulerConfig};
+#[doc(hidden)]
+pub use queue::DispatchBench;
+pub use scheduler::Scheduler;
 pub use service::{ExecutionService, OperationsService};
-pub use worker_pool::WorkerPool;
+pub use worker_pool::{MAX_WORKER_MESSAGE, WorkerPool};

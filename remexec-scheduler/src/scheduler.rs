@@ -1,87 +1,47 @@
-//! The [`Scheduler`]: operations, the priority queue, merging of identical actions, dispatch to
-//! an [`ExecutorPool`], retries and caching of results.
+//! The [`Scheduler`]: operations, the queue, merging of identical actions, dispatch to an
+//! [`ExecutorPool`], lease deadlines, retries and caching of results.
+//!
+//! Every Execute gets its own [`Op`] (name and channel). Callers of the same cacheable action
+//! share one [`Execution`]; stage changes fan out to each waiter under its own name. One mutex
+//! guards the live operations, the in-flight map, the queue and the busy executors; joining an
+//! execution and completing it both happen under it, so a join never sees a finished one.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
-use std::time::{Duration, Instant, SystemTime};
-
-use prost::Message;
-use remexec_core::apis::google::longrunning::{Operation, operation};
-use remexec_core::apis::google::protobuf::Any;
-use remexec_core::apis::google::rpc::Status as RpcStatus;
-use remexec_core::reapi::{
-    ActionResult, ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, execution_stage,
-};
+use remexec_core::apis::google::longrunning::Operation;
+use remexec_core::apis::google::protobuf::Duration as ProtoDuration;
+use remexec_core::reapi::{ActionResult, ExecuteRequest, ExecuteResponse, execution_stage};
 use remexec_core::{
     ActionCache, BlobStore, Digest, DigestFunction, Error, Result, validate_instance_name,
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::SchedulerConfig;
 use crate::inputs::{Loaded, load};
-use crate::platform::{MatchRules, Property};
+use crate::operations::{
+    Execution, Finished, Op, Retained, Shared, failed, missing_status, operation, status,
+};
+use crate::platform::Property;
 use crate::pool::{ExecutorInfo, ExecutorPool, Job, JobOutcome};
+use crate::queue::{Queue, canonical};
 
-/// Scheduler settings.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct SchedulerConfig {
-    /// This scheduler's name; it appears in operation names (`operations/{name}/{uuid}`).
-    pub name: String,
-    /// How action platforms are matched against executor properties.
-    pub match_rules: MatchRules,
-    /// Upper bound on any action's timeout, also used when an action sets none.
-    pub max_action_timeout: Duration,
-    /// How often an action whose executor was lost is re-queued before the client gets
-    /// UNAVAILABLE.
-    pub max_retries: u32,
-    /// How long an action that no executor can match waits for one to appear before it fails
-    /// with FAILED_PRECONDITION.
-    pub unmatched_grace: Duration,
-    /// How long finished operations stay available to WaitExecution and GetOperation.
-    pub retention: Duration,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        Self {
-            name: "s0".into(),
-            match_rules: MatchRules::default(),
-            max_action_timeout: Duration::from_secs(3600),
-            max_retries: 3,
-            unmatched_grace: Duration::from_secs(30),
-            retention: Duration::from_secs(600),
-        }
-    }
-}
-
-/// One operation: an action being run (or run), shared by every client waiting on it.
-#[derive(Debug)]
-struct Op {
-    name: String,
-    key: (String, Digest),
-    job: Job,
-    requirements: Vec<Property>,
-    priority: i32,
-    do_not_cache: bool,
-    attempts: AtomicU32,
-    unmatched_since: Mutex<Option<Instant>>,
-    tx: watch::Sender<Operation>,
-    cancel: CancellationToken,
-}
+use execution_stage::Value as Stage;
 
 #[derive(Debug, Default)]
 struct State {
-    ops: HashMap<String, Arc<Op>>,
-    /// Operations answered without running anything (cache hits, missing inputs).
-    answered: HashMap<String, Operation>,
-    inflight: HashMap<(String, Digest), Arc<Op>>,
-    queue: BTreeMap<(i32, u64), Arc<Op>>,
+    /// Operations some caller still waits on, by name, with the execution they follow.
+    live: HashMap<String, (Arc<Op>, Arc<Execution>)>,
+    /// Finished operations, within the retention budgets.
+    finished: Retained,
+    /// Cacheable executions not yet over, by instance and action digest: what Execute joins.
+    inflight: HashMap<(String, Digest), Arc<Execution>>,
+    queue: Queue<Arc<Execution>>,
     busy: HashSet<String>,
-    seq: u64,
 }
 
 #[derive(Debug)]
@@ -100,90 +60,14 @@ pub struct Scheduler {
     inner: Arc<Inner>,
 }
 
-fn any<M: Message>(type_name: &str, message: &M) -> Any {
-    Any {
-        type_url: format!("type.googleapis.com/{type_name}"),
-        value: message.encode_to_vec(),
-    }
-}
-
-/// The CACHE_CHECK stage of `op`: same name and action, not done. Execute streams start with it;
-/// the check itself has run by the time the stream starts.
-pub(crate) fn cache_check_stage(op: &Operation) -> Operation {
-    let mut metadata = op
-        .metadata
-        .as_ref()
-        .and_then(|m| ExecuteOperationMetadata::decode(&m.value[..]).ok())
-        .unwrap_or_default();
-    metadata.stage = execution_stage::Value::CacheCheck as i32;
-    Operation {
-        name: op.name.clone(),
-        metadata: Some(any(
-            "build.bazel.remote.execution.v2.ExecuteOperationMetadata",
-            &metadata,
-        )),
-        done: false,
-        result: None,
-    }
-}
-
-fn operation(
-    name: &str,
-    digest: Digest,
-    stage: execution_stage::Value,
-    response: Option<ExecuteResponse>,
-) -> Operation {
-    let metadata = ExecuteOperationMetadata {
-        stage: stage as i32,
-        action_digest: Some(digest.to_proto()),
-        digest_function: digest.function().to_proto(),
-        ..Default::default()
-    };
-    Operation {
-        name: name.to_string(),
-        metadata: Some(any(
-            "build.bazel.remote.execution.v2.ExecuteOperationMetadata",
-            &metadata,
-        )),
-        done: response.is_some(),
-        result: response.map(|r| {
-            operation::Result::Response(any("build.bazel.remote.execution.v2.ExecuteResponse", &r))
-        }),
-    }
-}
-
-fn status(code: tonic::Code, message: impl Into<String>) -> RpcStatus {
-    RpcStatus {
-        code: code as i32,
-        message: message.into(),
-        details: Vec::new(),
-    }
-}
-
-/// FAILED_PRECONDITION with one `MISSING` violation per blob, which makes clients re-upload.
-fn missing_status(missing: &[Digest]) -> RpcStatus {
-    use tonic_types::pb::{PreconditionFailure, precondition_failure::Violation};
-    let failure = PreconditionFailure {
-        violations: missing
-            .iter()
-            .map(|d| Violation {
-                r#type: "MISSING".into(),
-                subject: match d.function() {
-                    DigestFunction::Sha256 => format!("blobs/{d}"),
-                    f => format!("blobs/{f}/{d}"),
-                },
-                description: "blob is not in the CAS".into(),
-            })
-            .collect(),
-    };
-    RpcStatus {
-        code: tonic::Code::FailedPrecondition as i32,
-        message: format!(
-            "{} blob(s) needed by the action are missing from the CAS",
-            missing.len()
-        ),
-        details: vec![any("google.rpc.PreconditionFailure", &failure)],
-    }
+/// How one dispatch of a job ended.
+enum Ended {
+    /// The pool returned.
+    Returned(Result<JobOutcome>),
+    /// The lease deadline passed; the pool returned this within the grace, or nothing.
+    Revoked(Duration, Option<Result<JobOutcome>>),
+    /// Cancelled, and the pool did not return within the grace.
+    Abandoned,
 }
 
 #[allow(deprecated)] // Command.platform: where REAPI v2.0-v2.1 clients put it
@@ -193,25 +77,52 @@ fn platform_of(job: &Job) -> Vec<Property> {
         .platform
         .as_ref()
         .or(job.command.platform.as_ref());
-    platform
-        .map(|p| {
-            p.properties
-                .iter()
-                .map(|p| (p.name.clone(), p.value.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+    canonical(
+        platform
+            .map(|p| {
+                p.properties
+                    .iter()
+                    .map(|p| (p.name.clone(), p.value.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
+/// The timeout a job runs under: the action's, unless it is absent, negative, rounds to zero
+/// milliseconds or exceeds `max`, in which case `max`. Timeouts cannot be switched off.
+pub(crate) fn effective_timeout(requested: Option<&ProtoDuration>, max: Duration) -> Duration {
+    let Some(t) = requested else { return max };
+    if t.seconds < 0 || t.nanos < 0 {
+        return max;
+    }
+    let d = Duration::from_secs(t.seconds as u64).saturating_add(Duration::from_nanos(t.nanos as u64));
+    if d.as_millis() == 0 || d > max { max } else { d }
+}
+
+fn cached_response(result: ActionResult) -> ExecuteResponse {
+    ExecuteResponse {
+        result: Some(result),
+        cached_result: true,
+        status: Some(status(tonic::Code::Ok, "")),
+        ..Default::default()
+    }
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound(format!("operation {name:?} is unknown or has expired"))
 }
 
 impl Scheduler {
     /// A scheduler over the given stores and pool; starts its dispatch task on the current
-    /// tokio runtime.
+    /// tokio runtime. `InvalidArgument` if `config` does not [validate](SchedulerConfig::validate).
     pub fn new(
         config: SchedulerConfig,
         cas: Arc<dyn BlobStore>,
         ac: Arc<dyn ActionCache>,
         pool: Arc<dyn ExecutorPool>,
-    ) -> Self {
+    ) -> Result<Self> {
+        config.validate()?;
         let inner = Arc::new(Inner {
             config,
             cas,
@@ -221,7 +132,7 @@ impl Scheduler {
             wake: Notify::new(),
         });
         tokio::spawn(dispatch_loop(Arc::downgrade(&inner)));
-        Self { inner }
+        Ok(Self { inner })
     }
 
     /// The settings.
@@ -229,323 +140,404 @@ impl Scheduler {
         &self.inner.config
     }
 
-    /// Starts (or joins) the execution of an action. The receiver sees every stage change.
+    /// Starts the execution of an action, or joins an identical cacheable one in flight. The
+    /// caller gets its own operation either way; the receiver sees every stage change.
+    /// `ResourceExhausted` if the queue is full.
     pub async fn execute(&self, req: ExecuteRequest) -> Result<watch::Receiver<Operation>> {
         validate_instance_name(&req.instance_name)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digest = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
-        let instance = req.instance_name;
-        let done = |response: ExecuteResponse| {
-            let name = format!(
-                "operations/{}/{}",
-                self.inner.config.name,
-                uuid::Uuid::new_v4()
-            );
-            let op = operation(
-                &name,
-                digest,
-                execution_stage::Value::Completed,
-                Some(response),
-            );
-            self.inner
-                .state
-                .lock()
-                .answered
-                .insert(name.clone(), op.clone());
-            self.inner.expire(name);
-            watch::channel(op).1
-        };
+        let inner = &self.inner;
+        let key = (req.instance_name, digest);
         if !req.skip_cache_lookup
-            && let Some(result) = self.inner.ac.get(&instance, digest).await?
+            && let Some(result) = inner.ac.get(&key.0, digest).await?
         {
-            return Ok(done(ExecuteResponse {
-                result: Some(result),
-                cached_result: true,
-                status: Some(status(tonic::Code::Ok, "")),
-                ..Default::default()
-            }));
+            let name = inner.new_name();
+            let op = operation(&name, digest, Stage::Completed, Some(cached_response(result)));
+            let (instance, digest) = key;
+            inner.retain(name, Finished::Cached { instance, digest });
+            return Ok(watch::channel(op).1);
         }
-        if let Some(op) = self
-            .inner
-            .state
-            .lock()
-            .inflight
-            .get(&(instance.clone(), digest))
-        {
-            return Ok(op.tx.subscribe());
+        if let Some(rx) = inner.join(&mut inner.state.lock(), &key) {
+            return Ok(rx);
         }
-        let (action, command) = match load(self.inner.cas.as_ref(), &instance, digest).await? {
+        let (action, command) = match load(inner.cas.as_ref(), &key.0, digest).await? {
             Loaded::Ready(loaded) => *loaded,
             Loaded::Missing(missing) => {
-                return Ok(done(ExecuteResponse {
+                let name = inner.new_name();
+                let response = ExecuteResponse {
                     status: Some(missing_status(&missing)),
                     ..Default::default()
-                }));
+                };
+                let op = operation(&name, digest, Stage::Completed, Some(response));
+                inner.retain(name, Finished::Done(op.clone()));
+                return Ok(watch::channel(op).1);
             }
         };
-        let max = self.inner.config.max_action_timeout;
-        let timeout = action
-            .timeout
-            .as_ref()
-            .map(|t| Duration::new(t.seconds as u64, t.nanos as u32))
-            .filter(|t| !t.is_zero())
-            .map_or(max, |t| t.min(max));
+        let timeout = effective_timeout(action.timeout.as_ref(), inner.config.max_action_timeout);
         let priority = req.execution_policy.as_ref().map_or(0, |p| p.priority);
         let do_not_cache = action.do_not_cache;
         let job = Job {
             lease_id: String::new(),
-            instance: instance.clone(),
+            instance: key.0.clone(),
             action_digest: digest,
             action,
             command,
             timeout: Some(timeout),
             queued_at: SystemTime::now(),
         };
-        let name = format!(
-            "operations/{}/{}",
-            self.inner.config.name,
-            uuid::Uuid::new_v4()
-        );
-        let (tx, rx) = watch::channel(operation(
-            &name,
-            digest,
-            execution_stage::Value::Queued,
-            None,
-        ));
-        let op = Arc::new(Op {
-            name: name.clone(),
-            key: (instance, digest),
+        let exec = Arc::new(Execution {
+            key,
             requirements: platform_of(&job),
             job,
             priority,
             do_not_cache,
             attempts: AtomicU32::new(0),
-            unmatched_since: Mutex::new(None),
-            tx,
             cancel: CancellationToken::new(),
+            shared: Mutex::new(Shared {
+                waiters: Vec::new(),
+                stage: Stage::Queued,
+                queued: None,
+                over: false,
+            }),
         });
-        {
-            let mut state = self.inner.state.lock();
-            if let Some(existing) = state.inflight.get(&op.key) {
-                return Ok(existing.tx.subscribe());
-            }
-            state.inflight.insert(op.key.clone(), Arc::clone(&op));
-            state.ops.insert(name, Arc::clone(&op));
-            enqueue(&mut state, op);
-        }
-        self.inner.wake.notify_one();
+        let rx = inner.start(exec)?;
+        inner.wake.notify_one();
         Ok(rx)
     }
 
-    /// Follows an existing operation; `NotFound` if it is unknown or has expired.
-    pub fn subscribe(&self, name: &str) -> Result<watch::Receiver<Operation>> {
-        let state = self.inner.state.lock();
-        if let Some(op) = state.ops.get(name) {
-            return Ok(op.tx.subscribe());
+    /// Follows an existing operation, live or finished; `NotFound` if it is unknown, has been
+    /// evicted, or was answered from the Action Cache and the entry is gone.
+    pub async fn subscribe(&self, name: &str) -> Result<watch::Receiver<Operation>> {
+        let (instance, digest) = {
+            let mut state = self.inner.state.lock();
+            state.finished.evict(&self.inner.config);
+            if let Some((op, _)) = state.live.get(name) {
+                return Ok(op.tx.subscribe());
+            }
+            match state.finished.lookup(name) {
+                Some(Finished::Done(op)) => return Ok(watch::channel(op.clone()).1),
+                Some(Finished::Cached { instance, digest }) => (instance.clone(), *digest),
+                None => return Err(not_found(name)),
+            }
+        };
+        match self.inner.ac.get(&instance, digest).await? {
+            Some(result) => Ok(watch::channel(operation(
+                name,
+                digest,
+                Stage::Completed,
+                Some(cached_response(result)),
+            ))
+            .1),
+            None => Err(Error::NotFound(format!(
+                "operation {name:?} was answered from the Action Cache, which no longer holds it"
+            ))),
         }
-        state
-            .answered
-            .get(name)
-            .map(|op| watch::channel(op.clone()).1)
-            .ok_or_else(|| Error::NotFound(format!("operation {name:?} is unknown or has expired")))
     }
 
-    /// Cancels an operation: a queued action is dropped, a running one is killed.
+    /// Cancels the caller's operation, which completes with CANCELLED. The execution behind it
+    /// stops (dequeued, or cancelled through the pool) only when no other caller waits on it.
+    /// Cancelling a finished operation does nothing.
     pub fn cancel(&self, name: &str) -> Result<()> {
-        let (op, was_queued) = {
-            let mut state = self.inner.state.lock();
-            let op = state.ops.get(name).cloned().ok_or_else(|| {
-                Error::NotFound(format!("operation {name:?} is unknown or has expired"))
-            })?;
-            let key = state
-                .queue
-                .iter()
-                .find(|(_, o)| Arc::ptr_eq(o, &op))
-                .map(|(k, _)| *k);
-            if let Some(key) = key {
-                state.queue.remove(&key);
-            }
-            (op, key.is_some())
-        };
-        if was_queued {
-            let response = ExecuteResponse {
-                status: Some(status(tonic::Code::Cancelled, "cancelled while queued")),
-                ..Default::default()
+        let inner = &self.inner;
+        let mut state = inner.state.lock();
+        let Some((op, exec)) = state.live.remove(name) else {
+            return match state.finished.lookup(name) {
+                Some(_) => Ok(()),
+                None => Err(not_found(name)),
             };
-            self.inner.complete(&op, response);
-        } else {
-            op.cancel.cancel();
+        };
+        let done = op.publish(
+            exec.key.1,
+            Stage::Completed,
+            Some(failed(tonic::Code::Cancelled, "cancelled by CancelOperation")),
+        );
+        state
+            .finished
+            .insert(op.name.clone(), Finished::Done(done), &inner.config);
+        let mut shared = exec.shared.lock();
+        shared.waiters.retain(|o| !Arc::ptr_eq(o, &op));
+        if !shared.waiters.is_empty() {
+            return Ok(());
+        }
+        shared.over = true;
+        let queued = shared.queued.take();
+        drop(shared);
+        if state
+            .inflight
+            .get(&exec.key)
+            .is_some_and(|e| Arc::ptr_eq(e, &exec))
+        {
+            state.inflight.remove(&exec.key);
+        }
+        match queued {
+            Some(position) => {
+                state.queue.remove(&exec.requirements, position);
+            }
+            None => exec.cancel.cancel(),
         }
         Ok(())
     }
 
-    /// Number of operations queued and not yet dispatched.
+    /// Number of actions queued and not yet dispatched.
     pub fn queued(&self) -> usize {
         self.inner.state.lock().queue.len()
     }
-}
 
-fn enqueue(state: &mut State, op: Arc<Op>) {
-    state.seq += 1;
-    let key = (op.priority, state.seq);
-    state.queue.insert(key, op);
+    /// Number of finished operations remembered for GetOperation and WaitExecution.
+    pub fn retained(&self) -> usize {
+        let mut state = self.inner.state.lock();
+        state.finished.evict(&self.inner.config);
+        state.finished.len()
+    }
 }
 
 impl Inner {
-    fn set_stage(&self, op: &Op, stage: execution_stage::Value) {
-        op.tx
-            .send_replace(operation(&op.name, op.key.1, stage, None));
+    fn new_name(&self) -> String {
+        format!("operations/{}/{}", self.config.name, uuid::Uuid::new_v4())
     }
 
-    /// Publishes the final state, forgets the in-flight entry, and expires the operation later.
-    fn complete(self: &Arc<Self>, op: &Arc<Op>, response: ExecuteResponse) {
-        op.tx.send_replace(operation(
-            &op.name,
-            op.key.1,
-            execution_stage::Value::Completed,
-            Some(response),
-        ));
-        {
-            let mut state = self.state.lock();
-            if state
-                .inflight
-                .get(&op.key)
-                .is_some_and(|o| Arc::ptr_eq(o, op))
-            {
-                state.inflight.remove(&op.key);
-            }
+    fn retain(&self, name: String, finished: Finished) {
+        self.state
+            .lock()
+            .finished
+            .insert(name, finished, &self.config);
+    }
+
+    /// Joins the in-flight execution of `key`, if any, with a new operation at its stage.
+    fn join(&self, state: &mut State, key: &(String, Digest)) -> Option<watch::Receiver<Operation>> {
+        let exec = Arc::clone(state.inflight.get(key)?);
+        let name = self.new_name();
+        let mut shared = exec.shared.lock();
+        debug_assert!(!shared.over, "an execution that is over is never in flight");
+        let (op, rx) = Op::new(operation(&name, key.1, shared.stage, None));
+        shared.waiters.push(Arc::clone(&op));
+        drop(shared);
+        state.live.insert(name, (op, exec));
+        Some(rx)
+    }
+
+    /// Queues a new execution with its first operation, unless an identical one appeared
+    /// meanwhile (then joins it) or the queue is full.
+    fn start(&self, exec: Arc<Execution>) -> Result<watch::Receiver<Operation>> {
+        let mut state = self.state.lock();
+        if let Some(rx) = self.join(&mut state, &exec.key) {
+            return Ok(rx);
         }
-        self.expire(op.name.clone());
+        if state.queue.len() >= self.config.max_queued {
+            return Err(Error::ResourceExhausted(format!(
+                "the execution queue is full ({} actions)",
+                self.config.max_queued
+            )));
+        }
+        let name = self.new_name();
+        let (op, rx) = Op::new(operation(&name, exec.key.1, Stage::Queued, None));
+        let position = state
+            .queue
+            .push(&exec.requirements, exec.priority, Arc::clone(&exec));
+        {
+            let mut shared = exec.shared.lock();
+            shared.waiters.push(Arc::clone(&op));
+            shared.queued = Some(position);
+        }
+        if !exec.do_not_cache {
+            state.inflight.insert(exec.key.clone(), Arc::clone(&exec));
+        }
+        state.live.insert(name, (op, exec));
+        Ok(rx)
     }
 
-    /// Forgets a finished operation once the retention period is over.
-    fn expire(self: &Arc<Self>, name: String) {
-        let weak = Arc::downgrade(self);
-        let retention = self.config.retention;
-        tokio::spawn(async move {
-            tokio::time::sleep(retention).await;
-            if let Some(inner) = weak.upgrade() {
-                let mut state = inner.state.lock();
-                state.ops.remove(&name);
-                state.answered.remove(&name);
-            }
-        });
+    /// Ends an execution: every waiter gets `response` under its own name, and nobody can
+    /// join it any more (both under the state lock).
+    fn complete(&self, exec: &Arc<Execution>, response: ExecuteResponse) {
+        let mut state = self.state.lock();
+        if state
+            .inflight
+            .get(&exec.key)
+            .is_some_and(|e| Arc::ptr_eq(e, exec))
+        {
+            state.inflight.remove(&exec.key);
+        }
+        let waiters = {
+            let mut shared = exec.shared.lock();
+            shared.over = true;
+            shared.queued = None;
+            shared.stage = Stage::Completed;
+            std::mem::take(&mut shared.waiters)
+        };
+        for op in waiters {
+            state.live.remove(&op.name);
+            let done = op.publish(exec.key.1, Stage::Completed, Some(response.clone()));
+            state
+                .finished
+                .insert(op.name.clone(), Finished::Done(done), &self.config);
+        }
     }
 
-    /// Matches queued operations to idle executors, in priority order; fails those no executor
-    /// can ever match once the grace period is over.
+    /// Re-queues an execution whose executor was lost, unless it is over; false if it is.
+    fn requeue(&self, exec: &Arc<Execution>) -> bool {
+        let mut state = self.state.lock();
+        let mut shared = exec.shared.lock();
+        if shared.over {
+            return false;
+        }
+        shared.stage = Stage::Queued;
+        for op in &shared.waiters {
+            op.publish(exec.key.1, Stage::Queued, None);
+        }
+        let position = state
+            .queue
+            .push(&exec.requirements, exec.priority, Arc::clone(exec));
+        shared.queued = Some(position);
+        true
+    }
+
+    /// One dispatch pass: starts queued executions on idle executors, and fails those no
+    /// executor has matched for the grace period.
     fn dispatch_once(self: &Arc<Self>) {
-        let executors = self.pool.executors();
-        let rules = &self.config.match_rules;
-        let mut starts = Vec::new();
-        let mut failures = Vec::new();
-        {
+        let mut executors = self.pool.executors();
+        let mut ids = HashSet::with_capacity(executors.len());
+        executors.retain(|e| ids.insert(e.id.clone()));
+        let pass = {
             let mut state = self.state.lock();
-            let mut idle: Vec<&ExecutorInfo> = executors
-                .iter()
-                .filter(|e| !state.busy.contains(&e.id))
-                .collect();
-            let mut taken = Vec::new();
-            for (key, op) in &state.queue {
-                if let Some(i) = idle
-                    .iter()
-                    .position(|e| rules.matches(&op.requirements, &e.properties))
-                {
-                    starts.push((Arc::clone(op), idle.remove(i).clone()));
-                    taken.push(*key);
-                    continue;
-                }
-                let mut since = op.unmatched_since.lock();
-                if executors
-                    .iter()
-                    .any(|e| rules.matches(&op.requirements, &e.properties))
-                {
-                    *since = None;
-                } else if since.get_or_insert_with(Instant::now).elapsed()
-                    >= self.config.unmatched_grace
-                {
-                    failures.push((
-                        Arc::clone(op),
-                        unmatched_message(rules, &op.requirements, &executors),
-                    ));
-                    taken.push(*key);
-                }
-            }
-            for key in taken {
-                state.queue.remove(&key);
-            }
-            for (_, executor) in &starts {
-                state.busy.insert(executor.id.clone());
-            }
-        }
-        for (op, message) in failures {
-            self.complete(
-                &op,
-                ExecuteResponse {
-                    status: Some(status(tonic::Code::FailedPrecondition, message)),
-                    ..Default::default()
-                },
+            state.finished.evict(&self.config);
+            let State { queue, busy, .. } = &mut *state;
+            let pass = queue.pass(
+                &executors,
+                busy,
+                &self.config.match_rules,
+                self.config.unmatched_grace,
             );
+            for (exec, e) in &pass.starts {
+                busy.insert(executors[*e].id.clone());
+                exec.shared.lock().queued = None;
+            }
+            for (exec, _) in &pass.expired {
+                exec.shared.lock().queued = None;
+            }
+            pass
+        };
+        for (exec, why) in pass.expired {
+            self.complete(&exec, failed(tonic::Code::FailedPrecondition, why));
         }
-        for (op, executor) in starts {
-            tokio::spawn(Arc::clone(self).run(op, executor));
+        for (exec, e) in pass.starts {
+            tokio::spawn(Arc::clone(self).run(exec, executors[e].clone()));
         }
     }
 
-    async fn run(self: Arc<Self>, op: Arc<Op>, executor: ExecutorInfo) {
-        self.set_stage(&op, execution_stage::Value::Executing);
-        let mut job = op.job.clone();
+    async fn run(self: Arc<Self>, exec: Arc<Execution>, executor: ExecutorInfo) {
+        exec.fan_out(Stage::Executing);
+        let mut job = exec.job.clone();
         job.lease_id = uuid::Uuid::new_v4().to_string();
-        tracing::debug!(operation = %op.name, executor = %executor.id, "dispatching");
-        let outcome = self.pool.run(&executor.id, job, op.cancel.clone()).await;
+        tracing::debug!(action = %exec.key.1, executor = %executor.id, lease = %job.lease_id, "dispatching");
+        let ended = self.attempt(&exec, &executor.id, job).await;
         self.state.lock().busy.remove(&executor.id);
         self.wake.notify_one();
-        let ok = || Some(status(tonic::Code::Ok, ""));
-        let response = match outcome {
+        if let Some(response) = self.respond(&exec, &executor, ended).await {
+            self.complete(&exec, response);
+        }
+    }
+
+    /// Runs one attempt under the lease deadline (timeout plus allowance). When the deadline
+    /// passes or the execution is cancelled, the job's token fires and the pool gets
+    /// `cancel_grace` to return before the scheduler stops waiting and drops its future.
+    async fn attempt(&self, exec: &Execution, executor: &str, job: Job) -> Ended {
+        let timeout = job.timeout.unwrap_or(self.config.max_action_timeout);
+        let lease = timeout.saturating_add(self.config.lease_allowance);
+        let token = exec.cancel.child_token();
+        let run = self.pool.run(executor, job, token.clone());
+        tokio::pin!(run);
+        let revoked = tokio::select! {
+            outcome = &mut run => return Ended::Returned(outcome),
+            () = tokio::time::sleep(lease) => true,
+            () = token.cancelled() => false,
+        };
+        if revoked {
+            tracing::warn!(action = %exec.key.1, executor, ?lease, "lease deadline passed; revoking");
+        }
+        token.cancel();
+        let late = tokio::time::timeout(self.config.cancel_grace, &mut run)
+            .await
+            .ok();
+        if late.is_none() {
+            tracing::warn!(action = %exec.key.1, executor, grace = ?self.config.cancel_grace, "the pool did not return a cancelled job; freeing its executor");
+        }
+        match (revoked, late) {
+            (true, late) => Ended::Revoked(lease, late),
+            (false, Some(outcome)) => Ended::Returned(outcome),
+            (false, None) => Ended::Abandoned,
+        }
+    }
+
+    /// The response for how an attempt ended; `None` if the execution was re-queued.
+    async fn respond(
+        &self,
+        exec: &Arc<Execution>,
+        executor: &ExecutorInfo,
+        ended: Ended,
+    ) -> Option<ExecuteResponse> {
+        let outcome = match ended {
+            Ended::Returned(outcome) => outcome,
+            Ended::Revoked(lease, late) => {
+                let result = match late {
+                    Some(Ok(JobOutcome::Completed(r) | JobOutcome::TimedOut(r))) => Some(r),
+                    _ => None,
+                };
+                return Some(ExecuteResponse {
+                    result,
+                    ..failed(
+                        tonic::Code::DeadlineExceeded,
+                        format!(
+                            "the lease deadline passed: the job did not finish within {lease:?} \
+                             (its timeout plus {:?} for fetching inputs and uploading outputs)",
+                            self.config.lease_allowance
+                        ),
+                    )
+                });
+            }
+            Ended::Abandoned => {
+                return Some(failed(
+                    tonic::Code::Cancelled,
+                    "cancelled; the executor did not confirm in time",
+                ));
+            }
+        };
+        Some(match outcome {
             Ok(JobOutcome::Completed(result)) => {
-                self.cache(&op, &result).await;
+                self.cache(exec, &result).await;
                 ExecuteResponse {
                     result: Some(result),
-                    status: ok(),
+                    status: Some(status(tonic::Code::Ok, "")),
                     ..Default::default()
                 }
             }
             Ok(JobOutcome::TimedOut(result)) => {
-                let limit = op.job.timeout.unwrap_or_default();
+                let limit = exec.job.timeout.unwrap_or_default();
                 ExecuteResponse {
                     result: Some(result),
-                    status: Some(status(
+                    ..failed(
                         tonic::Code::DeadlineExceeded,
                         format!("action exceeded its timeout of {limit:?} and was killed"),
-                    )),
-                    ..Default::default()
+                    )
                 }
             }
-            Ok(JobOutcome::Cancelled) => ExecuteResponse {
-                status: Some(status(tonic::Code::Cancelled, "cancelled")),
-                ..Default::default()
-            },
+            Ok(JobOutcome::Cancelled) => failed(tonic::Code::Cancelled, "cancelled"),
             Err(Error::Unavailable(why)) => {
-                let attempts = op.attempts.fetch_add(1, Ordering::SeqCst) + 1;
-                if attempts <= self.config.max_retries && !op.cancel.is_cancelled() {
-                    tracing::warn!(operation = %op.name, executor = %executor.id, %why, attempts, "executor lost; re-queueing");
-                    self.set_stage(&op, execution_stage::Value::Queued);
-                    enqueue(&mut self.state.lock(), Arc::clone(&op));
+                let attempts = exec.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+                if attempts <= self.config.max_retries && self.requeue(exec) {
+                    tracing::warn!(action = %exec.key.1, executor = %executor.id, %why, attempts, "executor lost; re-queued");
                     self.wake.notify_one();
-                    return;
+                    return None;
                 }
-                ExecuteResponse {
-                    status: Some(status(
-                        tonic::Code::Unavailable,
-                        format!("executors were lost {attempts} times running this action: {why}"),
-                    )),
-                    ..Default::default()
-                }
+                failed(
+                    tonic::Code::Unavailable,
+                    format!("executors were lost {attempts} times running this action: {why}"),
+                )
             }
             Err(Error::FailedPrecondition(why)) => {
                 // Typically an input evicted since the check: report what is missing now, as
                 // MISSING violations, so that the client uploads it again.
-                let status = match load(self.cas.as_ref(), &op.key.0, op.key.1).await {
+                let status = match load(self.cas.as_ref(), &exec.key.0, exec.key.1).await {
                     Ok(Loaded::Missing(missing)) => missing_status(&missing),
                     _ => status(tonic::Code::FailedPrecondition, why),
                 };
@@ -558,40 +550,18 @@ impl Inner {
                 status: Some(e.to_rpc_status()),
                 ..Default::default()
             },
-        };
-        self.complete(&op, response);
+        })
     }
 
     /// Caches successful results unless the action says not to.
-    async fn cache(&self, op: &Op, result: &ActionResult) {
-        if op.do_not_cache || result.exit_code != 0 {
+    async fn cache(&self, exec: &Execution, result: &ActionResult) {
+        if exec.do_not_cache || result.exit_code != 0 {
             return;
         }
-        if let Err(e) = self.ac.put(&op.key.0, op.key.1, result.clone()).await {
-            tracing::warn!(operation = %op.name, error = %e, "could not cache the result");
+        if let Err(e) = self.ac.put(&exec.key.0, exec.key.1, result.clone()).await {
+            tracing::warn!(action = %exec.key.1, error = %e, "could not cache the result");
         }
     }
-}
-
-fn unmatched_message(
-    rules: &MatchRules,
-    requested: &[Property],
-    executors: &[ExecutorInfo],
-) -> String {
-    if executors.is_empty() {
-        return "no executor can run this action: no executors are registered".into();
-    }
-    let closest = executors
-        .iter()
-        .map(|e| rules.unmatched(requested, &e.properties))
-        .min_by_key(Vec::len)
-        .unwrap_or_default();
-    let list: Vec<String> = closest.iter().map(|(n, v)| format!("{n}={v}")).collect();
-    format!(
-        "no executor can run this action: unmatched platform properties {} (among {} executors)",
-        list.join(", "),
-        executors.len()
-    )
 }
 
 async fn dispatch_loop(weak: std::sync::Weak<Inner>) {
@@ -609,5 +579,26 @@ async fn dispatch_loop(weak: std::sync::Weak<Inner>) {
             r = changes.changed() => if r.is_err() { return },
             () = tokio::time::sleep(tick) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_cannot_be_switched_off() {
+        let max = Duration::from_secs(60);
+        let t = |seconds, nanos| effective_timeout(Some(&ProtoDuration { seconds, nanos }), max);
+        assert_eq!(effective_timeout(None, max), max);
+        assert_eq!(t(0, 0), max);
+        assert_eq!(t(0, 1), max, "1 ns rounds to 0 ms");
+        assert_eq!(t(0, 999_999), max);
+        assert_eq!(t(-5, 0), max);
+        assert_eq!(t(0, -1), max);
+        assert_eq!(t(61, 0), max);
+        assert_eq!(t(i64::MAX, 999_999_999), max);
+        assert_eq!(t(0, 1_000_000), Duration::from_millis(1));
+        assert_eq!(t(30, 0), Duration::from_secs(30));
     }
 }

@@ -24,7 +24,7 @@ fn follow(rx: watch::Receiver<Operation>) -> BoxStream<'static, Result<Operation
         }
         if !first && rx.changed().await.is_err() {
             return Some((
-                Err(Status::unavailable("the scheduler dropped this operation")),
+                Err(Error::Unavailable("the scheduler dropped this operation".into()).into()),
                 (rx, false, true),
             ));
         }
@@ -68,7 +68,7 @@ impl Execution for ExecutionService {
     ) -> Result<Response<Self::ExecuteStream>, Status> {
         let rx = self.scheduler.execute(request.into_inner()).await;
         respond(rx.map(|rx| {
-            let first = crate::scheduler::cache_check_stage(&rx.borrow());
+            let first = crate::operations::cache_check_stage(&rx.borrow());
             futures::stream::once(async move { Ok(first) })
                 .chain(follow(rx))
                 .boxed()
@@ -82,6 +82,7 @@ impl Execution for ExecutionService {
         respond(
             self.scheduler
                 .subscribe(&request.into_inner().name)
+                .await
                 .map(follow),
         )
     }
@@ -121,6 +122,7 @@ impl Operations for OperationsService {
         respond(
             self.scheduler
                 .subscribe(&request.into_inner().name)
+                .await
                 .map(|rx| rx.borrow().clone()),
         )
     }

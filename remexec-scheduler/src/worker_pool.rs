@@ -1,5 +1,9 @@
 //! [`WorkerPool`]: an [`ExecutorPool`] of remote workers attached over remexec's worker protocol
 //! (`remexec.worker.v1.WorkerService/Attach`).
+//!
+//! A worker name is held by one live connection at a time; results count only from the
+//! connection holding the lease; a worker that does not answer a `cancel_lease` within the
+//! cancel grace is detached as wedged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +30,11 @@ use crate::pool::{ExecutorInfo, ExecutorPool, Job, JobOutcome};
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// A worker silent for this many heartbeat intervals is considered lost.
 const MISSED_HEARTBEATS: u32 = 3;
-/// How long a cancelled lease may take to report back before it is given up.
+/// How long a cancelled lease may take to report back before its worker is detached as wedged.
 const CANCEL_GRACE: Duration = Duration::from_secs(30);
+/// Largest message on the worker protocol, both ways: a `Lease` carries a Command of up to
+/// 16 MiB, and a `LeaseResult` may carry large inlined outputs.
+pub const MAX_WORKER_MESSAGE: usize = 64 * 1024 * 1024;
 
 type Outbox = mpsc::Sender<Result<SchedulerMessage, Status>>;
 
@@ -41,6 +48,7 @@ struct Connection {
 struct PoolState {
     connections: HashMap<String, Connection>,
     executors: Vec<(ExecutorInfo, String)>,
+    /// Leases awaiting a result: the connection holding each, and where its result goes.
     pending: HashMap<String, (String, oneshot::Sender<Result<JobOutcome>>)>,
 }
 
@@ -49,6 +57,29 @@ struct PoolInner {
     state: Mutex<PoolState>,
     changes: watch::Sender<u64>,
     shutdown: CancellationToken,
+    cancel_grace: Duration,
+}
+
+/// Forgets a lease's pending entry when [`WorkerPool::run`] ends, returned or dropped, and
+/// asks the worker to stop it if it was dropped before a result came.
+struct PendingGuard<'a> {
+    inner: &'a PoolInner,
+    lease_id: String,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.inner.state.lock();
+        let Some((conn, _)) = state.pending.remove(&self.lease_id) else {
+            return;
+        };
+        if let Some(c) = state.connections.get(&conn) {
+            let cancel = scheduler_message::Message::CancelLease(self.lease_id.clone());
+            let _ = c.outbox.try_send(Ok(SchedulerMessage {
+                message: Some(cancel),
+            }));
+        }
+    }
 }
 
 /// Workers attached over gRPC. Mount [`WorkerPool::service`] on the scheduler's server and hand
@@ -67,11 +98,18 @@ impl Default for WorkerPool {
 impl WorkerPool {
     /// An empty pool.
     pub fn new() -> Self {
+        Self::with_cancel_grace(CANCEL_GRACE)
+    }
+
+    /// An empty pool that detaches a worker as wedged when it does not answer a `cancel_lease`
+    /// within `grace` (30 s for [`new`](Self::new)).
+    pub fn with_cancel_grace(grace: Duration) -> Self {
         Self {
             inner: Arc::new(PoolInner {
                 state: Mutex::default(),
                 changes: watch::channel(0).0,
                 shutdown: CancellationToken::new(),
+                cancel_grace: grace,
             }),
         }
     }
@@ -93,9 +131,12 @@ impl WorkerPool {
         }
     }
 
-    /// The gRPC service workers attach to.
+    /// The gRPC service workers attach to, accepting messages of up to
+    /// [`MAX_WORKER_MESSAGE`] both ways.
     pub fn service(&self) -> WorkerServiceServer<Self> {
         WorkerServiceServer::new(self.clone())
+            .max_decoding_message_size(MAX_WORKER_MESSAGE)
+            .max_encoding_message_size(MAX_WORKER_MESSAGE)
     }
 
     /// Names of the attached workers.
@@ -142,11 +183,24 @@ impl WorkerPool {
         self.bump();
     }
 
-    fn finish_lease(&self, result: LeaseResult) {
-        let Some((_, tx)) = self.inner.state.lock().pending.remove(&result.lease_id) else {
-            tracing::debug!(lease = %result.lease_id, "result for an unknown lease");
-            return;
+    /// Delivers a result from connection `conn`. A result for an unknown lease, or for a lease
+    /// another connection holds, is ignored; it never detaches the worker.
+    fn finish_lease(&self, conn: &str, result: LeaseResult) {
+        let tx = {
+            let mut state = self.inner.state.lock();
+            match state.pending.get(&result.lease_id) {
+                None => {
+                    tracing::debug!(lease = %result.lease_id, "result for an unknown lease");
+                    return;
+                }
+                Some((holder, _)) if holder != conn => {
+                    tracing::warn!(lease = %result.lease_id, connection = %conn, "result from a connection that does not hold the lease; ignored");
+                    return;
+                }
+                Some(_) => state.pending.remove(&result.lease_id).map(|(_, tx)| tx),
+            }
         };
+        let Some(tx) = tx else { return };
         let status = result.status.unwrap_or_default();
         let outcome = match (tonic::Code::from_i32(status.code), result.result) {
             (tonic::Code::Ok, Some(r)) => Ok(JobOutcome::Completed(r)),
@@ -178,7 +232,7 @@ impl WorkerPool {
                 Ok(Err(status)) => break format!("stream failed: {}", status.message()),
                 Ok(Ok(None)) => break "stream closed".to_string(),
                 Ok(Ok(Some(msg))) => match msg.message {
-                    Some(FromWorker::Result(result)) => self.finish_lease(result),
+                    Some(FromWorker::Result(result)) => self.finish_lease(&conn, result),
                     Some(FromWorker::Heartbeat(_) | FromWorker::Progress(_)) | None => {}
                     Some(FromWorker::Register(_)) => {
                         break "registered twice on one stream".to_string();
@@ -217,14 +271,20 @@ impl WorkerService for WorkerPool {
         };
         let conn = uuid::Uuid::new_v4().to_string();
         let (outbox, rx) = mpsc::channel(256);
-        let replaced: Vec<String> = {
+        {
             let mut state = self.inner.state.lock();
-            let old = state
+            if state
                 .connections
-                .iter()
-                .filter(|(_, c)| c.worker == register.worker_name)
-                .map(|(id, _)| id.clone())
-                .collect();
+                .values()
+                .any(|c| c.worker == register.worker_name)
+            {
+                tracing::warn!(worker = %register.worker_name, "refused a second connection under a live worker's name");
+                return Err(Error::AlreadyExists(format!(
+                    "a worker named {:?} is already attached",
+                    register.worker_name
+                ))
+                .into());
+            }
             state.connections.insert(
                 conn.clone(),
                 Connection {
@@ -244,10 +304,6 @@ impl WorkerService for WorkerPool {
                 };
                 state.executors.push((info, conn.clone()));
             }
-            old
-        };
-        for old in replaced {
-            self.detach(&old, "replaced by a new connection from the same worker");
         }
         tracing::info!(worker = %register.worker_name, executors = register.executors.len(), "worker attached");
         self.bump();
@@ -275,30 +331,33 @@ impl ExecutorPool for WorkerPool {
     }
 
     async fn run(&self, executor: &str, job: Job, cancel: CancellationToken) -> Result<JobOutcome> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         let lease_id = job.lease_id.clone();
-        let outbox = {
+        let (outbox, conn, executor_id) = {
             let mut state = self.inner.state.lock();
-            let Some((info, conn)) = state
+            let gone = || Error::Unavailable(format!("executor {executor} is gone"));
+            let (info, conn) = state
                 .executors
                 .iter()
                 .find(|(e, _)| e.id == executor)
                 .cloned()
-            else {
-                return Err(Error::Unavailable(format!("executor {executor} is gone")));
-            };
-            let outbox = state.connections.get(&conn).map(|c| c.outbox.clone());
-            state.pending.insert(lease_id.clone(), (conn, tx));
+                .ok_or_else(gone)?;
+            let outbox = state
+                .connections
+                .get(&conn)
+                .map(|c| c.outbox.clone())
+                .ok_or_else(gone)?;
+            state.pending.insert(lease_id.clone(), (conn.clone(), tx));
             let local_id = info
                 .id
                 .strip_prefix(&format!("{}/", info.worker))
                 .unwrap_or(&info.id)
                 .to_string();
-            outbox.map(|o| (o, local_id))
+            (outbox, conn, local_id)
         };
-        let Some((outbox, executor_id)) = outbox else {
-            self.inner.state.lock().pending.remove(&lease_id);
-            return Err(Error::Unavailable(format!("executor {executor} is gone")));
+        let _guard = PendingGuard {
+            inner: &self.inner,
+            lease_id: lease_id.clone(),
         };
         let lease = Lease {
             lease_id: lease_id.clone(),
@@ -308,7 +367,10 @@ impl ExecutorPool for WorkerPool {
             digest_function: job.action_digest.function().to_proto(),
             action: Some(job.action),
             command: Some(job.command),
-            timeout_ms: job.timeout.map_or(0, |t| t.as_millis() as u64),
+            // 0 would mean "no timeout" to the worker: a timeout under 1 ms is 1 ms.
+            timeout_ms: job
+                .timeout
+                .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
             queued_at_unix_nanos: job
                 .queued_at
                 .duration_since(UNIX_EPOCH)
@@ -319,21 +381,24 @@ impl ExecutorPool for WorkerPool {
             .await
             .is_err()
         {
-            self.inner.state.lock().pending.remove(&lease_id);
             return Err(Error::Unavailable(format!(
                 "executor {executor}'s worker is gone"
             )));
         }
-        let mut rx = rx;
         tokio::select! {
             r = &mut rx => return r.unwrap_or_else(|_| Err(Error::Unavailable("worker lost".into()))),
             () = cancel.cancelled() => {}
         }
         let _ = send(scheduler_message::Message::CancelLease(lease_id.clone())).await;
-        match tokio::time::timeout(CANCEL_GRACE, rx).await {
+        let grace = self.inner.cancel_grace;
+        match tokio::time::timeout(grace, rx).await {
             Ok(Ok(outcome)) => outcome,
-            _ => {
-                self.inner.state.lock().pending.remove(&lease_id);
+            Ok(Err(_)) => Ok(JobOutcome::Cancelled),
+            Err(_) => {
+                self.detach(
+                    &conn,
+                    &format!("wedged: lease {lease_id} was not answered within {grace:?} of its cancellation"),
+                );
                 Ok(JobOutcome::Cancelled)
             }
         }

@@ -18,58 +18,12 @@ use remexec_core::apis::google::longrunning::{
 use remexec_core::reapi::{
     ExecuteRequest, ExecuteResponse, ExecutionPolicy, WaitExecutionRequest, execution_stage,
 };
-use remexec_core::{ActionCache, Digest, DigestFunction, Error};
+use remexec_core::{ActionCache, DigestFunction, Error};
 use remexec_scheduler::platform::MatchRules;
 use remexec_scheduler::{
-    ExecutionService, JobOutcome, OperationsService, Scheduler, SchedulerConfig,
+    ExecutionService, JobOutcome, OperationsService,
 };
-use support::{FakePool, MapCache, MapStore, store_action};
-use tokio::sync::watch;
-
-struct Setup {
-    scheduler: Scheduler,
-    pool: FakePool,
-    cas: Arc<MapStore>,
-    ac: Arc<MapCache>,
-}
-
-fn setup(pool: FakePool, configure: impl FnOnce(&mut SchedulerConfig)) -> Setup {
-    let cas = Arc::new(MapStore::default());
-    let ac = Arc::new(MapCache::default());
-    let mut config = SchedulerConfig::default();
-    config.unmatched_grace = Duration::from_millis(300);
-    configure(&mut config);
-    let scheduler = Scheduler::new(config, cas.clone(), ac.clone(), Arc::new(pool.clone()));
-    Setup {
-        scheduler,
-        pool,
-        cas,
-        ac,
-    }
-}
-
-fn request(digest: Digest) -> ExecuteRequest {
-    ExecuteRequest {
-        action_digest: Some(digest.to_proto()),
-        ..Default::default()
-    }
-}
-
-async fn finish(mut rx: watch::Receiver<Operation>) -> ExecuteResponse {
-    loop {
-        let op = rx.borrow_and_update().clone();
-        if op.done {
-            let Some(operation::Result::Response(any)) = op.result else {
-                panic!("done without response")
-            };
-            return ExecuteResponse::decode(&any.value[..]).unwrap();
-        }
-        tokio::time::timeout(Duration::from_secs(20), rx.changed())
-            .await
-            .expect("operation stalled")
-            .unwrap();
-    }
-}
+use support::{FakePool, finish, request, setup, store_action};
 
 #[tokio::test]
 async fn twenty_identical_executes_run_once() {
@@ -96,7 +50,14 @@ async fn twenty_identical_executes_run_once() {
     let cached_name = cached_rx.borrow().name.clone();
     let cached = finish(cached_rx).await;
     // Even an operation answered from the cache can be looked up afterwards.
-    assert!(s.scheduler.subscribe(&cached_name).unwrap().borrow().done);
+    assert!(
+        s.scheduler
+            .subscribe(&cached_name)
+            .await
+            .unwrap()
+            .borrow()
+            .done
+    );
     assert!(cached.cached_result);
     assert_eq!(s.pool.runs.load(Ordering::SeqCst), 1);
     // skip_cache_lookup runs it again.

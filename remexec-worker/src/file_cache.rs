@@ -9,17 +9,20 @@ use parking_lot::Mutex;
 use futures::StreamExt;
 use lru::LruCache;
 use remexec_core::{BlobStore, Digest, Error, ReadRange, Result};
-use tokio::io::AsyncWriteExt;
+
+use crate::blocking::blocking;
 
 /// LRU of `(digest, executable)` to size, plus the total size.
 type Index = (LruCache<(Digest, bool), u64>, u64);
 
 /// A bounded directory of read-only files named by digest and executable bit.
 ///
-/// Files are fetched from the CAS into a temporary file, made read-only, and renamed into
-/// place; actions get hardlinks, so a file used by many actions is fetched and stored once.
-/// Least recently used files are evicted beyond the byte budget (hardlinks already made stay
-/// valid). Actions must not modify their inputs: the cache trusts that they do not.
+/// Files are fetched from the CAS into a temporary file, hash-checked, made read-only, and
+/// renamed into place; actions get hardlinks, so a file used by many actions is fetched and
+/// stored once. Least recently used files are evicted beyond the byte budget (hardlinks already
+/// made stay valid). Actions must not modify their inputs: the cache trusts that they do not.
+///
+/// Every file-system call but [`FileCache::open`]'s runs on tokio's blocking pool.
 #[derive(Debug)]
 pub struct FileCache {
     dir: PathBuf,
@@ -28,11 +31,16 @@ pub struct FileCache {
 }
 
 impl FileCache {
-    /// A cache in `dir` (emptied first) holding at most `budget` bytes.
+    /// A cache in `dir` holding at most `budget` bytes. Whatever `dir` held is removed first,
+    /// even trees an action made unwritable; what cannot be removed is moved aside (with a
+    /// warning), so that leftovers never prevent a start. Blocks.
     pub fn open(dir: &Path, budget: u64) -> Result<Arc<Self>> {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)
-                .map_err(|e| Error::io(format!("clearing {}", dir.display()), e))?;
+        if let Some(aside) = remexec_core::fs::reset_dir(dir)? {
+            tracing::warn!(
+                dir = %dir.display(),
+                moved_to = %aside.display(),
+                "could not remove the old file cache; moved it aside"
+            );
         }
         std::fs::create_dir_all(dir.join("tmp"))
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -43,7 +51,8 @@ impl FileCache {
         }))
     }
 
-    fn path(&self, digest: &Digest, executable: bool) -> PathBuf {
+    /// Where the cached file for `digest` lives (whether or not it is cached now).
+    pub(crate) fn path(&self, digest: &Digest, executable: bool) -> PathBuf {
         self.dir.join(format!(
             "{}-{}-{}-{}",
             digest.function(),
@@ -51,6 +60,20 @@ impl FileCache {
             digest.size(),
             if executable { "x" } else { "r" }
         ))
+    }
+
+    /// Whether the file is cached; marks it recently used.
+    pub(crate) fn contains(&self, digest: Digest, executable: bool) -> bool {
+        self.index.lock().0.get(&(digest, executable)).is_some()
+    }
+
+    /// Forgets a cached file that turned out to be gone.
+    fn forget(&self, digest: Digest, executable: bool) {
+        let mut index = self.index.lock();
+        let (entries, bytes) = &mut *index;
+        if let Some(size) = entries.pop(&(digest, executable)) {
+            *bytes -= size;
+        }
     }
 
     /// Makes `dest` a hardlink to the cached file for `digest`, fetching it first if needed.
@@ -63,30 +86,23 @@ impl FileCache {
         dest: &Path,
     ) -> Result<()> {
         for _ in 0..3 {
-            let cached = self.path(&digest, executable);
-            if self.index.lock().0.get(&(digest, executable)).is_none() {
+            if !self.contains(digest, executable) {
                 self.fetch(cas, instance, digest, executable).await?;
             }
-            match std::fs::hard_link(&cached, dest) {
-                Ok(()) => return Ok(()),
-                // Evicted between the lookup and the link: fetch again.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.index.lock().0.pop(&(digest, executable));
-                }
-                Err(_) => {
-                    // Another file system or too many links: copy instead.
-                    std::fs::copy(&cached, dest)
-                        .map_err(|e| Error::io(format!("copying to {}", dest.display()), e))?;
-                    return Ok(());
-                }
+            let (cached, dest) = (self.path(&digest, executable), dest.to_path_buf());
+            if blocking(move || link_or_copy(&cached, &dest)).await? {
+                return Ok(());
             }
+            // Evicted between the lookup and the link: fetch again.
+            self.forget(digest, executable);
         }
         Err(Error::Internal(format!(
             "input {digest} kept disappearing from the file cache"
         )))
     }
 
-    async fn fetch(
+    /// Fetches the blob into the cache (whether or not it is there already).
+    pub(crate) async fn fetch(
         &self,
         cas: &dyn BlobStore,
         instance: &str,
@@ -99,54 +115,88 @@ impl FileCache {
             .ok_or_else(|| {
                 Error::FailedPrecondition(format!("input blob {digest} is not in the CAS"))
             })?;
-        let temp = tempfile::Builder::new()
-            .tempfile_in(self.dir.join("tmp"))
-            .map_err(|e| Error::io("creating a cache file", e))?;
-        let mut file = tokio::fs::File::from_std(
-            temp.as_file()
-                .try_clone()
-                .map_err(|e| Error::io("cloning a file handle", e))?,
-        );
-        let mut hasher = digest.function().hasher();
+        let tmp = self.dir.join("tmp");
+        let temp = blocking(move || {
+            tempfile::Builder::new()
+                .tempfile_in(tmp)
+                .map_err(|e| Error::io("creating a cache file", e))
+        })
+        .await?;
+        // Hashing and writing happen on the blocking pool, one chunk per call.
+        let mut state = (temp, digest.function().hasher());
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
-            hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| Error::io("writing a cache file", e))?;
+            state = blocking(move || {
+                use std::io::Write;
+                let (mut temp, mut hasher) = state;
+                hasher.update(&chunk);
+                temp.write_all(&chunk)
+                    .map_err(|e| Error::io("writing a cache file", e))?;
+                Ok((temp, hasher))
+            })
+            .await?;
         }
-        file.flush()
-            .await
-            .map_err(|e| Error::io("writing a cache file", e))?;
+        let (temp, hasher) = state;
         if hasher.finish() != digest {
             return Err(Error::Internal(format!(
                 "CAS returned wrong content for {digest}"
             )));
         }
-        let mode = if executable { 0o555 } else { 0o444 };
-        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("setting permissions", e))?;
-        temp.persist(self.path(&digest, executable))
-            .map_err(|e| Error::io("renaming a cache file", e.error))?;
-        let evicted = {
-            let mut index = self.index.lock();
-            let (entries, bytes) = &mut *index;
-            if entries.put((digest, executable), digest.size()).is_none() {
-                *bytes += digest.size();
-            }
-            let mut evicted = Vec::new();
-            while *bytes > self.budget && entries.len() > 1 {
-                let Some(((d, x), size)) = entries.pop_lru() else {
-                    break;
-                };
-                *bytes -= size;
-                evicted.push(self.path(&d, x));
-            }
-            evicted
-        };
-        for path in evicted {
-            let _ = std::fs::remove_file(path);
+        let dest = self.path(&digest, executable);
+        blocking(move || {
+            let mode = if executable { 0o555 } else { 0o444 };
+            std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::io("setting permissions", e))?;
+            temp.persist(dest)
+                .map_err(|e| Error::io("renaming a cache file", e.error))?;
+            Ok(())
+        })
+        .await?;
+        let evicted = self.insert(digest, executable);
+        if !evicted.is_empty() {
+            blocking(move || {
+                for path in evicted {
+                    let _ = std::fs::remove_file(path);
+                }
+                Ok(())
+            })
+            .await?;
         }
         Ok(())
+    }
+
+    /// Records a fetched file; returns the paths of the files evicted to stay in budget.
+    fn insert(&self, digest: Digest, executable: bool) -> Vec<PathBuf> {
+        let mut index = self.index.lock();
+        let (entries, bytes) = &mut *index;
+        if entries.put((digest, executable), digest.size()).is_none() {
+            *bytes += digest.size();
+        }
+        let mut evicted = Vec::new();
+        while *bytes > self.budget && entries.len() > 1 {
+            let Some(((d, x), size)) = entries.pop_lru() else {
+                break;
+            };
+            *bytes -= size;
+            evicted.push(self.path(&d, x));
+        }
+        evicted
+    }
+}
+
+/// Hardlinks `cached` to `dest`, or copies it where a link is impossible (another file
+/// system, too many links). `Ok(false)` if `cached` is gone (evicted meanwhile). Blocks.
+pub(crate) fn link_or_copy(cached: &Path, dest: &Path) -> Result<bool> {
+    match std::fs::hard_link(cached, dest) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !cached.exists() => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(Error::io(format!("linking {}", dest.display()), e))
+        }
+        Err(_) => match std::fs::copy(cached, dest) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !cached.exists() => Ok(false),
+            Err(e) => Err(Error::io(format!("copying to {}", dest.display()), e)),
+        },
     }
 }

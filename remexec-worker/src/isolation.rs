@@ -1,6 +1,7 @@
 //! The [`Isolation`] trait and its [`ProcessIsolation`] backend.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use remexec_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
 /// What to run.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Spawn {
     /// `argv`; the first element is the program, looked up in `env`'s `PATH` if it has no `/`.
     pub args: Vec<String>,
@@ -20,11 +21,12 @@ pub struct Spawn {
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub cwd: PathBuf,
-    /// File that receives standard output.
-    pub stdout: PathBuf,
-    /// File that receives standard error.
-    pub stderr: PathBuf,
-    /// Kill the command after this long.
+    /// Receives standard output: an open file the worker holds another handle to (an unlinked
+    /// temporary file), so that the command cannot swap it for a FIFO or a device.
+    pub stdout: File,
+    /// Receives standard error, like `stdout`.
+    pub stderr: File,
+    /// Kill the command after this long (the worker always sets one).
     pub timeout: Option<Duration>,
 }
 
@@ -43,7 +45,7 @@ pub enum Exit {
 ///
 /// # Contract
 /// - The command gets exactly `args`, `env` and `cwd`, with stdin empty and stdout/stderr
-///   written to the given files.
+///   written to the given open files (never reopened by path).
 /// - When `run` returns, no process started for the command is left running: on exit, timeout
 ///   or cancel, every process it started is killed.
 /// - A command that fails is `Ok(Exited(code))`; `Err` means the command could not be run at all
@@ -73,17 +75,14 @@ impl Isolation for ProcessIsolation {
             .args
             .first()
             .ok_or_else(|| Error::invalid("empty command"))?;
-        let open = |p: &PathBuf| {
-            std::fs::File::create(p).map_err(|e| Error::io(format!("creating {}", p.display()), e))
-        };
         let mut child = tokio::process::Command::new(program)
             .args(&spawn.args[1..])
             .env_clear()
             .envs(spawn.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&spawn.cwd)
             .stdin(Stdio::null())
-            .stdout(open(&spawn.stdout)?)
-            .stderr(open(&spawn.stderr)?)
+            .stdout(Stdio::from(spawn.stdout))
+            .stderr(Stdio::from(spawn.stderr))
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
@@ -117,6 +116,7 @@ mod tests {
     use std::time::Instant;
 
     fn spawn(dir: &std::path::Path, script: &str, timeout: Option<Duration>) -> Spawn {
+        let create = |name: &str| File::create(dir.join(name)).unwrap();
         Spawn {
             args: vec!["/bin/sh".into(), "-c".into(), script.into()],
             env: vec![
@@ -124,8 +124,8 @@ mod tests {
                 ("GREETING".into(), "hi".into()),
             ],
             cwd: dir.to_path_buf(),
-            stdout: dir.join("stdout"),
-            stderr: dir.join("stderr"),
+            stdout: create("stdout"),
+            stderr: create("stderr"),
             timeout,
         }
     }

@@ -1,10 +1,17 @@
 //! The remexec worker: runs actions leased by a scheduler.
 //!
-//! - [`Worker`] attaches to a scheduler over remexec's worker protocol, registers its executors,
-//!   sends heartbeats, and runs each lease: it stages the input tree from the CAS through a
+//! - [`Worker`] attaches to a scheduler over remexec's worker protocol (messages up to
+//!   [`WorkerConfig::max_message_size`] both ways), registers its executors, sends heartbeats,
+//!   and runs each lease: it stages every path of the input tree from the CAS through a
 //!   hardlinking [`FileCache`], runs exactly the `Command`'s arguments, environment and working
 //!   directory under an [`Isolation`] backend, uploads outputs, stdout and stderr, reports an
 //!   `ActionResult` with `ExecutedActionMetadata`, and removes the action directory.
+//! - Every phase of a lease is bounded ([`WorkerConfig`]'s `input_fetch_timeout`,
+//!   `max_action_timeout`, `output_upload_timeout`), and nothing an action leaves behind can
+//!   block the worker: stdout and stderr are unlinked files the worker holds, outputs are never
+//!   opened unless they are regular files, symlinks are never followed, and unwritable
+//!   leftovers are removed anyway.
+//! - File-system work runs on tokio's blocking pool, never on the runtime's threads.
 //! - [`Isolation`] is the pluggable sandbox; [`ProcessIsolation`] runs each action in its own
 //!   process group and kills the whole group when the action ends, times out or is cancelled.
 //!
@@ -12,33 +19,39 @@
 //! `Arc<dyn BlobStore>`, local or remote.
 //!
 //! ```
+//! use std::time::Duration;
 //! use remexec_worker::{Exit, Isolation, ProcessIsolation, Spawn};
 //! use tokio_util::sync::CancellationToken;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> remexec_core::Result<()> {
-//! let dir = std::env::temp_dir();
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let spawn = Spawn {
 //!     args: vec!["/bin/sh".into(), "-c".into(), "exit 7".into()],
 //!     env: vec![],
-//!     cwd: dir.clone(),
-//!     stdout: dir.join("remexec-doc-stdout"),
-//!     stderr: dir.join("remexec-doc-stderr"),
-//!     timeout: None,
+//!     cwd: std::env::temp_dir(),
+//!     stdout: tempfile::tempfile()?,
+//!     stderr: tempfile::tempfile()?,
+//!     timeout: Some(Duration::from_secs(60)),
 //! };
 //! assert_eq!(ProcessIsolation.run(spawn, CancellationToken::new()).await?, Exit::Exited(7));
 //! # Ok(())
 //! # }
 //! ```
 
+mod blocking;
+mod config;
+mod execute;
 mod file_cache;
 mod isolation;
 mod outputs;
 mod stage;
+#[cfg(test)]
+mod tests;
 mod worker;
 
+pub use config::{DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig};
 pub use file_cache::FileCache;
 pub use isolation::{Exit, Isolation, ProcessIsolation, Spawn};
 pub use outputs::{collect_outputs, upload_directory, upload_file};
 pub use stage::stage_inputs;
-pub use worker::{ExecutorSpec, Worker, WorkerConfig};
+pub use worker::Worker;

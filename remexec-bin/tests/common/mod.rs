@@ -22,7 +22,21 @@ impl ServerProcess {
 
     /// Starts `remexec ROLE` (`serve` or `scheduler`) on a free loopback port.
     pub fn start_role(role: &str, data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        Self::start_command(Command::new(env!("CARGO_BIN_EXE_remexec")), role, data_dir, extra)
+    }
+
+    /// Starts `remexec serve` as the unprivileged user `nobody` (through `setpriv`), so that
+    /// file permissions apply to it even when the tests run as root.
+    pub fn start_as_nobody(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_remexec"));
+        Self::start_command(command, "serve", data_dir, extra)
+    }
+
+    fn start_command(mut command: Command, role: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = command
             .args([role, "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -157,6 +171,34 @@ pub fn exec(server: &ServerProcess, cwd: &Path, args: &[&str]) -> (i32, String, 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `remexec exec` like [`exec`], but kills it after `secs`: `None` if it had to.
+pub fn exec_within(
+    server: &ServerProcess,
+    cwd: &Path,
+    args: &[&str],
+    secs: u64,
+) -> Option<(i32, String, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(["exec", "--server", &server.url()])
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run remexec exec");
+    if !wait_until(secs, || child.try_wait().expect("wait").is_some()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    }
+    let out = child.wait_with_output().expect("output");
+    Some((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// Whether a process exists and is not a zombie.

@@ -16,7 +16,14 @@ use remexec_core::{
     ActionCache, BlobStore, BlobStoreExt, ChunkStream, Digest, DigestFunction, ReadRange, Result,
     collect_chunks, merkle::encode_message,
 };
-use remexec_scheduler::{ExecutorInfo, ExecutorPool, Job, JobOutcome};
+use remexec_core::apis::google::longrunning::{Operation, operation};
+use remexec_core::reapi::{ExecuteRequest, ExecuteResponse};
+use remexec_scheduler::{
+    ExecutorInfo, ExecutorPool, Job, JobOutcome, Scheduler, SchedulerConfig, WorkerPool,
+};
+use remexec_proto::worker::v1::worker_message::Message as M;
+use remexec_proto::worker::v1::worker_service_client::WorkerServiceClient;
+use remexec_proto::worker::v1::{Executor, Register, SchedulerMessage, WorkerMessage};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -96,6 +103,10 @@ pub struct FakePool {
     pub delay: Duration,
     pub gate: Arc<Semaphore>,
     pub script: Script,
+    /// Executors running a job right now.
+    pub running: Arc<Mutex<Vec<String>>>,
+    /// Times a job was started on an executor already running one.
+    pub double_booked: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for FakePool {
@@ -126,6 +137,8 @@ impl FakePool {
             delay: Duration::ZERO,
             gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             script,
+            running: Arc::default(),
+            double_booked: Arc::default(),
         }
     }
 
@@ -150,10 +163,18 @@ impl ExecutorPool for FakePool {
     }
     async fn run(
         &self,
-        _executor: &str,
+        executor: &str,
         job: Job,
         cancel: CancellationToken,
     ) -> Result<JobOutcome> {
+        {
+            let mut running = self.running.lock().unwrap();
+            if running.iter().any(|e| e == executor) {
+                self.double_booked.fetch_add(1, Ordering::SeqCst);
+            }
+            running.push(executor.to_string());
+        }
+        let _running = Running(Arc::clone(&self.running), executor.to_string());
         let n = self.runs.fetch_add(1, Ordering::SeqCst);
         self.order
             .lock()
@@ -167,12 +188,154 @@ impl ExecutorPool for FakePool {
     }
 }
 
+/// Removes an executor from [`FakePool::running`] when its run ends.
+struct Running(Arc<Mutex<Vec<String>>>, String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut running = self.0.lock().unwrap();
+        if let Some(i) = running.iter().position(|e| *e == self.1) {
+            running.remove(i);
+        }
+    }
+}
+
+pub struct Setup {
+    pub scheduler: Scheduler,
+    pub pool: FakePool,
+    pub cas: Arc<MapStore>,
+    pub ac: Arc<MapCache>,
+}
+
+pub fn setup(pool: FakePool, configure: impl FnOnce(&mut SchedulerConfig)) -> Setup {
+    let cas = Arc::new(MapStore::default());
+    let ac = Arc::new(MapCache::default());
+    let mut config = SchedulerConfig::default();
+    config.unmatched_grace = Duration::from_millis(300);
+    configure(&mut config);
+    let scheduler =
+        Scheduler::new(config, cas.clone(), ac.clone(), Arc::new(pool.clone())).unwrap();
+    Setup {
+        scheduler,
+        pool,
+        cas,
+        ac,
+    }
+}
+
+pub fn request(digest: Digest) -> ExecuteRequest {
+    ExecuteRequest {
+        action_digest: Some(digest.to_proto()),
+        ..Default::default()
+    }
+}
+
+/// The response an operation ends with (at most 20 s without a change).
+pub async fn finish(mut rx: watch::Receiver<Operation>) -> ExecuteResponse {
+    loop {
+        let op = rx.borrow_and_update().clone();
+        if op.done {
+            return response(&op);
+        }
+        tokio::time::timeout(Duration::from_secs(20), rx.changed())
+            .await
+            .expect("operation stalled")
+            .unwrap();
+    }
+}
+
+/// The response in a done operation.
+pub fn response(op: &Operation) -> ExecuteResponse {
+    let Some(operation::Result::Response(any)) = &op.result else {
+        panic!("done without response")
+    };
+    ExecuteResponse::decode(&any.value[..]).unwrap()
+}
+
+/// Serves `pool`'s WorkerService on 127.0.0.1; returns a channel to it.
+pub async fn serve_pool(pool: &WorkerPool) -> tonic::transport::Channel {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pool.service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A fake worker's two ends: what it sends, and what the scheduler sends it.
+pub type FakeWorker = (
+    tokio::sync::mpsc::Sender<WorkerMessage>,
+    tonic::Streaming<SchedulerMessage>,
+);
+
+/// Attaches a fake worker named `name` with executors `0` and `1` (heartbeat 10 s).
+pub async fn attach(
+    channel: &tonic::transport::Channel,
+    name: &str,
+) -> std::result::Result<FakeWorker, tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(WorkerMessage {
+        message: Some(M::Register(Register {
+            worker_name: name.into(),
+            executors: ["0", "1"]
+                .map(|id| Executor {
+                    id: id.into(),
+                    properties: vec![],
+                })
+                .to_vec(),
+            heartbeat_interval_ms: 10_000,
+        })),
+    })
+    .await
+    .unwrap();
+    let inbound = WorkerServiceClient::new(channel.clone())
+        .max_decoding_message_size(remexec_scheduler::MAX_WORKER_MESSAGE)
+        .max_encoding_message_size(remexec_scheduler::MAX_WORKER_MESSAGE)
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, inbound))
+}
+
+/// A job with an empty action, for driving a pool directly.
+pub fn bare_job(lease_id: &str) -> Job {
+    Job {
+        lease_id: lease_id.into(),
+        instance: String::new(),
+        action_digest: DigestFunction::Sha256.digest_of(b"action"),
+        action: Action::default(),
+        command: Command {
+            arguments: vec!["true".into()],
+            ..Default::default()
+        },
+        timeout: Some(Duration::from_secs(60)),
+        queued_at: std::time::SystemTime::now(),
+    }
+}
+
 /// Stores an action running `args` (with `platform`) and an input file; returns its digest.
 pub async fn store_action(
     cas: &dyn BlobStore,
     args: &[&str],
     platform: &[(&str, &str)],
     do_not_cache: bool,
+) -> Digest {
+    store_timed_action(cas, args, platform, do_not_cache, None).await
+}
+
+/// [`store_action`] with an `Action.timeout`.
+pub async fn store_timed_action(
+    cas: &dyn BlobStore,
+    args: &[&str],
+    platform: &[(&str, &str)],
+    do_not_cache: bool,
+    timeout: Option<remexec_core::apis::google::protobuf::Duration>,
 ) -> Digest {
     let f = DigestFunction::Sha256;
     let input = Bytes::from_static(b"input file");
@@ -210,6 +373,7 @@ pub async fn store_action(
         input_root_digest: Some(root_digest.to_proto()),
         platform: Some(platform),
         do_not_cache,
+        timeout,
         ..Default::default()
     };
     let bytes = Bytes::from(action.encode_to_vec());

@@ -1,0 +1,83 @@
+//! [`SchedulerConfig`]: the scheduler's settings, with their defaults and validation.
+
+use std::time::Duration;
+
+use remexec_core::{Error, Result};
+
+use crate::platform::MatchRules;
+
+/// Scheduler settings. Check them with [`validate`](SchedulerConfig::validate);
+/// [`Scheduler::new`](crate::Scheduler::new) refuses an invalid configuration.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SchedulerConfig {
+    /// This scheduler's name; it appears in operation names (`operations/{name}/{uuid}`).
+    pub name: String,
+    /// How action platforms are matched against executor properties.
+    pub match_rules: MatchRules,
+    /// Upper bound on any action's timeout, also used when an action sets none, a negative
+    /// one, or one that rounds to zero milliseconds. At least 1 ms.
+    pub max_action_timeout: Duration,
+    /// How often an action whose executor was lost is re-queued before the client gets
+    /// UNAVAILABLE.
+    pub max_retries: u32,
+    /// How long an action that no executor can match waits for one to appear before it fails
+    /// with FAILED_PRECONDITION.
+    pub unmatched_grace: Duration,
+    /// How long finished operations stay available to WaitExecution and GetOperation (at
+    /// most; the count and byte budgets may evict them sooner).
+    pub retention: Duration,
+    /// Most finished operations remembered; the oldest are forgotten first.
+    pub retained_operations: usize,
+    /// Most bytes of finished operations remembered (their encoded size); the oldest are
+    /// forgotten first. Cache hits cost only their name and action key.
+    pub retained_bytes: usize,
+    /// Most actions waiting in the queue; beyond it Execute fails with RESOURCE_EXHAUSTED.
+    pub max_queued: usize,
+    /// Time a dispatched job may take beyond its action timeout (input fetch, output upload)
+    /// before its lease is revoked and the operation fails with DEADLINE_EXCEEDED.
+    pub lease_allowance: Duration,
+    /// How long the scheduler waits for the pool to return a cancelled or revoked job before it
+    /// gives up on it and frees the executor.
+    pub cancel_grace: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            name: "s0".into(),
+            match_rules: MatchRules::default(),
+            max_action_timeout: Duration::from_secs(3600),
+            max_retries: 3,
+            unmatched_grace: Duration::from_secs(30),
+            retention: Duration::from_secs(600),
+            retained_operations: 10_000,
+            retained_bytes: 64 * 1024 * 1024,
+            max_queued: 100_000,
+            lease_allowance: Duration::from_secs(600),
+            cancel_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// Checks the settings; `InvalidArgument` naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, why: &str| {
+            Err(Error::invalid(format!("SchedulerConfig.{field} {why}")))
+        };
+        if self.name.is_empty() || self.name.contains('/') {
+            return bad("name", "must be non-empty and hold no '/'");
+        }
+        if self.max_action_timeout < Duration::from_millis(1) {
+            return bad(
+                "max_action_timeout",
+                "must be at least 1 ms: timeouts cannot be switched off",
+            );
+        }
+        if self.max_queued == 0 {
+            return bad("max_queued", "must be at least 1");
+        }
+        Ok(())
+    }
+}

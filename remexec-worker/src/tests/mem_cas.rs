@@ -1,0 +1,155 @@
+//! An in-memory `BlobStore` for tests, which can be told to hang, plus lease and tree helpers.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use remexec_core::merkle::encode_message;
+use remexec_core::reapi::{Action, Command, Directory, DirectoryNode, FileNode, SymlinkNode};
+use remexec_core::{BlobStore, ChunkStream, Digest, DigestFunction, Error, ReadRange, Result};
+use remexec_proto::worker::v1::Lease;
+
+use crate::{ProcessIsolation, Worker, WorkerConfig};
+
+pub(crate) const F: DigestFunction = DigestFunction::Sha256;
+
+/// Blobs in a map; `get` or `put` never return once `hang_gets` or `hang_puts` is set.
+#[derive(Debug, Default)]
+pub(crate) struct MemCas {
+    blobs: Mutex<HashMap<Digest, Bytes>>,
+    pub(crate) hang_gets: AtomicBool,
+    pub(crate) hang_puts: AtomicBool,
+}
+
+impl MemCas {
+    pub(crate) fn add(&self, data: impl Into<Bytes>) -> Digest {
+        let data = data.into();
+        let digest = F.digest_of(&data);
+        self.blobs.lock().insert(digest, data);
+        digest
+    }
+
+    pub(crate) fn add_dir(&self, dir: &Directory) -> Digest {
+        let (digest, bytes) = encode_message(F, dir);
+        self.blobs.lock().insert(digest, bytes);
+        digest
+    }
+
+    pub(crate) fn blob(&self, digest: Option<&remexec_core::reapi::Digest>) -> Option<Bytes> {
+        let digest = Digest::from_proto(F, digest?).ok()?;
+        if digest.is_empty_blob() {
+            return Some(Bytes::new());
+        }
+        self.blobs.lock().get(&digest).cloned()
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for MemCas {
+    async fn find_missing(&self, _: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let blobs = self.blobs.lock();
+        Ok(digests
+            .iter()
+            .filter(|d| !blobs.contains_key(d))
+            .copied()
+            .collect())
+    }
+
+    async fn put(&self, _: &str, digest: Digest, data: ChunkStream) -> Result<()> {
+        if self.hang_puts.load(Ordering::Relaxed) {
+            futures::future::pending::<()>().await;
+        }
+        let bytes = remexec_core::collect_chunks(data, digest.size()).await?;
+        if F.digest_of(&bytes) != digest {
+            return Err(Error::invalid(format!("content does not match {digest}")));
+        }
+        self.blobs.lock().insert(digest, bytes);
+        Ok(())
+    }
+
+    async fn get(&self, _: &str, digest: Digest, range: ReadRange) -> Result<Option<ChunkStream>> {
+        if self.hang_gets.load(Ordering::Relaxed) {
+            futures::future::pending::<()>().await;
+        }
+        let blob = self.blobs.lock().get(&digest).cloned();
+        blob.map(|b| range.stream_of(&b)).transpose()
+    }
+}
+
+pub(crate) fn file(name: &str, digest: Digest) -> FileNode {
+    FileNode {
+        name: name.into(),
+        digest: Some(digest.to_proto()),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn subdir(name: &str, digest: Digest) -> DirectoryNode {
+    DirectoryNode {
+        name: name.into(),
+        digest: Some(digest.to_proto()),
+    }
+}
+
+pub(crate) fn symlink(name: &str, target: &str) -> SymlinkNode {
+    SymlinkNode {
+        name: name.into(),
+        target: target.into(),
+        ..Default::default()
+    }
+}
+
+/// A shell command with a `PATH`, declaring `outputs` (REAPI v2.1 `output_paths`).
+pub(crate) fn sh(script: &str, outputs: &[&str]) -> Command {
+    Command {
+        arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        environment_variables: vec![remexec_core::reapi::command::EnvironmentVariable {
+            name: "PATH".into(),
+            value: "/usr/bin:/bin".into(),
+        }],
+        output_paths: outputs.iter().map(|o| o.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A lease for executor `executor` running `command` on the input root `root`.
+pub(crate) fn lease(id: &str, executor: &str, root: Digest, command: Command) -> Lease {
+    Lease {
+        lease_id: id.into(),
+        executor_id: executor.into(),
+        action_digest: Some(F.digest_of(id.as_bytes()).to_proto()),
+        digest_function: F.to_proto(),
+        action: Some(Action {
+            input_root_digest: Some(root.to_proto()),
+            ..Default::default()
+        }),
+        command: Some(command),
+        timeout_ms: 60_000,
+        ..Default::default()
+    }
+}
+
+/// The digest of the empty input root.
+pub(crate) fn empty_root() -> Digest {
+    encode_message(F, &Directory::default()).0
+}
+
+/// A worker with `executors` executors in `dir`, its config adjusted by `tweak`.
+pub(crate) fn worker(
+    dir: &Path,
+    executors: usize,
+    cas: &Arc<MemCas>,
+    tweak: impl FnOnce(&mut WorkerConfig),
+) -> Worker {
+    let mut config = WorkerConfig::new("w", dir.to_path_buf(), executors, vec![]);
+    tweak(&mut config);
+    Worker::new(config, Arc::clone(cas) as _, Arc::new(ProcessIsolation)).unwrap()
+}
+
+/// The status code of a lease result (0 for OK or no status).
+pub(crate) fn code(r: &remexec_proto::worker::v1::LeaseResult) -> i32 {
+    r.status.as_ref().map_or(0, |s| s.code)
+}
