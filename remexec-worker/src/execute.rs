@@ -95,6 +95,53 @@ fn bound_size(result: LeaseResult, max: usize) -> LeaseResult {
     }
 }
 
+/// The result status for how the command ended, setting the exit code; `None` if cancelled.
+fn exit_status(exit: Exit, result: &mut ActionResult) -> Option<RpcStatus> {
+    match exit {
+        Exit::Exited(code) => {
+            result.exit_code = code;
+            Some(rpc_status(tonic::Code::Ok, ""))
+        }
+        Exit::TimedOut => {
+            result.exit_code = -1;
+            Some(rpc_status(
+                tonic::Code::DeadlineExceeded,
+                "action timed out",
+            ))
+        }
+        Exit::Cancelled => None,
+    }
+}
+
+/// When each phase of a lease started and ended.
+struct Times {
+    queued: SystemTime,
+    worker_start: SystemTime,
+    fetch_start: SystemTime,
+    fetch_done: SystemTime,
+    exec_start: SystemTime,
+    exec_done: SystemTime,
+    upload_done: SystemTime,
+}
+
+impl Times {
+    fn metadata(&self, worker: &str) -> ExecutedActionMetadata {
+        ExecutedActionMetadata {
+            worker: worker.to_string(),
+            queued_timestamp: Some(timestamp(self.queued)),
+            worker_start_timestamp: Some(timestamp(self.worker_start)),
+            input_fetch_start_timestamp: Some(timestamp(self.fetch_start)),
+            input_fetch_completed_timestamp: Some(timestamp(self.fetch_done)),
+            execution_start_timestamp: Some(timestamp(self.exec_start)),
+            execution_completed_timestamp: Some(timestamp(self.exec_done)),
+            output_upload_start_timestamp: Some(timestamp(self.exec_done)),
+            output_upload_completed_timestamp: Some(timestamp(self.upload_done)),
+            worker_completed_timestamp: Some(timestamp(SystemTime::now())),
+            ..Default::default()
+        }
+    }
+}
+
 /// What `execute_in` reports: the result and its status, or `None` if cancelled.
 type Outcome = Result<Option<(ActionResult, RpcStatus)>>;
 
@@ -223,16 +270,8 @@ impl Worker {
         let exit = self.isolation.run(spawn, cancel.clone()).await?;
         let exec_done = SystemTime::now();
         let mut result = ActionResult::default();
-        let status = match exit {
-            Exit::Exited(code) => {
-                result.exit_code = code;
-                rpc_status(tonic::Code::Ok, "")
-            }
-            Exit::TimedOut => {
-                result.exit_code = -1;
-                rpc_status(tonic::Code::DeadlineExceeded, "action timed out")
-            }
-            Exit::Cancelled => return Ok(None),
+        let Some(status) = exit_status(exit, &mut result) else {
+            return Ok(None);
         };
         let cas = self.cas.as_ref();
         let upload = async {
@@ -256,21 +295,16 @@ impl Worker {
         {
             return Ok(None);
         }
-        let upload_done = SystemTime::now();
-        let queued = UNIX_EPOCH + Duration::from_nanos(lease.queued_at_unix_nanos.max(0) as u64);
-        result.execution_metadata = Some(ExecutedActionMetadata {
-            worker: self.config.name.clone(),
-            queued_timestamp: Some(timestamp(queued)),
-            worker_start_timestamp: Some(timestamp(worker_start)),
-            input_fetch_start_timestamp: Some(timestamp(fetch_start)),
-            input_fetch_completed_timestamp: Some(timestamp(fetch_done)),
-            execution_start_timestamp: Some(timestamp(exec_start)),
-            execution_completed_timestamp: Some(timestamp(exec_done)),
-            output_upload_start_timestamp: Some(timestamp(exec_done)),
-            output_upload_completed_timestamp: Some(timestamp(upload_done)),
-            worker_completed_timestamp: Some(timestamp(SystemTime::now())),
-            ..Default::default()
-        });
+        let times = Times {
+            queued: UNIX_EPOCH + Duration::from_nanos(lease.queued_at_unix_nanos.max(0) as u64),
+            worker_start,
+            fetch_start,
+            fetch_done,
+            exec_start,
+            exec_done,
+            upload_done: SystemTime::now(),
+        };
+        result.execution_metadata = Some(times.metadata(&self.config.name));
         Ok(Some((result, status)))
     }
 }

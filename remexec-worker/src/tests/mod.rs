@@ -3,4 +3,5 @@
 mod execute;
 mod leftovers;
 mod mem_cas;
+mod protocol;
 mod staging;
