@@ -63,9 +63,8 @@ impl Default for SchedulerConfig {
 impl SchedulerConfig {
     /// Checks the settings; `InvalidArgument` naming the first bad field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, why: &str| {
-            Err(Error::invalid(format!("SchedulerConfig.{field} {why}")))
-        };
+        let bad =
+            |field: &str, why: &str| Err(Error::invalid(format!("SchedulerConfig.{field} {why}")));
         if self.name.is_empty() || self.name.contains('/') {
             return bad("name", "must be non-empty and hold no '/'");
         }

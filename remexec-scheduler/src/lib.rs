@@ -1,10 +1,12 @@
 //! The remexec scheduler: REAPI Execution and Operations services over an action queue.
 //!
 //! - [`Scheduler`] owns operations and the queue: it checks the Action Cache, merges identical
-//!   in-flight actions (same instance and action digest), validates that every input is in the
-//!   CAS (reporting missing blobs as `MISSING` precondition violations), matches platforms
-//!   ([`platform`]), dispatches by `ExecutionPolicy.priority` (lower runs sooner), re-queues
-//!   actions whose executor was lost, and caches successful results.
+//!   cacheable in-flight actions (same instance and action digest; each caller keeps its own
+//!   operation), validates that every input is in the CAS (reporting missing blobs as `MISSING`
+//!   precondition violations), matches platforms ([`platform`]), dispatches by
+//!   `ExecutionPolicy.priority` (lower runs sooner) from a queue indexed by platform, revokes
+//!   leases past their deadline, re-queues actions whose executor was lost, caches successful
+//!   results, and remembers finished operations within count, byte and age budgets.
 //! - [`ExecutorPool`] is the scheduler's view of executors. [`WorkerPool`] implements it for
 //!   workers attached over remexec's worker protocol; an embedder can implement it differently.
 //! - [`ExecutionService`] and [`OperationsService`] are the gRPC services.

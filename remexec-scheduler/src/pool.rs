@@ -63,6 +63,10 @@ pub enum JobOutcome {
 ///   `Ok(Completed)` with its exit code. `Err(Unavailable)` means the executor was lost (the
 ///   scheduler re-queues the job); any other `Err` is an infrastructure failure reported to the
 ///   client. When `cancel` fires, the pool stops the job and returns `Ok(Cancelled)`.
+/// - `cancel` also fires when the job's lease deadline (its timeout plus
+///   `SchedulerConfig::lease_allowance`) passes. If `run` has not returned
+///   `SchedulerConfig::cancel_grace` after a cancel, the scheduler drops its future and frees
+///   the executor: pools must clean up when the future is dropped.
 #[async_trait]
 pub trait ExecutorPool: Send + Sync + Debug + 'static {
     /// The live executors.

@@ -303,7 +303,11 @@ mod tests {
         assert!(first.starts.is_empty() && first.expired.is_empty());
         let second = queue.pass(&executors, &none, &rules, Duration::ZERO);
         assert_eq!(second.expired.len(), 2);
-        assert!(second.expired[0].1.contains("gpu=1"), "{}", second.expired[0].1);
+        assert!(
+            second.expired[0].1.contains("gpu=1"),
+            "{}",
+            second.expired[0].1
+        );
         assert_eq!(queue.len(), 0);
     }
 

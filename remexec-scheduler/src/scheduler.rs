@@ -96,8 +96,13 @@ pub(crate) fn effective_timeout(requested: Option<&ProtoDuration>, max: Duration
     if t.seconds < 0 || t.nanos < 0 {
         return max;
     }
-    let d = Duration::from_secs(t.seconds as u64).saturating_add(Duration::from_nanos(t.nanos as u64));
-    if d.as_millis() == 0 || d > max { max } else { d }
+    let d =
+        Duration::from_secs(t.seconds as u64).saturating_add(Duration::from_nanos(t.nanos as u64));
+    if d.as_millis() == 0 || d > max {
+        max
+    } else {
+        d
+    }
 }
 
 fn cached_response(result: ActionResult) -> ExecuteResponse {
@@ -153,7 +158,12 @@ impl Scheduler {
             && let Some(result) = inner.ac.get(&key.0, digest).await?
         {
             let name = inner.new_name();
-            let op = operation(&name, digest, Stage::Completed, Some(cached_response(result)));
+            let op = operation(
+                &name,
+                digest,
+                Stage::Completed,
+                Some(cached_response(result)),
+            );
             let (instance, digest) = key;
             inner.retain(name, Finished::Cached { instance, digest });
             return Ok(watch::channel(op).1);
@@ -250,7 +260,10 @@ impl Scheduler {
         let done = op.publish(
             exec.key.1,
             Stage::Completed,
-            Some(failed(tonic::Code::Cancelled, "cancelled by CancelOperation")),
+            Some(failed(
+                tonic::Code::Cancelled,
+                "cancelled by CancelOperation",
+            )),
         );
         state
             .finished
@@ -305,7 +318,11 @@ impl Inner {
     }
 
     /// Joins the in-flight execution of `key`, if any, with a new operation at its stage.
-    fn join(&self, state: &mut State, key: &(String, Digest)) -> Option<watch::Receiver<Operation>> {
+    fn join(
+        &self,
+        state: &mut State,
+        key: &(String, Digest),
+    ) -> Option<watch::Receiver<Operation>> {
         let exec = Arc::clone(state.inflight.get(key)?);
         let name = self.new_name();
         let mut shared = exec.shared.lock();

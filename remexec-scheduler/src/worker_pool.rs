@@ -368,9 +368,9 @@ impl ExecutorPool for WorkerPool {
             action: Some(job.action),
             command: Some(job.command),
             // 0 would mean "no timeout" to the worker: a timeout under 1 ms is 1 ms.
-            timeout_ms: job
-                .timeout
-                .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
+            timeout_ms: job.timeout.map_or(0, |t| {
+                u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+            }),
             queued_at_unix_nanos: job
                 .queued_at
                 .duration_since(UNIX_EPOCH)

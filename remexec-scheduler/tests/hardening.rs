@@ -14,9 +14,7 @@ use async_trait::async_trait;
 use remexec_core::apis::google::protobuf::Duration as ProtoDuration;
 use remexec_core::reapi::{ActionResult, ExecuteRequest, ExecutionPolicy};
 use remexec_core::{Error, Result};
-use remexec_scheduler::{
-    ExecutorInfo, ExecutorPool, Job, JobOutcome, Scheduler, SchedulerConfig,
-};
+use remexec_scheduler::{ExecutorInfo, ExecutorPool, Job, JobOutcome, Scheduler, SchedulerConfig};
 use support::{
     FakePool, MapCache, MapStore, finish, request, response, setup, store_action,
     store_timed_action,
@@ -28,11 +26,19 @@ fn code(r: &remexec_core::reapi::ExecuteResponse) -> tonic::Code {
     tonic::Code::from_i32(r.status.as_ref().unwrap().code)
 }
 
+/// The operation's name. (Never hold `borrow()` across a scheduler call: it blocks publishing.)
+fn name(rx: &watch::Receiver<remexec_core::apis::google::longrunning::Operation>) -> String {
+    rx.borrow().name.clone()
+}
+
 /// Waits (up to 20 s) until `check` holds.
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let start = Instant::now();
     while !check() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -73,7 +79,7 @@ async fn cancelling_one_merged_caller_leaves_the_execution_running() {
     let a = s.scheduler.execute(request(digest)).await.unwrap();
     let b = s.scheduler.execute(request(digest)).await.unwrap();
     eventually("dispatch", || s.pool.runs.load(Ordering::SeqCst) == 1).await;
-    s.scheduler.cancel(&a.borrow().name.clone()).unwrap();
+    s.scheduler.cancel(&name(&a)).unwrap();
     assert_eq!(code(&finish(a).await), tonic::Code::Cancelled);
     // The other caller still waits; the execution was not cancelled.
     assert!(!b.borrow().done);
@@ -91,9 +97,9 @@ async fn cancelling_one_merged_caller_leaves_the_execution_running() {
     eventually("dispatch", || s.pool.runs.load(Ordering::SeqCst) == 2).await;
     let running = s.pool.running.clone();
     assert_eq!(running.lock().unwrap().len(), 1);
-    s.scheduler.cancel(&a.borrow().name.clone()).unwrap();
+    s.scheduler.cancel(&name(&a)).unwrap();
     assert_eq!(running.lock().unwrap().len(), 1, "one caller is left");
-    s.scheduler.cancel(&b.borrow().name.clone()).unwrap();
+    s.scheduler.cancel(&name(&b)).unwrap();
     eventually("the run is cancelled", || {
         running.lock().unwrap().is_empty()
     })
@@ -107,9 +113,9 @@ async fn cancelling_one_merged_caller_leaves_the_execution_running() {
     let a = s.scheduler.execute(request(digest)).await.unwrap();
     let b = s.scheduler.execute(request(digest)).await.unwrap();
     assert_eq!(s.scheduler.queued(), 1);
-    s.scheduler.cancel(&a.borrow().name.clone()).unwrap();
+    s.scheduler.cancel(&name(&a)).unwrap();
     assert_eq!(s.scheduler.queued(), 1);
-    s.scheduler.cancel(&b.borrow().name.clone()).unwrap();
+    s.scheduler.cancel(&name(&b)).unwrap();
     assert_eq!(s.scheduler.queued(), 0);
 }
 
@@ -119,7 +125,10 @@ async fn do_not_cache_actions_are_never_merged() {
     let digest = store_action(s.cas.as_ref(), &["uncached"], &[], true).await;
     let a = s.scheduler.execute(request(digest)).await.unwrap();
     let b = s.scheduler.execute(request(digest)).await.unwrap();
-    eventually("both dispatched", || s.pool.runs.load(Ordering::SeqCst) == 2).await;
+    eventually("both dispatched", || {
+        s.pool.runs.load(Ordering::SeqCst) == 2
+    })
+    .await;
     s.pool.gate.add_permits(100);
     finish(a).await;
     finish(b).await;
@@ -185,7 +194,10 @@ impl ExecutorPool for HangPool {
         self.changes.subscribe()
     }
     async fn run(&self, _: &str, job: Job, _: CancellationToken) -> Result<JobOutcome> {
-        self.ran.lock().unwrap().push(job.command.arguments[0].clone());
+        self.ran
+            .lock()
+            .unwrap()
+            .push(job.command.arguments[0].clone());
         if job.command.arguments[0] == "hang" {
             std::future::pending::<()>().await;
         }
@@ -235,7 +247,9 @@ async fn tiny_and_negative_timeouts_become_the_maximum() {
         Ok(JobOutcome::Completed(ActionResult::default()))
     });
     let max = Duration::from_secs(42);
-    let s = setup(FakePool::new(1, &[], script), |c| c.max_action_timeout = max);
+    let s = setup(FakePool::new(1, &[], script), |c| {
+        c.max_action_timeout = max
+    });
     let timeouts = [(0, 1), (-1, 0), (0, -5), (1_000_000, 0), (0, 0), (2, 0)];
     for (i, (seconds, nanos)) in timeouts.into_iter().enumerate() {
         let t = ProtoDuration { seconds, nanos };
@@ -281,8 +295,13 @@ async fn finished_operations_are_kept_within_the_count_and_byte_budgets() {
     });
     let mut names = Vec::new();
     for (i, size) in [10, 10, 10, 10, 10, 15_000, 15_000].iter().enumerate() {
-        let digest = store_action(s.cas.as_ref(), &[&i.to_string(), &size.to_string()], &[], true)
-            .await;
+        let digest = store_action(
+            s.cas.as_ref(),
+            &[&i.to_string(), &size.to_string()],
+            &[],
+            true,
+        )
+        .await;
         let rx = s.scheduler.execute(request(digest)).await.unwrap();
         names.push(rx.borrow().name.clone());
         finish(rx).await;
@@ -295,7 +314,10 @@ async fn finished_operations_are_kept_within_the_count_and_byte_budgets() {
     // Count: only the 3 newest of the first 5 would be left; bytes: the second 15 kB result
     // pushes everything older than it out.
     for name in &names[..6] {
-        assert!(matches!(known(name).await, Err(Error::NotFound(_))), "{name}");
+        assert!(
+            matches!(known(name).await, Err(Error::NotFound(_))),
+            "{name}"
+        );
     }
     assert!(known(&names[6]).await.is_ok());
     assert_eq!(s.scheduler.retained(), 1);
@@ -309,7 +331,10 @@ async fn finished_operations_are_kept_within_the_count_and_byte_budgets() {
     let rx = s.scheduler.execute(request(digest)).await.unwrap();
     let name = rx.borrow().name.clone();
     finish(rx).await;
-    assert!(matches!(s.scheduler.subscribe(&name).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        s.scheduler.subscribe(&name).await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -325,7 +350,10 @@ async fn cache_hit_operations_reread_the_action_cache() {
     assert_eq!(again.result.unwrap().stdout_raw, b"hit");
     // The operation holds only the key: once the entry is gone, so is the operation.
     s.ac.0.lock().unwrap().clear();
-    assert!(matches!(s.scheduler.subscribe(&name).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        s.scheduler.subscribe(&name).await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -344,7 +372,9 @@ async fn a_full_queue_answers_resource_exhausted() {
     assert_eq!(s.scheduler.queued(), 2);
     let digest = store_action(s.cas.as_ref(), &["one too many"], &[], false).await;
     let refused = s.scheduler.execute(request(digest)).await;
-    let Err(e) = refused else { panic!("queued beyond max_queued") };
+    let Err(e) = refused else {
+        panic!("queued beyond max_queued")
+    };
     assert!(matches!(e, Error::ResourceExhausted(_)), "{e:?}");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted);
     // Joining an action already in flight needs no queue slot.
@@ -400,8 +430,13 @@ async fn dispatch_across_platform_classes_follows_priority_and_never_double_book
     let mut waits = Vec::new();
     for i in 0..60 {
         let pool = format!("p{}", i % 3);
-        let digest = store_action(s.cas.as_ref(), &[&format!("m{i}")], &[("pool", &pool)], true)
-            .await;
+        let digest = store_action(
+            s.cas.as_ref(),
+            &[&format!("m{i}")],
+            &[("pool", &pool)],
+            true,
+        )
+        .await;
         waits.push(s.scheduler.execute(request(digest)).await.unwrap());
     }
     for w in waits {

@@ -20,9 +20,7 @@ use remexec_core::reapi::{
 };
 use remexec_core::{ActionCache, DigestFunction, Error};
 use remexec_scheduler::platform::MatchRules;
-use remexec_scheduler::{
-    ExecutionService, JobOutcome, OperationsService,
-};
+use remexec_scheduler::{ExecutionService, JobOutcome, OperationsService};
 use support::{FakePool, finish, request, setup, store_action};
 
 #[tokio::test]

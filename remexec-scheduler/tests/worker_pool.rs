@@ -22,7 +22,10 @@ use tokio_util::sync::CancellationToken;
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let start = Instant::now();
     while !check() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -52,7 +55,6 @@ async fn send_result(worker: &FakeWorker, lease_id: &str, code: i32, result: Act
             ..Default::default()
         }),
         result: Some(result),
-        ..Default::default()
     };
     worker
         .0
@@ -95,10 +97,7 @@ async fn a_second_register_under_a_live_name_is_refused() {
     let job = run(&pool, "w/0", "l1", CancellationToken::new());
     let lease = next_lease(&mut live).await;
     send_result(&live, &lease.lease_id, 0, exit(3)).await;
-    assert_eq!(
-        job.await.unwrap().unwrap(),
-        JobOutcome::Completed(exit(3))
-    );
+    assert_eq!(job.await.unwrap().unwrap(), JobOutcome::Completed(exit(3)));
 }
 
 #[tokio::test]
@@ -120,12 +119,12 @@ async fn results_count_only_from_the_connection_holding_the_lease() {
         .await
         .unwrap();
     eventually("intruder detached", || pool.workers() == ["a"]).await;
-    assert!(!job.is_finished(), "a result from another connection was taken");
-    send_result(&holder, &lease.lease_id, 0, exit(0)).await;
-    assert_eq!(
-        job.await.unwrap().unwrap(),
-        JobOutcome::Completed(exit(0))
+    assert!(
+        !job.is_finished(),
+        "a result from another connection was taken"
     );
+    send_result(&holder, &lease.lease_id, 0, exit(0)).await;
+    assert_eq!(job.await.unwrap().unwrap(), JobOutcome::Completed(exit(0)));
 }
 
 #[tokio::test]
@@ -176,7 +175,10 @@ async fn a_dropped_run_forgets_its_lease_and_cancels_it_on_the_worker() {
     let again = run(&pool, "w/0", "again", CancellationToken::new());
     let lease = next_lease(&mut worker).await;
     send_result(&worker, &lease.lease_id, 0, exit(5)).await;
-    assert_eq!(again.await.unwrap().unwrap(), JobOutcome::Completed(exit(5)));
+    assert_eq!(
+        again.await.unwrap().unwrap(),
+        JobOutcome::Completed(exit(5))
+    );
 }
 
 #[tokio::test]

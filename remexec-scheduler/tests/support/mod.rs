@@ -11,19 +11,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use prost::Message;
+use remexec_core::apis::google::longrunning::{Operation, operation};
 use remexec_core::reapi::{Action, ActionResult, Command, Directory, FileNode, Platform, platform};
+use remexec_core::reapi::{ExecuteRequest, ExecuteResponse};
 use remexec_core::{
     ActionCache, BlobStore, BlobStoreExt, ChunkStream, Digest, DigestFunction, ReadRange, Result,
     collect_chunks, merkle::encode_message,
 };
-use remexec_core::apis::google::longrunning::{Operation, operation};
-use remexec_core::reapi::{ExecuteRequest, ExecuteResponse};
-use remexec_scheduler::{
-    ExecutorInfo, ExecutorPool, Job, JobOutcome, Scheduler, SchedulerConfig, WorkerPool,
-};
 use remexec_proto::worker::v1::worker_message::Message as M;
 use remexec_proto::worker::v1::worker_service_client::WorkerServiceClient;
 use remexec_proto::worker::v1::{Executor, Register, SchedulerMessage, WorkerMessage};
+use remexec_scheduler::{
+    ExecutorInfo, ExecutorPool, Job, JobOutcome, Scheduler, SchedulerConfig, WorkerPool,
+};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -161,12 +161,7 @@ impl ExecutorPool for FakePool {
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
-    async fn run(
-        &self,
-        executor: &str,
-        job: Job,
-        cancel: CancellationToken,
-    ) -> Result<JobOutcome> {
+    async fn run(&self, executor: &str, job: Job, cancel: CancellationToken) -> Result<JobOutcome> {
         {
             let mut running = self.running.lock().unwrap();
             if running.iter().any(|e| e == executor) {
