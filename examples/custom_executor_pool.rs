@@ -73,7 +73,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         Arc::clone(&cas),
         ac.clone(),
         pool,
-    );
+    )?;
 
     // Your server: remexec's cache routes plus the Execution and Operations services.
     // Advertise execution in Capabilities, or Bazel refuses to use --remote_executor.

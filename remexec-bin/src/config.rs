@@ -104,6 +104,12 @@ impl SchedulerSection {
         for name in &self.ignore {
             rules = rules.with(name.clone(), MatchRule::Ignore);
         }
+        if self.max_action_timeout_secs == 0 {
+            return Err(
+                "scheduler.max_action_timeout_secs must be at least 1: timeouts cannot be switched off"
+                    .into(),
+            );
+        }
         if !self.unmatched_grace_secs.is_finite() || self.unmatched_grace_secs < 0.0 {
             return Err("scheduler.unmatched_grace_secs must be a non-negative number".into());
         }

@@ -144,6 +144,8 @@ pub fn worker_config(config: &Config, default_suffix: &str) -> WorkerConfig {
         executor_properties(config),
     );
     worker.cache_budget = config.worker.cache_budget.as_u64();
+    // A lease without a timeout is still bounded, by the same maximum the scheduler applies.
+    worker.max_action_timeout = Duration::from_secs(config.scheduler.max_action_timeout_secs);
     worker
 }
 
@@ -167,7 +169,7 @@ impl BoundServer {
             Arc::clone(&store),
             Arc::clone(&ac),
             Arc::new(pool.clone()),
-        );
+        )?;
         let routes = CacheServices::new(Arc::clone(&store), ac)
             .with_limits(config.cache_limits())
             .with_execution(execution_capabilities())

@@ -1,9 +1,9 @@
 //! Loading an action and checking that everything it needs is in the CAS.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use prost::Message;
-use remexec_core::merkle::{fetch_directory, validate_output_path};
+use remexec_core::merkle::{InputTree, TreeLimits, fetch_directory, validate_output_path};
 use remexec_core::reapi::{Action, Command};
 use remexec_core::{BlobStore, BlobStoreExt, Digest, Error, Result};
 
@@ -93,6 +93,7 @@ async fn missing_inputs(cas: &dyn BlobStore, instance: &str, root: Digest) -> Re
     let mut files = HashSet::new();
     let mut seen = HashSet::from([root]);
     let mut queue = VecDeque::from([root]);
+    let mut directories = HashMap::new();
     while let Some(digest) = queue.pop_front() {
         let Some(dir) = fetch_directory(cas, instance, digest).await? else {
             missing.push(digest);
@@ -110,6 +111,11 @@ async fn missing_inputs(cas: &dyn BlobStore, instance: &str, root: Digest) -> Re
                 files.insert(d);
             }
         }
+        directories.insert(digest, dir);
+    }
+    if missing.is_empty() {
+        // Refuse a tree that would be too large laid out (a "tree bomb") before it is queued.
+        InputTree { root, directories }.check_limits(TreeLimits::default())?;
     }
     let files: Vec<Digest> = files.into_iter().collect();
     for chunk in files.chunks(FIND_BATCH) {

@@ -16,7 +16,8 @@ use remexec_core::apis::google::longrunning::Operation;
 use remexec_core::apis::google::protobuf::Duration as ProtoDuration;
 use remexec_core::reapi::{ActionResult, ExecuteRequest, ExecuteResponse, execution_stage};
 use remexec_core::{
-    ActionCache, BlobStore, Digest, DigestFunction, Error, Result, validate_instance_name,
+    ActionCache, BlobStore, Digest, DigestFunction, Error, Result, merkle::validate_action_result,
+    validate_instance_name,
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -518,6 +519,22 @@ impl Inner {
                     "cancelled; the executor did not confirm in time",
                 ));
             }
+        };
+        // A worker's result gets the same checks as UpdateActionResult before anyone sees it.
+        let invalid = match &outcome {
+            Ok(JobOutcome::Completed(r) | JobOutcome::TimedOut(r)) => {
+                validate_action_result(exec.key.1.function(), r).err()
+            }
+            _ => None,
+        };
+        let outcome = match invalid {
+            Some(e) => {
+                tracing::warn!(action = %exec.key.1, executor = %executor.id, error = %e, "worker sent an invalid result");
+                Err(Error::FailedPrecondition(format!(
+                    "the worker's result is invalid: {e}"
+                )))
+            }
+            None => outcome,
         };
         Some(match outcome {
             Ok(JobOutcome::Completed(result)) => {

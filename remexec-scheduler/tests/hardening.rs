@@ -444,3 +444,74 @@ async fn dispatch_across_platform_classes_follows_priority_and_never_double_book
     }
     assert_eq!(s.pool.double_booked.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn invalid_worker_results_are_refused_and_never_cached() {
+    use remexec_core::reapi::OutputSymlink;
+    let escaping: support::Script = Arc::new(|_, _| {
+        Ok(JobOutcome::Completed(ActionResult {
+            output_symlinks: vec![OutputSymlink {
+                path: "link".into(),
+                target: "../../../../home".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+    });
+    let s = setup(FakePool::new(1, &[], escaping), |_| {});
+    let action = store_action(s.cas.as_ref(), &["true"], &[], false).await;
+    let response = finish(s.scheduler.execute(request(action)).await.unwrap()).await;
+    assert_eq!(code(&response), tonic::Code::FailedPrecondition);
+    let message = &response.status.as_ref().unwrap().message;
+    assert!(message.contains("climbs above"), "{message}");
+    assert!(response.result.is_none());
+    assert!(s.ac.0.lock().unwrap().is_empty(), "an invalid result was cached");
+}
+
+#[tokio::test]
+async fn tree_bombs_are_refused_before_they_are_queued() {
+    use prost::Message;
+    use remexec_core::reapi::{Action, Command, Directory, DirectoryNode};
+    use remexec_core::{BlobStoreExt, DigestFunction};
+    let s = setup(FakePool::new(1, &[], FakePool::ok()), |_| {});
+    let f = DigestFunction::Sha256;
+    let put = |bytes: Vec<u8>| {
+        let cas = Arc::clone(&s.cas);
+        async move {
+            let d = f.digest_of(&bytes);
+            cas.put_bytes("", d, bytes.into()).await.unwrap();
+            d
+        }
+    };
+    // 40 levels, each directory holding the next one twice: 2^40 paths, 41 directories.
+    let mut dir = put(Directory::default().encode_to_vec()).await;
+    for _ in 0..40 {
+        let node = |name: &str| DirectoryNode {
+            name: name.into(),
+            digest: Some(dir.to_proto()),
+        };
+        dir = put(Directory {
+            directories: vec![node("a"), node("b")],
+            ..Default::default()
+        }
+        .encode_to_vec())
+        .await;
+    }
+    let command = put(Command {
+        arguments: vec!["true".into()],
+        ..Default::default()
+    }
+    .encode_to_vec())
+    .await;
+    let action = put(Action {
+        command_digest: Some(command.to_proto()),
+        input_root_digest: Some(dir.to_proto()),
+        ..Default::default()
+    }
+    .encode_to_vec())
+    .await;
+    let err = s.scheduler.execute(request(action)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.to_string().contains("entries"), "{err}");
+    assert_eq!(s.pool.runs.load(Ordering::SeqCst), 0);
+}
