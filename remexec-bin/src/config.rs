@@ -45,6 +45,13 @@ pub struct SchedulerSection {
     pub at_least: Vec<String>,
     /// Platform properties that never constrain matching.
     pub ignore: Vec<String>,
+    /// Most actions waiting in the queue; beyond it Execute gets RESOURCE_EXHAUSTED.
+    pub max_queued: usize,
+    /// Seconds a lease may run beyond its action's timeout (input fetch, output upload) before
+    /// it is revoked with DEADLINE_EXCEEDED.
+    pub lease_allowance_secs: u64,
+    /// Most finished operations kept for WaitExecution and GetOperation.
+    pub retained_operations: usize,
 }
 
 /// `[worker]`.
@@ -77,6 +84,9 @@ impl Default for SchedulerSection {
                 .map(|s| s.to_string())
                 .collect(),
             ignore: Vec::new(),
+            max_queued: defaults.max_queued,
+            lease_allowance_secs: defaults.lease_allowance.as_secs(),
+            retained_operations: defaults.retained_operations,
         }
     }
 }
@@ -119,6 +129,10 @@ impl SchedulerSection {
         config.max_action_timeout = std::time::Duration::from_secs(self.max_action_timeout_secs);
         config.max_retries = self.max_retries;
         config.unmatched_grace = std::time::Duration::from_secs_f64(self.unmatched_grace_secs);
+        config.max_queued = self.max_queued;
+        config.lease_allowance = std::time::Duration::from_secs(self.lease_allowance_secs);
+        config.retained_operations = self.retained_operations;
+        config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
 }

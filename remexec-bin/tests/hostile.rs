@@ -192,6 +192,19 @@ async fn a_poisoned_cache_entry_writes_nothing_outside_the_output_dir() {
     };
     let (tree_digest, tree_bytes) = encode_message(SHA256, &tree);
     store.put_bytes("", tree_digest, tree_bytes).await.unwrap();
+    let file_tree = Tree {
+        root: Some(Directory {
+            files: vec![remexec_core::reapi::FileNode {
+                name: ".bashrc".into(),
+                digest: Some(payload_digest.to_proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        children: vec![],
+    };
+    let (file_tree_digest, file_tree_bytes) = encode_message(SHA256, &file_tree);
+    store.put_bytes("", file_tree_digest, file_tree_bytes).await.unwrap();
     let file = |path: &str| OutputFile {
         path: path.into(),
         digest: Some(payload_digest.to_proto()),
@@ -214,6 +227,27 @@ async fn a_poisoned_cache_entry_writes_nothing_outside_the_output_dir() {
                 ..Default::default()
             }],
             output_files: vec![file("s/.profile")],
+            ..Default::default()
+        },
+        // The symlink comes from one output directory, the file from another below it.
+        ActionResult {
+            output_directories: vec![
+                OutputDirectory {
+                    path: "d".into(),
+                    tree_digest: Some(tree_digest.to_proto()),
+                    ..Default::default()
+                },
+                OutputDirectory {
+                    path: "d/link".into(),
+                    tree_digest: Some(file_tree_digest.to_proto()),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        },
+        // A file below `f`, which an earlier run left as a symlink to the home directory.
+        ActionResult {
+            output_files: vec![file("f/.bash_profile")],
             ..Default::default()
         },
     ];
