@@ -14,7 +14,7 @@ use futures::StreamExt;
 use remexec_core::{ChunkStream, Digest, DigestFunction, Error, Result};
 
 use crate::key::Key;
-use crate::lru_index::LruIndex;
+use remexec_core::lru::ByteLru;
 
 /// Checks a re-indexed file: given its key and length, keep it?
 pub(crate) type Check = fn(&Key, u64) -> bool;
@@ -24,7 +24,7 @@ pub(crate) struct FileTable {
     root: PathBuf,
     tmp: PathBuf,
     sync: bool,
-    index: Mutex<LruIndex<Key, ()>>,
+    index: Mutex<ByteLru<Key, ()>>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -51,11 +51,11 @@ impl FileTable {
             let mut found = Vec::new();
             scan(&root, check, &mut found)?;
             found.sort_by_key(|(mtime, _, _)| *mtime);
-            let mut index = LruIndex::new(budget);
+            let mut index = ByteLru::new(budget);
             for (_, key, len) in found {
                 index.insert_unbounded(key, len, ());
             }
-            let table = Self { root, tmp, sync, index: Mutex::new(LruIndex::new(budget)) };
+            let table = Self { root, tmp, sync, index: Mutex::new(ByteLru::new(budget)) };
             for (key, ()) in index.evict_to_budget() {
                 table.remove_file(&key);
             }

@@ -30,7 +30,6 @@
 pub mod ac;
 mod files;
 mod key;
-mod lru_index;
 pub mod service;
 pub mod store;
 

@@ -26,9 +26,11 @@
 
 mod action_cache;
 mod blob_store;
+pub mod client;
 mod digest;
 mod error;
 pub mod fs;
+pub mod lru;
 pub mod merkle;
 mod resource;
 #[cfg(feature = "testing")]

@@ -7,13 +7,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use futures::StreamExt;
-use lru::LruCache;
+use remexec_core::lru::ByteLru;
 use remexec_core::{BlobStore, Digest, Error, ReadRange, Result};
 
 use crate::blocking::blocking;
-
-/// LRU of `(digest, executable)` to size, plus the total size.
-type Index = (LruCache<(Digest, bool), u64>, u64);
 
 /// A bounded directory of read-only files named by digest and executable bit.
 ///
@@ -26,8 +23,8 @@ type Index = (LruCache<(Digest, bool), u64>, u64);
 #[derive(Debug)]
 pub struct FileCache {
     dir: PathBuf,
-    budget: u64,
-    index: Mutex<Index>,
+    /// The cached files, by `(digest, executable)`, costing their size.
+    index: Mutex<ByteLru<(Digest, bool), ()>>,
 }
 
 impl FileCache {
@@ -46,8 +43,7 @@ impl FileCache {
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         Ok(Arc::new(Self {
             dir: dir.to_path_buf(),
-            budget,
-            index: Mutex::new((LruCache::unbounded(), 0)),
+            index: Mutex::new(ByteLru::new(budget)),
         }))
     }
 
@@ -64,16 +60,12 @@ impl FileCache {
 
     /// Whether the file is cached; marks it recently used.
     pub(crate) fn contains(&self, digest: Digest, executable: bool) -> bool {
-        self.index.lock().0.get(&(digest, executable)).is_some()
+        self.index.lock().touch(&(digest, executable))
     }
 
     /// Forgets a cached file that turned out to be gone.
     fn forget(&self, digest: Digest, executable: bool) {
-        let mut index = self.index.lock();
-        let (entries, bytes) = &mut *index;
-        if let Some(size) = entries.pop(&(digest, executable)) {
-            *bytes -= size;
-        }
+        self.index.lock().remove(&(digest, executable));
     }
 
     /// Makes `dest` a hardlink to the cached file for `digest`, fetching it first if needed.
@@ -167,20 +159,14 @@ impl FileCache {
 
     /// Records a fetched file; returns the paths of the files evicted to stay in budget.
     fn insert(&self, digest: Digest, executable: bool) -> Vec<PathBuf> {
-        let mut index = self.index.lock();
-        let (entries, bytes) = &mut *index;
-        if entries.put((digest, executable), digest.size()).is_none() {
-            *bytes += digest.size();
-        }
-        let mut evicted = Vec::new();
-        while *bytes > self.budget && entries.len() > 1 {
-            let Some(((d, x), size)) = entries.pop_lru() else {
-                break;
-            };
-            *bytes -= size;
-            evicted.push(self.path(&d, x));
-        }
-        evicted
+        let key = (digest, executable);
+        self.index
+            .lock()
+            .insert(key, digest.size(), ())
+            .into_iter()
+            .filter(|(k, ())| *k != key)
+            .map(|((d, x), ())| self.path(&d, x))
+            .collect()
     }
 }
 

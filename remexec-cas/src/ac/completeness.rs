@@ -10,7 +10,7 @@ use remexec_core::reapi::{ActionResult, Tree};
 use remexec_core::{ActionCache, BlobStore, BlobStoreExt, Digest, Result, merkle};
 
 use crate::key::Key;
-use crate::lru_index::LruIndex;
+use remexec_core::lru::ByteLru;
 
 /// Largest `Tree` blob the check will read.
 const MAX_TREE_SIZE: u64 = 64 * 1024 * 1024;
@@ -49,7 +49,7 @@ pub struct CompletenessCheckingCache {
     cas: Arc<dyn BlobStore>,
     budget: CheckBudget,
     /// File digests of trees read before, by tree.
-    trees: Arc<Mutex<LruIndex<Key, Arc<[Digest]>>>>,
+    trees: Arc<Mutex<ByteLru<Key, Arc<[Digest]>>>>,
 }
 
 /// Why an entry is not complete (for the log), or `None` if it is.
@@ -71,7 +71,7 @@ impl CompletenessCheckingCache {
             inner,
             cas,
             budget,
-            trees: Arc::new(Mutex::new(LruIndex::new(budget.tree_cache_bytes))),
+            trees: Arc::new(Mutex::new(ByteLru::new(budget.tree_cache_bytes))),
         }
     }
 

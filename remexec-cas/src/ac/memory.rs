@@ -8,19 +8,19 @@ use remexec_core::reapi::ActionResult;
 use remexec_core::{ActionCache, Digest, Result};
 
 use crate::key::Key;
-use crate::lru_index::LruIndex;
+use remexec_core::lru::ByteLru;
 
 /// An in-memory [`ActionCache`] bounded by the encoded size of its results.
 #[derive(Debug)]
 pub struct MemoryActionCache {
-    index: Mutex<LruIndex<Key, ActionResult>>,
+    index: Mutex<ByteLru<Key, ActionResult>>,
 }
 
 impl MemoryActionCache {
     /// A cache holding at most `budget` bytes of encoded results.
     pub fn new(budget: u64) -> Self {
         Self {
-            index: Mutex::new(LruIndex::new(budget)),
+            index: Mutex::new(ByteLru::new(budget)),
         }
     }
 }

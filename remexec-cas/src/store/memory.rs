@@ -8,19 +8,19 @@ use remexec_core::{BlobStore, ChunkStream, Digest, Error, ReadRange, Result};
 
 use super::read_exact_len;
 use crate::key::Key;
-use crate::lru_index::LruIndex;
+use remexec_core::lru::ByteLru;
 
 /// An in-memory [`BlobStore`] bounded by bytes.
 #[derive(Debug)]
 pub struct MemoryStore {
-    index: Mutex<LruIndex<Key, Bytes>>,
+    index: Mutex<ByteLru<Key, Bytes>>,
 }
 
 impl MemoryStore {
     /// A store that holds at most `budget` bytes of blob content.
     pub fn new(budget: u64) -> Self {
         Self {
-            index: Mutex::new(LruIndex::new(budget)),
+            index: Mutex::new(ByteLru::new(budget)),
         }
     }
 

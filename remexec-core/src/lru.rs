@@ -1,4 +1,5 @@
-//! A least-recently-used index bounded by total bytes, shared by the memory and disk backends.
+//! [`ByteLru`]: a least-recently-used map bounded by total bytes, the one LRU shared by the
+//! memory and disk stores, the memory action cache and the worker's file cache.
 
 use std::hash::Hash;
 
@@ -6,14 +7,15 @@ use lru::LruCache;
 
 /// Entries keyed by `K`, each with a cost in bytes; the total stays within a budget.
 #[derive(Debug)]
-pub(crate) struct LruIndex<K: Hash + Eq, V> {
+pub struct ByteLru<K: Hash + Eq, V> {
     entries: LruCache<K, (u64, V), foldhash::fast::RandomState>,
     bytes: u64,
     budget: u64,
 }
 
-impl<K: Hash + Eq + Clone, V> LruIndex<K, V> {
-    pub(crate) fn new(budget: u64) -> Self {
+impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
+    /// An empty map holding at most `budget` bytes (by the costs given on insertion).
+    pub fn new(budget: u64) -> Self {
         Self {
             entries: LruCache::unbounded_with_hasher(foldhash::fast::RandomState::default()),
             bytes: 0,
@@ -21,31 +23,39 @@ impl<K: Hash + Eq + Clone, V> LruIndex<K, V> {
         }
     }
 
-    pub(crate) fn budget(&self) -> u64 {
+    /// The byte budget.
+    pub fn budget(&self) -> u64 {
         self.budget
     }
 
-    pub(crate) fn bytes(&self) -> u64 {
+    /// The total cost of the entries held.
+    pub fn bytes(&self) -> u64 {
         self.bytes
     }
 
-    pub(crate) fn len(&self) -> usize {
+    /// The number of entries.
+    pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Looks up and marks as recently used.
-    pub(crate) fn get(&mut self, key: &K) -> Option<&V> {
+    pub fn get(&mut self, key: &K) -> Option<&V> {
         self.entries.get(key).map(|(_, v)| v)
     }
 
     /// Whether the key is present; marks it as recently used.
-    pub(crate) fn touch(&mut self, key: &K) -> bool {
+    pub fn touch(&mut self, key: &K) -> bool {
         self.entries.get(key).is_some()
     }
 
     /// Inserts or replaces, then evicts least recently used entries (never the new one) until
     /// the total fits. Returns what was replaced or evicted.
-    pub(crate) fn insert(&mut self, key: K, cost: u64, value: V) -> Vec<(K, V)> {
+    pub fn insert(&mut self, key: K, cost: u64, value: V) -> Vec<(K, V)> {
         let mut removed = Vec::new();
         if let Some((old_cost, old)) = self.entries.put(key.clone(), (cost, value)) {
             self.bytes -= old_cost;
@@ -68,7 +78,7 @@ impl<K: Hash + Eq + Clone, V> LruIndex<K, V> {
 
     /// Adds an entry as the most recently used one without evicting; rebuilding an index inserts
     /// entries oldest first and then calls [`evict_to_budget`](Self::evict_to_budget).
-    pub(crate) fn insert_unbounded(&mut self, key: K, cost: u64, value: V) {
+    pub fn insert_unbounded(&mut self, key: K, cost: u64, value: V) {
         if let Some((old_cost, _)) = self.entries.put(key, (cost, value)) {
             self.bytes -= old_cost;
         }
@@ -76,7 +86,7 @@ impl<K: Hash + Eq + Clone, V> LruIndex<K, V> {
     }
 
     /// Evicts least recently used entries until the total fits.
-    pub(crate) fn evict_to_budget(&mut self) -> Vec<(K, V)> {
+    pub fn evict_to_budget(&mut self) -> Vec<(K, V)> {
         let mut removed = Vec::new();
         while self.bytes > self.budget {
             let Some((k, (c, v))) = self.entries.pop_lru() else {
@@ -88,7 +98,8 @@ impl<K: Hash + Eq + Clone, V> LruIndex<K, V> {
         removed
     }
 
-    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
+    /// Removes an entry, returning its value.
+    pub fn remove(&mut self, key: &K) -> Option<V> {
         let (cost, v) = self.entries.pop(key)?;
         self.bytes -= cost;
         Some(v)
@@ -101,7 +112,7 @@ mod tests {
 
     #[test]
     fn evicts_least_recent_within_budget() {
-        let mut idx = LruIndex::new(10);
+        let mut idx = ByteLru::new(10);
         assert!(idx.insert("a", 4, ()).is_empty());
         assert!(idx.insert("b", 4, ()).is_empty());
         assert!(idx.touch(&"a"));
