@@ -3,6 +3,9 @@
 //! Run with `cargo run -p remexec-examples --example custom_blob_store`. It starts a server on a
 //! free loopback port that serves the REAPI cache services next to an embedder's own routes,
 //! uploads and reads back a blob through gRPC as Bazel would, and exits.
+//!
+//! Its tests (`cargo test -p remexec-examples`) run remexec's `BlobStore` conformance suite on
+//! the store, as every custom store should.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -135,4 +138,15 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let _ = stop.send(());
     server.await??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store keeps the `BlobStore` contract: every custom store should run this suite.
+    #[tokio::test]
+    async fn counting_store_conformance() {
+        remexec_core::testing::blob_store_conformance(Arc::new(CountingStore::default())).await;
+    }
 }

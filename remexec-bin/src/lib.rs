@@ -5,6 +5,10 @@
 //! `$XDG_CACHE_HOME/remexec` or `~/.cache/remexec`, a 10 GiB disk budget), which a TOML file and
 //! then flags override.
 //!
+//! [`server::ServerBuilder`] assembles a server as a library, over any store, action cache,
+//! executor pool and isolation, with `remexec serve`'s stack as its default;
+//! [`serve::BoundServer::bind`] maps a [`config::Config`] onto it.
+//!
 //! ```no_run
 //! use remexec_bin::config::Config;
 //! use remexec_bin::serve::{BoundServer, Role};
@@ -24,3 +28,4 @@ pub mod cli;
 pub mod config;
 pub mod exec;
 pub mod serve;
+pub mod server;

@@ -1,33 +1,20 @@
-//! `remexec serve` and `remexec scheduler`: compose stores and services from a [`Config`] and
-//! serve them; `serve` also runs a local worker.
+//! `remexec serve`, `remexec scheduler` and `remexec worker`: map a [`Config`] onto a
+//! [`ServerBuilder`] (or a [`Worker`]) and run it until a shutdown signal.
+//!
+//! The composition itself, and [`BoundServer`], live in [`crate::server`]; they are re-exported
+//! here for callers of [`BoundServer::bind`].
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use remexec_cas::{
-    CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions,
-    MemoryActionCache, TieredActionCache,
-};
-use remexec_core::{ActionCache, BlobStore, DigestFunction, Error, Result};
-use remexec_proto::reapi::{
-    ExecutionCapabilities, PriorityCapabilities, digest_function,
-    priority_capabilities::PriorityRange,
-};
-use remexec_scheduler::{ExecutionService, OperationsService, Scheduler, WorkerPool};
+use remexec_core::{BlobStore, Result};
 use remexec_worker::{ProcessIsolation, Worker, WorkerConfig};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AcBackend, Config};
-
-/// HTTP/2 flow-control windows: large enough that one stream can fill a fast link.
-const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
-/// Longest a graceful shutdown waits for requests in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+use crate::config::Config;
+pub use crate::server::BoundServer;
+use crate::server::ServerBuilder;
 
 /// Which parts one process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,56 +23,6 @@ pub enum Role {
     AllInOne,
     /// CAS, Action Cache and scheduler; workers attach over the network: `remexec scheduler`.
     Scheduler,
-}
-
-/// The stores under `config.data_dir`.
-pub async fn open_stores(config: &Config) -> Result<(Arc<dyn BlobStore>, Arc<dyn ActionCache>)> {
-    let store: Arc<dyn BlobStore> = Arc::new(
-        DiskStore::open(
-            config.data_dir.join("cas"),
-            DiskStoreOptions {
-                budget: config.cas.disk_budget.as_u64(),
-                sync: config.cas.fsync,
-            },
-        )
-        .await?,
-    );
-    let budget = config.action_cache.budget.as_u64();
-    let mut ac: Arc<dyn ActionCache> = match config.action_cache.backend {
-        AcBackend::Disk => {
-            let disk = Arc::new(
-                DiskActionCache::open(config.data_dir.join("ac"), budget, config.cas.fsync).await?,
-            );
-            match config.action_cache.memory_budget.as_u64() {
-                0 => disk,
-                front => Arc::new(TieredActionCache::new(
-                    Arc::new(MemoryActionCache::new(front)),
-                    disk,
-                )),
-            }
-        }
-        AcBackend::Memory => Arc::new(MemoryActionCache::new(budget)),
-    };
-    if config.action_cache.check_completeness {
-        ac = Arc::new(CompletenessCheckingCache::new(ac, Arc::clone(&store)));
-    }
-    Ok((store, ac))
-}
-
-/// What Capabilities says about execution.
-pub fn execution_capabilities() -> ExecutionCapabilities {
-    ExecutionCapabilities {
-        digest_function: digest_function::Value::Sha256 as i32,
-        exec_enabled: true,
-        execution_priority_capabilities: Some(PriorityCapabilities {
-            priorities: vec![PriorityRange {
-                min_priority: i32::MIN,
-                max_priority: i32::MAX,
-            }],
-        }),
-        digest_functions: DigestFunction::ALL.iter().map(|f| f.to_proto()).collect(),
-        ..Default::default()
-    }
 }
 
 /// The default executor properties of this machine plus the configured extras.
@@ -149,122 +86,21 @@ pub fn worker_config(config: &Config, default_suffix: &str) -> WorkerConfig {
     worker
 }
 
-/// A bound, not yet serving, server.
-#[derive(Debug)]
-pub struct BoundServer {
-    listener: TcpListener,
-    routes: tonic::service::Routes,
-    pool: WorkerPool,
-    local_worker: Option<Worker>,
-}
-
 impl BoundServer {
-    /// Opens the stores and binds the listen address (port 0 picks a free port).
+    /// `remexec serve` ([`Role::AllInOne`]) or `remexec scheduler` ([`Role::Scheduler`]):
+    /// opens the stores `config` describes and binds its listen address (port 0 picks a free
+    /// port). Only maps `config` onto a [`ServerBuilder`].
     pub async fn bind(config: &Config, role: Role) -> Result<Self> {
-        let (store, ac) = open_stores(config).await?;
-        let pool = WorkerPool::new();
-        let scheduler_config = config.scheduler.to_config().map_err(Error::invalid)?;
-        let scheduler = Scheduler::new(
-            scheduler_config,
-            Arc::clone(&store),
-            Arc::clone(&ac),
-            Arc::new(pool.clone()),
-        )?;
-        let routes = CacheServices::new(Arc::clone(&store), ac)
-            .with_limits(config.cache_limits())
-            .with_execution(execution_capabilities())
-            .into_routes()
-            .add_service(ExecutionService::new(scheduler.clone()).into_server())
-            .add_service(OperationsService::new(scheduler).into_server())
-            .add_service(pool.service());
-        let local_worker = match role {
-            // Outputs are hashed again as they are stored, like every other write.
-            Role::AllInOne => Some(Worker::new(
-                worker_config(config, "-local"),
-                Arc::new(remexec_cas::VerifyingStore::new(store)),
-                Arc::new(ProcessIsolation),
-            )?),
-            Role::Scheduler => None,
-        };
-        let listener = TcpListener::bind(config.listen)
+        ServerBuilder::new(config.clone())
+            .local_worker(role == Role::AllInOne)
+            .bind()
             .await
-            .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
-        Ok(Self {
-            listener,
-            routes,
-            pool,
-            local_worker,
-        })
-    }
-
-    /// The address actually bound.
-    pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the bound address", e))
-    }
-
-    /// Serves until `shutdown` completes, then lets in-flight requests finish.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let addr = self.local_addr()?;
-        let stop = CancellationToken::new();
-        let pool = self.pool.clone();
-        if let Some(worker) = self.local_worker {
-            // The local worker takes leases over the same protocol as remote ones, through
-            // loopback; its CAS is the server's own store, so blobs never cross the socket.
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| Error::Internal(e.to_string()))?
-                .connect_lazy();
-            let stop = stop.clone();
-            tokio::spawn(async move { worker.run(channel, stop).await });
-        }
-        // `Server::tcp_nodelay` applies only to listeners tonic binds itself; set it per stream.
-        let incoming =
-            tokio_stream::wrappers::TcpListenerStream::new(self.listener).map(|stream| {
-                let stream = stream?;
-                stream.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(stream)
-            });
-        let result = tonic::transport::Server::builder()
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_routes(self.routes)
-            .serve_with_incoming_shutdown(incoming, async {
-                shutdown.await;
-                stop.cancel();
-                pool.shutdown();
-            });
-        // Requests in flight get a bounded time to finish once shutdown starts.
-        let drained = async {
-            stop.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        };
-        let result = tokio::select! {
-            r = result => r.map_err(|e| Error::Internal(format!("gRPC server failed: {e}"))),
-            () = drained => {
-                tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; exiting anyway");
-                Ok(())
-            }
-        };
-        stop.cancel();
-        result
     }
 }
 
 /// `remexec worker`: attaches to a scheduler and runs its leases until `shutdown`.
 pub async fn run_worker(config: &Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    let url = config
-        .worker
-        .scheduler
-        .replacen("grpc://", "http://", 1)
-        .replacen("grpcs://", "https://", 1);
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| Error::invalid(format!("scheduler URL {url:?}: {e}")))?
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .tcp_nodelay(true)
-        .connect_lazy();
+    let channel = remexec_core::client::connect_lazy(&config.worker.scheduler)?;
     let cas: Arc<dyn BlobStore> = Arc::new(remexec_cas::GrpcStore::new(channel.clone()));
     let worker = Worker::new(worker_config(config, ""), cas, Arc::new(ProcessIsolation))?;
     let stop = CancellationToken::new();

@@ -12,13 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{ServerProcess, exec, exec_within, wait_until};
-use futures::StreamExt;
-use prost::Message;
 use remexec_cas::GrpcStore;
-use remexec_core::apis::google::longrunning::operation;
+use remexec_core::client;
 use remexec_core::merkle::encode_message;
 use remexec_core::reapi::action_cache_client::ActionCacheClient;
-use remexec_core::reapi::execution_client::ExecutionClient;
 use remexec_core::reapi::{
     Action, ActionResult, Command, Directory, ExecuteRequest, ExecuteResponse, OutputDirectory,
     OutputFile, OutputSymlink, SymlinkNode, Tree, UpdateActionResultRequest,
@@ -45,23 +42,48 @@ fn actions_cannot_wedge_an_executor_through_stdout_stderr_or_outputs() {
             &server,
             work.path(),
             &[
-                "--no-cache", "--timeout", "10", "--output", "fifo", "--output", "zero",
-                "--output", "to_fifo", "--output-dir", "got", "--", "sh", "-c", script,
+                "--no-cache",
+                "--timeout",
+                "10",
+                "--output",
+                "fifo",
+                "--output",
+                "zero",
+                "--output",
+                "to_fifo",
+                "--output-dir",
+                "got",
+                "--",
+                "sh",
+                "-c",
+                script,
             ],
             60,
         );
-        let (code, stdout, stderr) = outcome.unwrap_or_else(|| panic!("{script:?} wedged the executor"));
-        assert_eq!((code, stdout.as_str()), (0, "replaced\n"), "{script:?}: {stderr}");
-        assert!(started.elapsed() < Duration::from_secs(30), "{script:?}");
         let (code, stdout, stderr) =
-            exec_within(&server, work.path(), &["--no-cache", "--", "echo", "next"], 60)
-                .unwrap_or_else(|| panic!("the executor did not take an action after {script:?}"));
+            outcome.unwrap_or_else(|| panic!("{script:?} wedged the executor"));
+        assert_eq!(
+            (code, stdout.as_str()),
+            (0, "replaced\n"),
+            "{script:?}: {stderr}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(30), "{script:?}");
+        let (code, stdout, stderr) = exec_within(
+            &server,
+            work.path(),
+            &["--no-cache", "--", "echo", "next"],
+            60,
+        )
+        .unwrap_or_else(|| panic!("the executor did not take an action after {script:?}"));
         assert_eq!((code, stdout.as_str()), (0, "next\n"), "{stderr}");
     }
     // The FIFO output was never opened: it is reported as missing, the symlinks as symlinks.
     let got = work.path().join("got");
     assert!(!got.join("fifo").exists());
-    assert_eq!(std::fs::read_link(got.join("zero")).unwrap(), Path::new("/dev/zero"));
+    assert_eq!(
+        std::fs::read_link(got.join("zero")).unwrap(),
+        Path::new("/dev/zero")
+    );
 }
 
 /// Uploads a Command and an Action for `sh -c script` and returns the Action's digest.
@@ -88,29 +110,31 @@ async fn upload_action(
         ..Default::default()
     };
     let (action_digest, action_bytes) = encode_message(SHA256, &action);
-    for (d, b) in [(root, root_bytes), (command_digest, command_bytes), (action_digest, action_bytes)] {
+    for (d, b) in [
+        (root, root_bytes),
+        (command_digest, command_bytes),
+        (action_digest, action_bytes),
+    ] {
         store.put_bytes("", d, b).await.unwrap();
     }
     action_digest
 }
 
-/// Executes an action and returns its final response.
+/// Executes an action (never from the cache) and returns its final response.
 async fn execute(channel: tonic::transport::Channel, action: Digest) -> ExecuteResponse {
-    let mut stream = ExecutionClient::new(channel)
-        .execute(ExecuteRequest {
-            action_digest: Some(action.to_proto()),
-            skip_cache_lookup: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(op) = stream.next().await {
-        if let Some(operation::Result::Response(any)) = op.unwrap().result {
-            return ExecuteResponse::decode(&any.value[..]).unwrap();
-        }
-    }
-    panic!("the operation ended without a response");
+    let request = ExecuteRequest {
+        action_digest: Some(action.to_proto()),
+        skip_cache_lookup: true,
+        ..Default::default()
+    };
+    client::execute(
+        channel,
+        request,
+        &client::FollowOptions::default(),
+        |_, _| {},
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -122,17 +146,22 @@ async fn timeouts_that_round_to_zero_or_are_negative_become_the_maximum() {
         &data.path().join("data"),
         &["--executors", "2", "--config", config.to_str().unwrap()],
     );
-    let channel = tonic::transport::Endpoint::from_shared(server.http_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = client::connect(&server.url()).await.unwrap();
     let store: Arc<dyn BlobStore> = Arc::new(GrpcStore::new(channel.clone()));
     use remexec_core::apis::google::protobuf::Duration as ProtoDuration;
     let timeouts = [
-        ProtoDuration { seconds: 0, nanos: 1 },
-        ProtoDuration { seconds: -3, nanos: 0 },
-        ProtoDuration { seconds: 1_000_000, nanos: 0 },
+        ProtoDuration {
+            seconds: 0,
+            nanos: 1,
+        },
+        ProtoDuration {
+            seconds: -3,
+            nanos: 0,
+        },
+        ProtoDuration {
+            seconds: 1_000_000,
+            nanos: 0,
+        },
     ];
     let runs = timeouts.into_iter().map(|t| {
         let (store, channel) = (Arc::clone(&store), channel.clone());
@@ -146,7 +175,11 @@ async fn timeouts_that_round_to_zero_or_are_negative_become_the_maximum() {
     });
     for (t, elapsed, response) in futures::future::join_all(runs).await {
         let status = response.status.unwrap_or_default();
-        assert_eq!(status.code, tonic::Code::DeadlineExceeded as i32, "{t:?}: {status:?}");
+        assert_eq!(
+            status.code,
+            tonic::Code::DeadlineExceeded as i32,
+            "{t:?}: {status:?}"
+        );
         assert!(
             elapsed >= Duration::from_secs(4) && elapsed < Duration::from_secs(40),
             "{t:?} ended after {elapsed:?}, not at the 5 s maximum"
@@ -161,96 +194,24 @@ async fn a_poisoned_cache_entry_writes_nothing_outside_the_output_dir() {
     let home = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), &["--executors", "1"]);
     let args = [
-        "--output", "d", "--output", "s", "--output", "f", "--output-dir", "got", "--", "true",
+        "--output",
+        "d",
+        "--output",
+        "s",
+        "--output",
+        "f",
+        "--output-dir",
+        "got",
+        "--",
+        "true",
     ];
     // A first, honest run caches the action; its digest is the one Action Cache entry.
     let (code, _, stderr) = exec(&server, work.path(), &args);
     assert_eq!(code, 0, "{stderr}");
     let action = cached_action(&data.path().join("ac"));
-    let channel = tonic::transport::Endpoint::from_shared(server.http_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = client::connect(&server.url()).await.unwrap();
     let store = GrpcStore::new(channel.clone());
-    let home_str = home.path().to_str().unwrap().to_string();
-    let payload = b"pwned\n";
-    let payload_digest = SHA256.digest_of(payload);
-    store.put_bytes("", payload_digest, payload.to_vec().into()).await.unwrap();
-    // A tree whose symlink points at the user's home, and files that would be written through
-    // it and through an output symlink to the same place.
-    let tree = Tree {
-        root: Some(Directory {
-            symlinks: vec![SymlinkNode {
-                name: "link".into(),
-                target: home_str.clone(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        children: vec![],
-    };
-    let (tree_digest, tree_bytes) = encode_message(SHA256, &tree);
-    store.put_bytes("", tree_digest, tree_bytes).await.unwrap();
-    let file_tree = Tree {
-        root: Some(Directory {
-            files: vec![remexec_core::reapi::FileNode {
-                name: ".bashrc".into(),
-                digest: Some(payload_digest.to_proto()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        children: vec![],
-    };
-    let (file_tree_digest, file_tree_bytes) = encode_message(SHA256, &file_tree);
-    store.put_bytes("", file_tree_digest, file_tree_bytes).await.unwrap();
-    let file = |path: &str| OutputFile {
-        path: path.into(),
-        digest: Some(payload_digest.to_proto()),
-        ..Default::default()
-    };
-    let poisoned = [
-        ActionResult {
-            output_directories: vec![OutputDirectory {
-                path: "d".into(),
-                tree_digest: Some(tree_digest.to_proto()),
-                ..Default::default()
-            }],
-            output_files: vec![file("d/link/.bashrc")],
-            ..Default::default()
-        },
-        ActionResult {
-            output_symlinks: vec![OutputSymlink {
-                path: "s".into(),
-                target: home_str.clone(),
-                ..Default::default()
-            }],
-            output_files: vec![file("s/.profile")],
-            ..Default::default()
-        },
-        // The symlink comes from one output directory, the file from another below it.
-        ActionResult {
-            output_directories: vec![
-                OutputDirectory {
-                    path: "d".into(),
-                    tree_digest: Some(tree_digest.to_proto()),
-                    ..Default::default()
-                },
-                OutputDirectory {
-                    path: "d/link".into(),
-                    tree_digest: Some(file_tree_digest.to_proto()),
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        },
-        // A file below `f`, which an earlier run left as a symlink to the home directory.
-        ActionResult {
-            output_files: vec![file("f/.bash_profile")],
-            ..Default::default()
-        },
-    ];
+    let poisoned = poisoned_results(&store, home.path()).await;
     for result in poisoned {
         ActionCacheClient::new(channel.clone())
             .update_action_result(UpdateActionResultRequest {
@@ -292,6 +253,96 @@ async fn a_poisoned_cache_entry_writes_nothing_outside_the_output_dir() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 }
 
+/// Action results that would write into `home` if a download followed symlinks: a tree whose
+/// symlink points there with a file "inside" it, an output symlink there with a file below it,
+/// the same split over two output directories, and a file below a symlink an earlier run left.
+async fn poisoned_results(store: &GrpcStore, home: &Path) -> Vec<ActionResult> {
+    let home_str = home.to_str().unwrap().to_string();
+    let payload = b"pwned\n";
+    let payload_digest = SHA256.digest_of(payload);
+    store
+        .put_bytes("", payload_digest, payload.to_vec().into())
+        .await
+        .unwrap();
+    // A tree whose symlink points at the user's home, and files that would be written through
+    // it and through an output symlink to the same place.
+    let tree = Tree {
+        root: Some(Directory {
+            symlinks: vec![SymlinkNode {
+                name: "link".into(),
+                target: home_str.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        children: vec![],
+    };
+    let (tree_digest, tree_bytes) = encode_message(SHA256, &tree);
+    store.put_bytes("", tree_digest, tree_bytes).await.unwrap();
+    let file_tree = Tree {
+        root: Some(Directory {
+            files: vec![remexec_core::reapi::FileNode {
+                name: ".bashrc".into(),
+                digest: Some(payload_digest.to_proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        children: vec![],
+    };
+    let (file_tree_digest, file_tree_bytes) = encode_message(SHA256, &file_tree);
+    store
+        .put_bytes("", file_tree_digest, file_tree_bytes)
+        .await
+        .unwrap();
+    let file = |path: &str| OutputFile {
+        path: path.into(),
+        digest: Some(payload_digest.to_proto()),
+        ..Default::default()
+    };
+    vec![
+        ActionResult {
+            output_directories: vec![OutputDirectory {
+                path: "d".into(),
+                tree_digest: Some(tree_digest.to_proto()),
+                ..Default::default()
+            }],
+            output_files: vec![file("d/link/.bashrc")],
+            ..Default::default()
+        },
+        ActionResult {
+            output_symlinks: vec![OutputSymlink {
+                path: "s".into(),
+                target: home_str.clone(),
+                ..Default::default()
+            }],
+            output_files: vec![file("s/.profile")],
+            ..Default::default()
+        },
+        // The symlink comes from one output directory, the file from another below it.
+        ActionResult {
+            output_directories: vec![
+                OutputDirectory {
+                    path: "d".into(),
+                    tree_digest: Some(tree_digest.to_proto()),
+                    ..Default::default()
+                },
+                OutputDirectory {
+                    path: "d/link".into(),
+                    tree_digest: Some(file_tree_digest.to_proto()),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        },
+        // A file below `f`, which an earlier run left as a symlink to the home directory.
+        ActionResult {
+            output_files: vec![file("f/.bash_profile")],
+            ..Default::default()
+        },
+    ]
+}
+
 /// The digest of the one entry of a disk Action Cache.
 fn cached_action(ac: &Path) -> Digest {
     let mut found = Vec::new();
@@ -328,7 +379,11 @@ fn make_unremovable(dir: &Path) {
     std::fs::create_dir_all(dir.join("locked/sub")).unwrap();
     std::fs::write(dir.join("locked/sub/file"), "x").unwrap();
     give_to_nobody(dir);
-    for (p, mode) in [("locked/sub/file", 0o444), ("locked/sub", 0o500), ("locked", 0o000)] {
+    for (p, mode) in [
+        ("locked/sub/file", 0o444),
+        ("locked/sub", 0o500),
+        ("locked", 0o000),
+    ] {
         std::fs::set_permissions(dir.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
     }
 }
@@ -354,9 +409,13 @@ fn leftovers_never_stop_the_server_nor_an_executor() {
     )
     .expect("the action ran");
     assert_eq!((code, stdout.as_str()), (0, "made\n"), "{stderr}");
-    let (code, stdout, stderr) =
-        exec_within(&server, work.path(), &["--no-cache", "--", "echo", "next"], 60)
-            .expect("the executor took the next action");
+    let (code, stdout, stderr) = exec_within(
+        &server,
+        work.path(),
+        &["--no-cache", "--", "echo", "next"],
+        60,
+    )
+    .expect("the executor took the next action");
     assert_eq!((code, stdout.as_str()), (0, "next\n"), "{stderr}");
     let actions = data.join("worker/actions");
     assert!(

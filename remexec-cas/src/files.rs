@@ -27,11 +27,7 @@ pub(crate) struct FileTable {
     index: Mutex<ByteLru<Key, ()>>,
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
-}
+use remexec_core::fs::blocking;
 
 impl FileTable {
     /// Opens (creating if needed) the table at `root` and rebuilds its index from disk.
@@ -237,6 +233,13 @@ impl FileTable {
             return Ok(None);
         }
         Ok(Some((file, len)))
+    }
+}
+
+/// `{root}, {budget}`, for the stores' descriptions.
+impl std::fmt::Display for FileTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, {}", self.root.display(), crate::size(self.budget()))
     }
 }
 

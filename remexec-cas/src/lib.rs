@@ -1,7 +1,8 @@
 //! Content-addressable storage and action cache for remexec.
 //!
 //! - [`store`]: [`BlobStore`](remexec_core::BlobStore) backends ([`MemoryStore`],
-//!   [`DiskStore`]) and wrappers ([`VerifyingStore`]).
+//!   [`DiskStore`], [`GrpcStore`]) and wrappers ([`VerifyingStore`], [`TieredStore`]), composed
+//!   as a tree of `Arc<dyn BlobStore>`; `Display` on a store shows the composition.
 //! - [`ac`]: [`ActionCache`](remexec_core::ActionCache) backends ([`MemoryActionCache`],
 //!   [`DiskActionCache`]) and the [`CompletenessCheckingCache`] wrapper.
 //! - [`service`]: the REAPI Capabilities, ContentAddressableStorage, ByteStream and ActionCache
@@ -19,6 +20,7 @@
 //! let digest = DigestFunction::Sha256.digest_of(b"hello");
 //! store.put_bytes("", digest, "hello".into()).await?;
 //! assert!(store.contains("", digest).await?);
+//! assert_eq!(store.to_string(), "Memory(64.0 MiB)");
 //!
 //! // Mount the REAPI services in any tonic server:
 //! let routes = CacheServices::new(store, ac).into_routes();
@@ -41,4 +43,10 @@ pub use service::{CacheServices, Limits};
 pub use store::disk::{DiskStore, DiskStoreOptions};
 pub use store::grpc::GrpcStore;
 pub use store::memory::MemoryStore;
+pub use store::tiered::TieredStore;
 pub use store::verifying::VerifyingStore;
+
+/// A byte count as people read it (`10 GiB`), for descriptions.
+pub(crate) fn size(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
+}

@@ -26,6 +26,26 @@ pub trait ActionCache: Send + Sync + Debug + 'static {
 
     /// Records `result` as the result of `action`.
     async fn put(&self, instance: &str, action: Digest, result: ActionResult) -> Result<()>;
+
+    /// Writes what this cache is, wrappers with what they wrap, for logs: for example
+    /// `CompletenessChecking(Tiered(Memory(64 MiB), Disk(/var/cache/remexec/ac, 1 GiB)))`.
+    /// `Display` on `dyn ActionCache` prints this. The default is the type's name.
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(short_type_name::<Self>())
+    }
+}
+
+/// The last path segment of a type's name, without generic arguments.
+pub(crate) fn short_type_name<T: ?Sized>() -> &'static str {
+    let name = std::any::type_name::<T>();
+    let name = name.split('<').next().unwrap_or(name);
+    name.rsplit("::").next().unwrap_or(name)
+}
+
+impl std::fmt::Display for dyn ActionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.describe(f)
+    }
 }
 
 #[async_trait]
@@ -35,5 +55,8 @@ impl<T: ActionCache + ?Sized> ActionCache for Arc<T> {
     }
     async fn put(&self, instance: &str, action: Digest, result: ActionResult) -> Result<()> {
         (**self).put(instance, action, result).await
+    }
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).describe(f)
     }
 }

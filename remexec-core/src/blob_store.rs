@@ -82,6 +82,19 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
         digest: Digest,
         range: ReadRange,
     ) -> Result<Option<ChunkStream>>;
+
+    /// Writes what this store is, wrappers with what they wrap, for logs: for example
+    /// `Verifying(Disk(/var/cache/remexec/cas, 10 GiB))`. `Display` on `dyn BlobStore` prints
+    /// this. The default is the type's name.
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(crate::action_cache::short_type_name::<Self>())
+    }
+}
+
+impl std::fmt::Display for dyn BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.describe(f)
+    }
 }
 
 #[async_trait]
@@ -99,6 +112,9 @@ impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
         range: ReadRange,
     ) -> Result<Option<ChunkStream>> {
         (**self).get(instance, digest, range).await
+    }
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).describe(f)
     }
 }
 

@@ -92,6 +92,15 @@ impl Error {
         }
     }
 
+    /// The error a non-OK `google.rpc.Status` (from a batch entry or an `ExecuteResponse`)
+    /// stands for, mapped like a `tonic::Status` with that code.
+    pub fn from_rpc_status(status: &bazel_remote_apis::google::rpc::Status) -> Self {
+        Self::from(tonic::Status::new(
+            tonic::Code::from_i32(status.code),
+            status.message.clone(),
+        ))
+    }
+
     /// The `google.rpc.Status` form, for per-item statuses inside batch responses.
     pub fn to_rpc_status(&self) -> bazel_remote_apis::google::rpc::Status {
         bazel_remote_apis::google::rpc::Status {

@@ -1,7 +1,7 @@
 //! File-system helpers for trees that actions and clients control: nothing here follows a
 //! symlink, blocks on a FIFO or device, or gives up on a directory an action made unwritable.
 //!
-//! These calls block; async callers run them with `tokio::task::spawn_blocking`.
+//! These calls block; async callers run them with [`blocking`], on tokio's blocking pool.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::ErrorKind;
@@ -9,6 +9,16 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
+
+/// Runs blocking `work` on tokio's blocking pool and waits for it without blocking the
+/// runtime's threads.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking file-system task failed: {e}")))?
+}
 
 /// Removes the tree at `path` (nothing if it does not exist), even if an action made its
 /// directories unwritable or unreadable: on a permission error every directory below is given
@@ -179,6 +189,24 @@ pub fn create_file_beneath(root: &Path, rel: &str) -> Result<File> {
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|e| Error::io(format!("creating {}", path.display()), e))
+}
+
+/// Hardlinks `local` to `dest`, or copies it where a link is impossible (another file system,
+/// too many links). `Ok(false)` if `local` is gone (evicted from a cache meanwhile); an entry
+/// already at `dest` is an error.
+pub fn link_or_copy(local: &Path, dest: &Path) -> Result<bool> {
+    match std::fs::hard_link(local, dest) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound && !local.exists() => Ok(false),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            Err(Error::io(format!("linking {}", dest.display()), e))
+        }
+        Err(_) => match std::fs::copy(local, dest) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound && !local.exists() => Ok(false),
+            Err(e) => Err(Error::io(format!("copying to {}", dest.display()), e)),
+        },
+    }
 }
 
 #[cfg(test)]

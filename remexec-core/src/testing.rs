@@ -1,19 +1,105 @@
-//! Conformance suites that every [`BlobStore`] and [`ActionCache`] backend runs.
+//! Conformance suites that every [`BlobStore`] and [`ActionCache`] implementation runs.
 //!
-//! A backend's tests call [`blob_store_conformance`] or [`action_cache_conformance`] with a fresh,
-//! empty instance. The suites panic with a description of the first broken contract point.
+//! Each contract point is a named function in [`blob_store`] or [`action_cache`] that takes a
+//! store or cache and panics with a description of what it broke. The functions use blobs and
+//! entries of their own, so they can run one after another on one instance, in any order.
+//!
+//! [`blob_store_conformance`] and [`action_cache_conformance`] run them all against a fresh,
+//! empty instance. A store whose behaviour goes beyond the contract's minimum says so with
+//! [`BlobStoreCapabilities`] and [`blob_store_conformance_with`], which then checks that too:
+//!
+//! ```
+//! # async fn check(store: std::sync::Arc<dyn remexec_core::BlobStore>) {
+//! use remexec_core::testing::{BlobStoreCapabilities, blob_store_conformance_with};
+//!
+//! let caps = BlobStoreCapabilities::new().verifies_content(true);
+//! blob_store_conformance_with(store, caps).await;
+//! # }
+//! ```
 
 #![allow(clippy::unwrap_used)] // test support: panics are how it reports
 
-use std::sync::Arc;
+pub mod action_cache;
+pub mod blob_store;
 
-use bazel_remote_apis::build::bazel::remote::execution::v2::{ActionResult, OutputFile};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::{
-    ActionCache, BlobStore, BlobStoreExt, ChunkStream, Digest, DigestFunction, Error, ReadRange,
-};
+use crate::{ActionCache, BlobStore, ChunkStream};
+
+/// What a [`BlobStore`] does beyond the contract's minimum, so that the suite checks it too.
+///
+/// [`new`](Self::new) is the minimum every store meets; the builder methods turn on more.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlobStoreCapabilities {
+    /// The store checks that content hashes to its digest (a verifying store, or a client of a
+    /// server that verifies): a put whose content does not match fails with `InvalidArgument`
+    /// and stores nothing. Without it a store may trust the content, as the contract allows.
+    pub verifies_content: bool,
+}
+
+impl BlobStoreCapabilities {
+    /// The contract's minimum: the store trusts that content matches its digest.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`verifies_content`](Self::verifies_content).
+    pub fn verifies_content(mut self, yes: bool) -> Self {
+        self.verifies_content = yes;
+        self
+    }
+}
+
+/// Runs every [`BlobStore`] contract check against an empty `store` that trusts content.
+pub async fn blob_store_conformance(store: Arc<dyn BlobStore>) {
+    blob_store_conformance_with(store, BlobStoreCapabilities::new()).await;
+}
+
+/// Runs every [`BlobStore`] contract check against an empty `store`, plus the checks of the
+/// capabilities in `caps`.
+pub async fn blob_store_conformance_with(store: Arc<dyn BlobStore>, caps: BlobStoreCapabilities) {
+    use blob_store::*;
+    let s = store.as_ref();
+    missing_is_none(s).await;
+    put_get_round_trip(s).await;
+    chunking_does_not_matter(s).await;
+    ranged_reads(s).await;
+    offset_past_end_is_out_of_range(s).await;
+    instances_are_separate(s).await;
+    digest_functions_do_not_alias(s).await;
+    find_missing_keeps_input_order(s).await;
+    length_mismatch_is_rejected_and_stores_nothing(s).await;
+    stream_error_fails_the_put_and_stores_nothing(s).await;
+    abandoned_put_leaves_nothing(s).await;
+    failed_put_keeps_the_stored_blob(s).await;
+    idempotent_concurrent_puts(s).await;
+    empty_blob_put_succeeds(s).await;
+    large_blob_round_trip(s).await;
+    zero_limit_reads_nothing(s).await;
+    if caps.verifies_content {
+        content_mismatch_is_rejected_and_stores_nothing(s).await;
+    }
+}
+
+/// Runs every [`ActionCache`] contract check against an empty `cache`.
+pub async fn action_cache_conformance(cache: Arc<dyn ActionCache>) {
+    use action_cache::*;
+    let c = cache.as_ref();
+    missing_is_none(c).await;
+    put_get_round_trip(c).await;
+    last_writer_wins(c).await;
+    instances_are_separate(c).await;
+    digest_functions_do_not_alias(c).await;
+    concurrent_puts_are_never_torn(c).await;
+    large_result_round_trip(c).await;
+}
 
 /// Deterministic pseudo-random content of `len` bytes.
 pub fn content(seed: u64, len: usize) -> Bytes {
@@ -36,209 +122,19 @@ pub fn chunked(data: Bytes, chunk: usize) -> ChunkStream {
     futures::stream::iter(pieces).boxed()
 }
 
-async fn read_all(
-    store: &dyn BlobStore,
-    instance: &str,
-    d: Digest,
-    range: ReadRange,
-) -> Option<Bytes> {
-    let stream = store.get(instance, d, range).await.expect("get failed")?;
-    Some(
-        crate::collect_chunks(stream, 0)
-            .await
-            .expect("stream failed"),
-    )
-}
-
-/// Runs every [`BlobStore`] contract check against an empty `store`.
-pub async fn blob_store_conformance(store: Arc<dyn BlobStore>) {
-    let s = store.as_ref();
-    let data = content(1, 100_000);
-    let d = DigestFunction::Sha256.digest_of(&data);
-
-    // Misses are Ok(None) and listed by find_missing.
-    assert!(
-        read_all(s, "", d, ReadRange::ALL).await.is_none(),
-        "unknown blob must be a miss"
-    );
-    assert_eq!(s.find_missing("", &[d]).await.unwrap(), vec![d]);
-
-    // Round trip, in chunks.
-    s.put("", d, chunked(data.clone(), 7_000))
-        .await
-        .expect("put");
-    assert_eq!(
-        read_all(s, "", d, ReadRange::ALL).await.as_deref(),
-        Some(&data[..])
-    );
-    assert!(s.find_missing("", &[d]).await.unwrap().is_empty());
-
-    // Ranges.
-    let r = |offset, limit| ReadRange { offset, limit };
-    assert_eq!(
-        read_all(s, "", d, r(10, Some(5))).await.as_deref(),
-        Some(&data[10..15])
-    );
-    assert_eq!(
-        read_all(s, "", d, r(99_990, None)).await.as_deref(),
-        Some(&data[99_990..])
-    );
-    assert_eq!(
-        read_all(s, "", d, r(99_990, Some(1000))).await.as_deref(),
-        Some(&data[99_990..])
-    );
-    assert_eq!(
-        read_all(s, "", d, r(100_000, None)).await.as_deref(),
-        Some(&[][..])
-    );
-    let past = s
-        .get("", d, r(100_001, None))
-        .await
-        .err()
-        .expect("offset past end must fail");
-    assert!(
-        matches!(past, Error::OutOfRange(_)),
-        "offset past end: {past:?}"
-    );
-
-    // Namespaces: instance names and digest functions.
-    assert_eq!(
-        s.find_missing("other", &[d]).await.unwrap(),
-        vec![d],
-        "instances must not share blobs"
-    );
-    assert!(read_all(s, "other/x", d, ReadRange::ALL).await.is_none());
-    let b3 = Digest::new(DigestFunction::Blake3, *d.hash(), d.size());
-    assert_eq!(
-        s.find_missing("", &[b3]).await.unwrap(),
-        vec![b3],
-        "functions must not alias"
-    );
-
-    // find_missing keeps input order.
-    let other: Vec<Digest> = (0..5)
-        .map(|i| DigestFunction::Sha256.digest_of(&content(100 + i, 10)))
-        .collect();
-    let query = [other[0], d, other[1], other[2]];
-    assert_eq!(
-        s.find_missing("", &query).await.unwrap(),
-        vec![other[0], other[1], other[2]]
-    );
-
-    // Size mismatches fail with InvalidArgument and store nothing.
-    let short = Digest::new(DigestFunction::Sha256, *other[3].hash(), 11);
-    let err = s
-        .put("", short, chunked(content(103, 10), 3))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::InvalidArgument(_)),
-        "short stream: {err:?}"
-    );
-    let long = Digest::new(DigestFunction::Sha256, *other[3].hash(), 9);
-    assert!(
-        s.put("", long, chunked(content(103, 10), 3)).await.is_err(),
-        "long stream must fail"
-    );
-    assert_eq!(
-        s.find_missing("", &[short, long]).await.unwrap(),
-        vec![short, long]
-    );
-
-    // An Err item aborts the put and leaves nothing.
-    let bad_stream = futures::stream::iter(vec![
-        Ok(content(104, 5)),
-        Err(Error::Cancelled("client went away".into())),
-    ])
-    .boxed();
-    let aborted = Digest::new(DigestFunction::Sha256, *other[4].hash(), 10);
-    assert!(
-        s.put("", aborted, bad_stream).await.is_err(),
-        "a stream error must fail the put"
-    );
-    assert_eq!(s.find_missing("", &[aborted]).await.unwrap(), vec![aborted]);
-
-    // Putting again, also concurrently, is fine and keeps the content.
-    let puts = (0..8).map(|i| s.put("", d, chunked(data.clone(), 1000 * (i + 1))));
-    for result in futures::future::join_all(puts).await {
-        result.expect("concurrent put of the same blob");
+/// Returns `Pending` once (waking itself at once), so that other tasks run; needs no runtime.
+pub(crate) fn yield_now() -> impl Future<Output = ()> {
+    struct YieldNow(bool);
+    impl Future for YieldNow {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 {
+                return Poll::Ready(());
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
     }
-    assert_eq!(
-        read_all(s, "", d, ReadRange::ALL).await.as_deref(),
-        Some(&data[..])
-    );
-
-    // A bad re-put (which a store may skip as already present) never damages the stored blob.
-    let _ = s.put("", d, chunked(content(1, 10), 5)).await;
-    assert_eq!(
-        read_all(s, "", d, ReadRange::ALL).await.as_deref(),
-        Some(&data[..])
-    );
-
-    // A larger blob streams in many chunks.
-    let big = content(7, 5 * 1024 * 1024 + 17);
-    let bd = DigestFunction::Blake3.digest_of(&big);
-    s.put("big", bd, chunked(big.clone(), 64 * 1024))
-        .await
-        .expect("put big");
-    assert_eq!(
-        s.get_bytes("big", bd, u64::MAX).await.unwrap().as_deref(),
-        Some(&big[..])
-    );
-}
-
-fn sample_result(code: i32) -> ActionResult {
-    ActionResult {
-        exit_code: code,
-        output_files: vec![OutputFile {
-            path: "out/a.txt".into(),
-            digest: Some(DigestFunction::Sha256.digest_of(b"a").to_proto()),
-            is_executable: true,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-/// Runs every [`ActionCache`] contract check against an empty `cache`.
-pub async fn action_cache_conformance(cache: Arc<dyn ActionCache>) {
-    let c = cache.as_ref();
-    let action = DigestFunction::Sha256.digest_of(b"action");
-    assert!(
-        c.get("", action).await.unwrap().is_none(),
-        "unknown action must be a miss"
-    );
-
-    c.put("", action, sample_result(0)).await.expect("put");
-    assert_eq!(c.get("", action).await.unwrap(), Some(sample_result(0)));
-
-    c.put("", action, sample_result(1))
-        .await
-        .expect("overwrite");
-    assert_eq!(
-        c.get("", action).await.unwrap(),
-        Some(sample_result(1)),
-        "last writer wins"
-    );
-
-    assert!(
-        c.get("other", action).await.unwrap().is_none(),
-        "instances must not share entries"
-    );
-    let b3 = Digest::new(DigestFunction::Blake3, *action.hash(), action.size());
-    assert!(
-        c.get("", b3).await.unwrap().is_none(),
-        "functions must not alias"
-    );
-
-    let puts = (0..16).map(|i| c.put("many", action, sample_result(i)));
-    for r in futures::future::join_all(puts).await {
-        r.expect("concurrent put");
-    }
-    let got = c
-        .get("many", action)
-        .await
-        .unwrap()
-        .expect("entry after concurrent puts");
-    assert!((0..16).contains(&got.exit_code) && got.output_files == sample_result(0).output_files);
+    YieldNow(false)
 }

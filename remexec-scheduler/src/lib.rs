@@ -8,8 +8,11 @@
 //!   leases past their deadline, re-queues actions whose executor was lost, caches successful
 //!   results, and remembers finished operations within count, byte and age budgets.
 //! - [`ExecutorPool`] is the scheduler's view of executors. [`WorkerPool`] implements it for
-//!   workers attached over remexec's worker protocol; an embedder can implement it differently.
-//! - [`ExecutionService`] and [`OperationsService`] are the gRPC services.
+//!   workers attached over remexec's worker protocol; an embedder can implement it differently,
+//!   with [`Cancel`], [`Changes`] and [`ChangeNotifier`] and no tokio channel types.
+//!   `testing` (feature `testing`) is the conformance suite every pool should pass.
+//! - [`ExecutionServices`] mounts the gRPC services, [`ExecutionService`] and
+//!   [`OperationsService`]; [`execution_capabilities`] is what Capabilities should advertise.
 //!
 //! It depends on `remexec-core` and `remexec-proto` only, never on `remexec-cas` or
 //! `remexec-worker`: stores arrive as `Arc<dyn BlobStore>` and `Arc<dyn ActionCache>`.
@@ -31,12 +34,14 @@ mod pool;
 mod queue;
 mod scheduler;
 mod service;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod worker_pool;
 
 pub use config::SchedulerConfig;
-pub use pool::{ExecutorInfo, ExecutorPool, Job, JobOutcome};
+pub use pool::{Cancel, ChangeNotifier, Changes, ExecutorInfo, ExecutorPool, Job, JobOutcome};
 #[doc(hidden)]
 pub use queue::DispatchBench;
 pub use scheduler::Scheduler;
-pub use service::{ExecutionService, OperationsService};
+pub use service::{ExecutionService, ExecutionServices, OperationsService, execution_capabilities};
 pub use worker_pool::{MAX_WORKER_MESSAGE, WorkerPool};

@@ -14,11 +14,10 @@ use remexec_core::apis::google::rpc::Status as RpcStatus;
 use remexec_core::reapi::{ExecuteOperationMetadata, ExecuteResponse, execution_stage};
 use remexec_core::{Digest, DigestFunction};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::SchedulerConfig;
 use crate::platform::Property;
-use crate::pool::Job;
+use crate::pool::{Cancel, Job};
 
 pub(crate) fn any<M: Message>(type_name: &str, message: &M) -> Any {
     Any {
@@ -169,7 +168,7 @@ pub(crate) struct Execution {
     pub(crate) do_not_cache: bool,
     pub(crate) attempts: AtomicU32,
     /// Fires when no caller is left waiting.
-    pub(crate) cancel: CancellationToken,
+    pub(crate) cancel: Cancel,
     pub(crate) shared: Mutex<Shared>,
 }
 

@@ -20,7 +20,6 @@ use remexec_core::{
     validate_instance_name,
 };
 use tokio::sync::{Notify, watch};
-use tokio_util::sync::CancellationToken;
 
 use crate::SchedulerConfig;
 use crate::inputs::{Loaded, load};
@@ -28,7 +27,7 @@ use crate::operations::{
     Execution, Finished, Op, Retained, Shared, failed, missing_status, operation, status,
 };
 use crate::platform::Property;
-use crate::pool::{ExecutorInfo, ExecutorPool, Job, JobOutcome};
+use crate::pool::{Cancel, ExecutorInfo, ExecutorPool, Job, JobOutcome};
 use crate::queue::{Queue, canonical};
 
 use execution_stage::Value as Stage;
@@ -204,7 +203,7 @@ impl Scheduler {
             priority,
             do_not_cache,
             attempts: AtomicU32::new(0),
-            cancel: CancellationToken::new(),
+            cancel: Cancel::new(),
             shared: Mutex::new(Shared {
                 waiters: Vec::new(),
                 stage: Stage::Queued,
@@ -462,7 +461,7 @@ impl Inner {
     async fn attempt(&self, exec: &Execution, executor: &str, job: Job) -> Ended {
         let timeout = job.timeout.unwrap_or(self.config.max_action_timeout);
         let lease = timeout.saturating_add(self.config.lease_allowance);
-        let token = exec.cancel.child_token();
+        let token = exec.cancel.child();
         let run = self.pool.run(executor, job, token.clone());
         tokio::pin!(run);
         let revoked = tokio::select! {
@@ -610,7 +609,7 @@ async fn dispatch_loop(weak: std::sync::Weak<Inner>) {
             .min(inner.config.unmatched_grace.max(Duration::from_millis(10)));
         tokio::select! {
             () = inner.wake.notified() => {}
-            r = changes.changed() => if r.is_err() { return },
+            () = changes.changed() => {}
             () = tokio::time::sleep(tick) => {}
         }
     }

@@ -1,4 +1,5 @@
-//! The REAPI Execution and google.longrunning Operations services over a [`Scheduler`].
+//! The REAPI Execution and google.longrunning Operations services over a [`Scheduler`],
+//! [`ExecutionServices`] to mount both, and the [`execution_capabilities`] a server advertises.
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -9,8 +10,12 @@ use remexec_core::apis::google::longrunning::{
 };
 use remexec_core::apis::google::protobuf::Empty;
 use remexec_core::reapi::execution_server::{Execution, ExecutionServer};
-use remexec_core::reapi::{ExecuteRequest, WaitExecutionRequest};
-use remexec_core::{Error, Result};
+use remexec_core::reapi::priority_capabilities::PriorityRange;
+use remexec_core::reapi::{
+    ExecuteRequest, ExecutionCapabilities, PriorityCapabilities, WaitExecutionRequest,
+    digest_function,
+};
+use remexec_core::{DigestFunction, Error, Result};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -37,6 +42,76 @@ fn follow(rx: watch::Receiver<Operation>) -> BoxStream<'static, Result<Operation
 
 fn respond<T>(result: Result<T>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(|e: Error| e.into())
+}
+
+/// What Capabilities says about execution when a [`Scheduler`] serves Execute: enabled, SHA-256
+/// and BLAKE3, and the whole `i32` priority range (lower runs sooner). Pass it to the cache
+/// services' Capabilities (`CacheServices::with_execution` in remexec-cas), or Bazel refuses
+/// `--remote_executor`.
+pub fn execution_capabilities() -> ExecutionCapabilities {
+    ExecutionCapabilities {
+        digest_function: digest_function::Value::Sha256 as i32,
+        exec_enabled: true,
+        execution_priority_capabilities: Some(PriorityCapabilities {
+            priorities: vec![PriorityRange {
+                min_priority: i32::MIN,
+                max_priority: i32::MAX,
+            }],
+        }),
+        digest_functions: DigestFunction::ALL.iter().map(|f| f.to_proto()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The Execution and Operations services of one [`Scheduler`], to mount on a tonic server, the
+/// way `CacheServices` mounts the cache services.
+///
+/// ```no_run
+/// # async fn doc(scheduler: remexec_scheduler::Scheduler) -> Result<(), tonic::transport::Error> {
+/// use remexec_scheduler::ExecutionServices;
+///
+/// let routes = ExecutionServices::new(scheduler).into_routes();
+/// let addr = "127.0.0.1:8980".parse().unwrap();
+/// tonic::transport::Server::builder().add_routes(routes).serve(addr).await
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ExecutionServices {
+    scheduler: Scheduler,
+}
+
+impl ExecutionServices {
+    /// Both services over `scheduler`.
+    pub fn new(scheduler: Scheduler) -> Self {
+        Self { scheduler }
+    }
+
+    /// What Capabilities should say about execution: [`execution_capabilities`].
+    pub fn capabilities(&self) -> ExecutionCapabilities {
+        execution_capabilities()
+    }
+
+    /// The Execution service.
+    pub fn execution(&self) -> ExecutionServer<ExecutionService> {
+        ExecutionService::new(self.scheduler.clone()).into_server()
+    }
+
+    /// The Operations service.
+    pub fn operations(&self) -> OperationsServer<OperationsService> {
+        OperationsService::new(self.scheduler.clone()).into_server()
+    }
+
+    /// Adds both services to `routes`, for example the cache services' routes.
+    pub fn add_to(self, routes: tonic::service::Routes) -> tonic::service::Routes {
+        routes
+            .add_service(self.execution())
+            .add_service(self.operations())
+    }
+
+    /// Both services as tonic routes, ready for `Server::builder().add_routes(...)`.
+    pub fn into_routes(self) -> tonic::service::Routes {
+        self.add_to(tonic::service::Routes::default())
+    }
 }
 
 /// The REAPI Execution service.

@@ -20,11 +20,11 @@ use remexec_proto::worker::v1::worker_service_server::{WorkerService, WorkerServ
 use remexec_proto::worker::v1::{
     Lease, LeaseResult, SchedulerMessage, WorkerMessage, scheduler_message,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::pool::{ExecutorInfo, ExecutorPool, Job, JobOutcome};
+use crate::pool::{Cancel, ChangeNotifier, Changes, ExecutorInfo, ExecutorPool, Job, JobOutcome};
 
 /// Heartbeat interval assumed when a worker does not say.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -55,7 +55,7 @@ struct PoolState {
 #[derive(Debug)]
 struct PoolInner {
     state: Mutex<PoolState>,
-    changes: watch::Sender<u64>,
+    changes: ChangeNotifier,
     shutdown: CancellationToken,
     cancel_grace: Duration,
 }
@@ -107,7 +107,7 @@ impl WorkerPool {
         Self {
             inner: Arc::new(PoolInner {
                 state: Mutex::default(),
-                changes: watch::channel(0).0,
+                changes: ChangeNotifier::new(),
                 shutdown: CancellationToken::new(),
                 cancel_grace: grace,
             }),
@@ -154,7 +154,7 @@ impl WorkerPool {
     }
 
     fn bump(&self) {
-        self.inner.changes.send_modify(|n| *n += 1);
+        self.inner.changes.notify();
     }
 
     /// Forgets a connection: its executors go, and its leases fail as `Unavailable`.
@@ -209,7 +209,7 @@ impl WorkerPool {
             (tonic::Code::Ok, None) => Err(Error::Internal(
                 "worker reported success without a result".into(),
             )),
-            (code, _) => Err(Error::from(Status::new(code, status.message))),
+            (_, _) => Err(Error::from_rpc_status(&status)),
         };
         let _ = tx.send(outcome);
     }
@@ -326,11 +326,11 @@ impl ExecutorPool for WorkerPool {
             .collect()
     }
 
-    fn changes(&self) -> watch::Receiver<u64> {
+    fn changes(&self) -> Changes {
         self.inner.changes.subscribe()
     }
 
-    async fn run(&self, executor: &str, job: Job, cancel: CancellationToken) -> Result<JobOutcome> {
+    async fn run(&self, executor: &str, job: Job, cancel: Cancel) -> Result<JobOutcome> {
         let (tx, mut rx) = oneshot::channel();
         let lease_id = job.lease_id.clone();
         let (outbox, conn, executor_id) = {

@@ -14,13 +14,15 @@ use async_trait::async_trait;
 use remexec_core::apis::google::protobuf::Duration as ProtoDuration;
 use remexec_core::reapi::{ActionResult, ExecuteRequest, ExecutionPolicy};
 use remexec_core::{Error, Result};
-use remexec_scheduler::{ExecutorInfo, ExecutorPool, Job, JobOutcome, Scheduler, SchedulerConfig};
+use remexec_scheduler::testing::{ExecutorPoolCapabilities, NoHooks, executor_pool_conformance};
+use remexec_scheduler::{
+    Cancel, ExecutorInfo, ExecutorPool, Job, JobOutcome, Scheduler, SchedulerConfig,
+};
 use support::{
     FakePool, MapCache, MapStore, finish, request, response, setup, store_action,
     store_timed_action,
 };
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 fn code(r: &remexec_core::reapi::ExecuteResponse) -> tonic::Code {
     tonic::Code::from_i32(r.status.as_ref().unwrap().code)
@@ -174,26 +176,18 @@ async fn a_join_never_observes_a_finished_operation() {
 }
 
 /// A pool whose `run` never returns, not even when cancelled, for jobs whose first argument is
-/// "hang"; other jobs complete at once.
-#[derive(Debug, Clone)]
+/// "hang"; other jobs complete at once, or end cancelled if cancelled before they start.
+#[derive(Debug, Clone, Default)]
 struct HangPool {
-    changes: Arc<watch::Sender<u64>>,
     ran: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 #[async_trait]
 impl ExecutorPool for HangPool {
     fn executors(&self) -> Vec<ExecutorInfo> {
-        vec![ExecutorInfo {
-            id: "h/0".into(),
-            worker: "h".into(),
-            properties: vec![],
-        }]
+        ExecutorInfo::numbered("h", 1, &[])
     }
-    fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-    async fn run(&self, _: &str, job: Job, _: CancellationToken) -> Result<JobOutcome> {
+    async fn run(&self, _: &str, job: Job, cancel: Cancel) -> Result<JobOutcome> {
         self.ran
             .lock()
             .unwrap()
@@ -201,17 +195,27 @@ impl ExecutorPool for HangPool {
         if job.command.arguments[0] == "hang" {
             std::future::pending::<()>().await;
         }
+        if cancel.is_cancelled() {
+            return Ok(JobOutcome::Cancelled);
+        }
         Ok(JobOutcome::Completed(ActionResult::default()))
     }
 }
 
 #[tokio::test]
+async fn the_hanging_pool_passes_the_conformance_suite_outside_its_hangs() {
+    executor_pool_conformance(
+        &HangPool::default(),
+        ExecutorPoolCapabilities::new(),
+        &NoHooks,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_job_past_its_lease_deadline_is_revoked_and_its_executor_freed() {
     let cas = Arc::new(MapStore::default());
-    let pool = HangPool {
-        changes: Arc::new(watch::channel(0).0),
-        ran: Arc::default(),
-    };
+    let pool = HangPool::default();
     let mut config = SchedulerConfig::default();
     config.max_action_timeout = Duration::from_millis(100);
     config.lease_allowance = Duration::from_millis(200);
@@ -407,7 +411,7 @@ async fn dispatch_across_platform_classes_follows_priority_and_never_double_book
         worker: "both".into(),
         properties: vec![("os".into(), "linux".into()), ("os".into(), "mac".into())],
     });
-    s.pool.changes.send_modify(|n| *n += 1);
+    s.pool.changes.notify();
     s.pool.gate.add_permits(100);
     for w in waits {
         finish(w).await;
@@ -465,7 +469,10 @@ async fn invalid_worker_results_are_refused_and_never_cached() {
     let message = &response.status.as_ref().unwrap().message;
     assert!(message.contains("climbs above"), "{message}");
     assert!(response.result.is_none());
-    assert!(s.ac.0.lock().unwrap().is_empty(), "an invalid result was cached");
+    assert!(
+        s.ac.0.lock().unwrap().is_empty(),
+        "an invalid result was cached"
+    );
 }
 
 #[tokio::test]

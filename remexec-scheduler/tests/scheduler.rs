@@ -20,7 +20,8 @@ use remexec_core::reapi::{
 };
 use remexec_core::{ActionCache, DigestFunction, Error};
 use remexec_scheduler::platform::MatchRules;
-use remexec_scheduler::{ExecutionService, JobOutcome, OperationsService};
+use remexec_scheduler::testing::{ExecutorPoolCapabilities, PoolHooks, executor_pool_conformance};
+use remexec_scheduler::{ExecutionServices, ExecutorInfo, JobOutcome};
 use support::{FakePool, finish, request, setup, store_action};
 
 #[tokio::test]
@@ -157,7 +158,7 @@ async fn an_executor_appearing_within_the_grace_period_runs_the_action() {
             worker: "g".into(),
             properties: vec![("gpu".into(), "1".into())],
         });
-    s.pool.changes.send_modify(|n| *n += 1);
+    s.pool.changes.notify();
     assert_eq!(finish(rx).await.status.unwrap().code, 0);
 }
 
@@ -264,9 +265,7 @@ async fn wait_execution_get_and_cancel_over_grpc() {
     let s = setup(pool, |_| {});
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let routes =
-        tonic::service::Routes::new(ExecutionService::new(s.scheduler.clone()).into_server())
-            .add_service(OperationsService::new(s.scheduler.clone()).into_server());
+    let routes = ExecutionServices::new(s.scheduler.clone()).into_routes();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_routes(routes)
@@ -478,4 +477,28 @@ async fn a_worker_that_misses_heartbeats_is_dropped() {
             return;
         }
     }
+}
+
+/// Adds executors to, and loses executors of, a [`FakePool`] for the conformance suite.
+struct FakePoolHooks(FakePool);
+
+#[async_trait::async_trait]
+impl PoolHooks for FakePoolHooks {
+    async fn add_executor(&self) {
+        self.0
+            .add(ExecutorInfo::numbered("added", 1, &[]).remove(0));
+    }
+    async fn lose_executor(&self, executor: &str) {
+        self.0.lose(executor);
+    }
+}
+
+#[tokio::test]
+async fn the_fake_pool_passes_the_conformance_suite() {
+    let pool = FakePool::new(2, &[], FakePool::ok());
+    let caps = ExecutorPoolCapabilities::new()
+        .changing_executors(true)
+        .long_jobs(true)
+        .loses_executors(true);
+    executor_pool_conformance(&pool, caps, &FakePoolHooks(pool.clone())).await;
 }

@@ -1,12 +1,17 @@
-//! `WorkerPool` over a real tonic server on 127.0.0.1, with fake workers: names cannot be
-//! taken over, results count only from the lease holder, large messages travel, bad results
-//! never detach, dropped runs cancel their lease, and wedged workers are detached.
+//! `WorkerPool` over a real tonic server on 127.0.0.1, with fake workers: it passes the
+//! `ExecutorPool` conformance suite, names cannot be taken over, results count only from the
+//! lease holder, large messages travel, bad results never detach, dropped runs cancel their
+//! lease, and wedged workers are detached.
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
 
 use remexec_core::Error;
 use remexec_core::apis::google::rpc::Status as RpcStatus;
@@ -15,9 +20,9 @@ use remexec_proto::worker::v1::worker_message::Message as M;
 use remexec_proto::worker::v1::{
     Lease, LeaseResult, Register, SchedulerMessage, WorkerMessage, scheduler_message,
 };
-use remexec_scheduler::{ExecutorPool, JobOutcome, WorkerPool};
+use remexec_scheduler::testing::{ExecutorPoolCapabilities, PoolHooks, executor_pool_conformance};
+use remexec_scheduler::{Cancel, ExecutorPool, JobOutcome, WorkerPool};
 use support::{FakeWorker, attach, bare_job, serve_pool};
-use tokio_util::sync::CancellationToken;
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let start = Instant::now();
@@ -76,7 +81,7 @@ fn run(
     pool: &WorkerPool,
     executor: &str,
     lease: &str,
-    cancel: CancellationToken,
+    cancel: Cancel,
 ) -> tokio::task::JoinHandle<remexec_core::Result<JobOutcome>> {
     let pool = pool.clone();
     let (executor, job) = (executor.to_string(), bare_job(lease));
@@ -94,7 +99,7 @@ async fn a_second_register_under_a_live_name_is_refused() {
     // The live connection keeps its executors and its leases.
     assert_eq!(pool.workers(), vec!["w".to_string()]);
     assert_eq!(pool.executors().len(), 2);
-    let job = run(&pool, "w/0", "l1", CancellationToken::new());
+    let job = run(&pool, "w/0", "l1", Cancel::new());
     let lease = next_lease(&mut live).await;
     send_result(&live, &lease.lease_id, 0, exit(3)).await;
     assert_eq!(job.await.unwrap().unwrap(), JobOutcome::Completed(exit(3)));
@@ -107,7 +112,7 @@ async fn results_count_only_from_the_connection_holding_the_lease() {
     let mut holder = attach(&channel, "a").await.unwrap();
     let intruder = attach(&channel, "b").await.unwrap();
     eventually("attached", || pool.executors().len() == 4).await;
-    let job = run(&pool, "a/0", "la", CancellationToken::new());
+    let job = run(&pool, "a/0", "la", Cancel::new());
     let lease = next_lease(&mut holder).await;
     send_result(&intruder, &lease.lease_id, 0, exit(66)).await;
     // A second Register on its stream detaches the intruder: by then its result was read.
@@ -140,7 +145,7 @@ async fn large_messages_travel_and_bad_results_never_detach() {
     };
     let handle = {
         let pool = pool.clone();
-        tokio::spawn(async move { pool.run("w/0", job, CancellationToken::new()).await })
+        tokio::spawn(async move { pool.run("w/0", job, Cancel::new()).await })
     };
     let lease = next_lease(&mut worker).await;
     assert_eq!(lease.command.unwrap().arguments[0].len(), 12 << 20);
@@ -162,7 +167,7 @@ async fn a_dropped_run_forgets_its_lease_and_cancels_it_on_the_worker() {
     let channel = serve_pool(&pool).await;
     let mut worker = attach(&channel, "w").await.unwrap();
     eventually("attached", || pool.executors().len() == 2).await;
-    let job = run(&pool, "w/0", "dropped", CancellationToken::new());
+    let job = run(&pool, "w/0", "dropped", Cancel::new());
     let lease = next_lease(&mut worker).await;
     job.abort();
     assert!(job.await.unwrap_err().is_cancelled());
@@ -172,7 +177,7 @@ async fn a_dropped_run_forgets_its_lease_and_cancels_it_on_the_worker() {
     );
     // The late result is ignored, and the worker stays.
     send_result(&worker, &lease.lease_id, 0, exit(0)).await;
-    let again = run(&pool, "w/0", "again", CancellationToken::new());
+    let again = run(&pool, "w/0", "again", Cancel::new());
     let lease = next_lease(&mut worker).await;
     send_result(&worker, &lease.lease_id, 0, exit(5)).await;
     assert_eq!(
@@ -187,10 +192,10 @@ async fn a_worker_that_ignores_cancel_lease_is_detached() {
     let channel = serve_pool(&pool).await;
     let mut worker = attach(&channel, "w").await.unwrap();
     eventually("attached", || pool.executors().len() == 2).await;
-    let cancel = CancellationToken::new();
+    let cancel = Cancel::new();
     let cancelled = run(&pool, "w/0", "c", cancel.clone());
     next_lease(&mut worker).await;
-    let other = run(&pool, "w/1", "o", CancellationToken::new());
+    let other = run(&pool, "w/1", "o", Cancel::new());
     next_lease(&mut worker).await;
     cancel.cancel();
     assert_eq!(
@@ -202,4 +207,72 @@ async fn a_worker_that_ignores_cancel_lease_is_detached() {
     assert!(matches!(other.await.unwrap(), Err(Error::Unavailable(_))));
     assert!(pool.executors().is_empty());
     assert!(pool.workers().is_empty());
+}
+
+/// Answers leases like a worker: a `sleep` lease when it is cancelled (`CANCELLED`), any other
+/// at once with exit code 0. Ends, detaching the worker, when the task is aborted.
+async fn answer_leases(mut worker: FakeWorker) {
+    let mut sleeping = Vec::new();
+    while let Ok(Some(msg)) = worker.1.message().await {
+        match msg.message {
+            Some(scheduler_message::Message::Lease(lease)) => {
+                let args = lease.command.unwrap_or_default().arguments;
+                if args.first().is_some_and(|a| a == "sleep") {
+                    sleeping.push(lease.lease_id);
+                } else {
+                    send_result(&worker, &lease.lease_id, 0, exit(0)).await;
+                }
+            }
+            Some(scheduler_message::Message::CancelLease(id)) => {
+                if let Some(i) = sleeping.iter().position(|l| *l == id) {
+                    sleeping.remove(i);
+                    let cancelled = tonic::Code::Cancelled as i32;
+                    send_result(&worker, &id, cancelled, exit(-1)).await;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Attaches fake workers answering leases (`add_executor`), and kills them (`lose_executor`).
+struct FakeWorkers {
+    channel: tonic::transport::Channel,
+    tasks: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+impl FakeWorkers {
+    async fn attach(&self) {
+        let name = format!("w{}", self.tasks.lock().unwrap().len());
+        let worker = attach(&self.channel, &name).await.unwrap();
+        let task = tokio::spawn(answer_leases(worker));
+        self.tasks.lock().unwrap().insert(name, task);
+    }
+}
+
+#[async_trait]
+impl PoolHooks for FakeWorkers {
+    async fn add_executor(&self) {
+        self.attach().await;
+    }
+    async fn lose_executor(&self, executor: &str) {
+        let worker = executor.split('/').next().unwrap();
+        self.tasks.lock().unwrap()[worker].abort();
+    }
+}
+
+#[tokio::test]
+async fn the_worker_pool_passes_the_conformance_suite() {
+    let pool = WorkerPool::new();
+    let workers = FakeWorkers {
+        channel: serve_pool(&pool).await,
+        tasks: Mutex::default(),
+    };
+    workers.attach().await;
+    eventually("attached", || pool.executors().len() == 2).await;
+    let caps = ExecutorPoolCapabilities::new()
+        .changing_executors(true)
+        .long_jobs(true)
+        .loses_executors(true);
+    executor_pool_conformance(&pool, caps, &workers).await;
 }

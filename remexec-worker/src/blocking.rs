@@ -6,14 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use remexec_core::{Error, Result};
 
-/// Runs `work` on tokio's blocking pool and waits for it without blocking the runtime.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Internal(format!("blocking file-system task failed: {e}")))?
-}
+pub(crate) use remexec_core::fs::blocking;
 
 /// Tells blocking work that nobody waits for it any more (a deadline passed or the lease was
 /// cancelled), so that it stops at its next check instead of running on in the background.

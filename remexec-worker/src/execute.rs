@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use remexec_core::apis::google::protobuf::Timestamp;
 use remexec_core::apis::google::rpc::Status as RpcStatus;
+use remexec_core::client::upload_open_file;
 use remexec_core::fs::create_dirs_beneath;
 use remexec_core::reapi::{ActionResult, Command, ExecutedActionMetadata};
 use remexec_core::{Digest, DigestFunction, Error, Result};
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::blocking::blocking;
 use crate::isolation::{Exit, Spawn};
-use crate::outputs::{collect_outputs, upload_handle};
+use crate::outputs::collect_outputs;
 use crate::stage::stage_inputs;
 use crate::worker::Worker;
 
@@ -277,12 +278,12 @@ impl Worker {
         let upload = async {
             collect_outputs(cas, instance, function, &command, &workdir, &mut result).await?;
             result.stdout_digest = Some(
-                upload_handle(cas, instance, function, &stdout)
+                upload_open_file(cas, instance, function, &stdout)
                     .await?
                     .to_proto(),
             );
             result.stderr_digest = Some(
-                upload_handle(cas, instance, function, &stderr)
+                upload_open_file(cas, instance, function, &stderr)
                     .await?
                     .to_proto(),
             );

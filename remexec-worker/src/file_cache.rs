@@ -82,7 +82,7 @@ impl FileCache {
                 self.fetch(cas, instance, digest, executable).await?;
             }
             let (cached, dest) = (self.path(&digest, executable), dest.to_path_buf());
-            if blocking(move || link_or_copy(&cached, &dest)).await? {
+            if blocking(move || remexec_core::fs::link_or_copy(&cached, &dest)).await? {
                 return Ok(());
             }
             // Evicted between the lookup and the link: fetch again.
@@ -167,22 +167,5 @@ impl FileCache {
             .filter(|(k, ())| *k != key)
             .map(|((d, x), ())| self.path(&d, x))
             .collect()
-    }
-}
-
-/// Hardlinks `cached` to `dest`, or copies it where a link is impossible (another file
-/// system, too many links). `Ok(false)` if `cached` is gone (evicted meanwhile). Blocks.
-pub(crate) fn link_or_copy(cached: &Path, dest: &Path) -> Result<bool> {
-    match std::fs::hard_link(cached, dest) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !cached.exists() => Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Err(Error::io(format!("linking {}", dest.display()), e))
-        }
-        Err(_) => match std::fs::copy(cached, dest) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !cached.exists() => Ok(false),
-            Err(e) => Err(Error::io(format!("copying to {}", dest.display()), e)),
-        },
     }
 }

@@ -45,6 +45,8 @@ mod file_cache;
 mod isolation;
 mod outputs;
 mod stage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 mod worker;
@@ -52,6 +54,6 @@ mod worker;
 pub use config::{DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig};
 pub use file_cache::FileCache;
 pub use isolation::{Exit, Isolation, ProcessIsolation, Spawn};
-pub use outputs::{collect_outputs, upload_directory, upload_file};
+pub use outputs::collect_outputs;
 pub use stage::stage_inputs;
 pub use worker::Worker;

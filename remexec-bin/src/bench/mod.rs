@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use bytesize::ByteSize;
 use hdrhistogram::Histogram;
 use remexec_core::{Error, Result};
-use tonic::transport::{Channel, Endpoint};
 
 pub use workloads::{Workload, noop_actions};
 
@@ -130,21 +129,6 @@ pub struct Report {
     pub first_error: Option<String>,
 }
 
-/// Connects one HTTP/2 channel with large flow-control windows.
-pub async fn connect(target: &str) -> Result<Channel> {
-    let url = target
-        .replacen("grpc://", "http://", 1)
-        .replacen("grpcs://", "https://", 1);
-    Endpoint::from_shared(url.clone())
-        .map_err(|e| Error::invalid(format!("bad target URL {url:?}: {e}")))?
-        .initial_stream_window_size(16 * 1024 * 1024)
-        .initial_connection_window_size(64 * 1024 * 1024)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| Error::Unavailable(format!("connecting to {url}: {e}")))
-}
-
 /// Runs a benchmark and returns its report; `progress` shows a live line on stderr.
 pub async fn run(args: &BenchArgs, progress: bool) -> Result<Report> {
     if args.concurrency == 0 || args.count == 0 {
@@ -154,7 +138,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Report> {
     }
     let mut channels = Vec::with_capacity(args.concurrency);
     for _ in 0..args.concurrency {
-        channels.push(connect(&args.target).await?);
+        channels.push(remexec_core::client::connect(&args.target).await?);
     }
     let workload = Arc::new(Workload::prepare(args, &channels[0]).await?);
     let next = Arc::new(AtomicU64::new(0));

@@ -2,15 +2,15 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use prost::Message;
-use remexec_core::apis::google::longrunning::operation;
+use remexec_core::client::{
+    self, ActionBuilder, FollowOptions, action_cache_client, batch_update_blobs, cas_client,
+    status_result,
+};
 use remexec_core::merkle::encode_message;
 use remexec_core::reapi::{
-    Action, ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, Command, Directory,
-    ExecuteRequest, ExecuteResponse, FindMissingBlobsRequest, GetActionResultRequest,
-    UpdateActionResultRequest, action_cache_client::ActionCacheClient, batch_update_blobs_request,
-    content_addressable_storage_client::ContentAddressableStorageClient,
-    execution_client::ExecutionClient,
+    ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, Directory, ExecuteRequest,
+    FindMissingBlobsRequest, GetActionResultRequest, UpdateActionResultRequest,
+    batch_update_blobs_request,
 };
 use remexec_core::{
     BlobRef, Compressor, Digest, DigestFunction, Error, ReadResource, Result, WriteResource,
@@ -60,62 +60,6 @@ fn blob_prefix(nonce: u64, i: u64) -> [u8; 16] {
     p
 }
 
-fn check(status: Option<&remexec_core::apis::google::rpc::Status>) -> Result<()> {
-    match status {
-        Some(s) if s.code != 0 => Err(Error::from(tonic::Status::new(
-            tonic::Code::from_i32(s.code),
-            s.message.clone(),
-        ))),
-        _ => Ok(()),
-    }
-}
-
-async fn batch_upload(
-    channel: &Channel,
-    instance: &str,
-    blobs: Vec<(Digest, Bytes)>,
-) -> Result<()> {
-    let mut cas = ContentAddressableStorageClient::new(channel.clone())
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    let mut requests = Vec::new();
-    let mut total = 0;
-    let flush = |requests: Vec<batch_update_blobs_request::Request>| {
-        let mut cas = cas.clone();
-        let instance = instance.to_string();
-        async move {
-            let resp = cas
-                .batch_update_blobs(BatchUpdateBlobsRequest {
-                    instance_name: instance,
-                    requests,
-                    digest_function: F.to_proto(),
-                })
-                .await?;
-            for r in resp.into_inner().responses {
-                check(r.status.as_ref())?;
-            }
-            Ok::<(), Error>(())
-        }
-    };
-    for (digest, data) in blobs {
-        if total + data.len() > 2 << 20 && !requests.is_empty() {
-            flush(std::mem::take(&mut requests)).await?;
-            total = 0;
-        }
-        total += data.len();
-        requests.push(batch_update_blobs_request::Request {
-            digest: Some(digest.to_proto()),
-            data: data.to_vec(),
-            compressor: 0,
-        });
-    }
-    if !requests.is_empty() {
-        flush(requests).await?;
-    }
-    let _ = &mut cas;
-    Ok(())
-}
-
 /// Uploads `count` distinct no-op actions (`/bin/true N`, not cacheable) and returns their digests.
 pub async fn noop_actions(channel: &Channel, instance: &str, count: usize) -> Result<Vec<Digest>> {
     let (root, root_bytes) = encode_message(F, &Directory::default());
@@ -123,23 +67,13 @@ pub async fn noop_actions(channel: &Channel, instance: &str, count: usize) -> Re
     let mut blobs = vec![(root, root_bytes)];
     let mut actions = Vec::with_capacity(count);
     for i in 0..count {
-        let command = Command {
-            arguments: vec!["/bin/true".into(), nonce.clone(), i.to_string()],
-            ..Default::default()
-        };
-        let (cd, cb) = encode_message(F, &command);
-        let action = Action {
-            command_digest: Some(cd.to_proto()),
-            input_root_digest: Some(root.to_proto()),
-            do_not_cache: true,
-            ..Default::default()
-        };
-        let (ad, ab) = encode_message(F, &action);
-        blobs.push((cd, cb));
-        blobs.push((ad, ab));
-        actions.push(ad);
+        let built = ActionBuilder::new(["/bin/true".into(), nonce.clone(), i.to_string()])
+            .do_not_cache(true)
+            .build(F, root);
+        actions.push(built.action_digest);
+        blobs.extend(built.blobs);
     }
-    batch_upload(channel, instance, blobs).await?;
+    batch_update_blobs(channel.clone(), instance, F, blobs).await?;
     Ok(actions)
 }
 
@@ -197,7 +131,7 @@ impl Workload {
                     })
                     .collect();
                 let present_digests: Vec<Digest> = present.iter().map(|(d, _)| *d).collect();
-                batch_upload(channel, &w.instance, present).await?;
+                batch_update_blobs(channel.clone(), &w.instance, F, present).await?;
                 let hits = (args.batch_size as f64 * w.hit_ratio).round() as usize;
                 w.find = (0..REQUEST_POOL)
                     .map(|r| {
@@ -218,7 +152,7 @@ impl Workload {
             }
             WorkloadKind::AcGet | WorkloadKind::Mixed => {
                 let action = F.digest_of(format!("remexec bench action {}", w.nonce).as_bytes());
-                let mut ac = ActionCacheClient::new(channel.clone());
+                let mut ac = action_cache_client(channel.clone());
                 let req = UpdateActionResultRequest {
                     instance_name: w.instance.clone(),
                     action_digest: Some(action.to_proto()),
@@ -259,11 +193,7 @@ impl Workload {
             }
             WorkloadKind::FindMissing => {
                 let req = self.find[(i % REQUEST_POOL as u64) as usize].clone();
-                ContentAddressableStorageClient::new(channel.clone())
-                    .max_decoding_message_size(64 << 20)
-                    .max_encoding_message_size(64 << 20)
-                    .find_missing_blobs(req)
-                    .await?;
+                cas_client(channel.clone()).find_missing_blobs(req).await?;
                 Ok(0)
             }
             WorkloadKind::AcGet => self.ac_get(channel, i).await,
@@ -286,16 +216,15 @@ impl Workload {
                         blob_digests: digests.map(|d| d.to_proto()).collect(),
                         digest_function: F.to_proto(),
                     };
-                    ContentAddressableStorageClient::new(channel.clone())
-                        .find_missing_blobs(req)
-                        .await?;
+                    cas_client(channel.clone()).find_missing_blobs(req).await?;
                     Ok(0)
                 }
                 4 | 5 => {
                     let mut data = vec![0u8; SMALL_BLOB];
                     data[..16].copy_from_slice(&blob_prefix(self.nonce, i));
                     let data = Bytes::from(data);
-                    batch_upload(channel, &self.instance, vec![(F.digest_of(&data), data)]).await?;
+                    let blob = vec![(F.digest_of(&data), data)];
+                    batch_update_blobs(channel.clone(), &self.instance, F, blob).await?;
                     Ok(SMALL_BLOB as u64)
                 }
                 9 if !self.actions.is_empty() => {
@@ -332,12 +261,9 @@ impl Workload {
                 }],
                 digest_function: F.to_proto(),
             };
-            let resp = ContentAddressableStorageClient::new(channel.clone())
-                .max_encoding_message_size(64 << 20)
-                .batch_update_blobs(req)
-                .await?;
+            let resp = cas_client(channel.clone()).batch_update_blobs(req).await?;
             for r in resp.into_inner().responses {
-                check(r.status.as_ref())?;
+                status_result(r.status.as_ref())?;
             }
             return Ok(self.size as u64);
         }
@@ -381,13 +307,10 @@ impl Workload {
                 digest_function: F.to_proto(),
                 ..Default::default()
             };
-            let resp = ContentAddressableStorageClient::new(channel.clone())
-                .max_decoding_message_size(64 << 20)
-                .batch_read_blobs(req)
-                .await?;
+            let resp = cas_client(channel.clone()).batch_read_blobs(req).await?;
             let mut moved = 0;
             for r in resp.into_inner().responses {
-                check(r.status.as_ref())?;
+                status_result(r.status.as_ref())?;
                 moved += r.data.len() as u64;
             }
             return Ok(moved);
@@ -430,7 +353,7 @@ impl Workload {
             digest_function: F.to_proto(),
             ..Default::default()
         };
-        match ActionCacheClient::new(channel.clone())
+        match action_cache_client(channel.clone())
             .get_action_result(req)
             .await
         {
@@ -449,25 +372,14 @@ impl Workload {
             digest_function: F.to_proto(),
             ..Default::default()
         };
-        let mut ops = ExecutionClient::new(channel.clone())
-            .execute(req)
-            .await?
-            .into_inner();
-        while let Some(op) = ops.next().await {
-            if let Some(operation::Result::Response(any)) = op?.result {
-                let response = ExecuteResponse::decode(&any.value[..])
-                    .map_err(|e| Error::Internal(e.to_string()))?;
-                check(response.status.as_ref())?;
-                let code = response.result.map_or(-1, |r| r.exit_code);
-                return if code == 0 {
-                    Ok(0)
-                } else {
-                    Err(Error::Internal(format!("action exited {code}")))
-                };
-            }
+        let response =
+            client::execute(channel.clone(), req, &FollowOptions::default(), |_, _| {}).await?;
+        status_result(response.status.as_ref())?;
+        let code = response.result.map_or(-1, |r| r.exit_code);
+        if code == 0 {
+            Ok(0)
+        } else {
+            Err(Error::Internal(format!("action exited {code}")))
         }
-        Err(Error::Unavailable(
-            "operation stream ended without a result".into(),
-        ))
     }
 }

@@ -22,7 +22,12 @@ impl ServerProcess {
 
     /// Starts `remexec ROLE` (`serve` or `scheduler`) on a free loopback port.
     pub fn start_role(role: &str, data_dir: &Path, extra: &[&str]) -> Self {
-        Self::start_command(Command::new(env!("CARGO_BIN_EXE_remexec")), role, data_dir, extra)
+        Self::start_command(
+            Command::new(env!("CARGO_BIN_EXE_remexec")),
+            role,
+            data_dir,
+            extra,
+        )
     }
 
     /// Starts `remexec serve` as the unprivileged user `nobody` (through `setpriv`), so that

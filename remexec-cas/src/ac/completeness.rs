@@ -180,6 +180,9 @@ impl ActionCache for CompletenessCheckingCache {
     async fn put(&self, instance: &str, action: Digest, result: ActionResult) -> Result<()> {
         self.inner.put(instance, action, result).await
     }
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CompletenessChecking({})", self.inner)
+    }
 }
 
 #[cfg(test)]
@@ -332,13 +335,8 @@ mod tests {
 
     #[tokio::test]
     async fn conformance() {
-        // With no outputs referenced, the wrapper must behave exactly like its inner cache.
+        // The suite's results refer to no blobs: the wrapper must behave like its inner cache.
         let cas: Arc<dyn BlobStore> = Arc::new(MemoryStore::new(1 << 20));
-        for instance in ["", "many"] {
-            cas.put_bytes(instance, DigestFunction::Sha256.digest_of(b"a"), "a".into())
-                .await
-                .unwrap();
-        }
         let cache = CompletenessCheckingCache::new(Arc::new(MemoryActionCache::new(1 << 20)), cas);
         remexec_core::testing::action_cache_conformance(Arc::new(cache)).await;
     }

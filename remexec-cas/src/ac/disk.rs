@@ -82,6 +82,9 @@ impl ActionCache for DiskActionCache {
             .write(Key::new(instance, action), data, None)
             .await
     }
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Disk({})", self.files)
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ impl ActionCache for MemoryActionCache {
             .insert(Key::new(instance, action), cost, result);
         Ok(())
     }
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Memory({})", crate::size(self.index.lock().budget()))
+    }
 }
 
 #[cfg(test)]

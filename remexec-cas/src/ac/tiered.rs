@@ -41,6 +41,9 @@ impl ActionCache for TieredActionCache {
         self.slow.put(instance, action, result.clone()).await?;
         self.fast.put(instance, action, result).await
     }
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tiered({}, {})", self.fast, self.slow)
+    }
 }
 
 #[cfg(test)]

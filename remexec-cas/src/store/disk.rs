@@ -113,6 +113,9 @@ impl BlobStore for DiskStore {
             .map(|r| r.map_err(|e| Error::io("reading a blob", e)));
         Ok(Some(stream.boxed()))
     }
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Disk({})", self.files)
+    }
 }
 
 #[cfg(test)]

@@ -94,19 +94,8 @@ impl BlobStore for GrpcStore {
                 digest_function: digest.function().to_proto(),
             };
             let resp = self.cas().batch_update_blobs(req).await?.into_inner();
-            let status = resp
-                .responses
-                .into_iter()
-                .next()
-                .and_then(|r| r.status)
-                .unwrap_or_default();
-            if status.code != 0 {
-                return Err(Error::from(tonic::Status::new(
-                    tonic::Code::from_i32(status.code),
-                    status.message,
-                )));
-            }
-            return Ok(());
+            let status = resp.responses.into_iter().next().and_then(|r| r.status);
+            return remexec_core::client::status_result(status.as_ref());
         }
         let name = WriteResource {
             instance: instance.to_string(),
@@ -169,6 +158,14 @@ impl BlobStore for GrpcStore {
         digest: Digest,
         range: ReadRange,
     ) -> Result<Option<ChunkStream>> {
+        if range.limit == Some(0) {
+            // ByteStream reads `read_limit: 0` as "no limit": answer a zero-length read here.
+            if !self.find_missing(instance, &[digest]).await?.is_empty() {
+                return Ok(None);
+            }
+            range.resolve(digest.size())?;
+            return Ok(Some(futures::stream::empty().boxed()));
+        }
         let name = ReadResource {
             instance: instance.to_string(),
             blob: BlobRef {
@@ -197,6 +194,9 @@ impl BlobStore for GrpcStore {
         let rest = stream.map(|m| m.map(|m| m.data).map_err(Error::from));
         Ok(Some(head.chain(rest).boxed()))
     }
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Grpc")
+    }
 }
 
 #[cfg(test)]
@@ -222,6 +222,9 @@ mod tests {
             .connect()
             .await
             .unwrap();
-        remexec_core::testing::blob_store_conformance(Arc::new(GrpcStore::new(channel))).await;
+        // The server hashes what it is sent, so the client store verifies content too.
+        let caps = remexec_core::testing::BlobStoreCapabilities::new().verifies_content(true);
+        remexec_core::testing::blob_store_conformance_with(Arc::new(GrpcStore::new(channel)), caps)
+            .await;
     }
 }

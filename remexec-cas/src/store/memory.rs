@@ -66,6 +66,9 @@ impl BlobStore for MemoryStore {
         };
         Ok(Some(range.stream_of(&bytes)?))
     }
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Memory({})", crate::size(self.index.lock().budget()))
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 pub mod disk;
 pub mod grpc;
 pub mod memory;
+pub mod tiered;
 pub mod verifying;
 
 use bytes::{Bytes, BytesMut};
@@ -82,4 +83,12 @@ impl remexec_core::BlobStore for CountingStore {
         self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.0.get(instance, digest, range).await
     }
+}
+
+#[cfg(test)]
+#[tokio::test]
+async fn counting_store_conformance() {
+    let store = std::sync::Arc::new(CountingStore::new());
+    remexec_core::testing::blob_store_conformance(store.clone()).await;
+    assert!(store.take_gets() > 0, "the suite's reads are counted");
 }

@@ -81,6 +81,9 @@ impl BlobStore for VerifyingStore {
     ) -> Result<Option<ChunkStream>> {
         self.inner.get(instance, digest, range).await
     }
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Verifying({})", self.inner)
+    }
 }
 
 #[cfg(test)]
@@ -88,14 +91,15 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
     use remexec_core::DigestFunction;
-    use remexec_core::testing::{blob_store_conformance, chunked, content};
+    use remexec_core::testing::{
+        BlobStoreCapabilities, blob_store_conformance_with, chunked, content,
+    };
 
     #[tokio::test]
     async fn conformance() {
-        blob_store_conformance(Arc::new(VerifyingStore::new(Arc::new(MemoryStore::new(
-            64 << 20,
-        )))))
-        .await;
+        let store = VerifyingStore::new(Arc::new(MemoryStore::new(64 << 20)));
+        let caps = BlobStoreCapabilities::new().verifies_content(true);
+        blob_store_conformance_with(Arc::new(store), caps).await;
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
-#![allow(missing_docs)]
 //! In-memory stores and a scriptable executor pool for scheduler tests.
 
+#![allow(missing_docs)]
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -15,17 +15,17 @@ use remexec_core::apis::google::longrunning::{Operation, operation};
 use remexec_core::reapi::{Action, ActionResult, Command, Directory, FileNode, Platform, platform};
 use remexec_core::reapi::{ExecuteRequest, ExecuteResponse};
 use remexec_core::{
-    ActionCache, BlobStore, BlobStoreExt, ChunkStream, Digest, DigestFunction, ReadRange, Result,
-    collect_chunks, merkle::encode_message,
+    ActionCache, BlobStore, BlobStoreExt, ChunkStream, Digest, DigestFunction, Error, ReadRange,
+    Result, collect_chunks, merkle::encode_message,
 };
 use remexec_proto::worker::v1::worker_message::Message as M;
 use remexec_proto::worker::v1::worker_service_client::WorkerServiceClient;
 use remexec_proto::worker::v1::{Executor, Register, SchedulerMessage, WorkerMessage};
 use remexec_scheduler::{
-    ExecutorInfo, ExecutorPool, Job, JobOutcome, Scheduler, SchedulerConfig, WorkerPool,
+    Cancel, ChangeNotifier, Changes, ExecutorInfo, ExecutorPool, Job, JobOutcome, Scheduler,
+    SchedulerConfig, WorkerPool,
 };
 use tokio::sync::{Semaphore, watch};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default)]
 pub struct MapStore(pub Mutex<HashMap<(String, Digest), Bytes>>);
@@ -42,6 +42,12 @@ impl BlobStore for MapStore {
     }
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
         let bytes = collect_chunks(data, digest.size()).await?;
+        if bytes.len() as u64 != digest.size() {
+            return Err(remexec_core::Error::invalid(format!(
+                "{} bytes for {digest}",
+                bytes.len()
+            )));
+        }
         self.0
             .lock()
             .unwrap()
@@ -93,11 +99,12 @@ impl ActionCache for MapCache {
 pub type Script = Arc<dyn Fn(&Job, usize) -> Result<JobOutcome> + Send + Sync>;
 
 /// A pool whose executors "run" jobs by calling a script after an optional delay; `gate`
-/// holds every run until permits are added.
+/// holds every run until permits are added. A job whose first argument is `sleep` runs until
+/// it is cancelled or its executor is [lost](FakePool::lose), as the conformance suite expects.
 #[derive(Clone)]
 pub struct FakePool {
     pub executors: Arc<Mutex<Vec<ExecutorInfo>>>,
-    pub changes: Arc<watch::Sender<u64>>,
+    pub changes: ChangeNotifier,
     pub runs: Arc<AtomicUsize>,
     pub order: Arc<Mutex<Vec<String>>>,
     pub delay: Duration,
@@ -107,6 +114,8 @@ pub struct FakePool {
     pub running: Arc<Mutex<Vec<String>>>,
     /// Times a job was started on an executor already running one.
     pub double_booked: Arc<AtomicUsize>,
+    /// Executors lost with [`FakePool::lose`].
+    pub lost: Arc<watch::Sender<Vec<String>>>,
 }
 
 impl std::fmt::Debug for FakePool {
@@ -117,21 +126,11 @@ impl std::fmt::Debug for FakePool {
 
 impl FakePool {
     pub fn new(executors: usize, properties: &[(&str, &str)], script: Script) -> Self {
-        let props: Vec<(String, String)> = properties
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
         Self {
-            executors: Arc::new(Mutex::new(
-                (0..executors)
-                    .map(|i| ExecutorInfo {
-                        id: format!("w/{i}"),
-                        worker: "w".into(),
-                        properties: props.clone(),
-                    })
-                    .collect(),
-            )),
-            changes: Arc::new(watch::channel(0).0),
+            executors: Arc::new(Mutex::new(ExecutorInfo::numbered(
+                "w", executors, properties,
+            ))),
+            changes: ChangeNotifier::new(),
             runs: Arc::default(),
             order: Arc::default(),
             delay: Duration::ZERO,
@@ -139,6 +138,7 @@ impl FakePool {
             script,
             running: Arc::default(),
             double_booked: Arc::default(),
+            lost: Arc::new(watch::channel(Vec::new()).0),
         }
     }
 
@@ -151,6 +151,19 @@ impl FakePool {
             }))
         })
     }
+
+    /// Adds an executor and tells the scheduler.
+    pub fn add(&self, info: ExecutorInfo) {
+        self.executors.lock().unwrap().push(info);
+        self.changes.notify();
+    }
+
+    /// Takes executor `id` away: it leaves the list, and its job fails as `Unavailable`.
+    pub fn lose(&self, id: &str) {
+        self.executors.lock().unwrap().retain(|e| e.id != id);
+        self.lost.send_modify(|lost| lost.push(id.to_string()));
+        self.changes.notify();
+    }
 }
 
 #[async_trait]
@@ -158,10 +171,14 @@ impl ExecutorPool for FakePool {
     fn executors(&self) -> Vec<ExecutorInfo> {
         self.executors.lock().unwrap().clone()
     }
-    fn changes(&self) -> watch::Receiver<u64> {
+    fn changes(&self) -> Changes {
         self.changes.subscribe()
     }
-    async fn run(&self, executor: &str, job: Job, cancel: CancellationToken) -> Result<JobOutcome> {
+    async fn run(&self, executor: &str, job: Job, cancel: Cancel) -> Result<JobOutcome> {
+        let gone = || Error::Unavailable(format!("executor {executor} is gone"));
+        if !self.executors().iter().any(|e| e.id == executor) {
+            return Err(gone());
+        }
         {
             let mut running = self.running.lock().unwrap();
             if running.iter().any(|e| e == executor) {
@@ -176,9 +193,20 @@ impl ExecutorPool for FakePool {
             .unwrap()
             .push(job.command.arguments.join(" "));
         let gate = Arc::clone(&self.gate);
+        let mut lost = self.lost.subscribe();
+        let sleeps = job.command.arguments.first().is_some_and(|a| a == "sleep");
         tokio::select! {
-            _ = async { let _permit = gate.acquire().await; tokio::time::sleep(self.delay).await } => (self.script)(&job, n),
+            biased;
             () = cancel.cancelled() => Ok(JobOutcome::Cancelled),
+            _ = lost.wait_for(|lost| lost.iter().any(|e| e == executor)) => Err(gone()),
+            outcome = async {
+                if sleeps {
+                    std::future::pending::<()>().await;
+                }
+                let _permit = gate.acquire().await;
+                tokio::time::sleep(self.delay).await;
+                (self.script)(&job, n)
+            } => outcome,
         }
     }
 }

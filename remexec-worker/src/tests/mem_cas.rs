@@ -16,10 +16,11 @@ use crate::{ProcessIsolation, Worker, WorkerConfig};
 
 pub(crate) const F: DigestFunction = DigestFunction::Sha256;
 
-/// Blobs in a map; `get` or `put` never return once `hang_gets` or `hang_puts` is set.
+/// Blobs in a map, hash-checked on the way in; `get` or `put` never return once `hang_gets` or
+/// `hang_puts` is set. The helpers add blobs under the instance name `""`.
 #[derive(Debug, Default)]
 pub(crate) struct MemCas {
-    blobs: Mutex<HashMap<Digest, Bytes>>,
+    blobs: Mutex<HashMap<(String, Digest), Bytes>>,
     pub(crate) hang_gets: AtomicBool,
     pub(crate) hang_puts: AtomicBool,
 }
@@ -28,13 +29,13 @@ impl MemCas {
     pub(crate) fn add(&self, data: impl Into<Bytes>) -> Digest {
         let data = data.into();
         let digest = F.digest_of(&data);
-        self.blobs.lock().insert(digest, data);
+        self.blobs.lock().insert((String::new(), digest), data);
         digest
     }
 
     pub(crate) fn add_dir(&self, dir: &Directory) -> Digest {
         let (digest, bytes) = encode_message(F, dir);
-        self.blobs.lock().insert(digest, bytes);
+        self.blobs.lock().insert((String::new(), digest), bytes);
         digest
     }
 
@@ -43,40 +44,63 @@ impl MemCas {
         if digest.is_empty_blob() {
             return Some(Bytes::new());
         }
-        self.blobs.lock().get(&digest).cloned()
+        self.blobs.lock().get(&(String::new(), digest)).cloned()
     }
 }
 
 #[async_trait::async_trait]
 impl BlobStore for MemCas {
-    async fn find_missing(&self, _: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
         let blobs = self.blobs.lock();
         Ok(digests
             .iter()
-            .filter(|d| !blobs.contains_key(d))
+            .filter(|d| !blobs.contains_key(&(instance.to_string(), **d)))
             .copied()
             .collect())
     }
 
-    async fn put(&self, _: &str, digest: Digest, data: ChunkStream) -> Result<()> {
+    async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
         if self.hang_puts.load(Ordering::Relaxed) {
             futures::future::pending::<()>().await;
         }
         let bytes = remexec_core::collect_chunks(data, digest.size()).await?;
-        if F.digest_of(&bytes) != digest {
+        if bytes.len() as u64 != digest.size() {
+            return Err(Error::invalid(format!(
+                "{} bytes for {digest}",
+                bytes.len()
+            )));
+        }
+        if digest.function().digest_of(&bytes) != digest {
             return Err(Error::invalid(format!("content does not match {digest}")));
         }
-        self.blobs.lock().insert(digest, bytes);
+        self.blobs
+            .lock()
+            .insert((instance.to_string(), digest), bytes);
         Ok(())
     }
 
-    async fn get(&self, _: &str, digest: Digest, range: ReadRange) -> Result<Option<ChunkStream>> {
+    async fn get(
+        &self,
+        instance: &str,
+        digest: Digest,
+        range: ReadRange,
+    ) -> Result<Option<ChunkStream>> {
         if self.hang_gets.load(Ordering::Relaxed) {
             futures::future::pending::<()>().await;
         }
-        let blob = self.blobs.lock().get(&digest).cloned();
+        let blob = self
+            .blobs
+            .lock()
+            .get(&(instance.to_string(), digest))
+            .cloned();
         blob.map(|b| range.stream_of(&b)).transpose()
     }
+}
+
+#[tokio::test]
+async fn mem_cas_conformance() {
+    let caps = remexec_core::testing::BlobStoreCapabilities::new().verifies_content(true);
+    remexec_core::testing::blob_store_conformance_with(Arc::new(MemCas::default()), caps).await;
 }
 
 pub(crate) fn file(name: &str, digest: Digest) -> FileNode {

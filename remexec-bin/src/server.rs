@@ -1,0 +1,371 @@
+//! [`ServerBuilder`]: a whole remexec server assembled as a library, over any [`BlobStore`],
+//! [`ActionCache`], [`ExecutorPool`] and [`Isolation`], and the [`BoundServer`] it binds.
+//!
+//! This is the one crate that depends on remexec-cas, remexec-scheduler and remexec-worker, so
+//! the composition lives here. By default the builder assembles exactly what `remexec serve`
+//! runs; `remexec serve` and `remexec scheduler` only map their [`Config`] onto it
+//! ([`BoundServer::bind`](crate::serve)).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use remexec_bin::config::Config;
+//! use remexec_bin::server::ServerBuilder;
+//! use remexec_cas::{MemoryActionCache, MemoryStore};
+//!
+//! # async fn run() -> remexec_core::Result<()> {
+//! let mut config = Config::default();
+//! config.data_dir = std::env::temp_dir().join("remexec-doc"); // for the local worker
+//! let server = ServerBuilder::new(config)
+//!     .listen("127.0.0.1:0".parse().unwrap())
+//!     .blob_store(Arc::new(MemoryStore::new(1 << 30)))
+//!     .action_cache(Arc::new(MemoryActionCache::new(64 << 20)))
+//!     .bind()
+//!     .await?;
+//! println!("listening on {}", server.local_addr()?);
+//! server.serve(remexec_bin::serve::shutdown_signal()).await
+//! # }
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use remexec_cas::{
+    CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions,
+    MemoryActionCache, TieredActionCache, VerifyingStore,
+};
+use remexec_core::{ActionCache, BlobStore, Error, Result};
+use remexec_scheduler::{ExecutionServices, ExecutorPool, Scheduler, WorkerPool};
+use remexec_worker::{Isolation, ProcessIsolation, Worker};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AcBackend, Config};
+
+/// HTTP/2 flow-control windows: large enough that one stream can fill a fast link.
+const STREAM_WINDOW: u32 = remexec_core::client::STREAM_WINDOW;
+const CONNECTION_WINDOW: u32 = remexec_core::client::CONNECTION_WINDOW;
+/// Longest a graceful shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// The CAS under `config.data_dir`: a [`DiskStore`] in `{data_dir}/cas`.
+pub async fn open_blob_store(config: &Config) -> Result<Arc<dyn BlobStore>> {
+    let options = DiskStoreOptions {
+        budget: config.cas.disk_budget.as_u64(),
+        sync: config.cas.fsync,
+    };
+    Ok(Arc::new(
+        DiskStore::open(config.data_dir.join("cas"), options).await?,
+    ))
+}
+
+/// The Action Cache `config` describes: on disk in `{data_dir}/ac` (with a memory cache in
+/// front unless its budget is 0) or in memory, checked for completeness against `store` if
+/// `check_completeness` is set.
+pub async fn open_action_cache(
+    config: &Config,
+    store: Arc<dyn BlobStore>,
+) -> Result<Arc<dyn ActionCache>> {
+    let section = &config.action_cache;
+    let budget = section.budget.as_u64();
+    let mut ac: Arc<dyn ActionCache> = match section.backend {
+        AcBackend::Disk => {
+            let disk = Arc::new(
+                DiskActionCache::open(config.data_dir.join("ac"), budget, config.cas.fsync).await?,
+            );
+            match section.memory_budget.as_u64() {
+                0 => disk,
+                front => Arc::new(TieredActionCache::new(
+                    Arc::new(MemoryActionCache::new(front)),
+                    disk,
+                )),
+            }
+        }
+        AcBackend::Memory => Arc::new(MemoryActionCache::new(budget)),
+    };
+    if section.check_completeness {
+        ac = Arc::new(CompletenessCheckingCache::new(ac, store));
+    }
+    Ok(ac)
+}
+
+/// The stores under `config.data_dir`: [`open_blob_store`] and [`open_action_cache`] over it.
+pub async fn open_stores(config: &Config) -> Result<(Arc<dyn BlobStore>, Arc<dyn ActionCache>)> {
+    let store = open_blob_store(config).await?;
+    let ac = open_action_cache(config, Arc::clone(&store)).await?;
+    Ok((store, ac))
+}
+
+/// Assembles a server: the cache services, the scheduler's Execution and Operations services,
+/// an executor pool and optionally a local worker, on one gRPC port.
+///
+/// [`new`](Self::new) is today's `remexec serve` stack, configured by a [`Config`]: the stores
+/// of [`open_stores`], a [`WorkerPool`] whose `WorkerService` is mounted, and a local worker
+/// under [`ProcessIsolation`] in `{data_dir}/worker`. Each part can be replaced:
+///
+/// - [`blob_store`](Self::blob_store), [`action_cache`](Self::action_cache): used as given
+///   (the cache services hash-verify writes through them; the config's store settings and
+///   `check_completeness` then do not apply to what was replaced);
+/// - [`executor_pool`](Self::executor_pool): any [`ExecutorPool`]; then there is no
+///   `WorkerService` and no local worker, which attaches only to a `WorkerPool`;
+/// - [`isolation`](Self::isolation): how the local worker runs commands;
+/// - [`local_worker`](Self::local_worker)`(false)`: `remexec scheduler`.
+#[derive(Debug)]
+pub struct ServerBuilder {
+    config: Config,
+    store: Option<Arc<dyn BlobStore>>,
+    action_cache: Option<Arc<dyn ActionCache>>,
+    pool: Option<Arc<dyn ExecutorPool>>,
+    isolation: Arc<dyn Isolation>,
+    local_worker: bool,
+}
+
+impl ServerBuilder {
+    /// `remexec serve`'s stack as `config` describes it: listen address, data directory,
+    /// stores, limits, scheduler and local worker settings.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            store: None,
+            action_cache: None,
+            pool: None,
+            isolation: Arc::new(ProcessIsolation),
+            local_worker: true,
+        }
+    }
+
+    /// Listens on `addr` instead of the config's `listen` (port 0 picks a free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.config.listen = addr;
+        self
+    }
+
+    /// Serves `store` as the CAS, instead of a [`DiskStore`] in `{data_dir}/cas`.
+    pub fn blob_store(mut self, store: Arc<dyn BlobStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Serves `ac` as the Action Cache, instead of the one [`open_action_cache`] opens.
+    pub fn action_cache(mut self, ac: Arc<dyn ActionCache>) -> Self {
+        self.action_cache = Some(ac);
+        self
+    }
+
+    /// Dispatches actions to `pool` instead of a [`WorkerPool`]. Turns the local worker off.
+    pub fn executor_pool(mut self, pool: Arc<dyn ExecutorPool>) -> Self {
+        self.pool = Some(pool);
+        self.local_worker = false;
+        self
+    }
+
+    /// Runs the local worker's commands under `isolation` instead of [`ProcessIsolation`].
+    pub fn isolation(mut self, isolation: Arc<dyn Isolation>) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Whether to run a local worker (on by default, off after
+    /// [`executor_pool`](Self::executor_pool)). It is `{host name}-local` unless the config's
+    /// `[worker] name` says otherwise, works in `{data_dir}/worker` and attaches over loopback
+    /// like a remote worker, with the server's own store as its CAS.
+    pub fn local_worker(mut self, yes: bool) -> Self {
+        self.local_worker = yes;
+        self
+    }
+
+    /// Opens what was not given, assembles the services and binds the listen address (port 0
+    /// picks a free port). `InvalidArgument` for a local worker with a custom executor pool,
+    /// or a configuration the scheduler or worker refuses.
+    pub async fn bind(self) -> Result<BoundServer> {
+        let config = &self.config;
+        if self.local_worker && self.pool.is_some() {
+            return Err(Error::invalid(
+                "a local worker attaches to the WorkerPool; it cannot run with a custom executor pool",
+            ));
+        }
+        let store = match self.store {
+            Some(store) => store,
+            None => open_blob_store(config).await?,
+        };
+        let ac = match self.action_cache {
+            Some(ac) => ac,
+            None => open_action_cache(config, Arc::clone(&store)).await?,
+        };
+        let (pool, workers): (Arc<dyn ExecutorPool>, _) = match self.pool {
+            Some(pool) => (pool, None),
+            None => {
+                let workers = WorkerPool::new();
+                (Arc::new(workers.clone()), Some(workers))
+            }
+        };
+        tracing::info!(cas = %store, action_cache = %ac, ?pool, "assembling the server");
+        let scheduler_config = config.scheduler.to_config().map_err(Error::invalid)?;
+        let scheduler =
+            Scheduler::new(scheduler_config, Arc::clone(&store), Arc::clone(&ac), pool)?;
+        let execution = ExecutionServices::new(scheduler);
+        let cache = CacheServices::new(Arc::clone(&store), ac)
+            .with_limits(config.cache_limits())
+            .with_execution(execution.capabilities());
+        let mut routes = execution.add_to(cache.into_routes());
+        if let Some(workers) = &workers {
+            routes = routes.add_service(workers.service());
+        }
+        let local_worker = match self.local_worker {
+            // Outputs are hashed again as they are stored, like every other write.
+            true => Some(Worker::new(
+                crate::serve::worker_config(config, "-local"),
+                Arc::new(VerifyingStore::new(store)),
+                self.isolation,
+            )?),
+            false => None,
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
+        Ok(BoundServer {
+            listener,
+            routes,
+            workers,
+            local_worker,
+        })
+    }
+}
+
+/// A bound, not yet serving, server, from [`ServerBuilder::bind`].
+#[derive(Debug)]
+pub struct BoundServer {
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    /// The pool workers attach to, unless a custom pool was given.
+    workers: Option<WorkerPool>,
+    local_worker: Option<Worker>,
+}
+
+impl BoundServer {
+    /// The address actually bound.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound address", e))
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish (at most 20 s).
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let addr = self.local_addr()?;
+        let stop = CancellationToken::new();
+        if let Some(worker) = self.local_worker {
+            // The local worker takes leases over the same protocol as remote ones, through
+            // loopback; its CAS is the server's own store, so blobs never cross the socket.
+            let channel = remexec_core::client::connect_lazy(&format!("grpc://{addr}"))?;
+            let stop = stop.clone();
+            tokio::spawn(async move { worker.run(channel, stop).await });
+        }
+        // `Server::tcp_nodelay` applies only to listeners tonic binds itself; set it per stream.
+        let incoming =
+            tokio_stream::wrappers::TcpListenerStream::new(self.listener).map(|stream| {
+                let stream = stream?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(stream)
+            });
+        let workers = self.workers;
+        let result = tonic::transport::Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_routes(self.routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                shutdown.await;
+                stop.cancel();
+                if let Some(workers) = &workers {
+                    workers.shutdown();
+                }
+            });
+        // Requests in flight get a bounded time to finish once shutdown starts.
+        let drained = async {
+            stop.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        let result = tokio::select! {
+            r = result => r.map_err(|e| Error::Internal(format!("gRPC server failed: {e}"))),
+            () = drained => {
+                tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; exiting anyway");
+                Ok(())
+            }
+        };
+        stop.cancel();
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use remexec_cas::{MemoryActionCache, MemoryStore};
+    use remexec_core::reapi::{ActionResult, GetCapabilitiesRequest};
+    use remexec_scheduler::{Cancel, ExecutorInfo, Job, JobOutcome};
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct OnePool;
+
+    #[tonic::async_trait]
+    impl ExecutorPool for OnePool {
+        fn executors(&self) -> Vec<ExecutorInfo> {
+            ExecutorInfo::numbered("one", 1, &[])
+        }
+        async fn run(&self, _: &str, _: Job, _: Cancel) -> Result<JobOutcome> {
+            Ok(JobOutcome::Completed(ActionResult::default()))
+        }
+    }
+
+    fn builder() -> ServerBuilder {
+        let config = Config {
+            data_dir: "/nonexistent/remexec".into(), // nothing may be opened there
+            ..Config::default()
+        };
+        ServerBuilder::new(config)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .blob_store(Arc::new(MemoryStore::new(1 << 20)))
+            .action_cache(Arc::new(MemoryActionCache::new(1 << 20)))
+    }
+
+    #[tokio::test]
+    async fn a_custom_pool_replaces_the_worker_pool_and_capabilities_advertise_execution() {
+        let refused = builder()
+            .executor_pool(Arc::new(OnePool))
+            .local_worker(true)
+            .bind()
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+        let server = builder()
+            .executor_pool(Arc::new(OnePool))
+            .bind()
+            .await
+            .unwrap();
+        let url = format!("grpc://{}", server.local_addr().unwrap());
+        tokio::spawn(server.serve(std::future::pending()));
+        let channel = remexec_core::client::connect(&url).await.unwrap();
+        let caps = remexec_core::client::capabilities_client(channel.clone())
+            .get_capabilities(GetCapabilitiesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            caps.execution_capabilities,
+            Some(remexec_scheduler::execution_capabilities())
+        );
+        // No WorkerPool, so no WorkerService to attach to.
+        let attach =
+            remexec_proto::worker::v1::worker_service_client::WorkerServiceClient::new(channel)
+                .attach(futures::stream::empty())
+                .await
+                .unwrap_err();
+        assert_eq!(attach.code(), tonic::Code::Unimplemented);
+    }
+}

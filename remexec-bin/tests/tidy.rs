@@ -1,0 +1,251 @@
+//! Tidy: the architecture invariants of `docs/ARCHITECTURE.md` that a reading of the source can
+//! check, checked on every test run.
+//!
+//! - the crate graph: remexec-core depends on no remexec crate; remexec-cas, remexec-scheduler
+//!   and remexec-worker depend on none of each other;
+//! - every source file opens with a `//!` doc;
+//! - gRPC status codes are chosen only in `remexec_core::Error::code` (no `Status::new` or
+//!   `Status::unavailable`-style constructors in library code);
+//! - files stay under 1,000 lines and functions under 100, except those in [`TOO_LONG`], a list
+//!   that may only shrink: an entry that is no longer too long fails the test until removed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+const MAX_FILE_LINES: usize = 1000;
+const MAX_FUNCTION_LINES: usize = 100;
+
+/// Files (`path`) and functions (`path::name`) allowed to exceed the limits, for now.
+const TOO_LONG: &[&str] = &[
+    "remexec-bin/tests/crash.rs::acknowledged_blobs_survive_sigkill_and_partial_blobs_never_appear",
+    "remexec-cas/tests/grpc.rs::action_cache_round_trip_inlining_and_completeness",
+    "remexec-cas/tests/grpc.rs::malformed_names_and_digests_are_invalid_argument",
+    "remexec-scheduler/tests/scheduler.rs::wait_execution_get_and_cancel_over_grpc",
+];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Every `.rs` file of the workspace (crates, examples, fuzz targets), relative to its root.
+fn sources() -> Vec<PathBuf> {
+    let root = workspace();
+    let mut out = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().unwrap().is_dir() {
+                if !name.starts_with('.') && name != "target" && name != "corpus" {
+                    stack.push(path);
+                }
+            } else if name.ends_with(".rs") {
+                out.push(path.strip_prefix(&root).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(workspace().join(path)).unwrap()
+}
+
+/// The names of the remexec crates `manifest` depends on, in any dependency table.
+fn remexec_dependencies(manifest: &Path) -> BTreeSet<String> {
+    let doc: toml::Table = toml::from_str(&read(manifest)).unwrap();
+    ["dependencies", "dev-dependencies", "build-dependencies"]
+        .iter()
+        .filter_map(|table| doc.get(*table).and_then(|t| t.as_table()))
+        .flat_map(|t| t.keys())
+        .filter(|name| name.starts_with("remexec-"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn crate_graph() {
+    // A crate's dev-dependency on itself (to turn on its `testing` feature) does not count.
+    let deps = |krate: &str| {
+        let mut found = remexec_dependencies(&Path::new(krate).join("Cargo.toml"));
+        found.remove(krate);
+        found
+    };
+    let core = deps("remexec-core");
+    assert!(core.is_empty(), "remexec-core depends on {core:?}");
+    for krate in ["remexec-cas", "remexec-scheduler", "remexec-worker"] {
+        let found = deps(krate);
+        let allowed = BTreeSet::from(["remexec-core".to_string(), "remexec-proto".to_string()]);
+        let extra: Vec<_> = found.difference(&allowed).collect();
+        assert!(
+            extra.is_empty(),
+            "{krate} depends on {extra:?}; cas, scheduler and worker meet only through core"
+        );
+    }
+}
+
+#[test]
+fn every_source_file_opens_with_a_module_doc() {
+    let missing: Vec<_> = sources()
+        .into_iter()
+        .filter(|p| {
+            let text = read(p);
+            !text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .is_some_and(|l| l.starts_with("//!"))
+        })
+        .collect();
+    assert!(missing.is_empty(), "files without a //! doc: {missing:?}");
+}
+
+/// Library code: `src/` of the crates, outside test modules and test-only files.
+fn library_lines(path: &Path) -> Vec<(usize, String)> {
+    let text = read(path);
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("#[cfg(test)]") {
+            break;
+        }
+        out.push((i + 1, line.to_string()));
+    }
+    out
+}
+
+#[test]
+fn grpc_codes_are_chosen_only_in_error_code() {
+    let constructors = [
+        "Status::new(",
+        "Status::with_details(",
+        "Status::ok(",
+        "Status::cancelled(",
+        "Status::unknown(",
+        "Status::invalid_argument(",
+        "Status::deadline_exceeded(",
+        "Status::not_found(",
+        "Status::already_exists(",
+        "Status::permission_denied(",
+        "Status::resource_exhausted(",
+        "Status::failed_precondition(",
+        "Status::aborted(",
+        "Status::out_of_range(",
+        "Status::unimplemented(",
+        "Status::internal(",
+        "Status::unavailable(",
+        "Status::data_loss(",
+        "Status::unauthenticated(",
+    ];
+    let mut found = Vec::new();
+    for path in sources() {
+        let p = path.to_string_lossy();
+        let library = p.starts_with("remexec-")
+            && p.contains("/src/")
+            && !p.contains("/src/tests/")
+            && !p.ends_with("/tests.rs");
+        if !library || p == "remexec-core/src/error.rs" {
+            continue;
+        }
+        for (n, line) in library_lines(&path) {
+            if !line.trim_start().starts_with("//") && constructors.iter().any(|c| line.contains(c))
+            {
+                found.push(format!("{p}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "gRPC codes chosen outside Error::code (return an Error instead):\n{}",
+        found.join("\n")
+    );
+}
+
+/// `(name, lines)` of every function in `text`, found the way rustfmt lays them out: the body
+/// ends at the first line that is the signature's indentation followed by `}`.
+fn functions(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let signature = trimmed
+            .trim_start_matches("pub(crate) ")
+            .trim_start_matches("pub ")
+            .trim_start_matches("const ")
+            .trim_start_matches("async ");
+        let Some(rest) = signature.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        // The first line that opens the body or ends a bodiless declaration.
+        let Some(open) = lines[i..]
+            .iter()
+            .position(|l| l.contains('{') || l.trim_end().ends_with(';'))
+        else {
+            continue;
+        };
+        let open_line = lines[i + open];
+        if !open_line.contains('{') {
+            continue; // a declaration without a body
+        }
+        if open_line.matches('{').count() == open_line.matches('}').count() {
+            out.push((name, open + 1)); // a one-line body
+            continue;
+        }
+        let close = format!("{indent}}}");
+        if let Some(len) = lines[i + 1..].iter().position(|l| *l == close) {
+            out.push((name, len + 2));
+        }
+    }
+    out
+}
+
+#[test]
+fn files_and_functions_stay_short() {
+    let mut too_long = BTreeSet::new();
+    for path in sources() {
+        let text = read(&path);
+        let p = path.to_string_lossy().into_owned();
+        if text.lines().count() > MAX_FILE_LINES {
+            too_long.insert(p.clone());
+        }
+        for (name, lines) in functions(&text) {
+            if lines > MAX_FUNCTION_LINES {
+                too_long.insert(format!("{p}::{name}"));
+            }
+        }
+    }
+    let allowed: BTreeSet<String> = TOO_LONG.iter().map(|s| s.to_string()).collect();
+    let new: Vec<_> = too_long.difference(&allowed).collect();
+    let stale: Vec<_> = allowed.difference(&too_long).collect();
+    assert!(
+        new.is_empty(),
+        "over {MAX_FILE_LINES} lines per file or {MAX_FUNCTION_LINES} per function: {new:#?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "no longer too long, remove from TOO_LONG: {stale:#?}"
+    );
+}
+
+#[test]
+fn the_function_finder_finds_functions() {
+    let text = "fn short() {\n    1\n}\n\npub async fn longer(\n    a: u8,\n) -> u8 {\n    a\n}\n    fn declared(&self);\n    fn one() { 1 }\n";
+    assert_eq!(
+        functions(text),
+        vec![
+            ("short".to_string(), 3),
+            ("longer".to_string(), 5),
+            ("one".to_string(), 1)
+        ]
+    );
+}
