@@ -21,6 +21,9 @@
 
 pub mod action_cache;
 pub mod blob_store;
+mod map_store;
+
+pub use map_store::MapStore;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -3,61 +3,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use remexec_core::merkle::{TreeLimits, TreeWalker, encode_message, fetch_tree};
 use remexec_core::reapi::{Directory, DirectoryNode, FileNode};
-use remexec_core::{BlobStore, ChunkStream, Digest, DigestFunction, Error, ReadRange, Result};
+use remexec_core::testing::MapStore;
+use remexec_core::{Digest, DigestFunction};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
-
-/// Blobs in a map, by instance name and digest.
-#[derive(Debug, Default)]
-struct MapStore(Mutex<HashMap<(String, Digest), Bytes>>);
-
-#[async_trait]
-impl BlobStore for MapStore {
-    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let map = self.0.lock().unwrap();
-        Ok(digests
-            .iter()
-            .filter(|d| !map.contains_key(&(instance.to_string(), **d)))
-            .copied()
-            .collect())
-    }
-    async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
-        let bytes = remexec_core::collect_chunks(data, digest.size()).await?;
-        if bytes.len() as u64 != digest.size() {
-            return Err(Error::invalid(format!(
-                "{} bytes for {digest}",
-                bytes.len()
-            )));
-        }
-        self.0
-            .lock()
-            .unwrap()
-            .insert((instance.to_string(), digest), bytes);
-        Ok(())
-    }
-    async fn get(
-        &self,
-        instance: &str,
-        digest: Digest,
-        range: ReadRange,
-    ) -> Result<Option<ChunkStream>> {
-        let blob = self
-            .0
-            .lock()
-            .unwrap()
-            .get(&(instance.to_string(), digest))
-            .cloned();
-        blob.map(|b| range.stream_of(&b)).transpose()
-    }
-}
 
 /// Serialises the tests of this file: allocations of any of them count in the heap profile.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -71,22 +25,9 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
-/// Runs when the `testing` feature is on (as in workspace builds).
-#[cfg(feature = "testing")]
-#[test]
-fn map_store_conformance() {
-    block_on(remexec_core::testing::blob_store_conformance(
-        std::sync::Arc::new(MapStore::default()),
-    ));
-}
-
 fn store_dir(store: &MapStore, dir: &Directory) -> Digest {
     let (digest, bytes) = encode_message(DigestFunction::Sha256, dir);
-    store
-        .0
-        .lock()
-        .unwrap()
-        .insert((String::new(), digest), bytes);
+    store.insert("", bytes);
     digest
 }
 

@@ -168,7 +168,7 @@ async fn missing_inputs_are_reported_as_missing_violations() {
     let s = setup(FakePool::new(1, &[], FakePool::ok()), |_| {});
     let digest = store_action(s.cas.as_ref(), &["x"], &[], false).await;
     let input = DigestFunction::Sha256.digest_of(b"input file");
-    s.cas.0.lock().unwrap().remove(&(String::new(), input));
+    s.cas.remove("", input);
     let unknown_action = DigestFunction::Sha256.digest_of(b"never uploaded");
     for (action, expected) in [(digest, input), (unknown_action, unknown_action)] {
         let status = finish(s.scheduler.execute(request(action)).await.unwrap())

@@ -15,8 +15,8 @@ use remexec_core::apis::google::longrunning::{Operation, operation};
 use remexec_core::reapi::{Action, ActionResult, Command, Directory, FileNode, Platform, platform};
 use remexec_core::reapi::{ExecuteRequest, ExecuteResponse};
 use remexec_core::{
-    ActionCache, BlobStore, BlobStoreExt, ChunkStream, Digest, DigestFunction, Error, ReadRange,
-    Result, collect_chunks, merkle::encode_message,
+    ActionCache, BlobStore, BlobStoreExt, Digest, DigestFunction, Error, Result,
+    merkle::encode_message,
 };
 use remexec_proto::worker::v1::worker_message::Message as M;
 use remexec_proto::worker::v1::worker_service_client::WorkerServiceClient;
@@ -27,51 +27,7 @@ use remexec_scheduler::{
 };
 use tokio::sync::{Semaphore, watch};
 
-#[derive(Debug, Default)]
-pub struct MapStore(pub Mutex<HashMap<(String, Digest), Bytes>>);
-
-#[async_trait]
-impl BlobStore for MapStore {
-    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let map = self.0.lock().unwrap();
-        Ok(digests
-            .iter()
-            .filter(|d| !map.contains_key(&(instance.to_string(), **d)))
-            .copied()
-            .collect())
-    }
-    async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
-        let bytes = collect_chunks(data, digest.size()).await?;
-        if bytes.len() as u64 != digest.size() {
-            return Err(remexec_core::Error::invalid(format!(
-                "{} bytes for {digest}",
-                bytes.len()
-            )));
-        }
-        self.0
-            .lock()
-            .unwrap()
-            .insert((instance.to_string(), digest), bytes);
-        Ok(())
-    }
-    async fn get(
-        &self,
-        instance: &str,
-        digest: Digest,
-        range: ReadRange,
-    ) -> Result<Option<ChunkStream>> {
-        let Some(bytes) = self
-            .0
-            .lock()
-            .unwrap()
-            .get(&(instance.to_string(), digest))
-            .cloned()
-        else {
-            return Ok(None);
-        };
-        Ok(Some(range.stream_of(&bytes)?))
-    }
-}
+pub use remexec_core::testing::MapStore;
 
 #[derive(Debug, Default)]
 pub struct MapCache(pub Mutex<HashMap<(String, Digest), ActionResult>>);

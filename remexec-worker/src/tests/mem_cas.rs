@@ -1,42 +1,38 @@
 //! An in-memory `BlobStore` for tests, which can be told to hang, plus lease and tree helpers.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use remexec_core::merkle::encode_message;
 use remexec_core::reapi::{Action, Command, Directory, DirectoryNode, FileNode, SymlinkNode};
-use remexec_core::{BlobStore, ChunkStream, Digest, DigestFunction, Error, ReadRange, Result};
+use remexec_core::testing::MapStore;
+use remexec_core::{
+    BlobStore, BlobStoreExt, ChunkStream, Digest, DigestFunction, Error, ReadRange, Result,
+};
 use remexec_proto::worker::v1::Lease;
 
 use crate::{ProcessIsolation, Worker, WorkerConfig};
 
 pub(crate) const F: DigestFunction = DigestFunction::Sha256;
 
-/// Blobs in a map, hash-checked on the way in; `get` or `put` never return once `hang_gets` or
-/// `hang_puts` is set. The helpers add blobs under the instance name `""`.
+/// Blobs in core's test [`MapStore`], hash-checked on the way in; `get` or `put` never return
+/// once `hang_gets` or `hang_puts` is set. The helpers add blobs under the instance name `""`.
 #[derive(Debug, Default)]
 pub(crate) struct MemCas {
-    blobs: Mutex<HashMap<(String, Digest), Bytes>>,
+    blobs: MapStore,
     pub(crate) hang_gets: AtomicBool,
     pub(crate) hang_puts: AtomicBool,
 }
 
 impl MemCas {
     pub(crate) fn add(&self, data: impl Into<Bytes>) -> Digest {
-        let data = data.into();
-        let digest = F.digest_of(&data);
-        self.blobs.lock().insert((String::new(), digest), data);
-        digest
+        self.blobs.insert("", data)
     }
 
     pub(crate) fn add_dir(&self, dir: &Directory) -> Digest {
-        let (digest, bytes) = encode_message(F, dir);
-        self.blobs.lock().insert((String::new(), digest), bytes);
-        digest
+        self.blobs.insert("", encode_message(F, dir).1)
     }
 
     pub(crate) fn blob(&self, digest: Option<&remexec_core::reapi::Digest>) -> Option<Bytes> {
@@ -44,19 +40,14 @@ impl MemCas {
         if digest.is_empty_blob() {
             return Some(Bytes::new());
         }
-        self.blobs.lock().get(&(String::new(), digest)).cloned()
+        self.blobs.blob("", digest)
     }
 }
 
 #[async_trait::async_trait]
 impl BlobStore for MemCas {
     async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let blobs = self.blobs.lock();
-        Ok(digests
-            .iter()
-            .filter(|d| !blobs.contains_key(&(instance.to_string(), **d)))
-            .copied()
-            .collect())
+        self.blobs.find_missing(instance, digests).await
     }
 
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
@@ -64,19 +55,10 @@ impl BlobStore for MemCas {
             futures::future::pending::<()>().await;
         }
         let bytes = remexec_core::collect_chunks(data, digest.size()).await?;
-        if bytes.len() as u64 != digest.size() {
-            return Err(Error::invalid(format!(
-                "{} bytes for {digest}",
-                bytes.len()
-            )));
-        }
         if digest.function().digest_of(&bytes) != digest {
             return Err(Error::invalid(format!("content does not match {digest}")));
         }
-        self.blobs
-            .lock()
-            .insert((instance.to_string(), digest), bytes);
-        Ok(())
+        self.blobs.put_bytes(instance, digest, bytes).await
     }
 
     async fn get(
@@ -88,12 +70,7 @@ impl BlobStore for MemCas {
         if self.hang_gets.load(Ordering::Relaxed) {
             futures::future::pending::<()>().await;
         }
-        let blob = self
-            .blobs
-            .lock()
-            .get(&(instance.to_string(), digest))
-            .cloned();
-        blob.map(|b| range.stream_of(&b)).transpose()
+        self.blobs.get(instance, digest, range).await
     }
 }
 
