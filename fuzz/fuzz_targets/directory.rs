@@ -1,7 +1,7 @@
 //! `Directory` validation against an independent oracle, plus encode/decode round trips.
 //!
 //! Properties, for any bytes that decode as a `Directory`:
-//! - if validation accepts it, every name is a single non-empty component other than `.`/`..`,
+//! - if validation accepts it, every name is a single component of 1 to 255 bytes, not `.`/`..`,
 //!   each list is strictly sorted, no name repeats across lists, and every digest is 64
 //!   lowercase hex digits with a non-negative size;
 //! - if validation accepts it, encoding and decoding again gives an equal directory that
@@ -20,7 +20,7 @@ fn digest_ok(d: &Option<Digest>) -> bool {
 }
 
 fn name_ok(n: &str) -> bool {
-    !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.contains('\0')
+    !n.is_empty() && n.len() <= 255 && n != "." && n != ".." && !n.contains('/') && !n.contains('\0')
 }
 
 fn sorted(names: &[&str]) -> bool {

@@ -40,9 +40,27 @@ impl ServerProcess {
         Self::start_command(command, "serve", data_dir, extra)
     }
 
-    fn start_command(mut command: Command, role: &str, data_dir: &Path, extra: &[&str]) -> Self {
+    /// Starts `remexec serve` listening on `listen` (a fixed address, so that a restarted
+    /// server keeps its URL), with extra environment variables.
+    pub fn start_at(listen: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_remexec"));
+        command.envs(env.iter().copied());
+        Self::start_listening(command, "serve", listen, data_dir, extra)
+    }
+
+    fn start_command(command: Command, role: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_listening(command, role, "127.0.0.1:0", data_dir, extra)
+    }
+
+    fn start_listening(
+        mut command: Command,
+        role: &str,
+        listen: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Self {
         let mut child = command
-            .args([role, "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([role, "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("REMEXEC_LOG", "warn")
@@ -221,4 +239,83 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     cond()
+}
+
+/// A free port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An S3-compatible server for tests: `moto_server` from PyPI (`moto[server]`, installed by
+/// `.ci/test` into `$HOME/.cache/remexec-test/moto-venv`, or `REMEXEC_MOTO`), on 127.0.0.1.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    /// The moto_server binary; `None` (after saying so) if end-to-end tests are skipped.
+    pub fn binary() -> Option<PathBuf> {
+        let default = std::env::var("HOME").unwrap_or_default()
+            + "/.cache/remexec-test/moto-venv/bin/moto_server";
+        require_tool("REMEXEC_MOTO", &default)
+    }
+
+    /// Starts moto on `port` and creates `bucket`.
+    pub fn start(binary: &Path, port: u16, bucket: &str) -> Self {
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let moto = Self { child, port };
+        let created = wait_until(30, || moto.create_bucket(bucket));
+        assert!(created, "moto did not come up on port {port}");
+        moto
+    }
+
+    /// `PUT /bucket` over plain HTTP (moto accepts any credentials); whether it answered 200.
+    fn create_bucket(&self, bucket: &str) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let request = format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        let mut answer = String::new();
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_to_string(&mut answer).is_ok()
+            && answer.starts_with("HTTP/1.1 200")
+    }
+
+    /// The `AWS_*` environment that points remexec at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "remexec-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "remexec-test-secret".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// SIGKILL: the server and everything it held are gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
