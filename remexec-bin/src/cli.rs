@@ -68,6 +68,13 @@ pub struct ServerArgs {
     /// Executors of the local worker (`serve` only) [default: one per CPU].
     #[arg(long)]
     pub executors: Option<usize>,
+    /// External storage behind the local disk, written through: an object store
+    /// (s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///path, memory://)
+    /// or an upstream REAPI server (grpc://host:port, grpcs://host:port). Object store
+    /// credentials come from the AWS_*, GOOGLE_* or AZURE_* environment variables or the
+    /// config file's [external.options] [default: none].
+    #[arg(long, value_name = "URL")]
+    pub external_store: Option<String>,
 }
 
 /// Flags of `remexec worker`.
@@ -132,6 +139,12 @@ impl ServerArgs {
         }
         if let Some(n) = self.executors {
             config.worker.executors = n;
+        }
+        if let Some(url) = &self.external_store {
+            config.external.url = url.clone();
+        }
+        if config.external.is_set() {
+            config.external.kind()?;
         }
         Ok(config)
     }

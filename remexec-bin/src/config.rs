@@ -27,6 +27,154 @@ pub struct Config {
     pub scheduler: SchedulerSection,
     /// Worker settings (`serve`'s local worker and `worker`).
     pub worker: WorkerSection,
+    /// External storage behind the local stores (`serve` and `scheduler`).
+    pub external: ExternalSection,
+}
+
+/// `[external]`: an object store or an upstream REAPI server behind the local stores.
+///
+/// Its `Debug` shows option names, never their values, which may be credentials.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExternalSection {
+    /// `s3://bucket/prefix`, `gs://…`, `az://…`, `file:///…`, `memory://`, or an upstream
+    /// `grpc://host:port` / `grpcs://host:port`; empty means no external storage.
+    pub url: String,
+    /// With `grpc://`/`grpcs://`: the upstream instance name every local one maps onto
+    /// (unset: the same name upstream).
+    pub upstream_instance: Option<String>,
+    /// With `grpcs://`: a PEM file of CA certificates to trust instead of the built-in roots.
+    pub ca_file: Option<PathBuf>,
+    /// With `grpcs://`: the name the server's certificate must carry, if not the URL's host.
+    pub tls_domain: Option<String>,
+    /// Object store options (object_store's names, e.g. `endpoint`, `region`, `allow_http`);
+    /// they win over the same names taken from the environment.
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ExternalSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalSection")
+            .field("url", &redact_url(&self.url))
+            .field("upstream_instance", &self.upstream_instance)
+            .field("ca_file", &self.ca_file)
+            .field("tls_domain", &self.tls_domain)
+            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The kinds of external storage, by URL scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExternalKind {
+    /// An object store: `s3://`, `gs://`, `az://` (and the other Azure schemes), `file://`,
+    /// `memory://`.
+    ObjectStore,
+    /// An upstream REAPI server: `grpc://`, `grpcs://`.
+    Grpc,
+}
+
+/// Environment variables taken as object store options, by URL scheme: each variable with one
+/// of these prefixes becomes the option of its lowercased name, except the few renamed in
+/// [`ENV_RENAMES`].
+const ENV_PREFIXES: &[(&str, &str)] = &[
+    ("s3", "AWS_"),
+    ("s3a", "AWS_"),
+    ("gs", "GOOGLE_"),
+    ("az", "AZURE_"),
+    ("adl", "AZURE_"),
+    ("azure", "AZURE_"),
+    ("abfs", "AZURE_"),
+    ("abfss", "AZURE_"),
+];
+
+/// Environment variables whose option has another name than the lowercased variable.
+const ENV_RENAMES: &[(&str, &str)] = &[
+    ("AWS_ENDPOINT_URL", "endpoint"),
+    ("AWS_ENDPOINT", "endpoint"),
+    ("AWS_ALLOW_HTTP", "allow_http"),
+    ("AWS_ACCESS_KEY_ID", "access_key_id"),
+    ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
+    ("AWS_SESSION_TOKEN", "token"),
+    ("AWS_REGION", "region"),
+];
+
+impl ExternalSection {
+    /// Whether external storage is configured.
+    pub fn is_set(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// What `url` names, or why it names nothing remexec knows.
+    pub fn kind(&self) -> Result<ExternalKind, String> {
+        let scheme = self
+            .url
+            .split_once("://")
+            .map(|(scheme, _)| scheme)
+            .ok_or_else(|| {
+                format!(
+                    "external store URL {:?} has no scheme",
+                    redact_url(&self.url)
+                )
+            })?;
+        match scheme {
+            "grpc" | "grpcs" => Ok(ExternalKind::Grpc),
+            "file" | "memory" => Ok(ExternalKind::ObjectStore),
+            s if ENV_PREFIXES.iter().any(|(p, _)| *p == s) => Ok(ExternalKind::ObjectStore),
+            s => Err(format!(
+                "external store URL scheme {s:?}: expected s3, gs, az, file, memory, grpc or grpcs"
+            )),
+        }
+    }
+
+    /// The object store options: those of the environment `env` for this URL's scheme
+    /// (`AWS_*` for `s3://`, `GOOGLE_*` for `gs://`, `AZURE_*` for `az://`), overridden by
+    /// [`options`](Self::options). `AWS_DEFAULT_REGION` counts only without `AWS_REGION`.
+    pub fn object_store_options(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> std::collections::BTreeMap<String, String> {
+        let scheme = self.url.split_once("://").map_or("", |(s, _)| s);
+        let prefix = ENV_PREFIXES
+            .iter()
+            .find(|(s, _)| *s == scheme)
+            .map(|(_, p)| *p);
+        let mut options = std::collections::BTreeMap::new();
+        let mut default_region = None;
+        for (name, value) in env {
+            let Some(prefix) = prefix.filter(|p| name.starts_with(p)) else {
+                continue;
+            };
+            if prefix == "AWS_" && name == "AWS_DEFAULT_REGION" {
+                default_region = Some(value);
+                continue;
+            }
+            let key = ENV_RENAMES
+                .iter()
+                .find(|(var, _)| *var == name)
+                .map_or_else(|| name.to_ascii_lowercase(), |(_, key)| key.to_string());
+            options.insert(key, value);
+        }
+        if let Some(region) = default_region {
+            options.entry("region".to_string()).or_insert(region);
+        }
+        for (key, value) in &self.options {
+            options.insert(key.clone(), value.clone());
+        }
+        options
+    }
+}
+
+/// `url` without any `user:password@` part, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+        None => url.to_string(),
+    }
 }
 
 /// `[scheduler]`.
@@ -191,6 +339,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             scheduler: SchedulerSection::default(),
             worker: WorkerSection::default(),
+            external: ExternalSection::default(),
         }
     }
 }
@@ -276,5 +425,109 @@ mod tests {
         let err = Config::from_toml("[cas]\ndisk_budgett = 1\n").unwrap_err();
         assert!(err.contains("disk_budgett"), "{err}");
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn object_store_options_come_from_the_scheme_s_environment_then_the_file() {
+        let c = Config::from_toml(
+            "[external]\nurl = \"s3://b/p\"\n[external.options]\nregion = \"file-region\"\n",
+        )
+        .unwrap();
+        let vars = env(&[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "id"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
+            ("AWS_SESSION_TOKEN", "tok"),
+            ("AWS_REGION", "env-region"),
+            ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false"),
+            ("GOOGLE_SERVICE_ACCOUNT", "/key.json"),
+            ("HOME", "/root"),
+        ]);
+        let options = c.external.object_store_options(vars.clone());
+        let expected = [
+            ("access_key_id", "id"),
+            ("allow_http", "true"),
+            ("aws_virtual_hosted_style_request", "false"),
+            ("endpoint", "http://127.0.0.1:9000"),
+            ("region", "file-region"),
+            ("secret_access_key", "s3cr3t"),
+            ("token", "tok"),
+        ];
+        let got: Vec<_> = options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(got, expected);
+        // Other schemes take their own prefix only; file:// takes none.
+        let gcs = ExternalSection {
+            url: "gs://b".into(),
+            ..Default::default()
+        };
+        let got = gcs.object_store_options(vars.clone());
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            [(
+                "google_service_account".to_string(),
+                "/key.json".to_string()
+            )]
+        );
+        let file = ExternalSection {
+            url: "file:///tmp/x".into(),
+            ..Default::default()
+        };
+        assert!(file.object_store_options(vars).is_empty());
+        // AWS_DEFAULT_REGION counts only without AWS_REGION.
+        let s3 = ExternalSection {
+            url: "s3://b".into(),
+            ..Default::default()
+        };
+        let got = s3.object_store_options(env(&[("AWS_DEFAULT_REGION", "d")]));
+        assert_eq!(got.get("region").map(String::as_str), Some("d"));
+        let got = s3.object_store_options(env(&[("AWS_DEFAULT_REGION", "d"), ("AWS_REGION", "r")]));
+        assert_eq!(got.get("region").map(String::as_str), Some("r"));
+    }
+
+    #[test]
+    fn external_urls_are_classified_and_secrets_stay_out_of_debug() {
+        let kind = |url: &str| {
+            ExternalSection {
+                url: url.into(),
+                ..Default::default()
+            }
+            .kind()
+        };
+        for url in ["s3://b/p", "gs://b", "az://c/p", "file:///x", "memory://"] {
+            assert_eq!(kind(url), Ok(ExternalKind::ObjectStore), "{url}");
+        }
+        for url in ["grpc://h:1", "grpcs://h:443"] {
+            assert_eq!(kind(url), Ok(ExternalKind::Grpc), "{url}");
+        }
+        for url in ["ftp://h/x", "bucket/prefix", "http://h"] {
+            assert!(kind(url).is_err(), "{url}");
+        }
+        let c = Config::from_toml(
+            "[external]\nurl = \"grpcs://user:hunter2@h:1/x\"\n[external.options]\nsecret_access_key = \"s3cr3t\"\n",
+        )
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(debug.contains("secret_access_key"), "{debug}");
+        assert!(
+            !debug.contains("s3cr3t") && !debug.contains("hunter2"),
+            "{debug}"
+        );
+        assert_eq!(
+            redact_url("grpcs://user:hunter2@h:1/x"),
+            "grpcs://***@h:1/x"
+        );
+        assert_eq!(redact_url("s3://bucket/a@b"), "s3://bucket/a@b");
+        let err = Config::from_toml("[external]\nurll = \"x\"\n").unwrap_err();
+        assert!(err.contains("urll"), "{err}");
     }
 }

@@ -35,15 +35,16 @@ use std::time::Duration;
 use futures::StreamExt;
 use remexec_cas::{
     CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions,
-    MemoryActionCache, TieredActionCache, VerifyingStore,
+    GrpcActionCache, GrpcStore, MemoryActionCache, TieredActionCache, TieredStore, VerifyingStore,
 };
+use remexec_core::client::ClientTls;
 use remexec_core::{ActionCache, BlobStore, Error, Result};
 use remexec_scheduler::{ExecutionServices, ExecutorPool, Scheduler, WorkerPool};
 use remexec_worker::{Isolation, ProcessIsolation, Worker};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AcBackend, Config};
+use crate::config::{AcBackend, Config, ExternalKind, redact_url};
 
 /// HTTP/2 flow-control windows: large enough that one stream can fill a fast link.
 const STREAM_WINDOW: u32 = remexec_core::client::STREAM_WINDOW;
@@ -51,23 +52,116 @@ const CONNECTION_WINDOW: u32 = remexec_core::client::CONNECTION_WINDOW;
 /// Longest a graceful shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// The CAS under `config.data_dir`: a [`DiskStore`] in `{data_dir}/cas`.
-pub async fn open_blob_store(config: &Config) -> Result<Arc<dyn BlobStore>> {
+/// The external tier that `[external]` names: its blob store and its action cache.
+#[derive(Debug, Clone)]
+pub struct External {
+    /// The external blob store, behind the local disk.
+    pub store: Arc<dyn BlobStore>,
+    /// The external action cache, behind the local one.
+    pub action_cache: Arc<dyn ActionCache>,
+}
+
+/// Opens the external storage `config.external` names, or `None` if it names none.
+///
+/// `grpc://` and `grpcs://` are an upstream REAPI server, reached by a [`GrpcStore`] and a
+/// [`GrpcActionCache`] on one lazily connected channel (so the server starts while the upstream
+/// is down), with the configured upstream instance name and CA file. Any other scheme is an
+/// object store, opened by [`remexec_cas::external::open_object_store`] with the options of
+/// [`object_store_options`](crate::config::ExternalSection::object_store_options) over this
+/// process's environment.
+pub async fn open_external(config: &Config) -> Result<Option<External>> {
+    let section = &config.external;
+    if !section.is_set() {
+        return Ok(None);
+    }
+    let label = redact_url(&section.url);
+    match section.kind().map_err(Error::invalid)? {
+        ExternalKind::Grpc => {
+            if !section.options.is_empty() {
+                return Err(Error::invalid(format!(
+                    "external store {label}: [external.options] apply to object stores, not to an upstream server"
+                )));
+            }
+            let instance = section.upstream_instance.as_deref();
+            if let Some(name) = instance {
+                remexec_core::validate_instance_name(name)?;
+            }
+            let ca_pem = match &section.ca_file {
+                Some(path) => Some(
+                    tokio::fs::read(path)
+                        .await
+                        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
+                ),
+                None => None,
+            };
+            let tls = ClientTls {
+                ca_pem,
+                domain: section.tls_domain.clone(),
+            };
+            let channel = remexec_core::client::connect_lazy_with(&section.url, &tls)?;
+            Ok(Some(External {
+                store: Arc::new(
+                    GrpcStore::new(channel.clone())
+                        .with_upstream_instance(instance)
+                        .with_label(label.clone()),
+                ),
+                action_cache: Arc::new(
+                    GrpcActionCache::new(channel)
+                        .with_upstream_instance(instance)
+                        .with_label(label),
+                ),
+            }))
+        }
+        ExternalKind::ObjectStore => {
+            if section.upstream_instance.is_some()
+                || section.ca_file.is_some()
+                || section.tls_domain.is_some()
+            {
+                return Err(Error::invalid(format!(
+                    "external store {label}: upstream_instance, ca_file and tls_domain apply to grpc:// and grpcs:// only"
+                )));
+            }
+            let options = section.object_store_options(std::env::vars());
+            let (store, action_cache) = remexec_cas::external::open_object_store(
+                &section.url,
+                options,
+                remexec_cas::external::ExternalSettings::default(),
+            )?;
+            Ok(Some(External {
+                store,
+                action_cache,
+            }))
+        }
+    }
+}
+
+/// The CAS under `config.data_dir`: a [`DiskStore`] in `{data_dir}/cas`, in front of
+/// `external` if given ([`TieredStore`]: a write is acknowledged once `external` holds it,
+/// reads try the disk first and fill it).
+pub async fn open_blob_store(
+    config: &Config,
+    external: Option<Arc<dyn BlobStore>>,
+) -> Result<Arc<dyn BlobStore>> {
     let options = DiskStoreOptions {
         budget: config.cas.disk_budget.as_u64(),
         sync: config.cas.fsync,
     };
-    Ok(Arc::new(
-        DiskStore::open(config.data_dir.join("cas"), options).await?,
-    ))
+    let disk: Arc<dyn BlobStore> =
+        Arc::new(DiskStore::open(config.data_dir.join("cas"), options).await?);
+    Ok(match external {
+        Some(external) => Arc::new(TieredStore::new(disk, external)),
+        None => disk,
+    })
 }
 
 /// The Action Cache `config` describes: on disk in `{data_dir}/ac` (with a memory cache in
-/// front unless its budget is 0) or in memory, checked for completeness against `store` if
+/// front unless its budget is 0) or in memory, in front of `external` if given (written
+/// through, filled from it on a miss), checked for completeness against `store` if
 /// `check_completeness` is set.
 pub async fn open_action_cache(
     config: &Config,
     store: Arc<dyn BlobStore>,
+    external: Option<Arc<dyn ActionCache>>,
 ) -> Result<Arc<dyn ActionCache>> {
     let section = &config.action_cache;
     let budget = section.budget.as_u64();
@@ -86,16 +180,22 @@ pub async fn open_action_cache(
         }
         AcBackend::Memory => Arc::new(MemoryActionCache::new(budget)),
     };
+    if let Some(external) = external {
+        ac = Arc::new(TieredActionCache::new(ac, external));
+    }
     if section.check_completeness {
         ac = Arc::new(CompletenessCheckingCache::new(ac, store));
     }
     Ok(ac)
 }
 
-/// The stores under `config.data_dir`: [`open_blob_store`] and [`open_action_cache`] over it.
+/// The stores `config` describes: [`open_external`], then [`open_blob_store`] and
+/// [`open_action_cache`] in front of it.
 pub async fn open_stores(config: &Config) -> Result<(Arc<dyn BlobStore>, Arc<dyn ActionCache>)> {
-    let store = open_blob_store(config).await?;
-    let ac = open_action_cache(config, Arc::clone(&store)).await?;
+    let external = open_external(config).await?;
+    let store = open_blob_store(config, external.as_ref().map(|e| Arc::clone(&e.store))).await?;
+    let ac =
+        open_action_cache(config, Arc::clone(&store), external.map(|e| e.action_cache)).await?;
     Ok((store, ac))
 }
 
@@ -103,12 +203,13 @@ pub async fn open_stores(config: &Config) -> Result<(Arc<dyn BlobStore>, Arc<dyn
 /// an executor pool and optionally a local worker, on one gRPC port.
 ///
 /// [`new`](Self::new) is today's `remexec serve` stack, configured by a [`Config`]: the stores
-/// of [`open_stores`], a [`WorkerPool`] whose `WorkerService` is mounted, and a local worker
-/// under [`ProcessIsolation`] in `{data_dir}/worker`. Each part can be replaced:
+/// of [`open_stores`] (with the `[external]` store, if any, behind the local ones), a
+/// [`WorkerPool`] whose `WorkerService` is mounted, and a local worker under
+/// [`ProcessIsolation`] in `{data_dir}/worker`. Each part can be replaced:
 ///
 /// - [`blob_store`](Self::blob_store), [`action_cache`](Self::action_cache): used as given
-///   (the cache services hash-verify writes through them; the config's store settings and
-///   `check_completeness` then do not apply to what was replaced);
+///   (the cache services hash-verify writes through them; the config's store settings,
+///   `[external]` and `check_completeness` then do not apply to what was replaced);
 /// - [`executor_pool`](Self::executor_pool): any [`ExecutorPool`]; then there is no
 ///   `WorkerService` and no local worker, which attaches only to a `WorkerPool`;
 /// - [`isolation`](Self::isolation): how the local worker runs commands;
@@ -187,13 +288,21 @@ impl ServerBuilder {
                 "a local worker attaches to the WorkerPool; it cannot run with a custom executor pool",
             ));
         }
+        let external = match (&self.store, &self.action_cache) {
+            (Some(_), Some(_)) => None,
+            _ => open_external(config).await?,
+        };
+        let (external_store, external_ac) = match external {
+            Some(e) => (Some(e.store), Some(e.action_cache)),
+            None => (None, None),
+        };
         let store = match self.store {
             Some(store) => store,
-            None => open_blob_store(config).await?,
+            None => open_blob_store(config, external_store).await?,
         };
         let ac = match self.action_cache {
             Some(ac) => ac,
-            None => open_action_cache(config, Arc::clone(&store)).await?,
+            None => open_action_cache(config, Arc::clone(&store), external_ac).await?,
         };
         let (pool, workers): (Arc<dyn ExecutorPool>, _) = match self.pool {
             Some(pool) => (pool, None),
@@ -367,5 +476,80 @@ mod tests {
                 .await
                 .unwrap_err();
         assert_eq!(attach.code(), tonic::Code::Unimplemented);
+    }
+
+    /// A log sink the tests read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_startup_log_shows_the_composition_and_never_a_secret() {
+        const SECRET: &str = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY";
+        let mut cases = vec![
+            ("memory://".to_string(), "Object(memory://)"),
+            (
+                format!("grpc://user:{SECRET}@127.0.0.1:1"),
+                "Grpc(grpc://***@127.0.0.1:1)",
+            ),
+        ];
+        if cfg!(feature = "s3") {
+            cases.push(("s3://bucket/prefix".into(), "Object(s3://bucket/prefix)"));
+        }
+        for (url, shown) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = Config {
+                data_dir: dir.path().to_path_buf(),
+                ..Config::default()
+            };
+            config.external.url = url.clone();
+            if !url.starts_with("grpc") {
+                for (key, value) in [
+                    ("access_key_id", "AKIDEXAMPLE"),
+                    ("secret_access_key", SECRET),
+                    ("endpoint", "http://127.0.0.1:1"),
+                    ("allow_http", "true"),
+                    ("region", "us-east-1"),
+                ] {
+                    config.external.options.insert(key.into(), value.into());
+                }
+            }
+            let log = Captured::default();
+            let writer = log.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish();
+            let guard = tracing::subscriber::set_default(subscriber);
+            let builder = ServerBuilder::new(config)
+                .listen("127.0.0.1:0".parse().unwrap())
+                .local_worker(false);
+            let described = format!("{builder:?}");
+            let server = builder.bind().await.unwrap();
+            drop(guard);
+            drop(server);
+            let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+            let line = log
+                .lines()
+                .find(|l| l.contains("assembling the server"))
+                .unwrap_or_else(|| panic!("{url}: no startup line in {log:?}"));
+            assert!(
+                line.contains(&format!("Tiered(Disk({}", dir.path().join("cas").display()))
+                    && line.contains(&format!("{shown})")),
+                "{url}: {line}"
+            );
+            for text in [&log, &described] {
+                assert!(!text.contains(SECRET), "{url}: the secret is shown: {text}");
+            }
+        }
     }
 }

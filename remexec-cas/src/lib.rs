@@ -30,6 +30,7 @@
 //! ```
 
 pub mod ac;
+pub mod external;
 mod files;
 mod key;
 pub mod service;
@@ -37,12 +38,18 @@ pub mod store;
 
 pub use ac::completeness::{CheckBudget, CompletenessCheckingCache};
 pub use ac::disk::DiskActionCache;
+pub use ac::grpc::GrpcActionCache;
 pub use ac::memory::MemoryActionCache;
+pub use ac::object::ObjectActionCache;
 pub use ac::tiered::TieredActionCache;
+pub use external::{ExternalSettings, open_object_store};
+/// The `object_store` crate that [`ObjectBlobStore`] and [`ObjectActionCache`] are built on.
+pub use object_store;
 pub use service::{CacheServices, Limits};
 pub use store::disk::{DiskStore, DiskStoreOptions};
 pub use store::grpc::GrpcStore;
 pub use store::memory::MemoryStore;
+pub use store::object::ObjectBlobStore;
 pub use store::tiered::TieredStore;
 pub use store::verifying::VerifyingStore;
 

@@ -298,7 +298,10 @@ impl Moto {
     /// The `AWS_*` environment that points remexec at this server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port)),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
             ("AWS_ALLOW_HTTP", "true".into()),
             ("AWS_ACCESS_KEY_ID", "remexec-test".into()),
             ("AWS_SECRET_ACCESS_KEY", "remexec-test-secret".into()),

@@ -2,5 +2,7 @@
 
 pub mod completeness;
 pub mod disk;
+pub mod grpc;
 pub mod memory;
+pub mod object;
 pub mod tiered;

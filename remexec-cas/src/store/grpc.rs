@@ -24,16 +24,63 @@ const WRITE_CHUNK: usize = 1024 * 1024;
 /// Digests per FindMissingBlobs call.
 const FIND_BATCH: usize = 10_000;
 
-/// A remote CAS reached over gRPC. Instance names are passed through unchanged.
+/// Where a gRPC client's requests go upstream: the instance name and how it is described.
+/// Shared by [`GrpcStore`] and [`GrpcActionCache`](crate::GrpcActionCache).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Upstream {
+    /// The upstream instance name for every local one; `None` passes names through.
+    pub(crate) instance: Option<String>,
+    /// What [`describe`](Self::describe) names the server by.
+    pub(crate) label: Option<String>,
+}
+
+impl Upstream {
+    /// The upstream instance name for the local `instance`.
+    pub(crate) fn instance(&self, instance: &str) -> String {
+        self.instance.as_deref().unwrap_or(instance).to_string()
+    }
+
+    /// `Kind`, `Kind(label)`, `Kind(label, instance "x")` or `Kind(instance "x")`.
+    pub(crate) fn describe(&self, kind: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(kind)?;
+        match (&self.label, &self.instance) {
+            (None, None) => Ok(()),
+            (Some(label), None) => write!(f, "({label})"),
+            (None, Some(name)) => write!(f, "(instance {name:?})"),
+            (Some(label), Some(name)) => write!(f, "({label}, instance {name:?})"),
+        }
+    }
+}
+
+/// A remote CAS reached over gRPC. Instance names are passed through unchanged, unless
+/// [`with_upstream_instance`](Self::with_upstream_instance) maps them all onto one.
 #[derive(Debug, Clone)]
 pub struct GrpcStore {
     channel: Channel,
+    upstream: Upstream,
 }
 
 impl GrpcStore {
     /// A store that talks to the server behind `channel`.
     pub fn new(channel: Channel) -> Self {
-        Self { channel }
+        Self {
+            channel,
+            upstream: Default::default(),
+        }
+    }
+
+    /// Sends every request under the instance name `name` upstream, whatever the local
+    /// instance name; `None` (the default) passes local names through.
+    pub fn with_upstream_instance(mut self, name: Option<&str>) -> Self {
+        self.upstream.instance = name.map(str::to_string);
+        self
+    }
+
+    /// Names the server in [`describe`](BlobStore::describe), e.g. its URL: `Grpc(grpc://...)`.
+    /// Never pass anything secret.
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.upstream.label = Some(label.into());
+        self
     }
 
     fn cas(&self) -> ContentAddressableStorageClient<Channel> {
@@ -63,7 +110,7 @@ impl BlobStore for GrpcStore {
         for (function, list) in by_function {
             for chunk in list.chunks(FIND_BATCH) {
                 let req = FindMissingBlobsRequest {
-                    instance_name: instance.to_string(),
+                    instance_name: self.upstream.instance(instance),
                     blob_digests: chunk.iter().map(Digest::to_proto).collect(),
                     digest_function: function.to_proto(),
                 };
@@ -85,7 +132,7 @@ impl BlobStore for GrpcStore {
         if digest.size() <= BATCH_LIMIT {
             let bytes = collect_chunks(data, digest.size()).await?;
             let req = BatchUpdateBlobsRequest {
-                instance_name: instance.to_string(),
+                instance_name: self.upstream.instance(instance),
                 requests: vec![batch_update_blobs_request::Request {
                     digest: Some(digest.to_proto()),
                     data: bytes.to_vec(),
@@ -98,7 +145,7 @@ impl BlobStore for GrpcStore {
             return remexec_core::client::status_result(status.as_ref());
         }
         let name = WriteResource {
-            instance: instance.to_string(),
+            instance: self.upstream.instance(instance),
             uuid: uuid::Uuid::new_v4().to_string(),
             blob: BlobRef {
                 compressor: Compressor::Identity,
@@ -167,7 +214,7 @@ impl BlobStore for GrpcStore {
             return Ok(Some(futures::stream::empty().boxed()));
         }
         let name = ReadResource {
-            instance: instance.to_string(),
+            instance: self.upstream.instance(instance),
             blob: BlobRef {
                 compressor: Compressor::Identity,
                 digest,
@@ -195,7 +242,7 @@ impl BlobStore for GrpcStore {
         Ok(Some(head.chain(rest).boxed()))
     }
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Grpc")
+        self.upstream.describe("Grpc", f)
     }
 }
 
@@ -203,6 +250,7 @@ impl BlobStore for GrpcStore {
 mod tests {
     use super::*;
     use crate::{CacheServices, MemoryActionCache, MemoryStore};
+    use remexec_core::BlobStoreExt;
     use std::sync::Arc;
 
     #[tokio::test]
@@ -226,5 +274,49 @@ mod tests {
         let caps = remexec_core::testing::BlobStoreCapabilities::new().verifies_content(true);
         remexec_core::testing::blob_store_conformance_with(Arc::new(GrpcStore::new(channel)), caps)
             .await;
+    }
+
+    #[tokio::test]
+    async fn every_local_instance_maps_onto_the_upstream_instance() {
+        let back = Arc::new(MemoryStore::new(16 << 20));
+        let routes = CacheServices::new(back.clone(), Arc::new(MemoryActionCache::new(1 << 20)))
+            .into_routes();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let url = format!("grpc://{addr}");
+        let channel = remexec_core::client::connect(&url).await.unwrap();
+        let store = GrpcStore::new(channel)
+            .with_upstream_instance(Some("up/stream"))
+            .with_label(url.clone());
+        assert_eq!(
+            (&store as &dyn BlobStore).to_string(),
+            format!("Grpc({url}, instance \"up/stream\")")
+        );
+        let small = remexec_core::testing::content(1, 100);
+        let large = remexec_core::testing::content(2, (BATCH_LIMIT + 1) as usize);
+        for (local, data) in [("a", &small), ("b/c", &large)] {
+            let digest = remexec_core::DigestFunction::Sha256.digest_of(data);
+            store.put_bytes(local, digest, data.clone()).await.unwrap();
+            // Upstream, it is under the upstream name only.
+            assert!(back.contains("up/stream", digest).await.unwrap());
+            assert!(!back.contains(local, digest).await.unwrap());
+            // Every local name reads it back through the same upstream name.
+            for reader in ["", "a", "other"] {
+                assert!(
+                    store
+                        .find_missing(reader, &[digest])
+                        .await
+                        .unwrap()
+                        .is_empty()
+                );
+                let got = store.get_bytes(reader, digest, u64::MAX).await.unwrap();
+                assert_eq!(got.as_ref(), Some(data));
+            }
+        }
     }
 }

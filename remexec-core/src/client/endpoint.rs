@@ -1,12 +1,13 @@
 //! Endpoints from `grpc://` URLs, with the flow-control windows and message limits remexec's
 //! clients and servers use.
 //!
-//! `grpc://host:port` (or `http://`) is plain HTTP/2. `grpcs://` (or `https://`) needs TLS, which
-//! this build does not carry yet: it is refused with `Unimplemented`, never silently downgraded.
+//! `grpc://host:port` (or `http://`) is plain HTTP/2. `grpcs://host:port` (or `https://`) is
+//! HTTP/2 over TLS (rustls), verified against the Mozilla roots built in, or against the CA
+//! certificate given in [`ClientTls`] for a private CA. A `grpcs://` URL is never downgraded.
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::reapi::{
     action_cache_client::ActionCacheClient, capabilities_client::CapabilitiesClient,
@@ -27,27 +28,89 @@ pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// How often an idle connection is pinged, so that a dead peer is noticed.
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
 
-/// The endpoint for `url`: `grpc://` and `http://` are plain HTTP/2; `grpcs://` and `https://`
-/// are `Unimplemented` (this build has no TLS); anything else is `InvalidArgument`.
+/// How a client checks the server of a `grpcs://` URL.
+///
+/// The default trusts the Mozilla root certificates built into remexec and checks the name in
+/// the URL. Settings for TLS on a plaintext `grpc://` URL are refused, so that a server meant to
+/// be verified is never reached unverified.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM CA certificates to trust instead of the built-in roots, for a private CA.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The name the server's certificate must carry, if not the host of the URL.
+    pub domain: Option<String>,
+}
+
+impl ClientTls {
+    /// Whether anything differs from the default.
+    fn is_set(&self) -> bool {
+        self.ca_pem.is_some() || self.domain.is_some()
+    }
+
+    fn config(&self, url: &str) -> Result<ClientTlsConfig> {
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_pem {
+            Some(pem) => {
+                if !pem
+                    .windows(CERT_MARKER.len())
+                    .any(|w| w == CERT_MARKER.as_bytes())
+                {
+                    return Err(Error::invalid(format!(
+                        "{url}: the CA certificate is not PEM (no {CERT_MARKER:?} line)"
+                    )));
+                }
+                config.ca_certificate(Certificate::from_pem(pem))
+            }
+            None => config.with_webpki_roots(),
+        };
+        if let Some(domain) = &self.domain {
+            config = config.domain_name(domain.clone());
+        }
+        Ok(config)
+    }
+}
+
+/// What starts a PEM certificate.
+const CERT_MARKER: &str = "-----BEGIN CERTIFICATE-----";
+
+/// The endpoint for `url`, with default TLS settings for `grpcs://` (see [`endpoint_with`]).
+pub fn endpoint(url: &str) -> Result<Endpoint> {
+    endpoint_with(url, &ClientTls::default())
+}
+
+/// The endpoint for `url`: `grpc://` and `http://` are plain HTTP/2, `grpcs://` and `https://`
+/// are HTTP/2 over TLS checked as `tls` says; anything else is `InvalidArgument`, and so are TLS
+/// settings for a plaintext URL or a CA certificate that is not PEM.
 ///
 /// The endpoint has [`STREAM_WINDOW`] and [`CONNECTION_WINDOW`], `TCP_NODELAY` and HTTP/2
 /// keepalive pings every [`KEEPALIVE`].
-pub fn endpoint(url: &str) -> Result<Endpoint> {
-    let http = if let Some(rest) = url.strip_prefix("grpc://") {
-        format!("http://{rest}")
+pub fn endpoint_with(url: &str, tls: &ClientTls) -> Result<Endpoint> {
+    let (uri, secure) = if let Some(rest) = url.strip_prefix("grpc://") {
+        (format!("http://{rest}"), false)
     } else if url.starts_with("http://") {
-        url.to_string()
-    } else if url.starts_with("grpcs://") || url.starts_with("https://") {
-        return Err(Error::Unimplemented(format!(
-            "{url}: TLS (grpcs://) is not supported by this build; use grpc://"
-        )));
+        (url.to_string(), false)
+    } else if let Some(rest) = url.strip_prefix("grpcs://") {
+        (format!("https://{rest}"), true)
+    } else if url.starts_with("https://") {
+        (url.to_string(), true)
     } else {
         return Err(Error::invalid(format!(
-            "server URL {url:?}: expected grpc://host:port"
+            "server URL {url:?}: expected grpc://host:port or grpcs://host:port"
         )));
     };
-    Ok(Endpoint::from_shared(http)
-        .map_err(|e| Error::invalid(format!("server URL {url:?}: {e}")))?
+    if !secure && tls.is_set() {
+        return Err(Error::invalid(format!(
+            "{url}: TLS settings (a CA certificate or domain) need a grpcs:// URL"
+        )));
+    }
+    let mut endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| Error::invalid(format!("server URL {url:?}: {e}")))?;
+    if secure {
+        endpoint = endpoint
+            .tls_config(tls.config(url)?)
+            .map_err(|e| Error::invalid(format!("{url}: TLS settings: {e}")))?;
+    }
+    Ok(endpoint
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true)
@@ -57,15 +120,39 @@ pub fn endpoint(url: &str) -> Result<Endpoint> {
 
 /// Connects to `url` (see [`endpoint`]); `Unavailable` if the server cannot be reached.
 pub async fn connect(url: &str) -> Result<Channel> {
-    endpoint(url)?
+    connect_with(url, &ClientTls::default()).await
+}
+
+/// Connects to `url` with `tls` (see [`endpoint_with`]); `Unavailable` if the server cannot be
+/// reached or the TLS handshake fails.
+pub async fn connect_with(url: &str, tls: &ClientTls) -> Result<Channel> {
+    endpoint_with(url, tls)?
         .connect()
         .await
-        .map_err(|e| Error::Unavailable(format!("connecting to {url}: {e}")))
+        .map_err(|e| Error::Unavailable(format!("connecting to {url}: {}", error_chain(&e))))
 }
 
 /// A channel to `url` that connects on first use (see [`endpoint`]).
 pub fn connect_lazy(url: &str) -> Result<Channel> {
-    Ok(endpoint(url)?.connect_lazy())
+    connect_lazy_with(url, &ClientTls::default())
+}
+
+/// A channel to `url` with `tls` that connects on first use (see [`endpoint_with`]).
+pub fn connect_lazy_with(url: &str, tls: &ClientTls) -> Result<Channel> {
+    Ok(endpoint_with(url, tls)?.connect_lazy())
+}
+
+/// An error and its sources, so that the cause of a failed connection (a refused
+/// certificate) is not hidden behind "transport error".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// A CAS client on `channel` sending and taking messages up to [`MAX_MESSAGE_SIZE`].
@@ -109,15 +196,31 @@ mod tests {
     }
 
     #[test]
-    fn tls_and_unknown_schemes_are_refused() {
-        for url in ["grpcs://example.com:443", "https://example.com"] {
-            let err = endpoint(url).unwrap_err();
-            assert!(matches!(err, Error::Unimplemented(_)), "{url}: {err:?}");
-        }
+    fn grpcs_urls_become_https_endpoints() {
+        let e = endpoint("grpcs://example.com:443").unwrap();
+        assert_eq!(e.uri().to_string(), "https://example.com:443/");
+        let e = endpoint("https://example.com").unwrap();
+        assert_eq!(e.uri().scheme_str(), Some("https"));
+    }
+
+    #[test]
+    fn unknown_schemes_and_misplaced_tls_settings_are_refused() {
         for url in ["127.0.0.1:8980", "unix:///tmp/s", "grpc://bad host"] {
             let err = endpoint(url).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument(_)), "{url}: {err:?}");
         }
+        let with_domain = ClientTls {
+            domain: Some("localhost".into()),
+            ..ClientTls::default()
+        };
+        let err = endpoint_with("grpc://127.0.0.1:1", &with_domain).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        let not_pem = ClientTls {
+            ca_pem: Some(b"not a certificate".to_vec()),
+            ..ClientTls::default()
+        };
+        let err = endpoint_with("grpcs://127.0.0.1:1", &not_pem).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! The client layer: what remexec's own tools, its worker and embedders share to talk to a
 //! REAPI server and to move trees between a file system and the CAS.
 //!
-//! - [`endpoint()`], [`connect`]: channels from `grpc://` URLs with remexec's HTTP/2 windows,
+//! - [`endpoint()`], [`connect`]: channels from `grpc://` and `grpcs://` URLs with remexec's HTTP/2 windows,
 //!   and clients with 64 MiB message limits ([`cas_client`], [`execution_client`], ...).
 //! - [`ActionBuilder`]: a `Command` and an `Action`, sorted as REAPI wants, encoded, uploaded.
 //! - [`execute()`]: Execute, then follow the operation to its `ExecuteResponse`, reconnecting
@@ -54,8 +54,9 @@ mod tests;
 
 pub use action::{ActionBuilder, BuiltAction};
 pub use endpoint::{
-    CONNECTION_WINDOW, KEEPALIVE, MAX_MESSAGE_SIZE, STREAM_WINDOW, action_cache_client,
-    capabilities_client, cas_client, connect, connect_lazy, endpoint, execution_client,
+    CONNECTION_WINDOW, ClientTls, KEEPALIVE, MAX_MESSAGE_SIZE, STREAM_WINDOW, action_cache_client,
+    capabilities_client, cas_client, connect, connect_lazy, connect_lazy_with, connect_with,
+    endpoint, endpoint_with, execution_client,
 };
 pub use execute::{FollowOptions, execute};
 pub use materialize::{
