@@ -100,6 +100,51 @@ fn a_wiped_proxy_rebuilds_from_its_upstream_with_every_action_a_cache_hit() {
     });
 }
 
+type CasClient =
+    remexec_core::reapi::content_addressable_storage_client::ContentAddressableStorageClient<
+        tonic::transport::Channel,
+    >;
+
+/// Uploads one small blob with BatchUpdateBlobs; returns the entry's status code.
+async fn write_blob(cas: &mut CasClient, data: &'static [u8]) -> i32 {
+    let f = remexec_core::DigestFunction::Sha256;
+    let request = BatchUpdateBlobsRequest {
+        requests: vec![batch_update_blobs_request::Request {
+            digest: Some(f.digest_of(data).to_proto()),
+            data: data.to_vec(),
+            compressor: 0,
+        }],
+        ..Default::default()
+    };
+    let response = cas.batch_update_blobs(request).await.unwrap().into_inner();
+    response.responses[0]
+        .status
+        .clone()
+        .unwrap_or_default()
+        .code
+}
+
+/// Builds `//gen:slow` (a 4 s action) remotely in a thread, without Bazel-side retries.
+fn build_slow(
+    url: String,
+    bazel: std::path::PathBuf,
+) -> std::thread::JoinHandle<std::process::ExitStatus> {
+    std::thread::spawn(move || {
+        Command::new("bash")
+            .arg(fixtures().join("bazel/build_target.sh"))
+            .args([
+                url.as_str(),
+                "//gen:slow",
+                "gen/slow.txt",
+                "slow action finished",
+            ])
+            .env("BAZEL", &bazel)
+            .env("BAZEL_EXTRA_FLAGS", "--remote_retries=0")
+            .status()
+            .unwrap()
+    })
+}
+
 #[tokio::test]
 async fn an_s3_outage_fails_writes_with_unavailable_and_heals_without_a_restart() {
     let (Some(bazel), Some(moto_bin)) = (require_tool("BAZEL", "bazel"), Moto::binary()) else {
@@ -117,46 +162,12 @@ async fn an_s3_outage_fails_writes_with_unavailable_and_heals_without_a_restart(
         "2",
     ];
     let server = ServerProcess::start_at(&listen, data.path(), &flags, &env_refs(&env));
-    let channel = client::connect(&server.url()).await.unwrap();
-    let mut cas = client::cas_client(channel);
-    let f = remexec_core::DigestFunction::Sha256;
-    let update = |data: &'static [u8]| BatchUpdateBlobsRequest {
-        requests: vec![batch_update_blobs_request::Request {
-            digest: Some(f.digest_of(data).to_proto()),
-            data: data.to_vec(),
-            compressor: 0,
-        }],
-        ..Default::default()
-    };
-    let written = cas
-        .batch_update_blobs(update(b"before the outage"))
-        .await
-        .unwrap();
-    assert_eq!(
-        written.into_inner().responses[0]
-            .status
-            .clone()
-            .unwrap_or_default()
-            .code,
-        0
-    );
+    let mut cas = client::cas_client(client::connect(&server.url()).await.unwrap());
+    assert_eq!(write_blob(&mut cas, b"before the outage").await, 0);
 
     // The S3 server dies in the middle of a build: Bazel's build of a slow action fails (its
     // outputs cannot be stored durably) instead of succeeding with lost outputs.
-    let build = |target: &'static str| {
-        let url = server.url();
-        let bazel = bazel.clone();
-        std::thread::spawn(move || {
-            Command::new("bash")
-                .arg(fixtures().join("bazel/build_target.sh"))
-                .args([url.as_str(), target, "gen/slow.txt", "slow action finished"])
-                .env("BAZEL", &bazel)
-                .env("BAZEL_EXTRA_FLAGS", "--remote_retries=0")
-                .status()
-                .unwrap()
-        })
-    };
-    let during = build("//gen:slow");
+    let during = build_slow(server.url(), bazel.clone());
     std::thread::sleep(Duration::from_secs(3));
     moto.kill();
     let status = during.join().unwrap();
@@ -166,6 +177,7 @@ async fn an_s3_outage_fails_writes_with_unavailable_and_heals_without_a_restart(
     );
 
     // Reads of blobs held locally still succeed; writes fail with UNAVAILABLE.
+    let f = remexec_core::DigestFunction::Sha256;
     let read = cas
         .batch_read_blobs(BatchReadBlobsRequest {
             digests: vec![f.digest_of(b"before the outage").to_proto()],
@@ -175,35 +187,16 @@ async fn an_s3_outage_fails_writes_with_unavailable_and_heals_without_a_restart(
         .unwrap()
         .into_inner();
     assert_eq!(read.responses[0].data, b"before the outage");
-    let refused = cas
-        .batch_update_blobs(update(b"during the outage"))
-        .await
-        .unwrap();
-    let code = refused.into_inner().responses[0]
-        .status
-        .clone()
-        .unwrap_or_default()
-        .code;
+    let refused = write_blob(&mut cas, b"during the outage").await;
     assert_eq!(
-        code,
+        refused,
         tonic::Code::Unavailable as i32,
         "a write was not refused as UNAVAILABLE"
     );
 
     // S3 comes back (empty, on the same port): the same server builds again.
     let _moto = Moto::start(&moto_bin, moto_port, "remexec-outage");
-    let after = build("//gen:slow").join().unwrap();
+    let after = build_slow(server.url(), bazel).join().unwrap();
     assert!(after.success(), "the build failed after S3 came back");
-    let healed = cas
-        .batch_update_blobs(update(b"after the outage"))
-        .await
-        .unwrap();
-    assert_eq!(
-        healed.into_inner().responses[0]
-            .status
-            .clone()
-            .unwrap_or_default()
-            .code,
-        0
-    );
+    assert_eq!(write_blob(&mut cas, b"after the outage").await, 0);
 }

@@ -4,21 +4,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::StreamExt;
-use prost::Message;
 use remexec_core::reapi::ActionResult;
 use remexec_core::{ActionCache, Digest, Error, Result};
 use tokio::io::AsyncReadExt;
 
 use crate::files::FileTable;
 use crate::key::Key;
-
-/// Largest encoded `ActionResult` accepted.
-const MAX_RESULT_SIZE: u64 = 16 * 1024 * 1024;
-/// First byte of every entry file. An empty `ActionResult` encodes to zero bytes, so without it a
-/// truncated file would read as a valid "exit 0, no outputs" result.
-const FORMAT_V1: u8 = 1;
 
 /// A disk-persisted [`ActionCache`], bounded by bytes with LRU eviction.
 #[derive(Debug, Clone)]
@@ -27,7 +19,7 @@ pub struct DiskActionCache {
 }
 
 fn any_length(_: &Key, len: u64) -> bool {
-    (1..=MAX_RESULT_SIZE + 1).contains(&len)
+    (1..=super::MAX_ENTRY_SIZE).contains(&len)
 }
 
 impl DiskActionCache {
@@ -50,11 +42,7 @@ impl ActionCache for DiskActionCache {
         file.read_to_end(&mut buf)
             .await
             .map_err(|e| Error::io("reading an action result", e))?;
-        let decoded = match buf.split_first() {
-            Some((&FORMAT_V1, body)) => ActionResult::decode(body).map_err(|e| e.to_string()),
-            _ => Err("unknown format".to_string()),
-        };
-        match decoded {
+        match super::decode_entry(&buf) {
             Ok(result) => Ok(Some(result)),
             Err(e) => {
                 tracing::error!(%action, error = %e, "stored action result is damaged; dropping it");
@@ -65,18 +53,7 @@ impl ActionCache for DiskActionCache {
     }
 
     async fn put(&self, instance: &str, action: Digest, result: ActionResult) -> Result<()> {
-        let mut buf = Vec::with_capacity(1 + result.encoded_len());
-        buf.push(FORMAT_V1);
-        result
-            .encode(&mut buf)
-            .map_err(|e| Error::Internal(format!("encoding an action result: {e}")))?;
-        let bytes = Bytes::from(buf);
-        if bytes.len() as u64 > MAX_RESULT_SIZE {
-            return Err(Error::invalid(format!(
-                "action result of {} bytes is too large",
-                bytes.len()
-            )));
-        }
+        let bytes = super::encode_entry(&result)?;
         let data = futures::stream::once(async { Ok(bytes) }).boxed();
         self.files
             .write(Key::new(instance, action), data, None)

@@ -5,21 +5,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use object_store::ObjectStore;
 use object_store::path::Path;
-use prost::Message;
 use remexec_core::reapi::ActionResult;
-use remexec_core::{ActionCache, Digest, Error, Result};
+use remexec_core::{ActionCache, Digest, Result};
 
 use crate::external::ExternalSettings;
 use crate::store::object::Backend;
-
-/// Largest encoded `ActionResult` accepted, as in the disk action cache.
-const MAX_RESULT_SIZE: u64 = 16 * 1024 * 1024;
-/// First byte of every entry, as in the disk action cache: an empty `ActionResult` encodes to
-/// zero bytes, so without it a truncated object would read as "exit 0, no outputs".
-const FORMAT_V1: u8 = 1;
 
 /// An [`ActionCache`] in an object store: each entry is one object, the format byte `1`
 /// followed by the encoded `ActionResult`.
@@ -49,24 +41,16 @@ impl ObjectActionCache {
     }
 }
 
-/// Decodes a stored entry.
-fn decode(bytes: &[u8]) -> std::result::Result<ActionResult, String> {
-    match bytes.split_first() {
-        Some((&FORMAT_V1, body)) => ActionResult::decode(body).map_err(|e| e.to_string()),
-        _ => Err("unknown format".to_string()),
-    }
-}
-
 /// Reads and decodes the entry at `path`; `Ok(Err(why))` if it is damaged.
 async fn read(
     store: &dyn ObjectStore,
     path: &Path,
 ) -> object_store::Result<std::result::Result<ActionResult, String>> {
     let result = store.get(path).await?;
-    if result.meta.size > MAX_RESULT_SIZE + 1 {
+    if result.meta.size > super::MAX_ENTRY_SIZE {
         return Ok(Err(format!("{} bytes is too large", result.meta.size)));
     }
-    Ok(decode(&result.bytes().await?))
+    Ok(super::decode_entry(&result.bytes().await?))
 }
 
 #[async_trait]
@@ -89,20 +73,10 @@ impl ActionCache for ObjectActionCache {
     }
 
     async fn put(&self, instance: &str, action: Digest, result: ActionResult) -> Result<()> {
-        let mut buf = Vec::with_capacity(1 + result.encoded_len());
-        buf.push(FORMAT_V1);
-        result
-            .encode(&mut buf)
-            .map_err(|e| Error::Internal(format!("encoding an action result: {e}")))?;
-        if buf.len() as u64 > MAX_RESULT_SIZE {
-            return Err(Error::invalid(format!(
-                "action result of {} bytes is too large",
-                buf.len()
-            )));
-        }
+        let entry = super::encode_entry(&result)?;
         let backend = &self.backend;
         let path = backend.path("ac", instance, action);
-        let put = backend.store.put(&path, Bytes::from(buf).into());
+        let put = backend.store.put(&path, entry.into());
         backend
             .call("write the action result", &path, put)
             .await
@@ -136,7 +110,7 @@ mod tests {
         let path = Path::from(format!("ac/ifoo/sha256/{}-1", action.hash_hex()));
         for damage in [&b""[..], &b"\x01\xff\xff\xff"[..], &b"\x07garbage"[..]] {
             store
-                .put(&path, Bytes::from_static(damage).into())
+                .put(&path, bytes::Bytes::from_static(damage).into())
                 .await
                 .unwrap();
             assert_eq!(cache.get("foo", action).await.unwrap(), None, "{damage:?}");
@@ -147,7 +121,7 @@ mod tests {
         let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
         assert_eq!(
             &stored[..],
-            &[FORMAT_V1],
+            &[1],
             "an empty result is the format byte alone"
         );
     }
