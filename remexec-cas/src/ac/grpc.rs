@@ -47,9 +47,7 @@ impl GrpcActionCache {
     }
 
     fn client(&self) -> ActionCacheClient<Channel> {
-        ActionCacheClient::new(self.channel.clone())
-            .max_decoding_message_size(remexec_core::client::MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(remexec_core::client::MAX_MESSAGE_SIZE)
+        remexec_core::client::action_cache_client(self.channel.clone())
     }
 }
 

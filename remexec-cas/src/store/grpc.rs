@@ -84,9 +84,7 @@ impl GrpcStore {
     }
 
     fn cas(&self) -> ContentAddressableStorageClient<Channel> {
-        ContentAddressableStorageClient::new(self.channel.clone())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+        remexec_core::client::cas_client(self.channel.clone())
     }
 
     fn bytestream(&self) -> ByteStreamClient<Channel> {
