@@ -5,11 +5,11 @@
 mod common;
 
 use bytes::Bytes;
-use common::{TestServer, assert_status};
+use common::{TestServer, assert_status, read_all};
 use prost::Message;
 use remexec_core::testing::content;
 use remexec_core::{BlobStoreExt, Digest, DigestFunction};
-use remexec_proto::google::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
+use remexec_proto::google::bytestream::{QueryWriteStatusRequest, WriteRequest};
 use remexec_proto::reapi::{
     self, ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, Directory, DirectoryNode,
     FileNode, FindMissingBlobsRequest, GetActionResultRequest, GetCapabilitiesRequest,
@@ -48,28 +48,6 @@ fn write_stream(
         })
         .collect();
     tokio_stream::iter(chunks)
-}
-
-async fn read_all(
-    server: &TestServer,
-    name: String,
-    offset: i64,
-    limit: i64,
-) -> Result<Vec<u8>, tonic::Status> {
-    let mut stream = server
-        .bytestream()
-        .read(ReadRequest {
-            resource_name: name,
-            read_offset: offset,
-            read_limit: limit,
-        })
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(msg) = stream.next().await {
-        out.extend(msg?.data);
-    }
-    Ok(out)
 }
 
 #[tokio::test]

@@ -6,14 +6,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestServer, assert_status};
+use common::{TestServer, assert_status, read_all};
 use remexec_cas::Limits;
 use remexec_core::testing::content;
 use remexec_core::{BlobStoreExt, DigestFunction};
 use remexec_proto::google::bytestream::byte_stream_client::ByteStreamClient;
-use remexec_proto::google::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
+use remexec_proto::google::bytestream::{QueryWriteStatusRequest, WriteRequest};
 use remexec_proto::reapi::BatchReadBlobsRequest;
-use tokio_stream::StreamExt;
 use tonic::Code;
 
 const SHA256: DigestFunction = DigestFunction::Sha256;
@@ -92,26 +91,11 @@ async fn stalled_uploads_stall_nothing_else() {
         assert_eq!(response.data, blob.to_vec());
     }
     for (d, blob) in digests.iter().zip(&stored) {
-        let read = async {
-            let mut stream = server
-                .bytestream()
-                .read(ReadRequest {
-                    resource_name: format!("blobs/{d}"),
-                    read_offset: 0,
-                    read_limit: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let mut out = Vec::new();
-            while let Some(msg) = stream.next().await {
-                out.extend(msg.unwrap().data);
-            }
-            out
-        };
+        let read = read_all(&server, format!("blobs/{d}"), 0, 0);
         let out = tokio::time::timeout(Duration::from_secs(3), read)
             .await
-            .expect("ByteStream Read answered while uploads stall");
+            .expect("ByteStream Read answered while uploads stall")
+            .unwrap();
         assert_eq!(out, blob.to_vec());
     }
     drop(held);

@@ -105,3 +105,26 @@ pub fn assert_status<T: std::fmt::Debug>(
         status.message()
     );
 }
+
+/// Reads a blob through ByteStream Read: the whole stream, or its error.
+pub async fn read_all(
+    server: &TestServer,
+    name: String,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = server
+        .bytestream()
+        .read(remexec_proto::google::bytestream::ReadRequest {
+            resource_name: name,
+            read_offset: offset,
+            read_limit: limit,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(msg) = tokio_stream::StreamExt::next(&mut stream).await {
+        out.extend(msg?.data);
+    }
+    Ok(out)
+}
