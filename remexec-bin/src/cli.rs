@@ -34,6 +34,21 @@ pub enum Command {
     Exec(crate::exec::ExecArgs),
     /// Load-test any REAPI server: throughput and latency percentiles of one workload.
     Bench(crate::bench::BenchArgs),
+    /// TLS helpers.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+/// `remexec tls …`.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Write a demo CA and certificates into DIR: ca.pem, server.pem/.key (localhost),
+    /// client.pem/.key and cluster.pem/.key. Demo certificates are public knowledge: never let
+    /// them guard a reachable scheduler.
+    DevCerts {
+        /// Directory to write into (created if missing; existing files are replaced).
+        dir: PathBuf,
+    },
 }
 
 /// Settings shared by every daemon; each flag overrides the config file.
@@ -75,6 +90,65 @@ pub struct ServerArgs {
     /// config file's [external.options] [default: none].
     #[arg(long, value_name = "URL")]
     pub external_store: Option<String>,
+    /// TLS and authentication of the ports.
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// TLS, authentication and the worker port of `serve` and `scheduler`.
+#[derive(Debug, Args)]
+pub struct SecurityArgs {
+    /// PEM certificate chain of the server: turns TLS on (clients then use grpcs://).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the server.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that signs client certificates: turns mutual TLS on.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// Token file of hashed bearer tokens and their permissions (docs/security.md).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// JWT key: a PEM RSA or EC P-256 public key (RS256, ES256), or an HS256 secret.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_key: Option<PathBuf>,
+    /// JWKS file of JWT keys.
+    #[arg(long, value_name = "FILE")]
+    pub jwks: Option<PathBuf>,
+    /// Permissions of callers without credentials, comma-separated (e.g. cache-read).
+    #[arg(long, value_name = "PERMISSIONS", value_delimiter = ',')]
+    pub allow_anonymous: Vec<String>,
+    /// A separate port for workers; the client port then serves no worker API. With TLS it
+    /// requires a cluster certificate.
+    #[arg(long, value_name = "ADDR")]
+    pub worker_listen: Option<std::net::SocketAddr>,
+    /// PEM CA of cluster certificates [default: --client-ca].
+    #[arg(long, value_name = "FILE")]
+    pub cluster_ca: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    fn apply(&self, config: &mut Config) {
+        let set = |target: &mut Option<PathBuf>, value: &Option<PathBuf>| {
+            if value.is_some() {
+                target.clone_from(value);
+            }
+        };
+        set(&mut config.tls.cert, &self.tls_cert);
+        set(&mut config.tls.key, &self.tls_key);
+        set(&mut config.tls.client_ca, &self.client_ca);
+        set(&mut config.auth.token_file, &self.token_file);
+        set(&mut config.auth.jwt_key, &self.jwt_key);
+        set(&mut config.auth.jwks, &self.jwks);
+        set(&mut config.cluster.ca, &self.cluster_ca);
+        if !self.allow_anonymous.is_empty() {
+            config.auth.anonymous.clone_from(&self.allow_anonymous);
+        }
+        if self.worker_listen.is_some() {
+            config.cluster.worker_listen = self.worker_listen;
+        }
+    }
 }
 
 /// Flags of `remexec worker`.
@@ -95,6 +169,15 @@ pub struct WorkerArgs {
     /// Extra executor property NAME=VALUE (repeatable).
     #[arg(long = "property", value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
+    /// PEM CA to verify a grpcs:// scheduler with [default: the built-in roots].
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM cluster certificate presented to the scheduler.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its PEM private key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Parses `NAME=VALUE`.
@@ -143,6 +226,7 @@ impl ServerArgs {
         if let Some(url) = &self.external_store {
             config.external.url = url.clone();
         }
+        self.security.apply(&mut config);
         if config.external.is_set() {
             config.external.kind()?;
         }
@@ -165,6 +249,15 @@ impl WorkerArgs {
         }
         for (name, value) in &self.properties {
             config.worker.properties.insert(name.clone(), value.clone());
+        }
+        for (target, value) in [
+            (&mut config.worker.tls_ca, &self.tls_ca),
+            (&mut config.worker.tls_cert, &self.tls_cert),
+            (&mut config.worker.tls_key, &self.tls_key),
+        ] {
+            if value.is_some() {
+                target.clone_from(value);
+            }
         }
         Ok(config)
     }

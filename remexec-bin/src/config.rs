@@ -29,6 +29,65 @@ pub struct Config {
     pub worker: WorkerSection,
     /// External storage behind the local stores (`serve` and `scheduler`).
     pub external: ExternalSection,
+    /// TLS on the client port (`serve` and `scheduler`).
+    pub tls: TlsSection,
+    /// Client authentication and permissions (`serve` and `scheduler`).
+    pub auth: AuthSection,
+    /// The worker port and cluster certificates.
+    pub cluster: ClusterSection,
+}
+
+/// `[tls]`: TLS on the client port. Files are PEM; SIGHUP reloads them.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// The server's certificate chain (setting it turns TLS on).
+    pub cert: Option<PathBuf>,
+    /// The server's private key.
+    pub key: Option<PathBuf>,
+    /// CA certificates that sign client certificates: setting it turns mutual TLS on.
+    pub client_ca: Option<PathBuf>,
+    /// Client certificates admitted: patterns over the subject CN and SANs (default `["*"]`:
+    /// every certificate the client CA signed).
+    pub client_names: Vec<String>,
+    /// What an admitted client certificate may do (default cache-read, cache-write, execute).
+    pub client_permissions: Vec<String>,
+    /// On which instances (default `["*"]`).
+    pub client_instances: Vec<String>,
+}
+
+/// `[auth]`: bearer tokens, JWTs and anonymous access.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// A token file of hashed tokens (see docs/security.md).
+    pub token_file: Option<PathBuf>,
+    /// A JWT key: a PEM RSA or EC P-256 public key (RS256, ES256) or an HS256 secret.
+    pub jwt_key: Option<PathBuf>,
+    /// A JWKS file of JWT keys.
+    pub jwks: Option<PathBuf>,
+    /// Required JWT issuer (`iss`).
+    pub jwt_issuer: Option<String>,
+    /// Required JWT audience (`aud`).
+    pub jwt_audience: Option<String>,
+    /// Permissions of callers without credentials, e.g. `["cache-read"]`; empty refuses them.
+    /// With no authentication configured at all, everyone may do everything.
+    pub anonymous: Vec<String>,
+    /// Instances the anonymous permissions apply to (default `["*"]`).
+    pub anonymous_instances: Vec<String>,
+}
+
+/// `[cluster]`: the worker port and cluster membership.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// A separate port for workers (`scheduler` and `serve`); the client port then serves no
+    /// worker API.
+    pub worker_listen: Option<SocketAddr>,
+    /// CA of cluster certificates (default: `[tls] client_ca`).
+    pub ca: Option<PathBuf>,
+    /// Certificate names that mark a cluster member (default `["remexec-cluster"]`).
+    pub names: Vec<String>,
 }
 
 /// `[external]`: an object store or an upstream REAPI server behind the local stores.
@@ -217,6 +276,12 @@ pub struct WorkerSection {
     /// Extra properties every executor advertises, besides the detected OSFamily, Arch,
     /// cpu-count and memory-mb.
     pub properties: std::collections::BTreeMap<String, String>,
+    /// With a `grpcs://` scheduler: CA certificates to trust instead of the built-in roots.
+    pub tls_ca: Option<PathBuf>,
+    /// The worker's cluster certificate, presented to the scheduler.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for SchedulerSection {
@@ -247,6 +312,9 @@ impl Default for WorkerSection {
             scheduler: format!("grpc://{DEFAULT_LISTEN}"),
             cache_budget: ByteSize::gib(10),
             properties: Default::default(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -340,6 +408,9 @@ impl Default for Config {
             scheduler: SchedulerSection::default(),
             worker: WorkerSection::default(),
             external: ExternalSection::default(),
+            tls: TlsSection::default(),
+            auth: AuthSection::default(),
+            cluster: ClusterSection::default(),
         }
     }
 }

@@ -26,6 +26,9 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod dev_certs;
 pub mod exec;
+mod local;
+pub mod security;
 pub mod serve;
 pub mod server;

@@ -1,8 +1,9 @@
 //! The `remexec` binary. See `remexec --help`.
 
 use clap::Parser;
-use remexec_bin::cli::{Cli, Command};
-use remexec_bin::serve::{BoundServer, Role, run_worker, shutdown_signal};
+use remexec_bin::cli::{Cli, Command, TlsCommand};
+use remexec_bin::security::Security;
+use remexec_bin::serve::{BoundServer, Role, reload_on_sighup, run_worker, shutdown_signal};
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -32,6 +33,15 @@ fn main() -> std::process::ExitCode {
                 Ok(0)
             }
             Command::Exec(args) => remexec_bin::exec::run(args).await,
+            Command::Tls(TlsCommand::DevCerts { dir }) => {
+                remexec_bin::dev_certs::write(&dir).map_err(|e| e.to_string())?;
+                println!(
+                    "remexec: wrote {} into {} (demo certificates: never use them to guard a reachable server)",
+                    remexec_bin::dev_certs::FILES.join(", "),
+                    dir.display()
+                );
+                Ok(0)
+            }
             Command::Bench(args) => {
                 let report = remexec_bin::bench::run(&args, !args.json)
                     .await
@@ -60,11 +70,16 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: remexec_bin::config::Config, role: Role) -> Result<(), String> {
-    let server = BoundServer::bind(&config, role)
+    let security = Security::load(&config).map_err(|e| e.to_string())?;
+    let server = BoundServer::bind_secured(&config, role, security.clone())
         .await
         .map_err(|e| e.to_string())?;
+    let _reloader = reload_on_sighup(config.clone(), security);
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(data_dir = %config.data_dir.display(), ?role, "serving");
+    if let Some(worker_addr) = server.worker_addr().map_err(|e| e.to_string())? {
+        println!("remexec: worker port on {worker_addr}");
+    }
     println!("remexec: listening on {addr}");
     server
         .serve(shutdown_signal())

@@ -13,6 +13,7 @@ use remexec_worker::{ProcessIsolation, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::security::Security;
 pub use crate::server::BoundServer;
 use crate::server::ServerBuilder;
 
@@ -91,8 +92,15 @@ impl BoundServer {
     /// opens the stores `config` describes and binds its listen address (port 0 picks a free
     /// port). Only maps `config` onto a [`ServerBuilder`].
     pub async fn bind(config: &Config, role: Role) -> Result<Self> {
+        Self::bind_secured(config, role, Security::load(config)?).await
+    }
+
+    /// [`bind`](Self::bind) with `security` already loaded (keep a clone to
+    /// [`reload`](Security::reload) its certificates).
+    pub async fn bind_secured(config: &Config, role: Role, security: Security) -> Result<Self> {
         ServerBuilder::new(config.clone())
             .local_worker(role == Role::AllInOne)
+            .security(security)
             .bind()
             .await
     }
@@ -100,7 +108,8 @@ impl BoundServer {
 
 /// `remexec worker`: attaches to a scheduler and runs its leases until `shutdown`.
 pub async fn run_worker(config: &Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    let channel = remexec_core::client::connect_lazy(&config.worker.scheduler)?;
+    let tls = crate::security::worker_client_tls(config)?;
+    let channel = remexec_core::client::connect_lazy_with(&config.worker.scheduler, &tls)?;
     let cas: Arc<dyn BlobStore> = Arc::new(remexec_cas::GrpcStore::new(channel.clone()));
     let worker = Worker::new(worker_config(config, ""), cas, Arc::new(ProcessIsolation))?;
     let stop = CancellationToken::new();
@@ -111,6 +120,25 @@ pub async fn run_worker(config: &Config, shutdown: impl Future<Output = ()> + Se
         () = shutdown => stop.cancel(),
     }
     Ok(())
+}
+
+/// Reloads `security`'s certificates from `config`'s files on every SIGHUP, for as long as the
+/// returned task runs.
+pub fn reload_on_sighup(config: Config, security: Security) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match security.reload(&config) {
+                Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificates"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: reloading the TLS certificates failed; keeping the old ones")
+                }
+            }
+        }
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

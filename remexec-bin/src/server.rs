@@ -33,11 +33,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use remexec_cas::{
     CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions,
     GrpcActionCache, GrpcStore, MemoryActionCache, TieredActionCache, TieredStore, VerifyingStore,
 };
+use remexec_core::auth::{AuthLayer, AuthPolicy};
 use remexec_core::client::ClientTls;
+use remexec_core::tls::ServerTls;
 use remexec_core::{ActionCache, BlobStore, Error, Result};
 use remexec_scheduler::{ExecutionServices, ExecutorPool, Scheduler, WorkerPool};
 use remexec_worker::{Isolation, ProcessIsolation, Worker};
@@ -45,6 +48,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AcBackend, Config, ExternalKind, redact_url};
+use crate::security::Security;
 
 /// HTTP/2 flow-control windows: large enough that one stream can fill a fast link.
 const STREAM_WINDOW: u32 = remexec_core::client::STREAM_WINDOW;
@@ -97,6 +101,7 @@ pub async fn open_external(config: &Config) -> Result<Option<External>> {
             let tls = ClientTls {
                 ca_pem,
                 domain: section.tls_domain.clone(),
+                identity: None,
             };
             let channel = remexec_core::client::connect_lazy_with(&section.url, &tls)?;
             Ok(Some(External {
@@ -222,6 +227,7 @@ pub struct ServerBuilder {
     pool: Option<Arc<dyn ExecutorPool>>,
     isolation: Arc<dyn Isolation>,
     local_worker: bool,
+    security: Security,
 }
 
 impl ServerBuilder {
@@ -235,7 +241,15 @@ impl ServerBuilder {
             pool: None,
             isolation: Arc::new(ProcessIsolation),
             local_worker: true,
+            security: Security::default(),
         }
+    }
+
+    /// TLS, authentication and the worker port (default: plaintext, open, no worker port).
+    /// [`Security::load`] makes one from the config's `[tls]`, `[auth]` and `[cluster]`.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     /// Listens on `addr` instead of the config's `listen` (port 0 picks a free port).
@@ -319,8 +333,27 @@ impl ServerBuilder {
         let cache = CacheServices::new(Arc::clone(&store), ac)
             .with_limits(config.cache_limits())
             .with_execution(execution.capabilities());
+        let worker_port = match &self.security.worker_port {
+            Some(port) => {
+                let workers = workers.as_ref().ok_or_else(|| {
+                    Error::invalid("a worker port needs the WorkerPool, not a custom executor pool")
+                })?;
+                let listener = TcpListener::bind(port.listen).await.map_err(|e| {
+                    Error::io(format!("binding the worker port {}", port.listen), e)
+                })?;
+                // Workers read inputs and write outputs through the same CAS.
+                let routes = cache.clone().into_routes().add_service(workers.service());
+                Some(Port {
+                    listener,
+                    routes,
+                    tls: port.tls.clone(),
+                    auth: port.auth.clone(),
+                })
+            }
+            None => None,
+        };
         let mut routes = execution.add_to(cache.into_routes());
-        if let Some(workers) = &workers {
+        if let (Some(workers), None) = (&workers, &worker_port) {
             routes = routes.add_service(workers.service());
         }
         let local_worker = match self.local_worker {
@@ -336,19 +369,36 @@ impl ServerBuilder {
             .await
             .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
         Ok(BoundServer {
-            listener,
-            routes,
+            client_port: Port {
+                listener,
+                routes,
+                tls: self.security.tls,
+                auth: self.security.auth,
+            },
+            worker_port,
+            max_message_size: config.cache_limits().max_message_size,
             workers,
             local_worker,
         })
     }
 }
 
+/// One listening port: its routes, TLS and policy.
+#[derive(Debug)]
+struct Port {
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    tls: Option<ServerTls>,
+    auth: AuthPolicy,
+}
+
 /// A bound, not yet serving, server, from [`ServerBuilder::bind`].
 #[derive(Debug)]
 pub struct BoundServer {
-    listener: TcpListener,
-    routes: tonic::service::Routes,
+    client_port: Port,
+    /// The separate port of the worker API, if configured.
+    worker_port: Option<Port>,
+    max_message_size: usize,
     /// The pool workers attach to, unless a custom pool was given.
     workers: Option<WorkerPool>,
     local_worker: Option<Worker>,
@@ -357,49 +407,56 @@ pub struct BoundServer {
 impl BoundServer {
     /// The address actually bound.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener
+        self.client_port
+            .listener
             .local_addr()
             .map_err(|e| Error::io("reading the bound address", e))
     }
 
+    /// The worker port's address, if there is one.
+    pub fn worker_addr(&self) -> Result<Option<SocketAddr>> {
+        self.worker_port
+            .as_ref()
+            .map(|p| p.listener.local_addr())
+            .transpose()
+            .map_err(|e| Error::io("reading the worker port's address", e))
+    }
+
     /// Serves until `shutdown` completes, then lets in-flight requests finish (at most 20 s).
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let addr = self.local_addr()?;
         let stop = CancellationToken::new();
-        if let Some(worker) = self.local_worker {
-            // The local worker takes leases over the same protocol as remote ones, through
-            // loopback; its CAS is the server's own store, so blobs never cross the socket.
-            let channel = remexec_core::client::connect_lazy(&format!("grpc://{addr}"))?;
+        if let (Some(worker), Some(workers)) = (self.local_worker, &self.workers) {
+            // The local worker takes leases over the same protocol as remote ones, through an
+            // in-process pipe that no other process can reach; its CAS is the server's own
+            // store, so blobs never cross it.
+            let channel = crate::local::worker_channel(workers.service(), stop.clone());
             let stop = stop.clone();
             tokio::spawn(async move { worker.run(channel, stop).await });
         }
-        // `Server::tcp_nodelay` applies only to listeners tonic binds itself; set it per stream.
-        let incoming =
-            tokio_stream::wrappers::TcpListenerStream::new(self.listener).map(|stream| {
-                let stream = stream?;
-                stream.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(stream)
-            });
+        let max = self.max_message_size;
+        let client = serve_port(self.client_port, max, stop.clone());
+        let worker_port = match self.worker_port {
+            Some(port) => serve_port(port, max, stop.clone()),
+            None => Box::pin(async { Ok(()) }),
+        };
+        let servers = futures::future::try_join(client, worker_port);
         let workers = self.workers;
-        let result = tonic::transport::Server::builder()
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_routes(self.routes)
-            .serve_with_incoming_shutdown(incoming, async {
-                shutdown.await;
-                stop.cancel();
-                if let Some(workers) = &workers {
-                    workers.shutdown();
-                }
-            });
+        let trigger = async {
+            shutdown.await;
+            stop.cancel();
+            if let Some(workers) = &workers {
+                workers.shutdown();
+            }
+            futures::future::pending::<()>().await;
+        };
         // Requests in flight get a bounded time to finish once shutdown starts.
         let drained = async {
             stop.cancelled().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
         let result = tokio::select! {
-            r = result => r.map_err(|e| Error::Internal(format!("gRPC server failed: {e}"))),
+            r = servers => r.map(|_| ()),
+            () = trigger => Ok(()),
             () = drained => {
                 tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; exiting anyway");
                 Ok(())
@@ -407,6 +464,49 @@ impl BoundServer {
         };
         stop.cancel();
         result
+    }
+}
+
+/// Serves one port until `stop`: over TLS if it has TLS, every request through its
+/// [`AuthLayer`].
+fn serve_port(
+    port: Port,
+    max_message_size: usize,
+    stop: CancellationToken,
+) -> BoxFuture<'static, Result<()>> {
+    let router = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(AuthLayer::new(port.auth, max_message_size))
+        .add_routes(port.routes);
+    let shutdown = async move { stop.cancelled().await };
+    let failed = |e: tonic::transport::Error| Error::Internal(format!("gRPC server failed: {e}"));
+    match port.tls {
+        Some(tls) => {
+            let incoming = tls.incoming(port.listener);
+            Box::pin(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                    .map_err(failed)
+            })
+        }
+        None => {
+            // `Server::tcp_nodelay` applies only to listeners tonic binds itself; set it per stream.
+            let incoming =
+                tokio_stream::wrappers::TcpListenerStream::new(port.listener).map(|stream| {
+                    let stream = stream?;
+                    stream.set_nodelay(true)?;
+                    Ok::<_, std::io::Error>(stream)
+                });
+            Box::pin(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                    .map_err(failed)
+            })
+        }
     }
 }
 

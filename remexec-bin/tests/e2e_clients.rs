@@ -215,3 +215,126 @@ fn bazel_build_succeeds_when_the_worker_running_its_action_is_killed() {
         let _ = w.wait();
     }
 }
+
+#[test]
+fn bazel_builds_remotely_over_mutual_tls_and_a_worker_without_the_cluster_certificate_is_shut_out()
+{
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    common::dev_certs(certs.path());
+    let c = |name: &str| common::path_arg(certs.path(), name);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let scheduler = ServerProcess::start_role(
+        "scheduler",
+        dirs[0].path(),
+        &[
+            "--tls-cert",
+            &c("server.pem"),
+            "--tls-key",
+            &c("server.key"),
+            "--client-ca",
+            &c("ca.pem"),
+            "--worker-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let worker_url = format!(
+        "grpcs://localhost:{}",
+        scheduler.worker_addr.unwrap().port()
+    );
+    let identity = |name: &str| {
+        vec![
+            "--tls-ca".to_string(),
+            c("ca.pem"),
+            "--tls-cert".into(),
+            c(&format!("{name}.pem")),
+            "--tls-key".into(),
+            c(&format!("{name}.key")),
+        ]
+    };
+    let cluster = identity("cluster");
+    let cluster: Vec<&str> = cluster.iter().map(String::as_str).collect();
+    let client = identity("client");
+    let client: Vec<&str> = client.iter().map(String::as_str).collect();
+    let log = dirs[2].path().join("intruder.log");
+    let mut workers = vec![
+        common::start_worker_at(
+            &worker_url,
+            "member",
+            dirs[1].path(),
+            2,
+            &cluster,
+            std::process::Stdio::inherit(),
+        ),
+        common::start_worker_at(
+            &worker_url,
+            "intruder",
+            dirs[2].path(),
+            2,
+            &client,
+            std::fs::File::create(&log).unwrap().into(),
+        ),
+    ];
+    let flags = format!(
+        "--tls_certificate={} --tls_client_certificate={} --tls_client_key={}",
+        c("ca.pem"),
+        c("client.pem"),
+        c("client.key")
+    );
+    let url = format!("grpcs://localhost:{}", scheduler.addr.port());
+    exec_e2e(&url, &bazel, &[("BAZEL_EXTRA_FLAGS", &flags)]);
+    let ran =
+        |d: &std::path::Path| std::fs::read_dir(d.join("worker/cache")).map_or(0, |d| d.count());
+    assert!(ran(dirs[1].path()) > 1, "the cluster member ran nothing");
+    assert!(
+        ran(dirs[2].path()) <= 1,
+        "the worker with a client certificate ran actions"
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("not allowed"), "the intruder's log: {log}");
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}
+
+#[test]
+fn bazel_builds_remotely_over_tls_with_a_bearer_token() {
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    common::dev_certs(certs.path());
+    let c = |name: &str| common::path_arg(certs.path(), name);
+    let token = "e2e-token-0123456789";
+    std::fs::write(
+        certs.path().join("tokens.toml"),
+        format!(
+            "[[token]]\nname = \"bazel\"\nsha256 = \"{}\"\npermissions = [\"cache-read\", \"cache-write\", \"execute\"]\n",
+            remexec_core::auth::hash_token(token)
+        ),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        data.path(),
+        &[
+            "--tls-cert",
+            &c("server.pem"),
+            "--tls-key",
+            &c("server.key"),
+            "--token-file",
+            &c("tokens.toml"),
+        ],
+    );
+    let url = format!("grpcs://localhost:{}", server.addr.port());
+    let tls = format!("--tls_certificate={}", c("ca.pem"));
+    let header = format!("--remote_header=authorization=Bearer {token}");
+    exec_e2e(
+        &url,
+        &bazel,
+        &[("BAZEL_EXTRA_FLAGS", &tls), ("BAZEL_EXTRA_FLAG", &header)],
+    );
+}

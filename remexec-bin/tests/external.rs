@@ -228,7 +228,7 @@ async fn an_upstream_over_tls_is_reached_with_its_ca_and_refused_without() {
     let (back, url) = serve_tls(&cert, &key).await;
     let with_ca = ClientTls {
         ca_pem: Some(ca.clone().into_bytes()),
-        domain: None,
+        ..ClientTls::default()
     };
     let channel = remexec_core::client::connect_with(&url, &with_ca)
         .await
@@ -258,7 +258,7 @@ async fn an_upstream_over_tls_is_reached_with_its_ca_and_refused_without() {
         ClientTls::default(),
         ClientTls {
             ca_pem: Some(other_ca.into_bytes()),
-            domain: None,
+            ..ClientTls::default()
         },
         ClientTls {
             domain: Some("example.com".into()),

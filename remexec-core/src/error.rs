@@ -43,6 +43,13 @@ pub enum Error {
     /// The request is valid REAPI but this server does not do it.
     #[error("{0}")]
     Unimplemented(String),
+    /// The caller did not prove who it is: no credentials where they are required, or
+    /// credentials that are not valid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A local I/O operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -77,6 +84,8 @@ impl Error {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::OutOfRange(_) => Code::OutOfRange,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
@@ -124,6 +133,8 @@ impl From<tonic::Status> for Error {
         match status.code() {
             Code::InvalidArgument => Self::InvalidArgument(message),
             Code::NotFound => Self::NotFound(message),
+            Code::Unauthenticated => Self::Unauthenticated(message),
+            Code::PermissionDenied => Self::PermissionDenied(message),
             Code::AlreadyExists => Self::AlreadyExists(message),
             Code::OutOfRange => Self::OutOfRange(message),
             Code::FailedPrecondition => Self::FailedPrecondition(message),

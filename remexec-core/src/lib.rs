@@ -7,6 +7,8 @@
 //! - Merkle helpers for `Directory` and `Tree` messages ([`merkle`]);
 //! - file-system helpers that never follow a symlink or block on a FIFO ([`fs`]);
 //! - the [`BlobStore`] and [`ActionCache`] traits that storage backends implement;
+//! - authentication and per-instance permissions, enforced by one tower layer ([`auth`]);
+//! - server-side TLS with reloadable certificates ([`tls`]);
 //! - the [`enum@Error`] enum, whose [`Error::code`] is the one place gRPC codes are chosen;
 //! - with the `testing` feature, conformance suites that every backend runs.
 //!
@@ -25,6 +27,7 @@
 //! ```
 
 mod action_cache;
+pub mod auth;
 mod blob_store;
 pub mod client;
 mod digest;
@@ -35,6 +38,7 @@ pub mod merkle;
 mod resource;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 pub use action_cache::ActionCache;
 pub use blob_store::{BlobStore, BlobStoreExt, ChunkStream, ReadRange, collect_chunks};

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The separate worker port, if the server has one.
+    pub worker_addr: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -71,17 +73,25 @@ impl ServerProcess {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut worker_addr = None;
         let addr = loop {
             assert!(Instant::now() < deadline, "server did not start");
             let line = lines
                 .next()
                 .expect("server exited before listening")
                 .expect("read stdout");
+            if let Some(addr) = line.strip_prefix("remexec: worker port on ") {
+                worker_addr = Some(addr.parse().expect("worker address"));
+            }
             if let Some(addr) = line.strip_prefix("remexec: listening on ") {
                 break addr.parse().expect("address");
             }
         };
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            worker_addr,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -163,11 +173,31 @@ pub fn start_worker(
     data_dir: &Path,
     executors: usize,
 ) -> Child {
+    start_worker_at(
+        &scheduler.url(),
+        name,
+        data_dir,
+        executors,
+        &[],
+        Stdio::inherit(),
+    )
+}
+
+/// Starts `remexec worker` attached to the scheduler at `url`, with extra flags, its stderr
+/// going to `stderr`.
+pub fn start_worker_at(
+    url: &str,
+    name: &str,
+    data_dir: &Path,
+    executors: usize,
+    extra: &[&str],
+    stderr: Stdio,
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_remexec"))
         .args([
             "worker",
             "--scheduler",
-            &scheduler.url(),
+            url,
             "--name",
             name,
             "--executors",
@@ -175,10 +205,28 @@ pub fn start_worker(
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(extra)
         .env("REMEXEC_LOG", "warn")
         .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start worker")
+}
+
+/// `remexec tls dev-certs DIR`, exactly as the docs show it.
+pub fn dev_certs(dir: &Path) {
+    let status = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(["tls", "dev-certs"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run remexec tls dev-certs");
+    assert!(status.success());
+}
+
+/// `dir/name` as a flag value.
+pub fn path_arg(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
 }
 
 /// Runs `remexec exec` against `server`; returns (exit code, stdout, stderr).

@@ -39,12 +39,32 @@ pub struct ClientTls {
     pub ca_pem: Option<Vec<u8>>,
     /// The name the server's certificate must carry, if not the host of the URL.
     pub domain: Option<String>,
+    /// A client certificate to present, for servers that require mutual TLS.
+    pub identity: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its private key, both PEM. `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The certificate chain, leaf first.
+    pub cert_pem: Vec<u8>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"***")
+            .finish()
+    }
 }
 
 impl ClientTls {
     /// Whether anything differs from the default.
     fn is_set(&self) -> bool {
-        self.ca_pem.is_some() || self.domain.is_some()
+        self.ca_pem.is_some() || self.domain.is_some() || self.identity.is_some()
     }
 
     fn config(&self, url: &str) -> Result<ClientTlsConfig> {
@@ -65,6 +85,12 @@ impl ClientTls {
         };
         if let Some(domain) = &self.domain {
             config = config.domain_name(domain.clone());
+        }
+        if let Some(identity) = &self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                &identity.cert_pem,
+                &identity.key_pem,
+            ));
         }
         Ok(config)
     }

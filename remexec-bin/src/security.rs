@@ -1,0 +1,268 @@
+//! `[tls]`, `[auth]` and `[cluster]`: reads the files they name and maps them onto remexec-core's
+//! [`ServerTls`] and [`AuthPolicy`], for the client port, the worker port and the worker's own
+//! link to its scheduler. This is the only place these files are read; SIGHUP calls
+//! [`Security::reload`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use remexec_core::auth::{
+    AuthPolicy, CertRule, Grant, JwtSettings, JwtVerifier, Pattern, Permission, TokenSet,
+};
+use remexec_core::client::{ClientIdentity, ClientTls};
+use remexec_core::tls::{ClientCerts, ServerTls, TlsMaterial};
+use remexec_core::{Error, Result};
+
+use crate::config::Config;
+
+/// The name a cluster certificate carries unless `[cluster] names` says otherwise.
+pub const DEFAULT_CLUSTER_NAME: &str = "remexec-cluster";
+
+/// TLS and authentication of a server's ports.
+#[derive(Clone, Debug)]
+pub struct Security {
+    /// TLS on the client port, if configured.
+    pub tls: Option<ServerTls>,
+    /// Who may do what on the client port.
+    pub auth: AuthPolicy,
+    /// The separate worker port, if configured.
+    pub worker_port: Option<WorkerPort>,
+}
+
+/// A port that serves only the cluster: the worker API and the CAS for workers.
+#[derive(Clone, Debug)]
+pub struct WorkerPort {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// TLS with required cluster client certificates, when the server has TLS.
+    pub tls: Option<ServerTls>,
+    /// Only cluster members, or everyone on a plaintext cluster.
+    pub auth: AuthPolicy,
+}
+
+impl Default for Security {
+    /// Plaintext, no authentication, no worker port: today's trusted-network server.
+    fn default() -> Self {
+        Self {
+            tls: None,
+            auth: AuthPolicy::open(),
+            worker_port: None,
+        }
+    }
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))
+}
+
+fn read_text(path: &Path, what: &str) -> Result<String> {
+    String::from_utf8(read(path, what)?)
+        .map_err(|_| Error::invalid(format!("the {what} {} is not UTF-8", path.display())))
+}
+
+fn or_default(values: &[String], default: &[&str]) -> Vec<String> {
+    if values.is_empty() {
+        default.iter().map(|s| s.to_string()).collect()
+    } else {
+        values.to_vec()
+    }
+}
+
+fn cluster_names(config: &Config) -> Vec<Pattern> {
+    or_default(&config.cluster.names, &[DEFAULT_CLUSTER_NAME])
+        .into_iter()
+        .map(Pattern::new)
+        .collect()
+}
+
+impl Security {
+    /// Reads and checks everything `config` configures.
+    pub fn load(config: &Config) -> Result<Self> {
+        let auth = client_policy(config)?;
+        let tls = match client_material(config, &auth)? {
+            Some(material) => Some(ServerTls::new(&material)?),
+            None => None,
+        };
+        let worker_port = match config.cluster.worker_listen {
+            None => None,
+            Some(listen) => Some(worker_port(config, listen)?),
+        };
+        Ok(Self {
+            tls,
+            auth,
+            worker_port,
+        })
+    }
+
+    /// Re-reads the certificate files for connections accepted from now on (SIGHUP). The
+    /// policy (tokens, keys) stays as loaded at start.
+    pub fn reload(&self, config: &Config) -> Result<()> {
+        if let (Some(tls), Some(material)) = (&self.tls, client_material(config, &self.auth)?) {
+            tls.reload(&material)?;
+        }
+        if let Some(port) = &self.worker_port
+            && let (Some(tls), Some(material)) = (&port.tls, worker_material(config)?)
+        {
+            tls.reload(&material)?;
+        }
+        Ok(())
+    }
+}
+
+/// The client port's policy: open unless `[tls] client_ca`, a token file, a JWT key or
+/// anonymous permissions are configured.
+fn client_policy(config: &Config) -> Result<AuthPolicy> {
+    let (tls, auth) = (&config.tls, &config.auth);
+    let configured = tls.client_ca.is_some()
+        || auth.token_file.is_some()
+        || auth.jwt_key.is_some()
+        || auth.jwks.is_some()
+        || !auth.anonymous.is_empty();
+    if !configured {
+        return Ok(AuthPolicy::open());
+    }
+    let mut policy = AuthPolicy::builder();
+    if let Some(path) = &auth.token_file {
+        policy = policy.tokens(TokenSet::parse(&read_text(path, "token file")?)?);
+    }
+    let settings = JwtSettings {
+        issuer: auth.jwt_issuer.clone(),
+        audience: auth.jwt_audience.clone(),
+        leeway_secs: 0,
+    };
+    policy = match (&auth.jwt_key, &auth.jwks) {
+        (Some(_), Some(_)) => return Err(Error::invalid("set one of jwt_key and jwks, not both")),
+        (Some(key), None) => policy.jwt(JwtVerifier::from_key(&read(key, "JWT key")?, settings)?),
+        (None, Some(jwks)) => {
+            policy.jwt(JwtVerifier::from_jwks(&read_text(jwks, "JWKS")?, settings)?)
+        }
+        (None, None) => policy,
+    };
+    if tls.client_ca.is_some() {
+        let default_permissions = [
+            Permission::CacheRead,
+            Permission::CacheWrite,
+            Permission::Execute,
+        ];
+        let permissions = if tls.client_permissions.is_empty() {
+            default_permissions
+                .iter()
+                .map(|p| p.name().to_string())
+                .collect()
+        } else {
+            tls.client_permissions.clone()
+        };
+        policy = policy
+            .cert_rule(CertRule {
+                names: or_default(&tls.client_names, &["*"])
+                    .into_iter()
+                    .map(Pattern::new)
+                    .collect(),
+                grant: Grant::parse(&permissions, &or_default(&tls.client_instances, &["*"]))?,
+            })
+            .cluster_names(cluster_names(config));
+    }
+    if !auth.anonymous.is_empty() {
+        policy = policy.anonymous(Grant::parse(
+            &auth.anonymous,
+            &or_default(&auth.anonymous_instances, &["*"]),
+        )?);
+    }
+    Ok(policy.build())
+}
+
+fn client_material(config: &Config, auth: &AuthPolicy) -> Result<Option<TlsMaterial>> {
+    let tls = &config.tls;
+    let (cert, key) = match (&tls.cert, &tls.key) {
+        (None, None) => {
+            if tls.client_ca.is_some() {
+                return Err(Error::invalid("[tls] client_ca needs cert and key too"));
+            }
+            return Ok(None);
+        }
+        (Some(cert), Some(key)) => (cert, key),
+        _ => return Err(Error::invalid("[tls] needs both cert and key")),
+    };
+    let client_certs = match (&tls.client_ca, auth.certificate_optional()) {
+        (None, _) => ClientCerts::None,
+        (Some(_), true) => ClientCerts::Optional,
+        (Some(_), false) => ClientCerts::Required,
+    };
+    Ok(Some(TlsMaterial {
+        cert_pem: read(cert, "TLS certificate")?,
+        key_pem: read(key, "TLS key")?,
+        client_ca_pem: match &tls.client_ca {
+            Some(path) => Some(read(path, "client CA")?),
+            None => None,
+        },
+        client_certs,
+    }))
+}
+
+fn worker_port(config: &Config, listen: SocketAddr) -> Result<WorkerPort> {
+    match worker_material(config)? {
+        Some(material) => Ok(WorkerPort {
+            listen,
+            tls: Some(ServerTls::new(&material)?),
+            auth: AuthPolicy::builder()
+                .cluster_names(cluster_names(config))
+                .build(),
+        }),
+        None => {
+            tracing::warn!(%listen, "the worker port is plaintext and open: configure [tls] to require cluster certificates");
+            Ok(WorkerPort {
+                listen,
+                tls: None,
+                auth: AuthPolicy::open(),
+            })
+        }
+    }
+}
+
+/// The worker port's TLS: the server's certificate, and required client certificates from the
+/// cluster CA.
+fn worker_material(config: &Config) -> Result<Option<TlsMaterial>> {
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
+        return Ok(None);
+    };
+    let ca = config
+        .cluster
+        .ca
+        .as_ref()
+        .or(config.tls.client_ca.as_ref())
+        .ok_or_else(|| {
+            Error::invalid("with TLS, the worker port needs [cluster] ca (or [tls] client_ca)")
+        })?;
+    Ok(Some(TlsMaterial {
+        cert_pem: read(cert, "TLS certificate")?,
+        key_pem: read(key, "TLS key")?,
+        client_ca_pem: Some(read(ca, "cluster CA")?),
+        client_certs: ClientCerts::Required,
+    }))
+}
+
+/// How `remexec worker` reaches its scheduler: `[worker] tls_ca` to trust and its cluster
+/// certificate `tls_cert`/`tls_key`.
+pub fn worker_client_tls(config: &Config) -> Result<ClientTls> {
+    let worker = &config.worker;
+    let identity = match (&worker.tls_cert, &worker.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(ClientIdentity {
+            cert_pem: read(cert, "worker certificate")?,
+            key_pem: read(key, "worker key")?,
+        }),
+        _ => {
+            return Err(Error::invalid(
+                "the worker needs both --tls-cert and --tls-key",
+            ));
+        }
+    };
+    Ok(ClientTls {
+        ca_pem: match &worker.tls_ca {
+            Some(path) => Some(read(path, "scheduler CA")?),
+            None => None,
+        },
+        domain: None,
+        identity,
+    })
+}

@@ -1,0 +1,359 @@
+//! Unit tests of the policy: patterns, tokens, JWTs, certificates and the method table.
+
+#![allow(clippy::unwrap_used)]
+
+use jsonwebtoken::{EncodingKey, Header};
+
+use super::*;
+
+fn headers(authorization: &str) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", authorization.parse().unwrap());
+    headers
+}
+
+const READ: Need = Need::Permission(Permission::CacheRead);
+const WRITE: Need = Need::Permission(Permission::CacheWrite);
+
+#[test]
+fn patterns_glob_with_stars_only() {
+    for (pattern, name, expected) in [
+        ("*", "", true),
+        ("*", "a/b", true),
+        ("", "", true),
+        ("", "a", false),
+        ("a", "a", true),
+        ("a", "ab", false),
+        ("team-*", "team-a/x", true),
+        ("team-*", "team", false),
+        ("*-ci", "x-ci", true),
+        ("a*b*c", "aXbYc", true),
+        ("a*b*c", "aXbY", false),
+        ("?", "a", false),
+        ("**", "anything", true),
+    ] {
+        assert_eq!(
+            Pattern::new(pattern).matches(name),
+            expected,
+            "{pattern:?} ~ {name:?}"
+        );
+    }
+    // A hostile pattern is still fast (linear with backtracking to the last star).
+    let long = "a".repeat(10_000);
+    assert!(!Pattern::new(format!("{}b", "*a".repeat(100))).matches(&long));
+}
+
+fn token_file(entries: &[(&str, &str, &[&str], &[&str])]) -> String {
+    let mut text = String::new();
+    for (name, token, permissions, instances) in entries {
+        text += &format!(
+            "[[token]]\nname = {name:?}\nsha256 = {:?}\npermissions = {permissions:?}\ninstances = {instances:?}\n",
+            hash_token(token)
+        );
+    }
+    text
+}
+
+#[test]
+fn tokens_grant_their_permissions_on_their_instances_only() {
+    let tokens = TokenSet::parse(&token_file(&[
+        ("reader", "read-token", &["cache-read"], &["a"]),
+        (
+            "ci",
+            "ci-token",
+            &["cache-read", "cache-write", "execute"],
+            &["*"],
+        ),
+    ]))
+    .unwrap();
+    let policy = AuthPolicy::builder().tokens(tokens).build();
+    let reader = policy
+        .authenticate(&headers("Bearer read-token"), None)
+        .unwrap();
+    assert_eq!(reader.name, "reader");
+    assert!(reader.allows(READ, "a"));
+    assert!(!reader.allows(READ, "b"));
+    assert!(!reader.allows(WRITE, "a"));
+    assert!(!reader.allows(Need::Cluster, "a"));
+    let ci = policy
+        .authenticate(&headers("bearer ci-token"), None)
+        .unwrap();
+    assert!(ci.allows(WRITE, "anything/at/all"));
+    assert!(!ci.allows(Need::Permission(Permission::Admin), "a"));
+
+    for bad in [
+        "Bearer wrong",
+        "Basic cmVhZC10b2tlbg==",
+        "Bearer",
+        "read-token",
+    ] {
+        let error = policy.authenticate(&headers(bad), None).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unauthenticated, "{bad}");
+        assert!(!error.to_string().contains("read-token"), "{error}");
+    }
+    let none = policy
+        .authenticate(&http::HeaderMap::new(), None)
+        .unwrap_err();
+    assert_eq!(none.code(), tonic::Code::Unauthenticated);
+}
+
+#[test]
+fn anonymous_callers_get_the_anonymous_grant_but_a_bad_token_is_still_refused() {
+    let tokens =
+        TokenSet::parse(&token_file(&[("ci", "ci-token", &["cache-write"], &["*"])])).unwrap();
+    let policy = AuthPolicy::builder()
+        .tokens(tokens)
+        .anonymous(Grant::new([Permission::CacheRead], vec![Pattern::new("*")]))
+        .build();
+    let anonymous = policy.authenticate(&http::HeaderMap::new(), None).unwrap();
+    assert!(anonymous.allows(READ, ""));
+    assert!(!anonymous.allows(WRITE, ""));
+    let wrong = policy
+        .authenticate(&headers("Bearer nope"), None)
+        .unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    let open = AuthPolicy::open()
+        .authenticate(&http::HeaderMap::new(), None)
+        .unwrap();
+    assert!(open.allows(Need::Cluster, "x") && open.allows(WRITE, "x"));
+}
+
+#[test]
+fn token_files_are_checked_and_never_echo_a_hash() {
+    let hash = hash_token("t");
+    for (text, expected) in [
+        (
+            "[[token]]\nname = \"x\"\nsha256 = \"abc\"\npermissions = [\"cache-read\"]\n",
+            "64 hex digits",
+        ),
+        (
+            &*format!("[[token]]\nname = \"x\"\nsha256 = \"{hash}\"\npermissions = []\n"),
+            "no permissions",
+        ),
+        (
+            &*format!("[[token]]\nname = \"x\"\nsha256 = \"{hash}\"\npermissions = [\"root\"]\n"),
+            "unknown permission",
+        ),
+        (
+            &*format!(
+                "[[token]]\nname = \"x\"\nsha256 = \"{hash}\"\npermissions = [\"admin\"]\nextra = 1\n"
+            ),
+            "unknown field",
+        ),
+        (
+            &*format!(
+                "[[token]]\nname = \"x\"\nsha256 = \"{hash}\"\npermissions = [\"admin\"]\n[[token]]\nname = \"y\"\nsha256 = \"{hash}\"\npermissions = [\"admin\"]\n"
+            ),
+            "twice",
+        ),
+    ] {
+        let error = TokenSet::parse(text).unwrap_err().to_string();
+        assert!(error.contains(expected), "{error}");
+        assert!(!error.contains(&hash), "{error}");
+    }
+    let set = TokenSet::parse(&token_file(&[("n", "secret-token", &["admin"], &["*"])])).unwrap();
+    assert!(!format!("{set:?}").contains(&hash_token("secret-token")));
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    permissions: &'a [&'a str],
+    instances: &'a [&'a str],
+}
+
+fn hs(key: &[u8]) -> EncodingKey {
+    EncodingKey::from_secret(key).unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn jwts_are_verified_mapped_to_grants_and_refused_when_expired() {
+    let secret = b"0123456789abcdef0123456789abcdef-hs256";
+    let verifier = JwtVerifier::from_key(secret, JwtSettings::default()).unwrap();
+    let policy = AuthPolicy::builder().jwt(verifier).build();
+    let sign = |exp: u64, key: &[u8]| {
+        let claims = Claims {
+            sub: "alice",
+            exp,
+            permissions: &["cache-read"],
+            instances: &["a"],
+        };
+        jsonwebtoken::encode(&Header::default(), &claims, &hs(key)).unwrap()
+    };
+    let alice = policy
+        .authenticate(
+            &headers(&format!("Bearer {}", sign(now() + 600, secret))),
+            None,
+        )
+        .unwrap();
+    assert_eq!((alice.name.as_str(), alice.method), ("alice", Method::Jwt));
+    assert!(alice.allows(READ, "a") && !alice.allows(READ, "b") && !alice.allows(WRITE, "a"));
+
+    let expired = policy
+        .authenticate(
+            &headers(&format!("Bearer {}", sign(now() - 600, secret))),
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(expired.code(), tonic::Code::Unauthenticated);
+    assert!(expired.to_string().contains("expired"), "{expired}");
+    let forged = policy
+        .authenticate(
+            &headers(&format!(
+                "Bearer {}",
+                sign(now() + 600, b"another-secret-another-secret-xx")
+            )),
+            None,
+        )
+        .unwrap_err();
+    assert!(forged.to_string().contains("signature"), "{forged}");
+}
+
+#[test]
+fn es256_keys_and_jwks_verify_their_own_tokens_only() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let verifier =
+        JwtVerifier::from_key(key.public_key_pem().as_bytes(), JwtSettings::default()).unwrap();
+    let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    let claims = Claims {
+        sub: "ci",
+        exp: now() + 600,
+        permissions: &["execute"],
+        instances: &["*"],
+    };
+    let token = jsonwebtoken::encode(
+        &Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &encoding,
+    )
+    .unwrap();
+    let ci = verifier.verify(&token).unwrap();
+    assert!(ci.allows(Need::Permission(Permission::Execute), "x"));
+    // An HS256 token made with the public key as its secret is refused (algorithm confusion).
+    let confused = jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &hs(key.public_key_pem().as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        verifier.verify(&confused).unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+
+    let jwks =
+        r#"{"keys":[{"kty":"oct","kid":"k1","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
+    let verifier = JwtVerifier::from_jwks(jwks, JwtSettings::default()).unwrap();
+    let mut header = Header {
+        kid: Some("k1".into()),
+        ..Header::default()
+    };
+    let token =
+        jsonwebtoken::encode(&header, &claims, &hs(b"0123456789abcdef0123456789abcdef")).unwrap();
+    assert_eq!(verifier.verify(&token).unwrap().name, "ci");
+    header.kid = Some("k2".into());
+    let other =
+        jsonwebtoken::encode(&header, &claims, &hs(b"0123456789abcdef0123456789abcdef")).unwrap();
+    assert!(verifier.verify(&other).is_err());
+}
+
+#[test]
+fn certificates_are_mapped_by_name_and_cluster_names_make_members() {
+    let make = |cn: &str, san: &str| {
+        let mut params = rcgen::CertificateParams::new(vec![san.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    };
+    let client = make("remexec-client", "builder.ci.example");
+    let cluster = make("remexec-cluster", "remexec-cluster");
+    assert_eq!(
+        certificate_names(&client).unwrap(),
+        ["remexec-client", "builder.ci.example"]
+    );
+    let policy = AuthPolicy::builder()
+        .cert_rule(CertRule {
+            names: vec![Pattern::new("*.ci.example")],
+            grant: Grant::new([Permission::CacheRead], vec![Pattern::new("*")]),
+        })
+        .cluster_names(vec![Pattern::new("remexec-cluster")])
+        .build();
+    let none = http::HeaderMap::new();
+    let who = policy
+        .authenticate(&none, Some(std::slice::from_ref(&client)))
+        .unwrap();
+    assert!(who.allows(READ, "x") && !who.allows(Need::Cluster, ""));
+    let member = policy
+        .authenticate(&none, Some(std::slice::from_ref(&cluster)))
+        .unwrap();
+    assert!(member.cluster);
+    let stranger = make("someone", "else.example");
+    let refused = policy
+        .authenticate(&none, Some(std::slice::from_ref(&stranger)))
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+}
+
+#[test]
+fn every_reapi_method_needs_a_permission() {
+    use methods::InstanceFrom;
+    for (path, need, from) in [
+        (
+            "/build.bazel.remote.execution.v2.ActionCache/GetActionResult",
+            READ,
+            InstanceFrom::InstanceField,
+        ),
+        (
+            "/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult",
+            WRITE,
+            InstanceFrom::InstanceField,
+        ),
+        (
+            "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchUpdateBlobs",
+            WRITE,
+            InstanceFrom::InstanceField,
+        ),
+        (
+            "/google.bytestream.ByteStream/Write",
+            WRITE,
+            InstanceFrom::ResourceField,
+        ),
+        (
+            "/google.bytestream.ByteStream/Read",
+            READ,
+            InstanceFrom::ResourceField,
+        ),
+        (
+            "/build.bazel.remote.execution.v2.Execution/Execute",
+            Need::Permission(Permission::Execute),
+            InstanceFrom::InstanceField,
+        ),
+        (
+            "/remexec.worker.v1.WorkerService/Attach",
+            Need::Cluster,
+            InstanceFrom::None,
+        ),
+        (
+            "/unknown.Service/Method",
+            Need::Permission(Permission::Admin),
+            InstanceFrom::None,
+        ),
+        (
+            "garbage",
+            Need::Permission(Permission::Admin),
+            InstanceFrom::None,
+        ),
+    ] {
+        assert_eq!(method_need(path), (need, from), "{path}");
+    }
+}
