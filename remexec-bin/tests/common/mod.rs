@@ -370,3 +370,13 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// A child process killed when dropped, so that a failing test leaves none behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
