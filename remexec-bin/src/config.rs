@@ -395,6 +395,26 @@ pub struct LimitsConfig {
     pub max_batch_total_size: ByteSize,
     /// Most bytes inlined into one GetActionResult reply.
     pub max_inline_size: ByteSize,
+    /// Largest gRPC message accepted or sent (0: twice max_batch_total_size, at least 8 MiB).
+    pub max_message_size: ByteSize,
+    /// Largest blob accepted by ByteStream Write or BatchUpdateBlobs.
+    pub max_blob_size: ByteSize,
+    /// Most digests in one FindMissingBlobs request.
+    pub max_find_missing_digests: usize,
+    /// Most blobs in one BatchUpdateBlobs or BatchReadBlobs request.
+    pub max_batch_blobs: usize,
+    /// Deepest input tree (at Execute, and in the worker's staging).
+    pub max_tree_depth: u64,
+    /// Most entries of an input tree laid out (at Execute, and in the worker's staging).
+    pub max_tree_entries: u64,
+    /// Most bytes of a Command's arguments and environment.
+    pub max_command_size: ByteSize,
+    /// Most concurrent gRPC streams (calls) per connection.
+    pub max_concurrent_streams: u32,
+    /// Bytes a client may have in flight per connection (HTTP/2 connection window).
+    pub connection_window: ByteSize,
+    /// Bytes a client may have in flight per stream (HTTP/2 stream window).
+    pub stream_window: ByteSize,
 }
 
 impl Default for Config {
@@ -438,9 +458,20 @@ impl Default for ActionCacheConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         let defaults = remexec_cas::Limits::default();
+        let scheduler = remexec_scheduler::SchedulerConfig::default();
         Self {
             max_batch_total_size: ByteSize::b(defaults.max_batch_total_size),
             max_inline_size: ByteSize::b(defaults.max_inline_size),
+            max_message_size: ByteSize::b(0),
+            max_blob_size: ByteSize::b(defaults.max_blob_size),
+            max_find_missing_digests: defaults.max_find_missing_digests,
+            max_batch_blobs: defaults.max_batch_blobs,
+            max_tree_depth: scheduler.tree_limits.max_depth,
+            max_tree_entries: scheduler.tree_limits.max_entries,
+            max_command_size: ByteSize::b(scheduler.max_command_size as u64),
+            max_concurrent_streams: 1000,
+            connection_window: ByteSize::b(u64::from(remexec_core::client::CONNECTION_WINDOW)),
+            stream_window: ByteSize::b(u64::from(remexec_core::client::STREAM_WINDOW)),
         }
     }
 }
@@ -472,12 +503,69 @@ impl Config {
     /// The cache services' limits.
     pub fn cache_limits(&self) -> remexec_cas::Limits {
         let mut limits = remexec_cas::Limits::default();
-        limits.max_batch_total_size = self.limits.max_batch_total_size.as_u64();
-        limits.max_message_size = (limits.max_batch_total_size as usize)
-            .saturating_mul(2)
-            .max(limits.max_message_size);
-        limits.max_inline_size = self.limits.max_inline_size.as_u64();
+        let l = &self.limits;
+        limits.max_batch_total_size = l.max_batch_total_size.as_u64();
+        limits.max_message_size = match usize::try_from(l.max_message_size.as_u64()) {
+            Ok(0) | Err(_) => (limits.max_batch_total_size as usize)
+                .saturating_mul(2)
+                .max(limits.max_message_size),
+            Ok(size) => size,
+        };
+        limits.max_inline_size = l.max_inline_size.as_u64();
+        limits.max_blob_size = l.max_blob_size.as_u64();
+        limits.max_find_missing_digests = l.max_find_missing_digests;
+        limits.max_batch_blobs = l.max_batch_blobs;
         limits
+    }
+
+    /// `[limits]`'s tree depth and entries.
+    pub fn tree_limits(&self) -> remexec_core::merkle::TreeLimits {
+        remexec_core::merkle::TreeLimits {
+            max_entries: self.limits.max_tree_entries,
+            max_depth: self.limits.max_tree_depth,
+        }
+    }
+
+    /// The scheduler's configuration: `[scheduler]`, with `[limits]`'s command and tree
+    /// limits.
+    pub fn scheduler_config(&self) -> Result<remexec_scheduler::SchedulerConfig, String> {
+        let mut config = self.scheduler.to_config()?;
+        config.max_command_size =
+            usize::try_from(self.limits.max_command_size.as_u64()).unwrap_or(usize::MAX);
+        config.tree_limits = self.tree_limits();
+        Ok(config)
+    }
+
+    /// Checks `[limits]`: every count and size must be positive.
+    pub fn check_limits(&self) -> Result<(), String> {
+        let l = &self.limits;
+        for (name, value) in [
+            ("max_blob_size", l.max_blob_size.as_u64()),
+            (
+                "max_find_missing_digests",
+                l.max_find_missing_digests as u64,
+            ),
+            ("max_batch_blobs", l.max_batch_blobs as u64),
+            ("max_tree_depth", l.max_tree_depth),
+            ("max_tree_entries", l.max_tree_entries),
+            ("max_command_size", l.max_command_size.as_u64()),
+            (
+                "max_concurrent_streams",
+                u64::from(l.max_concurrent_streams),
+            ),
+            ("connection_window", l.connection_window.as_u64()),
+            ("stream_window", l.stream_window.as_u64()),
+        ] {
+            if value == 0 {
+                return Err(format!("limits.{name} must be positive"));
+            }
+        }
+        if l.connection_window.as_u64() > u64::from(u32::MAX >> 1)
+            || l.stream_window.as_u64() > u64::from(u32::MAX >> 1)
+        {
+            return Err("limits.connection_window and stream_window must be below 2 GiB".into());
+        }
+        Ok(())
     }
 }
 

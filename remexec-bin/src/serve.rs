@@ -84,6 +84,7 @@ pub fn worker_config(config: &Config, default_suffix: &str) -> WorkerConfig {
     worker.cache_budget = config.worker.cache_budget.as_u64();
     // A lease without a timeout is still bounded, by the same maximum the scheduler applies.
     worker.max_action_timeout = Duration::from_secs(config.scheduler.max_action_timeout_secs);
+    worker.tree_limits = config.tree_limits();
     worker
 }
 

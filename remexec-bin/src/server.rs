@@ -50,9 +50,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AcBackend, Config, ExternalKind, redact_url};
 use crate::security::Security;
 
-/// HTTP/2 flow-control windows: large enough that one stream can fill a fast link.
-const STREAM_WINDOW: u32 = remexec_core::client::STREAM_WINDOW;
-const CONNECTION_WINDOW: u32 = remexec_core::client::CONNECTION_WINDOW;
 /// Longest a graceful shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -326,7 +323,8 @@ impl ServerBuilder {
             }
         };
         tracing::info!(cas = %store, action_cache = %ac, ?pool, "assembling the server");
-        let scheduler_config = config.scheduler.to_config().map_err(Error::invalid)?;
+        config.check_limits().map_err(Error::invalid)?;
+        let scheduler_config = config.scheduler_config().map_err(Error::invalid)?;
         let scheduler =
             Scheduler::new(scheduler_config, Arc::clone(&store), Arc::clone(&ac), pool)?;
         let execution = ExecutionServices::new(scheduler);
@@ -376,10 +374,31 @@ impl ServerBuilder {
                 auth: self.security.auth,
             },
             worker_port,
-            max_message_size: config.cache_limits().max_message_size,
+            transport: Transport::of(config),
             workers,
             local_worker,
         })
+    }
+}
+
+/// HTTP/2 and message limits of every port, from `[limits]`.
+#[derive(Clone, Copy, Debug)]
+struct Transport {
+    max_message_size: usize,
+    max_concurrent_streams: u32,
+    connection_window: u32,
+    stream_window: u32,
+}
+
+impl Transport {
+    fn of(config: &Config) -> Self {
+        let window = |b: bytesize::ByteSize| u32::try_from(b.as_u64()).unwrap_or(u32::MAX >> 1);
+        Self {
+            max_message_size: config.cache_limits().max_message_size,
+            max_concurrent_streams: config.limits.max_concurrent_streams,
+            connection_window: window(config.limits.connection_window),
+            stream_window: window(config.limits.stream_window),
+        }
     }
 }
 
@@ -398,7 +417,7 @@ pub struct BoundServer {
     client_port: Port,
     /// The separate port of the worker API, if configured.
     worker_port: Option<Port>,
-    max_message_size: usize,
+    transport: Transport,
     /// The pool workers attach to, unless a custom pool was given.
     workers: Option<WorkerPool>,
     local_worker: Option<Worker>,
@@ -433,10 +452,10 @@ impl BoundServer {
             let stop = stop.clone();
             tokio::spawn(async move { worker.run(channel, stop).await });
         }
-        let max = self.max_message_size;
-        let client = serve_port(self.client_port, max, stop.clone());
+        let transport = self.transport;
+        let client = serve_port(self.client_port, transport, stop.clone());
         let worker_port = match self.worker_port {
-            Some(port) => serve_port(port, max, stop.clone()),
+            Some(port) => serve_port(port, transport, stop.clone()),
             None => Box::pin(async { Ok(()) }),
         };
         let servers = futures::future::try_join(client, worker_port);
@@ -471,14 +490,15 @@ impl BoundServer {
 /// [`AuthLayer`].
 fn serve_port(
     port: Port,
-    max_message_size: usize,
+    transport: Transport,
     stop: CancellationToken,
 ) -> BoxFuture<'static, Result<()>> {
     let router = tonic::transport::Server::builder()
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(transport.stream_window)
+        .initial_connection_window_size(transport.connection_window)
+        .max_concurrent_streams(transport.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .layer(AuthLayer::new(port.auth, max_message_size))
+        .layer(AuthLayer::new(port.auth, transport.max_message_size))
         .add_routes(port.routes);
     let shutdown = async move { stop.cancelled().await };
     let failed = |e: tonic::transport::Error| Error::Internal(format!("gRPC server failed: {e}"));

@@ -259,7 +259,7 @@ fn bazel_builds_remotely_over_mutual_tls_and_a_worker_without_the_cluster_certif
     let client = identity("client");
     let client: Vec<&str> = client.iter().map(String::as_str).collect();
     let log = dirs[2].path().join("intruder.log");
-    let mut workers = vec![
+    let _workers = [
         common::start_worker_at(
             &worker_url,
             "member",
@@ -276,7 +276,8 @@ fn bazel_builds_remotely_over_mutual_tls_and_a_worker_without_the_cluster_certif
             &client,
             std::fs::File::create(&log).unwrap().into(),
         ),
-    ];
+    ]
+    .map(common::KillOnDrop);
     let flags = format!(
         "--tls_certificate={} --tls_client_certificate={} --tls_client_key={}",
         c("ca.pem"),

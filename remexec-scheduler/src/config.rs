@@ -40,6 +40,11 @@ pub struct SchedulerConfig {
     /// How long the scheduler waits for the pool to return a cancelled or revoked job before it
     /// gives up on it and frees the executor.
     pub cancel_grace: Duration,
+    /// Most bytes of a Command's arguments and environment (names, values and one separator
+    /// each); a larger Command gets INVALID_ARGUMENT at Execute.
+    pub max_command_size: usize,
+    /// Largest input tree accepted at Execute: depth and entries once laid out.
+    pub tree_limits: remexec_core::merkle::TreeLimits,
 }
 
 impl Default for SchedulerConfig {
@@ -56,6 +61,8 @@ impl Default for SchedulerConfig {
             max_queued: 100_000,
             lease_allowance: Duration::from_secs(600),
             cancel_grace: Duration::from_secs(60),
+            max_command_size: 2 << 20,
+            tree_limits: remexec_core::merkle::TreeLimits::default(),
         }
     }
 }

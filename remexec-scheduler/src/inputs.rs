@@ -7,6 +7,8 @@ use remexec_core::merkle::{InputTree, TreeLimits, fetch_directory, validate_outp
 use remexec_core::reapi::{Action, Command};
 use remexec_core::{BlobStore, BlobStoreExt, Digest, Error, Result};
 
+use crate::SchedulerConfig;
+
 /// Largest `Action` or `Command` message accepted.
 const MAX_MESSAGE: u64 = 16 * 1024 * 1024;
 /// Digests per FindMissingBlobs call to the store.
@@ -38,6 +40,7 @@ pub(crate) async fn load(
     cas: &dyn BlobStore,
     instance: &str,
     action_digest: Digest,
+    config: &SchedulerConfig,
 ) -> Result<Loaded> {
     let f = action_digest.function();
     let Some(action) = fetch::<Action>(cas, instance, action_digest, "action").await? else {
@@ -55,21 +58,32 @@ pub(crate) async fn load(
     if command.is_none() {
         missing.push(command_digest);
     }
-    missing.extend(missing_inputs(cas, instance, root).await?);
+    missing.extend(missing_inputs(cas, instance, root, config.tree_limits).await?);
     let Some(command) = command else {
         return Ok(Loaded::Missing(missing));
     };
     if !missing.is_empty() {
         return Ok(Loaded::Missing(missing));
     }
-    validate_command(&command)?;
+    validate_command(&command, config.max_command_size)?;
     Ok(Loaded::Ready(Box::new((action, command))))
 }
 
 #[allow(deprecated)] // output_files and output_directories: REAPI v2.0 clients still send them
-fn validate_command(command: &Command) -> Result<()> {
+fn validate_command(command: &Command, max_size: usize) -> Result<()> {
     if command.arguments.is_empty() || command.arguments[0].is_empty() {
         return Err(Error::invalid("command.arguments is empty"));
+    }
+    let size: usize = command.arguments.iter().map(|a| a.len() + 1).sum::<usize>()
+        + command
+            .environment_variables
+            .iter()
+            .map(|v| v.name.len() + v.value.len() + 2)
+            .sum::<usize>();
+    if size > max_size {
+        return Err(Error::invalid(format!(
+            "command: its arguments and environment take {size} bytes, over the max_command_size limit of {max_size}"
+        )));
     }
     let outputs = command
         .output_paths
@@ -87,7 +101,12 @@ fn validate_command(command: &Command) -> Result<()> {
 }
 
 /// Walks the input tree; returns every directory and file blob it needs that the CAS lacks.
-async fn missing_inputs(cas: &dyn BlobStore, instance: &str, root: Digest) -> Result<Vec<Digest>> {
+async fn missing_inputs(
+    cas: &dyn BlobStore,
+    instance: &str,
+    root: Digest,
+    limits: TreeLimits,
+) -> Result<Vec<Digest>> {
     let f = root.function();
     let mut missing = Vec::new();
     let mut files = HashSet::new();
@@ -115,7 +134,7 @@ async fn missing_inputs(cas: &dyn BlobStore, instance: &str, root: Digest) -> Re
     }
     if missing.is_empty() {
         // Refuse a tree that would be too large laid out (a "tree bomb") before it is queued.
-        InputTree { root, directories }.check_limits(TreeLimits::default())?;
+        InputTree { root, directories }.check_limits(limits)?;
     }
     let files: Vec<Digest> = files.into_iter().collect();
     for chunk in files.chunks(FIND_BATCH) {

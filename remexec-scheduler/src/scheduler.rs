@@ -171,19 +171,20 @@ impl Scheduler {
         if let Some(rx) = inner.join(&mut inner.state.lock(), &key) {
             return Ok(rx);
         }
-        let (action, command) = match load(inner.cas.as_ref(), &key.0, digest).await? {
-            Loaded::Ready(loaded) => *loaded,
-            Loaded::Missing(missing) => {
-                let name = inner.new_name();
-                let response = ExecuteResponse {
-                    status: Some(missing_status(&missing)),
-                    ..Default::default()
-                };
-                let op = operation(&name, digest, Stage::Completed, Some(response));
-                inner.retain(name, Finished::Done(op.clone()));
-                return Ok(watch::channel(op).1);
-            }
-        };
+        let (action, command) =
+            match load(inner.cas.as_ref(), &key.0, digest, &inner.config).await? {
+                Loaded::Ready(loaded) => *loaded,
+                Loaded::Missing(missing) => {
+                    let name = inner.new_name();
+                    let response = ExecuteResponse {
+                        status: Some(missing_status(&missing)),
+                        ..Default::default()
+                    };
+                    let op = operation(&name, digest, Stage::Completed, Some(response));
+                    inner.retain(name, Finished::Done(op.clone()));
+                    return Ok(watch::channel(op).1);
+                }
+            };
         let timeout = effective_timeout(action.timeout.as_ref(), inner.config.max_action_timeout);
         let priority = req.execution_policy.as_ref().map_or(0, |p| p.priority);
         let do_not_cache = action.do_not_cache;
@@ -570,10 +571,11 @@ impl Inner {
             Err(Error::FailedPrecondition(why)) => {
                 // Typically an input evicted since the check: report what is missing now, as
                 // MISSING violations, so that the client uploads it again.
-                let status = match load(self.cas.as_ref(), &exec.key.0, exec.key.1).await {
-                    Ok(Loaded::Missing(missing)) => missing_status(&missing),
-                    _ => status(tonic::Code::FailedPrecondition, why),
-                };
+                let status =
+                    match load(self.cas.as_ref(), &exec.key.0, exec.key.1, &self.config).await {
+                        Ok(Loaded::Missing(missing)) => missing_status(&missing),
+                        _ => status(tonic::Code::FailedPrecondition, why),
+                    };
                 ExecuteResponse {
                     status: Some(status),
                     ..Default::default()

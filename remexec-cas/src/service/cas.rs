@@ -47,6 +47,12 @@ impl CasService {
 
     async fn find_missing(&self, req: FindMissingBlobsRequest) -> Result<FindMissingBlobsResponse> {
         let function = request_scope(&req.instance_name, req.digest_function)?;
+        self.check_count(
+            req.blob_digests.len(),
+            self.services.limits.max_find_missing_digests,
+            "FindMissingBlobs request",
+            "max_find_missing_digests",
+        )?;
         let parsed = parse_digests(function, &req.blob_digests)?;
         let (indices, digests): (Vec<usize>, Vec<Digest>) = parsed
             .into_iter()
@@ -73,6 +79,15 @@ impl CasService {
         })
     }
 
+    fn check_count(&self, count: usize, limit: usize, what: &str, name: &str) -> Result<()> {
+        if count > limit {
+            return Err(Error::invalid(format!(
+                "{what} has {count} digests, over the {name} limit of {limit}; split it"
+            )));
+        }
+        Ok(())
+    }
+
     fn check_batch_size(&self, total: u64, what: &str) -> Result<()> {
         let limit = self.services.limits.max_batch_total_size;
         if total > limit {
@@ -85,6 +100,13 @@ impl CasService {
 
     async fn batch_update(&self, req: BatchUpdateBlobsRequest) -> Result<BatchUpdateBlobsResponse> {
         let function = request_scope(&req.instance_name, req.digest_function)?;
+        let limits = &self.services.limits;
+        self.check_count(
+            req.requests.len(),
+            limits.max_batch_blobs,
+            "BatchUpdateBlobs request",
+            "max_batch_blobs",
+        )?;
         let sent: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
         let declared: u64 = req
             .requests
@@ -95,10 +117,16 @@ impl CasService {
         self.check_batch_size(sent.max(declared), "BatchUpdateBlobs request")?;
         let instance = req.instance_name.as_str();
         let store = &self.services.store;
+        let max_blob = limits.max_blob_size;
         let puts = req.requests.into_iter().map(|r| async move {
             let digest_proto = r.digest.clone();
             let outcome: Result<()> = async {
                 let digest = Digest::from_field(function, r.digest.as_ref(), "digest")?;
+                if digest.size() > max_blob {
+                    return Err(Error::invalid(format!(
+                        "blob {digest} is over the max_blob_size limit of {max_blob} bytes"
+                    )));
+                }
                 let compressor = Compressor::from_proto(r.compressor)?;
                 let data = decompress_bytes(compressor, Bytes::from(r.data), digest)?;
                 if digest.is_empty_blob() {
@@ -122,6 +150,12 @@ impl CasService {
 
     async fn batch_read(&self, req: BatchReadBlobsRequest) -> Result<BatchReadBlobsResponse> {
         let function = request_scope(&req.instance_name, req.digest_function)?;
+        self.check_count(
+            req.digests.len(),
+            self.services.limits.max_batch_blobs,
+            "BatchReadBlobs request",
+            "max_batch_blobs",
+        )?;
         let digests = parse_digests(function, &req.digests)?;
         self.check_batch_size(
             digests.iter().map(Digest::size).sum(),

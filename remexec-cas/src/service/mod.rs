@@ -47,6 +47,12 @@ pub struct Limits {
     /// Most interrupted uploads parked for resumption at once; beyond it, interrupted uploads
     /// are dropped. Parked uploads hold a file and a task, never a thread.
     pub max_parked_uploads: usize,
+    /// Largest blob accepted by ByteStream Write or BatchUpdateBlobs.
+    pub max_blob_size: u64,
+    /// Most digests in one FindMissingBlobs request.
+    pub max_find_missing_digests: usize,
+    /// Most blobs in one BatchUpdateBlobs or BatchReadBlobs request.
+    pub max_batch_blobs: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +65,9 @@ impl Default for Limits {
             upload_resume_window: std::time::Duration::from_secs(60),
             upload_idle_timeout: std::time::Duration::from_secs(60),
             max_parked_uploads: 256,
+            max_blob_size: 64 << 30,
+            max_find_missing_digests: 100_000,
+            max_batch_blobs: 10_000,
         }
     }
 }
