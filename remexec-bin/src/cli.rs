@@ -169,15 +169,34 @@ pub struct WorkerArgs {
     /// Extra executor property NAME=VALUE (repeatable).
     #[arg(long = "property", value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
-    /// PEM CA to verify a grpcs:// scheduler with [default: the built-in roots].
+    /// TLS to the scheduler (the certificate is the worker's cluster certificate).
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
+}
+
+/// How a client tool or worker reaches a `grpcs://` server.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ClientTlsArgs {
+    /// PEM CA to verify a grpcs:// server with [default: the built-in roots].
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
-    /// PEM cluster certificate presented to the scheduler.
+    /// PEM client certificate, for servers that require mutual TLS.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// Its PEM private key.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// Reads the files into a [`ClientTls`](remexec_core::client::ClientTls).
+    pub fn load(&self) -> remexec_core::Result<remexec_core::client::ClientTls> {
+        crate::security::client_tls(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )
+    }
 }
 
 /// Parses `NAME=VALUE`.
@@ -251,9 +270,9 @@ impl WorkerArgs {
             config.worker.properties.insert(name.clone(), value.clone());
         }
         for (target, value) in [
-            (&mut config.worker.tls_ca, &self.tls_ca),
-            (&mut config.worker.tls_cert, &self.tls_cert),
-            (&mut config.worker.tls_key, &self.tls_key),
+            (&mut config.worker.tls_ca, &self.tls.tls_ca),
+            (&mut config.worker.tls_cert, &self.tls.tls_cert),
+            (&mut config.worker.tls_key, &self.tls.tls_key),
         ] {
             if value.is_some() {
                 target.clone_from(value);

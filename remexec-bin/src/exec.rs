@@ -20,6 +20,9 @@ pub struct ExecArgs {
     /// Server URL.
     #[arg(long, default_value = "grpc://127.0.0.1:8980")]
     pub server: String,
+    /// TLS to a grpcs:// server.
+    #[command(flatten)]
+    pub tls: crate::cli::ClientTlsArgs,
     /// Instance name.
     #[arg(long, default_value = "")]
     pub instance: String,
@@ -78,7 +81,7 @@ fn action(args: &ExecArgs) -> ActionBuilder {
 
 async fn execute(args: ExecArgs) -> Result<u8> {
     let f = DigestFunction::Sha256;
-    let channel = client::connect(&args.server).await?;
+    let channel = client::connect_with(&args.server, &args.tls.load()?).await?;
     let store: Arc<dyn BlobStore> = Arc::new(GrpcStore::new(channel.clone()));
     let instance = args.instance.as_str();
     let root = match &args.input {

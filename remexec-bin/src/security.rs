@@ -245,21 +245,27 @@ fn worker_material(config: &Config) -> Result<Option<TlsMaterial>> {
 /// certificate `tls_cert`/`tls_key`.
 pub fn worker_client_tls(config: &Config) -> Result<ClientTls> {
     let worker = &config.worker;
-    let identity = match (&worker.tls_cert, &worker.tls_key) {
+    client_tls(
+        worker.tls_ca.as_deref(),
+        worker.tls_cert.as_deref(),
+        worker.tls_key.as_deref(),
+    )
+}
+
+/// A client's TLS settings from PEM files: the CA to trust (else the built-in roots) and a
+/// client certificate and key (both or neither).
+pub fn client_tls(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Result<ClientTls> {
+    let identity = match (cert, key) {
         (None, None) => None,
         (Some(cert), Some(key)) => Some(ClientIdentity {
-            cert_pem: read(cert, "worker certificate")?,
-            key_pem: read(key, "worker key")?,
+            cert_pem: read(cert, "client certificate")?,
+            key_pem: read(key, "client key")?,
         }),
-        _ => {
-            return Err(Error::invalid(
-                "the worker needs both --tls-cert and --tls-key",
-            ));
-        }
+        _ => return Err(Error::invalid("--tls-cert and --tls-key go together")),
     };
     Ok(ClientTls {
-        ca_pem: match &worker.tls_ca {
-            Some(path) => Some(read(path, "scheduler CA")?),
+        ca_pem: match ca {
+            Some(path) => Some(read(path, "CA")?),
             None => None,
         },
         domain: None,

@@ -530,3 +530,56 @@ async fn sighup_reloads_certificates_without_dropping_open_connections() {
     assert_eq!(capabilities(&url, &tls(b.path(), None)).await, Code::Ok);
     assert_eq!(find_missing(&open, "", None).await, Code::Ok);
 }
+
+#[test]
+fn remexec_exec_runs_over_mutual_tls_with_its_tls_flags() {
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let c = certs.path();
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        data.path(),
+        &[
+            "--tls-cert",
+            &arg(c, "server.pem"),
+            "--tls-key",
+            &arg(c, "server.key"),
+            "--client-ca",
+            &arg(c, "ca.pem"),
+            "--executors",
+            "1",
+        ],
+    );
+    let run = |extra: &[String]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
+            .args([
+                "exec",
+                "--server",
+                &grpcs(server.addr),
+                "--tls-ca",
+                &arg(c, "ca.pem"),
+            ])
+            .args(extra)
+            .args(["--", "echo", "over mTLS"])
+            .current_dir(data.path())
+            .output()
+            .unwrap()
+    };
+    let refused = run(&[]);
+    assert!(
+        !refused.status.success(),
+        "ran without a client certificate"
+    );
+    let ok = run(&[
+        "--tls-cert".into(),
+        arg(c, "client.pem"),
+        "--tls-key".into(),
+        arg(c, "client.key"),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "over mTLS\n");
+}

@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// Server URL, e.g. grpc://127.0.0.1:8980.
     #[arg(long)]
     pub target: String,
+    /// TLS to a grpcs:// server.
+    #[command(flatten)]
+    pub tls: crate::cli::ClientTlsArgs,
     /// Instance name.
     #[arg(long, default_value = "")]
     pub instance: String,
@@ -86,6 +89,7 @@ impl BenchArgs {
         Self {
             workload,
             target: target.into(),
+            tls: Default::default(),
             instance: String::new(),
             size: ByteSize::mib(1),
             concurrency: 8,
@@ -137,8 +141,9 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Report> {
         ));
     }
     let mut channels = Vec::with_capacity(args.concurrency);
+    let tls = args.tls.load()?;
     for _ in 0..args.concurrency {
-        channels.push(remexec_core::client::connect(&args.target).await?);
+        channels.push(remexec_core::client::connect_with(&args.target, &tls).await?);
     }
     let workload = Arc::new(Workload::prepare(args, &channels[0]).await?);
     let next = Arc::new(AtomicU64::new(0));
