@@ -560,6 +560,12 @@ impl Config {
                 return Err(format!("limits.{name} must be positive"));
             }
         }
+        let message = l.max_message_size.as_u64();
+        if message != 0 && message < l.max_batch_total_size.as_u64() {
+            return Err(
+                "limits.max_message_size must be at least max_batch_total_size (or 0)".into(),
+            );
+        }
         if l.connection_window.as_u64() > u64::from(u32::MAX >> 1)
             || l.stream_window.as_u64() > u64::from(u32::MAX >> 1)
         {

@@ -85,8 +85,17 @@ impl Security {
         };
         let worker_port = match config.cluster.worker_listen {
             None => None,
-            Some(listen) => Some(worker_port(config, listen)?),
+            Some(listen) => Some(worker_port(config, listen, &auth)?),
         };
+        if tls.is_none()
+            && (config.auth.token_file.is_some()
+                || config.auth.jwt_key.is_some()
+                || config.auth.jwks.is_some())
+        {
+            tracing::warn!(
+                "bearer tokens are accepted over plaintext: anyone on the path can read and replay them; configure [tls]"
+            );
+        }
         Ok(Self {
             tls,
             auth,
@@ -199,7 +208,10 @@ fn client_material(config: &Config, auth: &AuthPolicy) -> Result<Option<TlsMater
     }))
 }
 
-fn worker_port(config: &Config, listen: SocketAddr) -> Result<WorkerPort> {
+/// The worker port: TLS with cluster certificates when the server has TLS; plaintext and open
+/// only on a server whose client port is open too (a trusted network), never as a way around
+/// the client port's credentials.
+fn worker_port(config: &Config, listen: SocketAddr, client: &AuthPolicy) -> Result<WorkerPort> {
     match worker_material(config)? {
         Some(material) => Ok(WorkerPort {
             listen,
@@ -208,6 +220,9 @@ fn worker_port(config: &Config, listen: SocketAddr) -> Result<WorkerPort> {
                 .cluster_names(cluster_names(config))
                 .build(),
         }),
+        None if !client.is_open() => Err(Error::invalid(
+            "the client port requires credentials, so the worker port needs TLS with cluster certificates: set [tls] cert and key, and [cluster] ca or [tls] client_ca",
+        )),
         None => {
             tracing::warn!(%listen, "the worker port is plaintext and open: configure [tls] to require cluster certificates");
             Ok(WorkerPort {

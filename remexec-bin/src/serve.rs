@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use remexec_core::{BlobStore, Result};
+use remexec_core::{BlobStore, Error, Result};
 use remexec_worker::{ProcessIsolation, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -107,8 +107,20 @@ impl BoundServer {
     }
 }
 
-/// `remexec worker`: attaches to a scheduler and runs its leases until `shutdown`.
+/// `remexec worker`: attaches to a scheduler and runs its leases until `shutdown`. SIGHUP is
+/// logged and otherwise ignored: the worker reads its certificate at start.
 pub async fn run_worker(config: &Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    config.check_limits().map_err(Error::invalid)?;
+    let _hup = tokio::spawn(async {
+        let kind = tokio::signal::unix::SignalKind::hangup();
+        if let Ok(mut hup) = tokio::signal::unix::signal(kind) {
+            while hup.recv().await.is_some() {
+                tracing::warn!(
+                    "SIGHUP: a worker reads its certificate at start; restart it to use a new one"
+                );
+            }
+        }
+    });
     let tls = crate::security::worker_client_tls(config)?;
     let channel = remexec_core::client::connect_lazy_with(&config.worker.scheduler, &tls)?;
     let cas: Arc<dyn BlobStore> = Arc::new(remexec_cas::GrpcStore::new(channel.clone()));
@@ -132,6 +144,15 @@ pub fn reload_on_sighup(config: Config, security: Security) -> tokio::task::Join
             return;
         };
         while hup.recv().await.is_some() {
+            if security.tls.is_none()
+                && security
+                    .worker_port
+                    .as_ref()
+                    .is_none_or(|p| p.tls.is_none())
+            {
+                tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+                continue;
+            }
             match security.reload(&config) {
                 Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificates"),
                 Err(e) => {

@@ -282,8 +282,8 @@ impl ServerBuilder {
 
     /// Whether to run a local worker (on by default, off after
     /// [`executor_pool`](Self::executor_pool)). It is `{host name}-local` unless the config's
-    /// `[worker] name` says otherwise, works in `{data_dir}/worker` and attaches over loopback
-    /// like a remote worker, with the server's own store as its CAS.
+    /// `[worker] name` says otherwise, works in `{data_dir}/worker` and attaches through an
+    /// in-process pipe with the remote workers' protocol, with the server's own store as its CAS.
     pub fn local_worker(mut self, yes: bool) -> Self {
         self.local_worker = yes;
         self

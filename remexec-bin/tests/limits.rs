@@ -25,6 +25,7 @@ const SHA256: DigestFunction = DigestFunction::Sha256;
 
 const LIMITS: &str = "
 [limits]
+max_batch_total_size = 32768
 max_message_size = 65536
 max_blob_size = 1024
 max_find_missing_digests = 10

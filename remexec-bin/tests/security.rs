@@ -583,3 +583,27 @@ fn remexec_exec_runs_over_mutual_tls_with_its_tls_flags() {
     );
     assert_eq!(String::from_utf8_lossy(&ok.stdout), "over mTLS\n");
 }
+
+#[test]
+fn a_plaintext_worker_port_cannot_bypass_the_client_port_s_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(
+        dir.path(),
+        &[("ci", "ci-secret", r#""cache-read""#, r#""*""#)],
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args([
+            "scheduler",
+            "--listen",
+            "127.0.0.1:0",
+            "--worker-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--token-file", &tokens, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the worker port needs TLS"), "{stderr}");
+}

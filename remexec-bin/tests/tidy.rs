@@ -6,6 +6,9 @@
 //! - every source file opens with a `//!` doc;
 //! - gRPC status codes are chosen only in `remexec_core::Error::code` (no `Status::new` or
 //!   `Status::unavailable`-style constructors in library code);
+//! - requests are refused for lack of credentials or permissions only in remexec-core's `auth`
+//!   module (no `Error::Unauthenticated` or `Error::PermissionDenied` elsewhere in library
+//!   code), and only remexec-bin reads files of certificates, keys, tokens or JWKS;
 //! - files stay under 1,000 lines and functions under 100, except those in [`TOO_LONG`], a list
 //!   that may only shrink: an entry that is no longer too long fails the test until removed.
 
@@ -162,6 +165,29 @@ fn grpc_codes_are_chosen_only_in_error_code() {
     assert!(
         found.is_empty(),
         "gRPC codes chosen outside Error::code (return an Error instead):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn only_the_auth_module_refuses_for_credentials_or_permissions() {
+    let mut found = Vec::new();
+    for path in sources() {
+        let p = path.to_string_lossy();
+        let library = p.starts_with("remexec-") && p.contains("/src/") && !p.ends_with("/tests.rs");
+        if !library || p.starts_with("remexec-core/src/auth/") || p == "remexec-core/src/error.rs" {
+            continue;
+        }
+        for (n, line) in library_lines(&path) {
+            let code = !line.trim_start().starts_with("//");
+            if code && (line.contains("Unauthenticated(") || line.contains("PermissionDenied(")) {
+                found.push(format!("{p}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "credentials and permissions are checked only in remexec-core/src/auth (AuthLayer):\n{}",
         found.join("\n")
     );
 }

@@ -152,6 +152,8 @@ pub const MAX_SYMLINK_TARGET_LEN: usize = 4095;
 /// from the symlink's own directory, must not climb above the root. Nothing in remexec writes
 /// through a symlink, whatever its target.
 pub fn validate_symlink_target(path: &str, target: &str) -> Result<()> {
+    // The depth below is counted from `path`'s segments: it must be normalised.
+    validate_output_path(path)?;
     let problem = if target.is_empty() {
         "is empty"
     } else if target.len() > MAX_SYMLINK_TARGET_LEN {

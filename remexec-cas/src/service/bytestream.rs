@@ -170,12 +170,7 @@ impl ByteStreamService {
         let name = first.resource_name.clone();
         let resource = WriteResource::parse(&name)?;
         let digest = resource.blob.digest;
-        let max = self.services.limits.max_blob_size;
-        if digest.size() > max {
-            return Err(Error::invalid(format!(
-                "blob {digest} is over the max_blob_size limit of {max} bytes"
-            )));
-        }
+        self.services.limits.check_blob_size(digest)?;
         let compressed = resource.blob.compressor != Compressor::Identity;
         let complete = || WriteResponse {
             committed_size: if compressed { -1 } else { digest.size() as i64 },

@@ -117,16 +117,11 @@ impl CasService {
         self.check_batch_size(sent.max(declared), "BatchUpdateBlobs request")?;
         let instance = req.instance_name.as_str();
         let store = &self.services.store;
-        let max_blob = limits.max_blob_size;
         let puts = req.requests.into_iter().map(|r| async move {
             let digest_proto = r.digest.clone();
             let outcome: Result<()> = async {
                 let digest = Digest::from_field(function, r.digest.as_ref(), "digest")?;
-                if digest.size() > max_blob {
-                    return Err(Error::invalid(format!(
-                        "blob {digest} is over the max_blob_size limit of {max_blob} bytes"
-                    )));
-                }
+                limits.check_blob_size(digest)?;
                 let compressor = Compressor::from_proto(r.compressor)?;
                 let data = decompress_bytes(compressor, Bytes::from(r.data), digest)?;
                 if digest.is_empty_blob() {

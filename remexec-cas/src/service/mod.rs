@@ -55,6 +55,19 @@ pub struct Limits {
     pub max_batch_blobs: usize,
 }
 
+impl Limits {
+    /// `InvalidArgument` for a blob over [`max_blob_size`](Self::max_blob_size).
+    pub fn check_blob_size(&self, digest: remexec_core::Digest) -> remexec_core::Result<()> {
+        let max = self.max_blob_size;
+        if digest.size() > max {
+            return Err(remexec_core::Error::invalid(format!(
+                "blob {digest} is over the max_blob_size limit of {max} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

@@ -9,6 +9,9 @@ use serde::Deserialize;
 use super::{Grant, Method, Principal};
 use crate::{Error, Result};
 
+/// Shortest HS256 secret accepted, in bytes (RFC 7518 asks for at least the hash size).
+const MIN_SECRET: usize = 32;
+
 /// What a verified JWT must also satisfy.
 #[derive(Clone, Debug, Default)]
 pub struct JwtSettings {
@@ -81,7 +84,7 @@ impl JwtVerifier {
             }
         } else {
             let secret = key.trim_ascii();
-            if secret.len() < 32 {
+            if secret.len() < MIN_SECRET {
                 return Err(Error::invalid(
                     "JWT key: an HS256 secret must be at least 32 bytes",
                 ));
@@ -110,7 +113,15 @@ impl JwtVerifier {
             let algorithm = match &jwk.algorithm {
                 AlgorithmParameters::RSA(_) => Algorithm::RS256,
                 AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
+                AlgorithmParameters::OctetKey(oct) => {
+                    // base64url: 4 characters per 3 bytes.
+                    if oct.value.trim_end_matches('=').len() * 3 / 4 < MIN_SECRET {
+                        return Err(Error::invalid(
+                            "JWKS: an oct (HS256) key must be at least 32 bytes",
+                        ));
+                    }
+                    Algorithm::HS256
+                }
                 _ => continue,
             };
             let key =
@@ -152,7 +163,11 @@ impl JwtVerifier {
         let mut validation = Validation::new(algorithm);
         validation.leeway = self.settings.leeway_secs;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience is required, not only checked when present.
+        let mut required = vec!["exp"];
+        required.extend(self.settings.issuer.as_ref().map(|_| "iss"));
+        required.extend(self.settings.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         match &self.settings.audience {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
@@ -39,7 +40,11 @@ use crate::{Error, ReadResource, Result, WriteResource};
 pub struct AuthLayer {
     policy: Arc<AuthPolicy>,
     max_message_size: usize,
+    first_message_timeout: Duration,
 }
+
+/// How long a call may take to send its first message, by default.
+pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl AuthLayer {
     /// Enforces `policy`; a first request message above `max_message_size` bytes is refused
@@ -48,7 +53,15 @@ impl AuthLayer {
         Self {
             policy: Arc::new(policy),
             max_message_size,
+            first_message_timeout: FIRST_MESSAGE_TIMEOUT,
         }
+    }
+
+    /// Refuses, with `DEADLINE_EXCEEDED`, a call whose first message (which names its
+    /// instance) takes longer than `timeout` to arrive (default [`FIRST_MESSAGE_TIMEOUT`]).
+    pub fn first_message_timeout(mut self, timeout: Duration) -> Self {
+        self.first_message_timeout = timeout;
+        self
     }
 
     /// The policy enforced.
@@ -126,7 +139,17 @@ async fn admit(layer: &AuthLayer, request: Request) -> Result<Request> {
     let mut request = match from {
         InstanceFrom::InstanceField | InstanceFrom::ResourceField => {
             let (parts, body) = request.into_parts();
-            let (first, body) = first_message(body, layer.max_message_size).await?;
+            let (first, body) = tokio::time::timeout(
+                layer.first_message_timeout,
+                first_message(body, layer.max_message_size),
+            )
+            .await
+            .map_err(|_| {
+                Error::DeadlineExceeded(format!(
+                    "no request message within {:?}",
+                    layer.first_message_timeout
+                ))
+            })??;
             let instance = instance_of(&first, from)?;
             principal.authorize(need, &instance, &path)?;
             http::Request::from_parts(parts, body)

@@ -357,3 +357,140 @@ fn every_reapi_method_needs_a_permission() {
         assert_eq!(method_need(path), (need, from), "{path}");
     }
 }
+
+/// A 2048-bit RSA key made for this test only (`openssl genpkey`), never trusted anywhere.
+const RSA_TEST_KEY: &str = include_str!("testdata/rsa-test-only.key");
+const RSA_TEST_PUB: &str = include_str!("testdata/rsa-test-only.pub");
+
+#[test]
+fn rs256_keys_verify_their_own_tokens_and_refuse_others() {
+    let verifier = JwtVerifier::from_key(RSA_TEST_PUB.as_bytes(), JwtSettings::default()).unwrap();
+    let claims = Claims {
+        sub: "rsa",
+        exp: now() + 600,
+        permissions: &["cache-read", "cache-write"],
+        instances: &["*"],
+    };
+    let key = EncodingKey::from_rsa_pem(RSA_TEST_KEY.as_bytes()).unwrap();
+    let token =
+        jsonwebtoken::encode(&Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key).unwrap();
+    let who = verifier.verify(&token).unwrap();
+    assert!(who.allows(WRITE, "x") && !who.allows(Need::Permission(Permission::Execute), "x"));
+    let expired = Claims {
+        exp: now() - 600,
+        ..claims
+    };
+    let token =
+        jsonwebtoken::encode(&Header::new(jsonwebtoken::Algorithm::RS256), &expired, &key).unwrap();
+    assert!(
+        verifier
+            .verify(&token)
+            .unwrap_err()
+            .to_string()
+            .contains("expired")
+    );
+    // Settings: a required issuer refuses a token without it.
+    let strict = JwtVerifier::from_key(
+        RSA_TEST_PUB.as_bytes(),
+        JwtSettings {
+            issuer: Some("https://issuer.example".into()),
+            ..JwtSettings::default()
+        },
+    )
+    .unwrap();
+    let token = jsonwebtoken::encode(
+        &Header::new(jsonwebtoken::Algorithm::RS256),
+        &Claims {
+            exp: now() + 600,
+            ..expired
+        },
+        &key,
+    )
+    .unwrap();
+    assert_eq!(
+        strict.verify(&token).unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+}
+
+/// Runs `request` through an [`AuthLayer`] over a service that answers every request with an
+/// empty 200; returns the gRPC code of the answer (`Ok` when it reached the service).
+async fn through_layer(layer: AuthLayer, request: http::Request<tonic::body::Body>) -> tonic::Code {
+    use tower::{Layer, ServiceExt};
+    let inner = tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::default()))
+    });
+    let response = layer.layer(inner).oneshot(request).await.unwrap();
+    response
+        .headers()
+        .get("grpc-status")
+        .map_or(tonic::Code::Ok, |v| tonic::Code::from_bytes(v.as_bytes()))
+}
+
+fn grpc_request(path: &str, body: tonic::body::Body) -> http::Request<tonic::body::Body> {
+    http::Request::builder()
+        .uri(format!("http://x{path}"))
+        .body(body)
+        .unwrap()
+}
+
+/// One gRPC frame holding a message whose field 1 is `instance`.
+fn frame(instance: &str) -> bytes::Bytes {
+    let mut message = vec![0x0a, u8::try_from(instance.len()).unwrap()];
+    message.extend_from_slice(instance.as_bytes());
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed.into()
+}
+
+#[tokio::test]
+async fn the_layer_reads_the_instance_from_the_first_message_and_bounds_the_wait_for_it() {
+    let tokens =
+        TokenSet::parse(&token_file(&[("a", "a-token", &["cache-read"], &["a"])])).unwrap();
+    let layer = AuthLayer::new(AuthPolicy::builder().tokens(tokens).build(), 1 << 20)
+        .first_message_timeout(std::time::Duration::from_millis(200));
+    let path = "/build.bazel.remote.execution.v2.ActionCache/GetActionResult";
+    let with_token = |instance: &str| {
+        let mut request = grpc_request(
+            path,
+            tonic::body::Body::new(http_body_util::Full::new(frame(instance))),
+        );
+        request
+            .headers_mut()
+            .insert("authorization", "Bearer a-token".parse().unwrap());
+        request
+    };
+    assert_eq!(
+        through_layer(layer.clone(), with_token("a")).await,
+        tonic::Code::Ok
+    );
+    assert_eq!(
+        through_layer(layer.clone(), with_token("b")).await,
+        tonic::Code::PermissionDenied
+    );
+    let anonymous = grpc_request(
+        path,
+        tonic::body::Body::new(http_body_util::Full::new(frame("a"))),
+    );
+    assert_eq!(
+        through_layer(layer.clone(), anonymous).await,
+        tonic::Code::Unauthenticated
+    );
+    // A caller that sends headers and never a message is answered once the deadline passes.
+    let silent =
+        futures::stream::pending::<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>();
+    let mut request = grpc_request(
+        path,
+        tonic::body::Body::new(http_body_util::StreamBody::new(silent)),
+    );
+    request
+        .headers_mut()
+        .insert("authorization", "Bearer a-token".parse().unwrap());
+    let started = std::time::Instant::now();
+    assert_eq!(
+        through_layer(layer, request).await,
+        tonic::Code::DeadlineExceeded
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
