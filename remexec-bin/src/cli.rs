@@ -90,6 +90,12 @@ pub struct ServerArgs {
     /// config file's [external.options] [default: none].
     #[arg(long, value_name = "URL")]
     pub external_store: Option<String>,
+    /// Address of the admin HTTP port with /healthz and /readyz [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Seconds to stay up, reporting not-ready, between SIGTERM and closing [default: 0].
+    #[arg(long, value_name = "SECS")]
+    pub drain_secs: Option<u64>,
     /// TLS and authentication of the ports.
     #[command(flatten)]
     pub security: SecurityArgs,
@@ -246,6 +252,12 @@ impl ServerArgs {
             config.external.url = url.clone();
         }
         self.security.apply(&mut config);
+        if self.admin_listen.is_some() {
+            config.admin_listen = self.admin_listen;
+        }
+        if let Some(secs) = self.drain_secs {
+            config.drain_secs = secs;
+        }
         if config.external.is_set() {
             config.external.kind()?;
         }

@@ -15,6 +15,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8980";
 pub struct Config {
     /// Address to listen on for gRPC.
     pub listen: SocketAddr,
+    /// Address of the admin HTTP port (`/healthz`, `/readyz`); unset means none.
+    pub admin_listen: Option<SocketAddr>,
+    /// Seconds between SIGTERM and the listeners closing, during which the server reports
+    /// itself not ready (so load balancers stop sending it work) but still serves.
+    pub drain_secs: u64,
     /// Directory for the CAS, the action cache and other state.
     pub data_dir: PathBuf,
     /// Content-addressable storage settings.
@@ -421,6 +426,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            admin_listen: None,
+            drain_secs: 0,
             data_dir: default_data_dir(),
             cas: CasConfig::default(),
             action_cache: ActionCacheConfig::default(),

@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod config;

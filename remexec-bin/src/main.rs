@@ -77,6 +77,9 @@ async fn serve(config: remexec_bin::config::Config, role: Role) -> Result<(), St
     let _reloader = reload_on_sighup(config.clone(), security);
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(data_dir = %config.data_dir.display(), ?role, "serving");
+    if let Some(admin_addr) = server.admin_addr().map_err(|e| e.to_string())? {
+        println!("remexec: admin port on {admin_addr}");
+    }
     if let Some(worker_addr) = server.worker_addr().map_err(|e| e.to_string())? {
         println!("remexec: worker port on {worker_addr}");
     }

@@ -331,6 +331,7 @@ impl ServerBuilder {
         let cache = CacheServices::new(Arc::clone(&store), ac)
             .with_limits(config.cache_limits())
             .with_execution(execution.capabilities());
+        let (readiness, health) = crate::admin::Readiness::new();
         let worker_port = match &self.security.worker_port {
             Some(port) => {
                 let workers = workers.as_ref().ok_or_else(|| {
@@ -340,7 +341,11 @@ impl ServerBuilder {
                     Error::io(format!("binding the worker port {}", port.listen), e)
                 })?;
                 // Workers read inputs and write outputs through the same CAS.
-                let routes = cache.clone().into_routes().add_service(workers.service());
+                let routes = cache
+                    .clone()
+                    .into_routes()
+                    .add_service(workers.service())
+                    .add_service(health.clone());
                 Some(Port {
                     listener,
                     routes,
@@ -350,7 +355,7 @@ impl ServerBuilder {
             }
             None => None,
         };
-        let mut routes = execution.add_to(cache.into_routes());
+        let mut routes = execution.add_to(cache.into_routes()).add_service(health);
         if let (Some(workers), None) = (&workers, &worker_port) {
             routes = routes.add_service(workers.service());
         }
@@ -362,6 +367,10 @@ impl ServerBuilder {
                 self.isolation,
             )?),
             false => None,
+        };
+        let admin = match config.admin_listen {
+            Some(addr) => Some(crate::admin::bind(addr).await?),
+            None => None,
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -375,6 +384,9 @@ impl ServerBuilder {
             },
             worker_port,
             transport: Transport::of(config),
+            admin,
+            readiness,
+            drain: Duration::from_secs(config.drain_secs),
             workers,
             local_worker,
         })
@@ -418,6 +430,11 @@ pub struct BoundServer {
     /// The separate port of the worker API, if configured.
     worker_port: Option<Port>,
     transport: Transport,
+    /// The admin HTTP port, if configured.
+    admin: Option<TcpListener>,
+    readiness: crate::admin::Readiness,
+    /// How long the server reports not-ready before it stops.
+    drain: Duration,
     /// The pool workers attach to, unless a custom pool was given.
     workers: Option<WorkerPool>,
     local_worker: Option<Worker>,
@@ -430,6 +447,20 @@ impl BoundServer {
             .listener
             .local_addr()
             .map_err(|e| Error::io("reading the bound address", e))
+    }
+
+    /// The admin port's address, if there is one.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>> {
+        self.admin
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(|e| Error::io("reading the admin port's address", e))
+    }
+
+    /// Whether the server reports itself ready (shared with the health service).
+    pub fn readiness(&self) -> crate::admin::Readiness {
+        self.readiness.clone()
     }
 
     /// The worker port's address, if there is one.
@@ -452,6 +483,13 @@ impl BoundServer {
             let stop = stop.clone();
             tokio::spawn(async move { worker.run(channel, stop).await });
         }
+        if let Some(admin) = self.admin {
+            tokio::spawn(crate::admin::serve(
+                admin,
+                self.readiness.clone(),
+                stop.clone(),
+            ));
+        }
         let transport = self.transport;
         let client = serve_port(self.client_port, transport, stop.clone());
         let worker_port = match self.worker_port {
@@ -460,8 +498,15 @@ impl BoundServer {
         };
         let servers = futures::future::try_join(client, worker_port);
         let workers = self.workers;
+        let (readiness, drain) = (self.readiness, self.drain);
         let trigger = async {
             shutdown.await;
+            // Not ready first, so that balancers and probes stop sending work; then stop.
+            readiness.set(false).await;
+            if !drain.is_zero() {
+                tracing::info!("not ready; draining for {drain:?} before closing the listeners");
+                tokio::time::sleep(drain).await;
+            }
             stop.cancel();
             if let Some(workers) = &workers {
                 workers.shutdown();

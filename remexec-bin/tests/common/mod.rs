@@ -14,6 +14,8 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// The separate worker port, if the server has one.
     pub worker_addr: Option<SocketAddr>,
+    /// The admin HTTP port, if the server has one.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -74,12 +76,16 @@ impl ServerProcess {
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut worker_addr = None;
+        let mut admin_addr = None;
         let addr = loop {
             assert!(Instant::now() < deadline, "server did not start");
             let line = lines
                 .next()
                 .expect("server exited before listening")
                 .expect("read stdout");
+            if let Some(addr) = line.strip_prefix("remexec: admin port on ") {
+                admin_addr = Some(addr.parse().expect("admin address"));
+            }
             if let Some(addr) = line.strip_prefix("remexec: worker port on ") {
                 worker_addr = Some(addr.parse().expect("worker address"));
             }
@@ -91,6 +97,7 @@ impl ServerProcess {
             child,
             addr,
             worker_addr,
+            admin_addr,
         }
     }
 
