@@ -10,8 +10,21 @@ use crate::config::{AcBackend, Config};
 /// remexec: a Remote Execution API v2 service (cache and remote execution) for Bazel and other
 /// build tools.
 #[derive(Debug, Parser)]
-#[command(name = "remexec", version)]
+#[command(
+    name = "remexec",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("REMEXEC_GIT_COMMIT"), ")")
+)]
 pub struct Cli {
+    /// Log lines on stderr as `human` text or `json` (one object per line); the filter comes
+    /// from REMEXEC_LOG (e.g. `info`, `remexec_scheduler=debug`) [default: human].
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "REMEXEC_LOG_FORMAT"
+    )]
+    pub log_format: crate::logging::LogFormat,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,

@@ -30,6 +30,7 @@ pub mod config;
 pub mod dev_certs;
 pub mod exec;
 mod local;
+pub mod logging;
 pub mod security;
 pub mod serve;
 pub mod server;

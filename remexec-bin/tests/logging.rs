@@ -1,0 +1,74 @@
+//! Log output and version of the real binary: JSON lines with `--log-format json`, a warning
+//! (not silence) for an invalid `REMEXEC_LOG`, and the git commit in `--version`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+/// The first `n` stderr lines of `remexec scheduler` started with `args` and `filter`.
+fn first_lines(args: &[&str], filter: &str, n: usize) -> Vec<String> {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(args)
+        .args(["scheduler", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("REMEXEC_LOG", filter)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: Vec<String> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .take(n)
+        .map(Result::unwrap)
+        .collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    lines
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_and_a_bad_filter_is_reported() {
+    let lines = first_lines(&["--log-format", "json"], "info,remexec_bin=notalevel", 2);
+    let warning: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    let message = warning["fields"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("REMEXEC_LOG is not a valid filter"),
+        "{warning}"
+    );
+    assert_eq!(warning["fields"]["filter"], "info,remexec_bin=notalevel");
+    // The server goes on logging at info, still as JSON.
+    let next: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(next["level"], "INFO", "{next}");
+
+    let human = first_lines(&[], "info", 1);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&human[0]).is_err(),
+        "{human:?}"
+    );
+    assert!(human[0].contains("INFO"), "{human:?}");
+}
+
+#[test]
+fn the_version_names_the_git_commit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8(out.stdout).unwrap();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .unwrap();
+    let head = String::from_utf8(head.stdout).unwrap();
+    assert_eq!(
+        version.trim(),
+        format!(
+            "remexec {} (git {})",
+            env!("CARGO_PKG_VERSION"),
+            head.trim()
+        )
+    );
+}
