@@ -50,6 +50,33 @@ pub enum Command {
     /// TLS helpers.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// The CAS of any REAPI server: upload a file or tree, download a tree.
+    #[command(subcommand)]
+    Cas(crate::tools::CasCommand),
+    /// The Action Cache of any REAPI server.
+    #[command(subcommand)]
+    Ac(crate::tools::AcCommand),
+    /// Print a shell completion script: `source <(remexec completions bash)`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `remexec man > remexec.1`.
+    Man,
+}
+
+impl Cli {
+    /// Writes the completion script for `shell` to `out`.
+    pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Self::command(), "remexec", out);
+    }
+
+    /// Writes the man page to `out`.
+    pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        use clap::CommandFactory;
+        clap_mangen::Man::new(Self::command()).render(out)
+    }
 }
 
 /// `remexec tls …`.

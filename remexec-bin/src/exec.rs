@@ -94,6 +94,8 @@ async fn execute(args: ExecArgs) -> Result<u8> {
     };
     let built = action(&args).build(f, root);
     built.upload(store.as_ref(), instance).await?;
+    // The digest `remexec ac get` takes.
+    eprintln!("remexec exec: action {}", built.action_digest);
     let request = ExecuteRequest {
         instance_name: args.instance.clone(),
         skip_cache_lookup: args.no_cache,

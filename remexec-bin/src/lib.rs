@@ -34,3 +34,4 @@ pub mod logging;
 pub mod security;
 pub mod serve;
 pub mod server;
+pub mod tools;

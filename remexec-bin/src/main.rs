@@ -27,6 +27,29 @@ fn main() -> std::process::ExitCode {
                 Ok(0)
             }
             Command::Exec(args) => remexec_bin::exec::run(args).await,
+            Command::Cas(command) => {
+                print!("{}", remexec_bin::tools::cas(command).await.map_err(|e| e.to_string())?);
+                Ok(0)
+            }
+            Command::Ac(command) => match remexec_bin::tools::ac(command).await {
+                Ok(Some(text)) => {
+                    print!("{text}");
+                    Ok(0)
+                }
+                Ok(None) => {
+                    eprintln!("remexec: not in the Action Cache");
+                    Ok(1)
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Command::Completions { shell } => {
+                Cli::completions(shell, &mut std::io::stdout());
+                Ok(0)
+            }
+            Command::Man => {
+                Cli::man(&mut std::io::stdout()).map_err(|e| e.to_string())?;
+                Ok(0)
+            }
             Command::Tls(TlsCommand::DevCerts { dir }) => {
                 remexec_bin::dev_certs::write(&dir).map_err(|e| e.to_string())?;
                 println!(

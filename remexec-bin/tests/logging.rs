@@ -1,5 +1,5 @@
-//! Log output and version of the real binary: JSON lines with `--log-format json`, a warning
-//! (not silence) for an invalid `REMEXEC_LOG`, and the git commit in `--version`.
+//! Log output, version, completions and man page of the real binary: JSON lines with
+//! `--log-format json`, a warning for an invalid `REMEXEC_LOG`, the git commit in `--version`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -71,4 +71,38 @@ fn the_version_names_the_git_commit() {
             head.trim()
         )
     );
+}
+
+#[test]
+fn completions_load_in_bash_and_the_man_page_is_roff() {
+    let script = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(script.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("remexec.bash");
+    std::fs::write(&path, &script.stdout).unwrap();
+    let loaded = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p remexec", path.display()))
+        .output()
+        .unwrap();
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    assert!(String::from_utf8_lossy(&script.stdout).contains("dev-certs"));
+    let man = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .arg("man")
+        .output()
+        .unwrap();
+    let man = String::from_utf8(man.stdout).unwrap();
+    assert!(
+        man.contains(".TH remexec"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
+    assert!(man.contains("completions"));
 }

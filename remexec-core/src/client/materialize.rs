@@ -553,6 +553,31 @@ pub async fn download_outputs(
     m.finish().await
 }
 
+/// Writes the directory tree `root` (the digest of a `Directory`) under `out` (created if
+/// missing), never outside it: the whole tree is fetched, validated and measured against
+/// [`TreeLimits::default`] before anything is written, its symlinks are checked against the
+/// output-symlink policy, and every file is checked against its digest.
+pub async fn download_directory(
+    store: &dyn BlobStore,
+    instance: &str,
+    root: Digest,
+    out: &Path,
+) -> Result<()> {
+    let tree = crate::merkle::fetch_tree(store, instance, root).await?;
+    tree.check_limits(TreeLimits::default())?;
+    check_tree_symlinks(&tree, "")?;
+    let created = out.to_path_buf();
+    blocking(move || {
+        std::fs::create_dir_all(&created)
+            .map_err(|e| Error::io(format!("creating {}", created.display()), e))
+    })
+    .await?;
+    let source = CasFiles::new(store, instance);
+    let mut m = Materializer::new(out, &source, Safety::Beneath);
+    m.tree(&tree, root, "").await?;
+    m.finish().await
+}
+
 /// Checks every symlink of `tree`'s layout at `base` against the output-symlink policy. Work
 /// is bounded by the tree's checked limits.
 fn check_tree_symlinks(tree: &InputTree, base: &str) -> Result<()> {

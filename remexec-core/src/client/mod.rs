@@ -60,7 +60,8 @@ pub use endpoint::{
 };
 pub use execute::{FollowOptions, execute};
 pub use materialize::{
-    CasFiles, FileSource, MAX_TREE_SIZE, Materializer, Safety, download_outputs, output_tree,
+    CasFiles, FileSource, MAX_TREE_SIZE, Materializer, Safety, download_directory,
+    download_outputs, output_tree,
 };
 pub use upload::{
     BATCH_UPLOAD_BYTES, MAX_SCAN_DEPTH, ScanOptions, UploadPlan, batch_update_blobs,

@@ -1,0 +1,145 @@
+//! `remexec cas upload|download` and `remexec ac get` against a real `remexec serve`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::ServerProcess;
+
+/// `remexec SUBCOMMAND… --server URL ARGS…` in `cwd`.
+fn remexec(server: &ServerProcess, sub: &[&str], args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(sub)
+        .args(["--server", &server.url()])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn a_tree_uploaded_downloads_identically_and_a_file_gets_its_own_digest() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--executors", "1"]);
+    let src = work.path().join("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::write(src.join("a/x.txt"), "hello\n").unwrap();
+    std::fs::write(src.join("a/b/run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        src.join("a/b/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("a/x.txt", src.join("link")).unwrap();
+
+    let root = stdout(&remexec(&server, &["cas", "upload"], &["src"], work.path()));
+    let root = root.trim();
+    assert!(
+        root.ends_with(char::is_numeric) && root.len() > 65,
+        "{root}"
+    );
+    let got = work.path().join("got");
+    stdout(&remexec(
+        &server,
+        &["cas", "download"],
+        &[root, "got"],
+        work.path(),
+    ));
+    assert_eq!(
+        std::fs::read_to_string(got.join("a/x.txt")).unwrap(),
+        "hello\n"
+    );
+    let mode = std::fs::metadata(got.join("a/b/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_ne!(mode & 0o111, 0, "the executable bit is lost");
+    assert_eq!(
+        std::fs::read_link(got.join("link")).unwrap(),
+        Path::new("a/x.txt")
+    );
+    // The same tree uploads to the same digest.
+    assert_eq!(
+        stdout(&remexec(&server, &["cas", "upload"], &["got"], work.path())).trim(),
+        root
+    );
+
+    let file = stdout(&remexec(
+        &server,
+        &["cas", "upload"],
+        &["src/a/x.txt"],
+        work.path(),
+    ));
+    assert_eq!(
+        file.trim(),
+        "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03/6"
+    );
+    // A digest that is not there: an error, and nothing written.
+    let missing = format!("{}/12", "0".repeat(64));
+    let out = remexec(
+        &server,
+        &["cas", "download"],
+        &[&missing, "none"],
+        work.path(),
+    );
+    assert!(!out.status.success());
+    assert!(!work.path().join("none").exists());
+    let bad = remexec(
+        &server,
+        &["cas", "download"],
+        &["not-a-digest", "none"],
+        work.path(),
+    );
+    assert!(!bad.status.success());
+}
+
+#[test]
+fn ac_get_prints_a_cached_result_and_exits_1_for_a_miss() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--executors", "1"]);
+    let ran = remexec(
+        &server,
+        &["exec"],
+        &[
+            "--output",
+            "out.txt",
+            "--",
+            "sh",
+            "-c",
+            "echo cached > out.txt",
+        ],
+        work.path(),
+    );
+    assert!(ran.status.success());
+    let stderr = String::from_utf8(ran.stderr).unwrap();
+    let action = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("remexec exec: action "))
+        .unwrap();
+    let shown = stdout(&remexec(&server, &["ac", "get"], &[action], work.path()));
+    assert!(shown.starts_with("exit_code: 0\n"), "{shown}");
+    assert!(shown.contains("file out.txt "), "{shown}");
+    assert!(shown.contains("worker "), "{shown}");
+    let miss = remexec(
+        &server,
+        &["ac", "get"],
+        &[&format!("{}/1", "0".repeat(64))],
+        work.path(),
+    );
+    assert_eq!(miss.status.code(), Some(1));
+}
