@@ -98,7 +98,7 @@ pub struct CommonArgs {
     #[arg(long, short = 'c', env = "REMEXEC_CONFIG")]
     pub config: Option<PathBuf>,
     /// Directory for the CAS, action cache and worker files [default: $XDG_CACHE_HOME/remexec or ~/.cache/remexec].
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 }
 
@@ -109,32 +109,32 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Address to listen on, HOST:PORT (port 0 picks a free one) [default: 127.0.0.1:8980].
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
     /// Most bytes of blobs kept on disk, e.g. 10GiB [default: 10 GiB].
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_DISK_BUDGET")]
     pub disk_budget: Option<ByteSize>,
     /// Where action results live [default: disk].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "REMEXEC_ACTION_CACHE")]
     pub action_cache: Option<AcBackend>,
     /// Skip fsync before acknowledging writes (faster; safe against crashes of remexec, not of the machine).
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_NO_FSYNC")]
     pub no_fsync: bool,
     /// Executors of the local worker (`serve` only) [default: one per CPU].
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_EXECUTORS")]
     pub executors: Option<usize>,
     /// External storage behind the local disk, written through: an object store
     /// (s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///path, memory://)
     /// or an upstream REAPI server (grpc://host:port, grpcs://host:port). Object store
     /// credentials come from the AWS_*, GOOGLE_* or AZURE_* environment variables or the
     /// config file's [external.options] [default: none].
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "REMEXEC_EXTERNAL_STORE")]
     pub external_store: Option<String>,
     /// Address of the admin HTTP port with /healthz and /readyz [default: none].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "REMEXEC_ADMIN_LISTEN")]
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Seconds to stay up, reporting not-ready, between SIGTERM and closing [default: 0].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", env = "REMEXEC_DRAIN_SECS")]
     pub drain_secs: Option<u64>,
     /// TLS and authentication of the ports.
     #[command(flatten)]
@@ -145,32 +145,37 @@ pub struct ServerArgs {
 #[derive(Debug, Args)]
 pub struct SecurityArgs {
     /// PEM certificate chain of the server: turns TLS on (clients then use grpcs://).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REMEXEC_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of the server.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REMEXEC_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// PEM CA that signs client certificates: turns mutual TLS on.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REMEXEC_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
     /// Token file of hashed bearer tokens and their permissions (docs/security.md).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REMEXEC_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// JWT key: a PEM RSA or EC P-256 public key (RS256, ES256), or an HS256 secret.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REMEXEC_JWT_KEY")]
     pub jwt_key: Option<PathBuf>,
     /// JWKS file of JWT keys.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REMEXEC_JWKS")]
     pub jwks: Option<PathBuf>,
     /// Permissions of callers without credentials, comma-separated (e.g. cache-read).
-    #[arg(long, value_name = "PERMISSIONS", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "PERMISSIONS",
+        value_delimiter = ',',
+        env = "REMEXEC_ALLOW_ANONYMOUS"
+    )]
     pub allow_anonymous: Vec<String>,
     /// A separate port for workers; the client port then serves no worker API. With TLS it
     /// requires a cluster certificate.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "REMEXEC_WORKER_LISTEN")]
     pub worker_listen: Option<std::net::SocketAddr>,
     /// PEM CA of cluster certificates [default: --client-ca].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REMEXEC_CLUSTER_CA")]
     pub cluster_ca: Option<PathBuf>,
 }
 
@@ -204,16 +209,16 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// The scheduler to take actions from, e.g. grpc://10.0.0.5:8980.
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_SCHEDULER")]
     pub scheduler: Option<String>,
     /// Worker name [default: the host name].
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_NAME")]
     pub name: Option<String>,
     /// Number of executors [default: one per CPU].
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_EXECUTORS")]
     pub executors: Option<usize>,
     /// Extra executor property NAME=VALUE (repeatable).
-    #[arg(long = "property", value_parser = parse_property)]
+    #[arg(long = "property", value_parser = parse_property, env = "REMEXEC_PROPERTY")]
     pub properties: Vec<(String, String)>,
     /// TLS to the scheduler (the certificate is the worker's cluster certificate).
     #[command(flatten)]
@@ -224,13 +229,13 @@ pub struct WorkerArgs {
 #[derive(Clone, Debug, Default, Args)]
 pub struct ClientTlsArgs {
     /// PEM CA to verify a grpcs:// server with [default: the built-in roots].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REMEXEC_CLIENT_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
     /// PEM client certificate, for servers that require mutual TLS.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REMEXEC_CLIENT_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// Its PEM private key.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REMEXEC_CLIENT_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 }
 

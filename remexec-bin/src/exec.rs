@@ -18,40 +18,40 @@ use crate::cli::parse_property;
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
     /// Server URL.
-    #[arg(long, default_value = "grpc://127.0.0.1:8980")]
+    #[arg(long, default_value = "grpc://127.0.0.1:8980", env = "REMEXEC_SERVER")]
     pub server: String,
     /// TLS to a grpcs:// server.
     #[command(flatten)]
     pub tls: crate::cli::ClientTlsArgs,
     /// Instance name.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", env = "REMEXEC_INSTANCE")]
     pub instance: String,
     /// Local directory uploaded as the input root [default: an empty input root].
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_INPUT")]
     pub input: Option<PathBuf>,
     /// Output path to collect, relative to the working directory (repeatable).
-    #[arg(long = "output")]
+    #[arg(long = "output", env = "REMEXEC_OUTPUT")]
     pub outputs: Vec<String>,
     /// Where downloaded outputs go.
-    #[arg(long, default_value = ".")]
+    #[arg(long, default_value = ".", env = "REMEXEC_OUTPUT_DIR")]
     pub output_dir: PathBuf,
     /// Working directory inside the input root.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", env = "REMEXEC_WORKDIR")]
     pub workdir: String,
     /// Platform property NAME=VALUE the executor must offer (repeatable).
-    #[arg(long = "platform", value_parser = parse_property)]
+    #[arg(long = "platform", value_parser = parse_property, env = "REMEXEC_PLATFORM")]
     pub platform: Vec<(String, String)>,
     /// Environment variable NAME=VALUE (repeatable) [default: PATH=/usr/local/bin:/usr/bin:/bin].
-    #[arg(long = "env", value_parser = parse_property)]
+    #[arg(long = "env", value_parser = parse_property, env = "REMEXEC_ENV")]
     pub env: Vec<(String, String)>,
     /// Timeout in seconds (0: the server's maximum).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, env = "REMEXEC_TIMEOUT")]
     pub timeout: u64,
     /// Priority; lower runs sooner.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, env = "REMEXEC_PRIORITY")]
     pub priority: i32,
     /// Neither look up nor store the result in the Action Cache.
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_NO_CACHE")]
     pub no_cache: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]

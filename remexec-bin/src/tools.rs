@@ -16,7 +16,7 @@ pub struct ClientArgs {
     #[arg(long, default_value = "grpc://127.0.0.1:8980", env = "REMEXEC_SERVER")]
     pub server: String,
     /// Instance name.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", env = "REMEXEC_INSTANCE")]
     pub instance: String,
     /// TLS to a grpcs:// server.
     #[command(flatten)]

@@ -238,10 +238,17 @@ fn cancel_operation_kills_the_running_action_and_its_children() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The client prints "remexec exec: NAME STAGE" as the operation progresses.
+    // The client prints "remexec exec: NAME STAGE" as the operation progresses (after the
+    // line naming the action).
     let mut lines = BufReader::new(client.stderr.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let name = first.split_whitespace().nth(2).unwrap().to_string();
+    let name = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find_map(|l| {
+            let rest = l.strip_prefix("remexec exec: operations/")?;
+            Some(format!("operations/{}", rest.split_whitespace().next()?))
+        })
+        .unwrap();
     assert!(wait_until(20, || std::fs::read_to_string(&pidfile)
         .is_ok_and(|s| s.ends_with('\n'))));
     let pid: i32 = std::fs::read_to_string(&pidfile)

@@ -106,3 +106,62 @@ fn completions_load_in_bash_and_the_man_page_is_roff() {
     );
     assert!(man.contains("completions"));
 }
+
+#[test]
+fn every_flag_reads_a_remexec_environment_variable() {
+    use clap::CommandFactory;
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if arg.is_positional() || ["help", "version"].contains(&id) {
+                continue;
+            }
+            let named = arg
+                .get_env()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.starts_with("REMEXEC_"));
+            if !named {
+                missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+            }
+        }
+        for sub in command.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&remexec_bin::cli::Cli::command(), "remexec", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "flags without a REMEXEC_* variable: {missing:?}"
+    );
+}
+
+#[test]
+fn a_server_can_be_configured_from_the_environment_alone() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .arg("scheduler")
+        .env("REMEXEC_LISTEN", "127.0.0.1:0")
+        .env("REMEXEC_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("REMEXEC_DATA_DIR", data.path())
+        .env("REMEXEC_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .take(2)
+        .map(Result::unwrap)
+        .collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        lines[0].starts_with("remexec: admin port on 127.0.0.1:"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("remexec: listening on 127.0.0.1:"),
+        "{lines:?}"
+    );
+    assert!(data.path().join("cas").is_dir());
+}

@@ -43,43 +43,43 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub workload: WorkloadKind,
     /// Server URL, e.g. grpc://127.0.0.1:8980.
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_TARGET")]
     pub target: String,
     /// TLS to a grpcs:// server.
     #[command(flatten)]
     pub tls: crate::cli::ClientTlsArgs,
     /// Instance name.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", env = "REMEXEC_INSTANCE")]
     pub instance: String,
     /// Blob size for cas-write and cas-read, e.g. 64MiB.
-    #[arg(long, default_value = "1MiB")]
+    #[arg(long, default_value = "1MiB", env = "REMEXEC_SIZE")]
     pub size: ByteSize,
     /// Concurrent clients.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, env = "REMEXEC_CONCURRENCY")]
     pub concurrency: usize,
     /// Operations to send.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, env = "REMEXEC_COUNT")]
     pub count: u64,
     /// Use the CAS batch calls instead of ByteStream.
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_BATCH")]
     pub batch: bool,
     /// Digests per FindMissingBlobs request.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, env = "REMEXEC_BATCH_SIZE")]
     pub batch_size: usize,
     /// Fraction of FindMissingBlobs digests (and mixed GetActionResult calls) that hit.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, env = "REMEXEC_HIT_RATIO")]
     pub hit_ratio: f64,
     /// Distinct blobs cas-read cycles through.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, env = "REMEXEC_BLOBS")]
     pub blobs: usize,
     /// ac-get: ask for actions that are not cached.
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_MISS")]
     pub miss: bool,
     /// mixed: leave Execute out (for cache-only servers).
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_NO_EXECUTE")]
     pub no_execute: bool,
     /// Print one JSON object instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "REMEXEC_JSON")]
     pub json: bool,
 }
 
