@@ -56,6 +56,9 @@ pub enum Command {
     /// The Action Cache of any REAPI server.
     #[command(subcommand)]
     Ac(crate::tools::AcCommand),
+    /// Show an action or an operation: Command, inputs, result, stdout and stderr, timings.
+    #[command(subcommand)]
+    Show(crate::tools::ShowCommand),
     /// Print a shell completion script: `source <(remexec completions bash)`.
     Completions {
         /// The shell.

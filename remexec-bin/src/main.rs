@@ -42,6 +42,10 @@ fn main() -> std::process::ExitCode {
                 }
                 Err(e) => Err(e.to_string()),
             },
+            Command::Show(command) => {
+                print!("{}", remexec_bin::tools::show(command).await.map_err(|e| e.to_string())?);
+                Ok(0)
+            }
             Command::Completions { shell } => {
                 Cli::completions(shell, &mut std::io::stdout());
                 Ok(0)

@@ -66,6 +66,213 @@ pub enum AcCommand {
     },
 }
 
+/// `remexec show …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ShowCommand {
+    /// Print an action: its Command, a summary of its inputs, and its cached result with
+    /// stdout and stderr.
+    Action {
+        /// The Action's digest (HASH/SIZE).
+        digest: String,
+        /// The server.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print an operation: its stage and action, and its result once done.
+    Operation {
+        /// The operation's name, as Execute returned it.
+        name: String,
+        /// The server.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Most bytes of stdout and stderr shown.
+const SHOWN_LOG: u64 = 64 * 1024;
+
+/// Runs a `show` command; returns what to print.
+pub async fn show(command: ShowCommand) -> Result<String> {
+    let f = DigestFunction::Sha256;
+    match command {
+        ShowCommand::Action { digest, client } => {
+            let channel = client.channel().await?;
+            show_action(&channel, &client.instance, Digest::parse(f, &digest)?, None).await
+        }
+        ShowCommand::Operation { name, client } => {
+            use remexec_proto::google::longrunning::GetOperationRequest;
+            use remexec_proto::google::longrunning::operations_client::OperationsClient;
+            let channel = client.channel().await?;
+            let op = OperationsClient::new(channel.clone())
+                .get_operation(GetOperationRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            let mut out = format!("operation {name}\n");
+            let meta = op.metadata.as_ref().and_then(|m| {
+                <remexec_core::reapi::ExecuteOperationMetadata as prost::Message>::decode(
+                    &m.value[..],
+                )
+                .ok()
+            });
+            let action = meta.as_ref().and_then(|m| m.action_digest.clone());
+            if let Some(meta) = &meta {
+                let stage = remexec_core::reapi::execution_stage::Value::try_from(meta.stage)
+                    .map_or("?", |s| s.as_str_name());
+                let _ = writeln!(out, "stage {stage}");
+            }
+            let mut result = None;
+            match client::operation_response(&op) {
+                Ok(Some(response)) => {
+                    result = response.result;
+                    let status = response.status.unwrap_or_default();
+                    let _ = writeln!(
+                        out,
+                        "status {:?} {}",
+                        tonic::Code::from_i32(status.code),
+                        status.message
+                    );
+                    if !response.message.is_empty() {
+                        let _ = writeln!(out, "message {}", response.message);
+                    }
+                    let _ = writeln!(out, "cached_result {}", response.cached_result);
+                }
+                Ok(None) => out += "running\n",
+                Err(e) => {
+                    let _ = writeln!(out, "failed {e}");
+                }
+            }
+            if let Some(action) = action {
+                let action = Digest::from_proto(f, &action)?;
+                out += &show_action(&channel, &client.instance, action, result).await?;
+            }
+            Ok(out)
+        }
+    }
+}
+
+#[allow(deprecated)] // Command.platform: REAPI v2.0 clients still send it
+async fn show_action(
+    channel: &tonic::transport::Channel,
+    instance: &str,
+    digest: Digest,
+    known: Option<ActionResult>,
+) -> Result<String> {
+    use remexec_core::BlobStoreExt;
+    use remexec_core::reapi::{Action, Command};
+    let store = GrpcStore::new(channel.clone());
+    let message = |d: Digest, what: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .get_bytes(instance, d, 16 << 20)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("{what} {d} is not in the CAS")))
+        }
+    };
+    let decode = |what: &str, e: prost::DecodeError| Error::invalid(format!("{what}: {e}"));
+    let action: Action = prost::Message::decode(message(digest, "action").await?)
+        .map_err(|e| decode("action", e))?;
+    let f = digest.function();
+    let command_digest = Digest::from_field(f, action.command_digest.as_ref(), "command")?;
+    let command: Command = prost::Message::decode(message(command_digest, "command").await?)
+        .map_err(|e| decode("command", e))?;
+    let mut out = format!("action {digest}\n");
+    let _ = writeln!(out, "command {:?}", command.arguments);
+    for var in &command.environment_variables {
+        let _ = writeln!(out, "env {}={}", var.name, var.value);
+    }
+    if !command.working_directory.is_empty() {
+        let _ = writeln!(out, "working_directory {}", command.working_directory);
+    }
+    for path in &command.output_paths {
+        let _ = writeln!(out, "output {path}");
+    }
+    for p in action
+        .platform
+        .iter()
+        .chain(&command.platform)
+        .flat_map(|p| &p.properties)
+    {
+        let _ = writeln!(out, "platform {}={}", p.name, p.value);
+    }
+    let root = Digest::from_field(f, action.input_root_digest.as_ref(), "input root")?;
+    match remexec_core::merkle::fetch_tree(&store, instance, root).await {
+        Ok(tree) => {
+            let files: usize = tree.directories.values().map(|d| d.files.len()).sum();
+            let bytes: i64 = tree
+                .directories
+                .values()
+                .flat_map(|d| &d.files)
+                .filter_map(|f| f.digest.as_ref().map(|d| d.size_bytes))
+                .sum();
+            let _ = writeln!(
+                out,
+                "inputs {root}: {} directories, {files} files, {bytes} bytes (distinct)",
+                tree.directories.len()
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "inputs {root}: {e}");
+        }
+    }
+    let result = match known {
+        Some(result) => Ok(result),
+        None => {
+            let request = GetActionResultRequest {
+                instance_name: instance.to_string(),
+                action_digest: Some(digest.to_proto()),
+                ..Default::default()
+            };
+            client::action_cache_client(channel.clone())
+                .get_action_result(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    match result {
+        Ok(result) => {
+            out += &describe(&result);
+            out += &logs(&store, instance, f, &result).await?;
+        }
+        Err(status) if status.code() == tonic::Code::NotFound => out += "result: not cached\n",
+        Err(status) => return Err(status.into()),
+    }
+    Ok(out)
+}
+
+/// The first [`SHOWN_LOG`] bytes of a result's stdout and stderr, inlined or from the CAS.
+async fn logs(
+    store: &GrpcStore,
+    instance: &str,
+    f: DigestFunction,
+    result: &ActionResult,
+) -> Result<String> {
+    use remexec_core::BlobStoreExt;
+    let mut out = String::new();
+    for (name, raw, d) in [
+        ("stdout", &result.stdout_raw, result.stdout_digest.as_ref()),
+        ("stderr", &result.stderr_raw, result.stderr_digest.as_ref()),
+    ] {
+        let text = match d {
+            _ if !raw.is_empty() => raw.to_vec(),
+            Some(d) if d.size_bytes > 0 => {
+                let d = Digest::from_proto(f, d)?;
+                let shown = usize::try_from(d.size().min(SHOWN_LOG)).unwrap_or(0);
+                store
+                    .get_bytes(instance, d, d.size())
+                    .await?
+                    .map_or_else(Vec::new, |b| b[..shown].to_vec())
+            }
+            _ => Vec::new(),
+        };
+        if !text.is_empty() {
+            let text = String::from_utf8_lossy(&text);
+            let _ = writeln!(out, "--- {name}\n{}", text.trim_end());
+        }
+    }
+    Ok(out)
+}
+
 /// Runs a `cas` command; returns what to print.
 pub async fn cas(command: CasCommand) -> Result<String> {
     let f = DigestFunction::Sha256;

@@ -24,7 +24,11 @@ fn the_systemd_units_verify() {
         names.push(dir.path().join(name));
     }
     assert_eq!(names.len(), 2);
-    let Ok(out) = Command::new("systemd-analyze").arg("verify").args(&names).output() else {
+    let Ok(out) = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&names)
+        .output()
+    else {
         panic!("systemd-analyze is needed (Debian's systemd package)");
     };
     let report = String::from_utf8_lossy(&out.stderr);

@@ -143,3 +143,73 @@ fn ac_get_prints_a_cached_result_and_exits_1_for_a_miss() {
     );
     assert_eq!(miss.status.code(), Some(1));
 }
+
+#[test]
+fn show_prints_an_action_and_its_operation() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--executors", "1"]);
+    std::fs::create_dir(work.path().join("in")).unwrap();
+    std::fs::write(work.path().join("in/a.txt"), "input\n").unwrap();
+    let ran = remexec(
+        &server,
+        &["exec"],
+        &[
+            "--input",
+            "in",
+            "--no-cache",
+            "--",
+            "sh",
+            "-c",
+            "cat a.txt; echo oops >&2; exit 3",
+        ],
+        work.path(),
+    );
+    assert_eq!(ran.status.code(), Some(3));
+    let stderr = String::from_utf8(ran.stderr).unwrap();
+    let field = |prefix: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let action = field("remexec exec: action ");
+    let operation = format!("operations/{}", field("remexec exec: operations/"));
+    let shown = stdout(&remexec(
+        &server,
+        &["show", "action"],
+        &[&action],
+        work.path(),
+    ));
+    assert!(
+        shown.contains(r#"command ["sh", "-c", "cat a.txt; echo oops >&2; exit 3"]"#),
+        "{shown}"
+    );
+    assert!(shown.contains("1 directories, 1 files, 6 bytes"), "{shown}");
+    // A failed action is not cached, so its action shows no result...
+    assert!(shown.contains("result: not cached"), "{shown}");
+    // ...but its operation does, with its output.
+    let op = stdout(&remexec(
+        &server,
+        &["show", "operation"],
+        &[&operation],
+        work.path(),
+    ));
+    assert!(op.contains("stage COMPLETED"), "{op}");
+    assert!(op.contains("exit_code: 3"), "{op}");
+    assert!(
+        op.contains("--- stdout\ninput") && op.contains("--- stderr\noops"),
+        "{op}"
+    );
+    let missing = remexec(
+        &server,
+        &["show", "operation"],
+        &["operations/s0/nothing"],
+        work.path(),
+    );
+    assert!(!missing.status.success());
+}

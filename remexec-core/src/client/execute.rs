@@ -47,7 +47,9 @@ fn retriable(code: tonic::Code) -> bool {
 
 /// The operation's `ExecuteResponse` if it is done: `Err` for a done operation carrying an
 /// error (or nothing) instead of a response.
-fn finished(op: &Operation) -> Result<Option<ExecuteResponse>> {
+/// The `ExecuteResponse` of a done operation, `None` while it runs; the error of an operation
+/// that failed.
+pub fn operation_response(op: &Operation) -> Result<Option<ExecuteResponse>> {
     match &op.result {
         Some(operation::Result::Response(any)) => ExecuteResponse::decode(&any.value[..])
             .map(Some)
@@ -91,7 +93,7 @@ pub async fn execute(
                 {
                     on_update(&op.name, &meta);
                 }
-                if let Some(response) = finished(&op)? {
+                if let Some(response) = operation_response(&op)? {
                     return Ok(response);
                 }
                 name = Some(op.name);

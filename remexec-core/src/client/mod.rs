@@ -58,7 +58,7 @@ pub use endpoint::{
     action_cache_client, capabilities_client, cas_client, connect, connect_lazy, connect_lazy_with,
     connect_with, endpoint, endpoint_with, execution_client,
 };
-pub use execute::{FollowOptions, execute};
+pub use execute::{FollowOptions, execute, operation_response};
 pub use materialize::{
     CasFiles, FileSource, MAX_TREE_SIZE, Materializer, Safety, download_directory,
     download_outputs, output_tree,
