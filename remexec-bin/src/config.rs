@@ -19,6 +19,7 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Seconds between SIGTERM and the listeners closing, during which the server reports
     /// itself not ready (so load balancers stop sending it work) but still serves.
+    #[serde(deserialize_with = "whole_seconds")]
     pub drain_secs: u64,
     /// Directory for the CAS, the action cache and other state.
     pub data_dir: PathBuf,
@@ -229,6 +230,33 @@ impl ExternalSection {
     }
 }
 
+/// A number of seconds, or a duration with units (`"15m"`, `"1h 30m"`, `"500ms"`), as seconds.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Seconds {
+        Number(f64),
+        Text(String),
+    }
+    match Seconds::deserialize(d)? {
+        Seconds::Number(n) => Ok(n),
+        Seconds::Text(text) => humantime::parse_duration(&text)
+            .map(|d| d.as_secs_f64())
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}"))),
+    }
+}
+
+/// Like [`seconds`], for keys that take whole seconds (a fraction is an error).
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let secs = seconds(d)?;
+    if secs < 0.0 || secs.fract() != 0.0 || !secs.is_finite() || secs > u64::MAX as f64 {
+        return Err(serde::de::Error::custom(format!(
+            "{secs} is not a whole, non-negative number of seconds"
+        )));
+    }
+    Ok(secs as u64)
+}
+
 /// `url` without any `user:password@` part, for logs and errors.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -248,10 +276,12 @@ pub struct SchedulerSection {
     /// Name used in operation names.
     pub name: String,
     /// Upper bound on an action's timeout, in seconds (also the timeout of actions that set none).
+    #[serde(deserialize_with = "whole_seconds")]
     pub max_action_timeout_secs: u64,
     /// How often an action is re-queued after losing its worker before the client gets UNAVAILABLE.
     pub max_retries: u32,
     /// Seconds an action that no executor can match waits for one to register.
+    #[serde(deserialize_with = "seconds")]
     pub unmatched_grace_secs: f64,
     /// Platform properties matched as "at least" (numeric); others match exactly.
     pub at_least: Vec<String>,
@@ -261,6 +291,7 @@ pub struct SchedulerSection {
     pub max_queued: usize,
     /// Seconds a lease may run beyond its action's timeout (input fetch, output upload) before
     /// it is revoked with DEADLINE_EXCEEDED.
+    #[serde(deserialize_with = "whole_seconds")]
     pub lease_allowance_secs: u64,
     /// Most finished operations kept for WaitExecution and GetOperation.
     pub retained_operations: usize,

@@ -61,3 +61,27 @@ proptest! {
         prop_assert_eq!(shown, format!("{scheme}://***@{host}{path}"));
     }
 }
+
+#[test]
+fn durations_take_seconds_or_units() {
+    let config = Config::from_toml(
+        "drain_secs = \"15s\"\n[scheduler]\nmax_action_timeout_secs = \"1h 30m\"\nunmatched_grace_secs = \"500ms\"\nlease_allowance_secs = 90\n",
+    )
+    .unwrap();
+    assert_eq!(config.drain_secs, 15);
+    assert_eq!(config.scheduler.max_action_timeout_secs, 5400);
+    assert_eq!(config.scheduler.unmatched_grace_secs, 0.5);
+    assert_eq!(config.scheduler.lease_allowance_secs, 90);
+    for bad in [
+        "drain_secs = \"soon\"",
+        "drain_secs = \"1500ms\"",
+        "drain_secs = -1",
+        "[scheduler]\nmax_action_timeout_secs = \"15 fortnights\"",
+    ] {
+        let error = Config::from_toml(bad).unwrap_err();
+        assert!(
+            error.contains("duration") || error.contains("seconds"),
+            "{bad}: {error}"
+        );
+    }
+}
