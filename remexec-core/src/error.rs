@@ -129,7 +129,11 @@ impl From<Error> for tonic::Status {
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
         use tonic::Code;
-        let message = status.message().to_string();
+        let message = match status.message() {
+            // Say at least what the code means, rather than nothing.
+            "" => format!("the server answered {}", status.code().description()),
+            text => text.to_string(),
+        };
         match status.code() {
             Code::InvalidArgument => Self::InvalidArgument(message),
             Code::NotFound => Self::NotFound(message),
@@ -170,5 +174,8 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(status.message(), "bad digest");
         assert_eq!(Error::from(status).code(), tonic::Code::InvalidArgument);
+        let bare = Error::from(tonic::Status::new(tonic::Code::Unimplemented, ""));
+        assert_eq!(bare.code(), tonic::Code::Unimplemented);
+        assert!(bare.to_string().contains("not implemented"), "{bare}");
     }
 }
