@@ -380,7 +380,8 @@ impl SchedulerSection {
         config.match_rules = rules;
         config.max_action_timeout = std::time::Duration::from_secs(self.max_action_timeout_secs);
         config.max_retries = self.max_retries;
-        config.unmatched_grace = std::time::Duration::from_secs_f64(self.unmatched_grace_secs);
+        config.unmatched_grace = std::time::Duration::try_from_secs_f64(self.unmatched_grace_secs)
+            .map_err(|e| format!("scheduler.unmatched_grace_secs: {e}"))?;
         config.max_queued = self.max_queued;
         config.lease_allowance = std::time::Duration::from_secs(self.lease_allowance_secs);
         config.retained_operations = self.retained_operations;

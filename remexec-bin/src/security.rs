@@ -161,15 +161,28 @@ fn client_policy(config: &Config) -> Result<AuthPolicy> {
         } else {
             tls.client_permissions.clone()
         };
-        policy = policy
-            .cert_rule(CertRule {
-                names: or_default(&tls.client_names, &["*"])
-                    .into_iter()
-                    .map(Pattern::new)
-                    .collect(),
-                grant: Grant::parse(&permissions, &or_default(&tls.client_instances, &["*"]))?,
-            })
-            .cluster_names(cluster_names(config));
+        policy = policy.cert_rule(CertRule {
+            names: or_default(&tls.client_names, &["*"])
+                .into_iter()
+                .map(Pattern::new)
+                .collect(),
+            grant: Grant::parse(&permissions, &or_default(&tls.client_instances, &["*"]))?,
+        });
+        // On the client port, a certificate is a cluster member only if the cluster's CA is
+        // the client CA: with a separate cluster CA, no client certificate can be one.
+        let same_ca = config
+            .cluster
+            .ca
+            .as_ref()
+            .is_none_or(|ca| Some(ca) == tls.client_ca.as_ref());
+        if same_ca {
+            policy = policy.cluster_names(cluster_names(config));
+        }
+    }
+    if (auth.jwt_key.is_some() || auth.jwks.is_some()) && auth.jwt_audience.is_none() {
+        tracing::warn!(
+            "JWTs are accepted without an audience check: a token another service's issuer signed for itself is valid here; set [auth] jwt_audience"
+        );
     }
     if !auth.anonymous.is_empty() {
         policy = policy.anonymous(Grant::parse(

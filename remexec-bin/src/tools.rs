@@ -90,6 +90,8 @@ pub enum ShowCommand {
 
 /// Most bytes of stdout and stderr shown.
 const SHOWN_LOG: u64 = 64 * 1024;
+/// Largest stdout or stderr read to show its start.
+const MAX_LOG_READ: u64 = 16 << 20;
 
 /// Runs a `show` command; returns what to print.
 pub async fn show(command: ShowCommand) -> Result<String> {
@@ -257,11 +259,13 @@ async fn logs(
             _ if !raw.is_empty() => raw.to_vec(),
             Some(d) if d.size_bytes > 0 => {
                 let d = Digest::from_proto(f, d)?;
-                let shown = usize::try_from(d.size().min(SHOWN_LOG)).unwrap_or(0);
-                store
-                    .get_bytes(instance, d, d.size())
-                    .await?
-                    .map_or_else(Vec::new, |b| b[..shown].to_vec())
+                if d.size() > MAX_LOG_READ {
+                    format!("({} bytes, not shown)", d.size()).into_bytes()
+                } else {
+                    let shown = usize::try_from(d.size().min(SHOWN_LOG)).unwrap_or(0);
+                    let bytes = store.get_bytes(instance, d, d.size()).await?;
+                    bytes.map_or_else(Vec::new, |b| b.get(..shown).unwrap_or(&b).to_vec())
+                }
             }
             _ => Vec::new(),
         };

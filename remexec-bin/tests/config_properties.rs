@@ -85,3 +85,10 @@ fn durations_take_seconds_or_units() {
         );
     }
 }
+
+#[test]
+fn a_grace_too_long_for_a_duration_is_an_error_not_a_panic() {
+    let config = Config::from_toml("[scheduler]\nunmatched_grace_secs = 1e20\n").unwrap();
+    let error = config.scheduler_config().unwrap_err();
+    assert!(error.contains("unmatched_grace_secs"), "{error}");
+}

@@ -211,6 +211,35 @@ async fn commands_and_input_trees_over_their_limits_are_refused_at_execute() {
     let (code, message) = execute_code(&channel, action(&store, &short, &nested(4)).await).await;
     assert_ne!(code, Code::Ok, "{message}");
     assert!(message.contains("deep"), "{message}");
+    // A wide tree: 8 directories of 8 distinct files each, 72 entries over max_tree_entries =
+    // 50 (each directory small enough for max_blob_size), none of the files uploaded: the walk
+    // stops before asking for them.
+    let leaf = |d: usize| Directory {
+        files: (0..8)
+            .map(|i| remexec_core::reapi::FileNode {
+                name: format!("f{i}"),
+                digest: Some(SHA256.digest_of(format!("{d}/{i}").as_bytes()).to_proto()),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut dirs: Vec<Directory> = (0..8).map(leaf).collect();
+    let root = Directory {
+        directories: dirs
+            .iter()
+            .enumerate()
+            .map(|(d, dir)| DirectoryNode {
+                name: format!("d{d}"),
+                digest: Some(encode_message(SHA256, dir).0.to_proto()),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    dirs.push(root);
+    let (code, message) = execute_code(&channel, action(&store, &short, &dirs).await).await;
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(message.contains("entries"), "{message}");
 }
 
 #[tokio::test]

@@ -607,3 +607,44 @@ fn a_plaintext_worker_port_cannot_bypass_the_client_port_s_credentials() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("the worker port needs TLS"), "{stderr}");
 }
+
+#[tokio::test]
+async fn with_its_own_cluster_ca_no_client_certificate_is_a_cluster_member() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    dev_certs(a.path());
+    dev_certs(b.path());
+    let start = |extra: &[&str]| {
+        let data = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "--tls-cert".to_string(),
+            arg(a.path(), "server.pem"),
+            "--tls-key".to_string(),
+            arg(a.path(), "server.key"),
+            "--client-ca".to_string(),
+            arg(a.path(), "ca.pem"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (
+            ServerProcess::start_role("scheduler", data.path(), &args),
+            data,
+        )
+    };
+    // One CA for clients and the cluster: its cluster certificate may attach on the client port.
+    let (shared, _d1) = start(&[]);
+    assert_eq!(
+        attach(&grpcs(shared.addr), &tls(a.path(), Some("cluster"))).await,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        attach(&grpcs(shared.addr), &tls(a.path(), Some("client"))).await,
+        Code::PermissionDenied
+    );
+    // A separate cluster CA: a certificate of the client CA named like a cluster member is not one.
+    let cluster_ca = arg(b.path(), "ca.pem");
+    let (separate, _d2) = start(&["--cluster-ca", &cluster_ca]);
+    assert_eq!(
+        attach(&grpcs(separate.addr), &tls(a.path(), Some("cluster"))).await,
+        Code::PermissionDenied
+    );
+}

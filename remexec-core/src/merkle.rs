@@ -132,6 +132,13 @@ pub async fn fetch_directory(
         }
         return Ok(None);
     };
+    // A store that returned other bytes (a lying upstream) could otherwise make a "tree" with
+    // a cycle, which no hashed tree can have; directories are small, hashing them is cheap.
+    if digest.function().digest_of(&bytes) != digest {
+        return Err(Error::Internal(format!(
+            "the store returned other bytes for directory {digest}"
+        )));
+    }
     let dir = Directory::decode(bytes)
         .map_err(|e| Error::invalid(format!("directory {digest} does not decode: {e}")))?;
     validate_directory(digest.function(), &dir)
@@ -694,5 +701,38 @@ mod tests {
             let err = validate_action_result(f, &result).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{result:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod lying_store_tests {
+    use super::*;
+    use crate::BlobStoreExt;
+    use crate::testing::MapStore;
+    use bazel_remote_apis::build::bazel::remote::execution::v2::DirectoryNode;
+
+    #[tokio::test]
+    async fn a_directory_whose_bytes_do_not_hash_to_its_digest_is_refused() {
+        let store = MapStore::default();
+        // A directory that names itself as its child: only a store that lies can serve it.
+        let hash = *DigestFunction::Sha256.digest_of(b"some other bytes").hash();
+        let cyclic = |claimed: Digest| Directory {
+            directories: vec![DirectoryNode {
+                name: "loop".into(),
+                digest: Some(claimed.to_proto()),
+            }],
+            ..Default::default()
+        };
+        // The digest's size must be that of the bytes that name it.
+        let (claimed, bytes) = (1..200)
+            .map(|size| Digest::new(DigestFunction::Sha256, hash, size))
+            .map(|d| (d, prost::Message::encode_to_vec(&cyclic(d))))
+            .find(|(d, bytes)| bytes.len() as u64 == d.size())
+            .unwrap();
+        store.put_bytes("", claimed, bytes.into()).await.unwrap();
+        let error = fetch_directory(&store, "", claimed).await.unwrap_err();
+        assert!(error.to_string().contains("other bytes"), "{error}");
+        let error = fetch_tree(&store, "", claimed).await.unwrap_err();
+        assert!(error.to_string().contains("other bytes"), "{error}");
     }
 }

@@ -131,6 +131,15 @@ async fn missing_inputs(
             }
         }
         directories.insert(digest, dir);
+        // Distinct entries never outnumber the laid-out ones: stop walking a tree that is
+        // already too large, before holding all of it.
+        let distinct = (seen.len() + files.len()) as u64;
+        if distinct > limits.max_entries {
+            return Err(Error::invalid(format!(
+                "input tree {root} has more than {} entries",
+                limits.max_entries
+            )));
+        }
     }
     if missing.is_empty() {
         // Refuse a tree that would be too large laid out (a "tree bomb") before it is queued.

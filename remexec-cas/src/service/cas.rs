@@ -113,7 +113,7 @@ impl CasService {
             .iter()
             .filter_map(|r| r.digest.as_ref())
             .map(|d| d.size_bytes.max(0) as u64)
-            .sum();
+            .fold(0u64, u64::saturating_add);
         self.check_batch_size(sent.max(declared), "BatchUpdateBlobs request")?;
         let instance = req.instance_name.as_str();
         let store = &self.services.store;
@@ -153,7 +153,10 @@ impl CasService {
         )?;
         let digests = parse_digests(function, &req.digests)?;
         self.check_batch_size(
-            digests.iter().map(Digest::size).sum(),
+            digests
+                .iter()
+                .map(Digest::size)
+                .fold(0, u64::saturating_add),
             "BatchReadBlobs request",
         )?;
         let compressor = if req

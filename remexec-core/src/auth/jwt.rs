@@ -84,6 +84,18 @@ impl JwtVerifier {
             }
         } else {
             let secret = key.trim_ascii();
+            // A public key passed by mistake must never become a shared secret that anyone
+            // could sign with: refuse what looks like a JWKS, an SSH key or DER.
+            let text = std::str::from_utf8(secret).unwrap_or("");
+            if text.is_empty()
+                || text.chars().any(char::is_control)
+                || text.starts_with('{')
+                || text.starts_with("ssh-")
+            {
+                return Err(Error::invalid(
+                    "JWT key: not a PEM public key, and not a usable HS256 secret (it must be printable text; a JWKS goes to --jwks)",
+                ));
+            }
             if secret.len() < MIN_SECRET {
                 return Err(Error::invalid(
                     "JWT key: an HS256 secret must be at least 32 bytes",

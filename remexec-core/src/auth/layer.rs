@@ -23,7 +23,9 @@ use crate::{Error, ReadResource, Result, WriteResource};
 ///
 /// The instance name is read from the first request message (field 1: the REAPI
 /// `instance_name`, or a ByteStream resource name), which is buffered and passed on
-/// unchanged. The authenticated [`Principal`] is added to the request's extensions.
+/// unchanged; an open policy reads it too, so that every server refuses an oversized or
+/// missing first message the same way. The authenticated [`Principal`] is added to the
+/// request's extensions.
 ///
 /// ```no_run
 /// # async fn run(routes: tonic::service::Routes) -> Result<(), tonic::transport::Error> {

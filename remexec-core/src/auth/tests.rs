@@ -413,12 +413,28 @@ fn rs256_keys_verify_their_own_tokens_and_refuse_others() {
     );
 }
 
-/// Runs `request` through an [`AuthLayer`] over a service that answers every request with an
-/// empty 200; returns the gRPC code of the answer (`Ok` when it reached the service).
-async fn through_layer(layer: AuthLayer, request: http::Request<tonic::body::Body>) -> tonic::Code {
+/// Runs `request` through an [`AuthLayer`] over a service that answers 200 if the body it
+/// gets is exactly `expected` (the layer replays what it read) and `DATA_LOSS` otherwise;
+/// returns the gRPC code of the answer (`Ok` when it reached the service intact).
+async fn through_layer_expecting(
+    layer: AuthLayer,
+    request: http::Request<tonic::body::Body>,
+    expected: bytes::Bytes,
+) -> tonic::Code {
+    use http_body_util::BodyExt;
     use tower::{Layer, ServiceExt};
-    let inner = tower::service_fn(|_: http::Request<tonic::body::Body>| async {
-        Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::default()))
+    let inner = tower::service_fn(move |request: http::Request<tonic::body::Body>| {
+        let expected = expected.clone();
+        async move {
+            let got = request.into_body().collect().await.map(|b| b.to_bytes());
+            let mut response = http::Response::new(tonic::body::Body::default());
+            if got.ok() != Some(expected) {
+                response
+                    .headers_mut()
+                    .insert("grpc-status", "15".parse().unwrap());
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let response = layer.layer(inner).oneshot(request).await.unwrap();
     response
@@ -442,6 +458,10 @@ fn frame(instance: &str) -> bytes::Bytes {
     framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
     framed.extend_from_slice(&message);
     framed.into()
+}
+
+async fn through_layer(layer: AuthLayer, request: http::Request<tonic::body::Body>) -> tonic::Code {
+    through_layer_expecting(layer, request, frame("a")).await
 }
 
 #[tokio::test]
@@ -493,4 +513,66 @@ async fn the_layer_reads_the_instance_from_the_first_message_and_bounds_the_wait
         tonic::Code::DeadlineExceeded
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn public_keys_in_the_wrong_form_never_become_hs256_secrets() {
+    let jwks = br#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB","kid":"k"}]}"#;
+    let ssh = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleExampleExampleExample user@host";
+    let der = [
+        0x30u8, 0x82, 0x01, 0x22, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01,
+        0x01, 0x01, 0x05, 0x00, 0x03, 0x82, 0x01, 0x0f, 0x00, 0x30, 0x82, 0x01, 0x0a, 0x02, 0x82,
+        0x01, 0x01, 0x00, 0xc0,
+    ];
+    for key in [&jwks[..], &ssh[..], &der[..]] {
+        let error = JwtVerifier::from_key(key, JwtSettings::default()).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error}");
+    }
+    assert!(
+        JwtVerifier::from_key(
+            b"a-printable-shared-secret-of-32-bytes!",
+            JwtSettings::default()
+        )
+        .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn the_layer_replays_a_first_message_split_across_frames_and_refuses_what_it_cannot_read() {
+    let layer = AuthLayer::new(AuthPolicy::builder().anonymous(Grant::all()).build(), 64);
+    let path = "/build.bazel.remote.execution.v2.ActionCache/GetActionResult";
+    let framed = frame("a");
+    // Three data frames: the header split, then the message; the service gets every byte.
+    let pieces: Vec<Result<http_body::Frame<bytes::Bytes>, tonic::Status>> = vec![
+        Ok(http_body::Frame::data(framed.slice(..2))),
+        Ok(http_body::Frame::data(framed.slice(2..6))),
+        Ok(http_body::Frame::data(framed.slice(6..))),
+    ];
+    let split = tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+        pieces,
+    )));
+    assert_eq!(
+        through_layer(layer.clone(), grpc_request(path, split)).await,
+        tonic::Code::Ok
+    );
+    // A compressed first message cannot be read: refused, not passed through unchecked.
+    let mut compressed = framed.to_vec();
+    compressed[0] = 1;
+    let body = tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(compressed)));
+    assert_eq!(
+        through_layer(layer.clone(), grpc_request(path, body)).await,
+        tonic::Code::Unimplemented
+    );
+    // A first message over the limit (64 bytes here) is refused before it is buffered.
+    let body = tonic::body::Body::new(http_body_util::Full::new(frame(&"x".repeat(100))));
+    assert_eq!(
+        through_layer(layer.clone(), grpc_request(path, body)).await,
+        tonic::Code::ResourceExhausted
+    );
+    // A body that ends inside its first message.
+    let body = tonic::body::Body::new(http_body_util::Full::new(framed.slice(..4)));
+    assert_eq!(
+        through_layer(layer, grpc_request(path, body)).await,
+        tonic::Code::InvalidArgument
+    );
 }
