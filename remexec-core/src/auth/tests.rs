@@ -576,3 +576,13 @@ async fn the_layer_replays_a_first_message_split_across_frames_and_refuses_what_
         tonic::Code::InvalidArgument
     );
 }
+
+#[test]
+fn a_hash_in_the_wrong_field_is_not_echoed_by_the_parser_error() {
+    // Found by the `tokens` fuzz target: toml quotes a mistyped value in its message.
+    let hash = hash_token("t");
+    let text = format!("[[token]]\nname = \"ci\"\nsha256 = \"{hash}\"\npermissions = \"{hash}\"\n");
+    let error = TokenSet::parse(&text).unwrap_err().to_string();
+    assert!(!error.contains(&hash), "{error}");
+    assert!(error.contains("expected a sequence"), "{error}");
+}

@@ -63,13 +63,35 @@ fn hex(bytes: &[u8]) -> String {
     faster_hex::hex_string(bytes)
 }
 
+/// `message` with every quoted string longer than a few characters replaced by `"…"`: a
+/// parser's message may quote a value (a hash put in the wrong field), never show it.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find('"') {
+        let Some(len) = rest[start + 1..].find('"') else {
+            break;
+        };
+        let quoted = &rest[start + 1..start + 1 + len];
+        out.push_str(&rest[..start]);
+        out.push_str(if quoted.len() > 8 {
+            "\"…\""
+        } else {
+            &rest[start..start + len + 2]
+        });
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl TokenSet {
     /// Parses a token file. `InvalidArgument`, naming the entry, for a malformed hash, an
     /// unknown permission, an entry with no permission, or two entries with the same hash.
     /// Errors never contain a hash.
     pub fn parse(text: &str) -> Result<Self> {
         let file: File = toml::from_str(text)
-            .map_err(|e| Error::invalid(format!("token file: {}", e.message())))?;
+            .map_err(|e| Error::invalid(format!("token file: {}", redact_quoted(e.message()))))?;
         let mut entries: Vec<Entry> = Vec::with_capacity(file.token.len());
         for (i, entry) in file.token.into_iter().enumerate() {
             let what = format!("token file entry {} ({:?})", i + 1, entry.name);
