@@ -92,8 +92,15 @@ impl Permission {
             .into_iter()
             .find(|p| p.name() == name)
             .ok_or_else(|| {
+                // A long "name" is likely something pasted into the wrong place (a hash, a
+                // token): say how long it is rather than show it.
+                let shown = if name.len() <= 20 {
+                    format!("{name:?}")
+                } else {
+                    format!("of {} characters", name.len())
+                };
                 Error::invalid(format!(
-                    "unknown permission {name:?}: expected cache-read, cache-write, execute or admin"
+                    "unknown permission {shown}: expected cache-read, cache-write, execute or admin"
                 ))
             })
     }

@@ -586,3 +586,21 @@ fn a_hash_in_the_wrong_field_is_not_echoed_by_the_parser_error() {
     assert!(!error.contains(&hash), "{error}");
     assert!(error.contains("expected a sequence"), "{error}");
 }
+
+#[test]
+fn a_long_unknown_permission_is_not_echoed() {
+    // Found by the `tokens` fuzz target: a hash pasted into `permissions` came back in the error.
+    let hash = hash_token("t");
+    let text =
+        format!("[[token]]\nname = \"ci\"\nsha256 = \"{hash}\"\npermissions = [\"x{hash}\"]\n");
+    let error = TokenSet::parse(&text).unwrap_err().to_string();
+    assert!(!error.contains(&hash), "{error}");
+    assert!(
+        error.contains("unknown permission of 65 characters"),
+        "{error}"
+    );
+    let typo = TokenSet::parse(&format!(
+        "[[token]]\nname = \"ci\"\nsha256 = \"{hash}\"\npermissions = [\"cache-rad\"]\n"
+    ));
+    assert!(typo.unwrap_err().to_string().contains("\"cache-rad\""));
+}
