@@ -132,6 +132,34 @@ async fn a_wiped_proxy_serves_everything_from_upstream_and_keeps_a_local_copy() 
     std::fs::remove_dir_all(dir.path().join("front")).unwrap();
     let front = start_front(dir.path(), &back);
     assert_all_served(&front.url(), &w).await;
+    // Reads fill the local disk beside the reader, in the background: wait for the files
+    // before stopping the server (a stop does not wait for fills in flight).
+    let hashes: Vec<String> = digests.iter().map(Digest::hash_hex).collect();
+    let filled = || {
+        let mut names = Vec::new();
+        let mut stack = vec![dir.path().join("front/cas")];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    names.push(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        hashes
+            .iter()
+            .all(|h| names.iter().any(|n| n.contains(h.as_str())))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !filled() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reads never filled the local disk"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     front.terminate();
 
     // What was read is now in the front's own stores.
