@@ -8,7 +8,7 @@
 //! or short hashes, negative or non-canonical sizes, missing digests, unsorted names, missing
 //! children, deep and wide nesting), so every property is exercised on both verdicts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -25,130 +25,16 @@ use remexec_core::reapi::{
 };
 use remexec_core::{Digest, DigestFunction, Error};
 
-// ---------------------------------------------------------------------------------------------
-// Oracles: each restates a rule independently of the code under test.
-// ---------------------------------------------------------------------------------------------
+// Oracles: each restates a rule independently of the code under test. They are the fuzz
+// targets' own (`fuzz/src/lib.rs`), so a proptest and its fuzz twin check the same rule.
+#[path = "../../fuzz/src/lib.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod oracles;
 
-/// One path component: 1 to 255 bytes, not `.` or `..`, without `/` or NUL.
-fn name_ok(name: &str) -> bool {
-    (1..=255).contains(&name.len()) && name != "." && name != ".." && !name.contains(['/', '\0'])
-}
-
-/// A relative, normalised output path.
-fn output_path_ok(path: &str) -> bool {
-    !path.is_empty() && path.split('/').all(name_ok)
-}
-
-/// Exactly 64 lowercase hex digits.
-fn hash_ok(hash: &str) -> bool {
-    hash.len() == 64 && hash.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
-}
-
-/// The value of a canonical, non-negative decimal size that fits an `i64`.
-fn size_text(text: &str) -> Option<i64> {
-    let n: i64 = text.parse().ok()?;
-    (n >= 0 && n.to_string() == text).then_some(n)
-}
-
-fn wire_ok(digest: Option<&reapi::Digest>) -> bool {
-    digest.is_some_and(|d| hash_ok(&d.hash) && d.size_bytes >= 0)
-}
-
-fn wire_of<M: Message>(f: DigestFunction, message: &M) -> reapi::Digest {
-    f.digest_of(&message.encode_to_vec()).to_proto()
-}
-
-/// Where a relative target leads from the directory of the link at the normalised
-/// `link_path`, resolved lexically with a stack; `None` if it ever climbs above the root.
-fn resolve_relative<'a>(link_path: &'a str, target: &'a str) -> Option<Vec<&'a str>> {
-    let mut stack: Vec<&str> = link_path.split('/').collect();
-    stack.pop();
-    for component in target.split('/') {
-        match component {
-            "" | "." => {}
-            ".." => {
-                stack.pop()?;
-            }
-            other => stack.push(other),
-        }
-    }
-    Some(stack)
-}
-
-fn symlink_ok(link_path: &str, target: &str) -> bool {
-    !target.is_empty()
-        && target.len() <= 4095
-        && !target.contains('\0')
-        && (target.starts_with('/') || resolve_relative(link_path, target).is_some())
-}
-
-fn directory_ok(dir: &Directory) -> bool {
-    let lists: [Vec<&str>; 3] = [
-        dir.files.iter().map(|f| f.name.as_str()).collect(),
-        dir.directories.iter().map(|d| d.name.as_str()).collect(),
-        dir.symlinks.iter().map(|s| s.name.as_str()).collect(),
-    ];
-    let mut all = HashSet::new();
-    lists.iter().all(|names| {
-        names.windows(2).all(|w| w[0] < w[1]) && names.iter().all(|n| name_ok(n) && all.insert(*n))
-    }) && dir.files.iter().all(|f| wire_ok(f.digest.as_ref()))
-        && dir.directories.iter().all(|d| wire_ok(d.digest.as_ref()))
-        && dir
-            .symlinks
-            .iter()
-            .all(|s| !s.target.is_empty() && !s.target.contains('\0'))
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TreeVerdict {
-    BadDirectory,
-    MissingChild,
-    Layout { entries: u64, depth: u64 },
-}
-
-type Key = (String, i64);
-
-/// Every directory valid, every child present, then entries and depth as laid out, a
-/// directory counting at each path where it appears.
-fn tree_layout(f: DigestFunction, tree: &Tree) -> TreeVerdict {
-    let root = tree.root.clone().unwrap_or_default();
-    let all: Vec<&Directory> = tree.children.iter().chain([&root]).collect();
-    if !all.iter().all(|d| directory_ok(d)) {
-        return TreeVerdict::BadDirectory;
-    }
-    let key = |d: &reapi::Digest| (d.hash.clone(), d.size_bytes);
-    let by: HashMap<Key, &Directory> = all.iter().map(|d| (key(&wire_of(f, *d)), *d)).collect();
-    let nodes = || all.iter().flat_map(|d| &d.directories);
-    if !nodes().all(|n| n.digest.as_ref().is_some_and(|d| by.contains_key(&key(d)))) {
-        return TreeVerdict::MissingChild;
-    }
-    let (entries, depth) = measure(&root, &by, &mut HashMap::new());
-    TreeVerdict::Layout { entries, depth }
-}
-
-fn measure(
-    dir: &Directory,
-    by: &HashMap<Key, &Directory>,
-    memo: &mut HashMap<Key, (u64, u64)>,
-) -> (u64, u64) {
-    let mut entries = (dir.files.len() + dir.symlinks.len()) as u64;
-    let mut depth = 0;
-    for node in &dir.directories {
-        let d = node.digest.as_ref().expect("checked present");
-        let key = (d.hash.clone(), d.size_bytes);
-        let below = match memo.get(&key) {
-            Some(&m) => m,
-            None => {
-                let m = measure(by[&key], by, memo);
-                memo.insert(key, m);
-                m
-            }
-        };
-        entries = entries.saturating_add(1).saturating_add(below.0);
-        depth = depth.max(below.1 + 1);
-    }
-    (entries, depth)
-}
+use oracles::{
+    TreeVerdict, digest_of_message as wire_of, hash_ok, name_ok, output_path_ok,
+    proto_digest_ok as wire_ok, resolve_relative, size_text, symlink_ok, tree_layout,
+};
 
 /// Links each `DirectoryNode` whose digest has an empty hash and `size_bytes == k` to one of
 /// the children listed after its own directory (`children[first + k % later]`, where `first`
