@@ -233,3 +233,22 @@ fn measure(
     }
     (entries, depth)
 }
+
+/// Whether `name` matches the glob `pattern`, where `*` matches any run of bytes and
+/// everything else itself: a memoised recursion over (pattern, name) suffixes.
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    glob(pattern.as_bytes(), name.as_bytes(), &mut HashMap::new())
+}
+
+fn glob(p: &[u8], n: &[u8], memo: &mut HashMap<(usize, usize), bool>) -> bool {
+    if let Some(&known) = memo.get(&(p.len(), n.len())) {
+        return known;
+    }
+    let result = match p.first() {
+        None => n.is_empty(),
+        Some(b'*') => glob(&p[1..], n, memo) || (!n.is_empty() && glob(p, &n[1..], memo)),
+        Some(&c) => n.first() == Some(&c) && glob(&p[1..], &n[1..], memo),
+    };
+    memo.insert((p.len(), n.len()), result);
+    result
+}
