@@ -59,6 +59,9 @@ pub enum Command {
     /// Show an action or an operation: Command, inputs, result, stdout and stderr, timings.
     #[command(subcommand)]
     Show(crate::tools::ShowCommand),
+    /// Print a summary of a running server from its admin port: executors, queue, running and
+    /// recent actions, cache hit rate and store usage.
+    Status(crate::status::StatusArgs),
     /// Print a shell completion script: `source <(remexec completions bash)`.
     Completions {
         /// The shell.
@@ -139,9 +142,41 @@ pub struct ServerArgs {
     /// Seconds to stay up, reporting not-ready, between SIGTERM and closing [default: 0].
     #[arg(long, value_name = "SECS", env = "REMEXEC_DRAIN_SECS")]
     pub drain_secs: Option<u64>,
+    /// Public base URL of the admin port, for links to failed actions [default: http://ADMIN_LISTEN].
+    #[arg(long, value_name = "URL", env = "REMEXEC_STATUS_URL")]
+    pub status_url: Option<String>,
+    /// Log one line per gRPC call (target remexec::access).
+    #[arg(long, env = "REMEXEC_ACCESS_LOG")]
+    pub access_log: bool,
+    /// Trace export.
+    #[command(flatten)]
+    pub tracing: TracingArgs,
     /// TLS and authentication of the ports.
     #[command(flatten)]
     pub security: SecurityArgs,
+}
+
+/// Where trace spans go (`serve`, `scheduler`, `worker`).
+#[derive(Debug, Args)]
+pub struct TracingArgs {
+    /// Send trace spans to this OTLP/gRPC collector, e.g. http://127.0.0.1:4317 [default: none].
+    #[arg(long, value_name = "URL", env = "REMEXEC_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Send trace spans to this Zipkin collector, e.g. http://127.0.0.1:9411/api/v2/spans [default: none].
+    #[arg(long, value_name = "URL", env = "REMEXEC_ZIPKIN_ENDPOINT")]
+    pub zipkin_endpoint: Option<String>,
+}
+
+impl TracingArgs {
+    /// Sets the `[telemetry]` endpoints given.
+    pub fn apply(&self, config: &mut Config) {
+        if self.otlp_endpoint.is_some() {
+            config.telemetry.otlp_endpoint = self.otlp_endpoint.clone();
+        }
+        if self.zipkin_endpoint.is_some() {
+            config.telemetry.zipkin_endpoint = self.zipkin_endpoint.clone();
+        }
+    }
 }
 
 /// TLS, authentication and the worker port of `serve` and `scheduler`.
@@ -226,6 +261,13 @@ pub struct WorkerArgs {
     /// TLS to the scheduler (the certificate is the worker's cluster certificate).
     #[command(flatten)]
     pub tls: ClientTlsArgs,
+    /// Address of the worker's admin HTTP port: /healthz, /readyz (not ready while the
+    /// scheduler is unreachable or the disk is full) and /metrics [default: none].
+    #[arg(long, value_name = "ADDR", env = "REMEXEC_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Trace export.
+    #[command(flatten)]
+    pub tracing: TracingArgs,
 }
 
 /// How a client tool or worker reaches a `grpcs://` server.
@@ -306,6 +348,13 @@ impl ServerArgs {
         if let Some(secs) = self.drain_secs {
             config.drain_secs = secs;
         }
+        if self.status_url.is_some() {
+            config.telemetry.status_url = self.status_url.clone();
+        }
+        if self.access_log {
+            config.telemetry.access_log = true;
+        }
+        self.tracing.apply(&mut config);
         if config.external.is_set() {
             config.external.kind()?;
         }
@@ -338,6 +387,10 @@ impl WorkerArgs {
                 target.clone_from(value);
             }
         }
+        if self.admin_listen.is_some() {
+            config.admin_listen = self.admin_listen;
+        }
+        self.tracing.apply(&mut config);
         Ok(config)
     }
 }

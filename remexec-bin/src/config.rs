@@ -37,6 +37,8 @@ pub struct Config {
     pub external: ExternalSection,
     /// TLS on the client port (`serve` and `scheduler`).
     pub tls: TlsSection,
+    /// Traces, the access log and the status page's address.
+    pub telemetry: TelemetrySection,
     /// Client authentication and permissions (`serve` and `scheduler`).
     pub auth: AuthSection,
     /// The worker port and cluster certificates.
@@ -297,6 +299,22 @@ pub struct SchedulerSection {
     pub retained_operations: usize,
 }
 
+/// `[telemetry]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// OTLP/gRPC collector to send trace spans to, e.g. `http://127.0.0.1:4317`.
+    pub otlp_endpoint: Option<String>,
+    /// Zipkin collector to send trace spans to, e.g. `http://127.0.0.1:9411/api/v2/spans`.
+    pub zipkin_endpoint: Option<String>,
+    /// One log line per gRPC call (target `remexec::access`).
+    pub access_log: bool,
+    /// Public base URL of the admin port (`http://host:9090`), for the links in failed
+    /// actions' `ExecuteResponse.message`; unset means `http://{admin_listen}` when that is
+    /// set.
+    pub status_url: Option<String>,
+}
+
 /// `[worker]`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -318,6 +336,9 @@ pub struct WorkerSection {
     pub tls_cert: Option<PathBuf>,
     /// Its private key.
     pub tls_key: Option<PathBuf>,
+    /// `remexec worker` reports itself not ready (`/readyz`) while the file system of its data
+    /// directory has less free space than this.
+    pub min_free_disk: ByteSize,
 }
 
 impl Default for SchedulerSection {
@@ -351,6 +372,7 @@ impl Default for WorkerSection {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            min_free_disk: ByteSize::mib(256),
         }
     }
 }
@@ -470,6 +492,7 @@ impl Default for Config {
             tls: TlsSection::default(),
             auth: AuthSection::default(),
             cluster: ClusterSection::default(),
+            telemetry: TelemetrySection::default(),
         }
     }
 }
@@ -572,7 +595,21 @@ impl Config {
         config.max_command_size =
             usize::try_from(self.limits.max_command_size.as_u64()).unwrap_or(usize::MAX);
         config.tree_limits = self.tree_limits();
+        config.status_url = self.status_url(self.admin_listen);
         Ok(config)
+    }
+
+    /// The status page's public base URL: `[telemetry] status_url`, else that of `admin`, the
+    /// admin port's address (an unspecified one as 127.0.0.1), else none.
+    pub fn status_url(&self, admin: Option<SocketAddr>) -> Option<String> {
+        if let Some(url) = &self.telemetry.status_url {
+            return Some(url.clone());
+        }
+        let mut addr = admin?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Some(format!("http://{addr}"))
     }
 
     /// Checks `[limits]`: every count and size must be positive.

@@ -50,6 +50,10 @@ pub struct ExecArgs {
     /// Priority; lower runs sooner.
     #[arg(long, default_value_t = 0, env = "REMEXEC_PRIORITY")]
     pub priority: i32,
+    /// The invocation id sent in the request's RequestMetadata (it appears in the server's
+    /// traces and status page) [default: a new UUID].
+    #[arg(long, value_name = "ID", env = "REMEXEC_INVOCATION_ID")]
+    pub invocation_id: Option<String>,
     /// Neither look up nor store the result in the Action Cache.
     #[arg(long, env = "REMEXEC_NO_CACHE")]
     pub no_cache: bool,
@@ -106,7 +110,21 @@ async fn execute(args: ExecArgs) -> Result<u8> {
         digest_function: f.to_proto(),
         ..Default::default()
     };
-    let response = client::execute(channel, request, &FollowOptions::default(), |name, meta| {
+    let mut follow = FollowOptions::default();
+    follow.metadata = Some(remexec_core::reapi::RequestMetadata {
+        tool_details: Some(remexec_core::reapi::ToolDetails {
+            tool_name: "remexec".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+        }),
+        tool_invocation_id: args
+            .invocation_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        action_id: built.action_digest.to_string(),
+        action_mnemonic: "RemexecExec".into(),
+        ..Default::default()
+    });
+    let response = client::execute(channel, request, &follow, |name, meta| {
         let stage = execution_stage::Value::try_from(meta.stage).map_or("?", |s| s.as_str_name());
         eprintln!("remexec exec: {name} {stage}");
     })
@@ -118,6 +136,10 @@ async fn execute(args: ExecArgs) -> Result<u8> {
             tonic::Code::from_i32(status.code),
             status.message
         );
+    }
+    // The server's note for people: for a failure, where its details are kept.
+    for line in response.message.lines() {
+        eprintln!("remexec exec: {line}");
     }
     let Some(result) = response.result else {
         return Ok(1);

@@ -34,4 +34,6 @@ pub mod logging;
 pub mod security;
 pub mod serve;
 pub mod server;
+pub mod status;
+pub mod telemetry;
 pub mod tools;

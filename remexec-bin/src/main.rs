@@ -7,7 +7,6 @@ use remexec_bin::serve::{BoundServer, Role, reload_on_sighup, run_worker, shutdo
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    remexec_bin::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -15,12 +14,34 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // The daemons' configuration comes first: it says where trace spans go.
+    let config = match &cli.command {
+        Command::Serve(args) | Command::Scheduler(args) => Some(args.resolve()),
+        Command::Worker(args) => Some(args.resolve()),
+        _ => None,
+    };
+    let tracing = match &config {
+        Some(Ok(config)) => {
+            let _entered = runtime.enter();
+            match remexec_bin::telemetry::Tracing::start(&config.telemetry) {
+                Ok(tracing) => tracing,
+                Err(e) => {
+                    eprintln!("remexec: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
+    let (tracing, tracer) = tracing.unzip();
+    remexec_bin::logging::init(cli.log_format, tracer);
     let result: Result<u8, String> = runtime.block_on(async {
+        let config = config.unwrap_or_else(|| Err("no configuration".into()));
         match cli.command {
-            Command::Serve(args) => serve(args.resolve()?, Role::AllInOne).await.map(|()| 0),
-            Command::Scheduler(args) => serve(args.resolve()?, Role::Scheduler).await.map(|()| 0),
-            Command::Worker(args) => {
-                let config = args.resolve()?;
+            Command::Serve(_) => serve(config?, Role::AllInOne).await.map(|()| 0),
+            Command::Scheduler(_) => serve(config?, Role::Scheduler).await.map(|()| 0),
+            Command::Worker(_) => {
+                let config = config?;
                 run_worker(&config, shutdown_signal())
                     .await
                     .map_err(|e| e.to_string())?;
@@ -44,6 +65,10 @@ fn main() -> std::process::ExitCode {
             },
             Command::Show(command) => {
                 print!("{}", remexec_bin::tools::show(command).await.map_err(|e| e.to_string())?);
+                Ok(0)
+            }
+            Command::Status(args) => {
+                print!("{}", remexec_bin::status::fetch(&args).await.map_err(|e| e.to_string())?);
                 Ok(0)
             }
             Command::Completions { shell } => {
@@ -79,6 +104,10 @@ fn main() -> std::process::ExitCode {
             }
         }
     });
+    if let Some(tracing) = tracing {
+        // Blocking, and the exporters' clients need the runtime: before it stops.
+        tracing.shutdown();
+    }
     // Do not wait for idle blocking threads (file I/O) once the work is done.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {

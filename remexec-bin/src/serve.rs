@@ -126,6 +126,41 @@ pub async fn run_worker(config: &Config, shutdown: impl Future<Output = ()> + Se
     let cas: Arc<dyn BlobStore> = Arc::new(remexec_cas::GrpcStore::new(channel.clone()));
     let worker = Worker::new(worker_config(config, ""), cas, Arc::new(ProcessIsolation))?;
     let stop = CancellationToken::new();
+    if let Some(addr) = config.admin_listen {
+        let listener = crate::admin::bind(addr).await?;
+        println!(
+            "remexec: admin port on {}",
+            listener
+                .local_addr()
+                .map_err(|e| Error::io("reading the admin port's address", e))?
+        );
+        let (readiness, _health) = crate::admin::Readiness::new();
+        let metrics = remexec_core::metrics::Metrics::new();
+        let watched = worker.clone();
+        metrics.on_scrape(move |m| m.store_usage("worker_cache", watched.cache_usage()));
+        let admin = crate::admin::Admin {
+            readiness: readiness.clone(),
+            metrics,
+            status: None,
+        };
+        tokio::spawn(crate::admin::serve(listener, admin, stop.clone()));
+        let (watched, min_free) = (worker.clone(), config.worker.min_free_disk.as_u64());
+        tokio::spawn(async move {
+            let mut was = None;
+            loop {
+                let unready = watched.unready(min_free);
+                if was.as_ref() != Some(&unready) {
+                    match &unready {
+                        Some(why) => tracing::warn!(%why, "not ready"),
+                        None => tracing::info!("ready"),
+                    }
+                    readiness.set(unready.is_none()).await;
+                    was = Some(unready);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
     let run = worker.run(channel, stop.clone());
     tokio::pin!(run);
     tokio::select! {

@@ -36,10 +36,13 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use remexec_cas::{
     CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions,
-    GrpcActionCache, GrpcStore, MemoryActionCache, TieredActionCache, TieredStore, VerifyingStore,
+    GrpcActionCache, GrpcStore, MemoryActionCache, MeteredStore, TieredActionCache, TieredStore,
+    VerifyingStore,
 };
 use remexec_core::auth::{AuthLayer, AuthPolicy};
 use remexec_core::client::ClientTls;
+use remexec_core::metrics::Metrics;
+use remexec_core::observe::ObserveLayer;
 use remexec_core::tls::ServerTls;
 use remexec_core::{ActionCache, BlobStore, Error, Result};
 use remexec_scheduler::{ExecutionServices, ExecutorPool, Scheduler, WorkerPool};
@@ -49,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AcBackend, Config, ExternalKind, redact_url};
 use crate::security::Security;
+use crate::status::StatusSource;
 
 /// Longest a graceful shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -225,6 +229,7 @@ pub struct ServerBuilder {
     isolation: Arc<dyn Isolation>,
     local_worker: bool,
     security: Security,
+    metrics: Metrics,
 }
 
 impl ServerBuilder {
@@ -239,7 +244,14 @@ impl ServerBuilder {
             isolation: Arc::new(ProcessIsolation),
             local_worker: true,
             security: Security::default(),
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Records into `metrics` (default: a fresh set, served on the admin port's `/metrics`).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// TLS, authentication and the worker port (default: plaintext, open, no worker port).
@@ -324,14 +336,29 @@ impl ServerBuilder {
         };
         tracing::info!(cas = %store, action_cache = %ac, ?pool, "assembling the server");
         config.check_limits().map_err(Error::invalid)?;
-        let scheduler_config = config.scheduler_config().map_err(Error::invalid)?;
-        let scheduler =
-            Scheduler::new(scheduler_config, Arc::clone(&store), Arc::clone(&ac), pool)?;
-        let execution = ExecutionServices::new(scheduler);
-        let cache = CacheServices::new(Arc::clone(&store), ac)
+        let mut scheduler_config = config.scheduler_config().map_err(Error::invalid)?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(crate::admin::bind(addr).await?),
+            None => None,
+        };
+        // Links to failed actions name the port actually bound (port 0 picks one).
+        let bound = admin.as_ref().and_then(|a| a.local_addr().ok());
+        scheduler_config.status_url = config.status_url(bound);
+        let metrics = self.metrics;
+        let scheduler = Scheduler::with_metrics(
+            scheduler_config,
+            Arc::clone(&store),
+            Arc::clone(&ac),
+            pool,
+            metrics.clone(),
+        )?;
+        let execution = ExecutionServices::new(scheduler.clone());
+        let cache = CacheServices::new(Arc::clone(&store), Arc::clone(&ac))
+            .with_metrics(metrics.clone())
             .with_limits(config.cache_limits())
             .with_execution(execution.capabilities());
         let (readiness, health) = crate::admin::Readiness::new();
+        let observe = ObserveLayer::new(metrics.clone()).access_log(config.telemetry.access_log);
         let worker_port = match &self.security.worker_port {
             Some(port) => {
                 let workers = workers.as_ref().ok_or_else(|| {
@@ -351,6 +378,7 @@ impl ServerBuilder {
                     routes,
                     tls: port.tls.clone(),
                     auth: port.auth.clone(),
+                    observe: observe.clone(),
                 })
             }
             None => None,
@@ -359,18 +387,26 @@ impl ServerBuilder {
         if let (Some(workers), None) = (&workers, &worker_port) {
             routes = routes.add_service(workers.service());
         }
+        let status = StatusSource {
+            scheduler,
+            store: Arc::clone(&store),
+            ac,
+            metrics: metrics.clone(),
+            auth: self.security.auth.clone(),
+            started: std::time::Instant::now(),
+        };
         let local_worker = match self.local_worker {
-            // Outputs are hashed again as they are stored, like every other write.
+            // Outputs are hashed again as they are stored, like every other write, and counted
+            // like a remote worker's transfers.
             true => Some(Worker::new(
                 crate::serve::worker_config(config, "-local"),
-                Arc::new(VerifyingStore::new(store)),
+                Arc::new(MeteredStore::new(
+                    Arc::new(VerifyingStore::new(store)),
+                    metrics.clone(),
+                )),
                 self.isolation,
             )?),
             false => None,
-        };
-        let admin = match config.admin_listen {
-            Some(addr) => Some(crate::admin::bind(addr).await?),
-            None => None,
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -381,10 +417,20 @@ impl ServerBuilder {
                 routes,
                 tls: self.security.tls,
                 auth: self.security.auth,
+                observe,
             },
             worker_port,
             transport: Transport::of(config),
-            admin,
+            admin: admin.map(|listener| {
+                (
+                    listener,
+                    crate::admin::Admin {
+                        readiness: readiness.clone(),
+                        metrics,
+                        status: Some(status),
+                    },
+                )
+            }),
             readiness,
             drain: Duration::from_secs(config.drain_secs),
             workers,
@@ -421,6 +467,7 @@ struct Port {
     routes: tonic::service::Routes,
     tls: Option<ServerTls>,
     auth: AuthPolicy,
+    observe: ObserveLayer,
 }
 
 /// A bound, not yet serving, server, from [`ServerBuilder::bind`].
@@ -430,8 +477,8 @@ pub struct BoundServer {
     /// The separate port of the worker API, if configured.
     worker_port: Option<Port>,
     transport: Transport,
-    /// The admin HTTP port, if configured.
-    admin: Option<TcpListener>,
+    /// The admin HTTP port, if configured, and what it serves.
+    admin: Option<(TcpListener, crate::admin::Admin)>,
     readiness: crate::admin::Readiness,
     /// How long the server reports not-ready before it stops.
     drain: Duration,
@@ -453,7 +500,7 @@ impl BoundServer {
     pub fn admin_addr(&self) -> Result<Option<SocketAddr>> {
         self.admin
             .as_ref()
-            .map(TcpListener::local_addr)
+            .map(|(listener, _)| listener.local_addr())
             .transpose()
             .map_err(|e| Error::io("reading the admin port's address", e))
     }
@@ -483,12 +530,8 @@ impl BoundServer {
             let stop = stop.clone();
             tokio::spawn(async move { worker.run(channel, stop).await });
         }
-        if let Some(admin) = self.admin {
-            tokio::spawn(crate::admin::serve(
-                admin,
-                self.readiness.clone(),
-                stop.clone(),
-            ));
+        if let Some((listener, admin)) = self.admin {
+            tokio::spawn(crate::admin::serve(listener, admin, stop.clone()));
         }
         let transport = self.transport;
         let client = serve_port(self.client_port, transport, stop.clone());
@@ -543,6 +586,8 @@ fn serve_port(
         .initial_connection_window_size(transport.connection_window)
         .max_concurrent_streams(transport.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Outermost, so that refused calls are counted and logged too.
+        .layer(port.observe)
         .layer(AuthLayer::new(port.auth, transport.max_message_size))
         .add_routes(port.routes);
     let shutdown = async move { stop.cancelled().await };

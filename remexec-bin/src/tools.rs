@@ -4,10 +4,12 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use remexec_cas::GrpcStore;
+use std::sync::Arc;
+
+use remexec_cas::{GrpcActionCache, GrpcStore, MeteredStore};
 use remexec_core::client;
-use remexec_core::reapi::{ActionResult, GetActionResultRequest};
-use remexec_core::{Digest, DigestFunction, Error, Result};
+use remexec_core::reapi::{ActionResult, ExecuteResponse, GetActionResultRequest};
+use remexec_core::{ActionCache, BlobStore, Digest, DigestFunction, Error, Result};
 
 /// Where a client command connects.
 #[derive(Clone, Debug, clap::Args)]
@@ -21,6 +23,15 @@ pub struct ClientArgs {
     /// TLS to a grpcs:// server.
     #[command(flatten)]
     pub tls: crate::cli::ClientTlsArgs,
+    /// How long a transfer runs before a progress bar shows on a terminal.
+    #[arg(
+        long,
+        default_value = "1s",
+        value_parser = humantime::parse_duration,
+        env = "REMEXEC_PROGRESS_AFTER",
+        hide = true
+    )]
+    pub progress_after: std::time::Duration,
 }
 
 impl ClientArgs {
@@ -74,6 +85,10 @@ pub enum ShowCommand {
     Action {
         /// The Action's digest (HASH/SIZE).
         digest: String,
+        /// Show this ExecuteResponse kept in the CAS (HASH/SIZE, as a failed action's
+        /// message names it) instead of the cached result.
+        #[arg(long, value_name = "DIGEST")]
+        response: Option<String>,
         /// The server.
         #[command(flatten)]
         client: ClientArgs,
@@ -97,9 +112,28 @@ const MAX_LOG_READ: u64 = 16 << 20;
 pub async fn show(command: ShowCommand) -> Result<String> {
     let f = DigestFunction::Sha256;
     match command {
-        ShowCommand::Action { digest, client } => {
+        ShowCommand::Action {
+            digest,
+            response,
+            client,
+        } => {
             let channel = client.channel().await?;
-            show_action(&channel, &client.instance, Digest::parse(f, &digest)?, None).await
+            let store = GrpcStore::new(channel.clone());
+            let ac = GrpcActionCache::new(channel);
+            let response = match response {
+                Some(d) => {
+                    Some(kept_response(&store, &client.instance, Digest::parse(f, &d)?).await?)
+                }
+                None => None,
+            };
+            let mut out = String::new();
+            let known = response.map(|r| {
+                out += &describe_response(&r);
+                r.result.unwrap_or_default()
+            });
+            let action = Digest::parse(f, &digest)?;
+            out += &show_action(&store, &ac, &client.instance, action, known).await?;
+            Ok(out)
         }
         ShowCommand::Operation { name, client } => {
             use remexec_proto::google::longrunning::GetOperationRequest;
@@ -125,18 +159,8 @@ pub async fn show(command: ShowCommand) -> Result<String> {
             let mut result = None;
             match client::operation_response(&op) {
                 Ok(Some(response)) => {
+                    out += &describe_response(&response);
                     result = response.result;
-                    let status = response.status.unwrap_or_default();
-                    let _ = writeln!(
-                        out,
-                        "status {:?} {}",
-                        tonic::Code::from_i32(status.code),
-                        status.message
-                    );
-                    if !response.message.is_empty() {
-                        let _ = writeln!(out, "message {}", response.message);
-                    }
-                    let _ = writeln!(out, "cached_result {}", response.cached_result);
                 }
                 Ok(None) => out += "running\n",
                 Err(e) => {
@@ -145,31 +169,63 @@ pub async fn show(command: ShowCommand) -> Result<String> {
             }
             if let Some(action) = action {
                 let action = Digest::from_proto(f, &action)?;
-                out += &show_action(&channel, &client.instance, action, result).await?;
+                let store = GrpcStore::new(channel.clone());
+                let ac = GrpcActionCache::new(channel);
+                out += &show_action(&store, &ac, &client.instance, action, result).await?;
             }
             Ok(out)
         }
     }
 }
 
+/// An `ExecuteResponse`'s status, message and whether it came from the cache.
+pub(crate) fn describe_response(response: &ExecuteResponse) -> String {
+    let mut out = String::new();
+    let status = response.status.clone().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "status {:?} {}",
+        tonic::Code::from_i32(status.code),
+        status.message
+    );
+    if !response.message.is_empty() {
+        let _ = writeln!(out, "message {}", response.message);
+    }
+    let _ = writeln!(out, "cached_result {}", response.cached_result);
+    out
+}
+
+/// An `ExecuteResponse` the scheduler kept in the CAS for a failed action.
+pub(crate) async fn kept_response(
+    store: &dyn BlobStore,
+    instance: &str,
+    digest: Digest,
+) -> Result<ExecuteResponse> {
+    use remexec_core::BlobStoreExt;
+    let bytes = store
+        .get_bytes(instance, digest, 16 << 20)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("response {digest} is not in the CAS")))?;
+    prost::Message::decode(bytes).map_err(|e| Error::invalid(format!("response {digest}: {e}")))
+}
+
+/// An action: its Command, a summary of its inputs, and `known` or else its cached result,
+/// with the start of stdout and stderr.
 #[allow(deprecated)] // Command.platform: REAPI v2.0 clients still send it
-async fn show_action(
-    channel: &tonic::transport::Channel,
+pub(crate) async fn show_action(
+    store: &dyn BlobStore,
+    ac: &dyn ActionCache,
     instance: &str,
     digest: Digest,
     known: Option<ActionResult>,
 ) -> Result<String> {
     use remexec_core::BlobStoreExt;
     use remexec_core::reapi::{Action, Command};
-    let store = GrpcStore::new(channel.clone());
-    let message = |d: Digest, what: &'static str| {
-        let store = &store;
-        async move {
-            store
-                .get_bytes(instance, d, 16 << 20)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("{what} {d} is not in the CAS")))
-        }
+    let message = |d: Digest, what: &'static str| async move {
+        store
+            .get_bytes(instance, d, 16 << 20)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{what} {d} is not in the CAS")))
     };
     let decode = |what: &str, e: prost::DecodeError| Error::invalid(format!("{what}: {e}"));
     let action: Action = prost::Message::decode(message(digest, "action").await?)
@@ -198,7 +254,7 @@ async fn show_action(
         let _ = writeln!(out, "platform {}={}", p.name, p.value);
     }
     let root = Digest::from_field(f, action.input_root_digest.as_ref(), "input root")?;
-    match remexec_core::merkle::fetch_tree(&store, instance, root).await {
+    match remexec_core::merkle::fetch_tree(store, instance, root).await {
         Ok(tree) => {
             let files: usize = tree.directories.values().map(|d| d.files.len()).sum();
             let bytes: i64 = tree
@@ -218,33 +274,22 @@ async fn show_action(
         }
     }
     let result = match known {
-        Some(result) => Ok(result),
-        None => {
-            let request = GetActionResultRequest {
-                instance_name: instance.to_string(),
-                action_digest: Some(digest.to_proto()),
-                ..Default::default()
-            };
-            client::action_cache_client(channel.clone())
-                .get_action_result(request)
-                .await
-                .map(tonic::Response::into_inner)
-        }
+        Some(result) => Some(result),
+        None => ac.get(instance, digest).await?,
     };
     match result {
-        Ok(result) => {
+        Some(result) => {
             out += &describe(&result);
-            out += &logs(&store, instance, f, &result).await?;
+            out += &logs(store, instance, f, &result).await?;
         }
-        Err(status) if status.code() == tonic::Code::NotFound => out += "result: not cached\n",
-        Err(status) => return Err(status.into()),
+        None => out += "result: not cached\n",
     }
     Ok(out)
 }
 
 /// The first [`SHOWN_LOG`] bytes of a result's stdout and stderr, inlined or from the CAS.
 async fn logs(
-    store: &GrpcStore,
+    store: &dyn BlobStore,
     instance: &str,
     f: DigestFunction,
     result: &ActionResult,
@@ -277,12 +322,52 @@ async fn logs(
     Ok(out)
 }
 
+/// The progress of a transfer on stderr: bytes and rate, shown once it has taken a moment
+/// (`--progress-after`, 1 s) and only on a terminal. Cleared when dropped.
+struct Progress(indicatif::ProgressBar);
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// A store over `channel` whose transfers move a progress bar (`what`: "uploaded").
+fn with_progress(
+    channel: tonic::transport::Channel,
+    what: &str,
+    after: std::time::Duration,
+) -> (MeteredStore, Progress) {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {{bytes}} {what} ({{bytes_per_sec}}), {{elapsed}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let shown = bar.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        if !shown.is_finished() {
+            shown.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            shown.enable_steady_tick(std::time::Duration::from_millis(100));
+            shown.tick();
+        }
+    });
+    let moved = bar.clone();
+    let store =
+        MeteredStore::with_meter(Arc::new(GrpcStore::new(channel)), move |_, n| moved.inc(n));
+    (store, Progress(bar))
+}
+
 /// Runs a `cas` command; returns what to print.
 pub async fn cas(command: CasCommand) -> Result<String> {
     let f = DigestFunction::Sha256;
     match command {
         CasCommand::Upload { path, client } => {
-            let store = GrpcStore::new(client.channel().await?);
+            let (store, _bar) =
+                with_progress(client.channel().await?, "uploaded", client.progress_after);
             let meta = std::fs::symlink_metadata(&path)
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
             let digest = if meta.is_dir() {
@@ -300,7 +385,8 @@ pub async fn cas(command: CasCommand) -> Result<String> {
             client,
         } => {
             let root = Digest::parse(f, &digest)?;
-            let store = GrpcStore::new(client.channel().await?);
+            let (store, _bar) =
+                with_progress(client.channel().await?, "downloaded", client.progress_after);
             client::download_directory(&store, &client.instance, root, &dir).await?;
             Ok(String::new())
         }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -16,16 +15,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// The status code of `GET path` on `addr`, or `None` if nothing answers.
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: remexec\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    common::http_get(addr, path, &[]).map(|(code, _)| code)
 }
 
 /// The gRPC health of the whole server through a new connection to `url`.

@@ -213,3 +213,91 @@ fn show_prints_an_action_and_its_operation() {
     );
     assert!(!missing.status.success());
 }
+
+#[test]
+fn transfers_show_a_progress_bar_on_a_terminal_only() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--executors", "1"]);
+    let big = work.path().join("tree");
+    std::fs::create_dir(&big).unwrap();
+    // Incompressible, so that the transfer takes a moment.
+    let bytes: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(big.join("big.bin"), bytes).unwrap();
+    let upload = |extra: &str| {
+        format!(
+            "{} cas upload {} --server {} {extra}",
+            env!("CARGO_BIN_EXE_remexec"),
+            big.display(),
+            server.url()
+        )
+    };
+    // On a terminal (`script` gives the command a pseudo-terminal), once the transfer has
+    // taken longer than --progress-after, a bar shows bytes and rate.
+    let out = Command::new("script")
+        .args(["-qec", &upload("--progress-after 0s"), "/dev/null"])
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains(" uploaded ("),
+        "no progress bar on a terminal:\n{tty}"
+    );
+    // Not on a pipe, however long it takes: stderr stays clean for scripts.
+    let piped = remexec(
+        &server,
+        &["cas", "upload"],
+        &[big.to_str().unwrap(), "--progress-after", "0s"],
+        work.path(),
+    );
+    let digest = stdout(&piped);
+    assert!(
+        tty.contains(digest.trim()),
+        "same digest on a terminal:\n{tty}"
+    );
+    assert!(
+        piped.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    // Nor on a terminal when the transfer is quicker than the moment.
+    let out = Command::new("script")
+        .args(["-qec", &upload("--progress-after 1h"), "/dev/null"])
+        .output()
+        .unwrap();
+    let quick = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{quick}");
+    assert!(
+        !quick.contains(" uploaded ("),
+        "a bar for a quick transfer:\n{quick}"
+    );
+    // Downloading shows one too.
+    let dir = work.path().join("down");
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "{} cas download {} {} --server {} --progress-after 0s",
+                env!("CARGO_BIN_EXE_remexec"),
+                digest.trim(),
+                dir.display(),
+                server.url()
+            ),
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains(" downloaded ("),
+        "no progress bar downloading:\n{tty}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("big.bin")).unwrap(),
+        std::fs::read(big.join("big.bin")).unwrap()
+    );
+}

@@ -84,6 +84,16 @@ impl FileTable {
         self.index.lock().budget()
     }
 
+    /// Bytes held, budget and bytes evicted.
+    pub(crate) fn store_usage(&self) -> remexec_core::metrics::StoreUsage {
+        let index = self.index.lock();
+        remexec_core::metrics::StoreUsage {
+            used_bytes: index.bytes(),
+            limit_bytes: index.budget(),
+            evicted_bytes: index.evicted_bytes(),
+        }
+    }
+
     /// Bytes and entries indexed now.
     pub(crate) fn usage(&self) -> (u64, usize) {
         let index = self.index.lock();

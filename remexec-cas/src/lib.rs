@@ -49,6 +49,7 @@ pub use service::{CacheServices, Limits};
 pub use store::disk::{DiskStore, DiskStoreOptions};
 pub use store::grpc::GrpcStore;
 pub use store::memory::MemoryStore;
+pub use store::metered::{MeteredStore, Transfer};
 pub use store::object::ObjectBlobStore;
 pub use store::tiered::TieredStore;
 pub use store::verifying::VerifyingStore;

@@ -89,6 +89,13 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(crate::action_cache::short_type_name::<Self>())
     }
+
+    /// The bytes held, the budget and the bytes evicted, for a store with a budget; wrappers
+    /// report what they wrap (a tiered store, its fast tier). `None` (the default) for a store
+    /// without one, such as an object store.
+    fn usage(&self) -> Option<crate::metrics::StoreUsage> {
+        None
+    }
 }
 
 impl std::fmt::Display for dyn BlobStore {
@@ -115,6 +122,9 @@ impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
     }
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         (**self).describe(f)
+    }
+    fn usage(&self) -> Option<crate::metrics::StoreUsage> {
+        (**self).usage()
     }
 }
 

@@ -9,6 +9,7 @@
 //! - the [`BlobStore`] and [`ActionCache`] traits that storage backends implement;
 //! - authentication and per-instance permissions, enforced by one tower layer ([`auth`]);
 //! - server-side TLS with reloadable certificates ([`tls`]);
+//! - Prometheus figures ([`metrics`]) and the layer that records every call's ([`observe`]);
 //! - the [`enum@Error`] enum, whose [`Error::code`] is the one place gRPC codes are chosen;
 //! - with the `testing` feature, conformance suites that every backend runs.
 //!
@@ -35,6 +36,8 @@ mod error;
 pub mod fs;
 pub mod lru;
 pub mod merkle;
+pub mod metrics;
+pub mod observe;
 mod resource;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -11,6 +11,7 @@ pub struct ByteLru<K: Hash + Eq, V> {
     entries: LruCache<K, (u64, V), foldhash::fast::RandomState>,
     bytes: u64,
     budget: u64,
+    evicted: u64,
 }
 
 impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
@@ -20,12 +21,18 @@ impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
             entries: LruCache::unbounded_with_hasher(foldhash::fast::RandomState::default()),
             bytes: 0,
             budget,
+            evicted: 0,
         }
     }
 
     /// The byte budget.
     pub fn budget(&self) -> u64 {
         self.budget
+    }
+
+    /// The total cost of the entries evicted to stay within the budget, ever.
+    pub fn evicted_bytes(&self) -> u64 {
+        self.evicted
     }
 
     /// The total cost of the entries held.
@@ -70,6 +77,7 @@ impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
             }
             if let Some((k, (c, v))) = self.entries.pop_lru() {
                 self.bytes -= c;
+                self.evicted += c;
                 removed.push((k, v));
             }
         }
@@ -93,6 +101,7 @@ impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
                 break;
             };
             self.bytes -= c;
+            self.evicted += c;
             removed.push((k, v));
         }
         removed

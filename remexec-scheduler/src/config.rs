@@ -45,6 +45,10 @@ pub struct SchedulerConfig {
     pub max_command_size: usize,
     /// Largest input tree accepted at Execute: depth and entries once laid out.
     pub tree_limits: remexec_core::merkle::TreeLimits,
+    /// The public base URL of the status page (`http://host:port`). A failed action's
+    /// `ExecuteResponse.message` links to its page there; without it, the message names the
+    /// kept response's digest.
+    pub status_url: Option<String>,
 }
 
 impl Default for SchedulerConfig {
@@ -63,6 +67,7 @@ impl Default for SchedulerConfig {
             cancel_grace: Duration::from_secs(60),
             max_command_size: 2 << 20,
             tree_limits: remexec_core::merkle::TreeLimits::default(),
+            status_url: None,
         }
     }
 }

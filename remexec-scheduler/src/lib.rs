@@ -28,6 +28,7 @@
 
 mod config;
 mod inputs;
+mod observe;
 mod operations;
 pub mod platform;
 mod pool;
@@ -39,6 +40,7 @@ pub mod testing;
 mod worker_pool;
 
 pub use config::SchedulerConfig;
+pub use observe::{ActionRecord, ExecutorStatus, QueuedPlatform, RunningAction, SchedulerStatus};
 pub use pool::{Cancel, ChangeNotifier, Changes, ExecutorInfo, ExecutorPool, Job, JobOutcome};
 #[doc(hidden)]
 pub use queue::DispatchBench;

@@ -164,6 +164,12 @@ pub(crate) struct Execution {
     pub(crate) job: Job,
     /// The platform, sorted: the action's dispatch class.
     pub(crate) requirements: Vec<Property>,
+    /// The platform's metric label.
+    pub(crate) platform: String,
+    /// What the first caller said of the action.
+    pub(crate) metadata: remexec_core::reapi::RequestMetadata,
+    /// The first caller's Execute span: the parent of the phase spans.
+    pub(crate) span: tracing::Span,
     pub(crate) priority: i32,
     pub(crate) do_not_cache: bool,
     pub(crate) attempts: AtomicU32,

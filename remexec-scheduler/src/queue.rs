@@ -61,6 +61,17 @@ impl<T> Queue<T> {
         self.len
     }
 
+    /// Actions queued, by class.
+    pub(crate) fn depths(&self) -> Vec<(&[Property], usize)> {
+        let mut depths: Vec<_> = self
+            .classes
+            .iter()
+            .map(|(platform, class)| (platform.as_slice(), class.items.len()))
+            .collect();
+        depths.sort_unstable();
+        depths
+    }
+
     /// Queues `item` (with canonical `requirements`) behind its priority peers.
     pub(crate) fn push(&mut self, requirements: &[Property], priority: i32, item: T) -> Position {
         self.seq += 1;

@@ -14,7 +14,10 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use remexec_core::apis::google::longrunning::Operation;
 use remexec_core::apis::google::protobuf::Duration as ProtoDuration;
-use remexec_core::reapi::{ActionResult, ExecuteRequest, ExecuteResponse, execution_stage};
+use remexec_core::metrics::Metrics;
+use remexec_core::reapi::{
+    ActionResult, ExecuteRequest, ExecuteResponse, RequestMetadata, execution_stage,
+};
 use remexec_core::{
     ActionCache, BlobStore, Digest, DigestFunction, Error, Result, merkle::validate_action_result,
     validate_instance_name,
@@ -23,6 +26,10 @@ use tokio::sync::{Notify, watch};
 
 use crate::SchedulerConfig;
 use crate::inputs::{Loaded, load};
+use crate::observe::{
+    ExecutorStatus, Finished as Done, Observer, QueuedPlatform, RunningAction, SchedulerStatus,
+    platform_label,
+};
 use crate::operations::{
     Execution, Finished, Op, Retained, Shared, failed, missing_status, operation, status,
 };
@@ -42,6 +49,8 @@ struct State {
     inflight: HashMap<(String, Digest), Arc<Execution>>,
     queue: Queue<Arc<Execution>>,
     busy: HashSet<String>,
+    /// What each busy executor runs, and since when.
+    running: HashMap<String, (Arc<Execution>, std::time::Instant)>,
 }
 
 #[derive(Debug)]
@@ -52,6 +61,7 @@ struct Inner {
     pool: Arc<dyn ExecutorPool>,
     state: Mutex<State>,
     wake: Notify,
+    observer: Observer,
 }
 
 /// The scheduler. Cheap to clone; all clones share one queue.
@@ -127,7 +137,20 @@ impl Scheduler {
         ac: Arc<dyn ActionCache>,
         pool: Arc<dyn ExecutorPool>,
     ) -> Result<Self> {
+        Self::with_metrics(config, cas, ac, pool, Metrics::new())
+    }
+
+    /// [`new`](Self::new), recording into `metrics`: executions by outcome, phase and queue
+    /// durations, and (when scraped) queue depths, workers and busy and idle executors.
+    pub fn with_metrics(
+        config: SchedulerConfig,
+        cas: Arc<dyn BlobStore>,
+        ac: Arc<dyn ActionCache>,
+        pool: Arc<dyn ExecutorPool>,
+        metrics: Metrics,
+    ) -> Result<Self> {
         config.validate()?;
+        let observer = Observer::new(metrics.clone(), config.status_url.clone());
         let inner = Arc::new(Inner {
             config,
             cas,
@@ -135,9 +158,69 @@ impl Scheduler {
             pool,
             state: Mutex::default(),
             wake: Notify::new(),
+            observer,
         });
         tokio::spawn(dispatch_loop(Arc::downgrade(&inner)));
+        // A weak reference: the figures must not keep a dropped scheduler alive.
+        let weak = Arc::downgrade(&inner);
+        metrics.on_scrape(move |m| {
+            if let Some(inner) = weak.upgrade() {
+                let status = Scheduler { inner }.status();
+                let depths = status.queued.into_iter().map(|q| (q.platform, q.actions));
+                m.queue_depths(depths);
+                let mut workers: Vec<&str> =
+                    status.executors.iter().map(|e| e.worker.as_str()).collect();
+                workers.sort_unstable();
+                workers.dedup();
+                let busy = status.executors.iter().filter(|e| e.busy).count();
+                m.executors(workers.len(), busy, status.executors.len() - busy);
+            }
+        });
         Ok(Self { inner })
+    }
+
+    /// A snapshot of executors, queue, running and recent actions.
+    pub fn status(&self) -> SchedulerStatus {
+        let executors = self.inner.pool.executors();
+        let state = self.inner.state.lock();
+        let now = std::time::Instant::now();
+        let running = state
+            .running
+            .iter()
+            .map(|(executor, (exec, since))| RunningAction {
+                executor: executor.clone(),
+                instance: exec.key.0.clone(),
+                action: exec.key.1.to_string(),
+                mnemonic: exec.metadata.action_mnemonic.clone(),
+                target: exec.metadata.target_id.clone(),
+                running_secs: now.duration_since(*since).as_secs_f64(),
+            })
+            .collect();
+        let queued = state
+            .queue
+            .depths()
+            .into_iter()
+            .map(|(platform, actions)| QueuedPlatform {
+                platform: platform_label(platform),
+                actions,
+            })
+            .collect();
+        let executors = executors
+            .into_iter()
+            .map(|e| ExecutorStatus {
+                busy: state.busy.contains(&e.id),
+                id: e.id,
+                worker: e.worker,
+                properties: e.properties,
+            })
+            .collect();
+        drop(state);
+        SchedulerStatus {
+            executors,
+            queued,
+            running,
+            recent: self.inner.observer.recent(),
+        }
     }
 
     /// The settings.
@@ -149,6 +232,16 @@ impl Scheduler {
     /// caller gets its own operation either way; the receiver sees every stage change.
     /// `ResourceExhausted` if the queue is full.
     pub async fn execute(&self, req: ExecuteRequest) -> Result<watch::Receiver<Operation>> {
+        self.execute_with(req, RequestMetadata::default()).await
+    }
+
+    /// [`execute`](Self::execute) for a client that sent `metadata`: the execution's metrics,
+    /// phase spans (children of the current span) and status-page entry carry it.
+    pub async fn execute_with(
+        &self,
+        req: ExecuteRequest,
+        metadata: RequestMetadata,
+    ) -> Result<watch::Receiver<Operation>> {
         validate_instance_name(&req.instance_name)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digest = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
@@ -158,12 +251,19 @@ impl Scheduler {
             && let Some(result) = inner.ac.get(&key.0, digest).await?
         {
             let name = inner.new_name();
-            let op = operation(
-                &name,
-                digest,
-                Stage::Completed,
-                Some(cached_response(result)),
-            );
+            let mut response = cached_response(result);
+            let done = Done {
+                instance: &key.0,
+                action: digest,
+                metadata: &metadata,
+                span: &tracing::Span::current(),
+                executor: None,
+            };
+            inner
+                .observer
+                .finished(inner.cas.as_ref(), done, &mut response)
+                .await;
+            let op = operation(&name, digest, Stage::Completed, Some(response));
             let (instance, digest) = key;
             inner.retain(name, Finished::Cached { instance, digest });
             return Ok(watch::channel(op).1);
@@ -197,9 +297,13 @@ impl Scheduler {
             timeout: Some(timeout),
             queued_at: SystemTime::now(),
         };
+        let requirements = platform_of(&job);
         let exec = Arc::new(Execution {
             key,
-            requirements: platform_of(&job),
+            platform: platform_label(&requirements),
+            requirements,
+            metadata,
+            span: tracing::Span::current(),
             job,
             priority,
             do_not_cache,
@@ -419,24 +523,43 @@ impl Inner {
         let pass = {
             let mut state = self.state.lock();
             state.finished.evict(&self.config);
-            let State { queue, busy, .. } = &mut *state;
+            let State {
+                queue,
+                busy,
+                running,
+                ..
+            } = &mut *state;
             let pass = queue.pass(
                 &executors,
                 busy,
                 &self.config.match_rules,
                 self.config.unmatched_grace,
             );
+            let now = std::time::Instant::now();
             for (exec, e) in &pass.starts {
                 busy.insert(executors[*e].id.clone());
                 exec.shared.lock().queued = None;
+                let waited = SystemTime::now()
+                    .duration_since(exec.job.queued_at)
+                    .unwrap_or_default();
+                self.observer.metrics.queue_wait(&exec.platform, waited);
+                running.insert(executors[*e].id.clone(), (Arc::clone(exec), now));
             }
             for (exec, _) in &pass.expired {
                 exec.shared.lock().queued = None;
             }
             pass
         };
-        for (exec, why) in pass.expired {
-            self.complete(&exec, failed(tonic::Code::FailedPrecondition, why));
+        if !pass.expired.is_empty() {
+            // Recording may write to the CAS: off the dispatch path.
+            let inner = Arc::clone(self);
+            tokio::spawn(async move {
+                for (exec, why) in pass.expired {
+                    let mut response = failed(tonic::Code::FailedPrecondition, why);
+                    inner.observe(&exec, None, &mut response).await;
+                    inner.complete(&exec, response);
+                }
+            });
         }
         for (exec, e) in pass.starts {
             tokio::spawn(Arc::clone(self).run(exec, executors[e].clone()));
@@ -449,11 +572,35 @@ impl Inner {
         job.lease_id = uuid::Uuid::new_v4().to_string();
         tracing::debug!(action = %exec.key.1, executor = %executor.id, lease = %job.lease_id, "dispatching");
         let ended = self.attempt(&exec, &executor.id, job).await;
-        self.state.lock().busy.remove(&executor.id);
+        {
+            let mut state = self.state.lock();
+            state.busy.remove(&executor.id);
+            state.running.remove(&executor.id);
+        }
         self.wake.notify_one();
-        if let Some(response) = self.respond(&exec, &executor, ended).await {
+        if let Some(mut response) = self.respond(&exec, &executor, ended).await {
+            self.observe(&exec, Some(&executor.id), &mut response).await;
             self.complete(&exec, response);
         }
+    }
+
+    /// Records a finished execution (see [`Observer::finished`]).
+    async fn observe(
+        &self,
+        exec: &Execution,
+        executor: Option<&str>,
+        response: &mut ExecuteResponse,
+    ) {
+        let done = Done {
+            instance: &exec.key.0,
+            action: exec.key.1,
+            metadata: &exec.metadata,
+            span: &exec.span,
+            executor,
+        };
+        self.observer
+            .finished(self.cas.as_ref(), done, response)
+            .await;
     }
 
     /// Runs one attempt under the lease deadline (timeout plus allowance). When the deadline

@@ -141,7 +141,19 @@ impl Execution for ExecutionService {
         &self,
         request: Request<ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
-        let rx = self.scheduler.execute(request.into_inner()).await;
+        // The ObserveLayer parsed the client's RequestMetadata already, if it is in front.
+        let metadata = request
+            .extensions()
+            .get::<remexec_core::reapi::RequestMetadata>()
+            .cloned()
+            .or_else(|| {
+                remexec_core::observe::request_metadata(&request.metadata().clone().into_headers())
+            })
+            .unwrap_or_default();
+        let rx = self
+            .scheduler
+            .execute_with(request.into_inner(), metadata)
+            .await;
         respond(rx.map(|rx| {
             let first = crate::operations::cache_check_stage(&rx.borrow());
             futures::stream::once(async move { Ok(first) })

@@ -29,6 +29,8 @@ pub struct Worker {
     pub(crate) cache: Arc<FileCache>,
     /// Executors running a lease now: one lease per executor, whoever sends it.
     pub(crate) busy: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Whether a session with the scheduler is open now.
+    attached: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Worker {
@@ -57,7 +59,43 @@ impl Worker {
             isolation,
             cache,
             busy: Arc::default(),
+            attached: Arc::default(),
         })
+    }
+
+    /// Whether the worker is attached to its scheduler now.
+    pub fn is_attached(&self) -> bool {
+        self.attached.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Why the worker cannot take work now, if it cannot: it is not attached to its
+    /// scheduler, or the file system of its work directory has less than `min_free_disk` bytes
+    /// free (or cannot be read).
+    pub fn unready(&self, min_free_disk: u64) -> Option<String> {
+        if !self.is_attached() {
+            return Some("not attached to the scheduler".into());
+        }
+        match nix::sys::statvfs::statvfs(&self.config.work_dir) {
+            Ok(fs) => {
+                let free =
+                    u64::from(fs.blocks_available()).saturating_mul(u64::from(fs.fragment_size()));
+                (free < min_free_disk).then(|| {
+                    format!(
+                        "{} has {free} bytes free, less than the {min_free_disk} required",
+                        self.config.work_dir.display()
+                    )
+                })
+            }
+            Err(e) => Some(format!(
+                "cannot read the free space of {}: {e}",
+                self.config.work_dir.display()
+            )),
+        }
+    }
+
+    /// Bytes held, budget and bytes evicted of the worker's file cache.
+    pub fn cache_usage(&self) -> remexec_core::metrics::StoreUsage {
+        self.cache.usage()
     }
 
     /// Attaches to the scheduler behind `channel` and serves leases, reconnecting with backoff
@@ -66,7 +104,10 @@ impl Worker {
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = std::time::Instant::now();
-            match self.serve(channel.clone(), stop.clone()).await {
+            let served = self.serve(channel.clone(), stop.clone()).await;
+            self.attached
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            match served {
                 Ok(()) if stop.is_cancelled() => return,
                 Ok(()) => {
                     tracing::warn!(worker = %self.config.name, "scheduler closed the connection")
@@ -123,6 +164,8 @@ impl Worker {
             .map_err(Error::from)?
             .into_inner();
         tracing::info!(worker = %self.config.name, "attached to scheduler");
+        self.attached
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
         let session = stop.child_token();
         // However this function ends (even dropped), the session's leases and heartbeats stop.

@@ -45,11 +45,9 @@ impl ActionCacheService {
         let function = request_scope(&req.instance_name, req.digest_function)?;
         let action = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
         let instance = req.instance_name.as_str();
-        let mut result = self
-            .services
-            .ac
-            .get(instance, action)
-            .await?
+        let found = self.services.ac.get(instance, action).await?;
+        self.services.metrics.action_cache_lookup(found.is_some());
+        let mut result = found
             .ok_or_else(|| Error::NotFound(format!("no cached result for action {action}")))?;
         let store = self.services.store.as_ref();
         let mut budget = self.services.limits.max_inline_size;

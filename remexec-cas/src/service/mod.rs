@@ -95,6 +95,7 @@ pub struct CacheServices {
     pub(crate) ac: Arc<dyn ActionCache>,
     pub(crate) limits: Limits,
     pub(crate) execution: Option<remexec_proto::reapi::ExecutionCapabilities>,
+    pub(crate) metrics: remexec_core::metrics::Metrics,
 }
 
 impl CacheServices {
@@ -105,7 +106,22 @@ impl CacheServices {
             ac,
             limits: Limits::default(),
             execution: None,
+            metrics: remexec_core::metrics::Metrics::new(),
         }
+    }
+
+    /// Records into `metrics`: blob bytes in and out ([`MeteredStore`](crate::MeteredStore)),
+    /// Action Cache hits and misses, and (when scraped) the store's usage as `store="cas"`.
+    pub fn with_metrics(mut self, metrics: remexec_core::metrics::Metrics) -> Self {
+        let store = Arc::clone(&self.store);
+        metrics.on_scrape(move |m| {
+            if let Some(usage) = store.usage() {
+                m.store_usage("cas", usage);
+            }
+        });
+        self.store = Arc::new(crate::MeteredStore::new(self.store, metrics.clone()));
+        self.metrics = metrics;
+        self
     }
 
     /// Replaces the limits.

@@ -116,6 +116,9 @@ impl BlobStore for DiskStore {
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Disk({})", self.files)
     }
+    fn usage(&self) -> Option<remexec_core::metrics::StoreUsage> {
+        Some(self.files.store_usage())
+    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,14 @@ impl BlobStore for MemoryStore {
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Memory({})", crate::size(self.index.lock().budget()))
     }
+    fn usage(&self) -> Option<remexec_core::metrics::StoreUsage> {
+        let index = self.index.lock();
+        Some(remexec_core::metrics::StoreUsage {
+            used_bytes: index.bytes(),
+            limit_bytes: index.budget(),
+            evicted_bytes: index.evicted_bytes(),
+        })
+    }
 }
 
 #[cfg(test)]

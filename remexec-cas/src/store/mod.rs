@@ -3,6 +3,7 @@
 pub mod disk;
 pub mod grpc;
 pub mod memory;
+pub mod metered;
 pub mod object;
 pub mod tiered;
 pub mod verifying;

@@ -111,6 +111,9 @@ impl BlobStore for TieredStore {
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tiered({}, {})", self.fast, self.slow)
     }
+    fn usage(&self) -> Option<remexec_core::metrics::StoreUsage> {
+        self.fast.usage()
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::methods::InstanceFrom;
-use super::{AuthPolicy, Need, Principal, method_need};
+use super::{AuthPolicy, Need, method_need};
 use crate::{Error, ReadResource, Result, WriteResource};
 
 /// A tower layer that authenticates every request with an [`AuthPolicy`] and refuses, with
@@ -138,6 +138,9 @@ async fn admit(layer: &AuthLayer, request: Request) -> Result<Request> {
     let principal = layer
         .policy
         .authenticate(request.headers(), certs.as_ref().map(|c| c.as_slice()))?;
+    if let Some(caller) = request.extensions().get::<crate::observe::Caller>() {
+        caller.set(&principal.name);
+    }
     let mut request = match from {
         InstanceFrom::InstanceField | InstanceFrom::ResourceField => {
             let (parts, body) = request.into_parts();
@@ -157,22 +160,12 @@ async fn admit(layer: &AuthLayer, request: Request) -> Result<Request> {
             http::Request::from_parts(parts, body)
         }
         InstanceFrom::AnyInstance | InstanceFrom::None => {
-            authorize_anywhere(&principal, need, &path)?;
+            principal.authorize_somewhere(need, &path)?;
             request
         }
     };
     request.extensions_mut().insert(principal);
     Ok(request)
-}
-
-fn authorize_anywhere(principal: &Principal, need: Need, path: &str) -> Result<()> {
-    if principal.cluster || principal.grants.iter().any(|g| g.allows_somewhere(need)) {
-        return Ok(());
-    }
-    Err(Error::PermissionDenied(format!(
-        "{} ({:?}) may not call {path}: it needs {need}",
-        principal.name, principal.method
-    )))
 }
 
 /// Reads the body until its first gRPC message is complete. Returns that message and a body

@@ -281,6 +281,18 @@ impl Principal {
             self.name, self.method
         )))
     }
+
+    /// `PERMISSION_DENIED` unless this principal may do `need` on some instance (for calls that
+    /// name none, such as the Operations methods or the status page).
+    pub fn authorize_somewhere(&self, need: Need, method: &str) -> Result<()> {
+        if self.cluster || self.grants.iter().any(|g| g.allows_somewhere(need)) {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied(format!(
+            "{} ({:?}) may not call {method}: it needs {need}",
+            self.name, self.method
+        )))
+    }
 }
 
 /// The authentication policy of one listener. See the [module documentation](self).

@@ -24,6 +24,9 @@ pub struct FollowOptions {
     pub max_reconnects: u32,
     /// The wait before the first reconnection; it doubles with each attempt in a row.
     pub backoff: Duration,
+    /// Sent with `Execute` and `WaitExecution` (the `requestmetadata-bin` header), so that the
+    /// server's spans, metrics and status page can tell the caller, its invocation and action.
+    pub metadata: Option<crate::reapi::RequestMetadata>,
 }
 
 impl Default for FollowOptions {
@@ -31,6 +34,7 @@ impl Default for FollowOptions {
         Self {
             max_reconnects: 5,
             backoff: Duration::from_millis(100),
+            metadata: None,
         }
     }
 }
@@ -65,6 +69,18 @@ pub fn operation_response(op: &Operation) -> Result<Option<ExecuteResponse>> {
     }
 }
 
+/// `message` as a request carrying `options.metadata`, if any.
+fn with_metadata<M>(message: M, options: &FollowOptions) -> tonic::Request<M> {
+    let mut request = tonic::Request::new(message);
+    if let Some(metadata) = &options.metadata {
+        request.metadata_mut().insert_bin(
+            crate::observe::REQUEST_METADATA_HEADER,
+            tonic::metadata::MetadataValue::from_bytes(&metadata.encode_to_vec()),
+        );
+    }
+    request
+}
+
 /// Sends `request` and follows the operation until it is done; returns its `ExecuteResponse`.
 ///
 /// `on_update` sees every operation message whose metadata decodes (its name and
@@ -79,7 +95,10 @@ pub async fn execute(
     mut on_update: impl FnMut(&str, &ExecuteOperationMetadata),
 ) -> Result<ExecuteResponse> {
     let mut client = execution_client(channel);
-    let mut stream = client.execute(request).await?.into_inner();
+    let mut stream = client
+        .execute(with_metadata(request, options))
+        .await?
+        .into_inner();
     let mut name: Option<String> = None;
     let mut attempts = 0u32;
     loop {
@@ -116,7 +135,10 @@ pub async fn execute(
             }
             tokio::time::sleep(options.backoff.saturating_mul(1 << attempts.min(16))).await;
             attempts += 1;
-            match client.wait_execution(WaitExecutionRequest { name }).await {
+            match client
+                .wait_execution(with_metadata(WaitExecutionRequest { name }, options))
+                .await
+            {
                 Ok(response) => {
                     stream = response.into_inner();
                     break;

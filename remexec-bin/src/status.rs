@@ -1,0 +1,467 @@
+//! The status page of the admin port: `/` (HTML that refreshes itself, no JavaScript),
+//! `/status` (the same as JSON) and `/action/HASH/SIZE` (one action, with the response kept
+//! for a failure). Read-only; with authentication configured, a bearer token with the `admin`
+//! permission is required.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use html_escape::encode_text as esc;
+use remexec_core::auth::{AuthPolicy, Need, Permission};
+use remexec_core::metrics::{Metrics, StoreUsage};
+use remexec_core::{ActionCache, BlobStore, Digest, DigestFunction, Error, Result};
+use remexec_scheduler::{Scheduler, SchedulerStatus};
+use serde::Serialize;
+
+/// The version line, as `--version` prints it.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("REMEXEC_GIT_COMMIT"),
+    ")"
+);
+
+/// Seconds between the page's refreshes.
+const REFRESH_SECS: u32 = 5;
+
+/// What the status page shows a snapshot of.
+#[derive(Clone, Debug)]
+pub struct StatusSource {
+    pub(crate) scheduler: Scheduler,
+    pub(crate) store: Arc<dyn BlobStore>,
+    pub(crate) ac: Arc<dyn ActionCache>,
+    pub(crate) metrics: Metrics,
+    pub(crate) auth: AuthPolicy,
+    pub(crate) started: Instant,
+}
+
+/// Action Cache lookups by clients since the start.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct CacheFigures {
+    /// GetActionResult calls answered with a result.
+    pub hits: u64,
+    /// GetActionResult calls answered NOT_FOUND.
+    pub misses: u64,
+}
+
+/// The `/status` document.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerStatus {
+    /// `remexec --version`.
+    pub version: String,
+    /// Seconds since the server started.
+    pub uptime_secs: u64,
+    /// Whether it reports itself ready.
+    pub ready: bool,
+    /// The CAS's usage, if it has a budget.
+    pub store: Option<StoreUsage>,
+    /// Action Cache lookups.
+    pub action_cache: CacheFigures,
+    /// Executors, queue, running and recent actions.
+    pub scheduler: SchedulerStatus,
+}
+
+impl StatusSource {
+    /// `PERMISSION_DENIED`/`UNAUTHENTICATED` unless the request's bearer token (or an open
+    /// policy) grants `admin`.
+    pub(crate) fn authorize(&self, headers: &http::HeaderMap, path: &str) -> Result<()> {
+        let principal = self.auth.authenticate(headers, None)?;
+        principal.authorize_somewhere(Need::Permission(Permission::Admin), path)
+    }
+
+    /// A snapshot.
+    pub(crate) fn snapshot(&self, ready: bool) -> ServerStatus {
+        let (hits, misses) = self.metrics.action_cache_lookups();
+        ServerStatus {
+            version: VERSION.to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            ready,
+            store: self.store.usage(),
+            action_cache: CacheFigures { hits, misses },
+            scheduler: self.scheduler.status(),
+        }
+    }
+
+    /// The page of one action: what `remexec show action` prints, with the kept response if
+    /// `response` names one.
+    pub(crate) async fn action_page(
+        &self,
+        action: Digest,
+        instance: &str,
+        response: Option<Digest>,
+    ) -> Result<String> {
+        remexec_core::validate_instance_name(instance)?;
+        let mut text = String::new();
+        let known = match response {
+            Some(d) => {
+                let response =
+                    crate::tools::kept_response(self.store.as_ref(), instance, d).await?;
+                text += &crate::tools::describe_response(&response);
+                Some(response.result.unwrap_or_default())
+            }
+            None => None,
+        };
+        text += &crate::tools::show_action(
+            self.store.as_ref(),
+            self.ac.as_ref(),
+            instance,
+            action,
+            known,
+        )
+        .await?;
+        Ok(format!(
+            "{}<h1>Action {}</h1>\n<p><a href=\"/\">back</a></p>\n<pre>{}</pre>\n</body></html>\n",
+            head("remexec action", None),
+            esc(&action.to_string()),
+            esc(&text)
+        ))
+    }
+}
+
+/// `HASH/SIZE` of a SHA-256 digest (the digest function the status links use).
+pub(crate) fn parse_digest(hash: &str, size: &str) -> Result<Digest> {
+    Digest::parse(DigestFunction::Sha256, &format!("{hash}/{size}"))
+        .or_else(|_| Digest::parse(DigestFunction::Blake3, &format!("{hash}/{size}")))
+        .map_err(|e| Error::invalid(format!("not a digest: {e}")))
+}
+
+fn head(title: &str, refresh: Option<u32>) -> String {
+    let refresh = refresh.map_or(String::new(), |s| {
+        format!("<meta http-equiv=\"refresh\" content=\"{s}\">")
+    });
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{refresh}<title>{}</title>\
+         <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
+         td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left;font-size:90%}}\
+         .failure{{color:#b00}}code{{font-size:90%}}</style></head><body>\n",
+        esc(title)
+    )
+}
+
+fn bytes(n: u64) -> String {
+    bytesize::ByteSize(n).to_string()
+}
+
+/// The status page.
+pub(crate) fn page(status: &ServerStatus) -> String {
+    let mut out = head("remexec status", Some(REFRESH_SECS));
+    let s = &status.scheduler;
+    let lookups = status.action_cache.hits + status.action_cache.misses;
+    let hit_rate = match lookups {
+        0 => "no lookups yet".to_string(),
+        n => format!(
+            "{:.1}% of {n} lookups",
+            100.0 * status.action_cache.hits as f64 / n as f64
+        ),
+    };
+    let store = status.store.map_or("no budget".to_string(), |u| {
+        format!(
+            "{} of {} used, {} evicted",
+            bytes(u.used_bytes),
+            bytes(u.limit_bytes),
+            bytes(u.evicted_bytes)
+        )
+    });
+    let busy = s.executors.iter().filter(|e| e.busy).count();
+    let _ = write!(
+        out,
+        "<h1>remexec</h1>\n<p id=\"summary\">version {} &middot; up {}s &middot; {} &middot; \
+         cache hit rate <span id=\"hit-rate\">{}</span> &middot; CAS {} &middot; \
+         {busy} of {} executors busy &middot; {} queued</p>\n",
+        esc(&status.version),
+        status.uptime_secs,
+        if status.ready {
+            "ready"
+        } else {
+            "not ready (draining)"
+        },
+        esc(&hit_rate),
+        esc(&store),
+        s.executors.len(),
+        s.queued.iter().map(|q| q.actions).sum::<usize>()
+    );
+    out += "<h2>Running actions</h2>\n<table id=\"running\"><tr><th>executor</th><th>mnemonic</th><th>target</th><th>action</th><th>running</th></tr>\n";
+    for r in &s.running {
+        let _ = writeln!(
+            out,
+            "<tr class=\"running-action\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}s</td></tr>",
+            esc(&r.executor),
+            esc(&r.mnemonic),
+            esc(&r.target),
+            action_link(&r.instance, &r.action, None),
+            r.running_secs
+        );
+    }
+    out += "</table>\n<h2>Queue</h2>\n<table id=\"queue\"><tr><th>platform</th><th>actions</th></tr>\n";
+    for q in &s.queued {
+        let _ = writeln!(
+            out,
+            "<tr><td><code>{}</code></td><td>{}</td></tr>",
+            esc(&q.platform),
+            q.actions
+        );
+    }
+    out += "</table>\n<h2>Executors</h2>\n<table id=\"executors\"><tr><th>executor</th><th>worker</th><th>state</th><th>properties</th></tr>\n";
+    for e in &s.executors {
+        let props: Vec<String> = e
+            .properties
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "<tr class=\"executor\"><td>{}</td><td class=\"worker\">{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            esc(&e.id),
+            esc(&e.worker),
+            if e.busy { "busy" } else { "idle" },
+            esc(&props.join(" "))
+        );
+    }
+    out += "</table>\n<h2>Recent actions</h2>\n<table id=\"recent\"><tr><th>outcome</th><th>exit</th><th>mnemonic</th><th>target</th><th>executor</th>\
+            <th>queued</th><th>input fetch</th><th>run</th><th>upload</th><th>action</th></tr>\n";
+    for a in &s.recent {
+        let phase = |p: remexec_core::metrics::Phase| {
+            a.phases
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map_or(String::new(), |(_, secs)| format!("{secs:.3}s"))
+        };
+        use remexec_core::metrics::Phase;
+        let class = if a.outcome.is_failure() {
+            " class=\"failure\""
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            a.outcome,
+            a.exit_code.map_or(String::new(), |c| c.to_string()),
+            esc(&a.mnemonic),
+            esc(&a.target),
+            esc(&a.executor),
+            phase(Phase::Queued),
+            phase(Phase::InputFetch),
+            phase(Phase::Run),
+            phase(Phase::Upload),
+            action_link(&a.instance, &a.action, a.response.as_deref())
+        );
+    }
+    out += "</table>\n<p><a href=\"/status\">JSON</a> &middot; <a href=\"/metrics\">metrics</a></p>\n</body></html>\n";
+    out
+}
+
+/// A link to an action's page.
+fn action_link(instance: &str, action: &str, response: Option<&str>) -> String {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let mut href = format!(
+        "/action/{action}?instance={}",
+        utf8_percent_encode(instance, NON_ALPHANUMERIC)
+    );
+    if let Some(response) = response {
+        href += &format!(
+            "&response={}",
+            utf8_percent_encode(response, NON_ALPHANUMERIC)
+        );
+    }
+    let short = action.get(..12).unwrap_or(action);
+    format!(
+        "<a href=\"{}\"><code>{}</code></a>",
+        html_escape::encode_double_quoted_attribute(&href),
+        esc(short)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_escapes_what_clients_control() {
+        let mut status = ServerStatus {
+            version: VERSION.into(),
+            uptime_secs: 3,
+            ready: true,
+            store: None,
+            action_cache: CacheFigures { hits: 1, misses: 3 },
+            scheduler: SchedulerStatus {
+                executors: Vec::new(),
+                queued: Vec::new(),
+                running: Vec::new(),
+                recent: Vec::new(),
+            },
+        };
+        status
+            .scheduler
+            .running
+            .push(remexec_scheduler::RunningAction {
+                executor: "w/0".into(),
+                instance: "a&b".into(),
+                action: "ab/1".into(),
+                mnemonic: "<script>alert(1)</script>".into(),
+                target: "//x:y".into(),
+                running_secs: 1.0,
+            });
+        let html = page(&status);
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;"));
+        assert!(html.contains("25.0% of 4 lookups"));
+        assert!(html.contains("instance=a%26b"));
+    }
+}
+
+/// Flags of `remexec status`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The server's admin port (its --admin-listen), as host:port or an http:// URL.
+    #[arg(long, default_value = "127.0.0.1:9090", env = "REMEXEC_ADMIN")]
+    pub admin: String,
+    /// Bearer token with the `admin` permission, if the server requires authentication.
+    #[arg(long, env = "REMEXEC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the JSON document instead of the summary.
+    #[arg(long, env = "REMEXEC_STATUS_JSON")]
+    pub json: bool,
+}
+
+/// `remexec status`: reads `/status` from the admin port; returns what to print.
+pub async fn fetch(args: &StatusArgs) -> Result<String> {
+    use http_body_util::BodyExt;
+    let base = if args.admin.contains("://") {
+        args.admin.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{}", args.admin)
+    };
+    let url = format!("{base}/status");
+    let mut request = http::Request::get(&url);
+    if let Some(token) = &args.token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| Error::invalid(format!("{url}: {e}")))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
+            .await
+            .map_err(|_| Error::Unavailable(format!("{url}: no answer within 10 s")))?
+            .map_err(|e| Error::Unavailable(format!("{url}: {e}")))?;
+    let code = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| Error::Unavailable(format!("{url}: {e}")))?
+        .to_bytes();
+    if !code.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        return Err(Error::Unavailable(format!(
+            "{url}: {code}: {}",
+            text.trim()
+        )));
+    }
+    if args.json {
+        return Ok(format!("{}\n", String::from_utf8_lossy(&body)));
+    }
+    let status: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| Error::invalid(format!("{url}: not a status document: {e}")))?;
+    Ok(summary(&status))
+}
+
+/// The terminal summary of a `/status` document (read loosely, so that an older or newer
+/// server's document still prints).
+pub fn summary(status: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "remexec {} · up {}s · {}",
+        s(&status["version"]),
+        n(&status["uptime_secs"]),
+        if status["ready"].as_bool().unwrap_or(false) {
+            "ready"
+        } else {
+            "NOT READY"
+        }
+    );
+    let (hits, misses) = (
+        n(&status["action_cache"]["hits"]),
+        n(&status["action_cache"]["misses"]),
+    );
+    let rate = match hits + misses {
+        0 => "no lookups yet".to_string(),
+        total => format!("{:.1}% hits", 100.0 * hits as f64 / total as f64),
+    };
+    let _ = writeln!(out, "action cache: {hits} hits, {misses} misses ({rate})");
+    match status["store"].as_object() {
+        Some(store) => {
+            let b = |k: &str| bytes(store.get(k).and_then(|v| v.as_u64()).unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "CAS: {} of {} used, {} evicted",
+                b("used_bytes"),
+                b("limit_bytes"),
+                b("evicted_bytes")
+            );
+        }
+        None => out += "CAS: no budget\n",
+    }
+    let sched = &status["scheduler"];
+    let empty = Vec::new();
+    let list = |k: &str| sched[k].as_array().unwrap_or(&empty);
+    let executors = list("executors");
+    let busy = executors
+        .iter()
+        .filter(|e| e["busy"].as_bool() == Some(true))
+        .count();
+    let mut workers: Vec<String> = executors.iter().map(|e| s(&e["worker"])).collect();
+    workers.sort();
+    workers.dedup();
+    let queued: u64 = list("queued").iter().map(|q| n(&q["actions"])).sum();
+    let _ = writeln!(
+        out,
+        "executors: {busy} of {} busy, on {} workers ({}); {queued} queued",
+        executors.len(),
+        workers.len(),
+        workers.join(", ")
+    );
+    for q in list("queued") {
+        let _ = writeln!(out, "  queued {} [{}]", n(&q["actions"]), s(&q["platform"]));
+    }
+    let running = list("running");
+    let _ = writeln!(out, "running: {}", running.len());
+    for r in running {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<12} {:<30} {:>7.1}s  {}",
+            s(&r["executor"]),
+            s(&r["mnemonic"]),
+            s(&r["target"]),
+            r["running_secs"].as_f64().unwrap_or_default(),
+            s(&r["action"])
+        );
+    }
+    let recent = list("recent");
+    let _ = writeln!(out, "recent: {}", recent.len());
+    for a in recent.iter().take(10) {
+        let phases: Vec<String> = a["phases"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|p| format!("{} {:.3}s", s(&p[0]), p[1].as_f64().unwrap_or_default()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<12} {:<30} {}  {}",
+            s(&a["outcome"]),
+            s(&a["mnemonic"]),
+            s(&a["target"]),
+            phases.join(", "),
+            s(&a["action"])
+        );
+    }
+    out
+}

@@ -1,0 +1,505 @@
+//! [`Metrics`]: the Prometheus figures every remexec part records into, and their text
+//! exposition for a `/metrics` endpoint.
+//!
+//! One [`Metrics`] is shared (it is cheap to clone) by the RPC layer
+//! ([`ObserveLayer`](crate::observe::ObserveLayer)), the stores, the cache services and the
+//! scheduler. Figures that are states rather than events (store usage, queue depth, workers)
+//! are read when scraped, by the closures given to [`Metrics::on_scrape`]. The names and a
+//! PromQL example for each are in `docs/metrics.md`.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use remexec_core::metrics::{ExecutionOutcome, Metrics};
+//!
+//! let metrics = Metrics::new();
+//! metrics.execution(ExecutionOutcome::Success);
+//! metrics.rpc("/build.bazel.remote.execution.v2.Execution/Execute", tonic::Code::Ok, Duration::from_millis(3));
+//! let text = metrics.encode();
+//! assert!(text.contains(r#"remexec_executions_total{outcome="success"} 1"#));
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// How an execution ended, as counted by `remexec_executions_total{outcome}` and shown on the
+/// status page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ExecutionOutcome {
+    /// The command ran and exited 0.
+    Success,
+    /// The command ran and exited with another code.
+    NonZeroExit,
+    /// The command overran its timeout (or its lease) and was killed.
+    TimedOut,
+    /// Nobody waited any more, or a client cancelled it.
+    Cancelled,
+    /// Answered from the Action Cache by Execute, without running.
+    Cached,
+    /// The action could not run: missing inputs, no matching executor, lost executors or
+    /// another infrastructure failure.
+    Error,
+}
+
+impl ExecutionOutcome {
+    /// The label value: `success`, `non_zero_exit`, `timed_out`, `cancelled`, `cached`, `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::NonZeroExit => "non_zero_exit",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
+            Self::Cached => "cached",
+            Self::Error => "error",
+        }
+    }
+
+    /// Whether a result worth keeping for inspection came of it: the action ran and did not
+    /// succeed.
+    pub fn is_failure(self) -> bool {
+        !matches!(self, Self::Success | Self::Cached)
+    }
+}
+
+impl fmt::Display for ExecutionOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A phase of an execution, timed by the worker (`ExecutedActionMetadata`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// From entering the queue to a worker starting it.
+    Queued,
+    /// Staging the input tree.
+    InputFetch,
+    /// Running the command.
+    Run,
+    /// Uploading the outputs.
+    Upload,
+}
+
+impl Phase {
+    /// Every phase, in order.
+    pub const ALL: [Phase; 4] = [Self::Queued, Self::InputFetch, Self::Run, Self::Upload];
+
+    /// The label value: `queued`, `input_fetch`, `run`, `upload`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::InputFetch => "input_fetch",
+            Self::Run => "run",
+            Self::Upload => "upload",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlatformLabels {
+    platform: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// The byte usage of a store, as [`BlobStore::usage`](crate::BlobStore::usage) reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreUsage {
+    /// Bytes of blob content held.
+    pub used_bytes: u64,
+    /// The byte budget beyond which blobs are evicted.
+    pub limit_bytes: u64,
+    /// Bytes evicted since the store was opened.
+    pub evicted_bytes: u64,
+}
+
+type Refresh = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+struct Families {
+    rpc_requests: Family<RpcLabels, Counter>,
+    rpc_seconds: Family<RpcLabels, Histogram>,
+    cas_received: Counter,
+    cas_sent: Counter,
+    store_used: Family<StoreLabels, Gauge>,
+    store_limit: Family<StoreLabels, Gauge>,
+    store_evicted: Family<StoreLabels, Counter>,
+    ac_lookups: Family<ResultLabels, Counter>,
+    queue_depth: Family<PlatformLabels, Gauge>,
+    queue_seconds: Family<PlatformLabels, Histogram>,
+    executions: Family<OutcomeLabels, Counter>,
+    phase_seconds: Family<PhaseLabels, Histogram>,
+    workers: Gauge,
+    executors: Family<StateLabels, Gauge>,
+}
+
+struct Inner {
+    registry: Registry,
+    families: Families,
+    refresh: Mutex<Vec<Refresh>>,
+}
+
+/// The Prometheus figures of one server. Cheap to clone; clones share the figures.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Latency buckets: 1 ms to about 9 minutes, doubling.
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 20)
+}
+
+impl Metrics {
+    /// A fresh set of figures, all zero, in a registry of its own.
+    pub fn new() -> Self {
+        let seconds = || Histogram::new(seconds_buckets());
+        let families = Families {
+            rpc_requests: Family::default(),
+            rpc_seconds: Family::new_with_constructor(seconds),
+            cas_received: Counter::default(),
+            cas_sent: Counter::default(),
+            store_used: Family::default(),
+            store_limit: Family::default(),
+            store_evicted: Family::default(),
+            ac_lookups: Family::default(),
+            queue_depth: Family::default(),
+            queue_seconds: Family::new_with_constructor(seconds),
+            executions: Family::default(),
+            phase_seconds: Family::new_with_constructor(seconds),
+            workers: Gauge::default(),
+            executors: Family::default(),
+        };
+        let mut r = Registry::default();
+        let f = &families;
+        r.register(
+            "remexec_rpc_requests",
+            "gRPC calls finished, by method and status code",
+            f.rpc_requests.clone(),
+        );
+        r.register(
+            "remexec_rpc_duration_seconds",
+            "gRPC call latency until the response ended, by method and status code",
+            f.rpc_seconds.clone(),
+        );
+        r.register(
+            "remexec_cas_received_bytes",
+            "Blob bytes written into the CAS through its services",
+            f.cas_received.clone(),
+        );
+        r.register(
+            "remexec_cas_sent_bytes",
+            "Blob bytes read from the CAS through its services",
+            f.cas_sent.clone(),
+        );
+        r.register(
+            "remexec_store_size_bytes",
+            "Bytes of blob content a store holds",
+            f.store_used.clone(),
+        );
+        r.register(
+            "remexec_store_limit_bytes",
+            "A store's byte budget",
+            f.store_limit.clone(),
+        );
+        r.register(
+            "remexec_store_evicted_bytes",
+            "Bytes a store has evicted since it was opened",
+            f.store_evicted.clone(),
+        );
+        r.register(
+            "remexec_action_cache_lookups",
+            "GetActionResult calls, by result (hit or miss)",
+            f.ac_lookups.clone(),
+        );
+        r.register(
+            "remexec_queue_depth",
+            "Actions waiting for an executor, by platform",
+            f.queue_depth.clone(),
+        );
+        r.register(
+            "remexec_queue_duration_seconds",
+            "Time actions waited in the queue before dispatch, by platform",
+            f.queue_seconds.clone(),
+        );
+        r.register(
+            "remexec_executions",
+            "Executions finished, by outcome",
+            f.executions.clone(),
+        );
+        r.register(
+            "remexec_execution_phase_duration_seconds",
+            "Time spent in each phase of an execution, as the worker timed it",
+            f.phase_seconds.clone(),
+        );
+        r.register(
+            "remexec_workers",
+            "Workers attached to the scheduler",
+            f.workers.clone(),
+        );
+        r.register(
+            "remexec_executors",
+            "Executors, by state (busy or idle)",
+            f.executors.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry: r,
+                families,
+                refresh: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    fn f(&self) -> &Families {
+        &self.inner.families
+    }
+
+    /// Runs `refresh` before every [`encode`](Self::encode), to set the figures that are
+    /// states (store usage, queue depth, workers).
+    pub fn on_scrape(&self, refresh: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.inner.refresh.lock().push(Box::new(refresh));
+    }
+
+    /// The figures in the Prometheus text format (OpenMetrics), refreshed first.
+    pub fn encode(&self) -> String {
+        // Take the closures out while running them, so that one may register another.
+        let refresh = std::mem::take(&mut *self.inner.refresh.lock());
+        for f in &refresh {
+            f(self);
+        }
+        {
+            let mut slot = self.inner.refresh.lock();
+            let added = std::mem::replace(&mut *slot, refresh);
+            slot.extend(added);
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry);
+        text
+    }
+
+    /// One gRPC call finished with `code` after `elapsed`.
+    pub fn rpc(&self, method: &str, code: tonic::Code, elapsed: Duration) {
+        let labels = RpcLabels {
+            method: method.to_string(),
+            code: code_name(code).to_string(),
+        };
+        self.f().rpc_requests.get_or_create(&labels).inc();
+        self.f()
+            .rpc_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Blob bytes written into the CAS.
+    pub fn cas_received(&self, bytes: u64) {
+        self.f().cas_received.inc_by(bytes);
+    }
+
+    /// Blob bytes read from the CAS.
+    pub fn cas_sent(&self, bytes: u64) {
+        self.f().cas_sent.inc_by(bytes);
+    }
+
+    /// Sets the usage figures of the store called `store`.
+    pub fn store_usage(&self, store: &str, usage: StoreUsage) {
+        let labels = StoreLabels {
+            store: store.to_string(),
+        };
+        let set = |family: &Family<StoreLabels, Gauge>, v: u64| {
+            family
+                .get_or_create(&labels)
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set(&self.f().store_used, usage.used_bytes);
+        set(&self.f().store_limit, usage.limit_bytes);
+        // The store counts evictions itself; the counter catches up with it.
+        let evicted = self.f().store_evicted.get_or_create(&labels);
+        let counted = evicted.get();
+        if usage.evicted_bytes > counted {
+            evicted.inc_by(usage.evicted_bytes - counted);
+        }
+    }
+
+    /// A client looked up the Action Cache.
+    pub fn action_cache_lookup(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.f()
+            .ac_lookups
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Client Action Cache lookups so far: hits and misses.
+    pub fn action_cache_lookups(&self) -> (u64, u64) {
+        let count = |result| {
+            self.f()
+                .ac_lookups
+                .get_or_create(&ResultLabels { result })
+                .get()
+        };
+        (count("hit"), count("miss"))
+    }
+
+    /// Replaces the queue depths: actions waiting, by platform label.
+    pub fn queue_depths(&self, depths: impl IntoIterator<Item = (String, usize)>) {
+        let family = &self.f().queue_depth;
+        family.clear();
+        for (platform, n) in depths {
+            family
+                .get_or_create(&PlatformLabels { platform })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// An action of `platform` waited `waited` in the queue before dispatch.
+    pub fn queue_wait(&self, platform: &str, waited: Duration) {
+        self.f()
+            .queue_seconds
+            .get_or_create(&PlatformLabels {
+                platform: platform.to_string(),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    /// An execution finished.
+    pub fn execution(&self, outcome: ExecutionOutcome) {
+        self.f()
+            .executions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// An execution spent `took` in `phase`.
+    pub fn phase(&self, phase: Phase, took: Duration) {
+        self.f()
+            .phase_seconds
+            .get_or_create(&PhaseLabels {
+                phase: phase.as_str(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Sets the number of attached workers and of busy and idle executors.
+    pub fn executors(&self, workers: usize, busy: usize, idle: usize) {
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.f().workers.set(n(workers));
+        let family = &self.f().executors;
+        family
+            .get_or_create(&StateLabels { state: "busy" })
+            .set(n(busy));
+        family
+            .get_or_create(&StateLabels { state: "idle" })
+            .set(n(idle));
+    }
+}
+
+/// The canonical name of a gRPC code, as in `google.rpc.Code`: `OK`, `NOT_FOUND`, ...
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_appear_under_their_names_and_scrape_closures_run() {
+        let m = Metrics::new();
+        m.rpc("/a/B", tonic::Code::NotFound, Duration::from_millis(2));
+        m.rpc("/a/B", tonic::Code::NotFound, Duration::from_millis(2));
+        m.action_cache_lookup(true);
+        m.action_cache_lookup(false);
+        m.action_cache_lookup(false);
+        m.cas_received(10);
+        m.phase(Phase::Run, Duration::from_millis(1500));
+        m.on_scrape(|m| m.queue_depths([("OSFamily=linux".to_string(), 3)]));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"remexec_rpc_requests_total{method="/a/B",code="NOT_FOUND"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"remexec_action_cache_lookups_total{result="hit"} 1"#));
+        assert!(text.contains(r#"remexec_action_cache_lookups_total{result="miss"} 2"#));
+        assert!(text.contains("remexec_cas_received_bytes_total 10"));
+        assert!(text.contains(r#"remexec_queue_depth{platform="OSFamily=linux"} 3"#));
+        assert!(text.contains(r#"remexec_execution_phase_duration_seconds_count{phase="run"} 1"#));
+        // Depths are replaced, not accumulated: a platform no longer queued disappears.
+        m.on_scrape(|m| m.queue_depths(Vec::new()));
+        assert!(!m.encode().contains("OSFamily=linux\"} 3"));
+    }
+}

@@ -1,0 +1,254 @@
+//! What the scheduler tells operators: metrics for each execution, its phase spans, failed
+//! results kept in the CAS with a link in `ExecuteResponse.message`, the recent actions, and
+//! the [`SchedulerStatus`] snapshot behind the status page.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use prost::Message;
+use remexec_core::metrics::{ExecutionOutcome, Metrics, Phase};
+use remexec_core::reapi::{ExecuteResponse, RequestMetadata};
+use remexec_core::{BlobStore, BlobStoreExt, Digest};
+use serde::Serialize;
+
+use crate::platform::Property;
+
+/// How many finished actions the status page lists.
+const RECENT: usize = 100;
+
+/// A finished action, as the status page lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ActionRecord {
+    /// The instance name.
+    pub instance: String,
+    /// The action digest, `hash/size`.
+    pub action: String,
+    /// Bazel's mnemonic for the action, if the client sent one.
+    pub mnemonic: String,
+    /// The target it was built for, if the client said.
+    pub target: String,
+    /// The client's invocation id.
+    pub tool_invocation_id: String,
+    /// The executor it ran on, if it ran.
+    pub executor: String,
+    /// How it ended.
+    pub outcome: ExecutionOutcome,
+    /// The command's exit code, if it ran.
+    pub exit_code: Option<i32>,
+    /// Seconds since the epoch when it ended.
+    pub finished_at: u64,
+    /// Seconds spent in each phase the worker timed.
+    pub phases: Vec<(Phase, f64)>,
+    /// The digest, `hash/size`, of the `ExecuteResponse` kept in the CAS for a failure.
+    pub response: Option<String>,
+}
+
+/// An action on an executor now.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunningAction {
+    /// The executor.
+    pub executor: String,
+    /// The instance name.
+    pub instance: String,
+    /// The action digest, `hash/size`.
+    pub action: String,
+    /// Bazel's mnemonic, if sent.
+    pub mnemonic: String,
+    /// The target, if sent.
+    pub target: String,
+    /// Seconds it has been running.
+    pub running_secs: f64,
+}
+
+/// Queued actions of one platform.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueuedPlatform {
+    /// The platform, `name=value` pairs joined by commas (empty for none).
+    pub platform: String,
+    /// Actions waiting.
+    pub actions: usize,
+}
+
+/// An executor and whether it is busy.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExecutorStatus {
+    /// The executor id.
+    pub id: String,
+    /// Its worker.
+    pub worker: String,
+    /// What it offers.
+    pub properties: Vec<Property>,
+    /// Whether it runs an action now.
+    pub busy: bool,
+}
+
+/// A snapshot of the scheduler, for the status page and `/status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SchedulerStatus {
+    /// The executors, with their properties.
+    pub executors: Vec<ExecutorStatus>,
+    /// Queued actions, by platform.
+    pub queued: Vec<QueuedPlatform>,
+    /// Actions running now.
+    pub running: Vec<RunningAction>,
+    /// Finished actions, newest first.
+    pub recent: Vec<ActionRecord>,
+}
+
+/// The label of a platform: its `name=value` pairs, joined by commas.
+pub(crate) fn platform_label(platform: &[Property]) -> String {
+    platform
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How a response ended.
+pub(crate) fn outcome_of(response: &ExecuteResponse) -> ExecutionOutcome {
+    let code = response
+        .status
+        .as_ref()
+        .map_or(tonic::Code::Ok, |s| tonic::Code::from_i32(s.code));
+    match code {
+        tonic::Code::Ok if response.cached_result => ExecutionOutcome::Cached,
+        tonic::Code::Ok => match &response.result {
+            Some(r) if r.exit_code == 0 => ExecutionOutcome::Success,
+            Some(_) => ExecutionOutcome::NonZeroExit,
+            None => ExecutionOutcome::Error,
+        },
+        tonic::Code::DeadlineExceeded => ExecutionOutcome::TimedOut,
+        tonic::Code::Cancelled => ExecutionOutcome::Cancelled,
+        _ => ExecutionOutcome::Error,
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What an execution was, for [`Observer::finished`].
+pub(crate) struct Finished<'a> {
+    pub(crate) instance: &'a str,
+    pub(crate) action: Digest,
+    pub(crate) metadata: &'a RequestMetadata,
+    pub(crate) span: &'a tracing::Span,
+    pub(crate) executor: Option<&'a str>,
+}
+
+/// The scheduler's observability state.
+#[derive(Debug)]
+pub(crate) struct Observer {
+    pub(crate) metrics: Metrics,
+    status_url: Option<String>,
+    recent: Mutex<VecDeque<ActionRecord>>,
+}
+
+impl Observer {
+    pub(crate) fn new(metrics: Metrics, status_url: Option<String>) -> Self {
+        Self {
+            metrics,
+            status_url: status_url.map(|u| u.trim_end_matches('/').to_string()),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+        }
+    }
+
+    pub(crate) fn recent(&self) -> Vec<ActionRecord> {
+        self.recent.lock().iter().cloned().collect()
+    }
+
+    /// Records a finished execution: counts it, times its phases (metrics and spans), and for a
+    /// failure keeps the response in `cas` and points `response.message` at it.
+    pub(crate) async fn finished(
+        &self,
+        cas: &dyn BlobStore,
+        done: Finished<'_>,
+        response: &mut ExecuteResponse,
+    ) {
+        let outcome = outcome_of(response);
+        self.metrics.execution(outcome);
+        let phases = response
+            .result
+            .as_ref()
+            .and_then(|r| r.execution_metadata.as_ref())
+            .map(remexec_core::observe::phases)
+            .unwrap_or_default();
+        for (phase, start, end) in &phases {
+            let took = end.duration_since(*start).unwrap_or(Duration::ZERO);
+            self.metrics.phase(*phase, took);
+        }
+        remexec_core::observe::phase_spans(
+            done.span,
+            done.metadata,
+            done.action,
+            outcome.as_str(),
+            &phases,
+        );
+        let kept = match outcome.is_failure() && outcome != ExecutionOutcome::Cancelled {
+            true => self.keep(cas, &done, response).await,
+            false => None,
+        };
+        let record = ActionRecord {
+            instance: done.instance.to_string(),
+            action: done.action.to_string(),
+            mnemonic: done.metadata.action_mnemonic.clone(),
+            target: done.metadata.target_id.clone(),
+            tool_invocation_id: done.metadata.tool_invocation_id.clone(),
+            executor: done.executor.unwrap_or_default().to_string(),
+            outcome,
+            exit_code: response.result.as_ref().map(|r| r.exit_code),
+            finished_at: unix_secs(SystemTime::now()),
+            phases: phases
+                .iter()
+                .map(|(p, s, e)| (*p, e.duration_since(*s).map_or(0.0, |d| d.as_secs_f64())))
+                .collect(),
+            response: kept.map(|d| d.to_string()),
+        };
+        let mut recent = self.recent.lock();
+        if recent.len() == RECENT {
+            recent.pop_back();
+        }
+        recent.push_front(record);
+    }
+
+    /// Stores `response` in the CAS and appends where to see it to its message.
+    async fn keep(
+        &self,
+        cas: &dyn BlobStore,
+        done: &Finished<'_>,
+        response: &mut ExecuteResponse,
+    ) -> Option<Digest> {
+        let bytes = bytes::Bytes::from(response.encode_to_vec());
+        let digest = done.action.function().digest_of(&bytes);
+        if let Err(e) = cas.put_bytes(done.instance, digest, bytes).await {
+            tracing::warn!(action = %done.action, error = %e, "could not keep the failed response in the CAS");
+            return None;
+        }
+        let link = match &self.status_url {
+            Some(base) => format!(
+                "{base}/action/{}/{}?instance={}&response={}/{}",
+                done.action.hash_hex(),
+                done.action.size(),
+                percent_encoding::utf8_percent_encode(
+                    done.instance,
+                    percent_encoding::NON_ALPHANUMERIC
+                ),
+                digest.hash_hex(),
+                digest.size(),
+            ),
+            None => format!(
+                "the ExecuteResponse is kept in the CAS as {digest}: remexec show action {} --response {digest}",
+                done.action
+            ),
+        };
+        let sep = if response.message.is_empty() {
+            ""
+        } else {
+            "\n"
+        };
+        response.message = format!("{}{sep}remexec: {link}", response.message);
+        Some(digest)
+    }
+}
