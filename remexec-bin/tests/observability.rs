@@ -356,6 +356,80 @@ fn the_status_page_needs_the_admin_permission_when_tokens_are_configured() {
     let out = status_command(admin, &["--token", "ops-token-0123456789", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(json["version"].as_str().unwrap().starts_with("0."));
+    // A gRPC call refused for want of a token is counted, under its method and code.
+    let out = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args([
+            "ac",
+            "get",
+            &format!("{}/3", "a".repeat(64)),
+            "--server",
+            &server.url(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let refused = r#"remexec_rpc_requests_total{method="/build.bazel.remote.execution.v2.ActionCache/GetActionResult",code="UNAUTHENTICATED"}"#;
+    assert_eq!(value(&metrics(admin), refused), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_mint_metric_labels_or_break_calls_with_their_metadata() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin_addr.unwrap();
+    let channel = remexec_core::client::connect(&server.url()).await.unwrap();
+    // Made-up methods, of made-up and of served services: one `unknown` series.
+    for i in 0..20 {
+        for path in [
+            format!("/evil{i}.Service/Method"),
+            format!("/google.bytestream.ByteStream/X{i}"),
+        ] {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let codec = tonic_prost::ProstCodec::<
+                remexec_core::reapi::Digest,
+                remexec_core::reapi::Digest,
+            >::default();
+            let status = grpc
+                .unary(
+                    tonic::Request::new(remexec_core::reapi::Digest::default()),
+                    path.parse().unwrap(),
+                    codec,
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unimplemented, "{path}");
+        }
+    }
+    let text = metrics(admin);
+    assert_eq!(
+        value(
+            &text,
+            r#"remexec_rpc_requests_total{method="unknown",code="UNIMPLEMENTED"}"#
+        ),
+        40.0,
+        "{text}"
+    );
+    assert!(!text.contains("evil"), "{text}");
+    // A RequestMetadata header that is not base64 or not a message is ignored, not fatal.
+    let mut cas = remexec_core::client::cas_client(channel.clone());
+    for garbage in [
+        &b"\xff\x00not a message"[..],
+        &[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f][..],
+    ] {
+        let mut request =
+            tonic::Request::new(remexec_core::reapi::FindMissingBlobsRequest::default());
+        request.metadata_mut().insert_bin(
+            "build.bazel.remote.execution.v2.requestmetadata-bin",
+            tonic::metadata::MetadataValue::from_bytes(garbage),
+        );
+        cas.find_missing_blobs(request).await.unwrap();
+    }
+    assert_eq!(
+        http_get(admin, "/readyz", &[]).unwrap().0,
+        200,
+        "the server is still up"
+    );
 }
 
 /// One span as the collector received it.

@@ -177,7 +177,12 @@ struct Inner {
     registry: Registry,
     families: Families,
     refresh: Mutex<Vec<Refresh>>,
+    /// The platform label values in use: clients choose platforms, so they are capped.
+    platforms: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Most distinct `platform` label values; further platforms are labelled `other`.
+pub const MAX_PLATFORM_LABELS: usize = 100;
 
 /// The Prometheus figures of one server. Cheap to clone; clones share the figures.
 #[derive(Clone)]
@@ -299,6 +304,7 @@ impl Metrics {
                 registry: r,
                 families,
                 refresh: Mutex::new(Vec::new()),
+                platforms: Mutex::default(),
             }),
         }
     }
@@ -394,14 +400,28 @@ impl Metrics {
         (count("hit"), count("miss"))
     }
 
+    /// `platform` as a label value: itself while fewer than [`MAX_PLATFORM_LABELS`] are in use,
+    /// else `other`.
+    fn platform_label(&self, platform: &str) -> PlatformLabels {
+        let mut seen = self.inner.platforms.lock();
+        let platform = if seen.contains(platform) {
+            platform.to_string()
+        } else if seen.len() < MAX_PLATFORM_LABELS {
+            seen.insert(platform.to_string());
+            platform.to_string()
+        } else {
+            "other".to_string()
+        };
+        PlatformLabels { platform }
+    }
+
     /// Replaces the queue depths: actions waiting, by platform label.
     pub fn queue_depths(&self, depths: impl IntoIterator<Item = (String, usize)>) {
         let family = &self.f().queue_depth;
         family.clear();
         for (platform, n) in depths {
-            family
-                .get_or_create(&PlatformLabels { platform })
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
+            let gauge = family.get_or_create(&self.platform_label(&platform));
+            gauge.inc_by(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
@@ -409,9 +429,7 @@ impl Metrics {
     pub fn queue_wait(&self, platform: &str, waited: Duration) {
         self.f()
             .queue_seconds
-            .get_or_create(&PlatformLabels {
-                platform: platform.to_string(),
-            })
+            .get_or_create(&self.platform_label(platform))
             .observe(waited.as_secs_f64());
     }
 
@@ -501,5 +519,26 @@ mod tests {
         // Depths are replaced, not accumulated: a platform no longer queued disappears.
         m.on_scrape(|m| m.queue_depths(Vec::new()));
         assert!(!m.encode().contains("OSFamily=linux\"} 3"));
+    }
+
+    #[test]
+    fn clients_cannot_mint_unbounded_platform_labels() {
+        let m = Metrics::new();
+        for i in 0..MAX_PLATFORM_LABELS + 50 {
+            m.queue_wait(&format!("k=v{i}"), Duration::from_millis(1));
+        }
+        let text = m.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("remexec_queue_duration_seconds_count"))
+            .count();
+        assert_eq!(series, MAX_PLATFORM_LABELS + 1, "{text}");
+        assert!(text.contains(r#"remexec_queue_duration_seconds_count{platform="other"} 50"#));
+        // Depths of the overflow add up under `other`.
+        m.queue_depths([("k=new1".into(), 2), ("k=new2".into(), 3)]);
+        assert!(
+            m.encode()
+                .contains(r#"remexec_queue_depth{platform="other"} 5"#)
+        );
     }
 }

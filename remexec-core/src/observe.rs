@@ -203,7 +203,14 @@ impl Call {
 
     fn finish(self, code: tonic::Code) {
         let elapsed = self.started.elapsed();
-        self.layer.metrics.rpc(&self.method, code, elapsed);
+        // The path is the client's: only served methods become label values (an unknown
+        // method of a served service is UNIMPLEMENTED).
+        let label = match crate::auth::is_served(&self.method) && code != tonic::Code::Unimplemented
+        {
+            true => self.method.as_str(),
+            false => "unknown",
+        };
+        self.layer.metrics.rpc(label, code, elapsed);
         self.span.record("rpc.grpc.status_code", code as i32);
         if code != tonic::Code::Ok {
             self.span.record("otel.status_code", "ERROR");

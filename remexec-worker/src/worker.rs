@@ -77,8 +77,10 @@ impl Worker {
         }
         match nix::sys::statvfs::statvfs(&self.config.work_dir) {
             Ok(fs) => {
-                let free =
-                    u64::from(fs.blocks_available()).saturating_mul(u64::from(fs.fragment_size()));
+                // The field types differ between platforms.
+                #[allow(clippy::useless_conversion)]
+                let free = u64::from(fs.blocks_available())
+                    .saturating_mul(u64::from(fs.fragment_size()));
                 (free < min_free_disk).then(|| {
                     format!(
                         "{} has {free} bytes free, less than the {min_free_disk} required",

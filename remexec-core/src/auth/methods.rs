@@ -81,6 +81,33 @@ pub fn method_need(path: &str) -> (Need, InstanceFrom) {
         ("google.longrunning.Operations", _) => (Need::Permission(Execute), AnyInstance),
         ("remexec.worker.v1.WorkerService", _) => (Need::Cluster, None),
         ("grpc.health.v1.Health", _) => (Need::Nothing, None),
+        // The API's shape, which is public: any authenticated caller may list it.
+        (REFLECTION_V1 | REFLECTION_V1ALPHA, _) => (Need::Any, None),
         _ => (Need::Permission(Admin), None),
     }
+}
+
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+
+/// Whether `path` (`/package.Service/Method`) names a service remexec serves. Metrics label
+/// other paths `unknown`, so that clients cannot mint label values.
+pub fn is_served(path: &str) -> bool {
+    let service = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .map_or("", |(s, _)| s);
+    matches!(
+        service,
+        "build.bazel.remote.execution.v2.Capabilities"
+            | "build.bazel.remote.execution.v2.ActionCache"
+            | "build.bazel.remote.execution.v2.ContentAddressableStorage"
+            | "build.bazel.remote.execution.v2.Execution"
+            | "google.bytestream.ByteStream"
+            | "google.longrunning.Operations"
+            | "remexec.worker.v1.WorkerService"
+            | "grpc.health.v1.Health"
+            | REFLECTION_V1
+            | REFLECTION_V1ALPHA
+    )
 }

@@ -539,6 +539,7 @@ async fn execute_gives_up_after_bounded_reconnects() {
     let options = FollowOptions {
         max_reconnects: 3,
         backoff: std::time::Duration::from_millis(1),
+        metadata: None,
     };
     let err = execute(channel, Default::default(), &options, |_, _| {})
         .await
