@@ -145,6 +145,7 @@ pub async fn run_worker(config: &Config, shutdown: impl Future<Output = ()> + Se
         };
         tokio::spawn(crate::admin::serve(listener, admin, stop.clone()));
         let (watched, min_free) = (worker.clone(), config.worker.min_free_disk.as_u64());
+        let stopped = stop.clone();
         tokio::spawn(async move {
             let mut was = None;
             loop {
@@ -157,7 +158,10 @@ pub async fn run_worker(config: &Config, shutdown: impl Future<Output = ()> + Se
                     readiness.set(unready.is_none()).await;
                     was = Some(unready);
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stopped.cancelled() => return,
+                }
             }
         });
     }
