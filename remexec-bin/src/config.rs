@@ -339,6 +339,9 @@ pub struct WorkerSection {
     /// `remexec worker` reports itself not ready (`/readyz`) while the file system of its data
     /// directory has less free space than this.
     pub min_free_disk: ByteSize,
+    /// The unprivileged user a worker started as root runs actions as (created if missing);
+    /// empty keeps root.
+    pub run_as: String,
 }
 
 impl Default for SchedulerSection {
@@ -373,6 +376,7 @@ impl Default for WorkerSection {
             tls_cert: None,
             tls_key: None,
             min_free_disk: ByteSize::mib(256),
+            run_as: "remexec-action".into(),
         }
     }
 }

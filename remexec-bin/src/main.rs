@@ -6,6 +6,14 @@ use remexec_bin::security::Security;
 use remexec_bin::serve::{BoundServer, Role, reload_on_sighup, run_worker, shutdown_signal};
 
 fn main() -> std::process::ExitCode {
+    // The supervisor of one action (started by this binary's worker): no runtime, no logs.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == remexec_bin::sandbox::SUPERVISE)
+    {
+        return remexec_worker::supervisor::main(&args[2..]);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -35,75 +43,8 @@ fn main() -> std::process::ExitCode {
     };
     let (tracing, tracer) = tracing.unzip();
     remexec_bin::logging::init(cli.log_format, tracer);
-    let result: Result<u8, String> = runtime.block_on(async {
-        let config = config.unwrap_or_else(|| Err("no configuration".into()));
-        match cli.command {
-            Command::Serve(_) => serve(config?, Role::AllInOne).await.map(|()| 0),
-            Command::Scheduler(_) => serve(config?, Role::Scheduler).await.map(|()| 0),
-            Command::Worker(_) => {
-                let config = config?;
-                run_worker(&config, shutdown_signal())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(0)
-            }
-            Command::Exec(args) => remexec_bin::exec::run(args).await,
-            Command::Cas(command) => {
-                print!("{}", remexec_bin::tools::cas(command).await.map_err(|e| e.to_string())?);
-                Ok(0)
-            }
-            Command::Ac(command) => match remexec_bin::tools::ac(command).await {
-                Ok(Some(text)) => {
-                    print!("{text}");
-                    Ok(0)
-                }
-                Ok(None) => {
-                    eprintln!("remexec: not in the Action Cache");
-                    Ok(1)
-                }
-                Err(e) => Err(e.to_string()),
-            },
-            Command::Show(command) => {
-                print!("{}", remexec_bin::tools::show(command).await.map_err(|e| e.to_string())?);
-                Ok(0)
-            }
-            Command::Status(args) => {
-                print!("{}", remexec_bin::status::fetch(&args).await.map_err(|e| e.to_string())?);
-                Ok(0)
-            }
-            Command::Completions { shell } => {
-                Cli::completions(shell, &mut std::io::stdout());
-                Ok(0)
-            }
-            Command::Man => {
-                Cli::man(&mut std::io::stdout()).map_err(|e| e.to_string())?;
-                Ok(0)
-            }
-            Command::Tls(TlsCommand::DevCerts { dir }) => {
-                remexec_bin::dev_certs::write(&dir).map_err(|e| e.to_string())?;
-                println!(
-                    "remexec: wrote {} into {} (demo certificates: never use them to guard a reachable server)",
-                    remexec_bin::dev_certs::FILES.join(", "),
-                    dir.display()
-                );
-                Ok(0)
-            }
-            Command::Bench(args) => {
-                let report = remexec_bin::bench::run(&args, !args.json)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if args.json {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&report).map_err(|e| e.to_string())?
-                    );
-                } else {
-                    print!("{}", report.table());
-                }
-                Ok(u8::from(report.errors > 0))
-            }
-        }
-    });
+    let config = config.unwrap_or_else(|| Err("no configuration".into()));
+    let result = runtime.block_on(run(cli.command, config));
     if let Some(tracing) = tracing {
         // Blocking, and the exporters' clients need the runtime: before it stops.
         tracing.shutdown();
@@ -119,9 +60,93 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// This binary as the supervisor of actions: `remexec supervise`.
+fn supervisor() -> Result<Vec<std::ffi::OsString>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding the remexec binary: {e}"))?;
+    Ok(vec![exe.into(), remexec_bin::sandbox::SUPERVISE.into()])
+}
+
+/// Prints `text`; exit code 0.
+fn print(text: remexec_core::Result<String>) -> Result<u8, String> {
+    print!("{}", text.map_err(|e| e.to_string())?);
+    Ok(0)
+}
+
+/// Runs a subcommand; returns the exit code. `config` is the daemons' resolved configuration.
+async fn run(
+    command: Command,
+    config: Result<remexec_bin::config::Config, String>,
+) -> Result<u8, String> {
+    match command {
+        Command::Serve(_) => serve(config?, Role::AllInOne).await.map(|()| 0),
+        Command::Scheduler(_) => serve(config?, Role::Scheduler).await.map(|()| 0),
+        Command::Worker(_) => {
+            let config = config?;
+            let isolation = remexec_bin::sandbox::process_isolation(&config, supervisor()?)
+                .map_err(|e| e.to_string())?;
+            run_worker(&config, std::sync::Arc::new(isolation), shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(0)
+        }
+        Command::Exec(args) => remexec_bin::exec::run(args).await,
+        Command::Cas(command) => print(remexec_bin::tools::cas(command).await),
+        Command::Ac(command) => match remexec_bin::tools::ac(command).await {
+            Ok(Some(text)) => print(Ok(text)),
+            Ok(None) => {
+                eprintln!("remexec: not in the Action Cache");
+                Ok(1)
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        Command::Show(command) => print(remexec_bin::tools::show(command).await),
+        Command::Status(args) => print(remexec_bin::status::fetch(&args).await),
+        Command::Completions { shell } => {
+            Cli::completions(shell, &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            Cli::man(&mut std::io::stdout()).map_err(|e| e.to_string())?;
+            Ok(0)
+        }
+        Command::Tls(TlsCommand::DevCerts { dir }) => {
+            remexec_bin::dev_certs::write(&dir).map_err(|e| e.to_string())?;
+            println!(
+                "remexec: wrote {} into {} (demo certificates: never use them to guard a reachable server)",
+                remexec_bin::dev_certs::FILES.join(", "),
+                dir.display()
+            );
+            Ok(0)
+        }
+        Command::Bench(args) => bench(args).await,
+    }
+}
+
+async fn bench(args: remexec_bin::bench::BenchArgs) -> Result<u8, String> {
+    let report = remexec_bin::bench::run(&args, !args.json)
+        .await
+        .map_err(|e| e.to_string())?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(u8::from(report.errors > 0))
+}
+
 async fn serve(config: remexec_bin::config::Config, role: Role) -> Result<(), String> {
     let security = Security::load(&config).map_err(|e| e.to_string())?;
-    let server = BoundServer::bind_secured(&config, role, security.clone())
+    let isolation: std::sync::Arc<dyn remexec_worker::Isolation> = match role {
+        Role::AllInOne => std::sync::Arc::new(
+            remexec_bin::sandbox::process_isolation(&config, supervisor()?)
+                .map_err(|e| e.to_string())?,
+        ),
+        Role::Scheduler => std::sync::Arc::new(remexec_worker::ProcessIsolation::default()),
+    };
+    let server = BoundServer::bind_with(&config, role, security.clone(), isolation)
         .await
         .map_err(|e| e.to_string())?;
     let _reloader = reload_on_sighup(config.clone(), security);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remexec_core::{BlobStore, Error, Result};
-use remexec_worker::{ProcessIsolation, Worker, WorkerConfig};
+use remexec_worker::{Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -99,17 +99,36 @@ impl BoundServer {
     /// [`bind`](Self::bind) with `security` already loaded (keep a clone to
     /// [`reload`](Security::reload) its certificates).
     pub async fn bind_secured(config: &Config, role: Role, security: Security) -> Result<Self> {
+        let isolation = Arc::new(remexec_worker::ProcessIsolation::default());
+        Self::bind_with(config, role, security, isolation).await
+    }
+
+    /// [`bind_secured`](Self::bind_secured), the local worker running its actions under
+    /// `isolation` (`remexec serve` gives it [`process_isolation`](crate::sandbox::process_isolation);
+    /// the default is plain processes).
+    pub async fn bind_with(
+        config: &Config,
+        role: Role,
+        security: Security,
+        isolation: Arc<dyn remexec_worker::Isolation>,
+    ) -> Result<Self> {
         ServerBuilder::new(config.clone())
             .local_worker(role == Role::AllInOne)
             .security(security)
+            .isolation(isolation)
             .bind()
             .await
     }
 }
 
-/// `remexec worker`: attaches to a scheduler and runs its leases until `shutdown`. SIGHUP is
-/// logged and otherwise ignored: the worker reads its certificate at start.
-pub async fn run_worker(config: &Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+/// `remexec worker`: attaches to a scheduler and runs its leases under `isolation` until
+/// `shutdown`. SIGHUP is logged and otherwise ignored: the worker reads its certificate at
+/// start.
+pub async fn run_worker(
+    config: &Config,
+    isolation: Arc<dyn remexec_worker::Isolation>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
     config.check_limits().map_err(Error::invalid)?;
     let _hup = tokio::spawn(async {
         let kind = tokio::signal::unix::SignalKind::hangup();
@@ -124,7 +143,7 @@ pub async fn run_worker(config: &Config, shutdown: impl Future<Output = ()> + Se
     let tls = crate::security::worker_client_tls(config)?;
     let channel = remexec_core::client::connect_lazy_with(&config.worker.scheduler, &tls)?;
     let cas: Arc<dyn BlobStore> = Arc::new(remexec_cas::GrpcStore::new(channel.clone()));
-    let worker = Worker::new(worker_config(config, ""), cas, Arc::new(ProcessIsolation))?;
+    let worker = Worker::new(worker_config(config, ""), cas, isolation)?;
     let stop = CancellationToken::new();
     if let Some(addr) = config.admin_listen {
         let listener = crate::admin::bind(addr).await?;

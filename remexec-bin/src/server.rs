@@ -241,7 +241,7 @@ impl ServerBuilder {
             store: None,
             action_cache: None,
             pool: None,
-            isolation: Arc::new(ProcessIsolation),
+            isolation: Arc::new(ProcessIsolation::default()),
             local_worker: true,
             security: Security::default(),
             metrics: Metrics::new(),
@@ -311,22 +311,7 @@ impl ServerBuilder {
                 "a local worker attaches to the WorkerPool; it cannot run with a custom executor pool",
             ));
         }
-        let external = match (&self.store, &self.action_cache) {
-            (Some(_), Some(_)) => None,
-            _ => open_external(config).await?,
-        };
-        let (external_store, external_ac) = match external {
-            Some(e) => (Some(e.store), Some(e.action_cache)),
-            None => (None, None),
-        };
-        let store = match self.store {
-            Some(store) => store,
-            None => open_blob_store(config, external_store).await?,
-        };
-        let ac = match self.action_cache {
-            Some(ac) => ac,
-            None => open_action_cache(config, Arc::clone(&store), external_ac).await?,
-        };
+        let (store, ac) = given_or_opened(config, self.store, self.action_cache).await?;
         let (pool, workers): (Arc<dyn ExecutorPool>, _) = match self.pool {
             Some(pool) => (pool, None),
             None => {
@@ -364,22 +349,13 @@ impl ServerBuilder {
                 let workers = workers.as_ref().ok_or_else(|| {
                     Error::invalid("a worker port needs the WorkerPool, not a custom executor pool")
                 })?;
-                let listener = TcpListener::bind(port.listen).await.map_err(|e| {
-                    Error::io(format!("binding the worker port {}", port.listen), e)
-                })?;
                 // Workers read inputs and write outputs through the same CAS.
                 let routes = cache
                     .clone()
                     .into_routes()
                     .add_service(workers.service())
                     .add_service(health.clone());
-                Some(Port {
-                    listener,
-                    routes,
-                    tls: port.tls.clone(),
-                    auth: port.auth.clone(),
-                    observe: observe.clone(),
-                })
+                Some(Port::bind(port, routes, observe.clone()).await?)
             }
             None => None,
         };
@@ -396,16 +372,7 @@ impl ServerBuilder {
             started: std::time::Instant::now(),
         };
         let local_worker = match self.local_worker {
-            // Outputs are hashed again as they are stored, like every other write, and counted
-            // like a remote worker's transfers.
-            true => Some(Worker::new(
-                crate::serve::worker_config(config, "-local"),
-                Arc::new(MeteredStore::new(
-                    Arc::new(VerifyingStore::new(store)),
-                    metrics.clone(),
-                )),
-                self.isolation,
-            )?),
+            true => Some(local_worker(config, store, &metrics, self.isolation)?),
             false => None,
         };
         let listener = TcpListener::bind(config.listen)
@@ -439,6 +406,48 @@ impl ServerBuilder {
     }
 }
 
+/// `serve`'s own worker, over the server's store: its outputs are hashed again as they are
+/// stored, like every other write, and counted like a remote worker's transfers.
+fn local_worker(
+    config: &Config,
+    store: Arc<dyn BlobStore>,
+    metrics: &Metrics,
+    isolation: Arc<dyn Isolation>,
+) -> Result<Worker> {
+    let store = MeteredStore::new(Arc::new(VerifyingStore::new(store)), metrics.clone());
+    Worker::new(
+        crate::serve::worker_config(config, "-local"),
+        Arc::new(store),
+        isolation,
+    )
+}
+
+/// `store` and `ac` as given, or else as [`open_blob_store`] and [`open_action_cache`] open
+/// them (with the `[external]` tier, if any, behind what is opened).
+async fn given_or_opened(
+    config: &Config,
+    store: Option<Arc<dyn BlobStore>>,
+    ac: Option<Arc<dyn ActionCache>>,
+) -> Result<(Arc<dyn BlobStore>, Arc<dyn ActionCache>)> {
+    let external = match (&store, &ac) {
+        (Some(_), Some(_)) => None,
+        _ => open_external(config).await?,
+    };
+    let (external_store, external_ac) = match external {
+        Some(e) => (Some(e.store), Some(e.action_cache)),
+        None => (None, None),
+    };
+    let store = match store {
+        Some(store) => store,
+        None => open_blob_store(config, external_store).await?,
+    };
+    let ac = match ac {
+        Some(ac) => ac,
+        None => open_action_cache(config, Arc::clone(&store), external_ac).await?,
+    };
+    Ok((store, ac))
+}
+
 /// HTTP/2 and message limits of every port, from `[limits]`.
 #[derive(Clone, Copy, Debug)]
 struct Transport {
@@ -468,6 +477,26 @@ struct Port {
     tls: Option<ServerTls>,
     auth: AuthPolicy,
     observe: ObserveLayer,
+}
+
+impl Port {
+    /// Binds the worker port `port` describes, serving `routes`.
+    async fn bind(
+        port: &crate::security::WorkerPort,
+        routes: tonic::service::Routes,
+        observe: ObserveLayer,
+    ) -> Result<Self> {
+        let listener = TcpListener::bind(port.listen)
+            .await
+            .map_err(|e| Error::io(format!("binding the worker port {}", port.listen), e))?;
+        Ok(Port {
+            listener,
+            routes,
+            tls: port.tls.clone(),
+            auth: port.auth.clone(),
+            observe,
+        })
+    }
 }
 
 /// A bound, not yet serving, server, from [`ServerBuilder::bind`].

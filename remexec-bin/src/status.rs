@@ -218,9 +218,17 @@ pub(crate) fn page(status: &ServerStatus) -> String {
             esc(&props.join(" "))
         );
     }
-    out += "</table>\n<h2>Recent actions</h2>\n<table id=\"recent\"><tr><th>outcome</th><th>exit</th><th>mnemonic</th><th>target</th><th>executor</th>\
+    out += "</table>\n";
+    recent_table(&mut out, &s.recent);
+    out += "<p><a href=\"/status\">JSON</a> &middot; <a href=\"/metrics\">metrics</a></p>\n</body></html>\n";
+    out
+}
+
+/// The table of recent actions, with their phases.
+fn recent_table(out: &mut String, recent: &[remexec_scheduler::ActionRecord]) {
+    *out += "<h2>Recent actions</h2>\n<table id=\"recent\"><tr><th>outcome</th><th>exit</th><th>mnemonic</th><th>target</th><th>executor</th>\
             <th>queued</th><th>input fetch</th><th>run</th><th>upload</th><th>action</th></tr>\n";
-    for a in &s.recent {
+    for a in recent {
         let phase = |p: remexec_core::metrics::Phase| {
             a.phases
                 .iter()
@@ -248,8 +256,7 @@ pub(crate) fn page(status: &ServerStatus) -> String {
             action_link(&a.instance, &a.action, a.response.as_deref())
         );
     }
-    out += "</table>\n<p><a href=\"/status\">JSON</a> &middot; <a href=\"/metrics\">metrics</a></p>\n</body></html>\n";
-    out
+    *out += "</table>\n";
 }
 
 /// A link to an action's page.

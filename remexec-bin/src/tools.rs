@@ -87,7 +87,7 @@ pub enum ShowCommand {
         digest: String,
         /// Show this ExecuteResponse kept in the CAS (HASH/SIZE, as a failed action's
         /// message names it) instead of the cached result.
-        #[arg(long, value_name = "DIGEST")]
+        #[arg(long, value_name = "DIGEST", env = "REMEXEC_RESPONSE")]
         response: Option<String>,
         /// The server.
         #[command(flatten)]

@@ -103,9 +103,15 @@ fn timeout_kills_the_whole_process_group() {
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), &["--executors", "1"]);
+    // Actions of a root worker run as the action user: let it write the pid here.
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let pidfile = work.path().join("grandchild.pid");
     let script = format!(
-        "sh -c 'echo $$ > {}; exec sleep 300' & echo partial; sleep 300",
+        "sh -c 'read pid rest < /proc/self/stat; echo $pid > {}; exec sleep 300' & echo partial; sleep 300",
         pidfile.display()
     );
     let (code, stdout, stderr) = exec(
@@ -218,9 +224,15 @@ fn cancel_operation_kills_the_running_action_and_its_children() {
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), &["--executors", "1"]);
+    // Actions of a root worker run as the action user: let it write the pid here.
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let pidfile = work.path().join("grandchild.pid");
     let script = format!(
-        "sh -c 'echo $$ > {}; exec sleep 300' & sleep 300",
+        "sh -c 'read pid rest < /proc/self/stat; echo $pid > {}; exec sleep 300' & sleep 300",
         pidfile.display()
     );
     let mut client = Command::new(env!("CARGO_BIN_EXE_remexec"))

@@ -96,6 +96,28 @@ fn status_command(admin: SocketAddr, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Loads `url` in headless Chromium with `extra` flags; returns its stdout.
+fn headless(chromium: &std::path::Path, url: &str, extra: &[&str]) -> String {
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,900",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn the_status_page_shows_running_actions_and_workers_in_headless_chromium() {
     let Some(bazel) = require_tool("BAZEL", "bazel") else {
@@ -130,26 +152,7 @@ fn the_status_page_shows_running_actions_and_workers_in_headless_chromium() {
     };
     assert!(wait_until(300, running), "the sleepy action never ran");
     let url = format!("http://{admin}/");
-    let headless = |extra: &[&str]| {
-        let out = Command::new(&chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--window-size=1280,900",
-            ])
-            .args(extra)
-            .arg(&url)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let headless = |extra: &[&str]| headless(&chromium, &url, extra);
     let dom = headless(&["--dump-dom"]);
     // The running action, with the mnemonic and target Bazel sent, and the local worker.
     let row = dom

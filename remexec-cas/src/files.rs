@@ -44,6 +44,11 @@ impl FileTable {
             if let Some(aside) = remexec_core::fs::reset_dir(&tmp)? {
                 tracing::warn!(tmp = %tmp.display(), moved_to = %aside.display(), "could not remove leftover uploads; moved them aside");
             }
+            // Only this process's user may enter: actions run as another user must not reach
+            // stored blobs.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(format!("restricting {}", root.display()), e))?;
             let mut found = Vec::new();
             scan(&root, check, &mut found)?;
             found.sort_by_key(|(mtime, _, _)| *mtime);

@@ -263,6 +263,7 @@ impl Worker {
                 .map(|v| (v.name.clone(), v.value.clone()))
                 .collect(),
             cwd: workdir.clone(),
+            input_root: dir.join("root"),
             stdout: clone(&stdout)?,
             stderr: clone(&stderr)?,
             timeout: Some(self.config.action_timeout(lease.timeout_ms)),

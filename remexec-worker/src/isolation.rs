@@ -1,9 +1,12 @@
 //! The [`Isolation`] trait and its [`ProcessIsolation`] backend.
 
+use std::ffi::OsString;
 use std::fmt::Debug;
 use std::fs::File;
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +14,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use remexec_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
+
+use crate::supervisor::RunAs;
 
 /// What to run.
 #[derive(Debug)]
@@ -21,6 +26,8 @@ pub struct Spawn {
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub cwd: PathBuf,
+    /// The input root: the one tree the command may write (`cwd` is in it).
+    pub input_root: PathBuf,
     /// Receives standard output: an open file the worker holds another handle to (an unlinked
     /// temporary file), so that the command cannot swap it for a FIFO or a device.
     pub stdout: File,
@@ -56,16 +63,189 @@ pub trait Isolation: Send + Sync + Debug + 'static {
     async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit>;
 }
 
-/// Plain processes: each command runs in its own process group, and the whole group is killed
-/// when the command ends, times out or is cancelled.
+/// Processes on the host.
+///
+/// [`default`](Self::default): each command runs in its own process group, which is killed
+/// when the command ends, times out or is cancelled. Processes that leave the group, or that
+/// outlive a killed worker, are not caught.
+///
+/// [`supervised`](Self::supervised): each command runs under a [supervisor](crate::supervisor)
+/// in a PID namespace of its own, so that every process it starts dies with it, and with its
+/// worker, `SIGKILL` included; with a [`RunAs`], as that unprivileged user, with its input root
+/// handed to it and nothing else of the worker's writable by it.
 #[derive(Debug, Default, Clone)]
-pub struct ProcessIsolation;
+pub struct ProcessIsolation {
+    supervision: Option<Arc<Supervision>>,
+}
+
+/// What [`ProcessIsolation::supervised`] needs from the host.
+#[derive(Clone, Debug)]
+pub struct SupervisorSetup {
+    /// util-linux `setpriv` (sets the parent-death signal).
+    pub setpriv: PathBuf,
+    /// util-linux `unshare` (makes the PID namespace).
+    pub unshare: PathBuf,
+    /// The supervisor: a program and its leading arguments, which then get
+    /// [`supervisor::arguments`] (for `remexec`, its own path and `supervise`).
+    pub supervisor: Vec<OsString>,
+    /// The user actions run as; `None` keeps the worker's (the only choice when it is not
+    /// root).
+    pub run_as: Option<RunAs>,
+}
+
+#[derive(Debug)]
+struct Supervision {
+    setup: SupervisorSetup,
+    /// Whether a user namespace is needed for the PID namespace (the worker is not root).
+    user_ns: bool,
+}
 
 fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
         // ESRCH just means the group is already gone.
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
     }
+}
+
+impl ProcessIsolation {
+    /// Runs each command under `setup`'s supervisor in a PID namespace. Blocks while it checks,
+    /// by starting a supervised `true`, that the host allows it: `FailedPrecondition` with the
+    /// reason if not (no util-linux, PID or user namespaces disabled, a bad supervisor).
+    pub fn supervised(setup: SupervisorSetup) -> Result<Self> {
+        let user_ns = !nix::unistd::geteuid().is_root();
+        if user_ns && setup.run_as.is_some() {
+            return Err(Error::invalid(
+                "only a worker started as root can run actions as another user",
+            ));
+        }
+        let supervision = Supervision { setup, user_ns };
+        let probe = supervision
+            .command(&["true".to_string()], None)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "cannot start {}: {e}",
+                    supervision.setup.setpriv.display()
+                ))
+            })?;
+        if !probe.status.success() {
+            return Err(Error::FailedPrecondition(format!(
+                "this host cannot run actions in a PID namespace of their own ({}): {}",
+                probe.status,
+                String::from_utf8_lossy(&probe.stderr).trim()
+            )));
+        }
+        Ok(Self {
+            supervision: Some(Arc::new(supervision)),
+        })
+    }
+
+    /// Whether commands run supervised, and as which user.
+    pub fn run_as(&self) -> Option<Option<RunAs>> {
+        self.supervision.as_ref().map(|s| s.setup.run_as)
+    }
+}
+
+impl Supervision {
+    /// `setpriv --pdeathsig SIGKILL -- unshare [--map-current-user] --pid --fork
+    /// --kill-child=SIGKILL -- SUPERVISOR… [--uid U --gid G] -- ARGS…`.
+    fn command(&self, args: &[String], cwd: Option<&Path>) -> std::process::Command {
+        let setup = &self.setup;
+        let mut command = std::process::Command::new(&setup.setpriv);
+        command
+            .args(["--pdeathsig", "SIGKILL", "--"])
+            .arg(&setup.unshare);
+        if self.user_ns {
+            command.arg("--map-current-user");
+        }
+        command
+            .args(["--pid", "--fork", "--kill-child=SIGKILL", "--"])
+            .args(&setup.supervisor)
+            .args(crate::supervisor::arguments(setup.run_as, args));
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        command
+    }
+}
+
+/// Checks that `program` can be found: a path (relative to `cwd`) to an executable file, or a
+/// name found in `env`'s `PATH` (default `/usr/bin:/bin`). `FailedPrecondition` if not, so
+/// that a missing program is an error, not the supervisor's exit code.
+fn check_program(program: &str, env: &[(String, String)], cwd: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if program.contains('/') {
+        executable(&cwd.join(program))
+    } else {
+        let path = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map_or("/usr/bin:/bin", |(_, v)| v.as_str());
+        !program.is_empty()
+            && path
+                .split(':')
+                .any(|dir| executable(&cwd.join(dir).join(program)))
+    };
+    match found {
+        true => Ok(()),
+        false => Err(Error::FailedPrecondition(format!(
+            "cannot start {program:?}: no such executable file"
+        ))),
+    }
+}
+
+/// Hands every directory of `root` (not through symlinks) to `run_as`, so that the action can
+/// create its outputs; files stay as they are (hard-linked inputs remain the worker's,
+/// read-only). Blocks.
+fn hand_over(root: &Path, run_as: RunAs) -> Result<()> {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        std::os::unix::fs::lchown(&dir, Some(run_as.uid), Some(run_as.gid))
+            .map_err(|e| Error::io(format!("handing {} to the action's user", dir.display()), e))?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits for `child` to end, time out or be cancelled, then kills its process group.
+async fn wait(
+    mut child: tokio::process::Child,
+    timeout: Option<Duration>,
+    cancel: CancellationToken,
+) -> Result<Exit> {
+    let pid = child.id();
+    let timeout = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => futures::future::pending().await,
+        }
+    };
+    let exit = tokio::select! {
+        status = child.wait() => {
+            let status = status.map_err(|e| Error::io("waiting for the command", e))?;
+            use std::os::unix::process::ExitStatusExt;
+            Exit::Exited(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        }
+        () = timeout => Exit::TimedOut,
+        () = cancel.cancelled() => Exit::Cancelled,
+    };
+    // Whatever happened, nothing the command started may outlive it (supervised: killing the
+    // group kills `unshare`, whose death kills the namespace).
+    kill_group(pid);
+    let _ = child.wait().await;
+    Ok(exit)
 }
 
 #[async_trait]
@@ -75,38 +255,33 @@ impl Isolation for ProcessIsolation {
             .args
             .first()
             .ok_or_else(|| Error::invalid("empty command"))?;
-        let mut child = tokio::process::Command::new(program)
-            .args(&spawn.args[1..])
+        let mut command = match &self.supervision {
+            None => {
+                let mut command = std::process::Command::new(program);
+                command.args(&spawn.args[1..]).current_dir(&spawn.cwd);
+                command
+            }
+            Some(supervision) => {
+                check_program(program, &spawn.env, &spawn.cwd)?;
+                if let Some(run_as) = supervision.setup.run_as {
+                    let root = spawn.input_root.clone();
+                    crate::blocking::blocking(move || hand_over(&root, run_as)).await?;
+                }
+                supervision.command(&spawn.args, Some(&spawn.cwd))
+            }
+        };
+        command
             .env_clear()
             .envs(spawn.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&spawn.cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::from(spawn.stdout))
             .stderr(Stdio::from(spawn.stderr))
-            .process_group(0)
+            .process_group(0);
+        let child = tokio::process::Command::from(command)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| Error::FailedPrecondition(format!("cannot start {program:?}: {e}")))?;
-        let pid = child.id();
-        let timeout = async {
-            match spawn.timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => futures::future::pending().await,
-            }
-        };
-        let exit = tokio::select! {
-            status = child.wait() => {
-                let status = status.map_err(|e| Error::io("waiting for the command", e))?;
-                use std::os::unix::process::ExitStatusExt;
-                Exit::Exited(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
-            }
-            () = timeout => Exit::TimedOut,
-            () = cancel.cancelled() => Exit::Cancelled,
-        };
-        // Whatever happened, nothing the command started may outlive it.
-        kill_group(pid);
-        let _ = child.wait().await;
-        Ok(exit)
+        wait(child, spawn.timeout, cancel).await
     }
 }
 
@@ -116,6 +291,6 @@ mod tests {
 
     #[tokio::test]
     async fn conformance() {
-        crate::testing::isolation_conformance(&ProcessIsolation).await;
+        crate::testing::isolation_conformance(&ProcessIsolation::default()).await;
     }
 }

@@ -29,11 +29,12 @@
 //!     args: vec!["/bin/sh".into(), "-c".into(), "exit 7".into()],
 //!     env: vec![],
 //!     cwd: std::env::temp_dir(),
+//!     input_root: std::env::temp_dir(),
 //!     stdout: tempfile::tempfile()?,
 //!     stderr: tempfile::tempfile()?,
 //!     timeout: Some(Duration::from_secs(60)),
 //! };
-//! assert_eq!(ProcessIsolation.run(spawn, CancellationToken::new()).await?, Exit::Exited(7));
+//! assert_eq!(ProcessIsolation::default().run(spawn, CancellationToken::new()).await?, Exit::Exited(7));
 //! # Ok(())
 //! # }
 //! ```
@@ -45,6 +46,7 @@ mod file_cache;
 mod isolation;
 mod outputs;
 mod stage;
+pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
@@ -53,7 +55,8 @@ mod worker;
 
 pub use config::{DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig};
 pub use file_cache::FileCache;
-pub use isolation::{Exit, Isolation, ProcessIsolation, Spawn};
+pub use isolation::{Exit, Isolation, ProcessIsolation, Spawn, SupervisorSetup};
 pub use outputs::collect_outputs;
 pub use stage::stage_inputs;
+pub use supervisor::RunAs;
 pub use worker::Worker;

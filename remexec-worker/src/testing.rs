@@ -49,6 +49,7 @@ fn spawn(args: Vec<String>, cwd: &Path, timeout: Option<Duration>) -> (Spawn, Fi
         args,
         env: path_env(),
         cwd: cwd.to_path_buf(),
+        input_root: cwd.to_path_buf(),
         stdout: stdout.try_clone().unwrap(),
         stderr: stderr.try_clone().unwrap(),
         timeout,
@@ -92,10 +93,12 @@ async fn run(isolation: &dyn Isolation, cwd: &Path, script: &str) -> Outcome {
     run_with(isolation, spawn(sh(script), cwd, Some(PROMPT)), None).await
 }
 
-/// Whether process `pid` exists and is not a zombie.
+/// Whether process `pid` exists and is neither a zombie nor dead and being torn down (state `Z`
+/// or `X`: a process killed with its PID namespace is `X` for a moment).
 fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.contains(") Z ") || s.contains(") X "))
 }
 
 /// Waits up to five seconds for process `pid` to be gone, and panics if it is not.
@@ -104,14 +107,21 @@ async fn assert_dies(pid: i32, what: &str) {
     while alive(pid) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(!alive(pid), "{what}: process {pid} outlived its command");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        !alive(pid),
+        "{what}: process {pid} outlived its command: {:?}\n{status}",
+        String::from_utf8_lossy(&cmdline)
+    );
 }
 
 /// A script that starts a background process (which records its pid in `bg.pid` and sleeps),
-/// waits until the pid is recorded, then runs `rest`.
+/// waits until the pid is recorded, then runs `rest`. The pid is read from `/proc/self/stat`,
+/// which names it as the host sees it even inside a PID namespace.
 fn with_background(rest: &str) -> String {
     format!(
-        "sh -c 'echo $$ > bg.tmp; mv bg.tmp bg.pid; exec sleep 300' & \
+        "sh -c 'read pid rest < /proc/self/stat; echo $pid > bg.tmp; mv bg.tmp bg.pid; exec sleep 300' & \
          while [ ! -e bg.pid ]; do sleep 0.02; done; {rest}"
     )
 }

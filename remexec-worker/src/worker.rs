@@ -53,6 +53,17 @@ impl Worker {
                 "could not remove leftover action directories; moved them aside"
             );
         }
+        // An action run as another user may pass through to its own directory, and no further:
+        // the file cache (whose files its inputs are hard links to) is the worker's alone.
+        use std::os::unix::fs::PermissionsExt;
+        for (dir, mode) in [
+            (config.work_dir.clone(), 0o711),
+            (config.work_dir.join("cache"), 0o700),
+            (actions, 0o711),
+        ] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::io(format!("restricting {}", dir.display()), e))?;
+        }
         Ok(Self {
             config: Arc::new(config),
             cas,
@@ -79,8 +90,8 @@ impl Worker {
             Ok(fs) => {
                 // The field types differ between platforms.
                 #[allow(clippy::useless_conversion)]
-                let free = u64::from(fs.blocks_available())
-                    .saturating_mul(u64::from(fs.fragment_size()));
+                let free =
+                    u64::from(fs.blocks_available()).saturating_mul(u64::from(fs.fragment_size()));
                 (free < min_free_disk).then(|| {
                     format!(
                         "{} has {free} bytes free, less than the {min_free_disk} required",

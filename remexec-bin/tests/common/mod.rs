@@ -281,7 +281,8 @@ pub fn exec_within(
 
 /// Whether a process exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.contains(") Z ") && !s.contains(") X "))
 }
 
 /// Waits up to `secs` for `cond`.

@@ -114,7 +114,7 @@ async fn leases_without_a_timeout_are_bounded() {
     assert_eq!(config.action_timeout(u64::MAX), Duration::from_secs(3600));
     config.max_action_timeout = Duration::ZERO;
     let cas: Arc<dyn remexec_core::BlobStore> = Arc::new(MemCas::default());
-    assert!(crate::Worker::new(config, cas, Arc::new(crate::ProcessIsolation)).is_err());
+    assert!(crate::Worker::new(config, cas, Arc::new(crate::ProcessIsolation::default())).is_err());
 }
 
 #[tokio::test]

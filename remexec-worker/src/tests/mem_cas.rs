@@ -147,7 +147,12 @@ pub(crate) fn worker(
 ) -> Worker {
     let mut config = WorkerConfig::new("w", dir.to_path_buf(), executors, vec![]);
     tweak(&mut config);
-    Worker::new(config, Arc::clone(cas) as _, Arc::new(ProcessIsolation)).unwrap()
+    Worker::new(
+        config,
+        Arc::clone(cas) as _,
+        Arc::new(ProcessIsolation::default()),
+    )
+    .unwrap()
 }
 
 /// The status code of a lease result (0 for OK or no status).

@@ -1,0 +1,124 @@
+//! The process backend as `serve` and `worker` set it up: every action under a supervisor in a
+//! PID namespace of its own (so nothing outlives it or its worker), and, for a worker started
+//! as root, as the unprivileged `[worker] run_as` user (created at start if missing).
+
+use std::path::PathBuf;
+
+use remexec_core::{Error, Result};
+use remexec_worker::{ProcessIsolation, RunAs, SupervisorSetup};
+
+use crate::config::Config;
+
+/// The hidden subcommand `remexec` runs its supervisor under (`remexec supervise …`).
+pub const SUPERVISE: &str = "supervise";
+
+/// `name` found in this process's `PATH`, or in `/usr/bin` and `/bin`.
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The user `name`, created as a system user without a home or shell if it does not exist.
+/// Refuses root and the worker's own user.
+fn action_user(name: &str) -> Result<RunAs> {
+    let lookup = || {
+        nix::unistd::User::from_name(name)
+            .map_err(|e| Error::Internal(format!("looking up the user {name:?}: {e}")))
+    };
+    let user = match lookup()? {
+        Some(user) => user,
+        None => {
+            let useradd = find_tool("useradd").ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "the action user {name:?} does not exist and there is no useradd to create it: \
+                     create it, or set [worker] run_as"
+                ))
+            })?;
+            let out = std::process::Command::new(useradd)
+                .args(["--system", "--user-group", "--no-create-home"])
+                .args([
+                    "--home-dir",
+                    "/nonexistent",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    name,
+                ])
+                .output()
+                .map_err(|e| Error::io("running useradd", e))?;
+            if !out.status.success() {
+                return Err(Error::FailedPrecondition(format!(
+                    "creating the action user {name:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            tracing::info!(user = name, "created the action user");
+            lookup()?.ok_or_else(|| {
+                Error::Internal(format!("the user {name:?} is missing after useradd"))
+            })?
+        }
+    };
+    if user.uid.is_root() || user.uid == nix::unistd::geteuid() {
+        return Err(Error::invalid(format!(
+            "[worker] run_as {name:?} is the worker's own user or root; actions need a user of their own"
+        )));
+    }
+    Ok(RunAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    })
+}
+
+/// The process backend for `config`'s worker. Supervised when the host allows it (else plain,
+/// with a warning); as `[worker] run_as` when started as root (unless it is empty, which keeps
+/// root, with a warning).
+///
+/// `supervisor` is the supervisor program and its leading arguments: for `remexec`, its own
+/// path and [`SUPERVISE`]; a binary that embeds a worker calls
+/// [`remexec_worker::supervisor::main`] under its own.
+pub fn process_isolation(
+    config: &Config,
+    supervisor: Vec<std::ffi::OsString>,
+) -> Result<ProcessIsolation> {
+    let root = nix::unistd::geteuid().is_root();
+    let run_as = match (root, config.worker.run_as.as_str()) {
+        (true, "") => {
+            tracing::warn!(
+                "[worker] run_as is empty: actions run as root and can change the worker's files"
+            );
+            None
+        }
+        (true, name) => Some(action_user(name)?),
+        (false, _) => {
+            tracing::warn!(
+                "the worker is not root: actions run as its own user and could change its cache; \
+                 start it as root to run them as [worker] run_as"
+            );
+            None
+        }
+    };
+    let (Some(setpriv), Some(unshare)) = (find_tool("setpriv"), find_tool("unshare")) else {
+        tracing::warn!(
+            "setpriv or unshare (util-linux) is missing: actions run unsupervised, as the worker's user, \
+             and may outlive a killed worker"
+        );
+        return Ok(ProcessIsolation::default());
+    };
+    let setup = SupervisorSetup {
+        setpriv,
+        unshare,
+        supervisor,
+        run_as,
+    };
+    match ProcessIsolation::supervised(setup) {
+        Ok(isolation) => Ok(isolation),
+        Err(e) if run_as.is_none() => {
+            tracing::warn!(error = %e, "actions run unsupervised and may outlive a killed worker");
+            Ok(ProcessIsolation::default())
+        }
+        // Running actions as root instead of the configured user would be a silent downgrade.
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,156 @@
+//! The process backend as a hostile action meets it: supervised in a PID namespace, as the
+//! unprivileged action user when the worker is root. Actions cannot change stored blobs or
+//! cached inputs, and nothing they start outlives them or a SIGKILLed worker.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{ServerProcess, wait_until};
+use remexec_worker::{ProcessIsolation, RunAs, SupervisorSetup};
+
+fn setup(run_as: Option<RunAs>) -> SupervisorSetup {
+    SupervisorSetup {
+        setpriv: PathBuf::from("/usr/bin/setpriv"),
+        unshare: PathBuf::from("/usr/bin/unshare"),
+        supervisor: vec![env!("CARGO_BIN_EXE_remexec").into(), "supervise".into()],
+        run_as,
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[tokio::test]
+async fn the_supervised_backend_passes_the_isolation_conformance_suite() {
+    let isolation = ProcessIsolation::supervised(setup(None)).unwrap();
+    remexec_worker::testing::isolation_conformance(&isolation).await;
+    if is_root() {
+        // As nobody, with the scratch directories handed over.
+        let nobody = RunAs {
+            uid: 65534,
+            gid: 65534,
+        };
+        let isolation = ProcessIsolation::supervised(setup(Some(nobody))).unwrap();
+        assert_eq!(isolation.run_as(), Some(Some(nobody)));
+        remexec_worker::testing::isolation_conformance(&isolation).await;
+    }
+}
+
+#[test]
+fn a_bad_supervisor_is_refused_at_start() {
+    let mut bad = setup(None);
+    bad.supervisor = vec!["/nonexistent/supervisor".into()];
+    let err = ProcessIsolation::supervised(bad).unwrap_err();
+    assert!(err.to_string().contains("PID namespace"), "{err}");
+}
+
+/// The processes on this host whose command line starts with `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid = e.ok()?.file_name().into_string().ok()?;
+            pid.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            (text.starts_with(marker) && !stat.contains(") Z ") && !stat.contains(") X "))
+                .then(|| format!("{pid}: {text}"))
+        })
+        .collect()
+}
+
+#[test]
+fn no_process_of_an_action_outlives_a_sigkilled_worker() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let scheduler = ServerProcess::start_role("scheduler", dirs[0].path(), &[]);
+    let mut worker = common::start_worker(&scheduler, "victim", dirs[1].path(), 1);
+    // The action escapes its process group (setsid) and double-forks, then waits forever.
+    let marker = "sleep 3141.5926";
+    let script = format!("setsid sh -c '({marker} &) ; {marker}' & sleep 3600");
+    let cwd = tempfile::tempdir().unwrap();
+    let mut exec = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args([
+            "exec",
+            "--server",
+            &scheduler.url(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .current_dir(cwd.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(60, || processes_with(marker).len() >= 2),
+        "the action's processes never started"
+    );
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert!(
+        wait_until(10, || processes_with(marker).is_empty()),
+        "outlived the worker: {:?}",
+        processes_with(marker)
+    );
+    let _ = exec.kill();
+    let _ = exec.wait();
+}
+
+#[test]
+fn a_root_workers_actions_cannot_change_stored_blobs_or_cached_inputs() {
+    if !is_root() {
+        eprintln!("not root: actions run as the worker's own user; nothing to check");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--executors", "1"]);
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("lib.txt"), "original\n").unwrap();
+    let cas = data.path().join("cas").display().to_string();
+    let cache = data.path().join("worker/cache").display().to_string();
+    // Everything a hostile action would try; each attempt must fail, and it reports which did
+    // not.
+    let attack = format!(
+        r#"
+        [ "$(id -u)" != 0 ] || echo "ran as root"
+        echo evil > lib.txt 2>/dev/null && echo "wrote the input in place"
+        chmod u+w lib.txt 2>/dev/null && echo "made the input writable"
+        ls {cache} >/dev/null 2>&1 && echo "listed the file cache"
+        ls {cas} >/dev/null 2>&1 && echo "listed the CAS"
+        for f in {cas}/*/* {cache}/*; do [ -e "$f" ] && echo "reached $f"; done
+        touch {cas}/planted 2>/dev/null && echo "planted a file in the CAS"
+        # Replacing its own hard link is allowed, and harms nobody.
+        rm -f lib.txt && echo replaced > lib.txt
+        true
+        "#
+    );
+    let run = |script: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
+            .args(["exec", "--server", &server.url(), "--no-cache"])
+            .arg("--input")
+            .arg(&input)
+            .args(["--", "sh", "-c", script])
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(run(&attack), "", "the action got through");
+    // The next action sees the input as stored, and the stores hold what they held.
+    assert_eq!(run("cat lib.txt"), "original\n");
+    assert!(!data.path().join("cas/planted").exists());
+}
