@@ -86,7 +86,8 @@ pub struct SupervisorSetup {
     /// util-linux `unshare` (makes the PID namespace).
     pub unshare: PathBuf,
     /// The supervisor: a program and its leading arguments, which then get
-    /// [`supervisor::arguments`] (for `remexec`, its own path and `supervise`).
+    /// [`supervisor::arguments`](crate::supervisor::arguments) (for `remexec`, its own path and
+    /// `supervise`).
     pub supervisor: Vec<OsString>,
     /// The user actions run as; `None` keeps the worker's (the only choice when it is not
     /// root).

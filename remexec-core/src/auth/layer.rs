@@ -24,7 +24,7 @@ use crate::{Error, ReadResource, Result, WriteResource};
 /// The instance name is read from the first request message (field 1: the REAPI
 /// `instance_name`, or a ByteStream resource name), which is buffered and passed on
 /// unchanged; an open policy reads it too, so that every server refuses an oversized or
-/// missing first message the same way. The authenticated [`Principal`] is added to the
+/// missing first message the same way. The authenticated [`Principal`](super::Principal) is added to the
 /// request's extensions.
 ///
 /// ```no_run
