@@ -39,3 +39,22 @@ pub mod worker {
         tonic::include_proto!("remexec.worker.v1");
     }
 }
+
+/// An encoded `google.protobuf.FileDescriptorSet` of every service remexec serves except
+/// `grpc.health.v1` (which `tonic-health` describes itself), for gRPC server reflection, e.g. with
+/// `tonic_reflection::server::Builder::register_encoded_file_descriptor_set`.
+///
+/// It holds the real REAPI v2 `remote_execution.proto` (services `Execution`, `ActionCache`,
+/// `ContentAddressableStorage` and `Capabilities`), `google/bytestream/bytestream.proto`,
+/// `google/longrunning/operations.proto`, remexec's own `remexec/worker/v1/worker.proto`
+/// (`WorkerService`) and all the files they import, with comments and custom options. The
+/// upstream files are vendored under `proto/reflection/` (see its README for their origin);
+/// `build.rs` compiles them with protox, apart from the name-only stubs that the Rust code
+/// generation uses.
+///
+/// ```
+/// let set = remexec_proto::FILE_DESCRIPTOR_SET;
+/// assert!(!set.is_empty());
+/// ```
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/reflection_descriptor_set.bin"));

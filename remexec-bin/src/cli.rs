@@ -106,6 +106,9 @@ pub struct CommonArgs {
     /// Directory for the CAS, action cache and worker files [default: $XDG_CACHE_HOME/remexec or ~/.cache/remexec].
     #[arg(long, env = "REMEXEC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// How the worker (serve's local one, or `worker`) isolates actions [default: process].
+    #[arg(long, value_enum, env = "REMEXEC_ISOLATION")]
+    pub isolation: Option<crate::config::IsolationKind>,
 }
 
 /// Flags of `remexec serve` and `remexec scheduler`.
@@ -314,6 +317,9 @@ impl CommonArgs {
         };
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
+        }
+        if let Some(kind) = self.isolation {
+            config.worker.isolation = kind;
         }
         Ok(config)
     }

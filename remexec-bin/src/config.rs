@@ -342,6 +342,21 @@ pub struct WorkerSection {
     /// The unprivileged user a worker started as root runs actions as (created if missing);
     /// empty keeps root.
     pub run_as: String,
+    /// How actions are isolated: `process` or `namespaces` (bubblewrap).
+    pub isolation: IsolationKind,
+    /// With `namespaces`: actions whose platform has `network=on` may use the network.
+    pub allow_network: bool,
+}
+
+/// `[worker] isolation`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationKind {
+    /// Processes on the host, supervised in a PID namespace (docs/isolation.md).
+    #[default]
+    Process,
+    /// User, mount, PID, network, UTS and IPC namespaces through bubblewrap.
+    Namespaces,
 }
 
 impl Default for SchedulerSection {
@@ -377,6 +392,8 @@ impl Default for WorkerSection {
             tls_key: None,
             min_free_disk: ByteSize::mib(256),
             run_as: "remexec-action".into(),
+            isolation: IsolationKind::Process,
+            allow_network: false,
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod dev_certs;
 pub mod exec;
 mod local;
 pub mod logging;
+pub mod reflection;
 pub mod sandbox;
 pub mod security;
 pub mod serve;

@@ -82,9 +82,9 @@ async fn run(
         Command::Scheduler(_) => serve(config?, Role::Scheduler).await.map(|()| 0),
         Command::Worker(_) => {
             let config = config?;
-            let isolation = remexec_bin::sandbox::process_isolation(&config, supervisor()?)
+            let isolation = remexec_bin::sandbox::worker_isolation(&config, supervisor()?)
                 .map_err(|e| e.to_string())?;
-            run_worker(&config, std::sync::Arc::new(isolation), shutdown_signal())
+            run_worker(&config, isolation, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(0)
@@ -140,10 +140,8 @@ async fn bench(args: remexec_bin::bench::BenchArgs) -> Result<u8, String> {
 async fn serve(config: remexec_bin::config::Config, role: Role) -> Result<(), String> {
     let security = Security::load(&config).map_err(|e| e.to_string())?;
     let isolation: std::sync::Arc<dyn remexec_worker::Isolation> = match role {
-        Role::AllInOne => std::sync::Arc::new(
-            remexec_bin::sandbox::process_isolation(&config, supervisor()?)
-                .map_err(|e| e.to_string())?,
-        ),
+        Role::AllInOne => remexec_bin::sandbox::worker_isolation(&config, supervisor()?)
+            .map_err(|e| e.to_string())?,
         Role::Scheduler => std::sync::Arc::new(remexec_worker::ProcessIsolation::default()),
     };
     let server = BoundServer::bind_with(&config, role, security.clone(), isolation)

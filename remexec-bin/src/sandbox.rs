@@ -5,9 +5,11 @@
 use std::path::PathBuf;
 
 use remexec_core::{Error, Result};
-use remexec_worker::{ProcessIsolation, RunAs, SupervisorSetup};
+use std::sync::Arc;
 
-use crate::config::Config;
+use remexec_worker::{Isolation, NamespaceIsolation, ProcessIsolation, RunAs, SupervisorSetup};
+
+use crate::config::{Config, IsolationKind};
 
 /// The hidden subcommand `remexec` runs its supervisor under (`remexec supervise …`).
 pub const SUPERVISE: &str = "supervise";
@@ -69,6 +71,45 @@ fn action_user(name: &str) -> Result<RunAs> {
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
     })
+}
+
+/// The isolation `[worker] isolation` names, for `config`'s worker (see [`process_isolation`]
+/// and [`namespace_isolation`]).
+pub fn worker_isolation(
+    config: &Config,
+    supervisor: Vec<std::ffi::OsString>,
+) -> Result<Arc<dyn Isolation>> {
+    Ok(match config.worker.isolation {
+        IsolationKind::Process => Arc::new(process_isolation(config, supervisor)?),
+        IsolationKind::Namespaces => Arc::new(namespace_isolation(config)?),
+    })
+}
+
+/// The user actions run as: `[worker] run_as` for a worker started as root (unless empty),
+/// else none (with a warning).
+fn run_as(config: &Config) -> Result<Option<RunAs>> {
+    let root = nix::unistd::geteuid().is_root();
+    Ok(match (root, config.worker.run_as.as_str()) {
+        (true, "") => {
+            tracing::warn!("[worker] run_as is empty: actions run as root");
+            None
+        }
+        (true, name) => Some(action_user(name)?),
+        (false, _) => None,
+    })
+}
+
+/// The namespaces backend: bubblewrap, started as `[worker] run_as` when the worker is root.
+/// `FailedPrecondition` if `bwrap` is missing or the host forbids its namespaces.
+pub fn namespace_isolation(config: &Config) -> Result<NamespaceIsolation> {
+    let bwrap = find_tool("bwrap").ok_or_else(|| {
+        Error::FailedPrecondition(
+            "[worker] isolation = \"namespaces\" needs bubblewrap (bwrap): apt-get install bubblewrap"
+                .into(),
+        )
+    })?;
+    let isolation = NamespaceIsolation::new(bwrap, find_tool("setpriv"), run_as(config)?)?;
+    Ok(isolation.allow_network(config.worker.allow_network))
 }
 
 /// The process backend for `config`'s worker. Supervised when the host allows it (else plain,

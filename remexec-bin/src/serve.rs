@@ -36,6 +36,18 @@ pub fn executor_properties(config: &Config) -> Vec<(String, String)> {
     if let Some(mb) = memory_mb() {
         props.push(("memory-mb".into(), mb.to_string()));
     }
+    // Actions that ask for the network (`network=on`) go where they may have it.
+    let network = match config.worker.isolation {
+        crate::config::IsolationKind::Process => true,
+        crate::config::IsolationKind::Namespaces => config.worker.allow_network,
+    };
+    if network {
+        props.push((remexec_worker::NETWORK_PROPERTY.into(), "on".into()));
+    }
+    props.push((
+        "isolation".into(),
+        format!("{:?}", config.worker.isolation).to_lowercase(),
+    ));
     for (name, value) in &config.worker.properties {
         props.retain(|(n, _)| n != name);
         props.push((name.clone(), value.clone()));

@@ -54,6 +54,22 @@ use crate::config::{AcBackend, Config, ExternalKind, redact_url};
 use crate::security::Security;
 use crate::status::StatusSource;
 
+/// The services of the client port, as reflection lists them (with the reflection services).
+const CLIENT_SERVICES: &[&str] = &[
+    "build.bazel.remote.execution.v2.Execution",
+    "build.bazel.remote.execution.v2.ActionCache",
+    "build.bazel.remote.execution.v2.ContentAddressableStorage",
+    "build.bazel.remote.execution.v2.Capabilities",
+    "google.bytestream.ByteStream",
+    "google.longrunning.Operations",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// The worker API's service, on the client port when there is no worker port.
+const WORKER_SERVICE: &str = "remexec.worker.v1.WorkerService";
+
 /// Longest a graceful shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -360,9 +376,14 @@ impl ServerBuilder {
             None => None,
         };
         let mut routes = execution.add_to(cache.into_routes()).add_service(health);
+        let mut served = CLIENT_SERVICES.to_vec();
         if let (Some(workers), None) = (&workers, &worker_port) {
             routes = routes.add_service(workers.service());
+            served.push(WORKER_SERVICE);
         }
+        // grpcurl and friends: `list` names exactly what this port serves.
+        let (v1, v1alpha) = crate::reflection::services_for(&served)?;
+        let routes = routes.add_service(v1).add_service(v1alpha);
         let status = StatusSource {
             scheduler,
             store: Arc::clone(&store),

@@ -118,6 +118,19 @@ fn bazel_runs_every_action_remotely_on_the_all_in_one_server() {
 }
 
 #[test]
+fn bazel_runs_every_action_remotely_in_namespaces() {
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    if require_tool("BWRAP", "bwrap").is_none() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--isolation", "namespaces"]);
+    exec_e2e(&server.url(), &bazel, &[]);
+}
+
+#[test]
 fn bazel_runs_every_action_remotely_with_remote_download_minimal() {
     let Some(bazel) = require_tool("BAZEL", "bazel") else {
         return;

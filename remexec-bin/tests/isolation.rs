@@ -154,3 +154,187 @@ fn a_root_workers_actions_cannot_change_stored_blobs_or_cached_inputs() {
     assert_eq!(run("cat lib.txt"), "original\n");
     assert!(!data.path().join("cas/planted").exists());
 }
+
+fn bwrap() -> Option<PathBuf> {
+    let bwrap = common::require_tool("BWRAP", "bwrap")?;
+    // `require_tool` found it on PATH; the backend wants a path.
+    Some(if bwrap.is_absolute() {
+        bwrap
+    } else {
+        PathBuf::from("/usr/bin").join(bwrap)
+    })
+}
+
+#[tokio::test]
+async fn the_namespaces_backend_passes_the_isolation_conformance_suite() {
+    let Some(bwrap) = bwrap() else { return };
+    let isolation = remexec_worker::NamespaceIsolation::new(bwrap.clone(), None, None).unwrap();
+    remexec_worker::testing::isolation_conformance(&isolation).await;
+    if is_root() {
+        let nobody = RunAs {
+            uid: 65534,
+            gid: 65534,
+        };
+        let setpriv = Some(PathBuf::from("/usr/bin/setpriv"));
+        let isolation =
+            remexec_worker::NamespaceIsolation::new(bwrap, setpriv, Some(nobody)).unwrap();
+        remexec_worker::testing::isolation_conformance(&isolation).await;
+    }
+}
+
+/// Runs `sh -c script` through `remexec exec` on `server` with extra flags; returns its stdout.
+fn run_on(server: &ServerProcess, extra: &[&str], script: &str) -> String {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(["exec", "--server", &server.url(), "--no-cache"])
+        .args(extra)
+        .args(["--", "sh", "-c", script])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_namespaced_action_reaches_its_input_root_only() {
+    if bwrap().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProcess::start(&data, &["--isolation", "namespaces", "--executors", "2"]);
+    let secret = dir.path().join("host-secret.txt");
+    std::fs::write(&secret, "secret\n").unwrap();
+    // A long action elsewhere on the worker, whose directory the next one looks for.
+    let neighbour = std::thread::spawn({
+        let url = server.url();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
+                .args([
+                    "exec",
+                    "--server",
+                    &url,
+                    "--no-cache",
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo mine > neighbour.txt; sleep 3",
+                ])
+                .current_dir(std::env::temp_dir())
+                .output()
+                .unwrap()
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let mark = format!("remexec-escape-{}", std::process::id());
+    let attack = format!(
+        r#"
+        cat {secret} 2>/dev/null && echo "read a host file"
+        ls {data}/cas >/dev/null 2>&1 && echo "saw the CAS"
+        ls {data}/worker/cache >/dev/null 2>&1 && echo "saw the file cache"
+        [ "$(ls ../..)" = "$(basename "$(dirname "$PWD")")" ] || echo "saw other actions: $(ls ../..)"
+        for f in /usr/{mark} /etc/{mark} /{mark}; do
+          touch $f 2>/dev/null && echo "wrote $f"
+        done
+        touch /tmp/{mark} || echo "no private /tmp"
+        [ "$(hostname)" = remexec ] || echo "the host's name"
+        echo written > out.txt
+        true
+        "#,
+        secret = secret.display(),
+        data = data.display(),
+    );
+    assert_eq!(run_on(&server, &[], &attack), "", "the action got through");
+    assert!(
+        !std::path::Path::new("/tmp").join(&mark).exists(),
+        "/tmp is the host's"
+    );
+    assert!(neighbour.join().unwrap().status.success());
+}
+
+#[test]
+fn a_namespaced_action_has_no_network_unless_allowed_and_asked_for() {
+    if bwrap().is_none() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let connect = format!(
+        "bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' 2>/dev/null && echo connected || echo refused"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("remexec.toml");
+    std::fs::write(&config, "[worker]\nallow_network = true\n").unwrap();
+    let closed = ServerProcess::start(&dir.path().join("a"), &["--isolation", "namespaces"]);
+    assert_eq!(run_on(&closed, &[], &connect), "refused\n");
+    let open = ServerProcess::start(
+        &dir.path().join("b"),
+        &[
+            "--isolation",
+            "namespaces",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    // Allowed, but not asked for: still none.
+    assert_eq!(run_on(&open, &[], &connect), "refused\n");
+    assert!(listener.accept().is_err(), "a connection got through");
+    assert_eq!(
+        run_on(&open, &["--platform", "network=on"], &connect),
+        "connected\n"
+    );
+    assert!(listener.accept().is_ok());
+}
+
+#[test]
+fn no_process_of_a_namespaced_action_outlives_a_sigkilled_worker() {
+    if bwrap().is_none() {
+        return;
+    }
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let scheduler = ServerProcess::start_role("scheduler", dirs[0].path(), &[]);
+    let mut worker = common::start_worker_at(
+        &scheduler.url(),
+        "victim",
+        dirs[1].path(),
+        1,
+        &["--isolation", "namespaces"],
+        std::process::Stdio::inherit(),
+    );
+    let marker = "sleep 2718.2818";
+    let script = format!("setsid sh -c '({marker} &) ; {marker}' & sleep 3600");
+    let mut exec = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args([
+            "exec",
+            "--server",
+            &scheduler.url(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .current_dir(std::env::temp_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(60, || processes_with(marker).len() >= 2),
+        "the action's processes never started"
+    );
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert!(
+        wait_until(10, || processes_with(marker).is_empty()),
+        "outlived the worker: {:?}",
+        processes_with(marker)
+    );
+    let _ = exec.kill();
+    let _ = exec.wait();
+}

@@ -264,6 +264,7 @@ impl Worker {
                 .collect(),
             cwd: workdir.clone(),
             input_root: dir.join("root"),
+            platform: platform_of(&action, &command),
             stdout: clone(&stdout)?,
             stderr: clone(&stderr)?,
             timeout: Some(self.config.action_timeout(lease.timeout_ms)),
@@ -309,6 +310,23 @@ impl Worker {
         result.execution_metadata = Some(times.metadata(&self.config.name));
         Ok(Some((result, status)))
     }
+}
+
+/// The action's platform properties (the Command's, from REAPI v2.0-v2.1 clients, if the
+/// Action has none).
+#[allow(deprecated)] // Command.platform
+fn platform_of(action: &remexec_core::reapi::Action, command: &Command) -> Vec<(String, String)> {
+    action
+        .platform
+        .as_ref()
+        .or(command.platform.as_ref())
+        .map(|p| {
+            p.properties
+                .iter()
+                .map(|p| (p.name.clone(), p.value.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `root/a/b` as the `/`-separated path below the input root (`a` may be empty).

@@ -28,6 +28,9 @@ pub struct Spawn {
     pub cwd: PathBuf,
     /// The input root: the one tree the command may write (`cwd` is in it).
     pub input_root: PathBuf,
+    /// The action's platform properties, for backends that let an action ask for something
+    /// (`network=on`, a `container-image`).
+    pub platform: Vec<(String, String)>,
     /// Receives standard output: an open file the worker holds another handle to (an unlinked
     /// temporary file), so that the command cannot swap it for a FIFO or a device.
     pub stdout: File,
@@ -174,7 +177,7 @@ impl Supervision {
 /// Checks that `program` can be found: a path (relative to `cwd`) to an executable file, or a
 /// name found in `env`'s `PATH` (default `/usr/bin:/bin`). `FailedPrecondition` if not, so
 /// that a missing program is an error, not the supervisor's exit code.
-fn check_program(program: &str, env: &[(String, String)], cwd: &Path) -> Result<()> {
+pub(crate) fn check_program(program: &str, env: &[(String, String)], cwd: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -203,7 +206,7 @@ fn check_program(program: &str, env: &[(String, String)], cwd: &Path) -> Result<
 /// Hands every directory of `root` (not through symlinks) to `run_as`, so that the action can
 /// create its outputs; files stay as they are (hard-linked inputs remain the worker's,
 /// read-only). Blocks.
-fn hand_over(root: &Path, run_as: RunAs) -> Result<()> {
+pub(crate) fn hand_over(root: &Path, run_as: RunAs) -> Result<()> {
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         std::os::unix::fs::lchown(&dir, Some(run_as.uid), Some(run_as.gid))
@@ -221,7 +224,7 @@ fn hand_over(root: &Path, run_as: RunAs) -> Result<()> {
 }
 
 /// Waits for `child` to end, time out or be cancelled, then kills its process group.
-async fn wait(
+pub(crate) async fn wait(
     mut child: tokio::process::Child,
     timeout: Option<Duration>,
     cancel: CancellationToken,

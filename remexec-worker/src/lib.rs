@@ -30,6 +30,7 @@
 //!     env: vec![],
 //!     cwd: std::env::temp_dir(),
 //!     input_root: std::env::temp_dir(),
+//!     platform: vec![],
 //!     stdout: tempfile::tempfile()?,
 //!     stderr: tempfile::tempfile()?,
 //!     timeout: Some(Duration::from_secs(60)),
@@ -44,6 +45,7 @@ mod config;
 mod execute;
 mod file_cache;
 mod isolation;
+mod namespaces;
 mod outputs;
 mod stage;
 pub mod supervisor;
@@ -56,6 +58,7 @@ mod worker;
 pub use config::{DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig};
 pub use file_cache::FileCache;
 pub use isolation::{Exit, Isolation, ProcessIsolation, Spawn, SupervisorSetup};
+pub use namespaces::{NETWORK_PROPERTY, NamespaceIsolation};
 pub use outputs::collect_outputs;
 pub use stage::stage_inputs;
 pub use supervisor::RunAs;

@@ -12,8 +12,6 @@ use std::io::{Read, Seek};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Exit, Isolation, Spawn};
@@ -50,6 +48,7 @@ fn spawn(args: Vec<String>, cwd: &Path, timeout: Option<Duration>) -> (Spawn, Fi
         env: path_env(),
         cwd: cwd.to_path_buf(),
         input_root: cwd.to_path_buf(),
+        platform: Vec::new(),
         stdout: stdout.try_clone().unwrap(),
         stderr: stderr.try_clone().unwrap(),
         timeout,
@@ -93,42 +92,55 @@ async fn run(isolation: &dyn Isolation, cwd: &Path, script: &str) -> Outcome {
     run_with(isolation, spawn(sh(script), cwd, Some(PROMPT)), None).await
 }
 
-/// Whether process `pid` exists and is neither a zombie nor dead and being torn down (state `Z`
-/// or `X`: a process killed with its PID namespace is `X` for a moment).
-fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.contains(") Z ") || s.contains(") X "))
+/// The processes on this host (as the host's `/proc` lists them) running `sleep MARKER`,
+/// neither zombies nor dead and being torn down (a process killed with its PID namespace is
+/// state `X` for a moment).
+fn sleeping(marker: &str) -> Vec<String> {
+    let wanted = format!("sleep\0{marker}\0");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid = e.ok()?.file_name().into_string().ok()?;
+        pid.parse::<u32>().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let gone = stat.contains(") Z ") || stat.contains(") X ");
+        (cmdline.ends_with(wanted.as_bytes()) && !gone).then_some(pid)
+    })
+    .collect()
 }
 
-/// Waits up to five seconds for process `pid` to be gone, and panics if it is not.
-async fn assert_dies(pid: i32, what: &str) {
+/// Waits up to five seconds for every `sleep MARKER` to be gone, and panics if one is not.
+async fn assert_dies(marker: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < deadline {
+    while !sleeping(marker).is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let left = sleeping(marker);
     assert!(
-        !alive(pid),
-        "{what}: process {pid} outlived its command: {:?}\n{status}",
-        String::from_utf8_lossy(&cmdline)
+        left.is_empty(),
+        "{what}: processes {left:?} outlived their command"
     );
 }
 
-/// A script that starts a background process (which records its pid in `bg.pid` and sleeps),
-/// waits until the pid is recorded, then runs `rest`. The pid is read from `/proc/self/stat`,
-/// which names it as the host sees it even inside a PID namespace.
-fn with_background(rest: &str) -> String {
-    format!(
-        "sh -c 'read pid rest < /proc/self/stat; echo $pid > bg.tmp; mv bg.tmp bg.pid; exec sleep 300' & \
-         while [ ! -e bg.pid ]; do sleep 0.02; done; {rest}"
-    )
+/// A `sleep` duration no other process uses: the mark of one test's background process, found
+/// by its command line, whatever PID namespace and `/proc` the command sees.
+fn marker() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!("300.{}{nanos:09}", std::process::id())
 }
 
-fn background_pid(dir: &Path) -> i32 {
-    let text = std::fs::read_to_string(dir.join("bg.pid")).expect("bg.pid must be written");
-    text.trim().parse().expect("bg.pid holds a pid")
+/// A script that starts a background `sleep MARKER` (which says so by creating `bg.pid`),
+/// waits until it runs, then runs `rest`.
+fn with_background(marker: &str, rest: &str) -> String {
+    format!(
+        "sh -c 'echo > bg.tmp; mv bg.tmp bg.pid; exec sleep {marker}' & \
+         while [ ! -e bg.pid ]; do sleep 0.02; done; {rest}"
+    )
 }
 
 /// Runs every [`Isolation`] contract check against `isolation`.
@@ -310,25 +322,28 @@ pub async fn cancel_kills_the_command(isolation: &dyn Isolation) {
 /// A background process the command started dies when the command exits by itself.
 pub async fn background_processes_die_on_exit(isolation: &dyn Isolation) {
     let dir = tempfile::tempdir().unwrap();
-    let outcome = run(isolation, dir.path(), &with_background("exit 0")).await;
+    let marker = marker();
+    let outcome = run(isolation, dir.path(), &with_background(&marker, "exit 0")).await;
     assert_eq!(outcome.exit, Exit::Exited(0), "{outcome:?}");
-    assert_dies(background_pid(dir.path()), "after a normal exit").await;
+    assert_dies(&marker, "after a normal exit").await;
 }
 
 /// A background process the command started dies when the command times out.
 pub async fn background_processes_die_on_timeout(isolation: &dyn Isolation) {
     let dir = tempfile::tempdir().unwrap();
-    let script = with_background("exec sleep 300");
+    let marker = marker();
+    let script = with_background(&marker, "exec sleep 300");
     let spawn = spawn(sh(&script), dir.path(), Some(Duration::from_secs(2)));
     let outcome = run_with(isolation, spawn, None).await;
     assert_eq!(outcome.exit, Exit::TimedOut, "{outcome:?}");
-    assert_dies(background_pid(dir.path()), "after a timeout").await;
+    assert_dies(&marker, "after a timeout").await;
 }
 
 /// A background process the command started dies when the command is cancelled.
 pub async fn background_processes_die_on_cancel(isolation: &dyn Isolation) {
     let dir = tempfile::tempdir().unwrap();
-    let script = with_background("exec sleep 300");
+    let marker = marker();
+    let script = with_background(&marker, "exec sleep 300");
     let (spawn, out, err) = spawn(sh(&script), dir.path(), Some(Duration::from_secs(600)));
     let cancel = CancellationToken::new();
     let run = isolation.run(spawn, cancel.clone());
@@ -348,7 +363,7 @@ pub async fn background_processes_die_on_cancel(isolation: &dyn Isolation) {
         read_back(out),
         read_back(err)
     );
-    assert_dies(background_pid(dir.path()), "after a cancel").await;
+    assert_dies(&marker, "after a cancel").await;
 }
 
 /// A program that does not exist, or an empty command, is `Err`, not an exit code.

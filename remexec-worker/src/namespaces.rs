@@ -1,0 +1,206 @@
+//! [`NamespaceIsolation`]: each action in its own user, mount, PID, network, UTS, IPC and
+//! cgroup namespaces, through bubblewrap (`bwrap`), the sandbox tool Flatpak is built on.
+//!
+//! The action sees a file system of its own: the host's `/usr` and the `/bin`, `/sbin` and
+//! `/lib*` beside it, read-only; a few files of `/etc`, read-only; a minimal `/dev`, its own
+//! `/proc`, a private `/tmp`, and its input root, at the same path as on the host, the only
+//! writable tree. It has no network but its own loopback, unless the worker allows it and the
+//! action's platform asks (`network=on`). `bwrap --die-with-parent` ties the sandbox to the
+//! worker: when the worker dies, `SIGKILL` included, every process of the action dies.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use remexec_core::{Error, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::isolation::{check_program, hand_over, wait};
+use crate::supervisor::RunAs;
+use crate::{Exit, Isolation, Spawn};
+
+/// The platform property an action sets to `on` to ask for the network.
+pub const NETWORK_PROPERTY: &str = "network";
+
+/// The files of `/etc` an action sees (read-only), where the host has them: users and groups,
+/// name resolution, the dynamic linker's cache and Debian's alternatives (`cc`, `java`, ...).
+const ETC: &[&str] = &[
+    "passwd",
+    "group",
+    "hosts",
+    "nsswitch.conf",
+    "resolv.conf",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "alternatives",
+];
+
+/// The top-level directories of the host's system tree an action sees read-only (or, where
+/// they are symlinks as with a merged `/usr`, as the same symlinks).
+const SYSTEM: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// Actions in namespaces of their own, through `bwrap`. See the [module documentation](self).
+#[derive(Clone, Debug)]
+pub struct NamespaceIsolation {
+    bwrap: PathBuf,
+    setpriv: Option<PathBuf>,
+    run_as: Option<RunAs>,
+    allow_network: bool,
+}
+
+impl NamespaceIsolation {
+    /// Sandboxes with the `bwrap` at `bwrap`. With `run_as` (a worker started as root), the
+    /// sandbox is started as that user through util-linux `setpriv`, so that the action is
+    /// unprivileged outside its namespaces too; the input root is handed to it. Blocks while
+    /// it checks, by sandboxing `true`, that the host allows it: `FailedPrecondition` with
+    /// the reason if not (no user namespaces for this user, for example).
+    pub fn new(bwrap: PathBuf, setpriv: Option<PathBuf>, run_as: Option<RunAs>) -> Result<Self> {
+        if run_as.is_some() && setpriv.is_none() {
+            return Err(Error::invalid(
+                "running actions as another user needs setpriv",
+            ));
+        }
+        let isolation = Self {
+            bwrap,
+            setpriv,
+            run_as,
+            allow_network: false,
+        };
+        let scratch =
+            tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
+        if let Some(run_as) = run_as {
+            hand_over(scratch.path(), run_as)?;
+        }
+        let probe = isolation
+            .command(&["true".to_string()], scratch.path(), scratch.path(), false)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "cannot start {}: {e}",
+                    isolation.bwrap.display()
+                ))
+            })?;
+        if !probe.status.success() {
+            return Err(Error::FailedPrecondition(format!(
+                "this host cannot sandbox actions with {} ({}): {}",
+                isolation.bwrap.display(),
+                probe.status,
+                String::from_utf8_lossy(&probe.stderr).trim()
+            )));
+        }
+        Ok(isolation)
+    }
+
+    /// Lets actions whose platform has `network=on` share the worker's network.
+    pub fn allow_network(mut self, yes: bool) -> Self {
+        self.allow_network = yes;
+        self
+    }
+
+    /// The command that runs `args` in a sandbox whose writable tree is `root`.
+    fn command(
+        &self,
+        args: &[String],
+        root: &Path,
+        cwd: &Path,
+        network: bool,
+    ) -> std::process::Command {
+        let mut command = match (&self.setpriv, self.run_as) {
+            (Some(setpriv), Some(r)) => {
+                let mut c = std::process::Command::new(setpriv);
+                c.arg(format!("--reuid={}", r.uid))
+                    .arg(format!("--regid={}", r.gid))
+                    .args(["--clear-groups", "--"])
+                    .arg(&self.bwrap);
+                c
+            }
+            _ => std::process::Command::new(&self.bwrap),
+        };
+        command.args(["--unshare-all", "--die-with-parent", "--new-session"]);
+        if network {
+            command.arg("--share-net");
+        }
+        command.args(["--hostname", "remexec"]);
+        for name in SYSTEM {
+            let host = Path::new("/").join(name);
+            match std::fs::symlink_metadata(&host) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(&host) {
+                        command.arg("--symlink").arg(target).arg(&host);
+                    }
+                }
+                Ok(m) if m.is_dir() => {
+                    command.arg("--ro-bind").arg(&host).arg(&host);
+                }
+                _ => {}
+            }
+        }
+        for name in ETC {
+            let host = Path::new("/etc").join(name);
+            if host.exists() {
+                command.arg("--ro-bind").arg(&host).arg(&host);
+            }
+        }
+        command.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
+        // Nothing outside the input root and the private /tmp is writable.
+        command.args(["--remount-ro", "/"]);
+        let (root, cwd): (OsString, OsString) = (root.into(), cwd.into());
+        command
+            .arg("--bind")
+            .arg(&root)
+            .arg(&root)
+            .arg("--chdir")
+            .arg(&cwd)
+            .arg("--")
+            .args(args);
+        command
+    }
+}
+
+#[async_trait]
+impl Isolation for NamespaceIsolation {
+    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit> {
+        let program = spawn
+            .args
+            .first()
+            .ok_or_else(|| Error::invalid("empty command"))?;
+        check_program(program, &spawn.env, &spawn.cwd)?;
+        if let Some(run_as) = self.run_as {
+            let root = spawn.input_root.clone();
+            crate::blocking::blocking(move || hand_over(&root, run_as)).await?;
+        }
+        let network = self.allow_network
+            && spawn
+                .platform
+                .iter()
+                .any(|(n, v)| n == NETWORK_PROPERTY && v == "on");
+        // bwrap sets PWD to the working directory; the environment must be exactly the
+        // action's, so coreutils' env removes it again (or restores the action's own).
+        let mut args = vec!["/usr/bin/env".to_string()];
+        match spawn.env.iter().rev().find(|(k, _)| k == "PWD") {
+            Some((_, pwd)) => args.push(format!("PWD={pwd}")),
+            None => args.extend(["-u".to_string(), "PWD".to_string()]),
+        }
+        args.extend(spawn.args.iter().cloned());
+        let mut command = self.command(&args, &spawn.input_root, &spawn.cwd, network);
+        command
+            .env_clear()
+            .envs(spawn.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(spawn.stdout))
+            .stderr(Stdio::from(spawn.stderr))
+            .process_group(0);
+        let child = tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::FailedPrecondition(format!("cannot start {program:?}: {e}")))?;
+        wait(child, spawn.timeout, cancel).await
+    }
+}
