@@ -346,6 +346,11 @@ pub struct WorkerSection {
     pub isolation: IsolationKind,
     /// With `namespaces`: actions whose platform has `network=on` may use the network.
     pub allow_network: bool,
+    /// With `namespaces`: CPUs each action may use (a CFS quota; 0: unlimited).
+    pub cpus_per_action: f64,
+    /// With `namespaces`: memory each action may use before the kernel kills it (0:
+    /// unlimited).
+    pub memory_per_action: ByteSize,
 }
 
 /// `[worker] isolation`.
@@ -394,6 +399,8 @@ impl Default for WorkerSection {
             run_as: "remexec-action".into(),
             isolation: IsolationKind::Process,
             allow_network: false,
+            cpus_per_action: 0.0,
+            memory_per_action: ByteSize::b(0),
         }
     }
 }

@@ -79,10 +79,32 @@ pub fn worker_isolation(
     config: &Config,
     supervisor: Vec<std::ffi::OsString>,
 ) -> Result<Arc<dyn Isolation>> {
+    let cpus = config.worker.cpus_per_action;
+    if !cpus.is_finite() || cpus < 0.0 {
+        return Err(Error::invalid(format!(
+            "[worker] cpus_per_action must be 0 (unlimited) or a positive number, not {cpus}"
+        )));
+    }
     Ok(match config.worker.isolation {
-        IsolationKind::Process => Arc::new(process_isolation(config, supervisor)?),
-        IsolationKind::Namespaces => Arc::new(namespace_isolation(config)?),
+        IsolationKind::Process => {
+            if limits(config).is_some() {
+                return Err(Error::invalid(
+                    "[worker] cpus_per_action and memory_per_action need isolation = \"namespaces\"",
+                ));
+            }
+            Arc::new(process_isolation(config, supervisor)?)
+        }
+        IsolationKind::Namespaces => Arc::new(namespace_isolation(config, supervisor)?),
     })
+}
+
+/// `[worker] cpus_per_action` and `memory_per_action`, if either is set.
+fn limits(config: &Config) -> Option<remexec_worker::cgroups::Limits> {
+    let w = &config.worker;
+    // worker_isolation refuses negative and non-finite values.
+    let cpus = (w.cpus_per_action > 0.0).then_some(w.cpus_per_action);
+    let memory = (w.memory_per_action.as_u64() > 0).then_some(w.memory_per_action.as_u64());
+    (cpus.is_some() || memory.is_some()).then_some(remexec_worker::cgroups::Limits { cpus, memory })
 }
 
 /// The user actions run as: `[worker] run_as` for a worker started as root (unless empty),
@@ -101,15 +123,29 @@ fn run_as(config: &Config) -> Result<Option<RunAs>> {
 
 /// The namespaces backend: bubblewrap, started as `[worker] run_as` when the worker is root.
 /// `FailedPrecondition` if `bwrap` is missing or the host forbids its namespaces.
-pub fn namespace_isolation(config: &Config) -> Result<NamespaceIsolation> {
+///
+/// With `[worker] cpus_per_action` or `memory_per_action`, each action runs in cgroups with
+/// those limits, joined by `supervisor` (see [`process_isolation`]).
+pub fn namespace_isolation(
+    config: &Config,
+    supervisor: Vec<std::ffi::OsString>,
+) -> Result<NamespaceIsolation> {
     let bwrap = find_tool("bwrap").ok_or_else(|| {
         Error::FailedPrecondition(
             "[worker] isolation = \"namespaces\" needs bubblewrap (bwrap): apt-get install bubblewrap"
                 .into(),
         )
     })?;
-    let isolation = NamespaceIsolation::new(bwrap, find_tool("setpriv"), run_as(config)?)?;
-    Ok(isolation.allow_network(config.worker.allow_network))
+    let isolation = NamespaceIsolation::new(bwrap, find_tool("setpriv"), run_as(config)?)?
+        .allow_network(config.worker.allow_network);
+    match limits(config) {
+        None => Ok(isolation),
+        Some(limits) => {
+            let name = crate::serve::worker_config(config, "").name;
+            let cgroups = remexec_worker::cgroups::CgroupLimits::detect(&name, limits)?;
+            isolation.with_limits(cgroups, supervisor)
+        }
+    }
 }
 
 /// The process backend for `config`'s worker. Supervised when the host allows it (else plain,

@@ -338,3 +338,76 @@ fn no_process_of_a_namespaced_action_outlives_a_sigkilled_worker() {
     let _ = exec.kill();
     let _ = exec.wait();
 }
+
+/// A server whose local worker runs actions in namespaces with 1 CPU and 64 MiB each.
+fn limited_server(dir: &std::path::Path) -> ServerProcess {
+    let config = dir.join("limits.toml");
+    std::fs::write(
+        &config,
+        "[worker]\nisolation = \"namespaces\"\ncpus_per_action = 1.0\nmemory_per_action = \"64 MiB\"\n",
+    )
+    .unwrap();
+    ServerProcess::start(&dir.join("data"), &["--config", config.to_str().unwrap()])
+}
+
+#[test]
+fn an_action_past_its_memory_limit_is_killed_and_told_so() {
+    if bwrap().is_none() || !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = limited_server(dir.path());
+    let cwd = tempfile::tempdir().unwrap();
+    // `tail` keeps a line that never ends in memory: 256 MiB of zeros.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(["exec", "--server", &server.url(), "--no-cache", "--"])
+        .args([
+            "sh",
+            "-c",
+            "head -c 268435456 /dev/zero | tail -n 1 >/dev/null; echo survived",
+        ])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("exceeded its memory limit of 67108864 bytes"),
+        "{stdout}{stderr}"
+    );
+    // Within the limit, the same action works.
+    assert_eq!(
+        run_on(
+            &server,
+            &[],
+            "head -c 1048576 /dev/zero | tail -c 1 | wc -c"
+        ),
+        "1\n"
+    );
+}
+
+#[test]
+fn four_busy_threads_limited_to_one_cpu_get_about_one_cpu() {
+    if bwrap().is_none() || !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = limited_server(dir.path());
+    // Four busy loops for 3 s of wall time; `times` reports the CPU its children used.
+    let script = "for i in 1 2 3 4; do timeout 3 sh -c 'while :; do :; done' & done; wait; times";
+    let out = run_on(&server, &[], script);
+    let children = out.lines().nth(1).unwrap_or_else(|| panic!("{out}"));
+    let seconds: f64 = children
+        .split_whitespace()
+        .map(|t| {
+            let (m, s) = t.trim_end_matches('s').split_once('m').unwrap();
+            m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap()
+        })
+        .sum();
+    let per_wall_second = seconds / 3.0;
+    assert!(
+        per_wall_second <= 1.2,
+        "{per_wall_second:.2} CPU-s per second: {out}"
+    );
+    assert!(per_wall_second >= 0.5, "the loops hardly ran: {out}");
+}

@@ -41,6 +41,7 @@
 //! ```
 
 mod blocking;
+pub mod cgroups;
 mod config;
 mod execute;
 mod file_cache;

@@ -17,6 +17,11 @@ use async_trait::async_trait;
 use remexec_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::cgroups::CgroupLimits;
 use crate::isolation::{check_program, hand_over, wait};
 use crate::supervisor::RunAs;
 use crate::{Exit, Isolation, Spawn};
@@ -50,7 +55,11 @@ pub struct NamespaceIsolation {
     setpriv: Option<PathBuf>,
     run_as: Option<RunAs>,
     allow_network: bool,
+    limits: Option<Arc<(CgroupLimits, Vec<OsString>)>>,
 }
+
+/// Numbers the actions' cgroups.
+static ACTIONS: AtomicU64 = AtomicU64::new(0);
 
 impl NamespaceIsolation {
     /// Sandboxes with the `bwrap` at `bwrap`. With `run_as` (a worker started as root), the
@@ -69,6 +78,7 @@ impl NamespaceIsolation {
             setpriv,
             run_as,
             allow_network: false,
+            limits: None,
         };
         let scratch =
             tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
@@ -96,6 +106,19 @@ impl NamespaceIsolation {
             )));
         }
         Ok(isolation)
+    }
+
+    /// Limits each action's CPU and memory with `cgroups`: the sandbox is started by
+    /// `supervisor` (a program and its leading arguments, as for
+    /// [`SupervisorSetup`](crate::SupervisorSetup)), which joins the action's cgroups first,
+    /// under `setpriv --pdeathsig SIGKILL`. An action killed for want of memory ends with a line
+    /// on its stderr that says so. `InvalidArgument` without `setpriv`.
+    pub fn with_limits(mut self, cgroups: CgroupLimits, supervisor: Vec<OsString>) -> Result<Self> {
+        if self.setpriv.is_none() {
+            return Err(Error::invalid("limits need util-linux setpriv"));
+        }
+        self.limits = Some(Arc::new((cgroups, supervisor)));
+        Ok(self)
     }
 
     /// Lets actions whose platform has `network=on` share the worker's network.
@@ -190,6 +213,23 @@ impl Isolation for NamespaceIsolation {
         }
         args.extend(spawn.args.iter().cloned());
         let mut command = self.command(&args, &spawn.input_root, &spawn.cwd, network);
+        let mut cgroups = None;
+        if let Some(limits) = &self.limits {
+            let (cgroup_limits, supervisor) = (&limits.0, &limits.1);
+            // Unique among this host's workers: the process id, then a count.
+            let count = ACTIONS.fetch_add(1, Ordering::Relaxed);
+            let id = format!("action-{}-{count}", std::process::id());
+            let created = {
+                let cgroup_limits = cgroup_limits.clone();
+                crate::blocking::blocking(move || cgroup_limits.create(&id)).await?
+            };
+            command = self.supervised(&command, supervisor, created.dirs());
+            cgroups = Some(created);
+        }
+        let stderr = spawn
+            .stderr
+            .try_clone()
+            .map_err(|e| Error::io("cloning a handle", e))?;
         command
             .env_clear()
             .envs(spawn.env.iter().map(|(k, v)| (k, v)))
@@ -201,6 +241,43 @@ impl Isolation for NamespaceIsolation {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| Error::FailedPrecondition(format!("cannot start {program:?}: {e}")))?;
-        wait(child, spawn.timeout, cancel).await
+        let exit = wait(child, spawn.timeout, cancel).await;
+        if let Some(cgroups) = cgroups {
+            crate::blocking::blocking(move || {
+                if cgroups.oom_killed() {
+                    let limit = cgroups.memory_limit.unwrap_or_default();
+                    let mut stderr = stderr;
+                    let _ = writeln!(
+                        stderr,
+                        "remexec: the action was killed: it exceeded its memory limit of {limit} bytes"
+                    );
+                }
+                drop(cgroups);
+                Ok(())
+            })
+            .await?;
+        }
+        exit
+    }
+}
+
+impl NamespaceIsolation {
+    /// `command` (the sandbox) started by `setpriv --pdeathsig SIGKILL -- SUPERVISOR --cgroup
+    /// DIR… --`, so that it runs in the action's cgroups and dies with the worker.
+    fn supervised(
+        &self,
+        command: &std::process::Command,
+        supervisor: &[OsString],
+        cgroups: &[PathBuf],
+    ) -> std::process::Command {
+        let mut inner = vec![command.get_program().to_string_lossy().into_owned()];
+        inner.extend(command.get_args().map(|a| a.to_string_lossy().into_owned()));
+        let setpriv = self.setpriv.as_ref().expect("checked by with_limits");
+        let mut outer = std::process::Command::new(setpriv);
+        outer
+            .args(["--pdeathsig", "SIGKILL", "--"])
+            .args(supervisor)
+            .args(crate::supervisor::with_cgroups(None, cgroups, &inner));
+        outer
     }
 }

@@ -15,6 +15,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::ExitCode;
 
 /// The exit code of a command the supervisor could not start (as a shell's 127).
@@ -31,7 +32,19 @@ pub struct RunAs {
 
 /// The supervisor's arguments after the binary's own: `[--uid U --gid G] -- COMMAND…`.
 pub fn arguments(run_as: Option<RunAs>, command: &[String]) -> Vec<OsString> {
+    with_cgroups(run_as, &[], command)
+}
+
+/// [`arguments`], with `--cgroup DIR` for each cgroup the supervisor joins first.
+pub fn with_cgroups(
+    run_as: Option<RunAs>,
+    cgroups: &[std::path::PathBuf],
+    command: &[String],
+) -> Vec<OsString> {
     let mut args = Vec::new();
+    for dir in cgroups {
+        args.extend(["--cgroup".into(), dir.into()]);
+    }
     if let Some(r) = run_as {
         args.extend(["--uid".into(), r.uid.to_string().into()]);
         args.extend(["--gid".into(), r.gid.to_string().into()]);
@@ -53,6 +66,8 @@ fn parse(args: &[OsString]) -> Result<(Option<RunAs>, &[OsString]), String> {
         match args.get(i).and_then(|a| a.to_str()) {
             Some("--uid") => uid = Some(number(args.get(i + 1), "--uid")?),
             Some("--gid") => gid = Some(number(args.get(i + 1), "--gid")?),
+            // Handled by `main` before anything else.
+            Some("--cgroup") if args.get(i + 1).is_some() => {}
             Some("--") => break,
             other => return Err(format!("unexpected argument {other:?}")),
         }
@@ -81,6 +96,19 @@ pub fn main(args: &[OsString]) -> ExitCode {
             return ExitCode::from(CANNOT_START);
         }
     };
+    // Join the action's cgroups first: every process the command starts is then counted.
+    for pair in args.windows(2) {
+        if pair[0] == "--cgroup" {
+            let procs = Path::new(&pair[1]).join("cgroup.procs");
+            if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+                eprintln!("remexec: cannot join the cgroup {}: {e}", procs.display());
+                return ExitCode::from(CANNOT_START);
+            }
+        }
+        if pair[0] == "--" {
+            break;
+        }
+    }
     let mut child = std::process::Command::new(&command[0]);
     child.args(&command[1..]);
     // The environment, working directory and standard streams are the supervisor's: exactly
