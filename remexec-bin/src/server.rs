@@ -375,15 +375,10 @@ impl ServerBuilder {
             }
             None => None,
         };
-        let mut routes = execution.add_to(cache.into_routes()).add_service(health);
-        let mut served = CLIENT_SERVICES.to_vec();
-        if let (Some(workers), None) = (&workers, &worker_port) {
-            routes = routes.add_service(workers.service());
-            served.push(WORKER_SERVICE);
-        }
-        // grpcurl and friends: `list` names exactly what this port serves.
-        let (v1, v1alpha) = crate::reflection::services_for(&served)?;
-        let routes = routes.add_service(v1).add_service(v1alpha);
+        let routes = execution.add_to(cache.into_routes()).add_service(health);
+        // Without a worker port, workers attach on the client port.
+        let worker_api = workers.as_ref().filter(|_| worker_port.is_none());
+        let routes = with_reflection(routes, worker_api)?;
         let status = StatusSource {
             scheduler,
             store: Arc::clone(&store),
@@ -425,6 +420,21 @@ impl ServerBuilder {
             local_worker,
         })
     }
+}
+
+/// `routes` with the worker API (if given) and the reflection services, which list exactly what
+/// the port serves (for grpcurl and friends).
+fn with_reflection(
+    mut routes: tonic::service::Routes,
+    worker_api: Option<&WorkerPool>,
+) -> Result<tonic::service::Routes> {
+    let mut served = CLIENT_SERVICES.to_vec();
+    if let Some(workers) = worker_api {
+        routes = routes.add_service(workers.service());
+        served.push(WORKER_SERVICE);
+    }
+    let (v1, v1alpha) = crate::reflection::services_for(&served)?;
+    Ok(routes.add_service(v1).add_service(v1alpha))
 }
 
 /// `serve`'s own worker, over the server's store: its outputs are hashed again as they are

@@ -257,11 +257,7 @@ impl Worker {
         let clone = |f: &File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
         let spawn = Spawn {
             args: command.arguments.clone(),
-            env: command
-                .environment_variables
-                .iter()
-                .map(|v| (v.name.clone(), v.value.clone()))
-                .collect(),
+            env: environment(&command),
             cwd: workdir.clone(),
             input_root: dir.join("root"),
             platform: platform_of(&action, &command),
@@ -310,6 +306,15 @@ impl Worker {
         result.execution_metadata = Some(times.metadata(&self.config.name));
         Ok(Some((result, status)))
     }
+}
+
+/// The command's environment, in order.
+fn environment(command: &Command) -> Vec<(String, String)> {
+    command
+        .environment_variables
+        .iter()
+        .map(|v| (v.name.clone(), v.value.clone()))
+        .collect()
 }
 
 /// The action's platform properties (the Command's, from REAPI v2.0-v2.1 clients, if the
