@@ -351,6 +351,73 @@ pub struct WorkerSection {
     /// With `namespaces`: memory each action may use before the kernel kills it (0:
     /// unlimited).
     pub memory_per_action: ByteSize,
+    /// Executor groups (`[[worker.groups]]`), each with its own isolation, limits, count and
+    /// properties; none means one group made of the settings above.
+    pub groups: Vec<GroupSection>,
+}
+
+/// `[[worker.groups]]`: executors that share an isolation, limits and properties.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupSection {
+    /// Names the group's executors (`{name}-0`, `{name}-1`, ...); unique in the worker.
+    pub name: String,
+    /// Executors of the group (actions it runs at once).
+    pub executors: usize,
+    /// How its actions are isolated.
+    pub isolation: IsolationKind,
+    /// With `namespaces`: CPUs per action (0: unlimited); also advertised as `cpu-count`.
+    pub cpus_per_action: f64,
+    /// With `namespaces`: memory per action (0: unlimited); also advertised as `memory-mb`.
+    pub memory_per_action: ByteSize,
+    /// With `namespaces`: actions asking for `network=on` may use the network.
+    pub allow_network: bool,
+    /// Extra properties of the group's executors.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for GroupSection {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            executors: 1,
+            isolation: IsolationKind::Process,
+            cpus_per_action: 0.0,
+            memory_per_action: ByteSize::b(0),
+            allow_network: false,
+            properties: Default::default(),
+        }
+    }
+}
+
+impl WorkerSection {
+    /// The executor groups: `groups`, or else one group (named `""`) of `executors` executors
+    /// (0: one per CPU, `cpus`) with this section's isolation and limits.
+    pub fn groups(&self, cpus: usize) -> Vec<GroupSection> {
+        if !self.groups.is_empty() {
+            return self.groups.clone();
+        }
+        vec![GroupSection {
+            name: String::new(),
+            executors: if self.executors == 0 { cpus } else { self.executors },
+            isolation: self.isolation,
+            cpus_per_action: self.cpus_per_action,
+            memory_per_action: self.memory_per_action,
+            allow_network: self.allow_network,
+            properties: Default::default(),
+        }]
+    }
+}
+
+impl GroupSection {
+    /// The id of the group's executor `i`: `{name}-{i}`, or `{i}` for the unnamed group.
+    pub fn executor_id(&self, i: usize) -> String {
+        if self.name.is_empty() {
+            i.to_string()
+        } else {
+            format!("{}-{i}", self.name)
+        }
+    }
 }
 
 /// `[worker] isolation`.
@@ -362,6 +429,16 @@ pub enum IsolationKind {
     Process,
     /// User, mount, PID, network, UTS and IPC namespaces through bubblewrap.
     Namespaces,
+}
+
+impl IsolationKind {
+    /// The name in the config file and in the executor property `isolation`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Namespaces => "namespaces",
+        }
+    }
 }
 
 impl Default for SchedulerSection {
@@ -401,6 +478,7 @@ impl Default for WorkerSection {
             allow_network: false,
             cpus_per_action: 0.0,
             memory_per_action: ByteSize::b(0),
+            groups: Vec::new(),
         }
     }
 }

@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use remexec_core::{Error, Result};
 use std::sync::Arc;
 
-use remexec_worker::{Isolation, NamespaceIsolation, ProcessIsolation, RunAs, SupervisorSetup};
+use remexec_worker::{
+    ExecutorGroups, Isolation, NamespaceIsolation, ProcessIsolation, RunAs, SupervisorSetup,
+};
 
-use crate::config::{Config, IsolationKind};
+use crate::config::{Config, GroupSection, IsolationKind};
 
 /// The hidden subcommand `remexec` runs its supervisor under (`remexec supervise …`).
 pub const SUPERVISE: &str = "supervise";
@@ -73,42 +75,66 @@ fn action_user(name: &str) -> Result<RunAs> {
     })
 }
 
-/// The isolation `[worker] isolation` names, for `config`'s worker (see [`process_isolation`]
-/// and [`namespace_isolation`]).
+/// The isolation of `config`'s worker: each executor group's backend (see
+/// [`process_isolation`] and [`namespace_isolation`]), behind [`ExecutorGroups`] when there
+/// are several groups.
 pub fn worker_isolation(
     config: &Config,
     supervisor: Vec<std::ffi::OsString>,
 ) -> Result<Arc<dyn Isolation>> {
-    let cpus = config.worker.cpus_per_action;
-    if !cpus.is_finite() || cpus < 0.0 {
-        return Err(Error::invalid(format!(
-            "[worker] cpus_per_action must be 0 (unlimited) or a positive number, not {cpus}"
-        )));
-    }
-    Ok(match config.worker.isolation {
-        IsolationKind::Process => {
-            if limits(config).is_some() {
-                return Err(Error::invalid(
-                    "[worker] cpus_per_action and memory_per_action need isolation = \"namespaces\"",
-                ));
-            }
-            Arc::new(process_isolation(config, supervisor)?)
+    let groups = config.worker.groups(1);
+    let mut names = std::collections::HashSet::new();
+    for group in &groups {
+        let cpus = group.cpus_per_action;
+        if !cpus.is_finite() || cpus < 0.0 {
+            return Err(Error::invalid(format!(
+                "executor group {:?}: cpus_per_action must be 0 (unlimited) or positive, not {cpus}",
+                group.name
+            )));
         }
-        IsolationKind::Namespaces => Arc::new(namespace_isolation(config, supervisor)?),
-    })
+        if !names.insert(group.name.clone()) || group.executors == 0 {
+            return Err(Error::invalid(format!(
+                "executor group {:?}: group names must be unique and groups need executors",
+                group.name
+            )));
+        }
+    }
+    let isolation_of = |group: &GroupSection| -> Result<Arc<dyn Isolation>> {
+        Ok(match group.isolation {
+            IsolationKind::Process => {
+                let isolation = process_isolation(config, supervisor.clone())?;
+                match cgroup_limits(config, group)? {
+                    Some(cgroups) => Arc::new(isolation.with_limits(cgroups)?),
+                    None => Arc::new(isolation),
+                }
+            }
+            IsolationKind::Namespaces => {
+                Arc::new(namespace_isolation(config, group, supervisor.clone())?)
+            }
+        })
+    };
+    if let [group] = groups.as_slice() {
+        return isolation_of(group);
+    }
+    let mut routed = ExecutorGroups::new();
+    for group in &groups {
+        let ids = (0..group.executors).map(|i| group.executor_id(i));
+        routed = routed.group(ids, isolation_of(group)?);
+    }
+    Ok(Arc::new(routed))
 }
 
-/// `[worker] cpus_per_action` and `memory_per_action`, if either is set.
-fn limits(config: &Config) -> Option<remexec_worker::cgroups::Limits> {
-    let w = &config.worker;
+/// A group's `cpus_per_action` and `memory_per_action`, if either is set.
+fn limits(group: &GroupSection) -> Option<remexec_worker::cgroups::Limits> {
     // worker_isolation refuses negative and non-finite values.
-    let cpus = (w.cpus_per_action > 0.0).then_some(w.cpus_per_action);
-    let memory = (w.memory_per_action.as_u64() > 0).then_some(w.memory_per_action.as_u64());
+    let cpus = (group.cpus_per_action > 0.0).then_some(group.cpus_per_action);
+    let bytes = group.memory_per_action.as_u64();
+    let memory = (bytes > 0).then_some(bytes);
     (cpus.is_some() || memory.is_some()).then_some(remexec_worker::cgroups::Limits { cpus, memory })
 }
 
 /// The user actions run as: `[worker] run_as` for a worker started as root (unless empty),
-/// else none (with a warning).
+/// else none, with a warning.
 fn run_as(config: &Config) -> Result<Option<RunAs>> {
     let root = nix::unistd::geteuid().is_root();
     Ok(match (root, config.worker.run_as.as_str()) {
@@ -117,35 +143,54 @@ fn run_as(config: &Config) -> Result<Option<RunAs>> {
             None
         }
         (true, name) => Some(action_user(name)?),
-        (false, _) => None,
+        (false, _) => {
+            tracing::warn!(
+                "the worker is not root: actions run as its own user; start it as root to run \
+                 them as [worker] run_as"
+            );
+            None
+        }
     })
 }
 
-/// The namespaces backend: bubblewrap, started as `[worker] run_as` when the worker is root.
-/// `FailedPrecondition` if `bwrap` is missing or the host forbids its namespaces.
+/// The namespaces backend of `group`: bubblewrap, started as `[worker] run_as` when the worker
+/// is root. `FailedPrecondition` if `bwrap` is missing or the host forbids its namespaces.
 ///
-/// With `[worker] cpus_per_action` or `memory_per_action`, each action runs in cgroups with
+/// With the group's `cpus_per_action` or `memory_per_action`, each action runs in cgroups with
 /// those limits, joined by `supervisor` (see [`process_isolation`]).
 pub fn namespace_isolation(
     config: &Config,
+    group: &GroupSection,
     supervisor: Vec<std::ffi::OsString>,
 ) -> Result<NamespaceIsolation> {
     let bwrap = find_tool("bwrap").ok_or_else(|| {
         Error::FailedPrecondition(
-            "[worker] isolation = \"namespaces\" needs bubblewrap (bwrap): apt-get install bubblewrap"
+            "isolation = \"namespaces\" needs bubblewrap (bwrap): apt-get install bubblewrap"
                 .into(),
         )
     })?;
     let isolation = NamespaceIsolation::new(bwrap, find_tool("setpriv"), run_as(config)?)?
-        .allow_network(config.worker.allow_network);
-    match limits(config) {
+        .allow_network(group.allow_network);
+    match cgroup_limits(config, group)? {
         None => Ok(isolation),
-        Some(limits) => {
-            let name = crate::serve::worker_config(config, "").name;
-            let cgroups = remexec_worker::cgroups::CgroupLimits::detect(&name, limits)?;
-            isolation.with_limits(cgroups, supervisor)
-        }
+        Some(cgroups) => isolation.with_limits(cgroups, supervisor),
     }
+}
+
+/// The cgroups of `group`'s limits, if it has any: `…/remexec-{worker}[-{group}]/`.
+fn cgroup_limits(
+    config: &Config,
+    group: &GroupSection,
+) -> Result<Option<remexec_worker::cgroups::CgroupLimits>> {
+    let Some(limits) = limits(group) else {
+        return Ok(None);
+    };
+    let worker = crate::serve::worker_config(config, "").name;
+    let name = match group.name.as_str() {
+        "" => worker,
+        group => format!("{worker}-{group}"),
+    };
+    remexec_worker::cgroups::CgroupLimits::detect(&name, limits).map(Some)
 }
 
 /// The process backend for `config`'s worker. Supervised when the host allows it (else plain,
@@ -159,23 +204,7 @@ pub fn process_isolation(
     config: &Config,
     supervisor: Vec<std::ffi::OsString>,
 ) -> Result<ProcessIsolation> {
-    let root = nix::unistd::geteuid().is_root();
-    let run_as = match (root, config.worker.run_as.as_str()) {
-        (true, "") => {
-            tracing::warn!(
-                "[worker] run_as is empty: actions run as root and can change the worker's files"
-            );
-            None
-        }
-        (true, name) => Some(action_user(name)?),
-        (false, _) => {
-            tracing::warn!(
-                "the worker is not root: actions run as its own user and could change its cache; \
-                 start it as root to run them as [worker] run_as"
-            );
-            None
-        }
-    };
+    let run_as = run_as(config)?;
     let (Some(setpriv), Some(unshare)) = (find_tool("setpriv"), find_tool("unshare")) else {
         tracing::warn!(
             "setpriv or unshare (util-linux) is missing: actions run unsupervised, as the worker's user, \

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remexec_core::{BlobStore, Error, Result};
-use remexec_worker::{Worker, WorkerConfig};
+use remexec_worker::{ExecutorSpec, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, GroupSection, IsolationKind};
 use crate::security::Security;
 pub use crate::server::BoundServer;
 use crate::server::ServerBuilder;
@@ -26,29 +26,36 @@ pub enum Role {
     Scheduler,
 }
 
-/// The default executor properties of this machine plus the configured extras.
-pub fn executor_properties(config: &Config) -> Vec<(String, String)> {
+/// The properties of a group's executors: this machine's (OSFamily, Arch, cpu-count,
+/// memory-mb; a group's limits replace the last two), `network=on` where actions may ask for
+/// the network, the `isolation`, then `[worker] properties`, then the group's own.
+pub fn executor_properties(config: &Config, group: &GroupSection) -> Vec<(String, String)> {
+    let cpu_count = match group.cpus_per_action {
+        c if c > 0.0 => c.ceil() as usize,
+        _ => cpus(),
+    };
     let mut props = vec![
         ("OSFamily".to_string(), std::env::consts::OS.to_string()),
         ("Arch".to_string(), std::env::consts::ARCH.to_string()),
-        ("cpu-count".to_string(), cpus().to_string()),
+        ("cpu-count".to_string(), cpu_count.to_string()),
     ];
-    if let Some(mb) = memory_mb() {
+    let memory = match group.memory_per_action.as_u64() {
+        0 => memory_mb(),
+        bytes => Some(bytes >> 20),
+    };
+    if let Some(mb) = memory {
         props.push(("memory-mb".into(), mb.to_string()));
     }
     // Actions that ask for the network (`network=on`) go where they may have it.
-    let network = match config.worker.isolation {
-        crate::config::IsolationKind::Process => true,
-        crate::config::IsolationKind::Namespaces => config.worker.allow_network,
+    let network = match group.isolation {
+        IsolationKind::Process => true,
+        IsolationKind::Namespaces => group.allow_network,
     };
     if network {
         props.push((remexec_worker::NETWORK_PROPERTY.into(), "on".into()));
     }
-    props.push((
-        "isolation".into(),
-        format!("{:?}", config.worker.isolation).to_lowercase(),
-    ));
-    for (name, value) in &config.worker.properties {
+    props.push(("isolation".into(), group.isolation.name().into()));
+    for (name, value) in config.worker.properties.iter().chain(&group.properties) {
         props.retain(|(n, _)| n != name);
         props.push((name.clone(), value.clone()));
     }
@@ -82,17 +89,14 @@ pub fn worker_config(config: &Config, default_suffix: &str) -> WorkerConfig {
     } else {
         config.worker.name.clone()
     };
-    let executors = if config.worker.executors == 0 {
-        cpus()
-    } else {
-        config.worker.executors
-    };
-    let mut worker = WorkerConfig::new(
-        name,
-        config.data_dir.join("worker"),
-        executors,
-        executor_properties(config),
-    );
+    let mut worker = WorkerConfig::new(name, config.data_dir.join("worker"), 0, Vec::new());
+    for group in config.worker.groups(cpus()) {
+        let properties = executor_properties(config, &group);
+        worker.executors.extend((0..group.executors).map(|i| ExecutorSpec {
+            id: group.executor_id(i),
+            properties: properties.clone(),
+        }));
+    }
     worker.cache_budget = config.worker.cache_budget.as_u64();
     // A lease without a timeout is still bounded, by the same maximum the scheduler applies.
     worker.max_action_timeout = Duration::from_secs(config.scheduler.max_action_timeout_secs);

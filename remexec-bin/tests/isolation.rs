@@ -411,3 +411,65 @@ fn four_busy_threads_limited_to_one_cpu_get_about_one_cpu() {
     );
     assert!(per_wall_second >= 0.5, "the loops hardly ran: {out}");
 }
+
+#[test]
+fn the_example_groups_run_each_action_under_the_isolation_it_asks_for() {
+    if bwrap().is_none() || !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/isolation.toml");
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &["--config", example.to_str().unwrap()],
+    );
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    // The namespaced executor has a host name of its own; the process one the host's.
+    let name = |isolation: &str| {
+        run_on(
+            &server,
+            &["--platform", &format!("isolation={isolation}")],
+            "hostname",
+        )
+    };
+    assert_eq!(name("namespaces"), "remexec\n");
+    assert_eq!(name("process"), format!("{host}\n"));
+    // Both are limited: 256 MiB under 512 MiB works, 1 GiB is killed, in each group.
+    for isolation in ["process", "namespaces"] {
+        let platform = format!("isolation={isolation}");
+        assert_eq!(
+            run_on(
+                &server,
+                &["--platform", &platform],
+                "head -c 268435456 /dev/zero | tail -n 1 | wc -c"
+            ),
+            "268435456\n",
+            "{isolation}"
+        );
+        let cwd = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
+            .args([
+                "exec",
+                "--server",
+                &server.url(),
+                "--no-cache",
+                "--platform",
+                &platform,
+                "--",
+            ])
+            .args([
+                "sh",
+                "-c",
+                "head -c 1073741824 /dev/zero | tail -n 1 | wc -c",
+            ])
+            .current_dir(cwd.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("exceeded its memory limit of 536870912 bytes"),
+            "{isolation}: {stderr}"
+        );
+    }
+}

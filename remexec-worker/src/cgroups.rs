@@ -165,3 +165,30 @@ impl Drop for ActionCgroups {
         }
     }
 }
+
+/// The cgroups of the next action of this worker process, named `action-{pid}-{n}` so that
+/// several workers on one host never collide. Blocks.
+pub(crate) fn create_next(limits: &CgroupLimits) -> Result<ActionCgroups> {
+    static ACTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = ACTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    limits.create(&format!("action-{}-{n}", std::process::id()))
+}
+
+/// After the action: tells its `stderr` if the kernel killed it for want of memory, and
+/// removes its cgroups (on the blocking pool).
+pub(crate) async fn finish(cgroups: ActionCgroups, stderr: std::fs::File) -> Result<()> {
+    crate::blocking::blocking(move || {
+        if cgroups.oom_killed() {
+            use std::io::Write as _;
+            let limit = cgroups.memory_limit.unwrap_or_default();
+            let mut stderr = stderr;
+            let _ = writeln!(
+                stderr,
+                "remexec: the action was killed: it exceeded its memory limit of {limit} bytes"
+            );
+        }
+        drop(cgroups);
+        Ok(())
+    })
+    .await
+}

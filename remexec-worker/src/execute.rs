@@ -261,6 +261,7 @@ impl Worker {
             cwd: workdir.clone(),
             input_root: dir.join("root"),
             platform: platform_of(&action, &command),
+            executor: lease.executor_id.clone(),
             stdout: clone(&stdout)?,
             stderr: clone(&stderr)?,
             timeout: Some(self.config.action_timeout(lease.timeout_ms)),

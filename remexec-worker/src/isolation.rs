@@ -31,6 +31,8 @@ pub struct Spawn {
     /// The action's platform properties, for backends that let an action ask for something
     /// (`network=on`, a `container-image`).
     pub platform: Vec<(String, String)>,
+    /// The executor that runs it (its id within the worker), for [`ExecutorGroups`].
+    pub executor: String,
     /// Receives standard output: an open file the worker holds another handle to (an unlinked
     /// temporary file), so that the command cannot swap it for a FIFO or a device.
     pub stdout: File,
@@ -64,6 +66,42 @@ pub enum Exit {
 pub trait Isolation: Send + Sync + Debug + 'static {
     /// Runs the command to completion, timeout or cancellation.
     async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit>;
+}
+
+/// Executor groups: each executor's actions go to the isolation of its group, so that one
+/// worker can offer, for example, namespaced executors beside a Docker one.
+#[derive(Clone, Debug, Default)]
+pub struct ExecutorGroups {
+    by_executor: std::collections::HashMap<String, Arc<dyn Isolation>>,
+}
+
+impl ExecutorGroups {
+    /// No groups yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs the actions of `executors` (their ids) under `isolation`.
+    pub fn group(
+        mut self,
+        executors: impl IntoIterator<Item = String>,
+        isolation: Arc<dyn Isolation>,
+    ) -> Self {
+        for id in executors {
+            self.by_executor.insert(id, Arc::clone(&isolation));
+        }
+        self
+    }
+}
+
+#[async_trait]
+impl Isolation for ExecutorGroups {
+    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit> {
+        let isolation = self.by_executor.get(&spawn.executor).ok_or_else(|| {
+            Error::Internal(format!("executor {:?} belongs to no group", spawn.executor))
+        })?;
+        isolation.run(spawn, cancel).await
+    }
 }
 
 /// Processes on the host.
@@ -100,6 +138,8 @@ pub struct SupervisorSetup {
 #[derive(Debug)]
 struct Supervision {
     setup: SupervisorSetup,
+    /// Each action's CPU and memory, if limited.
+    limits: Option<crate::cgroups::CgroupLimits>,
     /// Whether a user namespace is needed for the PID namespace (the worker is not root).
     user_ns: bool,
 }
@@ -122,9 +162,13 @@ impl ProcessIsolation {
                 "only a worker started as root can run actions as another user",
             ));
         }
-        let supervision = Supervision { setup, user_ns };
+        let supervision = Supervision {
+            setup,
+            user_ns,
+            limits: None,
+        };
         let probe = supervision
-            .command(&["true".to_string()], None)
+            .command(&["true".to_string()], None, &[])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| {
@@ -145,6 +189,21 @@ impl ProcessIsolation {
         })
     }
 
+    /// Limits each action's CPU and memory with `cgroups`, which the supervisor joins before
+    /// it starts the command. An action killed for want of memory ends with a line on its
+    /// stderr that says so. `InvalidArgument` unless supervised.
+    pub fn with_limits(mut self, cgroups: crate::cgroups::CgroupLimits) -> Result<Self> {
+        let supervision = self
+            .supervision
+            .take()
+            .ok_or_else(|| Error::invalid("limits need a supervised process backend"))?;
+        let mut supervision = Arc::try_unwrap(supervision)
+            .map_err(|_| Error::Internal("the process backend is shared already".into()))?;
+        supervision.limits = Some(cgroups);
+        self.supervision = Some(Arc::new(supervision));
+        Ok(self)
+    }
+
     /// Whether commands run supervised, and as which user.
     pub fn run_as(&self) -> Option<Option<RunAs>> {
         self.supervision.as_ref().map(|s| s.setup.run_as)
@@ -154,7 +213,12 @@ impl ProcessIsolation {
 impl Supervision {
     /// `setpriv --pdeathsig SIGKILL -- unshare [--map-current-user] --pid --fork
     /// --kill-child=SIGKILL -- SUPERVISOR… [--uid U --gid G] -- ARGS…`.
-    fn command(&self, args: &[String], cwd: Option<&Path>) -> std::process::Command {
+    fn command(
+        &self,
+        args: &[String],
+        cwd: Option<&Path>,
+        cgroups: &[PathBuf],
+    ) -> std::process::Command {
         let setup = &self.setup;
         let mut command = std::process::Command::new(&setup.setpriv);
         command
@@ -166,7 +230,7 @@ impl Supervision {
         command
             .args(["--pid", "--fork", "--kill-child=SIGKILL", "--"])
             .args(&setup.supervisor)
-            .args(crate::supervisor::arguments(setup.run_as, args));
+            .args(crate::supervisor::with_cgroups(setup.run_as, cgroups, args));
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }
@@ -259,6 +323,11 @@ impl Isolation for ProcessIsolation {
             .args
             .first()
             .ok_or_else(|| Error::invalid("empty command"))?;
+        let stderr = spawn
+            .stderr
+            .try_clone()
+            .map_err(|e| Error::io("cloning a handle", e))?;
+        let mut cgroups = None;
         let mut command = match &self.supervision {
             None => {
                 let mut command = std::process::Command::new(program);
@@ -271,7 +340,15 @@ impl Isolation for ProcessIsolation {
                     let root = spawn.input_root.clone();
                     crate::blocking::blocking(move || hand_over(&root, run_as)).await?;
                 }
-                supervision.command(&spawn.args, Some(&spawn.cwd))
+                if let Some(limits) = &supervision.limits {
+                    let limits = limits.clone();
+                    let created =
+                        crate::blocking::blocking(move || crate::cgroups::create_next(&limits))
+                            .await?;
+                    cgroups = Some(created);
+                }
+                let dirs = cgroups.as_ref().map_or(&[][..], |c| c.dirs());
+                supervision.command(&spawn.args, Some(&spawn.cwd), dirs)
             }
         };
         command
@@ -285,7 +362,11 @@ impl Isolation for ProcessIsolation {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| Error::FailedPrecondition(format!("cannot start {program:?}: {e}")))?;
-        wait(child, spawn.timeout, cancel).await
+        let exit = wait(child, spawn.timeout, cancel).await;
+        if let Some(cgroups) = cgroups {
+            crate::cgroups::finish(cgroups, stderr).await?;
+        }
+        exit
     }
 }
 

@@ -31,6 +31,7 @@
 //!     cwd: std::env::temp_dir(),
 //!     input_root: std::env::temp_dir(),
 //!     platform: vec![],
+//!     executor: "0".into(),
 //!     stdout: tempfile::tempfile()?,
 //!     stderr: tempfile::tempfile()?,
 //!     timeout: Some(Duration::from_secs(60)),
@@ -58,7 +59,9 @@ mod worker;
 
 pub use config::{DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig};
 pub use file_cache::FileCache;
-pub use isolation::{Exit, Isolation, ProcessIsolation, Spawn, SupervisorSetup};
+pub use isolation::{
+    Exit, ExecutorGroups, Isolation, ProcessIsolation, Spawn, SupervisorSetup,
+};
 pub use namespaces::{NETWORK_PROPERTY, NamespaceIsolation};
 pub use outputs::collect_outputs;
 pub use stage::stage_inputs;

@@ -17,9 +17,7 @@ use async_trait::async_trait;
 use remexec_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
-use std::io::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cgroups::CgroupLimits;
 use crate::isolation::{check_program, hand_over, wait};
@@ -58,8 +56,6 @@ pub struct NamespaceIsolation {
     limits: Option<Arc<(CgroupLimits, Vec<OsString>)>>,
 }
 
-/// Numbers the actions' cgroups.
-static ACTIONS: AtomicU64 = AtomicU64::new(0);
 
 impl NamespaceIsolation {
     /// Sandboxes with the `bwrap` at `bwrap`. With `run_as` (a worker started as root), the
@@ -215,14 +211,10 @@ impl Isolation for NamespaceIsolation {
         let mut command = self.command(&args, &spawn.input_root, &spawn.cwd, network);
         let mut cgroups = None;
         if let Some(limits) = &self.limits {
-            let (cgroup_limits, supervisor) = (&limits.0, &limits.1);
-            // Unique among this host's workers: the process id, then a count.
-            let count = ACTIONS.fetch_add(1, Ordering::Relaxed);
-            let id = format!("action-{}-{count}", std::process::id());
-            let created = {
-                let cgroup_limits = cgroup_limits.clone();
-                crate::blocking::blocking(move || cgroup_limits.create(&id)).await?
-            };
+            let (cgroup_limits, supervisor) = (limits.0.clone(), &limits.1);
+            let created =
+                crate::blocking::blocking(move || crate::cgroups::create_next(&cgroup_limits))
+                    .await?;
             command = self.supervised(&command, supervisor, created.dirs());
             cgroups = Some(created);
         }
@@ -243,19 +235,7 @@ impl Isolation for NamespaceIsolation {
             .map_err(|e| Error::FailedPrecondition(format!("cannot start {program:?}: {e}")))?;
         let exit = wait(child, spawn.timeout, cancel).await;
         if let Some(cgroups) = cgroups {
-            crate::blocking::blocking(move || {
-                if cgroups.oom_killed() {
-                    let limit = cgroups.memory_limit.unwrap_or_default();
-                    let mut stderr = stderr;
-                    let _ = writeln!(
-                        stderr,
-                        "remexec: the action was killed: it exceeded its memory limit of {limit} bytes"
-                    );
-                }
-                drop(cgroups);
-                Ok(())
-            })
-            .await?;
+            crate::cgroups::finish(cgroups, stderr).await?;
         }
         exit
     }

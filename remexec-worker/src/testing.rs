@@ -49,6 +49,7 @@ fn spawn(args: Vec<String>, cwd: &Path, timeout: Option<Duration>) -> (Spawn, Fi
         cwd: cwd.to_path_buf(),
         input_root: cwd.to_path_buf(),
         platform: Vec::new(),
+        executor: "0".into(),
         stdout: stdout.try_clone().unwrap(),
         stderr: stderr.try_clone().unwrap(),
         timeout,
