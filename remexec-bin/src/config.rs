@@ -351,6 +351,8 @@ pub struct WorkerSection {
     /// With `namespaces`: memory each action may use before the kernel kills it (0:
     /// unlimited).
     pub memory_per_action: ByteSize,
+    /// With `docker`: the image of actions that name none (`container-image`).
+    pub image: String,
     /// Executor groups (`[[worker.groups]]`), each with its own isolation, limits, count and
     /// properties; none means one group made of the settings above.
     pub groups: Vec<GroupSection>,
@@ -370,8 +372,10 @@ pub struct GroupSection {
     pub cpus_per_action: f64,
     /// With `namespaces`: memory per action (0: unlimited); also advertised as `memory-mb`.
     pub memory_per_action: ByteSize,
-    /// With `namespaces`: actions asking for `network=on` may use the network.
+    /// With `namespaces` or `docker`: actions asking for `network=on` may use the network.
     pub allow_network: bool,
+    /// With `docker`: the image of actions that name none (`container-image`).
+    pub image: String,
     /// Extra properties of the group's executors.
     pub properties: std::collections::BTreeMap<String, String>,
 }
@@ -385,10 +389,14 @@ impl Default for GroupSection {
             cpus_per_action: 0.0,
             memory_per_action: ByteSize::b(0),
             allow_network: false,
+            image: DEFAULT_IMAGE.into(),
             properties: Default::default(),
         }
     }
 }
+
+/// The Docker image of actions that name none: the one `.ci/test-image` builds.
+pub const DEFAULT_IMAGE: &str = "remexec-test:latest";
 
 impl WorkerSection {
     /// The executor groups: `groups`, or else one group (named `""`) of `executors` executors
@@ -399,11 +407,16 @@ impl WorkerSection {
         }
         vec![GroupSection {
             name: String::new(),
-            executors: if self.executors == 0 { cpus } else { self.executors },
+            executors: if self.executors == 0 {
+                cpus
+            } else {
+                self.executors
+            },
             isolation: self.isolation,
             cpus_per_action: self.cpus_per_action,
             memory_per_action: self.memory_per_action,
             allow_network: self.allow_network,
+            image: self.image.clone(),
             properties: Default::default(),
         }]
     }
@@ -429,6 +442,8 @@ pub enum IsolationKind {
     Process,
     /// User, mount, PID, network, UTS and IPC namespaces through bubblewrap.
     Namespaces,
+    /// A container of the local Docker engine per action (the binary's `docker` feature).
+    Docker,
 }
 
 impl IsolationKind {
@@ -437,6 +452,7 @@ impl IsolationKind {
         match self {
             Self::Process => "process",
             Self::Namespaces => "namespaces",
+            Self::Docker => "docker",
         }
     }
 }
@@ -478,6 +494,7 @@ impl Default for WorkerSection {
             allow_network: false,
             cpus_per_action: 0.0,
             memory_per_action: ByteSize::b(0),
+            image: DEFAULT_IMAGE.into(),
             groups: Vec::new(),
         }
     }

@@ -111,6 +111,7 @@ pub fn worker_isolation(
             IsolationKind::Namespaces => {
                 Arc::new(namespace_isolation(config, group, supervisor.clone())?)
             }
+            IsolationKind::Docker => docker_isolation(config, group)?,
         })
     };
     if let [group] = groups.as_slice() {
@@ -122,6 +123,39 @@ pub fn worker_isolation(
         routed = routed.group(ids, isolation_of(group)?);
     }
     Ok(Arc::new(routed))
+}
+
+/// The Docker backend of `group` (feature `docker`): containers of the local engine, from the
+/// group's image unless the action names one. `FailedPrecondition` without the feature or an
+/// engine.
+#[cfg(feature = "docker")]
+fn docker_isolation(config: &Config, group: &GroupSection) -> Result<Arc<dyn Isolation>> {
+    let worker = crate::serve::worker_config(config, "").name;
+    let name = match group.name.as_str() {
+        "" => worker,
+        group => format!("{worker}-{group}"),
+    };
+    let limits = limits(group).unwrap_or(remexec_worker::cgroups::Limits {
+        cpus: None,
+        memory: None,
+    });
+    // Called while the runtime is being set up: connect on it.
+    let connect = remexec_worker::DockerIsolation::connect(&name, &group.image, limits);
+    let isolation =
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(connect))
+            .map_err(|e| Error::FailedPrecondition(format!("isolation = \"docker\": {e}")))?;
+    Ok(Arc::new(
+        isolation
+            .run_as(run_as(config)?)
+            .allow_network(group.allow_network),
+    ))
+}
+
+#[cfg(not(feature = "docker"))]
+fn docker_isolation(_: &Config, _: &GroupSection) -> Result<Arc<dyn Isolation>> {
+    Err(Error::FailedPrecondition(
+        "isolation = \"docker\" needs a remexec built with the docker feature".into(),
+    ))
 }
 
 /// A group's `cpus_per_action` and `memory_per_action`, if either is set.

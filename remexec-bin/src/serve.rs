@@ -49,7 +49,7 @@ pub fn executor_properties(config: &Config, group: &GroupSection) -> Vec<(String
     // Actions that ask for the network (`network=on`) go where they may have it.
     let network = match group.isolation {
         IsolationKind::Process => true,
-        IsolationKind::Namespaces => group.allow_network,
+        IsolationKind::Namespaces | IsolationKind::Docker => group.allow_network,
     };
     if network {
         props.push((remexec_worker::NETWORK_PROPERTY.into(), "on".into()));
@@ -92,10 +92,12 @@ pub fn worker_config(config: &Config, default_suffix: &str) -> WorkerConfig {
     let mut worker = WorkerConfig::new(name, config.data_dir.join("worker"), 0, Vec::new());
     for group in config.worker.groups(cpus()) {
         let properties = executor_properties(config, &group);
-        worker.executors.extend((0..group.executors).map(|i| ExecutorSpec {
-            id: group.executor_id(i),
-            properties: properties.clone(),
-        }));
+        worker
+            .executors
+            .extend((0..group.executors).map(|i| ExecutorSpec {
+                id: group.executor_id(i),
+                properties: properties.clone(),
+            }));
     }
     worker.cache_budget = config.worker.cache_budget.as_u64();
     // A lease without a timeout is still bounded, by the same maximum the scheduler applies.

@@ -473,3 +473,170 @@ fn the_example_groups_run_each_action_under_the_isolation_it_asks_for() {
         );
     }
 }
+
+/// The Docker backend against the real engine, with `.ci/test-image`'s busybox image.
+#[cfg(feature = "docker")]
+mod docker {
+    use super::*;
+
+    use remexec_worker::cgroups::Limits;
+    use remexec_worker::{DockerIsolation, Isolation as _};
+
+    const IMAGE: &str = "remexec-test:latest";
+
+    /// Builds the test image if it is missing (as `.ci/test` does first).
+    fn image() {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/test-image");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_docker_backend_passes_the_conformance_suite_but_for_the_environment() {
+        image();
+        let no_limits = Limits {
+            cpus: None,
+            memory: None,
+        };
+        let docker = DockerIsolation::connect("conformance", IMAGE, no_limits)
+            .await
+            .unwrap();
+        use remexec_worker::testing as suite;
+        suite::exit_codes(&docker).await;
+        suite::output_goes_to_the_given_files(&docker).await;
+        suite::stdin_is_empty(&docker).await;
+        // Not environment_is_exactly_as_given: Docker adds HOSTNAME (docs/isolation.md).
+        // Not program_is_looked_up_in_the_given_path nor missing_program_is_err: the engine's
+        // init looks the program up in the image and exits 127 when it is missing, like a shell.
+        suite::working_directory_is_as_given(&docker).await;
+        suite::timeout_kills_the_command(&docker).await;
+        suite::cancel_kills_the_command(&docker).await;
+        suite::background_processes_die_on_exit(&docker).await;
+        suite::background_processes_die_on_timeout(&docker).await;
+        suite::background_processes_die_on_cancel(&docker).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+        let spawn = remexec_worker::Spawn {
+            args: vec!["/nonexistent/program".into()],
+            env: vec![],
+            cwd: dir.path().to_path_buf(),
+            input_root: dir.path().to_path_buf(),
+            platform: vec![],
+            executor: "0".into(),
+            stdout,
+            stderr,
+            timeout: Some(std::time::Duration::from_secs(30)),
+        };
+        let missing = docker.run(spawn, Default::default()).await.unwrap();
+        assert_eq!(missing, remexec_worker::Exit::Exited(127));
+        // Nothing is left on the engine.
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", "label=remexec.worker=conformance"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "",
+            "containers left behind"
+        );
+    }
+
+    #[test]
+    fn a_docker_action_reaches_its_input_root_only_and_its_limits() {
+        image();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("docker.toml");
+        std::fs::write(
+            &config,
+            "[worker]\nisolation = \"docker\"\ncpus_per_action = 1.0\nmemory_per_action = \"64 MiB\"\n",
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        let server = ServerProcess::start(&data, &["--config", config.to_str().unwrap()]);
+        let secret = dir.path().join("host-secret.txt");
+        std::fs::write(&secret, "secret\n").unwrap();
+        let attack = format!(
+            r#"
+            cat {secret} 2>/dev/null && echo "read a host file"
+            ls {data}/cas >/dev/null 2>&1 && echo "saw the CAS"
+            ls {data}/worker/cache >/dev/null 2>&1 && echo "saw the file cache"
+            [ "$(ls ../..)" = "$(basename "$(dirname "$PWD")")" ] || echo "saw other actions: $(ls ../..)"
+            echo written > out.txt
+            true
+            "#,
+            secret = secret.display(),
+            data = data.display(),
+        );
+        assert_eq!(run_on(&server, &[], &attack), "", "the action got through");
+        // Network: a server the test runs on the engine's bridge is out of reach, unless the
+        // worker allows it and the action asks.
+        let listener = std::net::TcpListener::bind("172.17.0.1:0").expect("the docker0 bridge");
+        let port = listener.local_addr().unwrap().port();
+        // Every connection is closed at once, so that `nc` ends.
+        std::thread::spawn(move || {
+            for connection in listener.incoming() {
+                drop(connection);
+            }
+        });
+        let connect =
+            format!("nc -w 3 172.17.0.1 {port} </dev/null && echo connected || echo refused");
+        assert_eq!(run_on(&server, &[], &connect), "refused\n");
+        let open_config = dir.path().join("open.toml");
+        std::fs::write(
+            &open_config,
+            "[worker]\nisolation = \"docker\"\nallow_network = true\n",
+        )
+        .unwrap();
+        let open = ServerProcess::start(
+            &dir.path().join("open"),
+            &["--config", open_config.to_str().unwrap()],
+        );
+        assert_eq!(
+            run_on(&open, &[], &connect),
+            "refused\n",
+            "allowed but not asked for"
+        );
+        assert_eq!(
+            run_on(&open, &["--platform", "network=on"], &connect),
+            "connected\n"
+        );
+        // Memory: 256 MiB under 64 MiB is killed, and told so.
+        let cwd = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
+            .args(["exec", "--server", &server.url(), "--no-cache", "--"])
+            .args([
+                "sh",
+                "-c",
+                "head -c 268435456 /dev/zero | tail -n 1 >/dev/null",
+            ])
+            .current_dir(cwd.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("exceeded its memory limit of 67108864 bytes"),
+            "{stderr}"
+        );
+        // CPU: four busy loops for 3 s get about one CPU.
+        let script =
+            "for i in 1 2 3 4; do timeout 3 sh -c 'while :; do :; done' & done; wait; times";
+        let out = run_on(&server, &[], script);
+        let children = out.lines().nth(1).unwrap_or_else(|| panic!("{out}"));
+        let seconds: f64 = children
+            .split_whitespace()
+            .map(|t| {
+                let (m, s) = t.trim_end_matches('s').split_once('m').unwrap();
+                m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap()
+            })
+            .sum();
+        assert!(seconds / 3.0 <= 1.2, "{seconds} CPU-s in 3 s: {out}");
+        assert!(seconds / 3.0 >= 0.5, "the loops hardly ran: {out}");
+    }
+}

@@ -44,6 +44,8 @@
 mod blocking;
 pub mod cgroups;
 mod config;
+#[cfg(feature = "docker")]
+mod docker;
 mod execute;
 mod file_cache;
 mod isolation;
@@ -58,10 +60,10 @@ mod tests;
 mod worker;
 
 pub use config::{DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig};
+#[cfg(feature = "docker")]
+pub use docker::{DockerIsolation, IMAGE_PROPERTY};
 pub use file_cache::FileCache;
-pub use isolation::{
-    Exit, ExecutorGroups, Isolation, ProcessIsolation, Spawn, SupervisorSetup,
-};
+pub use isolation::{ExecutorGroups, Exit, Isolation, ProcessIsolation, Spawn, SupervisorSetup};
 pub use namespaces::{NETWORK_PROPERTY, NamespaceIsolation};
 pub use outputs::collect_outputs;
 pub use stage::stage_inputs;

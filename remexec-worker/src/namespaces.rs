@@ -56,7 +56,6 @@ pub struct NamespaceIsolation {
     limits: Option<Arc<(CgroupLimits, Vec<OsString>)>>,
 }
 
-
 impl NamespaceIsolation {
     /// Sandboxes with the `bwrap` at `bwrap`. With `run_as` (a worker started as root), the
     /// sandbox is started as that user through util-linux `setpriv`, so that the action is

@@ -1,0 +1,343 @@
+//! [`DockerIsolation`] (feature `docker`): each action in a fresh container of the Docker
+//! engine, through bollard.
+//!
+//! The image is the action's `container-image` platform property (`docker://name:tag`, as
+//! Bazel's toolchain rules write it) or the backend's default; images are never pulled, so they
+//! must be on the engine. The input root is bind-mounted at its own path and is the only host
+//! directory the container sees; the working directory is the action's. The container has no
+//! network (`none`) unless the backend allows it and the action asks (`network=on`), CPU and
+//! memory limits as configured, a bounded number of processes, and the action's user when the
+//! worker has one. A timeout or a cancel kills it; it is removed whatever happens, also when
+//! the run is abandoned (its future dropped), and a new backend removes what an earlier
+//! worker of the same name left behind. An action the kernel kills for want of memory gets a
+//! line on its stderr that says so.
+//!
+//! Docker adds `HOSTNAME` (and `PATH`, when the action sets none) to the environment, and the
+//! engine's init (process 1, so that the command gets signals as anywhere else) exits 127 with
+//! a message on stderr for a program missing from the image: those are the two ways this
+//! backend departs from the [`Isolation`] conformance suite.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StartContainerOptions, WaitContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use remexec_core::{Error, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::cgroups::Limits;
+use crate::isolation::hand_over;
+use crate::supervisor::RunAs;
+use crate::{Exit, Isolation, NETWORK_PROPERTY, Spawn};
+
+/// The platform property naming an action's image.
+pub const IMAGE_PROPERTY: &str = "container-image";
+
+/// The label every container of a backend carries, with the backend's name as its value.
+const LABEL: &str = "remexec.worker";
+
+/// Most processes in one container.
+const PIDS_LIMIT: i64 = 4096;
+
+/// Numbers containers.
+static CONTAINERS: AtomicU64 = AtomicU64::new(0);
+
+/// Actions in Docker containers. See the [module documentation](self).
+#[derive(Clone, Debug)]
+pub struct DockerIsolation {
+    docker: Docker,
+    name: String,
+    default_image: String,
+    limits: Limits,
+    run_as: Option<RunAs>,
+    allow_network: bool,
+}
+
+fn engine(e: DockerError) -> Error {
+    Error::Unavailable(format!("the Docker engine: {e}"))
+}
+
+impl DockerIsolation {
+    /// Connects to the local engine (its unix socket), agreeing on an API version, and removes
+    /// containers an earlier backend called `name` left behind. `Unavailable` if there is no
+    /// engine.
+    pub async fn connect(name: &str, default_image: &str, limits: Limits) -> Result<Self> {
+        let docker = Docker::connect_with_unix_defaults()
+            .map_err(engine)?
+            .negotiate_version()
+            .await
+            .map_err(engine)?;
+        docker.ping().await.map_err(engine)?;
+        let isolation = Self {
+            docker,
+            name: name.to_string(),
+            default_image: default_image.to_string(),
+            limits,
+            run_as: None,
+            allow_network: false,
+        };
+        isolation.sweep().await?;
+        Ok(isolation)
+    }
+
+    /// Runs actions as `run_as` (their input roots handed to it).
+    pub fn run_as(mut self, run_as: Option<RunAs>) -> Self {
+        self.run_as = run_as;
+        self
+    }
+
+    /// Lets actions whose platform has `network=on` use the engine's default network.
+    pub fn allow_network(mut self, yes: bool) -> Self {
+        self.allow_network = yes;
+        self
+    }
+
+    /// Removes every container labelled with this backend's name.
+    async fn sweep(&self) -> Result<()> {
+        let filters =
+            HashMap::from([("label".to_string(), vec![format!("{LABEL}={}", self.name)])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        for container in self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine)?
+        {
+            if let Some(id) = container.id {
+                tracing::warn!(container = %id, "removing a container left behind");
+                self.remove(&id).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) {
+        let force = RemoveContainerOptionsBuilder::new().force(true).build();
+        if let Err(e) = self.docker.remove_container(name, Some(force)).await {
+            tracing::warn!(container = name, error = %e, "could not remove a container");
+        }
+    }
+
+    /// The container of `spawn`.
+    fn body(&self, spawn: &Spawn) -> ContainerCreateBody {
+        let property = |name: &str| {
+            spawn
+                .platform
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let image = property(IMAGE_PROPERTY)
+            .map(|i| i.strip_prefix("docker://").unwrap_or(i))
+            .unwrap_or(&self.default_image);
+        let network = self.allow_network && property(NETWORK_PROPERTY) == Some("on");
+        let root = spawn.input_root.to_string_lossy().into_owned();
+        let host_config = HostConfig {
+            mounts: Some(vec![Mount {
+                typ: Some(MountType::BIND),
+                source: Some(root.clone()),
+                target: Some(root),
+                read_only: Some(false),
+                ..Default::default()
+            }]),
+            network_mode: Some(if network { "bridge" } else { "none" }.into()),
+            nano_cpus: self.limits.cpus.map(|c| (c * 1e9).round() as i64),
+            memory: self
+                .limits
+                .memory
+                .map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+            memory_swap: self
+                .limits
+                .memory
+                .map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+            pids_limit: Some(PIDS_LIMIT),
+            // The engine's init is process 1, so that the command gets signals as anywhere
+            // else (process 1 ignores those it has no handler for) and orphans are reaped.
+            init: Some(true),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(spawn.args.clone()),
+            env: Some(spawn.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: Some(spawn.cwd.to_string_lossy().into_owned()),
+            user: self.run_as.map(|r| format!("{}:{}", r.uid, r.gid)),
+            labels: Some(HashMap::from([(LABEL.to_string(), self.name.clone())])),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// Starts the created container `name`, copies its output into `spawn`'s files, and waits
+    /// for it to end, time out or be cancelled.
+    async fn run_created(
+        &self,
+        name: &str,
+        spawn: &Spawn,
+        cancel: &CancellationToken,
+    ) -> Result<Exit> {
+        let options = AttachContainerOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(true)
+            .build();
+        let attached = self
+            .docker
+            .attach_container(name, Some(options))
+            .await
+            .map_err(engine)?;
+        let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
+        let (mut out, mut err) = (clone(&spawn.stdout)?, clone(&spawn.stderr)?);
+        let pump = tokio::spawn(async move {
+            let mut output = attached.output;
+            while let Some(Ok(item)) = output.next().await {
+                let _ = match item {
+                    LogOutput::StdOut { message } => out.write_all(&message),
+                    LogOutput::StdErr { message } => err.write_all(&message),
+                    _ => Ok(()),
+                };
+            }
+        });
+        if let Err(e) = self
+            .docker
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+        {
+            // Typically the program does not exist in the image.
+            return Err(Error::FailedPrecondition(format!(
+                "cannot start {:?} in a container: {e}",
+                spawn.args.first()
+            )));
+        }
+        let not_running = || {
+            WaitContainerOptionsBuilder::new()
+                .condition("not-running")
+                .build()
+        };
+        let mut wait = self.docker.wait_container(name, Some(not_running()));
+        let timeout = async {
+            match spawn.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => futures::future::pending().await,
+            }
+        };
+        let ended = tokio::select! {
+            _ = wait.next() => None,
+            () = timeout => Some(Exit::TimedOut),
+            () = cancel.cancelled() => Some(Exit::Cancelled),
+        };
+        if ended.is_some() {
+            let kill = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+            let _ = self.docker.kill_container(name, Some(kill)).await;
+            let _ = self
+                .docker
+                .wait_container(name, Some(not_running()))
+                .next()
+                .await;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), pump).await;
+        let state = self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(engine)?
+            .state
+            .unwrap_or_default();
+        if state.oom_killed == Some(true) {
+            let limit = self.limits.memory.unwrap_or_default();
+            let mut stderr = clone(&spawn.stderr)?;
+            let _ = writeln!(
+                stderr,
+                "remexec: the action was killed: it exceeded its memory limit of {limit} bytes"
+            );
+        }
+        Ok(match ended {
+            Some(exit) => exit,
+            None => Exit::Exited(i32::try_from(state.exit_code.unwrap_or(-1)).unwrap_or(-1)),
+        })
+    }
+}
+
+/// Removes the container if the run is abandoned before it could.
+struct Removal {
+    docker: Docker,
+    name: String,
+    armed: bool,
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (docker, name) = (self.docker.clone(), std::mem::take(&mut self.name));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let force = RemoveContainerOptionsBuilder::new().force(true).build();
+                let _ = docker.remove_container(&name, Some(force)).await;
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Isolation for DockerIsolation {
+    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit> {
+        if spawn.args.is_empty() {
+            return Err(Error::invalid("empty command"));
+        }
+        if cancel.is_cancelled() {
+            return Ok(Exit::Cancelled);
+        }
+        if let Some(run_as) = self.run_as {
+            let root = spawn.input_root.clone();
+            crate::blocking::blocking(move || hand_over(&root, run_as)).await?;
+        }
+        let n = CONTAINERS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("remexec-{}-{}-{n}", self.name, std::process::id());
+        let create = CreateContainerOptionsBuilder::new().name(&name).build();
+        let mut removal = Removal {
+            docker: self.docker.clone(),
+            name: name.clone(),
+            armed: true,
+        };
+        let created = self
+            .docker
+            .create_container(Some(create), self.body(&spawn))
+            .await;
+        if let Err(e) = created {
+            removal.armed = false;
+            return Err(match e {
+                DockerError::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                } => Error::FailedPrecondition(format!(
+                    "the image is not on the Docker engine (images are never pulled): {message}"
+                )),
+                e => engine(e),
+            });
+        }
+        let exit = self.run_created(&name, &spawn, &cancel).await;
+        self.remove(&name).await;
+        removal.armed = false;
+        exit
+    }
+}
