@@ -45,11 +45,11 @@ mod blocking;
 pub mod cgroups;
 mod config;
 #[cfg(feature = "docker")]
-mod docker;
+pub mod docker;
 mod execute;
 mod file_cache;
 mod isolation;
-mod namespaces;
+pub mod namespaces;
 mod outputs;
 mod stage;
 pub mod supervisor;
