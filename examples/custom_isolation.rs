@@ -60,8 +60,10 @@ impl Isolation for Niced {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut config = Config::default();
-    config.data_dir = std::env::temp_dir().join(format!("remexec-example-{}", std::process::id()));
+    let config = Config {
+        data_dir: std::env::temp_dir().join(format!("remexec-example-{}", std::process::id())),
+        ..Default::default()
+    };
     let server = ServerBuilder::new(config)
         .listen("127.0.0.1:0".parse().expect("an address"))
         .blob_store(Arc::new(MemoryStore::new(1 << 30)))
