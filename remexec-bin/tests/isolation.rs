@@ -64,15 +64,22 @@ fn processes_with(marker: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn no_process_of_an_action_outlives_a_sigkilled_worker() {
+/// Starts a scheduler and a worker (with `flags`) running an action whose processes escape
+/// their process group (`setsid`) and double-fork, SIGKILLs the worker, and checks that no
+/// `sleep MARKER` of the action survives it.
+fn nothing_outlives_a_sigkilled_worker(flags: &[&str], marker: &str) {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let scheduler = ServerProcess::start_role("scheduler", dirs[0].path(), &[]);
-    let mut worker = common::start_worker(&scheduler, "victim", dirs[1].path(), 1);
-    // The action escapes its process group (setsid) and double-forks, then waits forever.
-    let marker = "sleep 3141.5926";
+    let mut worker = common::start_worker_at(
+        &scheduler.url(),
+        "victim",
+        dirs[1].path(),
+        1,
+        flags,
+        std::process::Stdio::inherit(),
+    );
+    let marker = format!("sleep {marker}");
     let script = format!("setsid sh -c '({marker} &) ; {marker}' & sleep 3600");
-    let cwd = tempfile::tempdir().unwrap();
     let mut exec = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
         .args([
             "exec",
@@ -83,24 +90,29 @@ fn no_process_of_an_action_outlives_a_sigkilled_worker() {
             "-c",
             &script,
         ])
-        .current_dir(cwd.path())
+        .current_dir(std::env::temp_dir())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     assert!(
-        wait_until(60, || processes_with(marker).len() >= 2),
+        wait_until(60, || processes_with(&marker).len() >= 2),
         "the action's processes never started"
     );
     worker.kill().unwrap();
     worker.wait().unwrap();
     assert!(
-        wait_until(10, || processes_with(marker).is_empty()),
+        wait_until(10, || processes_with(&marker).is_empty()),
         "outlived the worker: {:?}",
-        processes_with(marker)
+        processes_with(&marker)
     );
     let _ = exec.kill();
     let _ = exec.wait();
+}
+
+#[test]
+fn no_process_of_an_action_outlives_a_sigkilled_worker() {
+    nothing_outlives_a_sigkilled_worker(&[], "3141.5926");
 }
 
 #[test]
@@ -297,46 +309,7 @@ fn no_process_of_a_namespaced_action_outlives_a_sigkilled_worker() {
     if bwrap().is_none() {
         return;
     }
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let scheduler = ServerProcess::start_role("scheduler", dirs[0].path(), &[]);
-    let mut worker = common::start_worker_at(
-        &scheduler.url(),
-        "victim",
-        dirs[1].path(),
-        1,
-        &["--isolation", "namespaces"],
-        std::process::Stdio::inherit(),
-    );
-    let marker = "sleep 2718.2818";
-    let script = format!("setsid sh -c '({marker} &) ; {marker}' & sleep 3600");
-    let mut exec = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
-        .args([
-            "exec",
-            "--server",
-            &scheduler.url(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .current_dir(std::env::temp_dir())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(60, || processes_with(marker).len() >= 2),
-        "the action's processes never started"
-    );
-    worker.kill().unwrap();
-    worker.wait().unwrap();
-    assert!(
-        wait_until(10, || processes_with(marker).is_empty()),
-        "outlived the worker: {:?}",
-        processes_with(marker)
-    );
-    let _ = exec.kill();
-    let _ = exec.wait();
+    nothing_outlives_a_sigkilled_worker(&["--isolation", "namespaces"], "2718.2818");
 }
 
 /// A server whose local worker runs actions in namespaces with 1 CPU and 64 MiB each.
@@ -393,9 +366,14 @@ fn four_busy_threads_limited_to_one_cpu_get_about_one_cpu() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = limited_server(dir.path());
-    // Four busy loops for 3 s of wall time; `times` reports the CPU its children used.
+    assert_about_one_cpu(&server);
+}
+
+/// Runs four busy loops for 3 s of wall time on `server` and checks, from the CPU time their
+/// shell's `times` reports for its children, that they got between 0.5 and 1.2 CPUs.
+fn assert_about_one_cpu(server: &ServerProcess) {
     let script = "for i in 1 2 3 4; do timeout 3 sh -c 'while :; do :; done' & done; wait; times";
-    let out = run_on(&server, &[], script);
+    let out = run_on(server, &[], script);
     let children = out.lines().nth(1).unwrap_or_else(|| panic!("{out}"));
     let seconds: f64 = children
         .split_whitespace()
@@ -625,18 +603,6 @@ mod docker {
             "{stderr}"
         );
         // CPU: four busy loops for 3 s get about one CPU.
-        let script =
-            "for i in 1 2 3 4; do timeout 3 sh -c 'while :; do :; done' & done; wait; times";
-        let out = run_on(&server, &[], script);
-        let children = out.lines().nth(1).unwrap_or_else(|| panic!("{out}"));
-        let seconds: f64 = children
-            .split_whitespace()
-            .map(|t| {
-                let (m, s) = t.trim_end_matches('s').split_once('m').unwrap();
-                m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap()
-            })
-            .sum();
-        assert!(seconds / 3.0 <= 1.2, "{seconds} CPU-s in 3 s: {out}");
-        assert!(seconds / 3.0 >= 0.5, "the loops hardly ran: {out}");
+        assert_about_one_cpu(&server);
     }
 }

@@ -91,12 +91,7 @@ impl FileTable {
 
     /// Bytes held, budget and bytes evicted.
     pub(crate) fn store_usage(&self) -> remexec_core::metrics::StoreUsage {
-        let index = self.index.lock();
-        remexec_core::metrics::StoreUsage {
-            used_bytes: index.bytes(),
-            limit_bytes: index.budget(),
-            evicted_bytes: index.evicted_bytes(),
-        }
+        self.index.lock().usage()
     }
 
     /// Bytes and entries indexed now.

@@ -30,6 +30,15 @@ impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
         self.budget
     }
 
+    /// The bytes held, the budget and the bytes evicted, as a store reports them.
+    pub fn usage(&self) -> crate::metrics::StoreUsage {
+        crate::metrics::StoreUsage {
+            used_bytes: self.bytes,
+            limit_bytes: self.budget,
+            evicted_bytes: self.evicted,
+        }
+    }
+
     /// The total cost of the entries evicted to stay within the budget, ever.
     pub fn evicted_bytes(&self) -> u64 {
         self.evicted

@@ -47,17 +47,12 @@ impl FileCache {
         }))
     }
 
-    /// Where the cached file for `digest` lives (whether or not it is cached now).
     /// Bytes held, budget and bytes evicted.
     pub(crate) fn usage(&self) -> remexec_core::metrics::StoreUsage {
-        let index = self.index.lock();
-        remexec_core::metrics::StoreUsage {
-            used_bytes: index.bytes(),
-            limit_bytes: index.budget(),
-            evicted_bytes: index.evicted_bytes(),
-        }
+        self.index.lock().usage()
     }
 
+    /// Where the cached file for `digest` lives (whether or not it is cached now).
     pub(crate) fn path(&self, digest: &Digest, executable: bool) -> PathBuf {
         self.dir.join(format!(
             "{}-{}-{}-{}",

@@ -323,12 +323,8 @@ impl Isolation for ProcessIsolation {
             .args
             .first()
             .ok_or_else(|| Error::invalid("empty command"))?;
-        let stderr = spawn
-            .stderr
-            .try_clone()
-            .map_err(|e| Error::io("cloning a handle", e))?;
         let mut cgroups = None;
-        let mut command = match &self.supervision {
+        let command = match &self.supervision {
             None => {
                 let mut command = std::process::Command::new(program);
                 command.args(&spawn.args[1..]).current_dir(&spawn.cwd);
@@ -351,23 +347,40 @@ impl Isolation for ProcessIsolation {
                 supervision.command(&spawn.args, Some(&spawn.cwd), dirs)
             }
         };
-        command
-            .env_clear()
-            .envs(spawn.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(spawn.stdout))
-            .stderr(Stdio::from(spawn.stderr))
-            .process_group(0);
-        let child = tokio::process::Command::from(command)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::FailedPrecondition(format!("cannot start {program:?}: {e}")))?;
-        let exit = wait(child, spawn.timeout, cancel).await;
-        if let Some(cgroups) = cgroups {
-            crate::cgroups::finish(cgroups, stderr).await?;
-        }
-        exit
+        run_command(command, spawn, cgroups, cancel).await
     }
+}
+
+/// Runs `command` (which starts `spawn`'s command, through whatever wrappers) with exactly
+/// `spawn`'s environment and output files, in its own process group; waits for it to end, time
+/// out or be cancelled; then tells its stderr of an out-of-memory kill and removes `cgroups`.
+pub(crate) async fn run_command(
+    mut command: std::process::Command,
+    spawn: Spawn,
+    cgroups: Option<crate::cgroups::ActionCgroups>,
+    cancel: CancellationToken,
+) -> Result<Exit> {
+    let program = spawn.args.first().cloned().unwrap_or_default();
+    let stderr = spawn
+        .stderr
+        .try_clone()
+        .map_err(|e| Error::io("cloning a handle", e))?;
+    command
+        .env_clear()
+        .envs(spawn.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(spawn.stdout))
+        .stderr(Stdio::from(spawn.stderr))
+        .process_group(0);
+    let child = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::FailedPrecondition(format!("cannot start {program:?}: {e}")))?;
+    let exit = wait(child, spawn.timeout, cancel).await;
+    if let Some(cgroups) = cgroups {
+        crate::cgroups::finish(cgroups, stderr).await?;
+    }
+    exit
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 //! worker: when the worker dies, `SIGKILL` included, every process of the action dies.
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -20,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use crate::cgroups::CgroupLimits;
-use crate::isolation::{check_program, hand_over, wait};
+use crate::isolation::{check_program, hand_over, run_command};
 use crate::supervisor::RunAs;
 use crate::{Exit, Isolation, Spawn};
 
@@ -217,26 +216,7 @@ impl Isolation for NamespaceIsolation {
             command = self.supervised(&command, supervisor, created.dirs());
             cgroups = Some(created);
         }
-        let stderr = spawn
-            .stderr
-            .try_clone()
-            .map_err(|e| Error::io("cloning a handle", e))?;
-        command
-            .env_clear()
-            .envs(spawn.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(spawn.stdout))
-            .stderr(Stdio::from(spawn.stderr))
-            .process_group(0);
-        let child = tokio::process::Command::from(command)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::FailedPrecondition(format!("cannot start {program:?}: {e}")))?;
-        let exit = wait(child, spawn.timeout, cancel).await;
-        if let Some(cgroups) = cgroups {
-            crate::cgroups::finish(cgroups, stderr).await?;
-        }
-        exit
+        run_command(command, spawn, cgroups, cancel).await
     }
 }
 

@@ -70,12 +70,7 @@ impl BlobStore for MemoryStore {
         write!(f, "Memory({})", crate::size(self.index.lock().budget()))
     }
     fn usage(&self) -> Option<remexec_core::metrics::StoreUsage> {
-        let index = self.index.lock();
-        Some(remexec_core::metrics::StoreUsage {
-            used_bytes: index.bytes(),
-            limit_bytes: index.budget(),
-            evicted_bytes: index.evicted_bytes(),
-        })
+        Some(self.index.lock().usage())
     }
 }
 
