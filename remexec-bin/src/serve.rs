@@ -55,6 +55,10 @@ pub fn executor_properties(config: &Config, group: &GroupSection) -> Vec<(String
         props.push((remexec_worker::NETWORK_PROPERTY.into(), "on".into()));
     }
     props.push(("isolation".into(), group.isolation.name().into()));
+    if group.isolation == IsolationKind::Docker {
+        // Any image: the action's `container-image` chooses it.
+        props.push(("container-image".into(), "*".into()));
+    }
     for (name, value) in config.worker.properties.iter().chain(&group.properties) {
         props.retain(|(n, _)| n != name);
         props.push((name.clone(), value.clone()));

@@ -604,5 +604,35 @@ mod docker {
         );
         // CPU: four busy loops for 3 s get about one CPU.
         assert_about_one_cpu(&server);
+        // The client names the image, as Bazel's toolchains write it; one on the engine runs.
+        let named = ["--platform", "container-image=docker://remexec-test:latest"];
+        assert_eq!(run_on(&server, &named, "echo named"), "named\n");
+        // The client names the image: a missing one, or one that is no image reference, fails
+        // the action, and nothing is pulled or run.
+        for image in [
+            "docker://no-such-image:1",
+            "docker://--privileged",
+            "docker://a b",
+            "docker://../x",
+        ] {
+            let cwd = tempfile::tempdir().unwrap();
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
+                .args(["exec", "--server", &server.url(), "--no-cache"])
+                .args([
+                    "--platform",
+                    &format!("container-image={image}"),
+                    "--",
+                    "true",
+                ])
+                .current_dir(cwd.path())
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{image}: {stderr}");
+            assert!(
+                stderr.contains("not an image reference") || stderr.contains("never pulled"),
+                "{image}: {stderr}"
+            );
+        }
     }
 }

@@ -17,7 +17,8 @@ pub type Property = (String, String);
 /// How one property is matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatchRule {
-    /// Equal strings.
+    /// Equal strings; an executor that offers `*` accepts any value (a Docker executor offers
+    /// `container-image=*`).
     Exact,
     /// The executor's number is at least the requested number.
     AtLeast,
@@ -79,7 +80,7 @@ impl MatchRules {
                     .map(|(_, v)| v.as_str());
                 !match self.rule(name) {
                     MatchRule::Ignore => true,
-                    MatchRule::Exact => values.into_iter().any(|v| v == want),
+                    MatchRule::Exact => values.into_iter().any(|v| v == want || v == "*"),
                     MatchRule::AtLeast => match want.trim().parse::<f64>() {
                         Ok(want) => values
                             .into_iter()
@@ -118,6 +119,9 @@ mod tests {
             ("container-image", "a"),
             ("container-image", "b"),
         ]);
+        let wildcard = props(&[("container-image", "*")]);
+        assert!(rules.matches(&props(&[("container-image", "docker://x:1")]), &wildcard));
+        assert!(!rules.matches(&props(&[("OSFamily", "*")]), &wildcard));
         let cases: &[(&[(&str, &str)], bool)] = &[
             (&[], true),
             (&[("OSFamily", "linux")], true),

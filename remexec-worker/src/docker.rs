@@ -131,8 +131,9 @@ impl DockerIsolation {
         }
     }
 
-    /// The container of `spawn`.
-    fn body(&self, spawn: &Spawn) -> ContainerCreateBody {
+    /// The container of `spawn`. `InvalidArgument` for an image reference that is not one
+    /// (the client chooses it).
+    fn body(&self, spawn: &Spawn) -> Result<ContainerCreateBody> {
         let property = |name: &str| {
             spawn
                 .platform
@@ -144,6 +145,7 @@ impl DockerIsolation {
         let image = property(IMAGE_PROPERTY)
             .map(|i| i.strip_prefix("docker://").unwrap_or(i))
             .unwrap_or(&self.default_image);
+        check_image(image)?;
         let network = self.allow_network && property(NETWORK_PROPERTY) == Some("on");
         let root = spawn.input_root.to_string_lossy().into_owned();
         let host_config = HostConfig {
@@ -170,7 +172,7 @@ impl DockerIsolation {
             init: Some(true),
             ..Default::default()
         };
-        ContainerCreateBody {
+        Ok(ContainerCreateBody {
             image: Some(image.to_string()),
             cmd: Some(spawn.args.clone()),
             env: Some(spawn.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
@@ -182,7 +184,7 @@ impl DockerIsolation {
             tty: Some(false),
             host_config: Some(host_config),
             ..Default::default()
-        }
+        })
     }
 
     /// Starts the created container `name`, copies its output into `spawn`'s files, and waits
@@ -276,6 +278,23 @@ impl DockerIsolation {
     }
 }
 
+/// `InvalidArgument` unless `image` looks like an image reference: at most 255 characters of
+/// letters, digits and `._-/:@`, starting with a letter or digit.
+fn check_image(image: &str) -> Result<()> {
+    let valid = !image.is_empty()
+        && image.len() <= 255
+        && image.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && image
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
+    match valid {
+        true => Ok(()),
+        false => Err(Error::invalid(format!(
+            "{IMAGE_PROPERTY} {image:?} is not an image reference"
+        ))),
+    }
+}
+
 /// Removes the container if the run is abandoned before it could.
 struct Removal {
     docker: Docker,
@@ -311,6 +330,7 @@ impl Isolation for DockerIsolation {
             let root = spawn.input_root.clone();
             crate::blocking::blocking(move || hand_over(&root, run_as)).await?;
         }
+        let body = self.body(&spawn)?;
         let n = CONTAINERS.fetch_add(1, Ordering::Relaxed);
         let name = format!("remexec-{}-{}-{n}", self.name, std::process::id());
         let create = CreateContainerOptionsBuilder::new().name(&name).build();
@@ -321,7 +341,7 @@ impl Isolation for DockerIsolation {
         };
         let created = self
             .docker
-            .create_container(Some(create), self.body(&spawn))
+            .create_container(Some(create), body)
             .await;
         if let Err(e) = created {
             removal.armed = false;
