@@ -339,10 +339,7 @@ impl Isolation for DockerIsolation {
             name: name.clone(),
             armed: true,
         };
-        let created = self
-            .docker
-            .create_container(Some(create), body)
-            .await;
+        let created = self.docker.create_container(Some(create), body).await;
         if let Err(e) = created {
             removal.armed = false;
             return Err(match e {
