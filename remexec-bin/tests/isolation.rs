@@ -604,6 +604,17 @@ mod docker {
         );
         // CPU: four busy loops for 3 s get about one CPU.
         assert_about_one_cpu(&server);
+    }
+    #[test]
+    fn a_docker_client_names_its_image_within_reason() {
+        image();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("docker.toml");
+        std::fs::write(&config, "[worker]\nisolation = \"docker\"\n").unwrap();
+        let server = ServerProcess::start(
+            &dir.path().join("data"),
+            &["--config", config.to_str().unwrap()],
+        );
         // The client names the image, as Bazel's toolchains write it; one on the engine runs.
         let named = ["--platform", "container-image=docker://remexec-test:latest"];
         assert_eq!(run_on(&server, &named, "echo named"), "named\n");
