@@ -92,6 +92,18 @@ pub fn worker_isolation(
                 group.name
             )));
         }
+        // The name becomes part of executor ids, cgroup directories and container names.
+        let safe = group.name.len() <= 64
+            && group
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !safe {
+            return Err(Error::invalid(format!(
+                "executor group {:?}: a name is at most 64 letters, digits, '-' and '_'",
+                group.name
+            )));
+        }
         if !names.insert(group.name.clone()) || group.executors == 0 {
             return Err(Error::invalid(format!(
                 "executor group {:?}: group names must be unique and groups need executors",

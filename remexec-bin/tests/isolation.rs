@@ -145,22 +145,7 @@ fn a_root_workers_actions_cannot_change_stored_blobs_or_cached_inputs() {
         true
         "#
     );
-    let run = |script: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
-            .args(["exec", "--server", &server.url(), "--no-cache"])
-            .arg("--input")
-            .arg(&input)
-            .args(["--", "sh", "-c", script])
-            .current_dir(work.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |script: &str| run_on(&server, &["--input", input.to_str().unwrap()], script);
     assert_eq!(run(&attack), "", "the action got through");
     // The next action sees the input as stored, and the stores hold what they held.
     assert_eq!(run("cat lib.txt"), "original\n");
@@ -196,20 +181,37 @@ async fn the_namespaces_backend_passes_the_isolation_conformance_suite() {
 
 /// Runs `sh -c script` through `remexec exec` on `server` with extra flags; returns its stdout.
 fn run_on(server: &ServerProcess, extra: &[&str], script: &str) -> String {
-    let cwd = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
-        .args(["exec", "--server", &server.url(), "--no-cache"])
-        .args(extra)
-        .args(["--", "sh", "-c", script])
-        .current_dir(cwd.path())
-        .output()
-        .unwrap();
+    let out = exec_on(server, extra, script);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// `remexec exec --no-cache EXTRA -- sh -c SCRIPT` on `server`, however it ends.
+fn exec_on(server: &ServerProcess, extra: &[&str], script: &str) -> std::process::Output {
+    let cwd = tempfile::tempdir().unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(["exec", "--server", &server.url(), "--no-cache"])
+        .args(extra)
+        .args(["--", "sh", "-c", script])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap()
+}
+
+/// Runs `script` on `server`, which must get it killed for exceeding `limit` bytes of memory,
+/// and told so on its stderr.
+fn assert_killed_for_memory(server: &ServerProcess, extra: &[&str], script: &str, limit: u64) {
+    let out = exec_on(server, extra, script);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("exceeded its memory limit of {limit} bytes")),
+        "{}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -330,24 +332,9 @@ fn an_action_past_its_memory_limit_is_killed_and_told_so() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = limited_server(dir.path());
-    let cwd = tempfile::tempdir().unwrap();
     // `tail` keeps a line that never ends in memory: 256 MiB of zeros.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
-        .args(["exec", "--server", &server.url(), "--no-cache", "--"])
-        .args([
-            "sh",
-            "-c",
-            "head -c 268435456 /dev/zero | tail -n 1 >/dev/null; echo survived",
-        ])
-        .current_dir(cwd.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("exceeded its memory limit of 67108864 bytes"),
-        "{stdout}{stderr}"
-    );
+    let script = "head -c 268435456 /dev/zero | tail -n 1 >/dev/null; echo survived";
+    assert_killed_for_memory(&server, &[], script, 64 << 20);
     // Within the limit, the same action works.
     assert_eq!(
         run_on(
@@ -425,30 +412,8 @@ fn the_example_groups_run_each_action_under_the_isolation_it_asks_for() {
             "268435456\n",
             "{isolation}"
         );
-        let cwd = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
-            .args([
-                "exec",
-                "--server",
-                &server.url(),
-                "--no-cache",
-                "--platform",
-                &platform,
-                "--",
-            ])
-            .args([
-                "sh",
-                "-c",
-                "head -c 1073741824 /dev/zero | tail -n 1 | wc -c",
-            ])
-            .current_dir(cwd.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("exceeded its memory limit of 536870912 bytes"),
-            "{isolation}: {stderr}"
-        );
+        let script = "head -c 1073741824 /dev/zero | tail -n 1 | wc -c";
+        assert_killed_for_memory(&server, &["--platform", &platform], script, 512 << 20);
     }
 }
 
@@ -586,22 +551,8 @@ mod docker {
             "connected\n"
         );
         // Memory: 256 MiB under 64 MiB is killed, and told so.
-        let cwd = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
-            .args(["exec", "--server", &server.url(), "--no-cache", "--"])
-            .args([
-                "sh",
-                "-c",
-                "head -c 268435456 /dev/zero | tail -n 1 >/dev/null",
-            ])
-            .current_dir(cwd.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("exceeded its memory limit of 67108864 bytes"),
-            "{stderr}"
-        );
+        let script = "head -c 268435456 /dev/zero | tail -n 1 >/dev/null";
+        assert_killed_for_memory(&server, &[], script, 64 << 20);
         // CPU: four busy loops for 3 s get about one CPU.
         assert_about_one_cpu(&server);
     }
@@ -626,18 +577,8 @@ mod docker {
             "docker://a b",
             "docker://../x",
         ] {
-            let cwd = tempfile::tempdir().unwrap();
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
-                .args(["exec", "--server", &server.url(), "--no-cache"])
-                .args([
-                    "--platform",
-                    &format!("container-image={image}"),
-                    "--",
-                    "true",
-                ])
-                .current_dir(cwd.path())
-                .output()
-                .unwrap();
+            let platform = format!("container-image={image}");
+            let out = exec_on(&server, &["--platform", &platform], "true");
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{image}: {stderr}");
             assert!(
@@ -645,5 +586,19 @@ mod docker {
                 "{image}: {stderr}"
             );
         }
+    }
+}
+
+#[test]
+fn executor_groups_with_unsafe_names_or_no_executors_are_refused() {
+    let supervisor = vec![env!("CARGO_BIN_EXE_remexec").into(), "supervise".into()];
+    for (name, executors) in [("../x", 1), ("a/b", 1), ("a b", 1), ("ok", 0)] {
+        let toml = format!("[[worker.groups]]\nname = {name:?}\nexecutors = {executors}\n");
+        let config = remexec_bin::config::Config::from_toml(&toml).unwrap();
+        let refused = remexec_bin::sandbox::worker_isolation(&config, supervisor.clone());
+        assert!(
+            refused.is_err(),
+            "{name:?} with {executors} executors was accepted"
+        );
     }
 }

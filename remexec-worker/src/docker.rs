@@ -46,6 +46,9 @@ pub const IMAGE_PROPERTY: &str = "container-image";
 /// The label every container of a backend carries, with the backend's name as its value.
 const LABEL: &str = "remexec.worker";
 
+/// The label with the id of the process that runs the container's backend.
+const PID_LABEL: &str = "remexec.pid";
+
 /// Most processes in one container.
 const PIDS_LIMIT: i64 = 4096;
 
@@ -102,7 +105,9 @@ impl DockerIsolation {
         self
     }
 
-    /// Removes every container labelled with this backend's name.
+    /// Removes the containers labelled with this backend's name whose process is gone: what a
+    /// killed worker left. Those of a live process (another worker of the same name on this
+    /// engine) are left alone.
     async fn sweep(&self) -> Result<()> {
         let filters =
             HashMap::from([("label".to_string(), vec![format!("{LABEL}={}", self.name)])]);
@@ -116,6 +121,17 @@ impl DockerIsolation {
             .await
             .map_err(engine)?
         {
+            let owner = container
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(PID_LABEL))
+                .and_then(|pid| pid.parse::<i32>().ok());
+            let owner_lives = owner.is_some_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            });
+            if owner_lives {
+                continue;
+            }
             if let Some(id) = container.id {
                 tracing::warn!(container = %id, "removing a container left behind");
                 self.remove(&id).await;
@@ -178,7 +194,10 @@ impl DockerIsolation {
             env: Some(spawn.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: Some(spawn.cwd.to_string_lossy().into_owned()),
             user: self.run_as.map(|r| format!("{}:{}", r.uid, r.gid)),
-            labels: Some(HashMap::from([(LABEL.to_string(), self.name.clone())])),
+            labels: Some(HashMap::from([
+                (LABEL.to_string(), self.name.clone()),
+                (PID_LABEL.to_string(), std::process::id().to_string()),
+            ])),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(false),
