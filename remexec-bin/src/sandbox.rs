@@ -123,7 +123,7 @@ pub fn worker_isolation(
             IsolationKind::Namespaces => {
                 Arc::new(namespace_isolation(config, group, supervisor.clone())?)
             }
-            IsolationKind::Docker => docker_isolation(config, group)?,
+            IsolationKind::Docker => docker_isolation(config, group, &supervisor)?,
         })
     };
     if let [group] = groups.as_slice() {
@@ -138,10 +138,15 @@ pub fn worker_isolation(
 }
 
 /// The Docker backend of `group` (feature `docker`): containers of the local engine, from the
-/// group's image unless the action names one. `FailedPrecondition` without the feature or an
-/// engine.
+/// group's image unless the action names one, and a reaper (`supervisor` with
+/// [`remexec_worker::docker::REAP`]) that removes them if the worker is killed.
+/// `FailedPrecondition` without the feature or an engine.
 #[cfg(feature = "docker")]
-fn docker_isolation(config: &Config, group: &GroupSection) -> Result<Arc<dyn Isolation>> {
+fn docker_isolation(
+    config: &Config,
+    group: &GroupSection,
+    supervisor: &[std::ffi::OsString],
+) -> Result<Arc<dyn Isolation>> {
     let worker = crate::serve::worker_config(config, "").name;
     let name = match group.name.as_str() {
         "" => worker,
@@ -159,12 +164,17 @@ fn docker_isolation(config: &Config, group: &GroupSection) -> Result<Arc<dyn Iso
     Ok(Arc::new(
         isolation
             .run_as(run_as(config)?)
-            .allow_network(group.allow_network),
+            .allow_network(group.allow_network)
+            .with_reaper(supervisor)?,
     ))
 }
 
 #[cfg(not(feature = "docker"))]
-fn docker_isolation(_: &Config, _: &GroupSection) -> Result<Arc<dyn Isolation>> {
+fn docker_isolation(
+    _: &Config,
+    _: &GroupSection,
+    _: &[std::ffi::OsString],
+) -> Result<Arc<dyn Isolation>> {
     Err(Error::FailedPrecondition(
         "isolation = \"docker\" needs a remexec built with the docker feature".into(),
     ))

@@ -40,6 +40,22 @@ async fn the_supervised_backend_passes_the_isolation_conformance_suite() {
     }
 }
 
+#[cfg(feature = "docker")]
+#[test]
+fn no_container_of_an_action_outlives_a_sigkilled_worker() {
+    docker::image();
+    nothing_outlives_a_sigkilled_worker(&["--isolation", "docker"], "1414.2135");
+    // The reaper removed the container itself, not only its processes.
+    let left = || {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", "label=remexec.worker=victim"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(wait_until(10, || left().is_empty()), "left: {}", left());
+}
+
 #[test]
 fn a_bad_supervisor_is_refused_at_start() {
     let mut bad = setup(None);
@@ -428,7 +444,7 @@ mod docker {
     const IMAGE: &str = "remexec-test:latest";
 
     /// Builds the test image if it is missing (as `.ci/test` does first).
-    fn image() {
+    pub(super) fn image() {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/test-image");
         let out = std::process::Command::new("bash")
             .arg(script)

@@ -19,6 +19,9 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
@@ -49,6 +52,15 @@ const LABEL: &str = "remexec.worker";
 /// The label with the id of the process that runs the container's backend.
 const PID_LABEL: &str = "remexec.pid";
 
+/// The label with the id of one backend instance, which its reaper goes by.
+const BACKEND_LABEL: &str = "remexec.backend";
+
+/// The supervisor argument that makes it a backend's reaper (see [`DockerIsolation::with_reaper`]).
+pub const REAP: &str = "--reap-docker";
+
+/// Numbers backend instances.
+static BACKENDS: AtomicU64 = AtomicU64::new(0);
+
 /// Most processes in one container.
 const PIDS_LIMIT: i64 = 4096;
 
@@ -64,6 +76,9 @@ pub struct DockerIsolation {
     limits: Limits,
     run_as: Option<RunAs>,
     allow_network: bool,
+    /// Unique among this engine's backends: the worker's name, process id and a number.
+    id: String,
+    reaper: Option<Arc<Reaper>>,
 }
 
 fn engine(e: DockerError) -> Error {
@@ -88,6 +103,12 @@ impl DockerIsolation {
             limits,
             run_as: None,
             allow_network: false,
+            id: format!(
+                "{name}-{}-{}",
+                std::process::id(),
+                BACKENDS.fetch_add(1, Ordering::Relaxed)
+            ),
+            reaper: None,
         };
         isolation.sweep().await?;
         Ok(isolation)
@@ -103,6 +124,29 @@ impl DockerIsolation {
     pub fn allow_network(mut self, yes: bool) -> Self {
         self.allow_network = yes;
         self
+    }
+
+    /// Starts this backend's reaper: `command` (a program and its leading arguments) with
+    /// [`REAP`] and the backend's id, in a process group of its own, which waits for its
+    /// standard input to end and then removes every container of the backend. The backend holds
+    /// the other end of that pipe until its last clone is dropped, or its process dies, SIGKILL
+    /// included: so a killed worker's containers go with it, not at its next start. For
+    /// `remexec`, `command` is its supervisor (`remexec supervise`); a binary embedding a worker
+    /// calls [`crate::supervisor::main`], which hands [`REAP`] to [`reap`].
+    pub fn with_reaper(mut self, command: &[std::ffi::OsString]) -> Result<Self> {
+        let (program, leading) = command
+            .split_first()
+            .ok_or_else(|| Error::invalid("the reaper command is empty"))?;
+        let child = std::process::Command::new(program)
+            .args(leading)
+            .args([REAP, &self.id])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| Error::io(format!("starting the reaper {program:?}"), e))?;
+        self.reaper = Some(Arc::new(Reaper(Some(child))));
+        Ok(self)
     }
 
     /// Removes the containers labelled with this backend's name whose process is gone: what a
@@ -197,6 +241,7 @@ impl DockerIsolation {
             labels: Some(HashMap::from([
                 (LABEL.to_string(), self.name.clone()),
                 (PID_LABEL.to_string(), std::process::id().to_string()),
+                (BACKEND_LABEL.to_string(), self.id.clone()),
             ])),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -311,6 +356,67 @@ fn check_image(image: &str) -> Result<()> {
         false => Err(Error::invalid(format!(
             "{IMAGE_PROPERTY} {image:?} is not an image reference"
         ))),
+    }
+}
+
+/// A backend's reaper process; dropping it closes the reaper's standard input, which makes it
+/// remove what is left, and end.
+#[derive(Debug)]
+struct Reaper(Option<std::process::Child>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            drop(child.stdin.take());
+            // Collected off the async threads, so that it leaves no zombie.
+            std::thread::spawn(move || child.wait());
+        }
+    }
+}
+
+/// A backend's reaper (see [`DockerIsolation::with_reaper`]): waits until standard input ends,
+/// then force-removes every container labelled with the backend `id`. Returns the exit code.
+pub fn reap(id: &str) -> ExitCode {
+    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("remexec reaper: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let removed = runtime.block_on(async {
+        let docker = Docker::connect_with_unix_defaults()
+            .map_err(engine)?
+            .negotiate_version()
+            .await
+            .map_err(engine)?;
+        let filters = HashMap::from([("label".to_string(), vec![format!("{BACKEND_LABEL}={id}")])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let force = RemoveContainerOptionsBuilder::new().force(true).build();
+        let containers = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine)?;
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            if let Err(e) = docker.remove_container(&id, Some(force.clone())).await {
+                eprintln!("remexec reaper: removing the container {id}: {e}");
+            }
+        }
+        Ok::<_, Error>(())
+    });
+    match removed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("remexec reaper: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

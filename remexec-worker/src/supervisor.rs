@@ -87,8 +87,15 @@ fn parse(args: &[OsString]) -> Result<(Option<RunAs>, &[OsString]), String> {
 
 /// Runs the supervisor on `args` (what follows the binary's own arguments) and returns the
 /// command's exit code: its own, 128 plus the signal that killed it, or [`CANNOT_START`] with
-/// the reason on stderr.
+/// the reason on stderr. With the feature `docker`, `--reap-docker ID` makes it the reaper of a
+/// Docker backend instead ([`crate::docker::reap`]).
 pub fn main(args: &[OsString]) -> ExitCode {
+    #[cfg(feature = "docker")]
+    if let [flag, id] = args
+        && flag == crate::docker::REAP
+    {
+        return crate::docker::reap(&id.to_string_lossy());
+    }
     let (run_as, command) = match parse(args) {
         Ok(parsed) => parsed,
         Err(e) => {
