@@ -356,6 +356,37 @@ pub struct WorkerSection {
     /// Executor groups (`[[worker.groups]]`), each with its own isolation, limits, count and
     /// properties; none means one group made of the settings above.
     pub groups: Vec<GroupSection>,
+    /// `[worker.flexible]`: groups offered one at a time, as the queue asks.
+    pub flexible: Option<FlexibleSection>,
+}
+
+/// `[worker.flexible]`: the named groups are shapes of the machine, offered one at a time and
+/// switched as the queue asks (`remexec_worker::flexible`); other groups are always offered.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlexibleSection {
+    /// The groups that are shapes, the first offered at start; two or more.
+    pub groups: Vec<String>,
+    /// Longest a shape with waiting actions is kept from its turn (seconds), once the active
+    /// one has had as long; the drain of running actions comes on top.
+    pub max_wait_secs: u64,
+    /// CPUs the shapes share: each shape's executors times its `cpus_per_action` must fit.
+    /// 0 means the machine's.
+    pub cpus: f64,
+    /// Memory the shapes share, checked the same way with `memory_per_action`; 0 checks
+    /// nothing.
+    pub memory: ByteSize,
+}
+
+impl Default for FlexibleSection {
+    fn default() -> Self {
+        Self {
+            groups: Vec::new(),
+            max_wait_secs: 30,
+            cpus: 0.0,
+            memory: ByteSize::b(0),
+        }
+    }
 }
 
 /// `[[worker.groups]]`: executors that share an isolation, limits and properties.
@@ -496,6 +527,7 @@ impl Default for WorkerSection {
             memory_per_action: ByteSize::b(0),
             image: DEFAULT_IMAGE.into(),
             groups: Vec::new(),
+            flexible: None,
         }
     }
 }

@@ -12,6 +12,7 @@ use remexec_worker::{
 };
 
 use crate::config::{Config, GroupSection, IsolationKind};
+use remexec_worker::flexible::{Flexible, Shape};
 
 /// The hidden subcommand `remexec` runs its supervisor under (`remexec supervise …`).
 pub const SUPERVISE: &str = "supervise";
@@ -137,6 +138,60 @@ pub fn worker_isolation(
     Ok(Arc::new(routed))
 }
 
+/// The shapes of `[worker.flexible]`, if any: each named group's executors. `InvalidArgument`
+/// for a group that does not exist or has no CPU limit, or a shape whose executors' CPUs
+/// (`executors` times `cpus_per_action`) or memory do not fit in the section's `cpus` (0:
+/// `machine_cpus`) or `memory` (0: unchecked): a flexible worker never promises more.
+pub fn flexible(config: &Config, machine_cpus: usize) -> Result<Option<Flexible>> {
+    let Some(section) = &config.worker.flexible else {
+        return Ok(None);
+    };
+    let cpus = match section.cpus {
+        0.0 => machine_cpus as f64,
+        cpus => cpus,
+    };
+    let groups = config.worker.groups(machine_cpus);
+    let mut shapes = Vec::new();
+    for name in &section.groups {
+        let bad = |why: String| Error::invalid(format!("[worker.flexible] group {name:?}: {why}"));
+        let group = groups
+            .iter()
+            .find(|g| &g.name == name && !name.is_empty())
+            .ok_or_else(|| bad("no such [[worker.groups]]".into()))?;
+        let n = group.executors as f64;
+        if group.cpus_per_action <= 0.0 || n * group.cpus_per_action > cpus {
+            return Err(bad(format!(
+                "{} executors of cpus_per_action {} must fit in {cpus} CPUs",
+                group.executors, group.cpus_per_action
+            )));
+        }
+        let memory = section.memory.as_u64();
+        if memory > 0
+            && (group.executors as u64).saturating_mul(group.memory_per_action.as_u64()) > memory
+        {
+            return Err(bad(format!(
+                "its executors' memory_per_action exceeds {memory} bytes"
+            )));
+        }
+        shapes.push(Shape {
+            name: name.clone(),
+            executors: (0..group.executors).map(|i| group.executor_id(i)).collect(),
+        });
+    }
+    let flexible = Flexible {
+        shapes,
+        max_wait: std::time::Duration::from_secs(section.max_wait_secs),
+    };
+    let ids: Vec<String> = groups
+        .iter()
+        .flat_map(|g| (0..g.executors).map(|i| g.executor_id(i)))
+        .collect();
+    flexible
+        .validate(&ids)
+        .map_err(|e| Error::invalid(format!("[worker.flexible]: {e}")))?;
+    Ok(Some(flexible))
+}
+
 /// The Docker backend of `group` (feature `docker`): containers of the local engine, from the
 /// group's image unless the action names one, and a reaper (`supervisor` with
 /// [`remexec_worker::docker::REAP`]) that removes them if the worker is killed.
@@ -147,7 +202,7 @@ fn docker_isolation(
     group: &GroupSection,
     supervisor: &[std::ffi::OsString],
 ) -> Result<Arc<dyn Isolation>> {
-    let worker = crate::serve::worker_config(config, "").name;
+    let worker = crate::serve::worker_config(config, "")?.name;
     let name = match group.name.as_str() {
         "" => worker,
         group => format!("{worker}-{group}"),
@@ -241,7 +296,7 @@ fn cgroup_limits(
     let Some(limits) = limits(group) else {
         return Ok(None);
     };
-    let worker = crate::serve::worker_config(config, "").name;
+    let worker = crate::serve::worker_config(config, "")?.name;
     let name = match group.name.as_str() {
         "" => worker,
         group => format!("{worker}-{group}"),

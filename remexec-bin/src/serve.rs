@@ -83,7 +83,7 @@ fn memory_mb() -> Option<u64> {
 }
 
 /// The worker's settings: name, executors and properties from `config`.
-pub fn worker_config(config: &Config, default_suffix: &str) -> WorkerConfig {
+pub fn worker_config(config: &Config, default_suffix: &str) -> Result<WorkerConfig> {
     let name = if config.worker.name.is_empty() {
         let host = nix::unistd::gethostname()
             .ok()
@@ -107,7 +107,8 @@ pub fn worker_config(config: &Config, default_suffix: &str) -> WorkerConfig {
     // A lease without a timeout is still bounded, by the same maximum the scheduler applies.
     worker.max_action_timeout = Duration::from_secs(config.scheduler.max_action_timeout_secs);
     worker.tree_limits = config.tree_limits();
-    worker
+    worker.flexible = crate::sandbox::flexible(config, cpus())?;
+    Ok(worker)
 }
 
 impl BoundServer {
@@ -165,7 +166,7 @@ pub async fn run_worker(
     let tls = crate::security::worker_client_tls(config)?;
     let channel = remexec_core::client::connect_lazy_with(&config.worker.scheduler, &tls)?;
     let cas: Arc<dyn BlobStore> = Arc::new(remexec_cas::GrpcStore::new(channel.clone()));
-    let worker = Worker::new(worker_config(config, ""), cas, isolation)?;
+    let worker = Worker::new(worker_config(config, "")?, cas, isolation)?;
     let stop = CancellationToken::new();
     if let Some(addr) = config.admin_listen {
         let listener = crate::admin::bind(addr).await?;

@@ -447,7 +447,7 @@ fn local_worker(
 ) -> Result<Worker> {
     let store = MeteredStore::new(Arc::new(VerifyingStore::new(store)), metrics.clone());
     Worker::new(
-        crate::serve::worker_config(config, "-local"),
+        crate::serve::worker_config(config, "-local")?,
         Arc::new(store),
         isolation,
     )

@@ -173,6 +173,8 @@ pub(crate) struct Execution {
     pub(crate) priority: i32,
     pub(crate) do_not_cache: bool,
     pub(crate) attempts: AtomicU32,
+    /// Times an executor refused the job before starting it.
+    pub(crate) refusals: AtomicU32,
     /// Fires when no caller is left waiting.
     pub(crate) cancel: Cancel,
     pub(crate) shared: Mutex<Shared>,

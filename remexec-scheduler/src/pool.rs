@@ -80,6 +80,10 @@ pub enum JobOutcome {
     TimedOut(ActionResult),
     /// The job was cancelled and its processes killed.
     Cancelled,
+    /// The executor never started the job, with why: it had left the list (a flexible worker
+    /// withdrew it) by the time the job reached it. The scheduler re-queues the job without
+    /// counting an attempt, up to a bound.
+    Refused(String),
 }
 
 /// Tells a running job to stop: the scheduler fires it when nobody waits for the job any more
@@ -184,8 +188,9 @@ impl Changes {
 ///   with a fixed list keep the default, which never changes; others return
 ///   [`ChangeNotifier::subscribe`].
 /// - [`run`](ExecutorPool::run) runs a job and returns its outcome. A failing command is
-///   `Ok(Completed)` with its exit code. `Err(Unavailable)` means the executor was lost, or is
-///   not (any more) in the list (the scheduler re-queues the job); any other `Err` is an
+///   `Ok(Completed)` with its exit code. `Ok(Refused)` means the executor is not (any more) in
+///   the list and never started the job; `Err(Unavailable)` means the executor was lost while
+///   it ran. The scheduler re-queues the job after either; any other `Err` is an
 ///   infrastructure failure reported to the client. When `cancel` fires, also before `run` is
 ///   called, the pool stops the job and returns `Ok(Cancelled)` (or the job's outcome, if it
 ///   ended first).
@@ -203,6 +208,19 @@ pub trait ExecutorPool: Send + Sync + Debug + 'static {
     fn changes(&self) -> Changes {
         Changes::none()
     }
+
+    /// Executors the pool could offer instead of some of the live ones: the shapes of flexible
+    /// workers, which re-partition their machine as the queue asks. An action that matches one
+    /// waits for it instead of failing as unmatched, and [`demand`](ExecutorPool::demand) tells
+    /// the pool how many wait. The default is none.
+    fn potential(&self) -> Vec<ExecutorInfo> {
+        Vec::new()
+    }
+
+    /// Called after each dispatch pass that found [`potential`](ExecutorPool::potential)
+    /// executors, with, for each of them (by id), how many queued actions it matches. The
+    /// default ignores it.
+    fn demand(&self, _queued: &[(String, usize)]) {}
 
     /// Runs `job` on the executor with id `executor`, until it ends or `cancel` fires.
     async fn run(&self, executor: &str, job: Job, cancel: Cancel) -> Result<JobOutcome>;

@@ -99,12 +99,27 @@ impl<T> Queue<T> {
         Some(item)
     }
 
-    /// One dispatch pass: matches every class against `executors` once, expires classes no
-    /// executor has matched for `grace`, then gives each idle executor (one not in `busy`) at
-    /// most one item, taking items in global priority order.
+    /// How many queued items each of `executors` matches.
+    pub(crate) fn matching(&self, executors: &[ExecutorInfo], rules: &MatchRules) -> Vec<usize> {
+        executors
+            .iter()
+            .map(|e| {
+                self.classes
+                    .iter()
+                    .filter(|(requirements, _)| rules.matches(requirements, &e.properties))
+                    .map(|(_, class)| class.items.len())
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// One dispatch pass: matches every class against `executors` once, expires classes that
+    /// neither an executor nor a `potential` one has matched for `grace`, then gives each idle
+    /// executor (one not in `busy`) at most one item, taking items in global priority order.
     pub(crate) fn pass(
         &mut self,
         executors: &[ExecutorInfo],
+        potential: &[ExecutorInfo],
         busy: &HashSet<String>,
         rules: &MatchRules,
         grace: Duration,
@@ -129,6 +144,10 @@ impl<T> Queue<T> {
                     }
                 }
             }
+            any = any
+                || potential
+                    .iter()
+                    .any(|e| rules.matches(requirements, &e.properties));
             if any {
                 class.unmatched_since = None;
             } else if now.duration_since(*class.unmatched_since.get_or_insert(now)) >= grace {
@@ -244,6 +263,7 @@ impl DispatchBench {
     pub fn pass(&mut self) -> usize {
         let pass = self.queue.pass(
             &self.executors,
+            &[],
             &self.busy,
             &self.rules,
             Duration::from_secs(3600),
@@ -289,7 +309,7 @@ mod tests {
             executor("d", &[("os", "linux")]),
         ];
         let busy = HashSet::from(["d".to_string()]);
-        let pass = queue.pass(&executors, &busy, &MatchRules::default(), Duration::ZERO);
+        let pass = queue.pass(&executors, &[], &busy, &MatchRules::default(), Duration::ZERO);
         assert!(pass.expired.is_empty());
         let started: Vec<_> = pass.starts.iter().map(|(i, e)| (*i, *e)).collect();
         // any0 takes the first idle executor (a), linux1 the next linux one (c), linux3 finds
@@ -310,9 +330,15 @@ mod tests {
         let executors = vec![executor("a", &[])];
         let rules = MatchRules::default();
         let none = HashSet::new();
-        let first = queue.pass(&executors, &none, &rules, Duration::from_secs(60));
+        let first = queue.pass(&executors, &[], &none, &rules, Duration::from_secs(60));
         assert!(first.starts.is_empty() && first.expired.is_empty());
-        let second = queue.pass(&executors, &none, &rules, Duration::ZERO);
+        // A flexible worker's shape that matches keeps them waiting, and counts them.
+        let shape = [executor("w/shape:gpu", &[("gpu", "1")])];
+        let waiting = queue.pass(&executors, &shape, &none, &rules, Duration::ZERO);
+        assert!(waiting.starts.is_empty() && waiting.expired.is_empty());
+        assert_eq!(queue.matching(&shape, &rules), [2]);
+        assert_eq!(queue.matching(&executors, &rules), [0]);
+        let second = queue.pass(&executors, &[], &none, &rules, Duration::ZERO);
         assert_eq!(second.expired.len(), 2);
         assert!(
             second.expired[0].1.contains("gpu=1"),

@@ -37,6 +37,10 @@ use crate::platform::Property;
 use crate::pool::{Cancel, ExecutorInfo, ExecutorPool, Job, JobOutcome};
 use crate::queue::{Queue, canonical};
 
+/// Most times executors may refuse one action before it fails (`UNAVAILABLE`): a worker that
+/// keeps offering an executor it refuses cannot keep an action cycling.
+const MAX_REFUSALS: u32 = 100;
+
 use execution_stage::Value as Stage;
 
 #[derive(Debug, Default)]
@@ -308,6 +312,7 @@ impl Scheduler {
             priority,
             do_not_cache,
             attempts: AtomicU32::new(0),
+            refusals: AtomicU32::new(0),
             cancel: Cancel::new(),
             shared: Mutex::new(Shared {
                 waiters: Vec::new(),
@@ -520,6 +525,7 @@ impl Inner {
         let mut executors = self.pool.executors();
         let mut ids = HashSet::with_capacity(executors.len());
         executors.retain(|e| ids.insert(e.id.clone()));
+        let potential = self.pool.potential();
         let pass = {
             let mut state = self.state.lock();
             state.finished.evict(&self.config);
@@ -531,6 +537,7 @@ impl Inner {
             } = &mut *state;
             let pass = queue.pass(
                 &executors,
+                &potential,
                 busy,
                 &self.config.match_rules,
                 self.config.unmatched_grace,
@@ -548,8 +555,15 @@ impl Inner {
             for (exec, _) in &pass.expired {
                 exec.shared.lock().queued = None;
             }
-            pass
+            let waiting = queue.matching(&potential, &self.config.match_rules);
+            (pass, waiting)
         };
+        let (pass, waiting) = pass;
+        if !potential.is_empty() {
+            let demand: Vec<(String, usize)> =
+                potential.into_iter().map(|e| e.id).zip(waiting).collect();
+            self.pool.demand(&demand);
+        }
         if !pass.expired.is_empty() {
             // Recording may write to the CAS: off the dispatch path.
             let inner = Arc::clone(self);
@@ -703,18 +717,8 @@ impl Inner {
                 }
             }
             Ok(JobOutcome::Cancelled) => failed(tonic::Code::Cancelled, "cancelled"),
-            Err(Error::Unavailable(why)) => {
-                let attempts = exec.attempts.fetch_add(1, Ordering::SeqCst) + 1;
-                if attempts <= self.config.max_retries && self.requeue(exec) {
-                    tracing::warn!(action = %exec.key.1, executor = %executor.id, %why, attempts, "executor lost; re-queued");
-                    self.wake.notify_one();
-                    return None;
-                }
-                failed(
-                    tonic::Code::Unavailable,
-                    format!("executors were lost {attempts} times running this action: {why}"),
-                )
-            }
+            Ok(JobOutcome::Refused(why)) => self.retry(exec, executor, why, true)?,
+            Err(Error::Unavailable(why)) => self.retry(exec, executor, why, false)?,
             Err(Error::FailedPrecondition(why)) => {
                 // Typically an input evicted since the check: report what is missing now, as
                 // MISSING violations, so that the client uploads it again.
@@ -733,6 +737,39 @@ impl Inner {
                 ..Default::default()
             },
         })
+    }
+
+    /// Re-queues an execution whose executor refused it (`refused`) or was lost; `None` if it
+    /// was re-queued, else the failure once it has been refused [`MAX_REFUSALS`] times or lost
+    /// more than `max_retries` times.
+    fn retry(
+        &self,
+        exec: &Arc<Execution>,
+        executor: &ExecutorInfo,
+        why: String,
+        refused: bool,
+    ) -> Option<ExecuteResponse> {
+        let (count, limit, what) = match refused {
+            true => (&exec.refusals, MAX_REFUSALS, "refused"),
+            false => (&exec.attempts, self.config.max_retries, "lost"),
+        };
+        let times = count.fetch_add(1, Ordering::SeqCst) + 1;
+        if times <= limit && self.requeue(exec) {
+            match refused {
+                true => {
+                    tracing::debug!(action = %exec.key.1, executor = %executor.id, %why, times, "executor refused the job; re-queued")
+                }
+                false => {
+                    tracing::warn!(action = %exec.key.1, executor = %executor.id, %why, times, "executor lost; re-queued")
+                }
+            }
+            self.wake.notify_one();
+            return None;
+        }
+        Some(failed(
+            tonic::Code::Unavailable,
+            format!("executors {what} this action {times} times: {why}"),
+        ))
     }
 
     /// Caches successful results unless the action says not to.

@@ -18,7 +18,8 @@ use remexec_core::{Error, Result};
 use remexec_proto::worker::v1::worker_message::Message as FromWorker;
 use remexec_proto::worker::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use remexec_proto::worker::v1::{
-    Lease, LeaseResult, SchedulerMessage, WorkerMessage, scheduler_message,
+    Demand, Executor, Lease, LeaseResult, SchedulerMessage, WorkerMessage, demand,
+    scheduler_message,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,36 @@ type Outbox = mpsc::Sender<Result<SchedulerMessage, Status>>;
 struct Connection {
     worker: String,
     outbox: Outbox,
+    /// A flexible worker's shapes, as potential executors with ids `{worker}/shape:{id}`.
+    shapes: Vec<ExecutorInfo>,
+    /// The last demand sent to the worker.
+    demand: Vec<(String, u64)>,
+}
+
+/// `executors` of worker `worker` as the scheduler lists them: ids prefixed `{worker}/`, or
+/// `{worker}/shape:` for shapes. `InvalidArgument` for an empty or repeated id.
+fn executor_infos(worker: &str, executors: &[Executor], prefix: &str) -> Result<Vec<ExecutorInfo>> {
+    let mut ids = std::collections::HashSet::new();
+    executors
+        .iter()
+        .map(|e| {
+            if e.id.is_empty() || !ids.insert(e.id.as_str()) {
+                return Err(Error::invalid(format!(
+                    "worker {worker:?}: executor ids must be non-empty and unique, not {:?}",
+                    e.id
+                )));
+            }
+            Ok(ExecutorInfo {
+                id: format!("{worker}/{prefix}{}", e.id),
+                worker: worker.to_string(),
+                properties: e
+                    .properties
+                    .iter()
+                    .map(|p| (p.name.clone(), p.value.clone()))
+                    .collect(),
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Default)]
@@ -206,12 +237,31 @@ impl WorkerPool {
             (tonic::Code::Ok, Some(r)) => Ok(JobOutcome::Completed(r)),
             (tonic::Code::DeadlineExceeded, r) => Ok(JobOutcome::TimedOut(r.unwrap_or_default())),
             (tonic::Code::Cancelled, _) => Ok(JobOutcome::Cancelled),
+            (tonic::Code::Aborted, _) => Ok(JobOutcome::Refused(status.message)),
             (tonic::Code::Ok, None) => Err(Error::Internal(
                 "worker reported success without a result".into(),
             )),
             (_, _) => Err(Error::from_rpc_status(&status)),
         };
         let _ = tx.send(outcome);
+    }
+
+    /// Replaces the executors of connection `conn` (a flexible worker re-partitioning).
+    fn set_executors(&self, conn: &str, executors: &[Executor]) -> Result<()> {
+        {
+            let mut state = self.inner.state.lock();
+            let Some(worker) = state.connections.get(conn).map(|c| c.worker.clone()) else {
+                return Ok(());
+            };
+            let infos = executor_infos(&worker, executors, "")?;
+            tracing::info!(%worker, executors = ?executors.iter().map(|e| &e.id).collect::<Vec<_>>(), "worker changed its executors");
+            state.executors.retain(|(_, c)| c != conn);
+            state
+                .executors
+                .extend(infos.into_iter().map(|e| (e, conn.to_string())));
+        }
+        self.bump();
+        Ok(())
     }
 
     /// Reads one worker's messages until its stream ends or it misses heartbeats.
@@ -236,6 +286,11 @@ impl WorkerPool {
                     Some(FromWorker::Heartbeat(_) | FromWorker::Progress(_)) | None => {}
                     Some(FromWorker::Register(_)) => {
                         break "registered twice on one stream".to_string();
+                    }
+                    Some(FromWorker::SetExecutors(set)) => {
+                        if let Err(e) = self.set_executors(&conn, &set.executors) {
+                            break e.to_string();
+                        }
                     }
                 },
             }
@@ -269,6 +324,9 @@ impl WorkerService for WorkerPool {
             0 => DEFAULT_HEARTBEAT,
             ms => Duration::from_millis(ms),
         };
+        let name = &register.worker_name;
+        let executors = executor_infos(name, &register.executors, "")?;
+        let shapes = executor_infos(name, &register.shapes, "shape:")?;
         let conn = uuid::Uuid::new_v4().to_string();
         let (outbox, rx) = mpsc::channel(256);
         {
@@ -290,20 +348,13 @@ impl WorkerService for WorkerPool {
                 Connection {
                     worker: register.worker_name.clone(),
                     outbox,
+                    shapes,
+                    demand: Vec::new(),
                 },
             );
-            for e in &register.executors {
-                let info = ExecutorInfo {
-                    id: format!("{}/{}", register.worker_name, e.id),
-                    worker: register.worker_name.clone(),
-                    properties: e
-                        .properties
-                        .iter()
-                        .map(|p| (p.name.clone(), p.value.clone()))
-                        .collect(),
-                };
-                state.executors.push((info, conn.clone()));
-            }
+            state
+                .executors
+                .extend(executors.into_iter().map(|e| (e, conn.clone())));
         }
         tracing::info!(worker = %register.worker_name, executors = register.executors.len(), "worker attached");
         self.bump();
@@ -330,23 +381,75 @@ impl ExecutorPool for WorkerPool {
         self.inner.changes.subscribe()
     }
 
+    fn potential(&self) -> Vec<ExecutorInfo> {
+        let state = self.inner.state.lock();
+        state
+            .connections
+            .values()
+            .flat_map(|c| c.shapes.iter().cloned())
+            .collect()
+    }
+
+    /// Sends each flexible worker the demand for its shapes, when it changed.
+    fn demand(&self, queued: &[(String, usize)]) {
+        let counts: HashMap<&str, usize> = queued.iter().map(|(id, n)| (id.as_str(), *n)).collect();
+        let mut state = self.inner.state.lock();
+        for connection in state.connections.values_mut() {
+            if connection.shapes.is_empty() {
+                continue;
+            }
+            let prefix = format!("{}/shape:", connection.worker);
+            let demand: Vec<(String, u64)> = connection
+                .shapes
+                .iter()
+                .map(|s| {
+                    let id = s.id.strip_prefix(&prefix).unwrap_or(&s.id).to_string();
+                    (id, counts.get(s.id.as_str()).copied().unwrap_or(0) as u64)
+                })
+                .collect();
+            if demand == connection.demand {
+                continue;
+            }
+            let message = Demand {
+                shapes: demand
+                    .iter()
+                    .map(|(id, queued)| demand::Shape {
+                        id: id.clone(),
+                        queued: *queued,
+                    })
+                    .collect(),
+            };
+            let message = scheduler_message::Message::Demand(message);
+            // Only remembered once sent: a full outbox is tried again on the next pass.
+            if connection
+                .outbox
+                .try_send(Ok(SchedulerMessage {
+                    message: Some(message),
+                }))
+                .is_ok()
+            {
+                connection.demand = demand;
+            }
+        }
+    }
+
     async fn run(&self, executor: &str, job: Job, cancel: Cancel) -> Result<JobOutcome> {
         let (tx, mut rx) = oneshot::channel();
         let lease_id = job.lease_id.clone();
         let (outbox, conn, executor_id) = {
             let mut state = self.inner.state.lock();
-            let gone = || Error::Unavailable(format!("executor {executor} is gone"));
-            let (info, conn) = state
+            let gone = || JobOutcome::Refused(format!("executor {executor} is gone"));
+            let Some((info, conn)) = state
                 .executors
                 .iter()
                 .find(|(e, _)| e.id == executor)
                 .cloned()
-                .ok_or_else(gone)?;
-            let outbox = state
-                .connections
-                .get(&conn)
-                .map(|c| c.outbox.clone())
-                .ok_or_else(gone)?;
+            else {
+                return Ok(gone());
+            };
+            let Some(outbox) = state.connections.get(&conn).map(|c| c.outbox.clone()) else {
+                return Ok(gone());
+            };
             state.pending.insert(lease_id.clone(), (conn.clone(), tx));
             let local_id = info
                 .id

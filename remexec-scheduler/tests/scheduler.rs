@@ -427,6 +427,7 @@ async fn a_worker_that_misses_heartbeats_is_dropped() {
                 properties: vec![],
             }],
             heartbeat_interval_ms: 100,
+            ..Default::default()
         };
         tx.send(WorkerMessage {
             message: Some(M::Register(register)),

@@ -276,3 +276,96 @@ async fn the_worker_pool_passes_the_conformance_suite() {
         .loses_executors(true);
     executor_pool_conformance(&pool, caps, &workers).await;
 }
+
+#[tokio::test]
+async fn a_flexible_worker_changes_its_executors_and_hears_the_demand() {
+    use remexec_proto::worker::v1::{Demand, Executor, Property, SetExecutors, demand};
+    let pool = WorkerPool::new();
+    let channel = serve_pool(&pool).await;
+    let mut worker = attach(&channel, "w").await.unwrap();
+    eventually("attached", || pool.executors().len() == 2).await;
+    let set = |ids: &[&str]| WorkerMessage {
+        message: Some(M::SetExecutors(SetExecutors {
+            executors: ids
+                .iter()
+                .map(|id| Executor {
+                    id: id.to_string(),
+                    properties: vec![Property {
+                        name: "cores".into(),
+                        value: "4".into(),
+                    }],
+                })
+                .collect(),
+        })),
+    };
+    worker.0.send(set(&["big"])).await.unwrap();
+    eventually("re-partitioned", || {
+        pool.executors()
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect::<Vec<_>>()
+            == ["w/big"]
+    })
+    .await;
+    // A job for an executor that left the list is refused, not lost.
+    let refused = pool.run("w/0", bare_job("late"), Cancel::new()).await;
+    assert!(matches!(refused, Ok(JobOutcome::Refused(_))), "{refused:?}");
+    // So is one the worker refuses as ABORTED (it withdrew the executor meanwhile).
+    let job = run(&pool, "w/big", "withdrawn", Cancel::new());
+    let lease = next_lease(&mut worker).await;
+    send_result(
+        &worker,
+        &lease.lease_id,
+        tonic::Code::Aborted as i32,
+        exit(0),
+    )
+    .await;
+    assert!(matches!(job.await.unwrap(), Ok(JobOutcome::Refused(_))));
+    // A worker registering shapes hears how many queued actions match each.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(WorkerMessage {
+        message: Some(M::Register(Register {
+            worker_name: "flex".into(),
+            shapes: vec![Executor {
+                id: "large".into(),
+                properties: vec![],
+            }],
+            heartbeat_interval_ms: 10_000,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound =
+        remexec_proto::worker::v1::worker_service_client::WorkerServiceClient::new(channel.clone())
+            .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+    eventually("shapes listed", || pool.potential().len() == 1).await;
+    assert_eq!(pool.potential()[0].id, "flex/shape:large");
+    pool.demand(&[("flex/shape:large".into(), 3)]);
+    pool.demand(&[("flex/shape:large".into(), 3)]);
+    pool.demand(&[("flex/shape:large".into(), 0)]);
+    for queued in [3, 0] {
+        let message = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let expected = Demand {
+            shapes: vec![demand::Shape {
+                id: "large".into(),
+                queued,
+            }],
+        };
+        assert_eq!(
+            message.message,
+            Some(scheduler_message::Message::Demand(expected)),
+            "sent once per change"
+        );
+    }
+    // Repeated executor ids detach the worker.
+    worker.0.send(set(&["x", "x"])).await.unwrap();
+    eventually("detached", || pool.workers() == ["flex".to_string()]).await;
+}

@@ -6,6 +6,8 @@ use std::time::Duration;
 use remexec_core::merkle::TreeLimits;
 use remexec_core::{Error, Result};
 
+use crate::flexible::Flexible;
+
 /// The default largest worker-protocol message, both ways: 64 MiB, enough for a `Lease`
 /// carrying a 16 MiB `Action` and a 16 MiB `Command`.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
@@ -44,6 +46,9 @@ pub struct WorkerConfig {
     pub max_message_size: usize,
     /// Limits on an input tree as laid out on disk.
     pub tree_limits: TreeLimits,
+    /// Shapes among `executors` offered one at a time ([`crate::flexible`]); `None` offers
+    /// every executor always.
+    pub flexible: Option<Flexible>,
 }
 
 impl WorkerConfig {
@@ -70,6 +75,7 @@ impl WorkerConfig {
             max_action_timeout: Duration::from_secs(3600),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             tree_limits: TreeLimits::default(),
+            flexible: None,
         }
     }
 
@@ -87,6 +93,10 @@ impl WorkerConfig {
         }
         if self.max_message_size == 0 {
             return Err(Error::invalid("worker max_message_size must be positive"));
+        }
+        if let Some(flexible) = &self.flexible {
+            let ids: Vec<String> = self.executors.iter().map(|e| e.id.clone()).collect();
+            flexible.validate(&ids)?;
         }
         Ok(())
     }

@@ -176,11 +176,32 @@ impl Worker {
                 self.config.name, lease.executor_id
             ));
         }
-        if !self.busy.lock().insert(lease.executor_id.clone()) {
-            return unavailable(format!(
-                "executor {:?} of worker {} is busy",
-                lease.executor_id, self.config.name
-            ));
+        {
+            // Checked and marked busy under the offer's lock, so that the offer never switches
+            // shapes between the two.
+            let mut offer = self.offer.as_ref().map(|o| o.lock());
+            if offer
+                .as_ref()
+                .is_some_and(|o| !o.is_offered(&lease.executor_id))
+            {
+                // ABORTED: refused before it started, re-queued without counting an attempt.
+                return refuse(rpc_status(
+                    tonic::Code::Aborted,
+                    format!(
+                        "executor {:?} of worker {} is not offered now (flexible worker)",
+                        lease.executor_id, self.config.name
+                    ),
+                ));
+            }
+            if !self.busy.lock().insert(lease.executor_id.clone()) {
+                return unavailable(format!(
+                    "executor {:?} of worker {} is busy",
+                    lease.executor_id, self.config.name
+                ));
+            }
+            if let Some(offer) = &mut offer {
+                offer.started();
+            }
         }
         let _busy = BusyGuard(Arc::clone(&self.busy), lease.executor_id.clone());
         let dir = self.config.work_dir.join("actions").join(&lease_id);

@@ -49,6 +49,7 @@ pub mod docker;
 mod execute;
 mod file_cache;
 mod isolation;
+pub mod flexible;
 pub mod namespaces;
 mod outputs;
 mod stage;

@@ -11,13 +11,16 @@ use remexec_core::{BlobStore, Error, Result};
 use remexec_proto::worker::v1::scheduler_message::Message as FromScheduler;
 use remexec_proto::worker::v1::worker_message::Message as ToScheduler;
 use remexec_proto::worker::v1::worker_service_client::WorkerServiceClient;
-use remexec_proto::worker::v1::{Executor, Heartbeat, Property, Register, WorkerMessage};
+use remexec_proto::worker::v1::{
+    Demand, Executor, Heartbeat, Property, Register, SetExecutors, WorkerMessage,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::config::WorkerConfig;
 use crate::file_cache::FileCache;
+use crate::flexible::Offer;
 use crate::isolation::Isolation;
 
 /// A worker: stages inputs, runs commands under an [`Isolation`], uploads outputs.
@@ -31,6 +34,24 @@ pub struct Worker {
     pub(crate) busy: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Whether a session with the scheduler is open now.
     attached: Arc<std::sync::atomic::AtomicBool>,
+    /// What a flexible worker offers now; lock it before `busy`.
+    pub(crate) offer: Option<Arc<Mutex<Offer>>>,
+}
+
+/// How often a flexible worker reconsiders its offer.
+const FLEX_TICK: Duration = Duration::from_millis(100);
+
+fn executor_message(id: &str, properties: &[(String, String)]) -> Executor {
+    Executor {
+        id: id.to_string(),
+        properties: properties
+            .iter()
+            .map(|(n, v)| Property {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+    }
 }
 
 impl Worker {
@@ -64,6 +85,14 @@ impl Worker {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| Error::io(format!("restricting {}", dir.display()), e))?;
         }
+        let offer = config.flexible.clone().map(|flexible| {
+            let ids: Vec<String> = config.executors.iter().map(|e| e.id.clone()).collect();
+            Arc::new(Mutex::new(Offer::new(
+                flexible,
+                &ids,
+                std::time::Instant::now(),
+            )))
+        });
         Ok(Self {
             config: Arc::new(config),
             cas,
@@ -71,6 +100,7 @@ impl Worker {
             cache,
             busy: Arc::default(),
             attached: Arc::default(),
+            offer,
         })
     }
 
@@ -111,6 +141,68 @@ impl Worker {
         self.cache.usage()
     }
 
+    /// The executors to register: `ids`, or those offered now (all of them unless flexible).
+    fn offered_executors(&self, ids: Option<Vec<String>>) -> Vec<Executor> {
+        let ids = ids.or_else(|| self.offer.as_ref().map(|o| o.lock().offered()));
+        self.config
+            .executors
+            .iter()
+            .filter(|e| ids.as_ref().is_none_or(|ids| ids.contains(&e.id)))
+            .map(|e| executor_message(&e.id, &e.properties))
+            .collect()
+    }
+
+    /// A flexible worker's shapes, each with its first executor's properties.
+    fn shapes(&self) -> Vec<Executor> {
+        let Some(offer) = &self.offer else {
+            return Vec::new();
+        };
+        let offer = offer.lock();
+        offer
+            .shapes()
+            .iter()
+            .map(|shape| {
+                let properties = self
+                    .config
+                    .executors
+                    .iter()
+                    .find(|e| shape.executors.first() == Some(&e.id))
+                    .map(|e| e.properties.clone())
+                    .unwrap_or_default();
+                executor_message(&shape.name, &properties)
+            })
+            .collect()
+    }
+
+    /// Moves a flexible worker's offer on, and tells the scheduler when it changes.
+    async fn flex_step(&self, tx: &mpsc::Sender<WorkerMessage>, demand: Option<Demand>) {
+        let Some(offer) = &self.offer else { return };
+        let changed = {
+            let mut offer = offer.lock();
+            let now = std::time::Instant::now();
+            if let Some(demand) = demand {
+                let queued: Vec<(String, u64)> = demand
+                    .shapes
+                    .into_iter()
+                    .map(|s| (s.id, s.queued))
+                    .collect();
+                offer.demand(&queued, now);
+            }
+            let busy = self.busy.lock().clone();
+            offer.step(&busy, now)
+        };
+        if let Some(ids) = changed {
+            let set = SetExecutors {
+                executors: self.offered_executors(Some(ids)),
+            };
+            let _ = tx
+                .send(WorkerMessage {
+                    message: Some(ToScheduler::SetExecutors(set)),
+                })
+                .await;
+        }
+    }
+
     /// Attaches to the scheduler behind `channel` and serves leases, reconnecting with backoff
     /// whenever the connection drops. Returns only when `stop` fires.
     pub async fn run(&self, channel: Channel, stop: CancellationToken) {
@@ -144,26 +236,11 @@ impl Worker {
     /// Leases still running when it ends are cancelled (the scheduler re-queues them).
     pub async fn serve(&self, channel: Channel, stop: CancellationToken) -> Result<()> {
         let (tx, rx) = mpsc::channel::<WorkerMessage>(256);
-        let executors = self
-            .config
-            .executors
-            .iter()
-            .map(|e| Executor {
-                id: e.id.clone(),
-                properties: e
-                    .properties
-                    .iter()
-                    .map(|(n, v)| Property {
-                        name: n.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
-            })
-            .collect();
         let register = Register {
             worker_name: self.config.name.clone(),
-            executors,
+            executors: self.offered_executors(None),
             heartbeat_interval_ms: self.config.heartbeat.as_millis() as u64,
+            shapes: self.shapes(),
         };
         let send = |m| WorkerMessage { message: Some(m) };
         tx.send(send(ToScheduler::Register(register)))
@@ -200,10 +277,15 @@ impl Worker {
                 }
             })
         };
+        let mut tick = tokio::time::interval(FLEX_TICK);
         let result = loop {
             let next = tokio::select! {
                 next = inbound.message() => next,
                 () = session.cancelled() => break Ok(()),
+                _ = tick.tick(), if self.offer.is_some() => {
+                    self.flex_step(&tx, None).await;
+                    continue;
+                }
             };
             match next {
                 Ok(Some(msg)) => match msg.message {
@@ -225,6 +307,7 @@ impl Worker {
                             token.cancel();
                         }
                     }
+                    Some(FromScheduler::Demand(demand)) => self.flex_step(&tx, Some(demand)).await,
                     None => {}
                 },
                 Ok(None) => break Ok(()),

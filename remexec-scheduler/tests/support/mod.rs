@@ -269,6 +269,7 @@ pub async fn attach(
                 })
                 .to_vec(),
             heartbeat_interval_ms: 10_000,
+            ..Default::default()
         })),
     })
     .await
