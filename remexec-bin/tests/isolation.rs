@@ -393,11 +393,13 @@ fn assert_about_one_cpu(server: &ServerProcess) {
     assert!(per_wall_second >= 0.5, "the loops hardly ran: {out}");
 }
 
+#[cfg(feature = "docker")]
 #[test]
 fn the_example_groups_run_each_action_under_the_isolation_it_asks_for() {
     if bwrap().is_none() || !is_root() {
         return;
     }
+    docker::image();
     let dir = tempfile::tempdir().unwrap();
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/isolation.toml");
@@ -416,8 +418,14 @@ fn the_example_groups_run_each_action_under_the_isolation_it_asks_for() {
     };
     assert_eq!(name("namespaces"), "remexec\n");
     assert_eq!(name("process"), format!("{host}\n"));
-    // Both are limited: 256 MiB under 512 MiB works, 1 GiB is killed, in each group.
-    for isolation in ["process", "namespaces"] {
+    // A container's host name is its id.
+    let container = name("docker");
+    assert!(
+        container.trim().len() == 12 && container.trim().bytes().all(|b| b.is_ascii_hexdigit()),
+        "{container}"
+    );
+    // All are limited: 256 MiB under 512 MiB works, 1 GiB is killed, in each group.
+    for isolation in ["process", "namespaces", "docker"] {
         let platform = format!("isolation={isolation}");
         assert_eq!(
             run_on(
