@@ -130,6 +130,38 @@ fn bazel_runs_every_action_remotely_in_namespaces() {
     exec_e2e(&server.url(), &bazel, &[]);
 }
 
+/// On the Docker backend, in `.ci/test-image`'s image of the host's toolchain.
+#[cfg(feature = "docker")]
+#[test]
+fn bazel_runs_every_action_remotely_in_docker() {
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/test-image");
+    let built = Command::new("bash").arg(script).status().unwrap();
+    assert!(built.success(), "the test images");
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("docker.toml");
+    std::fs::write(
+        &config,
+        "[worker]\nisolation = \"docker\"\nimage = \"remexec-toolchain:latest\"\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start(
+        &data.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    exec_e2e(&server.url(), &bazel, &[]);
+    // Those actions ran in the image: its /etc/passwd has the two lines .ci/test-image wrote.
+    let cwd = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = common::exec(
+        &server,
+        cwd.path(),
+        &["--no-cache", "--", "sh", "-c", "wc -l < /etc/passwd"],
+    );
+    assert_eq!((code, stdout.as_str()), (0, "2\n"), "{stderr}");
+}
+
 #[test]
 fn bazel_runs_every_action_remotely_with_remote_download_minimal() {
     let Some(bazel) = require_tool("BAZEL", "bazel") else {
