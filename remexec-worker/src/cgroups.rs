@@ -1,9 +1,19 @@
-//! CPU and memory limits for one action at a time, through cgroup v1's `cpu` and `memory`
-//! controllers: a cgroup per action below the worker's own, which the action's supervisor
-//! joins before it starts the command, so that every process of the action is counted.
+//! CPU and memory limits for one action at a time, through cgroups: a cgroup per action below
+//! the worker's own, which the action's supervisor joins before it starts the command, so that
+//! every process of the action is counted.
 //!
-//! cgroup v2 (a unified hierarchy with the controllers) is not supported yet:
-//! [`CgroupLimits::detect`] says so rather than run actions unlimited.
+//! - **cgroup v1** (`/sys/fs/cgroup/{cpu,memory}` mounted separately): a `remexec-{worker}`
+//!   directory below the worker's cgroup in each controller, a CFS quota
+//!   (`cpu.cfs_quota_us`) and `memory.limit_in_bytes` per action.
+//! - **cgroup v2** (the unified hierarchy at `/sys/fs/cgroup`): the controllers must be
+//!   delegated to the worker's cgroup (systemd's `Delegate=yes`, or a container's own
+//!   cgroup namespace). Since a cgroup v2 with processes cannot hand controllers to its
+//!   children, the worker first moves the processes of its cgroup into a `remexec-main` leaf,
+//!   then enables `cpu` and `memory` for `remexec-{worker}`, whose children (the actions) get
+//!   `cpu.max`, `memory.max` and `memory.swap.max = 0`.
+//!
+//! Where neither is usable, [`CgroupLimits::detect`] fails with the reason rather than run
+//! actions unlimited.
 
 use std::path::{Path, PathBuf};
 
@@ -21,12 +31,15 @@ pub struct Limits {
 /// The period of the CFS quota, in microseconds.
 const CFS_PERIOD_US: u64 = 100_000;
 
-/// Where the per-action cgroups go: one directory per controller.
+/// Where the per-action cgroups go.
 #[derive(Clone, Debug)]
 pub struct CgroupLimits {
     limits: Limits,
+    /// cgroup v1: one directory per controller.
     cpu: Option<PathBuf>,
     memory: Option<PathBuf>,
+    /// cgroup v2: the one directory, with the controllers enabled for its children.
+    unified: Option<PathBuf>,
 }
 
 /// The cgroups of one running action; removed when dropped (once its processes are gone).
@@ -35,6 +48,11 @@ pub(crate) struct ActionCgroups {
     dirs: Vec<PathBuf>,
     memory: Option<PathBuf>,
     pub(crate) memory_limit: Option<u64>,
+    unified: bool,
+}
+
+fn make_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
@@ -62,13 +80,20 @@ fn own_v1_dir(controller: &str) -> Option<PathBuf> {
 
 impl CgroupLimits {
     /// Limits for the actions of the worker called `worker`, in cgroups below this process's
-    /// own (`…/remexec-{worker}/`). `FailedPrecondition` if the controllers a limit needs are
-    /// not mounted as cgroup v1, or their directory cannot be created.
+    /// own (`…/remexec-{worker}/`), on cgroup v2 when `/sys/fs/cgroup` is the unified
+    /// hierarchy, else on cgroup v1. `FailedPrecondition` if the controllers a limit needs are
+    /// not there (or not delegated), or the directories cannot be made.
     pub fn detect(worker: &str, limits: Limits) -> Result<Self> {
+        let root = Path::new("/sys/fs/cgroup");
+        if root.join("cgroup.controllers").exists() {
+            let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            return Self::unified(root, &own, worker, limits);
+        }
         let mut found = Self {
             limits,
             cpu: None,
             memory: None,
+            unified: None,
         };
         for (controller, wanted, slot) in [
             ("cpu", limits.cpus.is_some(), &mut found.cpu),
@@ -79,8 +104,8 @@ impl CgroupLimits {
             }
             let own = own_v1_dir(controller).ok_or_else(|| {
                 Error::FailedPrecondition(format!(
-                    "a {controller} limit needs the cgroup v1 {controller} controller at \
-                     /sys/fs/cgroup/{controller}; cgroup v2 limits are not supported yet"
+                    "a {controller} limit needs cgroups: the cgroup v1 {controller} controller \
+                     at /sys/fs/cgroup/{controller}, or cgroup v2 at /sys/fs/cgroup"
                 ))
             })?;
             let dir = own.join(format!("remexec-{worker}"));
@@ -95,17 +120,115 @@ impl CgroupLimits {
         Ok(found)
     }
 
+    /// Limits on cgroup v2 mounted at `root`, for a process whose `/proc/self/cgroup` reads
+    /// `own` (see the [module documentation](self)).
+    pub fn unified(root: &Path, own: &str, worker: &str, limits: Limits) -> Result<Self> {
+        let path = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("/")
+            .trim_start_matches('/');
+        let mut own = root.join(path);
+        if !own.is_dir() {
+            // Inside a container the path may name the host's hierarchy.
+            own = root.to_path_buf();
+        }
+        let wanted: Vec<&str> = [
+            ("cpu", limits.cpus.is_some()),
+            ("memory", limits.memory.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(c, w)| w.then_some(c))
+        .collect();
+        let unusable = |why: String| {
+            Error::FailedPrecondition(format!(
+                "cgroup v2 limits in {}: {why}; delegate the controllers to the worker \
+                 (systemd Delegate=yes) or use cgroup v1",
+                own.display()
+            ))
+        };
+        let available = std::fs::read_to_string(own.join("cgroup.controllers"))
+            .map_err(|e| unusable(format!("cannot read cgroup.controllers: {e}")))?;
+        let missing: Vec<&&str> = wanted
+            .iter()
+            .filter(|c| !available.split_whitespace().any(|a| a == **c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(unusable(format!(
+                "the controllers {missing:?} are not available"
+            )));
+        }
+        let enable: String = wanted.iter().map(|c| format!("+{c} ")).collect();
+        let enable = enable.trim_end();
+        let enabled =
+            std::fs::read_to_string(own.join("cgroup.subtree_control")).unwrap_or_default();
+        if !wanted
+            .iter()
+            .all(|c| enabled.split_whitespace().any(|e| e == *c))
+        {
+            // No internal processes: ours move to a leaf before the controllers pass down.
+            let leaf = own.join("remexec-main");
+            make_dir(&leaf).map_err(|e| unusable(e.to_string()))?;
+            let procs = std::fs::read_to_string(own.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.split_whitespace() {
+                // A process may have ended meanwhile.
+                let _ = std::fs::write(leaf.join("cgroup.procs"), pid);
+            }
+            write(&own.join("cgroup.subtree_control"), enable)
+                .map_err(|e| unusable(e.to_string()))?;
+        }
+        let dir = own.join(format!("remexec-{worker}"));
+        make_dir(&dir).map_err(|e| unusable(e.to_string()))?;
+        write(&dir.join("cgroup.subtree_control"), enable).map_err(|e| unusable(e.to_string()))?;
+        Ok(Self {
+            limits,
+            cpu: None,
+            memory: None,
+            unified: Some(dir),
+        })
+    }
+
     /// The limits applied.
     pub fn limits(&self) -> Limits {
         self.limits
     }
 
+    /// [`create`](Self::create) on cgroup v2.
+    fn create_unified(&self, parent: &Path, id: &str) -> Result<ActionCgroups> {
+        let dir = parent.join(id);
+        std::fs::create_dir(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let mut action = ActionCgroups {
+            dirs: vec![dir.clone()],
+            memory: None,
+            memory_limit: self.limits.memory,
+            unified: true,
+        };
+        if let Some(cpus) = self.limits.cpus {
+            let quota = ((cpus * CFS_PERIOD_US as f64).round() as u64).max(1000);
+            write(&dir.join("cpu.max"), &format!("{quota} {CFS_PERIOD_US}"))?;
+        }
+        if let Some(bytes) = self.limits.memory {
+            write(&dir.join("memory.max"), &bytes.to_string())?;
+            let swap = dir.join("memory.swap.max");
+            if swap.exists() {
+                write(&swap, "0")?;
+            }
+            action.memory = Some(dir);
+        }
+        Ok(action)
+    }
+
     /// Creates the cgroups of the action `id` with the limits set. Blocks.
     pub(crate) fn create(&self, id: &str) -> Result<ActionCgroups> {
+        if let Some(parent) = &self.unified {
+            return self.create_unified(parent, id);
+        }
         let mut action = ActionCgroups {
             dirs: Vec::new(),
             memory: None,
             memory_limit: self.limits.memory,
+            unified: false,
         };
         if let (Some(parent), Some(cpus)) = (&self.cpu, self.limits.cpus) {
             let dir = parent.join(id);
@@ -144,7 +267,11 @@ impl ActionCgroups {
         let Some(dir) = &self.memory else {
             return false;
         };
-        std::fs::read_to_string(dir.join("memory.oom_control")).is_ok_and(|s| {
+        let file = match self.unified {
+            true => "memory.events",
+            false => "memory.oom_control",
+        };
+        std::fs::read_to_string(dir.join(file)).is_ok_and(|s| {
             s.lines()
                 .filter_map(|l| l.strip_prefix("oom_kill "))
                 .any(|n| n.trim() != "0")
@@ -191,4 +318,81 @@ pub(crate) async fn finish(cgroups: ActionCgroups, stderr: std::fs::File) -> Res
         Ok(())
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory laid out like a cgroup v2 mount where this process is in `/work` (plain
+    /// files: the kernel's side is not there, only what the worker writes).
+    fn fake_unified(controllers: &str) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), controllers).unwrap();
+        let own = root.path().join("work");
+        std::fs::create_dir(&own).unwrap();
+        std::fs::write(own.join("cgroup.controllers"), controllers).unwrap();
+        std::fs::write(own.join("cgroup.procs"), "4242\n").unwrap();
+        std::fs::write(own.join("cgroup.subtree_control"), "").unwrap();
+        root
+    }
+
+    const OWN: &str = "0::/work\n";
+
+    #[test]
+    fn cgroup_v2_moves_the_worker_to_a_leaf_and_limits_each_action() {
+        let root = fake_unified("cpuset cpu io memory pids");
+        let limits = Limits {
+            cpus: Some(1.5),
+            memory: Some(64 << 20),
+        };
+        let cgroups = CgroupLimits::unified(root.path(), OWN, "w", limits).unwrap();
+        let own = root.path().join("work");
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+        // The worker's processes left its cgroup, whose children get the controllers.
+        assert_eq!(read(own.join("remexec-main/cgroup.procs")), "4242");
+        assert_eq!(read(own.join("cgroup.subtree_control")), "+cpu +memory");
+        assert_eq!(
+            read(own.join("remexec-w/cgroup.subtree_control")),
+            "+cpu +memory"
+        );
+        let action = cgroups.create("a1").unwrap();
+        let dir = own.join("remexec-w/a1");
+        assert_eq!(action.dirs(), [dir.clone()]);
+        assert_eq!(read(dir.join("cpu.max")), "150000 100000");
+        assert_eq!(read(dir.join("memory.max")), (64u64 << 20).to_string());
+        assert!(!action.oom_killed());
+        std::fs::write(dir.join("memory.events"), "low 0\noom 1\noom_kill 1\n").unwrap();
+        assert!(action.oom_killed());
+        // Plain files keep the fake directory from being removed: clean up as the kernel would.
+        for f in ["cpu.max", "memory.max", "memory.events"] {
+            std::fs::remove_file(dir.join(f)).unwrap();
+        }
+        drop(action);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn cgroup_v2_without_the_controllers_is_a_clear_error() {
+        let root = fake_unified("cpuset cpu io pids");
+        let limits = Limits {
+            cpus: Some(1.0),
+            memory: Some(1 << 30),
+        };
+        let err = CgroupLimits::unified(root.path(), OWN, "w", limits).unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+        assert!(err.to_string().contains("\"memory\""), "{err}");
+        assert!(err.to_string().contains("Delegate=yes"), "{err}");
+        // A CPU limit alone needs only cpu.
+        let cpu_only = Limits {
+            cpus: Some(1.0),
+            memory: None,
+        };
+        let cgroups = CgroupLimits::unified(root.path(), OWN, "w", cpu_only).unwrap();
+        let action = cgroups.create("a").unwrap();
+        assert!(root.path().join("work/remexec-w/a/cpu.max").exists());
+        assert!(!root.path().join("work/remexec-w/a/memory.max").exists());
+        std::fs::remove_file(root.path().join("work/remexec-w/a/cpu.max")).unwrap();
+        drop(action);
+    }
 }
