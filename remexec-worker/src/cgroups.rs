@@ -358,7 +358,7 @@ mod tests {
         );
         let action = cgroups.create("a1").unwrap();
         let dir = own.join("remexec-w/a1");
-        assert_eq!(action.dirs(), [dir.clone()]);
+        assert_eq!(action.dirs(), std::slice::from_ref(&dir));
         assert_eq!(read(dir.join("cpu.max")), "150000 100000");
         assert_eq!(read(dir.join("memory.max")), (64u64 << 20).to_string());
         assert!(!action.oom_killed());
