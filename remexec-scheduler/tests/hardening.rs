@@ -522,3 +522,43 @@ async fn tree_bombs_are_refused_before_they_are_queued() {
     assert!(err.to_string().contains("entries"), "{err}");
     assert_eq!(s.pool.runs.load(Ordering::SeqCst), 0);
 }
+
+/// A pool that lists one executor and refuses every job on it.
+#[derive(Debug, Default)]
+struct RefusingPool {
+    refused: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl ExecutorPool for RefusingPool {
+    fn executors(&self) -> Vec<ExecutorInfo> {
+        ExecutorInfo::numbered("r", 1, &[])
+    }
+    async fn run(&self, _: &str, _: Job, _: Cancel) -> Result<JobOutcome> {
+        self.refused.fetch_add(1, Ordering::SeqCst);
+        Ok(JobOutcome::Refused("not offered now".into()))
+    }
+}
+
+#[tokio::test]
+async fn an_executor_that_always_refuses_cannot_keep_an_action_cycling() {
+    let cas = Arc::new(MapStore::default());
+    let pool = Arc::new(RefusingPool::default());
+    let scheduler = Scheduler::new(
+        SchedulerConfig::default(),
+        cas.clone(),
+        Arc::new(MapCache::default()),
+        pool.clone(),
+    )
+    .unwrap();
+    let digest = store_action(cas.as_ref(), &["true"], &[], false).await;
+    let r = finish(scheduler.execute(request(digest)).await.unwrap()).await;
+    assert_eq!(code(&r), tonic::Code::Unavailable);
+    let message = r.status.unwrap().message;
+    assert!(
+        message.contains("refused this action 101 times"),
+        "{message}"
+    );
+    // Refusals are not attempts: max_retries (3) did not stop it sooner.
+    assert_eq!(pool.refused.load(Ordering::SeqCst), 101);
+}
