@@ -309,7 +309,13 @@ mod tests {
             executor("d", &[("os", "linux")]),
         ];
         let busy = HashSet::from(["d".to_string()]);
-        let pass = queue.pass(&executors, &[], &busy, &MatchRules::default(), Duration::ZERO);
+        let pass = queue.pass(
+            &executors,
+            &[],
+            &busy,
+            &MatchRules::default(),
+            Duration::ZERO,
+        );
         assert!(pass.expired.is_empty());
         let started: Vec<_> = pass.starts.iter().map(|(i, e)| (*i, *e)).collect();
         // any0 takes the first idle executor (a), linux1 the next linux one (c), linux3 finds

@@ -339,7 +339,10 @@ pub async fn lost_executor_is_unavailable(
     .await;
     // Never started: refused (or, as pools before `Refused` said, unavailable).
     assert!(
-        matches!(again, Ok(JobOutcome::Refused(_)) | Err(Error::Unavailable(_))),
+        matches!(
+            again,
+            Ok(JobOutcome::Refused(_)) | Err(Error::Unavailable(_))
+        ),
         "a job on the lost executor {executor} ended with {again:?}"
     );
 }
