@@ -1,4 +1,4 @@
-//! Hot paths of remexec-core: hashing, and Merkle validation and tree scanning.
+//! Hot paths of remexec-core: hashing, Merkle validation and tree scanning, and placement.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
 
@@ -59,5 +59,21 @@ fn merkle(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hashing, merkle);
+/// Choosing a blob's 2 replicas among N members (rendezvous hashing is linear in N).
+fn placement(c: &mut Criterion) {
+    let mut group = c.benchmark_group("placement");
+    let digest = DigestFunction::Sha256.digest_of(b"placed");
+    for members in [3, 100, 1000] {
+        let placement =
+            remexec_core::placement::Placement::new((0..members).map(|i| format!("worker-{i}")));
+        group.bench_with_input(
+            BenchmarkId::new("replicas_2", members),
+            &placement,
+            |b, p| b.iter(|| p.replicas(&digest, 2)),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hashing, merkle, placement);
 criterion_main!(benches);

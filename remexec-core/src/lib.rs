@@ -38,6 +38,7 @@ pub mod lru;
 pub mod merkle;
 pub mod metrics;
 pub mod observe;
+pub mod placement;
 mod resource;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -5,12 +5,52 @@ pub mod grpc;
 pub mod memory;
 pub mod metered;
 pub mod object;
+pub mod replicated;
 pub mod tiered;
 pub mod verifying;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use remexec_core::{ChunkStream, Digest, Error, Result};
+use tokio::sync::mpsc;
+
+/// Chunks buffered towards each copy of [`fan_out`] before the first one waits for it.
+const FAN_OUT_QUEUE: usize = 8;
+
+/// Splits `data` into `n` streams with the same chunks (none for `n` = 0). The first pulls the
+/// source and hands each chunk to the others, each of which buffers at most
+/// [`FAN_OUT_QUEUE`] chunks; an error item reaches every copy. A copy whose reader is gone is
+/// dropped and the others go on; if the first is dropped, the others end early (their puts
+/// then fail their length check, storing nothing).
+pub(crate) fn fan_out(data: ChunkStream, n: usize) -> Vec<ChunkStream> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let (senders, receivers): (Vec<_>, Vec<_>) = (1..n)
+        .map(|_| mpsc::channel::<Result<Bytes>>(FAN_OUT_QUEUE))
+        .unzip();
+    let first = futures::stream::unfold((data, senders), |(mut data, senders)| async move {
+        let item = data.next().await?;
+        let mut live = Vec::with_capacity(senders.len());
+        for tx in senders {
+            let copy = match &item {
+                Ok(chunk) => Ok(chunk.clone()),
+                Err(e) => Err(Error::Internal(format!("another copy failed: {e}"))),
+            };
+            if tx.send(copy).await.is_ok() {
+                live.push(tx);
+            }
+        }
+        Some((item, (data, live)))
+    });
+    std::iter::once(first.boxed())
+        .chain(
+            receivers
+                .into_iter()
+                .map(|rx| tokio_stream::wrappers::ReceiverStream::new(rx).boxed()),
+        )
+        .collect()
+}
 
 /// Length mismatch error, shared so every backend words it the same way.
 pub(crate) fn size_mismatch(digest: Digest, got: u64, finished: bool) -> Error {

@@ -4,13 +4,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::StreamExt;
-use remexec_core::{BlobStore, ChunkStream, Digest, Error, ReadRange, Result};
-use tokio::sync::mpsc;
-
-/// Chunks buffered towards the second store of a tee before the first one waits for it.
-const TEE_QUEUE: usize = 8;
+use remexec_core::{BlobStore, ChunkStream, Digest, ReadRange, Result};
 
 /// Writes through to `slow` and keeps a copy in `fast`; reads `fast` first and fills it from
 /// `slow` on a miss.
@@ -33,28 +28,16 @@ impl TieredStore {
     }
 }
 
-/// Splits `data` into two streams with the same chunks; the source is pulled by whichever side
-/// reads, and each side buffers at most [`TEE_QUEUE`] chunks ahead of the other. An error
-/// item reaches both sides.
+/// [`super::fan_out`] in two.
 fn tee(data: ChunkStream) -> (ChunkStream, ChunkStream) {
-    let (tx, rx) = mpsc::channel::<Result<Bytes>>(TEE_QUEUE);
-    let first = futures::stream::unfold((data, Some(tx)), |(mut data, tx)| async move {
-        let item = data.next().await?;
-        let copy = match &item {
-            Ok(chunk) => Ok(chunk.clone()),
-            Err(e) => Err(Error::Internal(format!("the other copy failed: {e}"))),
-        };
-        // If the second side is gone, the first goes on alone.
-        let tx = match tx {
-            Some(tx) if tx.send(copy).await.is_ok() => Some(tx),
-            _ => None,
-        };
-        Some((item, (data, tx)))
-    });
-    (
-        first.boxed(),
-        tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
-    )
+    let mut copies = super::fan_out(data, 2);
+    let second = copies
+        .pop()
+        .unwrap_or_else(|| futures::stream::empty().boxed());
+    let first = copies
+        .pop()
+        .unwrap_or_else(|| futures::stream::empty().boxed());
+    (first, second)
 }
 
 #[async_trait]
@@ -120,7 +103,9 @@ impl BlobStore for TieredStore {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
+    use bytes::Bytes;
     use remexec_core::BlobStoreExt;
+    use remexec_core::Error;
     use remexec_core::testing::blob_store_conformance;
 
     fn tiers() -> (Arc<MemoryStore>, Arc<MemoryStore>, Arc<TieredStore>) {

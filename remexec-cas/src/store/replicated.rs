@@ -1,0 +1,231 @@
+//! [`ReplicatedStore`]: each blob on `R` members of a cluster, chosen by rendezvous hashing
+//! ([`Placement`]), the way Buildbarn composes sharding and mirroring over its `BlobAccess`
+//! tree: the members are any [`BlobStore`]s (a worker's CAS over gRPC, a local disk store).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use remexec_core::placement::Placement;
+use remexec_core::{BlobStore, ChunkStream, Digest, Error, ReadRange, Result};
+
+/// The members as last set, and the placement before that (reads fall back to it while blobs
+/// have not moved yet).
+#[derive(Debug, Default)]
+struct View {
+    current: Placement,
+    previous: Placement,
+    stores: HashMap<String, Arc<dyn BlobStore>>,
+}
+
+/// Each blob on `replicas` members, placed by rendezvous hashing over the live members.
+///
+/// - `put` streams the blob to its `R` replicas at once and returns `Ok` only once every one
+///   holds it; with fewer than `R` members it fails `Unavailable` and stores nothing it
+///   acknowledges.
+/// - `get` asks the replicas in placement order, then those of the previous membership (a
+///   member that joined holds nothing yet); a replica that fails is skipped. `Ok(None)` once
+///   one replica says it lacks the blob and none has it.
+/// - `find_missing` asks each member about the digests it should hold, all members at once,
+///   then the previous placement about what is still missing. A blob held by one replica of
+///   `R` counts as present: reading it works, and re-replication restores the others.
+#[derive(Debug)]
+pub struct ReplicatedStore {
+    replicas: usize,
+    view: RwLock<View>,
+}
+
+impl ReplicatedStore {
+    /// A store with no members yet, keeping each blob on `replicas` (1 to 3) of them.
+    /// `InvalidArgument` for another count.
+    pub fn new(replicas: usize) -> Result<Self> {
+        if !(1..=3).contains(&replicas) {
+            return Err(Error::invalid(format!(
+                "replicas must be 1 to 3, not {replicas}"
+            )));
+        }
+        Ok(Self {
+            replicas,
+            view: RwLock::default(),
+        })
+    }
+
+    /// Replaces the members (name and store); the placement they replace stays the fallback of
+    /// reads until the next change.
+    pub fn set_members(&self, members: impl IntoIterator<Item = (String, Arc<dyn BlobStore>)>) {
+        let stores: HashMap<String, Arc<dyn BlobStore>> = members.into_iter().collect();
+        let placement = Placement::new(stores.keys().cloned());
+        let mut view = self.view.write();
+        if placement != view.current {
+            view.previous = std::mem::replace(&mut view.current, placement);
+        }
+        view.stores = stores;
+    }
+
+    /// The members that should hold `digest` now, best first.
+    pub fn locate(&self, digest: &Digest) -> Vec<String> {
+        let view = self.view.read();
+        view.current
+            .replicas(digest, self.replicas)
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
+    /// The stores to read `digest` from, in order: its replicas, then its replicas in the
+    /// previous placement, skipping members without a store.
+    fn readers(&self, digest: &Digest) -> Vec<(String, Arc<dyn BlobStore>)> {
+        let view = self.view.read();
+        let mut seen = HashSet::new();
+        view.current
+            .replicas(digest, self.replicas)
+            .into_iter()
+            .chain(view.previous.replicas(digest, self.replicas))
+            .filter(|m| seen.insert(*m))
+            .filter_map(|m| view.stores.get(m).map(|s| (m.to_string(), Arc::clone(s))))
+            .collect()
+    }
+
+    /// Of `digests`, those that every member `ask` names for them lacks (or could not answer
+    /// about), in input order. Each member is asked once, about all its digests.
+    async fn missing_from(
+        &self,
+        instance: &str,
+        digests: &[Digest],
+        ask: impl Fn(&Digest) -> Vec<(String, Arc<dyn BlobStore>)>,
+    ) -> Result<Vec<Digest>> {
+        let mut per_member: HashMap<String, (Arc<dyn BlobStore>, Vec<Digest>)> = HashMap::new();
+        let mut asked: HashMap<Digest, usize> = HashMap::new();
+        for d in digests {
+            for (member, store) in ask(d) {
+                per_member
+                    .entry(member)
+                    .or_insert_with(|| (store, Vec::new()))
+                    .1
+                    .push(*d);
+                *asked.entry(*d).or_default() += 1;
+            }
+        }
+        let answers = futures::future::join_all(per_member.into_iter().map(
+            |(member, (store, ds))| async move {
+                let answer = store.find_missing(instance, &ds).await;
+                (member, ds, answer)
+            },
+        ))
+        .await;
+        // A digest is present once one member says it holds it.
+        let mut present = HashSet::new();
+        let mut failures = 0;
+        let total = answers.len();
+        for (member, ds, answer) in answers {
+            match answer {
+                Ok(missing) => {
+                    let missing: HashSet<Digest> = missing.into_iter().collect();
+                    present.extend(ds.into_iter().filter(|d| !missing.contains(d)));
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(%member, error = %e, "a replica could not say what it holds");
+                    if failures == total {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(digests
+            .iter()
+            .filter(|d| !present.contains(d))
+            .copied()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl BlobStore for ReplicatedStore {
+    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let current = |d: &Digest| {
+            let view = self.view.read();
+            view.current
+                .replicas(d, self.replicas)
+                .into_iter()
+                .filter_map(|m| view.stores.get(m).map(|s| (m.to_string(), Arc::clone(s))))
+                .collect()
+        };
+        let missing = self.missing_from(instance, digests, current).await?;
+        if missing.is_empty() {
+            return Ok(missing);
+        }
+        // Blobs not moved yet since the membership changed.
+        let previous = |d: &Digest| {
+            let now = self.locate(d);
+            self.readers(d)
+                .into_iter()
+                .filter(|(m, _)| !now.contains(m))
+                .collect()
+        };
+        self.missing_from(instance, &missing, previous).await
+    }
+
+    async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
+        let targets: Vec<Arc<dyn BlobStore>> = {
+            let view = self.view.read();
+            view.current
+                .replicas(&digest, self.replicas)
+                .into_iter()
+                .filter_map(|m| view.stores.get(m).cloned())
+                .collect()
+        };
+        if targets.len() < self.replicas {
+            return Err(Error::Unavailable(format!(
+                "{} replicas are needed and {} members are live",
+                self.replicas,
+                targets.len()
+            )));
+        }
+        let copies = super::fan_out(data, targets.len());
+        let puts = targets
+            .iter()
+            .zip(copies)
+            .map(|(store, copy)| store.put(instance, digest, copy));
+        for result in futures::future::join_all(puts).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn get(
+        &self,
+        instance: &str,
+        digest: Digest,
+        range: ReadRange,
+    ) -> Result<Option<ChunkStream>> {
+        let mut failure = None;
+        let mut answered = false;
+        for (member, store) in self.readers(&digest) {
+            match store.get(instance, digest, range).await {
+                Ok(Some(data)) => return Ok(Some(data)),
+                Ok(None) => answered = true,
+                // A range past the end is the caller's error, whichever replica says so.
+                Err(e @ Error::OutOfRange(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%member, %digest, error = %e, "a replica failed a read");
+                    failure = Some(e);
+                }
+            }
+        }
+        match (answered, failure) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(None),
+        }
+    }
+
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let view = self.view.read();
+        let members: Vec<&str> = view.current.members().collect();
+        write!(f, "Replicated(R={}, {members:?})", self.replicas)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use remexec_core::testing::blob_store_conformance;
+use remexec_core::{BlobStore, BlobStoreExt, Digest, DigestFunction, Error, ReadRange, Result};
+
+use super::ReplicatedStore;
+use crate::store::memory::MemoryStore;
+
+type Members = Vec<(String, Arc<MemoryStore>)>;
+
+fn members(n: usize) -> Members {
+    (0..n)
+        .map(|i| (format!("w{i}"), Arc::new(MemoryStore::new(1 << 30))))
+        .collect()
+}
+
+fn replicated(r: usize, members: &Members) -> ReplicatedStore {
+    let store = ReplicatedStore::new(r).unwrap();
+    store.set_members(
+        members
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone() as Arc<dyn BlobStore>)),
+    );
+    store
+}
+
+fn blob(i: usize) -> (Digest, Bytes) {
+    let data = Bytes::from(format!("blob number {i}"));
+    (DigestFunction::Sha256.digest_of(&data), data)
+}
+
+/// Which members hold `digest`.
+async fn holders(members: &Members, digest: Digest) -> Vec<String> {
+    let mut held = Vec::new();
+    for (name, store) in members {
+        if store.contains("i", digest).await.unwrap() {
+            held.push(name.clone());
+        }
+    }
+    held.sort();
+    held
+}
+
+#[tokio::test]
+async fn conformance() {
+    blob_store_conformance(Arc::new(replicated(2, &members(3)))).await;
+}
+
+#[tokio::test]
+async fn each_blob_lands_on_exactly_its_r_replicas() {
+    for r in 1..=3 {
+        let ms = members(4);
+        let store = replicated(r, &ms);
+        for i in 0..50 {
+            let (d, data) = blob(i);
+            store.put_bytes("i", d, data).await.unwrap();
+            let mut expected = store.locate(&d);
+            expected.sort();
+            assert_eq!(expected.len(), r);
+            assert_eq!(holders(&ms, d).await, expected, "blob {i}, R={r}");
+        }
+    }
+    assert!(ReplicatedStore::new(0).is_err() && ReplicatedStore::new(4).is_err());
+}
+
+#[tokio::test]
+async fn a_lost_replica_loses_nothing_and_too_few_members_refuse_writes() {
+    let ms = members(3);
+    let store = replicated(2, &ms);
+    let (d, data) = blob(7);
+    store.put_bytes("i", d, data.clone()).await.unwrap();
+    let lost = store.locate(&d)[0].clone();
+    let survivors: Members = ms.iter().filter(|(n, _)| *n != lost).cloned().collect();
+    let degraded = replicated(2, &survivors);
+    degraded.set_members(
+        survivors
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone() as Arc<dyn BlobStore>)),
+    );
+    assert_eq!(
+        degraded.get_bytes("i", d, 1 << 20).await.unwrap(),
+        Some(data)
+    );
+    assert!(degraded.find_missing("i", &[d]).await.unwrap().is_empty());
+    let alone = replicated(2, &members(1));
+    let (d2, data2) = blob(8);
+    let refused = alone.put_bytes("i", d2, data2).await.unwrap_err();
+    assert!(matches!(refused, Error::Unavailable(_)), "{refused:?}");
+}
+
+#[tokio::test]
+async fn after_a_join_reads_fall_back_to_the_previous_placement() {
+    let mut ms = members(3);
+    let store = replicated(1, &ms);
+    let blobs: Vec<_> = (0..60).map(blob).collect();
+    for (d, data) in &blobs {
+        store.put_bytes("i", *d, data.clone()).await.unwrap();
+    }
+    ms.push(("newcomer".into(), Arc::new(MemoryStore::new(1 << 30))));
+    store.set_members(
+        ms.iter()
+            .map(|(n, s)| (n.clone(), s.clone() as Arc<dyn BlobStore>)),
+    );
+    let moved: Vec<_> = blobs
+        .iter()
+        .filter(|(d, _)| store.locate(d) == ["newcomer"])
+        .collect();
+    assert!(!moved.is_empty(), "the newcomer won no blob of 60");
+    for (d, data) in &blobs {
+        assert_eq!(
+            store.get_bytes("i", *d, 1 << 20).await.unwrap().as_ref(),
+            Some(data)
+        );
+    }
+    let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    assert!(store.find_missing("i", &digests).await.unwrap().is_empty());
+    // A blob nobody has is still missing.
+    let (absent, _) = blob(1000);
+    assert_eq!(store.find_missing("i", &[absent]).await.unwrap(), [absent]);
+    assert!(
+        store
+            .get("i", absent, ReadRange::ALL)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A member that fails every call.
+#[derive(Debug)]
+struct Broken;
+
+#[async_trait::async_trait]
+impl BlobStore for Broken {
+    async fn find_missing(&self, _: &str, _: &[Digest]) -> Result<Vec<Digest>> {
+        Err(Error::Unavailable("broken".into()))
+    }
+    async fn put(&self, _: &str, _: Digest, _: remexec_core::ChunkStream) -> Result<()> {
+        Err(Error::Unavailable("broken".into()))
+    }
+    async fn get(
+        &self,
+        _: &str,
+        _: Digest,
+        _: ReadRange,
+    ) -> Result<Option<remexec_core::ChunkStream>> {
+        Err(Error::Unavailable("broken".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_replica_is_skipped_by_reads_and_fails_writes() {
+    let ms = members(2);
+    let store = replicated(2, &ms);
+    let (d, data) = blob(3);
+    store.put_bytes("i", d, data.clone()).await.unwrap();
+    // One of the two replicas now fails everything.
+    let failing = store.locate(&d)[0].clone();
+    store.set_members(ms.iter().map(|(n, s)| {
+        let s: Arc<dyn BlobStore> = match *n == failing {
+            true => Arc::new(Broken),
+            false => s.clone(),
+        };
+        (n.clone(), s)
+    }));
+    assert_eq!(store.get_bytes("i", d, 1 << 20).await.unwrap(), Some(data));
+    assert!(store.find_missing("i", &[d]).await.unwrap().is_empty());
+    let (d2, data2) = blob(4);
+    assert!(store.put_bytes("i", d2, data2).await.is_err());
+    // With every replica failing, the failure shows.
+    store.set_members([
+        ("a".to_string(), Arc::new(Broken) as Arc<dyn BlobStore>),
+        ("b".to_string(), Arc::new(Broken) as Arc<dyn BlobStore>),
+    ]);
+    assert!(store.get("i", d, ReadRange::ALL).await.is_err());
+    assert!(store.find_missing("i", &[d]).await.is_err());
+}
