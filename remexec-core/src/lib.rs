@@ -35,6 +35,7 @@ mod digest;
 mod error;
 pub mod fs;
 pub mod lru;
+pub mod membership;
 pub mod merkle;
 pub mod metrics;
 pub mod observe;

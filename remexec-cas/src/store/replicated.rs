@@ -63,6 +63,53 @@ impl ReplicatedStore {
         view.stores = stores;
     }
 
+    /// Keeps the members in step with `live` (member URLs, as
+    /// [`Membership`](remexec_core::membership::Membership) publishes them), each reached
+    /// through a [`GrpcStore`](crate::GrpcStore) on one channel per member; the task ends when
+    /// `live`'s sender is gone. `InvalidArgument` never happens for URLs the membership made;
+    /// a member whose URL cannot become a channel is left out with a warning.
+    pub fn follow(
+        self: Arc<Self>,
+        mut live: tokio::sync::watch::Receiver<Vec<String>>,
+        tls: remexec_core::client::ClientTls,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut channels: HashMap<String, tonic::transport::Channel> = HashMap::new();
+            loop {
+                let members = live.borrow_and_update().clone();
+                channels.retain(|m, _| members.contains(m));
+                for m in &members {
+                    if channels.contains_key(m) {
+                        continue;
+                    }
+                    match remexec_core::client::connect_lazy_with(m, &tls) {
+                        Ok(channel) => {
+                            channels.insert(m.clone(), channel);
+                        }
+                        Err(e) => tracing::warn!(member = %m, error = %e, "cannot reach a member"),
+                    }
+                }
+                self.set_members(channels.iter().map(|(m, c)| {
+                    let store: Arc<dyn BlobStore> = Arc::new(crate::GrpcStore::new(c.clone()));
+                    (m.clone(), store)
+                }));
+                if live.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// The members, by name.
+    pub fn members(&self) -> Vec<String> {
+        self.view
+            .read()
+            .current
+            .members()
+            .map(String::from)
+            .collect()
+    }
+
     /// The members that should hold `digest` now, best first.
     pub fn locate(&self, digest: &Digest) -> Vec<String> {
         let view = self.view.read();

@@ -1,0 +1,121 @@
+//! A replicated CAS over real gRPC members on loopback, following a `Membership`: each blob on
+//! 2 of 3 members, nothing lost when one is killed, writes refused when too few are left.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use remexec_cas::store::replicated::ReplicatedStore;
+use remexec_cas::{CacheServices, MemoryActionCache, MemoryStore};
+use remexec_core::membership::{Membership, MembershipConfig};
+use remexec_core::{BlobStore, BlobStoreExt, Digest, DigestFunction, Error};
+
+/// A member: a CAS over a memory store with the health service, on a runtime of its own in a
+/// thread; sending on the returned sender kills it, connections included.
+fn member() -> (String, Arc<MemoryStore>, std::sync::mpsc::Sender<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("grpc://{}", listener.local_addr().unwrap());
+    let store = Arc::new(MemoryStore::new(1 << 30));
+    let (kill, killed) = std::sync::mpsc::channel::<()>();
+    let served = Arc::clone(&store);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let incoming = futures::stream::unfold(listener, |l| async move {
+                Some((l.accept().await.map(|(s, _)| s), l))
+            });
+            let (_health, health) = tonic_health::server::health_reporter();
+            let routes = CacheServices::new(served, Arc::new(MemoryActionCache::new(1 << 20)))
+                .into_routes()
+                .add_service(health);
+            let _ = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        runtime.block_on(async {
+            while killed.try_recv() == Err(std::sync::mpsc::TryRecvError::Empty) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    });
+    (url, store, kill)
+}
+
+async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn blob(i: usize) -> (Digest, Bytes) {
+    let data = Bytes::from(format!("cluster blob {i}").repeat(100));
+    (DigestFunction::Sha256.digest_of(&data), data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_cas_loses_nothing_when_a_member_dies() {
+    let mut members: Vec<_> = (0..3).map(|_| member()).collect();
+    let mut config = MembershipConfig::new(members.iter().map(|(u, _, _)| u.clone()).collect());
+    config.interval = Duration::from_millis(50);
+    config.dead_after = Duration::from_millis(300);
+    let membership = Membership::start(config).unwrap();
+    let store = Arc::new(ReplicatedStore::new(2).unwrap());
+    let _follow = Arc::clone(&store).follow(membership.subscribe(), Default::default());
+    until("three members", || membership.live().len() == 3).await;
+    until("three members in the store", || store.members().len() == 3).await;
+    let blobs: Vec<_> = (0..30).map(blob).collect();
+    for (d, data) in &blobs {
+        store.put_bytes("", *d, data.clone()).await.unwrap();
+    }
+    // Each blob is on exactly the 2 members placement names.
+    for (d, _) in &blobs {
+        let mut holders = Vec::new();
+        for (url, memory, _) in &members {
+            if memory.contains("", *d).await.unwrap() {
+                holders.push(url.clone());
+            }
+        }
+        let mut placed = store.locate(d);
+        placed.sort();
+        holders.sort();
+        assert_eq!(holders, placed);
+    }
+    // Kill one member: every blob is still there, through the other replica.
+    let (dead, _, kill) = members.remove(0);
+    kill.send(()).unwrap();
+    until("the dead member leaves", || {
+        !membership.live().contains(&dead)
+    })
+    .await;
+    until("the store follows", || !store.members().contains(&dead)).await;
+    let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    assert!(store.find_missing("", &digests).await.unwrap().is_empty());
+    for (d, data) in &blobs {
+        assert_eq!(
+            store.get_bytes("", *d, 1 << 20).await.unwrap().as_ref(),
+            Some(data)
+        );
+    }
+    // Two members left: writes still reach 2 replicas. With one, they are refused.
+    let (d, data) = blob(100);
+    store.put_bytes("", d, data.clone()).await.unwrap();
+    let (_, _, kill) = members.remove(0);
+    kill.send(()).unwrap();
+    until("one member left", || membership.live().len() == 1).await;
+    until("the store follows", || store.members().len() == 1).await;
+    let refused = store
+        .put_bytes("", blob(101).0, blob(101).1)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Unavailable(_)), "{refused:?}");
+}

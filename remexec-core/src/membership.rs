@@ -1,0 +1,203 @@
+//! [`Membership`]: the live members of a cluster, found from seed URLs and checked with
+//! heartbeats.
+//!
+//! Each seed is a `grpc://host:port` (or `grpcs://`) URL. Its host is resolved again on every
+//! round, and each address it resolves to is a member (`grpc://address:port`): a list of
+//! addresses, or one DNS name that resolves to all of them, as a Kubernetes headless service
+//! does, work alike. Every `interval`, each member gets a gRPC health check
+//! (`grpc.health.v1.Health/Check`, the empty service, which remexec's ports answer); a member
+//! whose last `SERVING` answer is older than `dead_after` is dead. There is no consensus: each
+//! instance keeps its own view, and views that briefly disagree are fine for placement
+//! ([`crate::placement`]).
+//!
+//! ```no_run
+//! # async fn example() -> remexec_core::Result<()> {
+//! use std::time::Duration;
+//! use remexec_core::membership::{Membership, MembershipConfig};
+//!
+//! let config = MembershipConfig::new(vec!["grpc://workers.remexec.svc:8981".into()]);
+//! let membership = Membership::start(config)?;
+//! let mut changes = membership.subscribe();
+//! changes.changed().await.ok();
+//! println!("live: {:?}", membership.live());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::client::ClientTls;
+use crate::{Error, Result};
+
+/// How members are found and checked.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct MembershipConfig {
+    /// Seed URLs, each resolving to one or more members.
+    pub seeds: Vec<String>,
+    /// How often members are resolved and checked (default 1 s).
+    pub interval: Duration,
+    /// How long a member may go without a `SERVING` answer before it counts as dead (default
+    /// 5 s): the time to detect a lost instance.
+    pub dead_after: Duration,
+    /// TLS for `grpcs://` seeds.
+    pub tls: ClientTls,
+}
+
+impl MembershipConfig {
+    /// `seeds` with the default interval (1 s) and detection time (5 s), plaintext.
+    pub fn new(seeds: Vec<String>) -> Self {
+        Self {
+            seeds,
+            interval: Duration::from_secs(1),
+            dead_after: Duration::from_secs(5),
+            tls: ClientTls::default(),
+        }
+    }
+}
+
+/// A running membership: a background task that resolves and checks the members.
+#[derive(Debug)]
+pub struct Membership {
+    live: watch::Receiver<Vec<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A seed's scheme and port, and its host.
+fn split_seed(seed: &str) -> Result<(&str, &str, u16)> {
+    let (scheme, rest) = seed
+        .split_once("://")
+        .filter(|(s, _)| matches!(*s, "grpc" | "grpcs" | "http" | "https"))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "seed {seed:?}: expected grpc://host:port or grpcs://host:port"
+            ))
+        })?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .ok_or_else(|| Error::invalid(format!("seed {seed:?}: needs host:port")))?;
+    Ok((
+        scheme,
+        host.trim_start_matches('[').trim_end_matches(']'),
+        port,
+    ))
+}
+
+/// The member URLs `seeds` resolve to now; a seed that does not resolve contributes none.
+async fn resolve(seeds: &[String]) -> BTreeSet<String> {
+    let mut members = BTreeSet::new();
+    for seed in seeds {
+        let Ok((scheme, host, port)) = split_seed(seed) else {
+            continue;
+        };
+        match tokio::net::lookup_host((host, port)).await {
+            Ok(addresses) => members.extend(addresses.map(|a| format!("{scheme}://{a}"))),
+            Err(e) => tracing::debug!(%seed, error = %e, "a seed does not resolve"),
+        }
+    }
+    members
+}
+
+/// Whether the member behind `channel` answers `SERVING` within `timeout`.
+async fn serving(channel: Channel, timeout: Duration) -> bool {
+    let mut client = HealthClient::new(channel);
+    let check = client.check(HealthCheckRequest {
+        service: String::new(),
+    });
+    matches!(
+        tokio::time::timeout(timeout, check).await,
+        Ok(Ok(answer)) if answer.get_ref().status == ServingStatus::Serving as i32
+    )
+}
+
+impl Membership {
+    /// Starts resolving and checking `config`'s seeds on the current tokio runtime.
+    /// `InvalidArgument` for a seed that is not a `grpc://host:port` URL or a zero interval.
+    pub fn start(config: MembershipConfig) -> Result<Self> {
+        for seed in &config.seeds {
+            split_seed(seed)?;
+        }
+        if config.interval.is_zero() || config.dead_after.is_zero() {
+            return Err(Error::invalid(
+                "membership interval and dead_after must be positive",
+            ));
+        }
+        let (tx, live) = watch::channel(Vec::new());
+        let task = tokio::spawn(run(config, tx));
+        Ok(Self { live, task })
+    }
+
+    /// The live members' URLs, sorted.
+    pub fn live(&self) -> Vec<String> {
+        self.live.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the live members.
+    pub fn subscribe(&self) -> watch::Receiver<Vec<String>> {
+        self.live.clone()
+    }
+}
+
+/// The membership task: every interval, resolve, check, publish what changed.
+async fn run(config: MembershipConfig, tx: watch::Sender<Vec<String>>) {
+    let mut channels: HashMap<String, Channel> = HashMap::new();
+    let mut last_ok: HashMap<String, Instant> = HashMap::new();
+    loop {
+        let members = resolve(&config.seeds).await;
+        channels.retain(|m, _| members.contains(m));
+        last_ok.retain(|m, _| members.contains(m));
+        for m in &members {
+            if !channels.contains_key(m) {
+                match crate::client::connect_lazy_with(m, &config.tls) {
+                    Ok(channel) => {
+                        channels.insert(m.clone(), channel);
+                    }
+                    Err(e) => tracing::warn!(member = %m, error = %e, "cannot reach a member"),
+                }
+            }
+        }
+        let checks = channels.iter().map(|(m, channel)| async {
+            (m.clone(), serving(channel.clone(), config.interval).await)
+        });
+        let now = Instant::now();
+        for (member, ok) in futures::future::join_all(checks).await {
+            if ok {
+                last_ok.insert(member, now);
+            }
+        }
+        let live: Vec<String> = last_ok
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) < config.dead_after)
+            .map(|(m, _)| m.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        tx.send_if_modified(|current| {
+            if *current == live {
+                return false;
+            }
+            tracing::info!(?live, "cluster members changed");
+            *current = live;
+            true
+        });
+        tokio::time::sleep(config.interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;
