@@ -17,39 +17,62 @@ use tokio::sync::mpsc;
 /// Chunks buffered towards each copy of [`fan_out`] before the first one waits for it.
 const FAN_OUT_QUEUE: usize = 8;
 
-/// Splits `data` into `n` streams with the same chunks (none for `n` = 0). The first pulls the
-/// source and hands each chunk to the others, each of which buffers at most
-/// [`FAN_OUT_QUEUE`] chunks; an error item reaches every copy. A copy whose reader is gone is
-/// dropped and the others go on; if the first is dropped, the others end early (their puts
-/// then fail their length check, storing nothing).
-pub(crate) fn fan_out(data: ChunkStream, n: usize) -> Vec<ChunkStream> {
+/// Splits `data` into `n` streams with the same chunks (none for `n` = 0); each copy buffers
+/// at most [`FAN_OUT_QUEUE`] chunks ahead of the source, and an error item reaches every copy.
+/// A copy whose reader is gone is dropped and the others go on.
+///
+/// - With `first_leads`, the first copy pulls the source as its reader reads: if that reader
+///   stops, the others end early, so their puts fail their length check and store nothing (a
+///   cache in front of a durable store must not keep what the durable store did not take).
+/// - Without, a task pulls the source until no copy is left, so a reader that stops early (a
+///   store that already holds the blob returns at once) holds nobody up.
+pub(crate) fn fan_out(data: ChunkStream, n: usize, first_leads: bool) -> Vec<ChunkStream> {
     if n == 0 {
         return Vec::new();
     }
-    let (senders, receivers): (Vec<_>, Vec<_>) = (1..n)
+    let lead = usize::from(first_leads);
+    let (senders, receivers): (Vec<_>, Vec<_>) = (lead..n)
         .map(|_| mpsc::channel::<Result<Bytes>>(FAN_OUT_QUEUE))
         .unzip();
-    let first = futures::stream::unfold((data, senders), |(mut data, senders)| async move {
-        let item = data.next().await?;
+    let copies = receivers
+        .into_iter()
+        .map(|rx| tokio_stream::wrappers::ReceiverStream::new(rx).boxed());
+    // Sends `item` to every live copy; returns those still live.
+    async fn hand_out(
+        item: &Result<Bytes>,
+        senders: Vec<mpsc::Sender<Result<Bytes>>>,
+    ) -> Vec<mpsc::Sender<Result<Bytes>>> {
         let mut live = Vec::with_capacity(senders.len());
         for tx in senders {
-            let copy = match &item {
+            let copy = match item {
                 Ok(chunk) => Ok(chunk.clone()),
-                Err(e) => Err(Error::Internal(format!("another copy failed: {e}"))),
+                // Same kind and message for every copy.
+                Err(e) => Err(Error::from_rpc_status(&e.to_rpc_status())),
             };
             if tx.send(copy).await.is_ok() {
                 live.push(tx);
             }
         }
-        Some((item, (data, live)))
+        live
+    }
+    if first_leads {
+        let first = futures::stream::unfold((data, senders), |(mut data, senders)| async move {
+            let item = data.next().await?;
+            let live = hand_out(&item, senders).await;
+            Some((item, (data, live)))
+        });
+        return std::iter::once(first.boxed()).chain(copies).collect();
+    }
+    tokio::spawn(async move {
+        let (mut data, mut senders) = (data, senders);
+        while let Some(item) = data.next().await {
+            senders = hand_out(&item, senders).await;
+            if senders.is_empty() || item.is_err() {
+                return;
+            }
+        }
     });
-    std::iter::once(first.boxed())
-        .chain(
-            receivers
-                .into_iter()
-                .map(|rx| tokio_stream::wrappers::ReceiverStream::new(rx).boxed()),
-        )
-        .collect()
+    copies.collect()
 }
 
 /// Length mismatch error, shared so every backend words it the same way.

@@ -25,8 +25,9 @@ struct View {
 ///   holds it; with fewer than `R` members it fails `Unavailable` and stores nothing it
 ///   acknowledges.
 /// - `get` asks the replicas in placement order, then those of the previous membership (a
-///   member that joined holds nothing yet); a replica that fails is skipped. `Ok(None)` once
-///   one replica says it lacks the blob and none has it.
+///   member that joined holds nothing yet); a replica that fails is skipped. `Ok(None)` only
+///   when every replica asked says it lacks the blob; `Unavailable` if one failed (it may hold
+///   it) or there are no members.
 /// - `find_missing` asks each member about the digests it should hold, all members at once,
 ///   then the previous placement about what is still missing. A blob held by one replica of
 ///   `R` counts as present: reading it works, and re-replication restores the others.
@@ -230,7 +231,7 @@ impl BlobStore for ReplicatedStore {
                 targets.len()
             )));
         }
-        let copies = super::fan_out(data, targets.len());
+        let copies = super::fan_out(data, targets.len(), false);
         let puts = targets
             .iter()
             .zip(copies)
@@ -248,11 +249,16 @@ impl BlobStore for ReplicatedStore {
         range: ReadRange,
     ) -> Result<Option<ChunkStream>> {
         let mut failure = None;
-        let mut answered = false;
-        for (member, store) in self.readers(&digest) {
+        let readers = self.readers(&digest);
+        if readers.is_empty() {
+            return Err(Error::Unavailable(
+                "the replicated store has no members".into(),
+            ));
+        }
+        for (member, store) in readers {
             match store.get(instance, digest, range).await {
                 Ok(Some(data)) => return Ok(Some(data)),
-                Ok(None) => answered = true,
+                Ok(None) => {}
                 // A range past the end is the caller's error, whichever replica says so.
                 Err(e @ Error::OutOfRange(_)) => return Err(e),
                 Err(e) => {
@@ -261,9 +267,10 @@ impl BlobStore for ReplicatedStore {
                 }
             }
         }
-        match (answered, failure) {
-            (false, Some(e)) => Err(e),
-            _ => Ok(None),
+        // A replica that failed may hold the blob: not a miss.
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(None),
         }
     }
 

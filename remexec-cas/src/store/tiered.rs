@@ -28,9 +28,9 @@ impl TieredStore {
     }
 }
 
-/// [`super::fan_out`] in two.
+/// [`super::fan_out`] in two, the first leading.
 fn tee(data: ChunkStream) -> (ChunkStream, ChunkStream) {
-    let mut copies = super::fan_out(data, 2);
+    let mut copies = super::fan_out(data, 2, true);
     let second = copies
         .pop()
         .unwrap_or_else(|| futures::stream::empty().boxed());

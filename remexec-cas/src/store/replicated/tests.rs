@@ -166,6 +166,9 @@ async fn a_failing_replica_is_skipped_by_reads_and_fails_writes() {
     }));
     assert_eq!(store.get_bytes("i", d, 1 << 20).await.unwrap(), Some(data));
     assert!(store.find_missing("i", &[d]).await.unwrap().is_empty());
+    // A blob the healthy replica lacks may be on the failing one: not a miss.
+    let (absent, _) = blob(99);
+    assert!(store.get("i", absent, ReadRange::ALL).await.is_err());
     let (d2, data2) = blob(4);
     assert!(store.put_bytes("i", d2, data2).await.is_err());
     // With every replica failing, the failure shows.
@@ -175,4 +178,56 @@ async fn a_failing_replica_is_skipped_by_reads_and_fails_writes() {
     ]);
     assert!(store.get("i", d, ReadRange::ALL).await.is_err());
     assert!(store.find_missing("i", &[d]).await.is_err());
+}
+
+/// A member that already holds everything: its put returns at once, reading nothing.
+#[derive(Debug)]
+struct Holder;
+
+#[async_trait::async_trait]
+impl BlobStore for Holder {
+    async fn find_missing(&self, _: &str, _: &[Digest]) -> Result<Vec<Digest>> {
+        Ok(Vec::new())
+    }
+    async fn put(&self, _: &str, _: Digest, _: remexec_core::ChunkStream) -> Result<()> {
+        Ok(())
+    }
+    async fn get(
+        &self,
+        _: &str,
+        _: Digest,
+        _: ReadRange,
+    ) -> Result<Option<remexec_core::ChunkStream>> {
+        Ok(None)
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_already_holds_the_blob_holds_nobody_up() {
+    use futures::StreamExt;
+    let memory = Arc::new(MemoryStore::new(1 << 30));
+    let store = ReplicatedStore::new(2).unwrap();
+    store.set_members([
+        ("holder".to_string(), Arc::new(Holder) as Arc<dyn BlobStore>),
+        ("memory".to_string(), memory.clone() as Arc<dyn BlobStore>),
+    ]);
+    // 40 chunks: far more than a copy buffers, so the copies cannot run ahead of the holder;
+    // a blob whose first replica is the holder.
+    let (chunks, whole, d) = (0u8..)
+        .map(|seed| {
+            let chunks: Vec<Bytes> = (0..40u8)
+                .map(|i| Bytes::from(vec![i ^ seed; 1000]))
+                .collect();
+            let whole: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+            let d = DigestFunction::Sha256.digest_of(&whole);
+            (chunks, whole, d)
+        })
+        .find(|(_, _, d)| store.locate(d)[0] == "holder")
+        .unwrap();
+    let stream = futures::stream::iter(chunks.into_iter().map(Ok)).boxed();
+    store.put("i", d, stream).await.unwrap();
+    assert_eq!(
+        memory.get_bytes("i", d, 1 << 20).await.unwrap(),
+        Some(Bytes::from(whole))
+    );
 }
