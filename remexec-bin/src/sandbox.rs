@@ -146,11 +146,35 @@ pub fn flexible(config: &Config, machine_cpus: usize) -> Result<Option<Flexible>
     let Some(section) = &config.worker.flexible else {
         return Ok(None);
     };
+    let groups = config.worker.groups(machine_cpus);
+    if section.groups.len() < 2 {
+        return Err(Error::invalid(
+            "[worker.flexible]: a flexible worker needs two or more shapes",
+        ));
+    }
+    if let Some(name) = section
+        .groups
+        .iter()
+        .find(|n| n.is_empty() || !groups.iter().any(|g| &g.name == *n))
+    {
+        return Err(Error::invalid(format!(
+            "[worker.flexible] group {name:?}: no such [[worker.groups]]"
+        )));
+    }
+    // Groups in no shape are always offered: the shapes share what they leave.
+    let fixed = groups.iter().filter(|g| !section.groups.contains(&g.name));
+    let (fixed_cpus, fixed_memory) = fixed.fold((0.0, 0u64), |(c, m), g| {
+        let n = g.executors as u64;
+        (
+            c + n as f64 * g.cpus_per_action,
+            m.saturating_add(n.saturating_mul(g.memory_per_action.as_u64())),
+        )
+    });
     let cpus = match section.cpus {
         0.0 => machine_cpus as f64,
         cpus => cpus,
-    };
-    let groups = config.worker.groups(machine_cpus);
+    } - fixed_cpus;
+    let memory = section.memory.as_u64().saturating_sub(fixed_memory);
     let mut shapes = Vec::new();
     for name in &section.groups {
         let bad = |why: String| Error::invalid(format!("[worker.flexible] group {name:?}: {why}"));
@@ -161,16 +185,16 @@ pub fn flexible(config: &Config, machine_cpus: usize) -> Result<Option<Flexible>
         let n = group.executors as f64;
         if group.cpus_per_action <= 0.0 || n * group.cpus_per_action > cpus {
             return Err(bad(format!(
-                "{} executors of cpus_per_action {} must fit in {cpus} CPUs",
+                "{} executors of cpus_per_action {} must fit in the {cpus} CPUs that groups \
+                 in no shape leave",
                 group.executors, group.cpus_per_action
             )));
         }
-        let memory = section.memory.as_u64();
-        if memory > 0
+        if section.memory.as_u64() > 0
             && (group.executors as u64).saturating_mul(group.memory_per_action.as_u64()) > memory
         {
             return Err(bad(format!(
-                "its executors' memory_per_action exceeds {memory} bytes"
+                "its executors' memory_per_action exceed the {memory} bytes left"
             )));
         }
         shapes.push(Shape {

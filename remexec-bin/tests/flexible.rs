@@ -158,12 +158,19 @@ fn flexible_shapes_that_promise_too_much_are_refused() {
     for (bad, why) in [
         (
             CONFIG.replace("cpus = 4\n", "cpus = 2\n"),
-            "must fit in 2 CPUs",
+            "must fit in the 2 CPUs",
         ),
         (CONFIG.replace("\"large\"]", "\"huge\"]"), "no such"),
         (
             CONFIG.replace("groups = [\"small\", \"large\"]", "groups = [\"small\"]"),
             "two or more shapes",
+        ),
+        // A group in no shape takes 1 CPU of the 4: the 4-CPU shape no longer fits.
+        (
+            format!(
+                "{CONFIG}\n[[worker.groups]]\nname = \"always\"\nexecutors = 1\ncpus_per_action = 1.0\n"
+            ),
+            "must fit in the 3 CPUs",
         ),
     ] {
         let config = dir.path().join("bad.toml");

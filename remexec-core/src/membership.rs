@@ -98,16 +98,18 @@ fn split_seed(seed: &str) -> Result<(&str, &str, u16)> {
     ))
 }
 
-/// The member URLs `seeds` resolve to now; a seed that does not resolve contributes none.
-async fn resolve(seeds: &[String]) -> BTreeSet<String> {
+/// The member URLs `seeds` resolve to now, each lookup bounded by `timeout`; a seed that
+/// does not resolve contributes none.
+async fn resolve(seeds: &[String], timeout: Duration) -> BTreeSet<String> {
     let mut members = BTreeSet::new();
     for seed in seeds {
         let Ok((scheme, host, port)) = split_seed(seed) else {
             continue;
         };
-        match tokio::net::lookup_host((host, port)).await {
-            Ok(addresses) => members.extend(addresses.map(|a| format!("{scheme}://{a}"))),
-            Err(e) => tracing::debug!(%seed, error = %e, "a seed does not resolve"),
+        match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(addresses)) => members.extend(addresses.map(|a| format!("{scheme}://{a}"))),
+            Ok(Err(e)) => tracing::debug!(%seed, error = %e, "a seed does not resolve"),
+            Err(_) => tracing::debug!(%seed, "a seed's lookup timed out"),
         }
     }
     members
@@ -158,9 +160,13 @@ async fn run(config: MembershipConfig, tx: watch::Sender<Vec<String>>) {
     let mut channels: HashMap<String, Channel> = HashMap::new();
     let mut last_ok: HashMap<String, Instant> = HashMap::new();
     loop {
-        let members = resolve(&config.seeds).await;
+        // Members that stopped resolving (a DNS blip) are checked on until dead_after passes.
+        let now = Instant::now();
+        let recent = |t: &Instant| now.saturating_duration_since(*t) < config.dead_after;
+        last_ok.retain(|_, t| recent(t));
+        let mut members = resolve(&config.seeds, config.interval).await;
+        members.extend(last_ok.keys().cloned());
         channels.retain(|m, _| members.contains(m));
-        last_ok.retain(|m, _| members.contains(m));
         for m in &members {
             if !channels.contains_key(m) {
                 match crate::client::connect_lazy_with(m, &config.tls) {

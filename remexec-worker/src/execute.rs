@@ -164,16 +164,19 @@ impl Worker {
         if let Err(e) = remexec_core::merkle::validate_name(&lease_id) {
             return refuse(Error::invalid(format!("lease id: {e}")).to_rpc_status());
         }
-        let unavailable = |why: String| refuse(rpc_status(tonic::Code::Unavailable, why));
         if !self
             .config
             .executors
             .iter()
             .any(|e| e.id == lease.executor_id)
         {
-            return unavailable(format!(
-                "worker {} has no executor {:?}",
-                self.config.name, lease.executor_id
+            // ABORTED: never started, re-queued without counting an attempt.
+            return refuse(rpc_status(
+                tonic::Code::Aborted,
+                format!(
+                    "worker {} has no executor {:?}",
+                    self.config.name, lease.executor_id
+                ),
             ));
         }
         {
@@ -194,13 +197,16 @@ impl Worker {
                 ));
             }
             if !self.busy.lock().insert(lease.executor_id.clone()) {
-                return unavailable(format!(
-                    "executor {:?} of worker {} is busy",
-                    lease.executor_id, self.config.name
+                return refuse(rpc_status(
+                    tonic::Code::Aborted,
+                    format!(
+                        "executor {:?} of worker {} is busy",
+                        lease.executor_id, self.config.name
+                    ),
                 ));
             }
             if let Some(offer) = &mut offer {
-                offer.started();
+                offer.started(&lease.executor_id);
             }
         }
         let _busy = BusyGuard(Arc::clone(&self.busy), lease.executor_id.clone());

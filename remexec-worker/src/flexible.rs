@@ -143,9 +143,16 @@ impl Offer {
                     .any(|e| e == id))
     }
 
-    /// Records that a lease started on an offered executor.
-    pub fn started(&mut self) {
-        self.served = true;
+    /// Records that a lease started on executor `id`: the active shape has served once it is
+    /// one of its executors.
+    pub fn started(&mut self, id: &str) {
+        if self.flexible.shapes[self.active]
+            .executors
+            .iter()
+            .any(|e| e == id)
+        {
+            self.served = true;
+        }
     }
 
     /// Records the scheduler's demand: queued actions per shape name (unknown names ignored,
@@ -169,6 +176,11 @@ impl Offer {
     /// offer when that changes.
     pub fn step(&mut self, busy: &HashSet<String>, now: Instant) -> Option<Vec<String>> {
         if let Some(next) = self.draining_to {
+            if self.queued[next] == 0 && self.queued[self.active] > 0 {
+                // Nothing waits for the next shape any more: offer the active one again.
+                self.draining_to = None;
+                return Some(self.offered());
+            }
             let shape = &self.flexible.shapes[self.active];
             if shape.executors.iter().any(|e| busy.contains(e)) {
                 return None;
@@ -245,7 +257,13 @@ mod tests {
             None,
             "small has not had a lease yet"
         );
-        offer.started();
+        offer.started("always");
+        assert_eq!(
+            offer.step(&HashSet::new(), t0),
+            None,
+            "a fixed executor serves no shape"
+        );
+        offer.started("s1");
         let busy = HashSet::from(["s2".to_string()]);
         // Withdrawn at once (nothing small waits), but s2 still runs: no large executor yet.
         assert_eq!(offer.step(&busy, t0), Some(vec!["always".to_string()]));
@@ -261,8 +279,30 @@ mod tests {
         // demand that brought it turns out stale.
         offer.demand(&demand(3, 0), t0);
         assert_eq!(offer.step(&HashSet::new(), t0), None);
-        offer.started();
+        offer.started("big");
         assert!(offer.step(&HashSet::new(), t0).is_some(), "large is done");
+    }
+
+    #[test]
+    fn a_drain_whose_target_stops_waiting_is_called_off() {
+        let t0 = Instant::now();
+        let mut offer = offer(Duration::from_secs(1), t0);
+        offer.started("s0");
+        offer.demand(&demand(3, 1), t0);
+        let busy = HashSet::from(["s0".to_string()]);
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(offer.step(&busy, later), Some(vec!["always".to_string()]));
+        // The large action went elsewhere while s0 still runs: small is offered again.
+        offer.demand(&demand(3, 0), later);
+        assert_eq!(
+            offer.step(&busy, later),
+            Some(
+                ["always", "s0", "s1", "s2", "s3"]
+                    .map(String::from)
+                    .to_vec()
+            )
+        );
+        assert_eq!(offer.active(), "small");
     }
 
     #[test]
@@ -307,7 +347,7 @@ mod tests {
                     0 => offer.demand(&demand(small, large), now),
                     1 if offer.is_offered(all[e]) => {
                         busy.insert(all[e].to_string());
-                        offer.started();
+                        offer.started(all[e]);
                     }
                     2 => { busy.remove(all[e]); }
                     _ => { offer.step(&busy, now); }
