@@ -51,6 +51,31 @@ pub(crate) struct ActionCgroups {
     unified: bool,
 }
 
+/// The leaf a worker on cgroup v2 moves its cgroup's processes to.
+const LEAF: &str = "remexec-main";
+
+/// Moves every process of cgroup `own` into its [`LEAF`], again while that makes progress (a
+/// process may fork meanwhile), so that `own` can hand controllers to its children; enabling
+/// them then fails if any process is left.
+fn move_to_leaf(own: &Path) -> Result<()> {
+    let leaf = own.join(LEAF);
+    make_dir(&leaf)?;
+    let mut last = String::new();
+    for _ in 0..10 {
+        let procs = std::fs::read_to_string(own.join("cgroup.procs"))
+            .map_err(|e| Error::io(format!("reading {}", own.display()), e))?;
+        if procs.trim().is_empty() || procs == last {
+            break;
+        }
+        for pid in procs.split_whitespace() {
+            // A process may have ended meanwhile.
+            let _ = std::fs::write(leaf.join("cgroup.procs"), pid);
+        }
+        last = procs;
+    }
+    Ok(())
+}
+
 fn make_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))
 }
@@ -133,6 +158,10 @@ impl CgroupLimits {
             // Inside a container the path may name the host's hierarchy.
             own = root.to_path_buf();
         }
+        if own.file_name().is_some_and(|n| n == LEAF) {
+            // A restarted worker starts in the leaf an earlier one moved it to.
+            own.pop();
+        }
         let wanted: Vec<&str> = [
             ("cpu", limits.cpus.is_some()),
             ("memory", limits.memory.is_some()),
@@ -162,17 +191,14 @@ impl CgroupLimits {
         let enable = enable.trim_end();
         let enabled =
             std::fs::read_to_string(own.join("cgroup.subtree_control")).unwrap_or_default();
+        // The true root (it has no cgroup.type) may keep processes beside enabled children.
+        let root_of_all = !own.join("cgroup.type").exists();
         if !wanted
             .iter()
             .all(|c| enabled.split_whitespace().any(|e| e == *c))
         {
-            // No internal processes: ours move to a leaf before the controllers pass down.
-            let leaf = own.join("remexec-main");
-            make_dir(&leaf).map_err(|e| unusable(e.to_string()))?;
-            let procs = std::fs::read_to_string(own.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.split_whitespace() {
-                // A process may have ended meanwhile.
-                let _ = std::fs::write(leaf.join("cgroup.procs"), pid);
+            if !root_of_all {
+                move_to_leaf(&own).map_err(|e| unusable(e.to_string()))?;
             }
             write(&own.join("cgroup.subtree_control"), enable)
                 .map_err(|e| unusable(e.to_string()))?;
@@ -334,7 +360,30 @@ mod tests {
         std::fs::write(own.join("cgroup.controllers"), controllers).unwrap();
         std::fs::write(own.join("cgroup.procs"), "4242\n").unwrap();
         std::fs::write(own.join("cgroup.subtree_control"), "").unwrap();
+        // Not the root of the hierarchy: it has a type.
+        std::fs::write(own.join("cgroup.type"), "domain").unwrap();
         root
+    }
+
+    #[test]
+    fn cgroup_v2_at_the_root_moves_nothing_and_a_restart_reuses_the_leaf() {
+        let limits = Limits {
+            cpus: Some(1.0),
+            memory: None,
+        };
+        // The true root (no cgroup.type) may keep processes beside enabled children.
+        let root = fake_unified("cpu memory");
+        std::fs::write(root.path().join("cgroup.procs"), "1\n").unwrap();
+        CgroupLimits::unified(root.path(), "0::/\n", "w", limits).unwrap();
+        assert!(!root.path().join("remexec-main").exists());
+        assert!(root.path().join("remexec-w").is_dir());
+        // A worker restarted inside the leaf an earlier one made works from its parent.
+        let root = fake_unified("cpu memory");
+        CgroupLimits::unified(root.path(), OWN, "w", limits).unwrap();
+        let leaf = root.path().join("work/remexec-main");
+        std::fs::write(leaf.join("cgroup.controllers"), "cpu memory").unwrap();
+        CgroupLimits::unified(root.path(), "0::/work/remexec-main\n", "w", limits).unwrap();
+        assert!(!leaf.join("remexec-main").exists() && !leaf.join("remexec-w").exists());
     }
 
     const OWN: &str = "0::/work\n";

@@ -58,9 +58,6 @@ const BACKEND_LABEL: &str = "remexec.backend";
 /// The supervisor argument that makes it a backend's reaper (see [`DockerIsolation::with_reaper`]).
 pub const REAP: &str = "--reap-docker";
 
-/// Numbers backend instances.
-static BACKENDS: AtomicU64 = AtomicU64::new(0);
-
 /// Most processes in one container.
 const PIDS_LIMIT: i64 = 4096;
 
@@ -103,11 +100,8 @@ impl DockerIsolation {
             limits,
             run_as: None,
             allow_network: false,
-            id: format!(
-                "{name}-{}-{}",
-                std::process::id(),
-                BACKENDS.fetch_add(1, Ordering::Relaxed)
-            ),
+            // Unique on the engine, even for workers of one name in other PID namespaces.
+            id: format!("{name}-{}", uuid::Uuid::new_v4()),
             reaper: None,
         };
         isolation.sweep().await?;
@@ -377,7 +371,6 @@ impl Drop for Reaper {
 /// A backend's reaper (see [`DockerIsolation::with_reaper`]): waits until standard input ends,
 /// then force-removes every container labelled with the backend `id`. Returns the exit code.
 pub fn reap(id: &str) -> ExitCode {
-    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -389,6 +382,46 @@ pub fn reap(id: &str) -> ExitCode {
         }
     };
     let removed = runtime.block_on(async {
+        // SIGTERM, SIGINT and SIGHUP sent to the worker's whole group or cgroup (systemd's
+        // stop, a terminal) must not end the reaper before it has cleaned up: handled here,
+        // they no longer kill it.
+        use tokio::signal::unix::{SignalKind, signal};
+        let _held: Vec<_> = [
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::hangup(),
+        ]
+        .into_iter()
+        .filter_map(|kind| signal(kind).ok())
+        .collect();
+        let _ = tokio::task::spawn_blocking(|| {
+            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())
+        })
+        .await;
+        // A hung engine must not keep the reaper forever.
+        tokio::time::timeout(REAP_TIMEOUT, remove_backend(id))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(
+                    "the Docker engine did not answer".into(),
+                ))
+            })
+    });
+    match removed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("remexec reaper: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Longest the reaper waits for the engine.
+const REAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Force-removes every container labelled with the backend `id`.
+async fn remove_backend(id: &str) -> Result<()> {
+    {
         let docker = Docker::connect_with_unix_defaults()
             .map_err(engine)?
             .negotiate_version()
@@ -409,14 +442,7 @@ pub fn reap(id: &str) -> ExitCode {
                 eprintln!("remexec reaper: removing the container {id}: {e}");
             }
         }
-        Ok::<_, Error>(())
-    });
-    match removed {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("remexec reaper: {e}");
-            ExitCode::FAILURE
-        }
+        Ok(())
     }
 }
 
