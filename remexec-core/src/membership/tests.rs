@@ -1,3 +1,6 @@
+//! Membership against real health servers on loopback: members found, a killed one gone
+//! within dead_after, a DNS name expanded, bad seeds refused.
+
 use std::time::Duration;
 
 use super::*;

@@ -1,3 +1,6 @@
+//! ReplicatedStore against memory members: conformance, placement of each write, lost and
+//! failing replicas, the fallback after a join, and a replica that already holds a blob.
+
 use std::sync::Arc;
 
 use bytes::Bytes;
