@@ -157,7 +157,7 @@ impl Membership {
 
 /// The membership task: every interval, resolve, check, publish what changed.
 async fn run(config: MembershipConfig, tx: watch::Sender<Vec<String>>) {
-    let mut channels: HashMap<String, Channel> = HashMap::new();
+    let mut channels = crate::client::Channels::default();
     let mut last_ok: HashMap<String, Instant> = HashMap::new();
     loop {
         // Members that stopped resolving (a DNS blip) are checked on until dead_after passes.
@@ -166,20 +166,12 @@ async fn run(config: MembershipConfig, tx: watch::Sender<Vec<String>>) {
         last_ok.retain(|_, t| recent(t));
         let mut members = resolve(&config.seeds, config.interval).await;
         members.extend(last_ok.keys().cloned());
-        channels.retain(|m, _| members.contains(m));
-        for m in &members {
-            if !channels.contains_key(m) {
-                match crate::client::connect_lazy_with(m, &config.tls) {
-                    Ok(channel) => {
-                        channels.insert(m.clone(), channel);
-                    }
-                    Err(e) => tracing::warn!(member = %m, error = %e, "cannot reach a member"),
-                }
-            }
-        }
-        let checks = channels.iter().map(|(m, channel)| async {
-            (m.clone(), serving(channel.clone(), config.interval).await)
-        });
+        let checks = channels
+            .update(&members, &config.tls)
+            .iter()
+            .map(|(m, channel)| async {
+                (m.clone(), serving(channel.clone(), config.interval).await)
+            });
         let now = Instant::now();
         for (member, ok) in futures::future::join_all(checks).await {
             if ok {

@@ -75,22 +75,10 @@ impl ReplicatedStore {
         tls: remexec_core::client::ClientTls,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut channels: HashMap<String, tonic::transport::Channel> = HashMap::new();
+            let mut channels = remexec_core::client::Channels::default();
             loop {
                 let members = live.borrow_and_update().clone();
-                channels.retain(|m, _| members.contains(m));
-                for m in &members {
-                    if channels.contains_key(m) {
-                        continue;
-                    }
-                    match remexec_core::client::connect_lazy_with(m, &tls) {
-                        Ok(channel) => {
-                            channels.insert(m.clone(), channel);
-                        }
-                        Err(e) => tracing::warn!(member = %m, error = %e, "cannot reach a member"),
-                    }
-                }
-                self.set_members(channels.iter().map(|(m, c)| {
+                self.set_members(channels.update(&members, &tls).iter().map(|(m, c)| {
                     let store: Arc<dyn BlobStore> = Arc::new(crate::GrpcStore::new(c.clone()));
                     (m.clone(), store)
                 }));
@@ -144,7 +132,6 @@ impl ReplicatedStore {
         ask: impl Fn(&Digest) -> Vec<(String, Arc<dyn BlobStore>)>,
     ) -> Result<Vec<Digest>> {
         let mut per_member: HashMap<String, (Arc<dyn BlobStore>, Vec<Digest>)> = HashMap::new();
-        let mut asked: HashMap<Digest, usize> = HashMap::new();
         for d in digests {
             for (member, store) in ask(d) {
                 per_member
@@ -152,7 +139,6 @@ impl ReplicatedStore {
                     .or_insert_with(|| (store, Vec::new()))
                     .1
                     .push(*d);
-                *asked.entry(*d).or_default() += 1;
             }
         }
         let answers = futures::future::join_all(per_member.into_iter().map(

@@ -260,3 +260,34 @@ mod tests {
         connect_lazy(&format!("grpc://{addr}")).unwrap();
     }
 }
+
+/// Lazy channels to a changing set of `grpc://` URLs (a cluster's members), one per URL, kept
+/// for as long as its URL stays in the set.
+#[derive(Debug, Default)]
+pub struct Channels(std::collections::HashMap<String, Channel>);
+
+impl Channels {
+    /// Keeps the channels of `urls`, drops the others and opens (lazily, with `tls`) those
+    /// missing; a URL that cannot become a channel is left out with a warning. Returns the
+    /// channels by URL.
+    pub fn update<'a>(
+        &mut self,
+        urls: impl IntoIterator<Item = &'a String>,
+        tls: &ClientTls,
+    ) -> &std::collections::HashMap<String, Channel> {
+        let urls: std::collections::HashSet<&String> = urls.into_iter().collect();
+        self.0.retain(|url, _| urls.contains(url));
+        for url in urls {
+            if self.0.contains_key(url) {
+                continue;
+            }
+            match connect_lazy_with(url, tls) {
+                Ok(channel) => {
+                    self.0.insert(url.clone(), channel);
+                }
+                Err(e) => tracing::warn!(%url, error = %e, "cannot reach a member"),
+            }
+        }
+        &self.0
+    }
+}
