@@ -9,6 +9,7 @@ use protox::file::{
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "protos/remexec/worker/v1/worker.proto",
+        "protos/remexec/cluster/v1/cluster.proto",
         "protos/remexec/bytestream/bytestream.proto",
     ];
     for p in &protos {
@@ -71,6 +72,7 @@ fn reflection_descriptor_set() -> Result<(), Box<dyn std::error::Error>> {
         "google/bytestream/bytestream.proto",
         "google/longrunning/operations.proto",
         "remexec/worker/v1/worker.proto",
+        "remexec/cluster/v1/cluster.proto",
     ])?;
     let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
     std::fs::write(

@@ -40,6 +40,15 @@ pub mod worker {
     }
 }
 
+/// remexec's cluster service: where blobs are, and the state of the cluster's CAS.
+pub mod cluster {
+    /// Version 1.
+    #[allow(missing_docs, unreachable_pub, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("remexec.cluster.v1");
+    }
+}
+
 /// An encoded `google.protobuf.FileDescriptorSet` of every service remexec serves except
 /// `grpc.health.v1` (which `tonic-health` describes itself), for gRPC server reflection, e.g. with
 /// `tonic_reflection::server::Builder::register_encoded_file_descriptor_set`.

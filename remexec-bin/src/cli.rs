@@ -53,6 +53,9 @@ pub enum Command {
     /// The CAS of any REAPI server: upload a file or tree, download a tree.
     #[command(subcommand)]
     Cas(crate::tools::CasCommand),
+    /// A cluster's CAS on its workers: members and copies still to make.
+    #[command(subcommand)]
+    Cluster(crate::cluster_tools::ClusterCommand),
     /// The Action Cache of any REAPI server.
     #[command(subcommand)]
     Ac(crate::tools::AcCommand),
@@ -151,6 +154,10 @@ pub struct ServerArgs {
     /// Log one line per gRPC call (target remexec::access).
     #[arg(long, env = "REMEXEC_ACCESS_LOG")]
     pub access_log: bool,
+    /// Keep no blobs here: the CAS is on the workers started with --listen, each blob on R of
+    /// them (1 to 3) [default: the scheduler keeps blobs itself].
+    #[arg(long, value_name = "R", env = "REMEXEC_REPLICAS")]
+    pub replicas: Option<u32>,
     /// Trace export.
     #[command(flatten)]
     pub tracing: TracingArgs,
@@ -268,6 +275,20 @@ pub struct WorkerArgs {
     /// scheduler is unreachable or the disk is full) and /metrics [default: none].
     #[arg(long, value_name = "ADDR", env = "REMEXEC_ADMIN_LISTEN")]
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Serve this worker's CAS to the cluster on ADDR (HOST:PORT; port 0 picks one): the
+    /// scheduler (started with --replicas) then places blobs on the workers [default: none].
+    #[arg(long, value_name = "ADDR", env = "REMEXEC_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The URL others reach this worker's CAS at [default: grpc://LISTEN, or grpc://NAME:PORT
+    /// for an unspecified address].
+    #[arg(long, value_name = "URL", env = "REMEXEC_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Replicas of each blob, 1 to 3, as the scheduler's --replicas [default: 2].
+    #[arg(long, value_name = "R", env = "REMEXEC_REPLICAS")]
+    pub replicas: Option<u32>,
+    /// Most bytes of blobs this worker keeps for the cluster, e.g. 50GiB [default: 10 GiB].
+    #[arg(long, env = "REMEXEC_DISK_BUDGET")]
+    pub disk_budget: Option<ByteSize>,
     /// Trace export.
     #[command(flatten)]
     pub tracing: TracingArgs,
@@ -360,6 +381,9 @@ impl ServerArgs {
         if self.access_log {
             config.telemetry.access_log = true;
         }
+        if self.replicas.is_some() {
+            config.cluster.replicas = self.replicas;
+        }
         self.tracing.apply(&mut config);
         if config.external.is_set() {
             config.external.kind()?;
@@ -395,6 +419,18 @@ impl WorkerArgs {
         }
         if self.admin_listen.is_some() {
             config.admin_listen = self.admin_listen;
+        }
+        if self.listen.is_some() {
+            config.worker.listen = self.listen;
+        }
+        if self.advertise.is_some() {
+            config.cluster.advertise.clone_from(&self.advertise);
+        }
+        if self.replicas.is_some() {
+            config.cluster.replicas = self.replicas;
+        }
+        if let Some(budget) = self.disk_budget {
+            config.cas.disk_budget = budget;
         }
         self.tracing.apply(&mut config);
         Ok(config)

@@ -85,8 +85,8 @@ pub struct AuthSection {
     pub anonymous_instances: Vec<String>,
 }
 
-/// `[cluster]`: the worker port and cluster membership.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+/// `[cluster]`: the worker port, cluster membership and the CAS on the workers.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSection {
     /// A separate port for workers (`scheduler` and `serve`); the client port then serves no
@@ -96,6 +96,32 @@ pub struct ClusterSection {
     pub ca: Option<PathBuf>,
     /// Certificate names that mark a cluster member (default `["remexec-cluster"]`).
     pub names: Vec<String>,
+    /// Replicas of each blob on the workers, 1 to 3. A scheduler with it set keeps no blobs:
+    /// its CAS is the workers' (those started with `--listen`); such a worker keeps 2 unless
+    /// it is set.
+    pub replicas: Option<u32>,
+    /// The URL other instances reach a worker's CAS port at (default: `grpc://` and the
+    /// listen address, or the worker's name for an unspecified address such as 0.0.0.0).
+    pub advertise: Option<String>,
+    /// Bytes per second a worker spends copying blobs to restore their replicas.
+    pub repair_bandwidth: ByteSize,
+    /// Seconds between a worker's re-replication passes besides those after membership
+    /// changes.
+    pub repair_interval_secs: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            worker_listen: None,
+            ca: None,
+            names: Vec::new(),
+            replicas: None,
+            advertise: None,
+            repair_bandwidth: ByteSize::mib(100),
+            repair_interval_secs: 60,
+        }
+    }
 }
 
 /// `[external]`: an object store or an upstream REAPI server behind the local stores.
@@ -358,6 +384,9 @@ pub struct WorkerSection {
     pub groups: Vec<GroupSection>,
     /// `[worker.flexible]`: groups offered one at a time, as the queue asks.
     pub flexible: Option<FlexibleSection>,
+    /// `remexec worker`: serve this worker's CAS to the cluster on this address (its blobs
+    /// in `{data_dir}/cas`, within `[cas] disk_budget`).
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[worker.flexible]`: the named groups are shapes of the machine, offered one at a time and
@@ -528,6 +557,7 @@ impl Default for WorkerSection {
             image: DEFAULT_IMAGE.into(),
             groups: Vec::new(),
             flexible: None,
+            listen: None,
         }
     }
 }
@@ -801,6 +831,11 @@ impl Config {
             || l.stream_window.as_u64() > u64::from(u32::MAX >> 1)
         {
             return Err("limits.connection_window and stream_window must be below 2 GiB".into());
+        }
+        if let Some(r) = self.cluster.replicas
+            && !(1..=3).contains(&r)
+        {
+            return Err(format!("cluster.replicas must be 1 to 3, not {r}"));
         }
         Ok(())
     }

@@ -26,6 +26,8 @@
 pub mod admin;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
+pub mod cluster_tools;
 pub mod config;
 pub mod dev_certs;
 pub mod exec;

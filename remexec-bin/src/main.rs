@@ -91,6 +91,7 @@ async fn run(
         }
         Command::Exec(args) => remexec_bin::exec::run(args).await,
         Command::Cas(command) => print(remexec_bin::tools::cas(command).await),
+        Command::Cluster(command) => print(remexec_bin::cluster_tools::cluster(command).await),
         Command::Ac(command) => match remexec_bin::tools::ac(command).await {
             Ok(Some(text)) => print(Ok(text)),
             Ok(None) => {

@@ -165,9 +165,33 @@ pub async fn run_worker(
     });
     let tls = crate::security::worker_client_tls(config)?;
     let channel = remexec_core::client::connect_lazy_with(&config.worker.scheduler, &tls)?;
-    let cas: Arc<dyn BlobStore> = Arc::new(remexec_cas::GrpcStore::new(channel.clone()));
-    let worker = Worker::new(worker_config(config, "")?, cas, isolation)?;
+    let mut settings = worker_config(config, "")?;
+    let name = settings.name.clone();
+    // With --listen, the worker keeps blobs for the cluster and reads and writes through it.
+    let cluster = match config.worker.listen {
+        Some(listen) => Some(crate::cluster::WorkerCas::open(config, listen, &name).await?),
+        None => None,
+    };
+    let cas: Arc<dyn BlobStore> = match &cluster {
+        Some(c) => {
+            settings.cas = Some(remexec_worker::ClusterCas {
+                url: c.url.clone(),
+                replicas: c.replicas,
+            });
+            c.store.clone()
+        }
+        None => Arc::new(remexec_cas::GrpcStore::new(channel.clone())),
+    };
+    let worker = Worker::new(settings, cas, isolation)?;
     let stop = CancellationToken::new();
+    if let Some(cluster) = cluster {
+        let addr = cluster
+            .listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the CAS port's address", e))?;
+        println!("remexec: cas port on {addr} ({})", cluster.url);
+        cluster.start(config, &worker, &name, tls.clone(), stop.clone());
+    }
     if let Some(addr) = config.admin_listen {
         let listener = crate::admin::bind(addr).await?;
         println!(

@@ -67,6 +67,9 @@ const CLIENT_SERVICES: &[&str] = &[
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
+/// The cluster service, on a cluster scheduler's client port.
+const CLUSTER_SERVICE: &str = "remexec.cluster.v1.Cluster";
+
 /// The worker API's service, on the client port when there is no worker port.
 const WORKER_SERVICE: &str = "remexec.worker.v1.WorkerService";
 
@@ -327,14 +330,25 @@ impl ServerBuilder {
                 "a local worker attaches to the WorkerPool; it cannot run with a custom executor pool",
             ));
         }
-        let (store, ac) = given_or_opened(config, self.store, self.action_cache).await?;
         let (pool, workers): (Arc<dyn ExecutorPool>, _) = match self.pool {
             Some(pool) => (pool, None),
             None => {
-                let workers = WorkerPool::new();
+                let workers = match config.cluster.replicas {
+                    Some(r) => WorkerPool::cluster(r),
+                    None => WorkerPool::new(),
+                };
                 (Arc::new(workers.clone()), Some(workers))
             }
         };
+        // A cluster's CAS is on its workers.
+        let (given, cluster) = match (self.store, config.cluster.replicas, &workers) {
+            (None, Some(r), Some(workers)) => {
+                let (store, service) = crate::cluster::scheduler_cas(r, workers)?;
+                (Some(store as Arc<dyn BlobStore>), Some(service))
+            }
+            (store, _, _) => (store, None),
+        };
+        let (store, ac) = given_or_opened(config, given, self.action_cache).await?;
         tracing::info!(cas = %store, action_cache = %ac, ?pool, "assembling the server");
         config.check_limits().map_err(Error::invalid)?;
         let mut scheduler_config = config.scheduler_config().map_err(Error::invalid)?;
@@ -375,10 +389,13 @@ impl ServerBuilder {
             }
             None => None,
         };
-        let routes = execution.add_to(cache.into_routes()).add_service(health);
+        let mut routes = execution.add_to(cache.into_routes()).add_service(health);
+        if let Some(cluster) = cluster {
+            routes = routes.add_service(cluster.into_service());
+        }
         // Without a worker port, workers attach on the client port.
         let worker_api = workers.as_ref().filter(|_| worker_port.is_none());
-        let routes = with_reflection(routes, worker_api)?;
+        let routes = with_reflection(routes, worker_api, config.cluster.replicas.is_some())?;
         let status = StatusSource {
             scheduler,
             store: Arc::clone(&store),
@@ -427,8 +444,12 @@ impl ServerBuilder {
 fn with_reflection(
     mut routes: tonic::service::Routes,
     worker_api: Option<&WorkerPool>,
+    cluster: bool,
 ) -> Result<tonic::service::Routes> {
     let mut served = CLIENT_SERVICES.to_vec();
+    if cluster {
+        served.push(CLUSTER_SERVICE);
+    }
     if let Some(workers) = worker_api {
         routes = routes.add_service(workers.service());
         served.push(WORKER_SERVICE);

@@ -52,6 +52,8 @@ pub enum CasCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print the workers holding each blob, in a cluster whose CAS is on its workers.
+    Locate(crate::cluster_tools::LocateArgs),
     /// Download the directory tree DIGEST (HASH/SIZE of a Directory) into DIR.
     Download {
         /// The root Directory's digest.
@@ -390,6 +392,7 @@ pub async fn cas(command: CasCommand) -> Result<String> {
             client::download_directory(&store, &client.instance, root, &dir).await?;
             Ok(String::new())
         }
+        CasCommand::Locate(args) => crate::cluster_tools::locate(args).await,
     }
 }
 

@@ -2,7 +2,9 @@
 //! re-indexed from disk at start. The disk blob store and the disk action cache build on it.
 //!
 //! Layout: `{root}/{namespace as 32 hex}/{function}/{first 2 hex}/{hash}-{size}`, plus
-//! `{root}/tmp/` for uploads in progress, which is emptied at start.
+//! `{root}/tmp/` for uploads in progress, which is emptied at start. A namespace's directory
+//! may hold `instance`, the instance name it hashes, for callers that list what is stored
+//! ([`FileTable::keys`], [`FileTable::instance`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +27,12 @@ pub(crate) struct FileTable {
     tmp: PathBuf,
     sync: bool,
     index: Mutex<ByteLru<Key, ()>>,
+    /// Instance names by namespace, as remembered in `instance` files.
+    names: Mutex<std::collections::HashMap<u128, String>>,
 }
+
+/// The file in a namespace's directory that holds its instance name.
+const INSTANCE_FILE: &str = "instance";
 
 use remexec_core::fs::blocking;
 
@@ -56,7 +63,8 @@ impl FileTable {
             for (_, key, len) in found {
                 index.insert_unbounded(key, len, ());
             }
-            let table = Self { root, tmp, sync, index: Mutex::new(ByteLru::new(budget)) };
+            let names = Mutex::new(read_names(&root));
+            let table = Self { root, tmp, sync, index: Mutex::new(ByteLru::new(budget)), names };
             for (key, ()) in index.evict_to_budget() {
                 table.remove_file(&key);
             }
@@ -74,6 +82,39 @@ impl FileTable {
             .join(key.digest.function().name())
             .join(&hex[..2])
             .join(format!("{hex}-{}", key.digest.size()))
+    }
+
+    /// Remembers that namespace `ns` is instance `name`'s (written once, atomically, and not
+    /// needed for reads: a lost file only hides the namespace from [`keys`](Self::keys)'
+    /// callers).
+    pub(crate) fn remember_instance(&self, ns: u128, name: &str) -> Result<()> {
+        if ns == 0 || self.names.lock().contains_key(&ns) {
+            return Ok(());
+        }
+        let dir = self.root.join(format!("{ns:032x}"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let mut temp = tempfile::NamedTempFile::new_in(&self.tmp)
+            .map_err(|e| Error::io("creating an instance file", e))?;
+        std::io::Write::write_all(&mut temp, name.as_bytes())
+            .map_err(|e| Error::io("writing an instance file", e))?;
+        temp.persist(dir.join(INSTANCE_FILE))
+            .map_err(|e| Error::io("renaming an instance file", e.error))?;
+        self.names.lock().insert(ns, name.to_string());
+        Ok(())
+    }
+
+    /// The instance name of namespace `ns`, if known (always for the empty name's).
+    pub(crate) fn instance(&self, ns: u128) -> Option<String> {
+        if ns == 0 {
+            return Some(String::new());
+        }
+        self.names.lock().get(&ns).cloned()
+    }
+
+    /// Every key indexed now.
+    pub(crate) fn keys(&self) -> Vec<Key> {
+        self.index.lock().keys().copied().collect()
     }
 
     fn remove_file(&self, key: &Key) {
@@ -257,6 +298,27 @@ fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+}
+
+/// The instance names in the namespaces' `instance` files under `root` (a file whose name does
+/// not hash to its directory is ignored).
+fn read_names(root: &Path) -> std::collections::HashMap<u128, String> {
+    let mut names = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let Some(ns) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| u128::from_str_radix(n, 16).ok())
+        else {
+            continue;
+        };
+        if let Ok(name) = std::fs::read_to_string(entry.path().join(INSTANCE_FILE))
+            && crate::key::namespace(&name) == ns
+        {
+            names.insert(ns, name);
+        }
+    }
+    names
 }
 
 /// Finds every well-named file under `root`, as `(mtime, key, len)`.

@@ -51,6 +51,8 @@ pub use store::grpc::GrpcStore;
 pub use store::memory::MemoryStore;
 pub use store::metered::{MeteredStore, Transfer};
 pub use store::object::ObjectBlobStore;
+pub use store::replicated::ReplicatedStore;
+pub use store::replicated::repair::{RepairReport, Repairer};
 pub use store::tiered::TieredStore;
 pub use store::verifying::VerifyingStore;
 

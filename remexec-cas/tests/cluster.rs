@@ -70,7 +70,7 @@ async fn a_replicated_cas_loses_nothing_when_a_member_dies() {
     config.dead_after = Duration::from_millis(300);
     let membership = Membership::start(config).unwrap();
     let store = Arc::new(ReplicatedStore::new(2).unwrap());
-    let _follow = Arc::clone(&store).follow(membership.subscribe(), Default::default());
+    let _follow = Arc::clone(&store).follow(membership.members(), Default::default(), None);
     until("three members", || membership.live().len() == 3).await;
     until("three members in the store", || store.members().len() == 3).await;
     let blobs: Vec<_> = (0..30).map(blob).collect();

@@ -116,6 +116,11 @@ impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
         removed
     }
 
+    /// Every key, without changing their order of use.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries.iter().map(|(k, _)| k)
+    }
+
     /// Removes an entry, returning its value.
     pub fn remove(&mut self, key: &K) -> Option<V> {
         let (cost, v) = self.entries.pop(key)?;

@@ -36,6 +36,27 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::client::ClientTls;
 use crate::{Error, Result};
 
+/// One member of a cluster: the name placement hashes ([`crate::placement`]) and the URL it is
+/// reached at. Every instance must give a member the same name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Member {
+    /// The stable name (a worker's `--name`, or the URL itself).
+    pub name: String,
+    /// `grpc://host:port` or `grpcs://host:port`.
+    pub url: String,
+}
+
+impl Member {
+    /// A member named by its URL, as [`Membership`] finds them.
+    pub fn at(url: impl Into<String>) -> Self {
+        let url = url.into();
+        Self {
+            name: url.clone(),
+            url,
+        }
+    }
+}
+
 /// How members are found and checked.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -149,9 +170,25 @@ impl Membership {
         self.live.borrow().clone()
     }
 
-    /// A receiver that sees every change of the live members.
+    /// A receiver that sees every change of the live members' URLs.
     pub fn subscribe(&self) -> watch::Receiver<Vec<String>> {
         self.live.clone()
+    }
+
+    /// The live members as [`Member`]s named by their URLs, kept in step for as long as the
+    /// membership runs.
+    pub fn members(&self) -> watch::Receiver<Vec<Member>> {
+        let mut live = self.live.clone();
+        let (tx, rx) = watch::channel(Vec::new());
+        tokio::spawn(async move {
+            loop {
+                let members = live.borrow_and_update().iter().map(Member::at).collect();
+                if tx.send(members).is_err() || live.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
     }
 }
 

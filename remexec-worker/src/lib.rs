@@ -60,7 +60,7 @@ pub mod testing;
 mod tests;
 mod worker;
 
-pub use config::{DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig};
+pub use config::{ClusterCas, DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig};
 #[cfg(feature = "docker")]
 pub use docker::{DockerIsolation, IMAGE_PROPERTY};
 pub use file_cache::FileCache;

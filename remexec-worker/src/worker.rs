@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use remexec_core::membership::Member;
 use remexec_core::{BlobStore, Error, Result};
 use remexec_proto::worker::v1::scheduler_message::Message as FromScheduler;
 use remexec_proto::worker::v1::worker_message::Message as ToScheduler;
@@ -36,6 +37,8 @@ pub struct Worker {
     attached: Arc<std::sync::atomic::AtomicBool>,
     /// What a flexible worker offers now; lock it before `busy`.
     pub(crate) offer: Option<Arc<Mutex<Offer>>>,
+    /// The cluster's CAS members, as the scheduler last sent them.
+    members: Arc<tokio::sync::watch::Sender<Vec<Member>>>,
 }
 
 /// How often a flexible worker reconsiders its offer.
@@ -101,7 +104,14 @@ impl Worker {
             busy: Arc::default(),
             attached: Arc::default(),
             offer,
+            members: Arc::new(tokio::sync::watch::Sender::new(Vec::new())),
         })
+    }
+
+    /// The members of the cluster's CAS, as the scheduler last sent them (empty until it
+    /// does): what a worker serving its CAS places blobs over.
+    pub fn members(&self) -> tokio::sync::watch::Receiver<Vec<Member>> {
+        self.members.subscribe()
     }
 
     /// Whether the worker is attached to its scheduler now.
@@ -241,6 +251,8 @@ impl Worker {
             executors: self.offered_executors(None),
             heartbeat_interval_ms: self.config.heartbeat.as_millis() as u64,
             shapes: self.shapes(),
+            cas_url: self.config.cas.as_ref().map(|c| c.url.clone()).unwrap_or_default(),
+            replicas: self.config.cas.as_ref().map_or(0, |c| c.replicas),
         };
         let send = |m| WorkerMessage { message: Some(m) };
         tx.send(send(ToScheduler::Register(register)))
@@ -308,6 +320,18 @@ impl Worker {
                         }
                     }
                     Some(FromScheduler::Demand(demand)) => self.flex_step(&tx, Some(demand)).await,
+                    Some(FromScheduler::Members(members)) => {
+                        let members: Vec<Member> = members
+                            .members
+                            .into_iter()
+                            .map(|m| Member { name: m.name, url: m.url })
+                            .collect();
+                        self.members.send_if_modified(|current| {
+                            let changed = *current != members;
+                            *current = members;
+                            changed
+                        });
+                    }
                     None => {}
                 },
                 Ok(None) => break Ok(()),

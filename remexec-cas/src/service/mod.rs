@@ -7,6 +7,7 @@ mod action_cache;
 mod bytestream;
 mod capabilities;
 mod cas;
+mod cluster;
 mod compression;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ pub use action_cache::ActionCacheService;
 pub use bytestream::ByteStreamService;
 pub use capabilities::{CapabilitiesService, HIGH_API_VERSION, LOW_API_VERSION};
 pub use cas::CasService;
+pub use cluster::ClusterService;
 
 use remexec_proto::bytestream::byte_stream_server::ByteStreamServer;
 use remexec_proto::reapi::action_cache_server::ActionCacheServer;

@@ -59,6 +59,23 @@ impl DiskStore {
         Ok(Self { files })
     }
 
+    /// Every blob stored now, with its instance name. Blobs of an instance whose name was
+    /// never recorded (stored by a remexec before 0.2) are left out.
+    pub fn blobs(&self) -> Vec<(String, Digest)> {
+        let mut names = std::collections::HashMap::new();
+        self.files
+            .keys()
+            .into_iter()
+            .filter_map(|key| {
+                let name = names
+                    .entry(key.ns)
+                    .or_insert_with(|| self.files.instance(key.ns))
+                    .clone()?;
+                Some((name, key.digest))
+            })
+            .collect()
+    }
+
     /// `(bytes, blobs)` currently stored.
     pub fn usage(&self) -> (u64, usize) {
         self.files.usage()
@@ -88,6 +105,11 @@ impl BlobStore for DiskStore {
             return Err(Error::ResourceExhausted(format!(
                 "blob {digest} is larger than the disk store's {budget}-byte budget"
             )));
+        }
+        if self.files.instance(key.ns).is_none() {
+            let files = Arc::clone(&self.files);
+            let name = instance.to_string();
+            remexec_core::fs::blocking(move || files.remember_instance(key.ns, &name)).await?;
         }
         self.files.write(key, data, Some(digest.size())).await
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
+use remexec_core::membership::Member;
 use remexec_core::placement::Placement;
 use remexec_core::{BlobStore, ChunkStream, Digest, Error, ReadRange, Result};
 
@@ -64,29 +65,57 @@ impl ReplicatedStore {
         view.stores = stores;
     }
 
-    /// Keeps the members in step with `live` (member URLs, as
+    /// Keeps the members in step with `live` (as a worker pool or a
     /// [`Membership`](remexec_core::membership::Membership) publishes them), each reached
-    /// through a [`GrpcStore`](crate::GrpcStore) on one channel per member; the task ends when
-    /// `live`'s sender is gone. `InvalidArgument` never happens for URLs the membership made;
-    /// a member whose URL cannot become a channel is left out with a warning.
+    /// through a [`GrpcStore`](crate::GrpcStore) on one channel per member URL, except the
+    /// member named as `local`, which is that store itself (a worker's own disk). The task ends
+    /// when `live`'s sender is gone. A member whose URL cannot become a channel is left out
+    /// with a warning.
     pub fn follow(
         self: Arc<Self>,
-        mut live: tokio::sync::watch::Receiver<Vec<String>>,
+        mut live: tokio::sync::watch::Receiver<Vec<Member>>,
         tls: remexec_core::client::ClientTls,
+        local: Option<(String, Arc<dyn BlobStore>)>,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut channels = remexec_core::client::Channels::default();
             loop {
                 let members = live.borrow_and_update().clone();
-                self.set_members(channels.update(&members, &tls).iter().map(|(m, c)| {
-                    let store: Arc<dyn BlobStore> = Arc::new(crate::GrpcStore::new(c.clone()));
-                    (m.clone(), store)
-                }));
+                let remote = members
+                    .iter()
+                    .filter(|m| local.as_ref().is_none_or(|(name, _)| *name != m.name))
+                    .map(|m| &m.url);
+                let channels = channels.update(remote, &tls);
+                let stores = members.iter().filter_map(|m| {
+                    let store: Arc<dyn BlobStore> = match &local {
+                        Some((name, store)) if *name == m.name => Arc::clone(store),
+                        _ => Arc::new(crate::GrpcStore::new(channels.get(&m.url)?.clone())),
+                    };
+                    Some((m.name.clone(), store))
+                });
+                self.set_members(stores);
                 if live.changed().await.is_err() {
                     return;
                 }
             }
         })
+    }
+
+    /// Blobs kept of each: `R`.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// Every member's store, by name, sorted.
+    pub fn stores(&self) -> Vec<(String, Arc<dyn BlobStore>)> {
+        let view = self.view.read();
+        let mut stores: Vec<_> = view
+            .stores
+            .iter()
+            .map(|(m, s)| (m.clone(), Arc::clone(s)))
+            .collect();
+        stores.sort_by(|a, b| a.0.cmp(&b.0));
+        stores
     }
 
     /// The members, by name.
@@ -107,6 +136,17 @@ impl ReplicatedStore {
             .into_iter()
             .map(String::from)
             .collect()
+    }
+
+    /// Waits (up to 5 s) for a first member: a worker's store is made before the scheduler
+    /// has sent the members, and its first lease may come right after them.
+    async fn await_members(&self) {
+        for _ in 0..100 {
+            if !self.view.read().stores.is_empty() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// The stores to read `digest` from, in order: its replicas, then its replicas in the
@@ -178,6 +218,7 @@ impl ReplicatedStore {
 #[async_trait]
 impl BlobStore for ReplicatedStore {
     async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.await_members().await;
         let current = |d: &Digest| {
             let view = self.view.read();
             view.current
@@ -202,6 +243,7 @@ impl BlobStore for ReplicatedStore {
     }
 
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
+        self.await_members().await;
         let targets: Vec<Arc<dyn BlobStore>> = {
             let view = self.view.read();
             view.current
@@ -235,6 +277,7 @@ impl BlobStore for ReplicatedStore {
         range: ReadRange,
     ) -> Result<Option<ChunkStream>> {
         let mut failure = None;
+        self.await_members().await;
         let readers = self.readers(&digest);
         if readers.is_empty() {
             return Err(Error::Unavailable(
@@ -267,5 +310,6 @@ impl BlobStore for ReplicatedStore {
     }
 }
 
+pub mod repair;
 #[cfg(test)]
 mod tests;

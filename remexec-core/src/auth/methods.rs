@@ -80,6 +80,8 @@ pub fn method_need(path: &str) -> (Need, InstanceFrom) {
         ("google.longrunning.Operations", "ListOperations") => (Need::Permission(Admin), None),
         ("google.longrunning.Operations", _) => (Need::Permission(Execute), AnyInstance),
         ("remexec.worker.v1.WorkerService", _) => (Need::Cluster, None),
+        // Where blobs are, and the members: an operator's view.
+        ("remexec.cluster.v1.Cluster", _) => (Need::Permission(Admin), None),
         ("grpc.health.v1.Health", _) => (Need::Nothing, None),
         // The API's shape, which is public: any authenticated caller may list it.
         (REFLECTION_V1 | REFLECTION_V1ALPHA, _) => (Need::Any, None),
@@ -106,6 +108,7 @@ pub fn is_served(path: &str) -> bool {
             | "google.bytestream.ByteStream"
             | "google.longrunning.Operations"
             | "remexec.worker.v1.WorkerService"
+            | "remexec.cluster.v1.Cluster"
             | "grpc.health.v1.Health"
             | REFLECTION_V1
             | REFLECTION_V1ALPHA

@@ -1,0 +1,142 @@
+//! The cluster's CAS on the workers, as the daemons compose it from the libraries' parts.
+//!
+//! - A scheduler started with `--replicas R` ([`scheduler_cas`]) keeps no blobs: its CAS is a
+//!   [`ReplicatedStore`] over the workers attached to its [`WorkerPool`] that serve their CAS,
+//!   and it serves the `Cluster` service ([`ClusterService::router`]).
+//! - A worker started with `--listen` ([`WorkerCas`]) keeps blobs in `{data_dir}/cas` and
+//!   serves them (CAS, ByteStream, Capabilities, health, `Cluster`) on its own port. It reads
+//!   inputs and writes outputs through a [`ReplicatedStore`] over the members the scheduler
+//!   sends, its own disk among them, and a [`Repairer`] restores replicas after changes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use remexec_cas::service::ClusterService;
+use remexec_cas::{
+    CacheServices, DiskStore, DiskStoreOptions, MemoryActionCache, ReplicatedStore, Repairer,
+};
+use remexec_core::client::ClientTls;
+use remexec_core::{BlobStore, Error, Result};
+use remexec_scheduler::WorkerPool;
+use remexec_worker::Worker;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// A scheduler's CAS over the workers of `pool` with `replicas` copies of each blob, and its
+/// `Cluster` service. Workers are reached in plaintext (their CAS port has no TLS yet).
+pub fn scheduler_cas(replicas: u32, pool: &WorkerPool) -> Result<(Arc<ReplicatedStore>, ClusterService)> {
+    let store = Arc::new(ReplicatedStore::new(replicas as usize)?);
+    let members = pool.members();
+    Arc::clone(&store).follow(members.clone(), ClientTls::default(), None);
+    let service = ClusterService::router(Arc::clone(&store), members, ClientTls::default());
+    Ok((store, service))
+}
+
+/// A worker's share of the cluster's CAS, opened and bound but not serving yet.
+#[derive(Debug)]
+pub struct WorkerCas {
+    /// Where the worker reads and writes blobs: the cluster, its own disk among the members.
+    pub store: Arc<ReplicatedStore>,
+    /// The worker's own blobs.
+    pub disk: DiskStore,
+    /// The CAS port.
+    pub listener: TcpListener,
+    /// The URL the scheduler hands to other instances.
+    pub url: String,
+    /// Replicas kept of each blob.
+    pub replicas: u32,
+}
+
+/// The URL of a worker's CAS port: `advertise` if set, else `grpc://` and the bound address,
+/// with the worker's name as the host when the address is unspecified (0.0.0.0 or ::), as in
+/// a container network where names resolve.
+pub fn advertised_url(advertise: Option<&str>, bound: SocketAddr, name: &str) -> String {
+    match advertise {
+        Some(url) => url.to_string(),
+        None if bound.ip().is_unspecified() => format!("grpc://{name}:{}", bound.port()),
+        None => format!("grpc://{bound}"),
+    }
+}
+
+impl WorkerCas {
+    /// Opens `{data_dir}/cas` and binds `listen`, for worker `name`.
+    pub async fn open(config: &Config, listen: SocketAddr, name: &str) -> Result<Self> {
+        let replicas = config.cluster.replicas.unwrap_or(2);
+        let store = Arc::new(ReplicatedStore::new(replicas as usize)?);
+        let options = DiskStoreOptions {
+            budget: config.cas.disk_budget.as_u64(),
+            sync: config.cas.fsync,
+        };
+        let disk = DiskStore::open(config.data_dir.join("cas"), options).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| Error::io(format!("binding {listen}"), e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the CAS port's address", e))?;
+        let url = advertised_url(config.cluster.advertise.as_deref(), bound, name);
+        remexec_core::client::endpoint(&url)?;
+        Ok(Self {
+            store,
+            disk,
+            listener,
+            url,
+            replicas,
+        })
+    }
+
+    /// Follows `worker`'s members, re-replicates, and serves the CAS port until `stop`.
+    /// `tls` reaches the other workers.
+    pub fn start(
+        self,
+        config: &Config,
+        worker: &Worker,
+        name: &str,
+        tls: ClientTls,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let local: Arc<dyn BlobStore> = Arc::new(self.disk.clone());
+        Arc::clone(&self.store).follow(worker.members(), tls, Some((name.to_string(), local)));
+        let repairer = Arc::new(Repairer::new(
+            name,
+            self.disk.clone(),
+            Arc::clone(&self.store),
+            config.cluster.repair_bandwidth.as_u64(),
+        ));
+        let period = Duration::from_secs(config.cluster.repair_interval_secs.max(1));
+        Arc::clone(&repairer).spawn(worker.members(), period, stop.clone());
+        let cluster = ClusterService::member(
+            Arc::clone(&self.store),
+            worker.members(),
+            name.to_string(),
+            self.url.clone(),
+            self.disk.clone(),
+            repairer,
+        );
+        // The worker's blobs, hash-verified on write; no Action Cache here.
+        let services = CacheServices::new(
+            Arc::new(self.disk),
+            Arc::new(MemoryActionCache::new(0)),
+        )
+        .with_limits(config.cache_limits());
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let routes = tonic::service::Routes::new(services.capabilities())
+            .add_service(services.cas())
+            .add_service(services.byte_stream())
+            .add_service(cluster.into_service())
+            .add_service(health);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the CAS port failed");
+            }
+        })
+    }
+}

@@ -1,0 +1,261 @@
+//! [`ClusterService`]: remexec's `remexec.cluster.v1.Cluster` service over a
+//! [`ReplicatedStore`]: `Locate` (which members hold each blob) and `Status` (the members and
+//! the copies still to make).
+//!
+//! A scheduler serves it as a router: `Status` asks every member's own `Status` and lists the
+//! members that left as `lost`. A worker serving its CAS serves it as a member: `Status` gives
+//! its own figures. `Locate` is the same for both: every member is asked.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use remexec_core::client::{Channels, ClientTls};
+use remexec_core::membership::Member;
+use remexec_core::{BlobStore, Digest, Error, validate_instance_name};
+use remexec_proto::cluster::v1::cluster_client::ClusterClient;
+use remexec_proto::cluster::v1::cluster_server::{Cluster, ClusterServer};
+use remexec_proto::cluster::v1::{
+    LocateRequest, LocateResponse, Location, MemberStatus, StatusRequest, StatusResponse,
+};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::DiskStore;
+use crate::store::replicated::ReplicatedStore;
+use crate::store::replicated::repair::Repairer;
+
+/// Most digests in one `Locate`.
+const MAX_LOCATE: usize = 10_000;
+/// How long a router waits for a member's own `Status`.
+const MEMBER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whose figures `Status` gives.
+#[derive(Debug)]
+enum Role {
+    /// A scheduler: every member's, asked over gRPC.
+    Router {
+        tls: ClientTls,
+        channels: tokio::sync::Mutex<Channels>,
+        /// Every member ever seen, by name, with its URL.
+        seen: Mutex<BTreeMap<String, String>>,
+    },
+    /// One member: its own.
+    Member {
+        name: String,
+        url: String,
+        local: DiskStore,
+        repairer: Arc<Repairer>,
+    },
+}
+
+/// The `Cluster` service. See the module docs.
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    store: Arc<ReplicatedStore>,
+    members: watch::Receiver<Vec<Member>>,
+    role: Arc<Role>,
+}
+
+impl ClusterService {
+    /// A scheduler's service: `members` is the view `store` follows.
+    pub fn router(
+        store: Arc<ReplicatedStore>,
+        members: watch::Receiver<Vec<Member>>,
+        tls: ClientTls,
+    ) -> Self {
+        let role = Role::Router {
+            tls,
+            channels: tokio::sync::Mutex::default(),
+            seen: Mutex::default(),
+        };
+        Self {
+            store,
+            members,
+            role: Arc::new(role),
+        }
+    }
+
+    /// A worker's service: member `name` at `url`, holding `local`, re-replicated by
+    /// `repairer`.
+    pub fn member(
+        store: Arc<ReplicatedStore>,
+        members: watch::Receiver<Vec<Member>>,
+        name: String,
+        url: String,
+        local: DiskStore,
+        repairer: Arc<Repairer>,
+    ) -> Self {
+        Self {
+            store,
+            members,
+            role: Arc::new(Role::Member {
+                name,
+                url,
+                local,
+                repairer,
+            }),
+        }
+    }
+
+    /// The tonic service.
+    pub fn into_service(self) -> ClusterServer<Self> {
+        ClusterServer::new(self)
+    }
+
+    /// Every live member's status (asked over gRPC), then those seen before as `lost`.
+    async fn route_status(
+        &self,
+        tls: &ClientTls,
+        channels: &tokio::sync::Mutex<Channels>,
+        seen: &Mutex<BTreeMap<String, String>>,
+    ) -> Vec<MemberStatus> {
+        let live = self.members.borrow().clone();
+        seen.lock()
+            .extend(live.iter().map(|m| (m.name.clone(), m.url.clone())));
+        let clients: Vec<(Member, Option<tonic::transport::Channel>)> = {
+            let mut channels = channels.lock().await;
+            let open = channels.update(live.iter().map(|m| &m.url), tls);
+            live.iter()
+                .map(|m| (m.clone(), open.get(&m.url).cloned()))
+                .collect()
+        };
+        let asks = clients.into_iter().map(|(member, channel)| async move {
+            let failed = |error: String| MemberStatus {
+                name: member.name.clone(),
+                url: member.url.clone(),
+                state: "live".into(),
+                error,
+                ..MemberStatus::default()
+            };
+            let Some(channel) = channel else {
+                return failed("cannot reach it".into());
+            };
+            let mut client = ClusterClient::new(channel);
+            let call = client.status(StatusRequest {});
+            match tokio::time::timeout(MEMBER_TIMEOUT, call).await {
+                Ok(Ok(answer)) => match answer.into_inner().members.into_iter().next() {
+                    Some(own) => MemberStatus {
+                        name: member.name.clone(),
+                        url: member.url.clone(),
+                        state: "live".into(),
+                        ..own
+                    },
+                    None => failed("it gave no status".into()),
+                },
+                Ok(Err(status)) => failed(status.message().to_string()),
+                Err(_) => failed(format!("no answer within {MEMBER_TIMEOUT:?}")),
+            }
+        });
+        let mut statuses = futures::future::join_all(asks).await;
+        let live_names: HashSet<&str> = live.iter().map(|m| m.name.as_str()).collect();
+        statuses.extend(
+            seen.lock()
+                .iter()
+                .filter(|(name, _)| !live_names.contains(name.as_str()))
+                .map(|(name, url)| MemberStatus {
+                    name: name.clone(),
+                    url: url.clone(),
+                    state: "lost".into(),
+                    ..MemberStatus::default()
+                }),
+        );
+        statuses
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let members = match self.role.as_ref() {
+            Role::Router {
+                tls,
+                channels,
+                seen,
+            } => self.route_status(tls, channels, seen).await,
+            Role::Member {
+                name,
+                url,
+                local,
+                repairer,
+            } => {
+                let (bytes, blobs) = local.usage();
+                vec![MemberStatus {
+                    name: name.clone(),
+                    url: url.clone(),
+                    state: "live".into(),
+                    blobs: blobs as u64,
+                    bytes,
+                    below_replicas: repairer.below_replicas(),
+                    error: String::new(),
+                }]
+            }
+        };
+        let below_replicas = members
+            .iter()
+            .filter(|m| m.state == "live")
+            .map(|m| m.below_replicas)
+            .sum();
+        Ok(Response::new(StatusResponse {
+            replicas: self.store.replicas() as u32,
+            members,
+            below_replicas,
+        }))
+    }
+
+    async fn locate(
+        &self,
+        request: Request<LocateRequest>,
+    ) -> Result<Response<LocateResponse>, Status> {
+        let request = request.into_inner();
+        validate_instance_name(&request.instance_name)?;
+        if request.digests.len() > MAX_LOCATE {
+            return Err(Error::invalid(format!(
+                "at most {MAX_LOCATE} digests per Locate, not {}",
+                request.digests.len()
+            ))
+            .into());
+        }
+        let function = remexec_core::DigestFunction::from_proto(request.digest_function)?;
+        let digests = request
+            .digests
+            .iter()
+            .map(|d| Digest::from_proto(function, d))
+            .collect::<remexec_core::Result<Vec<_>>>()?;
+        let instance = request.instance_name.as_str();
+        let asks = self.store.stores().into_iter().map(|(name, store)| {
+            let digests = &digests;
+            async move {
+                let answer = store.find_missing(instance, digests).await;
+                (name, answer)
+            }
+        });
+        let mut holders: Vec<Vec<String>> = vec![Vec::new(); digests.len()];
+        for (name, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok(missing) => {
+                    let missing: HashSet<Digest> = missing.into_iter().collect();
+                    for (i, d) in digests.iter().enumerate() {
+                        if !missing.contains(d) {
+                            holders[i].push(name.clone());
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(member = %name, error = %e, "locate: a member did not answer"),
+            }
+        }
+        let locations = digests
+            .iter()
+            .zip(holders)
+            .map(|(d, holders)| Location {
+                digest: Some(d.to_proto()),
+                holders,
+                placement: self.store.locate(d),
+            })
+            .collect();
+        Ok(Response::new(LocateResponse { locations }))
+    }
+}

@@ -1,0 +1,213 @@
+//! [`Repairer`]: re-replication. One member of a [`ReplicatedStore`] copies the blobs it holds
+//! to the members of their current placement that lack them, in the background and within a
+//! byte rate, so that after a member is lost every blob is back on `R` live members, and after
+//! a member joins, blobs move to it instead of being read from their previous placement.
+//!
+//! Each holder decides alone, from the same placement: a holder that is one of a blob's
+//! placement members copies it to the placement members that lack it; a holder outside the
+//! placement (the blob's previous home) copies it only when no placement member has it. Two
+//! holders may both copy a blob; writes of a blob are idempotent, so that only costs bandwidth.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use remexec_core::membership::Member;
+use remexec_core::{BlobStore, Digest, ReadRange, Result};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::ReplicatedStore;
+use crate::DiskStore;
+
+/// Digests asked about in one FindMissingBlobs of a member.
+const BATCH: usize = 1000;
+/// How long a membership change settles before a pass starts.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// What one [`Repairer::pass`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Blobs this member holds.
+    pub blobs: u64,
+    /// Copies made.
+    pub copied: u64,
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Copies still to make: a member that could not be asked or written, or a blob that
+    /// went away meanwhile; the next pass tries again.
+    pub left: u64,
+}
+
+/// Re-replicates the blobs of one member's local store. See the module docs.
+#[derive(Debug)]
+pub struct Repairer {
+    name: String,
+    local: DiskStore,
+    cluster: Arc<ReplicatedStore>,
+    bytes_per_second: u64,
+    below: AtomicU64,
+}
+
+impl Repairer {
+    /// The repairer of member `name`, whose blobs are in `local`, within `cluster`, copying at
+    /// most `bytes_per_second` (0: no limit).
+    pub fn new(
+        name: impl Into<String>,
+        local: DiskStore,
+        cluster: Arc<ReplicatedStore>,
+        bytes_per_second: u64,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            local,
+            cluster,
+            bytes_per_second,
+            below: AtomicU64::new(0),
+        }
+    }
+
+    /// Copies this member still has to make, as the last pass left them (counted down as the
+    /// pass copies).
+    pub fn below_replicas(&self) -> u64 {
+        self.below.load(Ordering::Relaxed)
+    }
+
+    /// One pass over every blob held here: asks each placement member what it lacks, in
+    /// batches, then copies. `Err` only if the local store fails to list; a member that fails
+    /// counts its copies as [`left`](RepairReport::left).
+    pub async fn pass(&self) -> Result<RepairReport> {
+        let blobs = self.local.blobs();
+        let mut report = RepairReport {
+            blobs: blobs.len() as u64,
+            ..RepairReport::default()
+        };
+        let stores: HashMap<String, Arc<dyn BlobStore>> =
+            self.cluster.stores().into_iter().collect();
+        // Per (instance, member): the digests to ask about.
+        let mut asks: HashMap<(String, String), Vec<Digest>> = HashMap::new();
+        for (instance, digest) in &blobs {
+            for member in self.cluster.locate(digest) {
+                if member != self.name {
+                    asks.entry((instance.clone(), member))
+                        .or_default()
+                        .push(*digest);
+                }
+            }
+        }
+        // Per (instance, digest): the placement members that lack it.
+        let mut lacking: HashMap<(String, Digest), Vec<String>> = HashMap::new();
+        for ((instance, member), digests) in asks {
+            let Some(store) = stores.get(&member) else {
+                continue;
+            };
+            for batch in digests.chunks(BATCH) {
+                match store.find_missing(&instance, batch).await {
+                    Ok(missing) => {
+                        for d in missing {
+                            lacking
+                                .entry((instance.clone(), d))
+                                .or_default()
+                                .push(member.clone());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%member, error = %e, "re-replication: a member could not say what it holds");
+                        report.left += batch.len() as u64;
+                    }
+                }
+            }
+        }
+        let mut copies: Vec<(String, Digest, String)> = Vec::new();
+        for ((instance, digest), members) in lacking {
+            let placement = self.cluster.locate(&digest);
+            let in_placement = placement.contains(&self.name);
+            let others = placement.iter().filter(|m| **m != self.name).count();
+            // Outside the placement, copy only what no placement member holds.
+            if in_placement || members.len() == others {
+                copies.extend(members.into_iter().map(|m| (instance.clone(), digest, m)));
+            }
+        }
+        self.below
+            .store(report.left + copies.len() as u64, Ordering::Relaxed);
+        let started = Instant::now();
+        for (instance, digest, member) in copies {
+            let copied = match stores.get(&member) {
+                Some(store) => self.copy(&instance, digest, &member, store.as_ref()).await,
+                None => false,
+            };
+            if copied {
+                report.copied += 1;
+                report.bytes += digest.size();
+                self.below.fetch_sub(1, Ordering::Relaxed);
+                self.throttle(started, report.bytes).await;
+            } else {
+                report.left += 1;
+            }
+        }
+        if report.copied > 0 || report.left > 0 {
+            tracing::info!(member = %self.name, ?report, "re-replication pass");
+        }
+        Ok(report)
+    }
+
+    /// Copies one blob from the local store to `store`; whether it worked.
+    async fn copy(&self, instance: &str, digest: Digest, member: &str, store: &dyn BlobStore) -> bool {
+        let data = match self.local.get(instance, digest, ReadRange::ALL).await {
+            Ok(Some(data)) => data,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "re-replication: reading a local blob failed");
+                return false;
+            }
+        };
+        match store.put(instance, digest, data).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(%member, %digest, error = %e, "re-replication: a copy failed");
+                false
+            }
+        }
+    }
+
+    /// Sleeps until `bytes` since `started` are within the byte rate.
+    async fn throttle(&self, started: Instant, bytes: u64) {
+        if self.bytes_per_second == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
+        let elapsed = started.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+
+    /// Runs passes until `stop`: one a moment after every change of `members`, and one every
+    /// `period` besides (which also retries what a pass left).
+    pub fn spawn(
+        self: Arc<Self>,
+        mut members: watch::Receiver<Vec<Member>>,
+        period: Duration,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = members.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(SETTLE).await;
+                        members.borrow_and_update();
+                    }
+                    () = tokio::time::sleep(period) => {}
+                }
+                if let Err(e) = self.pass().await {
+                    tracing::error!(error = %e, "re-replication pass failed");
+                }
+            }
+        })
+    }
+}
