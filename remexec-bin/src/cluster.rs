@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use remexec_cas::service::ClusterService;
 use remexec_cas::{
-    CacheServices, DiskStore, DiskStoreOptions, MemoryActionCache, ReplicatedStore, Repairer,
+    CacheServices, DiskStore, DiskStoreOptions, MemoryActionCache, Repairer, ReplicatedStore,
 };
 use remexec_core::client::ClientTls;
 use remexec_core::{BlobStore, Error, Result};
@@ -27,7 +27,10 @@ use crate::config::Config;
 
 /// A scheduler's CAS over the workers of `pool` with `replicas` copies of each blob, and its
 /// `Cluster` service. Workers are reached in plaintext (their CAS port has no TLS yet).
-pub fn scheduler_cas(replicas: u32, pool: &WorkerPool) -> Result<(Arc<ReplicatedStore>, ClusterService)> {
+pub fn scheduler_cas(
+    replicas: u32,
+    pool: &WorkerPool,
+) -> Result<(Arc<ReplicatedStore>, ClusterService)> {
     let store = Arc::new(ReplicatedStore::new(replicas as usize)?);
     let members = pool.members();
     Arc::clone(&store).follow(members.clone(), ClientTls::default(), None);
@@ -117,11 +120,8 @@ impl WorkerCas {
             repairer,
         );
         // The worker's blobs, hash-verified on write; no Action Cache here.
-        let services = CacheServices::new(
-            Arc::new(self.disk),
-            Arc::new(MemoryActionCache::new(0)),
-        )
-        .with_limits(config.cache_limits());
+        let services = CacheServices::new(Arc::new(self.disk), Arc::new(MemoryActionCache::new(0)))
+            .with_limits(config.cache_limits());
         let (_reporter, health) = tonic_health::server::health_reporter();
         let routes = tonic::service::Routes::new(services.capabilities())
             .add_service(services.cas())

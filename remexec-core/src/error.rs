@@ -147,6 +147,11 @@ impl From<tonic::Status> for Error {
             Code::DeadlineExceeded => Self::DeadlineExceeded(message),
             Code::Cancelled => Self::Cancelled(message),
             Code::Unimplemented => Self::Unimplemented(message),
+            // A broken connection (tonic reports it as Unknown with the transport error as its
+            // source, unlike an Unknown the server sent): worth a retry elsewhere.
+            Code::Unknown if std::error::Error::source(&status).is_some() => {
+                Self::Unavailable(message)
+            }
             code => Self::Internal(format!("{code:?}: {message}")),
         }
     }
@@ -177,5 +182,13 @@ mod tests {
         let bare = Error::from(tonic::Status::new(tonic::Code::Unimplemented, ""));
         assert_eq!(bare.code(), tonic::Code::Unimplemented);
         assert!(bare.to_string().contains("not implemented"), "{bare}");
+        // Unknown from the server is internal; Unknown from a broken connection is not.
+        let sent = Error::from(tonic::Status::unknown("boom"));
+        assert_eq!(sent.code(), tonic::Code::Internal);
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(broken.code(), tonic::Code::Unknown);
+        assert_eq!(Error::from(broken).code(), tonic::Code::Unavailable);
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use remexec_core::membership::Member;
 use remexec_core::{Error, Result};
 use remexec_proto::worker::v1::worker_message::Message as FromWorker;
 use remexec_proto::worker::v1::worker_service_server::{WorkerService, WorkerServiceServer};
@@ -21,7 +22,6 @@ use remexec_proto::worker::v1::{
     Demand, Executor, Lease, LeaseResult, SchedulerMessage, WorkerMessage, demand,
     scheduler_message,
 };
-use remexec_core::membership::Member;
 use remexec_proto::worker::v1::{Members, Register};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -174,6 +174,9 @@ impl WorkerPool {
     /// Publishes the CAS members after a change, and sends them to every worker (to `also`
     /// even if they did not change: a worker that just attached).
     fn publish_members(&self, also: Option<&str>) {
+        if self.inner.replicas.is_none() {
+            return;
+        }
         let state = self.inner.state.lock();
         let mut members: Vec<Member> = state
             .connections
@@ -353,9 +356,7 @@ impl WorkerPool {
                 "worker {worker:?} keeps {} replicas of each blob, and this cluster {r}",
                 register.replicas
             ))),
-            Some(_) => {
-                remexec_core::client::endpoint(&register.cas_url).map(|_| ())
-            }
+            Some(_) => remexec_core::client::endpoint(&register.cas_url).map(|_| ()),
         }
     }
 

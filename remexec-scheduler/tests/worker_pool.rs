@@ -369,3 +369,88 @@ async fn a_flexible_worker_changes_its_executors_and_hears_the_demand() {
     worker.0.send(set(&["x", "x"])).await.unwrap();
     eventually("detached", || pool.workers() == ["flex".to_string()]).await;
 }
+
+/// Attaches a fake worker that serves its CAS at `url`, keeping `replicas`.
+async fn attach_cas(
+    channel: &tonic::transport::Channel,
+    name: &str,
+    url: &str,
+    replicas: u32,
+) -> std::result::Result<FakeWorker, tonic::Status> {
+    support::attach_with(
+        channel,
+        Register {
+            worker_name: name.into(),
+            cas_url: url.into(),
+            replicas,
+            heartbeat_interval_ms: 10_000,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The member names of the next message, which must be `Members`.
+async fn next_members(worker: &mut FakeWorker) -> Vec<(String, String)> {
+    match next(worker).await {
+        scheduler_message::Message::Members(m) => {
+            m.members.into_iter().map(|m| (m.name, m.url)).collect()
+        }
+        other => panic!("expected the members, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cluster_members_are_sent_on_attach_and_on_every_change() {
+    let pool = WorkerPool::cluster(2);
+    let channel = serve_pool(&pool).await;
+    let mut a = attach_cas(&channel, "a", "grpc://127.0.0.1:1001", 2)
+        .await
+        .unwrap();
+    let a_url = ("a".to_string(), "grpc://127.0.0.1:1001".to_string());
+    assert_eq!(next_members(&mut a).await, vec![a_url.clone()]);
+    // A worker without a CAS port takes part in execution only, and is told the members.
+    let mut plain = support::attach(&channel, "plain").await.unwrap();
+    assert_eq!(next_members(&mut plain).await, vec![a_url.clone()]);
+    let b = attach_cas(&channel, "b", "grpc://127.0.0.1:1002", 2)
+        .await
+        .unwrap();
+    let both = vec![
+        a_url.clone(),
+        ("b".to_string(), "grpc://127.0.0.1:1002".to_string()),
+    ];
+    assert_eq!(next_members(&mut a).await, both);
+    assert_eq!(next_members(&mut plain).await, both);
+    assert_eq!(pool.members().borrow().len(), 2);
+    drop(b);
+    assert_eq!(next_members(&mut a).await, vec![a_url.clone()]);
+    eventually("b left the members", || pool.members().borrow().len() == 1).await;
+}
+
+#[tokio::test]
+async fn a_cas_worker_with_another_replica_count_or_a_bad_url_is_refused() {
+    let pool = WorkerPool::cluster(2);
+    let channel = serve_pool(&pool).await;
+    let odd = attach_cas(&channel, "odd", "grpc://127.0.0.1:1001", 3)
+        .await
+        .unwrap_err();
+    assert_eq!(odd.code(), tonic::Code::FailedPrecondition, "{odd:?}");
+    assert!(odd.message().contains("keeps 3 replicas"), "{odd:?}");
+    let bad = attach_cas(&channel, "bad", "not a url", 2)
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(pool.members().borrow().is_empty());
+    assert!(pool.workers().is_empty());
+    // A scheduler that keeps blobs itself refuses a worker that serves its CAS.
+    let plain_pool = WorkerPool::new();
+    let channel = serve_pool(&plain_pool).await;
+    let refused = attach_cas(&channel, "w", "grpc://127.0.0.1:1001", 2)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+}

@@ -251,7 +251,12 @@ impl Worker {
             executors: self.offered_executors(None),
             heartbeat_interval_ms: self.config.heartbeat.as_millis() as u64,
             shapes: self.shapes(),
-            cas_url: self.config.cas.as_ref().map(|c| c.url.clone()).unwrap_or_default(),
+            cas_url: self
+                .config
+                .cas
+                .as_ref()
+                .map(|c| c.url.clone())
+                .unwrap_or_default(),
             replicas: self.config.cas.as_ref().map_or(0, |c| c.replicas),
         };
         let send = |m| WorkerMessage { message: Some(m) };
@@ -324,7 +329,10 @@ impl Worker {
                         let members: Vec<Member> = members
                             .members
                             .into_iter()
-                            .map(|m| Member { name: m.name, url: m.url })
+                            .map(|m| Member {
+                                name: m.name,
+                                url: m.url,
+                            })
                             .collect();
                         self.members.send_if_modified(|current| {
                             let changed = *current != members;

@@ -244,7 +244,9 @@ impl Cluster for ClusterService {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(member = %name, error = %e, "locate: a member did not answer"),
+                Err(e) => {
+                    tracing::warn!(member = %name, error = %e, "locate: a member did not answer")
+                }
             }
         }
         let locations = digests

@@ -258,19 +258,28 @@ pub async fn attach(
     channel: &tonic::transport::Channel,
     name: &str,
 ) -> std::result::Result<FakeWorker, tonic::Status> {
+    let register = Register {
+        worker_name: name.into(),
+        executors: ["0", "1"]
+            .map(|id| Executor {
+                id: id.into(),
+                properties: vec![],
+            })
+            .to_vec(),
+        heartbeat_interval_ms: 10_000,
+        ..Default::default()
+    };
+    attach_with(channel, register).await
+}
+
+/// Attaches a fake worker that registers with `register`.
+pub async fn attach_with(
+    channel: &tonic::transport::Channel,
+    register: Register,
+) -> std::result::Result<FakeWorker, tonic::Status> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tx.send(WorkerMessage {
-        message: Some(M::Register(Register {
-            worker_name: name.into(),
-            executors: ["0", "1"]
-                .map(|id| Executor {
-                    id: id.into(),
-                    properties: vec![],
-                })
-                .to_vec(),
-            heartbeat_interval_ms: 10_000,
-            ..Default::default()
-        })),
+        message: Some(M::Register(register)),
     })
     .await
     .unwrap();

@@ -153,7 +153,13 @@ impl Repairer {
     }
 
     /// Copies one blob from the local store to `store`; whether it worked.
-    async fn copy(&self, instance: &str, digest: Digest, member: &str, store: &dyn BlobStore) -> bool {
+    async fn copy(
+        &self,
+        instance: &str,
+        digest: Digest,
+        member: &str,
+        store: &dyn BlobStore,
+    ) -> bool {
         let data = match self.local.get(instance, digest, ReadRange::ALL).await {
             Ok(Some(data)) => data,
             Ok(None) => return false,
@@ -211,3 +217,6 @@ impl Repairer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

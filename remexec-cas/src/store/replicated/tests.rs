@@ -132,7 +132,7 @@ async fn after_a_join_reads_fall_back_to_the_previous_placement() {
 
 /// A member that fails every call.
 #[derive(Debug)]
-struct Broken;
+pub(super) struct Broken;
 
 #[async_trait::async_trait]
 impl BlobStore for Broken {

@@ -1,0 +1,358 @@
+//! A cluster whose CAS is on its workers: a real `remexec scheduler --replicas 2` and
+//! `remexec worker --listen` processes on loopback. Blobs are on 2 workers; after a worker is
+//! SIGKILLed every blob is back on 2 live ones; a joining worker takes its share; a worker
+//! with another replica count is refused; a Bazel build survives a worker's loss.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::{ServerProcess, fixtures, require_tool, wait_until};
+use sha2::Digest as _;
+
+/// `remexec ARGS…`: exit code, stdout, stderr.
+fn remexec(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(args)
+        .env("REMEXEC_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A worker serving its CAS on a free loopback port, keeping `replicas` copies.
+fn cluster_worker(scheduler: &str, name: &str, dir: &Path, replicas: &str, log: &Path) -> Child {
+    let stderr = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(["worker", "--scheduler", scheduler, "--name", name])
+        .args(["--executors", "1", "--listen", "127.0.0.1:0", "--replicas"])
+        .arg(replicas)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("REMEXEC_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .unwrap()
+}
+
+/// `cluster status --json`.
+fn status(server: &str) -> serde_json::Value {
+    let (code, out, err) = remexec(&["cluster", "status", "--json", "--server", server]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The members in `state`.
+fn members(status: &serde_json::Value, state: &str) -> BTreeSet<String> {
+    status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["state"] == state)
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Each digest's holders, as `cas locate --json` reports them, asking 500 at a time.
+fn locate(server: &str, digests: &[String]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut found = BTreeMap::new();
+    for chunk in digests.chunks(500) {
+        let mut args = vec!["cas", "locate", "--json", "--server", server];
+        args.extend(chunk.iter().map(String::as_str));
+        let (code, out, err) = remexec(&args);
+        assert_eq!(code, 0, "{err}");
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        for l in list.as_array().unwrap() {
+            let holders = l["holders"].as_array().unwrap();
+            found.insert(
+                l["digest"].as_str().unwrap().to_string(),
+                holders
+                    .iter()
+                    .map(|h| h.as_str().unwrap().to_string())
+                    .collect(),
+            );
+        }
+    }
+    found
+}
+
+/// Whether every digest is on exactly `r` of `live`'s members and on no other.
+fn all_on_live(
+    found: &BTreeMap<String, BTreeSet<String>>,
+    live: &BTreeSet<String>,
+    r: usize,
+) -> bool {
+    found
+        .values()
+        .all(|holders| holders.iter().filter(|h| live.contains(*h)).count() >= r)
+}
+
+struct Cluster {
+    scheduler: ServerProcess,
+    workers: BTreeMap<String, Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A scheduler with `--replicas 2` and workers w1…wN, waiting until all are members.
+    fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let scheduler = ServerProcess::start_role(
+            "scheduler",
+            &dir.path().join("scheduler"),
+            &["--replicas", "2"],
+        );
+        let mut cluster = Self {
+            scheduler,
+            workers: BTreeMap::new(),
+            dir,
+        };
+        for i in 1..=n {
+            cluster.add(&format!("w{i}"));
+        }
+        cluster
+    }
+
+    /// Starts worker `name` and waits until it is a live member.
+    fn add(&mut self, name: &str) {
+        let dir = self.dir.path().join(name);
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = cluster_worker(&self.scheduler.url(), name, &dir, "2", &log);
+        self.workers.insert(name.to_string(), child);
+        let server = self.scheduler.url();
+        assert!(
+            wait_until(30, || members(&status(&server), "live").contains(name)),
+            "{name} never became a member"
+        );
+    }
+
+    fn kill(&mut self, name: &str) {
+        let mut child = self.workers.remove(name).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn live(&self) -> BTreeSet<String> {
+        members(&status(&self.scheduler.url()), "live")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.workers.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Writes `n` files of distinct content into `dir`; their digests (`hash/size`).
+fn files(dir: &Path, n: usize) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let content = format!("blob {i} ").repeat(100 + i * 37);
+            std::fs::write(dir.join(format!("f{i}")), &content).unwrap();
+            let hash = hex::encode(sha2::Sha256::digest(content.as_bytes()));
+            format!("{hash}/{}", content.len())
+        })
+        .collect()
+}
+
+#[test]
+fn blobs_are_on_two_workers_and_back_on_two_live_ones_after_a_worker_is_killed() {
+    let mut cluster = Cluster::start(3);
+    let server = cluster.scheduler.url();
+    let input = cluster.dir.path().join("input");
+    let digests = files(&input, 60);
+    let (code, root, err) = remexec(&[
+        "cas",
+        "upload",
+        input.to_str().unwrap(),
+        "--server",
+        &server,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let found = locate(&server, &digests);
+    assert_eq!(found.len(), digests.len());
+    let live = cluster.live();
+    for (digest, holders) in &found {
+        assert_eq!(holders.len(), 2, "{digest} is on {holders:?}");
+    }
+    // Every worker holds some: placement spreads the blobs.
+    for name in &live {
+        assert!(
+            found.values().any(|h| h.contains(name)),
+            "{name} holds nothing"
+        );
+    }
+    // Kill the worker holding the most; each blob it held is down to one copy.
+    let victim = live
+        .iter()
+        .max_by_key(|n| found.values().filter(|h| h.contains(*n)).count())
+        .unwrap()
+        .clone();
+    cluster.kill(&victim);
+    let survivors: BTreeSet<String> = live.iter().filter(|n| **n != victim).cloned().collect();
+    // Reads work at once, from the surviving replica.
+    let out = cluster.dir.path().join("out");
+    let (code, _, err) = remexec(&[
+        "cas",
+        "download",
+        root.trim(),
+        out.to_str().unwrap(),
+        "--server",
+        &server,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(out.join("f7")).unwrap(),
+        std::fs::read(input.join("f7")).unwrap()
+    );
+    assert!(
+        wait_until(60, || all_on_live(
+            &locate(&server, &digests),
+            &survivors,
+            2
+        )),
+        "blobs are not back on 2 live workers: {:?}",
+        locate(&server, &digests)
+    );
+    let s = status(&server);
+    assert_eq!(members(&s, "lost"), BTreeSet::from([victim.clone()]));
+    assert!(
+        wait_until(10, || status(&server)["below_replicas"] == 0),
+        "{s}"
+    );
+    // A worker that joins takes its share: blobs move to their new placement.
+    cluster.add("w4");
+    let placed = |found: &BTreeMap<String, BTreeSet<String>>| {
+        found.values().filter(|h| h.contains("w4")).count()
+    };
+    assert!(
+        wait_until(60, || placed(&locate(&server, &digests)) > 0),
+        "no blob moved to the new worker"
+    );
+    let (code, _, err) = remexec(&[
+        "cas",
+        "download",
+        root.trim(),
+        cluster.dir.path().join("out2").to_str().unwrap(),
+        "--server",
+        &server,
+    ]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_worker_keeping_another_replica_count_is_refused() {
+    let cluster = Cluster::start(2);
+    let log = cluster.dir.path().join("odd.log");
+    let mut odd = cluster_worker(
+        &cluster.scheduler.url(),
+        "odd",
+        &cluster.dir.path().join("odd"),
+        "3",
+        &log,
+    );
+    let refused = || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("keeps 3 replicas of each blob, and this cluster 2"))
+    };
+    assert!(
+        wait_until(30, refused),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(!cluster.live().contains("odd"));
+    odd.kill().unwrap();
+    odd.wait().unwrap();
+    // Locate checks its input like any other request.
+    let (code, _, err) = remexec(&[
+        "cas",
+        "locate",
+        "nothex/3",
+        "--server",
+        &cluster.scheduler.url(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("hex") || err.contains("digest"), "{err}");
+}
+
+/// The digests of every input and output file in Bazel's JSON execution log.
+fn logged_digests(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut digests = BTreeSet::new();
+    for spawn in serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>() {
+        let spawn = spawn.unwrap();
+        for key in ["inputs", "actualOutputs"] {
+            for file in spawn[key].as_array().into_iter().flatten() {
+                let d = &file["digest"];
+                let size: u64 = d["sizeBytes"].as_str().map_or_else(
+                    || d["sizeBytes"].as_u64().unwrap_or(0),
+                    |s| s.parse().unwrap(),
+                );
+                if let Some(hash) = d["hash"].as_str().filter(|_| size > 0) {
+                    digests.insert(format!("{hash}/{size}"));
+                }
+            }
+        }
+    }
+    digests.into_iter().collect()
+}
+
+#[test]
+fn bazel_build_survives_a_worker_kill_and_its_blobs_end_on_two_live_workers() {
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    let mut cluster = Cluster::start(3);
+    let server = cluster.scheduler.url();
+    let exec_log = cluster.dir.path().join("exec.json");
+    let mut build = Command::new("bash")
+        .arg(fixtures().join("bazel/cluster_build.sh"))
+        .arg(&server)
+        .arg(&exec_log)
+        .env("BAZEL", &bazel)
+        .spawn()
+        .unwrap();
+    // Kill the worker running the slow action, mid-build.
+    let busy = |name: &str| {
+        let dir = cluster.dir.path().join(name).join("worker/actions");
+        std::fs::read_dir(dir).is_ok_and(|r| r.count() > 0)
+    };
+    let names: Vec<String> = cluster.workers.keys().cloned().collect();
+    assert!(
+        wait_until(300, || names.iter().any(|n| busy(n))),
+        "no worker started an action"
+    );
+    let victim = names.iter().find(|n| busy(n)).unwrap().clone();
+    cluster.kill(&victim);
+    let status = build.wait().unwrap();
+    assert!(
+        status.success(),
+        "the build failed after {victim} was killed: {status}"
+    );
+    let digests = logged_digests(&exec_log);
+    assert!(digests.len() >= 10, "{digests:?}");
+    let survivors = cluster.live();
+    assert!(!survivors.contains(&victim));
+    assert!(
+        wait_until(60, || all_on_live(
+            &locate(&server, &digests),
+            &survivors,
+            2
+        )),
+        "blobs of the build are not on 2 live workers: {:?}",
+        locate(&server, &digests)
+    );
+}

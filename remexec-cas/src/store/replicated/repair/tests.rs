@@ -1,0 +1,148 @@
+//! Repairer against a local disk store and memory members: it restores every blob's
+//! placement, copies nothing twice, leaves blobs whose placement already holds them alone when
+//! it is outside the placement, and counts what a failing member leaves.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use remexec_core::{BlobStore, BlobStoreExt, Digest, DigestFunction};
+
+use super::Repairer;
+use crate::store::memory::MemoryStore;
+use crate::store::replicated::ReplicatedStore;
+use crate::store::replicated::tests::Broken;
+use crate::{DiskStore, DiskStoreOptions};
+
+fn blob(i: usize) -> (Digest, Bytes) {
+    let data = Bytes::from(format!("repair me {i}").repeat(i + 1));
+    (DigestFunction::Sha256.digest_of(&data), data)
+}
+
+async fn disk(dir: &std::path::Path) -> DiskStore {
+    let options = DiskStoreOptions {
+        budget: 1 << 30,
+        sync: false,
+    };
+    DiskStore::open(dir, options).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_pass_restores_every_placement_and_a_second_copies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = disk(dir.path()).await;
+    let others: Vec<(String, Arc<MemoryStore>)> = ["b", "c", "d"]
+        .iter()
+        .map(|n| (n.to_string(), Arc::new(MemoryStore::new(1 << 30))))
+        .collect();
+    let cluster = Arc::new(ReplicatedStore::new(2).unwrap());
+    let mut members: Vec<(String, Arc<dyn BlobStore>)> =
+        vec![("a".into(), Arc::new(local.clone()))];
+    members.extend(
+        others
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone() as Arc<dyn BlobStore>)),
+    );
+    cluster.set_members(members);
+    // 40 blobs held only by "a", in two instances.
+    let blobs: Vec<(&str, Digest, Bytes)> = (0..40)
+        .map(|i| {
+            let (d, data) = blob(i);
+            (if i % 2 == 0 { "" } else { "team/x" }, d, data)
+        })
+        .collect();
+    for (instance, d, data) in &blobs {
+        local.put_bytes(instance, *d, data.clone()).await.unwrap();
+    }
+    // One blob outside a's placement is already on its placement members: not copied.
+    let (held_instance, held, held_data) = blobs
+        .iter()
+        .find(|(_, d, _)| !cluster.locate(d).contains(&"a".to_string()))
+        .unwrap()
+        .clone();
+    for (name, store) in &others {
+        if cluster.locate(&held).contains(name) {
+            store
+                .put_bytes(held_instance, held, held_data.clone())
+                .await
+                .unwrap();
+        }
+    }
+    let repairer = Repairer::new("a", local.clone(), Arc::clone(&cluster), 0);
+    let report = repairer.pass().await.unwrap();
+    // Each blob needs one copy if "a" is in its placement, two otherwise; the held one none.
+    let expected: u64 = blobs
+        .iter()
+        .filter(|(_, d, _)| *d != held)
+        .map(|(_, d, _)| {
+            if cluster.locate(d).contains(&"a".to_string()) {
+                1
+            } else {
+                2
+            }
+        })
+        .sum();
+    assert_eq!(report.blobs, 40);
+    assert_eq!(report.copied, expected);
+    assert_eq!(report.left, 0);
+    assert_eq!(repairer.below_replicas(), 0);
+    for (instance, d, data) in &blobs {
+        for name in cluster.locate(d) {
+            let Some((_, store)) = others.iter().find(|(n, _)| *n == name) else {
+                continue;
+            };
+            assert_eq!(
+                store
+                    .get_bytes(instance, *d, 1 << 20)
+                    .await
+                    .unwrap()
+                    .as_ref(),
+                Some(data)
+            );
+            // Not under another instance's name.
+            let other = if instance.is_empty() { "team/x" } else { "" };
+            assert!(!store.contains(other, *d).await.unwrap());
+        }
+    }
+    assert_eq!(repairer.pass().await.unwrap().copied, 0);
+}
+
+#[tokio::test]
+async fn a_failing_member_leaves_copies_for_the_next_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = disk(dir.path()).await;
+    let healthy = Arc::new(MemoryStore::new(1 << 30));
+    let cluster = Arc::new(ReplicatedStore::new(3).unwrap());
+    cluster.set_members([
+        (
+            "a".to_string(),
+            Arc::new(local.clone()) as Arc<dyn BlobStore>,
+        ),
+        ("b".to_string(), healthy.clone() as Arc<dyn BlobStore>),
+        ("c".to_string(), Arc::new(Broken) as Arc<dyn BlobStore>),
+    ]);
+    for i in 0..5 {
+        let (d, data) = blob(i);
+        local.put_bytes("", d, data).await.unwrap();
+    }
+    let repairer = Repairer::new("a", local, cluster, 0);
+    let report = repairer.pass().await.unwrap();
+    assert_eq!((report.copied, report.left), (5, 5));
+    assert_eq!(repairer.below_replicas(), 5);
+    for i in 0..5 {
+        assert!(healthy.contains("", blob(i).0).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn instance_names_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, data) = blob(1);
+    {
+        let store = disk(dir.path()).await;
+        store.put_bytes("a/b", d, data.clone()).await.unwrap();
+        store.put_bytes("", d, data.clone()).await.unwrap();
+    }
+    let mut blobs = disk(dir.path()).await.blobs();
+    blobs.sort();
+    assert_eq!(blobs, vec![(String::new(), d), ("a/b".to_string(), d)]);
+}
