@@ -158,6 +158,18 @@ pub struct ServerArgs {
     /// them (1 to 3) [default: the scheduler keeps blobs itself].
     #[arg(long, value_name = "R", env = "REMEXEC_REPLICAS")]
     pub replicas: Option<u32>,
+    /// Another scheduler of the cluster, grpc://HOST:PORT, or one DNS name resolving to all of
+    /// them (repeatable): the schedulers share the Action Cache [default: none].
+    #[arg(
+        long = "peer",
+        value_name = "URL",
+        value_delimiter = ',',
+        env = "REMEXEC_PEERS"
+    )]
+    pub peers: Vec<String>,
+    /// The URL this scheduler's peers list it under [default: grpc://LISTEN].
+    #[arg(long, value_name = "URL", env = "REMEXEC_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Trace export.
     #[command(flatten)]
     pub tracing: TracingArgs,
@@ -256,9 +268,10 @@ pub struct WorkerArgs {
     /// Shared settings.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// The scheduler to take actions from, e.g. grpc://10.0.0.5:8980.
-    #[arg(long, env = "REMEXEC_SCHEDULER")]
-    pub scheduler: Option<String>,
+    /// The scheduler to take actions from, e.g. grpc://10.0.0.5:8980; repeatable (or
+    /// comma-separated) for a cluster's schedulers, each of which the worker serves.
+    #[arg(long, value_delimiter = ',', env = "REMEXEC_SCHEDULER")]
+    pub scheduler: Vec<String>,
     /// Worker name [default: the host name].
     #[arg(long, env = "REMEXEC_NAME")]
     pub name: Option<String>,
@@ -384,6 +397,12 @@ impl ServerArgs {
         if self.replicas.is_some() {
             config.cluster.replicas = self.replicas;
         }
+        if !self.peers.is_empty() {
+            config.cluster.peers.clone_from(&self.peers);
+        }
+        if self.advertise.is_some() {
+            config.cluster.advertise.clone_from(&self.advertise);
+        }
         self.tracing.apply(&mut config);
         if config.external.is_set() {
             config.external.kind()?;
@@ -396,8 +415,8 @@ impl WorkerArgs {
     /// Defaults, then the config file, then flags.
     pub fn resolve(&self) -> Result<Config, String> {
         let mut config = self.common.load()?;
-        if let Some(url) = &self.scheduler {
-            config.worker.scheduler = url.clone();
+        if !self.scheduler.is_empty() {
+            config.worker.scheduler = self.scheduler.join(",");
         }
         if let Some(name) = &self.name {
             config.worker.name = name.clone();

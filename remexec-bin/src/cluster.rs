@@ -7,17 +7,21 @@
 //!   serves them (CAS, ByteStream, Capabilities, health, `Cluster`) on its own port. It reads
 //!   inputs and writes outputs through a [`ReplicatedStore`] over the members the scheduler
 //!   sends, its own disk among them, and a [`Repairer`] restores replicas after changes.
+//! - Schedulers started with `--peer` ([`SchedulerPeers`]) share the Action Cache, each entry
+//!   on 2 of them ([`ShardedActionCache`]), and answer each other's `Peer` calls.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use remexec_cas::ShardedActionCache;
 use remexec_cas::service::ClusterService;
 use remexec_cas::{
     CacheServices, DiskStore, DiskStoreOptions, MemoryActionCache, Repairer, ReplicatedStore,
 };
 use remexec_core::client::ClientTls;
-use remexec_core::{BlobStore, Error, Result};
+use remexec_core::membership::{Member, Membership, MembershipConfig};
+use remexec_core::{ActionCache, BlobStore, Error, Result};
 use remexec_scheduler::WorkerPool;
 use remexec_worker::Worker;
 use tokio::net::TcpListener;
@@ -138,5 +142,51 @@ impl WorkerCas {
                 tracing::error!(error = %e, "the CAS port failed");
             }
         })
+    }
+}
+
+/// A scheduler's peers: the other schedulers, found from `[cluster] peers` seeds and
+/// health-checked by a [`Membership`], and this scheduler's own name among them.
+#[derive(Debug)]
+pub struct SchedulerPeers {
+    /// This scheduler's name: its advertised URL.
+    pub name: String,
+    membership: Membership,
+    tls: ClientTls,
+}
+
+impl SchedulerPeers {
+    /// The peers of a scheduler bound at `bound`, or `None` without `[cluster] peers`. Peers
+    /// are reached with the `[worker]` client TLS settings (the cluster certificate).
+    pub fn start(config: &Config, bound: SocketAddr) -> Result<Option<Self>> {
+        if config.cluster.peers.is_empty() {
+            return Ok(None);
+        }
+        let tls = crate::security::worker_client_tls(config)?;
+        let mut settings = MembershipConfig::new(config.cluster.peers.clone());
+        settings.tls = tls.clone();
+        let name = config
+            .cluster
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("grpc://{bound}"));
+        Ok(Some(Self {
+            name,
+            membership: Membership::start(settings)?,
+            tls,
+        }))
+    }
+
+    /// The live schedulers, this one included.
+    pub fn members(&self) -> tokio::sync::watch::Receiver<Vec<Member>> {
+        self.membership.members()
+    }
+
+    /// The Action Cache shared with the peers, each entry on 2 schedulers, over this
+    /// scheduler's own `local` cache.
+    pub fn action_cache(&self, local: Arc<dyn ActionCache>) -> Result<Arc<ShardedActionCache>> {
+        let sharded = Arc::new(ShardedActionCache::new(self.name.clone(), local, 2)?);
+        Arc::clone(&sharded).follow(self.members(), self.tls.clone());
+        Ok(sharded)
     }
 }

@@ -96,12 +96,17 @@ pub struct ClusterSection {
     pub ca: Option<PathBuf>,
     /// Certificate names that mark a cluster member (default `["remexec-cluster"]`).
     pub names: Vec<String>,
+    /// The other schedulers (`grpc://host:port` URLs, or one DNS name resolving to all of
+    /// them): they share the Action Cache, each entry on 2 of them.
+    pub peers: Vec<String>,
     /// Replicas of each blob on the workers, 1 to 3. A scheduler with it set keeps no blobs:
     /// its CAS is the workers' (those started with `--listen`); such a worker keeps 2 unless
     /// it is set.
     pub replicas: Option<u32>,
-    /// The URL other instances reach a worker's CAS port at (default: `grpc://` and the
-    /// listen address, or the worker's name for an unspecified address such as 0.0.0.0).
+    /// The URL other instances reach this one at: a worker's CAS port (default: `grpc://` and
+    /// the listen address, or the worker's name for an unspecified address such as 0.0.0.0),
+    /// or a scheduler's client port, as its peers list it (default: `grpc://` and the listen
+    /// address).
     pub advertise: Option<String>,
     /// Bytes per second a worker spends copying blobs to restore their replicas.
     pub repair_bandwidth: ByteSize,
@@ -116,6 +121,7 @@ impl Default for ClusterSection {
             worker_listen: None,
             ca: None,
             names: Vec::new(),
+            peers: Vec::new(),
             replicas: None,
             advertise: None,
             repair_bandwidth: ByteSize::mib(100),
@@ -349,7 +355,8 @@ pub struct WorkerSection {
     pub name: String,
     /// Number of executors (actions run at once); 0 means one per CPU.
     pub executors: usize,
-    /// Scheduler URL for `remexec worker`.
+    /// Scheduler URL for `remexec worker`; several, comma-separated, for a cluster's
+    /// schedulers (the worker serves each).
     pub scheduler: String,
     /// Byte budget of the worker's input file cache.
     pub cache_budget: ByteSize,

@@ -164,7 +164,18 @@ pub async fn run_worker(
         }
     });
     let tls = crate::security::worker_client_tls(config)?;
-    let channel = remexec_core::client::connect_lazy_with(&config.worker.scheduler, &tls)?;
+    let channels = config
+        .worker
+        .scheduler
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| remexec_core::client::connect_lazy_with(url, &tls))
+        .collect::<Result<Vec<_>>>()?;
+    let channel = channels
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::invalid("a worker needs a scheduler (--scheduler)"))?;
     let mut settings = worker_config(config, "")?;
     let name = settings.name.clone();
     // With --listen, the worker keeps blobs for the cluster and reads and writes through it.
@@ -231,10 +242,10 @@ pub async fn run_worker(
             }
         });
     }
-    let run = worker.run(channel, stop.clone());
+    let run = futures::future::join_all(channels.into_iter().map(|c| worker.run(c, stop.clone())));
     tokio::pin!(run);
     tokio::select! {
-        () = &mut run => {},
+        _ = &mut run => {},
         () = shutdown => stop.cancel(),
     }
     Ok(())

@@ -70,6 +70,9 @@ const CLIENT_SERVICES: &[&str] = &[
 /// The cluster service, on a cluster scheduler's client port.
 const CLUSTER_SERVICE: &str = "remexec.cluster.v1.Cluster";
 
+/// The schedulers' service to each other, on the client port of a scheduler with peers.
+const PEER_SERVICE: &str = "remexec.cluster.v1.Peer";
+
 /// The worker API's service, on the client port when there is no worker port.
 const WORKER_SERVICE: &str = "remexec.worker.v1.WorkerService";
 
@@ -349,6 +352,21 @@ impl ServerBuilder {
             (store, _, _) => (store, None),
         };
         let (store, ac) = given_or_opened(config, given, self.action_cache).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound address", e))?;
+        // Schedulers with peers share the Action Cache; each answers the others from its own.
+        let peers = crate::cluster::SchedulerPeers::start(config, bound)?;
+        let (ac, peer_service) = match &peers {
+            Some(peers) => {
+                let sharded: Arc<dyn ActionCache> = peers.action_cache(Arc::clone(&ac))?;
+                (sharded, Some(remexec_cas::service::PeerService::new(ac)))
+            }
+            None => (ac, None),
+        };
         tracing::info!(cas = %store, action_cache = %ac, ?pool, "assembling the server");
         config.check_limits().map_err(Error::invalid)?;
         let mut scheduler_config = config.scheduler_config().map_err(Error::invalid)?;
@@ -393,9 +411,17 @@ impl ServerBuilder {
         if let Some(cluster) = cluster {
             routes = routes.add_service(cluster.into_service());
         }
+        let mut extra = Vec::new();
+        if config.cluster.replicas.is_some() {
+            extra.push(CLUSTER_SERVICE);
+        }
+        if let Some(service) = peer_service {
+            routes = routes.add_service(service.into_service());
+            extra.push(PEER_SERVICE);
+        }
         // Without a worker port, workers attach on the client port.
         let worker_api = workers.as_ref().filter(|_| worker_port.is_none());
-        let routes = with_reflection(routes, worker_api, config.cluster.replicas.is_some())?;
+        let routes = with_reflection(routes, worker_api, &extra)?;
         let status = StatusSource {
             scheduler,
             store: Arc::clone(&store),
@@ -408,9 +434,6 @@ impl ServerBuilder {
             true => Some(local_worker(config, store, &metrics, self.isolation)?),
             false => None,
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
         Ok(BoundServer {
             client_port: Port {
                 listener,
@@ -435,6 +458,7 @@ impl ServerBuilder {
             drain: Duration::from_secs(config.drain_secs),
             workers,
             local_worker,
+            _peers: peers,
         })
     }
 }
@@ -444,12 +468,10 @@ impl ServerBuilder {
 fn with_reflection(
     mut routes: tonic::service::Routes,
     worker_api: Option<&WorkerPool>,
-    cluster: bool,
+    extra: &[&'static str],
 ) -> Result<tonic::service::Routes> {
     let mut served = CLIENT_SERVICES.to_vec();
-    if cluster {
-        served.push(CLUSTER_SERVICE);
-    }
+    served.extend_from_slice(extra);
     if let Some(workers) = worker_api {
         routes = routes.add_service(workers.service());
         served.push(WORKER_SERVICE);
@@ -566,6 +588,8 @@ pub struct BoundServer {
     /// The pool workers attach to, unless a custom pool was given.
     workers: Option<WorkerPool>,
     local_worker: Option<Worker>,
+    /// The other schedulers, if any (kept for as long as the server runs).
+    _peers: Option<crate::cluster::SchedulerPeers>,
 }
 
 impl BoundServer {

@@ -356,3 +356,99 @@ fn bazel_build_survives_a_worker_kill_and_its_blobs_end_on_two_live_workers() {
         locate(&server, &digests)
     );
 }
+
+/// Two schedulers sharing the Action Cache and the workers' CAS, and three workers serving
+/// both.
+struct TwoSchedulers {
+    schedulers: Vec<Option<ServerProcess>>,
+    workers: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl TwoSchedulers {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs: Vec<String> = (0..2)
+            .map(|_| format!("127.0.0.1:{}", common::free_port()))
+            .collect();
+        let peers: Vec<String> = addrs.iter().map(|a| format!("grpc://{a}")).collect();
+        let schedulers: Vec<Option<ServerProcess>> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                let data = dir.path().join(format!("s{i}"));
+                let mut flags = vec!["--replicas", "2"];
+                for p in &peers {
+                    flags.extend(["--peer", p.as_str()]);
+                }
+                Some(ServerProcess::start_role_at(
+                    "scheduler",
+                    addr,
+                    &data,
+                    &flags,
+                ))
+            })
+            .collect();
+        let all = peers.join(",");
+        let workers = (1..=3)
+            .map(|i| {
+                let name = format!("w{i}");
+                let log = dir.path().join(format!("{name}.log"));
+                cluster_worker(&all, &name, &dir.path().join(&name), "2", &log)
+            })
+            .collect();
+        let both = Self {
+            schedulers,
+            workers,
+            dir,
+        };
+        for s in both.schedulers.iter().flatten() {
+            let url = s.url();
+            assert!(
+                wait_until(30, || members(&status(&url), "live").len() == 3),
+                "the workers never all became members at {url}"
+            );
+        }
+        both
+    }
+
+    fn url(&self, i: usize) -> String {
+        self.schedulers[i].as_ref().unwrap().url()
+    }
+}
+
+impl Drop for TwoSchedulers {
+    fn drop(&mut self) {
+        for child in &mut self.workers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn after_a_scheduler_is_killed_the_other_answers_every_action_from_the_shared_cache() {
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    let mut cluster = TwoSchedulers::start();
+    let log = cluster.dir.path().join("exec.json");
+    let build = |url: &str, mode: &str| {
+        Command::new("bash")
+            .arg(fixtures().join("bazel/cluster_build.sh"))
+            .args([url, log.to_str().unwrap(), mode])
+            .env("BAZEL", &bazel)
+            .status()
+            .unwrap()
+    };
+    assert!(
+        build(&cluster.url(0), "run").success(),
+        "the first build failed"
+    );
+    cluster.schedulers[0].take().unwrap().kill();
+    // A fresh Bazel (new output base) at the other scheduler: every action a remote hit.
+    assert!(
+        build(&cluster.url(1), "hits").success(),
+        "the second scheduler did not answer every action from the cache"
+    );
+}

@@ -41,6 +41,7 @@ pub use ac::disk::DiskActionCache;
 pub use ac::grpc::GrpcActionCache;
 pub use ac::memory::MemoryActionCache;
 pub use ac::object::ObjectActionCache;
+pub use ac::sharded::{PeerActionCache, ShardedActionCache};
 pub use ac::tiered::TieredActionCache;
 pub use external::{ExternalSettings, open_object_store};
 /// The `object_store` crate that [`ObjectBlobStore`] and [`ObjectActionCache`] are built on.

@@ -29,11 +29,13 @@ use crate::worker::Worker;
 struct BusyGuard(
     Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
     String,
+    Arc<tokio::sync::watch::Sender<()>>,
 );
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.0.lock().remove(&self.1);
+        self.2.send_replace(());
     }
 }
 
@@ -209,7 +211,12 @@ impl Worker {
                 offer.started(&lease.executor_id);
             }
         }
-        let _busy = BusyGuard(Arc::clone(&self.busy), lease.executor_id.clone());
+        let _busy = BusyGuard(
+            Arc::clone(&self.busy),
+            lease.executor_id.clone(),
+            Arc::clone(&self.busy_changed),
+        );
+        self.busy_changed.send_replace(());
         let dir = self.config.work_dir.join("actions").join(&lease_id);
         let outcome = self.execute_in(&dir, lease, &cancel).await;
         // Processes are gone (the isolation's contract), so nothing writes here any more.

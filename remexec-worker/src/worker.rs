@@ -1,7 +1,7 @@
 //! [`Worker`]: attaches to a scheduler and runs leases on its executors (the running of one
 //! lease is in `execute.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,12 +33,31 @@ pub struct Worker {
     pub(crate) cache: Arc<FileCache>,
     /// Executors running a lease now: one lease per executor, whoever sends it.
     pub(crate) busy: Arc<Mutex<std::collections::HashSet<String>>>,
-    /// Whether a session with the scheduler is open now.
-    attached: Arc<std::sync::atomic::AtomicBool>,
+    /// How many sessions with schedulers are open now.
+    attached: Arc<std::sync::atomic::AtomicUsize>,
+    /// Ticks whenever an executor becomes busy or idle, so that the sessions with other
+    /// schedulers withdraw and offer it again.
+    pub(crate) busy_changed: Arc<tokio::sync::watch::Sender<()>>,
     /// What a flexible worker offers now; lock it before `busy`.
     pub(crate) offer: Option<Arc<Mutex<Offer>>>,
     /// The cluster's CAS members, as the scheduler last sent them.
     members: Arc<tokio::sync::watch::Sender<Vec<Member>>>,
+}
+
+/// Counts an open session for as long as it lives.
+struct Attached<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Attached<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// How often a flexible worker reconsiders its offer.
@@ -103,6 +122,7 @@ impl Worker {
             cache,
             busy: Arc::default(),
             attached: Arc::default(),
+            busy_changed: Arc::new(tokio::sync::watch::Sender::new(())),
             offer,
             members: Arc::new(tokio::sync::watch::Sender::new(Vec::new())),
         })
@@ -114,9 +134,28 @@ impl Worker {
         self.members.subscribe()
     }
 
-    /// Whether the worker is attached to its scheduler now.
+    /// Whether the worker is attached to a scheduler now.
     pub fn is_attached(&self) -> bool {
-        self.attached.load(std::sync::atomic::Ordering::SeqCst)
+        self.attached.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    /// What a session offers its scheduler: every executor but those running another
+    /// session's lease (`own` are this session's), so that a worker serving several schedulers
+    /// never gets two leases for one executor. `None` for a flexible worker, which offers
+    /// shapes instead (it serves one scheduler).
+    fn session_offer(&self, own: &HashSet<String>) -> Option<Vec<Executor>> {
+        if self.offer.is_some() {
+            return None;
+        }
+        let busy = self.busy.lock().clone();
+        let ids = self
+            .config
+            .executors
+            .iter()
+            .map(|e| e.id.clone())
+            .filter(|id| own.contains(id) || !busy.contains(id))
+            .collect();
+        Some(self.offered_executors(Some(ids)))
     }
 
     /// Why the worker cannot take work now, if it cannot: it is not attached to its
@@ -220,8 +259,6 @@ impl Worker {
         loop {
             let started = std::time::Instant::now();
             let served = self.serve(channel.clone(), stop.clone()).await;
-            self.attached
-                .store(false, std::sync::atomic::Ordering::SeqCst);
             match served {
                 Ok(()) if stop.is_cancelled() => return,
                 Ok(()) => {
@@ -271,9 +308,11 @@ impl Worker {
             .map_err(Error::from)?
             .into_inner();
         tracing::info!(worker = %self.config.name, "attached to scheduler");
-        self.attached
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
+        let _attached = Attached::new(&self.attached);
+        // Leases of this session: cancellation and executor.
+        let running: Arc<Mutex<HashMap<String, (CancellationToken, String)>>> = Arc::default();
+        let mut busy_changes = self.busy_changed.subscribe();
+        let mut offered: Option<Vec<Executor>> = None;
         let session = stop.child_token();
         // However this function ends (even dropped), the session's leases and heartbeats stop.
         let _session_guard = session.clone().drop_guard();
@@ -303,14 +342,24 @@ impl Worker {
                     self.flex_step(&tx, None).await;
                     continue;
                 }
+                Ok(()) = busy_changes.changed() => {
+                    let own = running.lock().values().map(|(_, e)| e.clone()).collect();
+                    if let Some(offer) = self.session_offer(&own).filter(|o| offered.as_ref() != Some(o)) {
+                        let message = SetExecutors { executors: offer.clone() };
+                        let _ = tx.send(send(ToScheduler::SetExecutors(message))).await;
+                        offered = Some(offer);
+                    }
+                    continue;
+                }
             };
             match next {
                 Ok(Some(msg)) => match msg.message {
                     Some(FromScheduler::Lease(lease)) => {
                         let cancel = session.child_token();
-                        running
-                            .lock()
-                            .insert(lease.lease_id.clone(), cancel.clone());
+                        running.lock().insert(
+                            lease.lease_id.clone(),
+                            (cancel.clone(), lease.executor_id.clone()),
+                        );
                         let (this, tx, running) = (self.clone(), tx.clone(), Arc::clone(&running));
                         tokio::spawn(async move {
                             let id = lease.lease_id.clone();
@@ -320,7 +369,7 @@ impl Worker {
                         });
                     }
                     Some(FromScheduler::CancelLease(id)) => {
-                        if let Some(token) = running.lock().get(&id) {
+                        if let Some((token, _)) = running.lock().get(&id) {
                             token.cancel();
                         }
                     }

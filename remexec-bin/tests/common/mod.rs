@@ -52,6 +52,12 @@ impl ServerProcess {
         Self::start_listening(command, "serve", listen, data_dir, extra)
     }
 
+    /// Starts `remexec ROLE` listening on `listen` (a fixed address, as a peer list needs).
+    pub fn start_role_at(role: &str, listen: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        let command = Command::new(env!("CARGO_BIN_EXE_remexec"));
+        Self::start_listening(command, role, listen, data_dir, extra)
+    }
+
     fn start_command(command: Command, role: &str, data_dir: &Path, extra: &[&str]) -> Self {
         Self::start_listening(command, role, "127.0.0.1:0", data_dir, extra)
     }

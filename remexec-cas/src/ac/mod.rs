@@ -5,6 +5,7 @@ pub mod disk;
 pub mod grpc;
 pub mod memory;
 pub mod object;
+pub mod sharded;
 pub mod tiered;
 
 use bytes::Bytes;

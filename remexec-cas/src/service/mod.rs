@@ -9,6 +9,7 @@ mod capabilities;
 mod cas;
 mod cluster;
 mod compression;
+mod peer;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ pub use bytestream::ByteStreamService;
 pub use capabilities::{CapabilitiesService, HIGH_API_VERSION, LOW_API_VERSION};
 pub use cas::CasService;
 pub use cluster::ClusterService;
+pub use peer::PeerService;
 
 use remexec_proto::bytestream::byte_stream_server::ByteStreamServer;
 use remexec_proto::reapi::action_cache_server::ActionCacheServer;

@@ -79,7 +79,7 @@ pub fn method_need(path: &str) -> (Need, InstanceFrom) {
         }
         ("google.longrunning.Operations", "ListOperations") => (Need::Permission(Admin), None),
         ("google.longrunning.Operations", _) => (Need::Permission(Execute), AnyInstance),
-        ("remexec.worker.v1.WorkerService", _) => (Need::Cluster, None),
+        ("remexec.worker.v1.WorkerService" | "remexec.cluster.v1.Peer", _) => (Need::Cluster, None),
         // Where blobs are, and the members: an operator's view.
         ("remexec.cluster.v1.Cluster", _) => (Need::Permission(Admin), None),
         ("grpc.health.v1.Health", _) => (Need::Nothing, None),
@@ -109,6 +109,7 @@ pub fn is_served(path: &str) -> bool {
             | "google.longrunning.Operations"
             | "remexec.worker.v1.WorkerService"
             | "remexec.cluster.v1.Cluster"
+            | "remexec.cluster.v1.Peer"
             | "grpc.health.v1.Health"
             | REFLECTION_V1
             | REFLECTION_V1ALPHA
