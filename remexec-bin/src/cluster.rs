@@ -182,6 +182,15 @@ impl SchedulerPeers {
         self.membership.members()
     }
 
+    /// Which scheduler owns each action and operation.
+    pub fn routing(&self) -> remexec_scheduler::routing::Routing {
+        remexec_scheduler::routing::Routing::new(
+            self.name.clone(),
+            self.members(),
+            self.tls.clone(),
+        )
+    }
+
     /// The Action Cache shared with the peers, each entry on 2 schedulers, over this
     /// scheduler's own `local` cache.
     pub fn action_cache(&self, local: Arc<dyn ActionCache>) -> Result<Arc<ShardedActionCache>> {

@@ -91,13 +91,16 @@ pub async fn cluster(command: ClusterCommand) -> Result<String> {
             })
             .collect();
         let all = json!({"replicas": status.replicas, "members": members,
-                         "below_replicas": status.below_replicas});
+                         "below_replicas": status.below_replicas, "schedulers": status.schedulers});
         return Ok(format!("{all}\n"));
     }
     let mut out = format!(
         "replicas: {}\ncopies to make: {}\n",
         status.replicas, status.below_replicas
     );
+    if !status.schedulers.is_empty() {
+        out.push_str(&format!("schedulers: {}\n", status.schedulers.join(" ")));
+    }
     for m in &status.members {
         let error = match m.error.as_str() {
             "" => String::new(),

@@ -370,6 +370,11 @@ impl ServerBuilder {
         tracing::info!(cas = %store, action_cache = %ac, ?pool, "assembling the server");
         config.check_limits().map_err(Error::invalid)?;
         let mut scheduler_config = config.scheduler_config().map_err(Error::invalid)?;
+        // Any scheduler of a cluster takes any call; each action and operation has an owner.
+        let routing = peers.as_ref().map(|p| Arc::new(p.routing()));
+        if let Some(routing) = &routing {
+            scheduler_config.name = routing.id().to_string();
+        }
         let admin = match config.admin_listen {
             Some(addr) => Some(crate::admin::bind(addr).await?),
             None => None,
@@ -385,7 +390,10 @@ impl ServerBuilder {
             pool,
             metrics.clone(),
         )?;
-        let execution = ExecutionServices::new(scheduler.clone());
+        let mut execution = ExecutionServices::new(scheduler.clone());
+        if let Some(routing) = routing {
+            execution = execution.with_routing(routing);
+        }
         let cache = CacheServices::new(Arc::clone(&store), Arc::clone(&ac))
             .with_metrics(metrics.clone())
             .with_limits(config.cache_limits())
@@ -408,7 +416,10 @@ impl ServerBuilder {
             None => None,
         };
         let mut routes = execution.add_to(cache.into_routes()).add_service(health);
-        if let Some(cluster) = cluster {
+        if let Some(mut cluster) = cluster {
+            if let Some(peers) = &peers {
+                cluster = cluster.with_schedulers(peers.members());
+            }
             routes = routes.add_service(cluster.into_service());
         }
         let mut extra = Vec::new();

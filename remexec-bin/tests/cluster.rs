@@ -311,12 +311,13 @@ fn logged_digests(path: &Path) -> Vec<String> {
 }
 
 #[test]
-fn bazel_build_survives_a_worker_kill_and_its_blobs_end_on_two_live_workers() {
+fn bazel_build_through_one_of_two_schedulers_survives_a_worker_kill_and_its_blobs_end_on_two_live_workers()
+ {
     let Some(bazel) = require_tool("BAZEL", "bazel") else {
         return;
     };
-    let mut cluster = Cluster::start(3);
-    let server = cluster.scheduler.url();
+    let mut cluster = TwoSchedulers::start();
+    let server = cluster.url(0);
     let exec_log = cluster.dir.path().join("exec.json");
     let mut build = Command::new("bash")
         .arg(fixtures().join("bazel/cluster_build.sh"))
@@ -330,21 +331,24 @@ fn bazel_build_survives_a_worker_kill_and_its_blobs_end_on_two_live_workers() {
         let dir = cluster.dir.path().join(name).join("worker/actions");
         std::fs::read_dir(dir).is_ok_and(|r| r.count() > 0)
     };
-    let names: Vec<String> = cluster.workers.keys().cloned().collect();
+    let names: Vec<String> = (1..=3).map(|i| format!("w{i}")).collect();
     assert!(
         wait_until(300, || names.iter().any(|n| busy(n))),
         "no worker started an action"
     );
-    let victim = names.iter().find(|n| busy(n)).unwrap().clone();
-    cluster.kill(&victim);
-    let status = build.wait().unwrap();
+    let index = names.iter().position(|n| busy(n)).unwrap();
+    let victim = names[index].clone();
+    cluster.workers[index].kill().unwrap();
+    cluster.workers[index].wait().unwrap();
+    let built = build.wait().unwrap();
     assert!(
-        status.success(),
-        "the build failed after {victim} was killed: {status}"
+        built.success(),
+        "the build failed after {victim} was killed: {built}"
     );
     let digests = logged_digests(&exec_log);
     assert!(digests.len() >= 10, "{digests:?}");
-    let survivors = cluster.live();
+    let survivors = members(&status(&server), "live");
+    assert_eq!(survivors.len(), 2, "{survivors:?}");
     assert!(!survivors.contains(&victim));
     assert!(
         wait_until(60, || all_on_live(
@@ -408,6 +412,12 @@ impl TwoSchedulers {
                 wait_until(30, || members(&status(&url), "live").len() == 3),
                 "the workers never all became members at {url}"
             );
+            let peers = |s: &serde_json::Value| s["schedulers"].as_array().map_or(0, Vec::len);
+            assert!(
+                wait_until(30, || peers(&status(&url)) == 2),
+                "the schedulers never saw each other: {}",
+                status(&url)
+            );
         }
         both
     }
@@ -451,4 +461,74 @@ fn after_a_scheduler_is_killed_the_other_answers_every_action_from_the_shared_ca
         build(&cluster.url(1), "hits").success(),
         "the second scheduler did not answer every action from the cache"
     );
+}
+
+#[test]
+fn identical_executes_spread_over_both_schedulers_run_once_and_any_scheduler_shows_the_operation() {
+    let cluster = TwoSchedulers::start();
+    let shared = cluster.dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let runs = shared.join("runs");
+    let script = format!("echo run >> {}; sleep 3; echo done", runs.display());
+    let children: Vec<_> = (0..10)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_remexec"))
+                .args([
+                    "exec",
+                    "--server",
+                    &cluster.url(i % 2),
+                    "--",
+                    "sh",
+                    "-c",
+                    &script,
+                ])
+                .current_dir(cluster.dir.path())
+                .env("REMEXEC_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut names = BTreeSet::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+        names.extend(
+            stderr
+                .split_whitespace()
+                .filter(|w| w.starts_with("operations/"))
+                .map(String::from),
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap(),
+        "run\n",
+        "the action ran more than once"
+    );
+    // The operations it ran under are known to both schedulers.
+    let executed = names
+        .iter()
+        .next()
+        .expect("no operation name printed")
+        .clone();
+    for i in 0..2 {
+        let (code, out, err) =
+            remexec(&["show", "operation", &executed, "--server", &cluster.url(i)]);
+        assert_eq!(code, 0, "scheduler {i}: {err}");
+        assert!(out.contains("COMPLETED"), "{out}");
+    }
+    // An operation no scheduler owns is NOT_FOUND at either.
+    let (code, _, err) = remexec(&[
+        "show",
+        "operation",
+        "operations/000000000000/nope",
+        "--server",
+        &cluster.url(0),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is unknown"), "{err}");
 }

@@ -47,6 +47,16 @@ pub struct Member {
 }
 
 impl Member {
+    /// A short id of member name `name` (12 hex digits of its SHA-256), safe in resource names
+    /// such as operation names (`operations/{id}/…`).
+    pub fn id_of(name: &str) -> String {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(name.as_bytes())[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// A member named by its URL, as [`Membership`] finds them.
     pub fn at(url: impl Into<String>) -> Self {
         let url = url.into();

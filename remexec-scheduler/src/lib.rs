@@ -33,6 +33,7 @@ mod operations;
 pub mod platform;
 mod pool;
 mod queue;
+pub mod routing;
 mod scheduler;
 mod service;
 #[cfg(feature = "testing")]

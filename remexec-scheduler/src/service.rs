@@ -19,7 +19,15 @@ use remexec_core::{DigestFunction, Error, Result};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
+use remexec_core::Digest;
+use remexec_core::apis::google::longrunning::operations_client::OperationsClient;
+use remexec_core::reapi::execution_client::ExecutionClient;
+use tonic::transport::Channel;
+
 use crate::Scheduler;
+use crate::routing::{Routing, forwarded, was_routed};
 
 /// A stream of an operation's states, ending with the one where `done` is set.
 fn follow(rx: watch::Receiver<Operation>) -> BoxStream<'static, Result<Operation, Status>> {
@@ -78,12 +86,23 @@ pub fn execution_capabilities() -> ExecutionCapabilities {
 #[derive(Debug, Clone)]
 pub struct ExecutionServices {
     scheduler: Scheduler,
+    routing: Option<Arc<Routing>>,
 }
 
 impl ExecutionServices {
     /// Both services over `scheduler`.
     pub fn new(scheduler: Scheduler) -> Self {
-        Self { scheduler }
+        Self {
+            scheduler,
+            routing: None,
+        }
+    }
+
+    /// Forwards the actions and operations other schedulers of the cluster own to them
+    /// ([`Routing`]); the scheduler's operation names must carry [`Routing::id`].
+    pub fn with_routing(mut self, routing: Arc<Routing>) -> Self {
+        self.routing = Some(routing);
+        self
     }
 
     /// What Capabilities should say about execution: [`execution_capabilities`].
@@ -93,12 +112,16 @@ impl ExecutionServices {
 
     /// The Execution service.
     pub fn execution(&self) -> ExecutionServer<ExecutionService> {
-        ExecutionService::new(self.scheduler.clone()).into_server()
+        let mut service = ExecutionService::new(self.scheduler.clone());
+        service.routing.clone_from(&self.routing);
+        service.into_server()
     }
 
     /// The Operations service.
     pub fn operations(&self) -> OperationsServer<OperationsService> {
-        OperationsService::new(self.scheduler.clone()).into_server()
+        let mut service = OperationsService::new(self.scheduler.clone());
+        service.routing.clone_from(&self.routing);
+        service.into_server()
     }
 
     /// Adds both services to `routes`, for example the cache services' routes.
@@ -118,12 +141,26 @@ impl ExecutionServices {
 #[derive(Debug, Clone)]
 pub struct ExecutionService {
     scheduler: Scheduler,
+    routing: Option<Arc<Routing>>,
 }
 
 impl ExecutionService {
     /// Serves `scheduler`.
     pub fn new(scheduler: Scheduler) -> Self {
-        Self { scheduler }
+        Self {
+            scheduler,
+            routing: None,
+        }
+    }
+
+    /// The scheduler that owns the action `request` names, if another does.
+    fn owner(&self, request: &Request<ExecuteRequest>) -> Option<(String, Channel)> {
+        let routing = self.routing.as_ref().filter(|_| !was_routed(request))?;
+        let req = request.get_ref();
+        let function = DigestFunction::from_proto(req.digest_function).ok()?;
+        let action =
+            Digest::from_field(function, req.action_digest.as_ref(), "action_digest").ok()?;
+        routing.owner(&action)
     }
 
     /// As a tonic service, ready to mount.
@@ -141,6 +178,22 @@ impl Execution for ExecutionService {
         &self,
         request: Request<ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
+        let request = match self.owner(&request) {
+            Some((owner, channel)) => {
+                let forwarded = forwarded(request);
+                let copy = Request::new(forwarded.get_ref().clone());
+                match ExecutionClient::new(channel).execute(forwarded).await {
+                    Ok(stream) => return Ok(Response::new(stream.into_inner().boxed())),
+                    // The owner is gone and the membership does not know yet: run it here.
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        tracing::warn!(%owner, error = %status.message(), "the action's scheduler is unreachable; running it here");
+                        copy
+                    }
+                    Err(status) => return Err(status),
+                }
+            }
+            None => request,
+        };
         // The ObserveLayer parsed the client's RequestMetadata already, if it is in front.
         let metadata = request
             .extensions()
@@ -166,6 +219,13 @@ impl Execution for ExecutionService {
         &self,
         request: Request<WaitExecutionRequest>,
     ) -> Result<Response<Self::WaitExecutionStream>, Status> {
+        if let Some((_, channel)) = operation_owner(self.routing.as_deref(), &request, |r| &r.name)
+        {
+            let stream = ExecutionClient::new(channel)
+                .wait_execution(forwarded(request))
+                .await?;
+            return Ok(Response::new(stream.into_inner().boxed()));
+        }
         respond(
             self.scheduler
                 .subscribe(&request.into_inner().name)
@@ -179,12 +239,27 @@ impl Execution for ExecutionService {
 #[derive(Debug, Clone)]
 pub struct OperationsService {
     scheduler: Scheduler,
+    routing: Option<Arc<Routing>>,
+}
+
+/// The live scheduler that owns the operation `request` names, if another does and the call
+/// was not forwarded already.
+fn operation_owner<T>(
+    routing: Option<&Routing>,
+    request: &Request<T>,
+    name: impl Fn(&T) -> &String,
+) -> Option<(String, Channel)> {
+    let routing = routing.filter(|_| !was_routed(request))?;
+    routing.operation_owner(name(request.get_ref()))
 }
 
 impl OperationsService {
     /// Serves `scheduler`'s operations.
     pub fn new(scheduler: Scheduler) -> Self {
-        Self { scheduler }
+        Self {
+            scheduler,
+            routing: None,
+        }
     }
 
     /// As a tonic service, ready to mount.
@@ -206,6 +281,12 @@ impl Operations for OperationsService {
         &self,
         request: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
+        if let Some((_, channel)) = operation_owner(self.routing.as_deref(), &request, |r| &r.name)
+        {
+            return OperationsClient::new(channel)
+                .get_operation(forwarded(request))
+                .await;
+        }
         respond(
             self.scheduler
                 .subscribe(&request.into_inner().name)
@@ -228,6 +309,12 @@ impl Operations for OperationsService {
         &self,
         request: Request<CancelOperationRequest>,
     ) -> Result<Response<Empty>, Status> {
+        if let Some((_, channel)) = operation_owner(self.routing.as_deref(), &request, |r| &r.name)
+        {
+            return OperationsClient::new(channel)
+                .cancel_operation(forwarded(request))
+                .await;
+        }
         respond(
             self.scheduler
                 .cancel(&request.into_inner().name)

@@ -55,6 +55,7 @@ pub struct ClusterService {
     store: Arc<ReplicatedStore>,
     members: watch::Receiver<Vec<Member>>,
     role: Arc<Role>,
+    schedulers: Option<watch::Receiver<Vec<Member>>>,
 }
 
 impl ClusterService {
@@ -73,7 +74,14 @@ impl ClusterService {
             store,
             members,
             role: Arc::new(role),
+            schedulers: None,
         }
+    }
+
+    /// Lists `schedulers`, the live schedulers sharing the Action Cache, in `Status`.
+    pub fn with_schedulers(mut self, schedulers: watch::Receiver<Vec<Member>>) -> Self {
+        self.schedulers = Some(schedulers);
+        self
     }
 
     /// A worker's service: member `name` at `url`, holding `local`, re-replicated by
@@ -95,6 +103,7 @@ impl ClusterService {
                 local,
                 repairer,
             }),
+            schedulers: None,
         }
     }
 
@@ -199,10 +208,16 @@ impl Cluster for ClusterService {
             .filter(|m| m.state == "live")
             .map(|m| m.below_replicas)
             .sum();
+        let schedulers = self
+            .schedulers
+            .as_ref()
+            .map(|s| s.borrow().iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_default();
         Ok(Response::new(StatusResponse {
             replicas: self.store.replicas() as u32,
             members,
             below_replicas,
+            schedulers,
         }))
     }
 
