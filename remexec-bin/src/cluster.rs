@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remexec_cas::ShardedActionCache;
-use remexec_cas::service::ClusterService;
+use remexec_cas::service::{ClusterService, PeerService};
 use remexec_cas::{
     CacheServices, DiskStore, DiskStoreOptions, MemoryActionCache, Repairer, ReplicatedStore,
 };
@@ -143,6 +143,25 @@ impl WorkerCas {
             }
         })
     }
+}
+
+/// For a scheduler with `[cluster] peers`: its peers, the Action Cache it shares with them over
+/// `local`, and the `Peer` service that answers them from `local`. Otherwise `local` alone.
+#[allow(clippy::type_complexity)]
+pub fn share_action_cache(
+    config: &Config,
+    bound: SocketAddr,
+    local: Arc<dyn ActionCache>,
+) -> Result<(
+    Option<SchedulerPeers>,
+    Arc<dyn ActionCache>,
+    Option<PeerService>,
+)> {
+    let Some(peers) = SchedulerPeers::start(config, bound)? else {
+        return Ok((None, local, None));
+    };
+    let shared: Arc<dyn ActionCache> = peers.action_cache(Arc::clone(&local))?;
+    Ok((Some(peers), shared, Some(PeerService::new(local))))
 }
 
 /// A scheduler's peers: the other schedulers, found from `[cluster] peers` seeds and

@@ -204,43 +204,7 @@ pub async fn run_worker(
         cluster.start(config, &worker, &name, tls.clone(), stop.clone());
     }
     if let Some(addr) = config.admin_listen {
-        let listener = crate::admin::bind(addr).await?;
-        println!(
-            "remexec: admin port on {}",
-            listener
-                .local_addr()
-                .map_err(|e| Error::io("reading the admin port's address", e))?
-        );
-        let (readiness, _health) = crate::admin::Readiness::new();
-        let metrics = remexec_core::metrics::Metrics::new();
-        let watched = worker.clone();
-        metrics.on_scrape(move |m| m.store_usage("worker_cache", watched.cache_usage()));
-        let admin = crate::admin::Admin {
-            readiness: readiness.clone(),
-            metrics,
-            status: None,
-        };
-        tokio::spawn(crate::admin::serve(listener, admin, stop.clone()));
-        let (watched, min_free) = (worker.clone(), config.worker.min_free_disk.as_u64());
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let mut was = None;
-            loop {
-                let unready = watched.unready(min_free);
-                if was.as_ref() != Some(&unready) {
-                    match &unready {
-                        Some(why) => tracing::warn!(%why, "not ready"),
-                        None => tracing::info!("ready"),
-                    }
-                    readiness.set(unready.is_none()).await;
-                    was = Some(unready);
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = stopped.cancelled() => return,
-                }
-            }
-        });
+        serve_worker_admin(addr, config, &worker, &stop).await?;
     }
     let run = futures::future::join_all(channels.into_iter().map(|c| worker.run(c, stop.clone())));
     tokio::pin!(run);
@@ -248,6 +212,53 @@ pub async fn run_worker(
         _ = &mut run => {},
         () = shutdown => stop.cancel(),
     }
+    Ok(())
+}
+
+/// The worker's admin port on `addr`: readiness (attached, disk free), metrics, until `stop`.
+async fn serve_worker_admin(
+    addr: std::net::SocketAddr,
+    config: &Config,
+    worker: &Worker,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let listener = crate::admin::bind(addr).await?;
+    println!(
+        "remexec: admin port on {}",
+        listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the admin port's address", e))?
+    );
+    let (readiness, _health) = crate::admin::Readiness::new();
+    let metrics = remexec_core::metrics::Metrics::new();
+    let watched = worker.clone();
+    metrics.on_scrape(move |m| m.store_usage("worker_cache", watched.cache_usage()));
+    let admin = crate::admin::Admin {
+        readiness: readiness.clone(),
+        metrics,
+        status: None,
+    };
+    tokio::spawn(crate::admin::serve(listener, admin, stop.clone()));
+    let (watched, min_free) = (worker.clone(), config.worker.min_free_disk.as_u64());
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        let mut was = None;
+        loop {
+            let unready = watched.unready(min_free);
+            if was.as_ref() != Some(&unready) {
+                match &unready {
+                    Some(why) => tracing::warn!(%why, "not ready"),
+                    None => tracing::info!("ready"),
+                }
+                readiness.set(unready.is_none()).await;
+                was = Some(unready);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stopped.cancelled() => return,
+            }
+        }
+    });
     Ok(())
 }
 

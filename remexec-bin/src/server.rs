@@ -333,24 +333,7 @@ impl ServerBuilder {
                 "a local worker attaches to the WorkerPool; it cannot run with a custom executor pool",
             ));
         }
-        let (pool, workers): (Arc<dyn ExecutorPool>, _) = match self.pool {
-            Some(pool) => (pool, None),
-            None => {
-                let workers = match config.cluster.replicas {
-                    Some(r) => WorkerPool::cluster(r),
-                    None => WorkerPool::new(),
-                };
-                (Arc::new(workers.clone()), Some(workers))
-            }
-        };
-        // A cluster's CAS is on its workers.
-        let (given, cluster) = match (self.store, config.cluster.replicas, &workers) {
-            (None, Some(r), Some(workers)) => {
-                let (store, service) = crate::cluster::scheduler_cas(r, workers)?;
-                (Some(store as Arc<dyn BlobStore>), Some(service))
-            }
-            (store, _, _) => (store, None),
-        };
+        let (pool, workers, given, cluster) = pool_and_store(config, self.pool, self.store)?;
         let (store, ac) = given_or_opened(config, given, self.action_cache).await?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -358,30 +341,15 @@ impl ServerBuilder {
         let bound = listener
             .local_addr()
             .map_err(|e| Error::io("reading the bound address", e))?;
-        // Schedulers with peers share the Action Cache; each answers the others from its own.
-        let peers = crate::cluster::SchedulerPeers::start(config, bound)?;
-        let (ac, peer_service) = match &peers {
-            Some(peers) => {
-                let sharded: Arc<dyn ActionCache> = peers.action_cache(Arc::clone(&ac))?;
-                (sharded, Some(remexec_cas::service::PeerService::new(ac)))
-            }
-            None => (ac, None),
-        };
+        let (peers, ac, peer_service) = crate::cluster::share_action_cache(config, bound, ac)?;
         tracing::info!(cas = %store, action_cache = %ac, ?pool, "assembling the server");
         config.check_limits().map_err(Error::invalid)?;
-        let mut scheduler_config = config.scheduler_config().map_err(Error::invalid)?;
-        // Any scheduler of a cluster takes any call; each action and operation has an owner.
-        let routing = peers.as_ref().map(|p| Arc::new(p.routing()));
-        if let Some(routing) = &routing {
-            scheduler_config.name = routing.id().to_string();
-        }
         let admin = match config.admin_listen {
             Some(addr) => Some(crate::admin::bind(addr).await?),
             None => None,
         };
-        // Links to failed actions name the port actually bound (port 0 picks one).
-        let bound = admin.as_ref().and_then(|a| a.local_addr().ok());
-        scheduler_config.status_url = config.status_url(bound);
+        let (scheduler_config, routing) =
+            scheduler_settings(config, peers.as_ref(), admin.as_ref())?;
         let metrics = self.metrics;
         let scheduler = Scheduler::with_metrics(
             scheduler_config,
@@ -406,30 +374,16 @@ impl ServerBuilder {
                     Error::invalid("a worker port needs the WorkerPool, not a custom executor pool")
                 })?;
                 // Workers read inputs and write outputs through the same CAS.
-                let routes = cache
-                    .clone()
-                    .into_routes()
+                let routes = cache.clone().into_routes();
+                let routes = routes
                     .add_service(workers.service())
                     .add_service(health.clone());
                 Some(Port::bind(port, routes, observe.clone()).await?)
             }
             None => None,
         };
-        let mut routes = execution.add_to(cache.into_routes()).add_service(health);
-        if let Some(mut cluster) = cluster {
-            if let Some(peers) = &peers {
-                cluster = cluster.with_schedulers(peers.members());
-            }
-            routes = routes.add_service(cluster.into_service());
-        }
-        let mut extra = Vec::new();
-        if config.cluster.replicas.is_some() {
-            extra.push(CLUSTER_SERVICE);
-        }
-        if let Some(service) = peer_service {
-            routes = routes.add_service(service.into_service());
-            extra.push(PEER_SERVICE);
-        }
+        let routes = execution.add_to(cache.into_routes()).add_service(health);
+        let (routes, extra) = cluster_routes(routes, cluster, peers.as_ref(), peer_service);
         // Without a worker port, workers attach on the client port.
         let worker_api = workers.as_ref().filter(|_| worker_port.is_none());
         let routes = with_reflection(routes, worker_api, &extra)?;
@@ -472,6 +426,86 @@ impl ServerBuilder {
             _peers: peers,
         })
     }
+}
+
+/// The scheduler's settings from `config`, and for a cluster scheduler (one with `peers`) the
+/// routing of actions and operations among the schedulers, whose id names its operations.
+fn scheduler_settings(
+    config: &Config,
+    peers: Option<&crate::cluster::SchedulerPeers>,
+    admin: Option<&TcpListener>,
+) -> Result<(
+    remexec_scheduler::SchedulerConfig,
+    Option<Arc<remexec_scheduler::routing::Routing>>,
+)> {
+    let mut scheduler_config = config.scheduler_config().map_err(Error::invalid)?;
+    // Any scheduler of a cluster takes any call; each action and operation has an owner.
+    let routing = peers.map(|p| Arc::new(p.routing()));
+    if let Some(routing) = &routing {
+        scheduler_config.name = routing.id().to_string();
+    }
+    // Links to failed actions name the port actually bound (port 0 picks one).
+    let bound = admin.and_then(|a| a.local_addr().ok());
+    scheduler_config.status_url = config.status_url(bound);
+    Ok((scheduler_config, routing))
+}
+
+/// `routes` with what a cluster scheduler serves besides: the `Cluster` service (listing the
+/// scheduler `peers`, if any) and the `Peer` service; and the names of those services.
+fn cluster_routes(
+    mut routes: tonic::service::Routes,
+    cluster: Option<remexec_cas::service::ClusterService>,
+    peers: Option<&crate::cluster::SchedulerPeers>,
+    peer_service: Option<remexec_cas::service::PeerService>,
+) -> (tonic::service::Routes, Vec<&'static str>) {
+    let mut served = Vec::new();
+    if let Some(mut cluster) = cluster {
+        if let Some(peers) = peers {
+            cluster = cluster.with_schedulers(peers.members());
+        }
+        routes = routes.add_service(cluster.into_service());
+        served.push(CLUSTER_SERVICE);
+    }
+    if let Some(service) = peer_service {
+        routes = routes.add_service(service.into_service());
+        served.push(PEER_SERVICE);
+    }
+    (routes, served)
+}
+
+/// The executor pool (and the `WorkerPool` behind it, unless one was given), and the blob
+/// store: `given`, or for a cluster (`[cluster] replicas`) the workers' CAS with its `Cluster`
+/// service.
+#[allow(clippy::type_complexity)]
+fn pool_and_store(
+    config: &Config,
+    pool: Option<Arc<dyn ExecutorPool>>,
+    given: Option<Arc<dyn BlobStore>>,
+) -> Result<(
+    Arc<dyn ExecutorPool>,
+    Option<WorkerPool>,
+    Option<Arc<dyn BlobStore>>,
+    Option<remexec_cas::service::ClusterService>,
+)> {
+    let (pool, workers): (Arc<dyn ExecutorPool>, _) = match pool {
+        Some(pool) => (pool, None),
+        None => {
+            let workers = match config.cluster.replicas {
+                Some(r) => WorkerPool::cluster(r),
+                None => WorkerPool::new(),
+            };
+            (Arc::new(workers.clone()), Some(workers))
+        }
+    };
+    // A cluster's CAS is on its workers.
+    let (store, cluster) = match (given, config.cluster.replicas, &workers) {
+        (None, Some(r), Some(workers)) => {
+            let (store, service) = crate::cluster::scheduler_cas(r, workers)?;
+            (Some(store as Arc<dyn BlobStore>), Some(service))
+        }
+        (store, _, _) => (store, None),
+    };
+    Ok((pool, workers, store, cluster))
 }
 
 /// `routes` with the worker API (if given) and the reflection services, which list exactly what

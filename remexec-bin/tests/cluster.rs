@@ -371,6 +371,11 @@ struct TwoSchedulers {
 
 impl TwoSchedulers {
     fn start() -> Self {
+        Self::start_with(3, "2")
+    }
+
+    /// With `n` workers of one executor each, keeping `replicas`.
+    fn start_with(n: usize, replicas: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<String> = (0..2)
             .map(|_| format!("127.0.0.1:{}", common::free_port()))
@@ -381,7 +386,7 @@ impl TwoSchedulers {
             .enumerate()
             .map(|(i, addr)| {
                 let data = dir.path().join(format!("s{i}"));
-                let mut flags = vec!["--replicas", "2"];
+                let mut flags = vec!["--replicas", replicas];
                 for p in &peers {
                     flags.extend(["--peer", p.as_str()]);
                 }
@@ -394,11 +399,11 @@ impl TwoSchedulers {
             })
             .collect();
         let all = peers.join(",");
-        let workers = (1..=3)
+        let workers = (1..=n)
             .map(|i| {
                 let name = format!("w{i}");
                 let log = dir.path().join(format!("{name}.log"));
-                cluster_worker(&all, &name, &dir.path().join(&name), "2", &log)
+                cluster_worker(&all, &name, &dir.path().join(&name), replicas, &log)
             })
             .collect();
         let both = Self {
@@ -409,7 +414,7 @@ impl TwoSchedulers {
         for s in both.schedulers.iter().flatten() {
             let url = s.url();
             assert!(
-                wait_until(30, || members(&status(&url), "live").len() == 3),
+                wait_until(30, || members(&status(&url), "live").len() == n),
                 "the workers never all became members at {url}"
             );
             let peers = |s: &serde_json::Value| s["schedulers"].as_array().map_or(0, Vec::len);
@@ -531,4 +536,49 @@ fn identical_executes_spread_over_both_schedulers_run_once_and_any_scheduler_sho
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("is unknown"), "{err}");
+}
+
+#[test]
+fn a_worker_serving_two_schedulers_never_runs_more_actions_than_it_has_executors() {
+    // One worker with one executor; distinct actions sent to both schedulers at once.
+    let cluster = TwoSchedulers::start_with(1, "1");
+    let shared = cluster.dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let lock = shared.join("lock");
+    let children: Vec<_> = (0..6)
+        .map(|i| {
+            // mkdir fails if another action holds the lock: two at once would show.
+            let script = format!(
+                "mkdir {lock} || {{ echo overlap; exit 3; }}; sleep 0.5; rmdir {lock}; echo {i}",
+                lock = lock.display()
+            );
+            Command::new(env!("CARGO_BIN_EXE_remexec"))
+                .args([
+                    "exec",
+                    "--server",
+                    &cluster.url(i % 2),
+                    "--",
+                    "sh",
+                    "-c",
+                    &script,
+                ])
+                .current_dir(cluster.dir.path())
+                .env("REMEXEC_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "action {i}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{i}\n"));
+    }
 }

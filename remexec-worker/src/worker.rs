@@ -279,25 +279,64 @@ impl Worker {
         }
     }
 
-    /// One attach session: registers, then runs leases until the stream ends or `stop` fires.
-    /// Leases still running when it ends are cancelled (the scheduler re-queues them).
-    pub async fn serve(&self, channel: Channel, stop: CancellationToken) -> Result<()> {
-        let (tx, rx) = mpsc::channel::<WorkerMessage>(256);
-        let register = Register {
+    /// What this worker registers with.
+    fn register(&self) -> Register {
+        let cas = self.config.cas.as_ref();
+        Register {
             worker_name: self.config.name.clone(),
             executors: self.offered_executors(None),
             heartbeat_interval_ms: self.config.heartbeat.as_millis() as u64,
             shapes: self.shapes(),
-            cas_url: self
-                .config
-                .cas
-                .as_ref()
-                .map(|c| c.url.clone())
-                .unwrap_or_default(),
-            replicas: self.config.cas.as_ref().map_or(0, |c| c.replicas),
-        };
+            cas_url: cas.map(|c| c.url.clone()).unwrap_or_default(),
+            replicas: cas.map_or(0, |c| c.replicas),
+        }
+    }
+
+    /// Sends a heartbeat on `tx` every interval until `session` ends.
+    fn spawn_heartbeat(
+        &self,
+        tx: mpsc::Sender<WorkerMessage>,
+        session: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let every = self.config.heartbeat;
+        tokio::spawn(async move {
+            while tokio::time::timeout(every, session.cancelled())
+                .await
+                .is_err()
+            {
+                let beat = WorkerMessage {
+                    message: Some(ToScheduler::Heartbeat(Heartbeat {})),
+                };
+                if tx.send(beat).await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Publishes the CAS members a scheduler sent.
+    fn set_members(&self, members: remexec_proto::worker::v1::Members) {
+        let members: Vec<Member> = members
+            .members
+            .into_iter()
+            .map(|m| Member {
+                name: m.name,
+                url: m.url,
+            })
+            .collect();
+        self.members.send_if_modified(|current| {
+            let changed = *current != members;
+            *current = members;
+            changed
+        });
+    }
+
+    /// One attach session: registers, then runs leases until the stream ends or `stop` fires.
+    /// Leases still running when it ends are cancelled (the scheduler re-queues them).
+    pub async fn serve(&self, channel: Channel, stop: CancellationToken) -> Result<()> {
+        let (tx, rx) = mpsc::channel::<WorkerMessage>(256);
         let send = |m| WorkerMessage { message: Some(m) };
-        tx.send(send(ToScheduler::Register(register)))
+        tx.send(send(ToScheduler::Register(self.register())))
             .await
             .map_err(|_| Error::Internal("outbox closed".into()))?;
         let mut inbound = WorkerServiceClient::new(channel)
@@ -316,23 +355,7 @@ impl Worker {
         let session = stop.child_token();
         // However this function ends (even dropped), the session's leases and heartbeats stop.
         let _session_guard = session.clone().drop_guard();
-        let heartbeat = {
-            let (tx, session, every) = (tx.clone(), session.clone(), self.config.heartbeat);
-            tokio::spawn(async move {
-                while tokio::time::timeout(every, session.cancelled())
-                    .await
-                    .is_err()
-                {
-                    if tx
-                        .send(send(ToScheduler::Heartbeat(Heartbeat {})))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            })
-        };
+        let heartbeat = self.spawn_heartbeat(tx.clone(), session.clone());
         let mut tick = tokio::time::interval(FLEX_TICK);
         let result = loop {
             let next = tokio::select! {
@@ -374,21 +397,7 @@ impl Worker {
                         }
                     }
                     Some(FromScheduler::Demand(demand)) => self.flex_step(&tx, Some(demand)).await,
-                    Some(FromScheduler::Members(members)) => {
-                        let members: Vec<Member> = members
-                            .members
-                            .into_iter()
-                            .map(|m| Member {
-                                name: m.name,
-                                url: m.url,
-                            })
-                            .collect();
-                        self.members.send_if_modified(|current| {
-                            let changed = *current != members;
-                            *current = members;
-                            changed
-                        });
-                    }
+                    Some(FromScheduler::Members(members)) => self.set_members(members),
                     None => {}
                 },
                 Ok(None) => break Ok(()),

@@ -11,6 +11,9 @@ use remexec_core::membership::Member;
 use remexec_core::placement::Placement;
 use remexec_core::{BlobStore, ChunkStream, Digest, Error, ReadRange, Result};
 
+/// Most digests asked of one member in one FindMissingBlobs.
+const FIND_MISSING_BATCH: usize = 10_000;
+
 /// The members as last set, and the placement before that (reads fall back to it while blobs
 /// have not moved yet).
 #[derive(Debug, Default)]
@@ -181,12 +184,16 @@ impl ReplicatedStore {
                     .push(*d);
             }
         }
-        let answers = futures::future::join_all(per_member.into_iter().map(
-            |(member, (store, ds))| async move {
-                let answer = store.find_missing(instance, &ds).await;
-                (member, ds, answer)
-            },
-        ))
+        // Each member is asked in batches, all members (and batches) at once.
+        let asks = per_member.into_iter().flat_map(|(member, (store, ds))| {
+            ds.chunks(FIND_MISSING_BATCH)
+                .map(|batch| (member.clone(), Arc::clone(&store), batch.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        let answers = futures::future::join_all(asks.map(|(member, store, ds)| async move {
+            let answer = store.find_missing(instance, &ds).await;
+            (member, ds, answer)
+        }))
         .await;
         // A digest is present once one member says it holds it.
         let mut present = HashSet::new();

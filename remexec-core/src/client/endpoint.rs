@@ -25,8 +25,13 @@ pub const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 /// The largest gRPC message a client built by [`cas_client`] and its siblings sends or takes.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
-/// How often an idle connection is pinged, so that a dead peer is noticed.
-pub const KEEPALIVE: Duration = Duration::from_secs(30);
+/// How often a connection is pinged, and how long a ping may go unanswered: a peer that is
+/// gone without closing its connections (a host lost, a network cut) is noticed within twice
+/// this.
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Longest a new connection may take to establish.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a client checks the server of a `grpcs://` URL.
 ///
@@ -108,8 +113,8 @@ pub fn endpoint(url: &str) -> Result<Endpoint> {
 /// are HTTP/2 over TLS checked as `tls` says; anything else is `InvalidArgument`, and so are TLS
 /// settings for a plaintext URL or a CA certificate that is not PEM.
 ///
-/// The endpoint has [`STREAM_WINDOW`] and [`CONNECTION_WINDOW`], `TCP_NODELAY` and HTTP/2
-/// keepalive pings every [`KEEPALIVE`].
+/// The endpoint has [`STREAM_WINDOW`] and [`CONNECTION_WINDOW`], `TCP_NODELAY`, HTTP/2
+/// keepalive pings every [`KEEPALIVE`] (answered within as long) and [`CONNECT_TIMEOUT`].
 pub fn endpoint_with(url: &str, tls: &ClientTls) -> Result<Endpoint> {
     let (uri, secure) = if let Some(rest) = url.strip_prefix("grpc://") {
         (format!("http://{rest}"), false)
@@ -141,7 +146,9 @@ pub fn endpoint_with(url: &str, tls: &ClientTls) -> Result<Endpoint> {
         .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE)
-        .keep_alive_while_idle(true))
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true)
+        .connect_timeout(CONNECT_TIMEOUT))
 }
 
 /// Connects to `url` (see [`endpoint`]); `Unavailable` if the server cannot be reached.

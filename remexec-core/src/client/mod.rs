@@ -54,9 +54,9 @@ mod tests;
 
 pub use action::{ActionBuilder, BuiltAction};
 pub use endpoint::{
-    CONNECTION_WINDOW, Channels, ClientIdentity, ClientTls, KEEPALIVE, MAX_MESSAGE_SIZE,
-    STREAM_WINDOW, action_cache_client, capabilities_client, cas_client, connect, connect_lazy,
-    connect_lazy_with, connect_with, endpoint, endpoint_with, execution_client,
+    CONNECT_TIMEOUT, CONNECTION_WINDOW, Channels, ClientIdentity, ClientTls, KEEPALIVE,
+    MAX_MESSAGE_SIZE, STREAM_WINDOW, action_cache_client, capabilities_client, cas_client, connect,
+    connect_lazy, connect_lazy_with, connect_with, endpoint, endpoint_with, execution_client,
 };
 pub use execute::{FollowOptions, execute, operation_response};
 pub use materialize::{
