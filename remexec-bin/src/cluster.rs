@@ -148,7 +148,7 @@ impl WorkerCas {
 /// For a scheduler with `[cluster] peers`: its peers, the Action Cache it shares with them over
 /// `local`, and the `Peer` service that answers them from `local`. Otherwise `local` alone.
 #[allow(clippy::type_complexity)]
-pub fn share_action_cache(
+pub async fn share_action_cache(
     config: &Config,
     bound: SocketAddr,
     local: Arc<dyn ActionCache>,
@@ -157,7 +157,7 @@ pub fn share_action_cache(
     Arc<dyn ActionCache>,
     Option<PeerService>,
 )> {
-    let Some(peers) = SchedulerPeers::start(config, bound)? else {
+    let Some(peers) = SchedulerPeers::start(config, bound).await? else {
         return Ok((None, local, None));
     };
     let shared: Arc<dyn ActionCache> = peers.action_cache(Arc::clone(&local))?;
@@ -177,18 +177,28 @@ pub struct SchedulerPeers {
 impl SchedulerPeers {
     /// The peers of a scheduler bound at `bound`, or `None` without `[cluster] peers`. Peers
     /// are reached with the `[worker]` client TLS settings (the cluster certificate).
-    pub fn start(config: &Config, bound: SocketAddr) -> Result<Option<Self>> {
+    pub async fn start(config: &Config, bound: SocketAddr) -> Result<Option<Self>> {
         if config.cluster.peers.is_empty() {
             return Ok(None);
         }
         let tls = crate::security::worker_client_tls(config)?;
         let mut settings = MembershipConfig::new(config.cluster.peers.clone());
         settings.tls = tls.clone();
-        let name = config
-            .cluster
-            .advertise
-            .clone()
-            .unwrap_or_else(|| format!("grpc://{bound}"));
+        // Named as the peers name it: the membership resolves every seed to addresses.
+        let advertised = match &config.cluster.advertise {
+            Some(url) => url.clone(),
+            None if bound.ip().is_unspecified() => {
+                let host = nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_else(|| "localhost".into());
+                format!("grpc://{host}:{}", bound.port())
+            }
+            None => format!("grpc://{bound}"),
+        };
+        let timeout = Duration::from_secs(5);
+        let name = remexec_core::membership::canonical_url(&advertised, timeout).await?;
+        tracing::info!(%name, "this scheduler's name among its peers");
         Ok(Some(Self {
             name,
             membership: Membership::start(settings)?,

@@ -91,7 +91,8 @@ pub async fn cluster(command: ClusterCommand) -> Result<String> {
             })
             .collect();
         let all = json!({"replicas": status.replicas, "members": members,
-                         "below_replicas": status.below_replicas, "schedulers": status.schedulers});
+                         "below_replicas": status.below_replicas, "schedulers": status.schedulers,
+                         "scheduler": status.scheduler});
         return Ok(format!("{all}\n"));
     }
     let mut out = format!(
@@ -99,7 +100,11 @@ pub async fn cluster(command: ClusterCommand) -> Result<String> {
         status.replicas, status.below_replicas
     );
     if !status.schedulers.is_empty() {
-        out.push_str(&format!("schedulers: {}\n", status.schedulers.join(" ")));
+        out.push_str(&format!(
+            "schedulers: {} (this one: {})\n",
+            status.schedulers.join(" "),
+            status.scheduler
+        ));
     }
     for m in &status.members {
         let error = match m.error.as_str() {

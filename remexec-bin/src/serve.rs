@@ -177,6 +177,11 @@ pub async fn run_worker(
         .cloned()
         .ok_or_else(|| Error::invalid("a worker needs a scheduler (--scheduler)"))?;
     let mut settings = worker_config(config, "")?;
+    if settings.flexible.is_some() && channels.len() > 1 {
+        return Err(Error::invalid(
+            "a flexible worker ([worker.flexible]) serves one scheduler, not several",
+        ));
+    }
     let name = settings.name.clone();
     // With --listen, the worker keeps blobs for the cluster and reads and writes through it.
     let cluster = match config.worker.listen {

@@ -335,13 +335,9 @@ impl ServerBuilder {
         }
         let (pool, workers, given, cluster) = pool_and_store(config, self.pool, self.store)?;
         let (store, ac) = given_or_opened(config, given, self.action_cache).await?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the bound address", e))?;
-        let (peers, ac, peer_service) = crate::cluster::share_action_cache(config, bound, ac)?;
+        let (listener, bound) = bind_listener(config.listen).await?;
+        let (peers, ac, peer_service) =
+            crate::cluster::share_action_cache(config, bound, ac).await?;
         tracing::info!(cas = %store, action_cache = %ac, ?pool, "assembling the server");
         config.check_limits().map_err(Error::invalid)?;
         let admin = match config.admin_listen {
@@ -428,6 +424,17 @@ impl ServerBuilder {
     }
 }
 
+/// A listener on `addr`, and the address actually bound (port 0 picks one).
+async fn bind_listener(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("binding {addr}"), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the bound address", e))?;
+    Ok((listener, bound))
+}
+
 /// The scheduler's settings from `config`, and for a cluster scheduler (one with `peers`) the
 /// routing of actions and operations among the schedulers, whose id names its operations.
 fn scheduler_settings(
@@ -461,7 +468,7 @@ fn cluster_routes(
     let mut served = Vec::new();
     if let Some(mut cluster) = cluster {
         if let Some(peers) = peers {
-            cluster = cluster.with_schedulers(peers.members());
+            cluster = cluster.with_schedulers(peers.name.clone(), peers.members());
         }
         routes = routes.add_service(cluster.into_service());
         served.push(CLUSTER_SERVICE);

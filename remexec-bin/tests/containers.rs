@@ -173,8 +173,10 @@ fn start_project(compose: PathBuf) -> (Project, String, String) {
         format!("grpc://127.0.0.1:{p2}"),
     );
     for server in [&s1, &s2] {
+        // Each scheduler names itself as its peers name it (they resolve s1 and s2).
         let ready = |s: &serde_json::Value| {
-            live(s).len() == 3 && s["schedulers"].as_array().map_or(0, Vec::len) == 2
+            let schedulers = s["schedulers"].as_array().cloned().unwrap_or_default();
+            live(s).len() == 3 && schedulers.len() == 2 && schedulers.contains(&s["scheduler"])
         };
         assert!(
             wait_until(120, || status(server).is_some_and(|s| ready(&s))),

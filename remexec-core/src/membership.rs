@@ -146,6 +146,18 @@ async fn resolve(seeds: &[String], timeout: Duration) -> BTreeSet<String> {
     members
 }
 
+/// `url` as a [`Membership`] names the member it resolves to (`scheme://address:port`, the
+/// first address), so that an instance can name itself as its peers name it. `url` itself if
+/// it does not resolve within `timeout`; `InvalidArgument` if it is not a seed URL.
+pub async fn canonical_url(url: &str, timeout: Duration) -> Result<String> {
+    split_seed(url)?;
+    let resolved = resolve(&[url.to_string()], timeout).await;
+    Ok(resolved
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| url.to_string()))
+}
+
 /// Whether the member behind `channel` answers `SERVING` within `timeout`.
 async fn serving(channel: Channel, timeout: Duration) -> bool {
     let mut client = HealthClient::new(channel);

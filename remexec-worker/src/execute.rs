@@ -27,7 +27,7 @@ use crate::worker::Worker;
 
 /// Marks an executor busy for as long as it lives.
 struct BusyGuard(
-    Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
+    Arc<parking_lot::Mutex<std::collections::HashMap<String, String>>>,
     String,
     Arc<tokio::sync::watch::Sender<()>>,
 );
@@ -198,7 +198,8 @@ impl Worker {
                     ),
                 ));
             }
-            if !self.busy.lock().insert(lease.executor_id.clone()) {
+            let mut busy = self.busy.lock();
+            if busy.contains_key(&lease.executor_id) {
                 return refuse(rpc_status(
                     tonic::Code::Aborted,
                     format!(
@@ -207,6 +208,8 @@ impl Worker {
                     ),
                 ));
             }
+            busy.insert(lease.executor_id.clone(), lease.lease_id.clone());
+            drop(busy);
             if let Some(offer) = &mut offer {
                 offer.started(&lease.executor_id);
             }

@@ -31,8 +31,8 @@ pub struct Worker {
     pub(crate) cas: Arc<dyn BlobStore>,
     pub(crate) isolation: Arc<dyn Isolation>,
     pub(crate) cache: Arc<FileCache>,
-    /// Executors running a lease now: one lease per executor, whoever sends it.
-    pub(crate) busy: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Executors running a lease now, with the lease: one lease per executor, whoever sends it.
+    pub(crate) busy: Arc<Mutex<HashMap<String, String>>>,
     /// How many sessions with schedulers are open now.
     attached: Arc<std::sync::atomic::AtomicUsize>,
     /// Ticks whenever an executor becomes busy or idle, so that the sessions with other
@@ -140,9 +140,9 @@ impl Worker {
     }
 
     /// What a session offers its scheduler: every executor but those running another
-    /// session's lease (`own` are this session's), so that a worker serving several schedulers
-    /// never gets two leases for one executor. `None` for a flexible worker, which offers
-    /// shapes instead (it serves one scheduler).
+    /// session's lease (`own` are this session's lease ids), so that a worker serving several
+    /// schedulers never gets two leases for one executor. `None` for a flexible worker, which
+    /// offers shapes instead (it serves one scheduler).
     fn session_offer(&self, own: &HashSet<String>) -> Option<Vec<Executor>> {
         if self.offer.is_some() {
             return None;
@@ -153,7 +153,7 @@ impl Worker {
             .executors
             .iter()
             .map(|e| e.id.clone())
-            .filter(|id| own.contains(id) || !busy.contains(id))
+            .filter(|id| busy.get(id).is_none_or(|lease| own.contains(lease)))
             .collect();
         Some(self.offered_executors(Some(ids)))
     }
@@ -237,7 +237,7 @@ impl Worker {
                     .collect();
                 offer.demand(&queued, now);
             }
-            let busy = self.busy.lock().clone();
+            let busy: HashSet<String> = self.busy.lock().keys().cloned().collect();
             offer.step(&busy, now)
         };
         if let Some(ids) = changed {
@@ -366,7 +366,7 @@ impl Worker {
                     continue;
                 }
                 Ok(()) = busy_changes.changed() => {
-                    let own = running.lock().values().map(|(_, e)| e.clone()).collect();
+                    let own = running.lock().keys().cloned().collect();
                     if let Some(offer) = self.session_offer(&own).filter(|o| offered.as_ref() != Some(o)) {
                         let message = SetExecutors { executors: offer.clone() };
                         let _ = tx.send(send(ToScheduler::SetExecutors(message))).await;

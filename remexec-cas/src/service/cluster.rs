@@ -55,7 +55,7 @@ pub struct ClusterService {
     store: Arc<ReplicatedStore>,
     members: watch::Receiver<Vec<Member>>,
     role: Arc<Role>,
-    schedulers: Option<watch::Receiver<Vec<Member>>>,
+    schedulers: Option<(String, watch::Receiver<Vec<Member>>)>,
 }
 
 impl ClusterService {
@@ -78,9 +78,14 @@ impl ClusterService {
         }
     }
 
-    /// Lists `schedulers`, the live schedulers sharing the Action Cache, in `Status`.
-    pub fn with_schedulers(mut self, schedulers: watch::Receiver<Vec<Member>>) -> Self {
-        self.schedulers = Some(schedulers);
+    /// Lists `schedulers`, the live schedulers sharing the Action Cache, and this scheduler's
+    /// own `name` among them, in `Status`.
+    pub fn with_schedulers(
+        mut self,
+        name: String,
+        schedulers: watch::Receiver<Vec<Member>>,
+    ) -> Self {
+        self.schedulers = Some((name, schedulers));
         self
     }
 
@@ -208,16 +213,19 @@ impl Cluster for ClusterService {
             .filter(|m| m.state == "live")
             .map(|m| m.below_replicas)
             .sum();
-        let schedulers = self
-            .schedulers
-            .as_ref()
-            .map(|s| s.borrow().iter().map(|m| m.name.clone()).collect())
-            .unwrap_or_default();
+        let (scheduler, schedulers) = match &self.schedulers {
+            Some((name, s)) => (
+                name.clone(),
+                s.borrow().iter().map(|m| m.name.clone()).collect(),
+            ),
+            None => (String::new(), Vec::new()),
+        };
         Ok(Response::new(StatusResponse {
             replicas: self.store.replicas() as u32,
             members,
             below_replicas,
             schedulers,
+            scheduler,
         }))
     }
 
