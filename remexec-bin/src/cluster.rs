@@ -132,13 +132,10 @@ impl WorkerCas {
             .add_service(services.byte_stream())
             .add_service(cluster.into_service())
             .add_service(health);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        let metrics = remexec_core::metrics::Metrics::new();
+        let served = crate::server::serve_open(self.listener, routes, config, metrics, stop);
         tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
+            if let Err(e) = served.await {
                 tracing::error!(error = %e, "the CAS port failed");
             }
         })

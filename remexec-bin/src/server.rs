@@ -731,6 +731,25 @@ impl BoundServer {
     }
 }
 
+/// Serves `routes` on `listener` in plaintext, open to everyone, with `config`'s transport
+/// limits and calls recorded into `metrics`, until `stop`: a worker's CAS port.
+pub(crate) fn serve_open(
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    config: &Config,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> BoxFuture<'static, Result<()>> {
+    let port = Port {
+        listener,
+        routes,
+        tls: None,
+        auth: AuthPolicy::open(),
+        observe: ObserveLayer::new(metrics),
+    };
+    serve_port(port, Transport::of(config), stop)
+}
+
 /// Serves one port until `stop`: over TLS if it has TLS, every request through its
 /// [`AuthLayer`].
 fn serve_port(
