@@ -66,6 +66,9 @@ impl ActionCache for PeerActionCache {
     }
 }
 
+/// A keeper of an entry other than this scheduler: its name and cache.
+type Keeper = (String, Arc<dyn ActionCache>);
+
 #[derive(Debug, Default)]
 struct View {
     placement: Placement,
@@ -164,7 +167,7 @@ impl ShardedActionCache {
     }
 
     /// The keepers of `action` other than this scheduler, with their caches.
-    fn peers_of(&self, action: &Digest) -> (bool, Vec<(String, Arc<dyn ActionCache>)>) {
+    fn peers_of(&self, action: &Digest) -> (bool, Vec<Keeper>) {
         let view = self.view.read();
         let keepers = view.placement.replicas(action, self.replicas);
         let here = keepers.contains(&self.name.as_str());
