@@ -196,9 +196,21 @@ impl SchedulerPeers {
         let timeout = Duration::from_secs(5);
         let name = remexec_core::membership::canonical_url(&advertised, timeout).await?;
         tracing::info!(%name, "this scheduler's name among its peers");
+        let membership = Membership::start(settings)?;
+        // A scheduler that names itself otherwise than its peers do splits the cluster's
+        // views of who owns what: say so loudly.
+        let (mut live, own) = (membership.members(), name.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let listed = live.borrow_and_update().iter().any(|m| m.name == own);
+            if !listed {
+                tracing::error!(name = %own, live = ?live.borrow().iter().map(|m| &m.name).collect::<Vec<_>>(),
+                    "this scheduler is not among the peers its --peer list resolves to: set --advertise to the URL they resolve it to");
+            }
+        });
         Ok(Some(Self {
             name,
-            membership: Membership::start(settings)?,
+            membership,
             tls,
         }))
     }

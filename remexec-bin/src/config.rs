@@ -844,6 +844,12 @@ impl Config {
         {
             return Err(format!("cluster.replicas must be 1 to 3, not {r}"));
         }
+        if !self.cluster.peers.is_empty() && self.cluster.replicas.is_none() {
+            return Err(
+                "cluster.peers (--peer) needs cluster.replicas (--replicas): schedulers that share the Action Cache must share the CAS, on the workers"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }

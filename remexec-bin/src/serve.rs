@@ -177,6 +177,11 @@ pub async fn run_worker(
         .cloned()
         .ok_or_else(|| Error::invalid("a worker needs a scheduler (--scheduler)"))?;
     let mut settings = worker_config(config, "")?;
+    if channels.len() > 1 && config.worker.listen.is_none() {
+        return Err(Error::invalid(
+            "a worker serving several schedulers reads and writes the cluster's CAS: start it with --listen",
+        ));
+    }
     if settings.flexible.is_some() && channels.len() > 1 {
         return Err(Error::invalid(
             "a flexible worker ([worker.flexible]) serves one scheduler, not several",
@@ -206,7 +211,9 @@ pub async fn run_worker(
             .local_addr()
             .map_err(|e| Error::io("reading the CAS port's address", e))?;
         println!("remexec: cas port on {addr} ({})", cluster.url);
-        cluster.start(config, &worker, &name, tls.clone(), stop.clone());
+        // Workers' CAS ports are plaintext: the scheduler's TLS settings do not apply to them.
+        let peers = remexec_core::client::ClientTls::default();
+        cluster.start(config, &worker, &name, peers, stop.clone());
     }
     if let Some(addr) = config.admin_listen {
         serve_worker_admin(addr, config, &worker, &stop).await?;

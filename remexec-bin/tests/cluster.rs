@@ -85,7 +85,7 @@ fn locate(server: &str, digests: &[String]) -> BTreeMap<String, BTreeSet<String>
     found
 }
 
-/// Whether every digest is on exactly `r` of `live`'s members and on no other.
+/// Whether every digest is on at least `r` of `live`'s members.
 fn all_on_live(
     found: &BTreeMap<String, BTreeSet<String>>,
     live: &BTreeSet<String>,

@@ -23,7 +23,6 @@ use std::sync::Arc;
 
 use remexec_core::Digest;
 use remexec_core::apis::google::longrunning::operations_client::OperationsClient;
-use remexec_core::reapi::execution_client::ExecutionClient;
 use tonic::transport::Channel;
 
 use crate::Scheduler;
@@ -180,9 +179,16 @@ impl Execution for ExecutionService {
     ) -> Result<Response<Self::ExecuteStream>, Status> {
         let request = match self.owner(&request) {
             Some((owner, channel)) => {
+                let copy = Request::from_parts(
+                    request.metadata().clone(),
+                    Default::default(),
+                    request.get_ref().clone(),
+                );
                 let forwarded = forwarded(request);
-                let copy = Request::new(forwarded.get_ref().clone());
-                match ExecutionClient::new(channel).execute(forwarded).await {
+                match remexec_core::client::execution_client(channel)
+                    .execute(forwarded)
+                    .await
+                {
                     Ok(stream) => return Ok(Response::new(stream.into_inner().boxed())),
                     // The owner is gone and the membership does not know yet: run it here.
                     Err(status) if status.code() == tonic::Code::Unavailable => {
@@ -221,7 +227,7 @@ impl Execution for ExecutionService {
     ) -> Result<Response<Self::WaitExecutionStream>, Status> {
         if let Some((_, channel)) = operation_owner(self.routing.as_deref(), &request, |r| &r.name)
         {
-            let stream = ExecutionClient::new(channel)
+            let stream = remexec_core::client::execution_client(channel)
                 .wait_execution(forwarded(request))
                 .await?;
             return Ok(Response::new(stream.into_inner().boxed()));
@@ -284,6 +290,7 @@ impl Operations for OperationsService {
         if let Some((_, channel)) = operation_owner(self.routing.as_deref(), &request, |r| &r.name)
         {
             return OperationsClient::new(channel)
+                .max_decoding_message_size(remexec_core::client::MAX_MESSAGE_SIZE)
                 .get_operation(forwarded(request))
                 .await;
         }
@@ -312,6 +319,7 @@ impl Operations for OperationsService {
         if let Some((_, channel)) = operation_owner(self.routing.as_deref(), &request, |r| &r.name)
         {
             return OperationsClient::new(channel)
+                .max_decoding_message_size(remexec_core::client::MAX_MESSAGE_SIZE)
                 .cancel_operation(forwarded(request))
                 .await;
         }

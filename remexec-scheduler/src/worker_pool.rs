@@ -356,7 +356,22 @@ impl WorkerPool {
                 "worker {worker:?} keeps {} replicas of each blob, and this cluster {r}",
                 register.replicas
             ))),
-            Some(_) => remexec_core::client::endpoint(&register.cas_url).map(|_| ()),
+            Some(_) => {
+                remexec_core::client::endpoint(&register.cas_url)?;
+                // Two names for one store would put both replicas of a blob on one machine.
+                let state = self.inner.state.lock();
+                match state
+                    .connections
+                    .values()
+                    .find(|c| c.cas_url == register.cas_url)
+                {
+                    Some(c) if c.worker != *worker => Err(Error::AlreadyExists(format!(
+                        "worker {:?} already serves its CAS at {}",
+                        c.worker, register.cas_url
+                    ))),
+                    _ => Ok(()),
+                }
+            }
         }
     }
 

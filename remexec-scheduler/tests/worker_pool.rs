@@ -442,6 +442,15 @@ async fn a_cas_worker_with_another_replica_count_or_a_bad_url_is_refused() {
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
     assert!(pool.members().borrow().is_empty());
     assert!(pool.workers().is_empty());
+    // One URL under two names would hold both replicas of some blobs.
+    let _a = attach_cas(&channel, "a", "grpc://127.0.0.1:1001", 2)
+        .await
+        .unwrap();
+    let twin = attach_cas(&channel, "twin", "grpc://127.0.0.1:1001", 2)
+        .await
+        .unwrap_err();
+    assert_eq!(twin.code(), tonic::Code::AlreadyExists, "{twin:?}");
+    assert_eq!(pool.workers(), ["a"]);
     // A scheduler that keeps blobs itself refuses a worker that serves its CAS.
     let plain_pool = WorkerPool::new();
     let channel = serve_pool(&plain_pool).await;

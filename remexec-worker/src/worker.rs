@@ -40,8 +40,12 @@ pub struct Worker {
     pub(crate) busy_changed: Arc<tokio::sync::watch::Sender<()>>,
     /// What a flexible worker offers now; lock it before `busy`.
     pub(crate) offer: Option<Arc<Mutex<Offer>>>,
-    /// The cluster's CAS members, as the scheduler last sent them.
+    /// The cluster's CAS members: those any attached scheduler sent last.
     members: Arc<tokio::sync::watch::Sender<Vec<Member>>>,
+    /// Each open session's members, by session number.
+    session_members: Arc<Mutex<HashMap<u64, Vec<Member>>>>,
+    /// Numbers sessions.
+    sessions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Counts an open session for as long as it lives.
@@ -125,11 +129,14 @@ impl Worker {
             busy_changed: Arc::new(tokio::sync::watch::Sender::new(())),
             offer,
             members: Arc::new(tokio::sync::watch::Sender::new(Vec::new())),
+            session_members: Arc::default(),
+            sessions: Arc::default(),
         })
     }
 
-    /// The members of the cluster's CAS, as the scheduler last sent them (empty until it
-    /// does): what a worker serving its CAS places blobs over.
+    /// The members of the cluster's CAS: every member that an attached scheduler lists (empty
+    /// until one does), so that a worker serving several schedulers places blobs over one view
+    /// even while theirs differ. What a worker serving its CAS places blobs over.
     pub fn members(&self) -> tokio::sync::watch::Receiver<Vec<Member>> {
         self.members.subscribe()
     }
@@ -279,12 +286,16 @@ impl Worker {
         }
     }
 
-    /// What this worker registers with.
+    /// What this worker registers with: its executors but those busy with another session's
+    /// lease.
     fn register(&self) -> Register {
         let cas = self.config.cas.as_ref();
+        let executors = self
+            .session_offer(&HashSet::new())
+            .unwrap_or_else(|| self.offered_executors(None));
         Register {
             worker_name: self.config.name.clone(),
-            executors: self.offered_executors(None),
+            executors,
             heartbeat_interval_ms: self.config.heartbeat.as_millis() as u64,
             shapes: self.shapes(),
             cas_url: cas.map(|c| c.url.clone()).unwrap_or_default(),
@@ -314,16 +325,43 @@ impl Worker {
         })
     }
 
-    /// Publishes the CAS members a scheduler sent.
-    fn set_members(&self, members: remexec_proto::worker::v1::Members) {
-        let members: Vec<Member> = members
-            .members
-            .into_iter()
-            .map(|m| Member {
-                name: m.name,
-                url: m.url,
-            })
-            .collect();
+    /// Records the CAS members session `session`'s scheduler sent (`None`: the session ended)
+    /// and publishes the union of every open session's.
+    fn set_members(&self, session: u64, members: Option<remexec_proto::worker::v1::Members>) {
+        let union: Vec<Member> = {
+            let mut sessions = self.session_members.lock();
+            match members {
+                Some(members) => {
+                    let list = members.members.into_iter().map(|m| Member {
+                        name: m.name,
+                        url: m.url,
+                    });
+                    sessions.insert(session, list.collect());
+                }
+                None => {
+                    sessions.remove(&session);
+                }
+            }
+            // By name; a name two schedulers give different URLs keeps the least.
+            let mut by_name: std::collections::BTreeMap<String, String> = Default::default();
+            for m in sessions.values().flatten() {
+                let url = by_name
+                    .entry(m.name.clone())
+                    .or_insert_with(|| m.url.clone());
+                if m.url < *url {
+                    url.clone_from(&m.url);
+                }
+            }
+            by_name
+                .into_iter()
+                .map(|(name, url)| Member { name, url })
+                .collect()
+        };
+        // With no scheduler left, the last view stands (the CAS port still serves others).
+        if union.is_empty() {
+            return;
+        }
+        let members = union;
         self.members.send_if_modified(|current| {
             let changed = *current != members;
             *current = members;
@@ -336,7 +374,11 @@ impl Worker {
     pub async fn serve(&self, channel: Channel, stop: CancellationToken) -> Result<()> {
         let (tx, rx) = mpsc::channel::<WorkerMessage>(256);
         let send = |m| WorkerMessage { message: Some(m) };
-        tx.send(send(ToScheduler::Register(self.register())))
+        // Subscribed first: a change while registering is then seen.
+        let mut busy_changes = self.busy_changed.subscribe();
+        let register = self.register();
+        let mut offered = Some(register.executors.clone());
+        tx.send(send(ToScheduler::Register(register)))
             .await
             .map_err(|_| Error::Internal("outbox closed".into()))?;
         let mut inbound = WorkerServiceClient::new(channel)
@@ -348,10 +390,11 @@ impl Worker {
             .into_inner();
         tracing::info!(worker = %self.config.name, "attached to scheduler");
         let _attached = Attached::new(&self.attached);
+        let session_number = self
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Leases of this session: cancellation and executor.
         let running: Arc<Mutex<HashMap<String, (CancellationToken, String)>>> = Arc::default();
-        let mut busy_changes = self.busy_changed.subscribe();
-        let mut offered: Option<Vec<Executor>> = None;
         let session = stop.child_token();
         // However this function ends (even dropped), the session's leases and heartbeats stop.
         let _session_guard = session.clone().drop_guard();
@@ -397,7 +440,9 @@ impl Worker {
                         }
                     }
                     Some(FromScheduler::Demand(demand)) => self.flex_step(&tx, Some(demand)).await,
-                    Some(FromScheduler::Members(members)) => self.set_members(members),
+                    Some(FromScheduler::Members(members)) => {
+                        self.set_members(session_number, Some(members));
+                    }
                     None => {}
                 },
                 Ok(None) => break Ok(()),
@@ -406,6 +451,7 @@ impl Worker {
         };
         session.cancel();
         heartbeat.abort();
+        self.set_members(session_number, None);
         drop(tx);
         result
     }

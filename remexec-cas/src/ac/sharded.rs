@@ -30,6 +30,13 @@ impl PeerActionCache {
     }
 }
 
+/// A Peer client taking and sending messages as large as the ActionCache service does.
+fn peer_client(channel: Channel) -> PeerClient<Channel> {
+    PeerClient::new(channel)
+        .max_decoding_message_size(remexec_core::client::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(remexec_core::client::MAX_MESSAGE_SIZE)
+}
+
 #[async_trait]
 impl ActionCache for PeerActionCache {
     async fn get(&self, instance: &str, action: Digest) -> Result<Option<ActionResult>> {
@@ -39,7 +46,7 @@ impl ActionCache for PeerActionCache {
             digest_function: action.function().to_proto(),
             ..Default::default()
         };
-        match PeerClient::new(self.channel.clone())
+        match peer_client(self.channel.clone())
             .get_action_result(request)
             .await
         {
@@ -59,7 +66,7 @@ impl ActionCache for PeerActionCache {
             results_cache_policy: None,
             digest_function: action.function().to_proto(),
         };
-        PeerClient::new(self.channel.clone())
+        peer_client(self.channel.clone())
             .update_action_result(request)
             .await?;
         Ok(())

@@ -27,6 +27,8 @@ use crate::store::replicated::repair::Repairer;
 
 /// Most digests in one `Locate`.
 const MAX_LOCATE: usize = 10_000;
+/// How long a member that left is listed as `lost`.
+const LOST_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 /// How long a router waits for a member's own `Status`.
 const MEMBER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -37,8 +39,8 @@ enum Role {
     Router {
         tls: ClientTls,
         channels: tokio::sync::Mutex<Channels>,
-        /// Every member ever seen, by name, with its URL.
-        seen: Mutex<BTreeMap<String, String>>,
+        /// Every member seen live in the last [`LOST_FOR`], by name: its URL and when.
+        seen: Mutex<BTreeMap<String, (String, std::time::Instant)>>,
     },
     /// One member: its own.
     Member {
@@ -122,11 +124,15 @@ impl ClusterService {
         &self,
         tls: &ClientTls,
         channels: &tokio::sync::Mutex<Channels>,
-        seen: &Mutex<BTreeMap<String, String>>,
+        seen: &Mutex<BTreeMap<String, (String, std::time::Instant)>>,
     ) -> Vec<MemberStatus> {
         let live = self.members.borrow().clone();
-        seen.lock()
-            .extend(live.iter().map(|m| (m.name.clone(), m.url.clone())));
+        {
+            let now = std::time::Instant::now();
+            let mut seen = seen.lock();
+            seen.extend(live.iter().map(|m| (m.name.clone(), (m.url.clone(), now))));
+            seen.retain(|_, (_, at)| now.duration_since(*at) < LOST_FOR);
+        }
         let clients: Vec<(Member, Option<tonic::transport::Channel>)> = {
             let mut channels = channels.lock().await;
             let open = channels.update(live.iter().map(|m| &m.url), tls);
@@ -167,7 +173,7 @@ impl ClusterService {
             seen.lock()
                 .iter()
                 .filter(|(name, _)| !live_names.contains(name.as_str()))
-                .map(|(name, url)| MemberStatus {
+                .map(|(name, (url, _))| MemberStatus {
                     name: name.clone(),
                     url: url.clone(),
                     state: "lost".into(),

@@ -28,6 +28,8 @@ impl PeerService {
     /// The tonic service.
     pub fn into_service(self) -> PeerServer<Self> {
         PeerServer::new(self)
+            .max_decoding_message_size(remexec_core::client::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(remexec_core::client::MAX_MESSAGE_SIZE)
     }
 
     async fn get(&self, req: GetActionResultRequest) -> Result<ActionResult> {

@@ -29,9 +29,9 @@ struct View {
 ///   holds it; with fewer than `R` members it fails `Unavailable` and stores nothing it
 ///   acknowledges.
 /// - `get` asks the replicas in placement order, then those of the previous membership (a
-///   member that joined holds nothing yet); a replica that fails is skipped. `Ok(None)` only
-///   when every replica asked says it lacks the blob; `Unavailable` if one failed (it may hold
-///   it) or there are no members.
+///   member that joined holds nothing yet), then every other member; a replica that fails is
+///   skipped. `Ok(None)` only when every member asked says it lacks the blob; `Unavailable`
+///   if a replica of either placement failed (it may hold it) or there are no members.
 /// - `find_missing` asks each member about the digests it should hold, all members at once,
 ///   then the previous placement about what is still missing. A blob held by one replica of
 ///   `R` counts as present: reading it works, and re-replication restores the others.
@@ -291,7 +291,16 @@ impl BlobStore for ReplicatedStore {
                 "the replicated store has no members".into(),
             ));
         }
-        for (member, store) in readers {
+        // Then every other member (`false`: its failure is no reason to doubt a miss): after
+        // changes that came faster than re-replication, a copy may be on a member of neither
+        // placement. Misses are rare; reads of them cost this.
+        let asked: HashSet<String> = readers.iter().map(|(m, _)| m.clone()).collect();
+        let others = self
+            .stores()
+            .into_iter()
+            .filter(|(m, _)| !asked.contains(m));
+        let placed = readers.into_iter().map(|(m, s)| (m, s, true));
+        for (member, store, placed) in placed.chain(others.map(|(m, s)| (m, s, false))) {
             match store.get(instance, digest, range).await {
                 Ok(Some(data)) => return Ok(Some(data)),
                 Ok(None) => {}
@@ -299,7 +308,9 @@ impl BlobStore for ReplicatedStore {
                 Err(e @ Error::OutOfRange(_)) => return Err(e),
                 Err(e) => {
                     tracing::warn!(%member, %digest, error = %e, "a replica failed a read");
-                    failure = Some(e);
+                    if placed {
+                        failure = Some(e);
+                    }
                 }
             }
         }

@@ -234,3 +234,41 @@ async fn a_replica_that_already_holds_the_blob_holds_nobody_up() {
         Some(Bytes::from(whole))
     );
 }
+
+#[tokio::test]
+async fn a_copy_outside_both_placements_is_still_found() {
+    let ms = members(4);
+    let store = replicated(1, &ms);
+    // Find a blob whose only replica is neither w0 nor w1, then hold it on w0 alone and
+    // change the membership twice (w0 stays a member), so that w0 is in neither placement.
+    let (d, data) = (0..100)
+        .map(blob)
+        .find(|(d, _)| {
+            let now = store.locate(d);
+            now[0] != "w0" && now[0] != "w1"
+        })
+        .unwrap();
+    ms[0].1.put_bytes("i", d, data.clone()).await.unwrap();
+    let all = |keep: &[usize]| {
+        keep.iter()
+            .map(|i| (ms[*i].0.clone(), ms[*i].1.clone() as Arc<dyn BlobStore>))
+            .collect::<Vec<_>>()
+    };
+    store.set_members(all(&[0, 1, 2, 3]));
+    let without_w0_placed = store.locate(&d);
+    assert_ne!(without_w0_placed[0], "w0");
+    store.set_members(all(&[0, 2, 3]));
+    assert_eq!(
+        store.get_bytes("i", d, 1 << 20).await.unwrap().as_ref(),
+        Some(&data)
+    );
+    // A true miss is still a miss.
+    let (absent, _) = blob(1000);
+    assert!(
+        store
+            .get_bytes("i", absent, 1 << 20)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
