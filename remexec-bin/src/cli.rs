@@ -296,6 +296,10 @@ pub struct WorkerArgs {
     /// for an unspecified address].
     #[arg(long, value_name = "URL", env = "REMEXEC_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Resolve each --scheduler to every address it has (one DNS name for all the
+    /// schedulers, as a Kubernetes headless service gives) and follow them as they come and go.
+    #[arg(long, env = "REMEXEC_DISCOVER_SCHEDULERS")]
+    pub discover_schedulers: bool,
     /// Replicas of each blob, 1 to 3, as the scheduler's --replicas [default: 2].
     #[arg(long, value_name = "R", env = "REMEXEC_REPLICAS")]
     pub replicas: Option<u32>,
@@ -441,6 +445,9 @@ impl WorkerArgs {
         }
         if self.listen.is_some() {
             config.worker.listen = self.listen;
+        }
+        if self.discover_schedulers {
+            config.worker.discover_schedulers = true;
         }
         if self.advertise.is_some() {
             config.cluster.advertise.clone_from(&self.advertise);

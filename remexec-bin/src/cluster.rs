@@ -237,3 +237,57 @@ impl SchedulerPeers {
         Ok(sharded)
     }
 }
+
+/// Serves every scheduler that `[worker] scheduler`'s seeds resolve to, as a health-checked
+/// [`Membership`] finds them, one session each, until `stop`: a session starts when its
+/// scheduler appears and ends when it goes.
+pub async fn serve_discovered(config: &Config, worker: &Worker, tls: ClientTls, stop: CancellationToken) {
+    let seeds: Vec<String> = config
+        .worker
+        .scheduler
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut settings = MembershipConfig::new(seeds);
+    settings.tls = tls.clone();
+    let membership = match Membership::start(settings) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot discover the schedulers");
+            return;
+        }
+    };
+    let mut live = membership.subscribe();
+    let mut sessions: std::collections::HashMap<String, CancellationToken> = Default::default();
+    loop {
+        let urls = live.borrow_and_update().clone();
+        sessions.retain(|url, session| {
+            let keep = urls.contains(url);
+            if !keep {
+                tracing::info!(%url, "a scheduler left");
+                session.cancel();
+            }
+            keep
+        });
+        for url in urls {
+            if sessions.contains_key(&url) {
+                continue;
+            }
+            match remexec_core::client::connect_lazy_with(&url, &tls) {
+                Ok(channel) => {
+                    tracing::info!(%url, "a scheduler joined");
+                    let session = stop.child_token();
+                    let (worker, token) = (worker.clone(), session.clone());
+                    tokio::spawn(async move { worker.run(channel, token).await });
+                    sessions.insert(url, session);
+                }
+                Err(e) => tracing::warn!(%url, error = %e, "cannot reach a scheduler"),
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = live.changed() => if changed.is_err() { return },
+        }
+    }
+}

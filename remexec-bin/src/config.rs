@@ -394,6 +394,9 @@ pub struct WorkerSection {
     /// `remexec worker`: serve this worker's CAS to the cluster on this address (its blobs
     /// in `{data_dir}/cas`, within `[cas] disk_budget`).
     pub listen: Option<SocketAddr>,
+    /// `remexec worker`: `scheduler` names seeds, each resolved to every address it has (a
+    /// DNS name for all the schedulers), health-checked, and followed as schedulers come and go.
+    pub discover_schedulers: bool,
 }
 
 /// `[worker.flexible]`: the named groups are shapes of the machine, offered one at a time and
@@ -565,6 +568,7 @@ impl Default for WorkerSection {
             groups: Vec::new(),
             flexible: None,
             listen: None,
+            discover_schedulers: false,
         }
     }
 }

@@ -177,7 +177,7 @@ pub async fn run_worker(
         .cloned()
         .ok_or_else(|| Error::invalid("a worker needs a scheduler (--scheduler)"))?;
     let mut settings = worker_config(config, "")?;
-    if channels.len() > 1 && config.worker.listen.is_none() {
+    if (channels.len() > 1 || config.worker.discover_schedulers) && config.worker.listen.is_none() {
         return Err(Error::invalid(
             "a worker serving several schedulers reads and writes the cluster's CAS: start it with --listen",
         ));
@@ -218,7 +218,14 @@ pub async fn run_worker(
     if let Some(addr) = config.admin_listen {
         serve_worker_admin(addr, config, &worker, &stop).await?;
     }
-    let run = futures::future::join_all(channels.into_iter().map(|c| worker.run(c, stop.clone())));
+    let run: futures::future::BoxFuture<'_, ()> = if config.worker.discover_schedulers {
+        Box::pin(crate::cluster::serve_discovered(config, &worker, tls, stop.clone()))
+    } else {
+        let runs = channels.into_iter().map(|c| worker.run(c, stop.clone()));
+        Box::pin(async move {
+            futures::future::join_all(runs).await;
+        })
+    };
     tokio::pin!(run);
     tokio::select! {
         _ = &mut run => {},

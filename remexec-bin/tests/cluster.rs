@@ -589,3 +589,80 @@ fn a_worker_serving_two_schedulers_never_runs_more_actions_than_it_has_executors
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{i}\n"));
     }
 }
+
+/// The name `.ci/test` puts in /etc/hosts for 127.0.0.2 and 127.0.0.3.
+const PEERS_NAME: &str = "remexec-peers.test";
+
+#[test]
+fn schedulers_and_workers_find_each_other_through_one_dns_name() {
+    use std::net::ToSocketAddrs;
+    let resolved: BTreeSet<_> = (PEERS_NAME, 1)
+        .to_socket_addrs()
+        .map(|a| a.map(|a| a.ip()).collect())
+        .unwrap_or_default();
+    if resolved.len() < 2 {
+        eprintln!(
+            "skipping: {PEERS_NAME} does not resolve to 2 addresses (.ci/test adds them to /etc/hosts)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let seed = format!("grpc://{PEERS_NAME}:{port}");
+    let schedulers: Vec<ServerProcess> = ["127.0.0.2", "127.0.0.3"]
+        .iter()
+        .map(|ip| {
+            let data = dir.path().join(ip);
+            let flags = ["--replicas", "1", "--peer", seed.as_str()];
+            ServerProcess::start_role_at("scheduler", &format!("{ip}:{port}"), &data, &flags)
+        })
+        .collect();
+    let log = dir.path().join("w1.log");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args([
+            "worker",
+            "--scheduler",
+            &seed,
+            "--discover-schedulers",
+            "--name",
+            "w1",
+        ])
+        .args([
+            "--executors",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--replicas",
+            "1",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("w1"))
+        .env("REMEXEC_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    // Each scheduler sees the worker and both schedulers, itself among them.
+    for s in &schedulers {
+        let url = s.url();
+        let formed = |s: &serde_json::Value| {
+            let list = s["schedulers"].as_array().cloned().unwrap_or_default();
+            members(s, "live").contains("w1") && list.len() == 2 && list.contains(&s["scheduler"])
+        };
+        assert!(
+            wait_until(30, || formed(&status(&url))),
+            "{}\n{}",
+            status(&url),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    // Both dispatch to the worker they found through the name.
+    for (i, s) in schedulers.iter().enumerate() {
+        let script = format!("echo through {i}");
+        let (code, out, err) = remexec(&["exec", "--server", &s.url(), "--", "sh", "-c", &script]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, format!("through {i}\n"));
+    }
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}
