@@ -241,7 +241,12 @@ impl SchedulerPeers {
 /// Serves every scheduler that `[worker] scheduler`'s seeds resolve to, as a health-checked
 /// [`Membership`] finds them, one session each, until `stop`: a session starts when its
 /// scheduler appears and ends when it goes.
-pub async fn serve_discovered(config: &Config, worker: &Worker, tls: ClientTls, stop: CancellationToken) {
+pub async fn serve_discovered(
+    config: &Config,
+    worker: &Worker,
+    tls: ClientTls,
+    stop: CancellationToken,
+) {
     let seeds: Vec<String> = config
         .worker
         .scheduler

@@ -219,7 +219,12 @@ pub async fn run_worker(
         serve_worker_admin(addr, config, &worker, &stop).await?;
     }
     let run: futures::future::BoxFuture<'_, ()> = if config.worker.discover_schedulers {
-        Box::pin(crate::cluster::serve_discovered(config, &worker, tls, stop.clone()))
+        Box::pin(crate::cluster::serve_discovered(
+            config,
+            &worker,
+            tls,
+            stop.clone(),
+        ))
     } else {
         let runs = channels.into_iter().map(|c| worker.run(c, stop.clone()));
         Box::pin(async move {
