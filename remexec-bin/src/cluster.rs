@@ -21,6 +21,7 @@ use remexec_cas::{
 };
 use remexec_core::client::ClientTls;
 use remexec_core::membership::{Member, Membership, MembershipConfig};
+use remexec_core::metrics::Metrics;
 use remexec_core::{ActionCache, BlobStore, Error, Result};
 use remexec_scheduler::WorkerPool;
 use remexec_worker::Worker;
@@ -34,9 +35,12 @@ use crate::config::Config;
 pub fn scheduler_cas(
     replicas: u32,
     pool: &WorkerPool,
+    metrics: &Metrics,
 ) -> Result<(Arc<ReplicatedStore>, ClusterService)> {
     let store = Arc::new(ReplicatedStore::new(replicas as usize)?);
     let members = pool.members();
+    let watched = members.clone();
+    metrics.on_scrape(move |m| m.cluster_members(watched.borrow().len()));
     Arc::clone(&store).follow(members.clone(), ClientTls::default(), None);
     let service = ClusterService::router(Arc::clone(&store), members, ClientTls::default());
     Ok((store, service))
@@ -97,12 +101,16 @@ impl WorkerCas {
 
     /// Follows `worker`'s members, re-replicates, and serves the CAS port until `stop`.
     /// `tls` reaches the other workers.
+    /// Its figures (members, copies to make, the disk's usage, the port's calls) go to
+    /// `metrics`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         self,
         config: &Config,
         worker: &Worker,
         name: &str,
         tls: ClientTls,
+        metrics: Metrics,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let local: Arc<dyn BlobStore> = Arc::new(self.disk.clone());
@@ -113,6 +121,14 @@ impl WorkerCas {
             Arc::clone(&self.store),
             config.cluster.repair_bandwidth.as_u64(),
         ));
+        let (members, repair, disk) = (worker.members(), Arc::clone(&repairer), self.disk.clone());
+        metrics.on_scrape(move |m| {
+            m.cluster_members(members.borrow().len());
+            m.copies_to_make(repair.below_replicas());
+            if let Some(usage) = BlobStore::usage(&disk) {
+                m.store_usage("worker_cas", usage);
+            }
+        });
         let period = Duration::from_secs(config.cluster.repair_interval_secs.max(1));
         Arc::clone(&repairer).spawn(worker.members(), period, stop.clone());
         let cluster = ClusterService::member(
@@ -132,7 +148,6 @@ impl WorkerCas {
             .add_service(services.byte_stream())
             .add_service(cluster.into_service())
             .add_service(health);
-        let metrics = remexec_core::metrics::Metrics::new();
         let served = crate::server::serve_open(self.listener, routes, config, metrics, stop);
         tokio::spawn(async move {
             if let Err(e) = served.await {
@@ -149,6 +164,7 @@ pub async fn share_action_cache(
     config: &Config,
     bound: SocketAddr,
     local: Arc<dyn ActionCache>,
+    metrics: &Metrics,
 ) -> Result<(
     Option<SchedulerPeers>,
     Arc<dyn ActionCache>,
@@ -157,6 +173,8 @@ pub async fn share_action_cache(
     let Some(peers) = SchedulerPeers::start(config, bound).await? else {
         return Ok((None, local, None));
     };
+    let watched = peers.members();
+    metrics.on_scrape(move |m| m.cluster_schedulers(watched.borrow().len()));
     let shared: Arc<dyn ActionCache> = peers.action_cache(Arc::clone(&local))?;
     Ok((Some(peers), shared, Some(PeerService::new(local))))
 }

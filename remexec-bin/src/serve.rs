@@ -205,6 +205,7 @@ pub async fn run_worker(
     };
     let worker = Worker::new(settings, cas, isolation)?;
     let stop = CancellationToken::new();
+    let metrics = remexec_core::metrics::Metrics::new();
     if let Some(cluster) = cluster {
         let addr = cluster
             .listener
@@ -213,10 +214,10 @@ pub async fn run_worker(
         println!("remexec: cas port on {addr} ({})", cluster.url);
         // Workers' CAS ports are plaintext: the scheduler's TLS settings do not apply to them.
         let peers = remexec_core::client::ClientTls::default();
-        cluster.start(config, &worker, &name, peers, stop.clone());
+        cluster.start(config, &worker, &name, peers, metrics.clone(), stop.clone());
     }
     if let Some(addr) = config.admin_listen {
-        serve_worker_admin(addr, config, &worker, &stop).await?;
+        serve_worker_admin(addr, config, &worker, metrics, &stop).await?;
     }
     let run: futures::future::BoxFuture<'_, ()> = if config.worker.discover_schedulers {
         Box::pin(crate::cluster::serve_discovered(
@@ -244,6 +245,7 @@ async fn serve_worker_admin(
     addr: std::net::SocketAddr,
     config: &Config,
     worker: &Worker,
+    metrics: remexec_core::metrics::Metrics,
     stop: &CancellationToken,
 ) -> Result<()> {
     let listener = crate::admin::bind(addr).await?;
@@ -254,7 +256,6 @@ async fn serve_worker_admin(
             .map_err(|e| Error::io("reading the admin port's address", e))?
     );
     let (readiness, _health) = crate::admin::Readiness::new();
-    let metrics = remexec_core::metrics::Metrics::new();
     let watched = worker.clone();
     metrics.on_scrape(move |m| m.store_usage("worker_cache", watched.cache_usage()));
     let admin = crate::admin::Admin {

@@ -333,11 +333,13 @@ impl ServerBuilder {
                 "a local worker attaches to the WorkerPool; it cannot run with a custom executor pool",
             ));
         }
-        let (pool, workers, given, cluster) = pool_and_store(config, self.pool, self.store)?;
+        let metrics = self.metrics;
+        let (pool, workers, given, cluster) =
+            pool_and_store(config, self.pool, self.store, &metrics)?;
         let (store, ac) = given_or_opened(config, given, self.action_cache).await?;
         let (listener, bound) = bind_listener(config.listen).await?;
         let (peers, ac, peer_service) =
-            crate::cluster::share_action_cache(config, bound, ac).await?;
+            crate::cluster::share_action_cache(config, bound, ac, &metrics).await?;
         tracing::info!(cas = %store, action_cache = %ac, ?pool, "assembling the server");
         config.check_limits().map_err(Error::invalid)?;
         let admin = match config.admin_listen {
@@ -346,7 +348,6 @@ impl ServerBuilder {
         };
         let (scheduler_config, routing) =
             scheduler_settings(config, peers.as_ref(), admin.as_ref())?;
-        let metrics = self.metrics;
         let scheduler = Scheduler::with_metrics(
             scheduler_config,
             Arc::clone(&store),
@@ -488,6 +489,7 @@ fn pool_and_store(
     config: &Config,
     pool: Option<Arc<dyn ExecutorPool>>,
     given: Option<Arc<dyn BlobStore>>,
+    metrics: &Metrics,
 ) -> Result<(
     Arc<dyn ExecutorPool>,
     Option<WorkerPool>,
@@ -507,7 +509,7 @@ fn pool_and_store(
     // A cluster's CAS is on its workers.
     let (store, cluster) = match (given, config.cluster.replicas, &workers) {
         (None, Some(r), Some(workers)) => {
-            let (store, service) = crate::cluster::scheduler_cas(r, workers)?;
+            let (store, service) = crate::cluster::scheduler_cas(r, workers, metrics)?;
             (Some(store as Arc<dyn BlobStore>), Some(service))
         }
         (store, _, _) => (store, None),

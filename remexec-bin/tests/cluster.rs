@@ -30,6 +30,18 @@ fn remexec(args: &[&str]) -> (i32, String, String) {
 
 /// A worker serving its CAS on a free loopback port, keeping `replicas` copies.
 fn cluster_worker(scheduler: &str, name: &str, dir: &Path, replicas: &str, log: &Path) -> Child {
+    cluster_worker_with(scheduler, name, dir, replicas, log, &[])
+}
+
+/// [`cluster_worker`] with extra flags.
+fn cluster_worker_with(
+    scheduler: &str,
+    name: &str,
+    dir: &Path,
+    replicas: &str,
+    log: &Path,
+    extra: &[&str],
+) -> Child {
     let stderr = std::fs::File::create(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_remexec"))
         .args(["worker", "--scheduler", scheduler, "--name", name])
@@ -37,6 +49,7 @@ fn cluster_worker(scheduler: &str, name: &str, dir: &Path, replicas: &str, log: 
         .arg(replicas)
         .arg("--data-dir")
         .arg(dir)
+        .args(extra)
         .env("REMEXEC_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::from(stderr))
@@ -99,6 +112,8 @@ fn all_on_live(
 struct Cluster {
     scheduler: ServerProcess,
     workers: BTreeMap<String, Child>,
+    /// Each worker's admin port.
+    admin: BTreeMap<String, std::net::SocketAddr>,
     dir: tempfile::TempDir,
 }
 
@@ -109,11 +124,12 @@ impl Cluster {
         let scheduler = ServerProcess::start_role(
             "scheduler",
             &dir.path().join("scheduler"),
-            &["--replicas", "2"],
+            &["--replicas", "2", "--admin-listen", "127.0.0.1:0"],
         );
         let mut cluster = Self {
             scheduler,
             workers: BTreeMap::new(),
+            admin: BTreeMap::new(),
             dir,
         };
         for i in 1..=n {
@@ -126,8 +142,14 @@ impl Cluster {
     fn add(&mut self, name: &str) {
         let dir = self.dir.path().join(name);
         let log = self.dir.path().join(format!("{name}.log"));
-        let child = cluster_worker(&self.scheduler.url(), name, &dir, "2", &log);
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+            .parse()
+            .unwrap();
+        let admin_flag = admin.to_string();
+        let extra = ["--admin-listen", admin_flag.as_str()];
+        let child = cluster_worker_with(&self.scheduler.url(), name, &dir, "2", &log, &extra);
         self.workers.insert(name.to_string(), child);
+        self.admin.insert(name.to_string(), admin);
         let server = self.scheduler.url();
         assert!(
             wait_until(30, || members(&status(&server), "live").contains(name)),
@@ -233,6 +255,28 @@ fn blobs_are_on_two_workers_and_back_on_two_live_ones_after_a_worker_is_killed()
         wait_until(10, || status(&server)["below_replicas"] == 0),
         "{s}"
     );
+    // The same figures on /metrics: the scheduler's members, each survivor's copies to make
+    // and its CAS's usage.
+    let scrape = |addr| {
+        common::http_get(addr, "/metrics", &[])
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+    let admin = cluster.scheduler.admin_addr.unwrap();
+    assert!(
+        scrape(admin).contains("remexec_cluster_members 2"),
+        "{}",
+        scrape(admin)
+    );
+    for name in &survivors {
+        let body = scrape(cluster.admin[name]);
+        assert!(body.contains("remexec_cluster_members 2"), "{body}");
+        assert!(body.contains("remexec_cluster_copies_to_make 0"), "{body}");
+        assert!(
+            body.contains("remexec_store_size_bytes{store=\"worker_cas\"}"),
+            "{body}"
+        );
+    }
     // A worker that joins takes its share: blobs move to their new placement.
     cluster.add("w4");
     let placed = |found: &BTreeMap<String, BTreeSet<String>>| {
@@ -613,7 +657,14 @@ fn schedulers_and_workers_find_each_other_through_one_dns_name() {
         .iter()
         .map(|ip| {
             let data = dir.path().join(ip);
-            let flags = ["--replicas", "1", "--peer", seed.as_str()];
+            let flags = [
+                "--replicas",
+                "1",
+                "--peer",
+                seed.as_str(),
+                "--admin-listen",
+                "127.0.0.1:0",
+            ];
             ServerProcess::start_role_at("scheduler", &format!("{ip}:{port}"), &data, &flags)
         })
         .collect();
@@ -655,6 +706,12 @@ fn schedulers_and_workers_find_each_other_through_one_dns_name() {
             status(&url),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
+    }
+    // And on /metrics.
+    for s in &schedulers {
+        let (_, body) = common::http_get(s.admin_addr.unwrap(), "/metrics", &[]).unwrap();
+        assert!(body.contains("remexec_cluster_schedulers 2"), "{body}");
+        assert!(body.contains("remexec_cluster_members 1"), "{body}");
     }
     // Both dispatch to the worker they found through the name.
     for (i, s) in schedulers.iter().enumerate() {

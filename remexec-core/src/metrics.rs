@@ -171,6 +171,9 @@ struct Families {
     phase_seconds: Family<PhaseLabels, Histogram>,
     workers: Gauge,
     executors: Family<StateLabels, Gauge>,
+    cluster_members: Gauge,
+    cluster_schedulers: Gauge,
+    copies_to_make: Gauge,
 }
 
 struct Inner {
@@ -226,6 +229,9 @@ impl Metrics {
             phase_seconds: Family::new_with_constructor(seconds),
             workers: Gauge::default(),
             executors: Family::default(),
+            cluster_members: Gauge::default(),
+            cluster_schedulers: Gauge::default(),
+            copies_to_make: Gauge::default(),
         };
         let mut r = Registry::default();
         let f = &families;
@@ -293,6 +299,21 @@ impl Metrics {
             "remexec_workers",
             "Workers attached to the scheduler",
             f.workers.clone(),
+        );
+        r.register(
+            "remexec_cluster_members",
+            "Workers serving the cluster's CAS, as this instance sees them",
+            f.cluster_members.clone(),
+        );
+        r.register(
+            "remexec_cluster_schedulers",
+            "Live schedulers sharing the Action Cache, as this scheduler sees them",
+            f.cluster_schedulers.clone(),
+        );
+        r.register(
+            "remexec_cluster_copies_to_make",
+            "Copies of its blobs this worker still has to make so that each has R live replicas",
+            f.copies_to_make.clone(),
         );
         r.register(
             "remexec_executors",
@@ -451,6 +472,27 @@ impl Metrics {
                 phase: phase.as_str(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// Sets the number of workers serving the cluster's CAS.
+    pub fn cluster_members(&self, members: usize) {
+        self.f()
+            .cluster_members
+            .set(i64::try_from(members).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the number of live schedulers sharing the Action Cache.
+    pub fn cluster_schedulers(&self, schedulers: usize) {
+        self.f()
+            .cluster_schedulers
+            .set(i64::try_from(schedulers).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the copies this worker still has to make.
+    pub fn copies_to_make(&self, copies: u64) {
+        self.f()
+            .copies_to_make
+            .set(i64::try_from(copies).unwrap_or(i64::MAX));
     }
 
     /// Sets the number of attached workers and of busy and idle executors.
