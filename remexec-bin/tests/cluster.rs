@@ -190,6 +190,33 @@ fn files(dir: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The scheduler's `/metrics` count the survivors as members, and each survivor's show no
+/// copies left to make and its CAS's usage.
+fn assert_cluster_metrics(cluster: &Cluster, survivors: &BTreeSet<String>) {
+    // The same figures on /metrics: the scheduler's members, each survivor's copies to make
+    // and its CAS's usage.
+    let scrape = |addr| {
+        common::http_get(addr, "/metrics", &[])
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+    let admin = cluster.scheduler.admin_addr.unwrap();
+    assert!(
+        scrape(admin).contains("remexec_cluster_members 2"),
+        "{}",
+        scrape(admin)
+    );
+    for name in survivors {
+        let body = scrape(cluster.admin[name]);
+        assert!(body.contains("remexec_cluster_members 2"), "{body}");
+        assert!(body.contains("remexec_cluster_copies_to_make 0"), "{body}");
+        assert!(
+            body.contains("remexec_store_size_bytes{store=\"worker_cas\"}"),
+            "{body}"
+        );
+    }
+}
+
 #[test]
 fn blobs_are_on_two_workers_and_back_on_two_live_ones_after_a_worker_is_killed() {
     let mut cluster = Cluster::start(3);
@@ -255,28 +282,7 @@ fn blobs_are_on_two_workers_and_back_on_two_live_ones_after_a_worker_is_killed()
         wait_until(10, || status(&server)["below_replicas"] == 0),
         "{s}"
     );
-    // The same figures on /metrics: the scheduler's members, each survivor's copies to make
-    // and its CAS's usage.
-    let scrape = |addr| {
-        common::http_get(addr, "/metrics", &[])
-            .map(|(_, body)| body)
-            .unwrap_or_default()
-    };
-    let admin = cluster.scheduler.admin_addr.unwrap();
-    assert!(
-        scrape(admin).contains("remexec_cluster_members 2"),
-        "{}",
-        scrape(admin)
-    );
-    for name in &survivors {
-        let body = scrape(cluster.admin[name]);
-        assert!(body.contains("remexec_cluster_members 2"), "{body}");
-        assert!(body.contains("remexec_cluster_copies_to_make 0"), "{body}");
-        assert!(
-            body.contains("remexec_store_size_bytes{store=\"worker_cas\"}"),
-            "{body}"
-        );
-    }
+    assert_cluster_metrics(&cluster, &survivors);
     // A worker that joins takes its share: blobs move to their new placement.
     cluster.add("w4");
     let placed = |found: &BTreeMap<String, BTreeSet<String>>| {

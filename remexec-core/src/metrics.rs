@@ -205,6 +205,97 @@ impl Default for Metrics {
     }
 }
 
+/// A registry holding every family of `f`, with their names and help texts.
+fn registry(f: &Families) -> Registry {
+    let mut r = Registry::default();
+    r.register(
+        "remexec_rpc_requests",
+        "gRPC calls finished, by method and status code",
+        f.rpc_requests.clone(),
+    );
+    r.register(
+        "remexec_rpc_duration_seconds",
+        "gRPC call latency until the response ended, by method and status code",
+        f.rpc_seconds.clone(),
+    );
+    r.register(
+        "remexec_cas_received_bytes",
+        "Blob bytes written into the CAS through its services",
+        f.cas_received.clone(),
+    );
+    r.register(
+        "remexec_cas_sent_bytes",
+        "Blob bytes read from the CAS through its services",
+        f.cas_sent.clone(),
+    );
+    r.register(
+        "remexec_store_size_bytes",
+        "Bytes of blob content a store holds",
+        f.store_used.clone(),
+    );
+    r.register(
+        "remexec_store_limit_bytes",
+        "A store's byte budget",
+        f.store_limit.clone(),
+    );
+    r.register(
+        "remexec_store_evicted_bytes",
+        "Bytes a store has evicted since it was opened",
+        f.store_evicted.clone(),
+    );
+    r.register(
+        "remexec_action_cache_lookups",
+        "GetActionResult calls, by result (hit or miss)",
+        f.ac_lookups.clone(),
+    );
+    r.register(
+        "remexec_queue_depth",
+        "Actions waiting for an executor, by platform",
+        f.queue_depth.clone(),
+    );
+    r.register(
+        "remexec_queue_duration_seconds",
+        "Time actions waited in the queue before dispatch, by platform",
+        f.queue_seconds.clone(),
+    );
+    r.register(
+        "remexec_executions",
+        "Executions finished, by outcome",
+        f.executions.clone(),
+    );
+    r.register(
+        "remexec_execution_phase_duration_seconds",
+        "Time spent in each phase of an execution, as the worker timed it",
+        f.phase_seconds.clone(),
+    );
+    r.register(
+        "remexec_workers",
+        "Workers attached to the scheduler",
+        f.workers.clone(),
+    );
+    r.register(
+        "remexec_cluster_members",
+        "Workers serving the cluster's CAS, as this instance sees them",
+        f.cluster_members.clone(),
+    );
+    r.register(
+        "remexec_cluster_schedulers",
+        "Live schedulers sharing the Action Cache, as this scheduler sees them",
+        f.cluster_schedulers.clone(),
+    );
+    r.register(
+        "remexec_cluster_copies_to_make",
+        "Copies of its blobs this worker still has to make so that each has R live replicas",
+        f.copies_to_make.clone(),
+    );
+    r.register(
+        "remexec_executors",
+        "Executors, by state (busy or idle)",
+        f.executors.clone(),
+    );
+    r
+}
+
 /// Latency buckets: 1 ms to about 9 minutes, doubling.
 fn seconds_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.001, 2.0, 20)
@@ -233,93 +324,7 @@ impl Metrics {
             cluster_schedulers: Gauge::default(),
             copies_to_make: Gauge::default(),
         };
-        let mut r = Registry::default();
-        let f = &families;
-        r.register(
-            "remexec_rpc_requests",
-            "gRPC calls finished, by method and status code",
-            f.rpc_requests.clone(),
-        );
-        r.register(
-            "remexec_rpc_duration_seconds",
-            "gRPC call latency until the response ended, by method and status code",
-            f.rpc_seconds.clone(),
-        );
-        r.register(
-            "remexec_cas_received_bytes",
-            "Blob bytes written into the CAS through its services",
-            f.cas_received.clone(),
-        );
-        r.register(
-            "remexec_cas_sent_bytes",
-            "Blob bytes read from the CAS through its services",
-            f.cas_sent.clone(),
-        );
-        r.register(
-            "remexec_store_size_bytes",
-            "Bytes of blob content a store holds",
-            f.store_used.clone(),
-        );
-        r.register(
-            "remexec_store_limit_bytes",
-            "A store's byte budget",
-            f.store_limit.clone(),
-        );
-        r.register(
-            "remexec_store_evicted_bytes",
-            "Bytes a store has evicted since it was opened",
-            f.store_evicted.clone(),
-        );
-        r.register(
-            "remexec_action_cache_lookups",
-            "GetActionResult calls, by result (hit or miss)",
-            f.ac_lookups.clone(),
-        );
-        r.register(
-            "remexec_queue_depth",
-            "Actions waiting for an executor, by platform",
-            f.queue_depth.clone(),
-        );
-        r.register(
-            "remexec_queue_duration_seconds",
-            "Time actions waited in the queue before dispatch, by platform",
-            f.queue_seconds.clone(),
-        );
-        r.register(
-            "remexec_executions",
-            "Executions finished, by outcome",
-            f.executions.clone(),
-        );
-        r.register(
-            "remexec_execution_phase_duration_seconds",
-            "Time spent in each phase of an execution, as the worker timed it",
-            f.phase_seconds.clone(),
-        );
-        r.register(
-            "remexec_workers",
-            "Workers attached to the scheduler",
-            f.workers.clone(),
-        );
-        r.register(
-            "remexec_cluster_members",
-            "Workers serving the cluster's CAS, as this instance sees them",
-            f.cluster_members.clone(),
-        );
-        r.register(
-            "remexec_cluster_schedulers",
-            "Live schedulers sharing the Action Cache, as this scheduler sees them",
-            f.cluster_schedulers.clone(),
-        );
-        r.register(
-            "remexec_cluster_copies_to_make",
-            "Copies of its blobs this worker still has to make so that each has R live replicas",
-            f.copies_to_make.clone(),
-        );
-        r.register(
-            "remexec_executors",
-            "Executors, by state (busy or idle)",
-            f.executors.clone(),
-        );
+        let r = registry(&families);
         Self {
             inner: Arc::new(Inner {
                 registry: r,

@@ -290,3 +290,82 @@ impl Cluster for ClusterService {
         Ok(Response::new(LocateResponse { locations }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Locate refuses what a client may send wrong: too many digests, a bad instance name,
+    //! a bad digest or digest function; and answers the holders it finds.
+
+    use std::sync::Arc;
+
+    use remexec_core::{BlobStore, BlobStoreExt, DigestFunction};
+    use remexec_proto::cluster::v1::LocateRequest;
+    use remexec_proto::cluster::v1::cluster_server::Cluster;
+
+    use super::*;
+    use crate::MemoryStore;
+
+    fn service() -> (ClusterService, Arc<MemoryStore>) {
+        let store = Arc::new(ReplicatedStore::new(1).unwrap());
+        let member = Arc::new(MemoryStore::new(1 << 20));
+        store.set_members([("w1".to_string(), member.clone() as Arc<dyn BlobStore>)]);
+        let (_tx, members) = watch::channel(Vec::new());
+        (
+            ClusterService::router(store, members, ClientTls::default()),
+            member,
+        )
+    }
+
+    async fn locate(
+        service: &ClusterService,
+        req: LocateRequest,
+    ) -> Result<LocateResponse, Status> {
+        service
+            .locate(Request::new(req))
+            .await
+            .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_invalid_and_holders_are_found() {
+        let (service, member) = service();
+        let d = DigestFunction::Sha256.digest_of(b"blob");
+        member.put_bytes("", d, "blob".into()).await.unwrap();
+        let ok = locate(
+            &service,
+            LocateRequest {
+                digests: vec![d.to_proto()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok.locations[0].holders, ["w1"]);
+        assert_eq!(ok.locations[0].placement, ["w1"]);
+        let bad = [
+            LocateRequest {
+                digests: vec![d.to_proto(); MAX_LOCATE + 1],
+                ..Default::default()
+            },
+            LocateRequest {
+                instance_name: "../x".into(),
+                ..Default::default()
+            },
+            LocateRequest {
+                digests: vec![remexec_core::reapi::Digest {
+                    hash: "zz".into(),
+                    size_bytes: 1,
+                }],
+                ..Default::default()
+            },
+            LocateRequest {
+                digest_function: 999,
+                ..Default::default()
+            },
+        ];
+        for req in bad {
+            let status = locate(&service, req).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        }
+    }
+}
