@@ -338,28 +338,6 @@ fn a_worker_keeping_another_replica_count_is_refused() {
     assert!(err.contains("hex") || err.contains("digest"), "{err}");
 }
 
-/// The digests of every input and output file in Bazel's JSON execution log.
-fn logged_digests(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut digests = BTreeSet::new();
-    for spawn in serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>() {
-        let spawn = spawn.unwrap();
-        for key in ["inputs", "actualOutputs"] {
-            for file in spawn[key].as_array().into_iter().flatten() {
-                let d = &file["digest"];
-                let size: u64 = d["sizeBytes"].as_str().map_or_else(
-                    || d["sizeBytes"].as_u64().unwrap_or(0),
-                    |s| s.parse().unwrap(),
-                );
-                if let Some(hash) = d["hash"].as_str().filter(|_| size > 0) {
-                    digests.insert(format!("{hash}/{size}"));
-                }
-            }
-        }
-    }
-    digests.into_iter().collect()
-}
-
 #[test]
 fn bazel_build_through_one_of_two_schedulers_survives_a_worker_kill_and_its_blobs_end_on_two_live_workers()
  {
@@ -395,7 +373,7 @@ fn bazel_build_through_one_of_two_schedulers_survives_a_worker_kill_and_its_blob
         built.success(),
         "the build failed after {victim} was killed: {built}"
     );
-    let digests = logged_digests(&exec_log);
+    let digests = common::logged_digests(&exec_log);
     assert!(digests.len() >= 10, "{digests:?}");
     let survivors = members(&status(&server), "live");
     assert_eq!(survivors.len(), 2, "{survivors:?}");

@@ -92,28 +92,6 @@ impl Drop for Project {
     }
 }
 
-/// The digests of every input and output file in Bazel's JSON execution log.
-fn logged_digests(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut digests = BTreeSet::new();
-    for spawn in serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>() {
-        let spawn = spawn.unwrap();
-        for key in ["inputs", "actualOutputs"] {
-            for file in spawn[key].as_array().into_iter().flatten() {
-                let d = &file["digest"];
-                let size: u64 = d["sizeBytes"].as_str().map_or_else(
-                    || d["sizeBytes"].as_u64().unwrap_or(0),
-                    |s| s.parse().unwrap(),
-                );
-                if let Some(hash) = d["hash"].as_str().filter(|_| size > 0) {
-                    digests.insert(format!("{hash}/{size}"));
-                }
-            }
-        }
-    }
-    digests.into_iter().collect()
-}
-
 /// Whether every digest is held by at least 2 of `live` at `server`.
 fn on_two_live(server: &str, digests: &[String], live: &BTreeSet<String>) -> bool {
     let mut args = vec!["cas", "locate", "--json", "--server", server];
@@ -253,7 +231,7 @@ fn a_compose_cluster_builds_while_a_worker_is_cut_off_the_network_and_loses_no_b
         built.success(),
         "the build failed around the network cut: {built}"
     );
-    let digests = logged_digests(&exec_log);
+    let digests = common::logged_digests(&exec_log);
     assert!(digests.len() >= 10, "{digests:?}");
     let members = status(&s1).map(|s| live(&s)).unwrap_or_default();
     assert!(members.len() >= 2, "{members:?}");

@@ -420,3 +420,25 @@ pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Optio
     // axum answers with a length; nothing here uses chunked encoding.
     Some((code, body.to_string()))
 }
+
+/// The digests of every input and output file in Bazel's JSON execution log.
+pub fn logged_digests(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut digests = std::collections::BTreeSet::new();
+    for spawn in serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>() {
+        let spawn = spawn.unwrap();
+        for key in ["inputs", "actualOutputs"] {
+            for file in spawn[key].as_array().into_iter().flatten() {
+                let d = &file["digest"];
+                let size: u64 = d["sizeBytes"].as_str().map_or_else(
+                    || d["sizeBytes"].as_u64().unwrap_or(0),
+                    |s| s.parse().unwrap(),
+                );
+                if let Some(hash) = d["hash"].as_str().filter(|_| size > 0) {
+                    digests.insert(format!("{hash}/{size}"));
+                }
+            }
+        }
+    }
+    digests.into_iter().collect()
+}
