@@ -465,6 +465,27 @@ impl TwoSchedulers {
     fn url(&self, i: usize) -> String {
         self.schedulers[i].as_ref().unwrap().url()
     }
+
+    /// A directory every action may write to (actions of a root worker run as another user).
+    fn shared_dir(&self) -> std::path::PathBuf {
+        let shared = self.dir.path().join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+        std::fs::set_permissions(&shared, mode).unwrap();
+        shared
+    }
+
+    /// `remexec exec -- sh -c SCRIPT` through scheduler `i`, its output captured.
+    fn spawn_exec(&self, i: usize, script: &str) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_remexec"))
+            .args(["exec", "--server", &self.url(i), "--", "sh", "-c", script])
+            .current_dir(self.dir.path())
+            .env("REMEXEC_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
 }
 
 impl Drop for TwoSchedulers {
@@ -506,30 +527,11 @@ fn after_a_scheduler_is_killed_the_other_answers_every_action_from_the_shared_ca
 #[test]
 fn identical_executes_spread_over_both_schedulers_run_once_and_any_scheduler_shows_the_operation() {
     let cluster = TwoSchedulers::start();
-    let shared = cluster.dir.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
-    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let shared = cluster.shared_dir();
     let runs = shared.join("runs");
     let script = format!("echo run >> {}; sleep 3; echo done", runs.display());
     let children: Vec<_> = (0..10)
-        .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_remexec"))
-                .args([
-                    "exec",
-                    "--server",
-                    &cluster.url(i % 2),
-                    "--",
-                    "sh",
-                    "-c",
-                    &script,
-                ])
-                .current_dir(cluster.dir.path())
-                .env("REMEXEC_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|i| cluster.spawn_exec(i % 2, &script))
         .collect();
     let mut names = BTreeSet::new();
     for child in children {
@@ -577,9 +579,7 @@ fn identical_executes_spread_over_both_schedulers_run_once_and_any_scheduler_sho
 fn a_worker_serving_two_schedulers_never_runs_more_actions_than_it_has_executors() {
     // One worker with one executor; distinct actions sent to both schedulers at once.
     let cluster = TwoSchedulers::start_with(1, "1");
-    let shared = cluster.dir.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
-    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let shared = cluster.shared_dir();
     let lock = shared.join("lock");
     let children: Vec<_> = (0..6)
         .map(|i| {
@@ -588,22 +588,7 @@ fn a_worker_serving_two_schedulers_never_runs_more_actions_than_it_has_executors
                 "mkdir {lock} || {{ echo overlap; exit 3; }}; sleep 0.5; rmdir {lock}; echo {i}",
                 lock = lock.display()
             );
-            Command::new(env!("CARGO_BIN_EXE_remexec"))
-                .args([
-                    "exec",
-                    "--server",
-                    &cluster.url(i % 2),
-                    "--",
-                    "sh",
-                    "-c",
-                    &script,
-                ])
-                .current_dir(cluster.dir.path())
-                .env("REMEXEC_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            cluster.spawn_exec(i % 2, &script)
         })
         .collect();
     for (i, child) in children.into_iter().enumerate() {

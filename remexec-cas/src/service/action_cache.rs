@@ -89,16 +89,11 @@ impl ActionCacheService {
     }
 
     async fn update(&self, req: UpdateActionResultRequest) -> Result<ActionResult> {
-        let function = request_scope(&req.instance_name, req.digest_function)?;
-        let action = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
-        let result = req
-            .action_result
-            .ok_or_else(|| Error::invalid("action_result is missing"))?;
-        remexec_core::merkle::validate_action_result(function, &result)?;
-        let instance = req.instance_name.as_str();
+        let instance = req.instance_name.clone();
+        let (action, result) = super::result_to_store(req)?;
         self.services
             .ac
-            .put(instance, action, result.clone())
+            .put(&instance, action, result.clone())
             .await?;
         Ok(result)
     }

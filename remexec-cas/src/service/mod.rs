@@ -189,6 +189,29 @@ pub(crate) fn request_scope(instance: &str, digest_function: i32) -> Result<Dige
     DigestFunction::from_proto(digest_function)
 }
 
+/// The action a GetActionResult request names, its instance name and digest function checked.
+pub(crate) fn action_to_get(
+    req: &remexec_proto::reapi::GetActionResultRequest,
+) -> Result<remexec_core::Digest> {
+    let function = request_scope(&req.instance_name, req.digest_function)?;
+    remexec_core::Digest::from_field(function, req.action_digest.as_ref(), "action_digest")
+}
+
+/// The action and result an UpdateActionResult request stores, its instance name, digest
+/// function and result checked.
+pub(crate) fn result_to_store(
+    req: remexec_proto::reapi::UpdateActionResultRequest,
+) -> Result<(remexec_core::Digest, remexec_proto::reapi::ActionResult)> {
+    let function = request_scope(&req.instance_name, req.digest_function)?;
+    let action =
+        remexec_core::Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
+    let result = req
+        .action_result
+        .ok_or_else(|| Error::invalid("action_result is missing"))?;
+    remexec_core::merkle::validate_action_result(function, &result)?;
+    Ok((action, result))
+}
+
 /// Converts a core result into a tonic response.
 pub(crate) fn respond<T>(result: Result<T>) -> Result<tonic::Response<T>, tonic::Status> {
     result.map(tonic::Response::new).map_err(|e: Error| {

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use remexec_core::reapi::ActionResult;
-use remexec_core::{ActionCache, Digest, Error, Result};
+use remexec_core::{ActionCache, Error, Result};
 use remexec_proto::cluster::v1::peer_server::{Peer, PeerServer};
 use remexec_proto::reapi::{GetActionResultRequest, UpdateActionResultRequest};
 use tonic::{Request, Response, Status};
 
-use super::{request_scope, respond};
+use super::{action_to_get, respond, result_to_store};
 
 /// The `Peer` service over a scheduler's own cache.
 #[derive(Debug, Clone)]
@@ -33,8 +33,7 @@ impl PeerService {
     }
 
     async fn get(&self, req: GetActionResultRequest) -> Result<ActionResult> {
-        let function = request_scope(&req.instance_name, req.digest_function)?;
-        let action = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
+        let action = action_to_get(&req)?;
         self.local
             .get(&req.instance_name, action)
             .await?
@@ -42,15 +41,9 @@ impl PeerService {
     }
 
     async fn update(&self, req: UpdateActionResultRequest) -> Result<ActionResult> {
-        let function = request_scope(&req.instance_name, req.digest_function)?;
-        let action = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
-        let result = req
-            .action_result
-            .ok_or_else(|| Error::invalid("action_result is missing"))?;
-        remexec_core::merkle::validate_action_result(function, &result)?;
-        self.local
-            .put(&req.instance_name, action, result.clone())
-            .await?;
+        let instance = req.instance_name.clone();
+        let (action, result) = result_to_store(req)?;
+        self.local.put(&instance, action, result.clone()).await?;
         Ok(result)
     }
 }
