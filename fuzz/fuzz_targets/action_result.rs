@@ -2,8 +2,8 @@
 //!
 //! Properties, for any bytes that decode as an `ActionResult`, under both digest functions:
 //! - validation accepts exactly when every output path (files, directories, and each distinct
-//!   `(path, target)` symlink over `output_symlinks` and the v2.0 lists) is relative and
-//!   normalised and claimed once, every symlink target obeys the policy (non-empty, at most 4095
+//!   `(path, target)` symlink over `output_symlinks` and the v2.0 lists) is relative, made of
+//!   `.`, `..` and valid names as the client wrote it in its `Command`, and claimed once, every symlink target obeys the policy (non-empty, at most 4095
 //!   bytes, no NUL, absolute or resolving lexically inside the root from the link's directory),
 //!   every digest present and valid, and inlined contents match their digest;
 //! - so an accepted result has only such paths, targets and digests (asserted directly too);
@@ -18,7 +18,7 @@ use prost::Message;
 use remexec_core::merkle::validate_action_result;
 use remexec_core::reapi::{ActionResult, OutputSymlink};
 use remexec_core::{DigestFunction, Error};
-use remexec_fuzz::{output_path_ok, proto_digest_ok, resolve_relative, symlink_ok};
+use remexec_fuzz::{proto_digest_ok, resolve_relative, result_path_ok, symlink_ok};
 
 /// Every symlink of the result, over the three lists, each distinct `(path, target)` once.
 #[allow(deprecated)] // output_file_symlinks and output_directory_symlinks are REAPI v2.0's
@@ -46,7 +46,7 @@ fn expected(f: DigestFunction, r: &ActionResult) -> bool {
         proto_digest_ok(o.digest.as_ref())
             && (o.contents.is_empty() || o.digest == Some(f.digest_of(&o.contents).to_proto()))
     });
-    paths.iter().all(|p| output_path_ok(p))
+    paths.iter().all(|p| result_path_ok(p))
         && unique.len() == paths.len()
         && files_ok
         && r.output_directories
@@ -70,7 +70,7 @@ fn assert_accepted_shape(r: &ActionResult) {
             !p.starts_with('/') && !p.ends_with('/') && !p.contains('\0'),
             "{p:?}"
         );
-        assert!(p.split('/').all(|c| !matches!(c, "" | "." | "..")), "{p:?}");
+        assert!(p.split('/').all(|c| !c.is_empty()), "{p:?}");
     }
     for l in symlinks(r) {
         if !l.target.starts_with('/') {

@@ -1,16 +1,16 @@
 //! `Command` checks built from core's pieces, against an independent oracle, and
 //! `client::ActionBuilder`'s normalisation of a `Command`.
 //!
-//! The scheduler's `validate_command` is private to remexec-scheduler; it is restated here
-//! exactly from core's pieces (`merkle::validate_output_path` on every output path of
-//! `output_paths`, `output_files` and `output_directories`, and on a non-empty
-//! `working_directory`; a non-empty program name), and that composition is what is checked.
+//! The scheduler's `validate_command` is private to remexec-scheduler; its path checks are
+//! core's `merkle::validate_command_paths`, which is checked here with the scheduler's check
+//! of the program name.
 //!
 //! Properties, for any bytes that decode as a `Command`:
-//! - the check accepts exactly when the program name is non-empty, every output path is
-//!   relative and normalised, and the working directory is empty or relative and normalised;
-//! - for an accepted command, every output path joined below the working directory (where the
-//!   worker creates it) is still a valid output path with no `..`;
+//! - the check accepts exactly when the program name is non-empty, the working directory is
+//!   empty or a path (of `.`, `..` and valid names) that stays inside the input root, and every
+//!   output path, resolved lexically below the working directory, stays inside it too;
+//! - for an accepted command, the resolved working directory and every output path resolved
+//!   below it (where the worker creates and collects it) are empty or normalised, with no `..`;
 //! - `ActionBuilder` built from the command's arguments, environment, output paths, working
 //!   directory and platform yields a `Command` whose output paths are the same set, strictly
 //!   sorted; whose environment and platform are the same multisets, sorted; which is a fixed
@@ -22,23 +22,17 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use remexec_core::client::ActionBuilder;
-use remexec_core::merkle::validate_output_path;
+use remexec_core::merkle::{resolve_output_path, validate_command_paths, validate_output_path};
 use remexec_core::reapi::Command;
 use remexec_core::{DigestFunction, Error, Result};
-use remexec_fuzz::{join, output_path_ok};
+use remexec_fuzz::{output_path_ok, resolve_below};
 
-/// The scheduler's check, from core's pieces.
-fn validate(command: &Command) -> Result<()> {
+/// The scheduler's check, from core's pieces: the resolved working directory.
+fn validate(command: &Command) -> Result<String> {
     if command.arguments.first().is_none_or(String::is_empty) {
         return Err(Error::invalid("command.arguments is empty"));
     }
-    for path in outputs(command) {
-        validate_output_path(path)?;
-    }
-    if !command.working_directory.is_empty() {
-        validate_output_path(&command.working_directory)?;
-    }
-    Ok(())
+    validate_command_paths(command)
 }
 
 /// Every output path, REAPI v2.1's and v2.0's.
@@ -53,9 +47,16 @@ fn outputs(command: &Command) -> impl Iterator<Item = &String> {
 
 fn expected(command: &Command) -> bool {
     let wd = &command.working_directory;
+    let Some(resolved) = (if wd.is_empty() {
+        Some(Vec::new())
+    } else {
+        resolve_below("", wd)
+    }) else {
+        return false;
+    };
+    let resolved = resolved.join("/");
     command.arguments.first().is_some_and(|a| !a.is_empty())
-        && outputs(command).all(|p| output_path_ok(p))
-        && (wd.is_empty() || output_path_ok(wd))
+        && outputs(command).all(|p| resolve_below(&resolved, p).is_some())
 }
 
 /// The builder for `command`'s pieces, added in order or in reverse.
@@ -161,14 +162,15 @@ fuzz_target!(|data: &[u8]| {
     let got = validate(&command);
     assert_eq!(got.is_ok(), expected(&command), "{command:?}: {got:?}");
     match &got {
-        Ok(()) => {
+        Ok(wd) => {
+            assert!(wd.is_empty() || output_path_ok(wd), "{wd:?}");
             for path in outputs(&command) {
-                let below = join(&command.working_directory, path);
+                let below = resolve_output_path(wd, path).expect("accepted");
                 assert!(
-                    output_path_ok(&below) && !below.split('/').any(|c| c == ".."),
+                    below.is_empty() || (output_path_ok(&below) && validate_output_path(&below).is_ok()),
                     "{below:?}"
                 );
-                assert!(validate_output_path(&below).is_ok(), "{below:?}");
+                assert_eq!(resolve_below(wd, path).map(|c| c.join("/")), Some(below));
             }
         }
         Err(e) => assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}"),

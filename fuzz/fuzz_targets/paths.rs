@@ -8,9 +8,10 @@
 //!   accepted path has no leading or trailing `/`, no empty, `.` or `..` component, no NUL;
 //!   the parent and the first component of an accepted path are accepted, and `a/b` is
 //!   accepted exactly when both `a` and `b` are (for non-empty `a`, `b`);
-//! - for a link at an accepted path `a`, `validate_symlink_target(a, b)` accepts exactly a
-//!   non-empty target of at most 4095 bytes without NUL that is absolute or, resolved
-//!   lexically with a component stack from the link's directory, never climbs above the root;
+//! - for a link at a path `a` as a client writes it (components that are `.`, `..` or valid
+//!   names), `validate_symlink_target(a, b)` accepts exactly a non-empty target of at most
+//!   4095 bytes without NUL that is absolute or, resolved lexically with a component stack
+//!   from the link's directory, never climbs above the highest directory `a` itself reaches;
 //!   so an accepted relative target resolves inside the root;
 //! - moving an accepted link deeper (to `c/a` for an accepted `c`) keeps it accepted;
 //! - `check_output_symlink` gives the same verdict, as `FailedPrecondition`.
@@ -23,7 +24,9 @@ use libfuzzer_sys::fuzz_target;
 use remexec_core::Error;
 use remexec_core::client::check_output_symlink;
 use remexec_core::merkle::{validate_name, validate_output_path, validate_symlink_target};
-use remexec_fuzz::{join, name_ok, output_path_ok, parts, resolve_relative, symlink_ok};
+use remexec_fuzz::{
+    join, name_ok, output_path_ok, parts, resolve_relative, result_path_ok, symlink_ok,
+};
 
 fn check_name_and_path(s: &str) {
     let name = validate_name(s);
@@ -64,7 +67,8 @@ fn check_join(a: &str, b: &str) {
 }
 
 fn check_symlink(path: &str, target: &str, deeper: &str) {
-    if validate_output_path(path).is_err() {
+    // Paths as clients write them, `.` and `..` included.
+    if !result_path_ok(path) {
         return;
     }
     let got = validate_symlink_target(path, target);

@@ -41,6 +41,32 @@ pub fn output_path_ok(path: &str) -> bool {
     !path.is_empty() && path.split('/').all(name_ok)
 }
 
+/// An output path as a client may write it: non-empty, relative, one or more components
+/// joined by single `/`, each `.`, `..` or a valid name.
+pub fn result_path_ok(path: &str) -> bool {
+    !path.is_empty() && path.split('/').all(|c| c == "." || c == ".." || name_ok(c))
+}
+
+/// `path` (a [`result_path_ok`] path) below the working directory `wd` (normalised, or empty),
+/// resolved lexically to normalised components below the input root; `None` if it climbs above
+/// the input root or is not a valid path.
+pub fn resolve_below<'a>(wd: &'a str, path: &'a str) -> Option<Vec<&'a str>> {
+    if !result_path_ok(path) {
+        return None;
+    }
+    let mut stack: Vec<&str> = wd.split('/').filter(|c| !c.is_empty()).collect();
+    for component in path.split('/') {
+        match component {
+            "." => {}
+            ".." => {
+                stack.pop()?;
+            }
+            other => stack.push(other),
+        }
+    }
+    Some(stack)
+}
+
 /// `a/b`, or whichever of them is non-empty.
 pub fn join(a: &str, b: &str) -> String {
     match (a.is_empty(), b.is_empty()) {
@@ -77,22 +103,42 @@ pub fn digest_of_message<M: Message>(f: DigestFunction, message: &M) -> Digest {
 /// The directory a relative symlink target leads to, resolved lexically from the directory
 /// holding the link at `link_path` (a normalised output path), as components below the root;
 /// `None` if the walk ever climbs above the root.
+///
+/// A link path may itself hold `.` and `..` (as a client wrote it, relative to its working
+/// directory): it is then placed below as many anonymous directories as it has `..`
+/// components, and the target may climb no higher than the path itself did.
 pub fn resolve_relative<'a>(link_path: &'a str, target: &'a str) -> Option<Vec<&'a str>> {
-    let mut stack: Vec<&str> = link_path.split('/').collect();
-    stack.pop();
-    for component in target.split('/') {
+    let ups = link_path.split('/').filter(|c| *c == "..").count();
+    let mut stack: Vec<&str> = vec![""; ups];
+    let mut floor = ups;
+    let mut dir: Vec<&str> = link_path.split('/').collect();
+    dir.pop();
+    for component in dir {
         match component {
-            "" | "." => {}
+            "." => {}
             ".." => {
                 stack.pop()?;
             }
             other => stack.push(other),
         }
+        floor = floor.min(stack.len());
     }
-    Some(stack)
+    for component in target.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => {
+                if stack.len() == floor {
+                    return None;
+                }
+                stack.pop();
+            }
+            other => stack.push(other),
+        }
+    }
+    Some(stack.split_off(floor))
 }
 
-/// The output-symlink policy for a link at the normalised `link_path`: a non-empty target of
+/// The output-symlink policy for a link at `link_path` ([`result_path_ok`]): a non-empty target of
 /// at most 4095 bytes without NUL, absolute or resolving inside the root.
 pub fn symlink_ok(link_path: &str, target: &str) -> bool {
     !target.is_empty()

@@ -448,6 +448,13 @@ pub struct GroupSection {
     pub image: String,
     /// Extra properties of the group's executors.
     pub properties: std::collections::BTreeMap<String, String>,
+    /// With `namespaces`: run actions with their input root as `/` (Buildbarn's runner option
+    /// of that name), as BuildStream expects.
+    pub chroot_into_input_root: bool,
+    /// The instance names whose actions this group runs, and only those: the scheduler sends
+    /// every action of a listed instance name to the groups that list it. Empty: any instance
+    /// name no group lists.
+    pub instance_names: Vec<String>,
 }
 
 impl Default for GroupSection {
@@ -461,6 +468,8 @@ impl Default for GroupSection {
             allow_network: false,
             image: DEFAULT_IMAGE.into(),
             properties: Default::default(),
+            chroot_into_input_root: false,
+            instance_names: Vec::new(),
         }
     }
 }
@@ -487,7 +496,7 @@ impl WorkerSection {
             memory_per_action: self.memory_per_action,
             allow_network: self.allow_network,
             image: self.image.clone(),
-            properties: Default::default(),
+            ..GroupSection::default()
         }]
     }
 }

@@ -105,6 +105,20 @@ pub fn worker_isolation(
                 group.name
             )));
         }
+        if group.chroot_into_input_root && group.isolation != IsolationKind::Namespaces {
+            return Err(Error::invalid(format!(
+                "executor group {:?}: chroot_into_input_root needs isolation = \"namespaces\"",
+                group.name
+            )));
+        }
+        for instance in &group.instance_names {
+            remexec_core::validate_instance_name(instance).map_err(|e| {
+                Error::invalid(format!(
+                    "executor group {:?}: instance_names: {e}",
+                    group.name
+                ))
+            })?;
+        }
         if !names.insert(group.name.clone()) || group.executors == 0 {
             return Err(Error::invalid(format!(
                 "executor group {:?}: group names must be unique and groups need executors",
@@ -305,7 +319,8 @@ pub fn namespace_isolation(
         )
     })?;
     let isolation = NamespaceIsolation::new(bwrap, find_tool("setpriv"), run_as(config)?)?
-        .allow_network(group.allow_network);
+        .allow_network(group.allow_network)
+        .chroot_into_input_root(group.chroot_into_input_root);
     match cgroup_limits(config, group)? {
         None => Ok(isolation),
         Some(cgroups) => isolation.with_limits(cgroups, supervisor),

@@ -26,9 +26,10 @@ pub enum Role {
     Scheduler,
 }
 
-/// The properties of a group's executors: this machine's (OSFamily, Arch, cpu-count,
+/// The properties of a group's executors: this machine's (OSFamily, ISA, Arch, cpu-count,
 /// memory-mb; a group's limits replace the last two), `network=on` where actions may ask for
-/// the network, the `isolation`, then `[worker] properties`, then the group's own.
+/// the network, the `isolation`, then `[worker] properties`, then the group's own, then one
+/// `instance-name` per instance name the group serves.
 pub fn executor_properties(config: &Config, group: &GroupSection) -> Vec<(String, String)> {
     let cpu_count = match group.cpus_per_action {
         c if c > 0.0 => c.ceil() as usize,
@@ -36,6 +37,7 @@ pub fn executor_properties(config: &Config, group: &GroupSection) -> Vec<(String
     };
     let mut props = vec![
         ("OSFamily".to_string(), std::env::consts::OS.to_string()),
+        ("ISA".to_string(), remexec_worker::host_isa().to_string()),
         ("Arch".to_string(), std::env::consts::ARCH.to_string()),
         ("cpu-count".to_string(), cpu_count.to_string()),
     ];
@@ -62,6 +64,14 @@ pub fn executor_properties(config: &Config, group: &GroupSection) -> Vec<(String
     for (name, value) in config.worker.properties.iter().chain(&group.properties) {
         props.retain(|(n, _)| n != name);
         props.push((name.clone(), value.clone()));
+    }
+    // The instance names the group serves, which the scheduler matches on its own.
+    props.retain(|(n, _)| n != remexec_scheduler::INSTANCE_PROPERTY);
+    for instance in &group.instance_names {
+        props.push((
+            remexec_scheduler::INSTANCE_PROPERTY.into(),
+            instance.clone(),
+        ));
     }
     props
 }

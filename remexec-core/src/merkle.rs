@@ -50,6 +50,77 @@ pub fn validate_output_path(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks an output path as a client may write it in a `Command` or find it in an
+/// `ActionResult`: relative to the working directory, `/`-separated, non-empty, with no empty
+/// segments, each segment `.`, `..` or a valid name ([`validate_name`]). Whether it stays inside
+/// the input root depends on the working directory: [`resolve_output_path`] checks that.
+pub fn validate_result_path(path: &str) -> Result<()> {
+    if path.is_empty() || path.starts_with('/') || path.ends_with('/') {
+        return Err(Error::invalid(format!(
+            "output path {path:?} must be relative, non-empty and without a trailing /"
+        )));
+    }
+    for segment in path.split('/').filter(|s| *s != "." && *s != "..") {
+        validate_name(segment).map_err(|e| Error::invalid(format!("output path {path:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Resolves `path` (an output path, or the working directory with `working_directory` empty)
+/// lexically against `working_directory`, both relative to the input root: the normalised
+/// `/`-separated path below the input root, `""` for the input root itself.
+///
+/// REAPI allows `.` and `..` segments (BuildStream sends `.` and `../../../install`); a path that
+/// climbs above the input root is `InvalidArgument`. `..` is resolved lexically: the worker never
+/// walks through a symlink to find an output, so the lexical path is the real one.
+pub fn resolve_output_path(working_directory: &str, path: &str) -> Result<String> {
+    validate_result_path(path)?;
+    let mut resolved: Vec<&str> = Vec::new();
+    for segment in working_directory.split('/').chain(path.split('/')) {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if resolved.pop().is_none() {
+                    return Err(Error::invalid(format!(
+                        "output path {path:?} climbs above the input root from the working directory {working_directory:?}"
+                    )));
+                }
+            }
+            name => resolved.push(name),
+        }
+    }
+    Ok(resolved.join("/"))
+}
+
+/// Resolves a `Command.working_directory` below the input root ([`resolve_output_path`]):
+/// `""` for an empty one, the input root itself.
+pub fn resolve_working_directory(working_directory: &str) -> Result<String> {
+    if working_directory.is_empty() {
+        return Ok(String::new());
+    }
+    resolve_output_path("", working_directory)
+        .map_err(|e| Error::invalid(format!("command.working_directory: {e}")))
+}
+
+/// Checks a `Command`'s paths: its working directory and every output path (REAPI v2.1's
+/// `output_paths` and v2.0's lists) resolve inside the input root ([`resolve_output_path`]).
+/// Returns the working directory resolved below the input root.
+#[allow(deprecated)] // output_files and output_directories: REAPI v2.0 clients still send them
+pub fn validate_command_paths(
+    command: &bazel_remote_apis::build::bazel::remote::execution::v2::Command,
+) -> Result<String> {
+    let workdir = resolve_working_directory(&command.working_directory)?;
+    let outputs = command
+        .output_paths
+        .iter()
+        .chain(&command.output_files)
+        .chain(&command.output_directories);
+    for path in outputs {
+        resolve_output_path(&workdir, path).map_err(|e| Error::invalid(format!("command: {e}")))?;
+    }
+    Ok(workdir)
+}
+
 /// Checks a `Directory`: every name valid, each list sorted and unique, no name used twice
 /// across files, directories and symlinks, and every digest valid for `function`.
 pub fn validate_directory(function: DigestFunction, dir: &Directory) -> Result<()> {
@@ -159,8 +230,8 @@ pub const MAX_SYMLINK_TARGET_LEN: usize = 4095;
 /// from the symlink's own directory, must not climb above the root. Nothing in remexec writes
 /// through a symlink, whatever its target.
 pub fn validate_symlink_target(path: &str, target: &str) -> Result<()> {
-    // The depth below is counted from `path`'s segments: it must be normalised.
-    validate_output_path(path)?;
+    // The depth below is counted from `path`'s segments, which may hold `.` and `..`.
+    validate_result_path(path)?;
     let problem = if target.is_empty() {
         "is empty"
     } else if target.len() > MAX_SYMLINK_TARGET_LEN {
@@ -170,7 +241,19 @@ pub fn validate_symlink_target(path: &str, target: &str) -> Result<()> {
     } else if target.starts_with('/') {
         return Ok(());
     } else {
-        let mut depth = path.split('/').filter(|s| !s.is_empty()).count() as i64 - 1;
+        // The symlink's directory, and the lowest point `path` itself reaches: the root the
+        // target must stay within (the working directory, or the input root above it for an
+        // output such as `../out/link`, whose own path the scheduler checked).
+        let (mut depth, mut floor) = (0_i64, 0_i64);
+        let segments: Vec<&str> = path.split('/').collect();
+        for segment in &segments[..segments.len() - 1] {
+            match *segment {
+                "." => {}
+                ".." => depth -= 1,
+                _ => depth += 1,
+            }
+            floor = floor.min(depth);
+        }
         let mut escapes = false;
         for segment in target.split('/') {
             match segment {
@@ -178,7 +261,7 @@ pub fn validate_symlink_target(path: &str, target: &str) -> Result<()> {
                 ".." => depth -= 1,
                 _ => depth += 1,
             }
-            escapes |= depth < 0;
+            escapes |= depth < floor;
         }
         if !escapes {
             return Ok(());
@@ -192,8 +275,8 @@ pub fn validate_symlink_target(path: &str, target: &str) -> Result<()> {
 }
 
 /// Checks an `ActionResult` before it is stored or returned, the same way for worker results
-/// and `UpdateActionResult`: every output path relative and normalised
-/// ([`validate_output_path`]) and used once, every digest valid for `function`, inlined file
+/// and `UpdateActionResult`: every output path relative ([`validate_result_path`]: as the
+/// client wrote it in the `Command`, so `.` and `..` segments are allowed) and used once, every digest valid for `function`, inlined file
 /// contents matching their digests, and every output symlink within
 /// [`validate_symlink_target`]'s policy. The `Tree` blobs of output directories are not
 /// fetched here.
@@ -204,7 +287,7 @@ pub fn validate_action_result(
 ) -> Result<()> {
     let mut paths = HashSet::new();
     let mut claim = |path: &str| -> Result<()> {
-        validate_output_path(path)?;
+        validate_result_path(path)?;
         if !paths.insert(path.to_string()) {
             return Err(Error::invalid(format!(
                 "output path {path:?} is used twice"
@@ -610,6 +693,39 @@ mod tests {
     }
 
     #[test]
+    fn output_paths_resolve_within_the_input_root() {
+        for (wd, path, resolved) in [
+            ("", "out", "out"),
+            ("a/b", "out/x", "a/b/out/x"),
+            ("buildstream/p/e", ".", "buildstream/p/e"),
+            ("buildstream/p/e", "../../../install", "install"),
+            ("buildstream/p/e", "../../..", ""),
+            ("a", "./b/./c/../d", "a/b/d"),
+            ("", "..x/.y", "..x/.y"),
+        ] {
+            assert_eq!(
+                resolve_output_path(wd, path).unwrap(),
+                resolved,
+                "{wd} {path}"
+            );
+        }
+        for (wd, path, why) in [
+            ("", "..", "climbs above"),
+            ("a/b", "../../../etc", "climbs above"),
+            ("a", "b/../../../x", "climbs above"),
+            ("", "/etc", "relative"),
+            ("", "a//b", "is empty"),
+            ("", "a/", "trailing"),
+            ("", "", "non-empty"),
+            ("", "a/\0", "NUL"),
+        ] {
+            let err = resolve_output_path(wd, path).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.to_string().contains(why), "{wd} {path}: {err}");
+        }
+    }
+
+    #[test]
     fn symlink_policy() {
         for (path, target) in [
             ("link", "target"),
@@ -617,6 +733,10 @@ mod tests {
             ("a/b/link", "../../x"),
             ("a/link", "./b/../c"),
             ("link", "/usr/bin/python3"),
+            ("./a/link", "../x"),
+            ("../../out/link", "../x"),
+            ("../../out/link", "../out/./y"),
+            ("a/../link", "x"),
         ] {
             validate_symlink_target(path, target)
                 .unwrap_or_else(|e| panic!("{path} -> {target}: {e}"));
@@ -628,6 +748,9 @@ mod tests {
             ("a/link", "b/../../../x", "climbs"),
             ("link", "", "empty"),
             ("link", "a\0b", "NUL"),
+            ("./a/link", "../../x", "climbs"),
+            ("../../out/link", "../../x", "climbs"),
+            ("a/../link", "../x", "climbs"),
         ] {
             let err = validate_symlink_target(path, target).unwrap_err();
             assert!(err.to_string().contains(why), "{path} -> {target}: {err}");
@@ -663,13 +786,17 @@ mod tests {
             ..ok.clone()
         };
         validate_action_result(f, &v20).unwrap();
+        // Paths are as the client wrote them in its Command, relative to its working directory,
+        // which may lie below the input root: `.` and `..` are the client's to resolve.
+        let dotted = ActionResult {
+            output_files: vec![file("a/../../x"), file("./y")],
+            output_symlinks: vec![link("../out/l", "../z")],
+            ..Default::default()
+        };
+        validate_action_result(f, &dotted).unwrap();
         let bad = [
             ActionResult {
                 output_files: vec![file("/etc/passwd")],
-                ..Default::default()
-            },
-            ActionResult {
-                output_files: vec![file("a/../../x")],
                 ..Default::default()
             },
             ActionResult {

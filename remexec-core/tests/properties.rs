@@ -15,8 +15,8 @@ use proptest::prelude::*;
 use prost::Message;
 use remexec_core::client::{ActionBuilder, check_output_symlink, output_tree};
 use remexec_core::merkle::{
-    TreeLimits, tree_file_digests, validate_action_result, validate_name, validate_output_path,
-    validate_symlink_target,
+    TreeLimits, resolve_output_path, tree_file_digests, validate_action_result,
+    validate_command_paths, validate_name, validate_output_path, validate_symlink_target,
 };
 use remexec_core::reapi::{
     self, ActionResult, Command, Directory, DirectoryNode, FileNode, OutputDirectory, OutputFile,
@@ -33,7 +33,8 @@ mod oracles;
 
 use oracles::{
     TreeVerdict, digest_of_message as wire_of, hash_ok, name_ok, output_path_ok,
-    proto_digest_ok as wire_ok, resolve_relative, size_text, symlink_ok, tree_layout,
+    proto_digest_ok as wire_ok, resolve_below, resolve_relative, result_path_ok, size_text,
+    symlink_ok, tree_layout,
 };
 
 /// Links each `DirectoryNode` whose digest has an empty hash and `size_bytes == k` to one of
@@ -495,7 +496,7 @@ fn action_result_ok(f: DigestFunction, r: &ActionResult) -> bool {
     let contents_ok = |o: &OutputFile| {
         o.contents.is_empty() || o.digest == Some(f.digest_of(&o.contents).to_proto())
     };
-    paths.iter().all(|p| output_path_ok(p))
+    paths.iter().all(|p| result_path_ok(p))
         && unique.len() == paths.len()
         && r.output_files
             .iter()
@@ -521,9 +522,10 @@ fn reversed(r: &ActionResult) -> ActionResult {
 }
 
 proptest! {
-    /// `validate_action_result` accepts exactly results whose output paths are relative,
-    /// normalised and unique, whose symlinks obey the policy, whose digests are valid and
-    /// whose inlined contents match; accepted paths have no `.`, `..` or empty component.
+    /// `validate_action_result` accepts exactly results whose output paths are relative paths
+    /// of `.`, `..` and valid names (as the client wrote them) and unique, whose symlinks obey
+    /// the policy, whose digests are valid and whose inlined contents match; accepted paths
+    /// have no empty component.
     #[test]
     fn action_result_matches_oracle(r in action_result(), f in function()) {
         let got = validate_action_result(f, &r);
@@ -531,7 +533,7 @@ proptest! {
         match got {
             Ok(()) => {
                 for o in &r.output_files {
-                    prop_assert!(o.path.split('/').all(|c| !matches!(c, "" | "." | "..")));
+                    prop_assert!(o.path.split('/').all(|c| !c.is_empty()));
                 }
                 for l in all_symlinks(&r) {
                     prop_assert!(l.target.starts_with('/') || resolve_relative(&l.path, &l.target).is_some());
@@ -564,16 +566,12 @@ fn outputs(c: &Command) -> impl Iterator<Item = &String> {
         .chain(&c.output_directories)
 }
 
-/// The scheduler's `validate_command`, restated from core's pieces.
-fn validate_command(c: &Command) -> Result<(), Error> {
+/// The scheduler's `validate_command`, from core's pieces: the resolved working directory.
+fn validate_command(c: &Command) -> Result<String, Error> {
     if c.arguments.first().is_none_or(String::is_empty) {
         return Err(Error::invalid("command.arguments is empty"));
     }
-    outputs(c).try_for_each(|p| validate_output_path(p))?;
-    if !c.working_directory.is_empty() {
-        validate_output_path(&c.working_directory)?;
-    }
-    Ok(())
+    validate_command_paths(c)
 }
 
 #[allow(deprecated)] // Command.platform
@@ -625,20 +623,24 @@ fn sorted<T: Ord + Clone>(items: &[T]) -> Vec<T> {
 }
 
 proptest! {
-    /// The command checks accept exactly a non-empty program with valid output paths and an
-    /// empty or valid working directory; outputs then stay valid below the working directory.
+    /// The command checks accept exactly a non-empty program with a working directory and
+    /// output paths that stay inside the input root when resolved lexically; outputs then
+    /// resolve to normalised paths below the working directory.
     #[test]
     fn command_checks_match_oracle(c in command()) {
         let got = validate_command(&c);
         let wd = &c.working_directory;
+        let resolved_wd = if wd.is_empty() { Some(Vec::new()) } else { resolve_below("", wd) };
         let expected = c.arguments.first().is_some_and(|a| !a.is_empty())
-            && outputs(&c).all(|p| output_path_ok(p))
-            && (wd.is_empty() || output_path_ok(wd));
+            && resolved_wd.as_ref().is_some_and(|r| {
+                let r = r.join("/");
+                outputs(&c).all(|p| resolve_below(&r, p).is_some())
+            });
         prop_assert_eq!(got.is_ok(), expected, "{:?}: {:?}", c, got);
-        if got.is_ok() {
+        if let Ok(wd) = &got {
             for p in outputs(&c) {
-                let below = if wd.is_empty() { p.clone() } else { format!("{wd}/{p}") };
-                prop_assert!(validate_output_path(&below).is_ok(), "{:?}", below);
+                let below = resolve_output_path(wd, p).expect("accepted");
+                prop_assert!(below.is_empty() || validate_output_path(&below).is_ok(), "{:?}", below);
             }
         }
         let again = Command::decode(c.encode_to_vec().as_slice()).expect("re-decodes");

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use prost::Message;
-use remexec_core::merkle::{InputTree, TreeLimits, fetch_directory, validate_output_path};
+use remexec_core::merkle::{InputTree, TreeLimits, fetch_directory, validate_command_paths};
 use remexec_core::reapi::{Action, Command};
 use remexec_core::{BlobStore, BlobStoreExt, Digest, Error, Result};
 
@@ -69,7 +69,6 @@ pub(crate) async fn load(
     Ok(Loaded::Ready(Box::new((action, command))))
 }
 
-#[allow(deprecated)] // output_files and output_directories: REAPI v2.0 clients still send them
 fn validate_command(command: &Command, max_size: usize) -> Result<()> {
     if command.arguments.is_empty() || command.arguments[0].is_empty() {
         return Err(Error::invalid("command.arguments is empty"));
@@ -85,18 +84,7 @@ fn validate_command(command: &Command, max_size: usize) -> Result<()> {
             "command: its arguments and environment take {size} bytes, over the max_command_size limit of {max_size}"
         )));
     }
-    let outputs = command
-        .output_paths
-        .iter()
-        .chain(&command.output_files)
-        .chain(&command.output_directories);
-    for path in outputs {
-        validate_output_path(path).map_err(|e| Error::invalid(format!("command: {e}")))?;
-    }
-    if !command.working_directory.is_empty() {
-        validate_output_path(&command.working_directory)
-            .map_err(|e| Error::invalid(format!("command.working_directory: {e}")))?;
-    }
+    validate_command_paths(command)?;
     Ok(())
 }
 

@@ -42,6 +42,7 @@ mod worker_pool;
 
 pub use config::SchedulerConfig;
 pub use observe::{ActionRecord, ExecutorStatus, QueuedPlatform, RunningAction, SchedulerStatus};
+pub use platform::INSTANCE_PROPERTY;
 pub use pool::{Cancel, ChangeNotifier, Changes, ExecutorInfo, ExecutorPool, Job, JobOutcome};
 #[doc(hidden)]
 pub use queue::DispatchBench;

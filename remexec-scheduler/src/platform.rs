@@ -8,6 +8,10 @@
 //! - **Ignore**: the property is a hint for the worker and never constrains matching.
 //!
 //! Which rule applies to which property is configurable ([`MatchRules`]).
+//!
+//! One property is the scheduler's own: [`INSTANCE_PROPERTY`]. An executor that offers it runs
+//! only actions of the instance names it lists, and the scheduler, not the client, puts it in an
+//! action's requirements.
 
 use std::collections::HashMap;
 
@@ -31,6 +35,13 @@ pub enum MatchRule {
 pub struct MatchRules {
     rules: HashMap<String, MatchRule>,
 }
+
+/// The property by which an executor serves only some instance names (one value each): it
+/// matches only actions that require it, and the scheduler requires it, with the action's
+/// instance name, of every action whose instance name some executor serves this way. Operators
+/// use it to send a client's actions to executors set up for it (BuildStream's to executors
+/// that chroot into the input root) without the client asking.
+pub const INSTANCE_PROPERTY: &str = "instance-name";
 
 /// Property names matched as "at least" by default.
 pub const DEFAULT_AT_LEAST: [&str; 3] = ["cpu-count", "memory-mb", "disk-mb"];
@@ -93,8 +104,14 @@ impl MatchRules {
             .collect()
     }
 
-    /// Whether an executor offering `offered` can run an action requesting `requested`.
+    /// Whether an executor offering `offered` can run an action requesting `requested`. An
+    /// executor that serves named instances ([`INSTANCE_PROPERTY`]) runs only actions that
+    /// require one of them.
     pub fn matches(&self, requested: &[Property], offered: &[Property]) -> bool {
+        let reserved = |props: &[Property]| props.iter().any(|(n, _)| n == INSTANCE_PROPERTY);
+        if reserved(offered) && !reserved(requested) {
+            return false;
+        }
         self.unmatched(requested, offered).is_empty()
     }
 }

@@ -158,6 +158,17 @@ impl Changes {
         Self(None)
     }
 
+    /// Whether a change happened since the last call (or since the subscription), marking it
+    /// seen; never blocks.
+    pub(crate) fn take_change(&mut self) -> bool {
+        let Some(rx) = &mut self.0 else { return false };
+        let changed = rx.has_changed().unwrap_or(false);
+        if changed {
+            rx.borrow_and_update();
+        }
+        changed
+    }
+
     /// Resolves after the next change, or at once if one happened since the last call (or since
     /// the subscription). Never resolves if there can be no more changes.
     pub async fn changed(&mut self) {

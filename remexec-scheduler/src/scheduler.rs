@@ -33,7 +33,7 @@ use crate::observe::{
 use crate::operations::{
     Execution, Finished, Op, Retained, Shared, failed, missing_status, operation, status,
 };
-use crate::platform::Property;
+use crate::platform::{INSTANCE_PROPERTY, Property};
 use crate::pool::{Cancel, ExecutorInfo, ExecutorPool, Job, JobOutcome};
 use crate::queue::{Queue, canonical};
 
@@ -66,6 +66,12 @@ struct Inner {
     state: Mutex<State>,
     wake: Notify,
     observer: Observer,
+    /// Instance names some executor has served by name ([`INSTANCE_PROPERTY`]): their actions
+    /// go only to executors that name them. It only grows, so that such actions wait for their
+    /// executors rather than run elsewhere while those are away.
+    claimed: parking_lot::RwLock<HashSet<String>>,
+    /// The pool's changes not yet looked at for claims by [`Inner::refresh_claims`].
+    claim_changes: Mutex<crate::pool::Changes>,
 }
 
 /// The scheduler. Cheap to clone; all clones share one queue.
@@ -91,16 +97,26 @@ fn platform_of(job: &Job) -> Vec<Property> {
         .platform
         .as_ref()
         .or(job.command.platform.as_ref());
-    canonical(
-        platform
-            .map(|p| {
-                p.properties
-                    .iter()
-                    .map(|p| (p.name.clone(), p.value.clone()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    )
+    platform
+        .map(|p| {
+            p.properties
+                .iter()
+                .map(|p| (p.name.clone(), p.value.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What an executor must offer to run `job`: its platform, canonical, where the scheduler alone
+/// sets [`INSTANCE_PROPERTY`]: to the job's instance name if some executor serves that name
+/// (`claimed`), else not at all. A client cannot choose executors reserved for another instance.
+fn requirements_of(job: &Job, claimed: &HashSet<String>) -> Vec<Property> {
+    let mut requirements = platform_of(job);
+    requirements.retain(|(name, _)| name != INSTANCE_PROPERTY);
+    if claimed.contains(&job.instance) {
+        requirements.push((INSTANCE_PROPERTY.to_string(), job.instance.clone()));
+    }
+    canonical(requirements)
 }
 
 /// The timeout a job runs under: the action's, unless it is absent, negative, rounds to zero
@@ -155,6 +171,7 @@ impl Scheduler {
     ) -> Result<Self> {
         config.validate()?;
         let observer = Observer::new(metrics.clone(), config.status_url.clone());
+        let pool_changes = pool.changes();
         let inner = Arc::new(Inner {
             config,
             cas,
@@ -163,7 +180,10 @@ impl Scheduler {
             state: Mutex::default(),
             wake: Notify::new(),
             observer,
+            claimed: Default::default(),
+            claim_changes: Mutex::new(pool_changes),
         });
+        inner.note_claims(&inner.pool.executors());
         tokio::spawn(dispatch_loop(Arc::downgrade(&inner)));
         // A weak reference: the figures must not keep a dropped scheduler alive.
         let weak = Arc::downgrade(&inner);
@@ -301,7 +321,8 @@ impl Scheduler {
             timeout: Some(timeout),
             queued_at: SystemTime::now(),
         };
-        let requirements = platform_of(&job);
+        inner.refresh_claims();
+        let requirements = requirements_of(&job, &inner.claimed.read());
         let exec = Arc::new(Execution {
             key,
             platform: platform_label(&requirements),
@@ -519,12 +540,38 @@ impl Inner {
         true
     }
 
+    /// Records the instance names the pool's executors serve, if they changed since the last
+    /// look: an action is never placed by a stale claim.
+    fn refresh_claims(&self) {
+        let changed = self.claim_changes.lock().take_change();
+        if changed {
+            self.note_claims(&self.pool.executors());
+        }
+    }
+
+    /// Records the instance names `executors` serve by name.
+    fn note_claims(&self, executors: &[ExecutorInfo]) {
+        let named = || {
+            executors.iter().flat_map(|e| {
+                e.properties
+                    .iter()
+                    .filter(|(n, v)| n == INSTANCE_PROPERTY && v != "*")
+                    .map(|(_, v)| v)
+            })
+        };
+        if named().all(|v| self.claimed.read().contains(v)) {
+            return;
+        }
+        self.claimed.write().extend(named().cloned());
+    }
+
     /// One dispatch pass: starts queued executions on idle executors, and fails those no
     /// executor has matched for the grace period.
     fn dispatch_once(self: &Arc<Self>) {
         let mut executors = self.pool.executors();
         let mut ids = HashSet::with_capacity(executors.len());
         executors.retain(|e| ids.insert(e.id.clone()));
+        self.note_claims(&executors);
         let potential = self.pool.potential();
         let pass = {
             let mut state = self.state.lock();

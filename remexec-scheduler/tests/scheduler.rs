@@ -22,7 +22,7 @@ use remexec_core::{ActionCache, DigestFunction, Error};
 use remexec_scheduler::platform::MatchRules;
 use remexec_scheduler::testing::{ExecutorPoolCapabilities, PoolHooks, executor_pool_conformance};
 use remexec_scheduler::{ExecutionServices, ExecutorInfo, JobOutcome};
-use support::{FakePool, finish, request, setup, store_action};
+use support::{FakePool, finish, request, setup, store_action, store_action_in};
 
 #[tokio::test]
 async fn twenty_identical_executes_run_once() {
@@ -139,6 +139,56 @@ async fn unsatisfiable_platform_fails_fast_naming_the_properties() {
     );
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(s.pool.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn executors_that_serve_named_instances_get_those_actions_and_only_those() {
+    use remexec_scheduler::INSTANCE_PROPERTY;
+    let s = setup(
+        FakePool::new(1, &[("OSFamily", "linux")], FakePool::ok()),
+        |_| {},
+    );
+    s.pool.add(ExecutorInfo {
+        id: "bst/0".into(),
+        worker: "bst".into(),
+        properties: vec![
+            ("OSFamily".into(), "linux".into()),
+            (INSTANCE_PROPERTY.into(), "bst".into()),
+        ],
+    });
+    let linux = [("OSFamily", "linux")];
+    // The client may not pick another instance's executors by naming the property itself.
+    let spoofed = [("OSFamily", "linux"), (INSTANCE_PROPERTY, "bst")];
+    let mut placed = Vec::new();
+    for (instance, args, platform) in [
+        ("bst", "built", &linux[..]),
+        ("", "plain", &linux[..]),
+        ("other", "spoofed", &spoofed[..]),
+        ("bst", "built-again", &linux[..]),
+    ] {
+        let digest = store_action_in(s.cas.as_ref(), instance, &[args], platform, true, None).await;
+        let rx = s
+            .scheduler
+            .execute(ExecuteRequest {
+                instance_name: instance.into(),
+                ..request(digest)
+            })
+            .await
+            .unwrap();
+        assert_eq!(finish(rx).await.status.unwrap().code, 0, "{args}");
+        placed.push(s.pool.placed.lock().unwrap().last().cloned().unwrap());
+    }
+    let expected = [
+        ("bst/0", "built"),
+        ("w/0", "plain"),
+        ("w/0", "spoofed"),
+        ("bst/0", "built-again"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(e, a)| (e.to_string(), a.to_string()))
+        .collect();
+    assert_eq!(placed, expected);
 }
 
 #[tokio::test]

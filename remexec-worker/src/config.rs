@@ -12,6 +12,23 @@ use crate::flexible::Flexible;
 /// carrying a 16 MiB `Action` and a 16 MiB `Command`.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 
+/// This machine's instruction set as the REAPI platform lexicon spells its `ISA` values
+/// (`x86-64`, `x86-32`, `arm-a64`, `arm-a32`), the property BuildStream and other clients ask
+/// for; other architectures by Rust's name for them.
+pub fn host_isa() -> &'static str {
+    isa_of(std::env::consts::ARCH)
+}
+
+fn isa_of(arch: &'static str) -> &'static str {
+    match arch {
+        "x86_64" => "x86-64",
+        "x86" => "x86-32",
+        "aarch64" => "arm-a64",
+        "arm" => "arm-a32",
+        other => other,
+    }
+}
+
 /// One executor's id and advertised properties.
 #[derive(Clone, Debug)]
 pub struct ExecutorSpec {
@@ -122,5 +139,15 @@ impl WorkerConfig {
             return self.max_action_timeout;
         }
         Duration::from_millis(timeout_ms).min(self.max_action_timeout)
+    }
+}
+
+#[cfg(test)]
+mod isa_tests {
+    #[test]
+    fn isa_is_spelled_as_the_platform_lexicon_spells_it() {
+        assert_eq!(super::isa_of("x86_64"), "x86-64");
+        assert_eq!(super::isa_of("aarch64"), "arm-a64");
+        assert_eq!(super::isa_of("riscv64"), "riscv64");
     }
 }

@@ -14,6 +14,7 @@ use remexec_core::apis::google::protobuf::Timestamp;
 use remexec_core::apis::google::rpc::Status as RpcStatus;
 use remexec_core::client::upload_open_file;
 use remexec_core::fs::create_dirs_beneath;
+use remexec_core::merkle::{resolve_output_path, resolve_working_directory};
 use remexec_core::reapi::{ActionResult, Command, ExecutedActionMetadata};
 use remexec_core::{Digest, DigestFunction, Error, Result};
 use remexec_proto::worker::v1::{Lease, LeaseResult};
@@ -287,6 +288,7 @@ impl Worker {
             return Ok(None);
         }
         let fetch_done = SystemTime::now();
+        let input_root = root.clone();
         let (dir_owned, command) = (dir.to_path_buf(), Arc::new(command));
         let prepared = Arc::clone(&command);
         let (workdir, stdout, stderr) =
@@ -296,7 +298,7 @@ impl Worker {
             args: command.arguments.clone(),
             env: environment(&command),
             cwd: workdir.clone(),
-            input_root: dir.join("root"),
+            input_root: input_root.clone(),
             platform: platform_of(&action, &command),
             executor: lease.executor_id.clone(),
             stdout: clone(&stdout)?,
@@ -312,7 +314,7 @@ impl Worker {
         };
         let cas = self.cas.as_ref();
         let upload = async {
-            collect_outputs(cas, instance, function, &command, &workdir, &mut result).await?;
+            collect_outputs(cas, instance, function, &command, &input_root, &mut result).await?;
             result.stdout_digest = Some(
                 upload_open_file(cas, instance, function, &stdout)
                     .await?
@@ -372,22 +374,13 @@ fn platform_of(action: &remexec_core::reapi::Action, command: &Command) -> Vec<(
         .unwrap_or_default()
 }
 
-/// `root/a/b` as the `/`-separated path below the input root (`a` may be empty).
-fn beneath(a: &str, b: &str) -> String {
-    if a.is_empty() {
-        b.to_string()
-    } else {
-        format!("{a}/{b}")
-    }
-}
-
 /// Creates the working directory, the parent of every declared output and v2.0 output
 /// directories themselves, never through a symlink (an input symlink cannot make the worker
 /// create anything outside the input root: that is `FailedPrecondition`), and the unlinked
 /// files that capture stdout and stderr. Blocks.
 #[allow(deprecated)] // output_files and output_directories are REAPI v2.0's
 fn prepare_run(dir: &Path, root: &Path, command: &Command) -> Result<(PathBuf, File, File)> {
-    let wd = command.working_directory.trim_matches('/');
+    let wd = resolve_working_directory(&command.working_directory)?;
     let mkdirs = |rel: &str| {
         create_dirs_beneath(root, rel).map_err(|e| match e {
             Error::InvalidArgument(m) => Error::FailedPrecondition(format!(
@@ -396,19 +389,19 @@ fn prepare_run(dir: &Path, root: &Path, command: &Command) -> Result<(PathBuf, F
             e => e,
         })
     };
-    let workdir = mkdirs(wd)?;
+    let workdir = mkdirs(&wd)?;
     for path in command
         .output_paths
         .iter()
         .chain(&command.output_files)
         .chain(&command.output_directories)
     {
-        if let Some((parent, _)) = beneath(wd, path).rsplit_once('/') {
+        if let Some((parent, _)) = resolve_output_path(&wd, path)?.rsplit_once('/') {
             mkdirs(parent)?;
         }
     }
     for path in &command.output_directories {
-        mkdirs(&beneath(wd, path))?;
+        mkdirs(&resolve_output_path(&wd, path)?)?;
     }
     let capture = || {
         tempfile::tempfile_in(dir)

@@ -7,6 +7,14 @@
 //! writable tree. It has no network but its own loopback, unless the worker allows it and the
 //! action's platform asks (`network=on`). `bwrap --die-with-parent` ties the sandbox to the
 //! worker: when the worker dies, `SIGKILL` included, every process of the action dies.
+//!
+//! With [`chroot_into_input_root`](NamespaceIsolation::chroot_into_input_root), as Buildbarn's
+//! runner option of that name, the action sees nothing of the host's file system: its input
+//! root is `/` (writable), with its own `/proc`, a minimal `/dev` and a private `/tmp` over it.
+//! The program and everything it runs come from the input root, as BuildStream's sandboxes
+//! expect. The action runs as root (uid and gid 0) of its user namespace, unless its platform
+//! names `unixUID` and `unixGID`; outside the namespace it stays the worker's (or the action
+//! user's) uid. `PWD` is set to the working directory.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -52,7 +60,22 @@ pub struct NamespaceIsolation {
     setpriv: Option<PathBuf>,
     run_as: Option<RunAs>,
     allow_network: bool,
+    chroot: bool,
     limits: Option<Arc<(CgroupLimits, Vec<OsString>)>>,
+}
+
+/// The uid and gid an action chrooted into its input root runs as inside its user namespace:
+/// the platform's `unixUID` and `unixGID` (BuildStream's names), else 0.
+fn chroot_ids(platform: &[(String, String)]) -> Result<(u32, u32)> {
+    let id = |name: &str| -> Result<u32> {
+        match platform.iter().rev().find(|(n, _)| n == name) {
+            None => Ok(0),
+            Some((_, v)) => v.trim().parse().map_err(|_| {
+                Error::invalid(format!("platform property {name}={v:?} is not a number"))
+            }),
+        }
+    };
+    Ok((id("unixUID")?, id("unixGID")?))
 }
 
 impl NamespaceIsolation {
@@ -72,6 +95,7 @@ impl NamespaceIsolation {
             setpriv,
             run_as,
             allow_network: false,
+            chroot: false,
             limits: None,
         };
         let scratch =
@@ -121,6 +145,12 @@ impl NamespaceIsolation {
         self
     }
 
+    /// Runs every action with its input root as `/`: see the [module documentation](self).
+    pub fn chroot_into_input_root(mut self, yes: bool) -> Self {
+        self.chroot = yes;
+        self
+    }
+
     /// The command that runs `args` in a sandbox whose writable tree is `root`.
     fn command(
         &self,
@@ -129,6 +159,58 @@ impl NamespaceIsolation {
         cwd: &Path,
         network: bool,
     ) -> std::process::Command {
+        let mut command = self.bwrap_command(network);
+        command.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
+        // Nothing outside the input root and the private /tmp is writable.
+        command.args(["--remount-ro", "/"]);
+        let (root, cwd): (OsString, OsString) = (root.into(), cwd.into());
+        command
+            .arg("--bind")
+            .arg(&root)
+            .arg(&root)
+            .arg("--chdir")
+            .arg(&cwd)
+            .arg("--")
+            .args(args);
+        command
+    }
+
+    /// The command that runs `args` with `root` as `/`, in `cwd` (below `root`), as `ids`
+    /// inside the user namespace.
+    fn chroot_command(
+        &self,
+        args: &[String],
+        root: &Path,
+        cwd: &Path,
+        network: bool,
+        ids: (u32, u32),
+    ) -> Result<std::process::Command> {
+        let inside = cwd.strip_prefix(root).map_err(|_| {
+            Error::Internal(format!(
+                "working directory {} is not below the input root {}",
+                cwd.display(),
+                root.display()
+            ))
+        })?;
+        let mut command = self.bwrap_command(network);
+        command.args(["--unshare-user", "--uid"]);
+        command
+            .arg(ids.0.to_string())
+            .arg("--gid")
+            .arg(ids.1.to_string());
+        command.arg("--bind").arg(root).arg("/");
+        command.args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+        command
+            .arg("--chdir")
+            .arg(Path::new("/").join(inside))
+            .arg("--")
+            .args(args);
+        Ok(command)
+    }
+
+    /// `bwrap` (as the action user, through `setpriv`, where there is one) with the namespaces
+    /// and the host tree the action sees, before its own mounts.
+    fn bwrap_command(&self, network: bool) -> std::process::Command {
         let mut command = match (&self.setpriv, self.run_as) {
             (Some(setpriv), Some(r)) => {
                 let mut c = std::process::Command::new(setpriv);
@@ -145,6 +227,9 @@ impl NamespaceIsolation {
             command.arg("--share-net");
         }
         command.args(["--hostname", "remexec"]);
+        if self.chroot {
+            return command;
+        }
         for name in SYSTEM {
             let host = Path::new("/").join(name);
             match std::fs::symlink_metadata(&host) {
@@ -165,18 +250,6 @@ impl NamespaceIsolation {
                 command.arg("--ro-bind").arg(&host).arg(&host);
             }
         }
-        command.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
-        // Nothing outside the input root and the private /tmp is writable.
-        command.args(["--remount-ro", "/"]);
-        let (root, cwd): (OsString, OsString) = (root.into(), cwd.into());
-        command
-            .arg("--bind")
-            .arg(&root)
-            .arg(&root)
-            .arg("--chdir")
-            .arg(&cwd)
-            .arg("--")
-            .args(args);
         command
     }
 }
@@ -188,7 +261,10 @@ impl Isolation for NamespaceIsolation {
             .args
             .first()
             .ok_or_else(|| Error::invalid("empty command"))?;
-        check_program(program, &spawn.env, &spawn.cwd)?;
+        // Chrooted, the program is looked up in the input root by the sandbox itself.
+        if !self.chroot {
+            check_program(program, &spawn.env, &spawn.cwd)?;
+        }
         if let Some(run_as) = self.run_as {
             let root = spawn.input_root.clone();
             crate::blocking::blocking(move || hand_over(&root, run_as)).await?;
@@ -198,15 +274,20 @@ impl Isolation for NamespaceIsolation {
                 .platform
                 .iter()
                 .any(|(n, v)| n == NETWORK_PROPERTY && v == "on");
-        // bwrap sets PWD to the working directory; the environment must be exactly the
-        // action's, so coreutils' env removes it again (or restores the action's own).
-        let mut args = vec!["/usr/bin/env".to_string()];
-        match spawn.env.iter().rev().find(|(k, _)| k == "PWD") {
-            Some((_, pwd)) => args.push(format!("PWD={pwd}")),
-            None => args.extend(["-u".to_string(), "PWD".to_string()]),
-        }
-        args.extend(spawn.args.iter().cloned());
-        let mut command = self.command(&args, &spawn.input_root, &spawn.cwd, network);
+        let mut command = if self.chroot {
+            let ids = chroot_ids(&spawn.platform)?;
+            self.chroot_command(&spawn.args, &spawn.input_root, &spawn.cwd, network, ids)?
+        } else {
+            // bwrap sets PWD to the working directory; the environment must be exactly the
+            // action's, so coreutils' env removes it again (or restores the action's own).
+            let mut args = vec!["/usr/bin/env".to_string()];
+            match spawn.env.iter().rev().find(|(k, _)| k == "PWD") {
+                Some((_, pwd)) => args.push(format!("PWD={pwd}")),
+                None => args.extend(["-u".to_string(), "PWD".to_string()]),
+            }
+            args.extend(spawn.args.iter().cloned());
+            self.command(&args, &spawn.input_root, &spawn.cwd, network)
+        };
         let mut cgroups = None;
         if let Some(limits) = &self.limits {
             let (cgroup_limits, supervisor) = (limits.0.clone(), &limits.1);

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use remexec_core::client::{ScanOptions, UploadPlan, check_output_symlink, read_symlink};
 use remexec_core::fs::lookup_beneath;
-use remexec_core::merkle::encode_message;
+use remexec_core::merkle::{encode_message, resolve_output_path, resolve_working_directory};
 use remexec_core::reapi::{ActionResult, Command, OutputDirectory, OutputFile, OutputSymlink};
 use remexec_core::{BlobStore, DigestFunction, Error, Result};
 
@@ -39,16 +39,16 @@ fn declared_outputs(command: &Command) -> Vec<(String, bool)> {
 #[allow(deprecated)] // the *_symlinks fields are REAPI v2.0's
 fn scan_outputs(
     f: DigestFunction,
-    workdir: &Path,
-    declared: &[(String, bool)],
+    root: &Path,
+    declared: &[(String, String, bool)],
     v2_1: bool,
     stop: &StopFlag,
 ) -> Result<(ActionResult, UploadPlan)> {
     let (mut result, mut plan) = (ActionResult::default(), UploadPlan::default());
-    for (rel, declared_dir) in declared {
+    for (rel, resolved, declared_dir) in declared {
         stop.check()?;
         // An output below a symlink, or missing, was not produced.
-        let Some(path) = lookup_beneath(workdir, rel) else {
+        let Some(path) = lookup_beneath(root, resolved) else {
             continue;
         };
         let meta = match std::fs::symlink_metadata(&path) {
@@ -95,7 +95,10 @@ fn scan_outputs(
     Ok((result, plan))
 }
 
-/// Collects the outputs `command` declares, relative to `workdir`, into `result`.
+/// Collects the outputs `command` declares into `result`: each is resolved against the
+/// command's working directory below the input root `root`, and reported under the path the
+/// command gave (`.` and `..` segments included, as long as the path stays inside `root`:
+/// `InvalidArgument` otherwise).
 ///
 /// REAPI v2.1+ `output_paths` and v2.0 `output_files`/`output_directories` are both honoured.
 /// Missing outputs, outputs below a symlink, and FIFOs, sockets and devices are not produced;
@@ -107,15 +110,19 @@ pub async fn collect_outputs(
     instance: &str,
     f: DigestFunction,
     command: &Command,
-    workdir: &Path,
+    root: &Path,
     result: &mut ActionResult,
 ) -> Result<()> {
-    let declared = declared_outputs(command);
+    let workdir = resolve_working_directory(&command.working_directory)?;
+    let mut declared = Vec::new();
+    for (path, dir) in declared_outputs(command) {
+        declared.push((path.clone(), resolve_output_path(&workdir, &path)?, dir));
+    }
     let v2_1 = !command.output_paths.is_empty();
-    let workdir = workdir.to_path_buf();
+    let root = root.to_path_buf();
     let stop = StopFlag::default();
     let _stop = stop.set_on_drop();
-    let (found, plan) = blocking(move || scan_outputs(f, &workdir, &declared, v2_1, &stop)).await?;
+    let (found, plan) = blocking(move || scan_outputs(f, &root, &declared, v2_1, &stop)).await?;
     plan.upload(cas, instance).await?;
     result.output_files.extend(found.output_files);
     result.output_directories.extend(found.output_directories);

@@ -24,8 +24,8 @@ use prost::Message;
 use super::blocking;
 use crate::fs::{create_dirs_beneath, create_file_beneath};
 use crate::merkle::{
-    InputTree, TreeLimits, encode_message, validate_action_result, validate_directory,
-    validate_symlink_target,
+    InputTree, TreeLimits, encode_message, resolve_output_path, validate_action_result,
+    validate_directory, validate_symlink_target,
 };
 use crate::reapi::{ActionResult, Directory, Tree};
 use crate::{BlobStore, BlobStoreExt, Digest, DigestFunction, Error, ReadRange, Result};
@@ -519,13 +519,17 @@ pub async fn download_outputs(
     out: &Path,
 ) -> Result<()> {
     validate_action_result(f, result)?;
+    // Paths are relative to the action's working directory, and `out` stands for it: a path
+    // whose `..` would leave `out` is refused, and `.` segments are resolved away.
+    let local = |path: &str| resolve_output_path("", path);
     let mut trees = Vec::with_capacity(result.output_directories.len());
     for dir in &result.output_directories {
         let digest = Digest::from_field(f, dir.tree_digest.as_ref(), "tree")?;
         let tree = fetch_output_tree(store, instance, f, digest).await?;
+        let path = local(&dir.path)?;
         // Symlinks are checked where they will be, relative to the working directory.
-        check_tree_symlinks(&tree, &dir.path)?;
-        trees.push((dir.path.as_str(), tree));
+        check_tree_symlinks(&tree, &path)?;
+        trees.push((path, tree));
     }
     let created = out.to_path_buf();
     blocking(move || {
@@ -537,7 +541,8 @@ pub async fn download_outputs(
     let mut m = Materializer::new(out, &source, Safety::Beneath);
     for file in &result.output_files {
         let digest = Digest::from_field(f, file.digest.as_ref(), "output file")?;
-        m.file(&file.path, digest, file.is_executable).await?;
+        m.file(&local(&file.path)?, digest, file.is_executable)
+            .await?;
     }
     for (path, tree) in &trees {
         m.tree(tree, tree.root, path).await?;
@@ -548,7 +553,7 @@ pub async fn download_outputs(
         .chain(&result.output_file_symlinks)
         .chain(&result.output_directory_symlinks)
     {
-        m.symlink(&link.path, &link.target).await?;
+        m.symlink(&local(&link.path)?, &link.target).await?;
     }
     m.finish().await
 }

@@ -72,6 +72,8 @@ pub struct FakePool {
     pub double_booked: Arc<AtomicUsize>,
     /// Executors lost with [`FakePool::lose`].
     pub lost: Arc<watch::Sender<Vec<String>>>,
+    /// Each job's executor and arguments, in start order.
+    pub placed: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl std::fmt::Debug for FakePool {
@@ -95,6 +97,7 @@ impl FakePool {
             running: Arc::default(),
             double_booked: Arc::default(),
             lost: Arc::new(watch::channel(Vec::new()).0),
+            placed: Arc::default(),
         }
     }
 
@@ -148,6 +151,10 @@ impl ExecutorPool for FakePool {
             .lock()
             .unwrap()
             .push(job.command.arguments.join(" "));
+        self.placed
+            .lock()
+            .unwrap()
+            .push((executor.to_string(), job.command.arguments.join(" ")));
         let gate = Arc::clone(&self.gate);
         let mut lost = self.lost.subscribe();
         let sleeps = job.command.arguments.first().is_some_and(|a| a == "sleep");
@@ -326,10 +333,22 @@ pub async fn store_timed_action(
     do_not_cache: bool,
     timeout: Option<remexec_core::apis::google::protobuf::Duration>,
 ) -> Digest {
+    store_action_in(cas, "", args, platform, do_not_cache, timeout).await
+}
+
+/// [`store_timed_action`] in the CAS of `instance`.
+pub async fn store_action_in(
+    cas: &dyn BlobStore,
+    instance: &str,
+    args: &[&str],
+    platform: &[(&str, &str)],
+    do_not_cache: bool,
+    timeout: Option<remexec_core::apis::google::protobuf::Duration>,
+) -> Digest {
     let f = DigestFunction::Sha256;
     let input = Bytes::from_static(b"input file");
     let input_digest = f.digest_of(&input);
-    cas.put_bytes("", input_digest, input).await.unwrap();
+    cas.put_bytes(instance, input_digest, input).await.unwrap();
     let root = Directory {
         files: vec![FileNode {
             name: "in.txt".into(),
@@ -339,13 +358,15 @@ pub async fn store_timed_action(
         ..Default::default()
     };
     let (root_digest, root_bytes) = encode_message(f, &root);
-    cas.put_bytes("", root_digest, root_bytes).await.unwrap();
+    cas.put_bytes(instance, root_digest, root_bytes)
+        .await
+        .unwrap();
     let command = Command {
         arguments: args.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     };
     let (command_digest, command_bytes) = encode_message(f, &command);
-    cas.put_bytes("", command_digest, command_bytes)
+    cas.put_bytes(instance, command_digest, command_bytes)
         .await
         .unwrap();
     let platform = Platform {
@@ -367,6 +388,6 @@ pub async fn store_timed_action(
     };
     let bytes = Bytes::from(action.encode_to_vec());
     let digest = f.digest_of(&bytes);
-    cas.put_bytes("", digest, bytes).await.unwrap();
+    cas.put_bytes(instance, digest, bytes).await.unwrap();
     digest
 }
