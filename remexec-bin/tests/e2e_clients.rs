@@ -1,5 +1,5 @@
-//! Real clients against a real `remexec serve`: Bazel 4.2.3 as a remote cache, and BuildGrid's
-//! `bgd` command-line client.
+//! Real clients against a real `remexec serve`: Bazel 4.2.3 as a remote cache, BuildGrid's
+//! `bgd` command-line client, and BuildStream 2 with remote execution.
 
 #![allow(clippy::unwrap_used)]
 
@@ -89,6 +89,42 @@ fn buildgrid_bgd_executes_a_command_and_gets_its_outputs() {
         std::fs::read_to_string(work.path().join("testing/out.txt")).unwrap(),
         "abc\nabc\n"
     );
+}
+
+/// BuildStream 2.8.1 builds a project remotely on `remexec serve` configured as
+/// docs/examples/buildstream.toml says (its actions chrooted into their input root, on the
+/// executors of the `buildstream` instance name), then again from an empty local cache, all
+/// from the Action Cache. As root, so that the server runs actions as its action user.
+#[test]
+fn buildstream_builds_remotely_with_its_input_root_as_root_and_rebuilds_from_the_action_cache() {
+    let Some(bst) = require_tool("BST", "bst") else {
+        return;
+    };
+    if require_tool("BWRAP", "bwrap").is_none() {
+        return;
+    }
+    let config =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/buildstream.toml");
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        data.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin = server.admin_addr.expect("admin port").to_string();
+    // BuildStream spells plaintext gRPC as http://.
+    let url = server.url().replace("grpc://", "http://");
+    let status = Command::new("bash")
+        .arg(fixtures().join("buildstream/bst_e2e.sh"))
+        .args([url.as_str(), admin.as_str()])
+        .arg(&bst)
+        .status()
+        .unwrap();
+    assert!(status.success(), "bst_e2e.sh failed: {status}");
 }
 
 fn exec_e2e(url: &str, bazel: &std::path::Path, env: &[(&str, &str)]) {
