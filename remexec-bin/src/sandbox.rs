@@ -318,9 +318,12 @@ pub fn namespace_isolation(
                 .into(),
         )
     })?;
-    let isolation = NamespaceIsolation::new(bwrap, find_tool("setpriv"), run_as(config)?)?
+    let mut isolation = NamespaceIsolation::new(bwrap, find_tool("setpriv"), run_as(config)?)?
         .allow_network(group.allow_network)
         .chroot_into_input_root(group.chroot_into_input_root);
+    if let Some(unshare) = find_tool("unshare") {
+        isolation = isolation.reveal_with(unshare, supervisor.clone());
+    }
     match cgroup_limits(config, group)? {
         None => Ok(isolation),
         Some(cgroups) => isolation.with_limits(cgroups, supervisor),

@@ -153,6 +153,41 @@ fn bazel_runs_every_action_remotely_on_the_all_in_one_server() {
     );
 }
 
+/// A server run as root with its default data dir below a home of mode 0700 (root's own, or
+/// one made by `mktemp -d`) runs actions as its unprivileged action user, which cannot search
+/// that home: Bazel's test runner, which `cd`s to absolute paths, must still work.
+#[test]
+fn a_root_server_with_its_data_dir_below_a_private_home_runs_bazel_tests_remotely() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: the server runs actions as itself; skipping");
+        return;
+    }
+    // The default backend, and bubblewrap's, which binds the input root into its sandbox.
+    let mut backends = vec![vec![]];
+    if require_tool("BWRAP", "bwrap").is_some() {
+        backends.push(vec!["--isolation", "namespaces"]);
+    }
+    for extra in backends {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let server = ServerProcess::start_in_home(home.path(), &extra);
+        exec_e2e(&server.url(), &bazel, &[]);
+        assert!(
+            home.path().join(".cache/remexec/cas").is_dir(),
+            "the server kept its data in the default data dir"
+        );
+        assert_eq!(
+            std::fs::metadata(home.path()).unwrap().permissions().mode() & 0o777,
+            0o700,
+            "the home is left as it was"
+        );
+    }
+}
+
 #[test]
 fn bazel_runs_every_action_remotely_in_namespaces() {
     let Some(bazel) = require_tool("BAZEL", "bazel") else {

@@ -168,7 +168,7 @@ impl ProcessIsolation {
             limits: None,
         };
         let probe = supervision
-            .command(&["true".to_string()], None, &[])
+            .command(&["true".to_string()], None, None, &[])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| {
@@ -211,12 +211,17 @@ impl ProcessIsolation {
 }
 
 impl Supervision {
-    /// `setpriv --pdeathsig SIGKILL -- unshare [--map-current-user] --pid --fork
-    /// --kill-child=SIGKILL -- SUPERVISOR… [--uid U --gid G] -- ARGS…`.
+    /// `setpriv --pdeathsig SIGKILL -- unshare [--map-current-user] --pid [--mount] --fork
+    /// --kill-child=SIGKILL -- SUPERVISOR… [--reveal ROOT] [--uid U --gid G] -- ARGS…`.
+    ///
+    /// With a [`RunAs`], the supervisor gets a mount namespace of its own, in which it makes
+    /// `input_root` reachable by the action's user at its own path
+    /// ([`supervisor`](crate::supervisor)'s `--reveal`).
     fn command(
         &self,
         args: &[String],
         cwd: Option<&Path>,
+        input_root: Option<&Path>,
         cgroups: &[PathBuf],
     ) -> std::process::Command {
         let setup = &self.setup;
@@ -227,10 +232,18 @@ impl Supervision {
         if self.user_ns {
             command.arg("--map-current-user");
         }
+        let reveal = input_root.filter(|_| setup.run_as.is_some());
+        command.arg("--pid");
+        if reveal.is_some() {
+            command.arg("--mount");
+        }
         command
-            .args(["--pid", "--fork", "--kill-child=SIGKILL", "--"])
-            .args(&setup.supervisor)
-            .args(crate::supervisor::with_cgroups(setup.run_as, cgroups, args));
+            .args(["--fork", "--kill-child=SIGKILL", "--"])
+            .args(&setup.supervisor);
+        if let Some(root) = reveal {
+            command.arg(crate::supervisor::REVEAL).arg(root);
+        }
+        command.args(crate::supervisor::with_cgroups(setup.run_as, cgroups, args));
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }
@@ -344,7 +357,7 @@ impl Isolation for ProcessIsolation {
                     cgroups = Some(created);
                 }
                 let dirs = cgroups.as_ref().map_or(&[][..], |c| c.dirs());
-                supervision.command(&spawn.args, Some(&spawn.cwd), dirs)
+                supervision.command(&spawn.args, Some(&spawn.cwd), Some(&spawn.input_root), dirs)
             }
         };
         run_command(command, spawn, cgroups, cancel).await

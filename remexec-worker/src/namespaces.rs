@@ -62,6 +62,9 @@ pub struct NamespaceIsolation {
     allow_network: bool,
     chroot: bool,
     limits: Option<Arc<(CgroupLimits, Vec<OsString>)>>,
+    /// `unshare` and the supervisor, to make input roots below a directory closed to the
+    /// action user reachable ([`reveal_with`](NamespaceIsolation::reveal_with)).
+    reveal: Option<Arc<(PathBuf, Vec<OsString>)>>,
 }
 
 /// The uid and gid an action chrooted into its input root runs as inside its user namespace:
@@ -97,6 +100,7 @@ impl NamespaceIsolation {
             allow_network: false,
             chroot: false,
             limits: None,
+            reveal: None,
         };
         let scratch =
             tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
@@ -145,6 +149,18 @@ impl NamespaceIsolation {
         self
     }
 
+    /// With a `run_as` user: where a directory above an action's input root is closed to that
+    /// user (a data dir below root's home of mode 0700), the sandbox is started by `supervisor`
+    /// (a program and its leading arguments, as for [`SupervisorSetup`](crate::SupervisorSetup))
+    /// in a mount namespace of its own made by util-linux `unshare`, which makes the input root
+    /// reachable at its own path and then starts `bwrap` as the user
+    /// ([`supervisor`](crate::supervisor)'s `--reveal`). Without it, such an input root cannot
+    /// be bound into the sandbox.
+    pub fn reveal_with(mut self, unshare: PathBuf, supervisor: Vec<OsString>) -> Self {
+        self.reveal = Some(Arc::new((unshare, supervisor)));
+        self
+    }
+
     /// Runs every action with its input root as `/`: see the [module documentation](self).
     pub fn chroot_into_input_root(mut self, yes: bool) -> Self {
         self.chroot = yes;
@@ -159,7 +175,7 @@ impl NamespaceIsolation {
         cwd: &Path,
         network: bool,
     ) -> std::process::Command {
-        let mut command = self.bwrap_command(network);
+        let mut command = self.bwrap_command(network, root);
         command.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
         // Nothing outside the input root and the private /tmp is writable.
         command.args(["--remount-ro", "/"]);
@@ -192,7 +208,7 @@ impl NamespaceIsolation {
                 root.display()
             ))
         })?;
-        let mut command = self.bwrap_command(network);
+        let mut command = self.bwrap_command(network, root);
         command.args(["--unshare-user", "--uid"]);
         command
             .arg(ids.0.to_string())
@@ -210,9 +226,27 @@ impl NamespaceIsolation {
 
     /// `bwrap` (as the action user, through `setpriv`, where there is one) with the namespaces
     /// and the host tree the action sees, before its own mounts.
-    fn bwrap_command(&self, network: bool) -> std::process::Command {
-        let mut command = match (&self.setpriv, self.run_as) {
-            (Some(setpriv), Some(r)) => {
+    fn bwrap_command(&self, network: bool, root: &Path) -> std::process::Command {
+        let closed = |r: RunAs| crate::supervisor::closed_ancestor(root, r).is_some();
+        let mut command = match (&self.setpriv, self.run_as, &self.reveal) {
+            // `setpriv --pdeathsig SIGKILL -- unshare --mount -- SUPERVISOR --reveal ROOT --uid
+            // U --gid G -- bwrap …`: the supervisor dies with the worker, and bwrap with it.
+            (Some(setpriv), Some(r), Some(reveal)) if closed(r) => {
+                let (unshare, supervisor) = (&reveal.0, &reveal.1);
+                let mut c = std::process::Command::new(setpriv);
+                c.args(["--pdeathsig", "SIGKILL", "--"])
+                    .arg(unshare)
+                    .args(["--mount", "--"])
+                    .args(supervisor)
+                    .arg(crate::supervisor::REVEAL)
+                    .arg(root)
+                    .args(crate::supervisor::arguments(
+                        Some(r),
+                        &[self.bwrap.to_string_lossy().into_owned()],
+                    ));
+                c
+            }
+            (Some(setpriv), Some(r), _) => {
                 let mut c = std::process::Command::new(setpriv);
                 c.arg(format!("--reuid={}", r.uid))
                     .arg(format!("--regid={}", r.gid))

@@ -10,6 +10,14 @@
 //! it dies, the kernel kills every process of the namespace: nothing an action starts outlives
 //! the action, its worker's `SIGKILL` included.
 //!
+//! With an action user, the supervisor also has a mount namespace of its own (`unshare
+//! --mount`, private), and `--reveal INPUT_ROOT`: where a directory above the input root is
+//! closed to the action's user (a data dir below root's home of mode 0700, or below a `mktemp
+//! -d`), it covers the highest such directory, in its namespace only, with a tmpfs that holds
+//! just the path down to the input root, and binds the input root there. The action then
+//! reaches its input root at its own absolute path, as Bazel's test runner does, and sees
+//! nothing else of what was below the closed directory.
+//!
 //! A binary that embeds a worker with this backend calls [`main`] when it is started as its
 //! supervisor (`remexec` does it for its hidden `supervise` subcommand).
 
@@ -20,6 +28,73 @@ use std::process::ExitCode;
 
 /// The exit code of a command the supervisor could not start (as a shell's 127).
 pub const CANNOT_START: u8 = 127;
+
+/// The supervisor's leading argument that names the input root to make reachable (in a mount
+/// namespace of its own): see the [module documentation](self).
+pub const REVEAL: &str = "--reveal";
+
+/// Whether the user `run_as` may search (`x`) the directory `dir`, by its mode bits.
+fn searchable(dir: &Path, run_as: RunAs) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let mode = meta.mode();
+    if meta.uid() == run_as.uid {
+        mode & 0o100 != 0
+    } else if meta.gid() == run_as.gid {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
+    }
+}
+
+/// The highest directory above `root` that `run_as` cannot search, if any.
+pub fn closed_ancestor(root: &Path, run_as: RunAs) -> Option<&Path> {
+    let mut above: Vec<&Path> = root.ancestors().skip(1).collect();
+    above.reverse();
+    above
+        .into_iter()
+        .find(|dir| dir.parent().is_some() && !searchable(dir, run_as))
+}
+
+/// Makes `root` reachable by `run_as` at its own path, in this process's (private) mount
+/// namespace: see the [module documentation](self). Run as root, before the command starts.
+fn reveal(root: &Path, run_as: RunAs) -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(closed) = closed_ancestor(root, run_as) else {
+        return Ok(());
+    };
+    let cwd = std::env::current_dir().map_err(|e| format!("reading the working directory: {e}"))?;
+    // Held open: the path is hidden once the tmpfs covers `closed`.
+    let held = std::fs::File::open(root).map_err(|e| format!("opening {}: {e}", root.display()))?;
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    mount(
+        Some("tmpfs"),
+        closed,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=1m"),
+    )
+    .map_err(|e| fail(&format!("covering {}", closed.display()), &e))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(root)
+        .map_err(|e| fail(&format!("creating {}", root.display()), &e))?;
+    let source = format!("/proc/self/fd/{}", held.as_raw_fd());
+    mount(
+        Some(source.as_str()),
+        root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| fail(&format!("binding {}", root.display()), &e))?;
+    std::env::set_current_dir(&cwd).map_err(|e| fail(&format!("entering {}", cwd.display()), &e))
+}
 
 /// The user and group an action runs as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +171,10 @@ pub fn main(args: &[OsString]) -> ExitCode {
     {
         return crate::docker::reap(&id.to_string_lossy());
     }
+    let (reveal_root, args) = match args {
+        [flag, root, rest @ ..] if flag == REVEAL => (Some(Path::new(root)), rest),
+        _ => (None, args),
+    };
     let (run_as, command) = match parse(args) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -103,6 +182,12 @@ pub fn main(args: &[OsString]) -> ExitCode {
             return ExitCode::from(CANNOT_START);
         }
     };
+    if let (Some(root), Some(run_as)) = (reveal_root, run_as)
+        && let Err(e) = reveal(root, run_as)
+    {
+        eprintln!("remexec: cannot make the input root reachable by the action's user: {e}");
+        return ExitCode::from(CANNOT_START);
+    }
     // Join the action's cgroups first: every process the command starts is then counted.
     for pair in args.windows(2) {
         if pair[0] == "--cgroup" {
@@ -141,6 +226,29 @@ pub fn main(args: &[OsString]) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_highest_directory_closed_to_the_action_user_is_found() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().unwrap();
+        let open = top.path().join("open");
+        let closed = open.join("closed");
+        let root = closed.join("inner/root");
+        std::fs::create_dir_all(&root).unwrap();
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        mode(top.path(), 0o755).unwrap();
+        mode(&open, 0o755).unwrap();
+        mode(&closed, 0o700).unwrap();
+        let nobody = RunAs {
+            uid: 65534,
+            gid: 65534,
+        };
+        assert_eq!(closed_ancestor(&root, nobody), Some(closed.as_path()));
+        mode(&closed, 0o711).unwrap();
+        assert_eq!(closed_ancestor(&root, nobody), None);
+        mode(top.path(), 0o700).unwrap();
+        assert_eq!(closed_ancestor(&root, nobody), Some(top.path()));
+    }
 
     #[test]
     fn arguments_round_trip_and_bad_ones_are_refused() {

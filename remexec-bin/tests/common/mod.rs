@@ -49,29 +49,39 @@ impl ServerProcess {
     pub fn start_at(listen: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_remexec"));
         command.envs(env.iter().copied());
-        Self::start_listening(command, "serve", listen, data_dir, extra)
+        Self::start_listening(command, "serve", listen, Some(data_dir), extra)
+    }
+
+    /// Starts `remexec serve` on a free loopback port with `HOME` at `home` and no
+    /// `--data-dir` (nor `XDG_CACHE_HOME`): its data goes to the default, `home/.cache/remexec`.
+    pub fn start_in_home(home: &Path, extra: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_remexec"));
+        command.env("HOME", home).env_remove("XDG_CACHE_HOME");
+        Self::start_listening(command, "serve", "127.0.0.1:0", None, extra)
     }
 
     /// Starts `remexec ROLE` listening on `listen` (a fixed address, as a peer list needs).
     pub fn start_role_at(role: &str, listen: &str, data_dir: &Path, extra: &[&str]) -> Self {
         let command = Command::new(env!("CARGO_BIN_EXE_remexec"));
-        Self::start_listening(command, role, listen, data_dir, extra)
+        Self::start_listening(command, role, listen, Some(data_dir), extra)
     }
 
     fn start_command(command: Command, role: &str, data_dir: &Path, extra: &[&str]) -> Self {
-        Self::start_listening(command, role, "127.0.0.1:0", data_dir, extra)
+        Self::start_listening(command, role, "127.0.0.1:0", Some(data_dir), extra)
     }
 
     fn start_listening(
         mut command: Command,
         role: &str,
         listen: &str,
-        data_dir: &Path,
+        data_dir: Option<&Path>,
         extra: &[&str],
     ) -> Self {
+        command.args([role, "--listen", listen]);
+        if let Some(dir) = data_dir {
+            command.arg("--data-dir").arg(dir);
+        }
         let mut child = command
-            .args([role, "--listen", listen, "--data-dir"])
-            .arg(data_dir)
             .args(extra)
             .env("REMEXEC_LOG", "warn")
             .stdout(Stdio::piped())
