@@ -135,6 +135,9 @@ pub struct ServerArgs {
     /// Executors of the local worker (`serve` only) [default: one per CPU].
     #[arg(long, env = "REMEXEC_EXECUTORS")]
     pub executors: Option<usize>,
+    /// Extra property NAME=VALUE of the local worker's executors (`serve` only; repeatable).
+    #[arg(long = "property", value_parser = parse_property, env = "REMEXEC_PROPERTY")]
+    pub properties: Vec<(String, String)>,
     /// External storage behind the local disk, written through: an object store
     /// (s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///path, memory://)
     /// or an upstream REAPI server (grpc://host:port, grpcs://host:port). Object store
@@ -381,6 +384,9 @@ impl ServerArgs {
         }
         if let Some(n) = self.executors {
             config.worker.executors = n;
+        }
+        for (name, value) in &self.properties {
+            config.worker.properties.insert(name.clone(), value.clone());
         }
         if let Some(url) = &self.external_store {
             config.external.url = url.clone();

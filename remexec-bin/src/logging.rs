@@ -30,7 +30,10 @@ pub fn init(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::SdkTrace
             Err(e) => (EnvFilter::new("info"), Some((text, e.to_string()))),
         },
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: never in files, pipes or journald.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let fmt = match format {
         LogFormat::Human => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),

@@ -165,3 +165,24 @@ fn a_server_can_be_configured_from_the_environment_alone() {
     );
     assert!(data.path().join("cas").is_dir());
 }
+
+/// Logs written to a pipe (a file, journald) carry no ANSI colour codes, and the startup line
+/// describes the pool as the stores are described, not as a dump of its state.
+#[test]
+fn logs_to_a_pipe_have_no_colour_and_the_pool_describes_itself() {
+    let lines = first_lines(&[], "info", 4);
+    let all = lines.join("\n");
+    assert!(
+        !all.contains('\u{1b}'),
+        "ANSI escapes in piped logs: {all:?}"
+    );
+    let startup = lines
+        .iter()
+        .find(|l| l.contains("assembling the server"))
+        .unwrap_or_else(|| panic!("no startup line in {all:?}"));
+    assert!(
+        startup.contains("pool=WorkerPool(0 workers, 0 executors)"),
+        "{startup}"
+    );
+    assert!(!startup.contains("PoolInner"), "{startup}");
+}

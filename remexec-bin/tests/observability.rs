@@ -716,3 +716,70 @@ fn a_worker_is_ready_only_while_attached_and_with_free_disk() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(ready(admin), Some(503), "ready with a full disk");
 }
+
+/// `serve --property` (as in CONFIG.md) adds to the local worker's executor properties, beside
+/// the detected ones, among them the platform lexicon's `OSFamily` and `ISA`.
+#[test]
+fn serve_takes_executor_properties_and_advertises_the_lexicons_isa() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        data.path(),
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--executors",
+            "1",
+            "--property",
+            "pool=fast",
+            "--property",
+            "gpu=none",
+        ],
+    );
+    let admin = server.admin_addr.unwrap();
+    let mut properties = Vec::new();
+    assert!(
+        wait_until(10, || {
+            let (_, json) = http_get(admin, "/status", &[]).unwrap();
+            let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+            properties = status["scheduler"]["executors"][0]["properties"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            !properties.is_empty()
+        }),
+        "no executor attached"
+    );
+    let has = |name: &str, value: &str| properties.iter().any(|p| p[0] == name && p[1] == value);
+    for (name, value) in [
+        ("pool", "fast"),
+        ("gpu", "none"),
+        ("OSFamily", "linux"),
+        ("ISA", "x86-64"),
+    ] {
+        assert!(has(name, value), "{name}={value} not in {properties:?}");
+    }
+}
+
+/// Execute's own Action Cache check counts as a lookup, as GetActionResult does: after an
+/// action runs once and is then answered from the cache through Execute alone (`remexec exec`
+/// sends no GetActionResult), the status page's hit rate has a miss and a hit.
+#[test]
+fn executes_answered_from_the_action_cache_count_in_the_hit_rate() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin_addr.unwrap();
+    for _ in 0..2 {
+        let (code, stdout, stderr) =
+            common::exec(&server, work.path(), &["--", "sh", "-c", "echo counted"]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("counted"), "{stdout}");
+    }
+    let (_, json) = http_get(admin, "/status", &[]).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["action_cache"]["hits"], 1, "{json}");
+    assert_eq!(status["action_cache"]["misses"], 1, "{json}");
+    let (_, page) = http_get(admin, "/", &[]).unwrap();
+    assert!(!page.contains("no lookups yet"), "{page}");
+    assert!(page.contains("50.0% of 2 lookups"), "{page}");
+}

@@ -271,9 +271,16 @@ impl Scheduler {
         let digest = Digest::from_field(function, req.action_digest.as_ref(), "action_digest")?;
         let inner = &self.inner;
         let key = (req.instance_name, digest);
-        if !req.skip_cache_lookup
-            && let Some(result) = inner.ac.get(&key.0, digest).await?
-        {
+        let cached = match req.skip_cache_lookup {
+            true => None,
+            false => {
+                let found = inner.ac.get(&key.0, digest).await?;
+                // A lookup like GetActionResult's: the status page's hit rate counts both.
+                inner.observer.metrics.action_cache_lookup(found.is_some());
+                found
+            }
+        };
+        if let Some(result) = cached {
             let name = inner.new_name();
             let mut response = cached_response(result);
             let done = Done {

@@ -123,9 +123,23 @@ impl Drop for PendingGuard<'_> {
 
 /// Workers attached over gRPC. Mount [`WorkerPool::service`] on the scheduler's server and hand
 /// the pool to the [`Scheduler`](crate::Scheduler).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerPool {
     inner: Arc<PoolInner>,
+}
+
+/// A readable description, as the stores' (`WorkerPool(2 workers, 8 executors)`), not the
+/// whole state.
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.inner.state.lock();
+        write!(
+            f,
+            "WorkerPool({} workers, {} executors)",
+            state.connections.len(),
+            state.executors.len()
+        )
+    }
 }
 
 impl Default for WorkerPool {

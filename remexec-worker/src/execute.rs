@@ -153,9 +153,9 @@ impl Worker {
     /// Runs one lease to its end and reports how it went. Never fails: infrastructure errors
     /// become the result's status.
     ///
-    /// A lease for an unknown executor, or for one that is already running a lease, is refused
-    /// with `UNAVAILABLE` (the scheduler re-queues it): a worker never runs more actions than it
-    /// has executors. A phase that overruns its limit ends the lease `UNAVAILABLE` too; a
+    /// A lease for an unknown executor, for one that is already running a lease, or for one a
+    /// flexible worker does not offer now, is refused with `ABORTED` (the scheduler re-queues it
+    /// without counting an attempt): a worker never runs more actions than it has executors. A phase that overruns its limit ends the lease `UNAVAILABLE` too; a
     /// result larger than `max_message_size` is replaced by `RESOURCE_EXHAUSTED`.
     pub async fn execute(&self, lease: Lease, cancel: CancellationToken) -> LeaseResult {
         let lease_id = lease.lease_id.clone();
