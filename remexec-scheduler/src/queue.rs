@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::platform::{MatchRules, Property};
+use crate::platform::{INSTANCE_PROPERTY, MatchRules, Property};
 use crate::pool::ExecutorInfo;
 
 /// Queue order: priority (lower first), then arrival.
@@ -196,7 +196,21 @@ pub(crate) fn unmatched_message(
     if executors.is_empty() {
         return "no executor can run this action: no executors are registered".into();
     }
-    let closest = executors
+    // Executors that serve named instances only are no near miss for another instance's action.
+    let open: Vec<&ExecutorInfo> = executors
+        .iter()
+        .filter(|e| {
+            !e.properties.iter().any(|(n, _)| n == INSTANCE_PROPERTY)
+                || requested.iter().any(|(n, _)| n == INSTANCE_PROPERTY)
+        })
+        .collect();
+    if open.is_empty() {
+        return format!(
+            "no executor can run this action: the {} executors serve other instance names only",
+            executors.len()
+        );
+    }
+    let closest = open
         .iter()
         .map(|e| rules.unmatched(requested, &e.properties))
         .min_by_key(Vec::len)

@@ -192,6 +192,29 @@ async fn executors_that_serve_named_instances_get_those_actions_and_only_those()
 }
 
 #[tokio::test]
+async fn an_action_only_reserved_executors_could_run_fails_saying_so() {
+    use remexec_scheduler::INSTANCE_PROPERTY;
+    let s = setup(
+        FakePool::new(
+            1,
+            &[("OSFamily", "linux"), (INSTANCE_PROPERTY, "bst")],
+            FakePool::ok(),
+        ),
+        |_| {},
+    );
+    let digest = store_action(s.cas.as_ref(), &["bazel"], &[("OSFamily", "linux")], true).await;
+    let response = finish(s.scheduler.execute(request(digest)).await.unwrap()).await;
+    let status = response.status.unwrap();
+    assert_eq!(status.code, tonic::Code::FailedPrecondition as i32);
+    assert!(
+        status.message.contains("serve other instance names only"),
+        "{}",
+        status.message
+    );
+    assert_eq!(s.pool.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn an_executor_appearing_within_the_grace_period_runs_the_action() {
     let s = setup(FakePool::new(0, &[], FakePool::ok()), |c| {
         c.unmatched_grace = Duration::from_secs(10)
