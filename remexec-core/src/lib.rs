@@ -40,6 +40,7 @@ pub mod merkle;
 pub mod metrics;
 pub mod observe;
 pub mod placement;
+pub mod platform;
 mod resource;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 /// A name/value property, of an executor or of an action's platform.
-pub type Property = (String, String);
+pub use remexec_core::platform::Property;
 
 /// How one property is matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

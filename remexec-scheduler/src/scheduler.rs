@@ -90,28 +90,11 @@ enum Ended {
     Abandoned,
 }
 
-#[allow(deprecated)] // Command.platform: where REAPI v2.0-v2.1 clients put it
-fn platform_of(job: &Job) -> Vec<Property> {
-    let platform = job
-        .action
-        .platform
-        .as_ref()
-        .or(job.command.platform.as_ref());
-    platform
-        .map(|p| {
-            p.properties
-                .iter()
-                .map(|p| (p.name.clone(), p.value.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// What an executor must offer to run `job`: its platform, canonical, where the scheduler alone
 /// sets [`INSTANCE_PROPERTY`]: to the job's instance name if some executor serves that name
 /// (`claimed`), else not at all. A client cannot choose executors reserved for another instance.
 fn requirements_of(job: &Job, claimed: &HashSet<String>) -> Vec<Property> {
-    let mut requirements = platform_of(job);
+    let mut requirements = remexec_core::platform::properties(&job.action, &job.command);
     requirements.retain(|(name, _)| name != INSTANCE_PROPERTY);
     if claimed.contains(&job.instance) {
         requirements.push((INSTANCE_PROPERTY.to_string(), job.instance.clone()));

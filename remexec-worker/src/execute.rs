@@ -299,7 +299,7 @@ impl Worker {
             env: environment(&command),
             cwd: workdir.clone(),
             input_root: input_root.clone(),
-            platform: platform_of(&action, &command),
+            platform: remexec_core::platform::properties(&action, &command),
             executor: lease.executor_id.clone(),
             stdout: clone(&stdout)?,
             stderr: clone(&stderr)?,
@@ -355,23 +355,6 @@ fn environment(command: &Command) -> Vec<(String, String)> {
         .iter()
         .map(|v| (v.name.clone(), v.value.clone()))
         .collect()
-}
-
-/// The action's platform properties (the Command's, from REAPI v2.0-v2.1 clients, if the
-/// Action has none).
-#[allow(deprecated)] // Command.platform
-fn platform_of(action: &remexec_core::reapi::Action, command: &Command) -> Vec<(String, String)> {
-    action
-        .platform
-        .as_ref()
-        .or(command.platform.as_ref())
-        .map(|p| {
-            p.properties
-                .iter()
-                .map(|p| (p.name.clone(), p.value.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Creates the working directory, the parent of every declared output and v2.0 output
