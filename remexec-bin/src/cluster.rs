@@ -61,17 +61,6 @@ pub struct WorkerCas {
     pub replicas: u32,
 }
 
-/// The URL of a worker's CAS port: `advertise` if set, else `grpc://` and the bound address,
-/// with the worker's name as the host when the address is unspecified (0.0.0.0 or ::), as in
-/// a container network where names resolve.
-pub fn advertised_url(advertise: Option<&str>, bound: SocketAddr, name: &str) -> String {
-    match advertise {
-        Some(url) => url.to_string(),
-        None if bound.ip().is_unspecified() => format!("grpc://{name}:{}", bound.port()),
-        None => format!("grpc://{bound}"),
-    }
-}
-
 impl WorkerCas {
     /// Opens `{data_dir}/cas` and binds `listen`, for worker `name`.
     pub async fn open(config: &Config, listen: SocketAddr, name: &str) -> Result<Self> {
@@ -88,7 +77,11 @@ impl WorkerCas {
         let bound = listener
             .local_addr()
             .map_err(|e| Error::io("reading the CAS port's address", e))?;
-        let url = advertised_url(config.cluster.advertise.as_deref(), bound, name);
+        let url = remexec_core::membership::advertised_url(
+            config.cluster.advertise.as_deref(),
+            bound,
+            name,
+        );
         remexec_core::client::endpoint(&url)?;
         Ok(Self {
             store,
@@ -200,17 +193,15 @@ impl SchedulerPeers {
         let mut settings = MembershipConfig::new(config.cluster.peers.clone());
         settings.tls = tls.clone();
         // Named as the peers name it: the membership resolves every seed to addresses.
-        let advertised = match &config.cluster.advertise {
-            Some(url) => url.clone(),
-            None if bound.ip().is_unspecified() => {
-                let host = nix::unistd::gethostname()
-                    .ok()
-                    .and_then(|h| h.into_string().ok())
-                    .unwrap_or_else(|| "localhost".into());
-                format!("grpc://{host}:{}", bound.port())
-            }
-            None => format!("grpc://{bound}"),
-        };
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        let advertised = remexec_core::membership::advertised_url(
+            config.cluster.advertise.as_deref(),
+            bound,
+            &host,
+        );
         let timeout = Duration::from_secs(5);
         let name = remexec_core::membership::canonical_url(&advertised, timeout).await?;
         tracing::info!(%name, "this scheduler's name among its peers");

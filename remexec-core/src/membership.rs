@@ -146,6 +146,26 @@ async fn resolve(seeds: &[String], timeout: Duration) -> BTreeSet<String> {
     members
 }
 
+/// The URL an instance's port is reached at, as its peers list it: `advertise` if set, else
+/// `grpc://` and the bound address, with `host` in place of an unspecified address (0.0.0.0
+/// or ::), as in a container network where names resolve. The one rule for schedulers (whose
+/// `host` is the machine's name) and workers' CAS ports (whose `host` is the worker's name).
+///
+/// ```
+/// use remexec_core::membership::advertised_url;
+/// let any = "0.0.0.0:8980".parse().unwrap();
+/// assert_eq!(advertised_url(None, any, "w1"), "grpc://w1:8980");
+/// assert_eq!(advertised_url(None, "127.0.0.1:8980".parse().unwrap(), "w1"), "grpc://127.0.0.1:8980");
+/// assert_eq!(advertised_url(Some("grpcs://cas.example:443"), any, "w1"), "grpcs://cas.example:443");
+/// ```
+pub fn advertised_url(advertise: Option<&str>, bound: std::net::SocketAddr, host: &str) -> String {
+    match advertise {
+        Some(url) => url.to_string(),
+        None if bound.ip().is_unspecified() => format!("grpc://{host}:{}", bound.port()),
+        None => format!("grpc://{bound}"),
+    }
+}
+
 /// `url` as a [`Membership`] names the member it resolves to (`scheme://address:port`, the
 /// first address), so that an instance can name itself as its peers name it. `url` itself if
 /// it does not resolve within `timeout`; `InvalidArgument` if it is not a seed URL.
