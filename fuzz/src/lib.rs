@@ -108,6 +108,14 @@ pub fn digest_of_message<M: Message>(f: DigestFunction, message: &M) -> Digest {
 /// directory): it is then placed below as many anonymous directories as it has `..`
 /// components, and the target may climb no higher than the path itself did.
 pub fn resolve_relative<'a>(link_path: &'a str, target: &'a str) -> Option<Vec<&'a str>> {
+    // The link itself is the last component: a path ending in `.` or `..` names no link.
+    if link_path
+        .rsplit('/')
+        .next()
+        .is_some_and(|c| c == "." || c == "..")
+    {
+        return None;
+    }
     let ups = link_path.split('/').filter(|c| *c == "..").count();
     let mut stack: Vec<&str> = vec![""; ups];
     let mut floor = ups;
@@ -138,10 +146,15 @@ pub fn resolve_relative<'a>(link_path: &'a str, target: &'a str) -> Option<Vec<&
     Some(stack.split_off(floor))
 }
 
-/// The output-symlink policy for a link at `link_path` ([`result_path_ok`]): a non-empty target of
-/// at most 4095 bytes without NUL, absolute or resolving inside the root.
+/// The output-symlink policy for a link at `link_path` ([`result_path_ok`]), whose last
+/// component is a name: a non-empty target of at most 4095 bytes without NUL, absolute or
+/// resolving inside the root.
 pub fn symlink_ok(link_path: &str, target: &str) -> bool {
-    !target.is_empty()
+    !link_path
+        .rsplit('/')
+        .next()
+        .is_some_and(|c| c == "." || c == "..")
+        && !target.is_empty()
         && target.len() <= TARGET_MAX
         && !target.contains('\0')
         && (target.starts_with('/') || resolve_relative(link_path, target).is_some())

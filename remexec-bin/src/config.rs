@@ -801,6 +801,13 @@ impl Config {
             usize::try_from(self.limits.max_command_size.as_u64()).unwrap_or(usize::MAX);
         config.tree_limits = self.tree_limits();
         config.status_url = self.status_url(self.admin_listen);
+        // The groups' instance names: served by name from the start, before the worker with
+        // them has attached (the all-in-one server's, or one sharing this file).
+        for group in &self.worker.groups {
+            config
+                .served_instances
+                .extend(group.instance_names.iter().cloned());
+        }
         Ok(config)
     }
 

@@ -43,6 +43,39 @@ pub struct CacheFigures {
     pub hits: u64,
     /// GetActionResult calls answered NOT_FOUND.
     pub misses: u64,
+    /// Executes answered from the Action Cache by their own check.
+    pub execute_hits: u64,
+    /// Executes whose own check missed (and which then ran, or joined a running action).
+    pub execute_misses: u64,
+}
+
+impl CacheFigures {
+    /// The hit rates, as the page and `remexec status` show them: GetActionResult's, then
+    /// Execute's own checks', each only once there are some.
+    fn rates(&self) -> String {
+        let rate = |hits: u64, misses: u64, what: &str| match hits + misses {
+            0 => None,
+            n => Some(format!(
+                "{:.1}% of {n} {what}",
+                100.0 * hits as f64 / n as f64
+            )),
+        };
+        let rates: Vec<String> = [
+            rate(self.hits, self.misses, "lookups"),
+            rate(
+                self.execute_hits,
+                self.execute_misses,
+                "Execute cache checks",
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match rates.is_empty() {
+            true => "no lookups yet".to_string(),
+            false => rates.join(", "),
+        }
+    }
 }
 
 /// The `/status` document.
@@ -73,12 +106,18 @@ impl StatusSource {
     /// A snapshot.
     pub(crate) fn snapshot(&self, ready: bool) -> ServerStatus {
         let (hits, misses) = self.metrics.action_cache_lookups();
+        let (execute_hits, execute_misses) = self.metrics.execute_cache_checks();
         ServerStatus {
             version: VERSION.to_string(),
             uptime_secs: self.started.elapsed().as_secs(),
             ready,
             store: self.store.usage(),
-            action_cache: CacheFigures { hits, misses },
+            action_cache: CacheFigures {
+                hits,
+                misses,
+                execute_hits,
+                execute_misses,
+            },
             scheduler: self.scheduler.status(),
         }
     }
@@ -147,14 +186,7 @@ fn bytes(n: u64) -> String {
 pub(crate) fn page(status: &ServerStatus) -> String {
     let mut out = head("remexec status", Some(REFRESH_SECS));
     let s = &status.scheduler;
-    let lookups = status.action_cache.hits + status.action_cache.misses;
-    let hit_rate = match lookups {
-        0 => "no lookups yet".to_string(),
-        n => format!(
-            "{:.1}% of {n} lookups",
-            100.0 * status.action_cache.hits as f64 / n as f64
-        ),
-    };
+    let hit_rate = status.action_cache.rates();
     let store = status.store.map_or("no budget".to_string(), |u| {
         format!(
             "{} of {} used, {} evicted",
@@ -291,7 +323,12 @@ mod tests {
             uptime_secs: 3,
             ready: true,
             store: None,
-            action_cache: CacheFigures { hits: 1, misses: 3 },
+            action_cache: CacheFigures {
+                hits: 1,
+                misses: 3,
+                execute_hits: 0,
+                execute_misses: 0,
+            },
             scheduler: SchedulerStatus {
                 executors: Vec::new(),
                 queued: Vec::new(),
@@ -394,15 +431,20 @@ pub fn summary(status: &serde_json::Value) -> String {
             "NOT READY"
         }
     );
-    let (hits, misses) = (
-        n(&status["action_cache"]["hits"]),
-        n(&status["action_cache"]["misses"]),
-    );
-    let rate = match hits + misses {
-        0 => "no lookups yet".to_string(),
-        total => format!("{:.1}% hits", 100.0 * hits as f64 / total as f64),
+    let figure = |k: &str| n(&status["action_cache"][k]);
+    let figures = CacheFigures {
+        hits: figure("hits"),
+        misses: figure("misses"),
+        execute_hits: figure("execute_hits"),
+        execute_misses: figure("execute_misses"),
     };
-    let _ = writeln!(out, "action cache: {hits} hits, {misses} misses ({rate})");
+    let _ = writeln!(
+        out,
+        "action cache: {} hits, {} misses ({})",
+        figures.hits,
+        figures.misses,
+        figures.rates()
+    );
     match status["store"].as_object() {
         Some(store) => {
             let b = |k: &str| bytes(store.get(k).and_then(|v| v.as_u64()).unwrap_or_default());

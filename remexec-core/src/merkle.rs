@@ -230,9 +230,16 @@ pub const MAX_SYMLINK_TARGET_LEN: usize = 4095;
 /// from the symlink's own directory, must not climb above the root. Nothing in remexec writes
 /// through a symlink, whatever its target.
 pub fn validate_symlink_target(path: &str, target: &str) -> Result<()> {
-    // The depth below is counted from `path`'s segments, which may hold `.` and `..`.
+    // The depth below is counted from `path`'s segments, which may hold `.` and `..`; the
+    // last one names the link itself.
     validate_result_path(path)?;
-    let problem = if target.is_empty() {
+    let problem = if path
+        .rsplit('/')
+        .next()
+        .is_some_and(|l| l == "." || l == "..")
+    {
+        "is at a path that does not end in a name"
+    } else if target.is_empty() {
         "is empty"
     } else if target.len() > MAX_SYMLINK_TARGET_LEN {
         "is too long"
@@ -749,6 +756,8 @@ mod tests {
             ("link", "", "empty"),
             ("link", "a\0b", "NUL"),
             ("./a/link", "../../x", "climbs"),
+            ("b/a/..", "x", "does not end in a name"),
+            ("l/.", "x", "does not end in a name"),
             ("../../out/link", "../../x", "climbs"),
             ("a/../link", "../x", "climbs"),
         ] {

@@ -165,6 +165,7 @@ struct Families {
     store_limit: Family<StoreLabels, Gauge>,
     store_evicted: Family<StoreLabels, Counter>,
     ac_lookups: Family<ResultLabels, Counter>,
+    execute_checks: Family<ResultLabels, Counter>,
     queue_depth: Family<PlatformLabels, Gauge>,
     queue_seconds: Family<PlatformLabels, Histogram>,
     executions: Family<OutcomeLabels, Counter>,
@@ -249,6 +250,11 @@ fn registry(f: &Families) -> Registry {
         f.ac_lookups.clone(),
     );
     r.register(
+        "remexec_execute_cache_checks",
+        "Execute's own Action Cache checks (skip_cache_lookup unset), by result (hit or miss)",
+        f.execute_checks.clone(),
+    );
+    r.register(
         "remexec_queue_depth",
         "Actions waiting for an executor, by platform",
         f.queue_depth.clone(),
@@ -314,6 +320,7 @@ impl Metrics {
             store_limit: Family::default(),
             store_evicted: Family::default(),
             ac_lookups: Family::default(),
+            execute_checks: Family::default(),
             queue_depth: Family::default(),
             queue_seconds: Family::new_with_constructor(seconds),
             executions: Family::default(),
@@ -413,6 +420,28 @@ impl Metrics {
             .ac_lookups
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// Execute looked up the Action Cache before running an action. Counted apart from
+    /// [`action_cache_lookup`](Self::action_cache_lookup): Bazel makes both for an action it
+    /// then runs, and one miss must not count twice.
+    pub fn execute_cache_check(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.f()
+            .execute_checks
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Execute's Action Cache checks so far: hits and misses.
+    pub fn execute_cache_checks(&self) -> (u64, u64) {
+        let count = |result| {
+            self.f()
+                .execute_checks
+                .get_or_create(&ResultLabels { result })
+                .get()
+        };
+        (count("hit"), count("miss"))
     }
 
     /// Client Action Cache lookups so far: hits and misses.

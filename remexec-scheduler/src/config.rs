@@ -49,6 +49,12 @@ pub struct SchedulerConfig {
     /// `ExecuteResponse.message` links to its page there; without it, the message names the
     /// kept response's digest.
     pub status_url: Option<String>,
+    /// Instance names served by name from the start ([`INSTANCE_PROPERTY`]): their actions wait
+    /// for executors that serve them even before any has registered, rather than run on
+    /// others. The scheduler adds every instance name an executor registers with.
+    ///
+    /// [`INSTANCE_PROPERTY`]: crate::INSTANCE_PROPERTY
+    pub served_instances: Vec<String>,
 }
 
 impl Default for SchedulerConfig {
@@ -68,6 +74,7 @@ impl Default for SchedulerConfig {
             max_command_size: 2 << 20,
             tree_limits: remexec_core::merkle::TreeLimits::default(),
             status_url: None,
+            served_instances: Vec::new(),
         }
     }
 }

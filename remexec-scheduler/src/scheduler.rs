@@ -155,6 +155,7 @@ impl Scheduler {
         config.validate()?;
         let observer = Observer::new(metrics.clone(), config.status_url.clone());
         let pool_changes = pool.changes();
+        let served = config.served_instances.iter().cloned().collect();
         let inner = Arc::new(Inner {
             config,
             cas,
@@ -163,7 +164,7 @@ impl Scheduler {
             state: Mutex::default(),
             wake: Notify::new(),
             observer,
-            claimed: Default::default(),
+            claimed: parking_lot::RwLock::new(served),
             claim_changes: Mutex::new(pool_changes),
         });
         inner.note_claims(&inner.pool.executors());
@@ -258,8 +259,8 @@ impl Scheduler {
             true => None,
             false => {
                 let found = inner.ac.get(&key.0, digest).await?;
-                // A lookup like GetActionResult's: the status page's hit rate counts both.
-                inner.observer.metrics.action_cache_lookup(found.is_some());
+                // Shown beside GetActionResult's lookups on the status page.
+                inner.observer.metrics.execute_cache_check(found.is_some());
                 found
             }
         };

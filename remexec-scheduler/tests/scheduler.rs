@@ -192,6 +192,28 @@ async fn executors_that_serve_named_instances_get_those_actions_and_only_those()
 }
 
 #[tokio::test]
+async fn instances_served_by_name_from_the_start_never_run_elsewhere() {
+    let s = setup(
+        FakePool::new(1, &[("OSFamily", "linux")], FakePool::ok()),
+        |c| c.served_instances = vec!["bst".into()],
+    );
+    let digest = store_action_in(s.cas.as_ref(), "bst", &["early"], &[], true, None).await;
+    let request = ExecuteRequest {
+        instance_name: "bst".into(),
+        ..request(digest)
+    };
+    let response = finish(s.scheduler.execute(request).await.unwrap()).await;
+    let status = response.status.unwrap();
+    assert_eq!(status.code, tonic::Code::FailedPrecondition as i32);
+    assert!(
+        status.message.contains("instance-name=bst"),
+        "{}",
+        status.message
+    );
+    assert_eq!(s.pool.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn an_action_only_reserved_executors_could_run_fails_saying_so() {
     use remexec_scheduler::INSTANCE_PROPERTY;
     let s = setup(

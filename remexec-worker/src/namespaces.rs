@@ -243,7 +243,9 @@ impl NamespaceIsolation {
                     .args(crate::supervisor::arguments(
                         Some(r),
                         &[self.bwrap.to_string_lossy().into_owned()],
-                    ));
+                    ))
+                    // Not the worker's own directory, which the reveal may hide.
+                    .current_dir("/");
                 c
             }
             (Some(setpriv), Some(r), _) => {

@@ -49,31 +49,52 @@ fn searchable(dir: &Path, run_as: RunAs) -> bool {
     }
 }
 
-/// The highest directory above `root` that `run_as` cannot search, if any.
-pub fn closed_ancestor(root: &Path, run_as: RunAs) -> Option<&Path> {
+/// The highest directory above `root` (canonical: a data dir reached through a symlink is
+/// judged where it really is) that `run_as` cannot search, if any.
+pub fn closed_ancestor(root: &Path, run_as: RunAs) -> Option<std::path::PathBuf> {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let mut above: Vec<&Path> = root.ancestors().skip(1).collect();
     above.reverse();
     above
         .into_iter()
         .find(|dir| dir.parent().is_some() && !searchable(dir, run_as))
+        .map(Path::to_path_buf)
 }
 
-/// Makes `root` reachable by `run_as` at its own path, in this process's (private) mount
-/// namespace: see the [module documentation](self). Run as root, before the command starts.
+/// Makes `root` reachable by `run_as` at its own path, in a private mount namespace of this
+/// process's own: see the [module documentation](self). Run as root, before the command
+/// starts.
 fn reveal(root: &Path, run_as: RunAs) -> Result<(), String> {
     use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::DirBuilderExt;
     let Some(closed) = closed_ancestor(root, run_as) else {
         return Ok(());
     };
-    let cwd = std::env::current_dir().map_err(|e| format!("reading the working directory: {e}"))?;
-    // Held open: the path is hidden once the tmpfs covers `closed`.
-    let held = std::fs::File::open(root).map_err(|e| format!("opening {}: {e}", root.display()))?;
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    let root = std::fs::canonicalize(root).map_err(|e| fail(&root.display().to_string(), &e))?;
+    // Whatever the caller did, the mounts below happen in a namespace of this process's own,
+    // and none of them propagates to the host's.
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| fail("making a mount namespace", &e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| fail("making the mounts private", &e))?;
+    // The process backend starts the command in its working directory, below the input root:
+    // entered again through the bind below. Anything else (bubblewrap, which enters its own)
+    // starts in `/`, since what was below `closed` is hidden.
+    let cwd = std::env::current_dir().map_err(|e| fail("reading the working directory", &e))?;
+    let below = std::fs::canonicalize(&cwd).is_ok_and(|c| c.starts_with(&root));
+    // Held open: the path is hidden once the tmpfs covers `closed`.
+    let held = std::fs::File::open(&root).map_err(|e| fail(&root.display().to_string(), &e))?;
     mount(
         Some("tmpfs"),
-        closed,
+        closed.as_path(),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755,size=1m"),
@@ -82,18 +103,19 @@ fn reveal(root: &Path, run_as: RunAs) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
-        .create(root)
+        .create(&root)
         .map_err(|e| fail(&format!("creating {}", root.display()), &e))?;
     let source = format!("/proc/self/fd/{}", held.as_raw_fd());
     mount(
         Some(source.as_str()),
-        root,
+        root.as_path(),
         None::<&str>,
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
     .map_err(|e| fail(&format!("binding {}", root.display()), &e))?;
-    std::env::set_current_dir(&cwd).map_err(|e| fail(&format!("entering {}", cwd.display()), &e))
+    let back = if below { cwd } else { "/".into() };
+    std::env::set_current_dir(&back).map_err(|e| fail(&format!("entering {}", back.display()), &e))
 }
 
 /// The user and group an action runs as.
@@ -243,11 +265,21 @@ mod tests {
             uid: 65534,
             gid: 65534,
         };
-        assert_eq!(closed_ancestor(&root, nobody), Some(closed.as_path()));
+        assert_eq!(closed_ancestor(&root, nobody), Some(closed.clone()));
+        // Reached through a symlink, it is judged where it really is.
+        let link = top.path().join("link");
+        std::os::unix::fs::symlink(closed.join("inner"), &link).unwrap();
+        assert_eq!(
+            closed_ancestor(&link.join("root"), nobody),
+            Some(closed.clone())
+        );
         mode(&closed, 0o711).unwrap();
         assert_eq!(closed_ancestor(&root, nobody), None);
         mode(top.path(), 0o700).unwrap();
-        assert_eq!(closed_ancestor(&root, nobody), Some(top.path()));
+        assert_eq!(
+            closed_ancestor(&root, nobody),
+            Some(top.path().to_path_buf())
+        );
     }
 
     #[test]

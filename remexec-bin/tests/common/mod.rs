@@ -54,9 +54,14 @@ impl ServerProcess {
 
     /// Starts `remexec serve` on a free loopback port with `HOME` at `home` and no
     /// `--data-dir` (nor `XDG_CACHE_HOME`): its data goes to the default, `home/.cache/remexec`.
+    /// It runs in `home/src`, as a server started from a checkout in one's home does.
     pub fn start_in_home(home: &Path, extra: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_remexec"));
-        command.env("HOME", home).env_remove("XDG_CACHE_HOME");
+        std::fs::create_dir_all(home.join("src")).expect("home/src");
+        command
+            .env("HOME", home)
+            .env_remove("XDG_CACHE_HOME")
+            .current_dir(home.join("src"));
         Self::start_listening(command, "serve", "127.0.0.1:0", None, extra)
     }
 

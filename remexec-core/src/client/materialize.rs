@@ -553,7 +553,10 @@ pub async fn download_outputs(
         .chain(&result.output_file_symlinks)
         .chain(&result.output_directory_symlinks)
     {
-        m.symlink(&local(&link.path)?, &link.target).await?;
+        // Checked again where it will be made, below `out`.
+        let path = local(&link.path)?;
+        validate_symlink_target(&path, &link.target)?;
+        m.symlink(&path, &link.target).await?;
     }
     m.finish().await
 }
