@@ -415,44 +415,24 @@ impl Metrics {
 
     /// A client looked up the Action Cache.
     pub fn action_cache_lookup(&self, hit: bool) {
-        let result = if hit { "hit" } else { "miss" };
-        self.f()
-            .ac_lookups
-            .get_or_create(&ResultLabels { result })
-            .inc();
+        count_result(&self.f().ac_lookups, hit);
     }
 
     /// Execute looked up the Action Cache before running an action. Counted apart from
     /// [`action_cache_lookup`](Self::action_cache_lookup): Bazel makes both for an action it
     /// then runs, and one miss must not count twice.
     pub fn execute_cache_check(&self, hit: bool) {
-        let result = if hit { "hit" } else { "miss" };
-        self.f()
-            .execute_checks
-            .get_or_create(&ResultLabels { result })
-            .inc();
+        count_result(&self.f().execute_checks, hit);
     }
 
     /// Execute's Action Cache checks so far: hits and misses.
     pub fn execute_cache_checks(&self) -> (u64, u64) {
-        let count = |result| {
-            self.f()
-                .execute_checks
-                .get_or_create(&ResultLabels { result })
-                .get()
-        };
-        (count("hit"), count("miss"))
+        hits_and_misses(&self.f().execute_checks)
     }
 
     /// Client Action Cache lookups so far: hits and misses.
     pub fn action_cache_lookups(&self) -> (u64, u64) {
-        let count = |result| {
-            self.f()
-                .ac_lookups
-                .get_or_create(&ResultLabels { result })
-                .get()
-        };
-        (count("hit"), count("miss"))
+        hits_and_misses(&self.f().ac_lookups)
     }
 
     /// `platform` as a label value: itself while fewer than [`MAX_PLATFORM_LABELS`] are in use,
@@ -565,6 +545,18 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
     }
+}
+
+/// Counts one hit or miss in `family`.
+fn count_result(family: &Family<ResultLabels, Counter>, hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    family.get_or_create(&ResultLabels { result }).inc();
+}
+
+/// The hits and misses counted in `family`.
+fn hits_and_misses(family: &Family<ResultLabels, Counter>) -> (u64, u64) {
+    let count = |result| family.get_or_create(&ResultLabels { result }).get();
+    (count("hit"), count("miss"))
 }
 
 #[cfg(test)]

@@ -202,14 +202,16 @@ async fn instances_served_by_name_from_the_start_never_run_elsewhere() {
         instance_name: "bst".into(),
         ..request(digest)
     };
+    fails_unmatched(&s, request, "instance-name=bst").await;
+}
+
+/// Executes `request`, which no executor may run: it fails FAILED_PRECONDITION saying
+/// `because`, and nothing ran.
+async fn fails_unmatched(s: &support::Setup, request: ExecuteRequest, because: &str) {
     let response = finish(s.scheduler.execute(request).await.unwrap()).await;
     let status = response.status.unwrap();
     assert_eq!(status.code, tonic::Code::FailedPrecondition as i32);
-    assert!(
-        status.message.contains("instance-name=bst"),
-        "{}",
-        status.message
-    );
+    assert!(status.message.contains(because), "{}", status.message);
     assert_eq!(s.pool.runs.load(Ordering::SeqCst), 0);
 }
 
@@ -225,15 +227,7 @@ async fn an_action_only_reserved_executors_could_run_fails_saying_so() {
         |_| {},
     );
     let digest = store_action(s.cas.as_ref(), &["bazel"], &[("OSFamily", "linux")], true).await;
-    let response = finish(s.scheduler.execute(request(digest)).await.unwrap()).await;
-    let status = response.status.unwrap();
-    assert_eq!(status.code, tonic::Code::FailedPrecondition as i32);
-    assert!(
-        status.message.contains("serve other instance names only"),
-        "{}",
-        status.message
-    );
-    assert_eq!(s.pool.runs.load(Ordering::SeqCst), 0);
+    fails_unmatched(&s, request(digest), "serve other instance names only").await;
 }
 
 #[tokio::test]
