@@ -184,7 +184,11 @@ fn status_routes(source: StatusSource, readiness: Readiness) -> axum::Router {
         let page = async {
             src.authorize(&headers, "/action")?;
             let action = crate::status::parse_digest(&hash, &size)?;
-            let response = match query.response.as_deref().and_then(|r| r.split_once('/')) {
+            let response = match query
+                .response
+                .as_deref()
+                .and_then(remexec_scheduler::observe::split_digest)
+            {
                 Some((h, s)) => Some(crate::status::parse_digest(h, s)?),
                 None => None,
             };

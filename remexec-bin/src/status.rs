@@ -293,17 +293,7 @@ fn recent_table(out: &mut String, recent: &[remexec_scheduler::ActionRecord]) {
 
 /// A link to an action's page.
 fn action_link(instance: &str, action: &str, response: Option<&str>) -> String {
-    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-    let mut href = format!(
-        "/action/{action}?instance={}",
-        utf8_percent_encode(instance, NON_ALPHANUMERIC)
-    );
-    if let Some(response) = response {
-        href += &format!(
-            "&response={}",
-            utf8_percent_encode(response, NON_ALPHANUMERIC)
-        );
-    }
+    let href = remexec_scheduler::observe::action_path(action, instance, response);
     let short = action.get(..12).unwrap_or(action);
     format!(
         "<a href=\"{}\"><code>{}</code></a>",

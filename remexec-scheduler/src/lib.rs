@@ -28,7 +28,7 @@
 
 mod config;
 mod inputs;
-mod observe;
+pub mod observe;
 mod operations;
 pub mod platform;
 mod pool;

@@ -17,6 +17,33 @@ use crate::platform::Property;
 /// How many finished actions the status page lists.
 const RECENT: usize = 100;
 
+/// The admin port's path of an action's page, `/action/HASH/SIZE?instance=I`, with
+/// `&response=HASH/SIZE` naming the `ExecuteResponse` kept for a failure: the one place the
+/// format is written. `action` and `response` are digests as `hash/size` text (a
+/// [`Digest`]'s `Display`); the instance name is percent-encoded. The admin port reads it
+/// back with [`split_digest`].
+///
+/// ```
+/// let path = remexec_scheduler::observe::action_path("ab12/3", "team a", Some("cd34/5"));
+/// assert_eq!(path, "/action/ab12/3?instance=team%20a&response=cd34/5");
+/// assert_eq!(remexec_scheduler::observe::split_digest("cd34/5"), Some(("cd34", "5")));
+/// ```
+pub fn action_path(action: &str, instance: &str, response: Option<&str>) -> String {
+    let instance =
+        percent_encoding::utf8_percent_encode(instance, percent_encoding::NON_ALPHANUMERIC);
+    let mut path = format!("/action/{action}?instance={instance}");
+    if let Some(response) = response {
+        path += &format!("&response={response}");
+    }
+    path
+}
+
+/// The hash and size of a digest written as `hash/size` (as in [`action_path`]); `None` if it
+/// has no `/`.
+pub fn split_digest(text: &str) -> Option<(&str, &str)> {
+    text.split_once('/')
+}
+
 /// A finished action, as the status page lists it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ActionRecord {
@@ -228,15 +255,12 @@ impl Observer {
         }
         let link = match &self.status_url {
             Some(base) => format!(
-                "{base}/action/{}/{}?instance={}&response={}/{}",
-                done.action.hash_hex(),
-                done.action.size(),
-                percent_encoding::utf8_percent_encode(
+                "{base}{}",
+                action_path(
+                    &done.action.to_string(),
                     done.instance,
-                    percent_encoding::NON_ALPHANUMERIC
-                ),
-                digest.hash_hex(),
-                digest.size(),
+                    Some(&digest.to_string())
+                )
             ),
             None => format!(
                 "the ExecuteResponse is kept in the CAS as {digest}: remexec show action {} --response {digest}",
