@@ -367,7 +367,7 @@ impl Default for TreeLimits {
     }
 }
 
-/// Directories fetched concurrently by [`fetch_tree`].
+/// Directories fetched concurrently by [`walk_tree`].
 const PARALLEL_DIRECTORIES: usize = 32;
 
 /// Every distinct directory of a tree, each fetched and validated once.
@@ -445,38 +445,86 @@ impl InputTree {
 }
 
 /// Fetches every distinct directory of the tree rooted at `root`, level by level and several
-/// at a time. A missing directory is `NotFound` naming it.
+/// at a time ([`walk_tree`]). A missing directory is `NotFound` naming it.
 pub async fn fetch_tree(store: &dyn BlobStore, instance: &str, root: Digest) -> Result<InputTree> {
+    let walk = walk_tree(store, instance, root, u64::MAX).await?;
+    match walk.missing.first() {
+        Some(digest) => Err(Error::NotFound(format!(
+            "directory {digest} is not in the CAS"
+        ))),
+        None => Ok(walk.tree),
+    }
+}
+
+/// What [`walk_tree`] found.
+#[derive(Debug)]
+pub struct TreeWalk {
+    /// Every distinct directory the store holds, by digest.
+    pub tree: InputTree,
+    /// The directories the store lacks, in breadth-first order (their subtrees are unknown).
+    pub missing: Vec<Digest>,
+    /// Every distinct non-empty file digest of the directories found, in the order met.
+    pub files: Vec<Digest>,
+}
+
+/// Walks the tree rooted at `root` breadth first, a level at a time and
+/// [`PARALLEL_DIRECTORIES`] directories at once: the one walk of an input tree, for the
+/// scheduler's input check and the worker's staging. Each distinct directory is fetched once;
+/// missing ones are listed, not errors. `InvalidArgument` as soon as the distinct directories
+/// and files exceed `max_entries` (distinct entries never outnumber the laid-out ones), before
+/// the rest of the tree is held.
+pub async fn walk_tree(
+    store: &dyn BlobStore,
+    instance: &str,
+    root: Digest,
+    max_entries: u64,
+) -> Result<TreeWalk> {
     use futures::{StreamExt, TryStreamExt};
     let f = root.function();
     let mut directories = HashMap::new();
+    let (mut missing, mut files) = (Vec::new(), Vec::new());
+    let mut seen_files = HashSet::new();
     let mut level = vec![root];
     let mut seen = HashSet::from([root]);
     while !level.is_empty() {
-        let fetched: Vec<(Digest, Directory)> = futures::stream::iter(level)
+        let fetched: Vec<(Digest, Option<Directory>)> = futures::stream::iter(level)
             .map(|digest| async move {
-                let dir = fetch_directory(store, instance, digest)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::NotFound(format!("directory {digest} is not in the CAS"))
-                    })?;
-                Ok::<_, Error>((digest, dir))
+                Ok::<_, Error>((digest, fetch_directory(store, instance, digest).await?))
             })
-            .buffer_unordered(PARALLEL_DIRECTORIES)
+            .buffered(PARALLEL_DIRECTORIES)
             .try_collect()
             .await?;
         level = Vec::new();
         for (digest, dir) in fetched {
+            let Some(dir) = dir else {
+                missing.push(digest);
+                continue;
+            };
             for child in &dir.directories {
                 let child = Digest::from_field(f, child.digest.as_ref(), "directory")?;
                 if seen.insert(child) {
                     level.push(child);
                 }
             }
+            for file in &dir.files {
+                let d = Digest::from_field(f, file.digest.as_ref(), "file")?;
+                if !d.is_empty_blob() && seen_files.insert(d) {
+                    files.push(d);
+                }
+            }
             directories.insert(digest, dir);
+            if (seen.len() + seen_files.len()) as u64 > max_entries {
+                return Err(Error::invalid(format!(
+                    "input tree {root} has more than {max_entries} entries"
+                )));
+            }
         }
     }
-    Ok(InputTree { root, directories })
+    Ok(TreeWalk {
+        tree: InputTree { root, directories },
+        missing,
+        files,
+    })
 }
 
 /// Walks a tree breadth first, yielding each distinct directory once, a page at a time.

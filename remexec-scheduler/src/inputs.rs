@@ -1,9 +1,7 @@
 //! Loading an action and checking that everything it needs is in the CAS.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-
 use prost::Message;
-use remexec_core::merkle::{InputTree, TreeLimits, fetch_directory, validate_command_paths};
+use remexec_core::merkle::{TreeLimits, validate_command_paths, walk_tree};
 use remexec_core::reapi::{Action, Command};
 use remexec_core::{BlobStore, BlobStoreExt, Digest, Error, Result};
 
@@ -88,53 +86,21 @@ fn validate_command(command: &Command, max_size: usize) -> Result<()> {
     Ok(())
 }
 
-/// Walks the input tree; returns every directory and file blob it needs that the CAS lacks.
+/// Walks the input tree ([`walk_tree`], several directories at a time); returns every
+/// directory and file blob it needs that the CAS lacks.
 async fn missing_inputs(
     cas: &dyn BlobStore,
     instance: &str,
     root: Digest,
     limits: TreeLimits,
 ) -> Result<Vec<Digest>> {
-    let f = root.function();
-    let mut missing = Vec::new();
-    let mut files = HashSet::new();
-    let mut seen = HashSet::from([root]);
-    let mut queue = VecDeque::from([root]);
-    let mut directories = HashMap::new();
-    while let Some(digest) = queue.pop_front() {
-        let Some(dir) = fetch_directory(cas, instance, digest).await? else {
-            missing.push(digest);
-            continue;
-        };
-        for child in &dir.directories {
-            let d = Digest::from_field(f, child.digest.as_ref(), "directory")?;
-            if seen.insert(d) {
-                queue.push_back(d);
-            }
-        }
-        for file in &dir.files {
-            let d = Digest::from_field(f, file.digest.as_ref(), "file")?;
-            if !d.is_empty_blob() {
-                files.insert(d);
-            }
-        }
-        directories.insert(digest, dir);
-        // Distinct entries never outnumber the laid-out ones: stop walking a tree that is
-        // already too large, before holding all of it.
-        let distinct = (seen.len() + files.len()) as u64;
-        if distinct > limits.max_entries {
-            return Err(Error::invalid(format!(
-                "input tree {root} has more than {} entries",
-                limits.max_entries
-            )));
-        }
-    }
+    let walk = walk_tree(cas, instance, root, limits.max_entries).await?;
+    let mut missing = walk.missing;
     if missing.is_empty() {
         // Refuse a tree that would be too large laid out (a "tree bomb") before it is queued.
-        InputTree { root, directories }.check_limits(limits)?;
+        walk.tree.check_limits(limits)?;
     }
-    let files: Vec<Digest> = files.into_iter().collect();
-    for chunk in files.chunks(FIND_BATCH) {
+    for chunk in walk.files.chunks(FIND_BATCH) {
         missing.extend(cas.find_missing(instance, chunk).await?);
     }
     Ok(missing)
