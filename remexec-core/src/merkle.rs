@@ -467,8 +467,8 @@ pub struct TreeWalk {
     pub files: Vec<Digest>,
 }
 
-/// Walks the tree rooted at `root` breadth first, a level at a time and
-/// [`PARALLEL_DIRECTORIES`] directories at once: the one walk of an input tree, for the
+/// Walks the tree rooted at `root` breadth first, a level at a time and 32 directories at
+/// once: the one walk of an input tree, for the
 /// scheduler's input check and the worker's staging. Each distinct directory is fetched once;
 /// missing ones are listed, not errors. `InvalidArgument` as soon as the distinct directories
 /// and files exceed `max_entries` (distinct entries never outnumber the laid-out ones), before
