@@ -34,11 +34,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use remexec_cas::{
-    CacheServices, CompletenessCheckingCache, DiskActionCache, DiskStore, DiskStoreOptions,
-    GrpcActionCache, GrpcStore, MemoryActionCache, MeteredStore, TieredActionCache, TieredStore,
-    VerifyingStore,
-};
+use remexec_cas::spec::{CacheSpec, ObjectSpec, StoreSpec, Upstream};
+use remexec_cas::{CacheServices, MeteredStore, VerifyingStore};
 use remexec_core::auth::{AuthLayer, AuthPolicy};
 use remexec_core::client::ClientTls;
 use remexec_core::metrics::Metrics;
@@ -79,24 +76,17 @@ const WORKER_SERVICE: &str = "remexec.worker.v1.WorkerService";
 /// Longest a graceful shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// The external tier that `[external]` names: its blob store and its action cache.
-#[derive(Debug, Clone)]
-pub struct External {
-    /// The external blob store, behind the local disk.
-    pub store: Arc<dyn BlobStore>,
-    /// The external action cache, behind the local one.
-    pub action_cache: Arc<dyn ActionCache>,
-}
-
-/// Opens the external storage `config.external` names, or `None` if it names none.
+/// The trees of the external tier that `[external]` names, or `None` if it names none: its
+/// blob store and its action cache.
 ///
-/// `grpc://` and `grpcs://` are an upstream REAPI server, reached by a [`GrpcStore`] and a
-/// [`GrpcActionCache`] on one lazily connected channel (so the server starts while the upstream
-/// is down), with the configured upstream instance name and CA file. Any other scheme is an
-/// object store, opened by [`remexec_cas::external::open_object_store`] with the options of
+/// `grpc://` and `grpcs://` are an upstream REAPI server, reached by a
+/// [`GrpcStore`](remexec_cas::GrpcStore) and a [`GrpcActionCache`](remexec_cas::GrpcActionCache)
+/// on lazily connected channels (so the server starts while the upstream is down), with the
+/// configured upstream instance name and CA file (read here). Any other scheme is an object
+/// store, opened with the options of
 /// [`object_store_options`](crate::config::ExternalSection::object_store_options) over this
 /// process's environment.
-pub async fn open_external(config: &Config) -> Result<Option<External>> {
+pub async fn external_specs(config: &Config) -> Result<Option<(StoreSpec, CacheSpec)>> {
     let section = &config.external;
     if !section.is_set() {
         return Ok(None);
@@ -109,8 +99,8 @@ pub async fn open_external(config: &Config) -> Result<Option<External>> {
                     "external store {label}: [external.options] apply to object stores, not to an upstream server"
                 )));
             }
-            let instance = section.upstream_instance.as_deref();
-            if let Some(name) = instance {
+            let instance = section.upstream_instance.clone();
+            if let Some(name) = &instance {
                 remexec_core::validate_instance_name(name)?;
             }
             let ca_pem = match &section.ca_file {
@@ -121,24 +111,20 @@ pub async fn open_external(config: &Config) -> Result<Option<External>> {
                 ),
                 None => None,
             };
-            let tls = ClientTls {
-                ca_pem,
-                domain: section.tls_domain.clone(),
-                identity: None,
+            let upstream = Upstream {
+                url: section.url.clone(),
+                tls: ClientTls {
+                    ca_pem,
+                    domain: section.tls_domain.clone(),
+                    identity: None,
+                },
+                instance,
+                label,
             };
-            let channel = remexec_core::client::connect_lazy_with(&section.url, &tls)?;
-            Ok(Some(External {
-                store: Arc::new(
-                    GrpcStore::new(channel.clone())
-                        .with_upstream_instance(instance)
-                        .with_label(label.clone()),
-                ),
-                action_cache: Arc::new(
-                    GrpcActionCache::new(channel)
-                        .with_upstream_instance(instance)
-                        .with_label(label),
-                ),
-            }))
+            Ok(Some((
+                StoreSpec::Grpc(upstream.clone()),
+                CacheSpec::Grpc(upstream),
+            )))
         }
         ExternalKind::ObjectStore => {
             if section.upstream_instance.is_some()
@@ -149,81 +135,77 @@ pub async fn open_external(config: &Config) -> Result<Option<External>> {
                     "external store {label}: upstream_instance, ca_file and tls_domain apply to grpc:// and grpcs:// only"
                 )));
             }
-            let options = section.object_store_options(std::env::vars());
-            let (store, action_cache) = remexec_cas::external::open_object_store(
-                &section.url,
-                options,
-                remexec_cas::external::ExternalSettings::default(),
-            )?;
-            Ok(Some(External {
-                store,
-                action_cache,
-            }))
+            let object = ObjectSpec {
+                url: section.url.clone(),
+                options: section
+                    .object_store_options(std::env::vars())
+                    .into_iter()
+                    .collect(),
+                settings: remexec_cas::external::ExternalSettings::default(),
+            };
+            Ok(Some((
+                StoreSpec::Object(object.clone()),
+                CacheSpec::Object(object),
+            )))
         }
     }
 }
 
-/// The CAS under `config.data_dir`: a [`DiskStore`] in `{data_dir}/cas`, in front of
-/// `external` if given ([`TieredStore`]: a write is acknowledged once `external` holds it,
-/// reads try the disk first and fill it).
-pub async fn open_blob_store(
-    config: &Config,
-    external: Option<Arc<dyn BlobStore>>,
-) -> Result<Arc<dyn BlobStore>> {
-    let options = DiskStoreOptions {
+/// The CAS and Action Cache trees `config` describes, with the `[external]` tier, if any,
+/// behind the local ones:
+/// - the CAS: a disk store in `{data_dir}/cas` ([`StoreSpec::Disk`]), in front of the external
+///   store (`Tiered`: a write is acknowledged once the external store holds it, reads try the
+///   disk first and fill it);
+/// - the Action Cache: on disk in `{data_dir}/ac`, with a memory cache in front unless its
+///   budget is 0, or in memory; in front of the external cache (written through, filled from
+///   it on a miss); checked for completeness against the CAS if `check_completeness` is set.
+pub async fn store_specs(config: &Config) -> Result<(StoreSpec, CacheSpec)> {
+    let external = external_specs(config).await?;
+    let mut store = StoreSpec::Disk {
+        path: config.data_dir.join("cas"),
         budget: config.cas.disk_budget.as_u64(),
-        sync: config.cas.fsync,
+        fsync: config.cas.fsync,
     };
-    let disk: Arc<dyn BlobStore> =
-        Arc::new(DiskStore::open(config.data_dir.join("cas"), options).await?);
-    Ok(match external {
-        Some(external) => Arc::new(TieredStore::new(disk, external)),
-        None => disk,
-    })
-}
-
-/// The Action Cache `config` describes: on disk in `{data_dir}/ac` (with a memory cache in
-/// front unless its budget is 0) or in memory, in front of `external` if given (written
-/// through, filled from it on a miss), checked for completeness against `store` if
-/// `check_completeness` is set.
-pub async fn open_action_cache(
-    config: &Config,
-    store: Arc<dyn BlobStore>,
-    external: Option<Arc<dyn ActionCache>>,
-) -> Result<Arc<dyn ActionCache>> {
     let section = &config.action_cache;
     let budget = section.budget.as_u64();
-    let mut ac: Arc<dyn ActionCache> = match section.backend {
+    let mut ac = match section.backend {
         AcBackend::Disk => {
-            let disk = Arc::new(
-                DiskActionCache::open(config.data_dir.join("ac"), budget, config.cas.fsync).await?,
-            );
+            let disk = CacheSpec::Disk {
+                path: config.data_dir.join("ac"),
+                budget,
+                fsync: config.cas.fsync,
+            };
             match section.memory_budget.as_u64() {
                 0 => disk,
-                front => Arc::new(TieredActionCache::new(
-                    Arc::new(MemoryActionCache::new(front)),
-                    disk,
-                )),
+                front => CacheSpec::Tiered {
+                    fast: Box::new(CacheSpec::Memory { budget: front }),
+                    slow: Box::new(disk),
+                },
             }
         }
-        AcBackend::Memory => Arc::new(MemoryActionCache::new(budget)),
+        AcBackend::Memory => CacheSpec::Memory { budget },
     };
-    if let Some(external) = external {
-        ac = Arc::new(TieredActionCache::new(ac, external));
+    if let Some((external_store, external_ac)) = external {
+        store = StoreSpec::Tiered {
+            fast: Box::new(store),
+            slow: Box::new(external_store),
+        };
+        ac = CacheSpec::Tiered {
+            fast: Box::new(ac),
+            slow: Box::new(external_ac),
+        };
     }
     if section.check_completeness {
-        ac = Arc::new(CompletenessCheckingCache::new(ac, store));
+        ac = CacheSpec::Completeness(Box::new(ac));
     }
-    Ok(ac)
+    Ok((store, ac))
 }
 
-/// The stores `config` describes: [`open_external`], then [`open_blob_store`] and
-/// [`open_action_cache`] in front of it.
+/// The stores `config` describes ([`store_specs`]), opened.
 pub async fn open_stores(config: &Config) -> Result<(Arc<dyn BlobStore>, Arc<dyn ActionCache>)> {
-    let external = open_external(config).await?;
-    let store = open_blob_store(config, external.as_ref().map(|e| Arc::clone(&e.store))).await?;
-    let ac =
-        open_action_cache(config, Arc::clone(&store), external.map(|e| e.action_cache)).await?;
+    let (store, ac) = store_specs(config).await?;
+    let store = store.build().await?;
+    let ac = ac.build(Arc::clone(&store)).await?;
     Ok((store, ac))
 }
 
@@ -289,13 +271,14 @@ impl ServerBuilder {
         self
     }
 
-    /// Serves `store` as the CAS, instead of a [`DiskStore`] in `{data_dir}/cas`.
+    /// Serves `store` as the CAS, instead of a [`DiskStore`](remexec_cas::DiskStore) in
+    /// `{data_dir}/cas`.
     pub fn blob_store(mut self, store: Arc<dyn BlobStore>) -> Self {
         self.store = Some(store);
         self
     }
 
-    /// Serves `ac` as the Action Cache, instead of the one [`open_action_cache`] opens.
+    /// Serves `ac` as the Action Cache, instead of the one [`store_specs`] describes.
     pub fn action_cache(mut self, ac: Arc<dyn ActionCache>) -> Self {
         self.action_cache = Some(ac);
         self
@@ -550,28 +533,24 @@ fn local_worker(
     )
 }
 
-/// `store` and `ac` as given, or else as [`open_blob_store`] and [`open_action_cache`] open
-/// them (with the `[external]` tier, if any, behind what is opened).
+/// `store` and `ac` as given, or else as [`store_specs`] describes them (with the `[external]`
+/// tier, if any, behind what is opened).
 async fn given_or_opened(
     config: &Config,
     store: Option<Arc<dyn BlobStore>>,
     ac: Option<Arc<dyn ActionCache>>,
 ) -> Result<(Arc<dyn BlobStore>, Arc<dyn ActionCache>)> {
-    let external = match (&store, &ac) {
-        (Some(_), Some(_)) => None,
-        _ => open_external(config).await?,
-    };
-    let (external_store, external_ac) = match external {
-        Some(e) => (Some(e.store), Some(e.action_cache)),
-        None => (None, None),
-    };
+    if let (Some(store), Some(ac)) = (&store, &ac) {
+        return Ok((Arc::clone(store), Arc::clone(ac)));
+    }
+    let (store_spec, ac_spec) = store_specs(config).await?;
     let store = match store {
         Some(store) => store,
-        None => open_blob_store(config, external_store).await?,
+        None => store_spec.build().await?,
     };
     let ac = match ac {
         Some(ac) => ac,
-        None => open_action_cache(config, Arc::clone(&store), external_ac).await?,
+        None => ac_spec.build(Arc::clone(&store)).await?,
     };
     Ok((store, ac))
 }

@@ -378,6 +378,15 @@ fn label(url: &Url) -> String {
     clean.to_string()
 }
 
+/// `url` as stores describe themselves: without user information, query or fragment, whether
+/// or not it parses.
+pub(crate) fn label_of(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(parsed) => label(&parsed),
+        Err(_) => redact(url),
+    }
+}
+
 /// A URL that did not parse, without what may be a credential: user information
 /// (`user:pass@`), the query and the fragment.
 fn redact(url: &str) -> String {

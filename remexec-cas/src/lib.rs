@@ -34,6 +34,7 @@ pub mod external;
 mod files;
 mod key;
 pub mod service;
+pub mod spec;
 pub mod store;
 
 pub use ac::completeness::{CheckBudget, CompletenessCheckingCache};
