@@ -5,7 +5,8 @@
 //!   `(path, target)` symlink over `output_symlinks` and the v2.0 lists) is relative, made of
 //!   `.`, `..` and valid names as the client wrote it in its `Command`, and claimed once, every symlink target obeys the policy (non-empty, at most 4095
 //!   bytes, no NUL, absolute or resolving lexically inside the root from the link's directory),
-//!   every digest present and valid, and inlined contents match their digest;
+//!   every digest present and valid (an output directory's `root_directory_digest` only if
+//!   set), and inlined contents match their digest;
 //! - so an accepted result has only such paths, targets and digests (asserted directly too);
 //! - errors are `InvalidArgument`;
 //! - the verdict does not depend on the order of the lists, and survives re-encoding.
@@ -49,9 +50,11 @@ fn expected(f: DigestFunction, r: &ActionResult) -> bool {
     paths.iter().all(|p| result_path_ok(p))
         && unique.len() == paths.len()
         && files_ok
-        && r.output_directories
-            .iter()
-            .all(|o| proto_digest_ok(o.tree_digest.as_ref()))
+        && r.output_directories.iter().all(|o| {
+            proto_digest_ok(o.tree_digest.as_ref())
+                && (o.root_directory_digest.is_none()
+                    || proto_digest_ok(o.root_directory_digest.as_ref()))
+        })
         && links.iter().all(|l| symlink_ok(&l.path, &l.target))
         && [&r.stdout_digest, &r.stderr_digest]
             .iter()

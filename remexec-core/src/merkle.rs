@@ -323,6 +323,14 @@ pub fn validate_action_result(
             dir.tree_digest.as_ref(),
             &format!("output directory {:?} tree_digest", dir.path),
         )?;
+        if let Some(root) = &dir.root_directory_digest {
+            Digest::from_proto(function, root).map_err(|e| {
+                Error::invalid(format!(
+                    "output directory {:?} root_directory_digest: {e}",
+                    dir.path
+                ))
+            })?;
+        }
     }
     // output_symlinks repeats the v2.0 lists for older clients: a path may be in both.
     let mut symlinks = HashSet::new();

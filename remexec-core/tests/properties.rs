@@ -501,9 +501,10 @@ fn action_result_ok(f: DigestFunction, r: &ActionResult) -> bool {
         && r.output_files
             .iter()
             .all(|o| wire_ok(o.digest.as_ref()) && contents_ok(o))
-        && r.output_directories
-            .iter()
-            .all(|o| wire_ok(o.tree_digest.as_ref()))
+        && r.output_directories.iter().all(|o| {
+            wire_ok(o.tree_digest.as_ref())
+                && (o.root_directory_digest.is_none() || wire_ok(o.root_directory_digest.as_ref()))
+        })
         && links.iter().all(|l| symlink_ok(&l.path, &l.target))
         && [&r.stdout_digest, &r.stderr_digest]
             .iter()

@@ -12,6 +12,7 @@ use std::path::Path;
 use remexec_core::client::{ScanOptions, UploadPlan, check_output_symlink, read_symlink};
 use remexec_core::fs::lookup_beneath;
 use remexec_core::merkle::{encode_message, resolve_output_path, resolve_working_directory};
+use remexec_core::reapi::command::OutputDirectoryFormat;
 use remexec_core::reapi::{ActionResult, Command, OutputDirectory, OutputFile, OutputSymlink};
 use remexec_core::{BlobStore, DigestFunction, Error, Result};
 
@@ -41,7 +42,7 @@ fn scan_outputs(
     f: DigestFunction,
     root: &Path,
     declared: &[(String, String, bool)],
-    v2_1: bool,
+    (v2_1, directories): (bool, bool),
     stop: &StopFlag,
 ) -> Result<(ActionResult, UploadPlan)> {
     let (mut result, mut plan) = (ActionResult::default(), UploadPlan::default());
@@ -74,12 +75,15 @@ fn scan_outputs(
             result.output_symlinks.push(link);
         } else if meta.is_dir() {
             let check = ScanOptions::checking_symlinks();
-            let (_, tree) = plan.scan_tree(f, &path, rel, check, &|| stop.check())?;
+            // Every Directory of the tree goes to the CAS with it: a client that asks for them
+            // (`output_directory_format`) gets the root's digest as well as the Tree's.
+            let (root, tree) = plan.scan_tree(f, &path, rel, check, &|| stop.check())?;
             let (tree_digest, bytes) = encode_message(f, &tree);
             plan.push_blob(tree_digest, bytes);
             result.output_directories.push(OutputDirectory {
                 path: rel.clone(),
                 tree_digest: Some(tree_digest.to_proto()),
+                root_directory_digest: directories.then(|| root.to_proto()),
                 ..Default::default()
             });
         } else if let Some((digest, is_executable)) = plan.scan_file(f, &path)? {
@@ -101,6 +105,8 @@ fn scan_outputs(
 /// `InvalidArgument` otherwise).
 ///
 /// REAPI v2.1+ `output_paths` and v2.0 `output_files`/`output_directories` are both honoured.
+/// An output directory always has its `Tree`; with `output_directory_format` other than
+/// `TREE_ONLY`, also its root `Directory`'s digest (every `Directory` is in the CAS).
 /// Missing outputs, outputs below a symlink, and FIFOs, sockets and devices are not produced;
 /// symlinks are reported as symlinks, never followed, and must pass
 /// [`remexec_core::merkle::validate_symlink_target`] (`FailedPrecondition` naming the symlink otherwise).
@@ -119,10 +125,14 @@ pub async fn collect_outputs(
         declared.push((path.clone(), resolve_output_path(&workdir, &path)?, dir));
     }
     let v2_1 = !command.output_paths.is_empty();
+    // DIRECTORY_ONLY is served as TREE_AND_DIRECTORY, the superset REAPI allows: the Action
+    // Cache and older clients read the Tree.
+    let directories = command.output_directory_format != OutputDirectoryFormat::TreeOnly as i32;
     let root = root.to_path_buf();
     let stop = StopFlag::default();
     let _stop = stop.set_on_drop();
-    let (found, plan) = blocking(move || scan_outputs(f, &root, &declared, v2_1, &stop)).await?;
+    let formats = (v2_1, directories);
+    let (found, plan) = blocking(move || scan_outputs(f, &root, &declared, formats, &stop)).await?;
     plan.upload(cas, instance).await?;
     result.output_files.extend(found.output_files);
     result.output_directories.extend(found.output_directories);

@@ -249,3 +249,95 @@ async fn input_symlinks_never_make_the_worker_create_outside() {
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 }
+
+/// BuildStream's shape: a working directory below the input root, outputs `.` and a path
+/// that climbs to a sibling of it, and `DIRECTORY_ONLY`. Both outputs come back under the
+/// paths the command gave, each with its Tree and its root Directory (whose blobs are in the
+/// CAS); `TREE_ONLY` gets no root Directory; an output that climbs above the input root fails
+/// the lease `INVALID_ARGUMENT` rather than collect anything outside it.
+#[tokio::test]
+async fn dotted_outputs_come_back_as_given_with_their_directories() {
+    use prost::Message;
+    use remexec_core::reapi::command::OutputDirectoryFormat;
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Arc::new(MemCas::default());
+    let worker = worker(dir.path(), 1, &cas, |_| {});
+    let script = "echo here > f; mkdir -p ../../install/sub; echo there > ../../install/sub/g";
+    let outputs = [".", "../../install"];
+    let command = |format: OutputDirectoryFormat| {
+        let mut command = sh(script, &outputs);
+        command.working_directory = "bst/elem".into();
+        command.output_directory_format = format as i32;
+        command
+    };
+    let l = lease(
+        "dirs",
+        "0",
+        empty_root(),
+        command(OutputDirectoryFormat::DirectoryOnly),
+    );
+    let (r, _) = run(&worker, l, Duration::from_secs(60)).await;
+    assert_eq!(code(&r), 0, "{}", message(&r));
+    let result = r.result.unwrap();
+    let paths: Vec<&str> = result
+        .output_directories
+        .iter()
+        .map(|d| d.path.as_str())
+        .collect();
+    assert_eq!(paths, outputs);
+    let root_of = |i: usize| {
+        let d = &result.output_directories[i];
+        assert!(d.tree_digest.is_some());
+        let bytes = cas
+            .blob(d.root_directory_digest.as_ref())
+            .expect("root Directory in the CAS");
+        Directory::decode(bytes).unwrap()
+    };
+    let names = |d: &Directory| -> Vec<String> {
+        let files = d.files.iter().map(|f| f.name.clone());
+        files
+            .chain(d.directories.iter().map(|d| d.name.clone()))
+            .collect()
+    };
+    assert_eq!(names(&root_of(0)), ["f"]);
+    let install = root_of(1);
+    assert_eq!(names(&install), ["sub"]);
+    let sub = cas.blob(install.directories[0].digest.as_ref()).unwrap();
+    assert_eq!(names(&Directory::decode(sub).unwrap()), ["g"]);
+
+    let l = lease(
+        "tree",
+        "0",
+        empty_root(),
+        command(OutputDirectoryFormat::TreeOnly),
+    );
+    let (r, _) = run(&worker, l, Duration::from_secs(60)).await;
+    let result = r.result.unwrap();
+    assert_eq!(result.output_directories.len(), 2);
+    assert!(
+        result
+            .output_directories
+            .iter()
+            .all(|d| d.root_directory_digest.is_none())
+    );
+
+    let mut escaping = command(OutputDirectoryFormat::TreeOnly);
+    escaping.output_paths = vec!["../../../outside".into()];
+    let (r, _) = run(
+        &worker,
+        lease("out", "0", empty_root(), escaping),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        code(&r),
+        tonic::Code::InvalidArgument as i32,
+        "{}",
+        message(&r)
+    );
+    assert!(
+        message(&r).contains("climbs above the input root"),
+        "{}",
+        message(&r)
+    );
+}
