@@ -26,9 +26,35 @@ pub(crate) struct FileTable {
     root: PathBuf,
     tmp: PathBuf,
     sync: bool,
-    index: Mutex<ByteLru<Key, ()>>,
+    /// Each entry's last use as its file's mtime records it (seconds since the epoch): the
+    /// order the index is rebuilt in after a restart.
+    index: Mutex<ByteLru<Key, u64>>,
     /// Instance names by namespace, as remembered in `instance` files.
     names: Mutex<std::collections::HashMap<u128, String>>,
+}
+
+/// How often a used file's mtime is brought up to date, at most: the precision of the order
+/// the index is rebuilt in after a restart, at one syscall per file per this many seconds.
+pub(crate) const USE_RESOLUTION_SECS: u64 = 60;
+
+/// Seconds since the epoch.
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Marks `key` used in `index`; if its file's recorded use is older than
+/// [`USE_RESOLUTION_SECS`], records now and queues the file in `stale` for its mtime.
+fn note_use(index: &mut ByteLru<Key, u64>, key: &Key, stale: &mut Vec<Key>) -> bool {
+    let Some(used) = index.get_mut(key) else {
+        return false;
+    };
+    let now = unix_secs(SystemTime::now());
+    if now.saturating_sub(*used) >= USE_RESOLUTION_SECS {
+        *used = now;
+        stale.push(*key);
+    }
+    true
 }
 
 /// The file in a namespace's directory that holds its instance name.
@@ -58,14 +84,15 @@ impl FileTable {
                 .map_err(|e| Error::io(format!("restricting {}", root.display()), e))?;
             let mut found = Vec::new();
             scan(&root, check, &mut found)?;
+            // Least recently used first: a file's mtime is its last use (see `touch`).
             found.sort_by_key(|(mtime, _, _)| *mtime);
             let mut index = ByteLru::new(budget);
-            for (_, key, len) in found {
-                index.insert_unbounded(key, len, ());
+            for (mtime, key, len) in found {
+                index.insert_unbounded(key, len, unix_secs(mtime));
             }
             let names = Mutex::new(read_names(&root));
             let table = Self { root, tmp, sync, index: Mutex::new(ByteLru::new(budget)), names };
-            for (key, ()) in index.evict_to_budget() {
+            for (key, _) in index.evict_to_budget() {
                 table.remove_file(&key);
             }
             tracing::info!(root = %table.root.display(), entries = index.len(), bytes = index.bytes(), "disk index rebuilt");
@@ -141,15 +168,45 @@ impl FileTable {
         (index.bytes(), index.len())
     }
 
-    /// Whether the key is present; marks it as recently used.
+    /// Whether the key is present; marks it as recently used, in the index and, at most once
+    /// every [`USE_RESOLUTION_SECS`], in its file's mtime, so that the order survives a restart.
     pub(crate) fn touch(&self, key: &Key) -> bool {
-        self.index.lock().touch(key)
+        let mut stale = Vec::new();
+        let present = note_use(&mut self.index.lock(), key, &mut stale);
+        self.record_uses(stale);
+        present
     }
 
-    /// Runs `f` with the index locked, for batch lookups.
+    /// Runs `f` with the index locked, for batch lookups (each one a [`touch`](Self::touch)).
     pub(crate) fn with_index<T>(&self, f: impl FnOnce(&mut dyn FnMut(&Key) -> bool) -> T) -> T {
-        let mut index = self.index.lock();
-        f(&mut |k| index.touch(k))
+        let mut stale = Vec::new();
+        let out = {
+            let mut index = self.index.lock();
+            f(&mut |k| note_use(&mut index, k, &mut stale))
+        };
+        self.record_uses(stale);
+        out
+    }
+
+    /// Sets the mtime of the files of `keys` to now, off the caller's thread (a file gone
+    /// meanwhile is no matter: its next use or the next rebuild notices).
+    fn record_uses(&self, keys: Vec<Key>) {
+        if keys.is_empty() {
+            return;
+        }
+        let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
+        let set = move || {
+            let now = std::fs::FileTimes::new().set_modified(SystemTime::now());
+            for path in paths {
+                if let Ok(file) = std::fs::File::open(&path) {
+                    let _ = file.set_times(now);
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(set)),
+            Err(_) => set(),
+        }
     }
 
     /// Writes `data` under `key`. With `expected_len`, a stream of another length fails with
@@ -235,7 +292,7 @@ impl FileTable {
             let mut index = self.index.lock();
             temp.persist(&path)
                 .map_err(|e| Error::io(format!("renaming into {}", path.display()), e.error))?;
-            for (evicted, ()) in index.insert(key, len, ()) {
+            for (evicted, _) in index.insert(key, len, unix_secs(SystemTime::now())) {
                 if evicted != key {
                     self.remove_file(&evicted);
                 }

@@ -64,6 +64,11 @@ impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
         self.entries.get(key).map(|(_, v)| v)
     }
 
+    /// Looks up for a change and marks as recently used.
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.entries.get_mut(key).map(|(_, v)| v)
+    }
+
     /// Whether the key is present; marks it as recently used.
     pub fn touch(&mut self, key: &K) -> bool {
         self.entries.get(key).is_some()

@@ -236,6 +236,90 @@ mod tests {
         assert!(store.usage().0 <= 2_500);
     }
 
+    /// The file of `digest` under `root`, found by name.
+    fn file_of(root: &std::path::Path, digest: Digest) -> std::path::PathBuf {
+        let name = format!("{}-{}", digest.hash_hex(), digest.size());
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                if entry.file_name().to_str() == Some(name.as_str()) {
+                    return entry.path();
+                }
+                if entry.file_type().unwrap().is_dir() {
+                    dirs.push(entry.path());
+                }
+            }
+        }
+        panic!("no file for {digest}");
+    }
+
+    fn mtime(path: &std::path::Path) -> std::time::SystemTime {
+        std::fs::metadata(path).unwrap().modified().unwrap()
+    }
+
+    /// Reads and FindMissingBlobs count as uses across a restart: the files' mtimes record
+    /// them, so the order the index is rebuilt in, and so what a smaller budget evicts first,
+    /// is the order of last use, not of writing.
+    #[tokio::test]
+    async fn the_order_of_use_survives_a_restart() {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().unwrap();
+        let blobs: Vec<_> = (0..4).map(|i| content(10 + i, 1000)).collect();
+        let digests: Vec<_> = blobs
+            .iter()
+            .map(|b| DigestFunction::Sha256.digest_of(b))
+            .collect();
+        {
+            let store = DiskStore::open(dir.path(), opts(10_000)).await.unwrap();
+            for (b, d) in blobs.iter().zip(&digests) {
+                store.put_bytes("inst", *d, b.clone()).await.unwrap();
+            }
+        }
+        // Written an hour ago, in order: 0 is the oldest.
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for (i, d) in digests.iter().enumerate() {
+            let file = std::fs::File::open(file_of(dir.path(), *d)).unwrap();
+            let times = std::fs::FileTimes::new()
+                .set_modified(hour_ago + Duration::from_secs(10 * i as u64));
+            file.set_times(times).unwrap();
+        }
+        let store = DiskStore::open(dir.path(), opts(10_000)).await.unwrap();
+        // 0 is read, 1 is asked about; 2 and 3 are left alone.
+        store.get_bytes("inst", digests[0], u64::MAX).await.unwrap();
+        assert!(
+            store
+                .find_missing("inst", &digests[1..2])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let recent = SystemTime::now() - Duration::from_secs(60);
+        for d in &digests[..2] {
+            let path = file_of(dir.path(), *d);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while mtime(&path) < recent {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{d}: use not recorded"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        for d in &digests[2..] {
+            assert!(
+                mtime(&file_of(dir.path(), *d)) < recent,
+                "{d}: recorded unused"
+            );
+        }
+        drop(store);
+        // Room for two: the two used survive, though written first.
+        let store = DiskStore::open(dir.path(), opts(2_500)).await.unwrap();
+        assert_eq!(
+            store.find_missing("inst", &digests).await.unwrap(),
+            digests[2..].to_vec()
+        );
+    }
+
     #[tokio::test]
     async fn damaged_files_are_dropped_not_served() {
         let dir = tempfile::tempdir().unwrap();
