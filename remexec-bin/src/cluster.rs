@@ -20,7 +20,7 @@ use remexec_cas::{
     CacheServices, DiskStore, DiskStoreOptions, MemoryActionCache, Repairer, ReplicatedStore,
 };
 use remexec_core::client::ClientTls;
-use remexec_core::membership::{Member, Membership, MembershipConfig};
+use remexec_core::membership::{Member, Membership, MembershipConfig, follow};
 use remexec_core::metrics::Metrics;
 use remexec_core::{ActionCache, BlobStore, Error, Result};
 use remexec_scheduler::WorkerPool;
@@ -272,36 +272,43 @@ pub async fn serve_discovered(
             return;
         }
     };
-    let mut live = membership.subscribe();
+    let (worker, sessions_stop) = (worker.clone(), stop.clone());
     let mut sessions: std::collections::HashMap<String, CancellationToken> = Default::default();
-    loop {
-        let urls = live.borrow_and_update().clone();
-        sessions.retain(|url, session| {
-            let keep = urls.contains(url);
-            if !keep {
-                tracing::info!(%url, "a scheduler left");
-                session.cancel();
-            }
-            keep
-        });
-        for url in urls {
-            if sessions.contains_key(&url) {
-                continue;
-            }
-            match remexec_core::client::connect_lazy_with(&url, &tls) {
-                Ok(channel) => {
-                    tracing::info!(%url, "a scheduler joined");
-                    let session = stop.child_token();
-                    let (worker, token) = (worker.clone(), session.clone());
-                    tokio::spawn(async move { worker.run(channel, token).await });
-                    sessions.insert(url, session);
+    let task = follow(
+        membership.members(),
+        tls,
+        |_| true,
+        move |members, channels| {
+            sessions.retain(|url, session| {
+                let keep = members.iter().any(|m| m.url == *url);
+                if !keep {
+                    tracing::info!(%url, "a scheduler left");
+                    session.cancel();
                 }
-                Err(e) => tracing::warn!(%url, error = %e, "cannot reach a scheduler"),
+                keep
+            });
+            for member in members {
+                let url = &member.url;
+                if sessions.contains_key(url) {
+                    continue;
+                }
+                let Some(channel) = channels.get(url) else {
+                    continue;
+                };
+                tracing::info!(%url, "a scheduler joined");
+                let session = sessions_stop.child_token();
+                let (worker, channel, token) = (worker.clone(), channel.clone(), session.clone());
+                tokio::spawn(async move { worker.run(channel, token).await });
+                sessions.insert(url.clone(), session);
             }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            changed = live.changed() => if changed.is_err() { return },
-        }
+        },
+    );
+    // The membership lives as long as this function, which ends with `stop` (every session
+    // is a child of it) or with the membership.
+    let abort = task.abort_handle();
+    tokio::select! {
+        () = stop.cancelled() => abort.abort(),
+        _ = task => {}
     }
+    drop(membership);
 }

@@ -146,6 +146,31 @@ async fn resolve(seeds: &[String], timeout: Duration) -> BTreeSet<String> {
     members
 }
 
+/// Follows a membership: calls `apply` with the members `live` publishes and a channel to
+/// each of them that `reach` accepts (opened lazily with `tls`, by URL, and kept while its
+/// member stays), at once and after every change, until `live`'s sender is gone. The one loop
+/// behind everything that tracks members: the replicated CAS, the sharded Action Cache and a
+/// worker's scheduler sessions. A member whose URL cannot become a channel has none, with a
+/// warning.
+pub fn follow(
+    mut live: watch::Receiver<Vec<Member>>,
+    tls: crate::client::ClientTls,
+    reach: impl Fn(&Member) -> bool + Send + 'static,
+    mut apply: impl FnMut(&[Member], &HashMap<String, Channel>) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut channels = crate::client::Channels::default();
+        loop {
+            let members = live.borrow_and_update().clone();
+            let open = channels.update(members.iter().filter(|m| reach(m)).map(|m| &m.url), &tls);
+            apply(&members, open);
+            if live.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 /// The URL an instance's port is reached at, as its peers list it: `advertise` if set, else
 /// `grpc://` and the bound address, with `host` in place of an unspecified address (0.0.0.0
 /// or ::), as in a container network where names resolve. The one rule for schedulers (whose

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
-use remexec_core::client::{Channels, ClientTls};
+use remexec_core::client::ClientTls;
 use remexec_core::membership::Member;
 use remexec_core::placement::Placement;
 use remexec_core::reapi::ActionResult;
@@ -141,25 +141,21 @@ impl ShardedActionCache {
     /// `live`'s sender is gone.
     pub fn follow(
         self: Arc<Self>,
-        mut live: tokio::sync::watch::Receiver<Vec<Member>>,
+        live: tokio::sync::watch::Receiver<Vec<Member>>,
         tls: ClientTls,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut channels = Channels::default();
-            loop {
-                let members = live.borrow_and_update().clone();
-                let others: Vec<&Member> = members.iter().filter(|m| m.name != self.name).collect();
-                let open = channels.update(others.iter().map(|m| &m.url), &tls);
-                let peers = others.iter().filter_map(|m| {
+        let own = self.name.clone();
+        let others = move |m: &Member| m.name != own;
+        remexec_core::membership::follow(live, tls, others, move |members, channels| {
+            let peers = members
+                .iter()
+                .filter(|m| m.name != self.name)
+                .filter_map(|m| {
                     let cache: Arc<dyn ActionCache> =
-                        Arc::new(PeerActionCache::new(open.get(&m.url)?.clone()));
+                        Arc::new(PeerActionCache::new(channels.get(&m.url)?.clone()));
                     Some((m.name.clone(), cache))
                 });
-                self.set_peers(peers);
-                if live.changed().await.is_err() {
-                    return;
-                }
-            }
+            self.set_peers(peers);
         })
     }
 

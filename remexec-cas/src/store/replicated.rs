@@ -76,31 +76,21 @@ impl ReplicatedStore {
     /// with a warning.
     pub fn follow(
         self: Arc<Self>,
-        mut live: tokio::sync::watch::Receiver<Vec<Member>>,
+        live: tokio::sync::watch::Receiver<Vec<Member>>,
         tls: remexec_core::client::ClientTls,
         local: Option<(String, Arc<dyn BlobStore>)>,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut channels = remexec_core::client::Channels::default();
-            loop {
-                let members = live.borrow_and_update().clone();
-                let remote = members
-                    .iter()
-                    .filter(|m| local.as_ref().is_none_or(|(name, _)| *name != m.name))
-                    .map(|m| &m.url);
-                let channels = channels.update(remote, &tls);
-                let stores = members.iter().filter_map(|m| {
-                    let store: Arc<dyn BlobStore> = match &local {
-                        Some((name, store)) if *name == m.name => Arc::clone(store),
-                        _ => Arc::new(crate::GrpcStore::new(channels.get(&m.url)?.clone())),
-                    };
-                    Some((m.name.clone(), store))
-                });
-                self.set_members(stores);
-                if live.changed().await.is_err() {
-                    return;
-                }
-            }
+        let local_name = local.as_ref().map(|(name, _)| name.clone());
+        let remote = move |m: &Member| local_name.as_ref() != Some(&m.name);
+        remexec_core::membership::follow(live, tls, remote, move |members, channels| {
+            let stores = members.iter().filter_map(|m| {
+                let store: Arc<dyn BlobStore> = match &local {
+                    Some((name, store)) if *name == m.name => Arc::clone(store),
+                    _ => Arc::new(crate::GrpcStore::new(channels.get(&m.url)?.clone())),
+                };
+                Some((m.name.clone(), store))
+            });
+            self.set_members(stores);
         })
     }
 

@@ -120,3 +120,38 @@ fn bad_seeds_are_refused() {
     }
     assert_eq!(split_seed("grpc://[::1]:5/").unwrap(), ("grpc", "::1", 5));
 }
+
+/// `follow` applies the members at once and after each change, with channels only to those
+/// `reach` accepts (kept by URL across changes), and ends when the sender is gone.
+#[tokio::test]
+async fn follow_applies_every_change_with_channels_to_reachable_members() {
+    let member = |name: &str, port: u16| Member {
+        name: name.into(),
+        url: format!("grpc://127.0.0.1:{port}"),
+    };
+    let (tx, rx) = watch::channel(vec![member("a", 1), member("self", 2)]);
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let task = follow(
+        rx,
+        crate::client::ClientTls::default(),
+        |m| m.name != "self",
+        move |members, channels| {
+            let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+            let mut urls: Vec<String> = channels.keys().cloned().collect();
+            urls.sort();
+            seen_tx.send((names, urls)).unwrap();
+        },
+    );
+    let first = seen.recv().await.unwrap();
+    assert_eq!(first.0, ["a", "self"]);
+    assert_eq!(first.1, ["grpc://127.0.0.1:1"]);
+    tx.send(vec![member("self", 2), member("b", 3)]).unwrap();
+    let second = seen.recv().await.unwrap();
+    assert_eq!(second.0, ["self", "b"]);
+    assert_eq!(second.1, ["grpc://127.0.0.1:3"]);
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the task ends with its sender")
+        .unwrap();
+}
