@@ -308,7 +308,9 @@ pub async fn serve_discovered(
     let abort = task.abort_handle();
     tokio::select! {
         () = stop.cancelled() => abort.abort(),
-        _ = task => {}
+        ended = task => if let Err(e) = ended {
+            tracing::error!(error = %e, "following the schedulers failed");
+        }
     }
     drop(membership);
 }

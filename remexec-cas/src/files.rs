@@ -31,6 +31,31 @@ pub(crate) struct FileTable {
     index: Mutex<ByteLru<Key, u64>>,
     /// Instance names by namespace, as remembered in `instance` files.
     names: Mutex<std::collections::HashMap<u128, String>>,
+    /// Files whose mtime should record a use now, for the thread that sets them.
+    uses: std::sync::mpsc::SyncSender<PathBuf>,
+}
+
+/// Uses waiting to be recorded in files' mtimes, at most; more are dropped (a use lost costs
+/// only precision in the order rebuilt after a restart).
+const USE_QUEUE: usize = 4096;
+
+/// Starts the thread that sets the mtime of each file sent to it to the time it gets it,
+/// until every sender is gone.
+fn use_recorder() -> Result<std::sync::mpsc::SyncSender<PathBuf>> {
+    let (uses, paths) = std::sync::mpsc::sync_channel::<PathBuf>(USE_QUEUE);
+    std::thread::Builder::new()
+        .name("remexec-uses".into())
+        .spawn(move || {
+            for path in paths {
+                // A file gone meanwhile is no matter: its next use or the next rebuild notices.
+                if let Ok(file) = std::fs::File::open(&path) {
+                    let _ =
+                        file.set_times(std::fs::FileTimes::new().set_modified(SystemTime::now()));
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting the thread that records uses", e))?;
+    Ok(uses)
 }
 
 /// How often a used file's mtime is brought up to date, at most: the precision of the order
@@ -91,7 +116,9 @@ impl FileTable {
                 index.insert_unbounded(key, len, unix_secs(mtime));
             }
             let names = Mutex::new(read_names(&root));
-            let table = Self { root, tmp, sync, index: Mutex::new(ByteLru::new(budget)), names };
+            let uses = use_recorder()?;
+            let table =
+                Self { root, tmp, sync, index: Mutex::new(ByteLru::new(budget)), names, uses };
             for (key, _) in index.evict_to_budget() {
                 table.remove_file(&key);
             }
@@ -188,24 +215,11 @@ impl FileTable {
         out
     }
 
-    /// Sets the mtime of the files of `keys` to now, off the caller's thread (a file gone
-    /// meanwhile is no matter: its next use or the next rebuild notices).
+    /// Has the mtime of the files of `keys` set to now, by the recorder thread (never by the
+    /// caller's); uses beyond a full queue are dropped.
     fn record_uses(&self, keys: Vec<Key>) {
-        if keys.is_empty() {
-            return;
-        }
-        let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
-        let set = move || {
-            let now = std::fs::FileTimes::new().set_modified(SystemTime::now());
-            for path in paths {
-                if let Ok(file) = std::fs::File::open(&path) {
-                    let _ = file.set_times(now);
-                }
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(set)),
-            Err(_) => set(),
+        for key in keys {
+            let _ = self.uses.try_send(self.path(&key));
         }
     }
 

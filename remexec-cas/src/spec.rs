@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// An upstream REAPI server, for [`StoreSpec::Grpc`] and [`CacheSpec::Grpc`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Upstream {
     /// `grpc://host:port` or `grpcs://host:port`.
     pub url: String,
@@ -51,7 +51,7 @@ pub struct Upstream {
 
 /// An object store (`s3://`, `gs://`, `az://`, `file://`, `memory://`), for
 /// [`StoreSpec::Object`] and [`CacheSpec::Object`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ObjectSpec {
     /// The bucket and prefix.
     pub url: String,
@@ -59,6 +59,28 @@ pub struct ObjectSpec {
     pub options: Vec<(String, String)>,
     /// Part sizes, timeouts and retries.
     pub settings: ExternalSettings,
+}
+
+/// Without credentials: the URL as stores describe themselves, option names without values.
+impl fmt::Debug for ObjectSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.options.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ObjectSpec")
+            .field("url", &crate::external::label_of(&self.url))
+            .field("options", &names)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// Without credentials: the URL as the store describes itself.
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("url", &self.label)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ObjectSpec {
@@ -301,6 +323,27 @@ mod tests {
         for text in [store.to_string(), cache.to_string()] {
             assert!(!text.contains("SECRET"), "{text}");
         }
+        // Credentials in a URL and in options are printed by neither Display nor Debug.
+        let secret = StoreSpec::Object(ObjectSpec {
+            url: "s3://key:SECRET1@bucket/prefix?X-Amz-Signature=SECRET2".into(),
+            options: vec![("secret_access_key".into(), "SECRET3".into())],
+            settings: ExternalSettings::default(),
+        });
+        let upstream = CacheSpec::Grpc(Upstream {
+            url: "grpcs://user:SECRET4@cache.example:443".into(),
+            tls: ClientTls::default(),
+            instance: None,
+            label: "grpcs://cache.example:443".into(),
+        });
+        for text in [
+            secret.to_string(),
+            format!("{secret:?}"),
+            upstream.to_string(),
+            format!("{upstream:?}"),
+        ] {
+            assert!(!text.contains("SECRET"), "{text}");
+        }
+        assert_eq!(secret.to_string(), "Object(s3://bucket/prefix)");
     }
 
     /// A built tree is a working store: what goes into the fast tier of a tiered disk store is

@@ -49,16 +49,38 @@ fn searchable(dir: &Path, run_as: RunAs) -> bool {
     }
 }
 
-/// The highest directory above `root` (canonical: a data dir reached through a symlink is
-/// judged where it really is) that `run_as` cannot search, if any.
-pub fn closed_ancestor(root: &Path, run_as: RunAs) -> Option<std::path::PathBuf> {
-    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    let mut above: Vec<&Path> = root.ancestors().skip(1).collect();
+/// The highest directory above `path` that `run_as` cannot search, each judged by what it
+/// resolves to.
+fn first_closed(path: &Path, run_as: RunAs) -> Option<std::path::PathBuf> {
+    let mut above: Vec<&Path> = path.ancestors().skip(1).collect();
     above.reverse();
     above
         .into_iter()
         .find(|dir| dir.parent().is_some() && !searchable(dir, run_as))
         .map(Path::to_path_buf)
+}
+
+/// Where a reveal puts what: a tmpfs over `closed`, the input root bound at `at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Closed {
+    /// The highest directory the action's user cannot search.
+    pub closed: std::path::PathBuf,
+    /// The path at which the input root must appear: as written if a directory on it is
+    /// closed, else the real path (a symlink on the way leading into a closed directory).
+    pub at: std::path::PathBuf,
+}
+
+/// Whether `run_as` cannot reach `root`, and if so where to reveal it: along `root` as written
+/// (what bubblewrap and the action are given), else along its real path.
+pub fn closed_ancestor(root: &Path, run_as: RunAs) -> Option<Closed> {
+    if let Some(closed) = first_closed(root, run_as) {
+        return Some(Closed {
+            closed,
+            at: root.to_path_buf(),
+        });
+    }
+    let real = std::fs::canonicalize(root).ok()?;
+    first_closed(&real, run_as).map(|closed| Closed { closed, at: real })
 }
 
 /// Makes `root` reachable by `run_as` at its own path, in a private mount namespace of this
@@ -69,7 +91,7 @@ fn reveal(root: &Path, run_as: RunAs) -> Result<(), String> {
     use nix::sched::{CloneFlags, unshare};
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::DirBuilderExt;
-    let Some(closed) = closed_ancestor(root, run_as) else {
+    let Some(Closed { closed, at }) = closed_ancestor(root, run_as) else {
         return Ok(());
     };
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
@@ -103,18 +125,23 @@ fn reveal(root: &Path, run_as: RunAs) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
-        .create(&root)
-        .map_err(|e| fail(&format!("creating {}", root.display()), &e))?;
+        .create(&at)
+        .map_err(|e| fail(&format!("creating {}", at.display()), &e))?;
     let source = format!("/proc/self/fd/{}", held.as_raw_fd());
     mount(
         Some(source.as_str()),
-        root.as_path(),
+        at.as_path(),
         None::<&str>,
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
-    .map_err(|e| fail(&format!("binding {}", root.display()), &e))?;
-    let back = if below { cwd } else { "/".into() };
+    .map_err(|e| fail(&format!("binding {}", at.display()), &e))?;
+    // The working directory (as the kernel names it: its real path) at its place below `at`.
+    let back = match cwd.strip_prefix(&root) {
+        Ok(rest) if below => at.join(rest),
+        _ if below => cwd,
+        _ => "/".into(),
+    };
     std::env::set_current_dir(&back).map_err(|e| fail(&format!("entering {}", back.display()), &e))
 }
 
@@ -265,21 +292,28 @@ mod tests {
             uid: 65534,
             gid: 65534,
         };
-        assert_eq!(closed_ancestor(&root, nobody), Some(closed.clone()));
-        // Reached through a symlink, it is judged where it really is.
+        let found = |path: &Path| closed_ancestor(path, nobody);
+        let at = |closed: &Path, at: &Path| {
+            Some(Closed {
+                closed: closed.to_path_buf(),
+                at: at.to_path_buf(),
+            })
+        };
+        assert_eq!(found(&root), at(&closed, &root));
+        // Reached through a symlink into the closed directory: judged where it really is.
         let link = top.path().join("link");
         std::os::unix::fs::symlink(closed.join("inner"), &link).unwrap();
-        assert_eq!(
-            closed_ancestor(&link.join("root"), nobody),
-            Some(closed.clone())
-        );
+        assert_eq!(found(&link.join("root")), at(&closed, &root));
+        // A symlink inside the closed directory leading out of it: revealed as written.
+        let out = top.path().join("out");
+        std::fs::create_dir_all(out.join("root")).unwrap();
+        std::os::unix::fs::symlink(&out, closed.join("away")).unwrap();
+        let written = closed.join("away/root");
+        assert_eq!(found(&written), at(&closed, &written));
         mode(&closed, 0o711).unwrap();
-        assert_eq!(closed_ancestor(&root, nobody), None);
+        assert_eq!(found(&root), None);
         mode(top.path(), 0o700).unwrap();
-        assert_eq!(
-            closed_ancestor(&root, nobody),
-            Some(top.path().to_path_buf())
-        );
+        assert_eq!(found(&root), at(top.path(), &root));
     }
 
     #[test]

@@ -48,8 +48,18 @@ pub struct CompletenessCheckingCache {
     inner: Arc<dyn ActionCache>,
     cas: Arc<dyn BlobStore>,
     budget: CheckBudget,
-    /// File digests of trees read before, by tree.
-    trees: Arc<Mutex<ByteLru<Key, Arc<[Digest]>>>>,
+    /// What trees read before refer to, by tree.
+    trees: Arc<Mutex<ByteLru<Key, Arc<TreeBlobs>>>>,
+}
+
+/// The blobs an output `Tree` refers to.
+#[derive(Debug)]
+struct TreeBlobs {
+    /// Its files.
+    files: Vec<Digest>,
+    /// Its Directory messages, root first: needed in the CAS only by a result that names its
+    /// root Directory (`root_directory_digest`).
+    directories: Vec<Digest>,
 }
 
 /// Why an entry is not complete (for the log), or `None` if it is.
@@ -75,14 +85,14 @@ impl CompletenessCheckingCache {
         }
     }
 
-    /// The file digests inside the tree blob `digest`, from the cache or the CAS; `Ok(None)`
-    /// if it is missing or malformed. Adds what it reads to `read`.
-    async fn tree_files(
+    /// The blobs the tree blob `digest` refers to, from the cache or the CAS; `Ok(None)` if it
+    /// is missing or malformed. Adds what it reads to `read`.
+    async fn tree_blobs(
         &self,
         instance: &str,
         digest: Digest,
         read: &mut u64,
-    ) -> Result<Option<Arc<[Digest]>>> {
+    ) -> Result<Option<Arc<TreeBlobs>>> {
         let key = Key::new(instance, digest);
         if let Some(files) = self.trees.lock().get(&key) {
             return Ok(Some(Arc::clone(files)));
@@ -97,13 +107,19 @@ impl CompletenessCheckingCache {
         let Ok(tree) = Tree::decode(bytes) else {
             return Ok(None);
         };
-        let Ok(files) = merkle::tree_file_digests(digest.function(), &tree) else {
+        let f = digest.function();
+        let Ok(files) = merkle::tree_file_digests(f, &tree) else {
             return Ok(None);
         };
-        let files: Arc<[Digest]> = files.into();
-        let cost = 64 + files.len() as u64 * std::mem::size_of::<Digest>() as u64;
-        self.trees.lock().insert(key, cost, Arc::clone(&files));
-        Ok(Some(files))
+        let directories = tree.root.iter().chain(&tree.children);
+        let directories = directories
+            .map(|d| merkle::encode_message(f, d).0)
+            .collect();
+        let blobs = Arc::new(TreeBlobs { files, directories });
+        let count = blobs.files.len() + blobs.directories.len();
+        let cost = 64 + count as u64 * std::mem::size_of::<Digest>() as u64;
+        self.trees.lock().insert(key, cost, Arc::clone(&blobs));
+        Ok(Some(blobs))
     }
 
     /// Whether every blob `result` refers to is present. Malformed entries count as incomplete.
@@ -127,21 +143,24 @@ impl CompletenessCheckingCache {
             .chain(field(&result.stdout_digest))
             .chain(field(&result.stderr_digest))
             .collect();
-        let trees: HashSet<Digest> = result
-            .output_directories
-            .iter()
-            .filter_map(|dir| field(&dir.tree_digest))
-            .collect();
         let mut read = 0;
-        for tree in trees {
-            let Some(files) = self.tree_files(instance, tree, &mut read).await? else {
+        for dir in &result.output_directories {
+            let Some(tree) = field(&dir.tree_digest) else {
+                continue;
+            };
+            let Some(blobs) = self.tree_blobs(instance, tree, &mut read).await? else {
                 return Ok(Some(format!(
                     "output tree {tree} is missing, malformed or over the budget"
                 )));
             };
             // The tree blob itself must be downloadable too, even if its list came from the cache.
             needed.insert(tree);
-            needed.extend(files.iter().copied());
+            needed.extend(blobs.files.iter().copied());
+            // A client told of the root Directory fetches the Directory messages themselves.
+            if let Some(root) = field(&dir.root_directory_digest) {
+                needed.insert(root);
+                needed.extend(blobs.directories.iter().copied());
+            }
             if needed.len() > self.budget.blobs {
                 return Ok(Some(format!(
                     "refers to more than {} blobs",
@@ -244,7 +263,22 @@ mod tests {
             "file inside tree missing"
         );
         cas.put_bytes("", inner_file, "inner".into()).await.unwrap();
-        assert_eq!(cache.get("", action).await.unwrap(), Some(result));
+        assert_eq!(cache.get("", action).await.unwrap(), Some(result.clone()));
+
+        // Told of its root Directory (output_directory_format), a client fetches the Directory
+        // messages themselves: the entry is complete only once they are in the CAS too.
+        let root = tree.root.clone().unwrap();
+        let (root_digest, root_bytes) = encode_message(f, &root);
+        let mut with_root = result;
+        with_root.output_directories[0].root_directory_digest = Some(root_digest.to_proto());
+        let other = f.digest_of(b"other action");
+        cache.put("", other, with_root.clone()).await.unwrap();
+        assert!(
+            cache.get("", other).await.unwrap().is_none(),
+            "root Directory missing"
+        );
+        cas.put_bytes("", root_digest, root_bytes).await.unwrap();
+        assert_eq!(cache.get("", other).await.unwrap(), Some(with_root));
     }
 
     #[tokio::test]
