@@ -10,7 +10,8 @@
 //!   module (no `Error::Unauthenticated` or `Error::PermissionDenied` elsewhere in library
 //!   code), and only remexec-bin reads files of certificates, keys, tokens or JWKS;
 //! - files stay under 1,000 lines and functions under 100, except those in [`TOO_LONG`], a list
-//!   that may only shrink: an entry that is no longer too long fails the test until removed.
+//!   that may only shrink: an entry that is no longer too long fails the test until removed;
+//! - the docs name exactly the metrics the code registers (no drift either way).
 
 #![allow(clippy::unwrap_used)]
 
@@ -273,5 +274,95 @@ fn the_function_finder_finds_functions() {
             ("longer".to_string(), 5),
             ("one".to_string(), 1)
         ]
+    );
+}
+
+/// The metric names the docs mention, as Prometheus shows them (`remexec_x_total`,
+/// `remexec_x_bucket`, ...), each stripped to its family's name.
+fn documented_metrics() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let docs = workspace().join("docs");
+    for entry in std::fs::read_dir(&docs).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "md") {
+            continue;
+        }
+        let text = read(&path);
+        for (at, _) in text.match_indices("remexec_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if text[at + name.len()..].starts_with('*') {
+                names.insert(format!("{name}*"));
+                continue;
+            }
+            let family = ["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            names.insert(family.trim_end_matches('_').to_string());
+        }
+    }
+    names
+}
+
+/// Docs drift: every `remexec_*` metric the docs name is one the code registers, and every
+/// metric the code registers is in docs/metrics.md.
+#[test]
+fn the_docs_name_exactly_the_metrics_the_code_registers() {
+    // Every family is registered in remexec-core's metrics.rs, by its name as a literal.
+    let code = read(&workspace().join("remexec-core/src/metrics.rs"));
+    let registered: BTreeSet<String> = code
+        .match_indices("\"remexec_")
+        .map(|(at, _)| {
+            code[at + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect::<String>()
+        })
+        // Sample names in its tests are not families.
+        .filter(|name| {
+            !["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .any(|s| name.ends_with(s))
+        })
+        .collect();
+    assert!(registered.len() > 10, "{registered:?}");
+    let metrics_md = read(&workspace().join("docs/metrics.md"));
+    let documented = documented_metrics();
+    // Names in the docs that are crates or tests, not metrics.
+    let functions: BTreeSet<String> = sources()
+        .iter()
+        .flat_map(|path| functions(&read(&workspace().join(path))))
+        .map(|(name, _)| name)
+        .collect();
+    let crates = [
+        "remexec_bin",
+        "remexec_cas",
+        "remexec_core",
+        "remexec_scheduler",
+        "remexec_worker",
+        "remexec_proto",
+        "remexec_fuzz",
+    ];
+    let known = |name: &String| match name.strip_suffix('*') {
+        Some(prefix) => registered.iter().any(|r| r.starts_with(prefix)),
+        None => {
+            registered.contains(name) || functions.contains(name) || crates.contains(&name.as_str())
+        }
+    };
+    let unknown: Vec<&String> = documented.iter().filter(|n| !known(n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "the docs name metrics the code does not register: {unknown:?}"
+    );
+    let undocumented: Vec<&String> = registered
+        .iter()
+        .filter(|n| n.starts_with("remexec_") && !metrics_md.contains(n.as_str()))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "metrics missing from docs/metrics.md: {undocumented:?}"
     );
 }
