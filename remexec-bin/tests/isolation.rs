@@ -626,3 +626,86 @@ fn executor_groups_with_unsafe_names_or_no_executors_are_refused() {
         );
     }
 }
+
+/// `chroot_into_input_root`: the action sees its input root as `/` and nothing of the host
+/// (no `/usr`, no host `/etc`), writes land in the input root, it is uid 0 of its namespace
+/// unless its platform names `unixUID`, and a `unixUID` that is not a number is refused.
+#[tokio::test]
+async fn a_chrooted_action_sees_only_its_input_root() {
+    use remexec_worker::Isolation as _;
+    use std::io::{Read, Seek};
+    let Some(bwrap) = bwrap() else { return };
+    if !std::path::Path::new("/bin/busybox").is_file() {
+        eprintln!("no /bin/busybox (busybox-static): skipping");
+        return;
+    }
+    let isolation = remexec_worker::NamespaceIsolation::new(bwrap, None, None)
+        .unwrap()
+        .chroot_into_input_root(true);
+    let run = |platform: Vec<(String, String)>| {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("bin")).unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("etc/marker"), "mine\n").unwrap();
+        std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", root.path().join("bin/sh")).unwrap();
+        let (stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+        let script = "cd /; busybox ls /; busybox ls /etc; busybox id -u; \
+            echo made > /made; busybox ls /usr 2>/dev/null || echo no-usr";
+        let spawn = remexec_worker::Spawn {
+            args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: vec![("PATH".into(), "/bin".into())],
+            cwd: root.path().to_path_buf(),
+            input_root: root.path().to_path_buf(),
+            platform,
+            executor: "0".into(),
+            stdout: stdout.try_clone().unwrap(),
+            stderr: stderr.try_clone().unwrap(),
+            timeout: Some(std::time::Duration::from_secs(30)),
+        };
+        (root, spawn, stdout, stderr)
+    };
+    let read = |mut f: std::fs::File| {
+        let mut text = String::new();
+        f.rewind().unwrap();
+        f.read_to_string(&mut text).unwrap();
+        text
+    };
+    let (root, spawn, stdout, stderr) = run(Vec::new());
+    let exit = isolation
+        .run(spawn, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    let (out, err) = (read(stdout), read(stderr));
+    assert_eq!(exit, remexec_worker::Exit::Exited(0), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    for name in ["bin", "dev", "etc", "proc", "tmp", "marker", "no-usr"] {
+        assert!(lines.contains(&name), "{name} not in {lines:?}");
+    }
+    for host in ["usr", "home", "passwd", "hostname"] {
+        assert!(
+            !lines.contains(&host),
+            "the host's {host} is visible: {lines:?}"
+        );
+    }
+    assert!(lines.contains(&"0"), "not uid 0 inside: {lines:?}");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("made")).unwrap(),
+        "made\n"
+    );
+
+    let uid = vec![("unixUID".to_string(), "1234".to_string())];
+    let (_root, spawn, stdout, _) = run(uid);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    assert_eq!(
+        isolation.run(spawn, cancel).await.unwrap(),
+        remexec_worker::Exit::Exited(0)
+    );
+    assert!(read(stdout).lines().any(|l| l == "1234"));
+
+    let bad = vec![("unixUID".to_string(), "root; rm -rf /".to_string())];
+    let (_root, spawn, _, _) = run(bad);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let err = isolation.run(spawn, cancel).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+}
