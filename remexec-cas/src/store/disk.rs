@@ -162,14 +162,20 @@ mod tests {
         .await;
     }
 
-    #[tokio::test]
-    async fn survives_restart_and_evicts_oldest() {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs: Vec<_> = (0..4).map(|i| content(i, 1000)).collect();
-        let digests: Vec<_> = blobs
+    /// Four blobs of 1,000 bytes, from seeds `first..first + 4`, with their digests.
+    fn four_blobs(first: u64) -> (Vec<bytes::Bytes>, Vec<Digest>) {
+        let blobs: Vec<_> = (first..first + 4).map(|i| content(i, 1000)).collect();
+        let digests = blobs
             .iter()
             .map(|b| DigestFunction::Sha256.digest_of(b))
             .collect();
+        (blobs, digests)
+    }
+
+    #[tokio::test]
+    async fn survives_restart_and_evicts_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (blobs, digests) = four_blobs(0);
         {
             let store = DiskStore::open(dir.path(), opts(10_000)).await.unwrap();
             for (b, d) in blobs.iter().zip(&digests) {
@@ -264,11 +270,7 @@ mod tests {
     async fn the_order_of_use_survives_a_restart() {
         use std::time::{Duration, SystemTime};
         let dir = tempfile::tempdir().unwrap();
-        let blobs: Vec<_> = (0..4).map(|i| content(10 + i, 1000)).collect();
-        let digests: Vec<_> = blobs
-            .iter()
-            .map(|b| DigestFunction::Sha256.digest_of(b))
-            .collect();
+        let (blobs, digests) = four_blobs(10);
         {
             let store = DiskStore::open(dir.path(), opts(10_000)).await.unwrap();
             for (b, d) in blobs.iter().zip(&digests) {
