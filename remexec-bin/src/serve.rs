@@ -28,7 +28,8 @@ pub enum Role {
 
 /// The properties of a group's executors: this machine's (OSFamily, ISA, Arch, cpu-count,
 /// memory-mb; a group's limits replace the last two), `network=on` where actions may ask for
-/// the network, the `isolation`, then `[worker] properties`, then the group's own, then one
+/// the network, the `isolation` (and `unixUID=*`, `unixGID=*` when chrooted), then
+/// `[worker] properties`, then the group's own, then one
 /// `instance-name` per instance name the group serves.
 pub fn executor_properties(config: &Config, group: &GroupSection) -> Vec<(String, String)> {
     let cpu_count = match group.cpus_per_action {
@@ -57,6 +58,11 @@ pub fn executor_properties(config: &Config, group: &GroupSection) -> Vec<(String
         props.push((remexec_worker::NETWORK_PROPERTY.into(), "on".into()));
     }
     props.push(("isolation".into(), group.isolation.name().into()));
+    if group.chroot_into_input_root {
+        // Any uid and gid inside the sandbox: BuildStream asks with `unixUID` and `unixGID`.
+        props.push(("unixUID".into(), "*".into()));
+        props.push(("unixGID".into(), "*".into()));
+    }
     if group.isolation == IsolationKind::Docker {
         // Any image: the action's `container-image` chooses it.
         props.push(("container-image".into(), "*".into()));
@@ -346,4 +352,38 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+#[cfg(test)]
+mod property_tests {
+    use super::*;
+
+    /// A chrooted group takes any `unixUID` and `unixGID` (BuildStream's) and names the
+    /// instances it serves; another group offers neither.
+    #[test]
+    fn chrooted_groups_take_any_uid_and_name_their_instances() {
+        let config = Config::default();
+        let chrooted = GroupSection {
+            name: "bst".into(),
+            isolation: IsolationKind::Namespaces,
+            chroot_into_input_root: true,
+            instance_names: vec!["buildstream".into()],
+            ..GroupSection::default()
+        };
+        let props = executor_properties(&config, &chrooted);
+        for (name, value) in [
+            ("unixUID", "*"),
+            ("unixGID", "*"),
+            (remexec_scheduler::INSTANCE_PROPERTY, "buildstream"),
+            ("ISA", remexec_worker::host_isa()),
+        ] {
+            assert!(
+                props.iter().any(|(n, v)| n == name && v == value),
+                "{name}={value} not in {props:?}"
+            );
+        }
+        let plain = executor_properties(&config, &GroupSection::default());
+        let named = |n: &str| plain.iter().any(|(p, _)| p == n);
+        assert!(!named("unixUID") && !named(remexec_scheduler::INSTANCE_PROPERTY));
+    }
 }
