@@ -20,8 +20,9 @@ use remexec_cas::{
     CacheServices, DiskStore, DiskStoreOptions, MemoryActionCache, Repairer, ReplicatedStore,
 };
 use remexec_core::client::ClientTls;
-use remexec_core::membership::{Member, Membership, MembershipConfig, follow};
+use remexec_core::membership::{Member, Membership, MembershipConfig};
 use remexec_core::metrics::Metrics;
+use remexec_core::server::Port;
 use remexec_core::{ActionCache, BlobStore, Error, Result};
 use remexec_scheduler::WorkerPool;
 use remexec_worker::Worker;
@@ -92,11 +93,9 @@ impl WorkerCas {
         })
     }
 
-    /// Follows `worker`'s members, re-replicates, and serves the CAS port until `stop`.
-    /// `tls` reaches the other workers.
-    /// Its figures (members, copies to make, the disk's usage, the port's calls) go to
-    /// `metrics`.
-    #[allow(clippy::too_many_arguments)]
+    /// Follows `worker`'s members and re-replicates; returns the CAS port, for the worker
+    /// node to serve. `tls` reaches the other workers. Its figures (members, copies to make,
+    /// the disk's usage, the port's calls) go to `metrics`.
     pub fn start(
         self,
         config: &Config,
@@ -105,7 +104,7 @@ impl WorkerCas {
         tls: ClientTls,
         metrics: Metrics,
         stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> Port {
         let local: Arc<dyn BlobStore> = Arc::new(self.disk.clone());
         Arc::clone(&self.store).follow(worker.members(), tls, Some((name.to_string(), local)));
         let repairer = Arc::new(Repairer::new(
@@ -123,7 +122,7 @@ impl WorkerCas {
             }
         });
         let period = Duration::from_secs(config.cluster.repair_interval_secs.max(1));
-        Arc::clone(&repairer).spawn(worker.members(), period, stop.clone());
+        Arc::clone(&repairer).spawn(worker.members(), period, stop);
         let cluster = ClusterService::member(
             Arc::clone(&self.store),
             worker.members(),
@@ -141,12 +140,7 @@ impl WorkerCas {
             .add_service(services.byte_stream())
             .add_service(cluster.into_service())
             .add_service(health);
-        let served = crate::server::serve_open(self.listener, routes, config, metrics, stop);
-        tokio::spawn(async move {
-            if let Err(e) = served.await {
-                tracing::error!(error = %e, "the CAS port failed");
-            }
-        })
+        Port::new(self.listener, routes, metrics).auth(remexec_core::auth::AuthPolicy::open())
     }
 }
 
@@ -245,72 +239,4 @@ impl SchedulerPeers {
         Arc::clone(&sharded).follow(self.members(), self.tls.clone());
         Ok(sharded)
     }
-}
-
-/// Serves every scheduler that `[worker] scheduler`'s seeds resolve to, as a health-checked
-/// [`Membership`] finds them, one session each, until `stop`: a session starts when its
-/// scheduler appears and ends when it goes.
-pub async fn serve_discovered(
-    config: &Config,
-    worker: &Worker,
-    tls: ClientTls,
-    stop: CancellationToken,
-) {
-    let seeds: Vec<String> = config
-        .worker
-        .scheduler
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let mut settings = MembershipConfig::new(seeds);
-    settings.tls = tls.clone();
-    let membership = match Membership::start(settings) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot discover the schedulers");
-            return;
-        }
-    };
-    let (worker, sessions_stop) = (worker.clone(), stop.clone());
-    let mut sessions: std::collections::HashMap<String, CancellationToken> = Default::default();
-    let task = follow(
-        membership.members(),
-        tls,
-        |_| true,
-        move |members, channels| {
-            sessions.retain(|url, session| {
-                let keep = members.iter().any(|m| m.url == *url);
-                if !keep {
-                    tracing::info!(%url, "a scheduler left");
-                    session.cancel();
-                }
-                keep
-            });
-            for member in members {
-                let url = &member.url;
-                if sessions.contains_key(url) {
-                    continue;
-                }
-                let Some(channel) = channels.get(url) else {
-                    continue;
-                };
-                tracing::info!(%url, "a scheduler joined");
-                let session = sessions_stop.child_token();
-                let (worker, channel, token) = (worker.clone(), channel.clone(), session.clone());
-                tokio::spawn(async move { worker.run(channel, token).await });
-                sessions.insert(url.clone(), session);
-            }
-        },
-    );
-    // The membership lives as long as this function, which ends with `stop` (every session
-    // is a child of it) or with the membership.
-    let abort = task.abort_handle();
-    tokio::select! {
-        () = stop.cancelled() => abort.abort(),
-        ended = task => if let Err(e) = ended {
-            tracing::error!(error = %e, "following the schedulers failed");
-        }
-    }
-    drop(membership);
 }

@@ -23,7 +23,6 @@
 //! # }
 //! ```
 
-pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod cluster;
@@ -31,9 +30,7 @@ pub mod cluster_tools;
 pub mod config;
 pub mod dev_certs;
 pub mod exec;
-mod local;
 pub mod logging;
-pub mod reflection;
 pub mod sandbox;
 pub mod security;
 pub mod serve;

@@ -1,30 +1,18 @@
-//! `remexec serve`, `remexec scheduler` and `remexec worker`: map a [`Config`] onto a
-//! [`ServerBuilder`] (or a [`Worker`]) and run it until a shutdown signal.
-//!
-//! The composition itself, and [`BoundServer`], live in [`crate::server`]; they are re-exported
-//! here for callers of [`BoundServer::bind`].
+//! `remexec worker`, and what `serve` and `worker` share: the worker's settings from a
+//! [`Config`], and the signals. [`BoundServer`] (`serve`, `scheduler`) lives in
+//! [`crate::server`] and is re-exported here.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use remexec_core::{BlobStore, Error, Result};
+use remexec_worker::node::WorkerNode;
 use remexec_worker::{ExecutorSpec, Worker, WorkerConfig};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, GroupSection, IsolationKind};
 use crate::security::Security;
-pub use crate::server::BoundServer;
-use crate::server::ServerBuilder;
-
-/// Which parts one process runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// CAS, Action Cache, scheduler and a local worker: `remexec serve`.
-    AllInOne,
-    /// CAS, Action Cache and scheduler; workers attach over the network: `remexec scheduler`.
-    Scheduler,
-}
+pub use crate::server::{BoundServer, Role};
 
 /// The properties of a group's executors: this machine's (OSFamily, ISA, Arch, cpu-count,
 /// memory-mb; a group's limits replace the last two), `network=on` where actions may ask for
@@ -127,39 +115,6 @@ pub fn worker_config(config: &Config, default_suffix: &str) -> Result<WorkerConf
     Ok(worker)
 }
 
-impl BoundServer {
-    /// `remexec serve` ([`Role::AllInOne`]) or `remexec scheduler` ([`Role::Scheduler`]):
-    /// opens the stores `config` describes and binds its listen address (port 0 picks a free
-    /// port). Only maps `config` onto a [`ServerBuilder`].
-    pub async fn bind(config: &Config, role: Role) -> Result<Self> {
-        Self::bind_secured(config, role, Security::load(config)?).await
-    }
-
-    /// [`bind`](Self::bind) with `security` already loaded (keep a clone to
-    /// [`reload`](Security::reload) its certificates).
-    pub async fn bind_secured(config: &Config, role: Role, security: Security) -> Result<Self> {
-        let isolation = Arc::new(remexec_worker::ProcessIsolation::default());
-        Self::bind_with(config, role, security, isolation).await
-    }
-
-    /// [`bind_secured`](Self::bind_secured), the local worker running its actions under
-    /// `isolation` (`remexec serve` gives it [`process_isolation`](crate::sandbox::process_isolation);
-    /// the default is plain processes).
-    pub async fn bind_with(
-        config: &Config,
-        role: Role,
-        security: Security,
-        isolation: Arc<dyn remexec_worker::Isolation>,
-    ) -> Result<Self> {
-        ServerBuilder::new(config.clone())
-            .local_worker(role == Role::AllInOne)
-            .security(security)
-            .isolation(isolation)
-            .bind()
-            .await
-    }
-}
-
 /// `remexec worker`: attaches to a scheduler and runs its leases under `isolation` until
 /// `shutdown`. SIGHUP is logged and otherwise ignored: the worker reads its certificate at
 /// start.
@@ -180,12 +135,8 @@ pub async fn run_worker(
         }
     });
     let tls = crate::security::worker_client_tls(config)?;
-    let channels = config
-        .worker
-        .scheduler
-        .split(',')
-        .map(str::trim)
-        .filter(|url| !url.is_empty())
+    let channels = schedulers(config)
+        .iter()
         .map(|url| remexec_core::client::connect_lazy_with(url, &tls))
         .collect::<Result<Vec<_>>>()?;
     let channel = channels
@@ -220,8 +171,10 @@ pub async fn run_worker(
         None => Arc::new(remexec_cas::GrpcStore::new(channel.clone())),
     };
     let worker = Worker::new(settings, cas, isolation)?;
-    let stop = CancellationToken::new();
     let metrics = remexec_core::metrics::Metrics::new();
+    let mut node = WorkerNode::new(worker.clone())
+        .transport(crate::server::transport(config))
+        .metrics(metrics.clone());
     if let Some(cluster) = cluster {
         let addr = cluster
             .listener
@@ -230,77 +183,33 @@ pub async fn run_worker(
         println!("remexec: cas port on {addr} ({})", cluster.url);
         // Workers' CAS ports are plaintext: the scheduler's TLS settings do not apply to them.
         let peers = remexec_core::client::ClientTls::default();
-        cluster.start(config, &worker, &name, peers, metrics.clone(), stop.clone());
+        let stop = node.stopping();
+        node = node.port(cluster.start(config, &worker, &name, peers, metrics.clone(), stop));
     }
     if let Some(addr) = config.admin_listen {
-        serve_worker_admin(addr, config, &worker, metrics, &stop).await?;
+        let listener = remexec_core::server::bind(addr, "admin port").await?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the admin port's address", e))?;
+        println!("remexec: admin port on {bound}");
+        node = node.admin(listener, config.worker.min_free_disk.as_u64());
     }
-    let run: futures::future::BoxFuture<'_, ()> = if config.worker.discover_schedulers {
-        Box::pin(crate::cluster::serve_discovered(
-            config,
-            &worker,
-            tls,
-            stop.clone(),
-        ))
-    } else {
-        let runs = channels.into_iter().map(|c| worker.run(c, stop.clone()));
-        Box::pin(async move {
-            futures::future::join_all(runs).await;
-        })
+    node = match config.worker.discover_schedulers {
+        true => node.discover(schedulers(config), tls),
+        false => channels.into_iter().fold(node, WorkerNode::scheduler),
     };
-    tokio::pin!(run);
-    tokio::select! {
-        _ = &mut run => {},
-        () = shutdown => stop.cancel(),
-    }
-    Ok(())
+    node.run(shutdown).await
 }
 
-/// The worker's admin port on `addr`: readiness (attached, disk free), metrics, until `stop`.
-async fn serve_worker_admin(
-    addr: std::net::SocketAddr,
-    config: &Config,
-    worker: &Worker,
-    metrics: remexec_core::metrics::Metrics,
-    stop: &CancellationToken,
-) -> Result<()> {
-    let listener = crate::admin::bind(addr).await?;
-    println!(
-        "remexec: admin port on {}",
-        listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the admin port's address", e))?
-    );
-    let (readiness, _health) = crate::admin::Readiness::new();
-    let watched = worker.clone();
-    metrics.on_scrape(move |m| m.store_usage("worker_cache", watched.cache_usage()));
-    let admin = crate::admin::Admin {
-        readiness: readiness.clone(),
-        metrics,
-        status: None,
-    };
-    tokio::spawn(crate::admin::serve(listener, admin, stop.clone()));
-    let (watched, min_free) = (worker.clone(), config.worker.min_free_disk.as_u64());
-    let stopped = stop.clone();
-    tokio::spawn(async move {
-        let mut was = None;
-        loop {
-            let unready = watched.unready(min_free);
-            if was.as_ref() != Some(&unready) {
-                match &unready {
-                    Some(why) => tracing::warn!(%why, "not ready"),
-                    None => tracing::info!("ready"),
-                }
-                readiness.set(unready.is_none()).await;
-                was = Some(unready);
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = stopped.cancelled() => return,
-            }
-        }
-    });
-    Ok(())
+/// The scheduler URLs of `[worker] scheduler` (comma-separated).
+fn schedulers(config: &Config) -> Vec<String> {
+    config
+        .worker
+        .scheduler
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// Reloads `security`'s certificates from `config`'s files on every SIGHUP, for as long as the

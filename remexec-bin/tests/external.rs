@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::ServerProcess;
 use remexec_bin::config::Config;
-use remexec_bin::server::ServerBuilder;
+use remexec_bin::server::{BoundServer, Role};
 use remexec_cas::{
     CacheServices, DiskActionCache, DiskStore, DiskStoreOptions, GrpcActionCache, GrpcStore,
     MemoryActionCache, MemoryStore,
@@ -316,12 +316,8 @@ async fn a_server_reaches_its_upstream_over_tls_with_the_configured_ca_file() {
     ))
     .unwrap();
     config.data_dir = dir.path().join("front");
-    let front = ServerBuilder::new(config)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .local_worker(false)
-        .bind()
-        .await
-        .unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let front = BoundServer::bind(&config, Role::Scheduler).await.unwrap();
     let front_url = format!("grpc://{}", front.local_addr().unwrap());
     tokio::spawn(front.serve(std::future::pending()));
     let (cas, ac) = clients(&front_url);

@@ -29,7 +29,8 @@ const SERVED: &[&str] = &[
 /// A server with only the reflection services on 127.0.0.1:0; its URL, and a sender that stops
 /// it.
 async fn start() -> (String, oneshot::Sender<()>) {
-    let (reflection_v1, reflection_v1alpha) = remexec_bin::reflection::services().unwrap();
+    let (reflection_v1, reflection_v1alpha) =
+        remexec_core::server::reflection::services(&[remexec_proto::FILE_DESCRIPTOR_SET]).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -312,10 +313,13 @@ async fn v1alpha_lists_and_describes_too() {
 
 #[tokio::test]
 async fn services_for_lists_only_the_named_services() {
-    let (v1_service, _) = remexec_bin::reflection::services_for(&[
-        "build.bazel.remote.execution.v2.ContentAddressableStorage",
-        "google.bytestream.ByteStream",
-    ])
+    let (v1_service, _) = remexec_core::server::reflection::services_for(
+        &[remexec_proto::FILE_DESCRIPTOR_SET],
+        &[
+            "build.bazel.remote.execution.v2.ContentAddressableStorage",
+            "google.bytestream.ByteStream",
+        ],
+    )
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -10,6 +10,7 @@
 //! - authentication and per-instance permissions, enforced by one tower layer ([`auth`]);
 //! - server-side TLS with reloadable certificates ([`tls`]);
 //! - Prometheus figures ([`metrics`]) and the layer that records every call's ([`observe`]);
+//! - with the `server` feature, the port stack every node serves on (`server`);
 //! - the [`enum@Error`] enum, whose [`Error::code`] is the one place gRPC codes are chosen;
 //! - with the `testing` feature, conformance suites that every backend runs.
 //!
@@ -42,6 +43,8 @@ pub mod observe;
 pub mod placement;
 pub mod platform;
 mod resource;
+#[cfg(feature = "server")]
+pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;

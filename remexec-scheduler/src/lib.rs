@@ -14,6 +14,9 @@
 //! - [`ExecutionServices`] mounts the gRPC services, [`ExecutionService`] and
 //!   [`OperationsService`]; [`execution_capabilities`] is what Capabilities should advertise.
 //!
+//! - [`node::SchedulerNode`] assembles all of it, with the storage services it is given, on
+//!   the port stack of `remexec_core::server`; [`status`] is its status page.
+//!
 //! It depends on `remexec-core` and `remexec-proto` only, never on `remexec-cas` or
 //! `remexec-worker`: stores arrive as `Arc<dyn BlobStore>` and `Arc<dyn ActionCache>`.
 //!
@@ -28,6 +31,7 @@
 
 mod config;
 mod inputs;
+pub mod node;
 pub mod observe;
 mod operations;
 pub mod platform;
@@ -36,6 +40,7 @@ mod queue;
 pub mod routing;
 mod scheduler;
 mod service;
+pub mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod worker_pool;

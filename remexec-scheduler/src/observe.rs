@@ -1,6 +1,7 @@
 //! What the scheduler tells operators: metrics for each execution, its phase spans, failed
 //! results kept in the CAS with a link in `ExecuteResponse.message`, the recent actions, and
-//! the [`SchedulerStatus`] snapshot behind the status page.
+//! the [`SchedulerStatus`] snapshot behind the status page, and the one encoding of status links
+//! ([`action_path`], [`split_digest`], [`parse_digest`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
@@ -9,7 +10,7 @@ use parking_lot::Mutex;
 use prost::Message;
 use remexec_core::metrics::{ExecutionOutcome, Metrics, Phase};
 use remexec_core::reapi::{ExecuteResponse, RequestMetadata};
-use remexec_core::{BlobStore, BlobStoreExt, Digest};
+use remexec_core::{BlobStore, BlobStoreExt, Digest, DigestFunction, Error, Result};
 use serde::Serialize;
 
 use crate::platform::Property;
@@ -275,4 +276,11 @@ impl Observer {
         response.message = format!("{}{sep}remexec: {link}", response.message);
         Some(digest)
     }
+}
+
+/// `HASH/SIZE` of a SHA-256 digest (the digest function the status links use).
+pub fn parse_digest(hash: &str, size: &str) -> Result<Digest> {
+    Digest::parse(DigestFunction::Sha256, &format!("{hash}/{size}"))
+        .or_else(|_| Digest::parse(DigestFunction::Blake3, &format!("{hash}/{size}")))
+        .map_err(|e| Error::invalid(format!("not a digest: {e}")))
 }

@@ -15,6 +15,9 @@
 //! - [`Isolation`] is the pluggable sandbox; [`ProcessIsolation`] runs each action in its own
 //!   process group and kills the whole group when the action ends, times out or is cancelled.
 //!
+//! - [`node::WorkerNode`] runs a worker for its schedulers, given or discovered, with its ports
+//!   and admin port.
+//!
 //! It depends on `remexec-core` and `remexec-proto` only; the CAS arrives as
 //! `Arc<dyn BlobStore>`, local or remote.
 //!
@@ -51,6 +54,7 @@ mod file_cache;
 pub mod flexible;
 mod isolation;
 pub mod namespaces;
+pub mod node;
 mod outputs;
 mod stage;
 pub mod supervisor;

@@ -11,6 +11,7 @@
 //!   `FindMissingBlobs` per batch and only the missing blobs uploaded.
 //! - [`Materializer`], [`download_outputs`]: trees out of the CAS onto disk, validated first,
 //!   never written through a symlink, every blob checked against its digest.
+//! - [`show`]: readable summaries of actions, results and responses.
 //!
 //! Blocking file-system work runs on tokio's blocking pool. The store side is any
 //! [`BlobStore`](crate::BlobStore): a remote CAS through `remexec_cas::GrpcStore`, or a local
@@ -47,6 +48,7 @@ mod action;
 mod endpoint;
 mod execute;
 mod materialize;
+pub mod show;
 mod upload;
 
 #[cfg(test)]

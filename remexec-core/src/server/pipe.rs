@@ -1,5 +1,6 @@
-//! An in-process gRPC link: `serve`'s local worker reaches the worker API through a pipe that
-//! no other process can connect to.
+//! An in-process gRPC link: a client [`Channel`] to a service served in this process, through
+//! a pipe that no other process can connect to (`remexec serve`'s local worker reaches the
+//! worker API this way, with no port, TLS or credentials).
 
 use std::convert::Infallible;
 
@@ -11,7 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 const PIPE_BUFFER: usize = 1 << 20;
 
 /// A channel to `service`, served in this process until `stop`.
-pub(crate) fn worker_channel<S>(service: S, stop: CancellationToken) -> Channel
+pub fn channel<S>(service: S, stop: CancellationToken) -> Channel
 where
     S: tower::Service<
             http::Request<tonic::body::Body>,
@@ -36,10 +37,10 @@ where
             .serve_with_incoming_shutdown(incoming, stop.cancelled())
             .await;
         if let Err(e) = served {
-            tracing::error!(error = %e, "the local worker link failed");
+            tracing::error!(error = %e, "an in-process link failed");
         }
     });
-    Endpoint::from_static("http://local-worker").connect_with_connector_lazy(tower::service_fn(
+    Endpoint::from_static("http://in-process").connect_with_connector_lazy(tower::service_fn(
         move |_: http::Uri| {
             let tx = tx.clone();
             async move {

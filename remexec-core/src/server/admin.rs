@@ -1,29 +1,27 @@
 //! Health, readiness and drain: the gRPC health service on every port, and the admin HTTP port
-//! (`--admin-listen`) with `/healthz`, `/readyz`, `/metrics` (Prometheus) and, on a scheduler,
-//! the status page ([`crate::status`]).
+//! with `/healthz`, `/readyz`, `/metrics` (Prometheus) and whatever pages a node adds (a
+//! scheduler's status page).
 //!
 //! `/healthz`, `/readyz` and `/metrics` are open, for probes and scrapers: bind the admin port
-//! to a private network. The status page needs the `admin` permission once authentication is
-//! configured.
+//! to a private network. Pages a node adds check their own permissions.
 //!
 //! `/healthz` answers 200 while the process serves. `/readyz` and the gRPC health service
 //! (`grpc.health.v1.Health`, never behind authentication) answer SERVING until shutdown begins;
 //! then they turn NOT_SERVING (503) for the drain period, while the listeners still accept, so
 //! that a load balancer or a Kubernetes probe stops sending new work before the server stops.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::StatusCode;
 use axum::routing::get;
-use remexec_core::{Error, Result};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::status::StatusSource;
+use crate::Error;
+use crate::metrics::Metrics;
 
 /// Whether the server takes new work; shared by the gRPC health service and `/readyz`.
 #[derive(Clone)]
@@ -74,22 +72,15 @@ impl Readiness {
     }
 }
 
-/// Binds the admin port.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::io(format!("binding the admin port {addr}"), e))
-}
-
 /// What the admin port serves.
 #[derive(Clone, Debug)]
 pub struct Admin {
     /// Behind `/readyz`.
     pub readiness: Readiness,
     /// Behind `/metrics`.
-    pub metrics: remexec_core::metrics::Metrics,
-    /// Behind the status page, on a scheduler.
-    pub status: Option<StatusSource>,
+    pub metrics: Metrics,
+    /// More pages (a scheduler's status page), merged in.
+    pub pages: Option<axum::Router>,
 }
 
 /// Serves the admin port on `listener` until `stop`.
@@ -126,8 +117,8 @@ pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken)
                 }
             }),
         );
-    if let Some(source) = admin.status {
-        app = app.merge(status_routes(source, admin.readiness));
+    if let Some(pages) = admin.pages {
+        app = app.merge(pages);
     }
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -138,7 +129,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken)
 }
 
 /// An error as an HTTP response: 401, 403, 400 or 404 as its gRPC code says, else 500.
-fn refusal(e: &Error) -> axum::response::Response {
+pub fn refusal(e: &Error) -> axum::response::Response {
     use axum::response::IntoResponse;
     let status = match e.code() {
         tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -150,58 +141,29 @@ fn refusal(e: &Error) -> axum::response::Response {
     (status, format!("{e}\n")).into_response()
 }
 
-/// The query of an action page.
-#[derive(Debug, serde::Deserialize)]
-struct ActionQuery {
-    #[serde(default)]
-    instance: String,
-    response: Option<String>,
-}
-
-/// `/`, `/status` and `/action/HASH/SIZE`.
-fn status_routes(source: StatusSource, readiness: Readiness) -> axum::Router {
-    use axum::extract::{Path, Query, State};
-    use axum::response::{Html, IntoResponse, Json, Response};
-    type S = (StatusSource, Readiness);
-    async fn json(State((src, ready)): State<S>, headers: http::HeaderMap) -> Response {
-        match src.authorize(&headers, "/status") {
-            Ok(()) => Json(src.snapshot(ready.is_ready())).into_response(),
-            Err(e) => refusal(&e),
+/// Keeps `readiness` at what `unready` says (`None`: ready; `Some(why)`: not, logged once
+/// per change), asking every second, until `stop`.
+pub fn watch_readiness(
+    readiness: Readiness,
+    unready: impl Fn() -> Option<String> + Send + 'static,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut was = None;
+        loop {
+            let now = unready();
+            if was.as_ref() != Some(&now) {
+                match &now {
+                    Some(why) => tracing::warn!(%why, "not ready"),
+                    None => tracing::info!("ready"),
+                }
+                readiness.set(now.is_none()).await;
+                was = Some(now);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                () = stop.cancelled() => return,
+            }
         }
-    }
-    async fn html(State((src, ready)): State<S>, headers: http::HeaderMap) -> Response {
-        match src.authorize(&headers, "/") {
-            Ok(()) => Html(crate::status::page(&src.snapshot(ready.is_ready()))).into_response(),
-            Err(e) => refusal(&e),
-        }
-    }
-    async fn action(
-        State((src, _)): State<S>,
-        headers: http::HeaderMap,
-        Path((hash, size)): Path<(String, String)>,
-        Query(query): Query<ActionQuery>,
-    ) -> Response {
-        let page = async {
-            src.authorize(&headers, "/action")?;
-            let action = crate::status::parse_digest(&hash, &size)?;
-            let response = match query
-                .response
-                .as_deref()
-                .and_then(remexec_scheduler::observe::split_digest)
-            {
-                Some((h, s)) => Some(crate::status::parse_digest(h, s)?),
-                None => None,
-            };
-            src.action_page(action, &query.instance, response).await
-        };
-        match page.await {
-            Ok(page) => Html(page).into_response(),
-            Err(e) => refusal(&e),
-        }
-    }
-    axum::Router::new()
-        .route("/", get(html))
-        .route("/status", get(json))
-        .route("/action/{hash}/{size}", get(action))
-        .with_state((source, readiness))
+    })
 }

@@ -1,4 +1,4 @@
-//! gRPC server reflection, so that tools such as `grpcurl` can list and describe remexec's
+//! gRPC server reflection, so that tools such as `grpcurl` can list and describe a node's
 //! services without local `.proto` files:
 //!
 //! ```text
@@ -6,33 +6,33 @@
 //! grpcurl -plaintext 127.0.0.1:8980 describe build.bazel.remote.execution.v2.Execution
 //! ```
 //!
-//! The descriptors come from [`remexec_proto::FILE_DESCRIPTOR_SET`] (REAPI v2, ByteStream,
-//! longrunning, remexec's worker protocol and their imports) and
-//! [`tonic_health::pb::FILE_DESCRIPTOR_SET`] (`grpc.health.v1`). Both protocol versions are
-//! offered: `grpc.reflection.v1` and the older `grpc.reflection.v1alpha`, which many clients
-//! still try first or only.
+//! The caller gives the descriptor sets of its services (remexec's are
+//! `remexec_proto::FILE_DESCRIPTOR_SET`: REAPI v2, ByteStream, longrunning, remexec's own
+//! protocols and their imports); `grpc.health.v1` and both reflection versions are always
+//! described. Both protocol versions are offered: `grpc.reflection.v1` and the older
+//! `grpc.reflection.v1alpha`, which many clients still try first or only.
 
-use remexec_core::{Error, Result};
 use tonic_reflection::server::{Builder, v1, v1alpha};
 
+use crate::{Error, Result};
+
 /// Both reflection services (`grpc.reflection.v1.ServerReflection` and
-/// `grpc.reflection.v1alpha.ServerReflection`), each advertising every service that the
-/// descriptors name: REAPI's `Execution`, `ActionCache`, `ContentAddressableStorage` and
-/// `Capabilities`, `google.bytestream.ByteStream`, `google.longrunning.Operations`,
-/// `remexec.worker.v1.WorkerService`, `grpc.health.v1.Health` and the two reflection services.
+/// `grpc.reflection.v1alpha.ServerReflection`), each describing the types of `sets` and
+/// advertising every service they name.
 ///
 /// Mount both on a port, e.g. `routes.add_service(v1).add_service(v1alpha)`. For a port that
 /// serves only some of these, use [`services_for`] so that `list` tells the truth.
 ///
 /// # Errors
 ///
-/// [`Error::Internal`] if a compiled-in descriptor set does not decode, which the build and the
-/// tests rule out.
-pub fn services() -> Result<(
+/// [`Error::Internal`] if a descriptor set does not decode.
+pub fn services(
+    sets: &[&'static [u8]],
+) -> Result<(
     v1::ServerReflectionServer<impl v1::ServerReflection>,
     v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
 )> {
-    build(|builder| builder)
+    build(sets, |builder| builder)
 }
 
 /// Like [`services`], but `ListServices` answers only `names` (fully qualified service names,
@@ -43,12 +43,13 @@ pub fn services() -> Result<(
 ///
 /// As for [`services`].
 pub fn services_for(
+    sets: &[&'static [u8]],
     names: &[&str],
 ) -> Result<(
     v1::ServerReflectionServer<impl v1::ServerReflection>,
     v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
 )> {
-    build(|builder| {
+    build(sets, |builder| {
         names
             .iter()
             .fold(builder, |builder, name| builder.with_service_name(*name))
@@ -56,22 +57,26 @@ pub fn services_for(
 }
 
 fn build(
+    sets: &[&'static [u8]],
     configure: impl Fn(Builder<'static>) -> Builder<'static>,
 ) -> Result<(
     v1::ServerReflectionServer<impl v1::ServerReflection>,
     v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
 )> {
     // Each reflection version describes only itself; registering both lets either describe both.
-    let sets: [&'static [u8]; 4] = [
-        remexec_proto::FILE_DESCRIPTOR_SET,
+    let always: [&'static [u8]; 3] = [
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ];
     let base = || {
-        configure(sets.iter().fold(Builder::configure(), |builder, set| {
-            builder.register_encoded_file_descriptor_set(set)
-        }))
+        configure(
+            sets.iter()
+                .chain(&always)
+                .fold(Builder::configure(), |builder, set| {
+                    builder.register_encoded_file_descriptor_set(set)
+                }),
+        )
     };
     let internal = |e: tonic_reflection::server::Error| {
         Error::Internal(format!("reflection descriptors: {e}"))

@@ -1,0 +1,398 @@
+//! The status page a scheduler node adds to its admin port ([`pages`]): `/` (HTML that refreshes itself, no JavaScript),
+//! `/status` (the same as JSON) and `/action/HASH/SIZE` (one action, with the response kept
+//! for a failure). Read-only; with authentication configured, a bearer token with the `admin`
+//! permission is required.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::{ActionRecord, Scheduler, SchedulerStatus};
+use html_escape::encode_text as esc;
+use remexec_core::auth::{AuthPolicy, Need, Permission};
+use remexec_core::metrics::{Metrics, StoreUsage};
+use remexec_core::server::admin::Readiness;
+use remexec_core::{ActionCache, BlobStore, Digest, Result};
+use serde::Serialize;
+
+/// Seconds between the page's refreshes.
+const REFRESH_SECS: u32 = 5;
+
+/// What the status page shows a snapshot of.
+#[derive(Clone, Debug)]
+pub struct StatusSource {
+    /// The scheduler whose queue, executors and recent actions are shown.
+    pub scheduler: Scheduler,
+    /// The CAS: its usage, and the actions and kept responses an action page shows.
+    pub store: Arc<dyn BlobStore>,
+    /// The Action Cache an action page reads results from.
+    pub ac: Arc<dyn ActionCache>,
+    /// The figures of Action Cache lookups.
+    pub metrics: Metrics,
+    /// Who may read the pages (the `admin` permission).
+    pub auth: AuthPolicy,
+    /// When the node started.
+    pub started: Instant,
+    /// The version the page and `/status` report.
+    pub version: String,
+}
+
+/// Action Cache lookups by clients since the start.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct CacheFigures {
+    /// GetActionResult calls answered with a result.
+    pub hits: u64,
+    /// GetActionResult calls answered NOT_FOUND.
+    pub misses: u64,
+    /// Executes answered from the Action Cache by their own check.
+    pub execute_hits: u64,
+    /// Executes whose own check missed (and which then ran, or joined a running action).
+    pub execute_misses: u64,
+}
+
+impl CacheFigures {
+    /// The hit rates, as the page and `remexec status` show them: GetActionResult's, then
+    /// Execute's own checks', each only once there are some.
+    pub fn rates(&self) -> String {
+        let rate = |hits: u64, misses: u64, what: &str| match hits + misses {
+            0 => None,
+            n => Some(format!(
+                "{:.1}% of {n} {what}",
+                100.0 * hits as f64 / n as f64
+            )),
+        };
+        let rates: Vec<String> = [
+            rate(self.hits, self.misses, "lookups"),
+            rate(
+                self.execute_hits,
+                self.execute_misses,
+                "Execute cache checks",
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match rates.is_empty() {
+            true => "no lookups yet".to_string(),
+            false => rates.join(", "),
+        }
+    }
+}
+
+/// The `/status` document.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerStatus {
+    /// `remexec --version`.
+    pub version: String,
+    /// Seconds since the server started.
+    pub uptime_secs: u64,
+    /// Whether it reports itself ready.
+    pub ready: bool,
+    /// The CAS's usage, if it has a budget.
+    pub store: Option<StoreUsage>,
+    /// Action Cache lookups.
+    pub action_cache: CacheFigures,
+    /// Executors, queue, running and recent actions.
+    pub scheduler: SchedulerStatus,
+}
+
+impl StatusSource {
+    /// `PERMISSION_DENIED`/`UNAUTHENTICATED` unless the request's bearer token (or an open
+    /// policy) grants `admin`.
+    fn authorize(&self, headers: &http::HeaderMap, path: &str) -> Result<()> {
+        let principal = self.auth.authenticate(headers, None)?;
+        principal.authorize_somewhere(Need::Permission(Permission::Admin), path)
+    }
+
+    /// A snapshot.
+    pub fn snapshot(&self, ready: bool) -> ServerStatus {
+        let (hits, misses) = self.metrics.action_cache_lookups();
+        let (execute_hits, execute_misses) = self.metrics.execute_cache_checks();
+        ServerStatus {
+            version: self.version.clone(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            ready,
+            store: self.store.usage(),
+            action_cache: CacheFigures {
+                hits,
+                misses,
+                execute_hits,
+                execute_misses,
+            },
+            scheduler: self.scheduler.status(),
+        }
+    }
+
+    /// The page of one action: what `remexec show action` prints, with the kept response if
+    /// `response` names one.
+    pub async fn action_page(
+        &self,
+        action: Digest,
+        instance: &str,
+        response: Option<Digest>,
+    ) -> Result<String> {
+        remexec_core::validate_instance_name(instance)?;
+        let mut text = String::new();
+        let known = match response {
+            Some(d) => {
+                let response =
+                    remexec_core::client::show::kept_response(self.store.as_ref(), instance, d)
+                        .await?;
+                text += &remexec_core::client::show::describe_response(&response);
+                Some(response.result.unwrap_or_default())
+            }
+            None => None,
+        };
+        text += &remexec_core::client::show::show_action(
+            self.store.as_ref(),
+            self.ac.as_ref(),
+            instance,
+            action,
+            known,
+        )
+        .await?;
+        Ok(format!(
+            "{}<h1>Action {}</h1>\n<p><a href=\"/\">back</a></p>\n<pre>{}</pre>\n</body></html>\n",
+            head("remexec action", None),
+            esc(&action.to_string()),
+            esc(&text)
+        ))
+    }
+}
+
+fn head(title: &str, refresh: Option<u32>) -> String {
+    let refresh = refresh.map_or(String::new(), |s| {
+        format!("<meta http-equiv=\"refresh\" content=\"{s}\">")
+    });
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{refresh}<title>{}</title>\
+         <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
+         td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left;font-size:90%}}\
+         .failure{{color:#b00}}code{{font-size:90%}}</style></head><body>\n",
+        esc(title)
+    )
+}
+
+/// `n` bytes, readably.
+pub fn bytes(n: u64) -> String {
+    bytesize::ByteSize(n).to_string()
+}
+
+/// The status page.
+pub fn page(status: &ServerStatus) -> String {
+    let mut out = head("remexec status", Some(REFRESH_SECS));
+    let s = &status.scheduler;
+    let hit_rate = status.action_cache.rates();
+    let store = status.store.map_or("no budget".to_string(), |u| {
+        format!(
+            "{} of {} used, {} evicted",
+            bytes(u.used_bytes),
+            bytes(u.limit_bytes),
+            bytes(u.evicted_bytes)
+        )
+    });
+    let busy = s.executors.iter().filter(|e| e.busy).count();
+    let _ = write!(
+        out,
+        "<h1>remexec</h1>\n<p id=\"summary\">version {} &middot; up {}s &middot; {} &middot; \
+         cache hit rate <span id=\"hit-rate\">{}</span> &middot; CAS {} &middot; \
+         {busy} of {} executors busy &middot; {} queued</p>\n",
+        esc(&status.version),
+        status.uptime_secs,
+        if status.ready {
+            "ready"
+        } else {
+            "not ready (draining)"
+        },
+        esc(&hit_rate),
+        esc(&store),
+        s.executors.len(),
+        s.queued.iter().map(|q| q.actions).sum::<usize>()
+    );
+    out += "<h2>Running actions</h2>\n<table id=\"running\"><tr><th>executor</th><th>mnemonic</th><th>target</th><th>action</th><th>running</th></tr>\n";
+    for r in &s.running {
+        let _ = writeln!(
+            out,
+            "<tr class=\"running-action\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}s</td></tr>",
+            esc(&r.executor),
+            esc(&r.mnemonic),
+            esc(&r.target),
+            action_link(&r.instance, &r.action, None),
+            r.running_secs
+        );
+    }
+    out += "</table>\n<h2>Queue</h2>\n<table id=\"queue\"><tr><th>platform</th><th>actions</th></tr>\n";
+    for q in &s.queued {
+        let _ = writeln!(
+            out,
+            "<tr><td><code>{}</code></td><td>{}</td></tr>",
+            esc(&q.platform),
+            q.actions
+        );
+    }
+    out += "</table>\n<h2>Executors</h2>\n<table id=\"executors\"><tr><th>executor</th><th>worker</th><th>state</th><th>properties</th></tr>\n";
+    for e in &s.executors {
+        let props: Vec<String> = e
+            .properties
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "<tr class=\"executor\"><td>{}</td><td class=\"worker\">{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            esc(&e.id),
+            esc(&e.worker),
+            if e.busy { "busy" } else { "idle" },
+            esc(&props.join(" "))
+        );
+    }
+    out += "</table>\n";
+    recent_table(&mut out, &s.recent);
+    out += "<p><a href=\"/status\">JSON</a> &middot; <a href=\"/metrics\">metrics</a></p>\n</body></html>\n";
+    out
+}
+
+/// The table of recent actions, with their phases.
+fn recent_table(out: &mut String, recent: &[ActionRecord]) {
+    *out += "<h2>Recent actions</h2>\n<table id=\"recent\"><tr><th>outcome</th><th>exit</th><th>mnemonic</th><th>target</th><th>executor</th>\
+            <th>queued</th><th>input fetch</th><th>run</th><th>upload</th><th>action</th></tr>\n";
+    for a in recent {
+        let phase = |p: remexec_core::metrics::Phase| {
+            a.phases
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map_or(String::new(), |(_, secs)| format!("{secs:.3}s"))
+        };
+        use remexec_core::metrics::Phase;
+        let class = if a.outcome.is_failure() {
+            " class=\"failure\""
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            a.outcome,
+            a.exit_code.map_or(String::new(), |c| c.to_string()),
+            esc(&a.mnemonic),
+            esc(&a.target),
+            esc(&a.executor),
+            phase(Phase::Queued),
+            phase(Phase::InputFetch),
+            phase(Phase::Run),
+            phase(Phase::Upload),
+            action_link(&a.instance, &a.action, a.response.as_deref())
+        );
+    }
+    *out += "</table>\n";
+}
+
+/// A link to an action's page.
+fn action_link(instance: &str, action: &str, response: Option<&str>) -> String {
+    let href = crate::observe::action_path(action, instance, response);
+    let short = action.get(..12).unwrap_or(action);
+    format!(
+        "<a href=\"{}\"><code>{}</code></a>",
+        html_escape::encode_double_quoted_attribute(&href),
+        esc(short)
+    )
+}
+
+/// The query of an action page.
+#[derive(Debug, serde::Deserialize)]
+struct ActionQuery {
+    #[serde(default)]
+    instance: String,
+    response: Option<String>,
+}
+
+/// `/`, `/status` and `/action/HASH/SIZE` over `source`, reporting `readiness`: the pages a
+/// scheduler node merges into its admin port.
+pub fn pages(source: StatusSource, readiness: Readiness) -> axum::Router {
+    use axum::extract::{Path, Query, State};
+    use axum::response::{Html, IntoResponse, Json, Response};
+    use axum::routing::get;
+    use remexec_core::server::admin::refusal;
+    type S = (StatusSource, Readiness);
+    async fn json(State((src, ready)): State<S>, headers: http::HeaderMap) -> Response {
+        match src.authorize(&headers, "/status") {
+            Ok(()) => Json(src.snapshot(ready.is_ready())).into_response(),
+            Err(e) => refusal(&e),
+        }
+    }
+    async fn html(State((src, ready)): State<S>, headers: http::HeaderMap) -> Response {
+        match src.authorize(&headers, "/") {
+            Ok(()) => Html(page(&src.snapshot(ready.is_ready()))).into_response(),
+            Err(e) => refusal(&e),
+        }
+    }
+    async fn action(
+        State((src, _)): State<S>,
+        headers: http::HeaderMap,
+        Path((hash, size)): Path<(String, String)>,
+        Query(query): Query<ActionQuery>,
+    ) -> Response {
+        let page = async {
+            src.authorize(&headers, "/action")?;
+            let action = crate::observe::parse_digest(&hash, &size)?;
+            let response = match query
+                .response
+                .as_deref()
+                .and_then(crate::observe::split_digest)
+            {
+                Some((h, s)) => Some(crate::observe::parse_digest(h, s)?),
+                None => None,
+            };
+            src.action_page(action, &query.instance, response).await
+        };
+        match page.await {
+            Ok(page) => Html(page).into_response(),
+            Err(e) => refusal(&e),
+        }
+    }
+    axum::Router::new()
+        .route("/", get(html))
+        .route("/status", get(json))
+        .route("/action/{hash}/{size}", get(action))
+        .with_state((source, readiness))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_escapes_what_clients_control() {
+        let mut status = ServerStatus {
+            version: "test".into(),
+            uptime_secs: 3,
+            ready: true,
+            store: None,
+            action_cache: CacheFigures {
+                hits: 1,
+                misses: 3,
+                execute_hits: 0,
+                execute_misses: 0,
+            },
+            scheduler: SchedulerStatus {
+                executors: Vec::new(),
+                queued: Vec::new(),
+                running: Vec::new(),
+                recent: Vec::new(),
+            },
+        };
+        status.scheduler.running.push(crate::RunningAction {
+            executor: "w/0".into(),
+            instance: "a&b".into(),
+            action: "ab/1".into(),
+            mnemonic: "<script>alert(1)</script>".into(),
+            target: "//x:y".into(),
+            running_secs: 1.0,
+        });
+        let html = page(&status);
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;"));
+        assert!(html.contains("25.0% of 4 lookups"));
+        assert!(html.contains("instance=a%26b"));
+    }
+}
