@@ -1,8 +1,7 @@
 //! A scheduler node over your own `ExecutorPool` (`cargo run -p remexec-examples --example
-//! embedded_scheduler`). `EchoPool` "runs" an action by echoing its arguments (think: your
-//! batch system); the node adds the CAS and Action Cache (in memory here), queueing, platform
-//! matching, merging, caching, Execution and Operations. The tests run the `ExecutorPool`
-//! conformance suite on the pool; `tests/embedded.rs` executes through the node.
+//! embedded_scheduler`). `EchoPool` "runs" an action by echoing its arguments; the node adds
+//! the CAS and Action Cache, queueing, platform matching, merging, caching, Execution and
+//! Operations. Tests: the pool conformance suite here, the node in `tests/embedded.rs`.
 
 use std::sync::Arc;
 
@@ -27,8 +26,11 @@ impl ExecutorPool for EchoPool {
         if cancel.is_cancelled() {
             return Ok(JobOutcome::Cancelled);
         }
-        let mut result = ActionResult::default();
-        result.stdout_raw = (job.command.arguments.join(" ") + "\n").into();
+        let stdout_raw = (job.command.arguments.join(" ") + "\n").into();
+        let result = ActionResult {
+            stdout_raw,
+            ..Default::default()
+        };
         Ok(JobOutcome::Completed(result))
     }
 }
@@ -37,8 +39,7 @@ pub(crate) fn echo_pool() -> EchoPool {
     EchoPool(ExecutorInfo::numbered("echo", 2, &[("OSFamily", "echo")]))
 }
 
-/// A scheduler node on a free loopback port, over memory stores, dispatching to `pool`, or to
-/// workers that attach (`None`); returns its URL.
+/// A node on a free port over memory stores, dispatching to `pool` or attached workers; its URL.
 pub(crate) async fn start(pool: Option<Arc<dyn ExecutorPool>>) -> Result<String> {
     let store = Arc::new(MemoryStore::new(64 << 20));
     let ac = Arc::new(MemoryActionCache::new(16 << 20));

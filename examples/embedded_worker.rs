@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "embedded_scheduler.rs"]
 #[allow(dead_code)]
-mod embedded_scheduler;
+pub(crate) mod embedded_scheduler;
 
 /// Runs commands as processes, and counts them.
 #[derive(Debug, Default)]
@@ -54,7 +54,8 @@ async fn main() -> Result<()> {
     attach(&url, "embedded", dir.path().to_path_buf(), counted.clone())?;
     let (_, stdout) = remexec_examples::execute(&url, &["echo", "hello"], &[]).await?;
     let runs = counted.runs.load(Ordering::Relaxed);
-    print!("{stdout}ran {runs} command(s)\n");
+    print!("{stdout}");
+    println!("ran {runs} command(s)");
     Ok(())
 }
 

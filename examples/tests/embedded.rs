@@ -9,13 +9,11 @@ use std::sync::atomic::Ordering;
 
 use remexec_core::reapi::GetCapabilitiesRequest;
 
-#[path = "../embedded_scheduler.rs"]
-#[allow(dead_code)]
-mod embedded_scheduler;
-
 #[path = "../embedded_worker.rs"]
 #[allow(dead_code)]
 mod embedded_worker;
+
+use embedded_worker::embedded_scheduler;
 
 #[tokio::test]
 async fn a_scheduler_node_runs_actions_on_a_custom_pool_and_capabilities_advertise_execution() {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+pub use crate::args::{ClientTlsArgs, parse_property};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 
@@ -312,42 +313,6 @@ pub struct WorkerArgs {
     /// Trace export.
     #[command(flatten)]
     pub tracing: TracingArgs,
-}
-
-/// How a client tool or worker reaches a `grpcs://` server.
-#[derive(Clone, Debug, Default, Args)]
-pub struct ClientTlsArgs {
-    /// PEM CA to verify a grpcs:// server with [default: the built-in roots].
-    #[arg(long, value_name = "FILE", env = "REMEXEC_CLIENT_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// PEM client certificate, for servers that require mutual TLS.
-    #[arg(long, value_name = "FILE", env = "REMEXEC_CLIENT_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// Its PEM private key.
-    #[arg(long, value_name = "FILE", env = "REMEXEC_CLIENT_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-}
-
-impl ClientTlsArgs {
-    /// Reads the files into a [`ClientTls`](remexec_core::client::ClientTls).
-    pub fn load(&self) -> remexec_core::Result<remexec_core::client::ClientTls> {
-        crate::security::client_tls(
-            self.tls_ca.as_deref(),
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
-        )
-    }
-}
-
-/// Parses `NAME=VALUE`.
-pub fn parse_property(s: &str) -> Result<(String, String), String> {
-    let (name, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))?;
-    if name.is_empty() {
-        return Err(format!("{s:?} has an empty name"));
-    }
-    Ok((name.to_string(), value.to_string()))
 }
 
 impl CommonArgs {

@@ -6,7 +6,7 @@ use remexec_proto::cluster::v1::cluster_client::ClusterClient;
 use remexec_proto::cluster::v1::{LocateRequest, StatusRequest};
 use serde_json::json;
 
-use crate::tools::ClientArgs;
+use crate::args::ClientArgs;
 
 /// `remexec cluster …`.
 #[derive(Debug, clap::Subcommand)]

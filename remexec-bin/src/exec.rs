@@ -12,7 +12,7 @@ use remexec_core::reapi::{Directory, ExecuteRequest, ExecutionPolicy, execution_
 use remexec_core::{BlobStore, BlobStoreExt, Digest, DigestFunction, Error, Result};
 use tokio::io::AsyncWriteExt;
 
-use crate::cli::parse_property;
+use crate::args::parse_property;
 
 /// Flags of `remexec exec`.
 #[derive(Debug, clap::Args)]
@@ -22,7 +22,7 @@ pub struct ExecArgs {
     pub server: String,
     /// TLS to a grpcs:// server.
     #[command(flatten)]
-    pub tls: crate::cli::ClientTlsArgs,
+    pub tls: crate::args::ClientTlsArgs,
     /// Instance name.
     #[arg(long, default_value = "", env = "REMEXEC_INSTANCE")]
     pub instance: String,

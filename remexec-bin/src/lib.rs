@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+pub mod args;
 pub mod bench;
 pub mod cli;
 pub mod cluster;
@@ -35,6 +36,7 @@ pub mod sandbox;
 pub mod security;
 pub mod serve;
 pub mod server;
+pub mod settings;
 pub mod status;
 pub mod telemetry;
 pub mod tools;

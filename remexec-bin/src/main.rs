@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
         .get(1)
         .is_some_and(|a| a == remexec_bin::sandbox::SUPERVISE)
     {
-        return remexec_worker::supervisor::main(&args[2..]);
+        return remexec_worker::supervise(&args[2..]);
     }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -240,7 +240,7 @@ fn docker_isolation(
     group: &GroupSection,
     supervisor: &[std::ffi::OsString],
 ) -> Result<Arc<dyn Isolation>> {
-    let worker = crate::serve::worker_config(config, "")?.name;
+    let worker = config.worker_name("");
     let name = match group.name.as_str() {
         "" => worker,
         group => format!("{worker}-{group}"),
@@ -338,7 +338,7 @@ fn cgroup_limits(
     let Some(limits) = limits(group) else {
         return Ok(None);
     };
-    let worker = crate::serve::worker_config(config, "")?.name;
+    let worker = config.worker_name("");
     let name = match group.name.as_str() {
         "" => worker,
         group => format!("{worker}-{group}"),
@@ -352,7 +352,7 @@ fn cgroup_limits(
 ///
 /// `supervisor` is the supervisor program and its leading arguments: for `remexec`, its own
 /// path and [`SUPERVISE`]; a binary that embeds a worker calls
-/// [`remexec_worker::supervisor::main`] under its own.
+/// [`remexec_worker::supervise`] under its own.
 pub fn process_isolation(
     config: &Config,
     supervisor: Vec<std::ffi::OsString>,

@@ -4,116 +4,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use remexec_core::{BlobStore, Error, Result};
+use remexec_worker::Worker;
 use remexec_worker::node::WorkerNode;
-use remexec_worker::{ExecutorSpec, Worker, WorkerConfig};
 
-use crate::config::{Config, GroupSection, IsolationKind};
+use crate::config::Config;
 use crate::security::Security;
 pub use crate::server::{BoundServer, Role};
-
-/// The properties of a group's executors: this machine's (OSFamily, ISA, Arch, cpu-count,
-/// memory-mb; a group's limits replace the last two), `network=on` where actions may ask for
-/// the network, the `isolation` (and `unixUID=*`, `unixGID=*` when chrooted), then
-/// `[worker] properties`, then the group's own, then one
-/// `instance-name` per instance name the group serves.
-pub fn executor_properties(config: &Config, group: &GroupSection) -> Vec<(String, String)> {
-    let cpu_count = match group.cpus_per_action {
-        c if c > 0.0 => c.ceil() as usize,
-        _ => cpus(),
-    };
-    let mut props = vec![
-        ("OSFamily".to_string(), std::env::consts::OS.to_string()),
-        ("ISA".to_string(), remexec_worker::host_isa().to_string()),
-        ("Arch".to_string(), std::env::consts::ARCH.to_string()),
-        ("cpu-count".to_string(), cpu_count.to_string()),
-    ];
-    let memory = match group.memory_per_action.as_u64() {
-        0 => memory_mb(),
-        bytes => Some(bytes >> 20),
-    };
-    if let Some(mb) = memory {
-        props.push(("memory-mb".into(), mb.to_string()));
-    }
-    // Actions that ask for the network (`network=on`) go where they may have it.
-    let network = match group.isolation {
-        IsolationKind::Process => true,
-        IsolationKind::Namespaces | IsolationKind::Docker => group.allow_network,
-    };
-    if network {
-        props.push((remexec_worker::NETWORK_PROPERTY.into(), "on".into()));
-    }
-    props.push(("isolation".into(), group.isolation.name().into()));
-    if group.chroot_into_input_root {
-        // Any uid and gid inside the sandbox: BuildStream asks with `unixUID` and `unixGID`.
-        props.push(("unixUID".into(), "*".into()));
-        props.push(("unixGID".into(), "*".into()));
-    }
-    if group.isolation == IsolationKind::Docker {
-        // Any image: the action's `container-image` chooses it.
-        props.push(("container-image".into(), "*".into()));
-    }
-    for (name, value) in config.worker.properties.iter().chain(&group.properties) {
-        props.retain(|(n, _)| n != name);
-        props.push((name.clone(), value.clone()));
-    }
-    // The instance names the group serves, which the scheduler matches on its own.
-    props.retain(|(n, _)| n != remexec_scheduler::INSTANCE_PROPERTY);
-    for instance in &group.instance_names {
-        props.push((
-            remexec_scheduler::INSTANCE_PROPERTY.into(),
-            instance.clone(),
-        ));
-    }
-    props
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
-fn memory_mb() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = info
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024)
-}
-
-/// The worker's settings: name, executors and properties from `config`.
-pub fn worker_config(config: &Config, default_suffix: &str) -> Result<WorkerConfig> {
-    let name = if config.worker.name.is_empty() {
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "worker".into());
-        format!("{host}{default_suffix}")
-    } else {
-        config.worker.name.clone()
-    };
-    let mut worker = WorkerConfig::new(name, config.data_dir.join("worker"), 0, Vec::new());
-    for group in config.worker.groups(cpus()) {
-        let properties = executor_properties(config, &group);
-        worker
-            .executors
-            .extend((0..group.executors).map(|i| ExecutorSpec {
-                id: group.executor_id(i),
-                properties: properties.clone(),
-            }));
-    }
-    worker.cache_budget = config.worker.cache_budget.as_u64();
-    // A lease without a timeout is still bounded, by the same maximum the scheduler applies.
-    worker.max_action_timeout = Duration::from_secs(config.scheduler.max_action_timeout_secs);
-    worker.tree_limits = config.tree_limits();
-    worker.flexible = crate::sandbox::flexible(config, cpus())?;
-    Ok(worker)
-}
 
 /// `remexec worker`: attaches to a scheduler and runs its leases under `isolation` until
 /// `shutdown`. SIGHUP is logged and otherwise ignored: the worker reads its certificate at
@@ -143,7 +41,7 @@ pub async fn run_worker(
         .first()
         .cloned()
         .ok_or_else(|| Error::invalid("a worker needs a scheduler (--scheduler)"))?;
-    let mut settings = worker_config(config, "")?;
+    let mut settings = crate::settings::worker_config(config, "")?;
     if (channels.len() > 1 || config.worker.discover_schedulers) && config.worker.listen.is_none() {
         return Err(Error::invalid(
             "a worker serving several schedulers reads and writes the cluster's CAS: start it with --listen",
@@ -173,7 +71,7 @@ pub async fn run_worker(
     let worker = Worker::new(settings, cas, isolation)?;
     let metrics = remexec_core::metrics::Metrics::new();
     let mut node = WorkerNode::new(worker.clone())
-        .transport(crate::server::transport(config))
+        .transport(config.transport())
         .metrics(metrics.clone());
     if let Some(cluster) = cluster {
         let addr = cluster
@@ -261,38 +159,4 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
-}
-
-#[cfg(test)]
-mod property_tests {
-    use super::*;
-
-    /// A chrooted group takes any `unixUID` and `unixGID` (BuildStream's) and names the
-    /// instances it serves; another group offers neither.
-    #[test]
-    fn chrooted_groups_take_any_uid_and_name_their_instances() {
-        let config = Config::default();
-        let chrooted = GroupSection {
-            name: "bst".into(),
-            isolation: IsolationKind::Namespaces,
-            chroot_into_input_root: true,
-            instance_names: vec!["buildstream".into()],
-            ..GroupSection::default()
-        };
-        let props = executor_properties(&config, &chrooted);
-        for (name, value) in [
-            ("unixUID", "*"),
-            ("unixGID", "*"),
-            (remexec_scheduler::INSTANCE_PROPERTY, "buildstream"),
-            ("ISA", remexec_worker::host_isa()),
-        ] {
-            assert!(
-                props.iter().any(|(n, v)| n == name && v == value),
-                "{name}={value} not in {props:?}"
-            );
-        }
-        let plain = executor_properties(&config, &GroupSection::default());
-        let named = |n: &str| plain.iter().any(|(p, _)| p == n);
-        assert!(!named("unixUID") && !named(remexec_scheduler::INSTANCE_PROPERTY));
-    }
 }

@@ -12,11 +12,11 @@ use remexec_cas::spec::{CacheSpec, ObjectSpec, StoreSpec, Upstream};
 use remexec_cas::{CacheServices, MeteredStore, VerifyingStore};
 use remexec_core::client::ClientTls;
 use remexec_core::metrics::Metrics;
-use remexec_core::server::Transport;
 use remexec_core::server::admin::Readiness;
 use remexec_core::{BlobStore, Error, Result};
 use remexec_scheduler::WorkerPool;
 use remexec_scheduler::node::{Listen, PortOptions, SchedulerNode};
+use remexec_worker::node::WorkerNode;
 use remexec_worker::{Isolation, Worker};
 
 use crate::config::{AcBackend, Config, ExternalKind, redact_url};
@@ -216,7 +216,7 @@ impl BoundServer {
             .map_err(|e| Error::io("reading the bound address", e))?;
         let (peers, ac, peer_service) =
             crate::cluster::share_action_cache(config, bound, ac, &metrics).await?;
-        tracing::info!(cas = %store, action_cache = %ac, "assembling the server");
+        tracing::info!(cas = %store, action_cache = %ac, pool = ?workers, "assembling the server");
         let storage = CacheServices::new(Arc::clone(&store), Arc::clone(&ac))
             .with_metrics(metrics.clone())
             .with_limits(config.cache_limits())
@@ -250,7 +250,7 @@ impl BoundServer {
             .listener(listener)
             .tls(security.tls)
             .auth(security.auth)
-            .transport(transport(config))
+            .transport(config.transport())
             .metrics(metrics.clone())
             .access_log(config.telemetry.access_log)
             .drain(Duration::from_secs(config.drain_secs))
@@ -304,7 +304,12 @@ impl BoundServer {
             // in-process link that no other process can reach; its CAS is the server's own
             // store, so blobs never cross it.
             let stop = self.node.stopping();
-            tokio::spawn(async move { worker.run(channel, stop).await });
+            let local = WorkerNode::new(worker).scheduler(channel);
+            tokio::spawn(async move {
+                if let Err(e) = local.run(stop.cancelled_owned()).await {
+                    tracing::error!(error = %e, "the local worker stopped");
+                }
+            });
         }
         self.node.serve(shutdown).await
     }
@@ -320,20 +325,9 @@ fn local_worker(
 ) -> Result<Worker> {
     let store = MeteredStore::new(Arc::new(VerifyingStore::new(store)), metrics.clone());
     Worker::new(
-        crate::serve::worker_config(config, "-local")?,
+        crate::settings::worker_config(config, "-local")?,
         Arc::new(store),
         isolation,
-    )
-}
-
-/// HTTP/2 and message limits of every port, from `[limits]`.
-pub fn transport(config: &Config) -> Transport {
-    let window = |b: bytesize::ByteSize| u32::try_from(b.as_u64()).unwrap_or(u32::MAX >> 1);
-    Transport::new(
-        config.cache_limits().max_message_size,
-        config.limits.max_concurrent_streams,
-        window(config.limits.connection_window),
-        window(config.limits.stream_window),
     )
 }
 

@@ -6,34 +6,12 @@ use std::path::PathBuf;
 
 use std::sync::Arc;
 
+pub use crate::args::ClientArgs;
 use remexec_cas::{GrpcActionCache, GrpcStore, MeteredStore};
 use remexec_core::client;
 use remexec_core::client::show;
 use remexec_core::reapi::GetActionResultRequest;
 use remexec_core::{Digest, DigestFunction, Error, Result};
-
-/// Where a client command connects.
-#[derive(Clone, Debug, clap::Args)]
-pub struct ClientArgs {
-    /// Server URL (grpc:// or grpcs://).
-    #[arg(long, default_value = "grpc://127.0.0.1:8980", env = "REMEXEC_SERVER")]
-    pub server: String,
-    /// Instance name.
-    #[arg(long, default_value = "", env = "REMEXEC_INSTANCE")]
-    pub instance: String,
-    /// TLS to a grpcs:// server.
-    #[command(flatten)]
-    pub tls: crate::cli::ClientTlsArgs,
-    /// How long a transfer runs before a progress bar shows on a terminal.
-    #[arg(
-        long,
-        default_value = "1s",
-        value_parser = humantime::parse_duration,
-        env = "REMEXEC_PROGRESS_AFTER",
-        hide = true
-    )]
-    pub progress_after: std::time::Duration,
-}
 
 impl ClientArgs {
     async fn channel(&self) -> Result<tonic::transport::Channel> {

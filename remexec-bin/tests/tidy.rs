@@ -11,7 +11,10 @@
 //!   code), and only remexec-bin reads files of certificates, keys, tokens or JWKS;
 //! - files stay under 1,000 lines and functions under 100, except those in [`TOO_LONG`], a list
 //!   that may only shrink: an entry that is no longer too long fails the test until removed;
-//! - the docs name exactly the metrics the code registers (no drift either way).
+//! - the docs name exactly the metrics the code registers (no drift either way);
+//! - no module imports another that imports it back, in any crate;
+//! - the examples depend on the library crates only, and the embedding examples stay under 80
+//!   lines.
 
 #![allow(clippy::unwrap_used)]
 
@@ -365,4 +368,118 @@ fn the_docs_name_exactly_the_metrics_the_code_registers() {
         undocumented.is_empty(),
         "metrics missing from docs/metrics.md: {undocumented:?}"
     );
+}
+
+/// The top-level modules of each crate's `src/` and the ones each refers to (`crate::name`,
+/// `use crate::{name, ...}`), outside test modules: `(crate, module) -> {module}`.
+fn module_graph() -> std::collections::BTreeMap<(String, String), BTreeSet<String>> {
+    let mut graph = std::collections::BTreeMap::new();
+    for path in sources() {
+        let p = path.to_string_lossy().replace('\\', "/");
+        let Some((krate, rest)) = p.split_once("/src/") else {
+            continue;
+        };
+        let top = rest
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".rs")
+            .to_string();
+        // Test-only files (`tests.rs`, `tests/…`) may reach anywhere.
+        let test_only = rest
+            .split('/')
+            .any(|part| part == "tests" || part == "tests.rs");
+        if top == "lib" || top == "main" || test_only {
+            continue;
+        }
+        // Code only: a doc link is not an import.
+        let text: String = library_lines(&path)
+            .into_iter()
+            .filter(|(_, l)| !l.trim_start().starts_with("//"))
+            .map(|(_, l)| l + "\n")
+            .collect();
+        let mut refs = BTreeSet::new();
+        for (i, _) in text.match_indices("crate::") {
+            let before = text[..i].chars().last();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue; // remexec_crate::, not crate::
+            }
+            let after = &text[i + "crate::".len()..];
+            let names: Vec<String> = match after.strip_prefix('{') {
+                Some(group) => group
+                    .split('}')
+                    .next()
+                    .unwrap()
+                    .split(',')
+                    .map(|n| n.trim().split("::").next().unwrap().trim().to_string())
+                    .collect(),
+                None => vec![
+                    after
+                        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .next()
+                        .unwrap()
+                        .to_string(),
+                ],
+            };
+            refs.extend(names.into_iter().filter(|n| !n.is_empty() && *n != top));
+        }
+        graph
+            .entry((krate.to_string(), top))
+            .or_insert_with(BTreeSet::new)
+            .extend(refs);
+    }
+    graph
+}
+
+#[test]
+fn no_module_imports_another_that_imports_it_back() {
+    let graph = module_graph();
+    let mut circles = BTreeSet::new();
+    for (krate, module) in graph.keys() {
+        // A path back to `module` from what it refers to is a circle through it.
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<(String, Vec<String>)> = vec![(module.clone(), vec![module.clone()])];
+        while let Some((at, path)) = stack.pop() {
+            let next = graph.get(&(krate.clone(), at)).cloned().unwrap_or_default();
+            for n in next {
+                if n == *module {
+                    let mut circle = path.clone();
+                    circle.push(n.clone());
+                    // One report per set of modules.
+                    let mut key: Vec<_> = path.clone();
+                    key.sort();
+                    circles.insert((krate.clone(), key, circle.join(" → ")));
+                } else if graph.contains_key(&(krate.clone(), n.clone())) && seen.insert(n.clone())
+                {
+                    let mut longer = path.clone();
+                    longer.push(n.clone());
+                    stack.push((n, longer));
+                }
+            }
+        }
+    }
+    let shown: BTreeSet<String> = circles
+        .into_iter()
+        .map(|(krate, _, circle)| format!("{krate}: {circle}"))
+        .collect();
+    assert!(shown.is_empty(), "import circles: {shown:#?}");
+}
+
+/// The embedding examples: each a few lines over the library crates.
+const EMBEDDING_EXAMPLES: &[&str] = &[
+    "examples/embedded_scheduler.rs",
+    "examples/embedded_worker.rs",
+];
+
+#[test]
+fn examples_embed_the_libraries_in_under_80_lines_without_the_binary() {
+    let deps = remexec_dependencies(Path::new("examples/Cargo.toml"));
+    assert!(
+        !deps.contains("remexec-bin"),
+        "examples depend on the binary crate: {deps:?}"
+    );
+    for example in EMBEDDING_EXAMPLES {
+        let lines = read(Path::new(example)).lines().count();
+        assert!(lines < 80, "{example} has {lines} lines");
+    }
 }

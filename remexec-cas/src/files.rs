@@ -268,7 +268,7 @@ impl FileTable {
             (temp, data, written) = (t, s, w);
         }
         if expected_len.is_some_and(|n| written != n) {
-            return Err(crate::store::size_mismatch(digest, written, true));
+            return Err(size_mismatch(digest, written, true));
         }
         let table = Arc::clone(self);
         blocking(move || {
@@ -470,7 +470,7 @@ fn write_burst(
     loop {
         *written += chunk.len() as u64;
         if expected_len.is_some_and(|n| *written > n) {
-            return Err(crate::store::size_mismatch(digest, *written, false));
+            return Err(size_mismatch(digest, *written, false));
         }
         temp.write_all(&chunk)
             .map_err(|e| Error::io(format!("writing {}", temp.path().display()), e))?;
@@ -482,5 +482,20 @@ fn write_burst(
             Some(None) => return Ok(true),
             None => return Ok(false),
         };
+    }
+}
+
+/// Length mismatch error, shared so every backend words it the same way.
+pub(crate) fn size_mismatch(digest: Digest, got: u64, finished: bool) -> Error {
+    if finished {
+        Error::invalid(format!(
+            "blob {digest}: received {got} bytes, digest says {}",
+            digest.size()
+        ))
+    } else {
+        Error::invalid(format!(
+            "blob {digest}: received more than the {} bytes the digest says",
+            digest.size()
+        ))
     }
 }

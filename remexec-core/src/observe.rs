@@ -6,7 +6,6 @@
 //! message) carries its status there.
 
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -18,6 +17,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use crate::auth::Caller;
 use crate::metrics::{Metrics, code_name};
 use crate::reapi::RequestMetadata;
 
@@ -29,18 +29,6 @@ pub fn request_metadata(headers: &http::HeaderMap) -> Option<RequestMetadata> {
     let map = tonic::metadata::MetadataMap::from_headers(headers.clone());
     let bytes = map.get_bin(REQUEST_METADATA_HEADER)?.to_bytes().ok()?;
     RequestMetadata::decode(bytes).ok()
-}
-
-/// Who made a call, filled in by the [`AuthLayer`](crate::auth::AuthLayer) once it has
-/// authenticated the caller, for the access log.
-#[derive(Clone, Debug, Default)]
-pub struct Caller(Arc<OnceLock<String>>);
-
-impl Caller {
-    /// Records the caller's name (the first name given wins).
-    pub fn set(&self, name: &str) {
-        let _ = self.0.set(name.to_string());
-    }
 }
 
 /// A tower layer that records, for every call: `remexec_rpc_requests_total` and
@@ -223,7 +211,7 @@ impl Call {
                 code = code_name(code),
                 ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1e3),
                 peer = %peer,
-                caller = self.caller.0.get().map_or("-", String::as_str),
+                caller = self.caller.name().unwrap_or("-"),
                 sent_bytes = self.sent,
                 tool_invocation_id = %self.invocation,
                 "rpc"

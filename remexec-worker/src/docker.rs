@@ -126,7 +126,7 @@ impl DockerIsolation {
     /// the other end of that pipe until its last clone is dropped, or its process dies, SIGKILL
     /// included: so a killed worker's containers go with it, not at its next start. For
     /// `remexec`, `command` is its supervisor (`remexec supervise`); a binary embedding a worker
-    /// calls [`crate::supervisor::main`], which hands [`REAP`] to [`reap`].
+    /// calls [`crate::supervise`], which hands [`REAP`] to [`reap`].
     pub fn with_reaper(mut self, command: &[std::ffi::OsString]) -> Result<Self> {
         let (program, leading) = command
             .split_first()

@@ -74,3 +74,16 @@ pub use outputs::collect_outputs;
 pub use stage::stage_inputs;
 pub use supervisor::RunAs;
 pub use worker::Worker;
+
+/// The entry point of the binary's hidden `supervise` subcommand: with the feature `docker`,
+/// `--reap-docker ID` makes it the reaper of a Docker backend ([`docker::reap`]); anything else
+/// runs [`supervisor::main`].
+pub fn supervise(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    #[cfg(feature = "docker")]
+    if let [flag, id] = args
+        && flag == docker::REAP
+    {
+        return docker::reap(&id.to_string_lossy());
+    }
+    supervisor::main(args)
+}

@@ -211,15 +211,9 @@ fn parse(args: &[OsString]) -> Result<(Option<RunAs>, &[OsString]), String> {
 
 /// Runs the supervisor on `args` (what follows the binary's own arguments) and returns the
 /// command's exit code: its own, 128 plus the signal that killed it, or [`CANNOT_START`] with
-/// the reason on stderr. With the feature `docker`, `--reap-docker ID` makes it the reaper of a
-/// Docker backend instead ([`crate::docker::reap`]).
+/// the reason on stderr. [`crate::supervise`] is the binary's entry point, which also runs the
+/// Docker backend's reaper.
 pub fn main(args: &[OsString]) -> ExitCode {
-    #[cfg(feature = "docker")]
-    if let [flag, id] = args
-        && flag == crate::docker::REAP
-    {
-        return crate::docker::reap(&id.to_string_lossy());
-    }
     let (reveal_root, args) = match args {
         [flag, root, rest @ ..] if flag == REVEAL => (Some(Path::new(root)), rest),
         _ => (None, args),

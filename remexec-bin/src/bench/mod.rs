@@ -47,7 +47,7 @@ pub struct BenchArgs {
     pub target: String,
     /// TLS to a grpcs:// server.
     #[command(flatten)]
-    pub tls: crate::cli::ClientTlsArgs,
+    pub tls: crate::args::ClientTlsArgs,
     /// Instance name.
     #[arg(long, default_value = "", env = "REMEXEC_INSTANCE")]
     pub instance: String,

@@ -10,8 +10,8 @@ use object_store::path::Path;
 use remexec_core::reapi::ActionResult;
 use remexec_core::{ActionCache, Digest, Result};
 
-use crate::external::ExternalSettings;
 use crate::store::object::Backend;
+use crate::store::object::ExternalSettings;
 
 /// An [`ActionCache`] in an object store: each entry is one object, the format byte `1`
 /// followed by the encoded `ActionResult`.

@@ -75,20 +75,7 @@ pub(crate) fn fan_out(data: ChunkStream, n: usize, first_leads: bool) -> Vec<Chu
     copies.collect()
 }
 
-/// Length mismatch error, shared so every backend words it the same way.
-pub(crate) fn size_mismatch(digest: Digest, got: u64, finished: bool) -> Error {
-    if finished {
-        Error::invalid(format!(
-            "blob {digest}: received {got} bytes, digest says {}",
-            digest.size()
-        ))
-    } else {
-        Error::invalid(format!(
-            "blob {digest}: received more than the {} bytes the digest says",
-            digest.size()
-        ))
-    }
-}
+pub(crate) use crate::files::size_mismatch;
 
 /// Reads a whole stream into memory, checking that its length equals `digest.size()`.
 pub(crate) async fn read_exact_len(mut data: ChunkStream, digest: Digest) -> Result<Bytes> {

@@ -20,6 +20,7 @@
 use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,7 +33,6 @@ use remexec_core::lru::ByteLru;
 use remexec_core::{BlobStore, ChunkStream, Digest, Error, ReadRange, Result};
 
 use super::{read_exact_len, size_mismatch};
-use crate::external::ExternalSettings;
 use crate::key::{Key, namespace};
 
 /// What one key of the existence cache is taken to cost, map overhead included.
@@ -467,6 +467,143 @@ impl BlobStore for ObjectBlobStore {
 
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Object({})", self.backend.label)
+    }
+}
+
+/// How the object-store backends talk to their store.
+///
+/// Every call to the store (a HEAD, a PUT, one part of a multipart upload, opening a read, the
+/// wait for each chunk of a read) ends within [`request_timeout`](Self::request_timeout),
+/// retries included; one that does not is `Error::Unavailable`, as are network failures and
+/// server errors that outlast the retries.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalSettings {
+    /// Deadline of each call to the store, retries included (30 s). It also bounds each HTTP
+    /// request, so one read window or one upload part must move within it.
+    pub request_timeout: Duration,
+    /// Deadline for opening a connection (5 s).
+    pub connect_timeout: Duration,
+    /// Retries of a request that failed transiently (3), with exponential backoff.
+    pub retries: usize,
+    /// Backoff before the first retry (100 ms); it doubles up to
+    /// [`max_backoff`](Self::max_backoff).
+    pub initial_backoff: Duration,
+    /// Longest backoff between two retries (5 s).
+    pub max_backoff: Duration,
+    /// Bytes of the cache of keys known to be present (16 MiB, about 128 bytes a key), which
+    /// spares FindMissingBlobs a HEAD per blob already seen.
+    pub existence_cache: u64,
+    /// Blobs up to this size go up in one PUT (8 MiB); larger ones by multipart upload.
+    pub multipart_threshold: u64,
+    /// Size of each part of a multipart upload (8 MiB; S3 needs at least 5 MiB).
+    pub part_size: usize,
+    /// Parts of one upload in flight at once (4): a large put holds at most about
+    /// `(upload_concurrency + 1) * part_size` bytes.
+    pub upload_concurrency: usize,
+    /// HEAD requests in flight at once for one FindMissingBlobs (32).
+    pub head_concurrency: usize,
+    /// Largest ranged GET (64 MiB): longer reads are several GETs in sequence.
+    pub read_window: u64,
+}
+
+impl Default for ExternalSettings {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            retries: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            existence_cache: 16 << 20,
+            multipart_threshold: 8 << 20,
+            part_size: 8 << 20,
+            upload_concurrency: 4,
+            head_concurrency: 32,
+            read_window: 64 << 20,
+        }
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty),* $(,)?) => {
+        impl ExternalSettings {
+            $(
+                $(#[$doc])*
+                pub fn $field(mut self, value: $ty) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// Sets [`request_timeout`](Self::request_timeout).
+    request_timeout: Duration,
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    connect_timeout: Duration,
+    /// Sets [`retries`](Self::retries).
+    retries: usize,
+    /// Sets [`initial_backoff`](Self::initial_backoff).
+    initial_backoff: Duration,
+    /// Sets [`max_backoff`](Self::max_backoff).
+    max_backoff: Duration,
+    /// Sets [`existence_cache`](Self::existence_cache).
+    existence_cache: u64,
+    /// Sets [`multipart_threshold`](Self::multipart_threshold).
+    multipart_threshold: u64,
+    /// Sets [`part_size`](Self::part_size).
+    part_size: usize,
+    /// Sets [`upload_concurrency`](Self::upload_concurrency).
+    upload_concurrency: usize,
+    /// Sets [`head_concurrency`](Self::head_concurrency).
+    head_concurrency: usize,
+    /// Sets [`read_window`](Self::read_window).
+    read_window: u64,
+}
+
+impl ExternalSettings {
+    /// Refuses settings that cannot work (zero sizes, timeouts or concurrency).
+    pub fn validate(&self) -> Result<()> {
+        let zero = [
+            ("request_timeout", self.request_timeout.is_zero()),
+            ("connect_timeout", self.connect_timeout.is_zero()),
+            ("part_size", self.part_size == 0),
+            ("upload_concurrency", self.upload_concurrency == 0),
+            ("head_concurrency", self.head_concurrency == 0),
+            ("read_window", self.read_window == 0),
+        ];
+        match zero.iter().find(|(_, is_zero)| *is_zero) {
+            Some((name, _)) => Err(Error::invalid(format!(
+                "external store setting {name} must not be zero"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// object_store's retry policy for these settings: each call retries within
+    /// `request_timeout`.
+    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+    pub(crate) fn retry_config(&self) -> object_store::RetryConfig {
+        object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: self.initial_backoff,
+                max_backoff: self.max_backoff,
+                base: 2.0,
+            },
+            max_retries: self.retries,
+            retry_timeout: self.request_timeout,
+        }
+    }
+
+    /// object_store's HTTP client options for these settings.
+    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+    pub(crate) fn client_options(&self) -> object_store::ClientOptions {
+        object_store::ClientOptions::new()
+            .with_timeout(self.request_timeout)
+            .with_connect_timeout(self.connect_timeout)
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`AuthLayer`]: the one place requests are authenticated and authorized, in front of every
 //! service, before any handler runs.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -138,7 +138,7 @@ async fn admit(layer: &AuthLayer, request: Request) -> Result<Request> {
     let principal = layer
         .policy
         .authenticate(request.headers(), certs.as_ref().map(|c| c.as_slice()))?;
-    if let Some(caller) = request.extensions().get::<crate::observe::Caller>() {
+    if let Some(caller) = request.extensions().get::<Caller>() {
         caller.set(&principal.name);
     }
     let mut request = match from {
@@ -233,5 +233,22 @@ fn instance_of(message: &[u8], from: InstanceFrom) -> Result<String> {
             }
         }
         _ => Ok(first.field),
+    }
+}
+
+/// Who made a call, filled in by the [`AuthLayer`] once it has
+/// authenticated the caller, for the access log.
+#[derive(Clone, Debug, Default)]
+pub struct Caller(Arc<OnceLock<String>>);
+
+impl Caller {
+    /// Records the caller's name (the first name given wins).
+    pub fn set(&self, name: &str) {
+        let _ = self.0.set(name.to_string());
+    }
+
+    /// The caller's name, once recorded.
+    pub fn name(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
     }
 }

@@ -47,7 +47,7 @@ use std::fmt;
 
 pub use certs::{CertRule, certificate_names};
 pub use jwt::{JwtSettings, JwtVerifier};
-pub use layer::{AuthLayer, AuthService, FIRST_MESSAGE_TIMEOUT};
+pub use layer::{AuthLayer, AuthService, Caller, FIRST_MESSAGE_TIMEOUT};
 pub use methods::{InstanceFrom, Need, is_served, method_need};
 pub use tokens::{TokenSet, hash_token};
 
