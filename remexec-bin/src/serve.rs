@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use remexec_core::auth::AuthPolicy;
+use remexec_core::server::Port;
 use remexec_core::{BlobStore, Error, Result};
 use remexec_worker::Worker;
 use remexec_worker::node::WorkerNode;
@@ -55,14 +57,14 @@ pub async fn run_worker(
     let name = settings.name.clone();
     // With --listen, the worker keeps blobs for the cluster and reads and writes through it.
     let cluster = match config.worker.listen {
-        Some(listen) => Some(crate::cluster::WorkerCas::open(config, listen, &name).await?),
+        Some(listen) => Some(crate::cluster::worker_cas(config, listen, &name).await?),
         None => None,
     };
     let cas: Arc<dyn BlobStore> = match &cluster {
         Some(c) => {
             settings.cas = Some(remexec_worker::ClusterCas {
                 url: c.url.clone(),
-                replicas: c.replicas,
+                replicas: c.replicas(),
             });
             c.store.clone()
         }
@@ -82,7 +84,9 @@ pub async fn run_worker(
         // Workers' CAS ports are plaintext: the scheduler's TLS settings do not apply to them.
         let peers = remexec_core::client::ClientTls::default();
         let stop = node.stopping();
-        node = node.port(cluster.start(config, &worker, &name, peers, metrics.clone(), stop));
+        let (listener, routes) = cluster.start(worker.members(), &name, peers, &metrics, stop);
+        let port = Port::new(listener, routes, metrics.clone()).auth(AuthPolicy::open());
+        node = node.port(port);
     }
     if let Some(addr) = config.admin_listen {
         let listener = remexec_core::server::bind(addr, "admin port").await?;

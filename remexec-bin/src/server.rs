@@ -16,6 +16,7 @@ use remexec_core::server::admin::Readiness;
 use remexec_core::{BlobStore, Error, Result};
 use remexec_scheduler::WorkerPool;
 use remexec_scheduler::node::{Listen, PortOptions, SchedulerNode};
+use remexec_scheduler::routing::Routing;
 use remexec_worker::node::WorkerNode;
 use remexec_worker::{Isolation, Worker};
 
@@ -107,7 +108,7 @@ pub async fn external_specs(config: &Config) -> Result<Option<(StoreSpec, CacheS
 /// behind the local ones:
 /// - the CAS: a disk store in `{data_dir}/cas` ([`StoreSpec::Disk`]), in front of the external
 ///   store (`Tiered`: a write is acknowledged once the external store holds it, reads try the
-///   disk first and fill it);
+///   disk first and fill it), every write hashed once on its way in (`Verifying`);
 /// - the Action Cache: on disk in `{data_dir}/ac`, with a memory cache in front unless its
 ///   budget is 0, or in memory; in front of the external cache (written through, filled from
 ///   it on a miss); checked for completeness against the CAS if `check_completeness` is set.
@@ -150,7 +151,8 @@ pub async fn store_specs(config: &Config) -> Result<(StoreSpec, CacheSpec)> {
     if section.check_completeness {
         ac = CacheSpec::Completeness(Box::new(ac));
     }
-    Ok((store, ac))
+    // Every write is hashed once, on its way in: clients' and the local worker's alike.
+    Ok((StoreSpec::Verifying(Box::new(store)), ac))
 }
 
 /// Which parts one process runs.
@@ -204,7 +206,10 @@ impl BoundServer {
         // A cluster's CAS is on its workers.
         let (store, cluster) = match config.cluster.replicas {
             Some(r) => {
-                let (store, service) = crate::cluster::scheduler_cas(r, &workers, &metrics)?;
+                // Workers' CAS ports are plaintext for now.
+                let tls = ClientTls::default();
+                let (store, service) =
+                    remexec_cas::cluster::scheduler_cas(r, workers.members(), tls, &metrics)?;
                 (store as Arc<dyn BlobStore>, Some(service))
             }
             None => (store_spec.build().await?, None),
@@ -267,7 +272,9 @@ impl BoundServer {
             node = node.admin(addr);
         }
         if let Some(peers) = peers {
-            node = node.routing(Arc::new(peers.routing())).keep(peers);
+            let tls = crate::security::worker_client_tls(config)?;
+            let routing = Routing::new(peers.name.clone(), peers.members(), tls);
+            node = node.routing(Arc::new(routing)).keep(peers);
         }
         let node = node.bind().await?;
         let local_worker = match role {
@@ -323,7 +330,11 @@ fn local_worker(
     metrics: &Metrics,
     isolation: Arc<dyn Isolation>,
 ) -> Result<Worker> {
-    let store = MeteredStore::new(Arc::new(VerifyingStore::new(store)), metrics.clone());
+    let store = match store.verifies_writes() {
+        true => store,
+        false => Arc::new(VerifyingStore::new(store)),
+    };
+    let store = MeteredStore::new(store, metrics.clone());
     Worker::new(
         crate::settings::worker_config(config, "-local")?,
         Arc::new(store),

@@ -30,6 +30,7 @@
 //! ```
 
 pub mod ac;
+pub mod cluster;
 pub mod external;
 mod files;
 mod key;

@@ -119,3 +119,47 @@ async fn a_replicated_cas_loses_nothing_when_a_member_dies() {
         .unwrap_err();
     assert!(matches!(refused, Error::Unavailable(_)), "{refused:?}");
 }
+
+/// Where hashing happens is the tree's: a plain store gets one `VerifyingStore` in front, a
+/// store that verifies gets none, and a cluster's replicated store leaves hashing to the
+/// members' ports, which still refuse a blob that does not hash to its digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_write_is_hashed_once_where_the_tree_says_and_a_bad_one_is_still_refused() {
+    use remexec_cas::VerifyingStore;
+    let ac = Arc::new(MemoryActionCache::new(1 << 20));
+    let memory: Arc<dyn BlobStore> = Arc::new(MemoryStore::new(1 << 20));
+    let hashes =
+        |services: &CacheServices| services.store().to_string().matches("Verifying(").count();
+    assert_eq!(hashes(&CacheServices::new(memory.clone(), ac.clone())), 1);
+    let verifying: Arc<dyn BlobStore> = Arc::new(VerifyingStore::new(memory));
+    assert_eq!(hashes(&CacheServices::new(verifying, ac.clone())), 1);
+
+    let members: Vec<_> = (0..2).map(|_| member()).collect();
+    let mut config = MembershipConfig::new(members.iter().map(|(u, _, _)| u.clone()).collect());
+    config.interval = Duration::from_millis(50);
+    let membership = Membership::start(config).unwrap();
+    let store = Arc::new(ReplicatedStore::new(2).unwrap());
+    let _follow = Arc::clone(&store).follow(membership.members(), Default::default(), None);
+    until("two members in the store", || store.members().len() == 2).await;
+    let services = CacheServices::new(store.clone(), ac);
+    assert_eq!(hashes(&services), 0, "{}", services.store());
+
+    let (digest, data) = blob(7);
+    let forged = Bytes::from(vec![b'x'; data.len()]);
+    let refused = services
+        .store()
+        .put_bytes("", digest, forged)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::InvalidArgument(_)), "{refused:?}");
+    for (url, memory, _) in &members {
+        assert!(
+            !memory.contains("", digest).await.unwrap(),
+            "{url} kept a forged blob"
+        );
+    }
+    services.store().put_bytes("", digest, data).await.unwrap();
+    for (url, memory, _) in &members {
+        assert!(memory.contains("", digest).await.unwrap(), "{url}");
+    }
+}

@@ -96,6 +96,27 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
     fn usage(&self) -> Option<crate::metrics::StoreUsage> {
         None
     }
+
+    /// Whether every write is checked against its digest before it is stored, by this store
+    /// or by what it writes to (a verifying store; a replicated store whose members' ports
+    /// verify). Services that accept writes from clients hash them only when this is `false`
+    /// (the default), so a tree hashes each write once, where its spec says.
+    fn verifies_writes(&self) -> bool {
+        false
+    }
+}
+
+/// A store that can list what it holds: what a repairer re-replicates and a cluster member
+/// reports. A capability some stores have, beside [`BlobStore`].
+pub trait ListBlobs: BlobStore {
+    /// Every blob held now, with its instance name.
+    fn blobs(&self) -> Vec<(String, Digest)>;
+
+    /// `(bytes, blobs)` held now.
+    fn totals(&self) -> (u64, usize) {
+        let blobs = self.blobs();
+        (blobs.iter().map(|(_, d)| d.size()).sum(), blobs.len())
+    }
 }
 
 impl std::fmt::Display for dyn BlobStore {
@@ -125,6 +146,9 @@ impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
     }
     fn usage(&self) -> Option<crate::metrics::StoreUsage> {
         (**self).usage()
+    }
+    fn verifies_writes(&self) -> bool {
+        (**self).verifies_writes()
     }
 }
 

@@ -50,7 +50,7 @@ pub mod testing;
 pub mod tls;
 
 pub use action_cache::ActionCache;
-pub use blob_store::{BlobStore, BlobStoreExt, ChunkStream, ReadRange, collect_chunks};
+pub use blob_store::{BlobStore, BlobStoreExt, ChunkStream, ListBlobs, ReadRange, collect_chunks};
 pub use digest::{Digest, DigestFunction, Hasher};
 pub use error::{Error, Result, ok_rpc_status};
 pub use resource::{

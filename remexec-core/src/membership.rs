@@ -301,5 +301,55 @@ async fn run(config: MembershipConfig, tx: watch::Sender<Vec<String>>) {
     }
 }
 
+/// A node among its peers (schedulers sharing the Action Cache): the health-checked
+/// membership its seeds resolve to, and its own name among them.
+#[derive(Debug)]
+pub struct Peers {
+    /// This node's name: its advertised URL, as the peers' seeds resolve it.
+    pub name: String,
+    membership: Membership,
+}
+
+impl Peers {
+    /// The peers `seeds` resolve to, reached with `tls`, for a node bound at `bound` and
+    /// reached at `advertise` (see [`advertised_url`]). Logs an error if, 10 s on, the node is
+    /// not among the members its seeds resolve to: the cluster's views of who owns what would
+    /// then differ.
+    pub async fn start(
+        seeds: Vec<String>,
+        advertise: Option<&str>,
+        bound: std::net::SocketAddr,
+        tls: ClientTls,
+    ) -> Result<Self> {
+        let mut settings = MembershipConfig::new(seeds);
+        settings.tls = tls;
+        // Named as the peers name it: the membership resolves every seed to addresses.
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        let advertised = advertised_url(advertise, bound, &host);
+        let name = canonical_url(&advertised, Duration::from_secs(5)).await?;
+        tracing::info!(%name, "this node's name among its peers");
+        let membership = Membership::start(settings)?;
+        let (mut live, own) = (membership.members(), name.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let listed = live.borrow_and_update().iter().any(|m| m.name == own);
+            if !listed {
+                let names: Vec<String> = live.borrow().iter().map(|m| m.name.clone()).collect();
+                tracing::error!(name = %own, live = ?names,
+                    "this scheduler is not among the peers its --peer list resolves to: set --advertise to the URL they resolve it to");
+            }
+        });
+        Ok(Self { name, membership })
+    }
+
+    /// The live peers, this node included.
+    pub fn members(&self) -> watch::Receiver<Vec<Member>> {
+        self.membership.members()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -21,9 +21,9 @@ use remexec_proto::cluster::v1::{
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::DiskStore;
 use crate::store::replicated::ReplicatedStore;
 use crate::store::replicated::repair::Repairer;
+use remexec_core::ListBlobs;
 
 /// Most digests in one `Locate`.
 const MAX_LOCATE: usize = 10_000;
@@ -46,7 +46,7 @@ enum Role {
     Member {
         name: String,
         url: String,
-        local: DiskStore,
+        local: Arc<dyn ListBlobs>,
         repairer: Arc<Repairer>,
     },
 }
@@ -98,7 +98,7 @@ impl ClusterService {
         members: watch::Receiver<Vec<Member>>,
         name: String,
         url: String,
-        local: DiskStore,
+        local: Arc<dyn ListBlobs>,
         repairer: Arc<Repairer>,
     ) -> Self {
         Self {
@@ -202,7 +202,7 @@ impl Cluster for ClusterService {
                 local,
                 repairer,
             } => {
-                let (bytes, blobs) = local.usage();
+                let (bytes, blobs) = local.totals();
                 vec![MemberStatus {
                     name: name.clone(),
                     url: url.clone(),

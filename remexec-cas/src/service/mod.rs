@@ -91,8 +91,10 @@ impl Default for Limits {
 
 /// All the cache services of one server, sharing a store, an action cache and limits.
 ///
-/// Writes through these services are always hash-verified: the store is wrapped in a
-/// [`VerifyingStore`].
+/// Writes through these services are always hash-verified: by the store itself if it says so
+/// ([`BlobStore::verifies_writes`]: a tree with a [`VerifyingStore`], a cluster's replicated
+/// store), else by a [`VerifyingStore`] the services put in front of it. Each write is hashed
+/// once.
 #[derive(Clone, Debug)]
 pub struct CacheServices {
     pub(crate) store: Arc<dyn BlobStore>,
@@ -103,15 +105,26 @@ pub struct CacheServices {
 }
 
 impl CacheServices {
-    /// Services over `store` (verified on write) and `ac`, with default limits.
+    /// Services over `store` (verified on write, by itself or here) and `ac`, with default
+    /// limits.
     pub fn new(store: Arc<dyn BlobStore>, ac: Arc<dyn ActionCache>) -> Self {
+        let store = match store.verifies_writes() {
+            true => store,
+            false => Arc::new(VerifyingStore::new(store)),
+        };
         Self {
-            store: Arc::new(VerifyingStore::new(store)),
+            store,
             ac,
             limits: Limits::default(),
             execution: None,
             metrics: remexec_core::metrics::Metrics::new(),
         }
+    }
+
+    /// The store as the services write to it: the one given, behind a [`VerifyingStore`] unless
+    /// it verifies writes itself.
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.store
     }
 
     /// Records into `metrics`: blob bytes in and out ([`MeteredStore`](crate::MeteredStore)),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use remexec_core::{BlobStore, ChunkStream, Digest, Error, ReadRange, Result};
+use remexec_core::{BlobStore, ChunkStream, Digest, Error, ListBlobs, ReadRange, Result};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::files::FileTable;
@@ -79,6 +79,16 @@ impl DiskStore {
     /// `(bytes, blobs)` currently stored.
     pub fn usage(&self) -> (u64, usize) {
         self.files.usage()
+    }
+}
+
+impl ListBlobs for DiskStore {
+    fn blobs(&self) -> Vec<(String, Digest)> {
+        DiskStore::blobs(self)
+    }
+
+    fn totals(&self) -> (u64, usize) {
+        DiskStore::usage(self)
     }
 }
 

@@ -242,6 +242,10 @@ impl BlobStore for GrpcStore {
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.upstream.describe("Grpc", f)
     }
+    /// A REAPI server refuses a blob that does not hash to its digest (`INVALID_ARGUMENT`).
+    fn verifies_writes(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

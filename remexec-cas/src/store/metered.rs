@@ -94,6 +94,9 @@ impl BlobStore for MeteredStore {
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Metered({})", self.inner)
     }
+    fn verifies_writes(&self) -> bool {
+        self.inner.verifies_writes()
+    }
 
     fn usage(&self) -> Option<StoreUsage> {
         self.inner.usage()

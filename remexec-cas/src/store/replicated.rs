@@ -316,6 +316,15 @@ impl BlobStore for ReplicatedStore {
         let members: Vec<&str> = view.current.members().collect();
         write!(f, "Replicated(R={}, {members:?})", self.replicas)
     }
+    /// Whether every member verifies (a scheduler's members are workers' CAS ports, which do;
+    /// a worker's own disk does not).
+    fn verifies_writes(&self) -> bool {
+        self.view
+            .read()
+            .stores
+            .values()
+            .all(|s| s.verifies_writes())
+    }
 }
 
 pub mod repair;

@@ -94,6 +94,9 @@ impl BlobStore for TieredStore {
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tiered({}, {})", self.fast, self.slow)
     }
+    fn verifies_writes(&self) -> bool {
+        self.fast.verifies_writes() && self.slow.verifies_writes()
+    }
     fn usage(&self) -> Option<remexec_core::metrics::StoreUsage> {
         self.fast.usage()
     }

@@ -84,6 +84,9 @@ impl BlobStore for VerifyingStore {
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Verifying({})", self.inner)
     }
+    fn verifies_writes(&self) -> bool {
+        true
+    }
     fn usage(&self) -> Option<remexec_core::metrics::StoreUsage> {
         self.inner.usage()
     }

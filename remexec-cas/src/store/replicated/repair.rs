@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::ReplicatedStore;
-use crate::DiskStore;
+use remexec_core::ListBlobs;
 
 /// Digests asked about in one FindMissingBlobs of a member.
 const BATCH: usize = 1000;
@@ -44,7 +44,7 @@ pub struct RepairReport {
 #[derive(Debug)]
 pub struct Repairer {
     name: String,
-    local: DiskStore,
+    local: Arc<dyn ListBlobs>,
     cluster: Arc<ReplicatedStore>,
     bytes_per_second: u64,
     below: AtomicU64,
@@ -55,7 +55,7 @@ impl Repairer {
     /// most `bytes_per_second` (0: no limit).
     pub fn new(
         name: impl Into<String>,
-        local: DiskStore,
+        local: Arc<dyn ListBlobs>,
         cluster: Arc<ReplicatedStore>,
         bytes_per_second: u64,
     ) -> Self {

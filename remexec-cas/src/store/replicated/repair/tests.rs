@@ -67,7 +67,7 @@ async fn a_pass_restores_every_placement_and_a_second_copies_nothing() {
                 .unwrap();
         }
     }
-    let repairer = Repairer::new("a", local.clone(), Arc::clone(&cluster), 0);
+    let repairer = Repairer::new("a", Arc::new(local.clone()), Arc::clone(&cluster), 0);
     let report = repairer.pass().await.unwrap();
     // Each blob needs one copy if "a" is in its placement, two otherwise; the held one none.
     let expected: u64 = blobs
@@ -124,7 +124,7 @@ async fn a_failing_member_leaves_copies_for_the_next_pass() {
         let (d, data) = blob(i);
         local.put_bytes("", d, data).await.unwrap();
     }
-    let repairer = Repairer::new("a", local, cluster, 0);
+    let repairer = Repairer::new("a", Arc::new(local), cluster, 0);
     let report = repairer.pass().await.unwrap();
     assert_eq!((report.copied, report.left), (5, 5));
     assert_eq!(repairer.below_replicas(), 5);

@@ -1,0 +1,165 @@
+//! The cluster's CAS on the workers, assembled: what a scheduler and a worker need to take part
+//! in it, over the stores, the repairer and the `Cluster` service of this crate.
+//!
+//! - A scheduler ([`scheduler_cas`]) keeps no blobs: its CAS is a [`ReplicatedStore`] over the
+//!   members it is given (the workers' CAS ports), with the `Cluster` service that routes
+//!   `Locate` and `Status` to them.
+//! - A worker ([`WorkerCas`]) keeps blobs in a store that can list them and serves them (CAS,
+//!   ByteStream, Capabilities, health, `Cluster`) on its own port. It reads inputs and writes
+//!   outputs through a [`ReplicatedStore`] over the members, its own store among them, and a
+//!   [`Repairer`] restores replicas after changes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use remexec_core::client::ClientTls;
+use remexec_core::membership::Member;
+use remexec_core::metrics::Metrics;
+use remexec_core::{BlobStore, Error, ListBlobs, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::service::ClusterService;
+use crate::{CacheServices, Limits, MemoryActionCache, Repairer, ReplicatedStore};
+
+/// A scheduler's CAS over `members` with `replicas` copies of each blob, and its `Cluster`
+/// service. Members are reached with `tls`. The member count goes to `metrics`.
+pub fn scheduler_cas(
+    replicas: u32,
+    members: watch::Receiver<Vec<Member>>,
+    tls: ClientTls,
+    metrics: &Metrics,
+) -> Result<(Arc<ReplicatedStore>, ClusterService)> {
+    let store = Arc::new(ReplicatedStore::new(replicas as usize)?);
+    let watched = members.clone();
+    metrics.on_scrape(move |m| m.cluster_members(watched.borrow().len()));
+    Arc::clone(&store).follow(members.clone(), tls.clone(), None);
+    let service = ClusterService::router(Arc::clone(&store), members, tls);
+    Ok((store, service))
+}
+
+/// How a worker takes part in the cluster's CAS.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorkerCasOptions {
+    /// Copies kept of each blob.
+    pub replicas: u32,
+    /// Most bytes per second re-replication copies (0: no limit).
+    pub repair_bandwidth: u64,
+    /// How often the repairer checks every local blob.
+    pub repair_interval: Duration,
+    /// Limits of the CAS port's services.
+    pub limits: Limits,
+}
+
+impl WorkerCasOptions {
+    /// `replicas` copies, repairs every 5 minutes at 100 MiB/s, default limits.
+    pub fn new(replicas: u32) -> Self {
+        Self {
+            replicas,
+            repair_bandwidth: 100 << 20,
+            repair_interval: Duration::from_secs(300),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A worker's share of the cluster's CAS, opened and bound but not serving yet.
+#[derive(Debug)]
+pub struct WorkerCas {
+    /// Where the worker reads and writes blobs: the cluster, its own store among the members.
+    pub store: Arc<ReplicatedStore>,
+    /// The worker's own blobs.
+    pub local: Arc<dyn ListBlobs>,
+    /// The CAS port.
+    pub listener: TcpListener,
+    /// The URL other members reach this one at.
+    pub url: String,
+    options: WorkerCasOptions,
+}
+
+impl WorkerCas {
+    /// Binds `listen` for the worker `name` keeping its blobs in `local`; it is reached at
+    /// `advertise` (a URL, or a host name), else at the bound address (an unspecified one as
+    /// the host `name`).
+    pub async fn bind(
+        local: Arc<dyn ListBlobs>,
+        listen: SocketAddr,
+        advertise: Option<&str>,
+        name: &str,
+        options: WorkerCasOptions,
+    ) -> Result<Self> {
+        let store = Arc::new(ReplicatedStore::new(options.replicas as usize)?);
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| Error::io(format!("binding {listen}"), e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the CAS port's address", e))?;
+        let url = remexec_core::membership::advertised_url(advertise, bound, name);
+        remexec_core::client::endpoint(&url)?;
+        Ok(Self {
+            store,
+            local,
+            listener,
+            url,
+            options,
+        })
+    }
+
+    /// Copies kept of each blob.
+    pub fn replicas(&self) -> u32 {
+        self.options.replicas
+    }
+
+    /// Follows `members` (member `name` among them) and re-replicates until `stop`; returns the
+    /// listener and the CAS port's routes, for the worker to serve. `tls` reaches the other
+    /// members. Its figures (members, copies to make, the store's usage) go to `metrics`.
+    pub fn start(
+        self,
+        members: watch::Receiver<Vec<Member>>,
+        name: &str,
+        tls: ClientTls,
+        metrics: &Metrics,
+        stop: CancellationToken,
+    ) -> (TcpListener, tonic::service::Routes) {
+        let local: Arc<dyn BlobStore> = self.local.clone();
+        Arc::clone(&self.store).follow(members.clone(), tls, Some((name.to_string(), local)));
+        let repairer = Arc::new(Repairer::new(
+            name,
+            Arc::clone(&self.local),
+            Arc::clone(&self.store),
+            self.options.repair_bandwidth,
+        ));
+        let (watched, repair, disk) = (members.clone(), Arc::clone(&repairer), self.local.clone());
+        metrics.on_scrape(move |m| {
+            m.cluster_members(watched.borrow().len());
+            m.copies_to_make(repair.below_replicas());
+            if let Some(usage) = disk.usage() {
+                m.store_usage("worker_cas", usage);
+            }
+        });
+        let period = self.options.repair_interval.max(Duration::from_secs(1));
+        Arc::clone(&repairer).spawn(members.clone(), period, stop);
+        let cluster = ClusterService::member(
+            Arc::clone(&self.store),
+            members,
+            name.to_string(),
+            self.url.clone(),
+            Arc::clone(&self.local),
+            repairer,
+        );
+        // The worker's blobs, hash-verified on write; no Action Cache here.
+        let services = CacheServices::new(self.local, Arc::new(MemoryActionCache::new(0)))
+            .with_limits(self.options.limits);
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let routes = tonic::service::Routes::new(services.capabilities())
+            .add_service(services.cas())
+            .add_service(services.byte_stream())
+            .add_service(cluster.into_service())
+            .add_service(health);
+        (self.listener, routes)
+    }
+}
