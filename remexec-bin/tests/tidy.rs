@@ -483,3 +483,47 @@ fn examples_embed_the_libraries_in_under_80_lines_without_the_binary() {
         assert!(lines < 80, "{example} has {lines} lines");
     }
 }
+
+/// Crates that only a part of remexec-core behind a feature may pull in: TLS, JWT, X.509,
+/// Prometheus, OpenTelemetry, the health and reflection services.
+const NOT_IN_THE_VOCABULARY: &[&str] = &[
+    "rustls",
+    "tokio-rustls",
+    "jsonwebtoken",
+    "x509-parser",
+    "prometheus-client",
+    "opentelemetry",
+    "tracing-opentelemetry",
+    "tonic-health",
+    "tonic-reflection",
+];
+
+#[test]
+fn a_crate_that_implements_a_backend_compiles_only_the_vocabulary() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .current_dir(workspace())
+        .args(["tree", "--offline", "--locked", "-p", "remexec-core"])
+        .args(["--no-default-features", "-e", "normal", "--prefix", "none"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8(out.stdout).unwrap();
+    let crates: BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(crates.contains("bazel-remote-apis"), "{tree}");
+    let heavy: Vec<_> = NOT_IN_THE_VOCABULARY
+        .iter()
+        .filter(|c| crates.contains(**c))
+        .collect();
+    assert!(
+        heavy.is_empty(),
+        "remexec-core without features pulls in {heavy:?}"
+    );
+}

@@ -93,7 +93,7 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
     /// The bytes held, the budget and the bytes evicted, for a store with a budget; wrappers
     /// report what they wrap (a tiered store, its fast tier). `None` (the default) for a store
     /// without one, such as an object store.
-    fn usage(&self) -> Option<crate::metrics::StoreUsage> {
+    fn usage(&self) -> Option<StoreUsage> {
         None
     }
 
@@ -144,7 +144,7 @@ impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         (**self).describe(f)
     }
-    fn usage(&self) -> Option<crate::metrics::StoreUsage> {
+    fn usage(&self) -> Option<StoreUsage> {
         (**self).usage()
     }
     fn verifies_writes(&self) -> bool {
@@ -218,4 +218,15 @@ pub async fn collect_chunks(mut stream: ChunkStream, size_hint: u64) -> Result<B
         buf.extend_from_slice(&chunk?);
     }
     Ok(buf.freeze())
+}
+
+/// The byte usage of a store, as [`BlobStore::usage`] reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreUsage {
+    /// Bytes of blob content held.
+    pub used_bytes: u64,
+    /// The byte budget beyond which blobs are evicted.
+    pub limit_bytes: u64,
+    /// Bytes evicted since the store was opened.
+    pub evicted_bytes: u64,
 }

@@ -29,16 +29,21 @@
 //! ```
 
 mod action_cache;
+#[cfg(feature = "auth")]
 pub mod auth;
 mod blob_store;
+#[cfg(feature = "client")]
 pub mod client;
 mod digest;
 mod error;
 pub mod fs;
 pub mod lru;
+#[cfg(feature = "client")]
 pub mod membership;
 pub mod merkle;
+#[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "metrics")]
 pub mod observe;
 pub mod placement;
 pub mod platform;
@@ -47,14 +52,18 @@ mod resource;
 pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tls")]
 pub mod tls;
 
 pub use action_cache::ActionCache;
-pub use blob_store::{BlobStore, BlobStoreExt, ChunkStream, ListBlobs, ReadRange, collect_chunks};
+pub use blob_store::{
+    BlobStore, BlobStoreExt, ChunkStream, ListBlobs, ReadRange, StoreUsage, collect_chunks,
+};
 pub use digest::{Digest, DigestFunction, Hasher};
 pub use error::{Error, Result, ok_rpc_status};
 pub use resource::{
-    BlobRef, Compressor, RESERVED_SEGMENTS, ReadResource, WriteResource, validate_instance_name,
+    BlobRef, Compressor, REQUEST_METADATA_HEADER, RESERVED_SEGMENTS, ReadResource, WriteResource,
+    validate_instance_name,
 };
 
 /// The REAPI, ByteStream, longrunning and google.rpc types this crate's API uses.

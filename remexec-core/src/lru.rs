@@ -31,8 +31,8 @@ impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
     }
 
     /// The bytes held, the budget and the bytes evicted, as a store reports them.
-    pub fn usage(&self) -> crate::metrics::StoreUsage {
-        crate::metrics::StoreUsage {
+    pub fn usage(&self) -> crate::StoreUsage {
+        crate::StoreUsage {
             used_bytes: self.bytes,
             limit_bytes: self.budget,
             evicted_bytes: self.evicted,

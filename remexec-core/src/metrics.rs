@@ -143,16 +143,7 @@ struct StateLabels {
     state: &'static str,
 }
 
-/// The byte usage of a store, as [`BlobStore::usage`](crate::BlobStore::usage) reports it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct StoreUsage {
-    /// Bytes of blob content held.
-    pub used_bytes: u64,
-    /// The byte budget beyond which blobs are evicted.
-    pub limit_bytes: u64,
-    /// Bytes evicted since the store was opened.
-    pub evicted_bytes: u64,
-}
+pub use crate::blob_store::StoreUsage;
 
 type Refresh = Box<dyn Fn(&Metrics) + Send + Sync>;
 

@@ -21,8 +21,7 @@ use crate::auth::Caller;
 use crate::metrics::{Metrics, code_name};
 use crate::reapi::RequestMetadata;
 
-/// The header Bazel and other REAPI clients send their `RequestMetadata` in.
-pub const REQUEST_METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
+pub use crate::resource::REQUEST_METADATA_HEADER;
 
 /// The client's `RequestMetadata` from `headers`, if it sent a well-formed one.
 pub fn request_metadata(headers: &http::HeaderMap) -> Option<RequestMetadata> {

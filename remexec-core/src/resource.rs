@@ -260,6 +260,9 @@ impl fmt::Display for WriteResource {
     }
 }
 
+/// The header Bazel and other REAPI clients send their `RequestMetadata` in.
+pub const REQUEST_METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
+
 #[cfg(test)]
 mod tests {
     use super::*;

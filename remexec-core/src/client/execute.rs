@@ -74,7 +74,7 @@ fn with_metadata<M>(message: M, options: &FollowOptions) -> tonic::Request<M> {
     let mut request = tonic::Request::new(message);
     if let Some(metadata) = &options.metadata {
         request.metadata_mut().insert_bin(
-            crate::observe::REQUEST_METADATA_HEADER,
+            crate::resource::REQUEST_METADATA_HEADER,
             tonic::metadata::MetadataValue::from_bytes(&metadata.encode_to_vec()),
         );
     }
