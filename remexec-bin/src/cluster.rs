@@ -17,8 +17,13 @@ use remexec_core::{ActionCache, Result};
 use crate::config::Config;
 
 /// Opens `{data_dir}/cas` and binds `listen`, for worker `name`: its share of the cluster's
-/// CAS.
-pub async fn worker_cas(config: &Config, listen: SocketAddr, name: &str) -> Result<WorkerCas> {
+/// CAS, served over TLS if `secure`.
+pub async fn worker_cas(
+    config: &Config,
+    listen: SocketAddr,
+    name: &str,
+    secure: bool,
+) -> Result<WorkerCas> {
     let options = DiskStoreOptions {
         budget: config.cas.disk_budget.as_u64(),
         sync: config.cas.fsync,
@@ -28,6 +33,7 @@ pub async fn worker_cas(config: &Config, listen: SocketAddr, name: &str) -> Resu
     options.repair_bandwidth = config.cluster.repair_bandwidth.as_u64();
     options.repair_interval = Duration::from_secs(config.cluster.repair_interval_secs);
     options.limits = config.cache_limits();
+    options.tls = secure;
     let advertise = config.cluster.advertise.as_deref();
     WorkerCas::bind(Arc::new(disk), listen, advertise, name, options).await
 }

@@ -5,9 +5,9 @@
 //! `$XDG_CACHE_HOME/remexec` or `~/.cache/remexec`, a 10 GiB disk budget), which a TOML file and
 //! then flags override.
 //!
-//! [`server::ServerBuilder`] assembles a server as a library, over any store, action cache,
-//! executor pool and isolation, with `remexec serve`'s stack as its default;
-//! [`serve::BoundServer::bind`] maps a [`config::Config`] onto it.
+//! The nodes themselves are the libraries' (`remexec_scheduler::node::SchedulerNode`,
+//! `remexec_worker::node::WorkerNode`); [`serve::BoundServer::bind`] maps a [`config::Config`]
+//! onto them, and [`serve::run_worker`] does the same for `remexec worker`.
 //!
 //! ```no_run
 //! use remexec_bin::config::Config;

@@ -269,6 +269,39 @@ fn worker_material(config: &Config) -> Result<Option<TlsMaterial>> {
     }))
 }
 
+/// The TLS and policy of a worker's CAS port (`--listen`): with the worker's cluster
+/// certificate (`[worker] tls_cert` and `tls_key`) and a cluster CA (`[cluster] ca`, else
+/// `[worker] tls_ca`), TLS with that certificate, requiring client certificates of that CA
+/// that carry a cluster name; plaintext is then refused. Without them, `None`: plaintext and
+/// open, as on a trusted network, with a warning.
+pub fn worker_cas_port(config: &Config) -> Result<Option<(ServerTls, AuthPolicy)>> {
+    let worker = &config.worker;
+    let (Some(cert), Some(key)) = (&worker.tls_cert, &worker.tls_key) else {
+        tracing::warn!(
+            "the CAS port is plaintext and open: give the worker its cluster certificate (--tls-cert, --tls-key) and the cluster CA"
+        );
+        return Ok(None);
+    };
+    let ca = config
+        .cluster
+        .ca
+        .as_ref()
+        .or(worker.tls_ca.as_ref())
+        .ok_or_else(|| {
+            Error::invalid("the CAS port's TLS needs the cluster CA: [cluster] ca or --tls-ca")
+        })?;
+    let material = TlsMaterial {
+        cert_pem: read(cert, "cluster certificate")?,
+        key_pem: read(key, "cluster key")?,
+        client_ca_pem: Some(read(ca, "cluster CA")?),
+        client_certs: ClientCerts::Required,
+    };
+    let policy = AuthPolicy::builder()
+        .cluster_names(cluster_names(config))
+        .build();
+    Ok(Some((ServerTls::new(&material)?, policy)))
+}
+
 /// How `remexec worker` reaches its scheduler: `[worker] tls_ca` to trust and its cluster
 /// certificate `tls_cert`/`tls_key`.
 pub fn worker_client_tls(config: &Config) -> Result<ClientTls> {

@@ -55,9 +55,16 @@ pub async fn run_worker(
         ));
     }
     let name = settings.name.clone();
+    let cas_port = match config.worker.listen {
+        Some(_) => crate::security::worker_cas_port(config)?,
+        None => None,
+    };
     // With --listen, the worker keeps blobs for the cluster and reads and writes through it.
     let cluster = match config.worker.listen {
-        Some(listen) => Some(crate::cluster::worker_cas(config, listen, &name).await?),
+        Some(listen) => {
+            let secure = cas_port.is_some();
+            Some(crate::cluster::worker_cas(config, listen, &name, secure).await?)
+        }
         None => None,
     };
     let cas: Arc<dyn BlobStore> = match &cluster {
@@ -81,12 +88,15 @@ pub async fn run_worker(
             .local_addr()
             .map_err(|e| Error::io("reading the CAS port's address", e))?;
         println!("remexec: cas port on {addr} ({})", cluster.url);
-        // Workers' CAS ports are plaintext: the scheduler's TLS settings do not apply to them.
-        let peers = remexec_core::client::ClientTls::default();
+        // Other members are reached, and reach this one, with the cluster certificate.
         let stop = node.stopping();
-        let (listener, routes) = cluster.start(worker.members(), &name, peers, &metrics, stop);
-        let port = Port::new(listener, routes, metrics.clone()).auth(AuthPolicy::open());
-        node = node.port(port);
+        let (listener, routes) =
+            cluster.start(worker.members(), &name, tls.clone(), &metrics, stop);
+        let port = Port::new(listener, routes, metrics.clone());
+        node = node.port(match cas_port {
+            Some((tls, auth)) => port.tls(Some(tls)).auth(auth),
+            None => port.auth(AuthPolicy::open()),
+        });
     }
     if let Some(addr) = config.admin_listen {
         let listener = remexec_core::server::bind(addr, "admin port").await?;

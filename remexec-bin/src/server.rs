@@ -206,8 +206,8 @@ impl BoundServer {
         // A cluster's CAS is on its workers.
         let (store, cluster) = match config.cluster.replicas {
             Some(r) => {
-                // Workers' CAS ports are plaintext for now.
-                let tls = ClientTls::default();
+                // Workers' CAS ports are reached with the cluster certificate.
+                let tls = crate::security::worker_client_tls(config)?;
                 let (store, service) =
                     remexec_cas::cluster::scheduler_cas(r, workers.members(), tls, &metrics)?;
                 (store as Arc<dyn BlobStore>, Some(service))

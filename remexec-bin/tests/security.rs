@@ -648,3 +648,140 @@ async fn with_its_own_cluster_ca_no_client_certificate_is_a_cluster_member() {
         Code::PermissionDenied
     );
 }
+
+/// FindMissingBlobs of one blob on the CAS at `url`: the code, and whether it is present.
+async fn holds(url: &str, tls: &ClientTls, digest: &PbDigest) -> (Code, bool) {
+    let Ok(channel) = channel(url, tls).await else {
+        return (Code::Unavailable, false);
+    };
+    let request = FindMissingBlobsRequest {
+        blob_digests: vec![digest.clone()],
+        ..Default::default()
+    };
+    match client::cas_client(channel)
+        .find_missing_blobs(request)
+        .await
+    {
+        Ok(reply) => (Code::Ok, reply.into_inner().missing_blob_digests.is_empty()),
+        Err(status) => (status.code(), false),
+    }
+}
+
+/// A worker's CAS port, given the worker's cluster certificate: plaintext refused, no client
+/// certificate refused, a client certificate that is not a cluster certificate refused, a
+/// cluster certificate admitted; the scheduler reaches it with its own cluster certificate, so
+/// a blob written through the scheduler lands there.
+#[tokio::test]
+async fn a_worker_cas_port_admits_cluster_certificates_only() {
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let c = certs.path();
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("scheduler.toml");
+    let identity = |name: &str| arg(c, name);
+    std::fs::write(
+        &config,
+        format!(
+            "[worker]\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+            identity("ca.pem"),
+            identity("cluster.pem"),
+            identity("cluster.key")
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let scheduler = ServerProcess::start_role(
+        "scheduler",
+        &data.path().join("scheduler"),
+        &[
+            "--config",
+            &config,
+            "--tls-cert",
+            &identity("server.pem"),
+            "--tls-key",
+            &identity("server.key"),
+            "--replicas",
+            "1",
+        ],
+    );
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut worker = common::start_worker_at(
+        &grpcs(scheduler.addr),
+        "w1",
+        &data.path().join("w1"),
+        1,
+        &[
+            "--replicas",
+            "1",
+            "--listen",
+            &listen,
+            "--tls-ca",
+            &identity("ca.pem"),
+            "--tls-cert",
+            &identity("cluster.pem"),
+            "--tls-key",
+            &identity("cluster.key"),
+        ],
+        std::process::Stdio::inherit(),
+    );
+    let (digest, bytes) = blob();
+    let cas = format!("grpcs://localhost:{port}");
+    let cluster = tls(c, Some("cluster"));
+    let mut up = Code::Unavailable;
+    for _ in 0..100 {
+        up = holds(&cas, &cluster, &digest).await.0;
+        if up == Code::Ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        up,
+        Code::Ok,
+        "the CAS port never admitted the cluster certificate"
+    );
+    let plain = format!("grpc://127.0.0.1:{port}");
+    assert_ne!(
+        holds(&plain, &ClientTls::default(), &digest).await.0,
+        Code::Ok
+    );
+    assert_ne!(holds(&cas, &tls(c, None), &digest).await.0, Code::Ok);
+    assert_eq!(
+        holds(&cas, &tls(c, Some("client")), &digest).await.0,
+        Code::PermissionDenied
+    );
+    // Through the scheduler, once the worker is a member: the blob lands on the worker.
+    let front = channel(&grpcs(scheduler.addr), &tls(c, None))
+        .await
+        .unwrap();
+    let mut stored = false;
+    for _ in 0..100 {
+        let request = BatchUpdateBlobsRequest {
+            requests: vec![batch_update_blobs_request::Request {
+                digest: Some(digest.clone()),
+                data: bytes.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let reply = client::cas_client(front.clone())
+            .batch_update_blobs(request)
+            .await
+            .unwrap()
+            .into_inner();
+        if reply
+            .responses
+            .iter()
+            .all(|r| r.status.as_ref().is_none_or(|s| s.code == 0))
+        {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored, "the scheduler never stored the blob on its worker");
+    assert_eq!(holds(&cas, &cluster, &digest).await, (Code::Ok, true));
+    worker.kill().unwrap();
+    let _ = worker.wait();
+}

@@ -52,16 +52,20 @@ pub struct WorkerCasOptions {
     pub repair_interval: Duration,
     /// Limits of the CAS port's services.
     pub limits: Limits,
+    /// Whether the port is served over TLS: its URL is then `grpcs://` (unless advertised
+    /// otherwise).
+    pub tls: bool,
 }
 
 impl WorkerCasOptions {
-    /// `replicas` copies, repairs every 5 minutes at 100 MiB/s, default limits.
+    /// `replicas` copies, repairs every 5 minutes at 100 MiB/s, default limits, plaintext.
     pub fn new(replicas: u32) -> Self {
         Self {
             replicas,
             repair_bandwidth: 100 << 20,
             repair_interval: Duration::from_secs(300),
             limits: Limits::default(),
+            tls: false,
         }
     }
 }
@@ -98,7 +102,10 @@ impl WorkerCas {
         let bound = listener
             .local_addr()
             .map_err(|e| Error::io("reading the CAS port's address", e))?;
-        let url = remexec_core::membership::advertised_url(advertise, bound, name);
+        let mut url = remexec_core::membership::advertised_url(advertise, bound, name);
+        if options.tls && advertise.is_none() {
+            url = url.replacen("grpc://", "grpcs://", 1);
+        }
         remexec_core::client::endpoint(&url)?;
         Ok(Self {
             store,

@@ -39,6 +39,9 @@ struct View {
 pub struct ReplicatedStore {
     replicas: usize,
     view: RwLock<View>,
+    /// Whether a member is this process's own store (a worker's disk), which takes writes
+    /// unverified.
+    has_local: std::sync::atomic::AtomicBool,
 }
 
 impl ReplicatedStore {
@@ -53,6 +56,7 @@ impl ReplicatedStore {
         Ok(Self {
             replicas,
             view: RwLock::default(),
+            has_local: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -80,6 +84,10 @@ impl ReplicatedStore {
         tls: remexec_core::client::ClientTls,
         local: Option<(String, Arc<dyn BlobStore>)>,
     ) -> tokio::task::JoinHandle<()> {
+        if local.is_some() {
+            self.has_local
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let local_name = local.as_ref().map(|(name, _)| name.clone());
         let remote = move |m: &Member| local_name.as_ref() != Some(&m.name);
         remexec_core::membership::follow(live, tls, remote, move |members, channels| {
