@@ -667,6 +667,92 @@ async fn holds(url: &str, tls: &ClientTls, digest: &PbDigest) -> (Code, bool) {
     }
 }
 
+/// A scheduler (`--replicas 1`, TLS, reaching workers with the cluster certificate) and one
+/// worker whose CAS port has the worker's cluster certificate; and that port.
+fn tls_cluster(c: &Path, data: &Path) -> (ServerProcess, std::process::Child, u16) {
+    let config = data.join("scheduler.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[worker]\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+            arg(c, "ca.pem"),
+            arg(c, "cluster.pem"),
+            arg(c, "cluster.key")
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let (cert, key) = (arg(c, "server.pem"), arg(c, "server.key"));
+    let scheduler = ServerProcess::start_role(
+        "scheduler",
+        &data.join("scheduler"),
+        &[
+            "--config",
+            &config,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--replicas",
+            "1",
+        ],
+    );
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (ca, cert, key) = (
+        arg(c, "ca.pem"),
+        arg(c, "cluster.pem"),
+        arg(c, "cluster.key"),
+    );
+    let worker = common::start_worker_at(
+        &grpcs(scheduler.addr),
+        "w1",
+        &data.join("w1"),
+        1,
+        &[
+            "--replicas",
+            "1",
+            "--listen",
+            &listen,
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        std::process::Stdio::inherit(),
+    );
+    (scheduler, worker, port)
+}
+
+/// Writes `data` through the scheduler at `front` until it takes it (the worker has joined).
+async fn store_through(front: &Channel, digest: &PbDigest, data: &[u8]) -> bool {
+    for _ in 0..100 {
+        let request = BatchUpdateBlobsRequest {
+            requests: vec![batch_update_blobs_request::Request {
+                digest: Some(digest.clone()),
+                data: data.to_vec(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let reply = client::cas_client(front.clone())
+            .batch_update_blobs(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let ok = |r: &remexec_core::reapi::batch_update_blobs_response::Response| {
+            r.status.as_ref().is_none_or(|s| s.code == 0)
+        };
+        if reply.responses.iter().all(ok) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// A worker's CAS port, given the worker's cluster certificate: plaintext refused, no client
 /// certificate refused, a client certificate that is not a cluster certificate refused, a
 /// cluster certificate admitted; the scheduler reaches it with its own cluster certificate, so
@@ -677,54 +763,7 @@ async fn a_worker_cas_port_admits_cluster_certificates_only() {
     dev_certs(certs.path());
     let c = certs.path();
     let data = tempfile::tempdir().unwrap();
-    let config = data.path().join("scheduler.toml");
-    let identity = |name: &str| arg(c, name);
-    std::fs::write(
-        &config,
-        format!(
-            "[worker]\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
-            identity("ca.pem"),
-            identity("cluster.pem"),
-            identity("cluster.key")
-        ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
-    let scheduler = ServerProcess::start_role(
-        "scheduler",
-        &data.path().join("scheduler"),
-        &[
-            "--config",
-            &config,
-            "--tls-cert",
-            &identity("server.pem"),
-            "--tls-key",
-            &identity("server.key"),
-            "--replicas",
-            "1",
-        ],
-    );
-    let port = common::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut worker = common::start_worker_at(
-        &grpcs(scheduler.addr),
-        "w1",
-        &data.path().join("w1"),
-        1,
-        &[
-            "--replicas",
-            "1",
-            "--listen",
-            &listen,
-            "--tls-ca",
-            &identity("ca.pem"),
-            "--tls-cert",
-            &identity("cluster.pem"),
-            "--tls-key",
-            &identity("cluster.key"),
-        ],
-        std::process::Stdio::inherit(),
-    );
+    let (scheduler, mut worker, port) = tls_cluster(c, data.path());
     let (digest, bytes) = blob();
     let cas = format!("grpcs://localhost:{port}");
     let cluster = tls(c, Some("cluster"));
@@ -755,32 +794,10 @@ async fn a_worker_cas_port_admits_cluster_certificates_only() {
     let front = channel(&grpcs(scheduler.addr), &tls(c, None))
         .await
         .unwrap();
-    let mut stored = false;
-    for _ in 0..100 {
-        let request = BatchUpdateBlobsRequest {
-            requests: vec![batch_update_blobs_request::Request {
-                digest: Some(digest.clone()),
-                data: bytes.clone(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let reply = client::cas_client(front.clone())
-            .batch_update_blobs(request)
-            .await
-            .unwrap()
-            .into_inner();
-        if reply
-            .responses
-            .iter()
-            .all(|r| r.status.as_ref().is_none_or(|s| s.code == 0))
-        {
-            stored = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(stored, "the scheduler never stored the blob on its worker");
+    assert!(
+        store_through(&front, &digest, &bytes).await,
+        "the scheduler never stored the blob on its worker"
+    );
     assert_eq!(holds(&cas, &cluster, &digest).await, (Code::Ok, true));
     worker.kill().unwrap();
     let _ = worker.wait();
