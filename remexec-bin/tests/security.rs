@@ -669,7 +669,7 @@ async fn holds(url: &str, tls: &ClientTls, digest: &PbDigest) -> (Code, bool) {
 
 /// A scheduler (`--replicas 1`, TLS, reaching workers with the cluster certificate) and one
 /// worker whose CAS port has the worker's cluster certificate; and that port.
-fn tls_cluster(c: &Path, data: &Path) -> (ServerProcess, std::process::Child, u16) {
+fn tls_cluster(c: &Path, data: &Path) -> (ServerProcess, common::KillOnDrop, u16) {
     let config = data.join("scheduler.toml");
     std::fs::write(
         &config,
@@ -704,7 +704,7 @@ fn tls_cluster(c: &Path, data: &Path) -> (ServerProcess, std::process::Child, u1
         arg(c, "cluster.pem"),
         arg(c, "cluster.key"),
     );
-    let worker = common::start_worker_at(
+    let worker = common::KillOnDrop(common::start_worker_at(
         &grpcs(scheduler.addr),
         "w1",
         &data.join("w1"),
@@ -722,7 +722,7 @@ fn tls_cluster(c: &Path, data: &Path) -> (ServerProcess, std::process::Child, u1
             &key,
         ],
         std::process::Stdio::inherit(),
-    );
+    ));
     (scheduler, worker, port)
 }
 
@@ -763,7 +763,8 @@ async fn a_worker_cas_port_admits_cluster_certificates_only() {
     dev_certs(certs.path());
     let c = certs.path();
     let data = tempfile::tempdir().unwrap();
-    let (scheduler, mut worker, port) = tls_cluster(c, data.path());
+    // The worker is killed when the test ends, whether it passes or not.
+    let (scheduler, _worker, port) = tls_cluster(c, data.path());
     let (digest, bytes) = blob();
     let cas = format!("grpcs://localhost:{port}");
     let cluster = tls(c, Some("cluster"));
@@ -799,6 +800,4 @@ async fn a_worker_cas_port_admits_cluster_certificates_only() {
         "the scheduler never stored the blob on its worker"
     );
     assert_eq!(holds(&cas, &cluster, &digest).await, (Code::Ok, true));
-    worker.kill().unwrap();
-    let _ = worker.wait();
 }
