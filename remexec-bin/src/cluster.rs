@@ -10,6 +10,7 @@ use remexec_cas::ShardedActionCache;
 use remexec_cas::cluster::{WorkerCas, WorkerCasOptions};
 use remexec_cas::service::PeerService;
 use remexec_cas::{DiskStore, DiskStoreOptions};
+use remexec_core::client::ClientTls;
 use remexec_core::membership::Peers;
 use remexec_core::metrics::Metrics;
 use remexec_core::{ActionCache, Result};
@@ -38,8 +39,8 @@ pub async fn worker_cas(
     WorkerCas::bind(Arc::new(disk), listen, advertise, name, options).await
 }
 
-/// For a scheduler with `[cluster] peers` bound at `bound`: its peers (reached with the
-/// `[worker]` client TLS settings, the cluster certificate), the Action Cache it shares with
+/// For a scheduler with `[cluster] peers` bound at `bound`: its peers (reached with `tls`, the
+/// `[worker]` client TLS settings: the cluster certificate), the Action Cache it shares with
 /// them over `local` (each entry on 2 schedulers), and the `Peer` service that answers them
 /// from `local`. Otherwise `local` alone.
 #[allow(clippy::type_complexity)]
@@ -47,12 +48,12 @@ pub async fn share_action_cache(
     config: &Config,
     bound: SocketAddr,
     local: Arc<dyn ActionCache>,
+    tls: &ClientTls,
     metrics: &Metrics,
 ) -> Result<(Option<Peers>, Arc<dyn ActionCache>, Option<PeerService>)> {
     if config.cluster.peers.is_empty() {
         return Ok((None, local, None));
     }
-    let tls = crate::security::worker_client_tls(config)?;
     let seeds = config.cluster.peers.clone();
     let advertise = config.cluster.advertise.as_deref();
     let peers = Peers::start(seeds, advertise, bound, tls.clone()).await?;
@@ -63,6 +64,6 @@ pub async fn share_action_cache(
         Arc::clone(&local),
         2,
     )?);
-    Arc::clone(&sharded).follow(peers.members(), tls);
+    Arc::clone(&sharded).follow(peers.members(), tls.clone());
     Ok((Some(peers), sharded, Some(PeerService::new(local))))
 }

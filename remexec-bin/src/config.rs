@@ -800,7 +800,8 @@ impl Config {
         config.max_command_size =
             usize::try_from(self.limits.max_command_size.as_u64()).unwrap_or(usize::MAX);
         config.tree_limits = self.tree_limits();
-        config.status_url = self.status_url(self.admin_listen);
+        // Else the scheduler node names its admin port once bound.
+        config.status_url.clone_from(&self.telemetry.status_url);
         // The groups' instance names: served by name from the start, before the worker with
         // them has attached (the all-in-one server's, or one sharing this file).
         for group in &self.worker.groups {
@@ -809,19 +810,6 @@ impl Config {
                 .extend(group.instance_names.iter().cloned());
         }
         Ok(config)
-    }
-
-    /// The status page's public base URL: `[telemetry] status_url`, else that of `admin`, the
-    /// admin port's address (an unspecified one as 127.0.0.1), else none.
-    pub fn status_url(&self, admin: Option<SocketAddr>) -> Option<String> {
-        if let Some(url) = &self.telemetry.status_url {
-            return Some(url.clone());
-        }
-        let mut addr = admin?;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        Some(format!("http://{addr}"))
     }
 
     /// The worker's name: `[worker] name`, else this host's name and `default_suffix`.

@@ -203,11 +203,17 @@ impl BoundServer {
             None => WorkerPool::new(),
         };
         let (store_spec, ac_spec) = store_specs(config).await?;
+        // Workers' CAS ports and the peers are reached with the cluster certificate: read once,
+        // and only by a scheduler that has either.
+        let cluster_tls =
+            match config.cluster.replicas.is_some() || !config.cluster.peers.is_empty() {
+                true => crate::security::worker_client_tls(config)?,
+                false => ClientTls::default(),
+            };
         // A cluster's CAS is on its workers.
         let (store, cluster) = match config.cluster.replicas {
             Some(r) => {
-                // Workers' CAS ports are reached with the cluster certificate.
-                let tls = crate::security::worker_client_tls(config)?;
+                let tls = cluster_tls.clone();
                 let (store, service) =
                     remexec_cas::cluster::scheduler_cas(r, workers.members(), tls, &metrics)?;
                 (store as Arc<dyn BlobStore>, Some(service))
@@ -220,7 +226,7 @@ impl BoundServer {
             .local_addr()
             .map_err(|e| Error::io("reading the bound address", e))?;
         let (peers, ac, peer_service) =
-            crate::cluster::share_action_cache(config, bound, ac, &metrics).await?;
+            crate::cluster::share_action_cache(config, bound, ac, &cluster_tls, &metrics).await?;
         tracing::info!(cas = %store, action_cache = %ac, pool = ?workers, "assembling the server");
         let storage = CacheServices::new(Arc::clone(&store), Arc::clone(&ac))
             .with_metrics(metrics.clone())
@@ -247,8 +253,7 @@ impl BoundServer {
             }
             routes
         };
-        let mut scheduler_config = config.scheduler_config().map_err(Error::invalid)?;
-        scheduler_config.status_url = config.telemetry.status_url.clone();
+        let scheduler_config = config.scheduler_config().map_err(Error::invalid)?;
         let mut node = SchedulerNode::builder(Arc::clone(&store), ac, storage)
             .config(scheduler_config)
             .worker_pool(workers)
@@ -272,8 +277,7 @@ impl BoundServer {
             node = node.admin(addr);
         }
         if let Some(peers) = peers {
-            let tls = crate::security::worker_client_tls(config)?;
-            let routing = Routing::new(peers.name.clone(), peers.members(), tls);
+            let routing = Routing::new(peers.name.clone(), peers.members(), cluster_tls);
             node = node.routing(Arc::new(routing)).keep(peers);
         }
         let node = node.bind().await?;
