@@ -24,14 +24,16 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 start_cluster() {
   local r="$1" sp; sp="$(port)"; URL="grpc://127.0.0.1:$sp"; WPIDS=()
   local dir="$TMP/c$r-$RANDOM"; mkdir -p "$dir"
+  local cas=("$(port)" "$(port)" "$(port)") seeds=""
+  for p in "${cas[@]}"; do seeds+="${seeds:+,}grpc://127.0.0.1:$p"; done
   local flags=(--listen "127.0.0.1:$sp" --data-dir "$dir/s" --no-fsync)
-  [[ "$r" != 0 ]] && flags+=(--replicas "$r")
+  [[ "$r" != 0 ]] && flags+=(--replicas "$r" --storage "$seeds")
   "$BIN" scheduler "${flags[@]}" >/dev/null & PIDS+=($!)
   sleep 0.5
   printf '[cas]\nfsync = false\n[cluster]\nrepair_bandwidth = "%s"\n' "${REPAIR_BANDWIDTH:-0 B}" > "$dir/w.toml"
   for i in 1 2 3; do
     local wflags=(--scheduler "$URL" --name "w$i" --executors 1 --data-dir "$dir/w$i")
-    [[ "$r" != 0 ]] && wflags+=(--listen 127.0.0.1:0 --replicas "$r" --disk-budget 8GiB)
+    [[ "$r" != 0 ]] && wflags+=(--listen "127.0.0.1:${cas[$((i-1))]}" --storage "$seeds" --replicas "$r" --disk-budget 8GiB)
     REMEXEC_CONFIG="$dir/w.toml" "$BIN" worker "${wflags[@]}" >/dev/null & PIDS+=($!); WPIDS+=($!)
   done
   if [[ "$r" != 0 ]]; then

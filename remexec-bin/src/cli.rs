@@ -158,10 +158,20 @@ pub struct ServerArgs {
     /// Log one line per gRPC call (target remexec::access).
     #[arg(long, env = "REMEXEC_ACCESS_LOG")]
     pub access_log: bool,
-    /// Keep no blobs here: the CAS is on the workers started with --listen, each blob on R of
+    /// Keep no blobs here: the CAS is on the workers' CAS ports (--storage), each blob on R of
     /// them (1 to 3) [default: the scheduler keeps blobs itself].
     #[arg(long, value_name = "R", env = "REMEXEC_REPLICAS")]
     pub replicas: Option<u32>,
+    /// The workers' CAS ports, grpc://HOST:PORT (or grpcs://), or one DNS name resolving to
+    /// all of them (repeatable): the storage plane's members, the same list on every scheduler
+    /// and worker of the cluster [default: none].
+    #[arg(
+        long = "storage",
+        value_name = "URL",
+        value_delimiter = ',',
+        env = "REMEXEC_STORAGE"
+    )]
+    pub storage: Vec<String>,
     /// Another scheduler of the cluster, grpc://HOST:PORT, or one DNS name resolving to all of
     /// them (repeatable): the schedulers share the Action Cache [default: none].
     #[arg(
@@ -292,8 +302,8 @@ pub struct WorkerArgs {
     /// scheduler is unreachable or the disk is full) and /metrics [default: none].
     #[arg(long, value_name = "ADDR", env = "REMEXEC_ADMIN_LISTEN")]
     pub admin_listen: Option<std::net::SocketAddr>,
-    /// Serve this worker's CAS to the cluster on ADDR (HOST:PORT; port 0 picks one): the
-    /// scheduler (started with --replicas) then places blobs on the workers [default: none].
+    /// Serve this worker's CAS to the cluster on ADDR (HOST:PORT): a member of the storage
+    /// plane once --storage lists it [default: none].
     #[arg(long, value_name = "ADDR", env = "REMEXEC_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
     /// The URL others reach this worker's CAS at [default: grpc://LISTEN, or grpc://NAME:PORT
@@ -307,6 +317,16 @@ pub struct WorkerArgs {
     /// Replicas of each blob, 1 to 3, as the scheduler's --replicas [default: 2].
     #[arg(long, value_name = "R", env = "REMEXEC_REPLICAS")]
     pub replicas: Option<u32>,
+    /// The workers' CAS ports, grpc://HOST:PORT (or grpcs://), or one DNS name resolving to
+    /// all of them (repeatable): the storage plane's members, the same list on every scheduler
+    /// and worker of the cluster [default: none].
+    #[arg(
+        long = "storage",
+        value_name = "URL",
+        value_delimiter = ',',
+        env = "REMEXEC_STORAGE"
+    )]
+    pub storage: Vec<String>,
     /// Most bytes of blobs this worker keeps for the cluster, e.g. 50GiB [default: 10 GiB].
     #[arg(long, env = "REMEXEC_DISK_BUDGET")]
     pub disk_budget: Option<ByteSize>,
@@ -375,6 +395,9 @@ impl ServerArgs {
         if !self.peers.is_empty() {
             config.cluster.peers.clone_from(&self.peers);
         }
+        if !self.storage.is_empty() {
+            config.cluster.storage.clone_from(&self.storage);
+        }
         if self.advertise.is_some() {
             config.cluster.advertise.clone_from(&self.advertise);
         }
@@ -425,6 +448,9 @@ impl WorkerArgs {
         }
         if self.replicas.is_some() {
             config.cluster.replicas = self.replicas;
+        }
+        if !self.storage.is_empty() {
+            config.cluster.storage.clone_from(&self.storage);
         }
         if let Some(budget) = self.disk_budget {
             config.cas.disk_budget = budget;

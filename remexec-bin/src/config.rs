@@ -100,9 +100,12 @@ pub struct ClusterSection {
     /// them): they share the Action Cache, each entry on 2 of them.
     pub peers: Vec<String>,
     /// Replicas of each blob on the workers, 1 to 3. A scheduler with it set keeps no blobs:
-    /// its CAS is the workers' (those started with `--listen`); such a worker keeps 2 unless
-    /// it is set.
+    /// its CAS is the workers' (their CAS ports, `storage`); such a worker keeps 2 unless it is
+    /// set.
     pub replicas: Option<u32>,
+    /// The workers' CAS ports (`grpc://host:port` URLs, or one DNS name resolving to all of
+    /// them): the storage plane's members, the same list on every scheduler and worker.
+    pub storage: Vec<String>,
     /// The URL other instances reach this one at: a worker's CAS port (default: `grpc://` and
     /// the listen address, or the worker's name for an unspecified address such as 0.0.0.0),
     /// or a scheduler's client port, as its peers list it (default: `grpc://` and the listen
@@ -123,6 +126,7 @@ impl Default for ClusterSection {
             names: Vec::new(),
             peers: Vec::new(),
             replicas: None,
+            storage: Vec::new(),
             advertise: None,
             repair_bandwidth: ByteSize::mib(100),
             repair_interval_secs: 60,

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use remexec_core::auth::AuthPolicy;
+use remexec_cas::cluster::storage_membership;
 use remexec_core::server::Port;
 use remexec_core::{BlobStore, Error, Result};
 use remexec_worker::Worker;
@@ -43,7 +44,7 @@ pub async fn run_worker(
         .first()
         .cloned()
         .ok_or_else(|| Error::invalid("a worker needs a scheduler (--scheduler)"))?;
-    let mut settings = crate::settings::worker_config(config, "")?;
+    let settings = crate::settings::worker_config(config, "")?;
     if (channels.len() > 1 || config.worker.discover_schedulers) && config.worker.listen.is_none() {
         return Err(Error::invalid(
             "a worker serving several schedulers reads and writes the cluster's CAS: start it with --listen",
@@ -68,13 +69,7 @@ pub async fn run_worker(
         None => None,
     };
     let cas: Arc<dyn BlobStore> = match &cluster {
-        Some(c) => {
-            settings.cas = Some(remexec_worker::ClusterCas {
-                url: c.url.clone(),
-                replicas: c.replicas(),
-            });
-            c.store.clone()
-        }
+        Some(c) => c.store.clone(),
         None => Arc::new(remexec_cas::GrpcStore::new(channel.clone())),
     };
     let worker = Worker::new(settings, cas, isolation)?;
@@ -90,8 +85,10 @@ pub async fn run_worker(
         println!("remexec: cas port on {addr} ({})", cluster.url);
         // Other members are reached, and reach this one, with the cluster certificate.
         let stop = node.stopping();
+        let (seeds, replicas) = (config.cluster.storage.clone(), cluster.replicas());
+        let storage = storage_membership(seeds, replicas, tls.clone(), Some(&name))?;
         let (listener, routes) =
-            cluster.start(worker.members(), &name, tls.clone(), &metrics, stop);
+            cluster.start(storage.members(), &name, tls.clone(), &metrics, stop);
         let port = Port::new(listener, routes, metrics.clone());
         node = node.port(match cas_port {
             Some((tls, auth)) => port.tls(Some(tls)).auth(auth),

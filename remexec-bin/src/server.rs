@@ -198,10 +198,7 @@ impl BoundServer {
     ) -> Result<Self> {
         config.check_limits().map_err(Error::invalid)?;
         let metrics = Metrics::new();
-        let workers = match config.cluster.replicas {
-            Some(r) => WorkerPool::cluster(r),
-            None => WorkerPool::new(),
-        };
+        let workers = WorkerPool::new();
         let (store_spec, ac_spec) = store_specs(config).await?;
         // Workers' CAS ports and the peers are reached with the cluster certificate: read once,
         // and only by a scheduler that has either.
@@ -213,9 +210,14 @@ impl BoundServer {
         // A cluster's CAS is on its workers.
         let (store, cluster) = match config.cluster.replicas {
             Some(r) => {
-                let tls = cluster_tls.clone();
-                let (store, service) =
-                    remexec_cas::cluster::scheduler_cas(r, workers.members(), tls, &metrics)?;
+                let (seeds, tls) = (config.cluster.storage.clone(), cluster_tls.clone());
+                let storage = remexec_cas::cluster::storage_membership(seeds, r, tls, None)?;
+                let (store, service) = remexec_cas::cluster::scheduler_cas(
+                    r,
+                    storage.members(),
+                    cluster_tls.clone(),
+                    &metrics,
+                )?;
                 (store as Arc<dyn BlobStore>, Some(service))
             }
             None => (store_spec.build().await?, None),

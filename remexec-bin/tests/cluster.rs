@@ -28,14 +28,47 @@ fn remexec(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A worker serving its CAS on a free loopback port, keeping `replicas` copies.
-fn cluster_worker(scheduler: &str, name: &str, dir: &Path, replicas: &str, log: &Path) -> Child {
-    cluster_worker_with(scheduler, name, dir, replicas, log, &[])
+/// The storage plane of a test cluster: a CAS port set aside on loopback for each worker to
+/// come (by number, from 1), all of them the seeds every scheduler and worker follows.
+struct Storage(Vec<String>);
+
+impl Storage {
+    fn new(workers: usize) -> Self {
+        Self(
+            (0..workers)
+                .map(|_| format!("127.0.0.1:{}", common::free_port()))
+                .collect(),
+        )
+    }
+
+    /// `--storage`'s value.
+    fn seeds(&self) -> String {
+        let urls: Vec<String> = self.0.iter().map(|a| format!("grpc://{a}")).collect();
+        urls.join(",")
+    }
+
+    /// The CAS port of worker `i` (from 1).
+    fn listen(&self, i: usize) -> &str {
+        &self.0[i - 1]
+    }
+}
+
+/// Worker `i` of `storage` serving its CAS, keeping `replicas` copies.
+fn cluster_worker(
+    scheduler: &str,
+    (storage, i): (&Storage, usize),
+    name: &str,
+    dir: &Path,
+    replicas: &str,
+    log: &Path,
+) -> Child {
+    cluster_worker_with(scheduler, (storage, i), name, dir, replicas, log, &[])
 }
 
 /// [`cluster_worker`] with extra flags.
 fn cluster_worker_with(
     scheduler: &str,
+    (storage, i): (&Storage, usize),
     name: &str,
     dir: &Path,
     replicas: &str,
@@ -45,8 +78,8 @@ fn cluster_worker_with(
     let stderr = std::fs::File::create(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_remexec"))
         .args(["worker", "--scheduler", scheduler, "--name", name])
-        .args(["--executors", "1", "--listen", "127.0.0.1:0", "--replicas"])
-        .arg(replicas)
+        .args(["--executors", "1", "--listen", storage.listen(i)])
+        .args(["--storage", &storage.seeds(), "--replicas", replicas])
         .arg("--data-dir")
         .arg(dir)
         .args(extra)
@@ -111,6 +144,9 @@ fn all_on_live(
 
 struct Cluster {
     scheduler: ServerProcess,
+    storage: Storage,
+    /// Workers started so far: the next takes the next CAS port.
+    started: usize,
     workers: BTreeMap<String, Child>,
     /// Each worker's admin port.
     admin: BTreeMap<String, std::net::SocketAddr>,
@@ -118,16 +154,21 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// A scheduler with `--replicas 2` and workers w1…wN, waiting until all are members.
+    /// A scheduler with `--replicas 2` and workers w1…wN, waiting until all are members;
+    /// CAS ports are set aside for 2 more workers (`add`).
     fn start(n: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(n + 2);
+        let seeds = storage.seeds();
         let scheduler = ServerProcess::start_role(
             "scheduler",
             &dir.path().join("scheduler"),
-            &["--replicas", "2", "--admin-listen", "127.0.0.1:0"],
+            &["--replicas", "2", "--storage", &seeds, "--admin-listen", "127.0.0.1:0"],
         );
         let mut cluster = Self {
             scheduler,
+            storage,
+            started: 0,
             workers: BTreeMap::new(),
             admin: BTreeMap::new(),
             dir,
@@ -147,7 +188,9 @@ impl Cluster {
             .unwrap();
         let admin_flag = admin.to_string();
         let extra = ["--admin-listen", admin_flag.as_str()];
-        let child = cluster_worker_with(&self.scheduler.url(), name, &dir, "2", &log, &extra);
+        self.started += 1;
+        let cas = (&self.storage, self.started);
+        let child = cluster_worker_with(&self.scheduler.url(), cas, name, &dir, "2", &log, &extra);
         self.workers.insert(name.to_string(), child);
         self.admin.insert(name.to_string(), admin);
         let server = self.scheduler.url();
@@ -309,6 +352,7 @@ fn a_worker_keeping_another_replica_count_is_refused() {
     let log = cluster.dir.path().join("odd.log");
     let mut odd = cluster_worker(
         &cluster.scheduler.url(),
+        (&cluster.storage, cluster.started + 1),
         "odd",
         &cluster.dir.path().join("odd"),
         "3",
@@ -409,12 +453,14 @@ impl TwoSchedulers {
             .map(|_| format!("127.0.0.1:{}", common::free_port()))
             .collect();
         let peers: Vec<String> = addrs.iter().map(|a| format!("grpc://{a}")).collect();
+        let storage = Storage::new(n);
+        let seeds = storage.seeds();
         let schedulers: Vec<Option<ServerProcess>> = addrs
             .iter()
             .enumerate()
             .map(|(i, addr)| {
                 let data = dir.path().join(format!("s{i}"));
-                let mut flags = vec!["--replicas", replicas];
+                let mut flags = vec!["--replicas", replicas, "--storage", &seeds];
                 for p in &peers {
                     flags.extend(["--peer", p.as_str()]);
                 }
@@ -431,7 +477,8 @@ impl TwoSchedulers {
             .map(|i| {
                 let name = format!("w{i}");
                 let log = dir.path().join(format!("{name}.log"));
-                cluster_worker(&all, &name, &dir.path().join(&name), replicas, &log)
+                let cas = (&storage, i);
+                cluster_worker(&all, cas, &name, &dir.path().join(&name), replicas, &log)
             })
             .collect();
         let both = Self {
@@ -622,6 +669,8 @@ fn schedulers_and_workers_find_each_other_through_one_dns_name() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let seed = format!("grpc://{PEERS_NAME}:{port}");
+    let storage = Storage::new(1);
+    let storage_seeds = storage.seeds();
     let schedulers: Vec<ServerProcess> = ["127.0.0.2", "127.0.0.3"]
         .iter()
         .map(|ip| {
@@ -629,6 +678,8 @@ fn schedulers_and_workers_find_each_other_through_one_dns_name() {
             let flags = [
                 "--replicas",
                 "1",
+                "--storage",
+                storage_seeds.as_str(),
                 "--peer",
                 seed.as_str(),
                 "--admin-listen",
@@ -651,7 +702,9 @@ fn schedulers_and_workers_find_each_other_through_one_dns_name() {
             "--executors",
             "1",
             "--listen",
-            "127.0.0.1:0",
+            storage.listen(1),
+            "--storage",
+            storage_seeds.as_str(),
             "--replicas",
             "1",
             "--data-dir",

@@ -683,6 +683,8 @@ fn tls_cluster(c: &Path, data: &Path) -> (ServerProcess, common::KillOnDrop, u16
     .unwrap();
     let config = config.display().to_string();
     let (cert, key) = (arg(c, "server.pem"), arg(c, "server.key"));
+    let port = common::free_port();
+    let (listen, seed) = (format!("127.0.0.1:{port}"), format!("grpcs://127.0.0.1:{port}"));
     let scheduler = ServerProcess::start_role(
         "scheduler",
         &data.join("scheduler"),
@@ -695,10 +697,10 @@ fn tls_cluster(c: &Path, data: &Path) -> (ServerProcess, common::KillOnDrop, u16
             &key,
             "--replicas",
             "1",
+            "--storage",
+            &seed,
         ],
     );
-    let port = common::free_port();
-    let listen = format!("127.0.0.1:{port}");
     let (ca, cert, key) = (
         arg(c, "ca.pem"),
         arg(c, "cluster.pem"),
@@ -714,6 +716,8 @@ fn tls_cluster(c: &Path, data: &Path) -> (ServerProcess, common::KillOnDrop, u16
             "1",
             "--listen",
             &listen,
+            "--storage",
+            &seed,
             "--tls-ca",
             &ca,
             "--tls-cert",

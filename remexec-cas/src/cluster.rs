@@ -1,6 +1,10 @@
 //! The cluster's CAS on the workers, assembled: what a scheduler and a worker need to take part
 //! in it, over the stores, the repairer and the `Cluster` service of this crate.
 //!
+//! - The storage plane has a membership of its own ([`storage_membership`]): the workers' CAS
+//!   ports that one list of seeds resolves to, each asked for its name and replica count with
+//!   `Cluster/Status`. Every scheduler and worker follows the same seeds; the execution
+//!   protocol carries no storage membership.
 //! - A scheduler ([`scheduler_cas`]) keeps no blobs: its CAS is a [`ReplicatedStore`] over the
 //!   members it is given (the workers' CAS ports), with the `Cluster` service that routes
 //!   `Locate` and `Status` to them.
@@ -14,7 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remexec_core::client::ClientTls;
-use remexec_core::membership::Member;
+use remexec_core::membership::{Member, Membership, MembershipConfig, Probe};
+use remexec_proto::cluster::v1::StatusRequest;
+use remexec_proto::cluster::v1::cluster_client::ClusterClient;
+use tonic::transport::Channel;
 use remexec_core::metrics::Metrics;
 use remexec_core::{BlobStore, Error, ListBlobs, Result};
 use tokio::net::TcpListener;
@@ -23,6 +30,82 @@ use tokio_util::sync::CancellationToken;
 
 use crate::service::ClusterService;
 use crate::{CacheServices, Limits, MemoryActionCache, Repairer, ReplicatedStore};
+
+/// The storage plane's members: the workers' CAS ports that `seeds` resolve to (URLs, or one
+/// DNS name that resolves to all of them), reached with `tls`, each named as it names itself.
+/// A port that keeps another replica count than `replicas` is no member, with an error logged
+/// once; `worker` is the worker following it, if one is (so that the error says which side is
+/// odd). Every scheduler and worker of a cluster follows the same seeds.
+pub fn storage_membership(
+    seeds: Vec<String>,
+    replicas: u32,
+    tls: ClientTls,
+    worker: Option<&str>,
+) -> Result<Membership> {
+    if seeds.is_empty() {
+        return Err(Error::invalid(
+            "the cluster's CAS needs the workers' CAS ports as storage seeds (--storage)",
+        ));
+    }
+    let mut config = MembershipConfig::new(seeds);
+    config.tls = tls;
+    config.probe = Arc::new(StorageProbe {
+        replicas,
+        worker: worker.map(str::to_string),
+        refused: parking_lot::Mutex::default(),
+    });
+    Membership::start(config)
+}
+
+/// Asks a CAS port for its worker's name and replica count (`Cluster/Status`).
+#[derive(Debug)]
+struct StorageProbe {
+    replicas: u32,
+    worker: Option<String>,
+    /// The URLs refused, and why: each refusal is logged once, until it changes.
+    refused: parking_lot::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl StorageProbe {
+    /// Logs `why` for `url` unless it was the last refusal logged for it.
+    fn refuse(&self, url: &str, why: String) -> Option<Member> {
+        let mut refused = self.refused.lock();
+        if refused.get(url) != Some(&why) {
+            tracing::error!(%url, "{why}");
+            refused.insert(url.to_string(), why);
+        }
+        None
+    }
+}
+
+#[async_trait::async_trait]
+impl Probe for StorageProbe {
+    async fn probe(&self, url: &str, channel: Channel, timeout: Duration) -> Option<Member> {
+        let mut client = ClusterClient::new(channel);
+        let status = client.status(StatusRequest {});
+        let answer = tokio::time::timeout(timeout, status).await.ok()?.ok()?.into_inner();
+        if answer.worker.is_empty() {
+            return self.refuse(url, format!("{url} is not a worker's CAS port"));
+        }
+        let (name, theirs, mine) = (answer.worker, answer.replicas, self.replicas);
+        if theirs != mine {
+            let why = match &self.worker {
+                Some(me) => format!(
+                    "this worker ({me}) keeps {mine} replicas of each blob, and this cluster {theirs} (worker {name}): start every worker and scheduler with the same --replicas"
+                ),
+                None => format!(
+                    "worker {name} keeps {theirs} replicas of each blob, and this cluster {mine}: it is no member"
+                ),
+            };
+            return self.refuse(url, why);
+        }
+        self.refused.lock().remove(url);
+        Some(Member {
+            name,
+            url: url.to_string(),
+        })
+    }
+}
 
 /// A scheduler's CAS over `members` with `replicas` copies of each blob, and its `Cluster`
 /// service. Members are reached with `tls`. The member count goes to `metrics`.
@@ -150,6 +233,7 @@ impl WorkerCas {
         });
         let period = self.options.repair_interval.max(Duration::from_secs(1));
         Arc::clone(&repairer).spawn(members.clone(), period, stop);
+        warn_unless_listed(members.clone(), name.to_string());
         let cluster = ClusterService::member(
             Arc::clone(&self.store),
             members,
@@ -169,4 +253,16 @@ impl WorkerCas {
             .add_service(health);
         (self.listener, routes)
     }
+}
+
+/// Logs an error if, 10 s on, worker `name` is not among the members its seeds resolve to: it
+/// then keeps no blobs for the cluster.
+fn warn_unless_listed(mut members: watch::Receiver<Vec<Member>>, name: String) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        if !members.borrow_and_update().iter().any(|m| m.name == name) {
+            tracing::error!(worker = %name,
+                "this worker's CAS port is not among the members its storage seeds resolve to: list it in --storage");
+        }
+    });
 }

@@ -163,3 +163,100 @@ async fn each_write_is_hashed_once_where_the_tree_says_and_a_bad_one_is_still_re
         assert!(memory.contains("", digest).await.unwrap(), "{url}");
     }
 }
+
+/// A worker's share of the cluster's CAS (`name`, keeping `replicas`) on a loopback port,
+/// following the storage plane's `seeds`, served until the returned token is cancelled.
+async fn worker_cas(
+    name: &str,
+    replicas: u32,
+    listener: std::net::TcpListener,
+    seeds: &[String],
+    dir: &std::path::Path,
+) -> tokio_util::sync::CancellationToken {
+    use remexec_cas::cluster::{WorkerCas, WorkerCasOptions, storage_membership};
+    let disk = remexec_cas::DiskStore::open(dir.join(name), Default::default())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let options = WorkerCasOptions::new(replicas);
+    let cas = WorkerCas::bind(Arc::new(disk), addr, None, name, options)
+        .await
+        .unwrap();
+    let storage = storage_membership(seeds.to_vec(), replicas, Default::default(), Some(name));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let metrics = remexec_core::metrics::Metrics::new();
+    let members = storage.unwrap().members();
+    let (listener, routes) = cas.start(members, name, Default::default(), &metrics, stop.clone());
+    let incoming = futures::stream::unfold(listener, |l| async move {
+        Some((l.accept().await.map(|(s, _)| s), l))
+    });
+    let until = stop.clone();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, until.cancelled_owned())
+            .await;
+    });
+    stop
+}
+
+/// The storage plane has a membership of its own: the workers' CAS ports its seeds list, each
+/// named as it names itself. A port keeping another replica count, and a port that is no
+/// worker's, are not members; a stopped worker leaves. Schedulers and workers following the
+/// same seeds see the same members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storage_plane_is_the_workers_cas_ports_its_seeds_list() {
+    use remexec_cas::cluster::storage_membership;
+    use remexec_core::membership::Member;
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<_> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|l| format!("grpc://{}", l.local_addr().unwrap()))
+        .collect();
+    let (plain, _, _kill_plain) = member();
+    let seeds: Vec<String> = urls.iter().cloned().chain([plain]).collect();
+    let mut ports = ports.into_iter();
+    let mut stops = Vec::new();
+    for (name, replicas) in [("w1", 2), ("w2", 2), ("odd", 3)] {
+        let port = ports.next().unwrap();
+        stops.push(worker_cas(name, replicas, port, &seeds, dir.path()).await);
+    }
+    let scheduler = storage_membership(seeds.clone(), 2, Default::default(), None).unwrap();
+    let other = storage_membership(seeds.clone(), 2, Default::default(), None).unwrap();
+    let want = vec![
+        Member {
+            name: "w1".into(),
+            url: urls[0].clone(),
+        },
+        Member {
+            name: "w2".into(),
+            url: urls[1].clone(),
+        },
+    ];
+    let (a, b) = (scheduler.members(), other.members());
+    let deadline = Duration::from_secs(30);
+    let agreed = || *a.borrow() == want && *b.borrow() == want;
+    let started = Instant::now();
+    while !agreed() {
+        assert!(started.elapsed() < deadline, "{:?} {:?}", a.borrow(), b.borrow());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A worker keeping another count sees no other member; the others never see it.
+    let odd = storage_membership(seeds.clone(), 3, Default::default(), Some("odd")).unwrap();
+    let odd_members = odd.members();
+    until("the odd worker sees itself", || odd_members.borrow().len() == 1).await;
+    assert_eq!(odd_members.borrow()[0].name, "odd");
+    // A stopped worker leaves, within the detection time.
+    stops[1].cancel();
+    let started = Instant::now();
+    while a.borrow().len() != 1 {
+        assert!(started.elapsed() < deadline, "{:?}", a.borrow());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.borrow()[0].name, "w1");
+    assert!(storage_membership(Vec::new(), 2, Default::default(), None).is_err());
+}

@@ -5,10 +5,12 @@
 //! round, and each address it resolves to is a member (`grpc://address:port`): a list of
 //! addresses, or one DNS name that resolves to all of them, as a Kubernetes headless service
 //! does, work alike. Every `interval`, each member gets a gRPC health check
-//! (`grpc.health.v1.Health/Check`, the empty service, which remexec's ports answer); a member
-//! whose last `SERVING` answer is older than `dead_after` is dead. There is no consensus: each
-//! instance keeps its own view, and views that briefly disagree are fine for placement
-//! ([`crate::placement`]).
+//! (`grpc.health.v1.Health/Check`, the empty service, which remexec's ports answer), or
+//! whatever [`Probe`] the membership is given; a member whose last answer is older than
+//! `dead_after` is dead. A probe also names the member: the health probe by its URL, the
+//! storage plane's probe (remexec-cas) by the name the worker reports. There is no consensus:
+//! each instance keeps its own view of the same seeds, and views that briefly disagree are
+//! fine for placement ([`crate::placement`]).
 //!
 //! ```no_run
 //! # async fn example() -> remexec_core::Result<()> {
@@ -17,7 +19,7 @@
 //!
 //! let config = MembershipConfig::new(vec!["grpc://workers.remexec.svc:8981".into()]);
 //! let membership = Membership::start(config)?;
-//! let mut changes = membership.subscribe();
+//! let mut changes = membership.members();
 //! changes.changed().await.ok();
 //! println!("live: {:?}", membership.live());
 //! # Ok(())
@@ -67,6 +69,27 @@ impl Member {
     }
 }
 
+/// How a membership checks a member and learns its name: each round, every address the seeds
+/// resolve to is probed; an answer within `timeout` makes it live under the [`Member`]
+/// returned, `None` counts as no answer.
+#[async_trait::async_trait]
+pub trait Probe: std::fmt::Debug + Send + Sync + 'static {
+    /// The member at `url`, asked over `channel`, or `None` if it does not answer as a member.
+    async fn probe(&self, url: &str, channel: Channel, timeout: Duration) -> Option<Member>;
+}
+
+/// The gRPC health check (`grpc.health.v1.Health/Check`, the empty service): a member that
+/// answers `SERVING` is named by its URL ([`Member::at`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HealthProbe;
+
+#[async_trait::async_trait]
+impl Probe for HealthProbe {
+    async fn probe(&self, url: &str, channel: Channel, timeout: Duration) -> Option<Member> {
+        serving(channel, timeout).await.then(|| Member::at(url))
+    }
+}
+
 /// How members are found and checked.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -80,6 +103,8 @@ pub struct MembershipConfig {
     pub dead_after: Duration,
     /// TLS for `grpcs://` seeds.
     pub tls: ClientTls,
+    /// How a member is checked and named (default [`HealthProbe`]).
+    pub probe: std::sync::Arc<dyn Probe>,
 }
 
 impl MembershipConfig {
@@ -90,22 +115,18 @@ impl MembershipConfig {
             interval: Duration::from_secs(1),
             dead_after: Duration::from_secs(5),
             tls: ClientTls::default(),
+            probe: std::sync::Arc::new(HealthProbe),
         }
     }
 }
 
-/// A running membership: a background task that resolves and checks the members.
+/// A running membership: a background task that resolves and checks the members, for as
+/// long as the membership or a receiver of its [`members`](Membership::members) is kept.
 #[derive(Debug)]
 pub struct Membership {
-    live: watch::Receiver<Vec<String>>,
-    task: tokio::task::JoinHandle<()>,
+    live: watch::Receiver<Vec<Member>>,
 }
 
-impl Drop for Membership {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// A seed's scheme and port, and its host.
 fn split_seed(seed: &str) -> Result<(&str, &str, u16)> {
@@ -228,67 +249,46 @@ impl Membership {
             ));
         }
         let (tx, live) = watch::channel(Vec::new());
-        let task = tokio::spawn(run(config, tx));
-        Ok(Self { live, task })
+        tokio::spawn(run(config, tx));
+        Ok(Self { live })
     }
 
     /// The live members' URLs, sorted.
     pub fn live(&self) -> Vec<String> {
-        self.live.borrow().clone()
+        let mut urls: Vec<String> = self.live.borrow().iter().map(|m| m.url.clone()).collect();
+        urls.sort();
+        urls
     }
 
-    /// A receiver that sees every change of the live members' URLs.
-    pub fn subscribe(&self) -> watch::Receiver<Vec<String>> {
-        self.live.clone()
-    }
-
-    /// The live members as [`Member`]s named by their URLs, kept in step for as long as the
-    /// membership runs.
+    /// The live members, sorted by name, as their probes name them; the receiver sees every
+    /// change for as long as the membership runs.
     pub fn members(&self) -> watch::Receiver<Vec<Member>> {
-        let mut live = self.live.clone();
-        let (tx, rx) = watch::channel(Vec::new());
-        tokio::spawn(async move {
-            loop {
-                let members = live.borrow_and_update().iter().map(Member::at).collect();
-                if tx.send(members).is_err() || live.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        rx
+        self.live.clone()
     }
 }
 
 /// The membership task: every interval, resolve, check, publish what changed.
-async fn run(config: MembershipConfig, tx: watch::Sender<Vec<String>>) {
+async fn run(config: MembershipConfig, tx: watch::Sender<Vec<Member>>) {
     let mut channels = crate::client::Channels::default();
-    let mut last_ok: HashMap<String, Instant> = HashMap::new();
+    let mut last_ok: HashMap<String, (Member, Instant)> = HashMap::new();
     loop {
         // Members that stopped resolving (a DNS blip) are checked on until dead_after passes.
         let now = Instant::now();
         let recent = |t: &Instant| now.saturating_duration_since(*t) < config.dead_after;
-        last_ok.retain(|_, t| recent(t));
-        let mut members = resolve(&config.seeds, config.interval).await;
-        members.extend(last_ok.keys().cloned());
-        let checks = channels
-            .update(&members, &config.tls)
-            .iter()
-            .map(|(m, channel)| async {
-                (m.clone(), serving(channel.clone(), config.interval).await)
-            });
+        last_ok.retain(|_, (_, t)| recent(t));
+        let mut urls = resolve(&config.seeds, config.interval).await;
+        urls.extend(last_ok.keys().cloned());
+        let checks = channels.update(&urls, &config.tls).iter().map(|(url, channel)| {
+            let probe = config.probe.probe(url, channel.clone(), config.interval);
+            async move { (url.clone(), probe.await) }
+        });
         let now = Instant::now();
-        for (member, ok) in futures::future::join_all(checks).await {
-            if ok {
-                last_ok.insert(member, now);
+        for (url, member) in futures::future::join_all(checks).await {
+            if let Some(member) = member {
+                last_ok.insert(url, (member, now));
             }
         }
-        let live: Vec<String> = last_ok
-            .iter()
-            .filter(|(_, t)| now.saturating_duration_since(**t) < config.dead_after)
-            .map(|(m, _)| m.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let live = live_members(&last_ok, now, config.dead_after);
         tx.send_if_modified(|current| {
             if *current == live {
                 return false;
@@ -297,8 +297,29 @@ async fn run(config: MembershipConfig, tx: watch::Sender<Vec<String>>) {
             *current = live;
             true
         });
-        tokio::time::sleep(config.interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(config.interval) => {}
+            () = tx.closed() => return,
+        }
     }
+}
+
+/// The members answered within `dead_after` of `now`, sorted by name; of two URLs answering
+/// under one name (one member reached two ways), the first URL.
+fn live_members(
+    last_ok: &HashMap<String, (Member, Instant)>,
+    now: Instant,
+    dead_after: Duration,
+) -> Vec<Member> {
+    let mut live: Vec<Member> = last_ok
+        .values()
+        .filter(|(_, t)| now.saturating_duration_since(*t) < dead_after)
+        .map(|(m, _)| m.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    live.dedup_by(|later, first| later.name == first.name);
+    live
 }
 
 /// A node among its peers (schedulers sharing the Action Cache): the health-checked

@@ -142,7 +142,7 @@ impl SchedulerNodeBuilder {
     }
 
     /// Dispatches to `pool`, whose workers attach over remexec's worker protocol (default: a
-    /// fresh [`WorkerPool`]; [`WorkerPool::cluster`] for workers that serve a cluster's CAS).
+    /// fresh [`WorkerPool`]).
     pub fn worker_pool(mut self, pool: WorkerPool) -> Self {
         self.pool = Pool::Workers(pool);
         self

@@ -14,7 +14,6 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use remexec_core::membership::Member;
 use remexec_core::{Error, Result};
 use remexec_proto::worker::v1::worker_message::Message as FromWorker;
 use remexec_proto::worker::v1::worker_service_server::{WorkerService, WorkerServiceServer};
@@ -22,8 +21,7 @@ use remexec_proto::worker::v1::{
     Demand, Executor, Lease, LeaseResult, SchedulerMessage, WorkerMessage, demand,
     scheduler_message,
 };
-use remexec_proto::worker::v1::{Members, Register};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -49,8 +47,6 @@ struct Connection {
     shapes: Vec<ExecutorInfo>,
     /// The last demand sent to the worker.
     demand: Vec<(String, u64)>,
-    /// Where the worker serves its CAS to the cluster, if it does.
-    cas_url: String,
 }
 
 /// `executors` of worker `worker` as the scheduler lists them: ids prefixed `{worker}/`, or
@@ -93,10 +89,6 @@ struct PoolInner {
     changes: ChangeNotifier,
     shutdown: CancellationToken,
     cancel_grace: Duration,
-    /// For a cluster: the replicas every CAS-serving worker must keep.
-    replicas: Option<u32>,
-    /// The workers serving the cluster's CAS.
-    members: watch::Sender<Vec<Member>>,
 }
 
 /// Forgets a lease's pending entry when [`WorkerPool::run`] ends, returned or dropped, and
@@ -157,80 +149,17 @@ impl WorkerPool {
     /// An empty pool that detaches a worker as wedged when it does not answer a `cancel_lease`
     /// within `grace` (30 s for [`new`](Self::new)).
     pub fn with_cancel_grace(grace: Duration) -> Self {
-        Self::build(grace, None)
+        Self::build(grace)
     }
 
-    /// An empty pool of a cluster whose CAS is on its workers, each blob on `replicas` of
-    /// them: a worker that serves its CAS must keep as many ([`members`](Self::members)).
-    pub fn cluster(replicas: u32) -> Self {
-        Self::build(CANCEL_GRACE, Some(replicas))
-    }
-
-    fn build(grace: Duration, replicas: Option<u32>) -> Self {
+    fn build(grace: Duration) -> Self {
         Self {
             inner: Arc::new(PoolInner {
                 state: Mutex::default(),
                 changes: ChangeNotifier::new(),
                 shutdown: CancellationToken::new(),
                 cancel_grace: grace,
-                replicas,
-                members: watch::Sender::new(Vec::new()),
             }),
-        }
-    }
-
-    /// The attached workers that serve their CAS to the cluster, sorted by name; every
-    /// attached worker is sent the list whenever it changes, and on attach.
-    pub fn members(&self) -> watch::Receiver<Vec<Member>> {
-        self.inner.members.subscribe()
-    }
-
-    /// Publishes the CAS members after a change, and sends them to every worker (to `also`
-    /// even if they did not change: a worker that just attached).
-    fn publish_members(&self, also: Option<&str>) {
-        if self.inner.replicas.is_none() {
-            return;
-        }
-        let state = self.inner.state.lock();
-        let mut members: Vec<Member> = state
-            .connections
-            .values()
-            .filter(|c| !c.cas_url.is_empty())
-            .map(|c| Member {
-                name: c.worker.clone(),
-                url: c.cas_url.clone(),
-            })
-            .collect();
-        members.sort();
-        let changed = self.inner.members.send_if_modified(|current| {
-            let changed = *current != members;
-            *current = members.clone();
-            changed
-        });
-        if changed {
-            tracing::info!(members = ?members.iter().map(|m| &m.name).collect::<Vec<_>>(), "CAS members changed");
-        }
-        let message = Members {
-            members: members
-                .into_iter()
-                .map(|m| remexec_proto::worker::v1::Member {
-                    name: m.name,
-                    url: m.url,
-                })
-                .collect(),
-        };
-        for (conn, c) in &state.connections {
-            if changed || also == Some(conn.as_str()) {
-                let message = scheduler_message::Message::Members(message.clone());
-                if c.outbox
-                    .try_send(Ok(SchedulerMessage {
-                        message: Some(message),
-                    }))
-                    .is_err()
-                {
-                    tracing::warn!(worker = %c.worker, "could not send the CAS members: the worker's outbox is full");
-                }
-            }
         }
     }
 
@@ -300,7 +229,6 @@ impl WorkerPool {
         for (_, tx) in failed {
             let _ = tx.send(Err(Error::Unavailable(format!("worker lost: {why}"))));
         }
-        self.publish_members(None);
         self.bump();
     }
 
@@ -352,41 +280,6 @@ impl WorkerPool {
         }
         self.bump();
         Ok(())
-    }
-
-    /// `FailedPrecondition` for a worker serving its CAS with another replica count than the
-    /// cluster's, or to a scheduler that is not a cluster's; `InvalidArgument` for a URL that
-    /// is not `grpc(s)://host:port`.
-    fn check_cas(&self, register: &Register) -> Result<()> {
-        if register.cas_url.is_empty() {
-            return Ok(());
-        }
-        let worker = &register.worker_name;
-        match self.inner.replicas {
-            None => Err(Error::FailedPrecondition(format!(
-                "worker {worker:?} serves its CAS, and this scheduler keeps blobs itself (start it with --replicas)"
-            ))),
-            Some(r) if r != register.replicas => Err(Error::FailedPrecondition(format!(
-                "worker {worker:?} keeps {} replicas of each blob, and this cluster {r}",
-                register.replicas
-            ))),
-            Some(_) => {
-                remexec_core::client::endpoint(&register.cas_url)?;
-                // Two names for one store would put both replicas of a blob on one machine.
-                let state = self.inner.state.lock();
-                match state
-                    .connections
-                    .values()
-                    .find(|c| c.cas_url == register.cas_url)
-                {
-                    Some(c) if c.worker != *worker => Err(Error::AlreadyExists(format!(
-                        "worker {:?} already serves its CAS at {}",
-                        c.worker, register.cas_url
-                    ))),
-                    _ => Ok(()),
-                }
-            }
-        }
     }
 
     /// Reads one worker's messages until its stream ends or it misses heartbeats.
@@ -450,7 +343,6 @@ impl WorkerService for WorkerPool {
             ms => Duration::from_millis(ms),
         };
         let name = &register.worker_name;
-        self.check_cas(&register)?;
         let executors = executor_infos(name, &register.executors, "")?;
         let shapes = executor_infos(name, &register.shapes, "shape:")?;
         let conn = uuid::Uuid::new_v4().to_string();
@@ -476,7 +368,6 @@ impl WorkerService for WorkerPool {
                     outbox,
                     shapes,
                     demand: Vec::new(),
-                    cas_url: register.cas_url.clone(),
                 },
             );
             state
@@ -484,8 +375,6 @@ impl WorkerService for WorkerPool {
                 .extend(executors.into_iter().map(|e| (e, conn.clone())));
         }
         tracing::info!(worker = %register.worker_name, executors = register.executors.len(), "worker attached");
-        // Before any lease: the worker places blobs over these.
-        self.publish_members(Some(&conn));
         self.bump();
         tokio::spawn(self.clone().read_worker(conn, inbound, heartbeat));
         Ok(Response::new(

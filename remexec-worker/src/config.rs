@@ -66,19 +66,6 @@ pub struct WorkerConfig {
     /// Shapes among `executors` offered one at a time ([`crate::flexible`]); `None` offers
     /// every executor always.
     pub flexible: Option<Flexible>,
-    /// For a worker serving its CAS to the cluster: the URL others reach it at, and the
-    /// replicas kept of each blob (the scheduler's must match). `None` keeps no blobs for
-    /// others.
-    pub cas: Option<ClusterCas>,
-}
-
-/// How a worker takes part in the cluster's CAS ([`WorkerConfig::cas`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterCas {
-    /// `grpc://host:port` that schedulers and other workers reach this worker's CAS at.
-    pub url: String,
-    /// Replicas kept of each blob, 1 to 3.
-    pub replicas: u32,
 }
 
 impl WorkerConfig {
@@ -106,7 +93,6 @@ impl WorkerConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             tree_limits: TreeLimits::default(),
             flexible: None,
-            cas: None,
         }
     }
 

@@ -64,7 +64,7 @@ pub mod testing;
 mod tests;
 mod worker;
 
-pub use config::{ClusterCas, DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig, host_isa};
+pub use config::{DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig, host_isa};
 #[cfg(feature = "docker")]
 pub use docker::{DockerIsolation, IMAGE_PROPERTY};
 pub use file_cache::FileCache;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use remexec_core::membership::Member;
 use remexec_core::{BlobStore, Error, Result};
 use remexec_proto::worker::v1::scheduler_message::Message as FromScheduler;
 use remexec_proto::worker::v1::worker_message::Message as ToScheduler;
@@ -40,12 +39,6 @@ pub struct Worker {
     pub(crate) busy_changed: Arc<tokio::sync::watch::Sender<()>>,
     /// What a flexible worker offers now; lock it before `busy`.
     pub(crate) offer: Option<Arc<Mutex<Offer>>>,
-    /// The cluster's CAS members: those any attached scheduler sent last.
-    members: Arc<tokio::sync::watch::Sender<Vec<Member>>>,
-    /// Each open session's members, by session number.
-    session_members: Arc<Mutex<HashMap<u64, Vec<Member>>>>,
-    /// Numbers sessions.
-    sessions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Counts an open session for as long as it lives.
@@ -128,17 +121,7 @@ impl Worker {
             attached: Arc::default(),
             busy_changed: Arc::new(tokio::sync::watch::Sender::new(())),
             offer,
-            members: Arc::new(tokio::sync::watch::Sender::new(Vec::new())),
-            session_members: Arc::default(),
-            sessions: Arc::default(),
         })
-    }
-
-    /// The members of the cluster's CAS: every member that an attached scheduler lists (empty
-    /// until one does), so that a worker serving several schedulers places blobs over one view
-    /// even while theirs differ. What a worker serving its CAS places blobs over.
-    pub fn members(&self) -> tokio::sync::watch::Receiver<Vec<Member>> {
-        self.members.subscribe()
     }
 
     /// Whether the worker is attached to a scheduler now.
@@ -289,7 +272,6 @@ impl Worker {
     /// What this worker registers with: its executors but those busy with another session's
     /// lease.
     fn register(&self) -> Register {
-        let cas = self.config.cas.as_ref();
         let executors = self
             .session_offer(&HashSet::new())
             .unwrap_or_else(|| self.offered_executors(None));
@@ -298,8 +280,6 @@ impl Worker {
             executors,
             heartbeat_interval_ms: self.config.heartbeat.as_millis() as u64,
             shapes: self.shapes(),
-            cas_url: cas.map(|c| c.url.clone()).unwrap_or_default(),
-            replicas: cas.map_or(0, |c| c.replicas),
         }
     }
 
@@ -325,50 +305,6 @@ impl Worker {
         })
     }
 
-    /// Records the CAS members session `session`'s scheduler sent (`None`: the session ended)
-    /// and publishes the union of every open session's.
-    fn set_members(&self, session: u64, members: Option<remexec_proto::worker::v1::Members>) {
-        let union: Vec<Member> = {
-            let mut sessions = self.session_members.lock();
-            match members {
-                Some(members) => {
-                    let list = members.members.into_iter().map(|m| Member {
-                        name: m.name,
-                        url: m.url,
-                    });
-                    sessions.insert(session, list.collect());
-                }
-                None => {
-                    sessions.remove(&session);
-                }
-            }
-            // By name; a name two schedulers give different URLs keeps the least.
-            let mut by_name: std::collections::BTreeMap<String, String> = Default::default();
-            for m in sessions.values().flatten() {
-                let url = by_name
-                    .entry(m.name.clone())
-                    .or_insert_with(|| m.url.clone());
-                if m.url < *url {
-                    url.clone_from(&m.url);
-                }
-            }
-            by_name
-                .into_iter()
-                .map(|(name, url)| Member { name, url })
-                .collect()
-        };
-        // With no scheduler left, the last view stands (the CAS port still serves others).
-        if union.is_empty() {
-            return;
-        }
-        let members = union;
-        self.members.send_if_modified(|current| {
-            let changed = *current != members;
-            *current = members;
-            changed
-        });
-    }
-
     /// One attach session: registers, then runs leases until the stream ends or `stop` fires.
     /// Leases still running when it ends are cancelled (the scheduler re-queues them).
     pub async fn serve(&self, channel: Channel, stop: CancellationToken) -> Result<()> {
@@ -390,9 +326,6 @@ impl Worker {
             .into_inner();
         tracing::info!(worker = %self.config.name, "attached to scheduler");
         let _attached = Attached::new(&self.attached);
-        let session_number = self
-            .sessions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Leases of this session: cancellation and executor.
         let running: Arc<Mutex<HashMap<String, (CancellationToken, String)>>> = Arc::default();
         let session = stop.child_token();
@@ -440,9 +373,6 @@ impl Worker {
                         }
                     }
                     Some(FromScheduler::Demand(demand)) => self.flex_step(&tx, Some(demand)).await,
-                    Some(FromScheduler::Members(members)) => {
-                        self.set_members(session_number, Some(members));
-                    }
                     None => {}
                 },
                 Ok(None) => break Ok(()),
@@ -451,7 +381,6 @@ impl Worker {
         };
         session.cancel();
         heartbeat.abort();
-        self.set_members(session_number, None);
         drop(tx);
         result
     }

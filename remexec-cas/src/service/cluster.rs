@@ -226,12 +226,17 @@ impl Cluster for ClusterService {
             ),
             None => (String::new(), Vec::new()),
         };
+        let worker = match self.role.as_ref() {
+            Role::Member { name, .. } => name.clone(),
+            Role::Router { .. } => String::new(),
+        };
         Ok(Response::new(StatusResponse {
             replicas: self.store.replicas() as u32,
             members,
             below_replicas,
             schedulers,
             scheduler,
+            worker,
         }))
     }
 
