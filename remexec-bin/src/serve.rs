@@ -5,8 +5,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use remexec_core::auth::AuthPolicy;
 use remexec_cas::cluster::storage_membership;
+use remexec_core::auth::AuthPolicy;
 use remexec_core::server::Port;
 use remexec_core::{BlobStore, Error, Result};
 use remexec_worker::Worker;

@@ -163,7 +163,14 @@ impl Cluster {
         let scheduler = ServerProcess::start_role(
             "scheduler",
             &dir.path().join("scheduler"),
-            &["--replicas", "2", "--storage", &seeds, "--admin-listen", "127.0.0.1:0"],
+            &[
+                "--replicas",
+                "2",
+                "--storage",
+                &seeds,
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
         );
         let mut cluster = Self {
             scheduler,

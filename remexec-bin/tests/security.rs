@@ -684,7 +684,10 @@ fn tls_cluster(c: &Path, data: &Path) -> (ServerProcess, common::KillOnDrop, u16
     let config = config.display().to_string();
     let (cert, key) = (arg(c, "server.pem"), arg(c, "server.key"));
     let port = common::free_port();
-    let (listen, seed) = (format!("127.0.0.1:{port}"), format!("grpcs://127.0.0.1:{port}"));
+    let (listen, seed) = (
+        format!("127.0.0.1:{port}"),
+        format!("grpcs://127.0.0.1:{port}"),
+    );
     let scheduler = ServerProcess::start_role(
         "scheduler",
         &data.join("scheduler"),

@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use remexec_core::client::ClientTls;
 use remexec_core::membership::{Member, Membership, MembershipConfig, Probe};
-use remexec_proto::cluster::v1::StatusRequest;
-use remexec_proto::cluster::v1::cluster_client::ClusterClient;
-use tonic::transport::Channel;
 use remexec_core::metrics::Metrics;
 use remexec_core::{BlobStore, Error, ListBlobs, Result};
+use remexec_proto::cluster::v1::StatusRequest;
+use remexec_proto::cluster::v1::cluster_client::ClusterClient;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 use crate::service::ClusterService;
 use crate::{CacheServices, Limits, MemoryActionCache, Repairer, ReplicatedStore};
@@ -83,7 +83,11 @@ impl Probe for StorageProbe {
     async fn probe(&self, url: &str, channel: Channel, timeout: Duration) -> Option<Member> {
         let mut client = ClusterClient::new(channel);
         let status = client.status(StatusRequest {});
-        let answer = tokio::time::timeout(timeout, status).await.ok()?.ok()?.into_inner();
+        let answer = tokio::time::timeout(timeout, status)
+            .await
+            .ok()?
+            .ok()?
+            .into_inner();
         if answer.worker.is_empty() {
             return self.refuse(url, format!("{url} is not a worker's CAS port"));
         }

@@ -242,13 +242,21 @@ async fn the_storage_plane_is_the_workers_cas_ports_its_seeds_list() {
     let agreed = || *a.borrow() == want && *b.borrow() == want;
     let started = Instant::now();
     while !agreed() {
-        assert!(started.elapsed() < deadline, "{:?} {:?}", a.borrow(), b.borrow());
+        assert!(
+            started.elapsed() < deadline,
+            "{:?} {:?}",
+            a.borrow(),
+            b.borrow()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A worker keeping another count sees no other member; the others never see it.
     let odd = storage_membership(seeds.clone(), 3, Default::default(), Some("odd")).unwrap();
     let odd_members = odd.members();
-    until("the odd worker sees itself", || odd_members.borrow().len() == 1).await;
+    until("the odd worker sees itself", || {
+        odd_members.borrow().len() == 1
+    })
+    .await;
     assert_eq!(odd_members.borrow()[0].name, "odd");
     // A stopped worker leaves, within the detection time.
     stops[1].cancel();

@@ -127,7 +127,6 @@ pub struct Membership {
     live: watch::Receiver<Vec<Member>>,
 }
 
-
 /// A seed's scheme and port, and its host.
 fn split_seed(seed: &str) -> Result<(&str, &str, u16)> {
     let (scheme, rest) = seed
@@ -278,10 +277,13 @@ async fn run(config: MembershipConfig, tx: watch::Sender<Vec<Member>>) {
         last_ok.retain(|_, (_, t)| recent(t));
         let mut urls = resolve(&config.seeds, config.interval).await;
         urls.extend(last_ok.keys().cloned());
-        let checks = channels.update(&urls, &config.tls).iter().map(|(url, channel)| {
-            let probe = config.probe.probe(url, channel.clone(), config.interval);
-            async move { (url.clone(), probe.await) }
-        });
+        let checks = channels
+            .update(&urls, &config.tls)
+            .iter()
+            .map(|(url, channel)| {
+                let probe = config.probe.probe(url, channel.clone(), config.interval);
+                async move { (url.clone(), probe.await) }
+            });
         let now = Instant::now();
         for (url, member) in futures::future::join_all(checks).await {
             if let Some(member) = member {

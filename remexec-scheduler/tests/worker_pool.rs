@@ -369,4 +369,3 @@ async fn a_flexible_worker_changes_its_executors_and_hears_the_demand() {
     worker.0.send(set(&["x", "x"])).await.unwrap();
     eventually("detached", || pool.workers() == ["flex".to_string()]).await;
 }
-
