@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use remexec_core::client::ClientTls;
+use remexec_core::metrics::Metrics;
 use remexec_core::{ActionCache, BlobStore, Result};
 
 use crate::external::ExternalSettings;
@@ -122,11 +123,33 @@ pub enum StoreSpec {
     /// A [`VerifyingStore`]: every write is hashed and checked against its digest before the
     /// inner store sees it.
     Verifying(Box<StoreSpec>),
+    /// A [`MeteredStore`](crate::MeteredStore): the inner store's transfers counted in the
+    /// metrics the tree is built with ([`StoreSpec::build_with`]).
+    Metered(Box<StoreSpec>),
+    /// A [`ReplicatedStore`](crate::ReplicatedStore) over the storage plane: each blob on
+    /// `replicas` of the workers' CAS ports that `storage` resolves to
+    /// ([`storage_membership`](crate::cluster::storage_membership)), reached with `tls`. It
+    /// hashes nothing itself: the members' ports verify every write.
+    Replicated {
+        /// Copies kept of each blob, 1 to 3.
+        replicas: u32,
+        /// Seeds of the workers' CAS ports (URLs, or one DNS name for all).
+        storage: Vec<String>,
+        /// TLS for `grpcs://` members (the cluster certificate).
+        tls: ClientTls,
+    },
 }
 
 impl StoreSpec {
-    /// Opens the tree (disk stores read their index, object stores only parse their URL).
+    /// Opens the tree (disk stores read their index, object stores only parse their URL); a
+    /// [`Metered`](Self::Metered) store counts into a registry of its own.
     pub async fn build(&self) -> Result<Arc<dyn BlobStore>> {
+        self.build_with(&Metrics::new()).await
+    }
+
+    /// [`build`](Self::build), [`Metered`](Self::Metered) stores counting into `metrics`, and
+    /// a [`Replicated`](Self::Replicated) store's member count reported there.
+    pub async fn build_with(&self, metrics: &Metrics) -> Result<Arc<dyn BlobStore>> {
         Ok(match self {
             Self::Disk {
                 path,
@@ -151,10 +174,30 @@ impl StoreSpec {
                 )
             }
             Self::Tiered { fast, slow } => {
-                let (fast, slow) = (Box::pin(fast.build()).await?, Box::pin(slow.build()).await?);
+                let fast = Box::pin(fast.build_with(metrics)).await?;
+                let slow = Box::pin(slow.build_with(metrics)).await?;
                 Arc::new(TieredStore::new(fast, slow))
             }
-            Self::Verifying(inner) => Arc::new(VerifyingStore::new(Box::pin(inner.build()).await?)),
+            Self::Verifying(inner) => Arc::new(VerifyingStore::new(
+                Box::pin(inner.build_with(metrics)).await?,
+            )),
+            Self::Metered(inner) => {
+                let inner = Box::pin(inner.build_with(metrics)).await?;
+                Arc::new(crate::MeteredStore::new(inner, metrics.clone()))
+            }
+            Self::Replicated {
+                replicas,
+                storage,
+                tls,
+            } => {
+                let members = crate::cluster::storage_membership(
+                    storage.clone(),
+                    *replicas,
+                    tls.clone(),
+                    None,
+                )?;
+                crate::cluster::scheduler_cas(*replicas, members.members(), tls.clone(), metrics)?.0
+            }
         })
     }
 }
@@ -171,6 +214,10 @@ impl fmt::Display for StoreSpec {
             Self::Grpc(upstream) => upstream.describe(f),
             Self::Tiered { fast, slow } => write!(f, "Tiered({fast}, {slow})"),
             Self::Verifying(inner) => write!(f, "Verifying({inner})"),
+            Self::Metered(inner) => write!(f, "Metered({inner})"),
+            Self::Replicated {
+                replicas, storage, ..
+            } => write!(f, "Replicated(R={replicas}, storage {storage:?})"),
         }
     }
 }

@@ -268,3 +268,54 @@ async fn the_storage_plane_is_the_workers_cas_ports_its_seeds_list() {
     assert_eq!(a.borrow()[0].name, "w1");
     assert!(storage_membership(Vec::new(), 2, Default::default(), None).is_err());
 }
+
+/// The spec tree reaches the storage plane: `Metered(Replicated(…))` over two workers' CAS
+/// ports puts a blob on both and counts its bytes; it prints as the tree, and a write hashes
+/// only at the members' ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_tree_builds_a_metered_replicated_store_over_the_storage_plane() {
+    use remexec_cas::spec::StoreSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<_> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let seeds: Vec<String> = ports
+        .iter()
+        .map(|l| format!("grpc://{}", l.local_addr().unwrap()))
+        .collect();
+    let mut stops = Vec::new();
+    for (name, port) in ["w1", "w2"].into_iter().zip(ports) {
+        stops.push(worker_cas(name, 2, port, &seeds, dir.path()).await);
+    }
+    let spec = StoreSpec::Metered(Box::new(StoreSpec::Replicated {
+        replicas: 2,
+        storage: seeds.clone(),
+        tls: Default::default(),
+    }));
+    assert_eq!(
+        spec.to_string(),
+        format!("Metered(Replicated(R=2, storage {seeds:?}))")
+    );
+    let metrics = remexec_core::metrics::Metrics::new();
+    let store = spec.build_with(&metrics).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.to_string() != r#"Metered(Replicated(R=2, ["w1", "w2"]))"# {
+        assert!(Instant::now() < deadline, "{store}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The members' ports verify: a cache service over it adds no hashing of its own.
+    assert!(store.verifies_writes());
+    let (digest, data) = blob(11);
+    store.put_bytes("", digest, data.clone()).await.unwrap();
+    for seed in &seeds {
+        let channel = remexec_core::client::connect_lazy(seed).unwrap();
+        let member = remexec_cas::GrpcStore::new(channel);
+        assert!(member.contains("", digest).await.unwrap(), "{seed}");
+    }
+    let text = metrics.encode();
+    let received = format!("remexec_cas_received_bytes_total {}", data.len());
+    assert!(text.contains(&received), "{text}");
+    for stop in stops {
+        stop.cancel();
+    }
+}
