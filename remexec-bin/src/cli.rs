@@ -5,6 +5,7 @@ use std::path::PathBuf;
 pub use crate::args::{ClientTlsArgs, parse_property};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
+use remexec_core::Message;
 
 use crate::config::{AcBackend, Config};
 
@@ -336,7 +337,7 @@ pub struct WorkerArgs {
 }
 
 impl CommonArgs {
-    fn load(&self) -> Result<Config, String> {
+    fn load(&self) -> Result<Config, Message> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
@@ -353,7 +354,7 @@ impl CommonArgs {
 
 impl ServerArgs {
     /// Defaults, then the config file, then flags.
-    pub fn resolve(&self) -> Result<Config, String> {
+    pub fn resolve(&self) -> Result<Config, Message> {
         let mut config = self.common.load()?;
         if let Some(listen) = self.listen {
             config.listen = listen;
@@ -411,7 +412,7 @@ impl ServerArgs {
 
 impl WorkerArgs {
     /// Defaults, then the config file, then flags.
-    pub fn resolve(&self) -> Result<Config, String> {
+    pub fn resolve(&self) -> Result<Config, Message> {
         let mut config = self.common.load()?;
         if !self.scheduler.is_empty() {
             config.worker.scheduler = self.scheduler.join(",");

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
+use remexec_core::Message;
 use serde::Deserialize;
 
 /// The default listen address: loopback only, port 8980.
@@ -209,16 +210,16 @@ impl ExternalSection {
     }
 
     /// What `url` names, or why it names nothing remexec knows.
-    pub fn kind(&self) -> Result<ExternalKind, String> {
+    pub fn kind(&self) -> Result<ExternalKind, Message> {
         let scheme = self
             .url
             .split_once("://")
             .map(|(scheme, _)| scheme)
             .ok_or_else(|| {
-                format!(
+                Message::from(format!(
                     "external store URL {:?} has no scheme",
                     redact_url(&self.url)
-                )
+                ))
             })?;
         match scheme {
             "grpc" | "grpcs" => Ok(ExternalKind::Grpc),
@@ -226,7 +227,8 @@ impl ExternalSection {
             s if ENV_PREFIXES.iter().any(|(p, _)| *p == s) => Ok(ExternalKind::ObjectStore),
             s => Err(format!(
                 "external store URL scheme {s:?}: expected s3, gs, az, file, memory, grpc or grpcs"
-            )),
+            )
+            .into()),
         }
     }
 
@@ -588,7 +590,7 @@ impl Default for WorkerSection {
 
 impl SchedulerSection {
     /// The scheduler library's configuration.
-    pub fn to_config(&self) -> Result<remexec_scheduler::SchedulerConfig, String> {
+    pub fn to_config(&self) -> Result<remexec_scheduler::SchedulerConfig, Message> {
         use remexec_scheduler::platform::{MatchRule, MatchRules};
         let mut rules = MatchRules::exact();
         for name in &self.at_least {
@@ -612,11 +614,11 @@ impl SchedulerSection {
         config.max_action_timeout = std::time::Duration::from_secs(self.max_action_timeout_secs);
         config.max_retries = self.max_retries;
         config.unmatched_grace = std::time::Duration::try_from_secs_f64(self.unmatched_grace_secs)
-            .map_err(|e| format!("scheduler.unmatched_grace_secs: {e}"))?;
+            .map_err(|e| Message::caused_by("scheduler.unmatched_grace_secs", e))?;
         config.max_queued = self.max_queued;
         config.lease_allowance = std::time::Duration::from_secs(self.lease_allowance_secs);
         config.retained_operations = self.retained_operations;
-        config.validate().map_err(|e| e.to_string())?;
+        config.validate().map_err(Message::from_error)?;
         Ok(config)
     }
 }
@@ -760,15 +762,15 @@ pub fn default_data_dir() -> PathBuf {
 
 impl Config {
     /// Reads a TOML file; unknown keys are errors.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
+    pub fn from_file(path: &Path) -> Result<Self, Message> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        Self::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|e| Message::caused_by(format!("reading {}", path.display()), e))?;
+        toml::from_str(&text).map_err(|e| Message::caused_by(path.display(), e))
     }
 
     /// Parses TOML text.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn from_toml(text: &str) -> Result<Self, Message> {
+        toml::from_str(text).map_err(Message::from_error)
     }
 
     /// The cache services' limits.
@@ -799,7 +801,7 @@ impl Config {
 
     /// The scheduler's configuration: `[scheduler]`, with `[limits]`'s command and tree
     /// limits.
-    pub fn scheduler_config(&self) -> Result<remexec_scheduler::SchedulerConfig, String> {
+    pub fn scheduler_config(&self) -> Result<remexec_scheduler::SchedulerConfig, Message> {
         let mut config = self.scheduler.to_config()?;
         config.max_command_size =
             usize::try_from(self.limits.max_command_size.as_u64()).unwrap_or(usize::MAX);
@@ -840,7 +842,7 @@ impl Config {
     }
 
     /// Checks `[limits]`: every count and size must be positive.
-    pub fn check_limits(&self) -> Result<(), String> {
+    pub fn check_limits(&self) -> Result<(), Message> {
         let l = &self.limits;
         for (name, value) in [
             ("max_blob_size", l.max_blob_size.as_u64()),
@@ -860,7 +862,7 @@ impl Config {
             ("stream_window", l.stream_window.as_u64()),
         ] {
             if value == 0 {
-                return Err(format!("limits.{name} must be positive"));
+                return Err(format!("limits.{name} must be positive").into());
             }
         }
         let message = l.max_message_size.as_u64();
@@ -877,7 +879,7 @@ impl Config {
         if let Some(r) = self.cluster.replicas
             && !(1..=3).contains(&r)
         {
-            return Err(format!("cluster.replicas must be 1 to 3, not {r}"));
+            return Err(format!("cluster.replicas must be 1 to 3, not {r}").into());
         }
         if !self.cluster.peers.is_empty() && self.cluster.replicas.is_none() {
             return Err(

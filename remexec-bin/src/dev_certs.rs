@@ -26,7 +26,7 @@ pub const FILES: [&str; 7] = [
 ];
 
 fn failed(e: rcgen::Error) -> Error {
-    Error::Internal(format!("making demo certificates: {e}"))
+    Error::internal("making demo certificates", e)
 }
 
 /// Writes `ca.pem`, `server.pem`/`server.key` (for `localhost`, `127.0.0.1` and `::1`),

@@ -62,11 +62,6 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-/// Runs the command; returns the exit code to exit with.
-pub async fn run(args: ExecArgs) -> std::result::Result<u8, String> {
-    execute(args).await.map_err(|e| e.to_string())
-}
-
 /// The action `args` describe.
 fn action(args: &ExecArgs) -> ActionBuilder {
     let mut action = ActionBuilder::new(args.command.clone())
@@ -83,7 +78,8 @@ fn action(args: &ExecArgs) -> ActionBuilder {
     action
 }
 
-async fn execute(args: ExecArgs) -> Result<u8> {
+/// Runs the command; returns the exit code to exit with.
+pub async fn run(args: ExecArgs) -> Result<u8> {
     let f = DigestFunction::Sha256;
     let channel = client::connect_with(&args.server, &args.tls.load()?).await?;
     let store: Arc<dyn BlobStore> = Arc::new(GrpcStore::new(channel.clone()));

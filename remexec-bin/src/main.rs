@@ -4,6 +4,7 @@ use clap::Parser;
 use remexec_bin::cli::{Cli, Command, TlsCommand};
 use remexec_bin::security::Security;
 use remexec_bin::serve::{BoundServer, Role, reload_on_sighup, run_worker, shutdown_signal};
+use remexec_core::{Error, Message, Result};
 
 fn main() -> std::process::ExitCode {
     // The supervisor of one action (started by this binary's worker): no runtime, no logs.
@@ -61,32 +62,30 @@ fn main() -> std::process::ExitCode {
 }
 
 /// This binary as the supervisor of actions: `remexec supervise`.
-fn supervisor() -> Result<Vec<std::ffi::OsString>, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("finding the remexec binary: {e}"))?;
+fn supervisor() -> Result<Vec<std::ffi::OsString>> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the remexec binary", e))?;
     Ok(vec![exe.into(), remexec_bin::sandbox::SUPERVISE.into()])
 }
 
 /// Prints `text`; exit code 0.
-fn print(text: remexec_core::Result<String>) -> Result<u8, String> {
-    print!("{}", text.map_err(|e| e.to_string())?);
+fn print(text: Result<String>) -> Result<u8> {
+    print!("{}", text?);
     Ok(0)
 }
 
 /// Runs a subcommand; returns the exit code. `config` is the daemons' resolved configuration.
 async fn run(
     command: Command,
-    config: Result<remexec_bin::config::Config, String>,
-) -> Result<u8, String> {
+    config: std::result::Result<remexec_bin::config::Config, Message>,
+) -> Result<u8> {
+    let config = || config.map_err(Error::InvalidArgument);
     match command {
-        Command::Serve(_) => serve(config?, Role::AllInOne).await.map(|()| 0),
-        Command::Scheduler(_) => serve(config?, Role::Scheduler).await.map(|()| 0),
+        Command::Serve(_) => serve(config()?, Role::AllInOne).await.map(|()| 0),
+        Command::Scheduler(_) => serve(config()?, Role::Scheduler).await.map(|()| 0),
         Command::Worker(_) => {
-            let config = config?;
-            let isolation = remexec_bin::sandbox::worker_isolation(&config, supervisor()?)
-                .map_err(|e| e.to_string())?;
-            run_worker(&config, isolation, shutdown_signal())
-                .await
-                .map_err(|e| e.to_string())?;
+            let config = config()?;
+            let isolation = remexec_bin::sandbox::worker_isolation(&config, supervisor()?)?;
+            run_worker(&config, isolation, shutdown_signal()).await?;
             Ok(0)
         }
         Command::Exec(args) => remexec_bin::exec::run(args).await,
@@ -98,7 +97,7 @@ async fn run(
                 eprintln!("remexec: not in the Action Cache");
                 Ok(1)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         },
         Command::Show(command) => print(remexec_bin::tools::show(command).await),
         Command::Status(args) => print(remexec_bin::status::fetch(&args).await),
@@ -107,11 +106,11 @@ async fn run(
             Ok(0)
         }
         Command::Man => {
-            Cli::man(&mut std::io::stdout()).map_err(|e| e.to_string())?;
+            Cli::man(&mut std::io::stdout()).map_err(|e| Error::io("writing the man page", e))?;
             Ok(0)
         }
         Command::Tls(TlsCommand::DevCerts { dir }) => {
-            remexec_bin::dev_certs::write(&dir).map_err(|e| e.to_string())?;
+            remexec_bin::dev_certs::write(&dir)?;
             println!(
                 "remexec: wrote {} into {} (demo certificates: never use them to guard a reachable server)",
                 remexec_bin::dev_certs::FILES.join(", "),
@@ -123,43 +122,34 @@ async fn run(
     }
 }
 
-async fn bench(args: remexec_bin::bench::BenchArgs) -> Result<u8, String> {
-    let report = remexec_bin::bench::run(&args, !args.json)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn bench(args: remexec_bin::bench::BenchArgs) -> Result<u8> {
+    let report = remexec_bin::bench::run(&args, !args.json).await?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| e.to_string())?
-        );
+        let json = serde_json::to_string(&report)
+            .map_err(|e| Error::internal("encoding the report", e))?;
+        println!("{json}");
     } else {
         print!("{}", report.table());
     }
     Ok(u8::from(report.errors > 0))
 }
 
-async fn serve(config: remexec_bin::config::Config, role: Role) -> Result<(), String> {
-    let security = Security::load(&config).map_err(|e| e.to_string())?;
+async fn serve(config: remexec_bin::config::Config, role: Role) -> Result<()> {
+    let security = Security::load(&config)?;
     let isolation: std::sync::Arc<dyn remexec_worker::Isolation> = match role {
-        Role::AllInOne => remexec_bin::sandbox::worker_isolation(&config, supervisor()?)
-            .map_err(|e| e.to_string())?,
+        Role::AllInOne => remexec_bin::sandbox::worker_isolation(&config, supervisor()?)?,
         Role::Scheduler => std::sync::Arc::new(remexec_worker::ProcessIsolation::default()),
     };
-    let server = BoundServer::bind_with(&config, role, security.clone(), isolation)
-        .await
-        .map_err(|e| e.to_string())?;
+    let server = BoundServer::bind_with(&config, role, security.clone(), isolation).await?;
     let _reloader = reload_on_sighup(config.clone(), security);
-    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    let addr = server.local_addr()?;
     tracing::info!(data_dir = %config.data_dir.display(), ?role, "serving");
-    if let Some(admin_addr) = server.admin_addr().map_err(|e| e.to_string())? {
+    if let Some(admin_addr) = server.admin_addr()? {
         println!("remexec: admin port on {admin_addr}");
     }
-    if let Some(worker_addr) = server.worker_addr().map_err(|e| e.to_string())? {
+    if let Some(worker_addr) = server.worker_addr()? {
         println!("remexec: worker port on {worker_addr}");
     }
     println!("remexec: listening on {addr}");
-    server
-        .serve(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    server.serve(shutdown_signal()).await
 }

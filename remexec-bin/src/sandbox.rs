@@ -31,7 +31,7 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 fn action_user(name: &str) -> Result<RunAs> {
     let lookup = || {
         nix::unistd::User::from_name(name)
-            .map_err(|e| Error::Internal(format!("looking up the user {name:?}: {e}")))
+            .map_err(|e| Error::internal(format!("looking up the user {name:?}"), e))
     };
     let user = match lookup()? {
         Some(user) => user,
@@ -40,7 +40,7 @@ fn action_user(name: &str) -> Result<RunAs> {
                 Error::FailedPrecondition(format!(
                     "the action user {name:?} does not exist and there is no useradd to create it: \
                      create it, or set [worker] run_as"
-                ))
+                ).into())
             })?;
             let out = std::process::Command::new(useradd)
                 .args(["--system", "--user-group", "--no-create-home"])
@@ -54,14 +54,17 @@ fn action_user(name: &str) -> Result<RunAs> {
                 .output()
                 .map_err(|e| Error::io("running useradd", e))?;
             if !out.status.success() {
-                return Err(Error::FailedPrecondition(format!(
-                    "creating the action user {name:?}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
+                return Err(Error::FailedPrecondition(
+                    format!(
+                        "creating the action user {name:?}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )
+                    .into(),
+                ));
             }
             tracing::info!(user = name, "created the action user");
             lookup()?.ok_or_else(|| {
-                Error::Internal(format!("the user {name:?} is missing after useradd"))
+                Error::Internal(format!("the user {name:?} is missing after useradd").into())
             })?
         }
     };
@@ -113,9 +116,9 @@ pub fn worker_isolation(
         }
         for instance in &group.instance_names {
             remexec_core::validate_instance_name(instance).map_err(|e| {
-                Error::invalid(format!(
-                    "executor group {:?}: instance_names: {e}",
-                    group.name
+                Error::InvalidArgument(remexec_core::Message::caused_by(
+                    format!("executor group {:?}: instance_names", group.name),
+                    e,
                 ))
             })?;
         }
@@ -224,9 +227,9 @@ pub fn flexible(config: &Config, machine_cpus: usize) -> Result<Option<Flexible>
         .iter()
         .flat_map(|g| (0..g.executors).map(|i| g.executor_id(i)))
         .collect();
-    flexible
-        .validate(&ids)
-        .map_err(|e| Error::invalid(format!("[worker.flexible]: {e}")))?;
+    flexible.validate(&ids).map_err(|e| {
+        Error::InvalidArgument(remexec_core::Message::caused_by("[worker.flexible]", e))
+    })?;
     Ok(Some(flexible))
 }
 
@@ -253,7 +256,12 @@ fn docker_isolation(
     let connect = remexec_worker::DockerIsolation::connect(&name, &group.image, limits);
     let isolation =
         tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(connect))
-            .map_err(|e| Error::FailedPrecondition(format!("isolation = \"docker\": {e}")))?;
+            .map_err(|e| {
+                Error::FailedPrecondition(remexec_core::Message::caused_by(
+                    "isolation = \"docker\"",
+                    e,
+                ))
+            })?;
     Ok(Arc::new(
         isolation
             .run_as(run_as(config)?)

@@ -24,7 +24,7 @@ pub async fn run_worker(
     isolation: Arc<dyn remexec_worker::Isolation>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    config.check_limits().map_err(Error::invalid)?;
+    config.check_limits().map_err(Error::InvalidArgument)?;
     let _hup = tokio::spawn(async {
         let kind = tokio::signal::unix::SignalKind::hangup();
         if let Ok(mut hup) = tokio::signal::unix::signal(kind) {

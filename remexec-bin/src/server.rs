@@ -45,7 +45,7 @@ pub async fn external_specs(config: &Config) -> Result<Option<(StoreSpec, CacheS
         return Ok(None);
     }
     let label = redact_url(&section.url);
-    match section.kind().map_err(Error::invalid)? {
+    match section.kind().map_err(Error::InvalidArgument)? {
         ExternalKind::Grpc => {
             if !section.options.is_empty() {
                 return Err(Error::invalid(format!(
@@ -196,7 +196,7 @@ impl BoundServer {
         security: Security,
         isolation: Arc<dyn Isolation>,
     ) -> Result<Self> {
-        config.check_limits().map_err(Error::invalid)?;
+        config.check_limits().map_err(Error::InvalidArgument)?;
         let metrics = Metrics::new();
         let workers = WorkerPool::new();
         let (store_spec, ac_spec) = store_specs(config).await?;
@@ -255,7 +255,7 @@ impl BoundServer {
             }
             routes
         };
-        let scheduler_config = config.scheduler_config().map_err(Error::invalid)?;
+        let scheduler_config = config.scheduler_config().map_err(Error::InvalidArgument)?;
         let mut node = SchedulerNode::builder(Arc::clone(&store), ac, storage)
             .config(scheduler_config)
             .worker_pool(workers)

@@ -43,33 +43,36 @@ pub async fn fetch(args: &StatusArgs) -> Result<String> {
     }
     let request = request
         .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| Error::invalid(format!("{url}: {e}")))?;
+        .map_err(|e| Error::InvalidArgument(remexec_core::Message::caused_by(&url, e)))?;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
     let response =
         tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
             .await
-            .map_err(|_| Error::Unavailable(format!("{url}: no answer within 10 s")))?
-            .map_err(|e| Error::Unavailable(format!("{url}: {e}")))?;
+            .map_err(|_| Error::Unavailable(format!("{url}: no answer within 10 s").into()))?
+            .map_err(|e| Error::Unavailable(remexec_core::Message::caused_by(&url, e)))?;
     let code = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| Error::Unavailable(format!("{url}: {e}")))?
+        .map_err(|e| Error::Unavailable(remexec_core::Message::caused_by(&url, e)))?
         .to_bytes();
     if !code.is_success() {
         let text = String::from_utf8_lossy(&body);
-        return Err(Error::Unavailable(format!(
-            "{url}: {code}: {}",
-            text.trim()
-        )));
+        return Err(Error::Unavailable(
+            format!("{url}: {code}: {}", text.trim()).into(),
+        ));
     }
     if args.json {
         return Ok(format!("{}\n", String::from_utf8_lossy(&body)));
     }
-    let status: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| Error::invalid(format!("{url}: not a status document: {e}")))?;
+    let status: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        Error::InvalidArgument(remexec_core::Message::caused_by(
+            format!("{url}: not a status document"),
+            e,
+        ))
+    })?;
     Ok(summary(&status))
 }
 

@@ -53,8 +53,12 @@ pub fn open_object_store(
     settings: ExternalSettings,
 ) -> Result<(Arc<dyn BlobStore>, Arc<dyn ActionCache>)> {
     settings.validate()?;
-    let parsed = Url::parse(url)
-        .map_err(|e| Error::invalid(format!("external store URL {}: {e}", redact(url))))?;
+    let parsed = Url::parse(url).map_err(|e| {
+        Error::InvalidArgument(remexec_core::Message::caused_by(
+            format!("external store URL {}", redact(url)),
+            e,
+        ))
+    })?;
     let options: Vec<(String, String)> = options
         .into_iter()
         .map(|(key, value)| (key.to_ascii_lowercase(), value))
@@ -93,8 +97,12 @@ fn build(
 
 /// The key prefix of a bucket URL: its path.
 fn prefix_of(url: &Url, label: &str) -> Result<Path> {
-    let (_, prefix) = object_store::ObjectStoreScheme::parse(url)
-        .map_err(|e| Error::invalid(format!("external store {label}: {e}")))?;
+    let (_, prefix) = object_store::ObjectStoreScheme::parse(url).map_err(|e| {
+        Error::InvalidArgument(remexec_core::Message::caused_by(
+            format!("external store {label}"),
+            e,
+        ))
+    })?;
     Ok(prefix)
 }
 
@@ -104,8 +112,12 @@ fn local(url: &Url, label: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
         .to_file_path()
         .map_err(|()| Error::invalid(format!("{label} is not an absolute local path")))?;
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {label}"), e))?;
-    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-        .map_err(|e| Error::invalid(format!("external store {label}: {e}")))?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| {
+        Error::InvalidArgument(remexec_core::Message::caused_by(
+            format!("external store {label}"),
+            e,
+        ))
+    })?;
     Ok((Arc::new(store), Path::default()))
 }
 
@@ -141,7 +153,7 @@ macro_rules! configure {
         }
         let store = builder
             .build()
-            .map_err(|e| Error::invalid(format!("external store {}: {e}", $label)))?;
+            .map_err(|e| Error::InvalidArgument(remexec_core::Message::caused_by(format!("external store {}", $label), e)))?;
         Ok((Arc::new(store) as Arc<dyn ObjectStore>, prefix_of($url, $label)?))
     }};
 }

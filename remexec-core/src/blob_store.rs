@@ -31,10 +31,13 @@ impl ReadRange {
     /// Checks the range against a blob of `size` bytes and returns `(offset, length)`.
     pub fn resolve(self, size: u64) -> Result<(u64, u64)> {
         if self.offset > size {
-            return Err(Error::OutOfRange(format!(
-                "read offset {} is past the end of a {size}-byte blob",
-                self.offset
-            )));
+            return Err(Error::OutOfRange(
+                format!(
+                    "read offset {} is past the end of a {size}-byte blob",
+                    self.offset
+                )
+                .into(),
+            ));
         }
         let available = size - self.offset;
         Ok((
@@ -173,9 +176,12 @@ pub trait BlobStoreExt: BlobStore {
         max_size: u64,
     ) -> Result<Option<Bytes>> {
         if digest.size() > max_size {
-            return Err(Error::ResourceExhausted(format!(
-                "blob {digest} is larger than the {max_size}-byte limit for in-memory reads"
-            )));
+            return Err(Error::ResourceExhausted(
+                format!(
+                    "blob {digest} is larger than the {max_size}-byte limit for in-memory reads"
+                )
+                .into(),
+            ));
         }
         let Some(stream) = self.get(instance, digest, ReadRange::ALL).await? else {
             return Ok(None);

@@ -217,7 +217,8 @@ impl Digest {
         field: &str,
     ) -> Result<Self> {
         let digest = digest.ok_or_else(|| Error::invalid(format!("{field} is missing")))?;
-        Self::from_proto(function, digest).map_err(|e| Error::invalid(format!("{field}: {e}")))
+        Self::from_proto(function, digest)
+            .map_err(|e| Error::InvalidArgument(crate::Message::caused_by(field, e)))
     }
 
     /// The wire form.

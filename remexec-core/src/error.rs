@@ -10,64 +10,196 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A miss is never an error: lookups return `Ok(None)`. `Err` means the request was bad or the
 /// infrastructure failed. Every variant maps to exactly one gRPC code in
 /// [`Error::code`]; no other place in remexec chooses gRPC codes for these errors.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
     /// The caller sent something malformed: a bad digest, resource name, or message.
-    #[error("{0}")]
-    InvalidArgument(String),
+    InvalidArgument(Message),
     /// A named thing (blob, operation, instance) does not exist where one was required.
-    #[error("{0}")]
-    NotFound(String),
+    NotFound(Message),
     /// Something that must be unique (a live worker's name) is taken.
-    #[error("{0}")]
-    AlreadyExists(String),
+    AlreadyExists(Message),
     /// A read offset or similar position lies past the end.
-    #[error("{0}")]
-    OutOfRange(String),
+    OutOfRange(Message),
     /// The system is not in a state where the request can run (for example missing inputs).
-    #[error("{0}")]
-    FailedPrecondition(String),
+    FailedPrecondition(Message),
     /// A limit was hit: disk budget, message size, queue length.
-    #[error("{0}")]
-    ResourceExhausted(String),
+    ResourceExhausted(Message),
     /// The service or a backend is temporarily unreachable; the caller may retry.
-    #[error("{0}")]
-    Unavailable(String),
+    Unavailable(Message),
     /// A deadline passed before the work finished.
-    #[error("{0}")]
-    DeadlineExceeded(String),
+    DeadlineExceeded(Message),
     /// The work was cancelled.
-    #[error("{0}")]
-    Cancelled(String),
+    Cancelled(Message),
     /// The request is valid REAPI but this server does not do it.
-    #[error("{0}")]
-    Unimplemented(String),
+    Unimplemented(Message),
     /// The caller did not prove who it is: no credentials where they are required, or
     /// credentials that are not valid.
-    #[error("{0}")]
-    Unauthenticated(String),
+    Unauthenticated(Message),
     /// The caller is known but may not do this.
-    #[error("{0}")]
-    PermissionDenied(String),
+    PermissionDenied(Message),
     /// A local I/O operation failed.
-    #[error("{context}: {source}")]
     Io {
         /// What was being done, e.g. the path being written.
         context: String,
         /// The underlying error.
-        #[source]
         source: std::io::Error,
     },
     /// A bug or broken invariant inside remexec.
-    #[error("internal error: {0}")]
-    Internal(String),
+    Internal(Message),
+}
+
+/// What an [`enum@Error`] says, and the error that caused it, if another error did: the source
+/// that `std::error::Error::source` returns, for callers that look at it. Its text already says
+/// the cause (`"reading the key: no such file"`, as [`Error::Io`] shows its context and
+/// source), and it reads as that text (`Deref<Target = str>`).
+#[derive(Debug)]
+pub struct Message {
+    text: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Message {
+    /// `context`, caused by `source`: says `"{context}: {source}"` and keeps `source`.
+    pub fn caused_by(
+        context: impl Display,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        let source = source.into();
+        Self {
+            text: format!("{context}: {source}"),
+            source: Some(source),
+        }
+    }
+
+    /// Says what `source` says, and keeps it.
+    pub fn from_error(
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        let source = source.into();
+        Self {
+            text: source.to_string(),
+            source: Some(source),
+        }
+    }
+
+    /// The error that caused this one, if another error did.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+/// A message that is an error of its own (a binary's configuration error, say), its source the
+/// cause.
+impl std::error::Error for Message {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<String> for Message {
+    fn from(text: String) -> Self {
+        Self { text, source: None }
+    }
+}
+
+impl From<&str> for Message {
+    fn from(text: &str) -> Self {
+        text.to_string().into()
+    }
+}
+
+impl std::ops::Deref for Message {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl Display for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Messages are equal when they say the same (their sources are not compared).
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl PartialEq<str> for Message {
+    fn eq(&self, other: &str) -> bool {
+        self.text == other
+    }
+}
+
+impl PartialEq<&str> for Message {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+impl Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io { context, source } => write!(f, "{context}: {source}"),
+            Self::Internal(m) => write!(f, "internal error: {m}"),
+            other => match other.message() {
+                Some(m) => write!(f, "{m}"),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            other => other
+                .message()
+                .and_then(Message::cause)
+                .map(|e| e as &(dyn std::error::Error + 'static)),
+        }
+    }
 }
 
 impl Error {
+    /// What the error says, for every kind but [`Error::Io`].
+    pub fn message(&self) -> Option<&Message> {
+        match self {
+            Self::InvalidArgument(m)
+            | Self::NotFound(m)
+            | Self::AlreadyExists(m)
+            | Self::OutOfRange(m)
+            | Self::FailedPrecondition(m)
+            | Self::ResourceExhausted(m)
+            | Self::Unavailable(m)
+            | Self::DeadlineExceeded(m)
+            | Self::Cancelled(m)
+            | Self::Unimplemented(m)
+            | Self::Unauthenticated(m)
+            | Self::PermissionDenied(m)
+            | Self::Internal(m) => Some(m),
+            Self::Io { .. } => None,
+        }
+    }
+
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(message: impl Display) -> Self {
-        Self::InvalidArgument(message.to_string())
+        Self::InvalidArgument(message.to_string().into())
+    }
+
+    /// An [`Error::Internal`] saying `context`, caused by `source` (kept as the error's
+    /// `source()`).
+    pub fn internal(
+        context: impl Display,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self::Internal(Message::caused_by(context, source))
     }
 
     /// Wraps an I/O error with a description of what was being done.
@@ -135,24 +267,24 @@ impl From<tonic::Status> for Error {
             text => text.to_string(),
         };
         match status.code() {
-            Code::InvalidArgument => Self::InvalidArgument(message),
-            Code::NotFound => Self::NotFound(message),
-            Code::Unauthenticated => Self::Unauthenticated(message),
-            Code::PermissionDenied => Self::PermissionDenied(message),
-            Code::AlreadyExists => Self::AlreadyExists(message),
-            Code::OutOfRange => Self::OutOfRange(message),
-            Code::FailedPrecondition => Self::FailedPrecondition(message),
-            Code::ResourceExhausted => Self::ResourceExhausted(message),
-            Code::Unavailable => Self::Unavailable(message),
-            Code::DeadlineExceeded => Self::DeadlineExceeded(message),
-            Code::Cancelled => Self::Cancelled(message),
-            Code::Unimplemented => Self::Unimplemented(message),
+            Code::InvalidArgument => Self::InvalidArgument(message.into()),
+            Code::NotFound => Self::NotFound(message.into()),
+            Code::Unauthenticated => Self::Unauthenticated(message.into()),
+            Code::PermissionDenied => Self::PermissionDenied(message.into()),
+            Code::AlreadyExists => Self::AlreadyExists(message.into()),
+            Code::OutOfRange => Self::OutOfRange(message.into()),
+            Code::FailedPrecondition => Self::FailedPrecondition(message.into()),
+            Code::ResourceExhausted => Self::ResourceExhausted(message.into()),
+            Code::Unavailable => Self::Unavailable(message.into()),
+            Code::DeadlineExceeded => Self::DeadlineExceeded(message.into()),
+            Code::Cancelled => Self::Cancelled(message.into()),
+            Code::Unimplemented => Self::Unimplemented(message.into()),
             // A broken connection (tonic reports it as Unknown with the transport error as its
             // source, unlike an Unknown the server sent): worth a retry elsewhere.
             Code::Unknown if std::error::Error::source(&status).is_some() => {
-                Self::Unavailable(message)
+                Self::Unavailable(message.into())
             }
-            code => Self::Internal(format!("{code:?}: {message}")),
+            code => Self::Internal(format!("{code:?}: {message}").into()),
         }
     }
 }
@@ -190,5 +322,29 @@ mod tests {
         )));
         assert_eq!(broken.code(), tonic::Code::Unknown);
         assert_eq!(Error::from(broken).code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn errors_keep_their_sources_and_say_them() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no entry");
+        let error = Error::FailedPrecondition(Message::caused_by("reading the key", io));
+        assert_eq!(error.to_string(), "reading the key: no entry");
+        assert_eq!(error.code(), tonic::Code::FailedPrecondition);
+        let source = error.source().expect("the source is kept");
+        let io = source.downcast_ref::<std::io::Error>().expect("as it was");
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+        let internal = Error::internal("joining", std::fmt::Error);
+        assert_eq!(
+            internal.to_string(),
+            "internal error: joining: an error occurred when formatting an argument"
+        );
+        assert!(internal.source().unwrap().is::<std::fmt::Error>());
+        // A plain message has none, and reads as its text.
+        let plain = Error::NotFound("blob abc".into());
+        assert!(plain.source().is_none());
+        assert!(matches!(&plain, Error::NotFound(m) if *m == "blob abc" && m.contains("abc")));
+        let status = tonic::Status::from(error);
+        assert_eq!(status.message(), "reading the key: no entry");
     }
 }

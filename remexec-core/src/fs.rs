@@ -17,7 +17,7 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Error::Internal(format!("blocking file-system task failed: {e}")))?
+        .map_err(|e| Error::internal("blocking file-system task failed", e))?
 }
 
 /// Removes the tree at `path` (nothing if it does not exist), even if an action made its

@@ -60,7 +60,7 @@ pub use blob_store::{
     BlobStore, BlobStoreExt, ChunkStream, ListBlobs, ReadRange, StoreUsage, collect_chunks,
 };
 pub use digest::{Digest, DigestFunction, Hasher};
-pub use error::{Error, Result, ok_rpc_status};
+pub use error::{Error, Message, Result, ok_rpc_status};
 pub use resource::{
     BlobRef, Compressor, REQUEST_METADATA_HEADER, RESERVED_SEGMENTS, ReadResource, WriteResource,
     validate_instance_name,

@@ -45,7 +45,12 @@ pub fn validate_output_path(path: &str) -> Result<()> {
         )));
     }
     for segment in path.split('/') {
-        validate_name(segment).map_err(|e| Error::invalid(format!("output path {path:?}: {e}")))?;
+        validate_name(segment).map_err(|e| {
+            Error::InvalidArgument(crate::Message::caused_by(
+                format!("output path {path:?}"),
+                e,
+            ))
+        })?;
     }
     Ok(())
 }
@@ -61,7 +66,12 @@ pub fn validate_result_path(path: &str) -> Result<()> {
         )));
     }
     for segment in path.split('/').filter(|s| *s != "." && *s != "..") {
-        validate_name(segment).map_err(|e| Error::invalid(format!("output path {path:?}: {e}")))?;
+        validate_name(segment).map_err(|e| {
+            Error::InvalidArgument(crate::Message::caused_by(
+                format!("output path {path:?}"),
+                e,
+            ))
+        })?;
     }
     Ok(())
 }
@@ -98,8 +108,9 @@ pub fn resolve_working_directory(working_directory: &str) -> Result<String> {
     if working_directory.is_empty() {
         return Ok(String::new());
     }
-    resolve_output_path("", working_directory)
-        .map_err(|e| Error::invalid(format!("command.working_directory: {e}")))
+    resolve_output_path("", working_directory).map_err(|e| {
+        Error::InvalidArgument(crate::Message::caused_by("command.working_directory", e))
+    })
 }
 
 /// Checks a `Command`'s paths: its working directory and every output path (REAPI v2.1's
@@ -116,7 +127,8 @@ pub fn validate_command_paths(
         .chain(&command.output_files)
         .chain(&command.output_directories);
     for path in outputs {
-        resolve_output_path(&workdir, path).map_err(|e| Error::invalid(format!("command: {e}")))?;
+        resolve_output_path(&workdir, path)
+            .map_err(|e| Error::InvalidArgument(crate::Message::caused_by("command", e)))?;
     }
     Ok(workdir)
 }
@@ -206,14 +218,19 @@ pub async fn fetch_directory(
     // A store that returned other bytes (a lying upstream) could otherwise make a "tree" with
     // a cycle, which no hashed tree can have; directories are small, hashing them is cheap.
     if digest.function().digest_of(&bytes) != digest {
-        return Err(Error::Internal(format!(
-            "the store returned other bytes for directory {digest}"
-        )));
+        return Err(Error::Internal(
+            format!("the store returned other bytes for directory {digest}").into(),
+        ));
     }
-    let dir = Directory::decode(bytes)
-        .map_err(|e| Error::invalid(format!("directory {digest} does not decode: {e}")))?;
-    validate_directory(digest.function(), &dir)
-        .map_err(|e| Error::invalid(format!("directory {digest}: {e}")))?;
+    let dir = Directory::decode(bytes).map_err(|e| {
+        Error::InvalidArgument(crate::Message::caused_by(
+            format!("directory {digest} does not decode"),
+            e,
+        ))
+    })?;
+    validate_directory(digest.function(), &dir).map_err(|e| {
+        Error::InvalidArgument(crate::Message::caused_by(format!("directory {digest}"), e))
+    })?;
     Ok(Some(dir))
 }
 
@@ -325,9 +342,9 @@ pub fn validate_action_result(
         )?;
         if let Some(root) = &dir.root_directory_digest {
             Digest::from_proto(function, root).map_err(|e| {
-                Error::invalid(format!(
-                    "output directory {:?} root_directory_digest: {e}",
-                    dir.path
+                Error::InvalidArgument(crate::Message::caused_by(
+                    format!("output directory {:?} root_directory_digest", dir.path),
+                    e,
                 ))
             })?;
         }
@@ -350,7 +367,8 @@ pub fn validate_action_result(
         (&result.stderr_digest, "stderr_digest"),
     ] {
         if let Some(d) = digest {
-            Digest::from_proto(function, d).map_err(|e| Error::invalid(format!("{name}: {e}")))?;
+            Digest::from_proto(function, d)
+                .map_err(|e| Error::InvalidArgument(crate::Message::caused_by(name, e)))?;
         }
     }
     Ok(())
@@ -396,7 +414,7 @@ impl InputTree {
     pub fn directory(&self, digest: &Digest) -> Result<&Directory> {
         self.directories
             .get(digest)
-            .ok_or_else(|| Error::Internal(format!("directory {digest} is not in the tree")))
+            .ok_or_else(|| Error::Internal(format!("directory {digest} is not in the tree").into()))
     }
 
     /// Counts the entries and depth of the tree as laid out on disk, where a directory counts
@@ -457,9 +475,9 @@ impl InputTree {
 pub async fn fetch_tree(store: &dyn BlobStore, instance: &str, root: Digest) -> Result<InputTree> {
     let walk = walk_tree(store, instance, root, u64::MAX).await?;
     match walk.missing.first() {
-        Some(digest) => Err(Error::NotFound(format!(
-            "directory {digest} is not in the CAS"
-        ))),
+        Some(digest) => Err(Error::NotFound(
+            format!("directory {digest} is not in the CAS").into(),
+        )),
         None => Ok(walk.tree),
     }
 }
@@ -585,7 +603,9 @@ impl TreeWalker {
             };
             let dir = fetch_directory(self.store.as_ref(), &self.instance, digest)
                 .await?
-                .ok_or_else(|| Error::NotFound(format!("directory {digest} is not in the CAS")))?;
+                .ok_or_else(|| {
+                    Error::NotFound(format!("directory {digest} is not in the CAS").into())
+                })?;
             let len = dir.encoded_len();
             if !page.is_empty() && bytes + len > max_bytes {
                 break;

@@ -151,8 +151,12 @@ fn split_instance<'a>(
         )));
     }
     let instance = segments[..at].join("/");
-    validate_instance_name(&instance)
-        .map_err(|e| Error::invalid(format!("resource name {name:?}: {e}")))?;
+    validate_instance_name(&instance).map_err(|e| {
+        Error::InvalidArgument(crate::Message::caused_by(
+            format!("resource name {name:?}"),
+            e,
+        ))
+    })?;
     Ok((instance, at))
 }
 

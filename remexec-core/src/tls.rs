@@ -77,7 +77,12 @@ impl fmt::Debug for TlsMaterial {
 pub fn parse_certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::invalid(format!("{what}: not PEM certificates: {e}")))?;
+        .map_err(|e| {
+            Error::InvalidArgument(crate::Message::caused_by(
+                format!("{what}: not PEM certificates"),
+                e,
+            ))
+        })?;
     if certs.is_empty() {
         return Err(Error::invalid(format!("{what}: no PEM certificate")));
     }
@@ -93,11 +98,15 @@ impl TlsMaterial {
     /// verification asked for. `InvalidArgument` for unusable material.
     pub fn server_config(&self) -> Result<rustls::ServerConfig> {
         let certs = parse_certificates(&self.cert_pem, "the server certificate")?;
-        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
-            .map_err(|e| Error::invalid(format!("the server key: not a PEM private key: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| {
+            Error::InvalidArgument(crate::Message::caused_by(
+                "the server key: not a PEM private key",
+                e,
+            ))
+        })?;
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Internal(format!("TLS versions: {e}")))?;
+            .map_err(|e| Error::internal("TLS versions", e))?;
         let builder = match self.client_certs {
             ClientCerts::None => builder.with_no_client_auth(),
             mode => {
@@ -106,9 +115,9 @@ impl TlsMaterial {
                 })?;
                 let mut roots = rustls::RootCertStore::empty();
                 for cert in parse_certificates(pem, "the client CA")? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| Error::invalid(format!("the client CA: {e}")))?;
+                    roots.add(cert).map_err(|e| {
+                        Error::InvalidArgument(crate::Message::caused_by("the client CA", e))
+                    })?;
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
@@ -116,15 +125,18 @@ impl TlsMaterial {
                     ClientCerts::Optional => verifier.allow_unauthenticated(),
                     _ => verifier,
                 };
-                let verifier = verifier
-                    .build()
-                    .map_err(|e| Error::invalid(format!("the client CA: {e}")))?;
+                let verifier = verifier.build().map_err(|e| {
+                    Error::InvalidArgument(crate::Message::caused_by("the client CA", e))
+                })?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        let mut config = builder
-            .with_single_cert(certs, key)
-            .map_err(|e| Error::invalid(format!("the server certificate and key: {e}")))?;
+        let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+            Error::InvalidArgument(crate::Message::caused_by(
+                "the server certificate and key",
+                e,
+            ))
+        })?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
     }

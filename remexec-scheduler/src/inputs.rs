@@ -28,9 +28,12 @@ async fn fetch<M: Message + Default>(
     let Some(bytes) = cas.get_bytes(instance, digest, MAX_MESSAGE).await? else {
         return Ok(None);
     };
-    M::decode(bytes)
-        .map(Some)
-        .map_err(|e| Error::invalid(format!("{what} {digest} does not decode: {e}")))
+    M::decode(bytes).map(Some).map_err(|e| {
+        Error::InvalidArgument(remexec_core::Message::caused_by(
+            format!("{what} {digest} does not decode"),
+            e,
+        ))
+    })
 }
 
 /// Fetches and validates the Action and Command, and finds every missing input blob.

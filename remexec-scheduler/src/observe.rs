@@ -282,5 +282,5 @@ impl Observer {
 pub fn parse_digest(hash: &str, size: &str) -> Result<Digest> {
     Digest::parse(DigestFunction::Sha256, &format!("{hash}/{size}"))
         .or_else(|_| Digest::parse(DigestFunction::Blake3, &format!("{hash}/{size}")))
-        .map_err(|e| Error::invalid(format!("not a digest: {e}")))
+        .map_err(|e| Error::InvalidArgument(remexec_core::Message::caused_by("not a digest", e)))
 }

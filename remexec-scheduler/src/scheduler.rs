@@ -128,7 +128,7 @@ fn cached_response(result: ActionResult) -> ExecuteResponse {
 }
 
 fn not_found(name: &str) -> Error {
-    Error::NotFound(format!("operation {name:?} is unknown or has expired"))
+    Error::NotFound(format!("operation {name:?} is unknown or has expired").into())
 }
 
 impl Scheduler {
@@ -363,7 +363,7 @@ impl Scheduler {
             .1),
             None => Err(Error::NotFound(format!(
                 "operation {name:?} was answered from the Action Cache, which no longer holds it"
-            ))),
+            ).into())),
         }
     }
 
@@ -464,10 +464,13 @@ impl Inner {
             return Ok(rx);
         }
         if state.queue.len() >= self.config.max_queued {
-            return Err(Error::ResourceExhausted(format!(
-                "the execution queue is full ({} actions)",
-                self.config.max_queued
-            )));
+            return Err(Error::ResourceExhausted(
+                format!(
+                    "the execution queue is full ({} actions)",
+                    self.config.max_queued
+                )
+                .into(),
+            ));
         }
         let name = self.new_name();
         let (op, rx) = Op::new(operation(&name, exec.key.1, Stage::Queued, None));
@@ -729,8 +732,9 @@ impl Inner {
         let outcome = match invalid {
             Some(e) => {
                 tracing::warn!(action = %exec.key.1, executor = %executor.id, error = %e, "worker sent an invalid result");
-                Err(Error::FailedPrecondition(format!(
-                    "the worker's result is invalid: {e}"
+                Err(Error::FailedPrecondition(remexec_core::Message::caused_by(
+                    "the worker's result is invalid",
+                    e,
                 )))
             }
             None => outcome,
@@ -756,14 +760,14 @@ impl Inner {
             }
             Ok(JobOutcome::Cancelled) => failed(tonic::Code::Cancelled, "cancelled"),
             Ok(JobOutcome::Refused(why)) => self.retry(exec, executor, why, true)?,
-            Err(Error::Unavailable(why)) => self.retry(exec, executor, why, false)?,
+            Err(Error::Unavailable(why)) => self.retry(exec, executor, why.to_string(), false)?,
             Err(Error::FailedPrecondition(why)) => {
                 // Typically an input evicted since the check: report what is missing now, as
                 // MISSING violations, so that the client uploads it again.
                 let status =
                     match load(self.cas.as_ref(), &exec.key.0, exec.key.1, &self.config).await {
                         Ok(Loaded::Missing(missing)) => missing_status(&missing),
-                        _ => status(tonic::Code::FailedPrecondition, why),
+                        _ => status(tonic::Code::FailedPrecondition, why.to_string()),
                     };
                 ExecuteResponse {
                     status: Some(status),

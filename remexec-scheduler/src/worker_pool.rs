@@ -227,7 +227,9 @@ impl WorkerPool {
                 .collect()
         };
         for (_, tx) in failed {
-            let _ = tx.send(Err(Error::Unavailable(format!("worker lost: {why}"))));
+            let _ = tx.send(Err(Error::Unavailable(
+                format!("worker lost: {why}").into(),
+            )));
         }
         self.bump();
     }
@@ -355,10 +357,13 @@ impl WorkerService for WorkerPool {
                 .any(|c| c.worker == register.worker_name)
             {
                 tracing::warn!(worker = %register.worker_name, "refused a second connection under a live worker's name");
-                return Err(Error::AlreadyExists(format!(
-                    "a worker named {:?} is already attached",
-                    register.worker_name
-                ))
+                return Err(Error::AlreadyExists(
+                    format!(
+                        "a worker named {:?} is already attached",
+                        register.worker_name
+                    )
+                    .into(),
+                )
                 .into());
             }
             state.connections.insert(
@@ -502,9 +507,9 @@ impl ExecutorPool for WorkerPool {
             .await
             .is_err()
         {
-            return Err(Error::Unavailable(format!(
-                "executor {executor}'s worker is gone"
-            )));
+            return Err(Error::Unavailable(
+                format!("executor {executor}'s worker is gone").into(),
+            ));
         }
         tokio::select! {
             r = &mut rx => return r.unwrap_or_else(|_| Err(Error::Unavailable("worker lost".into()))),

@@ -127,18 +127,18 @@ impl CgroupLimits {
             if !wanted {
                 continue;
             }
-            let own = own_v1_dir(controller).ok_or_else(|| {
-                Error::FailedPrecondition(format!(
+            let own =
+                own_v1_dir(controller).ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
                     "a {controller} limit needs cgroups: the cgroup v1 {controller} controller \
                      at /sys/fs/cgroup/{controller}, or cgroup v2 at /sys/fs/cgroup"
-                ))
-            })?;
+                ).into())
+                })?;
             let dir = own.join(format!("remexec-{worker}"));
             std::fs::create_dir_all(&dir).map_err(|e| {
-                Error::FailedPrecondition(format!(
-                    "cannot create the cgroup {}: {e}",
-                    dir.display()
-                ))
+                Error::FailedPrecondition(
+                    format!("cannot create the cgroup {}: {e}", dir.display()).into(),
+                )
             })?;
             *slot = Some(dir);
         }
@@ -170,11 +170,14 @@ impl CgroupLimits {
         .filter_map(|(c, w)| w.then_some(c))
         .collect();
         let unusable = |why: String| {
-            Error::FailedPrecondition(format!(
-                "cgroup v2 limits in {}: {why}; delegate the controllers to the worker \
+            Error::FailedPrecondition(
+                format!(
+                    "cgroup v2 limits in {}: {why}; delegate the controllers to the worker \
                  (systemd Delegate=yes) or use cgroup v1",
-                own.display()
-            ))
+                    own.display()
+                )
+                .into(),
+            )
         };
         let available = std::fs::read_to_string(own.join("cgroup.controllers"))
             .map_err(|e| unusable(format!("cannot read cgroup.controllers: {e}")))?;

@@ -79,7 +79,7 @@ pub struct DockerIsolation {
 }
 
 fn engine(e: DockerError) -> Error {
-    Error::Unavailable(format!("the Docker engine: {e}"))
+    Error::Unavailable(remexec_core::Message::caused_by("the Docker engine", e))
 }
 
 impl DockerIsolation {
@@ -282,10 +282,9 @@ impl DockerIsolation {
             .await
         {
             // Typically the program does not exist in the image.
-            return Err(Error::FailedPrecondition(format!(
-                "cannot start {:?} in a container: {e}",
-                spawn.args.first()
-            )));
+            return Err(Error::FailedPrecondition(
+                format!("cannot start {:?} in a container: {e}", spawn.args.first()).into(),
+            ));
         }
         let not_running = || {
             WaitContainerOptionsBuilder::new()
@@ -497,9 +496,12 @@ impl Isolation for DockerIsolation {
                 DockerError::DockerResponseServerError {
                     status_code: 404,
                     message,
-                } => Error::FailedPrecondition(format!(
-                    "the image is not on the Docker engine (images are never pulled): {message}"
-                )),
+                } => Error::FailedPrecondition(
+                    format!(
+                        "the image is not on the Docker engine (images are never pulled): {message}"
+                    )
+                    .into(),
+                ),
                 e => engine(e),
             });
         }

@@ -69,7 +69,7 @@ async fn phase<T>(
             Ok(done) => done.map(Some),
             Err(_) => Err(Error::Unavailable(format!(
                 "{name} did not finish within the worker's {limit:?} limit"
-            ))),
+            ).into())),
         },
         () = cancel.cancelled() => Ok(None),
     }
@@ -89,9 +89,12 @@ fn bound_size(result: LeaseResult, max: usize) -> LeaseResult {
         return result;
     }
     tracing::warn!(lease = %result.lease_id, len, max, "lease result too large to send");
-    let error = Error::ResourceExhausted(format!(
-        "the action's result is {len} bytes encoded; the worker protocol's limit is {max} bytes"
-    ));
+    let error = Error::ResourceExhausted(
+        format!(
+            "the action's result is {len} bytes encoded; the worker protocol's limit is {max} bytes"
+        )
+        .into(),
+    );
     LeaseResult {
         lease_id: result.lease_id,
         result: None,
@@ -165,7 +168,10 @@ impl Worker {
             status: Some(status),
         };
         if let Err(e) = remexec_core::merkle::validate_name(&lease_id) {
-            return refuse(Error::invalid(format!("lease id: {e}")).to_rpc_status());
+            return refuse(
+                Error::InvalidArgument(remexec_core::Message::caused_by("lease id", e))
+                    .to_rpc_status(),
+            );
         }
         if !self
             .config
@@ -366,9 +372,9 @@ fn prepare_run(dir: &Path, root: &Path, command: &Command) -> Result<(PathBuf, F
     let wd = resolve_working_directory(&command.working_directory)?;
     let mkdirs = |rel: &str| {
         create_dirs_beneath(root, rel).map_err(|e| match e {
-            Error::InvalidArgument(m) => Error::FailedPrecondition(format!(
-                "cannot create the directory {rel:?} below the input root: {m}"
-            )),
+            Error::InvalidArgument(m) => Error::FailedPrecondition(
+                format!("cannot create the directory {rel:?} below the input root: {m}").into(),
+            ),
             e => e,
         })
     };

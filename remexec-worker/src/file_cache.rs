@@ -93,9 +93,9 @@ impl FileCache {
             // Evicted between the lookup and the link: fetch again.
             self.forget(digest, executable);
         }
-        Err(Error::Internal(format!(
-            "input {digest} kept disappearing from the file cache"
-        )))
+        Err(Error::Internal(
+            format!("input {digest} kept disappearing from the file cache").into(),
+        ))
     }
 
     /// Fetches the blob into the cache (whether or not it is there already).
@@ -110,7 +110,7 @@ impl FileCache {
             .get(instance, digest, ReadRange::ALL)
             .await?
             .ok_or_else(|| {
-                Error::FailedPrecondition(format!("input blob {digest} is not in the CAS"))
+                Error::FailedPrecondition(format!("input blob {digest} is not in the CAS").into())
             })?;
         let tmp = self.dir.join("tmp");
         let temp = blocking(move || {
@@ -135,9 +135,9 @@ impl FileCache {
         }
         let (temp, hasher) = state;
         if hasher.finish() != digest {
-            return Err(Error::Internal(format!(
-                "CAS returned wrong content for {digest}"
-            )));
+            return Err(Error::Internal(
+                format!("CAS returned wrong content for {digest}").into(),
+            ));
         }
         let dest = self.path(&digest, executable);
         blocking(move || {

@@ -98,7 +98,7 @@ impl ExecutorGroups {
 impl Isolation for ExecutorGroups {
     async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit> {
         let isolation = self.by_executor.get(&spawn.executor).ok_or_else(|| {
-            Error::Internal(format!("executor {:?} belongs to no group", spawn.executor))
+            Error::Internal(format!("executor {:?} belongs to no group", spawn.executor).into())
         })?;
         isolation.run(spawn, cancel).await
     }
@@ -172,17 +172,19 @@ impl ProcessIsolation {
             .stdin(Stdio::null())
             .output()
             .map_err(|e| {
-                Error::FailedPrecondition(format!(
-                    "cannot start {}: {e}",
-                    supervision.setup.setpriv.display()
-                ))
+                Error::FailedPrecondition(
+                    format!("cannot start {}: {e}", supervision.setup.setpriv.display()).into(),
+                )
             })?;
         if !probe.status.success() {
-            return Err(Error::FailedPrecondition(format!(
-                "this host cannot run actions in a PID namespace of their own ({}): {}",
-                probe.status,
-                String::from_utf8_lossy(&probe.stderr).trim()
-            )));
+            return Err(Error::FailedPrecondition(
+                format!(
+                    "this host cannot run actions in a PID namespace of their own ({}): {}",
+                    probe.status,
+                    String::from_utf8_lossy(&probe.stderr).trim()
+                )
+                .into(),
+            ));
         }
         Ok(Self {
             supervision: Some(Arc::new(supervision)),
@@ -274,9 +276,9 @@ pub(crate) fn check_program(program: &str, env: &[(String, String)], cwd: &Path)
     };
     match found {
         true => Ok(()),
-        false => Err(Error::FailedPrecondition(format!(
-            "cannot start {program:?}: no such executable file"
-        ))),
+        false => Err(Error::FailedPrecondition(
+            format!("cannot start {program:?}: no such executable file").into(),
+        )),
     }
 }
 
@@ -388,7 +390,12 @@ pub(crate) async fn run_command(
     let child = tokio::process::Command::from(command)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Error::FailedPrecondition(format!("cannot start {program:?}: {e}")))?;
+        .map_err(|e| {
+            Error::FailedPrecondition(remexec_core::Message::caused_by(
+                format!("cannot start {program:?}"),
+                e,
+            ))
+        })?;
     let exit = wait(child, spawn.timeout, cancel).await;
     if let Some(cgroups) = cgroups {
         crate::cgroups::finish(cgroups, stderr).await?;

@@ -114,18 +114,20 @@ impl NamespaceIsolation {
             .stdin(Stdio::null())
             .output()
             .map_err(|e| {
-                Error::FailedPrecondition(format!(
-                    "cannot start {}: {e}",
-                    isolation.bwrap.display()
-                ))
+                Error::FailedPrecondition(
+                    format!("cannot start {}: {e}", isolation.bwrap.display()).into(),
+                )
             })?;
         if !probe.status.success() {
-            return Err(Error::FailedPrecondition(format!(
-                "this host cannot sandbox actions with {} ({}): {}",
-                isolation.bwrap.display(),
-                probe.status,
-                String::from_utf8_lossy(&probe.stderr).trim()
-            )));
+            return Err(Error::FailedPrecondition(
+                format!(
+                    "this host cannot sandbox actions with {} ({}): {}",
+                    isolation.bwrap.display(),
+                    probe.status,
+                    String::from_utf8_lossy(&probe.stderr).trim()
+                )
+                .into(),
+            ));
         }
         Ok(isolation)
     }
@@ -202,11 +204,14 @@ impl NamespaceIsolation {
         ids: (u32, u32),
     ) -> Result<std::process::Command> {
         let inside = cwd.strip_prefix(root).map_err(|_| {
-            Error::Internal(format!(
-                "working directory {} is not below the input root {}",
-                cwd.display(),
-                root.display()
-            ))
+            Error::Internal(
+                format!(
+                    "working directory {} is not below the input root {}",
+                    cwd.display(),
+                    root.display()
+                )
+                .into(),
+            )
         })?;
         let mut command = self.bwrap_command(network, root);
         command.args(["--unshare-user", "--uid"]);

@@ -48,10 +48,9 @@ impl FileSource for CachedFiles<'_> {
     }
 
     async fn write(&self, _: File, path: &Path, digest: Digest, _: bool) -> Result<()> {
-        Err(Error::Internal(format!(
-            "{}: {digest} has no cached copy",
-            path.display()
-        )))
+        Err(Error::Internal(
+            format!("{}: {digest} has no cached copy", path.display()).into(),
+        ))
     }
 
     fn mode(&self, executable: bool) -> u32 {

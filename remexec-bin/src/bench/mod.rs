@@ -169,7 +169,8 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Report> {
             args.count,
         );
         tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new(3).map_err(|e| Error::Internal(e.to_string()))?;
+            let mut hist =
+                Histogram::<u64>::new(3).map_err(|e| Error::Internal(e.to_string().into()))?;
             let (mut bytes, mut errors, mut first_error) = (0u64, 0u64, None);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -199,11 +200,12 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Report> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let mut hist = Histogram::<u64>::new(3).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut hist = Histogram::<u64>::new(3).map_err(|e| Error::Internal(e.to_string().into()))?;
     let (mut bytes, mut errors, mut first_error) = (0u64, 0u64, None);
     for r in results {
-        let (h, b, e, f) = r.map_err(|e| Error::Internal(e.to_string()))??;
-        hist.add(h).map_err(|e| Error::Internal(e.to_string()))?;
+        let (h, b, e, f) = r.map_err(|e| Error::Internal(e.to_string().into()))??;
+        hist.add(h)
+            .map_err(|e| Error::Internal(e.to_string().into()))?;
         bytes += b;
         errors += e;
         if first_error.is_none() {

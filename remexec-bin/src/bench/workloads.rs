@@ -337,7 +337,9 @@ impl Workload {
             moved += msg?.data.len() as u64;
         }
         if moved != digest.size() {
-            return Err(Error::Internal(format!("read {moved} of {digest}'s bytes")));
+            return Err(Error::Internal(
+                format!("read {moved} of {digest}'s bytes").into(),
+            ));
         }
         Ok(moved)
     }
@@ -379,7 +381,7 @@ impl Workload {
         if code == 0 {
             Ok(0)
         } else {
-            Err(Error::Internal(format!("action exited {code}")))
+            Err(Error::Internal(format!("action exited {code}").into()))
         }
     }
 }

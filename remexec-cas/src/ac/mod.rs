@@ -27,7 +27,7 @@ pub(crate) fn encode_entry(result: &ActionResult) -> Result<Bytes> {
     buf.push(FORMAT_V1);
     result
         .encode(&mut buf)
-        .map_err(|e| Error::Internal(format!("encoding an action result: {e}")))?;
+        .map_err(|e| Error::internal("encoding an action result", e))?;
     if buf.len() as u64 > MAX_ENTRY_SIZE {
         return Err(Error::invalid(format!(
             "action result of {} bytes is too large",

@@ -47,8 +47,9 @@ impl ActionCacheService {
         let instance = req.instance_name.as_str();
         let found = self.services.ac.get(instance, action).await?;
         self.services.metrics.action_cache_lookup(found.is_some());
-        let mut result = found
-            .ok_or_else(|| Error::NotFound(format!("no cached result for action {action}")))?;
+        let mut result = found.ok_or_else(|| {
+            Error::NotFound(format!("no cached result for action {action}").into())
+        })?;
         let store = self.services.store.as_ref();
         let mut budget = self.services.limits.max_inline_size;
         let ActionResult {

@@ -65,10 +65,9 @@ impl ByteStreamService {
         let resource = ReadResource::parse(&req.resource_name)?;
         let digest = resource.blob.digest;
         if req.read_offset < 0 {
-            return Err(Error::OutOfRange(format!(
-                "read_offset {} is negative",
-                req.read_offset
-            )));
+            return Err(Error::OutOfRange(
+                format!("read_offset {} is negative", req.read_offset).into(),
+            ));
         }
         if req.read_limit < 0 {
             return Err(Error::invalid(format!(
@@ -93,7 +92,7 @@ impl ByteStreamService {
                 .store
                 .get(&resource.instance, digest, range)
                 .await?
-                .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the CAS")))?
+                .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the CAS").into()))?
         };
         let data = compress_stream(resource.blob.compressor, data);
         Ok(data
@@ -161,7 +160,7 @@ impl ByteStreamService {
         let idle = self.services.limits.upload_idle_timeout;
         let first = match tokio::time::timeout(idle, stream.next())
             .await
-            .map_err(|_| Error::DeadlineExceeded(format!("no Write request for {idle:?}")))?
+            .map_err(|_| Error::DeadlineExceeded(format!("no Write request for {idle:?}").into()))?
         {
             Some(Ok(first)) => first,
             Some(Err(status)) => return Err(status.into()),
@@ -246,9 +245,9 @@ impl ByteStreamService {
             }
             next = match tokio::time::timeout(idle, stream.next()).await {
                 Ok(next) => next,
-                Err(_) => Some(Err(Error::DeadlineExceeded(format!(
-                    "no data for {idle:?}; the upload is parked for resumption"
-                ))
+                Err(_) => Some(Err(Error::DeadlineExceeded(
+                    format!("no data for {idle:?}; the upload is parked for resumption").into(),
+                )
                 .into())),
             };
         }

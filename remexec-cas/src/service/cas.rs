@@ -177,7 +177,9 @@ impl CasService {
                 store
                     .get_bytes(instance, digest, u64::MAX)
                     .await?
-                    .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the CAS")))
+                    .ok_or_else(|| {
+                        Error::NotFound(format!("blob {digest} is not in the CAS").into())
+                    })
             }
             .await;
             let (data, status, used) = match outcome

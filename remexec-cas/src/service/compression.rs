@@ -15,7 +15,7 @@ fn to_io(e: Error) -> std::io::Error {
 fn from_io(e: std::io::Error, what: &str) -> Error {
     match e.downcast::<Error>() {
         Ok(inner) => inner,
-        Err(e) => Error::invalid(format!("{what}: {e}")),
+        Err(e) => Error::InvalidArgument(remexec_core::Message::caused_by(what, e)),
     }
 }
 
@@ -63,8 +63,9 @@ pub(crate) fn decompress_bytes(
             zstd::bulk::decompress(&data, limit)
                 .map(Bytes::from)
                 .map_err(|e| {
-                    Error::invalid(format!(
-                        "blob {digest}: invalid zstd data or larger than its digest says: {e}"
+                    Error::InvalidArgument(remexec_core::Message::caused_by(
+                        format!("blob {digest}: invalid zstd data or larger than its digest says"),
+                        e,
                     ))
                 })
         }
@@ -77,7 +78,7 @@ pub(crate) fn compress_bytes(compressor: Compressor, data: Bytes) -> Result<Byte
     match compressor {
         Compressor::Zstd => zstd::bulk::compress(&data, 1)
             .map(Bytes::from)
-            .map_err(|e| Error::Internal(format!("zstd compression failed: {e}"))),
+            .map_err(|e| Error::internal("zstd compression failed", e)),
         _ => Ok(data),
     }
 }

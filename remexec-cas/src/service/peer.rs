@@ -37,7 +37,7 @@ impl PeerService {
         self.local
             .get(&req.instance_name, action)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("no cached result for action {action}")))
+            .ok_or_else(|| Error::NotFound(format!("no cached result for action {action}").into()))
     }
 
     async fn update(&self, req: UpdateActionResultRequest) -> Result<ActionResult> {

@@ -112,9 +112,10 @@ impl BlobStore for DiskStore {
         }
         let budget = self.files.budget();
         if digest.size() > budget {
-            return Err(Error::ResourceExhausted(format!(
-                "blob {digest} is larger than the disk store's {budget}-byte budget"
-            )));
+            return Err(Error::ResourceExhausted(
+                format!("blob {digest} is larger than the disk store's {budget}-byte budget")
+                    .into(),
+            ));
         }
         if self.files.instance(key.ns).is_none() {
             let files = Arc::clone(&self.files);

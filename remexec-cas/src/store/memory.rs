@@ -44,9 +44,10 @@ impl BlobStore for MemoryStore {
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
         let budget = self.index.lock().budget();
         if digest.size() > budget {
-            return Err(Error::ResourceExhausted(format!(
-                "blob {digest} is larger than the memory store's {budget}-byte budget"
-            )));
+            return Err(Error::ResourceExhausted(
+                format!("blob {digest} is larger than the memory store's {budget}-byte budget")
+                    .into(),
+            ));
         }
         let bytes = read_exact_len(data, digest).await?;
         self.index

@@ -30,7 +30,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, GetResult, ObjectStore, PutPayload, WriteMultipart};
 use parking_lot::Mutex;
 use remexec_core::lru::ByteLru;
-use remexec_core::{BlobStore, ChunkStream, Digest, Error, ReadRange, Result};
+use remexec_core::{BlobStore, ChunkStream, Digest, Error, Message, ReadRange, Result};
 
 use super::{read_exact_len, size_mismatch};
 use crate::key::{Key, namespace};
@@ -119,10 +119,13 @@ impl Backend {
     }
 
     fn timed_out(&self, what: &str, path: &Path) -> Error {
-        Error::Unavailable(format!(
-            "object store {}: {what} {path}: no answer within {:?}",
-            self.label, self.settings.request_timeout
-        ))
+        Error::Unavailable(
+            format!(
+                "object store {}: {what} {path}: no answer within {:?}",
+                self.label, self.settings.request_timeout
+            )
+            .into(),
+        )
     }
 
     /// The remexec error for an object_store error: a missing object is `NotFound`, refused
@@ -130,29 +133,32 @@ impl Backend {
     /// failure, timeout or server error that outlasted the retries `Unavailable`.
     pub(crate) fn error(&self, what: &str, path: &Path, e: object_store::Error) -> Error {
         use object_store::Error as E;
-        let message = format!("object store {}: {what} {path}: {e}", self.label);
-        match e {
-            E::NotFound { .. } => Error::NotFound(message),
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-                Error::FailedPrecondition(message)
-            }
-            E::InvalidPath { .. } | E::UnknownConfigurationKey { .. } => {
-                Error::InvalidArgument(message)
-            }
-            E::NotSupported { .. } | E::NotImplemented => Error::Unimplemented(message),
+        let context = format!("object store {}: {what} {path}", self.label);
+        if let E::Generic {
+            store: "LocalFileSystem",
+            source,
+        } = &e
+            && let Some(kind) = io_kind(source.as_ref())
+        {
+            return Error::io(format!("{context}: {e}"), std::io::Error::from(kind));
+        }
+        let kind: fn(Message) -> Error = match &e {
+            E::NotFound { .. } => Error::NotFound,
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::FailedPrecondition,
+            E::InvalidPath { .. } | E::UnknownConfigurationKey { .. } => Error::InvalidArgument,
+            E::NotSupported { .. } | E::NotImplemented => Error::Unimplemented,
             E::Generic {
                 store: "LocalFileSystem",
-                source,
-            } => match io_kind(source.as_ref()) {
-                Some(kind) => Error::io(message, std::io::Error::from(kind)),
-                None => Error::Internal(message),
-            },
-            E::AlreadyExists { .. }
+                ..
+            }
+            | E::AlreadyExists { .. }
             | E::Precondition { .. }
             | E::NotModified { .. }
-            | E::JoinError { .. } => Error::Internal(message),
-            _ => Error::Unavailable(message),
-        }
+            | E::JoinError { .. } => Error::Internal,
+            _ => Error::Unavailable,
+        };
+        // The object_store error stays the source, for callers that look at it.
+        kind(Message::caused_by(context, e))
     }
 
     /// Opens a ranged read; `Ok(None)` if the object does not exist.
@@ -346,10 +352,13 @@ impl ObjectBlobStore {
                 async move {
                     match backend.open(&path, range).await? {
                         Some(part) => Ok(body(backend, path, part)),
-                        None => Err(Error::NotFound(format!(
-                            "object store {}: {path} vanished during a read",
-                            backend.label
-                        ))),
+                        None => Err(Error::NotFound(
+                            format!(
+                                "object store {}: {path} vanished during a read",
+                                backend.label
+                            )
+                            .into(),
+                        )),
                     }
                 }
             })

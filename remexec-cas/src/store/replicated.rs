@@ -258,11 +258,14 @@ impl BlobStore for ReplicatedStore {
                 .collect()
         };
         if targets.len() < self.replicas {
-            return Err(Error::Unavailable(format!(
-                "{} replicas are needed and {} members are live",
-                self.replicas,
-                targets.len()
-            )));
+            return Err(Error::Unavailable(
+                format!(
+                    "{} replicas are needed and {} members are live",
+                    self.replicas,
+                    targets.len()
+                )
+                .into(),
+            ));
         }
         let copies = super::fan_out(data, targets.len(), false);
         let puts = targets

@@ -105,7 +105,7 @@ impl JwtVerifier {
                 kid: None,
                 algorithm: Algorithm::HS256,
                 key: DecodingKey::from_secret(secret)
-                    .map_err(|e| Error::invalid(format!("JWT key: {e}")))?,
+                    .map_err(|e| Error::InvalidArgument(crate::Message::caused_by("JWT key", e)))?,
             }
         };
         Ok(Self {
@@ -118,8 +118,8 @@ impl JwtVerifier {
     /// `oct` keys HS256). A token names its key by `kid`; without one, every key of its
     /// algorithm is tried.
     pub fn from_jwks(json: &str, settings: JwtSettings) -> Result<Self> {
-        let set: JwkSet =
-            serde_json::from_str(json).map_err(|e| Error::invalid(format!("JWKS: {e}")))?;
+        let set: JwkSet = serde_json::from_str(json)
+            .map_err(|e| Error::InvalidArgument(crate::Message::caused_by("JWKS", e)))?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
             let algorithm = match &jwk.algorithm {
@@ -136,8 +136,8 @@ impl JwtVerifier {
                 }
                 _ => continue,
             };
-            let key =
-                DecodingKey::from_jwk(jwk).map_err(|e| Error::invalid(format!("JWKS key: {e}")))?;
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|e| Error::InvalidArgument(crate::Message::caused_by("JWKS key", e)))?;
             keys.push(Key {
                 kid: jwk.common.key_id.clone(),
                 algorithm,
@@ -154,7 +154,7 @@ impl JwtVerifier {
     /// signed by no configured key, expired, not yet valid, or for another issuer or audience,
     /// and for claims that name no known permission.
     pub fn verify(&self, token: &str) -> Result<Principal> {
-        let refused = |why: &str| Error::Unauthenticated(format!("JWT refused: {why}"));
+        let refused = |why: &str| Error::Unauthenticated(format!("JWT refused: {why}").into());
         let header = jsonwebtoken::decode_header(token).map_err(|_| refused("malformed"))?;
         let mut last = refused("no configured key has its algorithm and key id");
         for key in &self.keys {

@@ -150,10 +150,13 @@ async fn admit(layer: &AuthLayer, request: Request) -> Result<Request> {
             )
             .await
             .map_err(|_| {
-                Error::DeadlineExceeded(format!(
-                    "no request message within {:?}",
-                    layer.first_message_timeout
-                ))
+                Error::DeadlineExceeded(
+                    format!(
+                        "no request message within {:?}",
+                        layer.first_message_timeout
+                    )
+                    .into(),
+                )
             })??;
             let instance = instance_of(&first, from)?;
             principal.authorize(need, &instance, &path)?;
@@ -183,9 +186,9 @@ async fn first_message(mut body: Body, max: usize) -> Result<(Bytes, Body)> {
             let len = u32::from_be_bytes([buffered[1], buffered[2], buffered[3], buffered[4]]);
             let len = usize::try_from(len).unwrap_or(usize::MAX);
             if len > max {
-                return Err(Error::ResourceExhausted(format!(
-                    "the request message of {len} bytes exceeds the limit of {max}"
-                )));
+                return Err(Error::ResourceExhausted(
+                    format!("the request message of {len} bytes exceeds the limit of {max}").into(),
+                ));
             }
             if buffered.len() >= 5 + len {
                 let mut whole = buffered.freeze();
@@ -221,8 +224,9 @@ fn instance_of(message: &[u8], from: InstanceFrom) -> Result<String> {
         #[prost(string, tag = "1")]
         field: String,
     }
-    let first = <First as prost::Message>::decode(message)
-        .map_err(|e| Error::invalid(format!("malformed request message: {e}")))?;
+    let first = <First as prost::Message>::decode(message).map_err(|e| {
+        Error::InvalidArgument(crate::Message::caused_by("malformed request message", e))
+    })?;
     match from {
         InstanceFrom::ResourceField => {
             let name = &first.field;

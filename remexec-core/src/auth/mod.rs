@@ -276,10 +276,13 @@ impl Principal {
         if self.allows(need, instance) {
             return Ok(());
         }
-        Err(Error::PermissionDenied(format!(
-            "{} ({:?}) may not call {method} on instance {instance:?}: it needs {need}",
-            self.name, self.method
-        )))
+        Err(Error::PermissionDenied(
+            format!(
+                "{} ({:?}) may not call {method} on instance {instance:?}: it needs {need}",
+                self.name, self.method
+            )
+            .into(),
+        ))
     }
 
     /// `PERMISSION_DENIED` unless this principal may do `need` on some instance (for calls that
@@ -288,10 +291,13 @@ impl Principal {
         if self.cluster || self.grants.iter().any(|g| g.allows_somewhere(need)) {
             return Ok(());
         }
-        Err(Error::PermissionDenied(format!(
-            "{} ({:?}) may not call {method}: it needs {need}",
-            self.name, self.method
-        )))
+        Err(Error::PermissionDenied(
+            format!(
+                "{} ({:?}) may not call {method}: it needs {need}",
+                self.name, self.method
+            )
+            .into(),
+        ))
     }
 }
 
@@ -469,9 +475,9 @@ impl AuthPolicy {
             .map(|rule| rule.grant.clone())
             .collect();
         if grants.is_empty() {
-            return Err(Error::PermissionDenied(format!(
-                "client certificate {names:?} is not allowed here"
-            )));
+            return Err(Error::PermissionDenied(
+                format!("client certificate {names:?} is not allowed here").into(),
+            ));
         }
         Ok(Principal {
             name: first,

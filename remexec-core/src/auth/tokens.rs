@@ -109,7 +109,7 @@ impl TokenSet {
                 return Err(Error::invalid(format!("{what}: no permissions")));
             }
             let grant = Grant::parse(&entry.permissions, &entry.instances)
-                .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+                .map_err(|e| Error::InvalidArgument(crate::Message::caused_by(&what, e)))?;
             if entries.iter().any(|e| e.hash == hash) {
                 return Err(Error::invalid(format!(
                     "{what}: the same hash appears twice"

@@ -134,12 +134,13 @@ pub fn endpoint_with(url: &str, tls: &ClientTls) -> Result<Endpoint> {
             "{url}: TLS settings (a CA certificate or domain) need a grpcs:// URL"
         )));
     }
-    let mut endpoint = Endpoint::from_shared(uri)
-        .map_err(|e| Error::invalid(format!("server URL {url:?}: {e}")))?;
+    let mut endpoint = Endpoint::from_shared(uri).map_err(|e| {
+        Error::InvalidArgument(crate::Message::caused_by(format!("server URL {url:?}"), e))
+    })?;
     if secure {
-        endpoint = endpoint
-            .tls_config(tls.config(url)?)
-            .map_err(|e| Error::invalid(format!("{url}: TLS settings: {e}")))?;
+        endpoint = endpoint.tls_config(tls.config(url)?).map_err(|e| {
+            Error::InvalidArgument(crate::Message::caused_by(format!("{url}: TLS settings"), e))
+        })?;
     }
     Ok(endpoint
         .initial_stream_window_size(STREAM_WINDOW)
@@ -162,7 +163,7 @@ pub async fn connect_with(url: &str, tls: &ClientTls) -> Result<Channel> {
     endpoint_with(url, tls)?
         .connect()
         .await
-        .map_err(|e| Error::Unavailable(format!("connecting to {url}: {}", error_chain(&e))))
+        .map_err(|e| Error::Unavailable(format!("connecting to {url}: {}", error_chain(&e)).into()))
 }
 
 /// A channel to `url` that connects on first use (see [`endpoint`]).

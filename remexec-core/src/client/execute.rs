@@ -57,14 +57,17 @@ pub fn operation_response(op: &Operation) -> Result<Option<ExecuteResponse>> {
     match &op.result {
         Some(operation::Result::Response(any)) => ExecuteResponse::decode(&any.value[..])
             .map(Some)
-            .map_err(|e| Error::Internal(format!("bad ExecuteResponse in {}: {e}", op.name))),
-        Some(operation::Result::Error(status)) => Err(super::status_result(Some(status))
-            .err()
-            .unwrap_or_else(|| Error::Internal(format!("{} failed with an OK status", op.name)))),
-        None if op.done => Err(Error::Internal(format!(
-            "{} is done without a response",
-            op.name
-        ))),
+            .map_err(|e| {
+                Error::Internal(format!("bad ExecuteResponse in {}: {e}", op.name).into())
+            }),
+        Some(operation::Result::Error(status)) => {
+            Err(super::status_result(Some(status)).err().unwrap_or_else(|| {
+                Error::Internal(format!("{} failed with an OK status", op.name).into())
+            }))
+        }
+        None if op.done => Err(Error::Internal(
+            format!("{} is done without a response", op.name).into(),
+        )),
         None => Ok(None),
     }
 }

@@ -292,9 +292,9 @@ impl<'a> Materializer<'a> {
         }
         match leftovers.vanished.first() {
             None => Ok(()),
-            Some((_, _, digest, _)) => Err(Error::Internal(format!(
-                "the local copy of {digest} kept disappearing"
-            ))),
+            Some((_, _, digest, _)) => Err(Error::Internal(
+                format!("the local copy of {digest} kept disappearing").into(),
+            )),
         }
     }
 
@@ -427,7 +427,7 @@ impl FileSource for CasFiles<'_> {
             .store
             .get(self.instance, digest, ReadRange::ALL)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("{digest} is not in the CAS")))?;
+            .ok_or_else(|| Error::NotFound(format!("{digest} is not in the CAS").into()))?;
         // Hashing and writing happen on the blocking pool, one chunk per call.
         let mut state = (file, digest.function().hasher());
         while let Some(chunk) = stream.next().await {
@@ -500,10 +500,12 @@ async fn fetch_output_tree(
     let bytes = store
         .get_bytes(instance, digest, MAX_TREE_SIZE)
         .await?
-        .ok_or_else(|| Error::NotFound(format!("tree {digest} is not in the CAS")))?;
-    let tree = Tree::decode(bytes).map_err(|e| Error::invalid(format!("tree {digest}: {e}")))?;
+        .ok_or_else(|| Error::NotFound(format!("tree {digest} is not in the CAS").into()))?;
+    let tree = Tree::decode(bytes).map_err(|e| {
+        Error::InvalidArgument(crate::Message::caused_by(format!("tree {digest}"), e))
+    })?;
     output_tree(f, tree, TreeLimits::default())
-        .map_err(|e| Error::invalid(format!("tree {digest}: {e}")))
+        .map_err(|e| Error::InvalidArgument(crate::Message::caused_by(format!("tree {digest}"), e)))
 }
 
 /// Writes an action's outputs under `out` (created if missing), never outside it: the result,

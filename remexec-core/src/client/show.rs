@@ -38,8 +38,10 @@ pub async fn kept_response(
     let bytes = store
         .get_bytes(instance, digest, 16 << 20)
         .await?
-        .ok_or_else(|| Error::NotFound(format!("response {digest} is not in the CAS")))?;
-    prost::Message::decode(bytes).map_err(|e| Error::invalid(format!("response {digest}: {e}")))
+        .ok_or_else(|| Error::NotFound(format!("response {digest} is not in the CAS").into()))?;
+    prost::Message::decode(bytes).map_err(|e| {
+        Error::InvalidArgument(crate::Message::caused_by(format!("response {digest}"), e))
+    })
 }
 
 /// An action: its Command, a summary of its inputs, and `known` or else its cached result,
@@ -57,9 +59,11 @@ pub async fn show_action(
         store
             .get_bytes(instance, d, 16 << 20)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("{what} {d} is not in the CAS")))
+            .ok_or_else(|| Error::NotFound(format!("{what} {d} is not in the CAS").into()))
     };
-    let decode = |what: &str, e: prost::DecodeError| Error::invalid(format!("{what}: {e}"));
+    let decode = |what: &str, e: prost::DecodeError| {
+        Error::InvalidArgument(crate::Message::caused_by(what, e))
+    };
     let action: Action = prost::Message::decode(message(digest, "action").await?)
         .map_err(|e| decode("action", e))?;
     let f = digest.function();

@@ -93,8 +93,12 @@ pub fn is_executable(meta: &Metadata) -> bool {
 /// `FailedPrecondition` unless the output symlink at `rel` obeys the output-symlink policy
 /// ([`validate_symlink_target`]).
 pub fn check_output_symlink(rel: &str, target: &str) -> Result<()> {
-    validate_symlink_target(rel, target)
-        .map_err(|e| Error::FailedPrecondition(format!("output symlink {rel:?} refused: {e}")))
+    validate_symlink_target(rel, target).map_err(|e| {
+        Error::FailedPrecondition(crate::Message::caused_by(
+            format!("output symlink {rel:?} refused"),
+            e,
+        ))
+    })
 }
 
 /// The target of the symlink at `path`, read without following it (blocking).
@@ -192,10 +196,9 @@ impl UploadPlan {
                 })
                 .await?
                 .ok_or_else(|| {
-                    Error::FailedPrecondition(format!(
-                        "{} changed while it was uploaded",
-                        path.display()
-                    ))
+                    Error::FailedPrecondition(
+                        format!("{} changed while it was uploaded", path.display()).into(),
+                    )
                 })?;
                 put_file(store, instance, digest, file.0).await
             })
@@ -310,7 +313,7 @@ pub async fn upload_file(
         let (mut file, _) = open_regular(&p)
             .map_err(|e| Error::io(format!("opening {}", p.display()), e))?
             .ok_or_else(|| {
-                Error::FailedPrecondition(format!("{} is not a regular file", p.display()))
+                Error::FailedPrecondition(format!("{} is not a regular file", p.display()).into())
             })?;
         let digest = hash_file(function, &mut file, &p)?;
         Ok((file, digest))
@@ -389,9 +392,9 @@ impl DirScanner<'_> {
     fn directory(&mut self, dir: &Path, rel: &str, depth: usize) -> Result<Directory> {
         (self.stop)()?;
         if depth > MAX_SCAN_DEPTH {
-            return Err(Error::FailedPrecondition(format!(
-                "directory {rel:?} is nested deeper than {MAX_SCAN_DEPTH} levels"
-            )));
+            return Err(Error::FailedPrecondition(
+                format!("directory {rel:?} is nested deeper than {MAX_SCAN_DEPTH} levels").into(),
+            ));
         }
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
@@ -400,10 +403,9 @@ impl DirScanner<'_> {
         entries.sort_by_key(std::fs::DirEntry::file_name);
         let mut out = Directory::default();
         for entry in entries {
-            let name = entry
-                .file_name()
-                .into_string()
-                .map_err(|name| Error::FailedPrecondition(format!("name {name:?} is not UTF-8")))?;
+            let name = entry.file_name().into_string().map_err(|name| {
+                Error::FailedPrecondition(format!("name {name:?} is not UTF-8").into())
+            })?;
             let (path, sub_rel) = (entry.path(), format!("{rel}/{name}"));
             let meta = std::fs::symlink_metadata(&path)
                 .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;

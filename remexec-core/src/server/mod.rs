@@ -165,8 +165,7 @@ impl Port {
             .layer(AuthLayer::new(self.auth, transport.max_message_size))
             .add_routes(self.routes);
         let shutdown = async move { stop.cancelled().await };
-        let failed =
-            |e: tonic::transport::Error| Error::Internal(format!("gRPC server failed: {e}"));
+        let failed = |e: tonic::transport::Error| Error::internal("gRPC server failed", e);
         match self.tls {
             Some(tls) => {
                 let incoming = tls.incoming(self.listener);

@@ -78,9 +78,8 @@ fn build(
                 }),
         )
     };
-    let internal = |e: tonic_reflection::server::Error| {
-        Error::Internal(format!("reflection descriptors: {e}"))
-    };
+    let internal =
+        |e: tonic_reflection::server::Error| Error::internal("reflection descriptors", e);
     let v1 = base().build_v1().map_err(internal)?;
     let v1alpha = base().build_v1alpha().map_err(internal)?;
     Ok((v1, v1alpha))

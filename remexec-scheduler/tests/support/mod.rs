@@ -134,7 +134,7 @@ impl ExecutorPool for FakePool {
         self.changes.subscribe()
     }
     async fn run(&self, executor: &str, job: Job, cancel: Cancel) -> Result<JobOutcome> {
-        let gone = || Error::Unavailable(format!("executor {executor} is gone"));
+        let gone = || Error::Unavailable(format!("executor {executor} is gone").into());
         if !self.executors().iter().any(|e| e.id == executor) {
             return Err(gone());
         }
