@@ -59,7 +59,4 @@ pub use store::replicated::repair::{RepairReport, Repairer};
 pub use store::tiered::TieredStore;
 pub use store::verifying::VerifyingStore;
 
-/// A byte count as people read it (`10 GiB`), for descriptions.
-pub(crate) fn size(bytes: u64) -> String {
-    bytesize::ByteSize::b(bytes).display().iec().to_string()
-}
+use remexec_core::human_size as size;

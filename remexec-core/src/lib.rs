@@ -70,3 +70,8 @@ pub use resource::{
 pub use bazel_remote_apis as apis;
 /// Shorthand for the REAPI v2 module.
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+
+/// A byte count as people read it (`10 GiB`), for descriptions and reports.
+pub fn human_size(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
+}

@@ -45,6 +45,8 @@
 //! ```
 
 mod action;
+#[cfg(feature = "bench")]
+pub mod bench;
 mod endpoint;
 mod execute;
 mod materialize;

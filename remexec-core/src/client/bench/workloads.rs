@@ -1,25 +1,25 @@
-//! The workloads of `remexec bench`: what to prepare before the clock starts, and one operation.
+//! The workloads: what to prepare before the clock starts, and one operation.
 
-use bytes::Bytes;
-use futures::StreamExt;
-use remexec_core::client::{
+use crate::client::{
     self, ActionBuilder, FollowOptions, action_cache_client, batch_update_blobs, cas_client,
     status_result,
 };
-use remexec_core::merkle::encode_message;
-use remexec_core::reapi::{
+use crate::merkle::encode_message;
+use crate::reapi::{
     ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, Directory, ExecuteRequest,
     FindMissingBlobsRequest, GetActionResultRequest, UpdateActionResultRequest,
     batch_update_blobs_request,
 };
-use remexec_core::{
+use crate::{
     BlobRef, Compressor, Digest, DigestFunction, Error, ReadResource, Result, WriteResource,
 };
-use remexec_proto::bytestream::byte_stream_client::ByteStreamClient;
-use remexec_proto::bytestream::{ReadRequest, WriteRequest};
+use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
+use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest};
+use bytes::Bytes;
+use futures::StreamExt;
 use tonic::transport::Channel;
 
-use super::{BenchArgs, WorkloadKind};
+use super::{Bench, WorkloadKind};
 
 const F: DigestFunction = DigestFunction::Sha256;
 /// ByteStream message size.
@@ -79,8 +79,8 @@ pub async fn noop_actions(channel: &Channel, instance: &str, count: usize) -> Re
 
 impl Workload {
     /// Uploads and precomputes whatever the measured operations need.
-    pub async fn prepare(args: &BenchArgs, channel: &Channel) -> Result<Self> {
-        let size = usize::try_from(args.size.as_u64())
+    pub async fn prepare(args: &Bench, channel: &Channel) -> Result<Self> {
+        let size = usize::try_from(args.size)
             .map_err(|_| Error::invalid("--size too large"))?
             .max(16);
         let mut w = Self {
@@ -285,7 +285,8 @@ impl Workload {
                     resource_name: if c == 0 { name.clone() } else { String::new() },
                     write_offset: (c * CHUNK) as i64,
                     finish_write: c + 1 == n,
-                    data: chunk(c * CHUNK, end),
+                    // The Vec<u8> the public ByteStream type takes: one copy per chunk.
+                    data: chunk(c * CHUNK, end).to_vec(),
                 }
             })
             .collect();

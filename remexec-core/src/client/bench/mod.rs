@@ -1,9 +1,21 @@
-//! `remexec bench`: a REAPI load generator for any server, ours or anyone's.
+//! A REAPI load generator for any server, ours or anyone's (what `remexec bench` runs).
 //!
-//! Each run sends `--count` operations from `--concurrency` clients (each on its own HTTP/2
-//! connection) and reports throughput and latency percentiles from an HDR histogram, as a table
-//! or, with `--json`, as one JSON object. Setup (uploading what reads need, hashing what writes
-//! send) happens before the clock starts.
+//! Each run sends `count` operations from `concurrency` clients (each on its own HTTP/2
+//! connection) and reports throughput and latency percentiles from an HDR histogram
+//! ([`Report`], a table or JSON). Setup (uploading what reads need, hashing what writes send)
+//! happens before the clock starts. ByteStream writes use the public `google.bytestream`
+//! types, which copy each chunk once.
+//!
+//! ```no_run
+//! # async fn demo() -> remexec_core::Result<()> {
+//! use remexec_core::client::bench::{Bench, WorkloadKind, run};
+//! let mut bench = Bench::new(WorkloadKind::FindMissing, "grpc://127.0.0.1:8980");
+//! bench.count = 100;
+//! let report = run(&bench, None).await?;
+//! print!("{}", report.table());
+//! # Ok(())
+//! # }
+//! ```
 
 mod workloads;
 
@@ -11,87 +23,108 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytesize::ByteSize;
 use hdrhistogram::Histogram;
-use remexec_core::{Error, Result};
+
+use crate::client::ClientTls;
+use crate::{Error, Result};
 
 pub use workloads::{Workload, noop_actions};
 
-/// What `remexec bench` measures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+/// What a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkloadKind {
-    /// Upload distinct blobs (ByteStream, or BatchUpdateBlobs with --batch).
+    /// Upload distinct blobs (ByteStream, or BatchUpdateBlobs with `batch`).
     CasWrite,
-    /// Download blobs (ByteStream, or BatchReadBlobs with --batch).
+    /// Download blobs (ByteStream, or BatchReadBlobs with `batch`).
     CasRead,
-    /// FindMissingBlobs with --batch-size digests, --hit-ratio of them present.
+    /// FindMissingBlobs with `batch_size` digests, `hit_ratio` of them present.
     FindMissing,
-    /// GetActionResult, hits (or misses with --miss).
+    /// GetActionResult, hits (or misses with `miss`).
     AcGet,
     /// Execute no-op actions, skipping the cache.
     Execute,
     /// A Bazel-like mix: FindMissingBlobs, small uploads, GetActionResult and (unless
-    /// --no-execute) Execute.
+    /// `no_execute`) Execute.
     Mixed,
 }
 
-/// Flags of `remexec bench`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct BenchArgs {
-    /// The workload.
-    #[arg(value_enum)]
-    pub workload: WorkloadKind,
-    /// Server URL, e.g. grpc://127.0.0.1:8980.
-    #[arg(long, env = "REMEXEC_TARGET")]
-    pub target: String,
-    /// TLS to a grpcs:// server.
-    #[command(flatten)]
-    pub tls: crate::args::ClientTlsArgs,
-    /// Instance name.
-    #[arg(long, default_value = "", env = "REMEXEC_INSTANCE")]
-    pub instance: String,
-    /// Blob size for cas-write and cas-read, e.g. 64MiB.
-    #[arg(long, default_value = "1MiB", env = "REMEXEC_SIZE")]
-    pub size: ByteSize,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 8, env = "REMEXEC_CONCURRENCY")]
-    pub concurrency: usize,
-    /// Operations to send.
-    #[arg(long, default_value_t = 1000, env = "REMEXEC_COUNT")]
-    pub count: u64,
-    /// Use the CAS batch calls instead of ByteStream.
-    #[arg(long, env = "REMEXEC_BATCH")]
-    pub batch: bool,
-    /// Digests per FindMissingBlobs request.
-    #[arg(long, default_value_t = 1000, env = "REMEXEC_BATCH_SIZE")]
-    pub batch_size: usize,
-    /// Fraction of FindMissingBlobs digests (and mixed GetActionResult calls) that hit.
-    #[arg(long, default_value_t = 0.5, env = "REMEXEC_HIT_RATIO")]
-    pub hit_ratio: f64,
-    /// Distinct blobs cas-read cycles through.
-    #[arg(long, default_value_t = 16, env = "REMEXEC_BLOBS")]
-    pub blobs: usize,
-    /// ac-get: ask for actions that are not cached.
-    #[arg(long, env = "REMEXEC_MISS")]
-    pub miss: bool,
-    /// mixed: leave Execute out (for cache-only servers).
-    #[arg(long, env = "REMEXEC_NO_EXECUTE")]
-    pub no_execute: bool,
-    /// Print one JSON object instead of a table.
-    #[arg(long, env = "REMEXEC_JSON")]
-    pub json: bool,
+impl WorkloadKind {
+    /// Every workload, in order.
+    pub const ALL: [Self; 6] = [
+        Self::CasWrite,
+        Self::CasRead,
+        Self::FindMissing,
+        Self::AcGet,
+        Self::Execute,
+        Self::Mixed,
+    ];
+
+    /// Its name (`cas-write`, …), as JSON and the command line spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CasWrite => "cas-write",
+            Self::CasRead => "cas-read",
+            Self::FindMissing => "find-missing",
+            Self::AcGet => "ac-get",
+            Self::Execute => "execute",
+            Self::Mixed => "mixed",
+        }
+    }
 }
 
-impl BenchArgs {
-    /// Defaults for `workload` against `target`, as the CLI would set them.
+impl std::str::FromStr for WorkloadKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| Error::invalid(format!("no workload {s:?}")))
+    }
+}
+
+/// A run: what to send, where, and how much.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Bench {
+    /// The workload.
+    pub workload: WorkloadKind,
+    /// Server URL, e.g. `grpc://127.0.0.1:8980`.
+    pub target: String,
+    /// TLS to a `grpcs://` server.
+    pub tls: ClientTls,
+    /// Instance name.
+    pub instance: String,
+    /// Blob size for cas-write and cas-read.
+    pub size: u64,
+    /// Concurrent clients, each on its own connection.
+    pub concurrency: usize,
+    /// Operations to send.
+    pub count: u64,
+    /// Use the CAS batch calls instead of ByteStream.
+    pub batch: bool,
+    /// Digests per FindMissingBlobs request.
+    pub batch_size: usize,
+    /// Fraction of FindMissingBlobs digests (and mixed GetActionResult calls) that hit.
+    pub hit_ratio: f64,
+    /// Distinct blobs cas-read cycles through.
+    pub blobs: usize,
+    /// ac-get: ask for actions that are not cached.
+    pub miss: bool,
+    /// mixed: leave Execute out (for cache-only servers).
+    pub no_execute: bool,
+}
+
+impl Bench {
+    /// Defaults for `workload` against `target`: 1,000 operations of 1 MiB blobs from 8
+    /// clients, plaintext.
     pub fn new(workload: WorkloadKind, target: impl Into<String>) -> Self {
         Self {
             workload,
             target: target.into(),
-            tls: Default::default(),
+            tls: ClientTls::default(),
             instance: String::new(),
-            size: ByteSize::mib(1),
+            size: 1 << 20,
             concurrency: 8,
             count: 1000,
             batch: false,
@@ -100,7 +133,6 @@ impl BenchArgs {
             blobs: 16,
             miss: false,
             no_execute: false,
-            json: false,
         }
     }
 }
@@ -133,39 +165,30 @@ pub struct Report {
     pub first_error: Option<String>,
 }
 
-/// Runs a benchmark and returns its report; `progress` shows a live line on stderr.
-pub async fn run(args: &BenchArgs, progress: bool) -> Result<Report> {
+/// Called with each finished operation, for a progress display.
+pub type Progress = Arc<dyn Fn() + Send + Sync>;
+
+/// Runs a benchmark and returns its report; `progress` hears of each operation done.
+pub async fn run(args: &Bench, progress: Option<Progress>) -> Result<Report> {
     if args.concurrency == 0 || args.count == 0 {
         return Err(Error::invalid(
             "--concurrency and --count must be at least 1",
         ));
     }
     let mut channels = Vec::with_capacity(args.concurrency);
-    let tls = args.tls.load()?;
     for _ in 0..args.concurrency {
-        channels.push(remexec_core::client::connect_with(&args.target, &tls).await?);
+        channels.push(crate::client::connect_with(&args.target, &args.tls).await?);
     }
     let workload = Arc::new(Workload::prepare(args, &channels[0]).await?);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
-    let bar = progress.then(|| {
-        let bar = indicatif::ProgressBar::new(args.count);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {pos}/{len} ops, {per_sec}, eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("{:?}", args.workload));
-        bar
-    });
     let start = Instant::now();
     let tasks = channels.into_iter().map(|channel| {
-        let (workload, next, done, bar, count) = (
+        let (workload, next, done, progress, count) = (
             Arc::clone(&workload),
             Arc::clone(&next),
             Arc::clone(&done),
-            bar.clone(),
+            progress.clone(),
             args.count,
         );
         tokio::spawn(async move {
@@ -189,17 +212,14 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Report> {
                     }
                 }
                 done.fetch_add(1, Ordering::Relaxed);
-                if let Some(bar) = &bar {
-                    bar.inc(1);
+                if let Some(progress) = &progress {
+                    progress();
                 }
             }
         })
     });
     let results = futures::future::join_all(tasks).await;
     let seconds = start.elapsed().as_secs_f64();
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
     let mut hist = Histogram::<u64>::new(3).map_err(|e| Error::Internal(e.to_string().into()))?;
     let (mut bytes, mut errors, mut first_error) = (0u64, 0u64, None);
     for r in results {
@@ -238,9 +258,7 @@ impl Report {
         let throughput = if self.throughput_bytes_per_s > 0.0 {
             format!(
                 "{}/s",
-                ByteSize::b(self.throughput_bytes_per_s as u64)
-                    .display()
-                    .iec()
+                crate::human_size(self.throughput_bytes_per_s as u64)
             )
         } else {
             "-".into()
@@ -260,10 +278,7 @@ impl Report {
         );
         out += &format!(
             "{:<12} {:>9} {:>7} {:>9.3} {:>11.1} {:>12} {:>11} {:>11} {:>11} {:>11}\n",
-            serde_json::to_value(self.workload)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            self.workload.name(),
             self.ops,
             self.errors,
             self.seconds,
