@@ -6,6 +6,7 @@ pub use crate::args::{ClientTlsArgs, parse_property};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use remexec_core::Message;
+use remexec_worker::groups::IsolationKind;
 
 use crate::config::{AcBackend, Config};
 
@@ -102,6 +103,28 @@ pub enum TlsCommand {
     },
 }
 
+/// `--isolation`'s values, with what each means.
+fn isolation_kinds() -> impl clap::builder::TypedValueParser<Value = IsolationKind> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let help = |kind: IsolationKind| match kind {
+        IsolationKind::Process => {
+            "Processes on the host, supervised in a PID namespace (docs/isolation.md)"
+        }
+        IsolationKind::Namespaces => {
+            "User, mount, PID, network, UTS and IPC namespaces through bubblewrap"
+        }
+        IsolationKind::Docker => {
+            "A container of the local Docker engine per action (the binary's `docker` feature)"
+        }
+    };
+    let values = IsolationKind::ALL.map(|k| PossibleValue::new(k.name()).help(help(k)));
+    PossibleValuesParser::new(values).map(|name| {
+        (IsolationKind::ALL.into_iter())
+            .find(|k| k.name() == name)
+            .unwrap_or_default()
+    })
+}
+
 /// Settings shared by every daemon; each flag overrides the config file.
 #[derive(Debug, Args)]
 pub struct CommonArgs {
@@ -112,7 +135,7 @@ pub struct CommonArgs {
     #[arg(long, env = "REMEXEC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// How the worker (serve's local one, or `worker`) isolates actions [default: process].
-    #[arg(long, value_enum, env = "REMEXEC_ISOLATION")]
+    #[arg(long, value_parser = isolation_kinds(), env = "REMEXEC_ISOLATION")]
     pub isolation: Option<crate::config::IsolationKind>,
 }
 

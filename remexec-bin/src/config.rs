@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
 use remexec_core::Message;
+pub use remexec_worker::groups::{
+    DEFAULT_IMAGE, FlexibleOptions as FlexibleSection, GroupOptions as GroupSection, IsolationKind,
+};
 use serde::Deserialize;
 
 /// The default listen address: loopback only, port 8980.
@@ -405,84 +408,6 @@ pub struct WorkerSection {
     pub discover_schedulers: bool,
 }
 
-/// `[worker.flexible]`: the named groups are shapes of the machine, offered one at a time and
-/// switched as the queue asks (`remexec_worker::flexible`); other groups are always offered.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct FlexibleSection {
-    /// The groups that are shapes, the first offered at start; two or more.
-    pub groups: Vec<String>,
-    /// Longest a shape with waiting actions is kept from its turn (seconds), once the active
-    /// one has had as long; the drain of running actions comes on top.
-    pub max_wait_secs: u64,
-    /// CPUs the shapes share: each shape's executors times its `cpus_per_action` must fit.
-    /// 0 means the machine's.
-    pub cpus: f64,
-    /// Memory the shapes share, checked the same way with `memory_per_action`; 0 checks
-    /// nothing.
-    pub memory: ByteSize,
-}
-
-impl Default for FlexibleSection {
-    fn default() -> Self {
-        Self {
-            groups: Vec::new(),
-            max_wait_secs: 30,
-            cpus: 0.0,
-            memory: ByteSize::b(0),
-        }
-    }
-}
-
-/// `[[worker.groups]]`: executors that share an isolation, limits and properties.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct GroupSection {
-    /// Names the group's executors (`{name}-0`, `{name}-1`, ...); unique in the worker.
-    pub name: String,
-    /// Executors of the group (actions it runs at once).
-    pub executors: usize,
-    /// How its actions are isolated.
-    pub isolation: IsolationKind,
-    /// With `namespaces`: CPUs per action (0: unlimited); also advertised as `cpu-count`.
-    pub cpus_per_action: f64,
-    /// With `namespaces`: memory per action (0: unlimited); also advertised as `memory-mb`.
-    pub memory_per_action: ByteSize,
-    /// With `namespaces` or `docker`: actions asking for `network=on` may use the network.
-    pub allow_network: bool,
-    /// With `docker`: the image of actions that name none (`container-image`).
-    pub image: String,
-    /// Extra properties of the group's executors.
-    pub properties: std::collections::BTreeMap<String, String>,
-    /// With `namespaces`: run actions with their input root as `/` (Buildbarn's runner option
-    /// of that name), as BuildStream expects.
-    pub chroot_into_input_root: bool,
-    /// The instance names whose actions this group runs, and only those: the scheduler sends
-    /// every action of a listed instance name to the groups that list it. Empty: any instance
-    /// name no group lists.
-    pub instance_names: Vec<String>,
-}
-
-impl Default for GroupSection {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            executors: 1,
-            isolation: IsolationKind::Process,
-            cpus_per_action: 0.0,
-            memory_per_action: ByteSize::b(0),
-            allow_network: false,
-            image: DEFAULT_IMAGE.into(),
-            properties: Default::default(),
-            chroot_into_input_root: false,
-            instance_names: Vec::new(),
-        }
-    }
-}
-
-/// The Docker image of actions that name none: the one `.ci/test-image` builds.
-pub const DEFAULT_IMAGE: &str = "remexec-test:latest";
-
 impl WorkerSection {
     /// The executor groups: `groups`, or else one group (named `""`) of `executors` executors
     /// (0: one per CPU, `cpus`) with this section's isolation and limits.
@@ -504,41 +429,6 @@ impl WorkerSection {
             image: self.image.clone(),
             ..GroupSection::default()
         }]
-    }
-}
-
-impl GroupSection {
-    /// The id of the group's executor `i`: `{name}-{i}`, or `{i}` for the unnamed group.
-    pub fn executor_id(&self, i: usize) -> String {
-        if self.name.is_empty() {
-            i.to_string()
-        } else {
-            format!("{}-{i}", self.name)
-        }
-    }
-}
-
-/// `[worker] isolation`.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum IsolationKind {
-    /// Processes on the host, supervised in a PID namespace (docs/isolation.md).
-    #[default]
-    Process,
-    /// User, mount, PID, network, UTS and IPC namespaces through bubblewrap.
-    Namespaces,
-    /// A container of the local Docker engine per action (the binary's `docker` feature).
-    Docker,
-}
-
-impl IsolationKind {
-    /// The name in the config file and in the executor property `isolation`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Process => "process",
-            Self::Namespaces => "namespaces",
-            Self::Docker => "docker",
-        }
     }
 }
 

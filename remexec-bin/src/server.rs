@@ -188,7 +188,7 @@ impl BoundServer {
     }
 
     /// [`bind_secured`](Self::bind_secured), the local worker running its actions under
-    /// `isolation` (`remexec serve` gives it [`process_isolation`](crate::sandbox::process_isolation);
+    /// `isolation` (`remexec serve` gives it [`worker_isolation`](crate::sandbox::worker_isolation);
     /// the default is plain processes).
     pub async fn bind_with(
         config: &Config,

@@ -1,6 +1,13 @@
 //! The platform an action asks for: one reading of REAPI's two places for it, used by the
 //! scheduler (to match executors) and by the worker (to hand the isolation what it asks).
 
+/// The property by which an executor serves only some instance names (one value each): it
+/// matches only actions that require it, and the scheduler requires it, with the action's
+/// instance name, of every action whose instance name some executor serves this way. Operators
+/// use it to send a client's actions to executors set up for it (BuildStream's to executors
+/// that chroot into the input root) without the client asking.
+pub const INSTANCE_PROPERTY: &str = "instance-name";
+
 use crate::reapi::{Action, Command};
 
 /// A property name and value.

@@ -36,12 +36,7 @@ pub struct MatchRules {
     rules: HashMap<String, MatchRule>,
 }
 
-/// The property by which an executor serves only some instance names (one value each): it
-/// matches only actions that require it, and the scheduler requires it, with the action's
-/// instance name, of every action whose instance name some executor serves this way. Operators
-/// use it to send a client's actions to executors set up for it (BuildStream's to executors
-/// that chroot into the input root) without the client asking.
-pub const INSTANCE_PROPERTY: &str = "instance-name";
+pub use remexec_core::platform::INSTANCE_PROPERTY;
 
 /// Property names matched as "at least" by default.
 pub const DEFAULT_AT_LEAST: [&str; 3] = ["cpu-count", "memory-mb", "disk-mb"];

@@ -52,6 +52,7 @@ pub mod docker;
 mod execute;
 mod file_cache;
 pub mod flexible;
+pub mod groups;
 mod isolation;
 pub mod namespaces;
 pub mod node;
