@@ -38,5 +38,4 @@ pub mod serve;
 pub mod server;
 pub mod settings;
 pub mod status;
-pub mod telemetry;
 pub mod tools;

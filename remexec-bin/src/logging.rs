@@ -20,7 +20,7 @@ pub const FILTER_VAR: &str = "REMEXEC_LOG";
 
 /// Installs the global subscriber. An unset `REMEXEC_LOG` means `info`; an invalid one also
 /// means `info`, with a warning naming the problem as the first line. With a `tracer`, spans
-/// (filtered by [`TRACE_FILTER`](crate::telemetry::TRACE_FILTER), not by `REMEXEC_LOG`) are
+/// (filtered by [`TRACE_FILTER`](remexec_core::export::TRACE_FILTER), not by `REMEXEC_LOG`) are
 /// exported through it too.
 pub fn init(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
     let (filter, problem) = match std::env::var(FILTER_VAR) {
@@ -41,7 +41,7 @@ pub fn init(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::SdkTrace
     let traces = tracer.map(|tracer| {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
-            .with_filter(EnvFilter::new(crate::telemetry::TRACE_FILTER))
+            .with_filter(EnvFilter::new(remexec_core::export::TRACE_FILTER))
     });
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))

@@ -32,7 +32,11 @@ fn main() -> std::process::ExitCode {
     let tracing = match &config {
         Some(Ok(config)) => {
             let _entered = runtime.enter();
-            match remexec_bin::telemetry::Tracing::start(&config.telemetry) {
+            let exporters = remexec_core::export::Exporters {
+                otlp: config.telemetry.otlp_endpoint.clone(),
+                zipkin: config.telemetry.zipkin_endpoint.clone(),
+            };
+            match remexec_core::export::Tracing::start(&exporters) {
                 Ok(tracing) => tracing,
                 Err(e) => {
                     eprintln!("remexec: {e}");

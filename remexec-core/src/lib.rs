@@ -36,9 +36,11 @@ mod blob_store;
 pub mod client;
 mod digest;
 mod error;
+#[cfg(feature = "client")]
+#[cfg(feature = "export")]
+pub mod export;
 pub mod fs;
 pub mod lru;
-#[cfg(feature = "client")]
 pub mod membership;
 pub mod merkle;
 #[cfg(feature = "metrics")]

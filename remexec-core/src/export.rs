@@ -1,15 +1,35 @@
-//! Trace export: the spans of every gRPC call and every execution phase, sent to an OTLP/gRPC
-//! collector and/or a Zipkin collector (`[telemetry]`, `--otlp-endpoint`, `--zipkin-endpoint`).
+//! Trace export (feature `export`): the spans of every gRPC call and every execution phase,
+//! sent to an OTLP/gRPC collector and/or a Zipkin collector.
 //!
 //! Spans are batched on the SDK's own thread; [`Tracing::shutdown`] flushes them at exit.
-//! The exporters' own HTTP/2 traffic is never traced (it would trace itself).
+//! The exporters' own HTTP/2 traffic is never traced (it would trace itself): filter spans
+//! with [`TRACE_FILTER`].
+//!
+//! ```no_run
+//! # async fn demo() -> remexec_core::Result<()> {
+//! use remexec_core::export::{Exporters, Tracing};
+//! let exporters = Exporters { otlp: Some("http://127.0.0.1:4317".into()), zipkin: None };
+//! if let Some((tracing, _tracer)) = Tracing::start(&exporters)? {
+//!     // ... serve, with a tracing-opentelemetry layer over `_tracer` ...
+//!     tracing.shutdown();
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
+use crate::{Error, Message, Result};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
-use remexec_core::{Error, Result};
 
-use crate::config::TelemetrySection;
+/// Where spans go: an OTLP/gRPC collector, a Zipkin collector, both or neither.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exporters {
+    /// An OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`.
+    pub otlp: Option<String>,
+    /// A Zipkin collector's span endpoint, e.g. `http://127.0.0.1:9411/api/v2/spans`.
+    pub zipkin: Option<String>,
+}
 
 /// What the tracing layer filters out: the transport crates, including the exporters' own
 /// requests.
@@ -22,29 +42,29 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Builds the exporters `section` names, or `None` if it names none. Must run inside a
-    /// tokio runtime (the exporters' clients live on it). Installs the provider globally, so
-    /// that the scheduler's phase spans reach it.
-    pub fn start(section: &TelemetrySection) -> Result<Option<(Self, SdkTracer)>> {
-        if section.otlp_endpoint.is_none() && section.zipkin_endpoint.is_none() {
+    /// Builds the exporters `to` names, or `None` if it names none. Must run inside a tokio
+    /// runtime (the exporters' clients live on it). Installs the provider globally, so that the
+    /// scheduler's phase spans reach it.
+    pub fn start(to: &Exporters) -> Result<Option<(Self, SdkTracer)>> {
+        if to.otlp.is_none() && to.zipkin.is_none() {
             return Ok(None);
         }
-        let failed = |what: &str, e: &dyn std::fmt::Display| {
-            Error::invalid(format!("the {what} trace exporter: {e}"))
-        };
+        fn failed(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+            Error::InvalidArgument(Message::caused_by(format!("the {what} trace exporter"), e))
+        }
         let mut builder = SdkTracerProvider::builder()
             .with_resource(Resource::builder().with_service_name("remexec").build());
-        if let Some(endpoint) = &section.otlp_endpoint {
+        if let Some(endpoint) = &to.otlp {
             use opentelemetry_otlp::WithExportConfig as _;
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint)
                 .with_timeout(std::time::Duration::from_secs(10))
                 .build()
-                .map_err(|e| failed("OTLP", &e))?;
+                .map_err(|e| failed("OTLP", e))?;
             builder = builder.with_batch_exporter(exporter);
         }
-        if let Some(endpoint) = &section.zipkin_endpoint {
+        if let Some(endpoint) = &to.zipkin {
             // Deprecated upstream in favour of Zipkin's own OTLP intake, but still what a plain
             // Zipkin server speaks.
             #[allow(deprecated)]
@@ -52,7 +72,7 @@ impl Tracing {
                 .with_http_client(HyperClient::new())
                 .with_collector_endpoint(endpoint)
                 .build()
-                .map_err(|e| failed("Zipkin", &e))?;
+                .map_err(|e| failed("Zipkin", e))?;
             builder = builder.with_batch_exporter(exporter);
         }
         let provider = builder.build();
