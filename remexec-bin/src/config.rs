@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
+pub use remexec_cas::external_options::{
+    ExternalKind, ExternalOptions as ExternalSection, redact_url,
+};
 use remexec_core::Message;
 pub use remexec_worker::groups::{
     DEFAULT_IMAGE, FlexibleOptions as FlexibleSection, GroupOptions as GroupSection, IsolationKind,
@@ -138,141 +141,6 @@ impl Default for ClusterSection {
     }
 }
 
-/// `[external]`: an object store or an upstream REAPI server behind the local stores.
-///
-/// Its `Debug` shows option names, never their values, which may be credentials.
-#[derive(Clone, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ExternalSection {
-    /// `s3://bucket/prefix`, `gs://…`, `az://…`, `file:///…`, `memory://`, or an upstream
-    /// `grpc://host:port` / `grpcs://host:port`; empty means no external storage.
-    pub url: String,
-    /// With `grpc://`/`grpcs://`: the upstream instance name every local one maps onto
-    /// (unset: the same name upstream).
-    pub upstream_instance: Option<String>,
-    /// With `grpcs://`: a PEM file of CA certificates to trust instead of the built-in roots.
-    pub ca_file: Option<PathBuf>,
-    /// With `grpcs://`: the name the server's certificate must carry, if not the URL's host.
-    pub tls_domain: Option<String>,
-    /// Object store options (object_store's names, e.g. `endpoint`, `region`, `allow_http`);
-    /// they win over the same names taken from the environment.
-    pub options: std::collections::BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for ExternalSection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExternalSection")
-            .field("url", &redact_url(&self.url))
-            .field("upstream_instance", &self.upstream_instance)
-            .field("ca_file", &self.ca_file)
-            .field("tls_domain", &self.tls_domain)
-            .field("options", &self.options.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-/// The kinds of external storage, by URL scheme.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExternalKind {
-    /// An object store: `s3://`, `gs://`, `az://` (and the other Azure schemes), `file://`,
-    /// `memory://`.
-    ObjectStore,
-    /// An upstream REAPI server: `grpc://`, `grpcs://`.
-    Grpc,
-}
-
-/// Environment variables taken as object store options, by URL scheme: each variable with one
-/// of these prefixes becomes the option of its lowercased name, except the few renamed in
-/// [`ENV_RENAMES`].
-const ENV_PREFIXES: &[(&str, &str)] = &[
-    ("s3", "AWS_"),
-    ("s3a", "AWS_"),
-    ("gs", "GOOGLE_"),
-    ("az", "AZURE_"),
-    ("adl", "AZURE_"),
-    ("azure", "AZURE_"),
-    ("abfs", "AZURE_"),
-    ("abfss", "AZURE_"),
-];
-
-/// Environment variables whose option has another name than the lowercased variable.
-const ENV_RENAMES: &[(&str, &str)] = &[
-    ("AWS_ENDPOINT_URL", "endpoint"),
-    ("AWS_ENDPOINT", "endpoint"),
-    ("AWS_ALLOW_HTTP", "allow_http"),
-    ("AWS_ACCESS_KEY_ID", "access_key_id"),
-    ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
-    ("AWS_SESSION_TOKEN", "token"),
-    ("AWS_REGION", "region"),
-];
-
-impl ExternalSection {
-    /// Whether external storage is configured.
-    pub fn is_set(&self) -> bool {
-        !self.url.is_empty()
-    }
-
-    /// What `url` names, or why it names nothing remexec knows.
-    pub fn kind(&self) -> Result<ExternalKind, Message> {
-        let scheme = self
-            .url
-            .split_once("://")
-            .map(|(scheme, _)| scheme)
-            .ok_or_else(|| {
-                Message::from(format!(
-                    "external store URL {:?} has no scheme",
-                    redact_url(&self.url)
-                ))
-            })?;
-        match scheme {
-            "grpc" | "grpcs" => Ok(ExternalKind::Grpc),
-            "file" | "memory" => Ok(ExternalKind::ObjectStore),
-            s if ENV_PREFIXES.iter().any(|(p, _)| *p == s) => Ok(ExternalKind::ObjectStore),
-            s => Err(format!(
-                "external store URL scheme {s:?}: expected s3, gs, az, file, memory, grpc or grpcs"
-            )
-            .into()),
-        }
-    }
-
-    /// The object store options: those of the environment `env` for this URL's scheme
-    /// (`AWS_*` for `s3://`, `GOOGLE_*` for `gs://`, `AZURE_*` for `az://`), overridden by
-    /// [`options`](Self::options). `AWS_DEFAULT_REGION` counts only without `AWS_REGION`.
-    pub fn object_store_options(
-        &self,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> std::collections::BTreeMap<String, String> {
-        let scheme = self.url.split_once("://").map_or("", |(s, _)| s);
-        let prefix = ENV_PREFIXES
-            .iter()
-            .find(|(s, _)| *s == scheme)
-            .map(|(_, p)| *p);
-        let mut options = std::collections::BTreeMap::new();
-        let mut default_region = None;
-        for (name, value) in env {
-            let Some(prefix) = prefix.filter(|p| name.starts_with(p)) else {
-                continue;
-            };
-            if prefix == "AWS_" && name == "AWS_DEFAULT_REGION" {
-                default_region = Some(value);
-                continue;
-            }
-            let key = ENV_RENAMES
-                .iter()
-                .find(|(var, _)| *var == name)
-                .map_or_else(|| name.to_ascii_lowercase(), |(_, key)| key.to_string());
-            options.insert(key, value);
-        }
-        if let Some(region) = default_region {
-            options.entry("region".to_string()).or_insert(region);
-        }
-        for (key, value) in &self.options {
-            options.insert(key.clone(), value.clone());
-        }
-        options
-    }
-}
-
 /// A number of seconds, or a duration with units (`"15m"`, `"1h 30m"`, `"500ms"`), as seconds.
 fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     #[derive(Deserialize)]
@@ -298,18 +166,6 @@ fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error
         )));
     }
     Ok(secs as u64)
-}
-
-/// `url` without any `user:password@` part, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
-        None => url.to_string(),
-    }
 }
 
 /// `[scheduler]`.

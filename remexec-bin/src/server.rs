@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use remexec_cas::spec::{CacheSpec, ObjectSpec, StoreSpec, Upstream};
+use remexec_cas::spec::{CacheSpec, StoreSpec};
 use remexec_cas::{CacheServices, MeteredStore, VerifyingStore};
 use remexec_core::client::ClientTls;
 use remexec_core::metrics::Metrics;
@@ -20,7 +20,7 @@ use remexec_scheduler::routing::Routing;
 use remexec_worker::node::WorkerNode;
 use remexec_worker::{Isolation, Worker};
 
-use crate::config::{AcBackend, Config, ExternalKind, redact_url};
+use crate::config::{AcBackend, Config};
 use crate::security::Security;
 
 /// The cluster service, on a cluster scheduler's client port.
@@ -29,79 +29,20 @@ const CLUSTER_SERVICE: &str = "remexec.cluster.v1.Cluster";
 /// The schedulers' service to each other, on the client port of a scheduler with peers.
 const PEER_SERVICE: &str = "remexec.cluster.v1.Peer";
 
-/// The trees of the external tier that `[external]` names, or `None` if it names none: its
-/// blob store and its action cache.
-///
-/// `grpc://` and `grpcs://` are an upstream REAPI server, reached by a
-/// [`GrpcStore`](remexec_cas::GrpcStore) and a [`GrpcActionCache`](remexec_cas::GrpcActionCache)
-/// on lazily connected channels (so the server starts while the upstream is down), with the
-/// configured upstream instance name and CA file (read here). Any other scheme is an object
-/// store, opened with the options of
-/// [`object_store_options`](crate::config::ExternalSection::object_store_options) over this
-/// process's environment.
+/// The trees of the external tier that `[external]` names, or `None` if it names none
+/// ([`ExternalOptions::specs`](remexec_cas::external_options::ExternalOptions::specs)), with
+/// its CA file read here and object store options from this process's environment.
 pub async fn external_specs(config: &Config) -> Result<Option<(StoreSpec, CacheSpec)>> {
     let section = &config.external;
-    if !section.is_set() {
-        return Ok(None);
-    }
-    let label = redact_url(&section.url);
-    match section.kind().map_err(Error::InvalidArgument)? {
-        ExternalKind::Grpc => {
-            if !section.options.is_empty() {
-                return Err(Error::invalid(format!(
-                    "external store {label}: [external.options] apply to object stores, not to an upstream server"
-                )));
-            }
-            let instance = section.upstream_instance.clone();
-            if let Some(name) = &instance {
-                remexec_core::validate_instance_name(name)?;
-            }
-            let ca_pem = match &section.ca_file {
-                Some(path) => Some(
-                    tokio::fs::read(path)
-                        .await
-                        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
-                ),
-                None => None,
-            };
-            let upstream = Upstream {
-                url: section.url.clone(),
-                tls: ClientTls {
-                    ca_pem,
-                    domain: section.tls_domain.clone(),
-                    identity: None,
-                },
-                instance,
-                label,
-            };
-            Ok(Some((
-                StoreSpec::Grpc(upstream.clone()),
-                CacheSpec::Grpc(upstream),
-            )))
-        }
-        ExternalKind::ObjectStore => {
-            if section.upstream_instance.is_some()
-                || section.ca_file.is_some()
-                || section.tls_domain.is_some()
-            {
-                return Err(Error::invalid(format!(
-                    "external store {label}: upstream_instance, ca_file and tls_domain apply to grpc:// and grpcs:// only"
-                )));
-            }
-            let object = ObjectSpec {
-                url: section.url.clone(),
-                options: section
-                    .object_store_options(std::env::vars())
-                    .into_iter()
-                    .collect(),
-                settings: remexec_cas::external::ExternalSettings::default(),
-            };
-            Ok(Some((
-                StoreSpec::Object(object.clone()),
-                CacheSpec::Object(object),
-            )))
-        }
-    }
+    let ca_pem = match section.ca_file.as_ref().filter(|_| section.is_set()) {
+        Some(path) => Some(
+            tokio::fs::read(path)
+                .await
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
+        ),
+        None => None,
+    };
+    section.specs(ca_pem, std::env::vars())
 }
 
 /// The CAS and Action Cache trees `config` describes, with the `[external]` tier, if any,

@@ -32,6 +32,7 @@
 pub mod ac;
 pub mod cluster;
 pub mod external;
+pub mod external_options;
 mod files;
 mod key;
 pub mod service;

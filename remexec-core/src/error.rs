@@ -104,6 +104,13 @@ impl From<String> for Message {
     }
 }
 
+/// An error as another's message: says what it says and keeps it as the source.
+impl From<Error> for Message {
+    fn from(error: Error) -> Self {
+        Self::from_error(error)
+    }
+}
+
 impl From<&str> for Message {
     fn from(text: &str) -> Self {
         text.to_string().into()
@@ -152,6 +159,14 @@ impl Display for Error {
                 None => Ok(()),
             },
         }
+    }
+}
+
+/// Errors are equal when they are of one kind and say the same (sources are not compared).
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
     }
 }
 
