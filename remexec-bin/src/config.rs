@@ -8,6 +8,7 @@ pub use remexec_cas::external_options::{
     ExternalKind, ExternalOptions as ExternalSection, redact_url,
 };
 use remexec_core::Message;
+pub use remexec_scheduler::config::SchedulerOptions as SchedulerSection;
 pub use remexec_worker::groups::{
     DEFAULT_IMAGE, FlexibleOptions as FlexibleSection, GroupOptions as GroupSection, IsolationKind,
 };
@@ -26,7 +27,7 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Seconds between SIGTERM and the listeners closing, during which the server reports
     /// itself not ready (so load balancers stop sending it work) but still serves.
-    #[serde(deserialize_with = "whole_seconds")]
+    #[serde(deserialize_with = "remexec_core::durations::whole_seconds")]
     pub drain_secs: u64,
     /// Directory for the CAS, the action cache and other state.
     pub data_dir: PathBuf,
@@ -141,61 +142,6 @@ impl Default for ClusterSection {
     }
 }
 
-/// A number of seconds, or a duration with units (`"15m"`, `"1h 30m"`, `"500ms"`), as seconds.
-fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Seconds {
-        Number(f64),
-        Text(String),
-    }
-    match Seconds::deserialize(d)? {
-        Seconds::Number(n) => Ok(n),
-        Seconds::Text(text) => humantime::parse_duration(&text)
-            .map(|d| d.as_secs_f64())
-            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}"))),
-    }
-}
-
-/// Like [`seconds`], for keys that take whole seconds (a fraction is an error).
-fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let secs = seconds(d)?;
-    if secs < 0.0 || secs.fract() != 0.0 || !secs.is_finite() || secs > u64::MAX as f64 {
-        return Err(serde::de::Error::custom(format!(
-            "{secs} is not a whole, non-negative number of seconds"
-        )));
-    }
-    Ok(secs as u64)
-}
-
-/// `[scheduler]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SchedulerSection {
-    /// Name used in operation names.
-    pub name: String,
-    /// Upper bound on an action's timeout, in seconds (also the timeout of actions that set none).
-    #[serde(deserialize_with = "whole_seconds")]
-    pub max_action_timeout_secs: u64,
-    /// How often an action is re-queued after losing its worker before the client gets UNAVAILABLE.
-    pub max_retries: u32,
-    /// Seconds an action that no executor can match waits for one to register.
-    #[serde(deserialize_with = "seconds")]
-    pub unmatched_grace_secs: f64,
-    /// Platform properties matched as "at least" (numeric); others match exactly.
-    pub at_least: Vec<String>,
-    /// Platform properties that never constrain matching.
-    pub ignore: Vec<String>,
-    /// Most actions waiting in the queue; beyond it Execute gets RESOURCE_EXHAUSTED.
-    pub max_queued: usize,
-    /// Seconds a lease may run beyond its action's timeout (input fetch, output upload) before
-    /// it is revoked with DEADLINE_EXCEEDED.
-    #[serde(deserialize_with = "whole_seconds")]
-    pub lease_allowance_secs: u64,
-    /// Most finished operations kept for WaitExecution and GetOperation.
-    pub retained_operations: usize,
-}
-
 /// `[telemetry]`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -288,26 +234,6 @@ impl WorkerSection {
     }
 }
 
-impl Default for SchedulerSection {
-    fn default() -> Self {
-        let defaults = remexec_scheduler::SchedulerConfig::default();
-        Self {
-            name: defaults.name,
-            max_action_timeout_secs: defaults.max_action_timeout.as_secs(),
-            max_retries: defaults.max_retries,
-            unmatched_grace_secs: defaults.unmatched_grace.as_secs_f64(),
-            at_least: remexec_scheduler::platform::DEFAULT_AT_LEAST
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            ignore: Vec::new(),
-            max_queued: defaults.max_queued,
-            lease_allowance_secs: defaults.lease_allowance.as_secs(),
-            retained_operations: defaults.retained_operations,
-        }
-    }
-}
-
 impl Default for WorkerSection {
     fn default() -> Self {
         Self {
@@ -331,41 +257,6 @@ impl Default for WorkerSection {
             listen: None,
             discover_schedulers: false,
         }
-    }
-}
-
-impl SchedulerSection {
-    /// The scheduler library's configuration.
-    pub fn to_config(&self) -> Result<remexec_scheduler::SchedulerConfig, Message> {
-        use remexec_scheduler::platform::{MatchRule, MatchRules};
-        let mut rules = MatchRules::exact();
-        for name in &self.at_least {
-            rules = rules.with(name.clone(), MatchRule::AtLeast);
-        }
-        for name in &self.ignore {
-            rules = rules.with(name.clone(), MatchRule::Ignore);
-        }
-        if self.max_action_timeout_secs == 0 {
-            return Err(
-                "scheduler.max_action_timeout_secs must be at least 1: timeouts cannot be switched off"
-                    .into(),
-            );
-        }
-        if !self.unmatched_grace_secs.is_finite() || self.unmatched_grace_secs < 0.0 {
-            return Err("scheduler.unmatched_grace_secs must be a non-negative number".into());
-        }
-        let mut config = remexec_scheduler::SchedulerConfig::default();
-        config.name = self.name.clone();
-        config.match_rules = rules;
-        config.max_action_timeout = std::time::Duration::from_secs(self.max_action_timeout_secs);
-        config.max_retries = self.max_retries;
-        config.unmatched_grace = std::time::Duration::try_from_secs_f64(self.unmatched_grace_secs)
-            .map_err(|e| Message::caused_by("scheduler.unmatched_grace_secs", e))?;
-        config.max_queued = self.max_queued;
-        config.lease_allowance = std::time::Duration::from_secs(self.lease_allowance_secs);
-        config.retained_operations = self.retained_operations;
-        config.validate().map_err(Message::from_error)?;
-        Ok(config)
     }
 }
 

@@ -35,6 +35,7 @@ mod blob_store;
 #[cfg(feature = "client")]
 pub mod client;
 mod digest;
+pub mod durations;
 mod error;
 #[cfg(feature = "client")]
 #[cfg(feature = "export")]

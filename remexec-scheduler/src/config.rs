@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use remexec_core::{Error, Result};
+use remexec_core::{Error, Message, Result};
 
 use crate::platform::MatchRules;
 
@@ -97,5 +97,97 @@ impl SchedulerConfig {
             return bad("max_queued", "must be at least 1");
         }
         Ok(())
+    }
+}
+
+/// `[scheduler]`: the scheduler as an operator describes it, in seconds and property names;
+/// [`to_config`](SchedulerOptions::to_config) makes the [`SchedulerConfig`] it says.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerOptions {
+    /// Name used in operation names.
+    pub name: String,
+    /// Upper bound on an action's timeout, in seconds (also the timeout of actions that set none).
+    #[serde(deserialize_with = "remexec_core::durations::whole_seconds")]
+    pub max_action_timeout_secs: u64,
+    /// How often an action is re-queued after losing its worker before the client gets UNAVAILABLE.
+    pub max_retries: u32,
+    /// Seconds an action that no executor can match waits for one to register.
+    #[serde(deserialize_with = "remexec_core::durations::seconds")]
+    pub unmatched_grace_secs: f64,
+    /// Platform properties matched as "at least" (numeric); others match exactly.
+    pub at_least: Vec<String>,
+    /// Platform properties that never constrain matching.
+    pub ignore: Vec<String>,
+    /// Most actions waiting in the queue; beyond it Execute gets RESOURCE_EXHAUSTED.
+    pub max_queued: usize,
+    /// Seconds a lease may run beyond its action's timeout (input fetch, output upload) before
+    /// it is revoked with DEADLINE_EXCEEDED.
+    #[serde(deserialize_with = "remexec_core::durations::whole_seconds")]
+    pub lease_allowance_secs: u64,
+    /// Most finished operations kept for WaitExecution and GetOperation.
+    pub retained_operations: usize,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        let defaults = SchedulerConfig::default();
+        Self {
+            name: defaults.name,
+            max_action_timeout_secs: defaults.max_action_timeout.as_secs(),
+            max_retries: defaults.max_retries,
+            unmatched_grace_secs: defaults.unmatched_grace.as_secs_f64(),
+            at_least: crate::platform::DEFAULT_AT_LEAST
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ignore: Vec::new(),
+            max_queued: defaults.max_queued,
+            lease_allowance_secs: defaults.lease_allowance.as_secs(),
+            retained_operations: defaults.retained_operations,
+        }
+    }
+}
+
+impl SchedulerOptions {
+    /// The configuration these options say; `InvalidArgument` for a zero timeout, a negative
+    /// or unrepresentable grace, or what [`SchedulerConfig::validate`] refuses.
+    pub fn to_config(&self) -> Result<SchedulerConfig> {
+        use crate::platform::{MatchRule, MatchRules};
+        let mut rules = MatchRules::exact();
+        for name in &self.at_least {
+            rules = rules.with(name.clone(), MatchRule::AtLeast);
+        }
+        for name in &self.ignore {
+            rules = rules.with(name.clone(), MatchRule::Ignore);
+        }
+        if self.max_action_timeout_secs == 0 {
+            return Err(Error::invalid(
+                "scheduler.max_action_timeout_secs must be at least 1: timeouts cannot be switched off",
+            ));
+        }
+        if !self.unmatched_grace_secs.is_finite() || self.unmatched_grace_secs < 0.0 {
+            return Err(Error::invalid(
+                "scheduler.unmatched_grace_secs must be a non-negative number",
+            ));
+        }
+        let unmatched_grace =
+            Duration::try_from_secs_f64(self.unmatched_grace_secs).map_err(|e| {
+                let why = Message::caused_by("scheduler.unmatched_grace_secs", e);
+                Error::InvalidArgument(why)
+            })?;
+        let config = SchedulerConfig {
+            name: self.name.clone(),
+            match_rules: rules,
+            max_action_timeout: Duration::from_secs(self.max_action_timeout_secs),
+            max_retries: self.max_retries,
+            unmatched_grace,
+            max_queued: self.max_queued,
+            lease_allowance: Duration::from_secs(self.lease_allowance_secs),
+            retained_operations: self.retained_operations,
+            ..SchedulerConfig::default()
+        };
+        config.validate()?;
+        Ok(config)
     }
 }

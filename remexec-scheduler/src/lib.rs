@@ -29,7 +29,7 @@
 //! assert!(!rules.matches(&[("OSFamily".into(), "windows".into())], &executor));
 //! ```
 
-mod config;
+pub mod config;
 mod inputs;
 pub mod node;
 pub mod observe;
