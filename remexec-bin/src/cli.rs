@@ -103,6 +103,19 @@ pub enum TlsCommand {
     },
 }
 
+/// `--action-cache`'s values, with what each means.
+fn ac_backends() -> impl clap::builder::TypedValueParser<Value = AcBackend> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let values = [
+        PossibleValue::new("disk").help("Files under `data_dir/ac`"),
+        PossibleValue::new("memory").help("RAM only"),
+    ];
+    PossibleValuesParser::new(values).map(|name| match name.as_str() {
+        "memory" => AcBackend::Memory,
+        _ => AcBackend::Disk,
+    })
+}
+
 /// `--isolation`'s values, with what each means.
 fn isolation_kinds() -> impl clap::builder::TypedValueParser<Value = IsolationKind> {
     use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
@@ -152,7 +165,7 @@ pub struct ServerArgs {
     #[arg(long, env = "REMEXEC_DISK_BUDGET")]
     pub disk_budget: Option<ByteSize>,
     /// Where action results live [default: disk].
-    #[arg(long, value_enum, env = "REMEXEC_ACTION_CACHE")]
+    #[arg(long, value_parser = ac_backends(), env = "REMEXEC_ACTION_CACHE")]
     pub action_cache: Option<AcBackend>,
     /// Skip fsync before acknowledging writes (faster; safe against crashes of remexec, not of the machine).
     #[arg(long, env = "REMEXEC_NO_FSYNC")]

@@ -7,6 +7,10 @@ use bytesize::ByteSize;
 pub use remexec_cas::external_options::{
     ExternalKind, ExternalOptions as ExternalSection, redact_url,
 };
+pub use remexec_cas::options::{
+    AcBackend, ActionCacheOptions as ActionCacheConfig, CasOptions as CasConfig,
+    LimitsOptions as LimitsConfig,
+};
 use remexec_core::Message;
 pub use remexec_scheduler::config::SchedulerOptions as SchedulerSection;
 pub use remexec_worker::groups::{
@@ -260,70 +264,6 @@ impl Default for WorkerSection {
     }
 }
 
-/// `[cas]`: the disk blob store.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CasConfig {
-    /// Most bytes of blobs kept on disk; least recently used blobs are evicted beyond it.
-    pub disk_budget: ByteSize,
-    /// fsync every blob and action result (and their directories) before acknowledging it.
-    pub fsync: bool,
-}
-
-/// `[action_cache]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ActionCacheConfig {
-    /// `disk` (kept across restarts) or `memory`.
-    pub backend: AcBackend,
-    /// Most bytes of encoded results kept.
-    pub budget: ByteSize,
-    /// With the disk backend: bytes of recently used results also kept in memory (0: none).
-    pub memory_budget: ByteSize,
-    /// Report entries whose outputs are missing from the CAS as misses.
-    pub check_completeness: bool,
-}
-
-/// Where action results live.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum AcBackend {
-    /// Files under `data_dir/ac`.
-    Disk,
-    /// RAM only.
-    Memory,
-}
-
-/// `[limits]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Largest total of one BatchUpdateBlobs / BatchReadBlobs.
-    pub max_batch_total_size: ByteSize,
-    /// Most bytes inlined into one GetActionResult reply.
-    pub max_inline_size: ByteSize,
-    /// Largest gRPC message accepted or sent (0: twice max_batch_total_size, at least 8 MiB).
-    pub max_message_size: ByteSize,
-    /// Largest blob accepted by ByteStream Write or BatchUpdateBlobs.
-    pub max_blob_size: ByteSize,
-    /// Most digests in one FindMissingBlobs request.
-    pub max_find_missing_digests: usize,
-    /// Most blobs in one BatchUpdateBlobs or BatchReadBlobs request.
-    pub max_batch_blobs: usize,
-    /// Deepest input tree (at Execute, and in the worker's staging).
-    pub max_tree_depth: u64,
-    /// Most entries of an input tree laid out (at Execute, and in the worker's staging).
-    pub max_tree_entries: u64,
-    /// Most bytes of a Command's arguments and environment.
-    pub max_command_size: ByteSize,
-    /// Most concurrent gRPC streams (calls) per connection.
-    pub max_concurrent_streams: u32,
-    /// Bytes a client may have in flight per connection (HTTP/2 connection window).
-    pub connection_window: ByteSize,
-    /// Bytes a client may have in flight per stream (HTTP/2 stream window).
-    pub stream_window: ByteSize,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -341,47 +281,6 @@ impl Default for Config {
             auth: AuthSection::default(),
             cluster: ClusterSection::default(),
             telemetry: TelemetrySection::default(),
-        }
-    }
-}
-
-impl Default for CasConfig {
-    fn default() -> Self {
-        Self {
-            disk_budget: ByteSize::gib(10),
-            fsync: true,
-        }
-    }
-}
-
-impl Default for ActionCacheConfig {
-    fn default() -> Self {
-        Self {
-            backend: AcBackend::Disk,
-            budget: ByteSize::gib(1),
-            memory_budget: ByteSize::mib(64),
-            check_completeness: true,
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        let defaults = remexec_cas::Limits::default();
-        let scheduler = remexec_scheduler::SchedulerConfig::default();
-        Self {
-            max_batch_total_size: ByteSize::b(defaults.max_batch_total_size),
-            max_inline_size: ByteSize::b(defaults.max_inline_size),
-            max_message_size: ByteSize::b(0),
-            max_blob_size: ByteSize::b(defaults.max_blob_size),
-            max_find_missing_digests: defaults.max_find_missing_digests,
-            max_batch_blobs: defaults.max_batch_blobs,
-            max_tree_depth: scheduler.tree_limits.max_depth,
-            max_tree_entries: scheduler.tree_limits.max_entries,
-            max_command_size: ByteSize::b(scheduler.max_command_size as u64),
-            max_concurrent_streams: 1000,
-            connection_window: ByteSize::b(u64::from(remexec_core::client::CONNECTION_WINDOW)),
-            stream_window: ByteSize::b(u64::from(remexec_core::client::STREAM_WINDOW)),
         }
     }
 }
@@ -412,28 +311,12 @@ impl Config {
 
     /// The cache services' limits.
     pub fn cache_limits(&self) -> remexec_cas::Limits {
-        let mut limits = remexec_cas::Limits::default();
-        let l = &self.limits;
-        limits.max_batch_total_size = l.max_batch_total_size.as_u64();
-        limits.max_message_size = match usize::try_from(l.max_message_size.as_u64()) {
-            Ok(0) | Err(_) => (limits.max_batch_total_size as usize)
-                .saturating_mul(2)
-                .max(limits.max_message_size),
-            Ok(size) => size,
-        };
-        limits.max_inline_size = l.max_inline_size.as_u64();
-        limits.max_blob_size = l.max_blob_size.as_u64();
-        limits.max_find_missing_digests = l.max_find_missing_digests;
-        limits.max_batch_blobs = l.max_batch_blobs;
-        limits
+        self.limits.cache_limits()
     }
 
     /// `[limits]`'s tree depth and entries.
     pub fn tree_limits(&self) -> remexec_core::merkle::TreeLimits {
-        remexec_core::merkle::TreeLimits {
-            max_entries: self.limits.max_tree_entries,
-            max_depth: self.limits.max_tree_depth,
-        }
+        self.limits.tree_limits()
     }
 
     /// The scheduler's configuration: `[scheduler]`, with `[limits]`'s command and tree
@@ -480,39 +363,7 @@ impl Config {
 
     /// Checks `[limits]`: every count and size must be positive.
     pub fn check_limits(&self) -> Result<(), Message> {
-        let l = &self.limits;
-        for (name, value) in [
-            ("max_blob_size", l.max_blob_size.as_u64()),
-            (
-                "max_find_missing_digests",
-                l.max_find_missing_digests as u64,
-            ),
-            ("max_batch_blobs", l.max_batch_blobs as u64),
-            ("max_tree_depth", l.max_tree_depth),
-            ("max_tree_entries", l.max_tree_entries),
-            ("max_command_size", l.max_command_size.as_u64()),
-            (
-                "max_concurrent_streams",
-                u64::from(l.max_concurrent_streams),
-            ),
-            ("connection_window", l.connection_window.as_u64()),
-            ("stream_window", l.stream_window.as_u64()),
-        ] {
-            if value == 0 {
-                return Err(format!("limits.{name} must be positive").into());
-            }
-        }
-        let message = l.max_message_size.as_u64();
-        if message != 0 && message < l.max_batch_total_size.as_u64() {
-            return Err(
-                "limits.max_message_size must be at least max_batch_total_size (or 0)".into(),
-            );
-        }
-        if l.connection_window.as_u64() > u64::from(u32::MAX >> 1)
-            || l.stream_window.as_u64() > u64::from(u32::MAX >> 1)
-        {
-            return Err("limits.connection_window and stream_window must be below 2 GiB".into());
-        }
+        self.limits.check()?;
         if let Some(r) = self.cluster.replicas
             && !(1..=3).contains(&r)
         {

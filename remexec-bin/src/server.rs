@@ -20,7 +20,7 @@ use remexec_scheduler::routing::Routing;
 use remexec_worker::node::WorkerNode;
 use remexec_worker::{Isolation, Worker};
 
-use crate::config::{AcBackend, Config};
+use crate::config::Config;
 use crate::security::Security;
 
 /// The cluster service, on a cluster scheduler's client port.
@@ -45,55 +45,17 @@ pub async fn external_specs(config: &Config) -> Result<Option<(StoreSpec, CacheS
     section.specs(ca_pem, std::env::vars())
 }
 
-/// The CAS and Action Cache trees `config` describes, with the `[external]` tier, if any,
-/// behind the local ones:
-/// - the CAS: a disk store in `{data_dir}/cas` ([`StoreSpec::Disk`]), in front of the external
-///   store (`Tiered`: a write is acknowledged once the external store holds it, reads try the
-///   disk first and fill it), every write hashed once on its way in (`Verifying`);
-/// - the Action Cache: on disk in `{data_dir}/ac`, with a memory cache in front unless its
-///   budget is 0, or in memory; in front of the external cache (written through, filled from
-///   it on a miss); checked for completeness against the CAS if `check_completeness` is set.
+/// The CAS and Action Cache trees `config` describes
+/// ([`local_specs`](remexec_cas::options::local_specs)), with the `[external]` tier, if any.
 pub async fn store_specs(config: &Config) -> Result<(StoreSpec, CacheSpec)> {
     let external = external_specs(config).await?;
-    let mut store = StoreSpec::Disk {
-        path: config.data_dir.join("cas"),
-        budget: config.cas.disk_budget.as_u64(),
-        fsync: config.cas.fsync,
-    };
-    let section = &config.action_cache;
-    let budget = section.budget.as_u64();
-    let mut ac = match section.backend {
-        AcBackend::Disk => {
-            let disk = CacheSpec::Disk {
-                path: config.data_dir.join("ac"),
-                budget,
-                fsync: config.cas.fsync,
-            };
-            match section.memory_budget.as_u64() {
-                0 => disk,
-                front => CacheSpec::Tiered {
-                    fast: Box::new(CacheSpec::Memory { budget: front }),
-                    slow: Box::new(disk),
-                },
-            }
-        }
-        AcBackend::Memory => CacheSpec::Memory { budget },
-    };
-    if let Some((external_store, external_ac)) = external {
-        store = StoreSpec::Tiered {
-            fast: Box::new(store),
-            slow: Box::new(external_store),
-        };
-        ac = CacheSpec::Tiered {
-            fast: Box::new(ac),
-            slow: Box::new(external_ac),
-        };
-    }
-    if section.check_completeness {
-        ac = CacheSpec::Completeness(Box::new(ac));
-    }
-    // Every write is hashed once, on its way in: clients' and the local worker's alike.
-    Ok((StoreSpec::Verifying(Box::new(store)), ac))
+    let (cas, ac) = (&config.cas, &config.action_cache);
+    Ok(remexec_cas::options::local_specs(
+        &config.data_dir,
+        cas,
+        ac,
+        external,
+    ))
 }
 
 /// Which parts one process runs.

@@ -534,7 +534,7 @@ fn a_crate_that_implements_a_backend_compiles_only_the_vocabulary() {
 /// Most lines `remexec-bin/src` may hold: a ratchet down to the target of 3,000 (command line,
 /// config mapping, file and env reading, client tools). Lower it as code moves to the libraries;
 /// never raise it.
-const MAX_BINARY_LINES: usize = 3330;
+const MAX_BINARY_LINES: usize = 3155;
 
 #[test]
 fn the_binary_keeps_only_the_command_line() {

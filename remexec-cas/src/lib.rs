@@ -35,6 +35,7 @@ pub mod external;
 pub mod external_options;
 mod files;
 mod key;
+pub mod options;
 pub mod service;
 pub mod spec;
 pub mod store;

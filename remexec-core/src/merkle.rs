@@ -384,6 +384,9 @@ pub struct TreeLimits {
     pub max_depth: u64,
 }
 
+/// The largest Command (arguments and environment, encoded) a scheduler takes by default.
+pub const DEFAULT_MAX_COMMAND_SIZE: usize = 2 << 20;
+
 impl Default for TreeLimits {
     fn default() -> Self {
         Self {

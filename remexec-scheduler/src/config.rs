@@ -71,7 +71,7 @@ impl Default for SchedulerConfig {
             max_queued: 100_000,
             lease_allowance: Duration::from_secs(600),
             cancel_grace: Duration::from_secs(60),
-            max_command_size: 2 << 20,
+            max_command_size: remexec_core::merkle::DEFAULT_MAX_COMMAND_SIZE,
             tree_limits: remexec_core::merkle::TreeLimits::default(),
             status_url: None,
             served_instances: Vec::new(),
