@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use remexec_cas::ShardedActionCache;
 use remexec_cas::cluster::{WorkerCas, WorkerCasOptions};
 use remexec_cas::service::PeerService;
 use remexec_cas::{DiskStore, DiskStoreOptions};
@@ -39,10 +38,9 @@ pub async fn worker_cas(
     WorkerCas::bind(Arc::new(disk), listen, advertise, name, options).await
 }
 
-/// For a scheduler with `[cluster] peers` bound at `bound`: its peers (reached with `tls`, the
-/// `[worker]` client TLS settings: the cluster certificate), the Action Cache it shares with
-/// them over `local` (each entry on 2 schedulers), and the `Peer` service that answers them
-/// from `local`. Otherwise `local` alone.
+/// For a scheduler with `[cluster] peers` bound at `bound`: its peers, the Action Cache it
+/// shares with them over `local`, and the `Peer` service
+/// ([`remexec_cas::cluster::share_action_cache`]). Otherwise `local` alone.
 #[allow(clippy::type_complexity)]
 pub async fn share_action_cache(
     config: &Config,
@@ -54,16 +52,12 @@ pub async fn share_action_cache(
     if config.cluster.peers.is_empty() {
         return Ok((None, local, None));
     }
-    let seeds = config.cluster.peers.clone();
-    let advertise = config.cluster.advertise.as_deref();
-    let peers = Peers::start(seeds, advertise, bound, tls.clone()).await?;
-    let watched = peers.members();
-    metrics.on_scrape(move |m| m.cluster_schedulers(watched.borrow().len()));
-    let sharded = Arc::new(ShardedActionCache::new(
-        peers.name.clone(),
-        Arc::clone(&local),
-        2,
-    )?);
-    Arc::clone(&sharded).follow(peers.members(), tls.clone());
-    Ok((Some(peers), sharded, Some(PeerService::new(local))))
+    let (seeds, advertise) = (
+        config.cluster.peers.clone(),
+        config.cluster.advertise.as_deref(),
+    );
+    let (peers, shared, service) =
+        remexec_cas::cluster::share_action_cache(seeds, advertise, bound, local, tls, metrics)
+            .await?;
+    Ok((Some(peers), shared, Some(service)))
 }

@@ -15,8 +15,7 @@ use remexec_core::{Error, Result};
 
 use crate::config::Config;
 
-/// The name a cluster certificate carries unless `[cluster] names` says otherwise.
-pub const DEFAULT_CLUSTER_NAME: &str = "remexec-cluster";
+pub use remexec_core::auth::DEFAULT_CLUSTER_NAME;
 
 /// TLS and authentication of a server's ports.
 #[derive(Clone, Debug)]

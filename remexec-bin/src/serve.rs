@@ -15,6 +15,7 @@ use remexec_worker::node::WorkerNode;
 use crate::config::Config;
 use crate::security::Security;
 pub use crate::server::{BoundServer, Role};
+pub use remexec_core::server::shutdown_signal;
 
 /// `remexec worker`: attaches to a scheduler and runs its leases under `isolation` until
 /// `shutdown`. SIGHUP is logged and otherwise ignored: the worker reads its certificate at
@@ -147,27 +148,4 @@ pub fn reload_on_sighup(config: Config, security: Security) -> tokio::task::Join
             }
         }
     })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => futures::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = futures::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down: finishing requests in flight");
 }

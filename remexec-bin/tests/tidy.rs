@@ -15,7 +15,7 @@
 //! - no module imports another that imports it back, in any crate;
 //! - the examples depend on the library crates only, and the embedding examples stay under 80
 //!   lines;
-//! - `remexec-bin/src` shrinks toward 3,000 lines (a ratchet, [`MAX_BINARY_LINES`]);
+//! - `remexec-bin/src` stays under 3,000 lines ([`MAX_BINARY_LINES`]);
 //! - remexec-core without default features pulls in no TLS, JWT, X.509, Prometheus or
 //!   OpenTelemetry crate.
 
@@ -531,10 +531,9 @@ fn a_crate_that_implements_a_backend_compiles_only_the_vocabulary() {
     );
 }
 
-/// Most lines `remexec-bin/src` may hold: a ratchet down to the target of 3,000 (command line,
-/// config mapping, file and env reading, client tools). Lower it as code moves to the libraries;
-/// never raise it.
-const MAX_BINARY_LINES: usize = 3155;
+/// Most lines `remexec-bin/src` may hold (command line, config mapping, file and env reading,
+/// client tools): under 3,000. Lower it as code moves to the libraries; never raise it.
+const MAX_BINARY_LINES: usize = 2999;
 
 #[test]
 fn the_binary_keeps_only_the_command_line() {

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remexec_core::client::ClientTls;
-use remexec_core::membership::{Member, Membership, MembershipConfig, Probe};
+use remexec_core::membership::{Member, Membership, MembershipConfig, Peers, Probe};
 use remexec_core::metrics::Metrics;
-use remexec_core::{BlobStore, Error, ListBlobs, Result};
+use remexec_core::{ActionCache, BlobStore, Error, ListBlobs, Result};
 use remexec_proto::cluster::v1::StatusRequest;
 use remexec_proto::cluster::v1::cluster_client::ClusterClient;
 use tokio::net::TcpListener;
@@ -28,8 +28,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::service::ClusterService;
-use crate::{CacheServices, Limits, MemoryActionCache, Repairer, ReplicatedStore};
+use crate::service::{ClusterService, PeerService};
+use crate::{
+    CacheServices, Limits, MemoryActionCache, Repairer, ReplicatedStore, ShardedActionCache,
+};
 
 /// The storage plane's members: the workers' CAS ports that `seeds` resolve to (URLs, or one
 /// DNS name that resolves to all of them), reached with `tls`, each named as it names itself.
@@ -269,4 +271,25 @@ fn warn_unless_listed(mut members: watch::Receiver<Vec<Member>>, name: String) {
                 "this worker's CAS port is not among the members its storage seeds resolve to: list it in --storage");
         }
     });
+}
+
+/// A scheduler among its peers, the schedulers `seeds` resolve to (reached with `tls`, the
+/// cluster certificate), bound at `bound` and reached at `advertise`: the peers, the Action
+/// Cache it shares with them over `local` (each entry on 2 schedulers), and the `Peer` service
+/// that answers them from `local`. The scheduler count goes to `metrics`.
+pub async fn share_action_cache(
+    seeds: Vec<String>,
+    advertise: Option<&str>,
+    bound: SocketAddr,
+    local: Arc<dyn ActionCache>,
+    tls: &ClientTls,
+    metrics: &Metrics,
+) -> Result<(Peers, Arc<dyn ActionCache>, PeerService)> {
+    let peers = Peers::start(seeds, advertise, bound, tls.clone()).await?;
+    let watched = peers.members();
+    metrics.on_scrape(move |m| m.cluster_schedulers(watched.borrow().len()));
+    let name = peers.name.clone();
+    let sharded = Arc::new(ShardedActionCache::new(name, Arc::clone(&local), 2)?);
+    Arc::clone(&sharded).follow(peers.members(), tls.clone());
+    Ok((peers, sharded, PeerService::new(local)))
 }

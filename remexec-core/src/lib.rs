@@ -34,6 +34,8 @@ pub mod auth;
 mod blob_store;
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "dev-certs")]
+pub mod dev_certs;
 mod digest;
 pub mod durations;
 mod error;

@@ -46,6 +46,9 @@ mod tokens;
 use std::fmt;
 
 pub use certs::{CertRule, certificate_names};
+
+/// The name a cluster certificate carries unless the operator names others.
+pub const DEFAULT_CLUSTER_NAME: &str = "remexec-cluster";
 pub use jwt::{JwtSettings, JwtVerifier};
 pub use layer::{AuthLayer, AuthService, Caller, FIRST_MESSAGE_TIMEOUT};
 pub use methods::{InstanceFrom, Need, is_served, method_need};
