@@ -39,11 +39,11 @@ pub mod dev_certs;
 mod digest;
 pub mod durations;
 mod error;
-#[cfg(feature = "client")]
 #[cfg(feature = "export")]
 pub mod export;
 pub mod fs;
 pub mod lru;
+#[cfg(feature = "client")]
 pub mod membership;
 pub mod merkle;
 #[cfg(feature = "metrics")]
