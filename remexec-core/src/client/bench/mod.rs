@@ -3,8 +3,7 @@
 //! Each run sends `count` operations from `concurrency` clients (each on its own HTTP/2
 //! connection) and reports throughput and latency percentiles from an HDR histogram
 //! ([`Report`], a table or JSON). Setup (uploading what reads need, hashing what writes send)
-//! happens before the clock starts. ByteStream writes use the public `google.bytestream`
-//! types, which copy each chunk once.
+//! happens before the clock starts. ByteStream chunks travel as shared buffers, never copied.
 //!
 //! ```no_run
 //! # async fn demo() -> remexec_core::Result<()> {
@@ -17,6 +16,7 @@
 //! # }
 //! ```
 
+mod wire;
 mod workloads;
 
 use std::sync::Arc;

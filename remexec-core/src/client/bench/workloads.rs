@@ -1,5 +1,6 @@
 //! The workloads: what to prepare before the clock starts, and one operation.
 
+use super::wire::{self, ReadRequest, WriteRequest};
 use crate::client::{
     self, ActionBuilder, FollowOptions, action_cache_client, batch_update_blobs, cas_client,
     status_result,
@@ -13,8 +14,6 @@ use crate::reapi::{
 use crate::{
     BlobRef, Compressor, Digest, DigestFunction, Error, ReadResource, Result, WriteResource,
 };
-use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
-use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest};
 use bytes::Bytes;
 use futures::StreamExt;
 use tonic::transport::Channel;
@@ -285,16 +284,12 @@ impl Workload {
                     resource_name: if c == 0 { name.clone() } else { String::new() },
                     write_offset: (c * CHUNK) as i64,
                     finish_write: c + 1 == n,
-                    // The Vec<u8> the public ByteStream type takes: one copy per chunk.
-                    data: chunk(c * CHUNK, end).to_vec(),
+                    data: chunk(c * CHUNK, end),
                 }
             })
             .collect();
-        let resp = ByteStreamClient::new(channel.clone())
-            .max_encoding_message_size(64 << 20)
-            .write(futures::stream::iter(requests))
-            .await?;
-        if resp.into_inner().committed_size != self.size as i64 {
+        let resp = wire::write(channel, futures::stream::iter(requests)).await?;
+        if resp.committed_size != self.size as i64 {
             return Err(Error::Internal("server committed a different size".into()));
         }
         Ok(self.size as u64)
@@ -324,15 +319,12 @@ impl Workload {
             },
         }
         .to_string();
-        let mut stream = ByteStreamClient::new(channel.clone())
-            .max_decoding_message_size(64 << 20)
-            .read(ReadRequest {
-                resource_name: name,
-                read_offset: 0,
-                read_limit: 0,
-            })
-            .await?
-            .into_inner();
+        let request = ReadRequest {
+            resource_name: name,
+            read_offset: 0,
+            read_limit: 0,
+        };
+        let mut stream = wire::read(channel, request).await?;
         let mut moved = 0u64;
         while let Some(msg) = stream.next().await {
             moved += msg?.data.len() as u64;
