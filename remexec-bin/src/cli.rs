@@ -199,16 +199,9 @@ pub struct ServerArgs {
     /// them (1 to 3) [default: the scheduler keeps blobs itself].
     #[arg(long, value_name = "R", env = "REMEXEC_REPLICAS")]
     pub replicas: Option<u32>,
-    /// The workers' CAS ports, grpc://HOST:PORT (or grpcs://), or one DNS name resolving to
-    /// all of them (repeatable): the storage plane's members, the same list on every scheduler
-    /// and worker of the cluster [default: none].
-    #[arg(
-        long = "storage",
-        value_name = "URL",
-        value_delimiter = ',',
-        env = "REMEXEC_STORAGE"
-    )]
-    pub storage: Vec<String>,
+    /// The storage plane's members.
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Another scheduler of the cluster, grpc://HOST:PORT, or one DNS name resolving to all of
     /// them (repeatable): the schedulers share the Action Cache [default: none].
     #[arg(
@@ -227,6 +220,30 @@ pub struct ServerArgs {
     /// TLS and authentication of the ports.
     #[command(flatten)]
     pub security: SecurityArgs,
+}
+
+/// The storage plane's members (`scheduler`, `worker`).
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// The workers' CAS ports, grpc://HOST:PORT (or grpcs://), or one DNS name resolving to
+    /// all of them (repeatable): the storage plane's members, the same list on every scheduler
+    /// and worker of the cluster [default: none].
+    #[arg(
+        long = "storage",
+        value_name = "URL",
+        value_delimiter = ',',
+        env = "REMEXEC_STORAGE"
+    )]
+    pub storage: Vec<String>,
+}
+
+impl StorageArgs {
+    /// Sets `[cluster] storage` if the flag is given.
+    fn apply(&self, config: &mut Config) {
+        if !self.storage.is_empty() {
+            config.cluster.storage.clone_from(&self.storage);
+        }
+    }
 }
 
 /// Where trace spans go (`serve`, `scheduler`, `worker`).
@@ -354,16 +371,9 @@ pub struct WorkerArgs {
     /// Replicas of each blob, 1 to 3, as the scheduler's --replicas [default: 2].
     #[arg(long, value_name = "R", env = "REMEXEC_REPLICAS")]
     pub replicas: Option<u32>,
-    /// The workers' CAS ports, grpc://HOST:PORT (or grpcs://), or one DNS name resolving to
-    /// all of them (repeatable): the storage plane's members, the same list on every scheduler
-    /// and worker of the cluster [default: none].
-    #[arg(
-        long = "storage",
-        value_name = "URL",
-        value_delimiter = ',',
-        env = "REMEXEC_STORAGE"
-    )]
-    pub storage: Vec<String>,
+    /// The storage plane's members.
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Most bytes of blobs this worker keeps for the cluster, e.g. 50GiB [default: 10 GiB].
     #[arg(long, env = "REMEXEC_DISK_BUDGET")]
     pub disk_budget: Option<ByteSize>,
@@ -432,9 +442,7 @@ impl ServerArgs {
         if !self.peers.is_empty() {
             config.cluster.peers.clone_from(&self.peers);
         }
-        if !self.storage.is_empty() {
-            config.cluster.storage.clone_from(&self.storage);
-        }
+        self.storage.apply(&mut config);
         if self.advertise.is_some() {
             config.cluster.advertise.clone_from(&self.advertise);
         }
@@ -486,9 +494,7 @@ impl WorkerArgs {
         if self.replicas.is_some() {
             config.cluster.replicas = self.replicas;
         }
-        if !self.storage.is_empty() {
-            config.cluster.storage.clone_from(&self.storage);
-        }
+        self.storage.apply(&mut config);
         if let Some(budget) = self.disk_budget {
             config.cas.disk_budget = budget;
         }
