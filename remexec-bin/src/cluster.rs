@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use remexec_cas::DiskStore;
 use remexec_cas::cluster::{WorkerCas, WorkerCasOptions};
 use remexec_cas::service::PeerService;
-use remexec_cas::{DiskStore, DiskStoreOptions};
 use remexec_core::client::ClientTls;
 use remexec_core::membership::Peers;
 use remexec_core::metrics::Metrics;
@@ -24,11 +24,7 @@ pub async fn worker_cas(
     name: &str,
     secure: bool,
 ) -> Result<WorkerCas> {
-    let options = DiskStoreOptions {
-        budget: config.cas.disk_budget.as_u64(),
-        sync: config.cas.fsync,
-    };
-    let disk = DiskStore::open(config.data_dir.join("cas"), options).await?;
+    let disk = DiskStore::open(config.data_dir.join("cas"), config.cas.disk_store()).await?;
     let mut options = WorkerCasOptions::new(config.cluster.replicas.unwrap_or(2));
     options.repair_bandwidth = config.cluster.repair_bandwidth.as_u64();
     options.repair_interval = Duration::from_secs(config.cluster.repair_interval_secs);

@@ -167,6 +167,7 @@ async fn a_wiped_proxy_serves_everything_from_upstream_and_keeps_a_local_copy() 
     let options = DiskStoreOptions {
         budget: 1 << 30,
         sync: false,
+        ..Default::default()
     };
     let disk = DiskStore::open(front_dir.join("cas"), options)
         .await

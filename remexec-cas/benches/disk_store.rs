@@ -16,6 +16,7 @@ fn disk(c: &mut Criterion) {
             DiskStoreOptions {
                 budget: 64 << 30,
                 sync: false,
+                ..Default::default()
             },
         ))
         .expect("open");

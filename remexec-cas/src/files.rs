@@ -5,6 +5,11 @@
 //! `{root}/tmp/` for uploads in progress, which is emptied at start. A namespace's directory
 //! may hold `instance`, the instance name it hashes, for callers that list what is stored
 //! ([`FileTable::keys`], [`FileTable::instance`]).
+//!
+//! A file's times record its entry's history, so that a restart keeps it: the mtime is its last
+//! use, the atime its last reference (the epoch if never referenced; see
+//! [`FileTable::with_index`]). The table's own reads open files with `O_NOATIME`, so only it
+//! sets them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,36 +26,61 @@ use remexec_core::lru::ByteLru;
 /// Checks a re-indexed file: given its key and length, keep it?
 pub(crate) type Check = fn(&Key, u64) -> bool;
 
+/// An entry's last use and last reference as its file's times record them (seconds since the
+/// epoch): the mtime orders the index rebuilt after a restart, the atime renews its keep.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    used: u64,
+    referenced: u64,
+}
+
+/// How a [`FileTable`] is opened.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TableOptions {
+    /// Most bytes held; least recently used entries not kept are evicted beyond it.
+    pub(crate) budget: u64,
+    /// fsync each file and its directory before acknowledging it.
+    pub(crate) sync: bool,
+    /// How long a referenced entry is kept after its last reference, in seconds (0: never).
+    pub(crate) keep_secs: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct FileTable {
     root: PathBuf,
     tmp: PathBuf,
     sync: bool,
-    /// Each entry's last use as its file's mtime records it (seconds since the epoch): the
-    /// order the index is rebuilt in after a restart.
-    index: Mutex<ByteLru<Key, u64>>,
+    keep_secs: u64,
+    index: Mutex<ByteLru<Key, Times>>,
+    /// Writes refused because kept entries fill the budget.
+    refused: std::sync::atomic::AtomicU64,
     /// Instance names by namespace, as remembered in `instance` files.
     names: Mutex<std::collections::HashMap<u128, String>>,
-    /// Files whose mtime should record a use now, for the thread that sets them.
-    uses: std::sync::mpsc::SyncSender<PathBuf>,
+    /// Files whose times should record a use now (and a reference, if `true`), for the thread
+    /// that sets them.
+    uses: std::sync::mpsc::SyncSender<(PathBuf, bool)>,
 }
 
 /// Uses waiting to be recorded in files' mtimes, at most; more are dropped (a use lost costs
 /// only precision in the order rebuilt after a restart).
 const USE_QUEUE: usize = 4096;
 
-/// Starts the thread that sets the mtime of each file sent to it to the time it gets it,
-/// until every sender is gone.
-fn use_recorder() -> Result<std::sync::mpsc::SyncSender<PathBuf>> {
-    let (uses, paths) = std::sync::mpsc::sync_channel::<PathBuf>(USE_QUEUE);
+/// Starts the thread that sets the mtime of each file sent to it (and its atime, for a
+/// reference) to the time it gets it, until every sender is gone.
+fn use_recorder() -> Result<std::sync::mpsc::SyncSender<(PathBuf, bool)>> {
+    let (uses, paths) = std::sync::mpsc::sync_channel::<(PathBuf, bool)>(USE_QUEUE);
     std::thread::Builder::new()
         .name("remexec-uses".into())
         .spawn(move || {
-            for path in paths {
+            for (path, referenced) in paths {
                 // A file gone meanwhile is no matter: its next use or the next rebuild notices.
-                if let Ok(file) = std::fs::File::open(&path) {
-                    let _ =
-                        file.set_times(std::fs::FileTimes::new().set_modified(SystemTime::now()));
+                if let Ok(file) = open_quietly(&path) {
+                    let now = SystemTime::now();
+                    let mut times = std::fs::FileTimes::new().set_modified(now);
+                    if referenced {
+                        times = times.set_accessed(now);
+                    }
+                    let _ = file.set_times(times);
                 }
             }
         })
@@ -68,18 +98,50 @@ fn unix_secs(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Marks `key` used in `index`; if its file's recorded use is older than
-/// [`USE_RESOLUTION_SECS`], records now and queues the file in `stale` for its mtime.
-fn note_use(index: &mut ByteLru<Key, u64>, key: &Key, stale: &mut Vec<Key>) -> bool {
-    let Some(used) = index.get_mut(key) else {
+/// Opens a file to read without the kernel recording the access in its atime (which records
+/// references here); falls back to a plain open where `O_NOATIME` is not allowed.
+fn open_quietly(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+        .or_else(|_| std::fs::File::open(path))
+}
+
+/// Marks `key` used in `index` (and, with `keep_secs`, kept that long from `now`); where its
+/// file's recorded use (or reference) is older than [`USE_RESOLUTION_SECS`], records now and
+/// queues the file in `stale` for its times.
+fn note_use(
+    index: &mut ByteLru<Key, Times>,
+    key: &Key,
+    now: u64,
+    keep_secs: Option<u64>,
+    stale: &mut Vec<(Key, bool)>,
+) -> bool {
+    let Some(times) = index.get_mut(key) else {
         return false;
     };
-    let now = unix_secs(SystemTime::now());
-    if now.saturating_sub(*used) >= USE_RESOLUTION_SECS {
-        *used = now;
-        stale.push(*key);
+    let used = now.saturating_sub(times.used) >= USE_RESOLUTION_SECS;
+    let referenced =
+        keep_secs.is_some() && now.saturating_sub(times.referenced) >= USE_RESOLUTION_SECS;
+    if used || referenced {
+        times.used = now;
+        if referenced {
+            times.referenced = now;
+        }
+        stale.push((*key, referenced));
+    }
+    if let Some(secs) = keep_secs {
+        index.keep(key, keep_until(now, secs));
     }
     true
+}
+
+/// The end of a keep of `secs` from `now`, rounded up to [`USE_RESOLUTION_SECS`] so that
+/// references within the same span extend it once.
+fn keep_until(now: u64, secs: u64) -> u64 {
+    (now + secs).div_ceil(USE_RESOLUTION_SECS) * USE_RESOLUTION_SECS
 }
 
 /// The file in a namespace's directory that holds its instance name.
@@ -88,13 +150,18 @@ const INSTANCE_FILE: &str = "instance";
 use remexec_core::fs::blocking;
 
 impl FileTable {
-    /// Opens (creating if needed) the table at `root` and rebuilds its index from disk.
+    /// Opens (creating if needed) the table at `root` and rebuilds its index from disk: the
+    /// order of use from the files' mtimes, the keeps still running from their atimes.
     pub(crate) async fn open(
         root: &Path,
-        budget: u64,
-        sync: bool,
+        options: TableOptions,
         check: Check,
     ) -> Result<Arc<Self>> {
+        let TableOptions {
+            budget,
+            sync,
+            keep_secs,
+        } = options;
         let root = root.to_path_buf();
         blocking(move || {
             let tmp = root.join("tmp");
@@ -110,19 +177,40 @@ impl FileTable {
             let mut found = Vec::new();
             scan(&root, check, &mut found)?;
             // Least recently used first: a file's mtime is its last use (see `touch`).
-            found.sort_by_key(|(mtime, _, _)| *mtime);
+            found.sort_by_key(|f| f.used);
             let mut index = ByteLru::new(budget);
-            for (mtime, key, len) in found {
-                index.insert_unbounded(key, len, unix_secs(mtime));
+            for f in &found {
+                let times = Times {
+                    used: unix_secs(f.used),
+                    referenced: unix_secs(f.referenced),
+                };
+                index.insert_unbounded(f.key, f.len, times);
+            }
+            // Keeps in the order they end; the epoch (never referenced) keeps nothing.
+            let now = unix_secs(SystemTime::now());
+            found.sort_by_key(|f| f.referenced);
+            for f in &found {
+                let referenced = unix_secs(f.referenced);
+                if keep_secs > 0 && referenced > 0 && referenced + keep_secs > now {
+                    index.keep(&f.key, keep_until(referenced, keep_secs));
+                }
             }
             let names = Mutex::new(read_names(&root));
             let uses = use_recorder()?;
-            let table =
-                Self { root, tmp, sync, index: Mutex::new(ByteLru::new(budget)), names, uses };
+            let table = Self {
+                root,
+                tmp,
+                sync,
+                keep_secs,
+                index: Mutex::new(ByteLru::new(budget)),
+                refused: Default::default(),
+                names,
+                uses,
+            };
             for (key, _) in index.evict_to_budget() {
                 table.remove_file(&key);
             }
-            tracing::info!(root = %table.root.display(), entries = index.len(), bytes = index.bytes(), "disk index rebuilt");
+            tracing::info!(root = %table.root.display(), entries = index.len(), bytes = index.bytes(), kept_bytes = index.kept_bytes(), "disk index rebuilt");
             *table.index.lock() = index;
             Ok(Arc::new(table))
         })
@@ -184,9 +272,45 @@ impl FileTable {
         self.index.lock().budget()
     }
 
-    /// Bytes held, budget and bytes evicted.
+    /// Bytes held, budget, bytes evicted and kept, and writes refused.
     pub(crate) fn store_usage(&self) -> remexec_core::metrics::StoreUsage {
-        self.index.lock().usage()
+        let mut index = self.index.lock();
+        index.release(unix_secs(SystemTime::now()));
+        remexec_core::metrics::StoreUsage {
+            refused_writes: self.refused.load(std::sync::atomic::Ordering::Relaxed),
+            ..index.usage()
+        }
+    }
+
+    /// `Ok` if a file of `len` bytes under `key` fits once every entry not kept is evicted;
+    /// else counts a refused write and says why, as `ResourceExhausted`.
+    pub(crate) fn check_room(&self, key: &Key, len: u64) -> Result<()> {
+        let mut index = self.index.lock();
+        self.check_room_locked(&mut index, key, len)
+    }
+
+    fn check_room_locked(
+        &self,
+        index: &mut ByteLru<Key, Times>,
+        key: &Key,
+        len: u64,
+    ) -> Result<()> {
+        index.release(unix_secs(SystemTime::now()));
+        if index.fits(key, len) {
+            return Ok(());
+        }
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(Error::ResourceExhausted(
+            format!(
+                "no room for blob {}: referenced blobs fill the store ({} of its {} budget), and a referenced blob is kept {} s after its last reference; raise the budget or lower keep_referenced_secs",
+                key.digest,
+                crate::size(index.kept_bytes()),
+                crate::size(index.budget()),
+                self.keep_secs,
+            )
+            .into(),
+        ))
     }
 
     /// Bytes and entries indexed now.
@@ -199,27 +323,39 @@ impl FileTable {
     /// every [`USE_RESOLUTION_SECS`], in its file's mtime, so that the order survives a restart.
     pub(crate) fn touch(&self, key: &Key) -> bool {
         let mut stale = Vec::new();
-        let present = note_use(&mut self.index.lock(), key, &mut stale);
+        let now = unix_secs(SystemTime::now());
+        let present = note_use(&mut self.index.lock(), key, now, None, &mut stale);
         self.record_uses(stale);
         present
     }
 
-    /// Runs `f` with the index locked, for batch lookups (each one a [`touch`](Self::touch)).
-    pub(crate) fn with_index<T>(&self, f: impl FnOnce(&mut dyn FnMut(&Key) -> bool) -> T) -> T {
+    /// Runs `f` with the index locked, for batch lookups: each one a [`touch`](Self::touch),
+    /// and with `reference`, a reference too: the entry is kept from eviction for the table's
+    /// keep time from now, recorded in its file's atime (at most once every
+    /// [`USE_RESOLUTION_SECS`]) so that the keep survives a restart.
+    pub(crate) fn with_index<T>(
+        &self,
+        reference: bool,
+        f: impl FnOnce(&mut dyn FnMut(&Key) -> bool) -> T,
+    ) -> T {
         let mut stale = Vec::new();
+        let now = unix_secs(SystemTime::now());
+        let keep = (reference && self.keep_secs > 0).then_some(self.keep_secs);
         let out = {
             let mut index = self.index.lock();
-            f(&mut |k| note_use(&mut index, k, &mut stale))
+            index.release(now);
+            f(&mut |k| note_use(&mut index, k, now, keep, &mut stale))
         };
         self.record_uses(stale);
         out
     }
 
-    /// Has the mtime of the files of `keys` set to now, by the recorder thread (never by the
-    /// caller's); uses beyond a full queue are dropped.
-    fn record_uses(&self, keys: Vec<Key>) {
-        for key in keys {
-            let _ = self.uses.try_send(self.path(&key));
+    /// Has the times of the files of `keys` set to now, by the recorder thread (never by the
+    /// caller's); uses beyond a full queue are dropped (a reference among them is then lost
+    /// only to a restart within the keep time).
+    fn record_uses(&self, keys: Vec<(Key, bool)>) {
+        for (key, referenced) in keys {
+            let _ = self.uses.try_send((self.path(&key), referenced));
         }
     }
 
@@ -272,6 +408,10 @@ impl FileTable {
         }
         let table = Arc::clone(self);
         blocking(move || {
+            // Never referenced yet: the atime records references (see the module docs).
+            temp.as_file()
+                .set_times(std::fs::FileTimes::new().set_accessed(SystemTime::UNIX_EPOCH))
+                .map_err(|e| Error::io("setting an upload's times", e))?;
             if table.sync {
                 temp.as_file()
                     .sync_all()
@@ -304,9 +444,15 @@ impl FileTable {
         }
         {
             let mut index = self.index.lock();
+            self.check_room_locked(&mut index, &key, len)?;
             temp.persist(&path)
                 .map_err(|e| Error::io(format!("renaming into {}", path.display()), e.error))?;
-            for (evicted, _) in index.insert(key, len, unix_secs(SystemTime::now())) {
+            let now = unix_secs(SystemTime::now());
+            let times = Times {
+                used: now,
+                referenced: index.get(&key).map_or(0, |t| t.referenced),
+            };
+            for (evicted, _) in index.insert(key, len, times) {
                 if evicted != key {
                     self.remove_file(&evicted);
                 }
@@ -335,8 +481,13 @@ impl FileTable {
             return Ok(None);
         }
         let path = self.path(key);
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
+        let opened = blocking({
+            let path = path.clone();
+            move || Ok(open_quietly(&path))
+        })
+        .await?;
+        let file = match opened {
+            Ok(f) => tokio::fs::File::from_std(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.index.lock().remove(key);
                 return Ok(None);
@@ -392,8 +543,18 @@ fn read_names(root: &Path) -> std::collections::HashMap<u128, String> {
     names
 }
 
-/// Finds every well-named file under `root`, as `(mtime, key, len)`.
-fn scan(root: &Path, check: Check, out: &mut Vec<(SystemTime, Key, u64)>) -> Result<()> {
+/// A file found by [`scan`].
+struct Found {
+    key: Key,
+    len: u64,
+    /// Its mtime: its last use.
+    used: SystemTime,
+    /// Its atime: its last reference.
+    referenced: SystemTime,
+}
+
+/// Finds every well-named file under `root`.
+fn scan(root: &Path, check: Check, out: &mut Vec<Found>) -> Result<()> {
     let read = |p: &Path| {
         std::fs::read_dir(p).map_err(|e| Error::io(format!("listing {}", p.display()), e))
     };
@@ -440,11 +601,12 @@ fn scan(root: &Path, check: Check, out: &mut Vec<(SystemTime, Key, u64)>) -> Res
                         let _ = std::fs::remove_file(file.path());
                         continue;
                     }
-                    out.push((
-                        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    out.push(Found {
                         key,
-                        meta.len(),
-                    ));
+                        len: meta.len(),
+                        used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        referenced: meta.accessed().unwrap_or(SystemTime::UNIX_EPOCH),
+                    });
                 }
             }
         }

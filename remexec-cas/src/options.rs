@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use crate::Limits;
 use crate::spec::{CacheSpec, StoreSpec};
+use crate::store::disk::DiskStoreOptions;
 
 /// `[cas]`: the disk blob store.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -31,6 +32,21 @@ pub struct CasOptions {
     pub disk_budget: ByteSize,
     /// fsync every blob and action result (and their directories) before acknowledging it.
     pub fsync: bool,
+    /// Seconds a referenced blob is kept after its last reference (see
+    /// [`DiskStoreOptions::keep_referenced`]).
+    #[serde(deserialize_with = "remexec_core::durations::whole_seconds")]
+    pub keep_referenced_secs: u64,
+}
+
+impl CasOptions {
+    /// The disk store these options describe.
+    pub fn disk_store(&self) -> DiskStoreOptions {
+        DiskStoreOptions {
+            budget: self.disk_budget.as_u64(),
+            sync: self.fsync,
+            keep_referenced: std::time::Duration::from_secs(self.keep_referenced_secs),
+        }
+    }
 }
 
 /// `[action_cache]`.
@@ -92,6 +108,7 @@ impl Default for CasOptions {
         Self {
             disk_budget: ByteSize::gib(10),
             fsync: true,
+            keep_referenced_secs: crate::store::disk::KEEP_REFERENCED.as_secs(),
         }
     }
 }
@@ -214,8 +231,7 @@ pub fn local_specs(
 ) -> (StoreSpec, CacheSpec) {
     let mut store = StoreSpec::Disk {
         path: data_dir.join("cas"),
-        budget: cas.disk_budget.as_u64(),
-        fsync: cas.fsync,
+        options: cas.disk_store(),
     };
     let budget = ac.budget.as_u64();
     let mut cache = match ac.backend {

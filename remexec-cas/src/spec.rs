@@ -12,7 +12,7 @@
 //! use remexec_cas::spec::{CacheSpec, StoreSpec};
 //! let store = StoreSpec::Tiered {
 //!     fast: Box::new(StoreSpec::Memory { budget: 64 << 20 }),
-//!     slow: Box::new(StoreSpec::Disk { path: dir.join("cas"), budget: 1 << 30, fsync: true }),
+//!     slow: Box::new(StoreSpec::Disk { path: dir.join("cas"), options: Default::default() }),
 //! };
 //! let cache = CacheSpec::Completeness(Box::new(CacheSpec::Memory { budget: 16 << 20 }));
 //! let blobs = store.build().await?;
@@ -94,15 +94,12 @@ impl ObjectSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StoreSpec {
-    /// A [`DiskStore`]: files under `path`, at most `budget` bytes, fsynced unless `fsync` is
-    /// off.
+    /// A [`DiskStore`]: files under `path`, opened with `options`.
     Disk {
         /// The directory.
         path: PathBuf,
-        /// Bytes kept at most.
-        budget: u64,
-        /// Whether writes are fsynced before they are acknowledged.
-        fsync: bool,
+        /// Its budget, fsync and keep time.
+        options: DiskStoreOptions,
     },
     /// A [`MemoryStore`] of at most `budget` bytes.
     Memory {
@@ -151,17 +148,7 @@ impl StoreSpec {
     /// a [`Replicated`](Self::Replicated) store's member count reported there.
     pub async fn build_with(&self, metrics: &Metrics) -> Result<Arc<dyn BlobStore>> {
         Ok(match self {
-            Self::Disk {
-                path,
-                budget,
-                fsync,
-            } => {
-                let options = DiskStoreOptions {
-                    budget: *budget,
-                    sync: *fsync,
-                };
-                Arc::new(DiskStore::open(path, options).await?)
-            }
+            Self::Disk { path, options } => Arc::new(DiskStore::open(path, options.clone()).await?),
             Self::Memory { budget } => Arc::new(MemoryStore::new(*budget)),
             Self::Object(object) => object.open()?.0,
             Self::Grpc(upstream) => {
@@ -206,8 +193,13 @@ impl StoreSpec {
 impl fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Disk { path, budget, .. } => {
-                write!(f, "Disk({}, {})", path.display(), crate::size(*budget))
+            Self::Disk { path, options } => {
+                write!(
+                    f,
+                    "Disk({}, {})",
+                    path.display(),
+                    crate::size(options.budget)
+                )
             }
             Self::Memory { budget } => write!(f, "Memory({})", crate::size(*budget)),
             Self::Object(object) => write!(f, "Object({})", crate::external::label_of(&object.url)),
@@ -339,8 +331,11 @@ mod tests {
                 fast: Box::new(StoreSpec::Memory { budget: 1 << 20 }),
                 slow: Box::new(StoreSpec::Disk {
                     path: dir.path().join("cas"),
-                    budget: 10 << 30,
-                    fsync: false,
+                    options: DiskStoreOptions {
+                        budget: 10 << 30,
+                        sync: false,
+                        ..Default::default()
+                    },
                 }),
             }),
             slow: Box::new(StoreSpec::Tiered {
@@ -403,8 +398,11 @@ mod tests {
             fast: Box::new(StoreSpec::Memory { budget: 1 << 20 }),
             slow: Box::new(StoreSpec::Disk {
                 path: dir.path().join("cas"),
-                budget: 1 << 30,
-                fsync: false,
+                options: DiskStoreOptions {
+                    budget: 1 << 30,
+                    sync: false,
+                    ..Default::default()
+                },
             }),
         }))
         .build()

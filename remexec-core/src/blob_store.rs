@@ -70,10 +70,23 @@ impl ReadRange {
 ///   empty stream.
 /// - **Idempotence.** Putting a blob that exists succeeds, concurrently too.
 /// - **The empty blob** need not be stored; the gRPC services answer for it.
+/// - **References.** A blob is *referenced* when a client has been told it is there (a
+///   FindMissingBlobs that found it, an ActionResult that names it) or an action queued or
+///   running needs it. The services say so through [`reference`](BlobStore::reference). A
+///   store that evicts never evicts a referenced blob within its keep time of the last
+///   reference; when referenced blobs fill its budget, a write fails with `ResourceExhausted`.
 #[async_trait]
 pub trait BlobStore: Send + Sync + Debug + 'static {
     /// Returns the digests from `digests` that this store does not hold, in input order.
     async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>>;
+
+    /// As [`find_missing`](BlobStore::find_missing), and the blobs held become referenced:
+    /// a store that evicts keeps them at least its keep time from now (wrappers pass this on to
+    /// every store that holds them). The default, for stores that never evict, is
+    /// `find_missing`.
+    async fn reference(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.find_missing(instance, digests).await
+    }
 
     /// Stores the blob whose content `data` yields.
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()>;
@@ -132,6 +145,9 @@ impl std::fmt::Display for dyn BlobStore {
 impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
     async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
         (**self).find_missing(instance, digests).await
+    }
+    async fn reference(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        (**self).reference(instance, digests).await
     }
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
         (**self).put(instance, digest, data).await
@@ -235,4 +251,8 @@ pub struct StoreUsage {
     pub limit_bytes: u64,
     /// Bytes evicted since the store was opened.
     pub evicted_bytes: u64,
+    /// Bytes of blobs kept because they are referenced (see [`BlobStore::reference`]).
+    pub referenced_bytes: u64,
+    /// Writes refused since the store was opened because referenced blobs fill the budget.
+    pub refused_writes: u64,
 }

@@ -374,6 +374,27 @@ pub fn validate_action_result(
     Ok(())
 }
 
+/// The blobs an ActionResult names itself (output files, output trees and their root
+/// Directories, stdout and stderr; not the files inside the trees), once each, without the
+/// empty blob and the digests that do not parse.
+pub fn result_blobs(
+    function: DigestFunction,
+    result: &bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult,
+) -> Vec<Digest> {
+    let dirs = result.output_directories.iter();
+    let named = result.output_files.iter().map(|f| f.digest.as_ref());
+    let named = named
+        .chain(dirs.clone().map(|d| d.tree_digest.as_ref()))
+        .chain(dirs.map(|d| d.root_directory_digest.as_ref()))
+        .chain([result.stdout_digest.as_ref(), result.stderr_digest.as_ref()]);
+    let mut seen = HashSet::new();
+    named
+        .flatten()
+        .filter_map(|d| Digest::from_proto(function, d).ok())
+        .filter(|d| !d.is_empty_blob() && seen.insert(*d))
+        .collect()
+}
+
 /// Limits on an input tree as it would be laid out on disk, where a directory that appears at
 /// several paths counts at each of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -155,6 +155,8 @@ struct Families {
     store_used: Family<StoreLabels, Gauge>,
     store_limit: Family<StoreLabels, Gauge>,
     store_evicted: Family<StoreLabels, Counter>,
+    store_referenced: Family<StoreLabels, Gauge>,
+    store_refused: Family<StoreLabels, Counter>,
     ac_lookups: Family<ResultLabels, Counter>,
     execute_checks: Family<ResultLabels, Counter>,
     queue_depth: Family<PlatformLabels, Gauge>,
@@ -236,6 +238,16 @@ fn registry(f: &Families) -> Registry {
         f.store_evicted.clone(),
     );
     r.register(
+        "remexec_store_referenced_bytes",
+        "Bytes of blobs a store keeps because they are referenced (named in results or found by clients)",
+        f.store_referenced.clone(),
+    );
+    r.register(
+        "remexec_store_refused_writes",
+        "Writes a store refused because referenced blobs fill its budget",
+        f.store_refused.clone(),
+    );
+    r.register(
         "remexec_action_cache_lookups",
         "GetActionResult calls, by result (hit or miss)",
         f.ac_lookups.clone(),
@@ -310,6 +322,8 @@ impl Metrics {
             store_used: Family::default(),
             store_limit: Family::default(),
             store_evicted: Family::default(),
+            store_referenced: Family::default(),
+            store_refused: Family::default(),
             ac_lookups: Family::default(),
             execute_checks: Family::default(),
             queue_depth: Family::default(),
@@ -396,12 +410,17 @@ impl Metrics {
         };
         set(&self.f().store_used, usage.used_bytes);
         set(&self.f().store_limit, usage.limit_bytes);
-        // The store counts evictions itself; the counter catches up with it.
-        let evicted = self.f().store_evicted.get_or_create(&labels);
-        let counted = evicted.get();
-        if usage.evicted_bytes > counted {
-            evicted.inc_by(usage.evicted_bytes - counted);
-        }
+        set(&self.f().store_referenced, usage.referenced_bytes);
+        // The store counts evictions and refusals itself; the counters catch up with it.
+        let catch_up = |family: &Family<StoreLabels, Counter>, total: u64| {
+            let counter = family.get_or_create(&labels);
+            let counted = counter.get();
+            if total > counted {
+                counter.inc_by(total - counted);
+            }
+        };
+        catch_up(&self.f().store_evicted, usage.evicted_bytes);
+        catch_up(&self.f().store_refused, usage.refused_writes);
     }
 
     /// A client looked up the Action Cache.

@@ -36,7 +36,9 @@ async fn fetch<M: Message + Default>(
     })
 }
 
-/// Fetches and validates the Action and Command, and finds every missing input blob.
+/// Fetches and validates the Action and Command, and finds every missing input blob. Every
+/// blob the action needs that is there is [referenced](BlobStore::reference): it stays in the
+/// CAS while the action is queued and runs.
 pub(crate) async fn load(
     cas: &dyn BlobStore,
     instance: &str,
@@ -56,10 +58,12 @@ pub(crate) async fn load(
     )?;
     let command = fetch::<Command>(cas, instance, command_digest, "command").await?;
     let mut missing = Vec::new();
-    if command.is_none() {
-        missing.push(command_digest);
+    let mut held = vec![action_digest];
+    match command {
+        Some(_) => held.push(command_digest),
+        None => missing.push(command_digest),
     }
-    missing.extend(missing_inputs(cas, instance, root, config.tree_limits).await?);
+    missing.extend(missing_inputs(cas, instance, root, held, config.tree_limits).await?);
     let Some(command) = command else {
         return Ok(Loaded::Missing(missing));
     };
@@ -90,11 +94,13 @@ fn validate_command(command: &Command, max_size: usize) -> Result<()> {
 }
 
 /// Walks the input tree ([`walk_tree`], several directories at a time); returns every
-/// directory and file blob it needs that the CAS lacks.
+/// directory and file blob it needs that the CAS lacks, and references the rest, with `held`
+/// (blobs already read).
 async fn missing_inputs(
     cas: &dyn BlobStore,
     instance: &str,
     root: Digest,
+    mut held: Vec<Digest>,
     limits: TreeLimits,
 ) -> Result<Vec<Digest>> {
     let walk = walk_tree(cas, instance, root, limits.max_entries).await?;
@@ -103,8 +109,10 @@ async fn missing_inputs(
         // Refuse a tree that would be too large laid out (a "tree bomb") before it is queued.
         walk.tree.check_limits(limits)?;
     }
-    for chunk in walk.files.chunks(FIND_BATCH) {
-        missing.extend(cas.find_missing(instance, chunk).await?);
+    held.extend(walk.tree.directories.keys().filter(|d| !d.is_empty_blob()));
+    held.extend(walk.files);
+    for chunk in held.chunks(FIND_BATCH) {
+        missing.extend(cas.reference(instance, chunk).await?);
     }
     Ok(missing)
 }

@@ -39,6 +39,10 @@ impl Default for CheckBudget {
 /// Reports an entry as a miss unless every blob it refers to is in the CAS: output files,
 /// every file inside output directory trees (and the tree blobs), stdout and stderr.
 ///
+/// The blobs of every entry it returns or stores are [referenced](BlobStore::reference) in the
+/// CAS, so that a client told of a result can still download its outputs for the CAS's keep
+/// time.
+///
 /// Without this, a client would get a hit whose outputs it cannot download. Entries are checked
 /// on every `get`: each distinct tree once, the file lists of trees already read come from a
 /// bounded cache, and a check that would read more than its [`CheckBudget`] reports a miss.
@@ -122,7 +126,8 @@ impl CompletenessCheckingCache {
         Ok(Some(blobs))
     }
 
-    /// Whether every blob `result` refers to is present. Malformed entries count as incomplete.
+    /// Whether every blob `result` refers to is present, referencing those that are.
+    /// Malformed entries count as incomplete.
     async fn check(
         &self,
         instance: &str,
@@ -170,7 +175,7 @@ impl CompletenessCheckingCache {
         }
         needed.retain(|d| !d.is_empty_blob());
         let needed: Vec<Digest> = needed.into_iter().collect();
-        let missing = self.cas.find_missing(instance, &needed).await?;
+        let missing = self.cas.reference(instance, &needed).await?;
         Ok((!missing.is_empty()).then(|| {
             format!(
                 "{} blobs are missing, such as {}",
@@ -197,6 +202,9 @@ impl ActionCache for CompletenessCheckingCache {
     }
 
     async fn put(&self, instance: &str, action: Digest, result: ActionResult) -> Result<()> {
+        if let Some(why) = self.check(instance, action, &result).await? {
+            tracing::debug!(%action, %why, "storing an incomplete action result");
+        }
         self.inner.put(instance, action, result).await
     }
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

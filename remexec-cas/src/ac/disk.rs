@@ -26,7 +26,16 @@ impl DiskActionCache {
     /// Opens the cache rooted at `root`, keeping at most `budget` bytes.
     pub async fn open(root: impl AsRef<Path>, budget: u64, sync: bool) -> Result<Self> {
         Ok(Self {
-            files: FileTable::open(root.as_ref(), budget, sync, any_length).await?,
+            files: FileTable::open(
+                root.as_ref(),
+                crate::files::TableOptions {
+                    budget,
+                    sync,
+                    keep_secs: 0,
+                },
+                any_length,
+            )
+            .await?,
         })
     }
 }

@@ -45,7 +45,12 @@ impl CasService {
         Self { services }
     }
 
-    async fn find_missing(&self, req: FindMissingBlobsRequest) -> Result<FindMissingBlobsResponse> {
+    /// FindMissingBlobs: what was found is referenced, unless the caller only `peek`s.
+    async fn find_missing(
+        &self,
+        req: FindMissingBlobsRequest,
+        peek: bool,
+    ) -> Result<FindMissingBlobsResponse> {
         let function = request_scope(&req.instance_name, req.digest_function)?;
         self.check_count(
             req.blob_digests.len(),
@@ -59,11 +64,11 @@ impl CasService {
             .enumerate()
             .filter(|(_, d)| !d.is_empty_blob())
             .unzip();
-        let missing = self
-            .services
-            .store
-            .find_missing(&req.instance_name, &digests)
-            .await?;
+        let store = &self.services.store;
+        let missing = match peek {
+            true => store.find_missing(&req.instance_name, &digests).await?,
+            false => store.reference(&req.instance_name, &digests).await?,
+        };
         // `missing` is a subsequence of `digests` (stores keep input order): hand back the
         // request's own messages instead of formatting new ones.
         let mut protos = req.blob_digests;
@@ -279,7 +284,10 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
-        respond(self.find_missing(request.into_inner()).await)
+        let peek = request
+            .metadata()
+            .contains_key(crate::store::grpc::PEEK_HEADER);
+        respond(self.find_missing(request.into_inner(), peek).await)
     }
 
     async fn batch_update_blobs(

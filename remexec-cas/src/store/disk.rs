@@ -7,6 +7,9 @@
 //! - Concurrent writers of the same digest each write their own temporary file; the renames are
 //!   atomic, so readers see one complete copy.
 //! - Blobs stream through in chunks; none is held whole in memory.
+//! - A referenced blob ([`BlobStore::reference`]) is kept from eviction for
+//!   [`keep_referenced`](DiskStoreOptions::keep_referenced) after its last reference, across
+//!   restarts; a write that would need one evicted fails with `ResourceExhausted`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,20 +26,29 @@ use crate::key::Key;
 const READ_CHUNK: usize = 1024 * 1024;
 
 /// Options for [`DiskStore::open`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskStoreOptions {
     /// Most bytes of blob content kept; older blobs are evicted beyond it.
     pub budget: u64,
     /// fsync each blob and its directory before acknowledging it (on by default). Turning it off
     /// keeps crash safety against process kills but not against power loss.
     pub sync: bool,
+    /// How long a referenced blob is kept after its last reference (3 hours by default; zero
+    /// keeps nothing). Clients may count on it: it is the value for Bazel's
+    /// `--experimental_remote_cache_ttl`. Whole seconds; references within a minute of each
+    /// other renew a keep once.
+    pub keep_referenced: std::time::Duration,
 }
+
+/// The default of [`DiskStoreOptions::keep_referenced`]: 3 hours.
+pub const KEEP_REFERENCED: std::time::Duration = std::time::Duration::from_secs(3 * 3600);
 
 impl Default for DiskStoreOptions {
     fn default() -> Self {
         Self {
             budget: 10 << 30,
             sync: true,
+            keep_referenced: KEEP_REFERENCED,
         }
     }
 }
@@ -54,8 +66,12 @@ fn length_matches(key: &Key, len: u64) -> bool {
 impl DiskStore {
     /// Opens the store rooted at `root`, creating it if needed and re-indexing what is there.
     pub async fn open(root: impl AsRef<Path>, options: DiskStoreOptions) -> Result<Self> {
-        let files =
-            FileTable::open(root.as_ref(), options.budget, options.sync, length_matches).await?;
+        let table = crate::files::TableOptions {
+            budget: options.budget,
+            sync: options.sync,
+            keep_secs: options.keep_referenced.as_secs(),
+        };
+        let files = FileTable::open(root.as_ref(), table, length_matches).await?;
         Ok(Self { files })
     }
 
@@ -74,6 +90,19 @@ impl DiskStore {
                 Some((name, key.digest))
             })
             .collect()
+    }
+
+    /// The digests of `digests` not stored, each one stored marked used (and referenced, with
+    /// `reference`).
+    fn lookup(&self, instance: &str, digests: &[Digest], reference: bool) -> Vec<Digest> {
+        let ns = crate::key::namespace(instance);
+        self.files.with_index(reference, |present| {
+            digests
+                .iter()
+                .filter(|d| !present(&Key { ns, digest: **d }))
+                .copied()
+                .collect()
+        })
     }
 
     /// `(bytes, blobs)` currently stored.
@@ -95,14 +124,11 @@ impl ListBlobs for DiskStore {
 #[async_trait]
 impl BlobStore for DiskStore {
     async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let ns = crate::key::namespace(instance);
-        Ok(self.files.with_index(|present| {
-            digests
-                .iter()
-                .filter(|d| !present(&Key { ns, digest: **d }))
-                .copied()
-                .collect()
-        }))
+        Ok(self.lookup(instance, digests, false))
+    }
+
+    async fn reference(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        Ok(self.lookup(instance, digests, true))
     }
 
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
@@ -117,6 +143,9 @@ impl BlobStore for DiskStore {
                     .into(),
             ));
         }
+        // Refused before the upload is read, when referenced blobs leave no room; checked
+        // again when it is stored.
+        self.files.check_room(&key, digest.size())?;
         if self.files.instance(key.ns).is_none() {
             let files = Arc::clone(&self.files);
             let name = instance.to_string();
@@ -161,7 +190,10 @@ mod tests {
     use remexec_core::{BlobStoreExt, DigestFunction};
 
     fn opts(budget: u64) -> DiskStoreOptions {
-        DiskStoreOptions { budget, sync: true }
+        DiskStoreOptions {
+            budget,
+            ..Default::default()
+        }
     }
 
     #[tokio::test]
@@ -349,6 +381,129 @@ mod tests {
         let store = DiskStore::open(dir.path(), opts(1 << 20)).await.unwrap();
         assert_eq!(store.find_missing("", &[d]).await.unwrap(), vec![d]);
         assert!(!path.exists());
+    }
+
+    fn set_atime(path: &std::path::Path, t: std::time::SystemTime) {
+        let file = std::fs::File::open(path).unwrap();
+        file.set_times(std::fs::FileTimes::new().set_accessed(t))
+            .unwrap();
+    }
+
+    fn atime(path: &std::path::Path) -> std::time::SystemTime {
+        std::fs::metadata(path).unwrap().accessed().unwrap()
+    }
+
+    /// Referenced blobs are passed over by eviction; once they fill the budget a write is
+    /// refused (before and after its upload), counted, and nothing referenced is lost; the
+    /// keeps survive a restart through the files' atimes, and end after the keep time.
+    #[tokio::test]
+    async fn referenced_blobs_are_kept_and_a_full_store_refuses_writes() {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().unwrap();
+        let (blobs, digests) = four_blobs(20);
+        let store = DiskStore::open(dir.path(), opts(3_000)).await.unwrap();
+        for (b, d) in blobs.iter().zip(&digests).take(2) {
+            store.put_bytes("inst", *d, b.clone()).await.unwrap();
+        }
+        // A fresh write is not referenced: its atime is the epoch.
+        let first = file_of(dir.path(), digests[0]);
+        assert_eq!(atime(&first), SystemTime::UNIX_EPOCH);
+        // 0 is referenced (and an absent blob is reported missing), 1 is only looked at.
+        let absent = DigestFunction::Sha256.digest_of(b"absent");
+        assert_eq!(
+            store
+                .reference("inst", &[digests[0], absent])
+                .await
+                .unwrap(),
+            vec![absent]
+        );
+        assert!(
+            store
+                .find_missing("inst", &digests[1..2])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // 0 is the least recently used, but 1 and then 2 go for 3 and the next.
+        for (b, d) in blobs.iter().zip(&digests).skip(2) {
+            store.put_bytes("inst", *d, b.clone()).await.unwrap();
+        }
+        assert_eq!(
+            store.find_missing("inst", &digests).await.unwrap(),
+            vec![digests[1]]
+        );
+        // Referencing 2 and 3 fills the budget: a write is refused, whole or streamed.
+        store.reference("inst", &digests[2..]).await.unwrap();
+        let usage = store.files.store_usage();
+        assert_eq!((usage.referenced_bytes, usage.refused_writes), (3_000, 0));
+        let extra = content(98, 10);
+        let ed = DigestFunction::Sha256.digest_of(&extra);
+        let err = store
+            .put_bytes("inst", ed, extra.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+        assert!(
+            err.to_string().contains("referenced blobs fill the store"),
+            "{err}"
+        );
+        assert_eq!(store.files.store_usage().refused_writes, 1);
+        // A blob already held is still accepted (nothing to store).
+        store
+            .put_bytes("inst", digests[2], blobs[2].clone())
+            .await
+            .unwrap();
+        assert!(
+            store
+                .find_missing("inst", &digests[2..])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .find_missing("inst", &digests[..1])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The references reach the files' atimes, by the recorder thread.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while atime(&file_of(dir.path(), digests[3])) == SystemTime::UNIX_EPOCH {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reference not recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(store);
+        // After a restart the keeps hold: still full. 0's reference is made older than the
+        // keep time, so it alone may go.
+        let hours_ago = SystemTime::now() - KEEP_REFERENCED - Duration::from_secs(120);
+        set_atime(&file_of(dir.path(), digests[0]), hours_ago);
+        let store = DiskStore::open(dir.path(), opts(3_000)).await.unwrap();
+        assert_eq!(store.files.store_usage().referenced_bytes, 2_000);
+        store.put_bytes("inst", ed, extra).await.unwrap();
+        assert_eq!(
+            store.find_missing("inst", &digests).await.unwrap(),
+            digests[..2].to_vec()
+        );
+        drop(store);
+        // With no keep time, nothing is kept: the references recorded do not count.
+        let keepless = DiskStoreOptions {
+            keep_referenced: Duration::ZERO,
+            ..opts(3_000)
+        };
+        let store = DiskStore::open(dir.path(), keepless).await.unwrap();
+        assert_eq!(store.files.store_usage().referenced_bytes, 0);
+        store.reference("inst", &digests[2..]).await.unwrap();
+        let big = content(97, 2_500);
+        let bd = DigestFunction::Sha256.digest_of(&big);
+        store.put_bytes("inst", bd, big).await.unwrap();
+        assert_eq!(
+            store.find_missing("inst", &digests[2..]).await.unwrap(),
+            digests[2..].to_vec()
+        );
     }
 
     #[tokio::test]

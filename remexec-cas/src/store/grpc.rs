@@ -19,6 +19,12 @@ use tonic::transport::Channel;
 
 /// Blobs up to this size are uploaded with BatchUpdateBlobs, larger ones with ByteStream.
 const BATCH_LIMIT: u64 = 1024 * 1024;
+
+/// Request metadata under which a FindMissingBlobs only looks: remexec's CAS service does not
+/// count the blobs found as referenced (see [`BlobStore::reference`]). What a store asks for
+/// itself (repairs, existence checks before a write) is sent with it; a server that does not
+/// know it ignores it.
+pub const PEEK_HEADER: &str = "remexec-peek";
 /// ByteStream write message size.
 const WRITE_CHUNK: usize = 1024 * 1024;
 /// Digests per FindMissingBlobs call.
@@ -94,9 +100,14 @@ impl GrpcStore {
     }
 }
 
-#[async_trait]
-impl BlobStore for GrpcStore {
-    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+impl GrpcStore {
+    /// FindMissingBlobs, in batches per digest function; with `peek`, under [`PEEK_HEADER`].
+    async fn ask_missing(
+        &self,
+        instance: &str,
+        digests: &[Digest],
+        peek: bool,
+    ) -> Result<Vec<Digest>> {
         let mut missing = std::collections::HashSet::new();
         let mut by_function: Vec<(remexec_core::DigestFunction, Vec<Digest>)> = Vec::new();
         for d in digests {
@@ -112,6 +123,13 @@ impl BlobStore for GrpcStore {
                     blob_digests: chunk.iter().map(Digest::to_proto).collect(),
                     digest_function: function.to_proto(),
                 };
+                let mut req = tonic::Request::new(req);
+                if peek {
+                    req.metadata_mut().insert(
+                        PEEK_HEADER,
+                        tonic::metadata::MetadataValue::from_static("1"),
+                    );
+                }
                 let resp = self.cas().find_missing_blobs(req).await?.into_inner();
                 for d in resp.missing_blob_digests {
                     missing.insert(Digest::from_proto(function, &d)?);
@@ -124,6 +142,20 @@ impl BlobStore for GrpcStore {
             .filter(|d| missing.contains(d))
             .copied()
             .collect())
+    }
+}
+
+#[async_trait]
+impl BlobStore for GrpcStore {
+    /// Asks with [`PEEK_HEADER`]: a remexec upstream does not count this as a reference.
+    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.ask_missing(instance, digests, true).await
+    }
+
+    /// A plain FindMissingBlobs, which every REAPI server (remexec's included) counts as a
+    /// reference.
+    async fn reference(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.ask_missing(instance, digests, false).await
     }
 
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {

@@ -64,6 +64,10 @@ impl BlobStore for MeteredStore {
         self.inner.find_missing(instance, digests).await
     }
 
+    async fn reference(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.inner.reference(instance, digests).await
+    }
+
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
         self.inner.put(instance, digest, data).await?;
         (self.meter)(Transfer::In, digest.size());

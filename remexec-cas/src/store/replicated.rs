@@ -171,6 +171,7 @@ impl ReplicatedStore {
         instance: &str,
         digests: &[Digest],
         ask: impl Fn(&Digest) -> Vec<(String, Arc<dyn BlobStore>)>,
+        reference: bool,
     ) -> Result<Vec<Digest>> {
         let mut per_member: HashMap<String, (Arc<dyn BlobStore>, Vec<Digest>)> = HashMap::new();
         for d in digests {
@@ -189,7 +190,10 @@ impl ReplicatedStore {
                 .collect::<Vec<_>>()
         });
         let answers = futures::future::join_all(asks.map(|(member, store, ds)| async move {
-            let answer = store.find_missing(instance, &ds).await;
+            let answer = match reference {
+                true => store.reference(instance, &ds).await,
+                false => store.find_missing(instance, &ds).await,
+            };
             (member, ds, answer)
         }))
         .await;
@@ -218,12 +222,15 @@ impl ReplicatedStore {
             .copied()
             .collect())
     }
-}
 
-#[async_trait]
-impl BlobStore for ReplicatedStore {
-    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
-        self.await_members().await;
+    /// The digests no member holds: asked of the placement's members first, then of those
+    /// not moved from yet; with `reference`, referenced on each.
+    async fn holders_missing(
+        &self,
+        instance: &str,
+        digests: &[Digest],
+        reference: bool,
+    ) -> Result<Vec<Digest>> {
         let current = |d: &Digest| {
             let view = self.view.read();
             view.current
@@ -232,7 +239,9 @@ impl BlobStore for ReplicatedStore {
                 .filter_map(|m| view.stores.get(m).map(|s| (m.to_string(), Arc::clone(s))))
                 .collect()
         };
-        let missing = self.missing_from(instance, digests, current).await?;
+        let missing = self
+            .missing_from(instance, digests, current, reference)
+            .await?;
         if missing.is_empty() {
             return Ok(missing);
         }
@@ -244,7 +253,21 @@ impl BlobStore for ReplicatedStore {
                 .filter(|(m, _)| !now.contains(m))
                 .collect()
         };
-        self.missing_from(instance, &missing, previous).await
+        self.missing_from(instance, &missing, previous, reference)
+            .await
+    }
+}
+
+#[async_trait]
+impl BlobStore for ReplicatedStore {
+    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.holders_missing(instance, digests, false).await
+    }
+
+    /// References each blob on every member that holds it, the placement's and those it is
+    /// not moved from yet.
+    async fn reference(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.holders_missing(instance, digests, true).await
     }
 
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {

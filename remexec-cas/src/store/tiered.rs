@@ -50,6 +50,16 @@ impl BlobStore for TieredStore {
         self.slow.find_missing(instance, &not_fast).await
     }
 
+    /// References what the fast tier holds there (the slow tier is the durable one: what only
+    /// it holds is asked of it).
+    async fn reference(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let not_fast = self.fast.reference(instance, digests).await?;
+        if not_fast.is_empty() {
+            return Ok(not_fast);
+        }
+        self.slow.reference(instance, &not_fast).await
+    }
+
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
         let (to_slow, to_fast) = tee(data);
         let (slow, fast) = tokio::join!(

@@ -67,6 +67,10 @@ impl BlobStore for VerifyingStore {
         self.inner.find_missing(instance, digests).await
     }
 
+    async fn reference(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.inner.reference(instance, digests).await
+    }
+
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
         self.inner
             .put(instance, digest, verify_stream(digest, data))

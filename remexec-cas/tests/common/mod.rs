@@ -35,6 +35,7 @@ impl TestServer {
                 DiskStoreOptions {
                     budget: 1 << 30,
                     sync: false,
+                    ..Default::default()
                 },
             )
             .await

@@ -22,6 +22,7 @@ async fn disk(dir: &std::path::Path) -> DiskStore {
     let options = DiskStoreOptions {
         budget: 1 << 30,
         sync: false,
+        ..Default::default()
     };
     DiskStore::open(dir, options).await.unwrap()
 }
