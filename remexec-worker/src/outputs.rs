@@ -2,7 +2,7 @@
 //!
 //! One blocking pass walks the declared outputs without following symlinks, opens only regular
 //! files (never a FIFO or a device), hashes them and builds the `Directory` and `Tree`
-//! messages, into core's [`UploadPlan`]. Then one `find_missing` per batch asks the CAS which of
+//! messages, into core's [`UploadPlan`]. Then one `reference` per batch asks the CAS which of
 //! those blobs it lacks, and only those are uploaded, each file opened again the same careful
 //! way. `remexec exec --input` uploads its input root with the same engine
 //! ([`remexec_core::client::upload_directory`]).

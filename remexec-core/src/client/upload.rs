@@ -162,8 +162,9 @@ impl UploadPlan {
         ))
     }
 
-    /// Uploads what the plan holds and the CAS lacks: one `find_missing` per batch of digests,
-    /// then the missing blobs, a few at a time. A file that is no longer a regular file is
+    /// Uploads what the plan holds and the CAS lacks: one [`reference`](BlobStore::reference)
+    /// per batch of digests (what the CAS holds it keeps, as a client counts on), then the
+    /// missing blobs, a few at a time. A file that is no longer a regular file is
     /// `FailedPrecondition`.
     pub async fn upload(self, store: &dyn BlobStore, instance: &str) -> Result<()> {
         let mut seen = HashSet::new();
@@ -176,7 +177,7 @@ impl UploadPlan {
             .collect();
         let mut missing = HashSet::new();
         for batch in digests.chunks(FIND_MISSING_BATCH) {
-            missing.extend(store.find_missing(instance, batch).await?);
+            missing.extend(store.reference(instance, batch).await?);
         }
         let blobs: Vec<_> = self
             .blobs
@@ -222,7 +223,7 @@ async fn put_blobs(
         .await
 }
 
-/// Uploads those of `blobs` the CAS lacks: one `find_missing` per batch of digests.
+/// Uploads those of `blobs` the CAS lacks: one `reference` per batch of digests.
 pub async fn upload_blobs(
     store: &dyn BlobStore,
     instance: &str,
@@ -350,7 +351,8 @@ async fn upload_hashed(
     digest: Digest,
     file: File,
 ) -> Result<()> {
-    if digest.is_empty_blob() || store.contains(instance, digest).await? {
+    // Referenced if the CAS holds it: kept, as a client counts on.
+    if digest.is_empty_blob() || store.reference(instance, &[digest]).await?.is_empty() {
         return Ok(());
     }
     put_file(store, instance, digest, file).await
