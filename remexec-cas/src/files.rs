@@ -282,6 +282,15 @@ impl FileTable {
         }
     }
 
+    /// Whether `key` is held and kept now.
+    pub(crate) fn kept(&self, key: &Key) -> bool {
+        let now = unix_secs(SystemTime::now());
+        self.index
+            .lock()
+            .kept_until(key)
+            .is_some_and(|until| until > now)
+    }
+
     /// `Ok` if a file of `len` bytes under `key` fits once every entry not kept is evicted;
     /// else counts a refused write and says why, as `ResourceExhausted`.
     pub(crate) fn check_room(&self, key: &Key, len: u64) -> Result<()> {

@@ -128,6 +128,13 @@ pub trait ListBlobs: BlobStore {
     /// Every blob held now, with its instance name.
     fn blobs(&self) -> Vec<(String, Digest)>;
 
+    /// Whether the blob is held and kept as referenced now (see [`BlobStore::reference`]).
+    /// The default, for stores that keep nothing, is `false`.
+    fn referenced(&self, instance: &str, digest: &Digest) -> bool {
+        let _ = (instance, digest);
+        false
+    }
+
     /// `(bytes, blobs)` held now.
     fn totals(&self) -> (u64, usize) {
         let blobs = self.blobs();

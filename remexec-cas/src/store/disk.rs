@@ -119,6 +119,10 @@ impl ListBlobs for DiskStore {
     fn totals(&self) -> (u64, usize) {
         DiskStore::usage(self)
     }
+
+    fn referenced(&self, instance: &str, digest: &Digest) -> bool {
+        self.files.kept(&Key::new(instance, *digest))
+    }
 }
 
 #[async_trait]

@@ -7,6 +7,15 @@
 //! placement members copies it to the placement members that lack it; a holder outside the
 //! placement (the blob's previous home) copies it only when no placement member has it. Two
 //! holders may both copy a blob; writes of a blob are idempotent, so that only costs bandwidth.
+//!
+//! Referenced blobs and the others differ (see [`BlobStore::reference`]):
+//! - A copy of a blob referenced here is referenced on its new member too, so that its replicas
+//!   are kept together (once, when it is copied: members never renew each other's keeps).
+//! - Every pass restores referenced blobs. Unreferenced ones are restored by the passes after a
+//!   membership change (and those that retry what such a pass left), not by the periodic
+//!   ones: a member that evicted an unreferenced blob made room on purpose, and copying it
+//!   back each period would only churn. So the placement's members that read it keep it
+//!   longest, and an unreferenced blob may go from all its replicas.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,7 +87,20 @@ impl Repairer {
     /// batches, then copies. `Err` only if the local store fails to list; a member that fails
     /// counts its copies as [`left`](RepairReport::left).
     pub async fn pass(&self) -> Result<RepairReport> {
-        let blobs = self.local.blobs();
+        self.pass_over(true).await
+    }
+
+    /// A pass over the blobs referenced here only, as the periodic passes make unless a pass
+    /// after a membership change left copies to make.
+    pub async fn referenced_pass(&self) -> Result<RepairReport> {
+        self.pass_over(false).await
+    }
+
+    async fn pass_over(&self, all: bool) -> Result<RepairReport> {
+        let mut blobs = self.local.blobs();
+        if !all {
+            blobs.retain(|(instance, digest)| self.local.referenced(instance, digest));
+        }
         let mut report = RepairReport {
             blobs: blobs.len() as u64,
             ..RepairReport::default()
@@ -168,7 +190,15 @@ impl Repairer {
                 return false;
             }
         };
+        let referenced = self.local.referenced(instance, &digest);
         match store.put(instance, digest, data).await {
+            Ok(()) if referenced => match store.reference(instance, &[digest]).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(%member, %digest, error = %e, "re-replication: referencing a copy failed");
+                    false
+                }
+            },
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(%member, %digest, error = %e, "re-replication: a copy failed");
@@ -189,8 +219,9 @@ impl Repairer {
         }
     }
 
-    /// Runs passes until `stop`: one a moment after every change of `members`, and one every
-    /// `period` besides (which also retries what a pass left).
+    /// Runs passes until `stop`: one over every blob a moment after every change of `members`,
+    /// and one every `period` besides: over the referenced blobs, or over every blob again
+    /// while the last such pass left copies to make.
     pub fn spawn(
         self: Arc<Self>,
         mut members: watch::Receiver<Vec<Member>>,
@@ -198,6 +229,8 @@ impl Repairer {
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            // Whether the next periodic pass goes over every blob.
+            let mut all = false;
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -207,11 +240,13 @@ impl Repairer {
                         }
                         tokio::time::sleep(SETTLE).await;
                         members.borrow_and_update();
+                        all = true;
                     }
                     () = tokio::time::sleep(period) => {}
                 }
-                if let Err(e) = self.pass().await {
-                    tracing::error!(error = %e, "re-replication pass failed");
+                match self.pass_over(all).await {
+                    Ok(report) => all = all && report.left > 0,
+                    Err(e) => tracing::error!(error = %e, "re-replication pass failed"),
                 }
             }
         })

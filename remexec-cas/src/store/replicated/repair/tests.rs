@@ -147,3 +147,36 @@ async fn instance_names_survive_a_reopen() {
     blobs.sort();
     assert_eq!(blobs, vec![(String::new(), d), ("a/b".to_string(), d)]);
 }
+
+/// A referenced blob's copy is referenced on its new member too; a periodic (referenced) pass
+/// restores referenced blobs only, a full pass the others as well, unreferenced.
+#[tokio::test]
+async fn references_travel_with_copies_and_periodic_passes_restore_only_referenced_blobs() {
+    use remexec_core::ListBlobs;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (disk(dir_a.path()).await, disk(dir_b.path()).await);
+    let cluster = Arc::new(ReplicatedStore::new(2).unwrap());
+    cluster.set_members([
+        ("a".to_string(), Arc::new(a.clone()) as Arc<dyn BlobStore>),
+        ("b".to_string(), Arc::new(b.clone()) as Arc<dyn BlobStore>),
+    ]);
+    let blobs: Vec<_> = (0..6).map(blob).collect();
+    for (d, data) in &blobs {
+        a.put_bytes("", *d, data.clone()).await.unwrap();
+    }
+    let referenced: Vec<Digest> = blobs[..3].iter().map(|(d, _)| *d).collect();
+    assert!(a.reference("", &referenced).await.unwrap().is_empty());
+    let repairer = Repairer::new("a", Arc::new(a.clone()), Arc::clone(&cluster), 0);
+    let report = repairer.referenced_pass().await.unwrap();
+    assert_eq!((report.blobs, report.copied, report.left), (3, 3, 0));
+    for (i, (d, _)) in blobs.iter().enumerate() {
+        assert_eq!(b.contains("", *d).await.unwrap(), i < 3, "blob {i}");
+        assert_eq!(b.referenced("", d), i < 3, "blob {i}");
+    }
+    let report = repairer.pass().await.unwrap();
+    assert_eq!((report.blobs, report.copied), (6, 3));
+    for (i, (d, _)) in blobs.iter().enumerate() {
+        assert!(b.contains("", *d).await.unwrap());
+        assert_eq!(b.referenced("", d), i < 3, "blob {i}");
+    }
+}
