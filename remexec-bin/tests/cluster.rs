@@ -455,6 +455,11 @@ impl TwoSchedulers {
 
     /// With `n` workers of one executor each, keeping `replicas`.
     fn start_with(n: usize, replicas: &str) -> Self {
+        Self::start_workers_with(n, replicas, &[])
+    }
+
+    /// [`start_with`](Self::start_with), the workers started with `worker_flags` too.
+    fn start_workers_with(n: usize, replicas: &str, worker_flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<String> = (0..2)
             .map(|_| format!("127.0.0.1:{}", common::free_port()))
@@ -485,7 +490,8 @@ impl TwoSchedulers {
                 let name = format!("w{i}");
                 let log = dir.path().join(format!("{name}.log"));
                 let cas = (&storage, i);
-                cluster_worker(&all, cas, &name, &dir.path().join(&name), replicas, &log)
+                let data = dir.path().join(&name);
+                cluster_worker_with(&all, cas, &name, &data, replicas, &log, worker_flags)
             })
             .collect();
         let both = Self {
@@ -751,4 +757,63 @@ fn schedulers_and_workers_find_each_other_through_one_dns_name() {
     }
     worker.kill().unwrap();
     worker.wait().unwrap();
+}
+
+/// No lost inputs on a cluster: Bazel builds without the bytes through one of two schedulers
+/// (three workers, R = 2, 32 MiB each), 240 MiB of unrelated uploads through the other (each
+/// worker stores about five times its budget of them), then a rebuild reads remote-only
+/// outputs of the first build: the references reached every replica, so it succeeds. The
+/// control first: workers that keep nothing lose those outputs, and the rebuild fails.
+#[test]
+fn bazel_builds_without_the_bytes_survive_unrelated_uploads_through_the_other_scheduler() {
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    let run = |cluster: &TwoSchedulers, expect_lost: bool| {
+        let status = Command::new("bash")
+            .arg(fixtures().join("bazel/lost_inputs_e2e.sh"))
+            .arg(cluster.url(0))
+            .arg("240")
+            .env("BAZEL", &bazel)
+            .env("REMEXEC", env!("CARGO_BIN_EXE_remexec"))
+            .env("UPLOAD_URL", cluster.url(1))
+            .env("EXPECT_LOST", if expect_lost { "1" } else { "0" })
+            .status()
+            .unwrap();
+        assert!(status.success(), "lost_inputs_e2e.sh failed: {status}");
+    };
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[cas]\nkeep_referenced_secs = 0\n").unwrap();
+    let keep_nothing = [
+        "--disk-budget",
+        "32MiB",
+        "--config",
+        config.path().to_str().unwrap(),
+    ];
+    run(
+        &TwoSchedulers::start_workers_with(3, "2", &keep_nothing),
+        true,
+    );
+
+    let cluster = TwoSchedulers::start_workers_with(3, "2", &["--disk-budget", "32MiB"]);
+    run(&cluster, false);
+    // Each worker kept within its budget, so of the 480 MiB of copies most were evicted (and
+    // none of what the build was told of).
+    for i in 1..=3 {
+        let bytes = dir_bytes(&cluster.dir.path().join(format!("w{i}/cas")));
+        assert!(bytes <= 32 << 20, "w{i} holds {bytes} bytes");
+    }
+}
+
+/// The bytes of the regular files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += match meta.is_dir() {
+            true => dir_bytes(&entry.path()),
+            false => meta.len(),
+        };
+    }
+    total
 }
