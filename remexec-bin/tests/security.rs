@@ -808,3 +808,38 @@ async fn a_worker_cas_port_admits_cluster_certificates_only() {
     );
     assert_eq!(holds(&cas, &cluster, &digest).await, (Code::Ok, true));
 }
+
+/// The Bazel cluster test over TLS: Bazel reaches the scheduler over TLS, the scheduler and the
+/// worker reach the worker's CAS port with their cluster certificates, and every action runs
+/// remotely, its results served from the cache on the rebuild.
+#[test]
+fn bazel_builds_on_a_cluster_whose_cas_ports_admit_cluster_certificates_only() {
+    let Some(bazel) = common::require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let c = certs.path();
+    let data = tempfile::tempdir().unwrap();
+    let (scheduler, _worker, _) = tls_cluster(c, data.path());
+    let (digest, bytes) = blob();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let joined = runtime.block_on(async {
+        let front = channel(&grpcs(scheduler.addr), &tls(c, None))
+            .await
+            .unwrap();
+        store_through(&front, &digest, &bytes).await
+    });
+    assert!(joined, "the worker never joined the storage plane");
+    let status = std::process::Command::new("bash")
+        .arg(common::fixtures().join("bazel/exec_e2e.sh"))
+        .arg(grpcs(scheduler.addr))
+        .env("BAZEL", bazel)
+        .env(
+            "BAZEL_EXTRA_FLAGS",
+            format!("--tls_certificate={}", arg(c, "ca.pem")),
+        )
+        .status()
+        .unwrap();
+    assert!(status.success(), "exec_e2e.sh over TLS failed: {status}");
+}
