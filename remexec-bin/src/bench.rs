@@ -76,6 +76,9 @@ pub struct BenchArgs {
     /// mixed: leave Execute out (for cache-only servers).
     #[arg(long, env = "REMEXEC_NO_EXECUTE")]
     pub no_execute: bool,
+    /// execute: depth of each action's input root (a directory with one file per level).
+    #[arg(long, default_value_t = 0, env = "REMEXEC_INPUT_DIRS")]
+    pub input_dirs: usize,
     /// Print one JSON object instead of a table.
     #[arg(long, env = "REMEXEC_JSON")]
     pub json: bool,
@@ -99,6 +102,7 @@ impl BenchArgs {
             blobs: bench.blobs,
             miss: bench.miss,
             no_execute: bench.no_execute,
+            input_dirs: bench.input_dirs,
             json: false,
         }
     }
@@ -113,6 +117,7 @@ impl BenchArgs {
         (bench.batch, bench.batch_size) = (self.batch, self.batch_size);
         (bench.hit_ratio, bench.blobs) = (self.hit_ratio, self.blobs);
         (bench.miss, bench.no_execute) = (self.miss, self.no_execute);
+        bench.input_dirs = self.input_dirs;
         Ok(bench)
     }
 }

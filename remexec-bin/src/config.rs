@@ -128,6 +128,9 @@ pub struct ClusterSection {
     /// Seconds between a worker's re-replication passes besides those after membership
     /// changes.
     pub repair_interval_secs: u64,
+    /// Bytes of memory a cluster scheduler keeps copies of small blobs in (Actions,
+    /// Commands, Directories), so that its input checks read them without the network.
+    pub small_blob_cache: ByteSize,
 }
 
 impl Default for ClusterSection {
@@ -142,6 +145,7 @@ impl Default for ClusterSection {
             advertise: None,
             repair_bandwidth: ByteSize::mib(100),
             repair_interval_secs: 60,
+            small_blob_cache: ByteSize::mib(64),
         }
     }
 }

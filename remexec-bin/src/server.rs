@@ -110,18 +110,16 @@ impl BoundServer {
                 true => crate::security::worker_client_tls(config)?,
                 false => ClientTls::default(),
             };
-        // A cluster's CAS is on its workers.
         let (store, cluster) = match config.cluster.replicas {
             Some(r) => {
-                let (seeds, tls) = (config.cluster.storage.clone(), cluster_tls.clone());
-                let storage = remexec_cas::cluster::storage_membership(seeds, r, tls, None)?;
-                let (store, service) = remexec_cas::cluster::scheduler_cas(
-                    r,
-                    storage.members(),
-                    cluster_tls.clone(),
+                let (seeds, cache) = (&config.cluster.storage, config.cluster.small_blob_cache);
+                let (store, service) = remexec_cas::cluster::scheduler_store(
+                    seeds.clone(),
+                    (r, cache.as_u64()),
+                    &cluster_tls,
                     &metrics,
                 )?;
-                (store as Arc<dyn BlobStore>, Some(service))
+                (store, Some(service))
             }
             None => (store_spec.build().await?, None),
         };

@@ -129,6 +129,23 @@ pub fn scheduler_cas(
     Ok((store, service))
 }
 
+/// A cluster scheduler's whole CAS: the storage plane `seeds` lists
+/// ([`storage_membership`]), `replicas` copies of each blob ([`scheduler_cas`]), behind a
+/// [`SmallBlobCache`](crate::SmallBlobCache) of `small_blob_cache` bytes (0: none); and its
+/// `Cluster` service.
+pub fn scheduler_store(
+    seeds: Vec<String>,
+    (replicas, small_blob_cache): (u32, u64),
+    tls: &ClientTls,
+    metrics: &Metrics,
+) -> Result<(Arc<dyn BlobStore>, ClusterService)> {
+    let storage = storage_membership(seeds, replicas, tls.clone(), None)?;
+    let (store, service) = scheduler_cas(replicas, storage.members(), tls.clone(), metrics)?;
+    let max_blob = crate::store::small::SMALL_BLOB;
+    let store = crate::SmallBlobCache::new(store, small_blob_cache, max_blob);
+    Ok((Arc::new(store), service))
+}
+
 /// How a worker takes part in the cluster's CAS.
 #[derive(Clone, Debug)]
 #[non_exhaustive]

@@ -58,6 +58,7 @@ pub use store::metered::{MeteredStore, Transfer};
 pub use store::object::ObjectBlobStore;
 pub use store::replicated::ReplicatedStore;
 pub use store::replicated::repair::{RepairReport, Repairer};
+pub use store::small::SmallBlobCache;
 pub use store::tiered::TieredStore;
 pub use store::verifying::VerifyingStore;
 

@@ -123,6 +123,15 @@ pub enum StoreSpec {
     /// A [`MeteredStore`](crate::MeteredStore): the inner store's transfers counted in the
     /// metrics the tree is built with ([`StoreSpec::build_with`]).
     Metered(Box<StoreSpec>),
+    /// A [`SmallBlobCache`](crate::SmallBlobCache): reads of blobs of up to
+    /// [`SMALL_BLOB`](crate::store::small::SMALL_BLOB) bytes served from `budget` bytes of
+    /// memory in front of `inner`.
+    SmallBlobCache {
+        /// Bytes of copies kept at most.
+        budget: u64,
+        /// The store read through.
+        inner: Box<StoreSpec>,
+    },
     /// A [`ReplicatedStore`](crate::ReplicatedStore) over the storage plane: each blob on
     /// `replicas` of the workers' CAS ports that `storage` resolves to
     /// ([`storage_membership`](crate::cluster::storage_membership)), reached with `tls`. It
@@ -172,6 +181,11 @@ impl StoreSpec {
                 let inner = Box::pin(inner.build_with(metrics)).await?;
                 Arc::new(crate::MeteredStore::new(inner, metrics.clone()))
             }
+            Self::SmallBlobCache { budget, inner } => Arc::new(crate::SmallBlobCache::new(
+                Box::pin(inner.build_with(metrics)).await?,
+                *budget,
+                crate::store::small::SMALL_BLOB,
+            )),
             Self::Replicated {
                 replicas,
                 storage,
@@ -207,6 +221,9 @@ impl fmt::Display for StoreSpec {
             Self::Tiered { fast, slow } => write!(f, "Tiered({fast}, {slow})"),
             Self::Verifying(inner) => write!(f, "Verifying({inner})"),
             Self::Metered(inner) => write!(f, "Metered({inner})"),
+            Self::SmallBlobCache { budget, inner } => {
+                write!(f, "SmallBlobCache({}, {inner})", crate::size(*budget))
+            }
             Self::Replicated {
                 replicas, storage, ..
             } => write!(f, "Replicated(R={replicas}, storage {storage:?})"),

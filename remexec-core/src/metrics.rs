@@ -199,29 +199,8 @@ impl Default for Metrics {
     }
 }
 
-/// A registry holding every family of `f`, with their names and help texts.
-fn registry(f: &Families) -> Registry {
-    let mut r = Registry::default();
-    r.register(
-        "remexec_rpc_requests",
-        "gRPC calls finished, by method and status code",
-        f.rpc_requests.clone(),
-    );
-    r.register(
-        "remexec_rpc_duration_seconds",
-        "gRPC call latency until the response ended, by method and status code",
-        f.rpc_seconds.clone(),
-    );
-    r.register(
-        "remexec_cas_received_bytes",
-        "Blob bytes written into the CAS through its services",
-        f.cas_received.clone(),
-    );
-    r.register(
-        "remexec_cas_sent_bytes",
-        "Blob bytes read from the CAS through its services",
-        f.cas_sent.clone(),
-    );
+/// The stores' figures: size, budget, evictions, referenced bytes and refused writes.
+fn register_stores(r: &mut Registry, f: &Families) {
     r.register(
         "remexec_store_size_bytes",
         "Bytes of blob content a store holds",
@@ -247,6 +226,32 @@ fn registry(f: &Families) -> Registry {
         "Writes a store refused because referenced blobs fill its budget",
         f.store_refused.clone(),
     );
+}
+
+/// A registry holding every family of `f`, with their names and help texts.
+fn registry(f: &Families) -> Registry {
+    let mut r = Registry::default();
+    r.register(
+        "remexec_rpc_requests",
+        "gRPC calls finished, by method and status code",
+        f.rpc_requests.clone(),
+    );
+    r.register(
+        "remexec_rpc_duration_seconds",
+        "gRPC call latency until the response ended, by method and status code",
+        f.rpc_seconds.clone(),
+    );
+    r.register(
+        "remexec_cas_received_bytes",
+        "Blob bytes written into the CAS through its services",
+        f.cas_received.clone(),
+    );
+    r.register(
+        "remexec_cas_sent_bytes",
+        "Blob bytes read from the CAS through its services",
+        f.cas_sent.clone(),
+    );
+    register_stores(&mut r, f);
     r.register(
         "remexec_action_cache_lookups",
         "GetActionResult calls, by result (hit or miss)",

@@ -398,11 +398,10 @@ mod tests {
     }
 
     /// Referenced blobs are passed over by eviction; once they fill the budget a write is
-    /// refused (before and after its upload), counted, and nothing referenced is lost; the
-    /// keeps survive a restart through the files' atimes, and end after the keep time.
+    /// refused, counted, and nothing referenced is lost.
     #[tokio::test]
     async fn referenced_blobs_are_kept_and_a_full_store_refuses_writes() {
-        use std::time::{Duration, SystemTime};
+        use std::time::SystemTime;
         let dir = tempfile::tempdir().unwrap();
         let (blobs, digests) = four_blobs(20);
         let store = DiskStore::open(dir.path(), opts(3_000)).await.unwrap();
@@ -471,20 +470,41 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// Referenced blobs filling the budget, with the references recorded on disk.
+    async fn full_of_references(dir: &std::path::Path) -> (Vec<Digest>, bytes::Bytes, Digest) {
+        use std::time::{Duration, SystemTime};
+        let (blobs, digests) = four_blobs(20);
+        let store = DiskStore::open(dir, opts(3_000)).await.unwrap();
+        for (b, d) in blobs.iter().zip(&digests).skip(1) {
+            store.put_bytes("inst", *d, b.clone()).await.unwrap();
+        }
+        store.reference("inst", &digests[1..]).await.unwrap();
+        let extra = content(98, 10);
+        let ed = DigestFunction::Sha256.digest_of(&extra);
+        assert!(store.put_bytes("inst", ed, extra.clone()).await.is_err());
         // The references reach the files' atimes, by the recorder thread.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while atime(&file_of(dir.path(), digests[3])) == SystemTime::UNIX_EPOCH {
+        while atime(&file_of(dir, digests[3])) == SystemTime::UNIX_EPOCH {
             assert!(
                 std::time::Instant::now() < deadline,
                 "reference not recorded"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        drop(store);
-        // After a restart the keeps hold: still full. 0's reference is made older than the
-        // keep time, so it alone may go.
+        (digests, extra, ed)
+    }
+
+    /// The keeps are on disk: after a restart a store full of references is still full, but
+    /// a reference older than the keep time keeps nothing; with no keep time, none do.
+    #[tokio::test]
+    async fn keeps_survive_a_restart_and_end_after_the_keep_time() {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().unwrap();
+        let (digests, extra, ed) = full_of_references(dir.path()).await;
         let hours_ago = SystemTime::now() - KEEP_REFERENCED - Duration::from_secs(120);
-        set_atime(&file_of(dir.path(), digests[0]), hours_ago);
+        set_atime(&file_of(dir.path(), digests[1]), hours_ago);
         let store = DiskStore::open(dir.path(), opts(3_000)).await.unwrap();
         assert_eq!(store.files.store_usage().referenced_bytes, 2_000);
         store.put_bytes("inst", ed, extra).await.unwrap();

@@ -6,6 +6,7 @@ pub mod memory;
 pub mod metered;
 pub mod object;
 pub mod replicated;
+pub mod small;
 pub mod tiered;
 pub mod verifying;
 

@@ -113,6 +113,9 @@ pub struct Bench {
     pub miss: bool,
     /// mixed: leave Execute out (for cache-only servers).
     pub no_execute: bool,
+    /// execute: the depth of each action's input root, a directory (with one file) per level;
+    /// 0 is an empty root.
+    pub input_dirs: usize,
 }
 
 impl Bench {
@@ -133,6 +136,7 @@ impl Bench {
             blobs: 16,
             miss: false,
             no_execute: false,
+            input_dirs: 0,
         }
     }
 }

@@ -60,10 +60,14 @@ fn blob_prefix(nonce: u64, i: u64) -> [u8; 16] {
 }
 
 /// Uploads `count` distinct no-op actions (`/bin/true N`, not cacheable) and returns their digests.
-pub async fn noop_actions(channel: &Channel, instance: &str, count: usize) -> Result<Vec<Digest>> {
-    let (root, root_bytes) = encode_message(F, &Directory::default());
+pub async fn noop_actions(
+    channel: &Channel,
+    instance: &str,
+    count: usize,
+    input_dirs: usize,
+) -> Result<Vec<Digest>> {
     let nonce = fastrand::u64(..).to_string();
-    let mut blobs = vec![(root, root_bytes)];
+    let (root, mut blobs) = nested_dirs(input_dirs, &nonce);
     let mut actions = Vec::with_capacity(count);
     for i in 0..count {
         let built = ActionBuilder::new(["/bin/true".into(), nonce.clone(), i.to_string()])
@@ -74,6 +78,47 @@ pub async fn noop_actions(channel: &Channel, instance: &str, count: usize) -> Re
     }
     batch_update_blobs(channel.clone(), instance, F, blobs).await?;
     Ok(actions)
+}
+
+/// An input root of `depth` directories, each inside the one before, each with a small file
+/// of its own (so that no two are alike): the root's digest and every blob. The walk of such a
+/// tree takes one read per level.
+fn nested_dirs(depth: usize, nonce: &str) -> (Digest, Vec<(Digest, Bytes)>) {
+    use crate::reapi::{DirectoryNode, FileNode};
+    let mut blobs = Vec::new();
+    let mut below: Option<Digest> = None;
+    for level in (0..depth).rev() {
+        let content = Bytes::from(format!("{nonce} level {level}"));
+        let file = F.digest_of(&content);
+        blobs.push((file, content));
+        let directory = Directory {
+            files: vec![FileNode {
+                name: "f".into(),
+                digest: Some(file.to_proto()),
+                ..Default::default()
+            }],
+            directories: below
+                .map(|d| DirectoryNode {
+                    name: "d".into(),
+                    digest: Some(d.to_proto()),
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let (digest, bytes) = encode_message(F, &directory);
+        blobs.push((digest, bytes));
+        below = Some(digest);
+    }
+    let root = match below {
+        Some(root) => root,
+        None => {
+            let (digest, bytes) = encode_message(F, &Directory::default());
+            blobs.push((digest, bytes));
+            digest
+        }
+    };
+    (root, blobs)
 }
 
 impl Workload {
@@ -120,35 +165,7 @@ impl Workload {
                     }
                 }
             }
-            WorkloadKind::FindMissing => {
-                let present: Vec<(Digest, Bytes)> = (0..args.batch_size.clamp(1, 10_000))
-                    .map(|i| {
-                        let data = Bytes::from(
-                            [blob_prefix(w.nonce, i as u64).as_slice(), b"find-missing"].concat(),
-                        );
-                        (F.digest_of(&data), data)
-                    })
-                    .collect();
-                let present_digests: Vec<Digest> = present.iter().map(|(d, _)| *d).collect();
-                batch_update_blobs(channel.clone(), &w.instance, F, present).await?;
-                let hits = (args.batch_size as f64 * w.hit_ratio).round() as usize;
-                w.find = (0..REQUEST_POOL)
-                    .map(|r| {
-                        let digests = (0..args.batch_size).map(|j| {
-                            if j < hits {
-                                present_digests[(r * 7 + j) % present_digests.len()]
-                            } else {
-                                random_digest()
-                            }
-                        });
-                        FindMissingBlobsRequest {
-                            instance_name: w.instance.clone(),
-                            blob_digests: digests.map(|d| d.to_proto()).collect(),
-                            digest_function: F.to_proto(),
-                        }
-                    })
-                    .collect();
-            }
+            WorkloadKind::FindMissing => w.find = w.find_requests(args, channel).await?,
             WorkloadKind::AcGet | WorkloadKind::Mixed => {
                 let action = F.digest_of(format!("remexec bench action {}", w.nonce).as_bytes());
                 let mut ac = action_cache_client(channel.clone());
@@ -163,7 +180,7 @@ impl Workload {
                 w.hit = Some(action);
                 if args.workload == WorkloadKind::Mixed && !args.no_execute {
                     w.actions =
-                        noop_actions(channel, &w.instance, (args.count as usize).div_ceil(10))
+                        noop_actions(channel, &w.instance, (args.count as usize).div_ceil(10), 0)
                             .await?;
                 }
                 if args.workload == WorkloadKind::AcGet && args.miss {
@@ -173,10 +190,51 @@ impl Workload {
                 }
             }
             WorkloadKind::Execute => {
-                w.actions = noop_actions(channel, &w.instance, args.count as usize).await?;
+                let (count, depth) = (args.count as usize, args.input_dirs);
+                w.actions = noop_actions(channel, &w.instance, count, depth).await?;
             }
         }
         Ok(w)
+    }
+
+    /// Uploads `batch_size` (at most 10,000) blobs and builds the FindMissingBlobs requests
+    /// cycled through, `hit_ratio` of their digests present.
+    async fn find_requests(
+        &self,
+        args: &Bench,
+        channel: &Channel,
+    ) -> Result<Vec<FindMissingBlobsRequest>> {
+        let present: Vec<(Digest, Bytes)> = (0..args.batch_size.clamp(1, 10_000))
+            .map(|i| {
+                let data = Bytes::from(
+                    [
+                        blob_prefix(self.nonce, i as u64).as_slice(),
+                        b"find-missing",
+                    ]
+                    .concat(),
+                );
+                (F.digest_of(&data), data)
+            })
+            .collect();
+        let present_digests: Vec<Digest> = present.iter().map(|(d, _)| *d).collect();
+        batch_update_blobs(channel.clone(), &self.instance, F, present).await?;
+        let hits = (args.batch_size as f64 * self.hit_ratio).round() as usize;
+        Ok((0..REQUEST_POOL)
+            .map(|r| {
+                let digests = (0..args.batch_size).map(|j| {
+                    if j < hits {
+                        present_digests[(r * 7 + j) % present_digests.len()]
+                    } else {
+                        random_digest()
+                    }
+                });
+                FindMissingBlobsRequest {
+                    instance_name: self.instance.clone(),
+                    blob_digests: digests.map(|d| d.to_proto()).collect(),
+                    digest_function: F.to_proto(),
+                }
+            })
+            .collect())
     }
 
     /// Runs operation `i`; returns the payload bytes it moved.
