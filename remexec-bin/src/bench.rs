@@ -79,6 +79,9 @@ pub struct BenchArgs {
     /// execute: depth of each action's input root (a directory with one file per level).
     #[arg(long, default_value_t = 0, env = "REMEXEC_INPUT_DIRS")]
     pub input_dirs: usize,
+    /// execute: leave one input out, so that only the scheduler's input check runs.
+    #[arg(long, env = "REMEXEC_MISSING_INPUT")]
+    pub missing_input: bool,
     /// Print one JSON object instead of a table.
     #[arg(long, env = "REMEXEC_JSON")]
     pub json: bool,
@@ -103,6 +106,7 @@ impl BenchArgs {
             miss: bench.miss,
             no_execute: bench.no_execute,
             input_dirs: bench.input_dirs,
+            missing_input: bench.missing_input,
             json: false,
         }
     }
@@ -117,7 +121,7 @@ impl BenchArgs {
         (bench.batch, bench.batch_size) = (self.batch, self.batch_size);
         (bench.hit_ratio, bench.blobs) = (self.hit_ratio, self.blobs);
         (bench.miss, bench.no_execute) = (self.miss, self.no_execute);
-        bench.input_dirs = self.input_dirs;
+        (bench.input_dirs, bench.missing_input) = (self.input_dirs, self.missing_input);
         Ok(bench)
     }
 }

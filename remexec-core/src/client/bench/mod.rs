@@ -116,6 +116,9 @@ pub struct Bench {
     /// execute: the depth of each action's input root, a directory (with one file) per level;
     /// 0 is an empty root.
     pub input_dirs: usize,
+    /// execute: leave the deepest input file out, so that the scheduler checks the inputs,
+    /// answers `FAILED_PRECONDITION`, and nothing runs: a measure of the input check alone.
+    pub missing_input: bool,
 }
 
 impl Bench {
@@ -137,6 +140,7 @@ impl Bench {
             miss: false,
             no_execute: false,
             input_dirs: 0,
+            missing_input: false,
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Workload {
     misses: Vec<Digest>,
     hit_ratio: f64,
     actions: Vec<Digest>,
+    /// execute: each action lacks one input, so that only the input check runs.
+    missing_input: bool,
 }
 
 fn random_digest() -> Digest {
@@ -60,14 +62,20 @@ fn blob_prefix(nonce: u64, i: u64) -> [u8; 16] {
 }
 
 /// Uploads `count` distinct no-op actions (`/bin/true N`, not cacheable) and returns their digests.
+/// With `missing_input`, the deepest directory's file is left out of the CAS: the scheduler
+/// walks the whole input root, then answers `FAILED_PRECONDITION`, and nothing runs.
 pub async fn noop_actions(
     channel: &Channel,
     instance: &str,
     count: usize,
-    input_dirs: usize,
+    (input_dirs, missing_input): (usize, bool),
 ) -> Result<Vec<Digest>> {
     let nonce = fastrand::u64(..).to_string();
     let (root, mut blobs) = nested_dirs(input_dirs, &nonce);
+    if missing_input && input_dirs > 0 {
+        // The first blob is the deepest directory's file.
+        blobs.remove(0);
+    }
     let mut actions = Vec::with_capacity(count);
     for i in 0..count {
         let built = ActionBuilder::new(["/bin/true".into(), nonce.clone(), i.to_string()])
@@ -140,6 +148,7 @@ impl Workload {
             misses: (0..1024).map(|_| random_digest()).collect(),
             hit_ratio: args.hit_ratio.clamp(0.0, 1.0),
             actions: Vec::new(),
+            missing_input: args.missing_input,
         };
         match args.workload {
             WorkloadKind::CasWrite | WorkloadKind::CasRead => {
@@ -179,9 +188,13 @@ impl Workload {
                 ac.update_action_result(req).await?;
                 w.hit = Some(action);
                 if args.workload == WorkloadKind::Mixed && !args.no_execute {
-                    w.actions =
-                        noop_actions(channel, &w.instance, (args.count as usize).div_ceil(10), 0)
-                            .await?;
+                    w.actions = noop_actions(
+                        channel,
+                        &w.instance,
+                        (args.count as usize).div_ceil(10),
+                        (0, false),
+                    )
+                    .await?;
                 }
                 if args.workload == WorkloadKind::AcGet && args.miss {
                     w.hit_ratio = 0.0;
@@ -190,8 +203,8 @@ impl Workload {
                 }
             }
             WorkloadKind::Execute => {
-                let (count, depth) = (args.count as usize, args.input_dirs);
-                w.actions = noop_actions(channel, &w.instance, count, depth).await?;
+                let (count, inputs) = (args.count as usize, (args.input_dirs, args.missing_input));
+                w.actions = noop_actions(channel, &w.instance, count, inputs).await?;
             }
         }
         Ok(w)
@@ -425,9 +438,14 @@ impl Workload {
             digest_function: F.to_proto(),
             ..Default::default()
         };
-        let response =
-            client::execute(channel.clone(), req, &FollowOptions::default(), |_, _| {}).await?;
-        status_result(response.status.as_ref())?;
+        let response = client::execute(channel.clone(), req, &FollowOptions::default(), |_, _| {})
+            .await
+            .and_then(|r| status_result(r.status.as_ref()).map(|()| r));
+        let response = match (response, self.missing_input) {
+            (Err(e), true) if e.code() == tonic::Code::FailedPrecondition => return Ok(0),
+            (Ok(_), true) => return Err(Error::Internal("an action missing an input ran".into())),
+            (response, _) => response?,
+        };
         let code = response.result.map_or(-1, |r| r.exit_code);
         if code == 0 {
             Ok(0)
