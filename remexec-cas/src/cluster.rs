@@ -80,6 +80,26 @@ impl StorageProbe {
     }
 }
 
+/// Most bytes of a worker's name, as a CAS port reports it.
+const MAX_WORKER_NAME: usize = 128;
+
+/// A worker name a storage member may have: 1 to [`MAX_WORKER_NAME`] bytes of printable
+/// ASCII without spaces (names go into placement, logs, metrics and pages).
+fn check_worker_name(name: &str) -> std::result::Result<(), String> {
+    if name.len() > MAX_WORKER_NAME {
+        return Err(format!(
+            "its name is {} bytes long, over {MAX_WORKER_NAME}",
+            name.len()
+        ));
+    }
+    if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "its name {name:?} has other characters than printable ASCII"
+        ));
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Probe for StorageProbe {
     async fn probe(&self, url: &str, channel: Channel, timeout: Duration) -> Option<Member> {
@@ -92,6 +112,9 @@ impl Probe for StorageProbe {
             .into_inner();
         if answer.worker.is_empty() {
             return self.refuse(url, format!("{url} is not a worker's CAS port"));
+        }
+        if let Err(why) = check_worker_name(&answer.worker) {
+            return self.refuse(url, format!("the worker at {url} is no member: {why}"));
         }
         let (name, theirs, mine) = (answer.worker, answer.replicas, self.replicas);
         if theirs != mine {

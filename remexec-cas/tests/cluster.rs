@@ -319,3 +319,45 @@ async fn a_spec_tree_builds_a_metered_replicated_store_over_the_storage_plane() 
         stop.cancel();
     }
 }
+
+/// CAS ports whose worker names are hostile (a control character, 200 bytes) are no members
+/// of the storage plane, nor of the placement that follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_worker_names_are_no_members() {
+    use remexec_cas::cluster::{scheduler_cas, storage_membership};
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(200);
+    let names = ["w1", "bad\nname", long.as_str(), "w2"];
+    let ports: Vec<_> = names
+        .iter()
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let seeds: Vec<String> = ports
+        .iter()
+        .map(|l| format!("grpc://{}", l.local_addr().unwrap()))
+        .collect();
+    let mut stops = Vec::new();
+    for (i, (name, port)) in names.iter().zip(ports).enumerate() {
+        let dir = dir.path().join(i.to_string());
+        stops.push(worker_cas(name, 2, port, &seeds, &dir).await);
+    }
+    let storage = storage_membership(seeds.clone(), 2, Default::default(), None).unwrap();
+    let members = storage.members();
+    let metrics = remexec_core::metrics::Metrics::new();
+    let (store, _) = scheduler_cas(2, storage.members(), Default::default(), &metrics).unwrap();
+    let names_of = |m: &[remexec_core::membership::Member]| {
+        m.iter().map(|m| m.name.clone()).collect::<Vec<_>>()
+    };
+    until("the two well-named ports are members", || {
+        names_of(&members.borrow()) == ["w1", "w2"]
+    })
+    .await;
+    until("the placement is over them", || {
+        store.members() == ["w1", "w2"]
+    })
+    .await;
+    // Still so a while later: the hostile names never join.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(names_of(&members.borrow()), ["w1", "w2"]);
+    assert_eq!(store.members(), ["w1", "w2"]);
+}
