@@ -148,6 +148,7 @@ pub fn scheduler_cas(
     let watched = members.clone();
     metrics.on_scrape(move |m| m.cluster_members(watched.borrow().len()));
     Arc::clone(&store).follow(members.clone(), tls.clone(), None);
+    store.index_holders(members.clone(), tls.clone());
     let service = ClusterService::router(Arc::clone(&store), members, tls);
     Ok((store, service))
 }

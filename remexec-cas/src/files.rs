@@ -59,7 +59,12 @@ pub(crate) struct FileTable {
     /// Files whose times should record a use now (and a reference, if `true`), for the thread
     /// that sets them.
     uses: std::sync::mpsc::SyncSender<(PathBuf, bool)>,
+    /// Entries added and removed, for followers ([`FileTable::changes`]).
+    changes: tokio::sync::broadcast::Sender<remexec_core::BlobChange>,
 }
+
+/// Changes a follower may fall behind by before it must start again.
+const CHANGE_QUEUE: usize = 1 << 16;
 
 /// Uses waiting to be recorded in files' mtimes, at most; more are dropped (a use lost costs
 /// only precision in the order rebuilt after a restart).
@@ -206,6 +211,7 @@ impl FileTable {
                 refused: Default::default(),
                 names,
                 uses,
+                changes: tokio::sync::broadcast::channel(CHANGE_QUEUE).0,
             };
             for (key, _) in index.evict_to_budget() {
                 table.remove_file(&key);
@@ -259,7 +265,29 @@ impl FileTable {
         self.index.lock().keys().copied().collect()
     }
 
+    /// Every entry added or removed from now on (see [`remexec_core::ListBlobs::changes`]);
+    /// entries of namespaces whose instance name is not known are left out.
+    pub(crate) fn changes(&self) -> tokio::sync::broadcast::Receiver<remexec_core::BlobChange> {
+        self.changes.subscribe()
+    }
+
+    /// Tells followers, if any, that `key` was added or removed.
+    fn publish(&self, key: &Key, present: bool) {
+        if self.changes.receiver_count() == 0 {
+            return;
+        }
+        if let Some(instance) = self.instance(key.ns) {
+            let digest = key.digest;
+            let _ = self.changes.send(remexec_core::BlobChange {
+                instance,
+                digest,
+                present,
+            });
+        }
+    }
+
     fn remove_file(&self, key: &Key) {
+        self.publish(key, false);
         let path = self.path(key);
         if let Err(e) = std::fs::remove_file(&path)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -461,6 +489,7 @@ impl FileTable {
                 used: now,
                 referenced: index.get(&key).map_or(0, |t| t.referenced),
             };
+            self.publish(&key, true);
             for (evicted, _) in index.insert(key, len, times) {
                 if evicted != key {
                     self.remove_file(&evicted);
@@ -499,6 +528,7 @@ impl FileTable {
             Ok(f) => tokio::fs::File::from_std(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.index.lock().remove(key);
+                self.publish(key, false);
                 return Ok(None);
             }
             Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),

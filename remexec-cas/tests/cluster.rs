@@ -361,3 +361,55 @@ async fn hostile_worker_names_are_no_members() {
     assert_eq!(names_of(&members.borrow()), ["w1", "w2"]);
     assert_eq!(store.members(), ["w1", "w2"]);
 }
+
+/// A scheduler's index follows the workers' real `Cluster/Watch` streams: each worker's
+/// snapshot, then every blob stored; and it answers for blobs no worker holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_indexes_what_each_worker_holds_through_their_watch_streams() {
+    use remexec_cas::cluster::{scheduler_cas, storage_membership};
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<_> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let seeds: Vec<String> = ports
+        .iter()
+        .map(|l| format!("grpc://{}", l.local_addr().unwrap()))
+        .collect();
+    let mut stops = Vec::new();
+    for (name, port) in ["w1", "w2", "w3"].into_iter().zip(ports) {
+        stops.push(worker_cas(name, 2, port, &seeds, dir.path()).await);
+    }
+    let storage = storage_membership(seeds.clone(), 2, Default::default(), None).unwrap();
+    let metrics = remexec_core::metrics::Metrics::new();
+    let (store, _) = scheduler_cas(2, storage.members(), Default::default(), &metrics).unwrap();
+    until("three members", || store.members().len() == 3).await;
+    let index = store.holder_index().unwrap();
+    // Some blobs before the index is asked about, some after it synced.
+    for i in 0..5 {
+        let (d, data) = blob(i);
+        store.put_bytes("team", d, data).await.unwrap();
+    }
+    until("three synced watches and ten copies", || {
+        index.size() == (3, 10)
+    })
+    .await;
+    for i in 5..10 {
+        let (d, data) = blob(i);
+        store.put_bytes("team", d, data).await.unwrap();
+    }
+    until("twenty copies", || index.size() == (3, 20)).await;
+    let present: Vec<Digest> = (0..10).map(|i| blob(i).0).collect();
+    let absent: Vec<Digest> = (10..15).map(|i| blob(i).0).collect();
+    let mut all = present.clone();
+    all.extend(&absent);
+    assert_eq!(store.find_missing("team", &all).await.unwrap(), absent);
+    assert_eq!(store.reference("team", &all).await.unwrap(), absent);
+    // Another instance's blobs are not these.
+    assert_eq!(
+        store.find_missing("other", &present).await.unwrap(),
+        present
+    );
+    // A worker stopped: its watch ends, and it leaves the index with the membership.
+    stops[2].cancel();
+    until("two synced watches", || index.size().0 == 2).await;
+}

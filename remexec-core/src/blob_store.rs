@@ -122,9 +122,28 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
     }
 }
 
+/// A change to what a store holds: a blob of an instance stored (`present`) or dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobChange {
+    /// The instance name.
+    pub instance: String,
+    /// The blob.
+    pub digest: Digest,
+    /// Stored (`true`) or dropped (`false`).
+    pub present: bool,
+}
+
 /// A store that can list what it holds: what a repairer re-replicates and a cluster member
 /// reports. A capability some stores have, beside [`BlobStore`].
 pub trait ListBlobs: BlobStore {
+    /// Every change from now on, for a follower that subscribes first and then lists
+    /// [`blobs`](Self::blobs) (a change may repeat what the list says); `None` for a store
+    /// that does not publish them. A receiver that lags behind misses changes and must start
+    /// again.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<BlobChange>> {
+        None
+    }
+
     /// Every blob held now, with its instance name.
     fn blobs(&self) -> Vec<(String, Digest)>;
 

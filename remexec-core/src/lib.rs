@@ -62,7 +62,8 @@ pub mod tls;
 
 pub use action_cache::ActionCache;
 pub use blob_store::{
-    BlobStore, BlobStoreExt, ChunkStream, ListBlobs, ReadRange, StoreUsage, collect_chunks,
+    BlobChange, BlobStore, BlobStoreExt, ChunkStream, ListBlobs, ReadRange, StoreUsage,
+    collect_chunks,
 };
 pub use digest::{Digest, DigestFunction, Hasher};
 pub use error::{Error, Message, Result, ok_rpc_status};

@@ -17,6 +17,7 @@ use remexec_proto::cluster::v1::cluster_client::ClusterClient;
 use remexec_proto::cluster::v1::cluster_server::{Cluster, ClusterServer};
 use remexec_proto::cluster::v1::{
     LocateRequest, LocateResponse, Location, MemberStatus, StatusRequest, StatusResponse,
+    WatchRequest,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -186,6 +187,21 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    type WatchStream = super::watch::WatchStream;
+
+    /// Only a worker's port: a scheduler's view is the members' own.
+    async fn watch(
+        &self,
+        _request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        match self.role.as_ref() {
+            Role::Member { local, .. } => super::watch::watch(local).map(Response::new),
+            Role::Router { .. } => Err(Status::unimplemented(
+                "Watch is a worker's: ask each worker's CAS port",
+            )),
+        }
+    }
+
     async fn status(
         &self,
         _request: Request<StatusRequest>,

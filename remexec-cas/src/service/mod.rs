@@ -10,6 +10,7 @@ mod cas;
 mod cluster;
 mod compression;
 mod peer;
+mod watch;
 
 use std::sync::Arc;
 

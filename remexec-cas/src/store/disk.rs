@@ -120,6 +120,10 @@ impl ListBlobs for DiskStore {
         DiskStore::usage(self)
     }
 
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<remexec_core::BlobChange>> {
+        Some(self.files.changes())
+    }
+
     fn referenced(&self, instance: &str, digest: &Digest) -> bool {
         self.files.kept(&Key::new(instance, *digest))
     }

@@ -11,8 +11,24 @@ use remexec_core::membership::Member;
 use remexec_core::placement::Placement;
 use remexec_core::{BlobStore, ChunkStream, Digest, Error, ReadRange, Result};
 
+use crate::key::Key;
+
 /// Most digests asked of one member in one FindMissingBlobs.
 const FIND_MISSING_BATCH: usize = 10_000;
+/// How long the members' word that a blob is there (a FindMissingBlobs or a reference that
+/// found it) answers for it without asking again, as long as the members stay the same.
+const CONFIRMED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often a reference answered from that word is passed on to the members, at most.
+const RENEW_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+/// Bytes of memory for those confirmations (about 100 bytes each).
+const CONFIRMED_BYTES: u64 = 64 << 20;
+
+/// When the members last said a blob was there, and when a reference of it was last passed on.
+#[derive(Debug, Clone, Copy)]
+struct Confirmed {
+    at: std::time::Instant,
+    renewed: std::time::Instant,
+}
 
 /// The members as last set, and the placement before that (reads fall back to it while blobs
 /// have not moved yet).
@@ -42,6 +58,12 @@ pub struct ReplicatedStore {
     /// Whether a member is this process's own store (a worker's disk), which takes writes
     /// unverified.
     has_local: std::sync::atomic::AtomicBool,
+    /// What each member holds, as their watches tell ([`ReplicatedStore::index_holders`]).
+    index: std::sync::OnceLock<Arc<index::HolderIndex>>,
+    /// Blobs the members said were there lately, by key; emptied when the members change.
+    confirmed: parking_lot::Mutex<remexec_core::lru::ByteLru<Key, Confirmed>>,
+    /// References answered from `confirmed`, to pass on to the members.
+    renewals: std::sync::OnceLock<tokio::sync::mpsc::Sender<(String, Vec<Digest>)>>,
 }
 
 impl ReplicatedStore {
@@ -57,6 +79,9 @@ impl ReplicatedStore {
             replicas,
             view: RwLock::default(),
             has_local: std::sync::atomic::AtomicBool::new(false),
+            index: std::sync::OnceLock::new(),
+            confirmed: parking_lot::Mutex::new(remexec_core::lru::ByteLru::new(CONFIRMED_BYTES)),
+            renewals: std::sync::OnceLock::new(),
         })
     }
 
@@ -68,6 +93,13 @@ impl ReplicatedStore {
         let mut view = self.view.write();
         if placement != view.current {
             view.previous = std::mem::replace(&mut view.current, placement);
+        }
+        // What the old members said is not the new ones' word.
+        if view.stores.len() != stores.len()
+            || stores.keys().any(|name| !view.stores.contains_key(name))
+        {
+            let budget = self.confirmed.lock().budget();
+            *self.confirmed.lock() = remexec_core::lru::ByteLru::new(budget);
         }
         view.stores = stores;
     }
@@ -223,9 +255,126 @@ impl ReplicatedStore {
             .collect())
     }
 
+    /// Indexes what each member holds by watching it (`Cluster/Watch` on its CAS port):
+    /// `find_missing` and `reference` then answer "missing" for a blob no member holds
+    /// without asking. (Either answers "present" for a blob a member referenced in the last
+    /// minute, watched or not; references answered so are passed on in the background, at
+    /// most every few seconds, so that the members keep them from the latest.) For a
+    /// scheduler, which answers clients.
+    pub fn index_holders(
+        self: &Arc<Self>,
+        live: tokio::sync::watch::Receiver<Vec<Member>>,
+        tls: remexec_core::client::ClientTls,
+    ) -> Arc<index::HolderIndex> {
+        let index = Arc::clone(self.index.get_or_init(Default::default));
+        index.follow(live, tls);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<Digest>)>(1024);
+        if self.renewals.set(tx).is_ok() {
+            let store = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some((instance, digests)) = rx.recv().await {
+                    let Some(store) = store.upgrade() else { return };
+                    if let Err(e) = store.ask_members(&instance, &digests, true).await {
+                        tracing::warn!(error = %e, "passing references on to the members failed");
+                    }
+                }
+            });
+        }
+        index
+    }
+
+    /// The index [`index_holders`](Self::index_holders) keeps, if it was started.
+    pub fn holder_index(&self) -> Option<Arc<index::HolderIndex>> {
+        self.index.get().cloned()
+    }
+
+    /// The digests no member holds, answered from what the members said lately and from the
+    /// index where it is sure, and asked of the members for the rest.
+    async fn holders_missing(
+        &self,
+        instance: &str,
+        digests: &[Digest],
+        reference: bool,
+    ) -> Result<Vec<Digest>> {
+        self.await_members().await;
+        let ns = crate::key::namespace(instance);
+        let now = std::time::Instant::now();
+        let (mut absent, mut renew, mut ask) = (HashSet::new(), Vec::new(), Vec::new());
+        {
+            let view = self.view.read();
+            let index = self.index.get();
+            let mut confirmed = self.confirmed.lock();
+            // Without a way to pass references on, every one goes to the members.
+            let trust = self.renewals.get().is_some();
+            for d in digests {
+                let key = Key { ns, digest: *d };
+                if trust
+                    && let Some(c) = confirmed.get_mut(&key)
+                    && now.duration_since(c.at) < CONFIRMED_FOR
+                {
+                    if reference && now.duration_since(c.renewed) >= RENEW_AFTER {
+                        c.renewed = now;
+                        renew.push(*d);
+                    }
+                    continue;
+                }
+                let holders = view.current.replicas(d, self.replicas);
+                let holders = holders
+                    .into_iter()
+                    .chain(view.previous.replicas(d, self.replicas));
+                if index.is_some_and(|index| index.absent(&key, holders)) {
+                    absent.insert(*d);
+                } else {
+                    ask.push(*d);
+                }
+            }
+        }
+        if let (false, Some(renewals)) = (renew.is_empty(), self.renewals.get()) {
+            // A full queue drops the renewal: the blob stays kept from the members' last word.
+            let _ = renewals.try_send((instance.to_string(), renew));
+        }
+        if !ask.is_empty() {
+            absent.extend(self.ask_members(instance, &ask, reference).await?);
+        }
+        Ok(digests
+            .iter()
+            .filter(|d| absent.contains(d))
+            .copied()
+            .collect())
+    }
+
+    /// Asks the placement's members, then those not moved from yet, which of `digests` they
+    /// lack; with `reference`, references those they hold and notes them as confirmed: kept
+    /// by a member, so that the word stays true for [`CONFIRMED_FOR`] (a mere look is not
+    /// noted: the blob may be evicted the next moment).
+    async fn ask_members(
+        &self,
+        instance: &str,
+        digests: &[Digest],
+        reference: bool,
+    ) -> Result<Vec<Digest>> {
+        let missing = self.ask_placements(instance, digests, reference).await?;
+        if !reference {
+            return Ok(missing);
+        }
+        let absent: HashSet<&Digest> = missing.iter().collect();
+        let now = std::time::Instant::now();
+        let ns = crate::key::namespace(instance);
+        let mut confirmed = self.confirmed.lock();
+        for d in digests.iter().filter(|d| !absent.contains(d)) {
+            let seen = Confirmed {
+                at: now,
+                renewed: now,
+            };
+            confirmed.insert(Key { ns, digest: *d }, 100, seen);
+        }
+        drop(confirmed);
+        Ok(missing)
+    }
+
     /// The digests no member holds: asked of the placement's members first, then of those
     /// not moved from yet; with `reference`, referenced on each.
-    async fn holders_missing(
+    async fn ask_placements(
         &self,
         instance: &str,
         digests: &[Digest],
@@ -361,6 +510,7 @@ impl BlobStore for ReplicatedStore {
     }
 }
 
+pub mod index;
 pub mod repair;
 #[cfg(test)]
 mod tests;

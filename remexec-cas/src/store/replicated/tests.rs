@@ -272,3 +272,113 @@ async fn a_copy_outside_both_placements_is_still_found() {
             .is_none()
     );
 }
+
+/// A memory member that counts the digests it is asked about.
+#[derive(Debug)]
+struct Asked(MemoryStore, std::sync::atomic::AtomicUsize);
+
+impl Asked {
+    fn take(&self) -> usize {
+        self.1.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for Asked {
+    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.1
+            .fetch_add(digests.len(), std::sync::atomic::Ordering::SeqCst);
+        self.0.find_missing(instance, digests).await
+    }
+    async fn put(
+        &self,
+        instance: &str,
+        digest: Digest,
+        data: remexec_core::ChunkStream,
+    ) -> Result<()> {
+        self.0.put(instance, digest, data).await
+    }
+    async fn get(
+        &self,
+        instance: &str,
+        digest: Digest,
+        range: ReadRange,
+    ) -> Result<Option<remexec_core::ChunkStream>> {
+        self.0.get(instance, digest, range).await
+    }
+}
+
+/// With an index of what each member holds: "missing" is answered without asking when every
+/// member that could hold a blob is synced and lacks it; "present" only from a reference the
+/// members answered in the last minute, passed on again in the background; an unsynced member
+/// and a change of members send the questions back to the members.
+#[tokio::test]
+async fn the_holder_index_answers_missing_and_recent_references_answer_present() {
+    use remexec_proto::cluster::v1::{BlobSet, WatchResponse};
+    let names = ["a", "b", "c"];
+    let asked: Vec<Arc<Asked>> = names
+        .iter()
+        .map(|_| Arc::new(Asked(MemoryStore::new(1 << 30), Default::default())))
+        .collect();
+    let store = Arc::new(ReplicatedStore::new(2).unwrap());
+    let as_members = |n: usize| {
+        names[..n]
+            .iter()
+            .zip(&asked)
+            .map(|(n, s)| (n.to_string(), Arc::clone(s) as Arc<dyn BlobStore>))
+            .collect::<Vec<_>>()
+    };
+    store.set_members(as_members(3));
+    let (_live, watched) = tokio::sync::watch::channel(Vec::new());
+    let index = store.index_holders(watched, Default::default());
+    let present: Vec<Digest> = (0..10).map(|i| blob(i).0).collect();
+    let absent: Vec<Digest> = (10..20).map(|i| blob(i).0).collect();
+    for i in 0..10 {
+        store.put_bytes("i", blob(i).0, blob(i).1).await.unwrap();
+    }
+    // Each member's snapshot: what it holds.
+    for (name, member) in names.iter().zip(&asked) {
+        let mut held = Vec::new();
+        for d in &present {
+            if member.0.contains("i", *d).await.unwrap() {
+                held.push(d.to_proto());
+            }
+        }
+        let added = vec![BlobSet {
+            instance_name: "i".into(),
+            digest_function: DigestFunction::Sha256.to_proto(),
+            digests: held,
+        }];
+        index.apply(
+            name,
+            WatchResponse {
+                added,
+                removed: Vec::new(),
+                synced: true,
+            },
+        );
+    }
+    let take = || asked.iter().map(|a| a.take()).sum::<usize>();
+    take();
+    assert_eq!(store.find_missing("i", &absent).await.unwrap(), absent);
+    assert_eq!(take(), 0, "no member was asked about blobs none holds");
+    // Present blobs are asked about, until a reference confirms them.
+    assert!(store.find_missing("i", &present).await.unwrap().is_empty());
+    assert!(take() >= present.len());
+    assert!(store.reference("i", &present).await.unwrap().is_empty());
+    assert!(take() >= present.len());
+    let mut all = present.clone();
+    all.extend(&absent);
+    assert_eq!(store.reference("i", &all).await.unwrap(), absent);
+    assert_eq!(take(), 0, "answered from the confirmations and the index");
+    // An unsynced member: what it might hold is asked about.
+    index.reset("a", false);
+    assert_eq!(store.find_missing("i", &absent).await.unwrap(), absent);
+    assert!(take() > 0);
+    // The references answered locally are passed on after RENEW_AFTER, in the background;
+    // a change of members drops the confirmations.
+    store.set_members(as_members(2));
+    take();
+    assert!(store.reference("i", &present).await.unwrap().is_empty());
+    assert!(take() >= present.len());
+}

@@ -1,0 +1,98 @@
+//! `Cluster/Watch` on a worker's CAS port: what it holds, then every change, in batches.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use remexec_core::{BlobChange, Digest, ListBlobs};
+use remexec_proto::cluster::v1::{BlobSet, WatchResponse};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tonic::Status;
+
+/// Blobs per response.
+const BATCH: usize = 10_000;
+
+/// The stream a `Watch` call gets.
+pub(crate) type WatchStream = futures::stream::BoxStream<'static, Result<WatchResponse, Status>>;
+
+/// Groups `(instance, digest)` pairs into [`BlobSet`]s.
+fn sets(blobs: impl IntoIterator<Item = (String, Digest)>) -> Vec<BlobSet> {
+    let mut by: BTreeMap<(String, i32), Vec<_>> = BTreeMap::new();
+    for (instance, digest) in blobs {
+        let key = (instance, digest.function().to_proto());
+        by.entry(key).or_default().push(digest.to_proto());
+    }
+    by.into_iter()
+        .map(|((instance_name, digest_function), digests)| BlobSet {
+            instance_name,
+            digest_function,
+            digests,
+        })
+        .collect()
+}
+
+/// The snapshot of `local` in responses of [`BATCH`] blobs, the last one `synced`, then its
+/// changes as they come (every change already waiting goes into one response). A follower
+/// that lags behind the store's queue gets `ABORTED`.
+pub(crate) fn watch(local: &Arc<dyn ListBlobs>) -> Result<WatchStream, Status> {
+    // Subscribed before the snapshot is listed, so that no change falls between them.
+    let changes = local
+        .changes()
+        .ok_or_else(|| Status::unimplemented("this store publishes no changes"))?;
+    let blobs = local.blobs();
+    let mut snapshot: Vec<WatchResponse> = blobs
+        .chunks(BATCH)
+        .map(|chunk| WatchResponse {
+            added: sets(chunk.iter().cloned()),
+            ..Default::default()
+        })
+        .collect();
+    match snapshot.last_mut() {
+        Some(last) => last.synced = true,
+        None => snapshot.push(WatchResponse {
+            synced: true,
+            ..Default::default()
+        }),
+    }
+    let follow = futures::stream::unfold(changes, |mut changes| async move {
+        let first = match changes.recv().await {
+            Ok(change) => change,
+            Err(RecvError::Closed) => return None,
+            Err(RecvError::Lagged(n)) => {
+                let status = Status::aborted(format!("fell {n} changes behind; watch again"));
+                return Some((Err(status), changes));
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match changes.try_recv() {
+                Ok(change) => batch.push(change),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                Err(TryRecvError::Lagged(n)) => {
+                    let status = Status::aborted(format!("fell {n} changes behind; watch again"));
+                    return Some((Err(status), changes));
+                }
+            }
+        }
+        Some((Ok(response(batch)), changes))
+    });
+    // An error ends the stream.
+    let follow = follow.scan(false, |failed, item| {
+        let out = (!*failed).then_some(item);
+        *failed = out.as_ref().is_some_and(Result::is_err);
+        futures::future::ready(out)
+    });
+    Ok(futures::stream::iter(snapshot.into_iter().map(Ok))
+        .chain(follow)
+        .boxed())
+}
+
+fn response(batch: Vec<BlobChange>) -> WatchResponse {
+    let (added, removed): (Vec<_>, Vec<_>) = batch.into_iter().partition(|c| c.present);
+    let pairs = |list: Vec<BlobChange>| list.into_iter().map(|c| (c.instance, c.digest));
+    WatchResponse {
+        added: sets(pairs(added)),
+        removed: sets(pairs(removed)),
+        synced: false,
+    }
+}
