@@ -84,9 +84,13 @@ echo "| FindMissingBlobs, 10,000 digests, half present, 1 client | ops | errors 
 echo "|---|---|---|---|---|---|---|"
 start_serve
 bench find-missing --batch-size 10000 --hit-ratio 0.5 --count 40 --concurrency 1 | row "remexec serve"
+bench find-missing --batch-size 10000 --hit-ratio 0.5 --count 200 --concurrency 1 | row "remexec serve (200)"
 stop_cluster
 start_cluster 2
 bench find-missing --batch-size 10000 --hit-ratio 0.5 --count 40 --concurrency 1 | row "cluster: R = 2, 3 workers"
+bench find-missing --batch-size 10000 --hit-ratio 0.5 --count 200 --concurrency 1 | row "cluster: R = 2, 3 workers (200)"
+bench find-missing --batch-size 10000 --hit-ratio 0 --count 200 --concurrency 1 | row "cluster: none present (200)"
+bench find-missing --batch-size 10000 --hit-ratio 1 --count 200 --concurrency 1 | row "cluster: all present (200)"
 stop_cluster
 echo
 fi

@@ -299,14 +299,16 @@ impl ReplicatedStore {
         self.await_members().await;
         let ns = crate::key::namespace(instance);
         let now = std::time::Instant::now();
-        let (mut absent, mut renew, mut ask) = (HashSet::new(), Vec::new(), Vec::new());
+        let mut missing = vec![false; digests.len()];
+        let (mut renew, mut ask) = (Vec::new(), Vec::new());
         {
             let view = self.view.read();
-            let index = self.index.get();
+            let moved = view.previous != view.current && !view.previous.is_empty();
+            let index = self.index.get().map(|index| index.read());
             let mut confirmed = self.confirmed.lock();
             // Without a way to pass references on, every one goes to the members.
             let trust = self.renewals.get().is_some();
-            for d in digests {
+            for (i, d) in digests.iter().enumerate() {
                 let key = Key { ns, digest: *d };
                 if trust
                     && let Some(c) = confirmed.get_mut(&key)
@@ -318,14 +320,21 @@ impl ReplicatedStore {
                     }
                     continue;
                 }
-                let holders = view.current.replicas(d, self.replicas);
-                let holders = holders
-                    .into_iter()
-                    .chain(view.previous.replicas(d, self.replicas));
-                if index.is_some_and(|index| index.absent(&key, holders)) {
-                    absent.insert(*d);
-                } else {
-                    ask.push(*d);
+                let Some(index) = &index else {
+                    ask.push(i);
+                    continue;
+                };
+                if index.absent_everywhere(&key, view.stores.len()) {
+                    missing[i] = true;
+                    continue;
+                }
+                let mut holders = view.current.replicas(d, self.replicas);
+                if moved {
+                    holders.extend(view.previous.replicas(d, self.replicas));
+                }
+                match index.absent(&key, holders) {
+                    true => missing[i] = true,
+                    false => ask.push(i),
                 }
             }
         }
@@ -334,13 +343,18 @@ impl ReplicatedStore {
             let _ = renewals.try_send((instance.to_string(), renew));
         }
         if !ask.is_empty() {
-            absent.extend(self.ask_members(instance, &ask, reference).await?);
+            let asked: Vec<Digest> = ask.iter().map(|&i| digests[i]).collect();
+            let lacking: HashSet<Digest> = self
+                .ask_members(instance, &asked, reference)
+                .await?
+                .into_iter()
+                .collect();
+            for i in ask {
+                missing[i] = lacking.contains(&digests[i]);
+            }
         }
-        Ok(digests
-            .iter()
-            .filter(|d| absent.contains(d))
-            .copied()
-            .collect())
+        let flagged = digests.iter().zip(missing);
+        Ok(flagged.filter(|(_, m)| *m).map(|(d, _)| *d).collect())
     }
 
     /// Asks the placement's members, then those not moved from yet, which of `digests` they

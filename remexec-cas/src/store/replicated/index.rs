@@ -27,18 +27,41 @@ use crate::key::Key;
 /// How long a member's watcher waits before watching again after a failure.
 const RETRY: Duration = Duration::from_secs(1);
 
+type Fast = foldhash::fast::RandomState;
+
 /// What one member holds, as far as its watch has told.
 #[derive(Debug, Default)]
 struct Holdings {
     /// Whether the snapshot has arrived and the watch is still running.
     synced: bool,
-    blobs: HashSet<Key>,
+    blobs: HashSet<Key, Fast>,
 }
 
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct HolderIndex {
-    members: Mutex<HashMap<String, Holdings>>,
+    members: Mutex<HashMap<String, Holdings, Fast>>,
+}
+
+/// The index held still, for a batch of questions ([`HolderIndex::read`]).
+pub(crate) struct Reading<'a>(parking_lot::MutexGuard<'a, HashMap<String, Holdings, Fast>>);
+
+impl Reading<'_> {
+    /// Whether `members` members are indexed, all synced, and none holds `key`: then no
+    /// placement, current or previous, holds it either.
+    pub(crate) fn absent_everywhere(&self, key: &Key, members: usize) -> bool {
+        self.0.len() == members && self.0.values().all(|h| h.synced && !h.blobs.contains(key))
+    }
+
+    /// Whether none of `members` holds `key`, each of them synced: only then is "missing"
+    /// certain enough to answer without asking.
+    pub(crate) fn absent<'m>(&self, key: &Key, members: impl IntoIterator<Item = &'m str>) -> bool {
+        members.into_iter().all(|m| {
+            self.0
+                .get(m)
+                .is_some_and(|h| h.synced && !h.blobs.contains(key))
+        })
+    }
 }
 
 impl HolderIndex {
@@ -129,15 +152,9 @@ impl HolderIndex {
         holdings.synced |= response.synced;
     }
 
-    /// Whether none of `members` holds `key`, each of them synced: only then is "missing"
-    /// certain enough to answer without asking.
-    pub(crate) fn absent<'a>(&self, key: &Key, members: impl IntoIterator<Item = &'a str>) -> bool {
-        let index = self.members.lock();
-        members.into_iter().all(|m| {
-            index
-                .get(m)
-                .is_some_and(|h| h.synced && !h.blobs.contains(key))
-        })
+    /// The index held still while the caller asks about a batch.
+    pub(crate) fn read(&self) -> Reading<'_> {
+        Reading(self.members.lock())
     }
 
     /// `(synced members, blobs indexed)`.
