@@ -112,13 +112,12 @@ impl BoundServer {
             };
         let (store, cluster) = match config.cluster.replicas {
             Some(r) => {
-                let (seeds, cache) = (&config.cluster.storage, config.cluster.small_blob_cache);
-                let (store, service) = remexec_cas::cluster::scheduler_store(
-                    seeds.clone(),
-                    (r, cache.as_u64()),
-                    &cluster_tls,
-                    &metrics,
-                )?;
+                let mut options = remexec_cas::cluster::SchedulerStoreOptions::new(r);
+                options.small_blob_cache = config.cluster.small_blob_cache.as_u64();
+                options.keep_referenced = config.cas.disk_store().keep_referenced;
+                let seeds = config.cluster.storage.clone();
+                let (store, service) =
+                    remexec_cas::cluster::scheduler_store(seeds, &options, &cluster_tls, &metrics)?;
                 (store, Some(service))
             }
             None => (store_spec.build().await?, None),

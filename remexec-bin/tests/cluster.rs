@@ -460,6 +460,17 @@ impl TwoSchedulers {
 
     /// [`start_with`](Self::start_with), the workers started with `worker_flags` too.
     fn start_workers_with(n: usize, replicas: &str, worker_flags: &[&str]) -> Self {
+        Self::start_flagged(n, replicas, &[], worker_flags)
+    }
+
+    /// [`start_with`](Self::start_with), the schedulers and the workers started with flags of
+    /// their own too.
+    fn start_flagged(
+        n: usize,
+        replicas: &str,
+        scheduler_flags: &[&str],
+        worker_flags: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<String> = (0..2)
             .map(|_| format!("127.0.0.1:{}", common::free_port()))
@@ -473,6 +484,7 @@ impl TwoSchedulers {
             .map(|(i, addr)| {
                 let data = dir.path().join(format!("s{i}"));
                 let mut flags = vec!["--replicas", replicas, "--storage", &seeds];
+                flags.extend(scheduler_flags);
                 for p in &peers {
                     flags.extend(["--peer", p.as_str()]);
                 }
@@ -784,16 +796,12 @@ fn bazel_builds_without_the_bytes_survive_unrelated_uploads_through_the_other_sc
     };
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), "[cas]\nkeep_referenced_secs = 0\n").unwrap();
-    let keep_nothing = [
-        "--disk-budget",
-        "32MiB",
-        "--config",
-        config.path().to_str().unwrap(),
-    ];
-    run(
-        &TwoSchedulers::start_workers_with(3, "2", &keep_nothing),
-        true,
-    );
+    // Schedulers and workers share the keep time (the schedulers trust the workers' keeps).
+    let keep_nothing = ["--config", config.path().to_str().unwrap()];
+    let budget_and_keep = [&["--disk-budget", "32MiB"][..], &keep_nothing[..]].concat();
+    let control = TwoSchedulers::start_flagged(3, "2", &keep_nothing, &budget_and_keep);
+    run(&control, true);
+    drop(control);
 
     let cluster = TwoSchedulers::start_workers_with(3, "2", &["--disk-budget", "32MiB"]);
     run(&cluster, false);

@@ -137,34 +137,79 @@ impl Probe for StorageProbe {
 }
 
 /// A scheduler's CAS over `members` with `replicas` copies of each blob, and its `Cluster`
-/// service. Members are reached with `tls`. The member count goes to `metrics`.
+/// service. Members are reached with `tls`, and their holdings indexed
+/// ([`ReplicatedStore::index_holders`]), assuming they keep referenced blobs for the default
+/// [`KEEP_REFERENCED`](crate::store::disk::KEEP_REFERENCED) ([`scheduler_store`] takes
+/// another). The member count goes to `metrics`.
 pub fn scheduler_cas(
     replicas: u32,
     members: watch::Receiver<Vec<Member>>,
     tls: ClientTls,
     metrics: &Metrics,
 ) -> Result<(Arc<ReplicatedStore>, ClusterService)> {
+    let keep = crate::store::disk::KEEP_REFERENCED;
+    scheduler_cas_keeping(replicas, members, tls, keep, metrics)
+}
+
+/// [`scheduler_cas`] over members that keep a referenced blob for `keep`.
+fn scheduler_cas_keeping(
+    replicas: u32,
+    members: watch::Receiver<Vec<Member>>,
+    tls: ClientTls,
+    keep: Duration,
+    metrics: &Metrics,
+) -> Result<(Arc<ReplicatedStore>, ClusterService)> {
     let store = Arc::new(ReplicatedStore::new(replicas as usize)?);
     let watched = members.clone();
     metrics.on_scrape(move |m| m.cluster_members(watched.borrow().len()));
     Arc::clone(&store).follow(members.clone(), tls.clone(), None);
-    store.index_holders(members.clone(), tls.clone());
+    store.index_holders(members.clone(), tls.clone(), keep);
     let service = ClusterService::router(Arc::clone(&store), members, tls);
     Ok((store, service))
 }
 
+/// How a cluster scheduler's CAS is made ([`scheduler_store`]).
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct SchedulerStoreOptions {
+    /// Copies of each blob.
+    pub replicas: u32,
+    /// Bytes of memory for copies of small blobs (0: none).
+    pub small_blob_cache: u64,
+    /// How long the workers keep a referenced blob: their `keep_referenced`, which the
+    /// schedulers must share (0: they keep none).
+    pub keep_referenced: Duration,
+}
+
+impl SchedulerStoreOptions {
+    /// `replicas` copies, a 64 MiB small-blob cache, the default keep time.
+    pub fn new(replicas: u32) -> Self {
+        Self {
+            replicas,
+            small_blob_cache: 64 << 20,
+            keep_referenced: crate::store::disk::KEEP_REFERENCED,
+        }
+    }
+}
+
 /// A cluster scheduler's whole CAS: the storage plane `seeds` lists
-/// ([`storage_membership`]), `replicas` copies of each blob ([`scheduler_cas`]), behind a
-/// [`SmallBlobCache`](crate::SmallBlobCache) of `small_blob_cache` bytes (0: none); and its
-/// `Cluster` service.
+/// ([`storage_membership`]), each blob on `replicas` of its members ([`scheduler_cas`]),
+/// behind a [`SmallBlobCache`](crate::SmallBlobCache); and its `Cluster` service.
 pub fn scheduler_store(
     seeds: Vec<String>,
-    (replicas, small_blob_cache): (u32, u64),
+    options: &SchedulerStoreOptions,
     tls: &ClientTls,
     metrics: &Metrics,
 ) -> Result<(Arc<dyn BlobStore>, ClusterService)> {
+    let SchedulerStoreOptions {
+        replicas,
+        small_blob_cache,
+        keep_referenced,
+    } = *options;
     let storage = storage_membership(seeds, replicas, tls.clone(), None)?;
-    let (store, service) = scheduler_cas(replicas, storage.members(), tls.clone(), metrics)?;
+    let members = storage.members();
+    let (store, service) =
+        scheduler_cas_keeping(replicas, members, tls.clone(), keep_referenced, metrics)?;
     let max_blob = crate::store::small::SMALL_BLOB;
     let store = crate::SmallBlobCache::new(store, small_blob_cache, max_blob);
     Ok((Arc::new(store), service))

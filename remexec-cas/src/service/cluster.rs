@@ -196,9 +196,10 @@ impl Cluster for ClusterService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         match self.role.as_ref() {
             Role::Member { local, .. } => super::watch::watch(local).map(Response::new),
-            Role::Router { .. } => Err(Status::unimplemented(
-                "Watch is a worker's: ask each worker's CAS port",
-            )),
+            Role::Router { .. } => Err(Error::Unimplemented(
+                "Watch is a worker's: ask each worker's CAS port".into(),
+            )
+            .into()),
         }
     }
 

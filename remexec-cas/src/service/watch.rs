@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use remexec_core::{BlobChange, Digest, ListBlobs};
+use remexec_core::{BlobChange, Digest, Error, ListBlobs};
 use remexec_proto::cluster::v1::{BlobSet, WatchResponse};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tonic::Status;
@@ -33,12 +33,12 @@ fn sets(blobs: impl IntoIterator<Item = (String, Digest)>) -> Vec<BlobSet> {
 
 /// The snapshot of `local` in responses of [`BATCH`] blobs, the last one `synced`, then its
 /// changes as they come (every change already waiting goes into one response). A follower
-/// that lags behind the store's queue gets `ABORTED`.
+/// that lags behind the store's queue gets `UNAVAILABLE`.
 pub(crate) fn watch(local: &Arc<dyn ListBlobs>) -> Result<WatchStream, Status> {
     // Subscribed before the snapshot is listed, so that no change falls between them.
     let changes = local
         .changes()
-        .ok_or_else(|| Status::unimplemented("this store publishes no changes"))?;
+        .ok_or_else(|| Error::Unimplemented("this store publishes no changes".into()))?;
     let blobs = local.blobs();
     let mut snapshot: Vec<WatchResponse> = blobs
         .chunks(BATCH)
@@ -59,8 +59,7 @@ pub(crate) fn watch(local: &Arc<dyn ListBlobs>) -> Result<WatchStream, Status> {
             Ok(change) => change,
             Err(RecvError::Closed) => return None,
             Err(RecvError::Lagged(n)) => {
-                let status = Status::aborted(format!("fell {n} changes behind; watch again"));
-                return Some((Err(status), changes));
+                return Some((Err(lagged(n)), changes));
             }
         };
         let mut batch = vec![first];
@@ -69,8 +68,7 @@ pub(crate) fn watch(local: &Arc<dyn ListBlobs>) -> Result<WatchStream, Status> {
                 Ok(change) => batch.push(change),
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                 Err(TryRecvError::Lagged(n)) => {
-                    let status = Status::aborted(format!("fell {n} changes behind; watch again"));
-                    return Some((Err(status), changes));
+                    return Some((Err(lagged(n)), changes));
                 }
             }
         }
@@ -85,6 +83,11 @@ pub(crate) fn watch(local: &Arc<dyn ListBlobs>) -> Result<WatchStream, Status> {
     Ok(futures::stream::iter(snapshot.into_iter().map(Ok))
         .chain(follow)
         .boxed())
+}
+
+/// What a follower `n` changes behind gets: the end of its watch, to start again.
+fn lagged(n: u64) -> Status {
+    Error::Unavailable(format!("fell {n} changes behind; watch again").into()).into()
 }
 
 fn response(batch: Vec<BlobChange>) -> WatchResponse {

@@ -15,8 +15,9 @@ use crate::key::Key;
 
 /// Most digests asked of one member in one FindMissingBlobs.
 const FIND_MISSING_BATCH: usize = 10_000;
-/// How long the members' word that a blob is there (a FindMissingBlobs or a reference that
-/// found it) answers for it without asking again, as long as the members stay the same.
+/// How long the members' word that a blob is there (a reference that found it) answers for it
+/// without asking again, at most, as long as the members stay the same: never longer than the
+/// members keep a referenced blob.
 const CONFIRMED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 /// How often a reference answered from that word is passed on to the members, at most.
 const RENEW_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
@@ -64,6 +65,9 @@ pub struct ReplicatedStore {
     confirmed: parking_lot::Mutex<remexec_core::lru::ByteLru<Key, Confirmed>>,
     /// References answered from `confirmed`, to pass on to the members.
     renewals: std::sync::OnceLock<tokio::sync::mpsc::Sender<(String, Vec<Digest>)>>,
+    /// How long a confirmation answers ([`CONFIRMED_FOR`] or the members' keep time, the
+    /// shorter; zero: never), set by [`index_holders`](ReplicatedStore::index_holders).
+    confirmed_for: std::sync::OnceLock<std::time::Duration>,
 }
 
 impl ReplicatedStore {
@@ -82,6 +86,7 @@ impl ReplicatedStore {
             index: std::sync::OnceLock::new(),
             confirmed: parking_lot::Mutex::new(remexec_core::lru::ByteLru::new(CONFIRMED_BYTES)),
             renewals: std::sync::OnceLock::new(),
+            confirmed_for: std::sync::OnceLock::new(),
         })
     }
 
@@ -260,14 +265,18 @@ impl ReplicatedStore {
     /// without asking. (Either answers "present" for a blob a member referenced in the last
     /// minute, watched or not; references answered so are passed on in the background, at
     /// most every few seconds, so that the members keep them from the latest.) For a
-    /// scheduler, which answers clients.
+    /// scheduler, which answers clients. `keep` is how long the members keep a referenced
+    /// blob (their `keep_referenced`): a confirmation answers for no longer, and with zero
+    /// every question about a blob held goes to the members.
     pub fn index_holders(
         self: &Arc<Self>,
         live: tokio::sync::watch::Receiver<Vec<Member>>,
         tls: remexec_core::client::ClientTls,
+        keep: std::time::Duration,
     ) -> Arc<index::HolderIndex> {
         let index = Arc::clone(self.index.get_or_init(Default::default));
         index.follow(live, tls);
+        let _ = self.confirmed_for.set(keep.min(CONFIRMED_FOR));
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<Digest>)>(1024);
         if self.renewals.set(tx).is_ok() {
             let store = Arc::downgrade(self);
@@ -307,12 +316,13 @@ impl ReplicatedStore {
             let index = self.index.get().map(|index| index.read());
             let mut confirmed = self.confirmed.lock();
             // Without a way to pass references on, every one goes to the members.
-            let trust = self.renewals.get().is_some();
+            let confirmed_for = self.confirmed_for.get().copied().unwrap_or_default();
+            let trust = self.renewals.get().is_some() && !confirmed_for.is_zero();
             for (i, d) in digests.iter().enumerate() {
                 let key = Key { ns, digest: *d };
                 if trust
                     && let Some(c) = confirmed.get_mut(&key)
-                    && now.duration_since(c.at) < CONFIRMED_FOR
+                    && now.duration_since(c.at) < confirmed_for
                 {
                     if reference && now.duration_since(c.renewed) >= RENEW_AFTER {
                         c.renewed = now;
@@ -359,7 +369,7 @@ impl ReplicatedStore {
 
     /// Asks the placement's members, then those not moved from yet, which of `digests` they
     /// lack; with `reference`, references those they hold and notes them as confirmed: kept
-    /// by a member, so that the word stays true for [`CONFIRMED_FOR`] (a mere look is not
+    /// by a member, so that the word stays true for a while (a mere look is not
     /// noted: the blob may be evicted the next moment).
     async fn ask_members(
         &self,

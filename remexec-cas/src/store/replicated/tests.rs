@@ -330,7 +330,7 @@ async fn the_holder_index_answers_missing_and_recent_references_answer_present()
     };
     store.set_members(as_members(3));
     let (_live, watched) = tokio::sync::watch::channel(Vec::new());
-    let index = store.index_holders(watched, Default::default());
+    let index = store.index_holders(watched, Default::default(), super::CONFIRMED_FOR);
     let present: Vec<Digest> = (0..10).map(|i| blob(i).0).collect();
     let absent: Vec<Digest> = (10..20).map(|i| blob(i).0).collect();
     for i in 0..10 {
