@@ -180,3 +180,35 @@ async fn references_travel_with_copies_and_periodic_passes_restore_only_referenc
         assert_eq!(b.referenced("", d), i < 3, "blob {i}");
     }
 }
+
+/// A member whose budget is full of referenced blobs refuses a copy before reading it (the
+/// disk store checks for room before it reads an upload): the pass leaves it for later and
+/// the member loses none of its referenced blobs.
+#[tokio::test]
+async fn a_member_full_of_referenced_blobs_refuses_copies_and_keeps_its_own() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = disk(dir_a.path()).await;
+    let full = DiskStoreOptions {
+        budget: 200,
+        sync: false,
+        ..Default::default()
+    };
+    let b = DiskStore::open(dir_b.path(), full).await.unwrap();
+    let own = Bytes::from(vec![7u8; 200]);
+    let own_digest = DigestFunction::Sha256.digest_of(&own);
+    b.put_bytes("", own_digest, own).await.unwrap();
+    assert!(b.reference("", &[own_digest]).await.unwrap().is_empty());
+    let cluster = Arc::new(ReplicatedStore::new(2).unwrap());
+    cluster.set_members([
+        ("a".to_string(), Arc::new(a.clone()) as Arc<dyn BlobStore>),
+        ("b".to_string(), Arc::new(b.clone()) as Arc<dyn BlobStore>),
+    ]);
+    let (d, data) = blob(3);
+    a.put_bytes("", d, data).await.unwrap();
+    let repairer = Repairer::new("a", Arc::new(a.clone()), cluster, 0);
+    let report = repairer.pass().await.unwrap();
+    assert_eq!((report.copied, report.left), (0, 1));
+    assert!(b.contains("", own_digest).await.unwrap());
+    assert!(!b.contains("", d).await.unwrap());
+    assert_eq!(b.usage(), (200, 1));
+}
