@@ -201,6 +201,29 @@ async fn worker_cas(
     stop
 }
 
+/// Workers named `names`, keeping `replicas`, on loopback ports that are all the storage
+/// plane's seeds: the seeds, and the tokens that stop each worker.
+async fn workers(
+    names: &[&str],
+    replicas: u32,
+    dir: &std::path::Path,
+) -> (Vec<String>, Vec<tokio_util::sync::CancellationToken>) {
+    let ports: Vec<_> = names
+        .iter()
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let seeds: Vec<String> = ports
+        .iter()
+        .map(|l| format!("grpc://{}", l.local_addr().unwrap()))
+        .collect();
+    let mut stops = Vec::new();
+    for (i, (name, port)) in names.iter().zip(ports).enumerate() {
+        let dir = dir.join(i.to_string());
+        stops.push(worker_cas(name, replicas, port, &seeds, &dir).await);
+    }
+    (seeds, stops)
+}
+
 /// The storage plane has a membership of its own: the workers' CAS ports its seeds list, each
 /// named as it names itself. A port keeping another replica count, and a port that is no
 /// worker's, are not members; a stopped worker leaves. Schedulers and workers following the
@@ -276,17 +299,7 @@ async fn the_storage_plane_is_the_workers_cas_ports_its_seeds_list() {
 async fn a_spec_tree_builds_a_metered_replicated_store_over_the_storage_plane() {
     use remexec_cas::spec::StoreSpec;
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<_> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let seeds: Vec<String> = ports
-        .iter()
-        .map(|l| format!("grpc://{}", l.local_addr().unwrap()))
-        .collect();
-    let mut stops = Vec::new();
-    for (name, port) in ["w1", "w2"].into_iter().zip(ports) {
-        stops.push(worker_cas(name, 2, port, &seeds, dir.path()).await);
-    }
+    let (seeds, stops) = workers(&["w1", "w2"], 2, dir.path()).await;
     let spec = StoreSpec::Metered(Box::new(StoreSpec::Replicated {
         replicas: 2,
         storage: seeds.clone(),
@@ -328,19 +341,7 @@ async fn hostile_worker_names_are_no_members() {
     let dir = tempfile::tempdir().unwrap();
     let long = "x".repeat(200);
     let names = ["w1", "bad\nname", long.as_str(), "w2"];
-    let ports: Vec<_> = names
-        .iter()
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let seeds: Vec<String> = ports
-        .iter()
-        .map(|l| format!("grpc://{}", l.local_addr().unwrap()))
-        .collect();
-    let mut stops = Vec::new();
-    for (i, (name, port)) in names.iter().zip(ports).enumerate() {
-        let dir = dir.path().join(i.to_string());
-        stops.push(worker_cas(name, 2, port, &seeds, &dir).await);
-    }
+    let (seeds, _stops) = workers(&names, 2, dir.path()).await;
     let storage = storage_membership(seeds.clone(), 2, Default::default(), None).unwrap();
     let members = storage.members();
     let metrics = remexec_core::metrics::Metrics::new();
@@ -368,17 +369,7 @@ async fn hostile_worker_names_are_no_members() {
 async fn the_scheduler_indexes_what_each_worker_holds_through_their_watch_streams() {
     use remexec_cas::cluster::{scheduler_cas, storage_membership};
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<_> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let seeds: Vec<String> = ports
-        .iter()
-        .map(|l| format!("grpc://{}", l.local_addr().unwrap()))
-        .collect();
-    let mut stops = Vec::new();
-    for (name, port) in ["w1", "w2", "w3"].into_iter().zip(ports) {
-        stops.push(worker_cas(name, 2, port, &seeds, dir.path()).await);
-    }
+    let (seeds, stops) = workers(&["w1", "w2", "w3"], 2, dir.path()).await;
     let storage = storage_membership(seeds.clone(), 2, Default::default(), None).unwrap();
     let metrics = remexec_core::metrics::Metrics::new();
     let (store, _) = scheduler_cas(2, storage.members(), Default::default(), &metrics).unwrap();
