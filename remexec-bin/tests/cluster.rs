@@ -782,17 +782,8 @@ fn bazel_builds_without_the_bytes_survive_unrelated_uploads_through_the_other_sc
         return;
     };
     let run = |cluster: &TwoSchedulers, expect_lost: bool| {
-        let status = Command::new("bash")
-            .arg(fixtures().join("bazel/lost_inputs_e2e.sh"))
-            .arg(cluster.url(0))
-            .arg("240")
-            .env("BAZEL", &bazel)
-            .env("REMEXEC", env!("CARGO_BIN_EXE_remexec"))
-            .env("UPLOAD_URL", cluster.url(1))
-            .env("EXPECT_LOST", if expect_lost { "1" } else { "0" })
-            .status()
-            .unwrap();
-        assert!(status.success(), "lost_inputs_e2e.sh failed: {status}");
+        let (url, other) = (cluster.url(0), cluster.url(1));
+        common::lost_inputs_e2e(&bazel, &url, 240, Some(&other), expect_lost);
     };
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), "[cas]\nkeep_referenced_secs = 0\n").unwrap();

@@ -457,3 +457,27 @@ pub fn logged_digests(path: &Path) -> Vec<String> {
     }
     digests.into_iter().collect()
 }
+
+/// Runs `fixtures/bazel/lost_inputs_e2e.sh`: Bazel builds without the bytes through `url`,
+/// `upload_mib` of unrelated blobs go through `upload_url` (or `url`), then a rebuild reads
+/// remote-only outputs of the first build; with `expect_lost`, it must fail for them.
+#[allow(dead_code)]
+pub fn lost_inputs_e2e(
+    bazel: &Path,
+    url: &str,
+    upload_mib: u64,
+    upload_url: Option<&str>,
+    expect_lost: bool,
+) {
+    let status = Command::new("bash")
+        .arg(fixtures().join("bazel/lost_inputs_e2e.sh"))
+        .arg(url)
+        .arg(upload_mib.to_string())
+        .env("BAZEL", bazel)
+        .env("REMEXEC", env!("CARGO_BIN_EXE_remexec"))
+        .env("UPLOAD_URL", upload_url.unwrap_or(url))
+        .env("EXPECT_LOST", if expect_lost { "1" } else { "0" })
+        .status()
+        .unwrap();
+    assert!(status.success(), "lost_inputs_e2e.sh failed: {status}");
+}
