@@ -51,6 +51,9 @@ pub(crate) struct FileTable {
     tmp: PathBuf,
     sync: bool,
     keep_secs: u64,
+    /// The budget as opened; the index's is this less what [`reserve`](Self::reserve) set
+    /// aside.
+    total: u64,
     index: Mutex<ByteLru<Key, Times>>,
     /// Writes refused because kept entries fill the budget.
     refused: std::sync::atomic::AtomicU64,
@@ -207,6 +210,7 @@ impl FileTable {
                 tmp,
                 sync,
                 keep_secs,
+                total: budget,
                 index: Mutex::new(ByteLru::new(budget)),
                 refused: Default::default(),
                 names,
@@ -307,6 +311,15 @@ impl FileTable {
         remexec_core::metrics::StoreUsage {
             refused_writes: self.refused.load(std::sync::atomic::Ordering::Relaxed),
             ..index.usage()
+        }
+    }
+
+    /// Sets `bytes` of the budget aside for files kept beside the table, evicting (never kept
+    /// entries) to fit what is left.
+    pub(crate) fn reserve(&self, bytes: u64) {
+        let mut index = self.index.lock();
+        for (key, _) in index.set_budget(self.total.saturating_sub(bytes)) {
+            self.remove_file(&key);
         }
     }
 

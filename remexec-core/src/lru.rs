@@ -69,6 +69,13 @@ impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
         self.bytes
     }
 
+    /// Changes the budget, evicting least recently used entries (never kept ones) to fit it;
+    /// returns what was evicted.
+    pub fn set_budget(&mut self, budget: u64) -> Vec<(K, V)> {
+        self.budget = budget;
+        self.evict_to_budget()
+    }
+
     /// The total cost of the entries kept.
     pub fn kept_bytes(&self) -> u64 {
         self.kept_bytes

@@ -105,10 +105,63 @@ impl DiskStore {
         })
     }
 
+    /// Counts the files under `dir` against this store's budget, measured every `every` (a
+    /// hard-linked file once), as long as the store lives: the store keeps for itself what
+    /// they leave, evicting to fit. A worker's file cache and action directories are counted
+    /// so, so that its disk budget covers every byte it holds.
+    pub fn share_budget_with(
+        &self,
+        dir: std::path::PathBuf,
+        every: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let files = Arc::downgrade(&self.files);
+        tokio::spawn(async move {
+            loop {
+                let measured = {
+                    let dir = dir.clone();
+                    tokio::task::spawn_blocking(move || disk_bytes(&dir)).await
+                };
+                let Some(files) = files.upgrade() else { return };
+                if let Ok(bytes) = measured {
+                    remexec_core::fs::blocking(move || {
+                        files.reserve(bytes);
+                        Ok(())
+                    })
+                    .await
+                    .ok();
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
     /// `(bytes, blobs)` currently stored.
     pub fn usage(&self) -> (u64, usize) {
         self.files.usage()
     }
+}
+
+/// The bytes of the regular files under `dir`, each file once however many links it has;
+/// what cannot be read counts nothing.
+fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else if meta.is_file() && (meta.nlink() < 2 || seen.insert((meta.dev(), meta.ino())))
+            {
+                total += meta.len();
+            }
+        }
+    }
+    total
 }
 
 impl ListBlobs for DiskStore {
@@ -532,6 +585,49 @@ mod tests {
             store.find_missing("inst", &digests[2..]).await.unwrap(),
             digests[2..].to_vec()
         );
+    }
+
+    /// Files beside the store count against its budget, a hard-linked one once: the store
+    /// evicts to keep within what they leave, never a referenced blob.
+    #[tokio::test]
+    async fn files_beside_the_store_count_against_its_budget() {
+        let (dir, beside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (blobs, digests) = four_blobs(30);
+        let store = DiskStore::open(dir.path(), opts(4_000)).await.unwrap();
+        for (b, d) in blobs.iter().zip(&digests) {
+            store.put_bytes("inst", *d, b.clone()).await.unwrap();
+        }
+        store.reference("inst", &digests[..1]).await.unwrap();
+        std::fs::create_dir(beside.path().join("actions")).unwrap();
+        let file = beside.path().join("cached");
+        std::fs::write(&file, vec![0u8; 1_000]).unwrap();
+        std::fs::hard_link(&file, beside.path().join("actions/input")).unwrap();
+        let task = store.share_budget_with(
+            beside.path().to_path_buf(),
+            std::time::Duration::from_millis(10),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.files.budget() == 4_000 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", store.usage());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // 1,000 bytes set aside (the link is the same file): the referenced blob stayed, the
+        // least recently used other went.
+        assert_eq!(store.files.budget(), 3_000);
+        assert_eq!(store.usage(), (3_000, 3));
+        assert_eq!(
+            store.find_missing("inst", &digests).await.unwrap(),
+            digests[1..2].to_vec()
+        );
+        // The files gone, the budget is the store's again.
+        std::fs::remove_file(&file).unwrap();
+        std::fs::remove_file(beside.path().join("actions/input")).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.files.budget() < 3_000 {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        task.abort();
     }
 
     #[tokio::test]
