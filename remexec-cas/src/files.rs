@@ -194,13 +194,16 @@ impl FileTable {
                 };
                 index.insert_unbounded(f.key, f.len, times);
             }
-            // Keeps in the order they end; the epoch (never referenced) keeps nothing.
+            // Keeps in the order they end; the epoch (never referenced) keeps nothing. An atime
+            // is written at most once every USE_RESOLUTION_SECS, so a reference may be that
+            // much later than it says.
             let now = unix_secs(SystemTime::now());
             found.sort_by_key(|f| f.referenced);
             for f in &found {
                 let referenced = unix_secs(f.referenced);
-                if keep_secs > 0 && referenced > 0 && referenced + keep_secs > now {
-                    index.keep(&f.key, keep_until(referenced, keep_secs));
+                let until = keep_until(referenced + USE_RESOLUTION_SECS, keep_secs);
+                if keep_secs > 0 && referenced > 0 && until > now {
+                    index.keep(&f.key, until);
                 }
             }
             let names = Mutex::new(read_names(&root));
@@ -404,8 +407,23 @@ impl FileTable {
     /// caller's); uses beyond a full queue are dropped (a reference among them is then lost
     /// only to a restart within the keep time).
     fn record_uses(&self, keys: Vec<(Key, bool)>) {
+        let mut dropped = Vec::new();
         for (key, referenced) in keys {
-            let _ = self.uses.try_send((self.path(&key), referenced));
+            if self.uses.try_send((self.path(&key), referenced)).is_err() {
+                dropped.push(key);
+            }
+        }
+        // Not recorded: the next use or reference tries again.
+        if !dropped.is_empty() {
+            let mut index = self.index.lock();
+            for key in dropped {
+                if let Some(times) = index.get_mut(&key) {
+                    *times = Times {
+                        used: 0,
+                        referenced: 0,
+                    };
+                }
+            }
         }
     }
 
@@ -495,12 +513,21 @@ impl FileTable {
         {
             let mut index = self.index.lock();
             self.check_room_locked(&mut index, &key, len)?;
+            // A file replacing one already referenced (a second upload of the same blob) takes
+            // over the reference its atime records.
+            let referenced = index.get(&key).map_or(0, |t| t.referenced);
+            if referenced > 0 {
+                let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(referenced);
+                temp.as_file()
+                    .set_times(std::fs::FileTimes::new().set_accessed(at))
+                    .map_err(|e| Error::io("setting an upload's times", e))?;
+            }
             temp.persist(&path)
                 .map_err(|e| Error::io(format!("renaming into {}", path.display()), e.error))?;
             let now = unix_secs(SystemTime::now());
             let times = Times {
                 used: now,
-                referenced: index.get(&key).map_or(0, |t| t.referenced),
+                referenced,
             };
             self.publish(&key, true);
             for (evicted, _) in index.insert(key, len, times) {

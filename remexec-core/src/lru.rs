@@ -123,6 +123,7 @@ impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
             if until > *old {
                 *old = until;
                 self.expiries.push_back((until, key.clone()));
+                self.compact_expiries();
             }
             return true;
         }
@@ -132,7 +133,12 @@ impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
         self.kept_bytes += cost;
         self.kept.insert(key.clone(), (cost, value, until));
         self.expiries.push_back((until, key.clone()));
-        // Extended keeps leave stale times behind: past twice the keeps, start afresh.
+        self.compact_expiries();
+        true
+    }
+
+    /// Extended keeps leave stale times behind: past twice the keeps, starts the queue afresh.
+    fn compact_expiries(&mut self) {
         if self.expiries.len() > 2 * self.kept.len() + 1024 {
             let mut fresh: Vec<_> = self
                 .kept
@@ -142,7 +148,6 @@ impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
             fresh.sort_by_key(|(u, _)| *u);
             self.expiries = fresh.into();
         }
-        true
     }
 
     /// Ends the keeps due at or before `now`: those entries may be evicted again, as the most

@@ -814,15 +814,16 @@ impl Inner {
         ))
     }
 
-    /// Caches successful results unless the action says not to (the Action Cache references
-    /// the outputs of what it stores); references the outputs of the others, which the client
-    /// is about to be told of.
+    /// References the outputs the client is about to be told of; caches successful results
+    /// unless the action says not to.
     async fn cache(&self, exec: &Execution, result: &ActionResult) {
+        // The outputs it names, whatever the Action Cache does (a completeness-checking one
+        // references the files in output trees too).
+        let outputs = remexec_core::merkle::result_blobs(exec.key.1.function(), result);
+        if let Err(e) = self.cas.reference(&exec.key.0, &outputs).await {
+            tracing::warn!(action = %exec.key.1, error = %e, "could not reference the outputs");
+        }
         if exec.do_not_cache || result.exit_code != 0 {
-            let outputs = remexec_core::merkle::result_blobs(exec.key.1.function(), result);
-            if let Err(e) = self.cas.reference(&exec.key.0, &outputs).await {
-                tracing::warn!(action = %exec.key.1, error = %e, "could not reference the outputs");
-            }
             return;
         }
         if let Err(e) = self.ac.put(&exec.key.0, exec.key.1, result.clone()).await {

@@ -90,12 +90,57 @@ fn lagged(n: u64) -> Status {
     Error::Unavailable(format!("fell {n} changes behind; watch again").into()).into()
 }
 
+/// One response for `batch`, in which each blob's last change stands for its others (a blob
+/// evicted and stored again is stored), so that the order within the response is no matter.
 fn response(batch: Vec<BlobChange>) -> WatchResponse {
-    let (added, removed): (Vec<_>, Vec<_>) = batch.into_iter().partition(|c| c.present);
+    let mut last: std::collections::HashMap<(String, Digest), bool> = Default::default();
+    for change in batch {
+        last.insert((change.instance, change.digest), change.present);
+    }
+    let batch = last
+        .into_iter()
+        .map(|((instance, digest), present)| BlobChange {
+            instance,
+            digest,
+            present,
+        });
+    let (added, removed): (Vec<_>, Vec<_>) = batch.partition(|c| c.present);
     let pairs = |list: Vec<BlobChange>| list.into_iter().map(|c| (c.instance, c.digest));
     WatchResponse {
         added: sets(pairs(added)),
         removed: sets(pairs(removed)),
         synced: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use remexec_core::DigestFunction;
+
+    /// A blob evicted and stored again within one batch is sent as stored, once; one dropped
+    /// after being stored, as dropped.
+    #[test]
+    fn each_blob_s_last_change_in_a_batch_stands() {
+        let (x, y) = (
+            DigestFunction::Sha256.digest_of(b"x"),
+            DigestFunction::Sha256.digest_of(b"y"),
+        );
+        let change = |digest, present| BlobChange {
+            instance: "i".into(),
+            digest,
+            present,
+        };
+        let batch = vec![
+            change(x, false),
+            change(y, true),
+            change(x, true),
+            change(y, false),
+        ];
+        let r = response(batch);
+        let digests =
+            |sets: &[BlobSet]| -> Vec<_> { sets.iter().flat_map(|s| s.digests.clone()).collect() };
+        assert_eq!(digests(&r.added), vec![x.to_proto()]);
+        assert_eq!(digests(&r.removed), vec![y.to_proto()]);
     }
 }

@@ -334,7 +334,7 @@ impl ReplicatedStore {
                     ask.push(i);
                     continue;
                 };
-                if index.absent_everywhere(&key, view.stores.len()) {
+                if index.absent_everywhere(&key, view.stores.keys()) {
                     missing[i] = true;
                     continue;
                 }
@@ -347,6 +347,17 @@ impl ReplicatedStore {
                     false => ask.push(i),
                 }
             }
+        }
+        // What the index says no member holds may just not have reached it yet: a reference
+        // is passed on to the members all the same, in the background.
+        if reference {
+            renew.extend(
+                missing
+                    .iter()
+                    .zip(digests)
+                    .filter(|(m, _)| **m)
+                    .map(|(_, d)| *d),
+            );
         }
         if let (false, Some(renewals)) = (renew.is_empty(), self.renewals.get()) {
             // A full queue drops the renewal: the blob stays kept from the members' last word.
@@ -445,13 +456,13 @@ impl BlobStore for ReplicatedStore {
 
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {
         self.await_members().await;
-        let targets: Vec<Arc<dyn BlobStore>> = {
+        let (names, targets): (Vec<String>, Vec<Arc<dyn BlobStore>>) = {
             let view = self.view.read();
             view.current
                 .replicas(&digest, self.replicas)
                 .into_iter()
-                .filter_map(|m| view.stores.get(m).cloned())
-                .collect()
+                .filter_map(|m| Some((m.to_string(), view.stores.get(m).cloned()?)))
+                .unzip()
         };
         if targets.len() < self.replicas {
             return Err(Error::Unavailable(
@@ -470,6 +481,10 @@ impl BlobStore for ReplicatedStore {
             .map(|(store, copy)| store.put(instance, digest, copy));
         for result in futures::future::join_all(puts).await {
             result?;
+        }
+        // The index learns it now, before the members' watches tell it.
+        if let Some(index) = self.index.get() {
+            index.note_held(&Key::new(instance, digest), &names);
         }
         Ok(())
     }

@@ -50,14 +50,23 @@ impl BlobStore for TieredStore {
         self.slow.find_missing(instance, &not_fast).await
     }
 
-    /// References what the fast tier holds there (the slow tier is the durable one: what only
-    /// it holds is asked of it).
+    /// References in both tiers: the slow tier is asked about every digest when it evicts
+    /// (it has a budget), and otherwise (a durable object store) only about what the fast
+    /// tier lacks.
     async fn reference(&self, instance: &str, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let not_fast = self.fast.reference(instance, digests).await?;
-        if not_fast.is_empty() {
-            return Ok(not_fast);
+        if self.slow.usage().is_none() {
+            let not_fast = self.fast.reference(instance, digests).await?;
+            if not_fast.is_empty() {
+                return Ok(not_fast);
+            }
+            return self.slow.reference(instance, &not_fast).await;
         }
-        self.slow.reference(instance, &not_fast).await
+        let (fast, slow) = tokio::join!(
+            self.fast.reference(instance, digests),
+            self.slow.reference(instance, digests),
+        );
+        let slow: std::collections::HashSet<Digest> = slow?.into_iter().collect();
+        Ok(fast?.into_iter().filter(|d| slow.contains(d)).collect())
     }
 
     async fn put(&self, instance: &str, digest: Digest, data: ChunkStream) -> Result<()> {

@@ -47,10 +47,14 @@ pub struct HolderIndex {
 pub(crate) struct Reading<'a>(parking_lot::MutexGuard<'a, HashMap<String, Holdings, Fast>>);
 
 impl Reading<'_> {
-    /// Whether `members` members are indexed, all synced, and none holds `key`: then no
-    /// placement, current or previous, holds it either.
-    pub(crate) fn absent_everywhere(&self, key: &Key, members: usize) -> bool {
-        self.0.len() == members && self.0.values().all(|h| h.synced && !h.blobs.contains(key))
+    /// Whether each of `members` (every member there is) is indexed and synced, and none
+    /// holds `key`: then no placement, current or previous, holds it either.
+    pub(crate) fn absent_everywhere<'m>(
+        &self,
+        key: &Key,
+        members: impl ExactSizeIterator<Item = &'m String>,
+    ) -> bool {
+        self.0.len() == members.len() && self.absent(key, members.map(String::as_str))
     }
 
     /// Whether none of `members` holds `key`, each of them synced: only then is "missing"
@@ -155,6 +159,16 @@ impl HolderIndex {
     /// The index held still while the caller asks about a batch.
     pub(crate) fn read(&self) -> Reading<'_> {
         Reading(self.members.lock())
+    }
+
+    /// Notes that `members` hold `key` (a write to them just succeeded).
+    pub(crate) fn note_held(&self, key: &Key, members: &[String]) {
+        let mut index = self.members.lock();
+        for m in members {
+            if let Some(holdings) = index.get_mut(m) {
+                holdings.blobs.insert(*key);
+            }
+        }
     }
 
     /// `(synced members, blobs indexed)`.
