@@ -63,6 +63,9 @@ pub struct ReplicatedStore {
     index: std::sync::OnceLock<Arc<index::HolderIndex>>,
     /// Blobs the members said were there lately, by key; emptied when the members change.
     confirmed: parking_lot::Mutex<remexec_core::lru::ByteLru<Key, Confirmed>>,
+    /// When references of blobs the index says no member holds were last passed on to the
+    /// members, so that a blob asked about again and again is passed on once in a while.
+    passed_on: parking_lot::Mutex<remexec_core::lru::ByteLru<Key, std::time::Instant>>,
     /// References answered from `confirmed`, to pass on to the members.
     renewals: std::sync::OnceLock<tokio::sync::mpsc::Sender<(String, Vec<Digest>)>>,
     /// How long a confirmation answers ([`CONFIRMED_FOR`] or the members' keep time, the
@@ -85,6 +88,9 @@ impl ReplicatedStore {
             has_local: std::sync::atomic::AtomicBool::new(false),
             index: std::sync::OnceLock::new(),
             confirmed: parking_lot::Mutex::new(remexec_core::lru::ByteLru::new(CONFIRMED_BYTES)),
+            passed_on: parking_lot::Mutex::new(remexec_core::lru::ByteLru::new(
+                CONFIRMED_BYTES / 4,
+            )),
             renewals: std::sync::OnceLock::new(),
             confirmed_for: std::sync::OnceLock::new(),
         })
@@ -350,14 +356,18 @@ impl ReplicatedStore {
         }
         // What the index says no member holds may just not have reached it yet: a reference
         // is passed on to the members all the same, in the background.
-        if reference {
-            renew.extend(
-                missing
-                    .iter()
-                    .zip(digests)
-                    .filter(|(m, _)| **m)
-                    .map(|(_, d)| *d),
-            );
+        if reference && self.renewals.get().is_some() {
+            let mut passed_on = self.passed_on.lock();
+            for (_, d) in missing.iter().zip(digests).filter(|(m, _)| **m) {
+                let key = Key { ns, digest: *d };
+                let recent = passed_on
+                    .get(&key)
+                    .is_some_and(|at| now.duration_since(*at) < RENEW_AFTER);
+                if !recent {
+                    passed_on.insert(key, 100, now);
+                    renew.push(*d);
+                }
+            }
         }
         if let (false, Some(renewals)) = (renew.is_empty(), self.renewals.get()) {
             // A full queue drops the renewal: the blob stays kept from the members' last word.
