@@ -823,3 +823,32 @@ async fn action_cache_round_trip_inlining_and_completeness() {
         "action_result is missing",
     );
 }
+
+/// FindMissingBlobs keeps what it finds, unless the caller only peeks (`remexec-peek`, as
+/// remexec's own probes do): later writes evict the blob that was only looked at, not the one
+/// that was found.
+#[tokio::test]
+async fn find_missing_references_what_it_finds_unless_the_caller_only_peeks() {
+    use remexec_core::BlobStore;
+    let server = TestServer::start_sized(remexec_cas::Limits::default(), 3_000).await;
+    let client = remexec_cas::GrpcStore::new(server.channel.clone());
+    let blob = |i: u8| {
+        let data = bytes::Bytes::from(vec![i; 1_000]);
+        (DigestFunction::Sha256.digest_of(&data), data)
+    };
+    let [a, b, c, d] = [1, 2, 3, 4].map(blob);
+    for (digest, data) in [&a, &b] {
+        client.put_bytes("", *digest, data.clone()).await.unwrap();
+    }
+    // `find_missing` sends the peek header; `reference` is a plain FindMissingBlobs.
+    assert!(client.find_missing("", &[a.0]).await.unwrap().is_empty());
+    assert!(client.reference("", &[b.0]).await.unwrap().is_empty());
+    for (digest, data) in [&c, &d] {
+        client.put_bytes("", *digest, data.clone()).await.unwrap();
+    }
+    assert_eq!(
+        server.store.find_missing("", &[a.0, b.0]).await.unwrap(),
+        vec![a.0],
+        "the peeked blob went, the found one stayed"
+    );
+}

@@ -28,12 +28,17 @@ impl TestServer {
     }
 
     pub async fn start_with(limits: Limits) -> Self {
+        Self::start_sized(limits, 1 << 30).await
+    }
+
+    /// With a disk store of `budget` bytes.
+    pub async fn start_sized(limits: Limits, budget: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn BlobStore> = Arc::new(
             DiskStore::open(
                 dir.path().join("cas"),
                 DiskStoreOptions {
-                    budget: 1 << 30,
+                    budget,
                     sync: false,
                     ..Default::default()
                 },
