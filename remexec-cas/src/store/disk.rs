@@ -117,19 +117,13 @@ impl DiskStore {
         let files = Arc::downgrade(&self.files);
         tokio::spawn(async move {
             loop {
-                let measured = {
-                    let dir = dir.clone();
-                    tokio::task::spawn_blocking(move || disk_bytes(&dir)).await
-                };
                 let Some(files) = files.upgrade() else { return };
-                if let Ok(bytes) = measured {
-                    remexec_core::fs::blocking(move || {
-                        files.reserve(bytes);
-                        Ok(())
-                    })
-                    .await
-                    .ok();
-                }
+                let dir = dir.clone();
+                let measured = remexec_core::fs::blocking(move || {
+                    files.reserve(disk_bytes(&dir));
+                    Ok(())
+                });
+                let _ = measured.await;
                 tokio::time::sleep(every).await;
             }
         })

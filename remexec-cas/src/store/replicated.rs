@@ -109,8 +109,8 @@ impl ReplicatedStore {
         if view.stores.len() != stores.len()
             || stores.keys().any(|name| !view.stores.contains_key(name))
         {
-            let budget = self.confirmed.lock().budget();
-            *self.confirmed.lock() = remexec_core::lru::ByteLru::new(budget);
+            let mut confirmed = self.confirmed.lock();
+            *confirmed = remexec_core::lru::ByteLru::new(confirmed.budget());
         }
         view.stores = stores;
     }

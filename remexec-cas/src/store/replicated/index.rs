@@ -190,3 +190,48 @@ fn keys(sets: Vec<BlobSet>) -> impl Iterator<Item = Key> {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use remexec_proto::cluster::v1::WatchResponse;
+
+    /// What a member's watch sends that does not parse (an unknown digest function, a bad
+    /// hash, a negative size) is left out; the rest is indexed, and the member is synced.
+    #[test]
+    fn a_member_s_malformed_blobs_are_left_out() {
+        let index = HolderIndex::default();
+        let good = DigestFunction::Sha256.digest_of(b"good");
+        let bad = |hash: &str, size_bytes| remexec_proto::reapi::Digest {
+            hash: hash.into(),
+            size_bytes,
+        };
+        let set = |digest_function, digests| BlobSet {
+            instance_name: "i".into(),
+            digest_function,
+            digests,
+        };
+        let sha = DigestFunction::Sha256.to_proto();
+        let added = vec![
+            set(
+                sha,
+                vec![good.to_proto(), bad("not hex", 4), bad(&"a".repeat(64), -1)],
+            ),
+            set(12345, vec![good.to_proto()]),
+        ];
+        let response = WatchResponse {
+            added,
+            removed: Vec::new(),
+            synced: true,
+        };
+        index.apply("w1", response);
+        assert_eq!(index.size(), (1, 1));
+        let reading = index.read();
+        assert!(!reading.absent(&Key::new("i", good), ["w1"]));
+        assert!(reading.absent(&Key::new("j", good), ["w1"]));
+        assert!(
+            !reading.absent(&Key::new("i", good), ["w2"]),
+            "an unknown member holds all"
+        );
+    }
+}
