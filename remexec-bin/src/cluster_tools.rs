@@ -43,7 +43,7 @@ async fn cluster_client(client: &ClientArgs) -> Result<ClusterClient<tonic::tran
 }
 
 /// Runs `cas locate`: for each digest, the members holding it (text: `DIGEST HOLDER…`, one
-/// line each; JSON: a list of `{digest, holders, placement}`).
+/// line each; JSON: a list of `{digest, holders, placement, unreachable}`).
 pub async fn locate(args: LocateArgs) -> Result<String> {
     let f = DigestFunction::Sha256;
     let digests = args
@@ -64,7 +64,10 @@ pub async fn locate(args: LocateArgs) -> Result<String> {
     let rows = digests.iter().zip(answer.locations);
     if args.json {
         let list: Vec<_> = rows
-            .map(|(d, l)| json!({"digest": d.to_string(), "holders": l.holders, "placement": l.placement}))
+            .map(|(d, l)| {
+                json!({"digest": d.to_string(), "holders": l.holders,
+                                 "placement": l.placement, "unreachable": l.unreachable})
+            })
             .collect();
         return Ok(format!("{}\n", serde_json::Value::from(list)));
     }

@@ -88,8 +88,7 @@ pub async fn run_worker(
         let stop = node.stopping();
         let (seeds, replicas) = (config.cluster.storage.clone(), cluster.replicas());
         let storage = storage_membership(seeds, replicas, tls.clone(), Some(&name))?;
-        let (listener, routes) =
-            cluster.start(storage.members(), &name, tls.clone(), &metrics, stop);
+        let (listener, routes) = cluster.start(&storage, &name, tls.clone(), &metrics, stop);
         let port = Port::new(listener, routes, metrics.clone());
         node = node.port(match cas_port {
             Some((tls, auth)) => port.tls(Some(tls)).auth(auth),

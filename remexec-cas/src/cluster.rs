@@ -136,32 +136,33 @@ impl Probe for StorageProbe {
     }
 }
 
-/// A scheduler's CAS over `members` with `replicas` copies of each blob, and its `Cluster`
-/// service. Members are reached with `tls`, and their holdings indexed
-/// ([`ReplicatedStore::index_holders`]), assuming they keep referenced blobs for the default
-/// [`KEEP_REFERENCED`](crate::store::disk::KEEP_REFERENCED) ([`scheduler_store`] takes
-/// another). The member count goes to `metrics`.
+/// A scheduler's CAS over the members of `storage` with `replicas` copies of each blob, and
+/// its `Cluster` service. Members are reached with `tls`, placed over the roster and their
+/// holdings indexed ([`ReplicatedStore::index_holders`]), assuming they keep referenced
+/// blobs for the default [`KEEP_REFERENCED`](crate::store::disk::KEEP_REFERENCED)
+/// ([`scheduler_store`] takes another). The member counts go to `metrics`.
 pub fn scheduler_cas(
     replicas: u32,
-    members: watch::Receiver<Vec<Member>>,
+    storage: &Membership,
     tls: ClientTls,
     metrics: &Metrics,
 ) -> Result<(Arc<ReplicatedStore>, ClusterService)> {
     let keep = crate::store::disk::KEEP_REFERENCED;
-    scheduler_cas_keeping(replicas, members, tls, keep, metrics)
+    scheduler_cas_keeping(replicas, storage, tls, keep, metrics)
 }
 
 /// [`scheduler_cas`] over members that keep a referenced blob for `keep`.
 fn scheduler_cas_keeping(
     replicas: u32,
-    members: watch::Receiver<Vec<Member>>,
+    storage: &Membership,
     tls: ClientTls,
     keep: Duration,
     metrics: &Metrics,
 ) -> Result<(Arc<ReplicatedStore>, ClusterService)> {
     let store = Arc::new(ReplicatedStore::new(replicas as usize)?);
-    let watched = members.clone();
-    metrics.on_scrape(move |m| m.cluster_members(watched.borrow().len()));
+    let members = storage.members();
+    count_members(&store, members.clone(), metrics);
+    Arc::clone(&store).follow_roster(storage.roster());
     Arc::clone(&store).follow(members.clone(), tls.clone(), None);
     store.index_holders(members.clone(), tls.clone(), keep);
     let service = ClusterService::router(Arc::clone(&store), members, tls);
@@ -207,9 +208,8 @@ pub fn scheduler_store(
         keep_referenced,
     } = *options;
     let storage = storage_membership(seeds, replicas, tls.clone(), None)?;
-    let members = storage.members();
     let (store, service) =
-        scheduler_cas_keeping(replicas, members, tls.clone(), keep_referenced, metrics)?;
+        scheduler_cas_keeping(replicas, &storage, tls.clone(), keep_referenced, metrics)?;
     let max_blob = crate::store::small::SMALL_BLOB;
     let store = crate::SmallBlobCache::new(store, small_blob_cache, max_blob);
     Ok((Arc::new(store), service))
@@ -296,18 +296,22 @@ impl WorkerCas {
         self.options.replicas
     }
 
-    /// Follows `members` (member `name` among them) and re-replicates until `stop`; returns the
-    /// listener and the CAS port's routes, for the worker to serve. `tls` reaches the other
-    /// members. Its figures (members, copies to make, the store's usage) go to `metrics`.
+    /// Follows the members of `storage` (member `name` among them) and re-replicates until
+    /// `stop`; returns the listener and the CAS port's routes, for the worker to serve. `tls`
+    /// reaches the other members. Its figures (members, copies to make and made, the store's
+    /// usage) go to `metrics`.
     pub fn start(
         self,
-        members: watch::Receiver<Vec<Member>>,
+        storage: &Membership,
         name: &str,
         tls: ClientTls,
         metrics: &Metrics,
         stop: CancellationToken,
     ) -> (TcpListener, tonic::service::Routes) {
         let local: Arc<dyn BlobStore> = self.local.clone();
+        let members = storage.members();
+        count_members(&self.store, members.clone(), metrics);
+        Arc::clone(&self.store).follow_roster(storage.roster());
         Arc::clone(&self.store).follow(members.clone(), tls, Some((name.to_string(), local)));
         let repairer = Arc::new(Repairer::new(
             name,
@@ -315,10 +319,10 @@ impl WorkerCas {
             Arc::clone(&self.store),
             self.options.repair_bandwidth,
         ));
-        let (watched, repair, disk) = (members.clone(), Arc::clone(&repairer), self.local.clone());
+        let (repair, disk) = (Arc::clone(&repairer), self.local.clone());
         metrics.on_scrape(move |m| {
-            m.cluster_members(watched.borrow().len());
             m.copies_to_make(repair.below_replicas());
+            m.copies_made(repair.copies_made());
             if let Some(usage) = disk.usage() {
                 m.store_usage("worker_cas", usage);
             }
@@ -345,6 +349,22 @@ impl WorkerCas {
             .add_service(health);
         (self.listener, routes)
     }
+}
+
+/// Counts `store`'s members in `metrics` at each scrape: those `live` lists, and those on the
+/// roster `store` cannot reach.
+fn count_members(
+    store: &Arc<ReplicatedStore>,
+    live: watch::Receiver<Vec<Member>>,
+    metrics: &Metrics,
+) {
+    let store = Arc::downgrade(store);
+    metrics.on_scrape(move |m| {
+        m.cluster_members(live.borrow().len());
+        if let Some(store) = store.upgrade() {
+            m.unreachable_members(store.unreachable().len());
+        }
+    });
 }
 
 /// Logs an error if, 10 s on, worker `name` is not among the members its seeds resolve to: it

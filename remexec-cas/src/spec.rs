@@ -197,7 +197,7 @@ impl StoreSpec {
                     tls.clone(),
                     None,
                 )?;
-                crate::cluster::scheduler_cas(*replicas, members.members(), tls.clone(), metrics)?.0
+                crate::cluster::scheduler_cas(*replicas, &members, tls.clone(), metrics)?.0
             }
         })
     }

@@ -186,8 +186,8 @@ async fn worker_cas(
     let storage = storage_membership(seeds.to_vec(), replicas, Default::default(), Some(name));
     let stop = tokio_util::sync::CancellationToken::new();
     let metrics = remexec_core::metrics::Metrics::new();
-    let members = storage.unwrap().members();
-    let (listener, routes) = cas.start(members, name, Default::default(), &metrics, stop.clone());
+    let storage = storage.unwrap();
+    let (listener, routes) = cas.start(&storage, name, Default::default(), &metrics, stop.clone());
     let incoming = futures::stream::unfold(listener, |l| async move {
         Some((l.accept().await.map(|(s, _)| s), l))
     });
@@ -345,7 +345,7 @@ async fn hostile_worker_names_are_no_members() {
     let storage = storage_membership(seeds.clone(), 2, Default::default(), None).unwrap();
     let members = storage.members();
     let metrics = remexec_core::metrics::Metrics::new();
-    let (store, _) = scheduler_cas(2, storage.members(), Default::default(), &metrics).unwrap();
+    let (store, _) = scheduler_cas(2, &storage, Default::default(), &metrics).unwrap();
     let names_of = |m: &[remexec_core::membership::Member]| {
         m.iter().map(|m| m.name.clone()).collect::<Vec<_>>()
     };
@@ -372,7 +372,7 @@ async fn the_scheduler_indexes_what_each_worker_holds_through_their_watch_stream
     let (seeds, stops) = workers(&["w1", "w2", "w3"], 2, dir.path()).await;
     let storage = storage_membership(seeds.clone(), 2, Default::default(), None).unwrap();
     let metrics = remexec_core::metrics::Metrics::new();
-    let (store, _) = scheduler_cas(2, storage.members(), Default::default(), &metrics).unwrap();
+    let (store, _) = scheduler_cas(2, &storage, Default::default(), &metrics).unwrap();
     until("three members", || store.members().len() == 3).await;
     let index = store.holder_index().unwrap();
     // Some blobs before the index is asked about, some after it synced.

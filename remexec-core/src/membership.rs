@@ -8,9 +8,24 @@
 //! (`grpc.health.v1.Health/Check`, the empty service, which remexec's ports answer), or
 //! whatever [`Probe`] the membership is given; a member whose last answer is older than
 //! `dead_after` is dead. A probe also names the member: the health probe by its URL, the
-//! storage plane's probe (remexec-cas) by the name the worker reports. There is no consensus:
-//! each instance keeps its own view of the same seeds, and views that briefly disagree are
-//! fine for placement ([`crate::placement`]).
+//! storage plane's probe (remexec-cas) by the name the worker reports.
+//!
+//! A membership publishes two lists:
+//! - the **live** members ([`Membership::members`]): those that answered here within
+//!   `dead_after`. Each instance has its own view; it routes by it (whom to ask, whom to
+//!   write to);
+//! - the **roster** ([`Membership::roster`]): every member that answered here once, for as
+//!   long as the seeds still resolve to its URL (or it answers). The seeds are one list, or
+//!   one DNS name, shared by every instance, so every instance that has reached a member once
+//!   lists it: a member cut off from one instance only stays on that instance's roster.
+//!   Placement ([`crate::placement`]) is computed over the roster, so that such a cut changes
+//!   where a blob is routed, never where it belongs. A member leaves every roster when the
+//!   seeds stop naming it (a static list edited, a pod gone from a headless service's DNS).
+//!
+//! There is no consensus protocol: the shared seeds are the agreement, as in the static
+//! sharding configuration of Buildbarn. An instance lists a member only after reaching it
+//! once, so a member that one instance never reached since it started is missing from that
+//! instance's roster alone.
 //!
 //! ```no_run
 //! # async fn example() -> remexec_core::Result<()> {
@@ -125,6 +140,7 @@ impl MembershipConfig {
 #[derive(Debug)]
 pub struct Membership {
     live: watch::Receiver<Vec<Member>>,
+    roster: watch::Receiver<Vec<Member>>,
 }
 
 /// A seed's scheme and port, and its host.
@@ -248,8 +264,9 @@ impl Membership {
             ));
         }
         let (tx, live) = watch::channel(Vec::new());
-        tokio::spawn(run(config, tx));
-        Ok(Self { live })
+        let (roster_tx, roster) = watch::channel(Vec::new());
+        tokio::spawn(run(config, tx, roster_tx));
+        Ok(Self { live, roster })
     }
 
     /// The live members' URLs, sorted.
@@ -264,18 +281,33 @@ impl Membership {
     pub fn members(&self) -> watch::Receiver<Vec<Member>> {
         self.live.clone()
     }
+
+    /// The roster: every member that answered once and that the seeds still name (or that is
+    /// live), sorted by name, the live ones among them; see the module docs. The receiver sees
+    /// every change for as long as the membership runs.
+    pub fn roster(&self) -> watch::Receiver<Vec<Member>> {
+        self.roster.clone()
+    }
 }
 
 /// The membership task: every interval, resolve, check, publish what changed.
-async fn run(config: MembershipConfig, tx: watch::Sender<Vec<Member>>) {
+async fn run(
+    config: MembershipConfig,
+    tx: watch::Sender<Vec<Member>>,
+    roster_tx: watch::Sender<Vec<Member>>,
+) {
     let mut channels = crate::client::Channels::default();
     let mut last_ok: HashMap<String, (Member, Instant)> = HashMap::new();
+    // Every URL that answered, as it last named itself.
+    let mut named: HashMap<String, Member> = HashMap::new();
     loop {
         // Members that stopped resolving (a DNS blip) are checked on until dead_after passes.
         let now = Instant::now();
         let recent = |t: &Instant| now.saturating_duration_since(*t) < config.dead_after;
         last_ok.retain(|_, (_, t)| recent(t));
         let mut urls = resolve(&config.seeds, config.interval).await;
+        // Members the seeds no longer name leave the roster once they stop answering.
+        named.retain(|url, _| urls.contains(url) || last_ok.contains_key(url));
         urls.extend(last_ok.keys().cloned());
         let checks = channels
             .update(&urls, &config.tls)
@@ -287,10 +319,12 @@ async fn run(config: MembershipConfig, tx: watch::Sender<Vec<Member>>) {
         let now = Instant::now();
         for (url, member) in futures::future::join_all(checks).await {
             if let Some(member) = member {
+                named.insert(url.clone(), member.clone());
                 last_ok.insert(url, (member, now));
             }
         }
         let live = live_members(&last_ok, now, config.dead_after);
+        publish_roster(&roster_tx, &named, &live);
         tx.send_if_modified(|current| {
             if *current == live {
                 return false;
@@ -304,6 +338,33 @@ async fn run(config: MembershipConfig, tx: watch::Sender<Vec<Member>>) {
             () = tx.closed() => return,
         }
     }
+}
+
+/// Publishes the roster if it changed: the members `named` lists, with the URL each is live
+/// at if it is, sorted by name, one per name.
+fn publish_roster(
+    tx: &watch::Sender<Vec<Member>>,
+    named: &HashMap<String, Member>,
+    live: &[Member],
+) {
+    let mut roster: Vec<Member> = live.to_vec();
+    let listed: std::collections::HashSet<&str> = live.iter().map(|m| m.name.as_str()).collect();
+    let mut away: Vec<&Member> = named
+        .values()
+        .filter(|m| !listed.contains(m.name.as_str()))
+        .collect();
+    away.sort();
+    roster.extend(away.into_iter().cloned());
+    roster.sort_by(|a, b| a.name.cmp(&b.name));
+    roster.dedup_by(|later, first| later.name == first.name);
+    tx.send_if_modified(|current| {
+        if *current == roster {
+            return false;
+        }
+        tracing::info!(roster = ?roster.iter().map(|m| &m.name).collect::<Vec<_>>(), "cluster roster changed");
+        *current = roster;
+        true
+    });
 }
 
 /// The members answered within `dead_after` of `now`, sorted by name; of two URLs answering

@@ -168,6 +168,8 @@ struct Families {
     cluster_members: Gauge,
     cluster_schedulers: Gauge,
     copies_to_make: Gauge,
+    copies_made: Counter,
+    unreachable_members: Gauge,
 }
 
 struct Inner {
@@ -303,6 +305,16 @@ fn registry(f: &Families) -> Registry {
         f.copies_to_make.clone(),
     );
     r.register(
+        "remexec_cluster_copies_made",
+        "Copies of its blobs re-replication made on other members from this worker",
+        f.copies_made.clone(),
+    );
+    r.register(
+        "remexec_cluster_unreachable_members",
+        "Members of the cluster's CAS on the roster that this instance cannot reach",
+        f.unreachable_members.clone(),
+    );
+    r.register(
         "remexec_executors",
         "Executors, by state (busy or idle)",
         f.executors.clone(),
@@ -340,6 +352,8 @@ impl Metrics {
             cluster_members: Gauge::default(),
             cluster_schedulers: Gauge::default(),
             copies_to_make: Gauge::default(),
+            copies_made: Counter::default(),
+            unreachable_members: Gauge::default(),
         };
         let r = registry(&families);
         Self {
@@ -522,6 +536,23 @@ impl Metrics {
         self.f()
             .copies_to_make
             .set(i64::try_from(copies).unwrap_or(i64::MAX));
+    }
+
+    /// Catches the count of copies this worker made up with `total`, as its repairer counts
+    /// them.
+    pub fn copies_made(&self, total: u64) {
+        let counter = &self.f().copies_made;
+        let counted = counter.get();
+        if total > counted {
+            counter.inc_by(total - counted);
+        }
+    }
+
+    /// Sets the number of roster members this instance cannot reach.
+    pub fn unreachable_members(&self, members: usize) {
+        self.f()
+            .unreachable_members
+            .set(i64::try_from(members).unwrap_or(i64::MAX));
     }
 
     /// Sets the number of attached workers and of busy and idle executors.

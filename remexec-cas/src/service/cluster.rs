@@ -3,7 +3,7 @@
 //! the copies still to make).
 //!
 //! A scheduler serves it as a router: `Status` asks every member's own `Status` and lists the
-//! members that left as `lost`. A worker serving its CAS serves it as a member: `Status` gives
+//! roster's members it cannot reach as `unreachable`, and those that left as `lost`. A worker serving its CAS serves it as a member: `Status` gives
 //! its own figures. `Locate` is the same for both: every member is asked.
 
 use std::collections::{BTreeMap, HashSet};
@@ -170,6 +170,7 @@ impl ClusterService {
         });
         let mut statuses = futures::future::join_all(asks).await;
         let live_names: HashSet<&str> = live.iter().map(|m| m.name.as_str()).collect();
+        let away: HashSet<String> = self.store.unreachable().into_iter().collect();
         statuses.extend(
             seen.lock()
                 .iter()
@@ -177,7 +178,10 @@ impl ClusterService {
                 .map(|(name, (url, _))| MemberStatus {
                     name: name.clone(),
                     url: url.clone(),
-                    state: "lost".into(),
+                    state: match away.contains(name) {
+                        true => "unreachable".into(),
+                        false => "lost".into(),
+                    },
                     ..MemberStatus::default()
                 }),
         );
@@ -300,13 +304,19 @@ impl Cluster for ClusterService {
                 }
             }
         }
+        let away: HashSet<String> = self.store.unreachable().into_iter().collect();
         let locations = digests
             .iter()
             .zip(holders)
-            .map(|(d, holders)| Location {
-                digest: Some(d.to_proto()),
-                holders,
-                placement: self.store.locate(d),
+            .map(|(d, holders)| {
+                let placement = self.store.placement(d);
+                let unreachable = placement.iter().filter(|m| away.contains(*m)).cloned();
+                Location {
+                    digest: Some(d.to_proto()),
+                    holders,
+                    unreachable: unreachable.collect(),
+                    placement,
+                }
             })
             .collect();
         Ok(Response::new(LocateResponse { locations }))

@@ -1,6 +1,17 @@
 //! [`ReplicatedStore`]: each blob on `R` members of a cluster, chosen by rendezvous hashing
 //! ([`Placement`]), the way Buildbarn composes sharding and mirroring over its `BlobAccess`
 //! tree: the members are any [`BlobStore`]s (a worker's CAS over gRPC, a local disk store).
+//!
+//! Where a blob *belongs* (its [`placement`](ReplicatedStore::placement)) is computed over the
+//! roster: every member the cluster agrees on ([`Membership::roster`]), reachable or not, so
+//! that a member cut off from one instance only changes nothing there. Where it is *routed*
+//! ([`locate`](ReplicatedStore::locate)) skips the members this instance cannot reach: a
+//! placement member cut off is replaced by the next member the digest ranks, as with a
+//! placement over the reachable members alone (rendezvous hashing ranks a subset in the same
+//! order). Reads and writes go by the route; repairs copy along it and never delete, so two
+//! instances whose views differ both settle, and no blob is copied back and forth.
+//!
+//! [`Membership::roster`]: remexec_core::membership::Membership::roster
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -35,9 +46,22 @@ struct Confirmed {
 /// have not moved yet).
 #[derive(Debug, Default)]
 struct View {
+    /// Over the reachable members: the routes.
     current: Placement,
     previous: Placement,
     stores: HashMap<String, Arc<dyn BlobStore>>,
+    /// The roster as last set, if one was.
+    roster: Option<Vec<String>>,
+    /// Over the roster and the reachable members: where blobs belong.
+    agreed: Placement,
+}
+
+impl View {
+    /// Recomputes the agreed placement: the roster's members and the reachable ones.
+    fn agree(&mut self) {
+        let reachable = self.stores.keys().cloned();
+        self.agreed = Placement::new(reachable.chain(self.roster.iter().flatten().cloned()));
+    }
 }
 
 /// Each blob on `replicas` members, placed by rendezvous hashing over the live members.
@@ -113,6 +137,37 @@ impl ReplicatedStore {
             *confirmed = remexec_core::lru::ByteLru::new(confirmed.budget());
         }
         view.stores = stores;
+        view.agree();
+    }
+
+    /// Sets the roster: the members every instance agrees on, reachable from here or not
+    /// (see the module docs). Without one, placement is over the reachable members.
+    pub fn set_roster(&self, names: impl IntoIterator<Item = String>) {
+        let mut view = self.view.write();
+        view.roster = Some(names.into_iter().collect());
+        view.agree();
+    }
+
+    /// Keeps the roster in step with `roster` (a
+    /// [`Membership::roster`](remexec_core::membership::Membership::roster)) until its sender
+    /// is gone.
+    pub fn follow_roster(
+        self: Arc<Self>,
+        mut roster: tokio::sync::watch::Receiver<Vec<Member>>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let names: Vec<String> = roster
+                    .borrow_and_update()
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .collect();
+                self.set_roster(names);
+                if roster.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
     }
 
     /// Keeps the members in step with `live` (as a worker pool or a
@@ -172,7 +227,30 @@ impl ReplicatedStore {
             .collect()
     }
 
-    /// The members that should hold `digest` now, best first.
+    /// The members `digest` belongs on, best first: its placement over the roster, reachable
+    /// from here or not. Every instance with the same roster says the same.
+    pub fn placement(&self, digest: &Digest) -> Vec<String> {
+        let view = self.view.read();
+        view.agreed
+            .replicas(digest, self.replicas)
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
+    /// The roster's members this instance cannot reach now, sorted.
+    pub fn unreachable(&self) -> Vec<String> {
+        let view = self.view.read();
+        let away = view
+            .agreed
+            .members()
+            .filter(|m| !view.stores.contains_key(*m));
+        away.map(String::from).collect()
+    }
+
+    /// The reachable members that should hold `digest` now, best first: its
+    /// [`placement`](Self::placement), each member this instance cannot reach replaced by the
+    /// next one the digest ranks. Reads, writes and repairs go by it.
     pub fn locate(&self, digest: &Digest) -> Vec<String> {
         let view = self.view.read();
         view.current
@@ -545,7 +623,7 @@ impl BlobStore for ReplicatedStore {
 
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let view = self.view.read();
-        let members: Vec<&str> = view.current.members().collect();
+        let members: Vec<&str> = view.agreed.members().collect();
         write!(f, "Replicated(R={}, {members:?})", self.replicas)
     }
     /// Whether every member verifies (a scheduler's members are workers' CAS ports, which do;

@@ -8,7 +8,11 @@ use super::*;
 /// A member on 127.0.0.1 serving only the health service, on a runtime of its own; sending on
 /// (or dropping) the returned sender kills it: the runtime goes, with every connection.
 async fn member() -> (String, u16, std::sync::mpsc::Sender<()>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    member_at(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+}
+
+/// [`member`] on `listener`.
+fn member_at(listener: std::net::TcpListener) -> (String, u16, std::sync::mpsc::Sender<()>) {
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
     let (kill, killed) = std::sync::mpsc::channel::<()>();
@@ -93,6 +97,42 @@ async fn members_are_found_and_a_dead_one_leaves_within_dead_after() {
         "{:?}",
         killed.elapsed()
     );
+}
+
+/// A member that stops answering leaves the live list and stays on the roster while the seeds
+/// name it; it is live again when it answers again. A seed that never answered is on neither.
+#[tokio::test]
+async fn a_member_that_stops_answering_stays_on_the_roster() {
+    let (a, _, _keep_a) = member().await;
+    let (b, port_b, kill_b) = member().await;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = format!("grpc://{}", silent.local_addr().unwrap());
+    let membership = Membership::start(fast(vec![a.clone(), b.clone(), silent])).unwrap();
+    let roster = membership.roster();
+    let urls = |list: &[Member]| list.iter().map(|m| m.url.clone()).collect::<Vec<_>>();
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    assert!(until(&membership, 10, |live| live == both).await);
+    assert_eq!(urls(&roster.borrow()), both);
+    kill_b.send(()).unwrap();
+    assert!(until(&membership, 10, |live| live == [a.clone()]).await);
+    assert_eq!(
+        urls(&roster.borrow()),
+        both,
+        "the roster keeps the member cut off"
+    );
+    // Answering again on the same port, it is live again.
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port_b)) {
+            again = Some(member_at(listener));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "port {port_b} stayed taken");
+    assert!(until(&membership, 10, |live| live == both).await);
+    assert_eq!(urls(&roster.borrow()), both);
 }
 
 #[tokio::test]

@@ -57,6 +57,8 @@ pub struct Repairer {
     cluster: Arc<ReplicatedStore>,
     bytes_per_second: u64,
     below: AtomicU64,
+    /// Copies made since the start.
+    made: AtomicU64,
 }
 
 impl Repairer {
@@ -74,6 +76,7 @@ impl Repairer {
             cluster,
             bytes_per_second,
             below: AtomicU64::new(0),
+            made: AtomicU64::new(0),
         }
     }
 
@@ -81,6 +84,11 @@ impl Repairer {
     /// pass copies).
     pub fn below_replicas(&self) -> u64 {
         self.below.load(Ordering::Relaxed)
+    }
+
+    /// Copies made since the start, every pass's.
+    pub fn copies_made(&self) -> u64 {
+        self.made.load(Ordering::Relaxed)
     }
 
     /// One pass over every blob held here: asks each placement member what it lacks, in
@@ -162,6 +170,7 @@ impl Repairer {
             if copied {
                 report.copied += 1;
                 report.bytes += digest.size();
+                self.made.fetch_add(1, Ordering::Relaxed);
                 self.below.fetch_sub(1, Ordering::Relaxed);
                 self.throttle(started, report.bytes).await;
             } else {

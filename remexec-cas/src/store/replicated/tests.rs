@@ -382,3 +382,44 @@ async fn the_holder_index_answers_missing_and_recent_references_answer_present()
     assert!(store.reference("i", &present).await.unwrap().is_empty());
     assert!(take() >= present.len());
 }
+
+/// With a roster, a member this instance cannot reach stays in every blob's placement; its
+/// blobs are routed to (and written on) the next member each ranks, as over the reachable
+/// members alone; and another instance that reaches every member places the same.
+#[tokio::test]
+async fn a_member_cut_off_stays_in_the_placement_and_writes_go_to_the_next_ranked() {
+    let ms = members(4);
+    let roster: Vec<String> = ms.iter().map(|(n, _)| n.clone()).collect();
+    let cut_off = replicated(2, &ms[..0].to_vec());
+    cut_off.set_roster(roster.clone());
+    cut_off.set_members(
+        ms.iter()
+            .filter(|(n, _)| n != "w2")
+            .map(|(n, s)| (n.clone(), s.clone() as Arc<dyn BlobStore>)),
+    );
+    let whole = replicated(2, &ms);
+    whole.set_roster(roster.clone());
+    let reachable = remexec_core::placement::Placement::new(["w0", "w1", "w3"]);
+    assert_eq!(cut_off.unreachable(), ["w2"]);
+    assert!(whole.unreachable().is_empty());
+    let mut routed_past = 0;
+    for i in 0..40 {
+        let (d, data) = blob(i);
+        assert_eq!(cut_off.placement(&d), whole.placement(&d), "blob {i}");
+        assert_eq!(whole.placement(&d), whole.locate(&d));
+        let route: Vec<String> = reachable
+            .replicas(&d, 2)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(cut_off.locate(&d), route, "blob {i}");
+        if cut_off.placement(&d).contains(&"w2".to_string()) {
+            routed_past += 1;
+        }
+        cut_off.put_bytes("i", d, data).await.unwrap();
+        let mut expected = route.clone();
+        expected.sort();
+        assert_eq!(holders(&ms, d).await, expected, "blob {i}");
+    }
+    assert!(routed_past > 0, "no blob of 40 belongs on w2");
+}
