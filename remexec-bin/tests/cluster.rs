@@ -327,7 +327,8 @@ fn blobs_are_on_two_workers_and_back_on_two_live_ones_after_a_worker_is_killed()
         locate(&server, &digests)
     );
     let s = status(&server);
-    assert_eq!(members(&s, "lost"), BTreeSet::from([victim.clone()]));
+    // The seeds still name it: it stays on the roster, unreachable.
+    assert_eq!(members(&s, "unreachable"), BTreeSet::from([victim.clone()]));
     assert!(
         wait_until(10, || status(&server)["below_replicas"] == 0),
         "{s}"
@@ -445,6 +446,8 @@ fn bazel_build_through_one_of_two_schedulers_survives_a_worker_kill_and_its_blob
 struct TwoSchedulers {
     schedulers: Vec<Option<ServerProcess>>,
     workers: Vec<Child>,
+    /// Each worker's admin port, by number from 0.
+    admin: Vec<std::net::SocketAddr>,
     dir: tempfile::TempDir,
 }
 
@@ -471,18 +474,30 @@ impl TwoSchedulers {
         scheduler_flags: &[&str],
         worker_flags: &[&str],
     ) -> Self {
+        let flags = (scheduler_flags, worker_flags);
+        Self::start_seeded(n, replicas, flags, Storage::new(n), &|_, s| s.seeds())
+    }
+
+    /// [`start_flagged`](Self::start_flagged) on `storage`, scheduler `i` following the
+    /// storage seeds `seeds(i, &storage)` (the workers follow `storage`'s).
+    fn start_seeded(
+        n: usize,
+        replicas: &str,
+        (scheduler_flags, worker_flags): (&[&str], &[&str]),
+        storage: Storage,
+        seeds: &dyn Fn(usize, &Storage) -> String,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<String> = (0..2)
             .map(|_| format!("127.0.0.1:{}", common::free_port()))
             .collect();
         let peers: Vec<String> = addrs.iter().map(|a| format!("grpc://{a}")).collect();
-        let storage = Storage::new(n);
-        let seeds = storage.seeds();
         let schedulers: Vec<Option<ServerProcess>> = addrs
             .iter()
             .enumerate()
             .map(|(i, addr)| {
                 let data = dir.path().join(format!("s{i}"));
+                let seeds = seeds(i, &storage);
                 let mut flags = vec!["--replicas", replicas, "--storage", &seeds];
                 flags.extend(scheduler_flags);
                 for p in &peers {
@@ -497,18 +512,28 @@ impl TwoSchedulers {
             })
             .collect();
         let all = peers.join(",");
+        let admin: Vec<std::net::SocketAddr> = (0..n)
+            .map(|_| {
+                format!("127.0.0.1:{}", common::free_port())
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
         let workers = (1..=n)
             .map(|i| {
                 let name = format!("w{i}");
                 let log = dir.path().join(format!("{name}.log"));
                 let cas = (&storage, i);
                 let data = dir.path().join(&name);
-                cluster_worker_with(&all, cas, &name, &data, replicas, &log, worker_flags)
+                let listen = admin[i - 1].to_string();
+                let flags = [worker_flags, &["--admin-listen", &listen]].concat();
+                cluster_worker_with(&all, cas, &name, &data, replicas, &log, &flags)
             })
             .collect();
         let both = Self {
             schedulers,
             workers,
+            admin,
             dir,
         };
         for s in both.schedulers.iter().flatten() {
@@ -823,4 +848,120 @@ fn dir_bytes(dir: &Path) -> u64 {
         };
     }
     total
+}
+
+/// The value of metric `name` (no labels) on the `/metrics` of `admin`, if it is there.
+fn metric(admin: std::net::SocketAddr, name: &str) -> Option<u64> {
+    let (_, body) = common::http_get(admin, "/metrics", &[])?;
+    let line = body.lines().find(|l| l.starts_with(&format!("{name} ")))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Each digest's placement, as `cas locate --json` reports it through `server`, and the
+/// placement members it cannot reach.
+fn placements(server: &str, digests: &[String]) -> BTreeMap<String, (Vec<String>, Vec<String>)> {
+    let mut args = vec!["cas", "locate", "--json", "--server", server];
+    args.extend(digests.iter().map(String::as_str));
+    let (code, out, err) = remexec(&args);
+    assert_eq!(code, 0, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        let list = v.as_array().unwrap().iter();
+        list.map(|h| h.as_str().unwrap().to_string()).collect()
+    };
+    let rows = list.as_array().unwrap().iter().map(|l| {
+        let digest = l["digest"].as_str().unwrap().to_string();
+        (digest, (names(&l["placement"]), names(&l["unreachable"])))
+    });
+    rows.collect()
+}
+
+/// One membership for the storage plane: worker w3 is cut off from scheduler 0 only (it
+/// reaches w3's CAS port through a proxy, which is cut). Both schedulers name the same
+/// placement for every blob, scheduler 0 lists w3 as unreachable, blobs written through it go
+/// to the next-ranked worker and the workers' repairs bring them to their placement; the
+/// copies to make settle at 0 and, over several periodic passes, no more copies are made (no
+/// copying loop). Healed, both schedulers see the same holders.
+#[test]
+fn a_worker_cut_off_from_one_scheduler_changes_no_placement_and_repairs_settle() {
+    let storage = Storage::new(3);
+    let proxy = common::cut::CutProxy::to(storage.listen(3).parse().unwrap());
+    let via_proxy = format!("grpc://{}", proxy.addr);
+    let seeds = |i: usize, s: &Storage| match i {
+        0 => format!("grpc://{},grpc://{},{via_proxy}", s.listen(1), s.listen(2)),
+        _ => s.seeds(),
+    };
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[cluster]\nrepair_interval_secs = 2\n").unwrap();
+    let worker_flags = ["--config", config.path().to_str().unwrap()];
+    let flags = (&["--admin-listen", "127.0.0.1:0"][..], &worker_flags[..]);
+    let cluster = TwoSchedulers::start_seeded(3, "2", flags, storage, &seeds);
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    proxy.cut();
+    let w3 = BTreeSet::from(["w3".to_string()]);
+    assert!(
+        wait_until(30, || members(&status(&a), "unreachable") == w3),
+        "{}",
+        status(&a)
+    );
+    assert_eq!(members(&status(&b), "live").len(), 3);
+    // Blobs through the scheduler cut off from w3, uploaded twice: the second upload finds
+    // them and references them, so that the periodic passes go over them.
+    let input = cluster.dir.path().join("input");
+    let digests = files(&input, 60);
+    for _ in 0..2 {
+        let (code, _, err) = remexec(&["cas", "upload", input.to_str().unwrap(), "--server", &a]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (through_a, through_b) = (placements(&a, &digests), placements(&b, &digests));
+    assert_eq!(through_a.len(), 60);
+    let mut on_w3 = 0;
+    for (digest, (placement, unreachable)) in &through_a {
+        assert_eq!(placement, &through_b[digest].0, "{digest}");
+        assert!(through_b[digest].1.is_empty());
+        let expected: Vec<String> = placement.iter().filter(|m| *m == "w3").cloned().collect();
+        assert_eq!(unreachable, &expected, "{digest}");
+        on_w3 += expected.len();
+    }
+    assert!(on_w3 > 0, "no blob of 60 belongs on w3");
+    // The workers copy each blob to its placement, w3 included; then nothing is left to copy.
+    let settled = |found: &BTreeMap<String, BTreeSet<String>>| {
+        found
+            .iter()
+            .all(|(d, holders)| through_b[d].0.iter().all(|m| holders.contains(m)))
+    };
+    assert!(
+        wait_until(60, || settled(&locate(&b, &digests))),
+        "{:?}",
+        locate(&b, &digests)
+    );
+    let copies = |name: &str| {
+        let figures = cluster.admin.iter().map(|admin| metric(*admin, name));
+        figures.collect::<Option<Vec<u64>>>()
+    };
+    let zero = Some(vec![0, 0, 0]);
+    assert!(
+        wait_until(30, || copies("remexec_cluster_copies_to_make") == zero),
+        "{:?}",
+        copies("remexec_cluster_copies_to_make")
+    );
+    let made = copies("remexec_cluster_copies_made_total").unwrap();
+    assert!(made.iter().sum::<u64>() >= on_w3 as u64, "{made:?}");
+    // Three periodic passes later, no copy more: no loop.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    assert_eq!(copies("remexec_cluster_copies_made_total"), Some(made));
+    assert_eq!(copies("remexec_cluster_copies_to_make"), zero);
+    let admin = cluster.schedulers[0].as_ref().unwrap().admin_addr.unwrap();
+    assert_eq!(
+        metric(admin, "remexec_cluster_unreachable_members"),
+        Some(1)
+    );
+    // Healed, scheduler 0 reaches w3 again and both name the same holders.
+    proxy.heal();
+    assert!(
+        wait_until(30, || members(&status(&a), "live").len() == 3),
+        "{}",
+        status(&a)
+    );
+    assert_eq!(locate(&a, &digests), locate(&b, &digests));
 }
