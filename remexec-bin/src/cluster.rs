@@ -24,9 +24,10 @@ pub async fn worker_cas(
     name: &str,
     secure: bool,
 ) -> Result<WorkerCas> {
-    let disk = DiskStore::open(config.data_dir.join("cas"), config.cas.disk_store()).await?;
     // The file cache and the action directories count against the same disk budget.
-    disk.share_budget_with(config.data_dir.join("worker"), Duration::from_secs(10));
+    let mut disk_options = config.cas.disk_store();
+    disk_options.share_with = Some(config.data_dir.join("worker"));
+    let disk = DiskStore::open(config.data_dir.join("cas"), disk_options).await?;
     let mut options = WorkerCasOptions::new(config.cluster.replicas.unwrap_or(2));
     options.repair_bandwidth = config.cluster.repair_bandwidth.as_u64();
     options.repair_interval = Duration::from_secs(config.cluster.repair_interval_secs);

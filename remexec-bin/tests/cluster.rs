@@ -827,7 +827,7 @@ fn bazel_builds_without_the_bytes_survive_unrelated_uploads_through_the_other_sc
     for i in 1..=3 {
         let held = || {
             let dir = cluster.dir.path().join(format!("w{i}"));
-            dir_bytes(&dir.join("cas")) + dir_bytes(&dir.join("worker"))
+            common::dir_bytes(&dir.join("cas")) + common::dir_bytes(&dir.join("worker"))
         };
         assert!(
             wait_until(30, || held() <= 32 << 20),
@@ -835,19 +835,6 @@ fn bazel_builds_without_the_bytes_survive_unrelated_uploads_through_the_other_sc
             held()
         );
     }
-}
-
-/// The bytes of the regular files under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let meta = entry.metadata().unwrap();
-        total += match meta.is_dir() {
-            true => dir_bytes(&entry.path()),
-            false => meta.len(),
-        };
-    }
-    total
 }
 
 /// The value of metric `name` (no labels) on the `/metrics` of `admin`, if it is there.

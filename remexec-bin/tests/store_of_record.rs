@@ -151,3 +151,31 @@ fn a_store_full_of_referenced_blobs_refuses_writes_and_loses_none() {
     assert!(!stored(&data.path().join("cas"), &blobs[2].1));
     assert_eq!(server.terminate().code(), Some(0));
 }
+
+/// `serve`'s own worker counts against the disk budget: files in `{data_dir}/worker` (its file
+/// cache and action directories) make the CAS evict unreferenced blobs until both fit.
+#[test]
+fn serve_counts_its_local_workers_files_against_the_disk_budget() {
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--disk-budget", "8MB"]);
+    for i in 0..6u8 {
+        let path = files.path().join(format!("blob{i}"));
+        let bytes: Vec<u8> = (0..1_000_000u32).map(|n| (n % 251) as u8 ^ i).collect();
+        std::fs::write(&path, bytes).unwrap();
+        assert!(upload(&server.url(), &path).0);
+    }
+    let cas = data.path().join("cas");
+    assert!(common::dir_bytes(&cas) >= 6_000_000);
+    // The worker's directory grows by 5 MB: together they would be 11 MB.
+    let worker = data.path().join("worker").join("cache");
+    std::fs::create_dir_all(&worker).unwrap();
+    std::fs::write(worker.join("big"), vec![7u8; 5_000_000]).unwrap();
+    let held = || common::dir_bytes(&cas) + common::dir_bytes(&data.path().join("worker"));
+    assert!(
+        common::wait_until(30, || held() <= 8_000_000),
+        "serve holds {} bytes",
+        held()
+    );
+    assert_eq!(server.terminate().code(), Some(0));
+}

@@ -45,6 +45,7 @@ impl CasOptions {
             budget: self.disk_budget.as_u64(),
             sync: self.fsync,
             keep_referenced: std::time::Duration::from_secs(self.keep_referenced_secs),
+            share_with: None,
         }
     }
 }
@@ -216,7 +217,8 @@ impl LimitsOptions {
 
 /// The CAS and Action Cache trees of one machine under `data_dir`, with an `external` tier,
 /// if any, behind the local ones:
-/// - the CAS: a disk store in `{data_dir}/cas` ([`StoreSpec::Disk`]), in front of the external
+/// - the CAS: a disk store in `{data_dir}/cas` ([`StoreSpec::Disk`]) whose budget counts the
+///   files under `{data_dir}/worker` too (a local worker's), in front of the external
 ///   store (`Tiered`: a write is acknowledged once the external store holds it, reads try the
 ///   disk first and fill it), every write hashed once on its way in (`Verifying`);
 /// - the Action Cache: on disk in `{data_dir}/ac`, with a memory cache in front unless its
@@ -229,9 +231,15 @@ pub fn local_specs(
     ac: &ActionCacheOptions,
     external: Option<(StoreSpec, CacheSpec)>,
 ) -> (StoreSpec, CacheSpec) {
+    // `serve`'s own worker keeps its file cache and action directories in
+    // `{data_dir}/worker`: they count against the same budget.
+    let options = DiskStoreOptions {
+        share_with: Some(data_dir.join("worker")),
+        ..cas.disk_store()
+    };
     let mut store = StoreSpec::Disk {
         path: data_dir.join("cas"),
-        options: cas.disk_store(),
+        options,
     };
     let budget = ac.budget.as_u64();
     let mut cache = match ac.backend {

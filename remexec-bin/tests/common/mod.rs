@@ -483,3 +483,17 @@ pub fn lost_inputs_e2e(
         .unwrap();
     assert!(status.success(), "lost_inputs_e2e.sh failed: {status}");
 }
+
+/// The bytes of the regular files under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        // A file evicted meanwhile counts nothing.
+        let Ok(meta) = entry.metadata() else { continue };
+        total += match meta.is_dir() {
+            true => dir_bytes(&entry.path()),
+            false => meta.len(),
+        };
+    }
+    total
+}

@@ -38,7 +38,15 @@ pub struct DiskStoreOptions {
     /// `--experimental_remote_cache_ttl`. Whole seconds; references within a minute of each
     /// other renew a keep once.
     pub keep_referenced: std::time::Duration,
+    /// A directory whose files count against the budget too (none by default): a worker's
+    /// file cache and action directories, so that its budget covers every byte it holds.
+    /// Measured every [`SHARE_EVERY`], a hard-linked file once; see
+    /// [`DiskStore::share_budget_with`].
+    pub share_with: Option<std::path::PathBuf>,
 }
+
+/// How often [`DiskStoreOptions::share_with`] is measured.
+pub const SHARE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The default of [`DiskStoreOptions::keep_referenced`]: 3 hours.
 pub const KEEP_REFERENCED: std::time::Duration = std::time::Duration::from_secs(3 * 3600);
@@ -49,6 +57,7 @@ impl Default for DiskStoreOptions {
             budget: 10 << 30,
             sync: true,
             keep_referenced: KEEP_REFERENCED,
+            share_with: None,
         }
     }
 }
@@ -72,7 +81,11 @@ impl DiskStore {
             keep_secs: options.keep_referenced.as_secs(),
         };
         let files = FileTable::open(root.as_ref(), table, length_matches).await?;
-        Ok(Self { files })
+        let store = Self { files };
+        if let Some(dir) = options.share_with {
+            store.share_budget_with(dir, SHARE_EVERY);
+        }
+        Ok(store)
     }
 
     /// Every blob stored now, with its instance name. Blobs of an instance whose name was
