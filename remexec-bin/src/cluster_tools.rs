@@ -90,7 +90,8 @@ pub async fn cluster(command: ClusterCommand) -> Result<String> {
             .iter()
             .map(|m| {
                 json!({"name": m.name, "url": m.url, "state": m.state, "blobs": m.blobs,
-                       "bytes": m.bytes, "below_replicas": m.below_replicas, "error": m.error})
+                       "bytes": m.bytes, "below_replicas": m.below_replicas, "error": m.error,
+                       "room": m.room})
             })
             .collect();
         let all = json!({"replicas": status.replicas, "members": members,

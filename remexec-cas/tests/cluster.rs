@@ -404,3 +404,31 @@ async fn the_scheduler_indexes_what_each_worker_holds_through_their_watch_stream
     stops[2].cancel();
     until("two synced watches", || index.size().0 == 2).await;
 }
+
+/// A worker's CAS port says its room over gRPC (`Cluster/Status`): its budget less its
+/// referenced blobs, which a reference lowers. A CAS that is no worker's cannot say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_port_says_its_room_and_another_cas_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeds, _stops) = workers(&["w1"], 1, dir.path()).await;
+    let channel = remexec_core::client::connect_lazy(&seeds[0]).unwrap();
+    let port = remexec_cas::GrpcStore::new(channel);
+    let budget = remexec_cas::DiskStoreOptions::default().budget;
+    let mut room = None;
+    for _ in 0..100 {
+        room = port.room().await.ok().flatten();
+        if room.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(room, Some(budget));
+    let (d, data) = blob(1);
+    port.put_bytes("", d, data).await.unwrap();
+    assert_eq!(port.room().await.unwrap(), Some(budget));
+    assert!(port.reference("", &[d]).await.unwrap().is_empty());
+    assert_eq!(port.room().await.unwrap(), Some(budget - d.size()));
+    let (url, _store, _kill) = member();
+    let other = remexec_cas::GrpcStore::new(remexec_core::client::connect_lazy(&url).unwrap());
+    assert_eq!(other.room().await.unwrap(), None);
+}

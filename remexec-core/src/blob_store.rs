@@ -113,6 +113,13 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
         None
     }
 
+    /// The bytes this store can take now without dropping a blob it must keep (a referenced
+    /// one), or `None` if it cannot say. What a repairer asks a member before it copies. The
+    /// default is [`StoreUsage::room`] of [`usage`](Self::usage).
+    async fn room(&self) -> Result<Option<u64>> {
+        Ok(self.usage().map(|u| u.room()))
+    }
+
     /// Whether every write is checked against its digest before it is stored, by this store
     /// or by what it writes to (a verifying store; a replicated store whose members' ports
     /// verify). Services that accept writes from clients hash them only when this is `false`
@@ -191,6 +198,9 @@ impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
     }
     fn usage(&self) -> Option<StoreUsage> {
         (**self).usage()
+    }
+    async fn room(&self) -> Result<Option<u64>> {
+        (**self).room().await
     }
     fn verifies_writes(&self) -> bool {
         (**self).verifies_writes()
@@ -281,4 +291,12 @@ pub struct StoreUsage {
     pub referenced_bytes: u64,
     /// Writes refused since the store was opened because referenced blobs fill the budget.
     pub refused_writes: u64,
+}
+
+impl StoreUsage {
+    /// The bytes a write may take now: the budget less what referenced blobs fill (the
+    /// others are evicted to make room).
+    pub fn room(&self) -> u64 {
+        self.limit_bytes.saturating_sub(self.referenced_bytes)
+    }
 }

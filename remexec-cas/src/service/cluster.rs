@@ -232,6 +232,7 @@ impl Cluster for ClusterService {
                     bytes,
                     below_replicas: repairer.below_replicas(),
                     error: String::new(),
+                    room: local.usage().map(|u| u.room()),
                 }]
             }
         };

@@ -278,6 +278,20 @@ impl BlobStore for GrpcStore {
     fn verifies_writes(&self) -> bool {
         true
     }
+    /// A remexec worker's CAS port says (`Cluster/Status`); another server cannot (`None`).
+    async fn room(&self) -> Result<Option<u64>> {
+        use remexec_proto::cluster::v1::{StatusRequest, cluster_client::ClusterClient};
+        let mut client = ClusterClient::new(self.channel.clone());
+        match client.status(StatusRequest {}).await {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                let own = answer.members.first().filter(|_| !answer.worker.is_empty());
+                Ok(own.and_then(|m| m.room))
+            }
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
+            Err(s) => Err(s.into()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@
 //! Referenced blobs and the others differ (see [`BlobStore::reference`]):
 //! - A copy of a blob referenced here is referenced on its new member too, so that its replicas
 //!   are kept together (once, when it is copied: members never renew each other's keeps).
+//! - Before it copies, a pass asks each member it copies to how much room it has
+//!   ([`BlobStore::room`]: its budget less its referenced blobs) and leaves for a later pass
+//!   the copies that would not fit, without reading them.
 //! - Every pass restores referenced blobs. Unreferenced ones are restored by the passes after a
 //!   membership change (and those that retry what such a pass left), not by the periodic
 //!   ones: a member that evicted an unreferenced blob made room on purpose, and copying it
@@ -47,6 +50,29 @@ pub struct RepairReport {
     /// Copies still to make: a member that could not be asked or written, or a blob that
     /// went away meanwhile; the next pass tries again.
     pub left: u64,
+}
+
+/// The room each member that `copies` go to has now, as it says ([`BlobStore::room`]):
+/// `None` for a member that cannot say, whose copies are tried all the same.
+async fn rooms(
+    stores: &HashMap<String, Arc<dyn BlobStore>>,
+    copies: &[(String, Digest, String)],
+) -> HashMap<String, Option<u64>> {
+    let targets: std::collections::BTreeSet<&String> = copies.iter().map(|(_, _, m)| m).collect();
+    let asks = targets.into_iter().filter_map(|member| {
+        let store = stores.get(member)?;
+        Some(async move {
+            let room = store.room().await.unwrap_or_else(|e| {
+                tracing::debug!(%member, error = %e, "re-replication: a member did not say its room");
+                None
+            });
+            if room == Some(0) {
+                tracing::warn!(%member, "re-replication: a member has no room: referenced blobs fill it");
+            }
+            (member.clone(), room)
+        })
+    });
+    futures::future::join_all(asks).await.into_iter().collect()
 }
 
 /// Re-replicates the blobs of one member's local store. See the module docs.
@@ -161,11 +187,23 @@ impl Repairer {
         }
         self.below
             .store(report.left + copies.len() as u64, Ordering::Relaxed);
+        let mut room = rooms(&stores, &copies).await;
+        // Smallest first: within a member's room, as many blobs as fit get their copies.
+        copies.sort_by_key(|(_, digest, _)| digest.size());
         let started = Instant::now();
         for (instance, digest, member) in copies {
+            // A copy the member has no room for is left for later, unread.
+            let fits = match room.get_mut(&member) {
+                Some(Some(left)) if *left < digest.size() => false,
+                Some(Some(left)) => {
+                    *left -= digest.size();
+                    true
+                }
+                _ => true,
+            };
             let copied = match stores.get(&member) {
-                Some(store) => self.copy(&instance, digest, &member, store.as_ref()).await,
-                None => false,
+                Some(store) if fits => self.copy(&instance, digest, &member, store.as_ref()).await,
+                _ => false,
             };
             if copied {
                 report.copied += 1;

@@ -212,3 +212,73 @@ async fn a_member_full_of_referenced_blobs_refuses_copies_and_keeps_its_own() {
     assert!(!b.contains("", d).await.unwrap());
     assert_eq!(b.usage(), (200, 1));
 }
+
+/// A member that counts the writes it is sent and says it has `room` bytes.
+#[derive(Debug)]
+struct Counting {
+    inner: MemoryStore,
+    room: u64,
+    puts: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for Counting {
+    async fn find_missing(&self, i: &str, d: &[Digest]) -> remexec_core::Result<Vec<Digest>> {
+        self.inner.find_missing(i, d).await
+    }
+    async fn put(
+        &self,
+        i: &str,
+        d: Digest,
+        data: remexec_core::ChunkStream,
+    ) -> remexec_core::Result<()> {
+        self.puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.put(i, d, data).await
+    }
+    async fn get(
+        &self,
+        i: &str,
+        d: Digest,
+        range: remexec_core::ReadRange,
+    ) -> remexec_core::Result<Option<remexec_core::ChunkStream>> {
+        self.inner.get(i, d, range).await
+    }
+    async fn room(&self) -> remexec_core::Result<Option<u64>> {
+        Ok(Some(self.room))
+    }
+}
+
+/// A pass asks each member it copies to for its room first: copies beyond it are left for
+/// later and never sent; those within it are made.
+#[tokio::test]
+async fn a_pass_sends_a_member_no_copy_beyond_the_room_it_says_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = disk(dir.path()).await;
+    let blobs: Vec<_> = (0..4).map(blob).collect();
+    for (d, data) in &blobs {
+        a.put_bytes("", *d, data.clone()).await.unwrap();
+    }
+    let sizes: Vec<u64> = blobs.iter().map(|(d, _)| d.size()).collect();
+    // Room for the two smallest blobs (10 and 20 bytes), not for a third.
+    for (room, copied) in [(0, 0), (sizes[0] + sizes[1], 2), (1 << 20, 4)] {
+        let b = Arc::new(Counting {
+            inner: MemoryStore::new(1 << 30),
+            room,
+            puts: Default::default(),
+        });
+        let cluster = Arc::new(ReplicatedStore::new(2).unwrap());
+        cluster.set_members([
+            ("a".to_string(), Arc::new(a.clone()) as Arc<dyn BlobStore>),
+            ("b".to_string(), b.clone() as Arc<dyn BlobStore>),
+        ]);
+        let repairer = Repairer::new("a", Arc::new(a.clone()), cluster, 0);
+        let report = repairer.pass().await.unwrap();
+        assert_eq!(
+            (report.copied, report.left),
+            (copied, 4 - copied),
+            "room {room}"
+        );
+        let puts = b.puts.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(puts as u64, copied, "room {room}: copies sent");
+    }
+}
