@@ -45,17 +45,13 @@ pub async fn external_specs(config: &Config) -> Result<Option<(StoreSpec, CacheS
     section.specs(ca_pem, std::env::vars())
 }
 
-/// The CAS and Action Cache trees `config` describes
+/// The CAS and Action Cache trees `config` describes for `role`
 /// ([`local_specs`](remexec_cas::options::local_specs)), with the `[external]` tier, if any.
-pub async fn store_specs(config: &Config) -> Result<(StoreSpec, CacheSpec)> {
-    let external = external_specs(config).await?;
+pub async fn store_specs(config: &Config, role: Role) -> Result<(StoreSpec, CacheSpec)> {
+    let (external, worker) = (external_specs(config).await?, role == Role::AllInOne);
     let (cas, ac) = (&config.cas, &config.action_cache);
-    Ok(remexec_cas::options::local_specs(
-        &config.data_dir,
-        cas,
-        ac,
-        external,
-    ))
+    let specs = remexec_cas::options::local_specs(&config.data_dir, cas, ac, external, worker);
+    Ok(specs)
 }
 
 /// Which parts one process runs.
@@ -102,7 +98,7 @@ impl BoundServer {
         config.check_limits().map_err(Error::InvalidArgument)?;
         let metrics = Metrics::new();
         let workers = WorkerPool::new();
-        let (store_spec, ac_spec) = store_specs(config).await?;
+        let (store_spec, ac_spec) = store_specs(config, role).await?;
         // Workers' CAS ports and the peers are reached with the cluster certificate: read once,
         // and only by a scheduler that has either.
         let cluster_tls =

@@ -65,7 +65,7 @@ fn cluster_worker(
     cluster_worker_with(scheduler, (storage, i), name, dir, replicas, log, &[])
 }
 
-/// [`cluster_worker`] with extra flags.
+/// [`cluster_worker`] with extra flags (a `--storage` among them replaces `storage`'s seeds).
 fn cluster_worker_with(
     scheduler: &str,
     (storage, i): (&Storage, usize),
@@ -76,10 +76,15 @@ fn cluster_worker_with(
     extra: &[&str],
 ) -> Child {
     let stderr = std::fs::File::create(log).unwrap();
+    let seeds = match extra.contains(&"--storage") {
+        true => Vec::new(),
+        false => vec!["--storage".to_string(), storage.seeds()],
+    };
     Command::new(env!("CARGO_BIN_EXE_remexec"))
         .args(["worker", "--scheduler", scheduler, "--name", name])
         .args(["--executors", "1", "--listen", storage.listen(i)])
-        .args(["--storage", &storage.seeds(), "--replicas", replicas])
+        .args(seeds)
+        .args(["--replicas", replicas])
         .arg("--data-dir")
         .arg(dir)
         .args(extra)
@@ -478,14 +483,14 @@ impl TwoSchedulers {
         Self::start_seeded(n, replicas, flags, Storage::new(n), &|_, s| s.seeds())
     }
 
-    /// [`start_flagged`](Self::start_flagged) on `storage`, scheduler `i` following the
-    /// storage seeds `seeds(i, &storage)` (the workers follow `storage`'s).
+    /// [`start_flagged`](Self::start_flagged) on `storage`, each instance following the
+    /// storage seeds `seeds(name, &storage)` gives it (schedulers `s0` and `s1`, workers `w1`…).
     fn start_seeded(
         n: usize,
         replicas: &str,
         (scheduler_flags, worker_flags): (&[&str], &[&str]),
         storage: Storage,
-        seeds: &dyn Fn(usize, &Storage) -> String,
+        seeds: &dyn Fn(&str, &Storage) -> String,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<String> = (0..2)
@@ -497,7 +502,7 @@ impl TwoSchedulers {
             .enumerate()
             .map(|(i, addr)| {
                 let data = dir.path().join(format!("s{i}"));
-                let seeds = seeds(i, &storage);
+                let seeds = seeds(&format!("s{i}"), &storage);
                 let mut flags = vec!["--replicas", replicas, "--storage", &seeds];
                 flags.extend(scheduler_flags);
                 for p in &peers {
@@ -526,7 +531,9 @@ impl TwoSchedulers {
                 let cas = (&storage, i);
                 let data = dir.path().join(&name);
                 let listen = admin[i - 1].to_string();
-                let flags = [worker_flags, &["--admin-listen", &listen]].concat();
+                let seeds = seeds(&name, &storage);
+                let own = ["--admin-listen", &listen, "--storage", &seeds];
+                let flags = [worker_flags, &own].concat();
                 cluster_worker_with(&all, cas, &name, &data, replicas, &log, &flags)
             })
             .collect();
@@ -863,19 +870,20 @@ fn placements(server: &str, digests: &[String]) -> BTreeMap<String, (Vec<String>
     rows.collect()
 }
 
-/// One membership for the storage plane: worker w3 is cut off from scheduler 0 only (it
-/// reaches w3's CAS port through a proxy, which is cut). Both schedulers name the same
-/// placement for every blob, scheduler 0 lists w3 as unreachable, blobs written through it go
-/// to the next-ranked worker and the workers' repairs bring them to their placement; the
-/// copies to make settle at 0 and, over several periodic passes, no more copies are made (no
-/// copying loop). Healed, both schedulers see the same holders.
+/// One membership for the storage plane while views differ: worker w3 is cut off from
+/// scheduler 0 and from worker w1 only (both reach w3's CAS port through a proxy, which is
+/// cut). Both schedulers name the same placement for every blob; scheduler 0 lists w3 as
+/// unreachable and writes around it; every blob ends on at least 2 workers; the copies to make
+/// settle at 0 on every worker and, over several periodic passes, no more copies are made (no
+/// copying loop between w1, which sees w3 gone, and the others, which see it). Healed, both
+/// schedulers see the same holders.
 #[test]
-fn a_worker_cut_off_from_one_scheduler_changes_no_placement_and_repairs_settle() {
+fn a_worker_cut_off_from_one_scheduler_and_one_worker_changes_no_placement_and_repairs_settle() {
     let storage = Storage::new(3);
     let proxy = common::cut::CutProxy::to(storage.listen(3).parse().unwrap());
     let via_proxy = format!("grpc://{}", proxy.addr);
-    let seeds = |i: usize, s: &Storage| match i {
-        0 => format!("grpc://{},grpc://{},{via_proxy}", s.listen(1), s.listen(2)),
+    let seeds = |who: &str, s: &Storage| match who {
+        "s0" | "w1" => format!("grpc://{},grpc://{},{via_proxy}", s.listen(1), s.listen(2)),
         _ => s.seeds(),
     };
     let config = tempfile::NamedTempFile::new().unwrap();
@@ -892,16 +900,17 @@ fn a_worker_cut_off_from_one_scheduler_changes_no_placement_and_repairs_settle()
         status(&a)
     );
     assert_eq!(members(&status(&b), "live").len(), 3);
-    // Blobs through the scheduler cut off from w3, uploaded twice: the second upload finds
-    // them and references them, so that the periodic passes go over them.
+    // Blobs through each scheduler, each uploaded twice: the second upload finds them and
+    // references them, so that the periodic passes go over them.
     let input = cluster.dir.path().join("input");
-    let digests = files(&input, 60);
-    for _ in 0..2 {
-        let (code, _, err) = remexec(&["cas", "upload", input.to_str().unwrap(), "--server", &a]);
+    let digests = files(&input, 80);
+    for server in [&a, &b, &a, &b] {
+        let (code, _, err) =
+            remexec(&["cas", "upload", input.to_str().unwrap(), "--server", server]);
         assert_eq!(code, 0, "{err}");
     }
     let (through_a, through_b) = (placements(&a, &digests), placements(&b, &digests));
-    assert_eq!(through_a.len(), 60);
+    assert_eq!(through_a.len(), 80);
     let mut on_w3 = 0;
     for (digest, (placement, unreachable)) in &through_a {
         assert_eq!(placement, &through_b[digest].0, "{digest}");
@@ -910,31 +919,25 @@ fn a_worker_cut_off_from_one_scheduler_changes_no_placement_and_repairs_settle()
         assert_eq!(unreachable, &expected, "{digest}");
         on_w3 += expected.len();
     }
-    assert!(on_w3 > 0, "no blob of 60 belongs on w3");
-    // The workers copy each blob to its placement, w3 included; then nothing is left to copy.
-    let settled = |found: &BTreeMap<String, BTreeSet<String>>| {
-        found
-            .iter()
-            .all(|(d, holders)| through_b[d].0.iter().all(|m| holders.contains(m)))
-    };
-    assert!(
-        wait_until(60, || settled(&locate(&b, &digests))),
-        "{:?}",
-        locate(&b, &digests)
-    );
+    assert!(on_w3 > 0, "no blob of 80 belongs on w3");
     let copies = |name: &str| {
         let figures = cluster.admin.iter().map(|admin| metric(*admin, name));
         figures.collect::<Option<Vec<u64>>>()
     };
     let zero = Some(vec![0, 0, 0]);
-    assert!(
-        wait_until(30, || copies("remexec_cluster_copies_to_make") == zero),
-        "{:?}",
-        copies("remexec_cluster_copies_to_make")
-    );
+    // Settled: every blob on 2 workers or more, nothing left to copy, and no copy made over
+    // three periodic passes.
+    let quiet = || {
+        let before = copies("remexec_cluster_copies_made_total");
+        std::thread::sleep(std::time::Duration::from_secs(7));
+        let on_two = locate(&b, &digests).values().all(|h| h.len() >= 2);
+        let to_make = copies("remexec_cluster_copies_to_make");
+        on_two && to_make == zero && copies("remexec_cluster_copies_made_total") == before
+    };
+    assert!(wait_until(90, quiet), "{:?}", locate(&b, &digests));
     let made = copies("remexec_cluster_copies_made_total").unwrap();
-    assert!(made.iter().sum::<u64>() >= on_w3 as u64, "{made:?}");
-    // Three periodic passes later, no copy more: no loop.
+    assert!(made.iter().sum::<u64>() > 0, "the views never differed");
+    // And three periodic passes later still none: no loop.
     std::thread::sleep(std::time::Duration::from_secs(7));
     assert_eq!(copies("remexec_cluster_copies_made_total"), Some(made));
     assert_eq!(copies("remexec_cluster_copies_to_make"), zero);

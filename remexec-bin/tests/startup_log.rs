@@ -62,7 +62,7 @@ async fn the_startup_log_shows_the_composition_and_never_a_secret() {
             .finish();
         let guard = tracing::subscriber::set_default(subscriber);
         config.listen = "127.0.0.1:0".parse().unwrap();
-        let described = format!("{:?}", store_specs(&config).await.unwrap());
+        let described = format!("{:?}", store_specs(&config, Role::Scheduler).await.unwrap());
         let server = BoundServer::bind(&config, Role::Scheduler).await.unwrap();
         drop(guard);
         drop(server);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remexec_core::client::ClientTls;
-use remexec_core::membership::{Member, Membership, MembershipConfig, Peers, Probe};
+use remexec_core::membership::{Member, Membership, MembershipConfig, Peers, Probe, Probed};
 use remexec_core::metrics::Metrics;
 use remexec_core::{ActionCache, BlobStore, Error, ListBlobs, Result};
 use remexec_proto::cluster::v1::StatusRequest;
@@ -70,13 +70,13 @@ struct StorageProbe {
 
 impl StorageProbe {
     /// Logs `why` for `url` unless it was the last refusal logged for it.
-    fn refuse(&self, url: &str, why: String) -> Option<Member> {
+    fn refuse(&self, url: &str, why: String) -> Probed {
         let mut refused = self.refused.lock();
         if refused.get(url) != Some(&why) {
             tracing::error!(%url, "{why}");
             refused.insert(url.to_string(), why);
         }
-        None
+        Probed::Refused
     }
 }
 
@@ -102,14 +102,17 @@ fn check_worker_name(name: &str) -> std::result::Result<(), String> {
 
 #[async_trait::async_trait]
 impl Probe for StorageProbe {
-    async fn probe(&self, url: &str, channel: Channel, timeout: Duration) -> Option<Member> {
+    async fn probe(&self, url: &str, channel: Channel, timeout: Duration) -> Probed {
         let mut client = ClusterClient::new(channel);
         let status = client.status(StatusRequest {});
-        let answer = tokio::time::timeout(timeout, status)
-            .await
-            .ok()?
-            .ok()?
-            .into_inner();
+        let answer = match tokio::time::timeout(timeout, status).await {
+            Ok(Ok(answer)) => answer.into_inner(),
+            // Another service (no Cluster) is no member; no answer is silence.
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                return self.refuse(url, format!("{url} is not a worker's CAS port"));
+            }
+            _ => return Probed::Silent,
+        };
         if answer.worker.is_empty() {
             return self.refuse(url, format!("{url} is not a worker's CAS port"));
         }
@@ -129,7 +132,7 @@ impl Probe for StorageProbe {
             return self.refuse(url, why);
         }
         self.refused.lock().remove(url);
-        Some(Member {
+        Probed::Member(Member {
             name,
             url: url.to_string(),
         })
@@ -165,7 +168,8 @@ fn scheduler_cas_keeping(
     Arc::clone(&store).follow_roster(storage.roster());
     Arc::clone(&store).follow(members.clone(), tls.clone(), None);
     store.index_holders(members.clone(), tls.clone(), keep);
-    let service = ClusterService::router(Arc::clone(&store), members, tls);
+    let service =
+        ClusterService::router(Arc::clone(&store), members, tls).with_roster(storage.roster());
     Ok((store, service))
 }
 

@@ -8,6 +8,7 @@
 //!     &CasOptions::default(),
 //!     &ActionCacheOptions::default(),
 //!     None,
+//!     false,
 //! );
 //! assert_eq!(cas.to_string(), "Verifying(Disk(/var/lib/remexec/cas, 10.0 GiB))");
 //! assert!(LimitsOptions::default().check().is_ok());
@@ -217,24 +218,26 @@ impl LimitsOptions {
 
 /// The CAS and Action Cache trees of one machine under `data_dir`, with an `external` tier,
 /// if any, behind the local ones:
-/// - the CAS: a disk store in `{data_dir}/cas` ([`StoreSpec::Disk`]) whose budget counts the
-///   files under `{data_dir}/worker` too (a local worker's), in front of the external
+/// - the CAS: a disk store in `{data_dir}/cas` ([`StoreSpec::Disk`]), in front of the external
 ///   store (`Tiered`: a write is acknowledged once the external store holds it, reads try the
 ///   disk first and fill it), every write hashed once on its way in (`Verifying`);
 /// - the Action Cache: on disk in `{data_dir}/ac`, with a memory cache in front unless its
 ///   `memory_budget` is 0, or in memory; in front of the external cache (written through,
 ///   filled from it on a miss); checked for completeness against the CAS if
 ///   `check_completeness` is set.
+///
+/// With `local_worker` (`serve`'s own worker, whose file cache and action directories are in
+/// `{data_dir}/worker`), those files count against the CAS's disk budget too
+/// ([`DiskStoreOptions::share_with`]).
 pub fn local_specs(
     data_dir: &Path,
     cas: &CasOptions,
     ac: &ActionCacheOptions,
     external: Option<(StoreSpec, CacheSpec)>,
+    local_worker: bool,
 ) -> (StoreSpec, CacheSpec) {
-    // `serve`'s own worker keeps its file cache and action directories in
-    // `{data_dir}/worker`: they count against the same budget.
     let options = DiskStoreOptions {
-        share_with: Some(data_dir.join("worker")),
+        share_with: local_worker.then(|| data_dir.join("worker")),
         ..cas.disk_store()
     };
     let mut store = StoreSpec::Disk {

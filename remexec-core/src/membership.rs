@@ -84,13 +84,26 @@ impl Member {
     }
 }
 
+/// What a [`Probe`] found at a URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probed {
+    /// A member answered, under this name.
+    Member(Member),
+    /// Something answered that is no member (another service, a bad name, another replica
+    /// count): it leaves the live list and the roster at once.
+    Refused,
+    /// No answer within the timeout: a member that stays silent for `dead_after` is dead, and
+    /// stays on the roster.
+    Silent,
+}
+
 /// How a membership checks a member and learns its name: each round, every address the seeds
 /// resolve to is probed; an answer within `timeout` makes it live under the [`Member`]
-/// returned, `None` counts as no answer.
+/// returned.
 #[async_trait::async_trait]
 pub trait Probe: std::fmt::Debug + Send + Sync + 'static {
-    /// The member at `url`, asked over `channel`, or `None` if it does not answer as a member.
-    async fn probe(&self, url: &str, channel: Channel, timeout: Duration) -> Option<Member>;
+    /// What answers at `url`, asked over `channel` within `timeout`.
+    async fn probe(&self, url: &str, channel: Channel, timeout: Duration) -> Probed;
 }
 
 /// The gRPC health check (`grpc.health.v1.Health/Check`, the empty service): a member that
@@ -100,8 +113,11 @@ pub struct HealthProbe;
 
 #[async_trait::async_trait]
 impl Probe for HealthProbe {
-    async fn probe(&self, url: &str, channel: Channel, timeout: Duration) -> Option<Member> {
-        serving(channel, timeout).await.then(|| Member::at(url))
+    async fn probe(&self, url: &str, channel: Channel, timeout: Duration) -> Probed {
+        match serving(channel, timeout).await {
+            true => Probed::Member(Member::at(url)),
+            false => Probed::Silent,
+        }
     }
 }
 
@@ -170,16 +186,26 @@ fn split_seed(seed: &str) -> Result<(&str, &str, u16)> {
 async fn resolve(seeds: &[String], timeout: Duration) -> BTreeSet<String> {
     let mut members = BTreeSet::new();
     for seed in seeds {
-        let Ok((scheme, host, port)) = split_seed(seed) else {
-            continue;
-        };
-        match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
-            Ok(Ok(addresses)) => members.extend(addresses.map(|a| format!("{scheme}://{a}"))),
-            Ok(Err(e)) => tracing::debug!(%seed, error = %e, "a seed does not resolve"),
-            Err(_) => tracing::debug!(%seed, "a seed's lookup timed out"),
-        }
+        members.extend(resolve_seed(seed, timeout).await.into_iter().flatten());
     }
     members
+}
+
+/// The member URLs `seed` resolves to now, or `None` if its lookup fails or takes longer than
+/// `timeout`.
+async fn resolve_seed(seed: &str, timeout: Duration) -> Option<BTreeSet<String>> {
+    let (scheme, host, port) = split_seed(seed).ok()?;
+    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addresses)) => Some(addresses.map(|a| format!("{scheme}://{a}")).collect()),
+        Ok(Err(e)) => {
+            tracing::debug!(%seed, error = %e, "a seed does not resolve");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%seed, "a seed's lookup timed out");
+            None
+        }
+    }
 }
 
 /// Follows a membership: calls `apply` with the members `live` publishes and a channel to
@@ -300,12 +326,19 @@ async fn run(
     let mut last_ok: HashMap<String, (Member, Instant)> = HashMap::new();
     // Every URL that answered, as it last named itself.
     let mut named: HashMap<String, Member> = HashMap::new();
+    // What each seed last resolved to: a failed lookup keeps it.
+    let mut resolved: HashMap<&str, BTreeSet<String>> = HashMap::new();
     loop {
         // Members that stopped resolving (a DNS blip) are checked on until dead_after passes.
         let now = Instant::now();
         let recent = |t: &Instant| now.saturating_duration_since(*t) < config.dead_after;
         last_ok.retain(|_, (_, t)| recent(t));
-        let mut urls = resolve(&config.seeds, config.interval).await;
+        for seed in &config.seeds {
+            if let Some(urls) = resolve_seed(seed, config.interval).await {
+                resolved.insert(seed, urls);
+            }
+        }
+        let mut urls: BTreeSet<String> = resolved.values().flatten().cloned().collect();
         // Members the seeds no longer name leave the roster once they stop answering.
         named.retain(|url, _| urls.contains(url) || last_ok.contains_key(url));
         urls.extend(last_ok.keys().cloned());
@@ -317,10 +350,17 @@ async fn run(
                 async move { (url.clone(), probe.await) }
             });
         let now = Instant::now();
-        for (url, member) in futures::future::join_all(checks).await {
-            if let Some(member) = member {
-                named.insert(url.clone(), member.clone());
-                last_ok.insert(url, (member, now));
+        for (url, probed) in futures::future::join_all(checks).await {
+            match probed {
+                Probed::Member(member) => {
+                    named.insert(url.clone(), member.clone());
+                    last_ok.insert(url, (member, now));
+                }
+                Probed::Refused => {
+                    named.remove(&url);
+                    last_ok.remove(&url);
+                }
+                Probed::Silent => {}
             }
         }
         let live = live_members(&last_ok, now, config.dead_after);

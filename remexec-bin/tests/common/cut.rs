@@ -26,14 +26,17 @@ impl CutProxy {
         let (is_cut, conns) = (Arc::clone(&cut), Arc::clone(&open));
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                if is_cut.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
                 let Ok(server) = TcpStream::connect(target) else {
                     continue;
                 };
+                // Checked under the lock `cut` takes: a connection is either shut by `cut`
+                // (its streams are clones of the sockets) or refused here.
                 let mut open = conns.lock().unwrap();
+                if is_cut.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    let _ = server.shutdown(Shutdown::Both);
+                    continue;
+                }
                 open.extend(
                     [client.try_clone(), server.try_clone()]
                         .into_iter()
@@ -49,8 +52,9 @@ impl CutProxy {
 
     /// Cuts: shuts every connection and closes new ones.
     pub fn cut(&self) {
+        let mut open = self.open.lock().unwrap();
         self.cut.store(true, Ordering::SeqCst);
-        for stream in self.open.lock().unwrap().drain(..) {
+        for stream in open.drain(..) {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }

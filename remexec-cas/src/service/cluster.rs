@@ -59,6 +59,8 @@ pub struct ClusterService {
     members: watch::Receiver<Vec<Member>>,
     role: Arc<Role>,
     schedulers: Option<(String, watch::Receiver<Vec<Member>>)>,
+    /// The storage roster, whose members that are not live `Status` lists as `unreachable`.
+    roster: Option<watch::Receiver<Vec<Member>>>,
 }
 
 impl ClusterService {
@@ -78,7 +80,16 @@ impl ClusterService {
             members,
             role: Arc::new(role),
             schedulers: None,
+            roster: None,
         }
+    }
+
+    /// Lists the members of `roster` (a storage
+    /// [`Membership::roster`](remexec_core::membership::Membership::roster)) that are not
+    /// live as `unreachable` in `Status`.
+    pub fn with_roster(mut self, roster: watch::Receiver<Vec<Member>>) -> Self {
+        self.roster = Some(roster);
+        self
     }
 
     /// Lists `schedulers`, the live schedulers sharing the Action Cache, and this scheduler's
@@ -112,6 +123,7 @@ impl ClusterService {
                 repairer,
             }),
             schedulers: None,
+            roster: None,
         }
     }
 
@@ -170,20 +182,26 @@ impl ClusterService {
         });
         let mut statuses = futures::future::join_all(asks).await;
         let live_names: HashSet<&str> = live.iter().map(|m| m.name.as_str()).collect();
-        let away: HashSet<String> = self.store.unreachable().into_iter().collect();
+        let roster = self.roster.as_ref().map(|r| r.borrow().clone());
+        let away: Vec<Member> = roster.into_iter().flatten().collect();
+        let away: Vec<&Member> = away
+            .iter()
+            .filter(|m| !live_names.contains(m.name.as_str()))
+            .collect();
+        let listed: HashSet<&str> = away.iter().map(|m| m.name.as_str()).collect();
+        let left = |state: &str, name: &str, url: &str| MemberStatus {
+            name: name.to_string(),
+            url: url.to_string(),
+            state: state.to_string(),
+            ..MemberStatus::default()
+        };
+        statuses.extend(away.iter().map(|m| left("unreachable", &m.name, &m.url)));
         statuses.extend(
             seen.lock()
                 .iter()
                 .filter(|(name, _)| !live_names.contains(name.as_str()))
-                .map(|(name, (url, _))| MemberStatus {
-                    name: name.clone(),
-                    url: url.clone(),
-                    state: match away.contains(name) {
-                        true => "unreachable".into(),
-                        false => "lost".into(),
-                    },
-                    ..MemberStatus::default()
-                }),
+                .filter(|(name, _)| !listed.contains(name.as_str()))
+                .map(|(name, (url, _))| left("lost", name, url)),
         );
         statuses
     }

@@ -35,6 +35,8 @@ use remexec_core::ListBlobs;
 
 /// Digests asked about in one FindMissingBlobs of a member.
 const BATCH: usize = 1000;
+/// How long a member may take to say its room before its copies are tried regardless.
+const ROOM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a membership change settles before a pass starts.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -62,10 +64,14 @@ async fn rooms(
     let asks = targets.into_iter().filter_map(|member| {
         let store = stores.get(member)?;
         Some(async move {
-            let room = store.room().await.unwrap_or_else(|e| {
-                tracing::debug!(%member, error = %e, "re-replication: a member did not say its room");
-                None
-            });
+            let room = match tokio::time::timeout(ROOM_TIMEOUT, store.room()).await {
+                Ok(Ok(room)) => room,
+                Ok(Err(e)) => {
+                    tracing::debug!(%member, error = %e, "re-replication: a member did not say its room");
+                    None
+                }
+                Err(_) => None,
+            };
             if room == Some(0) {
                 tracing::warn!(%member, "re-replication: a member has no room: referenced blobs fill it");
             }
