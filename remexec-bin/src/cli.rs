@@ -225,9 +225,9 @@ pub struct ServerArgs {
 /// The storage plane's members (`scheduler`, `worker`).
 #[derive(Debug, Args)]
 pub struct StorageArgs {
-    /// The workers' CAS ports, grpc://HOST:PORT (or grpcs://), or one DNS name resolving to
-    /// all of them (repeatable): the storage plane's members, the same list on every scheduler
-    /// and worker of the cluster [default: none].
+    /// The workers' CAS ports, grpc://HOST:PORT (or grpcs://), one DNS name resolving to all of
+    /// them (repeatable), or etcd://HOST:PORT/PREFIX where workers register: the storage plane's
+    /// members, the same on every scheduler and worker of the cluster [default: none].
     #[arg(
         long = "storage",
         value_name = "URL",

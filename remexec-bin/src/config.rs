@@ -115,8 +115,8 @@ pub struct ClusterSection {
     /// its CAS is the workers' (their CAS ports, `storage`); such a worker keeps 2 unless it is
     /// set.
     pub replicas: Option<u32>,
-    /// The workers' CAS ports (`grpc://host:port` URLs, or one DNS name resolving to all of
-    /// them): the storage plane's members, the same list on every scheduler and worker.
+    /// The workers' CAS ports (`grpc://host:port` URLs, one DNS name resolving to all of them,
+    /// or `etcd://host:port/prefix` where workers register): the same on every instance.
     pub storage: Vec<String>,
     /// The URL other instances reach this one at: a worker's CAS port (default: `grpc://` and
     /// the listen address, or the worker's name for an unspecified address such as 0.0.0.0),

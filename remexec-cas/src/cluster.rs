@@ -313,6 +313,12 @@ impl WorkerCas {
         stop: CancellationToken,
     ) -> (TcpListener, tonic::service::Routes) {
         let local: Arc<dyn BlobStore> = self.local.clone();
+        // In an etcd roster, the worker lists itself (until it stops).
+        let me = Member {
+            name: name.to_string(),
+            url: self.url.clone(),
+        };
+        storage.register(me, stop.clone().cancelled_owned());
         let members = storage.members();
         count_members(&self.store, members.clone(), metrics);
         Arc::clone(&self.store).follow_roster(storage.roster());

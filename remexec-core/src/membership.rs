@@ -22,10 +22,13 @@
 //!   where a blob is routed, never where it belongs. A member leaves every roster when the
 //!   seeds stop naming it (a static list edited, a pod gone from a headless service's DNS).
 //!
-//! There is no consensus protocol: the shared seeds are the agreement, as in the static
-//! sharding configuration of Buildbarn. An instance lists a member only after reaching it
-//! once, so a member that one instance never reached since it started is missing from that
-//! instance's roster alone.
+//! There is no consensus protocol of remexec's own: the shared seeds are the agreement, as in
+//! the static sharding configuration of Buildbarn. An instance lists a member only after
+//! reaching it once, so a member that one instance never reached since it started is missing
+//! from that instance's roster alone. Larger clusters hold the roster in etcd instead (the
+//! `etcd` feature): one seed `etcd://host:port/prefix`, under which each member registers with
+//! a lease ([`Membership::register`], [`etcd`]); the roster is then what etcd lists, the same
+//! for every instance, and a member leaves it when its lease ends.
 //!
 //! ```no_run
 //! # async fn example() -> remexec_core::Result<()> {
@@ -157,6 +160,8 @@ impl MembershipConfig {
 pub struct Membership {
     live: watch::Receiver<Vec<Member>>,
     roster: watch::Receiver<Vec<Member>>,
+    /// The etcd roster its seed names, if it has one.
+    etcd: Option<etcd::EtcdRoster>,
 }
 
 /// A seed's scheme and port, and its host.
@@ -281,8 +286,11 @@ impl Membership {
     /// Starts resolving and checking `config`'s seeds on the current tokio runtime.
     /// `InvalidArgument` for a seed that is not a `grpc://host:port` URL or a zero interval.
     pub fn start(config: MembershipConfig) -> Result<Self> {
-        for seed in &config.seeds {
-            split_seed(seed)?;
+        let etcd = etcd_seed(&config.seeds)?;
+        if etcd.is_none() {
+            for seed in &config.seeds {
+                split_seed(seed)?;
+            }
         }
         if config.interval.is_zero() || config.dead_after.is_zero() {
             return Err(Error::invalid(
@@ -291,8 +299,8 @@ impl Membership {
         }
         let (tx, live) = watch::channel(Vec::new());
         let (roster_tx, roster) = watch::channel(Vec::new());
-        tokio::spawn(run(config, tx, roster_tx));
-        Ok(Self { live, roster })
+        tokio::spawn(run(config, etcd.clone(), tx, roster_tx));
+        Ok(Self { live, roster, etcd })
     }
 
     /// The live members' URLs, sorted.
@@ -314,11 +322,37 @@ impl Membership {
     pub fn roster(&self) -> watch::Receiver<Vec<Member>> {
         self.roster.clone()
     }
+
+    /// Registers `member` in the roster's etcd, renewing its lease until `stop` resolves, then
+    /// revoking it; nothing for a membership of seeds, whose roster is what they resolve to.
+    pub fn register(
+        &self,
+        member: Member,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        if let Some(etcd) = self.etcd.clone() {
+            tokio::spawn(etcd.keep_registered(member, etcd::LEASE_TTL, stop));
+        }
+    }
+}
+
+/// The etcd roster `seeds` name: one `etcd://` seed alone, or none. `InvalidArgument` for an
+/// etcd seed beside others, or one this build cannot follow.
+fn etcd_seed(seeds: &[String]) -> Result<Option<etcd::EtcdRoster>> {
+    let etcd: Vec<&String> = seeds.iter().filter(|s| s.starts_with("etcd://")).collect();
+    match etcd.as_slice() {
+        [] => Ok(None),
+        [seed] if seeds.len() == 1 => etcd::EtcdRoster::from_seed(seed),
+        _ => Err(Error::invalid(
+            "an etcd:// seed must be the only seed: the roster is then what etcd lists",
+        )),
+    }
 }
 
 /// The membership task: every interval, resolve, check, publish what changed.
 async fn run(
     config: MembershipConfig,
+    etcd: Option<etcd::EtcdRoster>,
     tx: watch::Sender<Vec<Member>>,
     roster_tx: watch::Sender<Vec<Member>>,
 ) {
@@ -333,15 +367,32 @@ async fn run(
         let now = Instant::now();
         let recent = |t: &Instant| now.saturating_duration_since(*t) < config.dead_after;
         last_ok.retain(|_, (_, t)| recent(t));
-        for seed in &config.seeds {
-            if let Some(urls) = resolve_seed(seed, config.interval).await {
-                resolved.insert(seed, urls);
+        let mut urls = match &etcd {
+            // What etcd lists is the roster; a failed read keeps the last one.
+            Some(etcd) => {
+                match etcd.members().await {
+                    Ok(listed) => named = listed.into_iter().map(|m| (m.url.clone(), m)).collect(),
+                    Err(e) => tracing::warn!(error = %e, "reading the roster from etcd failed"),
+                }
+                named.keys().cloned().collect()
             }
+            None => {
+                for seed in &config.seeds {
+                    if let Some(urls) = resolve_seed(seed, config.interval).await {
+                        resolved.insert(seed, urls);
+                    }
+                }
+                let urls: BTreeSet<String> = resolved.values().flatten().cloned().collect();
+                // Members the seeds no longer name leave the roster once they stop answering.
+                named.retain(|url, _| urls.contains(url) || last_ok.contains_key(url));
+                urls
+            }
+        };
+        // Members the seeds stopped resolving (a DNS blip) are checked on until dead_after;
+        // in etcd, a member not listed is no member.
+        if etcd.is_none() {
+            urls.extend(last_ok.keys().cloned());
         }
-        let mut urls: BTreeSet<String> = resolved.values().flatten().cloned().collect();
-        // Members the seeds no longer name leave the roster once they stop answering.
-        named.retain(|url, _| urls.contains(url) || last_ok.contains_key(url));
-        urls.extend(last_ok.keys().cloned());
         let checks = channels
             .update(&urls, &config.tls)
             .iter()
@@ -353,11 +404,15 @@ async fn run(
         for (url, probed) in futures::future::join_all(checks).await {
             match probed {
                 Probed::Member(member) => {
-                    named.insert(url.clone(), member.clone());
+                    if etcd.is_none() {
+                        named.insert(url.clone(), member.clone());
+                    }
                     last_ok.insert(url, (member, now));
                 }
                 Probed::Refused => {
-                    named.remove(&url);
+                    if etcd.is_none() {
+                        named.remove(&url);
+                    }
                     last_ok.remove(&url);
                 }
                 Probed::Silent => {}
@@ -472,6 +527,42 @@ impl Peers {
     /// The live peers, this node included.
     pub fn members(&self) -> watch::Receiver<Vec<Member>> {
         self.membership.members()
+    }
+}
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
+
+/// Without the `etcd` feature, an `etcd://` seed is refused.
+#[cfg(not(feature = "etcd"))]
+mod etcd {
+    use super::Member;
+    use crate::{Error, Result};
+
+    /// How long a registration lasts (unused without etcd).
+    pub(super) const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// No etcd roster can exist in this build.
+    #[derive(Clone, Debug)]
+    pub(super) enum EtcdRoster {}
+
+    impl EtcdRoster {
+        pub(super) fn from_seed(seed: &str) -> Result<Option<Self>> {
+            Err(Error::invalid(format!(
+                "seed {seed:?}: this build has no etcd support (the `etcd` feature)"
+            )))
+        }
+        pub(super) async fn members(&self) -> Result<Vec<Member>> {
+            match *self {}
+        }
+        pub(super) async fn keep_registered(
+            self,
+            _: Member,
+            _: std::time::Duration,
+            _: impl std::future::Future<Output = ()>,
+        ) {
+            match self {}
+        }
     }
 }
 

@@ -195,3 +195,148 @@ async fn follow_applies_every_change_with_channels_to_reachable_members() {
         .expect("the task ends with its sender")
         .unwrap();
 }
+
+/// A real etcd on loopback, stopped on drop.
+#[cfg(feature = "etcd")]
+struct Etcd {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(feature = "etcd")]
+impl Etcd {
+    /// Starts `$ETCD` (or `etcd` on the PATH) and waits until it answers; `None` (the test
+    /// skips) only with `REMEXEC_SKIP_E2E` set.
+    async fn start() -> Option<Self> {
+        let free = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let (port, peer) = (free(), free());
+        let dir = tempfile::tempdir().unwrap();
+        let binary = std::env::var("ETCD").unwrap_or_else(|_| "etcd".into());
+        let client = format!("http://127.0.0.1:{port}");
+        let spawned = std::process::Command::new(&binary)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(_) if std::env::var_os("REMEXEC_SKIP_E2E").is_some() => return None,
+            Err(e) => panic!(
+                "{binary} not found ({e}); run .ci/test to install it, or REMEXEC_SKIP_E2E=1 to skip"
+            ),
+        };
+        let etcd = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let roster = etcd::EtcdRoster::from_seed(&etcd.seed()).unwrap().unwrap();
+        for _ in 0..200 {
+            if roster.members().await.is_ok() {
+                return Some(etcd);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("etcd never answered");
+    }
+
+    fn seed(&self) -> String {
+        format!("etcd://127.0.0.1:{}/remexec/test", self.port)
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// With an etcd seed, the roster is what etcd lists, the same for every instance: members
+/// registered with a lease are on it; one that stops answering leaves the live list only; one
+/// whose lease ends (its registration gone without a word) leaves the roster of every
+/// instance; one that stops cleanly leaves at once.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_roster_is_what_etcd_lists_and_a_member_leaves_it_when_its_lease_ends() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let (a, _, _keep_a) = member().await;
+    let (b, _, kill_b) = member().await;
+    let one = Membership::start(fast(vec![etcd.seed()])).unwrap();
+    let two = Membership::start(fast(vec![etcd.seed()])).unwrap();
+    let (stop_a, stopped_a) = tokio::sync::oneshot::channel::<()>();
+    one.register(Member::at(&a), async move {
+        let _ = stopped_a.await;
+    });
+    // b's registration, with a short lease, to be dropped without a word (a crash).
+    let roster_b = etcd::EtcdRoster::from_seed(&etcd.seed()).unwrap().unwrap();
+    let registered_b = tokio::spawn(roster_b.keep_registered(
+        Member::at(&b),
+        Duration::from_secs(2),
+        std::future::pending(),
+    ));
+    let names = |m: &Membership| -> Vec<String> {
+        m.roster().borrow().iter().map(|m| m.name.clone()).collect()
+    };
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    for m in [&one, &two] {
+        assert!(until(m, 10, |live| live == both).await, "{:?}", m.live());
+        assert_eq!(names(m), both);
+    }
+    // b stops answering: live no more, still on both rosters (its lease is renewed).
+    kill_b.send(()).unwrap();
+    for m in [&one, &two] {
+        assert!(until(m, 10, |live| live == [a.clone()]).await);
+        assert_eq!(names(m), both);
+    }
+    // Its registration goes without revoking: the lease ends, b leaves both rosters.
+    registered_b.abort();
+    let gone = |m: &Membership| names(m) == [a.clone()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(gone(&one) && gone(&two)) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} {:?}",
+            names(&one),
+            names(&two)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // a stops cleanly: its lease is revoked and it leaves at once (well within its 10 s lease).
+    stop_a.send(()).unwrap();
+    let stopped = Instant::now();
+    while !(names(&one).is_empty() && names(&two).is_empty()) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            names(&one)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An etcd seed is the only seed, and a well-formed one.
+#[test]
+fn etcd_seeds_stand_alone() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _entered = runtime.enter();
+    let mixed = vec!["etcd://h:1/p".to_string(), "grpc://h:2".to_string()];
+    assert!(Membership::start(MembershipConfig::new(mixed)).is_err());
+    assert!(Membership::start(MembershipConfig::new(vec!["etcd://h/p".into()])).is_err());
+}

@@ -1,0 +1,203 @@
+//! The storage roster in a real etcd: two `remexec scheduler --storage etcd://…` processes
+//! and three `remexec worker --listen` processes that register there. Both schedulers list the
+//! same workers and place every blob alike; a SIGKILLed worker leaves both rosters when its
+//! lease ends (it is `lost`, not `unreachable`), and its blobs are back on 2 live workers.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::{ServerProcess, require_tool, wait_until};
+
+/// `remexec ARGS…`: its stdout, once it succeeded.
+fn remexec(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(args)
+        .env("REMEXEC_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "remexec {args:?}: {err}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The members of `cluster status` through `server`, by state.
+fn members(server: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let status = remexec(&["cluster", "status", "--json", "--server", server]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let mut by_state: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for m in status["members"].as_array().unwrap() {
+        let state = m["state"].as_str().unwrap().to_string();
+        let name = m["name"].as_str().unwrap().to_string();
+        by_state.entry(state).or_default().insert(name);
+    }
+    by_state
+}
+
+/// `cas locate --json` through `server`: each digest's (placement, holders).
+fn locate(server: &str, digests: &[String]) -> BTreeMap<String, (Vec<String>, BTreeSet<String>)> {
+    let mut args = vec!["cas", "locate", "--json", "--server", server];
+    args.extend(digests.iter().map(String::as_str));
+    let list: serde_json::Value = serde_json::from_str(&remexec(&args)).unwrap();
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        let list = v.as_array().unwrap().iter();
+        list.map(|h| h.as_str().unwrap().to_string()).collect()
+    };
+    let rows = list.as_array().unwrap().iter().map(|l| {
+        let digest = l["digest"].as_str().unwrap().to_string();
+        (
+            digest,
+            (
+                names(&l["placement"]),
+                names(&l["holders"]).into_iter().collect(),
+            ),
+        )
+    });
+    rows.collect()
+}
+
+/// A real etcd on loopback, killed on drop.
+struct Etcd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start(binary: &Path) -> Self {
+        let (port, peer) = (common::free_port(), common::free_port());
+        let dir = tempfile::tempdir().unwrap();
+        let client = format!("http://127.0.0.1:{port}");
+        let child = Command::new(binary)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let healthy = || {
+            common::http_get(addr, "/health", &[]).is_some_and(|(_, body)| body.contains("true"))
+        };
+        assert!(wait_until(30, healthy), "etcd never became healthy");
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `n` files of distinct content into `dir`; their digests (`hash/size`).
+fn files(dir: &Path, n: usize) -> Vec<String> {
+    use sha2::Digest as _;
+    std::fs::create_dir_all(dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let content = format!("etcd blob {i} ").repeat(100 + i * 31);
+            std::fs::write(dir.join(format!("f{i}")), &content).unwrap();
+            let hash = hex::encode(sha2::Sha256::digest(content.as_bytes()));
+            format!("{hash}/{}", content.len())
+        })
+        .collect()
+}
+
+#[test]
+fn workers_registered_in_etcd_are_every_schedulers_roster_and_a_killed_one_leaves_it() {
+    let Some(binary) = require_tool("ETCD", "etcd") else {
+        return;
+    };
+    let etcd = Etcd::start(&binary);
+    let seed = format!("etcd://127.0.0.1:{}/remexec/storage", etcd.port);
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--replicas", "2", "--storage", seed.as_str()];
+    let schedulers: Vec<ServerProcess> = (0..2)
+        .map(|i| ServerProcess::start_role("scheduler", &dir.path().join(format!("s{i}")), &flags))
+        .collect();
+    let (a, b) = (schedulers[0].url(), schedulers[1].url());
+    let mut workers: BTreeMap<String, Child> = (1..=3)
+        .map(|i| {
+            let name = format!("w{i}");
+            let listen = format!("127.0.0.1:{}", common::free_port());
+            let child = Command::new(env!("CARGO_BIN_EXE_remexec"))
+                .args([
+                    "worker",
+                    "--scheduler",
+                    &a,
+                    "--name",
+                    &name,
+                    "--executors",
+                    "1",
+                ])
+                .args(["--listen", &listen, "--storage", &seed, "--replicas", "2"])
+                .arg("--data-dir")
+                .arg(dir.path().join(&name))
+                .env("REMEXEC_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            (name, child)
+        })
+        .collect();
+    let all: BTreeSet<String> = workers.keys().cloned().collect();
+    for server in [&a, &b] {
+        let live = || members(server).get("live") == Some(&all);
+        assert!(wait_until(30, live), "{:?}", members(server));
+    }
+    let input = dir.path().join("input");
+    let digests = files(&input, 40);
+    remexec(&["cas", "upload", input.to_str().unwrap(), "--server", &a]);
+    let (through_a, through_b) = (locate(&a, &digests), locate(&b, &digests));
+    for (digest, (placement, holders)) in &through_a {
+        assert_eq!(placement, &through_b[digest].0, "{digest}");
+        assert!(holders.len() >= 2, "{digest} is on {holders:?}");
+    }
+    // SIGKILL the worker holding the most: it renews its lease no more.
+    let victim = all
+        .iter()
+        .max_by_key(|n| through_a.values().filter(|(_, h)| h.contains(*n)).count())
+        .unwrap()
+        .clone();
+    let mut child = workers.remove(&victim).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Within its lease (10 s) and a round it leaves both rosters: lost, not unreachable.
+    let lost = BTreeSet::from([victim.clone()]);
+    for server in [&a, &b] {
+        let left = || {
+            let m = members(server);
+            m.get("lost") == Some(&lost) && !m.contains_key("unreachable")
+        };
+        assert!(wait_until(30, left), "{:?}", members(server));
+    }
+    // Both place every blob over the two left, and its blobs are back on both.
+    let back = || {
+        let (a, b) = (locate(&a, &digests), locate(&b, &digests));
+        a.iter().all(|(d, (placement, holders))| {
+            !placement.contains(&victim) && placement == &b[d].0 && holders.len() >= 2
+        })
+    };
+    assert!(wait_until(60, back), "{:?}", locate(&a, &digests));
+    for (_, mut child) in workers {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
