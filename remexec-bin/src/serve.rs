@@ -61,6 +61,7 @@ pub async fn run_worker(
         Some(_) => crate::security::worker_cas_port(config)?,
         None => None,
     };
+    let mut storage = None;
     // With --listen, the worker keeps blobs for the cluster and reads and writes through it.
     let cluster = match config.worker.listen {
         Some(listen) => {
@@ -79,16 +80,18 @@ pub async fn run_worker(
         .transport(config.transport())
         .metrics(metrics.clone());
     if let Some(cluster) = cluster {
-        let addr = cluster
-            .listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the CAS port's address", e))?;
+        let addr = remexec_core::server::bound_addr(&cluster.listener, "CAS port")?;
         println!("remexec: cas port on {addr} ({})", cluster.url);
         // Other members are reached, and reach this one, with the cluster certificate.
         let stop = node.stopping();
         let (seeds, replicas) = (config.cluster.storage.clone(), cluster.replicas());
-        let storage = storage_membership(seeds, replicas, tls.clone(), Some(&name))?;
-        let (listener, routes) = cluster.start(&storage, &name, tls.clone(), &metrics, stop);
+        let members = storage.insert(storage_membership(
+            seeds,
+            replicas,
+            tls.clone(),
+            Some(&name),
+        )?);
+        let (listener, routes) = cluster.start(members, &name, tls.clone(), &metrics, stop);
         let port = Port::new(listener, routes, metrics.clone());
         node = node.port(match cas_port {
             Some((tls, auth)) => port.tls(Some(tls)).auth(auth),
@@ -97,9 +100,7 @@ pub async fn run_worker(
     }
     if let Some(addr) = config.admin_listen {
         let listener = remexec_core::server::bind(addr, "admin port").await?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the admin port's address", e))?;
+        let bound = remexec_core::server::bound_addr(&listener, "admin port")?;
         println!("remexec: admin port on {bound}");
         node = node.admin(listener, config.worker.min_free_disk.as_u64());
     }
@@ -107,7 +108,12 @@ pub async fn run_worker(
         true => node.discover(schedulers(config), tls),
         false => channels.into_iter().fold(node, WorkerNode::scheduler),
     };
-    node.run(shutdown).await
+    let ran = node.run(shutdown).await;
+    // Off an etcd roster at once.
+    if let Some(storage) = storage {
+        storage.deregistered().await;
+    }
+    ran
 }
 
 /// The scheduler URLs of `[worker] scheduler` (comma-separated).

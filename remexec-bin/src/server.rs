@@ -120,9 +120,7 @@ impl BoundServer {
         };
         let ac = ac_spec.build(Arc::clone(&store)).await?;
         let listener = remexec_core::server::bind(config.listen, "client port").await?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the bound address", e))?;
+        let bound = remexec_core::server::bound_addr(&listener, "client port")?;
         let (peers, ac, peer_service) =
             crate::cluster::share_action_cache(config, bound, ac, &cluster_tls, &metrics).await?;
         tracing::info!(cas = %store, action_cache = %ac, pool = ?workers, "assembling the server");

@@ -1,7 +1,8 @@
 //! The storage roster in a real etcd: two `remexec scheduler --storage etcd://…` processes
 //! and three `remexec worker --listen` processes that register there. Both schedulers list the
 //! same workers and place every blob alike; a SIGKILLed worker leaves both rosters when its
-//! lease ends (it is `lost`, not `unreachable`), and its blobs are back on 2 live workers.
+//! lease ends (it is `lost`, not `unreachable`), and its blobs are back on 2 live workers; one
+//! stopped cleanly leaves at once.
 
 #![allow(clippy::unwrap_used)]
 
@@ -196,6 +197,28 @@ fn workers_registered_in_etcd_are_every_schedulers_roster_and_a_killed_one_leave
         })
     };
     assert!(wait_until(60, back), "{:?}", locate(&a, &digests));
+    // A worker stopped cleanly (SIGTERM) revokes its lease: it leaves both rosters at once,
+    // well before its lease would end.
+    let (name, mut child) = workers.pop_first().unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopped = std::time::Instant::now();
+    assert!(child.wait().unwrap().success());
+    let both_lost = BTreeSet::from([victim.clone(), name.clone()]);
+    for server in [&a, &b] {
+        assert!(wait_until(30, || members(server).get("lost") == Some(&both_lost)));
+    }
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        stopped.elapsed()
+    );
     for (_, mut child) in workers {
         let _ = child.kill();
         let _ = child.wait();

@@ -51,6 +51,7 @@ pub fn storage_membership(
     }
     let mut config = MembershipConfig::new(seeds);
     config.tls = tls;
+    config.etcd = true;
     config.probe = Arc::new(StorageProbe {
         replicas,
         worker: worker.map(str::to_string),

@@ -139,6 +139,9 @@ pub struct MembershipConfig {
     pub tls: ClientTls,
     /// How a member is checked and named (default [`HealthProbe`]).
     pub probe: std::sync::Arc<dyn Probe>,
+    /// Whether one `etcd://host:port/prefix` seed may name a roster held in etcd (the storage
+    /// plane's; default `false`: the seeds are the members' URLs).
+    pub etcd: bool,
 }
 
 impl MembershipConfig {
@@ -150,6 +153,7 @@ impl MembershipConfig {
             dead_after: Duration::from_secs(5),
             tls: ClientTls::default(),
             probe: std::sync::Arc::new(HealthProbe),
+            etcd: false,
         }
     }
 }
@@ -162,6 +166,8 @@ pub struct Membership {
     roster: watch::Receiver<Vec<Member>>,
     /// The etcd roster its seed names, if it has one.
     etcd: Option<etcd::EtcdRoster>,
+    /// The registration in it, if [`register`](Membership::register) started one.
+    registration: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A seed's scheme and port, and its host.
@@ -286,7 +292,7 @@ impl Membership {
     /// Starts resolving and checking `config`'s seeds on the current tokio runtime.
     /// `InvalidArgument` for a seed that is not a `grpc://host:port` URL or a zero interval.
     pub fn start(config: MembershipConfig) -> Result<Self> {
-        let etcd = etcd_seed(&config.seeds)?;
+        let etcd = etcd_seed(&config.seeds, config.etcd)?;
         if etcd.is_none() {
             for seed in &config.seeds {
                 split_seed(seed)?;
@@ -300,7 +306,12 @@ impl Membership {
         let (tx, live) = watch::channel(Vec::new());
         let (roster_tx, roster) = watch::channel(Vec::new());
         tokio::spawn(run(config, etcd.clone(), tx, roster_tx));
-        Ok(Self { live, roster, etcd })
+        Ok(Self {
+            live,
+            roster,
+            etcd,
+            registration: parking_lot::Mutex::default(),
+        })
     }
 
     /// The live members' URLs, sorted.
@@ -317,8 +328,9 @@ impl Membership {
     }
 
     /// The roster: every member that answered once and that the seeds still name (or that is
-    /// live), sorted by name, the live ones among them; see the module docs. The receiver sees
-    /// every change for as long as the membership runs.
+    /// live), or with an etcd seed every member etcd lists, sorted by name, the live ones among
+    /// them and none that answered as no member; see the module docs. The receiver sees every
+    /// change for as long as the membership runs.
     pub fn roster(&self) -> watch::Receiver<Vec<Member>> {
         self.roster.clone()
     }
@@ -331,21 +343,116 @@ impl Membership {
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         if let Some(etcd) = self.etcd.clone() {
-            tokio::spawn(etcd.keep_registered(member, etcd::LEASE_TTL, stop));
+            let task = tokio::spawn(etcd.keep_registered(member, etcd::LEASE_TTL, stop));
+            *self.registration.lock() = Some(task);
+        }
+    }
+
+    /// Waits (at most 3 s) until the registration [`register`](Self::register) started has
+    /// ended, its lease revoked: what a stopping process awaits before it exits, so that it
+    /// leaves the roster at once.
+    pub async fn deregistered(&self) {
+        let task = self.registration.lock().take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
         }
     }
 }
 
 /// The etcd roster `seeds` name: one `etcd://` seed alone, or none. `InvalidArgument` for an
-/// etcd seed beside others, or one this build cannot follow.
-fn etcd_seed(seeds: &[String]) -> Result<Option<etcd::EtcdRoster>> {
+/// etcd seed beside others, where none is `allowed`, or one this build cannot follow.
+fn etcd_seed(seeds: &[String], allowed: bool) -> Result<Option<etcd::EtcdRoster>> {
     let etcd: Vec<&String> = seeds.iter().filter(|s| s.starts_with("etcd://")).collect();
     match etcd.as_slice() {
         [] => Ok(None),
+        [_] if !allowed => Err(Error::invalid(
+            "an etcd:// seed names the storage roster (--storage), not schedulers or peers",
+        )),
         [seed] if seeds.len() == 1 => etcd::EtcdRoster::from_seed(seed),
         _ => Err(Error::invalid(
             "an etcd:// seed must be the only seed: the roster is then what etcd lists",
         )),
+    }
+}
+
+/// What the membership task knows between rounds.
+#[derive(Default)]
+struct Known<'a> {
+    /// Each URL's last member answer, and when.
+    last_ok: HashMap<String, (Member, Instant)>,
+    /// The roster's members by URL: every URL that answered (seeds), or what etcd lists.
+    named: HashMap<String, Member>,
+    /// URLs whose last answer was a refusal: off the roster until they answer as members.
+    refused: std::collections::HashSet<String>,
+    /// What each seed last resolved to: a failed lookup keeps it.
+    resolved: HashMap<&'a str, BTreeSet<String>>,
+}
+
+impl<'a> Known<'a> {
+    /// The URLs to probe this round: what etcd lists (a failed read keeps the last list), or
+    /// what the seeds resolve to and the members they stopped resolving to that answered
+    /// within `dead_after` (a DNS blip).
+    async fn urls(
+        &mut self,
+        config: &'a MembershipConfig,
+        etcd: Option<&etcd::EtcdRoster>,
+    ) -> BTreeSet<String> {
+        let now = Instant::now();
+        let recent = |t: &Instant| now.saturating_duration_since(*t) < config.dead_after;
+        self.last_ok.retain(|_, (_, t)| recent(t));
+        if let Some(etcd) = etcd {
+            match tokio::time::timeout(config.interval, etcd.members()).await {
+                Ok(Ok(listed)) => {
+                    self.named = listed.into_iter().map(|m| (m.url.clone(), m)).collect();
+                    // A member etcd no longer lists is no member.
+                    let named = &self.named;
+                    self.last_ok.retain(|url, _| named.contains_key(url));
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "reading the roster from etcd failed"),
+                Err(_) => tracing::warn!("reading the roster from etcd timed out"),
+            }
+            return self.named.keys().cloned().collect();
+        }
+        for seed in &config.seeds {
+            if let Some(urls) = resolve_seed(seed, config.interval).await {
+                self.resolved.insert(seed, urls);
+            }
+        }
+        let mut urls: BTreeSet<String> = self.resolved.values().flatten().cloned().collect();
+        // Members the seeds no longer name leave the roster once they stop answering.
+        let last_ok = &self.last_ok;
+        self.named
+            .retain(|url, _| urls.contains(url) || last_ok.contains_key(url));
+        urls.extend(self.last_ok.keys().cloned());
+        urls
+    }
+
+    /// Notes what a probe of `url` found at `now`; with `etcd`, the roster is etcd's list.
+    fn note(&mut self, url: String, probed: Probed, now: Instant, etcd: bool) {
+        match probed {
+            Probed::Member(member) => {
+                self.refused.remove(&url);
+                if !etcd {
+                    self.named.insert(url.clone(), member.clone());
+                }
+                self.last_ok.insert(url, (member, now));
+            }
+            Probed::Refused => {
+                self.named.remove(&url);
+                self.last_ok.remove(&url);
+                self.refused.insert(url);
+            }
+            Probed::Silent => {}
+        }
+    }
+
+    /// The roster's members by URL, refused ones left out.
+    fn roster(&self) -> HashMap<String, Member> {
+        let answering = self
+            .named
+            .iter()
+            .filter(|(url, _)| !self.refused.contains(*url));
+        answering.map(|(u, m)| (u.clone(), m.clone())).collect()
     }
 }
 
@@ -357,42 +464,9 @@ async fn run(
     roster_tx: watch::Sender<Vec<Member>>,
 ) {
     let mut channels = crate::client::Channels::default();
-    let mut last_ok: HashMap<String, (Member, Instant)> = HashMap::new();
-    // Every URL that answered, as it last named itself.
-    let mut named: HashMap<String, Member> = HashMap::new();
-    // What each seed last resolved to: a failed lookup keeps it.
-    let mut resolved: HashMap<&str, BTreeSet<String>> = HashMap::new();
+    let mut known = Known::default();
     loop {
-        // Members that stopped resolving (a DNS blip) are checked on until dead_after passes.
-        let now = Instant::now();
-        let recent = |t: &Instant| now.saturating_duration_since(*t) < config.dead_after;
-        last_ok.retain(|_, (_, t)| recent(t));
-        let mut urls = match &etcd {
-            // What etcd lists is the roster; a failed read keeps the last one.
-            Some(etcd) => {
-                match etcd.members().await {
-                    Ok(listed) => named = listed.into_iter().map(|m| (m.url.clone(), m)).collect(),
-                    Err(e) => tracing::warn!(error = %e, "reading the roster from etcd failed"),
-                }
-                named.keys().cloned().collect()
-            }
-            None => {
-                for seed in &config.seeds {
-                    if let Some(urls) = resolve_seed(seed, config.interval).await {
-                        resolved.insert(seed, urls);
-                    }
-                }
-                let urls: BTreeSet<String> = resolved.values().flatten().cloned().collect();
-                // Members the seeds no longer name leave the roster once they stop answering.
-                named.retain(|url, _| urls.contains(url) || last_ok.contains_key(url));
-                urls
-            }
-        };
-        // Members the seeds stopped resolving (a DNS blip) are checked on until dead_after;
-        // in etcd, a member not listed is no member.
-        if etcd.is_none() {
-            urls.extend(last_ok.keys().cloned());
-        }
+        let urls = known.urls(&config, etcd.as_ref()).await;
         let checks = channels
             .update(&urls, &config.tls)
             .iter()
@@ -402,24 +476,10 @@ async fn run(
             });
         let now = Instant::now();
         for (url, probed) in futures::future::join_all(checks).await {
-            match probed {
-                Probed::Member(member) => {
-                    if etcd.is_none() {
-                        named.insert(url.clone(), member.clone());
-                    }
-                    last_ok.insert(url, (member, now));
-                }
-                Probed::Refused => {
-                    if etcd.is_none() {
-                        named.remove(&url);
-                    }
-                    last_ok.remove(&url);
-                }
-                Probed::Silent => {}
-            }
+            known.note(url, probed, now, etcd.is_some());
         }
-        let live = live_members(&last_ok, now, config.dead_after);
-        publish_roster(&roster_tx, &named, &live);
+        let live = live_members(&known.last_ok, now, config.dead_after);
+        publish_roster(&roster_tx, &known.roster(), &live);
         tx.send_if_modified(|current| {
             if *current == live {
                 return false;

@@ -3,10 +3,12 @@
 //!
 //! A seed `etcd://host:port/prefix` names an etcd cluster's client endpoint (plain HTTP, its
 //! JSON gateway `/v3/…`) and a key prefix. Each member puts the key `{prefix}/{name}` with its
-//! URL as the value, under a lease of [`LEASE_TTL`] that it renews every third of it; a member
-//! that stops renewing (a crash, a cut from etcd) leaves the roster when its lease expires, and
-//! one that stops cleanly revokes its lease and leaves at once. Instances read the prefix every
-//! membership round; a read that fails keeps the last roster.
+//! URL as the value, under a lease of [`LEASE_TTL`] that it renews every quarter of it (and
+//! checks that the key is still its own: a second member under the same name is logged and
+//! the key taken back); a member that stops renewing (a crash, a cut from etcd) leaves the
+//! roster when its lease expires, and one that stops cleanly revokes its lease and leaves at
+//! once. Instances read the prefix every membership round; a read that fails keeps the last
+//! roster, and until a first read succeeds the roster is empty.
 
 use std::time::Duration;
 
@@ -20,8 +22,9 @@ use crate::{Error, Result};
 /// How long a member stays on the roster after its last renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
 
-/// How long one call to etcd may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one call to etcd may take: a fifth of the lease, so that a renewal that fails is
+/// retried before the lease ends.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// An etcd client endpoint and the key prefix of one roster.
 #[derive(Clone, Debug)]
@@ -48,6 +51,7 @@ impl EtcdRoster {
         }
         let client = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
+            .no_proxy()
             .build()
             .map_err(|e| Error::Internal(format!("an HTTP client for etcd: {e}").into()))?;
         Ok(Some(Self {
@@ -89,8 +93,27 @@ impl EtcdRoster {
         Ok(members)
     }
 
-    /// Puts `member` under a new lease of `ttl`; the lease.
-    async fn put(&self, member: &Member, ttl: Duration) -> Result<String> {
+    /// The URL and lease of the key `member` is registered under, if it is there.
+    async fn holder(&self, member: &Member) -> Result<Option<(String, String)>> {
+        let key = format!("{}{}", self.prefix, member.name);
+        let answer = self
+            .call("kv/range", json!({"key": B64.encode(key)}))
+            .await?;
+        let kv = &answer["kvs"][0];
+        let lease = kv["lease"].as_str().unwrap_or("0").to_string();
+        Ok(decode(&kv["value"]).map(|url| (url, lease)))
+    }
+
+    /// Puts `member` under `lease`.
+    async fn put(&self, member: &Member, lease: &str) -> Result<()> {
+        let key = format!("{}{}", self.prefix, member.name);
+        let body =
+            json!({"key": B64.encode(key), "value": B64.encode(&member.url), "lease": lease});
+        self.call("kv/put", body).await.map(|_| ())
+    }
+
+    /// Puts `member` under a new lease of `ttl`; the lease. A lease whose put fails is revoked.
+    async fn register(&self, member: &Member, ttl: Duration) -> Result<String> {
         let grant = self
             .call("lease/grant", json!({"TTL": ttl.as_secs()}))
             .await?;
@@ -98,22 +121,37 @@ impl EtcdRoster {
             .as_str()
             .ok_or_else(|| Error::Unavailable("etcd granted no lease".into()))?
             .to_string();
-        let key = format!("{}{}", self.prefix, member.name);
-        let body =
-            json!({"key": B64.encode(key), "value": B64.encode(&member.url), "lease": lease});
-        self.call("kv/put", body).await?;
+        if let Err(e) = self.put(member, &lease).await {
+            let _ = self.call("lease/revoke", json!({"ID": lease})).await;
+            return Err(e);
+        }
         Ok(lease)
     }
 
-    /// Renews `lease`; whether it was still alive.
-    async fn renew(&self, lease: &str) -> Result<bool> {
+    /// Renews `lease`: `Ok(false)` if it ended. Then, if the key is no longer `member`'s under
+    /// it (another member registered under the same name), says so and puts it back.
+    async fn renew(&self, member: &Member, lease: &str) -> Result<bool> {
         let answer = self.call("lease/keepalive", json!({"ID": lease})).await?;
         let ttl = answer["result"]["TTL"].as_str().unwrap_or("0");
-        Ok(ttl.parse::<i64>().unwrap_or(0) > 0)
+        if ttl.parse::<i64>().unwrap_or(0) <= 0 {
+            return Ok(false);
+        }
+        match self.holder(member).await? {
+            Some((url, held)) if url == member.url && held == lease => {}
+            other => {
+                if let Some((url, _)) = other.filter(|(url, _)| *url != member.url) {
+                    tracing::error!(name = %member.name, ours = %member.url, theirs = %url,
+                        "another member registered in etcd under this name: names must be unique");
+                }
+                self.put(member, lease).await?;
+            }
+        }
+        Ok(true)
     }
 
     /// Keeps `member` registered under leases of `ttl` until `stop` resolves, then revokes the
-    /// lease so that it leaves the roster at once. Failures are logged and retried.
+    /// lease so that it leaves the roster at once. A renewal that fails is retried until the
+    /// lease ends; then the member registers again.
     pub async fn keep_registered(
         self,
         member: Member,
@@ -121,28 +159,36 @@ impl EtcdRoster {
         stop: impl std::future::Future<Output = ()>,
     ) {
         let mut lease: Option<String> = None;
-        let every = ttl / 3;
+        let every = ttl / 4;
         tokio::pin!(stop);
         loop {
-            let renewed = match &lease {
-                Some(id) => self.renew(id).await.unwrap_or(false),
-                None => false,
-            };
-            if !renewed {
-                match self.put(&member, ttl).await {
+            let started = tokio::time::Instant::now();
+            if let Some(id) = &lease {
+                match self.renew(&member, id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(name = %member.name, "the etcd lease ended: registering again");
+                        lease = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(name = %member.name, error = %e, "renewing the etcd lease failed")
+                    }
+                }
+            }
+            if lease.is_none() {
+                match self.register(&member, ttl).await {
                     Ok(id) => {
                         tracing::info!(name = %member.name, url = %member.url, "registered in etcd");
                         lease = Some(id);
                     }
                     Err(e) => {
-                        tracing::warn!(name = %member.name, error = %e, "registering in etcd failed");
-                        lease = None;
+                        tracing::warn!(name = %member.name, error = %e, "registering in etcd failed")
                     }
                 }
             }
             tokio::select! {
                 () = &mut stop => break,
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep_until(started + every) => {}
             }
         }
         if let Some(id) = lease
@@ -150,6 +196,16 @@ impl EtcdRoster {
         {
             tracing::warn!(name = %member.name, error = %e, "revoking the etcd lease failed");
         }
+    }
+
+    /// The lease `member`'s key is under, if it is registered (for tests).
+    #[cfg(test)]
+    pub(super) async fn lease_of(&self, member: &Member) -> Option<String> {
+        self.holder(member)
+            .await
+            .ok()
+            .flatten()
+            .map(|(_, lease)| lease)
     }
 }
 

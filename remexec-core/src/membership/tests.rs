@@ -232,7 +232,9 @@ impl Etcd {
             .spawn();
         let child = match spawned {
             Ok(child) => child,
-            Err(_) if std::env::var_os("REMEXEC_SKIP_E2E").is_some() => return None,
+            Err(_) if std::env::var_os("REMEXEC_SKIP_E2E").is_some_and(|v| v == "1") => {
+                return None;
+            }
             Err(e) => panic!(
                 "{binary} not found ({e}); run .ci/test to install it, or REMEXEC_SKIP_E2E=1 to skip"
             ),
@@ -277,17 +279,21 @@ async fn an_etcd_roster_is_what_etcd_lists_and_a_member_leaves_it_when_its_lease
     };
     let (a, _, _keep_a) = member().await;
     let (b, _, kill_b) = member().await;
-    let one = Membership::start(fast(vec![etcd.seed()])).unwrap();
-    let two = Membership::start(fast(vec![etcd.seed()])).unwrap();
+    let in_etcd = || {
+        let mut config = fast(vec![etcd.seed()]);
+        config.etcd = true;
+        Membership::start(config).unwrap()
+    };
+    let (one, two) = (in_etcd(), in_etcd());
     let (stop_a, stopped_a) = tokio::sync::oneshot::channel::<()>();
     one.register(Member::at(&a), async move {
         let _ = stopped_a.await;
     });
     // b's registration, with a short lease, to be dropped without a word (a crash).
     let roster_b = etcd::EtcdRoster::from_seed(&etcd.seed()).unwrap().unwrap();
-    let registered_b = tokio::spawn(roster_b.keep_registered(
+    let registered_b = tokio::spawn(roster_b.clone().keep_registered(
         Member::at(&b),
-        Duration::from_secs(2),
+        Duration::from_secs(4),
         std::future::pending(),
     ));
     let names = |m: &Membership| -> Vec<String> {
@@ -299,6 +305,11 @@ async fn an_etcd_roster_is_what_etcd_lists_and_a_member_leaves_it_when_its_lease
         assert!(until(m, 10, |live| live == both).await, "{:?}", m.live());
         assert_eq!(names(m), both);
     }
+    // The lease is renewed, not replaced (renewals come every second).
+    let lease = roster_b.lease_of(&Member::at(&b)).await;
+    assert!(lease.is_some());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(roster_b.lease_of(&Member::at(&b)).await, lease);
     // b stops answering: live no more, still on both rosters (its lease is renewed).
     kill_b.send(()).unwrap();
     for m in [&one, &two] {
@@ -338,5 +349,9 @@ fn etcd_seeds_stand_alone() {
     let _entered = runtime.enter();
     let mixed = vec!["etcd://h:1/p".to_string(), "grpc://h:2".to_string()];
     assert!(Membership::start(MembershipConfig::new(mixed)).is_err());
-    assert!(Membership::start(MembershipConfig::new(vec!["etcd://h/p".into()])).is_err());
+    let mut config = MembershipConfig::new(vec!["etcd://h/p".into()]);
+    config.etcd = true;
+    assert!(Membership::start(config).is_err());
+    // Only the storage plane's membership may name etcd.
+    assert!(Membership::start(MembershipConfig::new(vec!["etcd://h:1/p".into()])).is_err());
 }

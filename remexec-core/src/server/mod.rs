@@ -90,6 +90,13 @@ pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
         .map_err(|e| Error::io(format!("binding the {what} {addr}"), e))
 }
 
+/// The address `listener` is bound at (the port picked for port 0); `what` names it in errors.
+pub fn bound_addr(listener: &TcpListener, what: &str) -> Result<SocketAddr> {
+    listener
+        .local_addr()
+        .map_err(|e| Error::io(format!("reading the {what}'s address"), e))
+}
+
 /// One listening gRPC port: its routes, TLS and authentication policy, and what records its
 /// calls. Bound, not yet serving.
 #[derive(Debug)]
