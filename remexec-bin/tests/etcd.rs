@@ -121,6 +121,45 @@ fn files(dir: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// `remexec worker NAME` for scheduler `scheduler`, its CAS port in the etcd roster `seed`.
+fn worker(scheduler: &str, name: &str, seed: &str, dir: &Path) -> Child {
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(["worker", "--scheduler", scheduler, "--name", name])
+        .args(["--executors", "1", "--listen", &listen])
+        .args(["--storage", seed, "--replicas", "2"])
+        .arg("--data-dir")
+        .arg(dir.join(name))
+        .env("REMEXEC_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops `child` with SIGTERM; then every one of `servers` lists `lost` as lost, within
+/// 8 s of the stop (its lease would last 10).
+fn stop_and_leave(mut child: Child, servers: &[&str], lost: &BTreeSet<String>) {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopped = std::time::Instant::now();
+    assert!(child.wait().unwrap().success());
+    for server in servers {
+        let left = || members(server).get("lost") == Some(lost);
+        assert!(wait_until(30, left), "{:?}", members(server));
+    }
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        stopped.elapsed()
+    );
+}
+
 #[test]
 fn workers_registered_in_etcd_are_every_schedulers_roster_and_a_killed_one_leaves_it() {
     let Some(binary) = require_tool("ETCD", "etcd") else {
@@ -137,24 +176,7 @@ fn workers_registered_in_etcd_are_every_schedulers_roster_and_a_killed_one_leave
     let mut workers: BTreeMap<String, Child> = (1..=3)
         .map(|i| {
             let name = format!("w{i}");
-            let listen = format!("127.0.0.1:{}", common::free_port());
-            let child = Command::new(env!("CARGO_BIN_EXE_remexec"))
-                .args([
-                    "worker",
-                    "--scheduler",
-                    &a,
-                    "--name",
-                    &name,
-                    "--executors",
-                    "1",
-                ])
-                .args(["--listen", &listen, "--storage", &seed, "--replicas", "2"])
-                .arg("--data-dir")
-                .arg(dir.path().join(&name))
-                .env("REMEXEC_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
+            let child = worker(&a, &name, &seed, dir.path());
             (name, child)
         })
         .collect();
@@ -199,26 +221,9 @@ fn workers_registered_in_etcd_are_every_schedulers_roster_and_a_killed_one_leave
     assert!(wait_until(60, back), "{:?}", locate(&a, &digests));
     // A worker stopped cleanly (SIGTERM) revokes its lease: it leaves both rosters at once,
     // well before its lease would end.
-    let (name, mut child) = workers.pop_first().unwrap();
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let stopped = std::time::Instant::now();
-    assert!(child.wait().unwrap().success());
-    let both_lost = BTreeSet::from([victim.clone(), name.clone()]);
-    for server in [&a, &b] {
-        assert!(wait_until(30, || members(server).get("lost") == Some(&both_lost)));
-    }
-    assert!(
-        stopped.elapsed() < std::time::Duration::from_secs(8),
-        "{:?}",
-        stopped.elapsed()
-    );
+    let (name, child) = workers.pop_first().unwrap();
+    let lost = BTreeSet::from([victim.clone(), name]);
+    stop_and_leave(child, &[&a, &b], &lost);
     for (_, mut child) in workers {
         let _ = child.kill();
         let _ = child.wait();
