@@ -12,7 +12,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::{ServerProcess, fixtures, require_tool, wait_until};
-use sha2::Digest as _;
 
 /// `remexec ARGS…`: exit code, stdout, stderr.
 fn remexec(args: &[&str]) -> (i32, String, String) {
@@ -232,19 +231,6 @@ impl Drop for Cluster {
     }
 }
 
-/// Writes `n` files of distinct content into `dir`; their digests (`hash/size`).
-fn files(dir: &Path, n: usize) -> Vec<String> {
-    std::fs::create_dir_all(dir).unwrap();
-    (0..n)
-        .map(|i| {
-            let content = format!("blob {i} ").repeat(100 + i * 37);
-            std::fs::write(dir.join(format!("f{i}")), &content).unwrap();
-            let hash = hex::encode(sha2::Sha256::digest(content.as_bytes()));
-            format!("{hash}/{}", content.len())
-        })
-        .collect()
-}
-
 /// The scheduler's `/metrics` count the survivors as members, and each survivor's show no
 /// copies left to make and its CAS's usage.
 fn assert_cluster_metrics(cluster: &Cluster, survivors: &BTreeSet<String>) {
@@ -277,7 +263,7 @@ fn blobs_are_on_two_workers_and_back_on_two_live_ones_after_a_worker_is_killed()
     let mut cluster = Cluster::start(3);
     let server = cluster.scheduler.url();
     let input = cluster.dir.path().join("input");
-    let digests = files(&input, 60);
+    let digests = common::files(&input, 60);
     let (code, root, err) = remexec(&[
         "cas",
         "upload",
@@ -903,7 +889,7 @@ fn a_worker_cut_off_from_one_scheduler_and_one_worker_changes_no_placement_and_r
     // Blobs through each scheduler, each uploaded twice: the second upload finds them and
     // references them, so that the periodic passes go over them.
     let input = cluster.dir.path().join("input");
-    let digests = files(&input, 80);
+    let digests = common::files(&input, 80);
     for server in [&a, &b, &a, &b] {
         let (code, _, err) =
             remexec(&["cas", "upload", input.to_str().unwrap(), "--server", server]);

@@ -61,66 +61,6 @@ fn locate(server: &str, digests: &[String]) -> BTreeMap<String, (Vec<String>, BT
     rows.collect()
 }
 
-/// A real etcd on loopback, killed on drop.
-struct Etcd {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start(binary: &Path) -> Self {
-        let (port, peer) = (common::free_port(), common::free_port());
-        let dir = tempfile::tempdir().unwrap();
-        let client = format!("http://127.0.0.1:{port}");
-        let child = Command::new(binary)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let healthy = || {
-            common::http_get(addr, "/health", &[]).is_some_and(|(_, body)| body.contains("true"))
-        };
-        assert!(wait_until(30, healthy), "etcd never became healthy");
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Writes `n` files of distinct content into `dir`; their digests (`hash/size`).
-fn files(dir: &Path, n: usize) -> Vec<String> {
-    use sha2::Digest as _;
-    std::fs::create_dir_all(dir).unwrap();
-    (0..n)
-        .map(|i| {
-            let content = format!("etcd blob {i} ").repeat(100 + i * 31);
-            std::fs::write(dir.join(format!("f{i}")), &content).unwrap();
-            let hash = hex::encode(sha2::Sha256::digest(content.as_bytes()));
-            format!("{hash}/{}", content.len())
-        })
-        .collect()
-}
-
 /// `remexec worker NAME` for scheduler `scheduler`, its CAS port in the etcd roster `seed`.
 fn worker(scheduler: &str, name: &str, seed: &str, dir: &Path) -> Child {
     let listen = format!("127.0.0.1:{}", common::free_port());
@@ -165,8 +105,9 @@ fn workers_registered_in_etcd_are_every_schedulers_roster_and_a_killed_one_leave
     let Some(binary) = require_tool("ETCD", "etcd") else {
         return;
     };
-    let etcd = Etcd::start(&binary);
-    let seed = format!("etcd://127.0.0.1:{}/remexec/storage", etcd.port);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let etcd = runtime.block_on(remexec_core::testing::etcd::EtcdServer::start(&binary));
+    let seed = etcd.seed("remexec/storage");
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--replicas", "2", "--storage", seed.as_str()];
     let schedulers: Vec<ServerProcess> = (0..2)
@@ -186,7 +127,7 @@ fn workers_registered_in_etcd_are_every_schedulers_roster_and_a_killed_one_leave
         assert!(wait_until(30, live), "{:?}", members(server));
     }
     let input = dir.path().join("input");
-    let digests = files(&input, 40);
+    let digests = common::files(&input, 40);
     remexec(&["cas", "upload", input.to_str().unwrap(), "--server", &a]);
     let (through_a, through_b) = (locate(&a, &digests), locate(&b, &digests));
     for (digest, (placement, holders)) in &through_a {

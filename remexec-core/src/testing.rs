@@ -21,6 +21,8 @@
 
 pub mod action_cache;
 pub mod blob_store;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod map_store;
 
 pub use map_store::MapStore;

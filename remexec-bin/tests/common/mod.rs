@@ -497,3 +497,17 @@ pub fn dir_bytes(dir: &Path) -> u64 {
     }
     total
 }
+
+/// Writes `n` files of distinct content into `dir`; their digests (`hash/size`).
+pub fn files(dir: &Path, n: usize) -> Vec<String> {
+    use sha2::Digest as _;
+    std::fs::create_dir_all(dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let content = format!("blob {i} ").repeat(100 + i * 37);
+            std::fs::write(dir.join(format!("f{i}")), &content).unwrap();
+            let hash = hex::encode(sha2::Sha256::digest(content.as_bytes()));
+            format!("{hash}/{}", content.len())
+        })
+        .collect()
+}

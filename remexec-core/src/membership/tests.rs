@@ -196,91 +196,32 @@ async fn follow_applies_every_change_with_channels_to_reachable_members() {
         .unwrap();
 }
 
-/// A real etcd on loopback, stopped on drop.
-#[cfg(feature = "etcd")]
-struct Etcd {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-#[cfg(feature = "etcd")]
-impl Etcd {
-    /// Starts `$ETCD` (or `etcd` on the PATH) and waits until it answers; `None` (the test
-    /// skips) only with `REMEXEC_SKIP_E2E` set.
-    async fn start() -> Option<Self> {
-        let free = || {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let (port, peer) = (free(), free());
-        let dir = tempfile::tempdir().unwrap();
-        let binary = std::env::var("ETCD").unwrap_or_else(|_| "etcd".into());
-        let client = format!("http://127.0.0.1:{port}");
-        let spawned = std::process::Command::new(&binary)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(_) if std::env::var_os("REMEXEC_SKIP_E2E").is_some_and(|v| v == "1") => {
-                return None;
-            }
-            Err(e) => panic!(
-                "{binary} not found ({e}); run .ci/test to install it, or REMEXEC_SKIP_E2E=1 to skip"
-            ),
-        };
-        let etcd = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        let roster = etcd::EtcdRoster::from_seed(&etcd.seed()).unwrap().unwrap();
-        for _ in 0..200 {
-            if roster.members().await.is_ok() {
-                return Some(etcd);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("etcd never answered");
+/// The etcd of `$ETCD` (or `etcd` on the PATH), started; `None` (the test skips) only with
+/// `REMEXEC_SKIP_E2E=1`.
+#[cfg(all(feature = "etcd", feature = "testing"))]
+async fn etcd() -> Option<crate::testing::etcd::EtcdServer> {
+    if std::env::var_os("REMEXEC_SKIP_E2E").is_some_and(|v| v == "1") {
+        return None;
     }
-
-    fn seed(&self) -> String {
-        format!("etcd://127.0.0.1:{}/remexec/test", self.port)
-    }
-}
-
-#[cfg(feature = "etcd")]
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let binary = std::env::var("ETCD").unwrap_or_else(|_| "etcd".into());
+    Some(crate::testing::etcd::EtcdServer::start(binary.as_ref()).await)
 }
 
 /// With an etcd seed, the roster is what etcd lists, the same for every instance: members
 /// registered with a lease are on it; one that stops answering leaves the live list only; one
 /// whose lease ends (its registration gone without a word) leaves the roster of every
 /// instance; one that stops cleanly leaves at once.
-#[cfg(feature = "etcd")]
+#[cfg(all(feature = "etcd", feature = "testing"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_roster_is_what_etcd_lists_and_a_member_leaves_it_when_its_lease_ends() {
-    let Some(etcd) = Etcd::start().await else {
+    let Some(etcd) = etcd().await else {
         return;
     };
+    let seed = etcd.seed("remexec/test");
     let (a, _, _keep_a) = member().await;
     let (b, _, kill_b) = member().await;
     let in_etcd = || {
-        let mut config = fast(vec![etcd.seed()]);
+        let mut config = fast(vec![seed.clone()]);
         config.etcd = true;
         Membership::start(config).unwrap()
     };
@@ -290,7 +231,7 @@ async fn an_etcd_roster_is_what_etcd_lists_and_a_member_leaves_it_when_its_lease
         let _ = stopped_a.await;
     });
     // b's registration, with a short lease, to be dropped without a word (a crash).
-    let roster_b = etcd::EtcdRoster::from_seed(&etcd.seed()).unwrap().unwrap();
+    let roster_b = etcd::EtcdRoster::from_seed(&seed).unwrap().unwrap();
     let registered_b = tokio::spawn(roster_b.clone().keep_registered(
         Member::at(&b),
         Duration::from_secs(4),
