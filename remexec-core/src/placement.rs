@@ -104,6 +104,14 @@ impl Placement {
             .collect()
     }
 
+    /// [`replicas`](Self::replicas), as names of their own (to keep past a lock).
+    pub fn replica_names(&self, digest: &Digest, r: usize) -> Vec<String> {
+        self.replicas(digest, r)
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
     /// Every member, in the order that `digest` prefers them: [`replicas`](Self::replicas) of
     /// all of them.
     pub fn ranked(&self, digest: &Digest) -> Vec<&str> {

@@ -161,12 +161,10 @@ impl ShardedActionCache {
 
     /// The schedulers that keep `action`'s entry, best first.
     pub fn keepers(&self, action: &Digest) -> Vec<String> {
-        let view = self.view.read();
-        view.placement
-            .replicas(action, self.replicas)
-            .into_iter()
-            .map(String::from)
-            .collect()
+        self.view
+            .read()
+            .placement
+            .replica_names(action, self.replicas)
     }
 
     /// The keepers of `action` other than this scheduler, with their caches.

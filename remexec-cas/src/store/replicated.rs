@@ -230,12 +230,7 @@ impl ReplicatedStore {
     /// The members `digest` belongs on, best first: its placement over the roster, reachable
     /// from here or not. Every instance with the same roster says the same.
     pub fn placement(&self, digest: &Digest) -> Vec<String> {
-        let view = self.view.read();
-        view.agreed
-            .replicas(digest, self.replicas)
-            .into_iter()
-            .map(String::from)
-            .collect()
+        self.view.read().agreed.replica_names(digest, self.replicas)
     }
 
     /// The roster's members this instance cannot reach now, sorted.
@@ -252,12 +247,10 @@ impl ReplicatedStore {
     /// [`placement`](Self::placement), each member this instance cannot reach replaced by the
     /// next one the digest ranks. Reads, writes and repairs go by it.
     pub fn locate(&self, digest: &Digest) -> Vec<String> {
-        let view = self.view.read();
-        view.current
-            .replicas(digest, self.replicas)
-            .into_iter()
-            .map(String::from)
-            .collect()
+        self.view
+            .read()
+            .current
+            .replica_names(digest, self.replicas)
     }
 
     /// Waits (up to 5 s) for a first member: a worker's store is made before the scheduler
