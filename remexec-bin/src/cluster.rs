@@ -31,8 +31,8 @@ pub async fn worker_cas(
     let mut options = WorkerCasOptions::new(config.cluster.replicas.unwrap_or(2));
     options.repair_bandwidth = config.cluster.repair_bandwidth.as_u64();
     options.repair_interval = Duration::from_secs(config.cluster.repair_interval_secs);
-    options.limits = config.cache_limits();
-    options.tls = secure;
+    (options.limits, options.tls) = (config.cache_limits(), secure);
+    options.keep_referenced = config.cas.disk_store().keep_referenced;
     let advertise = config.cluster.advertise.as_deref();
     WorkerCas::bind(Arc::new(disk), listen, advertise, name, options).await
 }

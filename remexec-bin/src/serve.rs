@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use remexec_cas::cluster::storage_membership;
+use remexec_cas::cluster::storage_membership_with;
 use remexec_core::auth::AuthPolicy;
 use remexec_core::server::Port;
 use remexec_core::{BlobStore, Error, Result};
@@ -84,10 +84,10 @@ pub async fn run_worker(
         println!("remexec: cas port on {addr} ({})", cluster.url);
         // Other members are reached, and reach this one, with the cluster certificate.
         let stop = node.stopping();
-        let (seeds, replicas) = (config.cluster.storage.clone(), cluster.replicas());
-        let members = storage.insert(storage_membership(
+        let (seeds, terms) = (config.cluster.storage.clone(), cluster.terms());
+        let members = storage.insert(storage_membership_with(
             seeds,
-            replicas,
+            terms,
             tls.clone(),
             Some(&name),
         )?);

@@ -33,14 +33,45 @@ use crate::{
     CacheServices, Limits, MemoryActionCache, Repairer, ReplicatedStore, ShardedActionCache,
 };
 
-/// The storage plane's members: the workers' CAS ports that `seeds` resolve to (URLs, or one
-/// DNS name that resolves to all of them), reached with `tls`, each named as it names itself.
-/// A port that keeps another replica count than `replicas` is no member, with an error logged
-/// once; `worker` is the worker following it, if one is (so that the error says which side is
-/// odd). Every scheduler and worker of a cluster follows the same seeds.
+/// What every member of one storage plane, and every scheduler over it, must agree on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StorageTerms {
+    /// Copies kept of each blob.
+    pub replicas: u32,
+    /// How long a referenced blob is kept after its last reference.
+    pub keep_referenced: Duration,
+}
+
+impl StorageTerms {
+    /// `replicas` copies, the default keep time
+    /// ([`KEEP_REFERENCED`](crate::store::disk::KEEP_REFERENCED)).
+    pub fn new(replicas: u32) -> Self {
+        Self {
+            replicas,
+            keep_referenced: crate::store::disk::KEEP_REFERENCED,
+        }
+    }
+}
+
+/// [`storage_membership_with`] on `replicas` copies and the default keep time.
 pub fn storage_membership(
     seeds: Vec<String>,
     replicas: u32,
+    tls: ClientTls,
+    worker: Option<&str>,
+) -> Result<Membership> {
+    storage_membership_with(seeds, StorageTerms::new(replicas), tls, worker)
+}
+
+/// The storage plane's members: the workers' CAS ports that `seeds` resolve to (URLs, or one
+/// DNS name that resolves to all of them), reached with `tls`, each named as it names itself.
+/// A port that keeps another replica count or keep time than `terms` is no member, with an
+/// error logged once; `worker` is the worker following it, if one is (so that the error says
+/// which side is odd). Every scheduler and worker of a cluster follows the same seeds.
+pub fn storage_membership_with(
+    seeds: Vec<String>,
+    terms: StorageTerms,
     tls: ClientTls,
     worker: Option<&str>,
 ) -> Result<Membership> {
@@ -53,7 +84,7 @@ pub fn storage_membership(
     config.tls = tls;
     config.etcd = true;
     config.probe = Arc::new(StorageProbe {
-        replicas,
+        terms,
         worker: worker.map(str::to_string),
         refused: parking_lot::Mutex::default(),
     });
@@ -63,7 +94,7 @@ pub fn storage_membership(
 /// Asks a CAS port for its worker's name and replica count (`Cluster/Status`).
 #[derive(Debug)]
 struct StorageProbe {
-    replicas: u32,
+    terms: StorageTerms,
     worker: Option<String>,
     /// The URLs refused, and why: each refusal is logged once, until it changes.
     refused: parking_lot::Mutex<std::collections::HashMap<String, String>>,
@@ -120,7 +151,17 @@ impl Probe for StorageProbe {
         if let Err(why) = check_worker_name(&answer.worker) {
             return self.refuse(url, format!("the worker at {url} is no member: {why}"));
         }
-        let (name, theirs, mine) = (answer.worker, answer.replicas, self.replicas);
+        let (name, theirs, mine) = (answer.worker, answer.replicas, self.terms.replicas);
+        let keep = self.terms.keep_referenced.as_secs();
+        if let Some(their_keep) = answer.keep_referenced_secs.filter(|k| *k != keep) {
+            let why = format!(
+                "worker {name} keeps referenced blobs {their_keep} s and this {} {keep} s: start every worker and scheduler with the same [cas] keep_referenced_secs",
+                self.worker
+                    .as_ref()
+                    .map_or("scheduler".into(), |me| format!("worker ({me})"))
+            );
+            return self.refuse(url, why);
+        }
         if theirs != mine {
             let why = match &self.worker {
                 Some(me) => format!(
@@ -212,7 +253,11 @@ pub fn scheduler_store(
         small_blob_cache,
         keep_referenced,
     } = *options;
-    let storage = storage_membership(seeds, replicas, tls.clone(), None)?;
+    let terms = StorageTerms {
+        replicas,
+        keep_referenced,
+    };
+    let storage = storage_membership_with(seeds, terms, tls.clone(), None)?;
     let (store, service) =
         scheduler_cas_keeping(replicas, &storage, tls.clone(), keep_referenced, metrics)?;
     let max_blob = crate::store::small::SMALL_BLOB;
@@ -235,6 +280,9 @@ pub struct WorkerCasOptions {
     /// Whether the port is served over TLS: its URL is then `grpcs://` (unless advertised
     /// otherwise).
     pub tls: bool,
+    /// How long the worker's store keeps a referenced blob (its `keep_referenced`), which its
+    /// port reports so that members that keep another time are refused.
+    pub keep_referenced: Duration,
 }
 
 impl WorkerCasOptions {
@@ -246,6 +294,7 @@ impl WorkerCasOptions {
             repair_interval: Duration::from_secs(300),
             limits: Limits::default(),
             tls: false,
+            keep_referenced: crate::store::disk::KEEP_REFERENCED,
         }
     }
 }
@@ -301,6 +350,15 @@ impl WorkerCas {
         self.options.replicas
     }
 
+    /// What the storage plane this worker joins must agree on: its replica count and keep
+    /// time.
+    pub fn terms(&self) -> StorageTerms {
+        StorageTerms {
+            replicas: self.options.replicas,
+            keep_referenced: self.options.keep_referenced,
+        }
+    }
+
     /// Follows the members of `storage` (member `name` among them) and re-replicates until
     /// `stop`; returns the listener and the CAS port's routes, for the worker to serve. `tls`
     /// reaches the other members. Its figures (members, copies to make and made, the store's
@@ -348,7 +406,8 @@ impl WorkerCas {
             self.url.clone(),
             Arc::clone(&self.local),
             repairer,
-        );
+        )
+        .with_keep_referenced(self.options.keep_referenced);
         // The worker's blobs, hash-verified on write; no Action Cache here.
         let services = CacheServices::new(self.local, Arc::new(MemoryActionCache::new(0)))
             .with_limits(self.options.limits);

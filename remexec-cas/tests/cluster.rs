@@ -432,3 +432,24 @@ async fn a_workers_port_says_its_room_and_another_cas_cannot() {
     let other = remexec_cas::GrpcStore::new(remexec_core::client::connect_lazy(&url).unwrap());
     assert_eq!(other.room().await.unwrap(), None);
 }
+
+/// Workers report their keep time; a scheduler (or worker) that assumes another keeps none of
+/// them as members, and one that assumes theirs keeps them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_keeping_referenced_blobs_another_time_is_refused() {
+    use remexec_cas::cluster::{StorageTerms, storage_membership_with};
+    let dir = tempfile::tempdir().unwrap();
+    let (seeds, _stops) = workers(&["w1", "w2"], 2, dir.path()).await;
+    let mut odd = StorageTerms::new(2);
+    odd.keep_referenced = Duration::from_secs(60);
+    let other = storage_membership_with(seeds.clone(), odd, Default::default(), None).unwrap();
+    let same = storage_membership_with(seeds, StorageTerms::new(2), Default::default(), None);
+    let (same, other) = (same.unwrap().members(), other.members());
+    until("both workers are members at the same keep time", || {
+        same.borrow().len() == 2
+    })
+    .await;
+    // By then the other has asked them too (the same rounds), and refused both.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(other.borrow().is_empty(), "{:?}", other.borrow());
+}

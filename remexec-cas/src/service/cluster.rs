@@ -61,6 +61,8 @@ pub struct ClusterService {
     schedulers: Option<(String, watch::Receiver<Vec<Member>>)>,
     /// The storage roster, whose members that are not live `Status` lists as `unreachable`.
     roster: Option<watch::Receiver<Vec<Member>>>,
+    /// A worker's keep time, which its `Status` reports.
+    keep_referenced: Option<std::time::Duration>,
 }
 
 impl ClusterService {
@@ -81,6 +83,7 @@ impl ClusterService {
             role: Arc::new(role),
             schedulers: None,
             roster: None,
+            keep_referenced: None,
         }
     }
 
@@ -124,7 +127,14 @@ impl ClusterService {
             }),
             schedulers: None,
             roster: None,
+            keep_referenced: None,
         }
+    }
+
+    /// Reports `keep` as the worker's keep time in `Status` (a worker's port).
+    pub fn with_keep_referenced(mut self, keep: std::time::Duration) -> Self {
+        self.keep_referenced = Some(keep);
+        self
     }
 
     /// The tonic service.
@@ -277,6 +287,7 @@ impl Cluster for ClusterService {
             schedulers,
             scheduler,
             worker,
+            keep_referenced_secs: self.keep_referenced.map(|k| k.as_secs()),
         }))
     }
 
