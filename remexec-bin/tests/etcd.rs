@@ -114,14 +114,16 @@ fn workers_registered_in_etcd_are_every_schedulers_roster_and_a_killed_one_leave
         .map(|i| ServerProcess::start_role("scheduler", &dir.path().join(format!("s{i}")), &flags))
         .collect();
     let (a, b) = (schedulers[0].url(), schedulers[1].url());
-    let mut workers: BTreeMap<String, Child> = (1..=3)
-        .map(|i| {
-            let name = format!("w{i}");
-            let child = worker(&a, &name, &seed, dir.path());
-            (name, child)
-        })
-        .collect();
-    let all: BTreeSet<String> = workers.keys().cloned().collect();
+    let mut workers = Workers(
+        (1..=3)
+            .map(|i| {
+                let name = format!("w{i}");
+                let child = worker(&a, &name, &seed, dir.path());
+                (name, child)
+            })
+            .collect(),
+    );
+    let all: BTreeSet<String> = workers.0.keys().cloned().collect();
     for server in [&a, &b] {
         let live = || members(server).get("live") == Some(&all);
         assert!(wait_until(30, live), "{:?}", members(server));
@@ -140,7 +142,7 @@ fn workers_registered_in_etcd_are_every_schedulers_roster_and_a_killed_one_leave
         .max_by_key(|n| through_a.values().filter(|(_, h)| h.contains(*n)).count())
         .unwrap()
         .clone();
-    let mut child = workers.remove(&victim).unwrap();
+    let mut child = workers.0.remove(&victim).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     // Within its lease (10 s) and a round it leaves both rosters: lost, not unreachable.
@@ -162,11 +164,19 @@ fn workers_registered_in_etcd_are_every_schedulers_roster_and_a_killed_one_leave
     assert!(wait_until(60, back), "{:?}", locate(&a, &digests));
     // A worker stopped cleanly (SIGTERM) revokes its lease: it leaves both rosters at once,
     // well before its lease would end.
-    let (name, child) = workers.pop_first().unwrap();
+    let (name, child) = workers.0.pop_first().unwrap();
     let lost = BTreeSet::from([victim.clone(), name]);
     stop_and_leave(child, &[&a, &b], &lost);
-    for (_, mut child) in workers {
-        let _ = child.kill();
-        let _ = child.wait();
+}
+
+/// Worker processes by name, killed on drop (a failed assertion included).
+struct Workers(BTreeMap<String, Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in self.0.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
