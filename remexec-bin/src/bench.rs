@@ -21,6 +21,7 @@ fn workloads() -> impl TypedValueParser<Value = WorkloadKind> {
         }
         WorkloadKind::AcGet => "GetActionResult, hits (or misses with --miss)",
         WorkloadKind::Execute => "Execute no-op actions, skipping the cache",
+        WorkloadKind::Spawn => "No server: start /bin/true here, the yardstick of execute",
         WorkloadKind::Mixed => {
             "A Bazel-like mix: FindMissingBlobs, small uploads, GetActionResult and (unless --no-execute) Execute"
         }

@@ -1,10 +1,7 @@
 //! `remexec status`: a scheduler's status page, read from its admin port and summarised for a
 //! terminal. The page itself is `remexec_scheduler::status`.
 
-use std::fmt::Write as _;
-
 use remexec_core::{Error, Result};
-use remexec_scheduler::status::{CacheFigures, bytes};
 
 /// The version line, as `--version` prints it.
 pub const VERSION: &str = concat!(
@@ -73,106 +70,5 @@ pub async fn fetch(args: &StatusArgs) -> Result<String> {
             e,
         ))
     })?;
-    Ok(summary(&status))
-}
-
-/// The terminal summary of a `/status` document (read loosely, so that an older or newer
-/// server's document still prints).
-pub fn summary(status: &serde_json::Value) -> String {
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    let n = |v: &serde_json::Value| v.as_u64().unwrap_or_default();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "remexec {} · up {}s · {}",
-        s(&status["version"]),
-        n(&status["uptime_secs"]),
-        if status["ready"].as_bool().unwrap_or(false) {
-            "ready"
-        } else {
-            "NOT READY"
-        }
-    );
-    let figure = |k: &str| n(&status["action_cache"][k]);
-    let figures = CacheFigures {
-        hits: figure("hits"),
-        misses: figure("misses"),
-        execute_hits: figure("execute_hits"),
-        execute_misses: figure("execute_misses"),
-    };
-    let _ = writeln!(
-        out,
-        "action cache: {} hits, {} misses ({})",
-        figures.hits,
-        figures.misses,
-        figures.rates()
-    );
-    match status["store"].as_object() {
-        Some(store) => {
-            let b = |k: &str| bytes(store.get(k).and_then(|v| v.as_u64()).unwrap_or_default());
-            let _ = writeln!(
-                out,
-                "CAS: {} of {} used, {} evicted",
-                b("used_bytes"),
-                b("limit_bytes"),
-                b("evicted_bytes")
-            );
-        }
-        None => out += "CAS: no budget\n",
-    }
-    let sched = &status["scheduler"];
-    let empty = Vec::new();
-    let list = |k: &str| sched[k].as_array().unwrap_or(&empty);
-    let executors = list("executors");
-    let busy = executors
-        .iter()
-        .filter(|e| e["busy"].as_bool() == Some(true))
-        .count();
-    let mut workers: Vec<String> = executors.iter().map(|e| s(&e["worker"])).collect();
-    workers.sort();
-    workers.dedup();
-    let queued: u64 = list("queued").iter().map(|q| n(&q["actions"])).sum();
-    let _ = writeln!(
-        out,
-        "executors: {busy} of {} busy, on {} workers ({}); {queued} queued",
-        executors.len(),
-        workers.len(),
-        workers.join(", ")
-    );
-    for q in list("queued") {
-        let _ = writeln!(out, "  queued {} [{}]", n(&q["actions"]), s(&q["platform"]));
-    }
-    let running = list("running");
-    let _ = writeln!(out, "running: {}", running.len());
-    for r in running {
-        let _ = writeln!(
-            out,
-            "  {:<20} {:<12} {:<30} {:>7.1}s  {}",
-            s(&r["executor"]),
-            s(&r["mnemonic"]),
-            s(&r["target"]),
-            r["running_secs"].as_f64().unwrap_or_default(),
-            s(&r["action"])
-        );
-    }
-    let recent = list("recent");
-    let _ = writeln!(out, "recent: {}", recent.len());
-    for a in recent.iter().take(10) {
-        let phases: Vec<String> = a["phases"]
-            .as_array()
-            .unwrap_or(&empty)
-            .iter()
-            .map(|p| format!("{} {:.3}s", s(&p[0]), p[1].as_f64().unwrap_or_default()))
-            .collect();
-        let _ = writeln!(
-            out,
-            "  {:<14} {:<12} {:<30} {}  {}",
-            s(&a["outcome"]),
-            s(&a["mnemonic"]),
-            s(&a["target"]),
-            phases.join(", "),
-            s(&a["action"])
-        );
-    }
-    out
+    Ok(remexec_scheduler::status::summary(&status))
 }

@@ -13,8 +13,6 @@ use remexec_worker::{ProcessIsolation, RunAs, SupervisorSetup};
 
 fn setup(run_as: Option<RunAs>) -> SupervisorSetup {
     SupervisorSetup {
-        setpriv: PathBuf::from("/usr/bin/setpriv"),
-        unshare: PathBuf::from("/usr/bin/unshare"),
         supervisor: vec![env!("CARGO_BIN_EXE_remexec").into(), "supervise".into()],
         run_as,
     }
@@ -80,9 +78,7 @@ fn processes_with(marker: &str) -> Vec<String> {
         .collect()
 }
 
-/// Starts a scheduler and a worker (with `flags`) running an action whose processes escape
-/// their process group (`setsid`) and double-fork, SIGKILLs the worker, and checks that no
-/// `sleep MARKER` of the action survives it.
+/// Starts a scheduler and a worker (with `flags`), then [`nothing_outlives`] the worker.
 fn nothing_outlives_a_sigkilled_worker(flags: &[&str], marker: &str) {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let scheduler = ServerProcess::start_role("scheduler", dirs[0].path(), &[]);
@@ -94,18 +90,20 @@ fn nothing_outlives_a_sigkilled_worker(flags: &[&str], marker: &str) {
         flags,
         std::process::Stdio::inherit(),
     );
+    nothing_outlives(&scheduler.url(), marker, move || {
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+    });
+}
+
+/// Runs, on the server at `url`, an action whose processes escape their process group
+/// (`setsid`) and double-fork, SIGKILLs its worker with `kill`, and checks that no `sleep
+/// MARKER` of the action survives it.
+fn nothing_outlives(url: &str, marker: &str, kill: impl FnOnce()) {
     let marker = format!("sleep {marker}");
     let script = format!("setsid sh -c '({marker} &) ; {marker}' & sleep 3600");
     let mut exec = std::process::Command::new(env!("CARGO_BIN_EXE_remexec"))
-        .args([
-            "exec",
-            "--server",
-            &scheduler.url(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
+        .args(["exec", "--server", url, "--", "sh", "-c", &script])
         .current_dir(std::env::temp_dir())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -115,8 +113,7 @@ fn nothing_outlives_a_sigkilled_worker(flags: &[&str], marker: &str) {
         wait_until(60, || processes_with(&marker).len() >= 2),
         "the action's processes never started"
     );
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    kill();
     assert!(
         wait_until(10, || processes_with(&marker).is_empty()),
         "outlived the worker: {:?}",
@@ -124,6 +121,58 @@ fn nothing_outlives_a_sigkilled_worker(flags: &[&str], marker: &str) {
     );
     let _ = exec.kill();
     let _ = exec.wait();
+}
+
+#[test]
+fn no_process_of_an_unprivileged_workers_action_outlives_it() {
+    // As root, the worker starts each supervisor in a PID namespace itself; as nobody, the
+    // supervisor makes one (and a user namespace) in its outer step. This runs that step.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let server = match is_root() {
+        true => ServerProcess::start_as_nobody(dir.path(), &[]),
+        false => ServerProcess::start(dir.path(), &[]),
+    };
+    let url = server.url();
+    nothing_outlives(&url, "2718.2818", move || server.kill());
+}
+
+#[test]
+fn a_supervisor_whose_worker_is_gone_runs_nothing() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let supervise = |leading: &[&str], stdin: Stdio| {
+        Command::new(env!("CARGO_BIN_EXE_remexec-supervisor"))
+            .args(leading)
+            .arg("--")
+            .arg("touch")
+            .arg(&ran)
+            .stdin(stdin)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+    };
+    // The outer step, whose parent is not the worker it was told of.
+    let status = supervise(&["--pid-namespace", "1"], Stdio::null());
+    assert_eq!((status.code(), ran.exists()), (Some(127), false));
+    // Process 1, whose lifeline hung up: the worker's end is closed.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(writer);
+    let status = supervise(&["--process-1"], reader.into());
+    assert_eq!((status.code(), ran.exists()), (Some(127), false));
+    // The same, with the worker's end held: both run.
+    let (reader, _writer) = std::io::pipe().unwrap();
+    assert!(supervise(&["--process-1"], reader.into()).success());
+    assert!(ran.exists());
+    std::fs::remove_file(&ran).unwrap();
+    let this = std::process::id().to_string();
+    let status = supervise(&["--pid-namespace", &this], Stdio::null());
+    assert!(status.success() && ran.exists(), "{status}");
 }
 
 #[test]

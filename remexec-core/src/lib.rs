@@ -57,6 +57,7 @@ mod resource;
 pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod timestamps;
 #[cfg(feature = "tls")]
 pub mod tls;
 

@@ -319,17 +319,13 @@ pub fn phases(
     pairs
         .into_iter()
         .filter_map(|(phase, start, end)| {
-            let (start, end) = (system_time(start.as_ref()?)?, system_time(end.as_ref()?)?);
+            let (start, end) = (
+                crate::timestamps::system_time(start.as_ref()?)?,
+                crate::timestamps::system_time(end.as_ref()?)?,
+            );
             (end >= start).then_some((phase, start, end))
         })
         .collect()
-}
-
-/// A protobuf timestamp as a `SystemTime`, if it is at or after the epoch and well-formed.
-pub fn system_time(t: &crate::apis::google::protobuf::Timestamp) -> Option<std::time::SystemTime> {
-    let secs = u64::try_from(t.seconds).ok()?;
-    let nanos = u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000)?;
-    std::time::SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos))
 }
 
 /// Exports one OpenTelemetry span per phase of a finished execution, with the worker's

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
-use remexec_core::apis::google::protobuf::Timestamp;
 use remexec_core::apis::google::rpc::Status as RpcStatus;
 use remexec_core::client::upload_open_file;
 use remexec_core::fs::create_dirs_beneath;
 use remexec_core::merkle::{resolve_output_path, resolve_working_directory};
 use remexec_core::reapi::{ActionResult, Command, ExecutedActionMetadata};
+use remexec_core::timestamps::timestamp;
 use remexec_core::{Digest, DigestFunction, Error, Result};
 use remexec_proto::worker::v1::{Lease, LeaseResult};
 use tokio_util::sync::CancellationToken;
@@ -37,14 +37,6 @@ impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.0.lock().remove(&self.1);
         self.2.send_replace(());
-    }
-}
-
-fn timestamp(t: SystemTime) -> Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
     }
 }
 

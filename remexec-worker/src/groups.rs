@@ -161,7 +161,8 @@ pub struct Host {
     pub bwrap: Option<PathBuf>,
     /// util-linux's `setpriv`, to drop to the action user.
     pub setpriv: Option<PathBuf>,
-    /// util-linux's `unshare`, for the supervisor's PID and mount namespaces.
+    /// util-linux's `unshare`, for the mount namespace in which `namespaces`' supervisor
+    /// reveals input roots.
     pub unshare: Option<PathBuf>,
     /// `useradd`, to create a missing action user.
     pub useradd: Option<PathBuf>,
@@ -178,8 +179,13 @@ pub struct Setup {
     /// empty keeps root, with a warning.
     pub run_as: String,
     /// The supervisor program and its leading arguments: a binary that embeds a worker runs
-    /// [`crate::supervise`] under its own.
+    /// [`crate::supervise`] under its own. It starts once or twice per action, so a small
+    /// program that runs just [`crate::supervisor::main`] saves time (`remexec-supervisor`).
     pub supervisor: Vec<OsString>,
+    /// The program, and its leading arguments, that removes a Docker backend's containers once
+    /// the worker is gone: [`crate::supervise`] under a binary's own (started once per backend).
+    /// `new` makes it the supervisor.
+    pub reaper: Vec<OsString>,
     /// The host's tools.
     pub host: Host,
 }
@@ -191,6 +197,7 @@ impl Setup {
         Self {
             worker: worker.into(),
             run_as: "remexec-action".into(),
+            reaper: supervisor.clone(),
             supervisor,
             host,
         }
@@ -343,21 +350,8 @@ pub fn isolation(setup: &Setup, groups: &[GroupOptions]) -> Result<Arc<dyn Isola
 /// warning).
 pub fn process_isolation(setup: &Setup) -> Result<ProcessIsolation> {
     let run_as = setup.run_as()?;
-    let (Some(setpriv), Some(unshare)) = (setup.host.setpriv.clone(), setup.host.unshare.clone())
-    else {
-        tracing::warn!(
-            "setpriv or unshare (util-linux) is missing: actions run unsupervised, as the worker's user, \
-             and may outlive a killed worker"
-        );
-        return Ok(ProcessIsolation::default());
-    };
     let supervisor = setup.supervisor.clone();
-    let config = SupervisorSetup {
-        setpriv,
-        unshare,
-        supervisor,
-        run_as,
-    };
+    let config = SupervisorSetup { supervisor, run_as };
     match ProcessIsolation::supervised(config) {
         Ok(isolation) => Ok(isolation),
         Err(e) if run_as.is_none() => {
@@ -426,7 +420,7 @@ fn docker_isolation(setup: &Setup, group: &GroupOptions) -> Result<Arc<dyn Isola
         isolation
             .run_as(setup.run_as()?)
             .allow_network(group.allow_network)
-            .with_reaper(&setup.supervisor)?,
+            .with_reaper(&setup.reaper)?,
     ))
 }
 

@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use remexec_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
+use crate::spawner::Lifeline;
 use crate::supervisor::RunAs;
 
 /// What to run.
@@ -122,10 +123,6 @@ pub struct ProcessIsolation {
 /// What [`ProcessIsolation::supervised`] needs from the host.
 #[derive(Clone, Debug)]
 pub struct SupervisorSetup {
-    /// util-linux `setpriv` (sets the parent-death signal).
-    pub setpriv: PathBuf,
-    /// util-linux `unshare` (makes the PID namespace).
-    pub unshare: PathBuf,
     /// The supervisor: a program and its leading arguments, which then get
     /// [`supervisor::arguments`](crate::supervisor::arguments) (for `remexec`, its own path and
     /// `supervise`).
@@ -140,8 +137,10 @@ struct Supervision {
     setup: SupervisorSetup,
     /// Each action's CPU and memory, if limited.
     limits: Option<crate::cgroups::CgroupLimits>,
-    /// Whether a user namespace is needed for the PID namespace (the worker is not root).
-    user_ns: bool,
+    /// Every supervisor's standard input.
+    lifeline: Lifeline,
+    /// Whether the worker makes each PID namespace itself (it is root).
+    direct: bool,
 }
 
 fn kill_group(pid: Option<u32>) {
@@ -156,35 +155,27 @@ impl ProcessIsolation {
     /// by starting a supervised `true`, that the host allows it: `FailedPrecondition` with the
     /// reason if not (no util-linux, PID or user namespaces disabled, a bad supervisor).
     pub fn supervised(setup: SupervisorSetup) -> Result<Self> {
-        let user_ns = !nix::unistd::geteuid().is_root();
-        if user_ns && setup.run_as.is_some() {
+        if setup.supervisor.is_empty() {
+            return Err(Error::invalid("the supervisor is not named"));
+        }
+        if !nix::unistd::geteuid().is_root() && setup.run_as.is_some() {
             return Err(Error::invalid(
                 "only a worker started as root can run actions as another user",
             ));
         }
-        let supervision = Supervision {
+        let lifeline = Lifeline::new().map_err(|e| Error::io("making a pipe", e))?;
+        let mut supervision = Supervision {
             setup,
-            user_ns,
             limits: None,
+            lifeline,
+            direct: false,
         };
-        let probe = supervision
-            .command(&["true".to_string()], None, None, &[])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| {
-                Error::FailedPrecondition(
-                    format!("cannot start {}: {e}", supervision.setup.setpriv.display()).into(),
-                )
-            })?;
-        if !probe.status.success() {
-            return Err(Error::FailedPrecondition(
-                format!(
-                    "this host cannot run actions in a PID namespace of their own ({}): {}",
-                    probe.status,
-                    String::from_utf8_lossy(&probe.stderr).trim()
-                )
-                .into(),
-            ));
+        // The outer step first, which any host that allows the namespaces can take; then, as
+        // root, the worker's own.
+        supervision.probe()?;
+        if crate::spawner::may_make_namespaces() {
+            supervision.direct = true;
+            supervision.probe()?;
         }
         Ok(Self {
             supervision: Some(Arc::new(supervision)),
@@ -213,11 +204,43 @@ impl ProcessIsolation {
 }
 
 impl Supervision {
-    /// `setpriv --pdeathsig SIGKILL -- unshare [--map-current-user] --pid [--mount] --fork
-    /// --kill-child=SIGKILL -- SUPERVISOR… [--reveal ROOT] [--uid U --gid G] -- ARGS…`.
+    /// Starts a supervised `true` as actions will start, and waits for it: `FailedPrecondition`
+    /// with the reason if the host does not allow it (PID or user namespaces disabled, a bad
+    /// supervisor). Blocks.
+    fn probe(&self) -> Result<()> {
+        let mut command = self.command(&["true".to_string()], None, None, &[]);
+        let stdin = self
+            .lifeline
+            .stdin()
+            .map_err(|e| Error::io("cloning a handle", e))?;
+        command.stdin(stdin);
+        let supervisor = &self.setup.supervisor[0];
+        let probe = crate::spawner::output(command, self.direct).map_err(|e| {
+            Error::FailedPrecondition(
+                format!(
+                    "cannot start {supervisor:?}, which runs each action in a PID namespace: {e}"
+                )
+                .into(),
+            )
+        })?;
+        if !probe.status.success() {
+            return Err(Error::FailedPrecondition(
+                format!(
+                    "this host cannot run actions in a PID namespace of their own ({}): {}",
+                    probe.status,
+                    String::from_utf8_lossy(&probe.stderr).trim()
+                )
+                .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `SUPERVISOR… --process-1 [--reveal ROOT] [--uid U --gid G] -- ARGS…` for the
+    /// worker's own PID namespace (`direct`), else `SUPERVISOR… --pid-namespace WORKER_PID …`.
     ///
-    /// With a [`RunAs`], the supervisor gets a mount namespace of its own, in which it makes
-    /// `input_root` reachable by the action's user at its own path
+    /// With a [`RunAs`], the supervisor's process 1 gets a mount namespace of its own, in which
+    /// it makes `input_root` reachable by the action's user at its own path
     /// ([`supervisor`](crate::supervisor)'s `--reveal`).
     fn command(
         &self,
@@ -227,21 +250,15 @@ impl Supervision {
         cgroups: &[PathBuf],
     ) -> std::process::Command {
         let setup = &self.setup;
-        let mut command = std::process::Command::new(&setup.setpriv);
-        command
-            .args(["--pdeathsig", "SIGKILL", "--"])
-            .arg(&setup.unshare);
-        if self.user_ns {
-            command.arg("--map-current-user");
-        }
+        let mut command = std::process::Command::new(&setup.supervisor[0]);
+        command.args(&setup.supervisor[1..]);
+        match self.direct {
+            true => command.arg(crate::supervisor::PROCESS_1),
+            false => command
+                .arg(crate::supervisor::PID_NAMESPACE)
+                .arg(std::process::id().to_string()),
+        };
         let reveal = input_root.filter(|_| setup.run_as.is_some());
-        command.arg("--pid");
-        if reveal.is_some() {
-            command.arg("--mount");
-        }
-        command
-            .args(["--fork", "--kill-child=SIGKILL", "--"])
-            .args(&setup.supervisor);
         if let Some(root) = reveal {
             command.arg(crate::supervisor::REVEAL).arg(root);
         }
@@ -325,7 +342,7 @@ pub(crate) async fn wait(
         () = cancel.cancelled() => Exit::Cancelled,
     };
     // Whatever happened, nothing the command started may outlive it (supervised: killing the
-    // group kills `unshare`, whose death kills the namespace).
+    // group kills the supervisor, whose death kills the namespace).
     kill_group(pid);
     let _ = child.wait().await;
     Ok(exit)
@@ -338,7 +355,7 @@ impl Isolation for ProcessIsolation {
             .args
             .first()
             .ok_or_else(|| Error::invalid("empty command"))?;
-        let mut cgroups = None;
+        let (mut cgroups, mut launch) = (None, Launch::default());
         let command = match &self.supervision {
             None => {
                 let mut command = std::process::Command::new(program);
@@ -359,20 +376,36 @@ impl Isolation for ProcessIsolation {
                     cgroups = Some(created);
                 }
                 let dirs = cgroups.as_ref().map_or(&[][..], |c| c.dirs());
-                supervision.command(&spawn.args, Some(&spawn.cwd), Some(&spawn.input_root), dirs)
+                let stdin = supervision.lifeline.stdin();
+                launch.stdin = Some(stdin.map_err(|e| Error::io("cloning a handle", e))?);
+                launch.in_namespace = supervision.direct;
+                let (cwd, root) = (Some(spawn.cwd.as_path()), Some(spawn.input_root.as_path()));
+                supervision.command(&spawn.args, cwd, root, dirs)
             }
         };
-        run_command(command, spawn, cgroups, cancel).await
+        run_command(command, spawn, cgroups, launch, cancel).await
     }
 }
 
+/// How [`run_command`] starts its command.
+#[derive(Debug, Default)]
+pub(crate) struct Launch {
+    /// Its standard input; empty if none.
+    pub(crate) stdin: Option<Stdio>,
+    /// Whether it starts as process 1 of a new PID namespace
+    /// ([`spawn_in_namespace`](crate::spawner::spawn_in_namespace)).
+    pub(crate) in_namespace: bool,
+}
+
 /// Runs `command` (which starts `spawn`'s command, through whatever wrappers) with exactly
-/// `spawn`'s environment and output files, in its own process group; waits for it to end, time
-/// out or be cancelled; then tells its stderr of an out-of-memory kill and removes `cgroups`.
+/// `spawn`'s environment and output files, in its own process group, as `launch` says; waits
+/// for it to end, time out or be cancelled; then tells its stderr of an out-of-memory kill and
+/// removes `cgroups`.
 pub(crate) async fn run_command(
     mut command: std::process::Command,
     spawn: Spawn,
     cgroups: Option<crate::cgroups::ActionCgroups>,
+    launch: Launch,
     cancel: CancellationToken,
 ) -> Result<Exit> {
     let program = spawn.args.first().cloned().unwrap_or_default();
@@ -381,21 +414,32 @@ pub(crate) async fn run_command(
         .try_clone()
         .map_err(|e| Error::io("cloning a handle", e))?;
     command
+        .stdin(launch.stdin.unwrap_or_else(Stdio::null))
         .env_clear()
         .envs(spawn.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
         .stdout(Stdio::from(spawn.stdout))
         .stderr(Stdio::from(spawn.stderr))
         .process_group(0);
-    let child = tokio::process::Command::from(command)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            Error::FailedPrecondition(remexec_core::Message::caused_by(
-                format!("cannot start {program:?}"),
-                e,
-            ))
-        })?;
+    let cannot_start = |e| {
+        Error::FailedPrecondition(remexec_core::Message::caused_by(
+            format!("cannot start {program:?}"),
+            e,
+        ))
+    };
+    let (child, _holder) = match launch.in_namespace {
+        true => {
+            let (child, holder) = crate::spawner::spawn_in_namespace(command)
+                .await
+                .map_err(cannot_start)?;
+            (child, Some(holder))
+        }
+        false => {
+            let child = tokio::process::Command::from(command)
+                .kill_on_drop(true)
+                .spawn();
+            (child.map_err(cannot_start)?, None)
+        }
+    };
     let exit = wait(child, spawn.timeout, cancel).await;
     if let Some(cgroups) = cgroups {
         crate::cgroups::finish(cgroups, stderr).await?;

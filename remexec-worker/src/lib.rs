@@ -57,6 +57,7 @@ mod isolation;
 pub mod namespaces;
 pub mod node;
 mod outputs;
+mod spawner;
 mod stage;
 pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use crate::cgroups::CgroupLimits;
-use crate::isolation::{check_program, hand_over, run_command};
+use crate::isolation::{Launch, check_program, hand_over, run_command};
 use crate::supervisor::RunAs;
 use crate::{Exit, Isolation, Spawn};
 
@@ -338,7 +338,7 @@ impl Isolation for NamespaceIsolation {
             command = self.supervised(&command, supervisor, created.dirs());
             cgroups = Some(created);
         }
-        run_command(command, spawn, cgroups, cancel).await
+        run_command(command, spawn, cgroups, Launch::default(), cancel).await
     }
 }
 

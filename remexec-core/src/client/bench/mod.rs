@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+mod phases;
 mod wire;
 mod workloads;
 
@@ -28,6 +29,7 @@ use hdrhistogram::Histogram;
 use crate::client::ClientTls;
 use crate::{Error, Result};
 
+pub use phases::{NAMES as PHASES, Phase};
 pub use workloads::{Workload, noop_actions};
 
 /// What a run measures.
@@ -47,17 +49,21 @@ pub enum WorkloadKind {
     /// A Bazel-like mix: FindMissingBlobs, small uploads, GetActionResult and (unless
     /// `no_execute`) Execute.
     Mixed,
+    /// No server: start `/bin/true` here and wait for it, the machine's own cost of one
+    /// process, as the yardstick of `Execute`'s.
+    Spawn,
 }
 
 impl WorkloadKind {
     /// Every workload, in order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::CasWrite,
         Self::CasRead,
         Self::FindMissing,
         Self::AcGet,
         Self::Execute,
         Self::Mixed,
+        Self::Spawn,
     ];
 
     /// Its name (`cas-write`, …), as JSON and the command line spell it.
@@ -69,6 +75,7 @@ impl WorkloadKind {
             Self::AcGet => "ac-get",
             Self::Execute => "execute",
             Self::Mixed => "mixed",
+            Self::Spawn => "spawn",
         }
     }
 }
@@ -171,6 +178,9 @@ pub struct Report {
     /// First error seen, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// execute: where the actions' time went, by the timestamps of their metadata.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<Phase>,
 }
 
 /// Called with each finished operation, for a progress display.
@@ -185,7 +195,13 @@ pub async fn run(args: &Bench, progress: Option<Progress>) -> Result<Report> {
     }
     let mut channels = Vec::with_capacity(args.concurrency);
     for _ in 0..args.concurrency {
-        channels.push(crate::client::connect_with(&args.target, &args.tls).await?);
+        channels.push(match args.workload {
+            // Never used: spawn talks to no server.
+            WorkloadKind::Spawn => {
+                tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy()
+            }
+            _ => crate::client::connect_with(&args.target, &args.tls).await?,
+        });
     }
     let workload = Arc::new(Workload::prepare(args, &channels[0]).await?);
     let next = Arc::new(AtomicU64::new(0));
@@ -253,6 +269,7 @@ pub async fn run(args: &Bench, progress: Option<Progress>) -> Result<Report> {
         p99_s: q(0.99),
         max_s: Duration::from_nanos(hist.max()).as_secs_f64(),
         first_error,
+        phases: workload.phases(),
     })
 }
 
@@ -299,6 +316,21 @@ impl Report {
         );
         if let Some(e) = &self.first_error {
             out += &format!("first error: {e}\n");
+        }
+        if !self.phases.is_empty() {
+            out += &format!(
+                "\n{:<24} {:>11} {:>11} {:>11}\n",
+                "phase", "mean", "p50", "p99"
+            );
+        }
+        for p in &self.phases {
+            out += &format!(
+                "{:<24} {:>11} {:>11} {:>11}\n",
+                p.name,
+                ms(p.mean_s),
+                ms(p.p50_s),
+                ms(p.p99_s)
+            );
         }
         out
     }

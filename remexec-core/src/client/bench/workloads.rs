@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tonic::transport::Channel;
 
+use super::phases::{Phase, Phases};
 use super::{Bench, WorkloadKind};
 
 const F: DigestFunction = DigestFunction::Sha256;
@@ -46,6 +47,8 @@ pub struct Workload {
     actions: Vec<Digest>,
     /// execute: each action lacks one input, so that only the input check runs.
     missing_input: bool,
+    /// execute: where each action's time went.
+    phases: parking_lot::Mutex<Phases>,
 }
 
 fn random_digest() -> Digest {
@@ -149,6 +152,7 @@ impl Workload {
             hit_ratio: args.hit_ratio.clamp(0.0, 1.0),
             actions: Vec::new(),
             missing_input: args.missing_input,
+            phases: parking_lot::Mutex::new(Phases::new()),
         };
         match args.workload {
             WorkloadKind::CasWrite | WorkloadKind::CasRead => {
@@ -202,12 +206,18 @@ impl Workload {
                     w.hit_ratio = 1.0;
                 }
             }
+            WorkloadKind::Spawn => {}
             WorkloadKind::Execute => {
                 let (count, inputs) = (args.count as usize, (args.input_dirs, args.missing_input));
                 w.actions = noop_actions(channel, &w.instance, count, inputs).await?;
             }
         }
         Ok(w)
+    }
+
+    /// Where the executed actions' time went, phase by phase (empty for other workloads).
+    pub fn phases(&self) -> Vec<Phase> {
+        self.phases.lock().report()
     }
 
     /// Uploads `batch_size` (at most 10,000) blobs and builds the FindMissingBlobs requests
@@ -267,6 +277,16 @@ impl Workload {
                 Ok(0)
             }
             WorkloadKind::AcGet => self.ac_get(channel, i).await,
+            WorkloadKind::Spawn => {
+                let status = tokio::process::Command::new("/bin/true")
+                    .status()
+                    .await
+                    .map_err(|e| Error::io("starting /bin/true", e))?;
+                match status.success() {
+                    true => Ok(0),
+                    false => Err(Error::Internal(format!("/bin/true: {status}").into())),
+                }
+            }
             WorkloadKind::Execute => {
                 self.execute(channel, self.actions[i as usize % self.actions.len()])
                     .await
@@ -438,14 +458,23 @@ impl Workload {
             digest_function: F.to_proto(),
             ..Default::default()
         };
+        let sent = std::time::SystemTime::now();
         let response = client::execute(channel.clone(), req, &FollowOptions::default(), |_, _| {})
             .await
             .and_then(|r| status_result(r.status.as_ref()).map(|()| r));
+        let received = std::time::SystemTime::now();
         let response = match (response, self.missing_input) {
             (Err(e), true) if e.code() == tonic::Code::FailedPrecondition => return Ok(0),
             (Ok(_), true) => return Err(Error::Internal("an action missing an input ran".into())),
             (response, _) => response?,
         };
+        if let Some(m) = response
+            .result
+            .as_ref()
+            .and_then(|r| r.execution_metadata.as_ref())
+        {
+            self.phases.lock().record(sent, received, m);
+        }
         let code = response.result.map_or(-1, |r| r.exit_code);
         if code == 0 {
             Ok(0)
