@@ -72,6 +72,21 @@ struct Inner {
     claimed: parking_lot::RwLock<HashSet<String>>,
     /// The pool's changes not yet looked at for claims by [`Inner::refresh_claims`].
     claim_changes: Mutex<crate::pool::Changes>,
+    /// The executors the dispatch passes see.
+    snapshot: Mutex<Snapshot>,
+}
+
+/// How long a dispatch pass may use the pool's executor list without asking the pool again,
+/// when the pool reports no change: what [`ExecutorPool`]'s contract promises the pool.
+const SNAPSHOT_AGE: Duration = Duration::from_millis(200);
+
+/// The pool's executors, de-duplicated, as last read; read again when the pool reports a change
+/// or [`SNAPSHOT_AGE`] has passed, so that a pass among thousands of executors does not copy
+/// them all each time.
+#[derive(Debug)]
+struct Snapshot {
+    changes: crate::pool::Changes,
+    taken: Option<(std::time::Instant, Arc<[ExecutorInfo]>)>,
 }
 
 /// The scheduler. Cheap to clone; all clones share one queue.
@@ -154,7 +169,7 @@ impl Scheduler {
     ) -> Result<Self> {
         config.validate()?;
         let observer = Observer::new(metrics.clone(), config.status_url.clone());
-        let pool_changes = pool.changes();
+        let (pool_changes, snapshot_changes) = (pool.changes(), pool.changes());
         let served = config.served_instances.iter().cloned().collect();
         let inner = Arc::new(Inner {
             config,
@@ -166,6 +181,10 @@ impl Scheduler {
             observer,
             claimed: parking_lot::RwLock::new(served),
             claim_changes: Mutex::new(pool_changes),
+            snapshot: Mutex::new(Snapshot {
+                changes: snapshot_changes,
+                taken: None,
+            }),
         });
         inner.note_claims(&inner.pool.executors());
         tokio::spawn(dispatch_loop(Arc::downgrade(&inner)));
@@ -559,13 +578,29 @@ impl Inner {
         self.claimed.write().extend(named().cloned());
     }
 
-    /// One dispatch pass: starts queued executions on idle executors, and fails those no
-    /// executor has matched for the grace period.
-    fn dispatch_once(self: &Arc<Self>) {
+    /// The pool's executors, from the [`Snapshot`].
+    fn executors(&self) -> Arc<[ExecutorInfo]> {
+        let mut snapshot = self.snapshot.lock();
+        let changed = snapshot.changes.take_change();
+        if let Some((at, executors)) = &snapshot.taken
+            && !changed
+            && at.elapsed() < SNAPSHOT_AGE
+        {
+            return Arc::clone(executors);
+        }
         let mut executors = self.pool.executors();
         let mut ids = HashSet::with_capacity(executors.len());
         executors.retain(|e| ids.insert(e.id.clone()));
         self.note_claims(&executors);
+        let executors: Arc<[ExecutorInfo]> = executors.into();
+        snapshot.taken = Some((std::time::Instant::now(), Arc::clone(&executors)));
+        executors
+    }
+
+    /// One dispatch pass: starts queued executions on idle executors, and fails those no
+    /// executor has matched for the grace period.
+    fn dispatch_once(self: &Arc<Self>) {
+        let executors = self.executors();
         let potential = self.pool.potential();
         let pass = {
             let mut state = self.state.lock();

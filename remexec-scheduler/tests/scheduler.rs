@@ -592,3 +592,24 @@ async fn the_fake_pool_passes_the_conformance_suite() {
         .loses_executors(true);
     executor_pool_conformance(&pool, caps, &FakePoolHooks(pool.clone())).await;
 }
+
+#[tokio::test]
+async fn an_executor_a_pool_adds_without_telling_is_used_within_the_snapshot_age() {
+    // Dispatch passes reuse the pool's executor list until the pool reports a change, and for
+    // at most 200 ms: a pool that never reports one is still read again.
+    let pool = FakePool::new(0, &[], FakePool::ok());
+    let s = setup(pool, |c| c.unmatched_grace = Duration::from_secs(60));
+    let d = store_action(s.cas.as_ref(), &["true"], &[], true).await;
+    let rx = s.scheduler.execute(request(d)).await.unwrap();
+    // Passes see, and keep, the empty list.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.pool
+        .executors
+        .lock()
+        .unwrap()
+        .extend(ExecutorInfo::numbered("late", 1, &[]));
+    let response = tokio::time::timeout(Duration::from_secs(2), finish(rx))
+        .await
+        .expect("the silently added executor was never used");
+    assert_eq!(response.result.map(|r| r.exit_code), Some(0));
+}
