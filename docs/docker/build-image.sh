@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds a container image of the remexec daemons with no registry: a root file system holding
-# the binary, the shared libraries it loads (as ldd lists them), /tmp and the action user, on
+# the binary (and remexec-supervisor beside it), the shared libraries it loads (as ldd lists them), /tmp and the action user, on
 # top of BASE (default: scratch, which is enough for a scheduler; a worker that runs actions
 # with the process backend needs their tools, e.g. BASE=remexec-toolchain:latest from
 # .ci/test-image).
@@ -18,6 +18,10 @@ root="$context/rootfs"
 mkdir -p "$root/usr/local/bin" "$root/tmp" "$root/etc" "$root/data"
 chmod 1777 "$root/tmp"
 cp "$binary" "$root/usr/local/bin/remexec"
+# The small supervisor the process backend starts for each action, when it was built beside
+# the binary (else `remexec supervise` is used, which starts about 1 ms slower).
+supervisor="$(dirname "$binary")/remexec-supervisor"
+[[ -x "$supervisor" ]] && cp "$supervisor" "$root/usr/local/bin/remexec-supervisor"
 # The libraries and the loader, each at its real path, with the host's top-level symlinks
 # (a merged /usr's /lib -> usr/lib) so that the paths the binary asks for resolve, and a
 # base image's own layout is kept.

@@ -9,6 +9,7 @@
 # a Markdown table of p50 latency at 1 client and throughput at 64 clients, each with its ratio
 # to spawn's, then the phases of the 1-client runs (from the actions' ExecutedActionMetadata).
 # Run it as root for the production set-up (actions as the unprivileged remexec-action user).
+# CLIENT=BINARY runs the load from another remexec binary (an A/B of servers with one client).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${1:-target/release/remexec}"
@@ -29,7 +30,8 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 field() { python3 -c "import json,sys; r=json.load(sys.stdin); print(r[\"$1\"])"; }
 
 # bench WORKLOAD URL CONCURRENCY COUNT: the JSON report.
-bench() { "$BIN" bench "$1" --target "$2" --concurrency "$3" --count "$4" --json; }
+CLIENT="${CLIENT:-$BIN}"
+bench() { "$CLIENT" bench "$1" --target "$2" --concurrency "$3" --count "$4" --json; }
 
 start_serve() {
   local sp; sp="$(port)"; URL="grpc://127.0.0.1:$sp"

@@ -28,9 +28,7 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 /// `remexec`, its own path and [`SUPERVISE`]; actions get `remexec-supervisor` instead where it
 /// was installed next to it, which starts faster), and the tools on `PATH`.
 fn setup(config: &Config, supervisor: Vec<OsString>) -> Setup {
-    let small = supervisor
-        .first()
-        .map(|exe| PathBuf::from(exe).with_file_name("remexec-supervisor"));
+    let small = supervisor.first().map(PathBuf::from);
     let host = Host {
         bwrap: find_tool("bwrap"),
         setpriv: find_tool("setpriv"),
@@ -38,6 +36,7 @@ fn setup(config: &Config, supervisor: Vec<OsString>) -> Setup {
         useradd: find_tool("useradd"),
     };
     let mut setup = Setup::new(config.worker_name(""), supervisor, host);
+    let small = small.map(|exe| exe.with_file_name("remexec-supervisor"));
     if let Some(small) = small.filter(|p| p.is_file()) {
         setup.supervisor = vec![small.into()];
     }

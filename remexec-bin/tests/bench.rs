@@ -53,6 +53,7 @@ async fn every_workload_runs_and_counts_right() {
     cases.push((miss, 0));
     cases.push((args(WorkloadKind::Execute, &url, 20), 0));
     cases.push((args(WorkloadKind::Mixed, &url, 40), 2 * 4 * 4096));
+    cases.push((args(WorkloadKind::Spawn, "none", 20), 0));
     for (a, bytes) in cases {
         let report = run(&a, false).await.unwrap();
         assert_eq!(
@@ -84,6 +85,18 @@ async fn every_workload_runs_and_counts_right() {
             "max_s",
         ] {
             assert!(json.get(key).is_some(), "json lacks {key}");
+        }
+        // Executed actions report where their time went, phase by phase; nothing else does.
+        let phases: Vec<&str> = report.phases.iter().map(|p| p.name).collect();
+        match a.workload {
+            WorkloadKind::Execute => {
+                assert_eq!(phases, remexec_core::client::bench::PHASES);
+                let spans: f64 = report.phases.iter().map(|p| p.mean_s).sum();
+                let whole = report.seconds / report.ops as f64 * a.concurrency as f64;
+                assert!(spans > 0.0 && spans <= whole * 1.01, "{spans} of {whole}");
+            }
+            WorkloadKind::Mixed => assert_eq!(phases, remexec_core::client::bench::PHASES),
+            _ => assert!(phases.is_empty(), "{:?}: {phases:?}", a.workload),
         }
     }
 }

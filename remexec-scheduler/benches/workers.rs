@@ -137,6 +137,37 @@ async fn worker(url: &str, n: usize, executors: usize, seen: Arc<Seen>) {
     });
 }
 
+/// Sends `SINGLE` actions one at a time, each once the last is done, and prints the latency
+/// from Execute to its lease.
+async fn one_at_a_time(scheduler: &Scheduler, cas: &MapStore, seen: &Seen) {
+    let mut single = Histogram::<u64>::new(3).unwrap();
+    for i in 0..env("SINGLE", 1000) {
+        let args = ["true", "single", &i.to_string()];
+        let d = store_action(cas, &args, &[("OSFamily", "linux")], true).await;
+        let request = ExecuteRequest {
+            action_digest: Some(d.to_proto()),
+            skip_cache_lookup: true,
+            ..Default::default()
+        };
+        let before = seen.leases.load(Ordering::Relaxed);
+        let sent = Instant::now();
+        let operation = scheduler.execute(request).await.unwrap();
+        while seen.leases.load(Ordering::Relaxed) == before {
+            tokio::task::yield_now().await;
+        }
+        let _ = single.record(sent.elapsed().as_nanos().max(1) as u64);
+        finish(operation).await;
+    }
+    println!(
+        "\nOne action at a time, every executor idle: Execute to lease p50 {:.2} ms, p99 {:.2} ms, \
+         max {:.2} ms ({} actions).",
+        single.value_at_quantile(0.5) as f64 / 1e6,
+        single.value_at_quantile(0.99) as f64 / 1e6,
+        single.max() as f64 / 1e6,
+        single.len()
+    );
+}
+
 async fn run(workers: usize, executors: usize, actions: usize) {
     let cas = Arc::new(MapStore::default());
     let pool = WorkerPool::new();
@@ -208,32 +239,7 @@ async fn run(workers: usize, executors: usize, actions: usize) {
         attached,
         memory("VmHWM"),
     );
-    let mut single = Histogram::<u64>::new(3).unwrap();
-    for i in 0..env("SINGLE", 1000) {
-        let args = ["true", "single", &i.to_string()];
-        let d = store_action(cas.as_ref(), &args, &[("OSFamily", "linux")], true).await;
-        let request = ExecuteRequest {
-            action_digest: Some(d.to_proto()),
-            skip_cache_lookup: true,
-            ..Default::default()
-        };
-        let before = seen.leases.load(Ordering::Relaxed);
-        let sent = Instant::now();
-        let operation = scheduler.execute(request).await.unwrap();
-        while seen.leases.load(Ordering::Relaxed) == before {
-            tokio::task::yield_now().await;
-        }
-        let _ = single.record(sent.elapsed().as_nanos().max(1) as u64);
-        finish(operation).await;
-    }
-    println!(
-        "\nOne action at a time, every executor idle: Execute to lease p50 {:.2} ms, p99 {:.2} ms, \
-         max {:.2} ms ({} actions).",
-        single.value_at_quantile(0.5) as f64 / 1e6,
-        single.value_at_quantile(0.99) as f64 / 1e6,
-        single.max() as f64 / 1e6,
-        single.len()
-    );
+    one_at_a_time(&scheduler, cas.as_ref(), &seen).await;
     println!(
         "\nAttaching took {attach_s:.2} s; queueing the actions {queued_s:.2} s; the last lease \
          arrived {seconds:.2} s after the first Execute."

@@ -22,6 +22,10 @@ pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 /// The initial HTTP/2 connection window, shared by every stream of a connection.
 pub const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 
+/// The largest HTTP/2 frame a peer may send: one frame per 1 MiB ByteStream chunk, instead of
+/// the 64 frames of HTTP/2's default (16 KiB).
+pub const MAX_FRAME: u32 = 1024 * 1024 + 1024;
+
 /// The largest gRPC message a client built by [`cas_client`] and its siblings sends or takes.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
@@ -145,6 +149,7 @@ pub fn endpoint_with(url: &str, tls: &ClientTls) -> Result<Endpoint> {
     Ok(endpoint
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)

@@ -58,7 +58,7 @@ mod tests;
 
 pub use action::{ActionBuilder, BuiltAction};
 pub use endpoint::{
-    CONNECT_TIMEOUT, CONNECTION_WINDOW, Channels, ClientIdentity, ClientTls, KEEPALIVE,
+    CONNECT_TIMEOUT, CONNECTION_WINDOW, Channels, ClientIdentity, ClientTls, KEEPALIVE, MAX_FRAME,
     MAX_MESSAGE_SIZE, STREAM_WINDOW, action_cache_client, capabilities_client, cas_client, connect,
     connect_lazy, connect_lazy_with, connect_with, endpoint, endpoint_with, execution_client,
 };

@@ -165,6 +165,7 @@ impl Port {
         let router = tonic::transport::Server::builder()
             .initial_stream_window_size(transport.stream_window)
             .initial_connection_window_size(transport.connection_window)
+            .max_frame_size(crate::client::MAX_FRAME)
             .max_concurrent_streams(transport.max_concurrent_streams)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             // Outermost, so that refused calls are counted and logged too.
