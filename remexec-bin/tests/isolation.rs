@@ -758,3 +758,69 @@ async fn a_chrooted_action_sees_only_its_input_root() {
     let err = isolation.run(spawn, cancel).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
 }
+
+/// Runs `true` under `isolation` with `LD_DEBUG` and `LD_DEBUG_OUTPUT` set, which make every
+/// process whose loader sees them write a file; returns the owners of those files.
+async fn owners_of_loader_files(isolation: &dyn remexec_worker::Isolation) -> Vec<u32> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = dir.path().join("root");
+    let debug = root.join("ld");
+    std::fs::create_dir_all(&debug).unwrap();
+    std::fs::set_permissions(&debug, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    let out = debug.join("out").to_string_lossy().into_owned();
+    let env = [
+        ("PATH", "/usr/bin:/bin"),
+        ("LD_DEBUG", "libs"),
+        ("LD_DEBUG_OUTPUT", out.as_str()),
+    ];
+    let spawn = remexec_worker::Spawn {
+        args: vec!["true".into()],
+        env: env.map(|(k, v)| (k.to_string(), v.to_string())).to_vec(),
+        cwd: root.clone(),
+        input_root: root.clone(),
+        platform: vec![],
+        executor: "0".into(),
+        stdout,
+        stderr,
+        timeout: Some(std::time::Duration::from_secs(60)),
+    };
+    let exit = isolation
+        .run(spawn, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(exit, remexec_worker::Exit::Exited(0));
+    std::fs::read_dir(&debug)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().uid())
+        .collect()
+}
+
+#[tokio::test]
+async fn nothing_an_action_sets_reaches_a_process_that_runs_as_root() {
+    // A root worker's supervisor (and setpriv before bubblewrap) run as root before they drop
+    // to the action user: an LD_PRELOAD of the action's there would run its code as root.
+    // LD_DEBUG_OUTPUT shows which processes' loaders saw the action's variables.
+    if !is_root() {
+        return;
+    }
+    let nobody = RunAs {
+        uid: 65534,
+        gid: 65534,
+    };
+    let process = ProcessIsolation::supervised(setup(Some(nobody))).unwrap();
+    let owners = owners_of_loader_files(&process).await;
+    assert!(!owners.is_empty(), "the command never got its environment");
+    assert!(owners.iter().all(|&o| o == nobody.uid), "{owners:?}");
+    let Some(bwrap) = bwrap() else { return };
+    let setpriv = Some(PathBuf::from("/usr/bin/setpriv"));
+    let sandbox = remexec_worker::NamespaceIsolation::new(bwrap, setpriv, Some(nobody)).unwrap();
+    let owners = owners_of_loader_files(&sandbox).await;
+    assert!(
+        !owners.is_empty(),
+        "the sandboxed command never got its environment"
+    );
+    assert!(owners.iter().all(|&o| o == nobody.uid), "{owners:?}");
+}

@@ -226,12 +226,13 @@ impl WorkerPool {
                 .filter_map(|id| state.pending.remove(&id))
                 .collect()
         };
+        // Told first, so that the re-queued jobs meet the list without this worker's executors.
+        self.bump();
         for (_, tx) in failed {
             let _ = tx.send(Err(Error::Unavailable(
                 format!("worker lost: {why}").into(),
             )));
         }
-        self.bump();
     }
 
     /// Delivers a result from connection `conn`. A result for an unknown lease, or for a lease

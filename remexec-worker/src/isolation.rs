@@ -139,7 +139,7 @@ struct Supervision {
     limits: Option<crate::cgroups::CgroupLimits>,
     /// Every supervisor's standard input.
     lifeline: Lifeline,
-    /// Whether the worker makes each PID namespace itself (it is root).
+    /// Whether the worker makes each PID namespace itself (it may: it is root).
     direct: bool,
 }
 
@@ -153,7 +153,8 @@ fn kill_group(pid: Option<u32>) {
 impl ProcessIsolation {
     /// Runs each command under `setup`'s supervisor in a PID namespace. Blocks while it checks,
     /// by starting a supervised `true`, that the host allows it: `FailedPrecondition` with the
-    /// reason if not (no util-linux, PID or user namespaces disabled, a bad supervisor).
+    /// reason if not (PID or user namespaces disabled, a bad supervisor). Where this process
+    /// may make PID namespaces itself (root), it checks that way too, and uses it if it works.
     pub fn supervised(setup: SupervisorSetup) -> Result<Self> {
         if setup.supervisor.is_empty() {
             return Err(Error::invalid("the supervisor is not named"));
@@ -171,11 +172,14 @@ impl ProcessIsolation {
             direct: false,
         };
         // The outer step first, which any host that allows the namespaces can take; then, as
-        // root, the worker's own.
+        // root, the worker's own, kept only if it works.
         supervision.probe()?;
         if crate::spawner::may_make_namespaces() {
             supervision.direct = true;
-            supervision.probe()?;
+            if let Err(e) = supervision.probe() {
+                tracing::warn!(error = %e, "actions' PID namespaces are made by their supervisors");
+                supervision.direct = false;
+            }
         }
         Ok(Self {
             supervision: Some(Arc::new(supervision)),
@@ -208,7 +212,7 @@ impl Supervision {
     /// with the reason if the host does not allow it (PID or user namespaces disabled, a bad
     /// supervisor). Blocks.
     fn probe(&self) -> Result<()> {
-        let mut command = self.command(&["true".to_string()], None, None, &[]);
+        let mut command = self.command(&["true".to_string()], None, None, None, &[]);
         let stdin = self
             .lifeline
             .stdin()
@@ -247,6 +251,7 @@ impl Supervision {
         args: &[String],
         cwd: Option<&Path>,
         input_root: Option<&Path>,
+        env_file: Option<&Path>,
         cgroups: &[PathBuf],
     ) -> std::process::Command {
         let setup = &self.setup;
@@ -261,6 +266,9 @@ impl Supervision {
         let reveal = input_root.filter(|_| setup.run_as.is_some());
         if let Some(root) = reveal {
             command.arg(crate::supervisor::REVEAL).arg(root);
+        }
+        if let Some(file) = env_file {
+            command.arg(crate::supervisor::ENV_FILE).arg(file);
         }
         command.args(crate::supervisor::with_cgroups(setup.run_as, cgroups, args));
         if let Some(cwd) = cwd {
@@ -379,8 +387,21 @@ impl Isolation for ProcessIsolation {
                 let stdin = supervision.lifeline.stdin();
                 launch.stdin = Some(stdin.map_err(|e| Error::io("cloning a handle", e))?);
                 launch.in_namespace = supervision.direct;
+                let env = crate::supervisor::encode_environment(&spawn.env)?;
+                let env_file = crate::blocking::blocking(move || {
+                    use std::io::Write as _;
+                    let mut file = tempfile::NamedTempFile::new()
+                        .map_err(|e| Error::io("creating the environment file", e))?;
+                    file.write_all(&env)
+                        .map_err(|e| Error::io("writing the environment file", e))?;
+                    Ok(file)
+                })
+                .await?;
                 let (cwd, root) = (Some(spawn.cwd.as_path()), Some(spawn.input_root.as_path()));
-                supervision.command(&spawn.args, cwd, root, dirs)
+                let file = Some(env_file.path());
+                let command = supervision.command(&spawn.args, cwd, root, file, dirs);
+                launch.env_file = Some(env_file);
+                command
             }
         };
         run_command(command, spawn, cgroups, launch, cancel).await
@@ -395,6 +416,13 @@ pub(crate) struct Launch {
     /// Whether it starts as process 1 of a new PID namespace
     /// ([`spawn_in_namespace`](crate::spawner::spawn_in_namespace)).
     pub(crate) in_namespace: bool,
+    /// Whether the command's environment reaches it some other way (bwrap's `--setenv`), so
+    /// that `command` starts with none: nothing an action sets reaches a process that runs as
+    /// root.
+    pub(crate) env_elsewhere: bool,
+    /// The supervisor's [`ENV_FILE`](crate::supervisor::ENV_FILE), kept until the command
+    /// ends; `command` starts with no environment then too.
+    pub(crate) env_file: Option<tempfile::NamedTempFile>,
 }
 
 /// Runs `command` (which starts `spawn`'s command, through whatever wrappers) with exactly
@@ -415,8 +443,13 @@ pub(crate) async fn run_command(
         .map_err(|e| Error::io("cloning a handle", e))?;
     command
         .stdin(launch.stdin.unwrap_or_else(Stdio::null))
-        .env_clear()
-        .envs(spawn.env.iter().map(|(k, v)| (k, v)))
+        .env_clear();
+    // Kept until the command ends.
+    let env_file = launch.env_file;
+    if !launch.env_elsewhere && env_file.is_none() {
+        command.envs(spawn.env.iter().map(|(k, v)| (k, v)));
+    }
+    command
         .stdout(Stdio::from(spawn.stdout))
         .stderr(Stdio::from(spawn.stderr))
         .process_group(0);

@@ -107,10 +107,16 @@ impl NamespaceIsolation {
         if let Some(run_as) = run_as {
             hand_over(scratch.path(), run_as)?;
         }
+        let path = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
         let probe = isolation
-            .command(&["true".to_string()], scratch.path(), scratch.path(), false)
+            .command(
+                &["true".to_string()],
+                scratch.path(),
+                scratch.path(),
+                &path,
+                false,
+            )
             .env_clear()
-            .env("PATH", "/usr/bin:/bin")
             .stdin(Stdio::null())
             .output()
             .map_err(|e| {
@@ -175,9 +181,10 @@ impl NamespaceIsolation {
         args: &[String],
         root: &Path,
         cwd: &Path,
+        env: &[(String, String)],
         network: bool,
     ) -> std::process::Command {
-        let mut command = self.bwrap_command(network, root);
+        let mut command = self.bwrap_command(network, root, env);
         command.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
         // Nothing outside the input root and the private /tmp is writable.
         command.args(["--remount-ro", "/"]);
@@ -200,6 +207,7 @@ impl NamespaceIsolation {
         args: &[String],
         root: &Path,
         cwd: &Path,
+        env: &[(String, String)],
         network: bool,
         ids: (u32, u32),
     ) -> Result<std::process::Command> {
@@ -213,7 +221,7 @@ impl NamespaceIsolation {
                 .into(),
             )
         })?;
-        let mut command = self.bwrap_command(network, root);
+        let mut command = self.bwrap_command(network, root, env);
         command.args(["--unshare-user", "--uid"]);
         command
             .arg(ids.0.to_string())
@@ -231,7 +239,16 @@ impl NamespaceIsolation {
 
     /// `bwrap` (as the action user, through `setpriv`, where there is one) with the namespaces
     /// and the host tree the action sees, before its own mounts.
-    fn bwrap_command(&self, network: bool, root: &Path) -> std::process::Command {
+    ///
+    /// The action's environment `env` goes to bwrap as `--clearenv --setenv …`: whatever starts
+    /// bwrap as root (`setpriv`, the supervisor) starts with none, so that nothing an action
+    /// sets (`LD_PRELOAD`) reaches a process that runs as root.
+    fn bwrap_command(
+        &self,
+        network: bool,
+        root: &Path,
+        env: &[(String, String)],
+    ) -> std::process::Command {
         let closed = |r: RunAs| crate::supervisor::closed_ancestor(root, r).is_some();
         let mut command = match (&self.setpriv, self.run_as, &self.reveal) {
             // `setpriv --pdeathsig SIGKILL -- unshare --mount -- SUPERVISOR --reveal ROOT --uid
@@ -267,7 +284,10 @@ impl NamespaceIsolation {
         if network {
             command.arg("--share-net");
         }
-        command.args(["--hostname", "remexec"]);
+        command.args(["--hostname", "remexec", "--clearenv"]);
+        for (name, value) in env {
+            command.arg("--setenv").arg(name).arg(value);
+        }
         if self.chroot {
             return command;
         }
@@ -317,7 +337,8 @@ impl Isolation for NamespaceIsolation {
                 .any(|(n, v)| n == NETWORK_PROPERTY && v == "on");
         let mut command = if self.chroot {
             let ids = chroot_ids(&spawn.platform)?;
-            self.chroot_command(&spawn.args, &spawn.input_root, &spawn.cwd, network, ids)?
+            let (root, cwd) = (&spawn.input_root, &spawn.cwd);
+            self.chroot_command(&spawn.args, root, cwd, &spawn.env, network, ids)?
         } else {
             // bwrap sets PWD to the working directory; the environment must be exactly the
             // action's, so coreutils' env removes it again (or restores the action's own).
@@ -327,7 +348,7 @@ impl Isolation for NamespaceIsolation {
                 None => args.extend(["-u".to_string(), "PWD".to_string()]),
             }
             args.extend(spawn.args.iter().cloned());
-            self.command(&args, &spawn.input_root, &spawn.cwd, network)
+            self.command(&args, &spawn.input_root, &spawn.cwd, &spawn.env, network)
         };
         let mut cgroups = None;
         if let Some(limits) = &self.limits {
@@ -338,7 +359,11 @@ impl Isolation for NamespaceIsolation {
             command = self.supervised(&command, supervisor, created.dirs());
             cgroups = Some(created);
         }
-        run_command(command, spawn, cgroups, Launch::default(), cancel).await
+        let launch = Launch {
+            env_elsewhere: true,
+            ..Launch::default()
+        };
+        run_command(command, spawn, cgroups, launch, cancel).await
     }
 }
 

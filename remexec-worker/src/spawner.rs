@@ -19,7 +19,10 @@ use tokio::sync::oneshot;
 
 /// The worker's end of the lifeline: standard input of every supervisor is a pipe whose only
 /// writer this is. Process 1 checks, once its parent-death signal is armed, that the writer is
-/// still open; if the worker died before, the pipe has hung up and nothing runs.
+/// still open: if the worker's process is gone, nothing runs. This narrows the window in which
+/// a worker's death goes unnoticed, but does not close it: the pipe hangs up only once the
+/// worker's last thread has gone, while the parent-death signal follows the thread that
+/// started the process.
 #[derive(Debug)]
 pub(crate) struct Lifeline {
     reader: io::PipeReader,

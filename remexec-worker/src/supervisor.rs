@@ -1,14 +1,20 @@
 //! The supervisor: the first process of an action's PID namespace under
 //! [`ProcessIsolation::supervised`](crate::ProcessIsolation::supervised).
 //!
-//! The worker starts `SUPERVISOR --pid-namespace WORKER_PID [--reveal INPUT_ROOT] [--uid U --gid
-//! G] -- COMMAND…` directly, with no other program in between. The supervisor then:
+//! A worker started as root makes the PID namespace itself, and starts `SUPERVISOR --process-1
+//! [--reveal INPUT_ROOT] --env-file FILE [--uid U --gid G] -- COMMAND…` as its process 1 at
+//! once. Any other worker starts `SUPERVISOR --pid-namespace WORKER_PID --env-file FILE --
+//! COMMAND…`, with no other program in between, and the supervisor then:
 //! 1. arms the kernel's parent-death signal (`SIGKILL` when the worker dies) and checks that its
 //!    parent is still the worker;
-//! 2. makes a PID namespace (and, when the worker is not root, a user namespace that maps the
-//!    worker's user to itself, in which it may);
+//! 2. makes a PID namespace, inside a user namespace that maps the worker's user to itself;
 //! 3. starts itself again (`/proc/self/exe … --process-1 …`) as that namespace's process 1,
 //!    which arms the parent-death signal too, then waits for it and exits with its status.
+//!
+//! `--pid-namespace` expects the arguments [`main`] gets to be the end of the process's own
+//! command line (what came before them, the embedding binary's own, is given to process 1 too).
+//! The supervisor starts with an empty environment; the command gets the one in the
+//! [`ENV_FILE`].
 //!
 //! Process 1 keeps its credentials (so its parent-death signal stays armed), starts the
 //! command as the action's user in its own working directory (entered while still privileged,
@@ -18,8 +24,8 @@
 //! `SIGKILL` included.
 //!
 //! This does what util-linux's `setpriv --pdeathsig SIGKILL -- unshare --pid --fork
-//! --kill-child=SIGKILL` did in front of the supervisor before: each action starts three
-//! programs (the supervisor twice, then its command) instead of four. `remexec` ships the
+//! --kill-child=SIGKILL` did in front of the supervisor before: each action starts two programs
+//! (three without root) instead of four. `remexec` ships the
 //! supervisor as a small program of its own, `remexec-supervisor`, which starts in a third of
 //! the time the whole `remexec` binary takes.
 //!
@@ -49,6 +55,12 @@ pub const PID_NAMESPACE: &str = "--pid-namespace";
 /// The leading argument of the supervisor as process 1 of the namespace, which the supervisor
 /// outside it starts.
 pub const PROCESS_1: &str = "--process-1";
+
+/// The supervisor's argument, before `--`, naming the file that holds the command's
+/// environment (`NAME=VALUE` entries, each ended by a NUL byte). The supervisor itself starts
+/// with an empty environment, so that nothing an action sets (`LD_PRELOAD`, `GLIBC_TUNABLES`)
+/// reaches a process that runs as root; it gives the command exactly these variables.
+pub const ENV_FILE: &str = "--env-file";
 
 /// The supervisor's leading argument that names the input root to make reachable (in a mount
 /// namespace of its own): see the [module documentation](self).
@@ -212,7 +224,7 @@ fn parse(args: &[OsString]) -> Result<(Option<RunAs>, &[OsString]), String> {
             Some("--uid") => uid = Some(number(args.get(i + 1), "--uid")?),
             Some("--gid") => gid = Some(number(args.get(i + 1), "--gid")?),
             // Handled by `main` before anything else.
-            Some("--cgroup") if args.get(i + 1).is_some() => {}
+            Some("--cgroup" | ENV_FILE) if args.get(i + 1).is_some() => {}
             Some("--") => break,
             other => return Err(format!("unexpected argument {other:?}")),
         }
@@ -228,6 +240,48 @@ fn parse(args: &[OsString]) -> Result<(Option<RunAs>, &[OsString]), String> {
         _ => return Err("--uid and --gid go together".into()),
     };
     Ok((run_as, command))
+}
+
+/// `env` as an [`ENV_FILE`] holds it; `InvalidArgument` for a name that is empty or holds `=`
+/// or a NUL byte, or a value that holds a NUL byte.
+pub fn encode_environment(env: &[(String, String)]) -> remexec_core::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for (name, value) in env {
+        if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+            return Err(remexec_core::Error::invalid(format!(
+                "environment variable {name:?}: a name must be non-empty without '=' or NUL, \
+                 a value without NUL"
+            )));
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    Ok(out)
+}
+
+/// The environment in the [`ENV_FILE`] `args` name before `--`, if any.
+fn environment(args: &[OsString]) -> Result<Option<Vec<(OsString, OsString)>>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(pair) = args
+        .windows(2)
+        .take_while(|p| p[0] != "--")
+        .find(|p| p[0] == ENV_FILE)
+    else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(&pair[1]).map_err(|e| format!("reading {:?}: {e}", pair[1]))?;
+    let entries = bytes.split(|b| *b == 0).filter(|e| !e.is_empty());
+    let env = entries
+        .map(|entry| {
+            let at = entry.iter().position(|b| *b == b'=').unwrap_or(entry.len());
+            let value = entry.get(at + 1..).unwrap_or_default();
+            let os = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
+            (os(&entry[..at]), os(value))
+        })
+        .collect();
+    Ok(Some(env))
 }
 
 /// Process 1's parent-death signal. Its parent is outside the namespace, so it cannot check
@@ -349,6 +403,14 @@ pub fn main(args: &[OsString]) -> ExitCode {
             return ExitCode::from(CANNOT_START);
         }
     };
+    // Read before the reveal, which may hide the directory the file is in.
+    let env = match environment(args) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("remexec supervisor: {e}");
+            return ExitCode::from(CANNOT_START);
+        }
+    };
     if let (Some(root), Some(run_as)) = (reveal_root, run_as)
         && let Err(e) = reveal(root, run_as)
     {
@@ -371,8 +433,11 @@ pub fn main(args: &[OsString]) -> ExitCode {
     let mut child = std::process::Command::new(&command[0]);
     // Never the lifeline: an action's standard input is empty.
     child.args(&command[1..]).stdin(std::process::Stdio::null());
-    // The environment, working directory, standard output and error are the supervisor's:
-    // exactly the action's.
+    if let Some(env) = env {
+        child.env_clear().envs(env);
+    }
+    // The working directory, standard output and error are the supervisor's: exactly the
+    // action's; so is the environment, unless it came in an `--env-file`.
     if let Some(r) = run_as {
         // std drops the supplementary groups when a root parent changes the user.
         child.uid(r.uid).gid(r.gid);
