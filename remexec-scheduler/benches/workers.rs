@@ -28,7 +28,7 @@ use remexec_proto::worker::v1::scheduler_message::Message as S;
 use remexec_proto::worker::v1::worker_message::Message as M;
 use remexec_proto::worker::v1::{Executor, LeaseResult, Property, Register, WorkerMessage};
 use remexec_scheduler::{Scheduler, SchedulerConfig, WorkerPool};
-use support::{MapCache, MapStore, attach_with, response, store_action};
+use support::{MapCache, MapStore, attach_with, response, serve_pool_url, store_action};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -47,18 +47,6 @@ fn memory(field: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
-}
-
-/// Serves `pool`'s WorkerService on 127.0.0.1; returns its URL.
-async fn serve(pool: &WorkerPool) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pool.service())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    format!("http://{addr}")
 }
 
 /// The response `operation` ends with, however long it waits in the queue.
@@ -171,7 +159,7 @@ async fn one_at_a_time(scheduler: &Scheduler, cas: &MapStore, seen: &Seen) {
 async fn run(workers: usize, executors: usize, actions: usize) {
     let cas = Arc::new(MapStore::default());
     let pool = WorkerPool::new();
-    let url = serve(&pool).await;
+    let url = serve_pool_url(&pool).await;
     let scheduler = Scheduler::new(
         SchedulerConfig::default(),
         cas.clone(),

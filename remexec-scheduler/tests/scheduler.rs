@@ -495,18 +495,7 @@ async fn a_worker_that_misses_heartbeats_is_dropped() {
     use remexec_proto::worker::v1::{Executor, Heartbeat, Register, WorkerMessage};
     use remexec_scheduler::{ExecutorPool, WorkerPool};
     let pool = WorkerPool::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pool.service())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = support::serve_pool(&pool).await;
     for heartbeats in [false, true] {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let register = Register {

@@ -238,8 +238,8 @@ pub fn response(op: &Operation) -> ExecuteResponse {
     ExecuteResponse::decode(&any.value[..]).unwrap()
 }
 
-/// Serves `pool`'s WorkerService on 127.0.0.1; returns a channel to it.
-pub async fn serve_pool(pool: &WorkerPool) -> tonic::transport::Channel {
+/// Serves `pool`'s WorkerService on 127.0.0.1; returns its URL.
+pub async fn serve_pool_url(pool: &WorkerPool) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -247,7 +247,12 @@ pub async fn serve_pool(pool: &WorkerPool) -> tonic::transport::Channel {
             .add_service(pool.service())
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+    format!("http://{addr}")
+}
+
+/// Serves `pool`'s WorkerService on 127.0.0.1; returns a channel to it.
+pub async fn serve_pool(pool: &WorkerPool) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(serve_pool_url(pool).await)
         .unwrap()
         .connect()
         .await
