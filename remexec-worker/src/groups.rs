@@ -345,21 +345,26 @@ pub fn isolation(setup: &Setup, groups: &[GroupOptions]) -> Result<Arc<dyn Isola
     Ok(Arc::new(routed))
 }
 
-/// The process backend. Supervised when the host allows it (else plain, with a warning); as
-/// the action user when started as root (unless `run_as` is empty, which keeps root, with a
-/// warning).
+/// The process backend. Supervised when the host allows it, as the action user when started as
+/// root (unless `run_as` is empty, which keeps root, with a warning); else plain processes of
+/// the worker's user, with a warning.
 pub fn process_isolation(setup: &Setup) -> Result<ProcessIsolation> {
     let run_as = setup.run_as()?;
     let supervisor = setup.supervisor.clone();
     let config = SupervisorSetup { supervisor, run_as };
     match ProcessIsolation::supervised(config) {
         Ok(isolation) => Ok(isolation),
-        Err(e) if run_as.is_none() => {
-            tracing::warn!(error = %e, "actions run unsupervised and may outlive a killed worker");
+        // A host that allows no PID namespace (a container without CAP_SYS_ADMIN, say) runs
+        // actions as plain processes of the worker's user, as it did when util-linux was
+        // missing there: said loudly, since it is also not `run_as`.
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                run_as = ?run_as,
+                "actions run unsupervised, as the worker's user, and may outlive a killed worker"
+            );
             Ok(ProcessIsolation::default())
         }
-        // Running actions as root instead of the configured user would be a silent downgrade.
-        Err(e) => Err(e),
     }
 }
 
