@@ -497,6 +497,31 @@ mod tests {
     }
 
     #[test]
+    fn an_environment_file_round_trips_and_hostile_names_are_refused() {
+        let env: Vec<(String, String)> = [("A", "1=2"), ("EMPTY", ""), ("LD_PRELOAD", "/x.so")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .to_vec();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), encode_environment(&env).unwrap()).unwrap();
+        let args: Vec<OsString> = [ENV_FILE, &file.path().to_string_lossy(), "--", "true"]
+            .map(OsString::from)
+            .to_vec();
+        let read = environment(&args).unwrap().unwrap();
+        let expected: Vec<(OsString, OsString)> =
+            env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        assert_eq!(read, expected);
+        for (name, value) in [("", "v"), ("A=B", "v"), ("A\0B", "v"), ("A", "v\0w")] {
+            let bad = [(name.to_string(), value.to_string())];
+            assert!(encode_environment(&bad).is_err(), "{name:?}={value:?}");
+        }
+        // After `--`, an `--env-file` is the command's argument, not the supervisor's.
+        let after: Vec<OsString> = ["--", ENV_FILE, "/nonexistent"]
+            .map(OsString::from)
+            .to_vec();
+        assert_eq!(environment(&after).unwrap(), None);
+    }
+
+    #[test]
     fn arguments_round_trip_and_bad_ones_are_refused() {
         let run_as = Some(RunAs {
             uid: 65534,
