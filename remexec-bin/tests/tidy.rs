@@ -29,7 +29,6 @@ const MAX_FUNCTION_LINES: usize = 100;
 
 /// Files (`path`) and functions (`path::name`) allowed to exceed the limits, for now.
 const TOO_LONG: &[&str] = &[
-    "remexec-bin/tests/crash.rs::acknowledged_blobs_survive_sigkill_and_partial_blobs_never_appear",
     "remexec-cas/tests/grpc.rs::action_cache_round_trip_inlining_and_completeness",
     "remexec-cas/tests/grpc.rs::malformed_names_and_digests_are_invalid_argument",
     "remexec-scheduler/tests/scheduler.rs::wait_execution_get_and_cancel_over_grpc",

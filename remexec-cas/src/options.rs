@@ -37,6 +37,9 @@ pub struct CasOptions {
     /// [`DiskStoreOptions::keep_referenced`]).
     #[serde(deserialize_with = "remexec_core::durations::whole_seconds")]
     pub keep_referenced_secs: u64,
+    /// Blobs of at most this size are packed into segment files (see
+    /// [`DiskStoreOptions::pack_up_to`]; 0 packs none).
+    pub pack_up_to: ByteSize,
 }
 
 impl CasOptions {
@@ -47,6 +50,7 @@ impl CasOptions {
             sync: self.fsync,
             keep_referenced: std::time::Duration::from_secs(self.keep_referenced_secs),
             share_with: None,
+            pack_up_to: self.pack_up_to.as_u64(),
         }
     }
 }
@@ -111,6 +115,7 @@ impl Default for CasOptions {
             disk_budget: ByteSize::gib(10),
             fsync: true,
             keep_referenced_secs: crate::store::disk::KEEP_REFERENCED.as_secs(),
+            pack_up_to: ByteSize::b(crate::store::disk::PACK_UP_TO),
         }
     }
 }

@@ -212,16 +212,43 @@ impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
     }
 
     /// Adds an entry as the most recently used one without evicting; rebuilding an index inserts
-    /// entries oldest first and then calls [`evict_to_budget`](Self::evict_to_budget).
-    pub fn insert_unbounded(&mut self, key: K, cost: u64, value: V) {
-        if let Some((old_cost, _, _)) = self.kept.remove(&key) {
+    /// entries oldest first and then calls [`evict_to_budget`](Self::evict_to_budget). Returns
+    /// the value replaced, if any.
+    pub fn insert_unbounded(&mut self, key: K, cost: u64, value: V) -> Option<V> {
+        let mut replaced = None;
+        if let Some((old_cost, old, _)) = self.kept.remove(&key) {
             self.bytes -= old_cost;
             self.kept_bytes -= old_cost;
+            replaced = Some(old);
         }
-        if let Some((old_cost, _)) = self.entries.put(key, (cost, value)) {
+        if let Some((old_cost, old)) = self.entries.put(key, (cost, value)) {
             self.bytes -= old_cost;
+            replaced = Some(old);
         }
         self.bytes += cost;
+        replaced
+    }
+
+    /// Looks up without marking as used.
+    pub fn peek(&self, key: &K) -> Option<&V> {
+        if let Some((_, v, _)) = self.kept.get(key) {
+            return Some(v);
+        }
+        self.entries.peek(key).map(|(_, v)| v)
+    }
+
+    /// Looks up for a change without marking as used.
+    pub fn peek_mut(&mut self, key: &K) -> Option<&mut V> {
+        if let Some((_, v, _)) = self.kept.get_mut(key) {
+            return Some(v);
+        }
+        self.entries.peek_mut(key).map(|(_, v)| v)
+    }
+
+    /// Every entry, without changing their order of use.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        let kept = self.kept.iter().map(|(k, (_, v, _))| (k, v));
+        kept.chain(self.entries.iter().map(|(k, (_, v))| (k, v)))
     }
 
     /// Evicts least recently used entries, never kept ones, until the total fits or only kept

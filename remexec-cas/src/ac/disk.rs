@@ -9,7 +9,7 @@ use remexec_core::reapi::ActionResult;
 use remexec_core::{ActionCache, Digest, Error, Result};
 use tokio::io::AsyncReadExt;
 
-use crate::files::FileTable;
+use crate::files::{FileTable, Opened};
 use crate::key::Key;
 
 /// A disk-persisted [`ActionCache`], bounded by bytes with LRU eviction.
@@ -32,6 +32,7 @@ impl DiskActionCache {
                     budget,
                     sync,
                     keep_secs: 0,
+                    pack_up_to: 0,
                 },
                 any_length,
             )
@@ -44,13 +45,17 @@ impl DiskActionCache {
 impl ActionCache for DiskActionCache {
     async fn get(&self, instance: &str, action: Digest) -> Result<Option<ActionResult>> {
         let key = Key::new(instance, action);
-        let Some((mut file, len)) = self.files.open_read(&key, any_length).await? else {
-            return Ok(None);
+        let buf = match self.files.open_read(&key, any_length).await? {
+            None => return Ok(None),
+            Some(Opened::Packed(content)) => content.to_vec(),
+            Some(Opened::File(mut file, len)) => {
+                let mut buf = Vec::with_capacity(len as usize);
+                file.read_to_end(&mut buf)
+                    .await
+                    .map_err(|e| Error::io("reading an action result", e))?;
+                buf
+            }
         };
-        let mut buf = Vec::with_capacity(len as usize);
-        file.read_to_end(&mut buf)
-            .await
-            .map_err(|e| Error::io("reading an action result", e))?;
         match super::decode_entry(&buf) {
             Ok(result) => Ok(Some(result)),
             Err(e) => {

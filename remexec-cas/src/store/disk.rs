@@ -1,7 +1,10 @@
 //! [`DiskStore`]: blobs as files on local disk.
 //!
 //! - Each blob is written to a temporary file, fsynced (unless `sync` is off), then renamed into
-//!   place, so a half-written blob is never visible, even after a crash.
+//!   place, so a half-written blob is never visible, even after a crash. Small blobs
+//!   ([`DiskStoreOptions::pack_up_to`]) are appended to segment files instead, and acknowledged
+//!   once a sync shared by every write that came meanwhile has made them durable; a torn one
+//!   fails its checksum at start and is skipped.
 //! - An in-memory index, rebuilt by scanning the directory at start, answers lookups without
 //!   touching the disk and evicts least recently used blobs beyond the byte budget.
 //! - Concurrent writers of the same digest each write their own temporary file; the renames are
@@ -19,7 +22,7 @@ use futures::StreamExt;
 use remexec_core::{BlobStore, ChunkStream, Digest, Error, ListBlobs, ReadRange, Result};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::files::FileTable;
+use crate::files::{FileTable, Opened};
 use crate::key::Key;
 
 /// Size of the chunks a read yields.
@@ -43,7 +46,15 @@ pub struct DiskStoreOptions {
     /// Measured every [`SHARE_EVERY`], a hard-linked file once; see
     /// [`DiskStore::share_budget_with`].
     pub share_with: Option<std::path::PathBuf>,
+    /// Blobs of at most this many bytes are packed into segment files, many to a file and
+    /// many writers to one `fdatasync` ([`PACK_UP_TO`] by default; 0 packs none). Blobs
+    /// packed before stay readable when it is lowered.
+    pub pack_up_to: u64,
 }
+
+/// The default of [`DiskStoreOptions::pack_up_to`]: 64 KiB, which takes in most of a build's
+/// blobs (Actions, Commands, Directories, sources, small objects).
+pub const PACK_UP_TO: u64 = 64 * 1024;
 
 /// How often [`DiskStoreOptions::share_with`] is measured.
 pub const SHARE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -58,6 +69,7 @@ impl Default for DiskStoreOptions {
             sync: true,
             keep_referenced: KEEP_REFERENCED,
             share_with: None,
+            pack_up_to: PACK_UP_TO,
         }
     }
 }
@@ -79,6 +91,7 @@ impl DiskStore {
             budget: options.budget,
             sync: options.sync,
             keep_secs: options.keep_referenced.as_secs(),
+            pack_up_to: options.pack_up_to,
         };
         let files = FileTable::open(root.as_ref(), table, length_matches).await?;
         let store = Self { files };
@@ -229,8 +242,14 @@ impl BlobStore for DiskStore {
         range: ReadRange,
     ) -> Result<Option<ChunkStream>> {
         let key = Key::new(instance, digest);
-        let Some((mut file, len)) = self.files.open_read(&key, length_matches).await? else {
-            return Ok(None);
+        let (mut file, len) = match self.files.open_read(&key, length_matches).await? {
+            None => return Ok(None),
+            Some(Opened::File(file, len)) => (file, len),
+            Some(Opened::Packed(content)) => {
+                let (offset, take) = range.resolve(content.len() as u64)?;
+                let part = content.slice(offset as usize..(offset + take) as usize);
+                return Ok(Some(futures::stream::once(async { Ok(part) }).boxed()));
+            }
         };
         let (offset, take) = range.resolve(len)?;
         if offset > 0 {
@@ -257,20 +276,27 @@ mod tests {
     use remexec_core::testing::{blob_store_conformance, chunked, content};
     use remexec_core::{BlobStoreExt, DigestFunction};
 
+    /// Options with every blob in a file of its own, whose times these tests look at (the
+    /// packed store's are in `files::tests`).
     fn opts(budget: u64) -> DiskStoreOptions {
         DiskStoreOptions {
             budget,
+            pack_up_to: 0,
             ..Default::default()
         }
     }
 
     #[tokio::test]
     async fn conformance() {
-        let dir = tempfile::tempdir().unwrap();
-        blob_store_conformance(Arc::new(
-            DiskStore::open(dir.path(), opts(1 << 30)).await.unwrap(),
-        ))
-        .await;
+        for pack_up_to in [0, PACK_UP_TO] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = DiskStoreOptions {
+                pack_up_to,
+                ..opts(1 << 30)
+            };
+            let store = DiskStore::open(dir.path(), options).await.unwrap();
+            blob_store_conformance(Arc::new(store)).await;
+        }
     }
 
     /// Four blobs of 1,000 bytes, from seeds `first..first + 4`, with their digests.

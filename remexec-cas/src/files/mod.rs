@@ -10,6 +10,10 @@
 //! use, the atime its last reference (the epoch if never referenced; see
 //! [`FileTable::with_index`]). The table's own reads open files with `O_NOATIME`, so only it
 //! sets them.
+//!
+//! Entries of at most [`TableOptions::pack_up_to`] bytes are packed into segment files instead
+//! (see [`segments`]): one `fdatasync` then makes many writers' entries durable, and the
+//! table's inodes no longer grow with its entry count.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,10 +22,19 @@ use parking_lot::Mutex;
 use std::time::SystemTime;
 
 use futures::StreamExt;
-use remexec_core::{ChunkStream, Digest, DigestFunction, Error, Result};
+use remexec_core::{ChunkStream, Digest, Error, Result};
 
 use crate::key::Key;
+use packing::compact_loop;
 use remexec_core::lru::ByteLru;
+use scan::{Found, read_names, scan, write_burst};
+use segments::{Segments, Slot};
+
+mod packing;
+mod scan;
+pub(crate) mod segments;
+#[cfg(test)]
+mod tests;
 
 /// Checks a re-indexed file: given its key and length, keep it?
 pub(crate) type Check = fn(&Key, u64) -> bool;
@@ -32,6 +45,8 @@ pub(crate) type Check = fn(&Key, u64) -> bool;
 struct Times {
     used: u64,
     referenced: u64,
+    /// Where a packed entry's record is; `None` for an entry in a file of its own.
+    place: Option<Slot>,
 }
 
 /// How a [`FileTable`] is opened.
@@ -43,6 +58,9 @@ pub(crate) struct TableOptions {
     pub(crate) sync: bool,
     /// How long a referenced entry is kept after its last reference, in seconds (0: never).
     pub(crate) keep_secs: u64,
+    /// Entries of at most this many bytes, when their length is known before they are
+    /// written, are packed into segments (0: none).
+    pub(crate) pack_up_to: u64,
 }
 
 #[derive(Debug)]
@@ -61,9 +79,20 @@ pub(crate) struct FileTable {
     names: Mutex<std::collections::HashMap<u128, String>>,
     /// Files whose times should record a use now (and a reference, if `true`), for the thread
     /// that sets them.
-    uses: std::sync::mpsc::SyncSender<(PathBuf, bool)>,
+    uses: std::sync::mpsc::SyncSender<Use>,
     /// Entries added and removed, for followers ([`FileTable::changes`]).
     changes: tokio::sync::broadcast::Sender<remexec_core::BlobChange>,
+    /// The packed entries' segments, if entries are packed.
+    segments: Option<Arc<Segments>>,
+    pack_up_to: u64,
+    /// Segments due for compaction, for the task that compacts them.
+    compactions: tokio::sync::mpsc::UnboundedSender<u32>,
+}
+
+/// A use to record: in a file's times, or in the use journal for a packed entry.
+enum Use {
+    File(PathBuf, bool),
+    Packed(Key, bool),
 }
 
 /// Changes a follower may fall behind by before it must start again.
@@ -75,15 +104,30 @@ const USE_QUEUE: usize = 4096;
 
 /// Starts the thread that sets the mtime of each file sent to it (and its atime, for a
 /// reference) to the time it gets it, until every sender is gone.
-fn use_recorder() -> Result<std::sync::mpsc::SyncSender<(PathBuf, bool)>> {
-    let (uses, paths) = std::sync::mpsc::sync_channel::<(PathBuf, bool)>(USE_QUEUE);
+fn use_recorder(journal: Option<PathBuf>) -> Result<std::sync::mpsc::SyncSender<Use>> {
+    let (uses, queue) = std::sync::mpsc::sync_channel::<Use>(USE_QUEUE);
     std::thread::Builder::new()
         .name("remexec-uses".into())
-        .spawn(move || {
-            for (path, referenced) in paths {
-                // A file gone meanwhile is no matter: its next use or the next rebuild notices.
+        .spawn(move || record_loop(&queue, journal))
+        .map_err(|e| Error::io("starting the thread that records uses", e))?;
+    Ok(uses)
+}
+
+fn record_loop(queue: &std::sync::mpsc::Receiver<Use>, journal: Option<PathBuf>) {
+    use std::io::Write;
+    let mut out = journal.and_then(|path| {
+        let file = std::fs::OpenOptions::new().append(true).create(true).open(&path);
+        file.inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot open the use journal; uses of packed entries are not recorded"))
+            .ok()
+            .map(std::io::BufWriter::new)
+    });
+    let mut next: std::result::Result<Use, std::sync::mpsc::RecvError> = queue.recv();
+    while let Ok(usage) = next {
+        let now = SystemTime::now();
+        match usage {
+            // A file gone meanwhile is no matter: its next use or the next rebuild notices.
+            Use::File(path, referenced) => {
                 if let Ok(file) = open_quietly(&path) {
-                    let now = SystemTime::now();
                     let mut times = std::fs::FileTimes::new().set_modified(now);
                     if referenced {
                         times = times.set_accessed(now);
@@ -91,9 +135,21 @@ fn use_recorder() -> Result<std::sync::mpsc::SyncSender<(PathBuf, bool)>> {
                     let _ = file.set_times(times);
                 }
             }
-        })
-        .map_err(|e| Error::io("starting the thread that records uses", e))?;
-    Ok(uses)
+            Use::Packed(key, referenced) => {
+                let now = unix_secs(now);
+                if let Some(out) = &mut out {
+                    let _ = segments::write_use(out, &key, now, if referenced { now } else { 0 });
+                }
+            }
+        }
+        // Written out whenever the queue is empty: a use lost to a crash costs only precision.
+        next = queue.try_recv().or_else(|_| {
+            if let Some(out) = &mut out {
+                let _ = out.flush();
+            }
+            queue.recv()
+        });
+    }
 }
 
 /// How often a used file's mtime is brought up to date, at most: the precision of the order
@@ -118,18 +174,17 @@ fn open_quietly(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Marks `key` used in `index` (and, with `keep_secs`, kept that long from `now`); where its
-/// file's recorded use (or reference) is older than [`USE_RESOLUTION_SECS`], records now and
-/// queues the file in `stale` for its times.
+/// recorded use (or reference) is older than [`USE_RESOLUTION_SECS`], records now and queues
+/// it in `stale` (with whether it is packed) to be recorded. Returns its place if present.
 fn note_use(
     index: &mut ByteLru<Key, Times>,
     key: &Key,
     now: u64,
     keep_secs: Option<u64>,
-    stale: &mut Vec<(Key, bool)>,
-) -> bool {
-    let Some(times) = index.get_mut(key) else {
-        return false;
-    };
+    stale: &mut Vec<(Key, bool, bool)>,
+) -> Option<Option<Slot>> {
+    let times = index.get_mut(key)?;
+    let place = times.place;
     let used = now.saturating_sub(times.used) >= USE_RESOLUTION_SECS;
     let referenced =
         keep_secs.is_some() && now.saturating_sub(times.referenced) >= USE_RESOLUTION_SECS;
@@ -138,12 +193,12 @@ fn note_use(
         if referenced {
             times.referenced = now;
         }
-        stale.push((*key, referenced));
+        stale.push((*key, referenced, place.is_some()));
     }
     if let Some(secs) = keep_secs {
         index.keep(key, keep_until(now, secs));
     }
-    true
+    Some(place)
 }
 
 /// The end of a keep of `secs` from `now`, rounded up to [`USE_RESOLUTION_SECS`] so that
@@ -157,86 +212,151 @@ const INSTANCE_FILE: &str = "instance";
 
 use remexec_core::fs::blocking;
 
+/// The index of the entries `found` at start: in their order of use, with the keeps still
+/// running, not yet evicted to `budget`. A file that a packed copy of the same entry replaces
+/// is deleted.
+fn rebuild(root: &Path, found: &mut [Found], budget: u64, keep_secs: u64) -> ByteLru<Key, Times> {
+    // Least recently used first: a file's mtime is its last use (see `touch`).
+    found.sort_by_key(|f| f.used);
+    let mut index = ByteLru::new(budget);
+    for f in found.iter() {
+        let times = Times {
+            used: unix_secs(f.used),
+            referenced: unix_secs(f.referenced),
+            place: f.place,
+        };
+        let replaced = index.insert_unbounded(f.key, f.len, times);
+        if replaced.is_some_and(|old| old.place.is_none()) && f.place.is_some() {
+            let _ = std::fs::remove_file(file_path(root, &f.key));
+        }
+    }
+    // Keeps in the order they end; the epoch (never referenced) keeps nothing. A reference is
+    // recorded at most once every USE_RESOLUTION_SECS, so it may be that much later than it
+    // says.
+    let now = unix_secs(SystemTime::now());
+    found.sort_by_key(|f| f.referenced);
+    for f in found.iter() {
+        let referenced = unix_secs(f.referenced);
+        let until = keep_until(referenced + USE_RESOLUTION_SECS, keep_secs);
+        if keep_secs > 0 && referenced > 0 && until > now {
+            index.keep(&f.key, until);
+        }
+    }
+    index
+}
+
+/// The file of an entry that is not packed.
+fn file_path(root: &Path, key: &Key) -> PathBuf {
+    let hex = key.digest.hash_hex();
+    root.join(format!("{:032x}", key.ns))
+        .join(key.digest.function().name())
+        .join(&hex[..2])
+        .join(format!("{hex}-{}", key.digest.size()))
+}
+
 impl FileTable {
     /// Opens (creating if needed) the table at `root` and rebuilds its index from disk: the
-    /// order of use from the files' mtimes, the keeps still running from their atimes.
+    /// order of use from the files' mtimes and the use journal, the keeps still running from
+    /// the files' atimes and the journal.
     pub(crate) async fn open(
         root: &Path,
         options: TableOptions,
         check: Check,
     ) -> Result<Arc<Self>> {
+        let root = root.to_path_buf();
+        let (table, compactions) =
+            blocking(move || Self::open_blocking(root, options, check)).await?;
+        let weak = Arc::downgrade(&table);
+        tokio::spawn(compact_loop(weak, compactions));
+        Ok(table)
+    }
+
+    fn open_blocking(
+        root: PathBuf,
+        options: TableOptions,
+        check: Check,
+    ) -> Result<(Arc<Self>, tokio::sync::mpsc::UnboundedReceiver<u32>)> {
         let TableOptions {
             budget,
             sync,
             keep_secs,
+            pack_up_to,
         } = options;
-        let root = root.to_path_buf();
-        blocking(move || {
-            let tmp = root.join("tmp");
-            // Leftover uploads never prevent a start: what cannot be removed is moved aside.
-            if let Some(aside) = remexec_core::fs::reset_dir(&tmp)? {
-                tracing::warn!(tmp = %tmp.display(), moved_to = %aside.display(), "could not remove leftover uploads; moved them aside");
-            }
-            // Only this process's user may enter: actions run as another user must not reach
-            // stored blobs.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| Error::io(format!("restricting {}", root.display()), e))?;
-            let mut found = Vec::new();
-            scan(&root, check, &mut found)?;
-            // Least recently used first: a file's mtime is its last use (see `touch`).
-            found.sort_by_key(|f| f.used);
-            let mut index = ByteLru::new(budget);
-            for f in &found {
-                let times = Times {
-                    used: unix_secs(f.used),
-                    referenced: unix_secs(f.referenced),
-                };
-                index.insert_unbounded(f.key, f.len, times);
-            }
-            // Keeps in the order they end; the epoch (never referenced) keeps nothing. An atime
-            // is written at most once every USE_RESOLUTION_SECS, so a reference may be that
-            // much later than it says.
-            let now = unix_secs(SystemTime::now());
-            found.sort_by_key(|f| f.referenced);
-            for f in &found {
-                let referenced = unix_secs(f.referenced);
-                let until = keep_until(referenced + USE_RESOLUTION_SECS, keep_secs);
-                if keep_secs > 0 && referenced > 0 && until > now {
-                    index.keep(&f.key, until);
+        let tmp = root.join("tmp");
+        // Leftover uploads never prevent a start: what cannot be removed is moved aside.
+        if let Some(aside) = remexec_core::fs::reset_dir(&tmp)? {
+            tracing::warn!(tmp = %tmp.display(), moved_to = %aside.display(), "could not remove leftover uploads; moved them aside");
+        }
+        // Only this process's user may enter: actions run as another user must not reach
+        // stored blobs.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("restricting {}", root.display()), e))?;
+        let mut found = Vec::new();
+        scan(&root, check, &mut found)?;
+        // Packed entries are read back even when no more are packed.
+        let mut journal = std::collections::HashMap::new();
+        let segments = if pack_up_to > 0 || root.join(segments::DIR).exists() {
+            let max_segment = (budget / 16)
+                .min(segments::MAX_SEGMENT)
+                .max(pack_up_to + segments::HEADER);
+            let (segments, records) = Segments::open(&root, sync, max_segment)?;
+            journal = segments::read_uses(&root);
+            scan::packed(records, &journal, &mut found);
+            Some(segments)
+        } else {
+            None
+        };
+        let index = rebuild(&root, &mut found, budget, keep_secs);
+        if let Some(segments) = &segments {
+            for (key, times) in index.iter() {
+                if let Some(slot) = times.place {
+                    segments.alive(key, slot);
                 }
             }
-            let names = Mutex::new(read_names(&root));
-            let uses = use_recorder()?;
-            let table = Self {
-                root,
-                tmp,
-                sync,
-                keep_secs,
-                total: budget,
-                index: Mutex::new(ByteLru::new(budget)),
-                refused: Default::default(),
-                names,
-                uses,
-                changes: tokio::sync::broadcast::channel(CHANGE_QUEUE).0,
-            };
-            for (key, _) in index.evict_to_budget() {
-                table.remove_file(&key);
+            // The journal keeps only what it says of entries still packed.
+            let uses: Vec<_> = journal
+                .keys()
+                .filter_map(|k| Some((*k, index.peek(k).filter(|t| t.place.is_some())?)))
+                .map(|(k, t)| (k, t.used, t.referenced))
+                .collect();
+            segments::rewrite_uses(&root, &uses)?;
+        }
+        let names = Mutex::new(read_names(&root));
+        let uses = use_recorder(segments.as_ref().map(|_| Segments::uses_path(&root)))?;
+        let (compactions, queue) = tokio::sync::mpsc::unbounded_channel();
+        let table = Self {
+            root,
+            tmp,
+            sync,
+            keep_secs,
+            total: budget,
+            index: Mutex::new(ByteLru::new(budget)),
+            refused: Default::default(),
+            names,
+            uses,
+            changes: tokio::sync::broadcast::channel(CHANGE_QUEUE).0,
+            segments,
+            pack_up_to,
+            compactions,
+        };
+        let mut index = index;
+        for (key, times) in index.evict_to_budget() {
+            table.forget(&key, &times);
+        }
+        if let Some(segments) = &table.segments {
+            for id in segments.due_now() {
+                let _ = table.compactions.send(id);
             }
-            tracing::info!(root = %table.root.display(), entries = index.len(), bytes = index.bytes(), kept_bytes = index.kept_bytes(), "disk index rebuilt");
-            *table.index.lock() = index;
-            Ok(Arc::new(table))
-        })
-        .await
+        }
+        let (segments, segment_bytes) = table.segments.as_ref().map_or((0, 0), |s| s.footprint());
+        tracing::info!(root = %table.root.display(), entries = index.len(), bytes = index.bytes(), kept_bytes = index.kept_bytes(), segments, segment_bytes, "disk index rebuilt");
+        *table.index.lock() = index;
+        Ok((Arc::new(table), queue))
     }
 
     pub(crate) fn path(&self, key: &Key) -> PathBuf {
-        let hex = key.digest.hash_hex();
-        self.root
-            .join(format!("{:032x}", key.ns))
-            .join(key.digest.function().name())
-            .join(&hex[..2])
-            .join(format!("{hex}-{}", key.digest.size()))
+        file_path(&self.root, key)
     }
 
     /// Remembers that namespace `ns` is instance `name`'s (written once, atomically, and not
@@ -293,13 +413,29 @@ impl FileTable {
         }
     }
 
-    fn remove_file(&self, key: &Key) {
+    /// Tells followers that `key` is gone and frees what held it (`times` were its index's).
+    fn forget(&self, key: &Key, times: &Times) {
         self.publish(key, false);
-        let path = self.path(key);
-        if let Err(e) = std::fs::remove_file(&path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %path.display(), error = %e, "could not delete evicted file");
+        self.free(key, times.place);
+    }
+
+    /// Deletes the file of `key` (at `place` None), or counts its record at `place` dead.
+    fn free(&self, key: &Key, place: Option<Slot>) {
+        match (place, &self.segments) {
+            (Some(slot), Some(segments)) => {
+                if let Some(id) = segments.dead(key, slot) {
+                    let _ = self.compactions.send(id);
+                }
+            }
+            (Some(_), None) => {}
+            (None, _) => {
+                let path = self.path(key);
+                if let Err(e) = std::fs::remove_file(&path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "could not delete evicted file");
+                }
+            }
         }
     }
 
@@ -321,8 +457,8 @@ impl FileTable {
     /// entries) to fit what is left.
     pub(crate) fn reserve(&self, bytes: u64) {
         let mut index = self.index.lock();
-        for (key, _) in index.set_budget(self.total.saturating_sub(bytes)) {
-            self.remove_file(&key);
+        for (key, times) in index.set_budget(self.total.saturating_sub(bytes)) {
+            self.forget(&key, &times);
         }
     }
 
@@ -379,7 +515,16 @@ impl FileTable {
         let now = unix_secs(SystemTime::now());
         let present = note_use(&mut self.index.lock(), key, now, None, &mut stale);
         self.record_uses(stale);
-        present
+        present.is_some()
+    }
+
+    /// [`touch`](Self::touch), returning the place of a present entry.
+    fn touch_place(&self, key: &Key) -> Option<Option<Slot>> {
+        let mut stale = Vec::new();
+        let now = unix_secs(SystemTime::now());
+        let place = note_use(&mut self.index.lock(), key, now, None, &mut stale);
+        self.record_uses(stale);
+        place
     }
 
     /// Runs `f` with the index locked, for batch lookups: each one a [`touch`](Self::touch),
@@ -397,7 +542,7 @@ impl FileTable {
         let out = {
             let mut index = self.index.lock();
             index.release(now);
-            f(&mut |k| note_use(&mut index, k, now, keep, &mut stale))
+            f(&mut |k| note_use(&mut index, k, now, keep, &mut stale).is_some())
         };
         self.record_uses(stale);
         out
@@ -406,10 +551,15 @@ impl FileTable {
     /// Has the times of the files of `keys` set to now, by the recorder thread (never by the
     /// caller's); uses beyond a full queue are dropped (a reference among them is then lost
     /// only to a restart within the keep time).
-    fn record_uses(&self, keys: Vec<(Key, bool)>) {
+    fn record_uses(&self, keys: Vec<(Key, bool, bool)>) {
         let mut dropped = Vec::new();
-        for (key, referenced) in keys {
-            if self.uses.try_send((self.path(&key), referenced)).is_err() {
+        for (key, referenced, packed) in keys {
+            let usage = if packed {
+                Use::Packed(key, referenced)
+            } else {
+                Use::File(self.path(&key), referenced)
+            };
+            if self.uses.try_send(usage).is_err() {
                 dropped.push(key);
             }
         }
@@ -418,10 +568,8 @@ impl FileTable {
             let mut index = self.index.lock();
             for key in dropped {
                 if let Some(times) = index.get_mut(&key) {
-                    *times = Times {
-                        used: 0,
-                        referenced: 0,
-                    };
+                    times.used = 0;
+                    times.referenced = 0;
                 }
             }
         }
@@ -435,6 +583,11 @@ impl FileTable {
         data: ChunkStream,
         expected_len: Option<u64>,
     ) -> Result<()> {
+        if let (Some(segments), Some(len)) = (&self.segments, expected_len)
+            && len <= self.pack_up_to
+        {
+            return self.write_packed(segments, key, data, len).await;
+        }
         // The runtime waits for each burst of chunks, so no blocking thread ever waits on the
         // network (a stalled upload holds a task and a file, not a thread). A blocking thread
         // then writes the chunk and drains every chunk already available (running whatever the
@@ -528,13 +681,10 @@ impl FileTable {
             let times = Times {
                 used: now,
                 referenced,
+                place: None,
             };
             self.publish(&key, true);
-            for (evicted, _) in index.insert(key, len, times) {
-                if evicted != key {
-                    self.remove_file(&evicted);
-                }
-            }
+            self.replaced(&key, None, index.insert(key, len, times));
         }
         if self.sync {
             sync_dir(&parent)?;
@@ -542,22 +692,48 @@ impl FileTable {
         Ok(())
     }
 
+    /// Frees what the entries `removed` from the index held, as `key`, now at `place`,
+    /// replaced or evicted them: an entry replaced by `key` at another place (a file replaced
+    /// by renaming is at the same), an evicted one whole.
+    fn replaced(&self, key: &Key, place: Option<Slot>, removed: Vec<(Key, Times)>) {
+        for (gone, times) in removed {
+            if gone != *key {
+                self.forget(&gone, &times);
+            } else if times.place != place && (times.place.is_some() || place.is_some()) {
+                self.free(&gone, times.place);
+            }
+        }
+    }
+
     /// Forgets and deletes a damaged entry.
     pub(crate) fn discard(&self, key: &Key) {
         let mut index = self.index.lock();
-        index.remove(key);
-        self.remove_file(key);
+        let place = index.remove(key).and_then(|t| t.place);
+        self.publish(key, false);
+        self.free(key, place);
+    }
+
+    /// Opens `key`'s entry, if present (a file with length accepted by `check`).
+    pub(crate) async fn open_read(&self, key: &Key, check: Check) -> Result<Option<Opened>> {
+        // A record compacted between the lookup and the read is looked up again.
+        for _ in 0..3 {
+            let place = match self.touch_place(key) {
+                None => return Ok(None),
+                Some(None) => {
+                    let opened = self.open_file(key, check).await?;
+                    return Ok(opened.map(|(file, len)| Opened::File(file, len)));
+                }
+                Some(Some(slot)) => slot,
+            };
+            if let Some(found) = self.read_packed(key, place).await? {
+                return Ok(found);
+            }
+        }
+        Ok(None)
     }
 
     /// Opens the file for `key`, if present with length accepted by `check`.
-    pub(crate) async fn open_read(
-        &self,
-        key: &Key,
-        check: Check,
-    ) -> Result<Option<(tokio::fs::File, u64)>> {
-        if !self.touch(key) {
-            return Ok(None);
-        }
+    async fn open_file(&self, key: &Key, check: Check) -> Result<Option<(tokio::fs::File, u64)>> {
         let path = self.path(key);
         let opened = blocking({
             let path = path.clone();
@@ -580,12 +756,19 @@ impl FileTable {
             .len();
         if !check(key, len) {
             tracing::error!(path = %path.display(), len, "stored file has the wrong length; dropping it");
-            self.index.lock().remove(key);
-            self.remove_file(key);
+            self.discard(key);
             return Ok(None);
         }
         Ok(Some((file, len)))
     }
+}
+
+/// An entry opened to be read.
+pub(crate) enum Opened {
+    /// An entry in a file of its own, and its length.
+    File(tokio::fs::File, u64),
+    /// A packed entry's content.
+    Packed(bytes::Bytes),
 }
 
 /// `{root}, {budget}`, for the stores' descriptions.
@@ -599,131 +782,6 @@ fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
-}
-
-/// The instance names in the namespaces' `instance` files under `root` (a file whose name does
-/// not hash to its directory is ignored).
-fn read_names(root: &Path) -> std::collections::HashMap<u128, String> {
-    let mut names = std::collections::HashMap::new();
-    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let Some(ns) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| u128::from_str_radix(n, 16).ok())
-        else {
-            continue;
-        };
-        if let Ok(name) = std::fs::read_to_string(entry.path().join(INSTANCE_FILE))
-            && crate::key::namespace(&name) == ns
-        {
-            names.insert(ns, name);
-        }
-    }
-    names
-}
-
-/// A file found by [`scan`].
-struct Found {
-    key: Key,
-    len: u64,
-    /// Its mtime: its last use.
-    used: SystemTime,
-    /// Its atime: its last reference.
-    referenced: SystemTime,
-}
-
-/// Finds every well-named file under `root`.
-fn scan(root: &Path, check: Check, out: &mut Vec<Found>) -> Result<()> {
-    let read = |p: &Path| {
-        std::fs::read_dir(p).map_err(|e| Error::io(format!("listing {}", p.display()), e))
-    };
-    // Below the root, anything that is not a readable directory is skipped, not fatal.
-    let sub = |p: &Path| -> Vec<std::fs::DirEntry> {
-        match std::fs::read_dir(p) {
-            Ok(entries) => entries.flatten().collect(),
-            Err(e) => {
-                tracing::warn!(path = %p.display(), error = %e, "skipping unreadable entry in the store");
-                Vec::new()
-            }
-        }
-    };
-    for ns_entry in read(root)?.flatten() {
-        let Some(ns) = ns_entry
-            .file_name()
-            .to_str()
-            .and_then(|n| u128::from_str_radix(n, 16).ok())
-        else {
-            continue;
-        };
-        for fn_entry in sub(&ns_entry.path()) {
-            let Some(function) = fn_entry
-                .file_name()
-                .to_str()
-                .and_then(DigestFunction::from_name)
-            else {
-                continue;
-            };
-            for prefix in sub(&fn_entry.path()) {
-                for file in sub(&prefix.path()) {
-                    let name = file.file_name();
-                    let parsed = name
-                        .to_str()
-                        .and_then(|n| n.split_once('-'))
-                        .and_then(|(h, s)| Digest::from_hex(function, h, s.parse().ok()?).ok());
-                    let (Some(digest), Ok(meta)) = (parsed, file.metadata()) else {
-                        tracing::warn!(path = %file.path().display(), "ignoring unexpected file in the store");
-                        continue;
-                    };
-                    let key = Key { ns, digest };
-                    if !meta.is_file() || !check(&key, meta.len()) {
-                        tracing::warn!(path = %file.path().display(), "removing damaged file from the store");
-                        let _ = std::fs::remove_file(file.path());
-                        continue;
-                    }
-                    out.push(Found {
-                        key,
-                        len: meta.len(),
-                        used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                        referenced: meta.accessed().unwrap_or(SystemTime::UNIX_EPOCH),
-                    });
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes `first`, then every chunk of `data` that is ready without waiting, up to a burst of
-/// 16 MiB. Returns whether the stream has ended. Runs on a blocking thread.
-fn write_burst(
-    temp: &mut tempfile::NamedTempFile,
-    data: &mut ChunkStream,
-    first: bytes::Bytes,
-    written: &mut u64,
-    expected_len: Option<u64>,
-    digest: Digest,
-) -> Result<bool> {
-    use futures::FutureExt;
-    use std::io::Write;
-    const BURST: u64 = 16 << 20;
-    let start = *written;
-    let mut chunk = first;
-    loop {
-        *written += chunk.len() as u64;
-        if expected_len.is_some_and(|n| *written > n) {
-            return Err(size_mismatch(digest, *written, false));
-        }
-        temp.write_all(&chunk)
-            .map_err(|e| Error::io(format!("writing {}", temp.path().display()), e))?;
-        if *written - start >= BURST {
-            return Ok(false);
-        }
-        chunk = match data.next().now_or_never() {
-            Some(Some(chunk)) => chunk?,
-            Some(None) => return Ok(true),
-            None => return Ok(false),
-        };
-    }
 }
 
 /// Length mismatch error, shared so every backend words it the same way.

@@ -1,0 +1,163 @@
+//! The table's packed entries: written to, read from and compacted out of [`Segments`].
+
+use std::sync::{Arc, Weak};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use remexec_core::fs::blocking;
+use remexec_core::{ChunkStream, Result};
+
+use super::segments::{Read, Segments, Slot};
+use super::{FileTable, Opened, Times, size_mismatch, unix_secs};
+use crate::key::Key;
+
+impl FileTable {
+    /// Reads `data`, which must be `len` bytes, into memory and packs it under `key`: stored
+    /// once durable with the writes that arrived meanwhile (see [`Segments`]).
+    pub(super) async fn write_packed(
+        &self,
+        segments: &Arc<Segments>,
+        key: Key,
+        mut data: ChunkStream,
+        len: u64,
+    ) -> Result<()> {
+        let digest = key.digest;
+        let mut content = BytesMut::new();
+        let mut single: Option<Bytes> = None;
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk?;
+            let got = single.as_ref().map_or(content.len(), Bytes::len) + chunk.len();
+            if got as u64 > len {
+                return Err(size_mismatch(digest, got as u64, false));
+            }
+            // One chunk, the usual case, is kept as it came.
+            match single.take() {
+                None if content.is_empty() => single = Some(chunk),
+                first => {
+                    if let Some(first) = first {
+                        content.extend_from_slice(&first);
+                    }
+                    content.extend_from_slice(&chunk);
+                }
+            }
+        }
+        let content = single.unwrap_or_else(|| content.freeze());
+        if content.len() as u64 != len {
+            return Err(size_mismatch(digest, content.len() as u64, true));
+        }
+        let now = unix_secs(SystemTime::now());
+        let slot = segments.append(key, content, now).await?;
+        self.commit_packed(key, slot, now)
+    }
+
+    /// Indexes `key`'s record at `slot`, durable now, evicting as needed.
+    fn commit_packed(&self, key: Key, slot: Slot, now: u64) -> Result<()> {
+        let mut index = self.index.lock();
+        if let Err(e) = self.check_room_locked(&mut index, &key, key.digest.size()) {
+            drop(index);
+            self.free(&key, Some(slot));
+            return Err(e);
+        }
+        // A record replacing an entry already referenced takes over its reference.
+        let referenced = index.peek(&key).map_or(0, |t| t.referenced);
+        let times = Times {
+            used: now,
+            referenced,
+            place: Some(slot),
+        };
+        self.publish(&key, true);
+        let removed = index.insert(key, key.digest.size(), times);
+        drop(index);
+        if referenced > 0 {
+            self.record_uses(vec![(key, true, true)]);
+        }
+        self.replaced(&key, Some(slot), removed);
+        Ok(())
+    }
+
+    /// Reads `key`'s record at `slot`: `None` if it was compacted meanwhile (look it up again),
+    /// else what is there. A damaged record is dropped and reads as absent.
+    pub(super) async fn read_packed(
+        &self,
+        key: &Key,
+        slot: Slot,
+    ) -> Result<Option<Option<Opened>>> {
+        let Some(segments) = self.segments.clone() else {
+            return Ok(Some(None));
+        };
+        let k = *key;
+        match blocking(move || segments.read(&k, slot)).await? {
+            Read::Content(content) => Ok(Some(Some(Opened::Packed(content)))),
+            Read::Gone => Ok(None),
+            Read::Damaged => {
+                tracing::error!(digest = %key.digest, segment = slot.segment, offset = slot.offset, "packed entry is damaged; dropping it");
+                let mut index = self.index.lock();
+                if index.peek(key).is_some_and(|t| t.place == Some(slot)) {
+                    index.remove(key);
+                    drop(index);
+                    self.publish(key, false);
+                    self.free(key, Some(slot));
+                }
+                Ok(Some(None))
+            }
+        }
+    }
+
+    /// Copies the live records of segment `id` to the active segment, each keeping its last
+    /// use, then deletes the segment.
+    async fn compact(&self, segments: &Arc<Segments>, id: u32) -> Result<()> {
+        let live: Vec<(Key, Slot, u64)> = {
+            let index = self.index.lock();
+            index
+                .iter()
+                .filter_map(|(k, t)| Some((*k, t.place.filter(|p| p.segment == id)?, t.used)))
+                .collect()
+        };
+        let mut moved = 0u64;
+        for (key, slot, used) in live {
+            let s = Arc::clone(segments);
+            let content = match blocking(move || s.read(&key, slot)).await? {
+                Read::Content(content) => content,
+                Read::Gone => return Ok(()),
+                Read::Damaged => {
+                    // Dropped on its next read.
+                    continue;
+                }
+            };
+            let new = segments.append(key, content, used).await?;
+            let mut index = self.index.lock();
+            match index.peek_mut(&key) {
+                Some(times) if times.place == Some(slot) => {
+                    times.place = Some(new);
+                    moved += key.digest.size();
+                }
+                _ => {
+                    drop(index);
+                    self.free(&key, Some(new));
+                }
+            }
+        }
+        segments.remove(id);
+        tracing::debug!(segment = id, moved_bytes = moved, "segment compacted");
+        Ok(())
+    }
+}
+
+/// Compacts each segment sent on `queue`, while the table lives.
+pub(super) async fn compact_loop(
+    table: Weak<FileTable>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<u32>,
+) {
+    while let Some(id) = queue.recv().await {
+        let Some(table) = table.upgrade() else {
+            return;
+        };
+        let Some(segments) = table.segments.clone() else {
+            return;
+        };
+        if let Err(e) = table.compact(&segments, id).await {
+            tracing::warn!(segment = id, error = %e, "could not compact a segment; it stays as it is");
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! [`Segments`]: small entries packed into append-only segment files, made durable by group
+//! commit: one `fdatasync` for every write that arrived while the last one ran.
+//!
+//! - A segment, `{root}/packed/{id as 8 hex}.seg`, is a run of records: a [`HEADER`]-byte
+//!   header (magic, key, written time, CRC-32 of header and content) and the content.
+//! - Writes append to one active segment under a lock and wait for the sync thread, which
+//!   syncs the active segment as long as writes arrive. A write is acknowledged only once its
+//!   record is on disk, so a crash loses nothing acknowledged.
+//! - Every start opens a new active segment: a torn record, which a kill can leave only at the
+//!   end of the segment active then, fails its CRC when segments are read at start and is
+//!   skipped, with whatever follows it in that segment.
+//! - The table ([`FileTable`](super::FileTable)) keeps each entry's place and tells the
+//!   segments which records died (evicted or replaced). A segment with less than half its
+//!   bytes alive is compacted: its live records copied to the active segment, then the file
+//!   deleted. A segment with none alive is deleted at once.
+//! - Uses and references of packed entries, which have no file times to record them, are
+//!   appended to `{root}/packed/uses` and read back at start ([`read_uses`]).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+use remexec_core::{Digest, DigestFunction, Error, Result};
+
+use crate::key::Key;
+
+/// Bytes before each record's content.
+pub(crate) const HEADER: u64 = 4 + 16 + 1 + 32 + 8 + 8 + 4;
+const MAGIC: &[u8; 4] = b"RXP1";
+/// The largest segment written, before the next one is started.
+pub(crate) const MAX_SEGMENT: u64 = 64 << 20;
+/// The directory of segments, under the table's root (not hex, so never a namespace's).
+pub(crate) const DIR: &str = "packed";
+const USES: &str = "uses";
+
+/// Where a packed entry's record starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub(crate) segment: u32,
+    pub(crate) offset: u64,
+}
+
+/// A record's bytes on disk: header and content.
+pub(crate) fn record_len(key: &Key) -> u64 {
+    HEADER + key.digest.size()
+}
+
+#[derive(Debug)]
+struct Segment {
+    file: Arc<File>,
+    len: u64,
+    /// Bytes of the records the table still indexes.
+    live: u64,
+    /// Sent to be compacted (or deleted) already.
+    queued: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    active: u32,
+    segments: BTreeMap<u32, Segment>,
+    /// The end of the last record written: `(segment, offset)`.
+    written: (u32, u64),
+    closed: bool,
+}
+
+/// How far the active segment is synced, or that a sync failed (after which no write is
+/// acknowledged: what a failed `fdatasync` left on disk is unknown).
+type Synced = std::result::Result<(u32, u64), String>;
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    synced: tokio::sync::watch::Sender<Synced>,
+}
+
+/// The packed records of a table. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Segments {
+    dir: PathBuf,
+    sync: bool,
+    max_segment: u64,
+    shared: Arc<Shared>,
+}
+
+/// What [`Segments::read`] found.
+pub(crate) enum Read {
+    /// The record's content.
+    Content(Bytes),
+    /// Its segment is gone: compacted since the caller looked its place up.
+    Gone,
+    /// The record is not the key's, or fails its CRC.
+    Damaged,
+}
+
+/// A record read back at start.
+pub(crate) struct Record {
+    pub(crate) key: Key,
+    pub(crate) slot: Slot,
+    /// When it was written, in seconds since the epoch.
+    pub(crate) written: u64,
+}
+
+fn segment_name(id: u32) -> String {
+    format!("{id:08x}.seg")
+}
+
+fn header(key: &Key, written: u64, content: &[u8]) -> [u8; HEADER as usize] {
+    let mut h = [0u8; HEADER as usize];
+    h[..4].copy_from_slice(MAGIC);
+    h[4..20].copy_from_slice(&key.ns.to_le_bytes());
+    h[20] = key.digest.function().to_proto() as u8;
+    h[21..53].copy_from_slice(key.digest.hash());
+    h[53..61].copy_from_slice(&key.digest.size().to_le_bytes());
+    h[61..69].copy_from_slice(&written.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[..69]);
+    crc.update(content);
+    h[69..73].copy_from_slice(&crc.finalize().to_le_bytes());
+    h
+}
+
+/// The key and written time of a header, if it is one (its CRC is checked with the content).
+fn parse_header(h: &[u8]) -> Option<(Key, u64)> {
+    if h.len() < HEADER as usize || &h[..4] != MAGIC {
+        return None;
+    }
+    let word = |r: std::ops::Range<usize>| u64::from_le_bytes(h[r].try_into().unwrap_or_default());
+    let ns = u128::from_le_bytes(h[4..20].try_into().ok()?);
+    let function = DigestFunction::from_proto(i32::from(h[20])).ok()?;
+    let hash: [u8; 32] = h[21..53].try_into().ok()?;
+    let digest = Digest::new(function, hash, word(53..61));
+    Some((Key { ns, digest }, word(61..69)))
+}
+
+fn crc_matches(h: &[u8], content: &[u8]) -> bool {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[..69]);
+    crc.update(content);
+    h[69..73] == crc.finalize().to_le_bytes()
+}
+
+impl Segments {
+    /// Opens the segments under `root`, returning every intact record in the order written, and
+    /// starts a new active segment and the sync thread. Segments of at most `max_segment`
+    /// bytes are written.
+    pub(crate) fn open(
+        root: &Path,
+        sync: bool,
+        max_segment: u64,
+    ) -> Result<(Arc<Self>, Vec<Record>)> {
+        let dir = root.join(DIR);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let mut ids: Vec<u32> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                u32::from_str_radix(name.strip_suffix(".seg")?, 16).ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let mut state = State::default();
+        let mut records = Vec::new();
+        for &id in &ids {
+            let path = dir.join(segment_name(id));
+            let file = File::open(&path)
+                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            let len = read_records(&path, id, &mut records)?;
+            let file = Arc::new(file);
+            let segment = Segment {
+                file,
+                len,
+                live: 0,
+                queued: false,
+            };
+            state.segments.insert(id, segment);
+        }
+        let segments = Self {
+            dir,
+            sync,
+            max_segment,
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                wake: Condvar::new(),
+                synced: tokio::sync::watch::channel(Ok((0, 0))).0,
+            }),
+        };
+        {
+            let mut state = segments.shared.state.lock();
+            let next = ids.last().map_or(1, |id| id + 1);
+            segments.start_segment(&mut state, next)?;
+        }
+        if sync {
+            let shared = Arc::clone(&segments.shared);
+            std::thread::Builder::new()
+                .name("remexec-sync".into())
+                .spawn(move || sync_loop(&shared))
+                .map_err(|e| Error::io("starting the thread that syncs segments", e))?;
+        }
+        Ok((Arc::new(segments), records))
+    }
+
+    /// Opens segment `id` as the active one (its file and directory entry synced with `sync`).
+    fn start_segment(&self, state: &mut State, id: u32) -> Result<()> {
+        let path = self.dir.join(segment_name(id));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        if self.sync {
+            super::sync_dir(&self.dir)?;
+        }
+        let segment = Segment {
+            file: Arc::new(file),
+            len: 0,
+            live: 0,
+            queued: false,
+        };
+        state.segments.insert(id, segment);
+        state.active = id;
+        state.written = (id, 0);
+        Ok(())
+    }
+
+    /// Appends `content` as `key`'s record and returns where, once it is durable (at once
+    /// without `sync`). Runs on a blocking thread up to the wait for the sync.
+    pub(crate) async fn append(
+        self: &Arc<Self>,
+        key: Key,
+        content: Bytes,
+        written: u64,
+    ) -> Result<Slot> {
+        let this = Arc::clone(self);
+        let (slot, end) = remexec_core::fs::blocking(move || {
+            let mut state = this.shared.state.lock();
+            this.write_locked(&mut state, &key, &content, written)
+        })
+        .await?;
+        if self.sync {
+            self.shared.wake.notify_one();
+            let mut synced = self.shared.synced.subscribe();
+            let result = synced
+                .wait_for(|s| s.as_ref().map_or(true, |s| *s >= (slot.segment, end)))
+                .await
+                .map_err(|e| Error::internal("waiting for a segment sync", e))?;
+            if let Err(e) = &*result {
+                return Err(Error::io(
+                    "syncing a segment",
+                    std::io::Error::other(e.clone()),
+                ));
+            }
+        }
+        Ok(slot)
+    }
+
+    fn write_locked(
+        &self,
+        state: &mut State,
+        key: &Key,
+        content: &[u8],
+        written: u64,
+    ) -> Result<(Slot, u64)> {
+        let len = HEADER + content.len() as u64;
+        let active_len = state.segments.get(&state.active).map_or(0, |s| s.len);
+        if active_len > 0 && active_len + len > self.max_segment {
+            self.seal(state)?;
+        }
+        let id = state.active;
+        let segment = state
+            .segments
+            .get_mut(&id)
+            .ok_or_else(|| Error::internal("packed segments", "the active segment is missing"))?;
+        let offset = segment.len;
+        let mut record = Vec::with_capacity(len as usize);
+        record.extend_from_slice(&header(key, written, content));
+        record.extend_from_slice(content);
+        segment
+            .file
+            .write_all_at(&record, offset)
+            .map_err(|e| Error::io(format!("writing segment {}", segment_name(id)), e))?;
+        segment.len += len;
+        segment.live += len;
+        state.written = (id, offset + len);
+        Ok((
+            Slot {
+                segment: id,
+                offset,
+            },
+            offset + len,
+        ))
+    }
+
+    /// Syncs the active segment whole and starts the next one.
+    fn seal(&self, state: &mut State) -> Result<()> {
+        let id = state.active;
+        if self.sync
+            && let Some(segment) = state.segments.get(&id)
+        {
+            segment
+                .file
+                .sync_data()
+                .map_err(|e| Error::io(format!("syncing segment {}", segment_name(id)), e))?;
+            let end = (id, segment.len);
+            self.shared.synced.send_modify(|s| {
+                if let Ok(s) = s {
+                    *s = (*s).max(end);
+                }
+            });
+        }
+        self.start_segment(state, id + 1)
+    }
+
+    /// Reads `key`'s record at `slot`. Blocking.
+    pub(crate) fn read(&self, key: &Key, slot: Slot) -> Result<Read> {
+        let file = {
+            let state = self.shared.state.lock();
+            match state.segments.get(&slot.segment) {
+                Some(segment) => Arc::clone(&segment.file),
+                None => return Ok(Read::Gone),
+            }
+        };
+        let mut record = vec![0u8; record_len(key) as usize];
+        if let Err(e) = file.read_exact_at(&mut record, slot.offset) {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                return Ok(Read::Damaged);
+            }
+            let name = segment_name(slot.segment);
+            return Err(Error::io(format!("reading segment {name}"), e));
+        }
+        let (h, content) = record.split_at(HEADER as usize);
+        Ok(match parse_header(h) {
+            Some((found, _)) if found == *key && crc_matches(h, content) => {
+                Read::Content(Bytes::from(record).slice(HEADER as usize..))
+            }
+            _ => Read::Damaged,
+        })
+    }
+
+    /// Counts `key`'s record at `slot` as alive (for entries indexed at start).
+    pub(crate) fn alive(&self, key: &Key, slot: Slot) {
+        if let Some(segment) = self.shared.state.lock().segments.get_mut(&slot.segment) {
+            segment.live += record_len(key);
+        }
+    }
+
+    /// Counts `key`'s record at `slot` as dead. Returns the segment if it should now be
+    /// compacted (never the active one), once.
+    pub(crate) fn dead(&self, key: &Key, slot: Slot) -> Option<u32> {
+        let mut state = self.shared.state.lock();
+        let active = state.active;
+        let segment = state.segments.get_mut(&slot.segment)?;
+        segment.live = segment.live.saturating_sub(record_len(key));
+        Self::due(active, slot.segment, segment)
+    }
+
+    fn due(active: u32, id: u32, segment: &mut Segment) -> Option<u32> {
+        if id == active || segment.queued || segment.live * 2 >= segment.len {
+            return None;
+        }
+        segment.queued = true;
+        Some(id)
+    }
+
+    /// Every segment due for compaction now (after counting what is alive at start).
+    pub(crate) fn due_now(&self) -> Vec<u32> {
+        let mut state = self.shared.state.lock();
+        let active = state.active;
+        state
+            .segments
+            .iter_mut()
+            .filter_map(|(id, s)| Self::due(active, *id, s))
+            .collect()
+    }
+
+    /// Forgets segment `id` and deletes its file (readers that hold it finish their reads).
+    pub(crate) fn remove(&self, id: u32) {
+        if self.shared.state.lock().segments.remove(&id).is_some() {
+            let path = self.dir.join(segment_name(id));
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not delete a compacted segment");
+            }
+        }
+    }
+
+    /// `(files, bytes)` of the segments on disk.
+    pub(crate) fn footprint(&self) -> (usize, u64) {
+        let state = self.shared.state.lock();
+        (
+            state.segments.len(),
+            state.segments.values().map(|s| s.len).sum(),
+        )
+    }
+
+    /// The file uses of packed entries are appended to.
+    pub(crate) fn uses_path(root: &Path) -> PathBuf {
+        root.join(DIR).join(USES)
+    }
+}
+
+impl Drop for Segments {
+    fn drop(&mut self) {
+        self.shared.state.lock().closed = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+/// Syncs the active segment while writes arrive, publishing how far it is durable.
+fn sync_loop(shared: &Shared) {
+    let mut done = (0u32, 0u64);
+    loop {
+        let (file, end) = {
+            let mut state = shared.state.lock();
+            while state.written <= done && !state.closed {
+                shared.wake.wait(&mut state);
+            }
+            if state.closed {
+                return;
+            }
+            let Some(segment) = state.segments.get(&state.written.0) else {
+                done = state.written;
+                continue;
+            };
+            (Arc::clone(&segment.file), state.written)
+        };
+        if let Err(e) = file.sync_data() {
+            tracing::error!(error = %e, "syncing a segment failed; no packed write is acknowledged from now on");
+            let _ = shared.synced.send_replace(Err(e.to_string()));
+            return;
+        }
+        done = end;
+        shared.synced.send_modify(|s| {
+            if let Ok(s) = s {
+                *s = (*s).max(end);
+            }
+        });
+    }
+}
+
+/// Appends the intact records of segment `id` at `path` to `out`; returns its length. Reading
+/// stops at the first record that is not intact (a torn write at the end of the segment
+/// active at a crash).
+fn read_records(path: &Path, id: u32, out: &mut Vec<Record>) -> Result<u64> {
+    let data =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut offset = 0usize;
+    while offset + HEADER as usize <= data.len() {
+        let h = &data[offset..offset + HEADER as usize];
+        let Some((key, written)) = parse_header(h) else {
+            break;
+        };
+        let start = offset + HEADER as usize;
+        let end = usize::try_from(key.digest.size())
+            .ok()
+            .and_then(|n| start.checked_add(n))
+            .filter(|end| *end <= data.len());
+        let Some(end) = end.filter(|end| crc_matches(h, &data[start..*end])) else {
+            break;
+        };
+        out.push(Record {
+            key,
+            slot: Slot {
+                segment: id,
+                offset: offset as u64,
+            },
+            written,
+        });
+        offset = end;
+    }
+    if offset < data.len() {
+        tracing::warn!(path = %path.display(), at = offset, len = data.len(), "segment ends in a damaged or torn record; what follows is skipped");
+    }
+    Ok(data.len() as u64)
+}
+
+/// One use journal record: key, last use and last reference (0 if none), in seconds.
+const USE_RECORD: usize = 16 + 1 + 32 + 8 + 8 + 8;
+
+/// Appends a use of `key` at `now` (a reference too, with `referenced`) to `out`.
+pub(crate) fn write_use(
+    out: &mut impl std::io::Write,
+    key: &Key,
+    now: u64,
+    referenced: u64,
+) -> std::io::Result<()> {
+    let mut r = [0u8; USE_RECORD];
+    r[..16].copy_from_slice(&key.ns.to_le_bytes());
+    r[16] = key.digest.function().to_proto() as u8;
+    r[17..49].copy_from_slice(key.digest.hash());
+    r[49..57].copy_from_slice(&key.digest.size().to_le_bytes());
+    r[57..65].copy_from_slice(&now.to_le_bytes());
+    r[65..73].copy_from_slice(&referenced.to_le_bytes());
+    out.write_all(&r)
+}
+
+/// The latest use and reference of each key in the use journal under `root` (a torn last
+/// record is ignored).
+pub(crate) fn read_uses(root: &Path) -> std::collections::HashMap<Key, (u64, u64)> {
+    let mut uses = std::collections::HashMap::new();
+    let data = std::fs::read(Segments::uses_path(root)).unwrap_or_default();
+    for r in data.chunks_exact(USE_RECORD) {
+        let word = |at: usize| u64::from_le_bytes(r[at..at + 8].try_into().unwrap_or_default());
+        let Ok(function) = DigestFunction::from_proto(i32::from(r[16])) else {
+            continue;
+        };
+        let Ok(hash) = r[17..49].try_into() else {
+            continue;
+        };
+        let ns = u128::from_le_bytes(r[..16].try_into().unwrap_or_default());
+        let key = Key {
+            ns,
+            digest: Digest::new(function, hash, word(49)),
+        };
+        let entry: &mut (u64, u64) = uses.entry(key).or_default();
+        entry.0 = entry.0.max(word(57));
+        entry.1 = entry.1.max(word(65));
+    }
+    uses
+}
+
+/// Replaces the use journal under `root` with `uses`, atomically.
+pub(crate) fn rewrite_uses(root: &Path, uses: &[(Key, u64, u64)]) -> Result<()> {
+    let path = Segments::uses_path(root);
+    let mut out = Vec::with_capacity(uses.len() * USE_RECORD);
+    for (key, used, referenced) in uses {
+        write_use(&mut out, key, *used, *referenced)
+            .map_err(|e| Error::io("writing the use journal", e))?;
+    }
+    let temp = path.with_extension("new");
+    std::fs::write(&temp, out)
+        .and_then(|()| std::fs::rename(&temp, &path))
+        .map_err(|e| Error::io(format!("rewriting {}", path.display()), e))
+}
