@@ -363,7 +363,9 @@ impl Segments {
     }
 
     fn due(active: u32, id: u32, segment: &mut Segment) -> Option<u32> {
-        if id == active || segment.queued || segment.live * 2 >= segment.len {
+        // An empty segment left by an earlier start (none written to it) is due too.
+        let half_alive = segment.live > 0 && segment.live * 2 >= segment.len;
+        if id == active || segment.queued || half_alive {
             return None;
         }
         segment.queued = true;
