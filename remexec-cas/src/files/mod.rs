@@ -302,7 +302,7 @@ impl FileTable {
                 .max(pack_up_to + segments::HEADER);
             let (segments, records) = Segments::open(&root, sync, max_segment)?;
             journal = segments::read_uses(&root);
-            scan::packed(records, &journal, &mut found);
+            scan::packed(records, &journal, check, &mut found);
             Some(segments)
         } else {
             None
@@ -311,7 +311,7 @@ impl FileTable {
         if let Some(segments) = &segments {
             for (key, times) in index.iter() {
                 if let Some(slot) = times.place {
-                    segments.alive(key, slot);
+                    segments.alive(slot);
                 }
             }
             // The journal keeps only what it says of entries still packed.
@@ -423,7 +423,7 @@ impl FileTable {
     fn free(&self, key: &Key, place: Option<Slot>) {
         match (place, &self.segments) {
             (Some(slot), Some(segments)) => {
-                if let Some(id) = segments.dead(key, slot) {
+                if let Some(id) = segments.dead(slot) {
                     let _ = self.compactions.send(id);
                 }
             }

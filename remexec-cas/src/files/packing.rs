@@ -54,7 +54,8 @@ impl FileTable {
     /// Indexes `key`'s record at `slot`, durable now, evicting as needed.
     fn commit_packed(&self, key: Key, slot: Slot, now: u64) -> Result<()> {
         let mut index = self.index.lock();
-        if let Err(e) = self.check_room_locked(&mut index, &key, key.digest.size()) {
+        let len = u64::from(slot.len);
+        if let Err(e) = self.check_room_locked(&mut index, &key, len) {
             drop(index);
             self.free(&key, Some(slot));
             return Err(e);
@@ -67,7 +68,7 @@ impl FileTable {
             place: Some(slot),
         };
         self.publish(&key, true);
-        let removed = index.insert(key, key.digest.size(), times);
+        let removed = index.insert(key, len, times);
         drop(index);
         if referenced > 0 {
             self.record_uses(vec![(key, true, true)]);
@@ -130,7 +131,7 @@ impl FileTable {
             match index.peek_mut(&key) {
                 Some(times) if times.place == Some(slot) => {
                     times.place = Some(new);
-                    moved += key.digest.size();
+                    moved += u64::from(slot.len);
                 }
                 _ => {
                     drop(index);

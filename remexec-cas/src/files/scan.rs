@@ -45,19 +45,25 @@ pub(super) struct Found {
 }
 
 /// The packed entries of `records`, with their uses and references from the use journal
-/// `uses` (a record's use is its written time where the journal has none: a use comes after
+/// `uses`, those whose length `check` accepts (a record's use is its written time where the journal has none: a use comes after
 /// the write, and a compacted record is written with its entry's last use).
 pub(super) fn packed(
     records: Vec<Record>,
     uses: &std::collections::HashMap<Key, (u64, u64)>,
+    check: Check,
     out: &mut Vec<Found>,
 ) {
     let secs = |s: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
     for r in records {
+        let len = u64::from(r.slot.len);
+        if !check(&r.key, len) {
+            tracing::warn!(digest = %r.key.digest, len, "ignoring a packed entry of the wrong length");
+            continue;
+        }
         let (used, referenced) = uses.get(&r.key).copied().unwrap_or_default();
         out.push(Found {
             key: r.key,
-            len: r.key.digest.size(),
+            len,
             used: secs(if used > 0 { used } else { r.written }),
             referenced: secs(referenced),
             place: Some(r.slot),

@@ -2,7 +2,8 @@
 //! commit: one `fdatasync` for every write that arrived while the last one ran.
 //!
 //! - A segment, `{root}/packed/{id as 8 hex}.seg`, is a run of records: a [`HEADER`]-byte
-//!   header (magic, key, written time, CRC-32 of header and content) and the content.
+//!   header (magic, key, written time, content length, CRC-32 of header and content) and the
+//!   content. The content of a blob is as long as its digest says; an action result's is not.
 //! - Writes append to one active segment under a lock and wait for the sync thread, which
 //!   syncs the active segment as long as writes arrive. A write is acknowledged only once its
 //!   record is on disk, so a crash loses nothing acknowledged.
@@ -29,7 +30,9 @@ use remexec_core::{Digest, DigestFunction, Error, Result};
 use crate::key::Key;
 
 /// Bytes before each record's content.
-pub(crate) const HEADER: u64 = 4 + 16 + 1 + 32 + 8 + 8 + 4;
+pub(crate) const HEADER: u64 = 4 + 16 + 1 + 32 + 8 + 8 + 8 + 4;
+/// Where the CRC starts in a header: it covers what comes before, and the content.
+const CRC_AT: usize = 77;
 const MAGIC: &[u8; 4] = b"RXP1";
 /// The largest segment written, before the next one is started.
 pub(crate) const MAX_SEGMENT: u64 = 64 << 20;
@@ -41,12 +44,16 @@ const USES: &str = "uses";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Slot {
     pub(crate) segment: u32,
+    /// Its content's length.
+    pub(crate) len: u32,
     pub(crate) offset: u64,
 }
 
-/// A record's bytes on disk: header and content.
-pub(crate) fn record_len(key: &Key) -> u64 {
-    HEADER + key.digest.size()
+impl Slot {
+    /// The record's bytes on disk: header and content.
+    pub(crate) fn record_len(self) -> u64 {
+        HEADER + u64::from(self.len)
+    }
 }
 
 #[derive(Debug)]
@@ -118,15 +125,17 @@ fn header(key: &Key, written: u64, content: &[u8]) -> [u8; HEADER as usize] {
     h[21..53].copy_from_slice(key.digest.hash());
     h[53..61].copy_from_slice(&key.digest.size().to_le_bytes());
     h[61..69].copy_from_slice(&written.to_le_bytes());
+    h[69..77].copy_from_slice(&(content.len() as u64).to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&h[..69]);
+    crc.update(&h[..CRC_AT]);
     crc.update(content);
-    h[69..73].copy_from_slice(&crc.finalize().to_le_bytes());
+    h[CRC_AT..].copy_from_slice(&crc.finalize().to_le_bytes());
     h
 }
 
-/// The key and written time of a header, if it is one (its CRC is checked with the content).
-fn parse_header(h: &[u8]) -> Option<(Key, u64)> {
+/// The key, written time and content length of a header, if it is one (its CRC is checked
+/// with the content).
+fn parse_header(h: &[u8]) -> Option<(Key, u64, u64)> {
     if h.len() < HEADER as usize || &h[..4] != MAGIC {
         return None;
     }
@@ -135,14 +144,14 @@ fn parse_header(h: &[u8]) -> Option<(Key, u64)> {
     let function = DigestFunction::from_proto(i32::from(h[20])).ok()?;
     let hash: [u8; 32] = h[21..53].try_into().ok()?;
     let digest = Digest::new(function, hash, word(53..61));
-    Some((Key { ns, digest }, word(61..69)))
+    Some((Key { ns, digest }, word(61..69), word(69..77)))
 }
 
 fn crc_matches(h: &[u8], content: &[u8]) -> bool {
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&h[..69]);
+    crc.update(&h[..CRC_AT]);
     crc.update(content);
-    h[69..73] == crc.finalize().to_le_bytes()
+    h[CRC_AT..HEADER as usize] == crc.finalize().to_le_bytes()
 }
 
 impl Segments {
@@ -269,6 +278,12 @@ impl Segments {
         content: &[u8],
         written: u64,
     ) -> Result<(Slot, u64)> {
+        if u32::try_from(content.len()).is_err() {
+            return Err(Error::internal(
+                "packed segments",
+                "an entry over 4 GiB cannot be packed",
+            ));
+        }
         let len = HEADER + content.len() as u64;
         let active_len = state.segments.get(&state.active).map_or(0, |s| s.len);
         if active_len > 0 && active_len + len > self.max_segment {
@@ -293,6 +308,7 @@ impl Segments {
         Ok((
             Slot {
                 segment: id,
+                len: content.len() as u32,
                 offset,
             },
             offset + len,
@@ -328,7 +344,7 @@ impl Segments {
                 None => return Ok(Read::Gone),
             }
         };
-        let mut record = vec![0u8; record_len(key) as usize];
+        let mut record = vec![0u8; slot.record_len() as usize];
         if let Err(e) = file.read_exact_at(&mut record, slot.offset) {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 return Ok(Read::Damaged);
@@ -338,7 +354,9 @@ impl Segments {
         }
         let (h, content) = record.split_at(HEADER as usize);
         Ok(match parse_header(h) {
-            Some((found, _)) if found == *key && crc_matches(h, content) => {
+            Some((found, _, len))
+                if found == *key && len == u64::from(slot.len) && crc_matches(h, content) =>
+            {
                 Read::Content(Bytes::from(record).slice(HEADER as usize..))
             }
             _ => Read::Damaged,
@@ -346,19 +364,19 @@ impl Segments {
     }
 
     /// Counts `key`'s record at `slot` as alive (for entries indexed at start).
-    pub(crate) fn alive(&self, key: &Key, slot: Slot) {
+    pub(crate) fn alive(&self, slot: Slot) {
         if let Some(segment) = self.shared.state.lock().segments.get_mut(&slot.segment) {
-            segment.live += record_len(key);
+            segment.live += slot.record_len();
         }
     }
 
     /// Counts `key`'s record at `slot` as dead. Returns the segment if it should now be
     /// compacted (never the active one), once.
-    pub(crate) fn dead(&self, key: &Key, slot: Slot) -> Option<u32> {
+    pub(crate) fn dead(&self, slot: Slot) -> Option<u32> {
         let mut state = self.shared.state.lock();
         let active = state.active;
         let segment = state.segments.get_mut(&slot.segment)?;
-        segment.live = segment.live.saturating_sub(record_len(key));
+        segment.live = segment.live.saturating_sub(slot.record_len());
         Self::due(active, slot.segment, segment)
     }
 
@@ -456,12 +474,13 @@ fn read_records(path: &Path, id: u32, out: &mut Vec<Record>) -> Result<u64> {
     let mut offset = 0usize;
     while offset + HEADER as usize <= data.len() {
         let h = &data[offset..offset + HEADER as usize];
-        let Some((key, written)) = parse_header(h) else {
+        let Some((key, written, len)) = parse_header(h) else {
             break;
         };
         let start = offset + HEADER as usize;
-        let end = usize::try_from(key.digest.size())
+        let end = usize::try_from(len)
             .ok()
+            .filter(|len| u32::try_from(*len).is_ok())
             .and_then(|n| start.checked_add(n))
             .filter(|end| *end <= data.len());
         let Some(end) = end.filter(|end| crc_matches(h, &data[start..*end])) else {
@@ -471,6 +490,7 @@ fn read_records(path: &Path, id: u32, out: &mut Vec<Record>) -> Result<u64> {
             key,
             slot: Slot {
                 segment: id,
+                len: len as u32,
                 offset: offset as u64,
             },
             written,
