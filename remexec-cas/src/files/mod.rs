@@ -309,7 +309,7 @@ impl FileTable {
         };
         let index = rebuild(&root, &mut found, budget, keep_secs);
         if let Some(segments) = &segments {
-            for (key, times) in index.iter() {
+            for (_, times) in index.iter() {
                 if let Some(slot) = times.place {
                     segments.alive(slot);
                 }
