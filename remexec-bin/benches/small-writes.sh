@@ -9,6 +9,7 @@
 #   - dd bs=64k oflag=dsync: the disk's fsynced bandwidth for 64 KiB writes (MB/s; a 1 MiB
 #     `conv=fdatasync` swings from 0.7 to 2.5 GB/s here as the host absorbs it);
 #   - 4 KiB ByteStream writes from 8 clients, to each server (writes/s), and their ratio to dd's;
+#     packed from 32 clients too (group commit takes in as many writers as wait);
 #   - 64 KiB writes from 8 clients (MB/s), their ratio to dd's bandwidth and packed / files;
 #   - FindMissingBlobs (1,000 digests) and 4 KiB reads, packed against files.
 # Prints a Markdown table, one row per round, and the median ratios.
@@ -46,8 +47,8 @@ line=sys.stdin.read().strip().splitlines()[-1]
 n=int(line.split()[0]); s=float(re.search(r", ([0-9.e-]+) s,", line).group(1)); print(n/s)'
 }
 
-echo "| round | dd 4k dsync writes/s | packed 4 KiB writes/s | files 4 KiB writes/s | packed / dd | files / dd | dd 64k dsync MB/s | packed 64 KiB MB/s | packed 64 KiB / dd | 64 KiB packed / files | find-missing packed / files | 4 KiB reads packed / files |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| round | dd 4k dsync writes/s | packed 4 KiB writes/s | files 4 KiB writes/s | packed / dd | files / dd | packed at 32 clients / dd | dd 64k dsync MB/s | packed 64 KiB MB/s | packed 64 KiB / dd | 64 KiB packed / files | find-missing packed / files | 4 KiB reads packed / files |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 R4=(); R64=(); RFM=(); RRD=()
 for round in $(seq "$ROUNDS"); do
   dd4="$(dd if=/dev/zero of="$TMP/dd4" bs=4k count=2000 oflag=dsync 2>&1 | dd_rate)"
@@ -55,6 +56,8 @@ for round in $(seq "$ROUNDS"); do
   # The same blobs go to both servers, so that their indexes stay the same size.
   p4="$(bench cas-write "$PACKED" ops_per_s --size 4KiB --concurrency 8 --count 8000)"
   f4="$(bench cas-write "$FILES" ops_per_s --size 4KiB --concurrency 8 --count 8000)"
+  p32="$(bench cas-write "$PACKED" ops_per_s --size 4KiB --concurrency 32 --count 16000)"
+  bench cas-write "$FILES" ops_per_s --size 4KiB --concurrency 32 --count 16000 >/dev/null
   ddm="$(dd if=/dev/zero of="$TMP/ddm" bs=64k count=2000 oflag=dsync 2>&1 | dd_rate)"
   p64="$(bench cas-write "$PACKED" throughput_bytes_per_s --size 64KiB --concurrency 8 --count 4000)"
   f64="$(bench cas-write "$FILES" throughput_bytes_per_s --size 64KiB --concurrency 8 --count 4000)"
@@ -67,8 +70,8 @@ for round in $(seq "$ROUNDS"); do
   r64="$(python3 -c "print(f'{$p64/$ddm:.2f}')")"; R64+=("$r64")
   rfm="$(python3 -c "print(f'{$pfm/$ffm:.2f}')")"; RFM+=("$rfm")
   rrd="$(python3 -c "print(f'{$prd/$frd:.2f}')")"; RRD+=("$rrd")
-  printf '| %s | %.0f | %.0f | %.0f | %s | %.2f | %.0f | %.0f | %s | %.2f | %s | %s |\n' "$round" "$dd4" "$p4" "$f4" "$r4" \
-    "$(python3 -c "print($f4/$dd4)")" "$(python3 -c "print($ddm/1e6)")" "$(python3 -c "print($p64/1e6)")" "$r64" \
+  printf '| %s | %.0f | %.0f | %.0f | %s | %.2f | %.2f | %.0f | %.0f | %s | %.2f | %s | %s |\n' "$round" "$dd4" "$p4" "$f4" "$r4" \
+    "$(python3 -c "print($f4/$dd4)")" "$(python3 -c "print($p32/$dd4)")" "$(python3 -c "print($ddm/1e6)")" "$(python3 -c "print($p64/1e6)")" "$r64" \
     "$(python3 -c "print($p64/$f64)")" "$rfm" "$rrd"
 done
 median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }

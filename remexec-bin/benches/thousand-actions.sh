@@ -5,6 +5,10 @@
 #   disk fill   the same with `--disk_cache`, filling it; disk hits: again, every action a hit;
 #   serve       remote execution on `remexec serve`; serve hits: again, every action a hit;
 #   cluster     remote execution on 2 schedulers (--peer, --replicas 2) and 3 workers.
+# Every build runs with Bazel's default --jobs (one per core, as the local build needs); the
+# remote builds also run as a remote user would, with more jobs than cores: hits at --jobs=8
+# (against --disk_cache hits at --jobs=8) and a cold build at --jobs=4
+# (--noremote_accept_cached on the same server).
 #
 #   remexec-bin/benches/thousand-actions.sh [REMEXEC_BINARY [LEVELS WIDTH]]   (default: target/release/remexec, 10 18)
 #
@@ -46,6 +50,7 @@ run_bazel warmup build --nobuild //... >&2
 LOCAL="$(timed local --spawn_strategy=sandboxed)"
 DISK_FILL="$(timed disk-fill --spawn_strategy=sandboxed "--disk_cache=$TMP/disk-cache")"
 DISK_HITS="$(timed disk-hits --spawn_strategy=sandboxed "--disk_cache=$TMP/disk-cache")"
+DISK_HITS8="$(timed disk-hits-j8 --spawn_strategy=sandboxed "--disk_cache=$TMP/disk-cache" --jobs=8)"
 log "local: $(processes_line "$LOGS/local.log"); disk hits: $(processes_line "$LOGS/disk-hits.log")"
 
 sp="$(port)"
@@ -56,6 +61,9 @@ SERVE="$(timed serve "${FLAGS[@]}")"
 assert_all_kind serve remote "executed remotely" >/dev/null
 SERVE_HITS="$(timed serve-hits "${FLAGS[@]}")"
 log "serve hits: $(assert_all_remote_hits serve-hits)"
+SERVE_HITS8="$(timed serve-hits-j8 "${FLAGS[@]}" --jobs=8)"
+SERVE4="$(timed serve-j4 "${FLAGS[@]}" --noremote_accept_cached --jobs=4)"
+assert_all_kind serve-j4 remote "executed remotely" >/dev/null
 stop
 
 # 2 schedulers sharing the Action Cache, 3 workers holding the CAS with 2 copies of each blob.
@@ -89,6 +97,10 @@ echo "| local, filling --disk_cache | $DISK_FILL |"
 echo "| local, --disk_cache hits | $DISK_HITS |"
 echo "| remote on serve, cold | $SERVE |"
 echo "| remote on serve, hits | $SERVE_HITS |"
+echo "| local, --disk_cache hits, --jobs=8 | $DISK_HITS8 |"
+echo "| remote on serve, hits, --jobs=8 | $SERVE_HITS8 |"
+echo "| remote on serve, cold, --jobs=4 | $SERVE4 |"
 echo "| remote on a cluster (2 schedulers, 3 workers), cold | $CLUSTER |"
 echo
-echo "serve cold / local $(ratio "$SERVE" "$LOCAL") (target <= 1.0); serve hits / disk hits $(ratio "$SERVE_HITS" "$DISK_HITS") (target <= 1.05); cluster / serve $(ratio "$CLUSTER" "$SERVE") (target <= 1.1)"
+echo "default --jobs: serve cold / local $(ratio "$SERVE" "$LOCAL") (target <= 1.0); serve hits / disk hits $(ratio "$SERVE_HITS" "$DISK_HITS") (target <= 1.05); cluster / serve $(ratio "$CLUSTER" "$SERVE") (target <= 1.1)"
+echo "remote --jobs: serve cold at 4 / local $(ratio "$SERVE4" "$LOCAL"); serve hits at 8 / disk hits at 8 $(ratio "$SERVE_HITS8" "$DISK_HITS8")"
