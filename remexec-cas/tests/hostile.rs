@@ -32,7 +32,9 @@ async fn stalled_uploads_stall_nothing_else() {
         server.store.put_bytes("", *d, b.clone()).await.unwrap();
     }
     // 520 uploads over 8 connections (HTTP/2 limits streams per connection), each sending one
-    // byte of a larger blob and then nothing, with the stream held open.
+    // byte of a larger blob and then nothing, with the stream held open. The blobs are larger
+    // than the disk store packs (64 KiB), so that each upload shows as a file in `cas/tmp`.
+    // (A packed upload is gathered in memory by its task, up to 64 KiB, and holds no thread.)
     let mut channels = Vec::new();
     for _ in 0..8 {
         channels.push(
@@ -45,7 +47,7 @@ async fn stalled_uploads_stall_nothing_else() {
     }
     let mut held = Vec::new();
     for i in 0..STALLED {
-        let blob = content(1000 + i as u64, 4096);
+        let blob = content(1000 + i as u64, 128 * 1024);
         let d = SHA256.digest_of(&blob);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tx.send(WriteRequest {

@@ -1,6 +1,8 @@
-//! [`DiskActionCache`]: action results on disk, written atomically and kept across restarts;
-//! results of up to 64 KiB (nearly all) packed into segments with group commit, like small
-//! blobs in the disk store.
+//! [`DiskActionCache`]: action results as files, written atomically and kept across restarts.
+//!
+//! Results are not packed into segments as small blobs are: a result replaced by a newer one
+//! must stay replaced across a restart, and packed records are ordered by their last use, not
+//! by when they were written (for blobs, two records of a key hold the same bytes).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,16 +29,6 @@ fn any_length(_: &Key, len: u64) -> bool {
 impl DiskActionCache {
     /// Opens the cache rooted at `root`, keeping at most `budget` bytes.
     pub async fn open(root: impl AsRef<Path>, budget: u64, sync: bool) -> Result<Self> {
-        Self::open_packing(root, budget, sync, crate::store::disk::PACK_UP_TO).await
-    }
-
-    /// [`open`](Self::open), packing results of up to `pack_up_to` bytes (0: none).
-    pub(crate) async fn open_packing(
-        root: impl AsRef<Path>,
-        budget: u64,
-        sync: bool,
-        pack_up_to: u64,
-    ) -> Result<Self> {
         Ok(Self {
             files: FileTable::open(
                 root.as_ref(),
@@ -44,7 +36,7 @@ impl DiskActionCache {
                     budget,
                     sync,
                     keep_secs: 0,
-                    pack_up_to,
+                    pack_up_to: 0,
                 },
                 any_length,
             )
@@ -138,7 +130,7 @@ mod tests {
     #[tokio::test]
     async fn damaged_entries_are_misses_and_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskActionCache::open_packing(dir.path(), 1 << 20, true, 0)
+        let cache = DiskActionCache::open(dir.path(), 1 << 20, true)
             .await
             .unwrap();
         let action = DigestFunction::Sha256.digest_of(b"a");
@@ -170,48 +162,5 @@ mod tests {
                 .await
                 .unwrap();
         }
-    }
-
-    /// Packed results: a damaged record is a miss and dropped, and can be stored again; a
-    /// result replaced stays the latest across a restart.
-    #[tokio::test]
-    async fn packed_results_survive_restarts_and_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let result = |code| ActionResult {
-            exit_code: code,
-            ..Default::default()
-        };
-        let (a, b) = (
-            DigestFunction::Sha256.digest_of(b"a"),
-            DigestFunction::Sha256.digest_of(b"b"),
-        );
-        {
-            let cache = DiskActionCache::open(dir.path(), 1 << 20, true)
-                .await
-                .unwrap();
-            cache.put("i", a, result(1)).await.unwrap();
-            cache.put("i", a, result(2)).await.unwrap();
-            cache.put("i", b, result(3)).await.unwrap();
-        }
-        let cache = DiskActionCache::open(dir.path(), 1 << 20, true)
-            .await
-            .unwrap();
-        assert_eq!(cache.get("i", a).await.unwrap(), Some(result(2)));
-        assert_eq!(cache.get("i", b).await.unwrap(), Some(result(3)));
-        let segments: Vec<_> = std::fs::read_dir(dir.path().join("packed"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-            .collect();
-        // The last byte of the first segment: b's result.
-        let seg = segments.iter().min().unwrap();
-        let file = std::fs::OpenOptions::new().write(true).open(seg).unwrap();
-        let len = file.metadata().unwrap().len();
-        std::os::unix::fs::FileExt::write_all_at(&file, b"\xff", len - 1).unwrap();
-        assert_eq!(cache.get("i", b).await.unwrap(), None);
-        assert_eq!(cache.get("i", a).await.unwrap(), Some(result(2)));
-        cache.put("i", b, result(4)).await.unwrap();
-        assert_eq!(cache.get("i", b).await.unwrap(), Some(result(4)));
     }
 }

@@ -70,8 +70,10 @@ pub(crate) struct FileTable {
     sync: bool,
     keep_secs: u64,
     /// The budget as opened; the index's is this less what [`reserve`](Self::reserve) set
-    /// aside.
+    /// aside and the segments' overhead ([`Segments::overhead`]).
     total: u64,
+    /// What [`reserve`](Self::reserve) set aside.
+    beside: std::sync::atomic::AtomicU64,
     index: Mutex<ByteLru<Key, Times>>,
     /// Writes refused because kept entries fill the budget.
     refused: std::sync::atomic::AtomicU64,
@@ -85,8 +87,6 @@ pub(crate) struct FileTable {
     /// The packed entries' segments, if entries are packed.
     segments: Option<Arc<Segments>>,
     pack_up_to: u64,
-    /// Segments due for compaction, for the task that compacts them.
-    compactions: tokio::sync::mpsc::UnboundedSender<u32>,
 }
 
 /// A use to record: in a file's times, or in the use journal for a packed entry.
@@ -114,12 +114,10 @@ fn use_recorder(journal: Option<PathBuf>) -> Result<std::sync::mpsc::SyncSender<
 }
 
 fn record_loop(queue: &std::sync::mpsc::Receiver<Use>, journal: Option<PathBuf>) {
-    use std::io::Write;
     let mut out = journal.and_then(|path| {
-        let file = std::fs::OpenOptions::new().append(true).create(true).open(&path);
-        file.inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot open the use journal; uses of packed entries are not recorded"))
+        segments::UseJournal::open(path.clone())
+            .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot open the use journal; uses of packed entries are not recorded"))
             .ok()
-            .map(std::io::BufWriter::new)
     });
     let mut next: std::result::Result<Use, std::sync::mpsc::RecvError> = queue.recv();
     while let Ok(usage) = next {
@@ -136,16 +134,15 @@ fn record_loop(queue: &std::sync::mpsc::Receiver<Use>, journal: Option<PathBuf>)
                 }
             }
             Use::Packed(key, referenced) => {
-                let now = unix_secs(now);
                 if let Some(out) = &mut out {
-                    let _ = segments::write_use(out, &key, now, if referenced { now } else { 0 });
+                    out.record(&key, unix_secs(now), referenced);
                 }
             }
         }
         // Written out whenever the queue is empty: a use lost to a crash costs only precision.
         next = queue.try_recv().or_else(|_| {
             if let Some(out) = &mut out {
-                let _ = out.flush();
+                out.flush();
             }
             queue.recv()
         });
@@ -296,11 +293,12 @@ impl FileTable {
         scan(&root, check, &mut found)?;
         // Packed entries are read back even when no more are packed.
         let mut journal = std::collections::HashMap::new();
+        let (compactions, queue) = tokio::sync::mpsc::unbounded_channel();
         let segments = if pack_up_to > 0 || root.join(segments::DIR).exists() {
-            let max_segment = (budget / 16)
-                .min(segments::MAX_SEGMENT)
-                .max(pack_up_to + segments::HEADER);
-            let (segments, records) = Segments::open(&root, sync, max_segment)?;
+            // A sixteenth of the budget, so that dead records waiting for compaction are a
+            // small part of it (a record larger than that has a segment of its own).
+            let max_segment = (budget / 16).min(segments::MAX_SEGMENT);
+            let (segments, records) = Segments::open(&root, sync, max_segment, compactions)?;
             journal = segments::read_uses(&root);
             scan::packed(records, &journal, check, &mut found);
             Some(segments)
@@ -324,13 +322,13 @@ impl FileTable {
         }
         let names = Mutex::new(read_names(&root));
         let uses = use_recorder(segments.as_ref().map(|_| Segments::uses_path(&root)))?;
-        let (compactions, queue) = tokio::sync::mpsc::unbounded_channel();
         let table = Self {
             root,
             tmp,
             sync,
             keep_secs,
             total: budget,
+            beside: Default::default(),
             index: Mutex::new(ByteLru::new(budget)),
             refused: Default::default(),
             names,
@@ -338,16 +336,14 @@ impl FileTable {
             changes: tokio::sync::broadcast::channel(CHANGE_QUEUE).0,
             segments,
             pack_up_to,
-            compactions,
         };
         let mut index = index;
         for (key, times) in index.evict_to_budget() {
             table.forget(&key, &times);
         }
+        table.fit_budget(&mut index);
         if let Some(segments) = &table.segments {
-            for id in segments.due_now() {
-                let _ = table.compactions.send(id);
-            }
+            segments.queue_due();
         }
         let (segments, segment_bytes) = table.segments.as_ref().map_or((0, 0), |s| s.footprint());
         tracing::info!(root = %table.root.display(), entries = index.len(), bytes = index.bytes(), kept_bytes = index.kept_bytes(), segments, segment_bytes, "disk index rebuilt");
@@ -422,11 +418,7 @@ impl FileTable {
     /// Deletes the file of `key` (at `place` None), or counts its record at `place` dead.
     fn free(&self, key: &Key, place: Option<Slot>) {
         match (place, &self.segments) {
-            (Some(slot), Some(segments)) => {
-                if let Some(id) = segments.dead(slot) {
-                    let _ = self.compactions.send(id);
-                }
-            }
+            (Some(slot), Some(segments)) => segments.dead(slot),
             (Some(_), None) => {}
             (None, _) => {
                 let path = self.path(key);
@@ -456,9 +448,22 @@ impl FileTable {
     /// Sets `bytes` of the budget aside for files kept beside the table, evicting (never kept
     /// entries) to fit what is left.
     pub(crate) fn reserve(&self, bytes: u64) {
+        self.beside
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
         let mut index = self.index.lock();
-        for (key, times) in index.set_budget(self.total.saturating_sub(bytes)) {
-            self.forget(&key, &times);
+        self.fit_budget(&mut index);
+    }
+
+    /// Sets the index's budget to the table's, less what is set aside beside it and the
+    /// segments' overhead, evicting (never kept entries) to fit.
+    fn fit_budget(&self, index: &mut ByteLru<Key, Times>) {
+        let overhead = self.segments.as_ref().map_or(0, |s| s.overhead());
+        let beside = self.beside.load(std::sync::atomic::Ordering::Relaxed);
+        let budget = self.total.saturating_sub(beside.saturating_add(overhead));
+        if budget != index.budget() {
+            for (key, times) in index.set_budget(budget) {
+                self.forget(&key, &times);
+            }
         }
     }
 
@@ -705,35 +710,47 @@ impl FileTable {
         }
     }
 
-    /// Forgets and deletes a damaged entry.
+    /// Forgets and deletes a damaged entry in a file of its own (if it was packed since, the
+    /// record is left alone).
     pub(crate) fn discard(&self, key: &Key) {
         let mut index = self.index.lock();
-        let place = index.remove(key).and_then(|t| t.place);
+        if index.peek(key).is_some_and(|t| t.place.is_some()) {
+            return;
+        }
+        index.remove(key);
         self.publish(key, false);
-        self.free(key, place);
+        self.free(key, None);
     }
 
     /// Opens `key`'s entry, if present (a file with length accepted by `check`).
     pub(crate) async fn open_read(&self, key: &Key, check: Check) -> Result<Option<Opened>> {
-        // A record compacted between the lookup and the read is looked up again.
+        // An entry moved between the lookup and the read (its record compacted, its file
+        // replaced by a record) is looked up again.
+        let mut last = None;
         for _ in 0..3 {
-            let place = match self.touch_place(key) {
+            let found = match self.touch_place(key) {
                 None => return Ok(None),
-                Some(None) => {
-                    let opened = self.open_file(key, check).await?;
-                    return Ok(opened.map(|(file, len)| Opened::File(file, len)));
+                Some(None) => self.open_file(key, check).await?,
+                // Its segment gone twice at the same place: not moved, lost.
+                Some(Some(slot)) if last == Some(slot) => {
+                    self.drop_damaged(key, slot);
+                    return Ok(None);
                 }
-                Some(Some(slot)) => slot,
+                Some(Some(slot)) => {
+                    last = Some(slot);
+                    self.read_packed(key, slot).await?
+                }
             };
-            if let Some(found) = self.read_packed(key, place).await? {
+            if let Some(found) = found {
                 return Ok(found);
             }
         }
         Ok(None)
     }
 
-    /// Opens the file for `key`, if present with length accepted by `check`.
-    async fn open_file(&self, key: &Key, check: Check) -> Result<Option<(tokio::fs::File, u64)>> {
+    /// Opens the file for `key`, if present with length accepted by `check`; `None` if the
+    /// entry was packed meanwhile (look it up again).
+    async fn open_file(&self, key: &Key, check: Check) -> Result<Option<Option<Opened>>> {
         let path = self.path(key);
         let opened = blocking({
             let path = path.clone();
@@ -743,9 +760,15 @@ impl FileTable {
         let file = match opened {
             Ok(f) => tokio::fs::File::from_std(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.index.lock().remove(key);
-                self.publish(key, false);
-                return Ok(None);
+                // Gone for good only if the entry is still a file (not packed since).
+                let mut index = self.index.lock();
+                if index.peek(key).is_some_and(|t| t.place.is_some()) {
+                    return Ok(None);
+                }
+                if index.remove(key).is_some() {
+                    self.publish(key, false);
+                }
+                return Ok(Some(None));
             }
             Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
         };
@@ -757,9 +780,9 @@ impl FileTable {
         if !check(key, len) {
             tracing::error!(path = %path.display(), len, "stored file has the wrong length; dropping it");
             self.discard(key);
-            return Ok(None);
+            return Ok(Some(None));
         }
-        Ok(Some((file, len)))
+        Ok(Some(Some(Opened::File(file, len))))
     }
 }
 

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use remexec_core::fs::blocking;
 use remexec_core::{ChunkStream, Result};
 
-use super::segments::{Read, Segments, Slot};
+use super::segments::{Appended, Read, Segments, Slot};
 use super::{FileTable, Opened, Times, size_mismatch, unix_secs};
 use crate::key::Key;
 
@@ -47,17 +47,21 @@ impl FileTable {
             return Err(size_mismatch(digest, content.len() as u64, true));
         }
         let now = unix_secs(SystemTime::now());
-        let slot = segments.append(key, content, now).await?;
-        self.commit_packed(key, slot, now)
+        let appended = segments.append(key, content, now).await?;
+        self.commit_packed(key, appended, now)
     }
 
-    /// Indexes `key`'s record at `slot`, durable now, evicting as needed.
-    fn commit_packed(&self, key: Key, slot: Slot, now: u64) -> Result<()> {
+    /// Indexes `key`'s record, durable now, evicting as needed.
+    fn commit_packed(&self, key: Key, appended: Appended, now: u64) -> Result<()> {
+        let slot = appended.slot();
         let mut index = self.index.lock();
+        // Records that died since (evicted, replaced) count against the budget.
+        self.fit_budget(&mut index);
         let len = u64::from(slot.len);
         if let Err(e) = self.check_room_locked(&mut index, &key, len) {
             drop(index);
-            self.free(&key, Some(slot));
+            // Given up: the record is dead.
+            drop(appended);
             return Err(e);
         }
         // A record replacing an entry already referenced takes over its reference.
@@ -69,12 +73,27 @@ impl FileTable {
         };
         self.publish(&key, true);
         let removed = index.insert(key, len, times);
+        // Under the lock, as `commit` does: a file deleted here must be the one replaced or
+        // evicted, not one a concurrent write renamed into place after.
+        self.replaced(&key, Some(slot), removed);
         drop(index);
+        appended.settle();
         if referenced > 0 {
             self.record_uses(vec![(key, true, true)]);
         }
-        self.replaced(&key, Some(slot), removed);
         Ok(())
+    }
+
+    /// Forgets `key` if its record is still the damaged or lost one at `slot`.
+    pub(super) fn drop_damaged(&self, key: &Key, slot: Slot) {
+        tracing::error!(digest = %key.digest, segment = slot.segment, offset = slot.offset, "packed entry is damaged or lost; dropping it");
+        let mut index = self.index.lock();
+        if index.peek(key).is_some_and(|t| t.place == Some(slot)) {
+            index.remove(key);
+            drop(index);
+            self.publish(key, false);
+            self.free(key, Some(slot));
+        }
     }
 
     /// Reads `key`'s record at `slot`: `None` if it was compacted meanwhile (look it up again),
@@ -92,22 +111,21 @@ impl FileTable {
             Read::Content(content) => Ok(Some(Some(Opened::Packed(content)))),
             Read::Gone => Ok(None),
             Read::Damaged => {
-                tracing::error!(digest = %key.digest, segment = slot.segment, offset = slot.offset, "packed entry is damaged; dropping it");
-                let mut index = self.index.lock();
-                if index.peek(key).is_some_and(|t| t.place == Some(slot)) {
-                    index.remove(key);
-                    drop(index);
-                    self.publish(key, false);
-                    self.free(key, Some(slot));
-                }
+                self.drop_damaged(key, slot);
                 Ok(Some(None))
             }
         }
     }
 
     /// Copies the live records of segment `id` to the active segment, each keeping its last
-    /// use, then deletes the segment.
-    async fn compact(&self, segments: &Arc<Segments>, id: u32) -> Result<()> {
+    /// use, then deletes the segment. Returns `false`, having done nothing, while records
+    /// appended to it wait to be indexed: the list of live records would miss them.
+    async fn compact(&self, segments: &Arc<Segments>, id: u32) -> Result<bool> {
+        // No record can be appended to it any more (it is not the active segment), so none
+        // pending now means none missed below.
+        if segments.pending(id) {
+            return Ok(false);
+        }
         let live: Vec<(Key, Slot, u64)> = {
             let index = self.index.lock();
             index
@@ -120,28 +138,29 @@ impl FileTable {
             let s = Arc::clone(segments);
             let content = match blocking(move || s.read(&key, slot)).await? {
                 Read::Content(content) => content,
-                Read::Gone => return Ok(()),
+                Read::Gone => return Ok(true),
                 Read::Damaged => {
-                    // Dropped on its next read.
+                    self.drop_damaged(&key, slot);
                     continue;
                 }
             };
-            let new = segments.append(key, content, used).await?;
+            let appended = segments.append(key, content, used).await?;
+            let new = appended.slot();
             let mut index = self.index.lock();
             match index.peek_mut(&key) {
                 Some(times) if times.place == Some(slot) => {
                     times.place = Some(new);
                     moved += u64::from(slot.len);
+                    appended.settle();
                 }
-                _ => {
-                    drop(index);
-                    self.free(&key, Some(new));
-                }
+                // Replaced or evicted meanwhile: the copy is dead.
+                _ => drop(appended),
             }
         }
         segments.remove(id);
+        self.fit_budget(&mut self.index.lock());
         tracing::debug!(segment = id, moved_bytes = moved, "segment compacted");
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -151,14 +170,25 @@ pub(super) async fn compact_loop(
     mut queue: tokio::sync::mpsc::UnboundedReceiver<u32>,
 ) {
     while let Some(id) = queue.recv().await {
-        let Some(table) = table.upgrade() else {
-            return;
-        };
-        let Some(segments) = table.segments.clone() else {
-            return;
-        };
-        if let Err(e) = table.compact(&segments, id).await {
-            tracing::warn!(segment = id, error = %e, "could not compact a segment; it stays as it is");
+        loop {
+            let Some(table) = table.upgrade() else {
+                return;
+            };
+            let Some(segments) = table.segments.clone() else {
+                return;
+            };
+            match table.compact(&segments, id).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(segment = id, error = %e, "could not compact a segment; it stays as it is");
+                    segments.unqueue(id);
+                    break;
+                }
+            }
+            drop((table, segments));
+            // Records wait to be indexed, for a sync at most.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 }

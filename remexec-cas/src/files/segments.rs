@@ -64,6 +64,9 @@ struct Segment {
     live: u64,
     /// Sent to be compacted (or deleted) already.
     queued: bool,
+    /// Records appended but not yet indexed or given up ([`Appended`]): a compaction waits
+    /// for none to be left, or it could miss one.
+    pending: u32,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +96,36 @@ pub(crate) struct Segments {
     sync: bool,
     max_segment: u64,
     shared: Arc<Shared>,
+    /// Segments due for compaction, for the table's task that compacts them.
+    compactions: tokio::sync::mpsc::UnboundedSender<u32>,
+}
+
+/// A record appended and durable, until the table indexes it ([`Appended::settle`]); dropped
+/// unsettled (the write failed or its caller went away), the record counts as dead.
+pub(crate) struct Appended {
+    segments: Arc<Segments>,
+    slot: Slot,
+    settled: bool,
+}
+
+impl Appended {
+    pub(crate) fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// The record is indexed, or counted dead by the table: it is no longer pending.
+    pub(crate) fn settle(mut self) {
+        self.settled = true;
+        self.segments.unpend(self.slot, false);
+    }
+}
+
+impl Drop for Appended {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.segments.unpend(self.slot, true);
+        }
+    }
 }
 
 /// What [`Segments::read`] found.
@@ -162,10 +195,16 @@ impl Segments {
         root: &Path,
         sync: bool,
         max_segment: u64,
+        compactions: tokio::sync::mpsc::UnboundedSender<u32>,
     ) -> Result<(Arc<Self>, Vec<Record>)> {
         let dir = root.join(DIR);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        if !dir.exists() {
+            std::fs::create_dir(&dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            if sync {
+                super::sync_dir(root)?;
+            }
+        }
         let mut ids: Vec<u32> = std::fs::read_dir(&dir)
             .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
             .flatten()
@@ -188,6 +227,7 @@ impl Segments {
                 len,
                 live: 0,
                 queued: false,
+                pending: 0,
             };
             state.segments.insert(id, segment);
         }
@@ -200,6 +240,7 @@ impl Segments {
                 wake: Condvar::new(),
                 synced: tokio::sync::watch::channel(Ok((0, 0))).0,
             }),
+            compactions,
         };
         {
             let mut state = segments.shared.state.lock();
@@ -233,6 +274,7 @@ impl Segments {
             len: 0,
             live: 0,
             queued: false,
+            pending: 0,
         };
         state.segments.insert(id, segment);
         state.active = id;
@@ -247,13 +289,23 @@ impl Segments {
         key: Key,
         content: Bytes,
         written: u64,
-    ) -> Result<Slot> {
+    ) -> Result<Appended> {
         let this = Arc::clone(self);
-        let (slot, end) = remexec_core::fs::blocking(move || {
+        // The guard is made on the blocking thread: if this future is dropped meanwhile, the
+        // guard is dropped with the thread's result, and the record given up.
+        let (appended, end) = remexec_core::fs::blocking(move || {
             let mut state = this.shared.state.lock();
-            this.write_locked(&mut state, &key, &content, written)
+            let (slot, end) = this.write_locked(&mut state, &key, &content, written)?;
+            drop(state);
+            let appended = Appended {
+                segments: this,
+                slot,
+                settled: false,
+            };
+            Ok((appended, end))
         })
         .await?;
+        let slot = appended.slot;
         if self.sync {
             self.shared.wake.notify_one();
             let mut synced = self.shared.synced.subscribe();
@@ -268,7 +320,18 @@ impl Segments {
                 ));
             }
         }
-        Ok(slot)
+        Ok(appended)
+    }
+
+    /// `slot`'s record is no longer pending; with `dead`, it is given up.
+    fn unpend(&self, slot: Slot, dead: bool) {
+        let mut state = self.shared.state.lock();
+        if let Some(segment) = state.segments.get_mut(&slot.segment) {
+            segment.pending = segment.pending.saturating_sub(1);
+        }
+        if dead {
+            self.dead_locked(&mut state, slot);
+        }
     }
 
     fn write_locked(
@@ -304,6 +367,7 @@ impl Segments {
             .map_err(|e| Error::io(format!("writing segment {}", segment_name(id)), e))?;
         segment.len += len;
         segment.live += len;
+        segment.pending += 1;
         state.written = (id, offset + len);
         Ok((
             Slot {
@@ -321,10 +385,16 @@ impl Segments {
         if self.sync
             && let Some(segment) = state.segments.get(&id)
         {
-            segment
-                .file
-                .sync_data()
-                .map_err(|e| Error::io(format!("syncing segment {}", segment_name(id)), e))?;
+            if let Err(e) = segment.file.sync_data() {
+                // As in the sync thread: what a failed sync left on disk is unknown, and a
+                // later sync of the same file may not report it again.
+                tracing::error!(error = %e, "syncing a segment failed; no packed write is acknowledged from now on");
+                let _ = self.shared.synced.send_replace(Err(e.to_string()));
+                return Err(Error::io(
+                    format!("syncing segment {}", segment_name(id)),
+                    e,
+                ));
+            }
             let end = (id, segment.len);
             self.shared.synced.send_modify(|s| {
                 if let Ok(s) = s {
@@ -332,7 +402,15 @@ impl Segments {
                 }
             });
         }
-        self.start_segment(state, id + 1)
+        self.start_segment(state, id + 1)?;
+        // Records that died while it was active did not make it due then.
+        let active = state.active;
+        if let Some(segment) = state.segments.get_mut(&id)
+            && let Some(due) = Self::due(active, id, segment)
+        {
+            let _ = self.compactions.send(due);
+        }
+        Ok(())
     }
 
     /// Reads `key`'s record at `slot`. Blocking.
@@ -370,14 +448,21 @@ impl Segments {
         }
     }
 
-    /// Counts `key`'s record at `slot` as dead. Returns the segment if it should now be
-    /// compacted (never the active one), once.
-    pub(crate) fn dead(&self, slot: Slot) -> Option<u32> {
-        let mut state = self.shared.state.lock();
+    /// Counts the record at `slot` as dead, and sends its segment to be compacted if that
+    /// makes it due (never the active one), once.
+    pub(crate) fn dead(&self, slot: Slot) {
+        self.dead_locked(&mut self.shared.state.lock(), slot);
+    }
+
+    fn dead_locked(&self, state: &mut State, slot: Slot) {
         let active = state.active;
-        let segment = state.segments.get_mut(&slot.segment)?;
+        let Some(segment) = state.segments.get_mut(&slot.segment) else {
+            return;
+        };
         segment.live = segment.live.saturating_sub(slot.record_len());
-        Self::due(active, slot.segment, segment)
+        if let Some(id) = Self::due(active, slot.segment, segment) {
+            let _ = self.compactions.send(id);
+        }
     }
 
     fn due(active: u32, id: u32, segment: &mut Segment) -> Option<u32> {
@@ -390,15 +475,28 @@ impl Segments {
         Some(id)
     }
 
-    /// Every segment due for compaction now (after counting what is alive at start).
-    pub(crate) fn due_now(&self) -> Vec<u32> {
+    /// Sends every segment due for compaction now (after counting what is alive at start).
+    pub(crate) fn queue_due(&self) {
         let mut state = self.shared.state.lock();
         let active = state.active;
-        state
-            .segments
-            .iter_mut()
-            .filter_map(|(id, s)| Self::due(active, *id, s))
-            .collect()
+        for (id, segment) in &mut state.segments {
+            if let Some(id) = Self::due(active, *id, segment) {
+                let _ = self.compactions.send(id);
+            }
+        }
+    }
+
+    /// Whether segment `id` has records appended but not yet indexed: a compaction must wait.
+    pub(crate) fn pending(&self, id: u32) -> bool {
+        let state = self.shared.state.lock();
+        state.segments.get(&id).is_some_and(|s| s.pending > 0)
+    }
+
+    /// Segment `id` is no longer queued (its compaction failed): a later death queues it again.
+    pub(crate) fn unqueue(&self, id: u32) {
+        if let Some(segment) = self.shared.state.lock().segments.get_mut(&id) {
+            segment.queued = false;
+        }
     }
 
     /// Forgets segment `id` and deletes its file (readers that hold it finish their reads).
@@ -409,6 +507,22 @@ impl Segments {
                 tracing::warn!(path = %path.display(), error = %e, "could not delete a compacted segment");
             }
         }
+    }
+
+    /// The bytes of dead records (evicted or replaced) in segments not due for compaction:
+    /// at most half of each. Those of a segment due are about to go. The table counts them
+    /// against its budget, so that what is on disk stays within it (records' headers, 81
+    /// bytes each, are not counted, as a file's unused last block is not).
+    pub(crate) fn overhead(&self) -> u64 {
+        let state = self.shared.state.lock();
+        let dead = |s: &Segment| {
+            if s.queued {
+                0
+            } else {
+                s.len.saturating_sub(s.live)
+            }
+        };
+        state.segments.values().map(dead).sum()
     }
 
     /// `(files, bytes)` of the segments on disk.
@@ -526,8 +640,12 @@ pub(crate) fn write_use(
 /// The latest use and reference of each key in the use journal under `root` (a torn last
 /// record is ignored).
 pub(crate) fn read_uses(root: &Path) -> std::collections::HashMap<Key, (u64, u64)> {
+    read_uses_at(&Segments::uses_path(root))
+}
+
+fn read_uses_at(path: &Path) -> std::collections::HashMap<Key, (u64, u64)> {
     let mut uses = std::collections::HashMap::new();
-    let data = std::fs::read(Segments::uses_path(root)).unwrap_or_default();
+    let data = std::fs::read(path).unwrap_or_default();
     for r in data.chunks_exact(USE_RECORD) {
         let word = |at: usize| u64::from_le_bytes(r[at..at + 8].try_into().unwrap_or_default());
         let Ok(function) = DigestFunction::from_proto(i32::from(r[16])) else {
@@ -550,14 +668,88 @@ pub(crate) fn read_uses(root: &Path) -> std::collections::HashMap<Key, (u64, u64
 
 /// Replaces the use journal under `root` with `uses`, atomically.
 pub(crate) fn rewrite_uses(root: &Path, uses: &[(Key, u64, u64)]) -> Result<()> {
-    let path = Segments::uses_path(root);
+    rewrite_uses_at(&Segments::uses_path(root), uses)
+}
+
+fn rewrite_uses_at(path: &Path, uses: &[(Key, u64, u64)]) -> Result<()> {
     let mut out = Vec::with_capacity(uses.len() * USE_RECORD);
     for (key, used, referenced) in uses {
         write_use(&mut out, key, *used, *referenced)
             .map_err(|e| Error::io("writing the use journal", e))?;
     }
     let temp = path.with_extension("new");
-    std::fs::write(&temp, out)
-        .and_then(|()| std::fs::rename(&temp, &path))
+    let write = |temp: &Path| {
+        let mut file = File::create(temp)?;
+        std::io::Write::write_all(&mut file, &out)?;
+        // Synced before the rename, so that a crash leaves the old journal or the whole new one.
+        file.sync_data()
+    };
+    write(&temp)
+        .and_then(|()| std::fs::rename(&temp, path))
         .map_err(|e| Error::io(format!("rewriting {}", path.display()), e))
+}
+
+/// Bytes the use journal may grow by before it is rewritten without repeats (or its size
+/// then, if larger).
+const JOURNAL_SLACK: u64 = 16 << 20;
+
+/// The use journal as the recorder thread appends to it. A use is recorded at most once a
+/// minute per entry, but a busy store's entries are used every minute: when the journal has
+/// grown by [`JOURNAL_SLACK`] (or its size, if larger) it is rewritten with the latest record
+/// of each key. (At start it is rewritten with only the entries still packed.)
+pub(crate) struct UseJournal {
+    path: PathBuf,
+    out: std::io::BufWriter<File>,
+    appended: u64,
+    limit: u64,
+}
+
+impl UseJournal {
+    pub(crate) fn open(path: PathBuf) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            path,
+            out: std::io::BufWriter::new(file),
+            appended: 0,
+            limit: JOURNAL_SLACK.max(size),
+        })
+    }
+
+    /// Appends a use of `key` at `now` (a reference too, with `referenced`).
+    pub(crate) fn record(&mut self, key: &Key, now: u64, referenced: bool) {
+        let referenced = if referenced { now } else { 0 };
+        if write_use(&mut self.out, key, now, referenced).is_ok() {
+            self.appended += USE_RECORD as u64;
+        }
+    }
+
+    /// Writes out what is buffered (a use lost to a crash costs only precision), and rewrites
+    /// the journal once it has grown enough.
+    pub(crate) fn flush(&mut self) {
+        use std::io::Write;
+        let _ = self.out.flush();
+        if self.appended > self.limit {
+            self.appended = 0;
+            let latest: Vec<_> = read_uses_at(&self.path)
+                .into_iter()
+                .map(|(k, (used, referenced))| (k, used, referenced))
+                .collect();
+            let size = (latest.len() * USE_RECORD) as u64;
+            match rewrite_uses_at(&self.path, &latest).and_then(|()| {
+                Self::open(self.path.clone()).map_err(|e| Error::io("reopening the use journal", e))
+            }) {
+                Ok(fresh) => {
+                    *self = Self {
+                        limit: JOURNAL_SLACK.max(size),
+                        ..fresh
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not rewrite the use journal"),
+            }
+        }
+    }
 }
