@@ -51,6 +51,41 @@ pub struct Workload {
     phases: parking_lot::Mutex<Phases>,
 }
 
+/// The result of a compile, as a hit returns it: an object file, a dependency file and
+/// stderr, stored in the CAS first, so that a server checking completeness finds them.
+async fn compile_like_result(
+    channel: &Channel,
+    instance: &str,
+    nonce: u64,
+) -> Result<ActionResult> {
+    let blob = |what: &str, len: usize| {
+        let mut data = format!("remexec bench {what} {nonce} ").into_bytes();
+        data.resize(len, b'x');
+        let data = Bytes::from(data);
+        (F.digest_of(&data), data)
+    };
+    let (object, deps, stderr) = (
+        blob("object", 12_000),
+        blob("deps", 600),
+        blob("stderr", 80),
+    );
+    let blobs = vec![object.clone(), deps.clone(), stderr.clone()];
+    batch_update_blobs(channel.clone(), instance, F, blobs).await?;
+    let file = |path: &str, digest: Digest| crate::reapi::OutputFile {
+        path: path.into(),
+        digest: Some(digest.to_proto()),
+        ..Default::default()
+    };
+    Ok(ActionResult {
+        output_files: vec![
+            file("bazel-out/k8-fastbuild/bin/lib/_objs/lib/lib.o", object.0),
+            file("bazel-out/k8-fastbuild/bin/lib/_objs/lib/lib.d", deps.0),
+        ],
+        stderr_digest: Some(stderr.0.to_proto()),
+        ..Default::default()
+    })
+}
+
 fn random_digest() -> Digest {
     let mut hash = [0u8; 32];
     fastrand::fill(&mut hash);
@@ -181,11 +216,12 @@ impl Workload {
             WorkloadKind::FindMissing => w.find = w.find_requests(args, channel).await?,
             WorkloadKind::AcGet | WorkloadKind::Mixed => {
                 let action = F.digest_of(format!("remexec bench action {}", w.nonce).as_bytes());
+                let result = compile_like_result(channel, &w.instance, w.nonce).await?;
                 let mut ac = action_cache_client(channel.clone());
                 let req = UpdateActionResultRequest {
                     instance_name: w.instance.clone(),
                     action_digest: Some(action.to_proto()),
-                    action_result: Some(ActionResult::default()),
+                    action_result: Some(result),
                     digest_function: F.to_proto(),
                     ..Default::default()
                 };
