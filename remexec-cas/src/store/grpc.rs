@@ -17,8 +17,14 @@ use remexec_proto::reapi::{
 };
 use tonic::transport::Channel;
 
-/// Blobs up to this size are uploaded with BatchUpdateBlobs, larger ones with ByteStream.
-const BATCH_LIMIT: u64 = 1024 * 1024;
+/// Blobs up to this size are uploaded with BatchUpdateBlobs, larger ones with ByteStream. A
+/// batch request holds its blob in a `Vec`, gathered and copied twice before it is sent, while
+/// ByteStream passes the chunks on as they came (`Bytes`): at 1 MiB that was most of a cluster
+/// scheduler's copying.
+const BATCH_LIMIT: u64 = 64 * 1024;
+/// Chunks smaller than this are gathered (copied once) into messages of about this size; larger
+/// ones are passed on as they are.
+const GATHER: usize = 256 * 1024;
 
 /// Request metadata under which a FindMissingBlobs only looks: remexec's CAS service does not
 /// count the blobs found as referenced (see [`BlobStore::reference`]). What a store asks for
@@ -29,6 +35,72 @@ pub const PEEK_HEADER: &str = "remexec-peek";
 const WRITE_CHUNK: usize = 1024 * 1024;
 /// Digests per FindMissingBlobs call.
 const FIND_BATCH: usize = 10_000;
+
+/// Sends `data`, the content of `digest`, as the ByteStream messages of the write `name`: chunks
+/// of at least [`GATHER`] bytes as they came (split at [`WRITE_CHUNK`]), smaller ones gathered.
+/// The message that reaches the digest's size finishes the write; a stream of another length
+/// fails with `InvalidArgument`.
+async fn feed(
+    mut data: ChunkStream,
+    name: String,
+    digest: Digest,
+    tx: tokio::sync::mpsc::Sender<WriteRequest>,
+) -> Result<()> {
+    let total = digest.size();
+    let mut offset = 0u64;
+    let mut gathered = bytes::BytesMut::new();
+    let send = |piece: Bytes, offset: &mut u64| {
+        let len = piece.len() as u64;
+        let req = WriteRequest {
+            resource_name: if *offset == 0 {
+                name.clone()
+            } else {
+                String::new()
+            },
+            write_offset: *offset as i64,
+            finish_write: *offset + len == total,
+            data: piece,
+        };
+        *offset += len;
+        req
+    };
+    loop {
+        let chunk = data.next().await.transpose()?;
+        let ended = chunk.is_none();
+        let mut out = match chunk {
+            Some(chunk) if gathered.is_empty() && chunk.len() >= GATHER => chunk,
+            Some(chunk) => {
+                gathered.extend_from_slice(&chunk);
+                if gathered.len() < GATHER {
+                    continue;
+                }
+                gathered.split().freeze()
+            }
+            None => gathered.split().freeze(),
+        };
+        if offset + out.len() as u64 > total {
+            return Err(crate::files::size_mismatch(
+                digest,
+                offset + out.len() as u64,
+                false,
+            ));
+        }
+        while !out.is_empty() {
+            let piece = out.split_to(out.len().min(WRITE_CHUNK));
+            if tx.send(send(piece, &mut offset)).await.is_err() {
+                // The call ended; it reports why.
+                return Ok(());
+            }
+        }
+        if ended {
+            break;
+        }
+    }
+    if offset != total {
+        return Err(crate::files::size_mismatch(digest, offset, true));
+    }
+    Ok(())
+}
 
 /// Where a gRPC client's requests go upstream: the instance name and how it is described.
 /// Shared by [`GrpcStore`] and [`GrpcActionCache`](crate::GrpcActionCache).
@@ -185,42 +257,7 @@ impl BlobStore for GrpcStore {
         }
         .to_string();
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(4);
-        let feeder = async move {
-            let mut data = data;
-            let mut offset = 0u64;
-            let mut first = true;
-            let mut pending = Bytes::new();
-            while let Some(chunk) = data.next().await {
-                pending = if pending.is_empty() {
-                    chunk?
-                } else {
-                    [pending, chunk?].concat().into()
-                };
-                while pending.len() >= WRITE_CHUNK {
-                    let piece = pending.split_to(WRITE_CHUNK);
-                    let len = piece.len() as u64;
-                    let req = WriteRequest {
-                        resource_name: if first { name.clone() } else { String::new() },
-                        write_offset: offset as i64,
-                        finish_write: false,
-                        data: piece,
-                    };
-                    first = false;
-                    offset += len;
-                    if tx.send(req).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-            let req = WriteRequest {
-                resource_name: if first { name } else { String::new() },
-                write_offset: offset as i64,
-                finish_write: true,
-                data: pending,
-            };
-            let _ = tx.send(req).await;
-            Ok::<(), Error>(())
-        };
+        let feeder = feed(data, name, digest, tx);
         let mut client = self.bytestream();
         let call = client.write(tokio_stream::wrappers::ReceiverStream::new(rx));
         let (fed, written) = tokio::join!(feeder, call);
@@ -365,6 +402,49 @@ mod tests {
                 let got = store.get_bytes(reader, digest, u64::MAX).await.unwrap();
                 assert_eq!(got.as_ref(), Some(data));
             }
+        }
+    }
+
+    /// Streamed uploads pass chunks on as they come, gathering small ones: every chunking
+    /// arrives whole, and a stream shorter or longer than its digest says stores nothing.
+    #[tokio::test]
+    async fn streamed_uploads_arrive_whole_in_any_chunking() {
+        let back = Arc::new(MemoryStore::new(64 << 20));
+        let routes = CacheServices::new(back.clone(), Arc::new(MemoryActionCache::new(1 << 20)))
+            .into_routes();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = remexec_core::client::connect(&format!("grpc://{addr}"))
+            .await
+            .unwrap();
+        let store = GrpcStore::new(channel);
+        let f = remexec_core::DigestFunction::Sha256;
+        let sizes = [BATCH_LIMIT as usize + 1, GATHER + 7, 3 * WRITE_CHUNK + 5];
+        for (i, size) in sizes.into_iter().enumerate() {
+            for chunk in [1000, 100 * 1024, GATHER, WRITE_CHUNK + WRITE_CHUNK / 2] {
+                let data = remexec_core::testing::content((i * 10 + chunk) as u64, size);
+                let digest = f.digest_of(&data);
+                let stream = remexec_core::testing::chunked(data.clone(), chunk);
+                store.put("", digest, stream).await.unwrap();
+                let got = back.get_bytes("", digest, u64::MAX).await.unwrap();
+                assert_eq!(got.as_ref(), Some(&data), "{size} in chunks of {chunk}");
+            }
+        }
+        let data = remexec_core::testing::content(99, 300 * 1024);
+        let digest = f.digest_of(&data);
+        for wrong in [
+            data.slice(..data.len() - 1),
+            [data.clone(), data.slice(..1)].concat().into(),
+        ] {
+            let stream = remexec_core::testing::chunked(wrong, 64 * 1024);
+            let err = store.put("", digest, stream).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+            assert!(!back.contains("", digest).await.unwrap());
         }
     }
 }
