@@ -132,11 +132,11 @@ async fn a_wiped_proxy_serves_everything_from_upstream_and_keeps_a_local_copy() 
     std::fs::remove_dir_all(dir.path().join("front")).unwrap();
     let front = start_front(dir.path(), &back);
     assert_all_served(&front.url(), &w).await;
-    // Reads fill the local disk beside the reader, in the background: wait for the files
-    // before stopping the server (a stop does not wait for fills in flight).
-    let hashes: Vec<String> = digests.iter().map(Digest::hash_hex).collect();
+    // Reads fill the local disk beside the reader, in the background: wait for the blobs to
+    // be on disk before stopping the server (a stop does not wait for fills in flight). A blob
+    // is there in a file named by its hash, or, if small, packed in a segment file.
     let filled = || {
-        let mut names = Vec::new();
+        let mut files = Vec::new();
         let mut stack = vec![dir.path().join("front/cas")];
         while let Some(d) = stack.pop() {
             for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
@@ -144,13 +144,25 @@ async fn a_wiped_proxy_serves_everything_from_upstream_and_keeps_a_local_copy() 
                 if path.is_dir() {
                     stack.push(path);
                 } else {
-                    names.push(entry.file_name().to_string_lossy().into_owned());
+                    files.push(path);
                 }
             }
         }
-        hashes
+        let packed: Vec<Vec<u8>> = files
             .iter()
-            .all(|h| names.iter().any(|n| n.contains(h.as_str())))
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .filter_map(|p| std::fs::read(p).ok())
+            .collect();
+        w.blobs.iter().all(|(d, data)| {
+            let hash = d.hash_hex();
+            let named = files
+                .iter()
+                .any(|p| p.to_string_lossy().contains(hash.as_str()));
+            named
+                || packed
+                    .iter()
+                    .any(|seg| seg.windows(data.len().max(1)).any(|w| w == &data[..]))
+        })
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !filled() {
