@@ -93,21 +93,11 @@ mod tests {
     use remexec_core::DigestFunction;
 
     use super::*;
-    use crate::{CacheServices, MemoryActionCache, MemoryStore};
+    use crate::{MemoryActionCache, MemoryStore};
 
     /// A server with a memory CAS and `ac`, and a channel to it.
     async fn serve(ac: Arc<dyn ActionCache>) -> (String, Channel) {
-        let routes = CacheServices::new(Arc::new(MemoryStore::new(16 << 20)), ac).into_routes();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let url = format!("grpc://{addr}");
-        let channel = remexec_core::client::connect(&url).await.unwrap();
-        (url, channel)
+        crate::service::serve_on_loopback(Arc::new(MemoryStore::new(16 << 20)), ac).await
     }
 
     #[tokio::test]

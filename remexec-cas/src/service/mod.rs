@@ -235,3 +235,24 @@ pub(crate) fn respond<T>(result: Result<T>) -> Result<tonic::Response<T>, tonic:
         e.into()
     })
 }
+
+/// Serves `store` and `ac` on a loopback port for tests: the URL and a channel to it.
+#[cfg(test)]
+pub(crate) async fn serve_on_loopback(
+    store: std::sync::Arc<dyn BlobStore>,
+    ac: std::sync::Arc<dyn remexec_core::ActionCache>,
+) -> (String, tonic::transport::Channel) {
+    let routes = CacheServices::new(store, ac).into_routes();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let url = format!("grpc://{addr}");
+    let channel = remexec_core::client::connect(&url).await.expect("connect");
+    (url, channel)
+}

@@ -334,27 +334,19 @@ impl BlobStore for GrpcStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CacheServices, MemoryActionCache, MemoryStore};
+    use crate::{MemoryActionCache, MemoryStore};
     use remexec_core::BlobStoreExt;
     use std::sync::Arc;
 
+    /// `store` served on loopback, with an empty Action Cache.
+    async fn serve(store: Arc<MemoryStore>) -> (String, Channel) {
+        let ac = Arc::new(MemoryActionCache::new(1 << 20));
+        crate::service::serve_on_loopback(store, ac).await
+    }
+
     #[tokio::test]
     async fn conformance_against_a_real_server() {
-        let store = Arc::new(MemoryStore::new(256 << 20));
-        let routes =
-            CacheServices::new(store, Arc::new(MemoryActionCache::new(1 << 20))).into_routes();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let (_, channel) = serve(Arc::new(MemoryStore::new(256 << 20))).await;
         // The server hashes what it is sent, so the client store verifies content too.
         let caps = remexec_core::testing::BlobStoreCapabilities::new().verifies_content(true);
         remexec_core::testing::blob_store_conformance_with(Arc::new(GrpcStore::new(channel)), caps)
@@ -364,17 +356,7 @@ mod tests {
     #[tokio::test]
     async fn every_local_instance_maps_onto_the_upstream_instance() {
         let back = Arc::new(MemoryStore::new(16 << 20));
-        let routes = CacheServices::new(back.clone(), Arc::new(MemoryActionCache::new(1 << 20)))
-            .into_routes();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let url = format!("grpc://{addr}");
-        let channel = remexec_core::client::connect(&url).await.unwrap();
+        let (url, channel) = serve(back.clone()).await;
         let store = GrpcStore::new(channel)
             .with_upstream_instance(Some("up/stream"))
             .with_label(url.clone());
@@ -410,18 +392,7 @@ mod tests {
     #[tokio::test]
     async fn streamed_uploads_arrive_whole_in_any_chunking() {
         let back = Arc::new(MemoryStore::new(64 << 20));
-        let routes = CacheServices::new(back.clone(), Arc::new(MemoryActionCache::new(1 << 20)))
-            .into_routes();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let channel = remexec_core::client::connect(&format!("grpc://{addr}"))
-            .await
-            .unwrap();
+        let (_, channel) = serve(back.clone()).await;
         let store = GrpcStore::new(channel);
         let f = remexec_core::DigestFunction::Sha256;
         let sizes = [BATCH_LIMIT as usize + 1, GATHER + 7, 3 * WRITE_CHUNK + 5];
