@@ -97,6 +97,38 @@ async fn assert_all_served(url: &str, w: &Written) {
     }
 }
 
+/// Whether every blob of `blobs` is on disk under `cas`: in a file named by its hash, or, if
+/// small, packed in a segment file.
+fn on_disk(cas: &std::path::Path, blobs: &[(Digest, Bytes)]) -> bool {
+    let mut files = Vec::new();
+    let mut stack = vec![cas.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let packed: Vec<Vec<u8>> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .filter_map(|p| std::fs::read(p).ok())
+        .collect();
+    blobs.iter().all(|(d, data)| {
+        let hash = d.hash_hex();
+        let named = files
+            .iter()
+            .any(|p| p.to_string_lossy().contains(hash.as_str()));
+        named
+            || packed
+                .iter()
+                .any(|seg| seg.windows(data.len().max(1)).any(|w| w == &data[..]))
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wiped_proxy_serves_everything_from_upstream_and_keeps_a_local_copy() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,37 +165,8 @@ async fn a_wiped_proxy_serves_everything_from_upstream_and_keeps_a_local_copy() 
     let front = start_front(dir.path(), &back);
     assert_all_served(&front.url(), &w).await;
     // Reads fill the local disk beside the reader, in the background: wait for the blobs to
-    // be on disk before stopping the server (a stop does not wait for fills in flight). A blob
-    // is there in a file named by its hash, or, if small, packed in a segment file.
-    let filled = || {
-        let mut files = Vec::new();
-        let mut stack = vec![dir.path().join("front/cas")];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    files.push(path);
-                }
-            }
-        }
-        let packed: Vec<Vec<u8>> = files
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-            .filter_map(|p| std::fs::read(p).ok())
-            .collect();
-        w.blobs.iter().all(|(d, data)| {
-            let hash = d.hash_hex();
-            let named = files
-                .iter()
-                .any(|p| p.to_string_lossy().contains(hash.as_str()));
-            named
-                || packed
-                    .iter()
-                    .any(|seg| seg.windows(data.len().max(1)).any(|w| w == &data[..]))
-        })
-    };
+    // be on disk before stopping the server (a stop does not wait for fills in flight).
+    let filled = || on_disk(&dir.path().join("front/cas"), &w.blobs);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !filled() {
         assert!(
