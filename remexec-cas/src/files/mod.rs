@@ -516,11 +516,7 @@ impl FileTable {
     /// Whether the key is present; marks it as recently used, in the index and, at most once
     /// every [`USE_RESOLUTION_SECS`], in its file's mtime, so that the order survives a restart.
     pub(crate) fn touch(&self, key: &Key) -> bool {
-        let mut stale = Vec::new();
-        let now = unix_secs(SystemTime::now());
-        let present = note_use(&mut self.index.lock(), key, now, None, &mut stale);
-        self.record_uses(stale);
-        present.is_some()
+        self.touch_place(key).is_some()
     }
 
     /// [`touch`](Self::touch), returning the place of a present entry.
