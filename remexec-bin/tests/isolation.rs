@@ -8,7 +8,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{ServerProcess, wait_until};
+use common::{ServerProcess, bwrap, wait_until};
 use remexec_worker::{ProcessIsolation, RunAs, SupervisorSetup};
 
 fn setup(run_as: Option<RunAs>) -> SupervisorSetup {
@@ -41,7 +41,7 @@ async fn the_supervised_backend_passes_the_isolation_conformance_suite() {
 #[cfg(feature = "docker")]
 #[test]
 fn no_container_of_an_action_outlives_a_sigkilled_worker() {
-    docker::image();
+    common::docker_image();
     nothing_outlives_a_sigkilled_worker(&["--isolation", "docker"], "1414.2135");
     // The reaper removed the container itself, not only its processes.
     let left = || {
@@ -215,16 +215,6 @@ fn a_root_workers_actions_cannot_change_stored_blobs_or_cached_inputs() {
     // The next action sees the input as stored, and the stores hold what they held.
     assert_eq!(run("cat lib.txt"), "original\n");
     assert!(!data.path().join("cas/planted").exists());
-}
-
-fn bwrap() -> Option<PathBuf> {
-    let bwrap = common::require_tool("BWRAP", "bwrap")?;
-    // `require_tool` found it on PATH; the backend wants a path.
-    Some(if bwrap.is_absolute() {
-        bwrap
-    } else {
-        PathBuf::from("/usr/bin").join(bwrap)
-    })
 }
 
 #[tokio::test]
@@ -448,7 +438,7 @@ fn the_example_groups_run_each_action_under_the_isolation_it_asks_for() {
     if bwrap().is_none() || !is_root() {
         return;
     }
-    docker::image();
+    common::docker_image();
     let dir = tempfile::tempdir().unwrap();
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/isolation.toml");
@@ -500,23 +490,9 @@ mod docker {
 
     const IMAGE: &str = "remexec-test:latest";
 
-    /// Builds the test image if it is missing (as `.ci/test` does first).
-    pub(super) fn image() {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/test-image");
-        let out = std::process::Command::new("bash")
-            .arg(script)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_docker_backend_passes_the_conformance_suite_but_for_the_environment() {
-        image();
+        common::docker_image();
         let no_limits = Limits {
             cpus: None,
             memory: None,
@@ -552,21 +528,12 @@ mod docker {
         };
         let missing = docker.run(spawn, Default::default()).await.unwrap();
         assert_eq!(missing, remexec_worker::Exit::Exited(127));
-        // Nothing is left on the engine.
-        let out = std::process::Command::new("docker")
-            .args(["ps", "-aq", "--filter", "label=remexec.worker=conformance"])
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "",
-            "containers left behind"
-        );
+        common::assert_no_container_left("conformance").await;
     }
 
     #[test]
     fn a_docker_action_reaches_its_input_root_only_and_its_limits() {
-        image();
+        common::docker_image();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("docker.toml");
         std::fs::write(
@@ -631,7 +598,7 @@ mod docker {
     }
     #[test]
     fn a_docker_client_names_its_image_within_reason() {
-        image();
+        common::docker_image();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("docker.toml");
         std::fs::write(&config, "[worker]\nisolation = \"docker\"\n").unwrap();

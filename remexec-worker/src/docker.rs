@@ -38,10 +38,12 @@ use futures::StreamExt;
 use remexec_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
+mod ahead;
+
 use crate::cgroups::Limits;
 use crate::isolation::hand_over;
 use crate::supervisor::RunAs;
-use crate::{Exit, Isolation, NETWORK_PROPERTY, Spawn};
+use crate::{Ahead, Exit, Isolation, NETWORK_PROPERTY, Spawn};
 
 /// The platform property naming an action's image.
 pub const IMAGE_PROPERTY: &str = "container-image";
@@ -76,10 +78,27 @@ pub struct DockerIsolation {
     /// Unique among this engine's backends: the worker's name, process id and a number.
     id: String,
     reaper: Option<Arc<Reaper>>,
+    /// Containers made ahead of need ([`ahead`](DockerIsolation::ahead)).
+    ahead: Option<Arc<ahead::State>>,
 }
 
 fn engine(e: DockerError) -> Error {
     Error::Unavailable(remexec_core::Message::caused_by("the Docker engine", e))
+}
+
+/// The error of a container that could not be created: `FailedPrecondition` for an image not
+/// on the engine.
+fn not_created(e: DockerError) -> Error {
+    match e {
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => Error::FailedPrecondition(
+            format!("the image is not on the Docker engine (images are never pulled): {message}")
+                .into(),
+        ),
+        e => engine(e),
+    }
 }
 
 impl DockerIsolation {
@@ -103,6 +122,7 @@ impl DockerIsolation {
             // Unique on the engine, even for workers of one name in other PID namespaces.
             id: format!("{name}-{}", uuid::Uuid::new_v4()),
             reaper: None,
+            ahead: None,
         };
         isolation.sweep().await?;
         Ok(isolation)
@@ -185,12 +205,11 @@ impl DockerIsolation {
         }
     }
 
-    /// The container of `spawn`. `InvalidArgument` for an image reference that is not one
-    /// (the client chooses it).
-    fn body(&self, spawn: &Spawn) -> Result<ContainerCreateBody> {
+    /// The image and network of an action of `platform`. `InvalidArgument` for an image
+    /// reference that is not one (the client chooses it).
+    fn kind(&self, platform: &[(String, String)]) -> Result<(String, bool)> {
         let property = |name: &str| {
-            spawn
-                .platform
+            platform
                 .iter()
                 .rev()
                 .find(|(n, _)| n == name)
@@ -201,15 +220,39 @@ impl DockerIsolation {
             .unwrap_or(&self.default_image);
         check_image(image)?;
         let network = self.allow_network && property(NETWORK_PROPERTY) == Some("on");
-        let root = spawn.input_root.to_string_lossy().into_owned();
+        Ok((image.to_string(), network))
+    }
+
+    /// The container of `spawn`. `InvalidArgument` for an image reference that is not one
+    /// (the client chooses it).
+    fn body(&self, spawn: &Spawn) -> Result<ContainerCreateBody> {
+        let (image, network) = self.kind(&spawn.platform)?;
+        let mut body = self.container(&image, network, &spawn.input_root, Vec::new());
+        body.cmd = Some(spawn.args.clone());
+        body.env = Some(spawn.env.iter().map(|(k, v)| format!("{k}={v}")).collect());
+        body.working_dir = Some(spawn.cwd.to_string_lossy().into_owned());
+        Ok(body)
+    }
+
+    /// A container of `image` with `root` bound at its own path (and `mounts`), the network if
+    /// `network`, the backend's limits, user and labels; no command yet.
+    fn container(
+        &self,
+        image: &str,
+        network: bool,
+        root: &std::path::Path,
+        mut mounts: Vec<Mount>,
+    ) -> ContainerCreateBody {
+        let root = root.to_string_lossy().into_owned();
+        mounts.push(Mount {
+            typ: Some(MountType::BIND),
+            source: Some(root.clone()),
+            target: Some(root),
+            read_only: Some(false),
+            ..Default::default()
+        });
         let host_config = HostConfig {
-            mounts: Some(vec![Mount {
-                typ: Some(MountType::BIND),
-                source: Some(root.clone()),
-                target: Some(root),
-                read_only: Some(false),
-                ..Default::default()
-            }]),
+            mounts: Some(mounts),
             network_mode: Some(if network { "bridge" } else { "none" }.into()),
             nano_cpus: self.limits.cpus.map(|c| (c * 1e9).round() as i64),
             memory: self
@@ -226,11 +269,8 @@ impl DockerIsolation {
             init: Some(true),
             ..Default::default()
         };
-        Ok(ContainerCreateBody {
+        ContainerCreateBody {
             image: Some(image.to_string()),
-            cmd: Some(spawn.args.clone()),
-            env: Some(spawn.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            working_dir: Some(spawn.cwd.to_string_lossy().into_owned()),
             user: self.run_as.map(|r| format!("{}:{}", r.uid, r.gid)),
             labels: Some(HashMap::from([
                 (LABEL.to_string(), self.name.clone()),
@@ -242,7 +282,7 @@ impl DockerIsolation {
             tty: Some(false),
             host_config: Some(host_config),
             ..Default::default()
-        })
+        }
     }
 
     /// Starts the created container `name`, copies its output into `spawn`'s files, and waits
@@ -253,29 +293,10 @@ impl DockerIsolation {
         spawn: &Spawn,
         cancel: &CancellationToken,
     ) -> Result<Exit> {
-        let options = AttachContainerOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .stream(true)
-            .logs(true)
-            .build();
-        let attached = self
-            .docker
-            .attach_container(name, Some(options))
-            .await
-            .map_err(engine)?;
         let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
-        let (mut out, mut err) = (clone(&spawn.stdout)?, clone(&spawn.stderr)?);
-        let pump = tokio::spawn(async move {
-            let mut output = attached.output;
-            while let Some(Ok(item)) = output.next().await {
-                let _ = match item {
-                    LogOutput::StdOut { message } => out.write_all(&message),
-                    LogOutput::StdErr { message } => err.write_all(&message),
-                    _ => Ok(()),
-                };
-            }
-        });
+        let (_, pump) = self
+            .attach(name, false, (clone(&spawn.stdout)?, clone(&spawn.stderr)?))
+            .await?;
         if let Err(e) = self
             .docker
             .start_container(name, None::<StartContainerOptions>)
@@ -286,6 +307,60 @@ impl DockerIsolation {
                 format!("cannot start {:?} in a container: {e}", spawn.args.first()).into(),
             ));
         }
+        let (exit, oom) = self.finish(name, spawn, cancel, pump).await?;
+        if oom {
+            self.tell_oom(&spawn.stderr)?;
+        }
+        Ok(exit)
+    }
+
+    /// Attaches to the container `name` (its standard input too, if `stdin`), and copies its
+    /// output into `out`'s files until it ends.
+    async fn attach(
+        &self,
+        name: &str,
+        stdin: bool,
+        out: (std::fs::File, std::fs::File),
+    ) -> Result<(
+        std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+        tokio::task::JoinHandle<()>,
+    )> {
+        let options = AttachContainerOptionsBuilder::new()
+            .stdin(stdin)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(true)
+            .build();
+        let attached = self
+            .docker
+            .attach_container(name, Some(options))
+            .await
+            .map_err(engine)?;
+        let (mut stdout, mut stderr) = out;
+        let mut output = attached.output;
+        let pump = tokio::spawn(async move {
+            while let Some(Ok(item)) = output.next().await {
+                let _ = match item {
+                    LogOutput::StdOut { message } => stdout.write_all(&message),
+                    LogOutput::StdErr { message } => stderr.write_all(&message),
+                    _ => Ok(()),
+                };
+            }
+        });
+        Ok((attached.input, pump))
+    }
+
+    /// Waits for the started container `name` to end, time out or be cancelled (then kills
+    /// it), and for `pump` to have copied its output: how it ended, and whether the kernel
+    /// killed it for want of memory.
+    async fn finish(
+        &self,
+        name: &str,
+        spawn: &Spawn,
+        cancel: &CancellationToken,
+        pump: tokio::task::JoinHandle<()>,
+    ) -> Result<(Exit, bool)> {
         let not_running = || {
             WaitContainerOptionsBuilder::new()
                 .condition("not-running")
@@ -320,18 +395,24 @@ impl DockerIsolation {
             .map_err(engine)?
             .state
             .unwrap_or_default();
-        if state.oom_killed == Some(true) {
-            let limit = self.limits.memory.unwrap_or_default();
-            let mut stderr = clone(&spawn.stderr)?;
-            let _ = writeln!(
-                stderr,
-                "remexec: the action was killed: it exceeded its memory limit of {limit} bytes"
-            );
-        }
-        Ok(match ended {
+        let exit = match ended {
             Some(exit) => exit,
             None => Exit::Exited(i32::try_from(state.exit_code.unwrap_or(-1)).unwrap_or(-1)),
-        })
+        };
+        Ok((exit, state.oom_killed == Some(true)))
+    }
+
+    /// Tells the action's `stderr` that it was killed for want of memory.
+    fn tell_oom(&self, stderr: &std::fs::File) -> Result<()> {
+        let limit = self.limits.memory.unwrap_or_default();
+        let mut stderr = stderr
+            .try_clone()
+            .map_err(|e| Error::io("cloning a handle", e))?;
+        let _ = writeln!(
+            stderr,
+            "remexec: the action was killed: it exceeded its memory limit of {limit} bytes"
+        );
+        Ok(())
     }
 }
 
@@ -480,6 +561,9 @@ impl Isolation for DockerIsolation {
             let root = spawn.input_root.clone();
             crate::blocking::blocking(move || hand_over(&root, run_as)).await?;
         }
+        if let Some(ready) = self.handed(&spawn.input_root) {
+            return self.run_ready(ready, spawn, cancel).await;
+        }
         let body = self.body(&spawn)?;
         let n = CONTAINERS.fetch_add(1, Ordering::Relaxed);
         let name = format!("remexec-{}-{}-{n}", self.name, std::process::id());
@@ -492,22 +576,13 @@ impl Isolation for DockerIsolation {
         let created = self.docker.create_container(Some(create), body).await;
         if let Err(e) = created {
             removal.armed = false;
-            return Err(match e {
-                DockerError::DockerResponseServerError {
-                    status_code: 404,
-                    message,
-                } => Error::FailedPrecondition(
-                    format!(
-                        "the image is not on the Docker engine (images are never pulled): {message}"
-                    )
-                    .into(),
-                ),
-                e => engine(e),
-            });
+            return Err(not_created(e));
         }
-        let exit = self.run_created(&name, &spawn, &cancel).await;
-        self.remove(&name).await;
-        removal.armed = false;
-        exit
+        // Removed in the background when `removal` goes: its processes are gone already.
+        self.run_created(&name, &spawn, &cancel).await
+    }
+
+    async fn ready(&self, ahead: Ahead<'_>) -> Option<std::path::PathBuf> {
+        self.ready_dir(ahead)
     }
 }

@@ -219,7 +219,7 @@ impl Worker {
             Arc::clone(&self.busy_changed),
         );
         self.busy_changed.send_replace(());
-        let dir = self.config.work_dir.join("actions").join(&lease_id);
+        let dir = self.action_dir(&lease).await;
         let outcome = self.execute_in(&dir, lease, &cancel).await;
         // Processes are gone (the isolation's contract), so nothing writes here any more.
         let removed = dir.clone();
@@ -243,6 +243,25 @@ impl Worker {
             }
         };
         bound_size(result, self.config.max_message_size)
+    }
+
+    /// Where `lease` runs: a directory the isolation made a sandbox ahead for, or
+    /// `actions/LEASE`.
+    async fn action_dir(&self, lease: &Lease) -> PathBuf {
+        let platform = match (&lease.action, &lease.command) {
+            (Some(action), Some(command)) => remexec_core::platform::properties(action, command),
+            _ => Vec::new(),
+        };
+        let dirs = self.config.work_dir.join(crate::ahead::DIR);
+        let ahead = crate::Ahead {
+            executor: &lease.executor_id,
+            dirs: &dirs,
+            platform: &platform,
+        };
+        match self.isolation.ready(ahead).await {
+            Some(dir) => dir,
+            None => self.config.work_dir.join("actions").join(&lease.lease_id),
+        }
     }
 
     async fn execute_in(&self, dir: &Path, lease: Lease, cancel: &CancellationToken) -> Outcome {

@@ -386,6 +386,15 @@ pub fn namespace_isolation(setup: &Setup, group: &GroupOptions) -> Result<Namesp
     if let Some(unshare) = setup.host.unshare.clone() {
         isolation = isolation.reveal_with(unshare, setup.supervisor.clone());
     }
+    if !group.chroot_into_input_root {
+        isolation = match isolation.clone().ahead(setup.supervisor.clone()) {
+            Ok(ahead) => ahead,
+            Err(e) => {
+                tracing::warn!(error = %e, "no sandboxes are made ahead of need");
+                isolation
+            }
+        };
+    }
     match cgroup_limits(setup, group)? {
         None => Ok(isolation),
         Some(cgroups) => isolation.with_limits(cgroups, setup.supervisor.clone()),
@@ -421,12 +430,20 @@ fn docker_isolation(setup: &Setup, group: &GroupOptions) -> Result<Arc<dyn Isola
             .map_err(|e| {
                 Error::FailedPrecondition(Message::caused_by("isolation = \"docker\"", e))
             })?;
-    Ok(Arc::new(
-        isolation
-            .run_as(setup.run_as()?)
-            .allow_network(group.allow_network)
-            .with_reaper(&setup.reaper)?,
-    ))
+    let isolation = isolation
+        .run_as(setup.run_as()?)
+        .allow_network(group.allow_network)
+        .with_reaper(&setup.reaper)?;
+    let ahead = isolation.clone().ahead(setup.supervisor.clone());
+    let isolation =
+        match tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(ahead)) {
+            Ok(ahead) => ahead,
+            Err(e) => {
+                tracing::warn!(error = %e, "no containers are made ahead of need");
+                isolation
+            }
+        };
+    Ok(Arc::new(isolation))
 }
 
 #[cfg(not(feature = "docker"))]

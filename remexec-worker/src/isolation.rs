@@ -54,6 +54,17 @@ pub enum Exit {
     Cancelled,
 }
 
+/// What an action needs of a sandbox made ahead of need ([`Isolation::ready`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Ahead<'a> {
+    /// The executor that will run it.
+    pub executor: &'a str,
+    /// The directory in which the backend makes the sandboxes' directories.
+    pub dirs: &'a Path,
+    /// The action's platform properties.
+    pub platform: &'a [(String, String)],
+}
+
 /// Runs commands in some form of isolation.
 ///
 /// # Contract
@@ -67,6 +78,17 @@ pub enum Exit {
 pub trait Isolation: Send + Sync + Debug + 'static {
     /// Runs the command to completion, timeout or cancellation.
     async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit>;
+
+    /// A sandbox made ahead of need for an action like `ahead`'s: the directory (in
+    /// `ahead.dirs`) whose `root` subdirectory must be the action's input root, which the
+    /// caller stages and passes to [`run`](Self::run), and removes afterwards. `None` if no
+    /// sandbox is ready: the action runs in one made when it starts. Either way the backend
+    /// may start making sandboxes for actions of this kind. Never reused across actions. The
+    /// default makes none.
+    async fn ready(&self, ahead: Ahead<'_>) -> Option<PathBuf> {
+        let _ = ahead;
+        None
+    }
 }
 
 /// Executor groups: each executor's actions go to the isolation of its group, so that one
@@ -102,6 +124,10 @@ impl Isolation for ExecutorGroups {
             Error::Internal(format!("executor {:?} belongs to no group", spawn.executor).into())
         })?;
         isolation.run(spawn, cancel).await
+    }
+
+    async fn ready(&self, ahead: Ahead<'_>) -> Option<PathBuf> {
+        self.by_executor.get(ahead.executor)?.ready(ahead).await
     }
 }
 
@@ -329,7 +355,7 @@ pub(crate) fn hand_over(root: &Path, run_as: RunAs) -> Result<()> {
 
 /// Waits for `child` to end, time out or be cancelled, then kills its process group.
 pub(crate) async fn wait(
-    mut child: tokio::process::Child,
+    child: &mut tokio::process::Child,
     timeout: Option<Duration>,
     cancel: CancellationToken,
 ) -> Result<Exit> {
@@ -473,7 +499,8 @@ pub(crate) async fn run_command(
             (child.map_err(cannot_start)?, None)
         }
     };
-    let exit = wait(child, spawn.timeout, cancel).await;
+    let mut child = child;
+    let exit = wait(&mut child, spawn.timeout, cancel).await;
     if let Some(cgroups) = cgroups {
         crate::cgroups::finish(cgroups, stderr).await?;
     }

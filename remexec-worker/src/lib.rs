@@ -44,6 +44,7 @@
 //! # }
 //! ```
 
+pub mod ahead;
 mod blocking;
 pub mod cgroups;
 mod config;
@@ -70,7 +71,9 @@ pub use config::{DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig, host_isa}
 #[cfg(feature = "docker")]
 pub use docker::{DockerIsolation, IMAGE_PROPERTY};
 pub use file_cache::FileCache;
-pub use isolation::{ExecutorGroups, Exit, Isolation, ProcessIsolation, Spawn, SupervisorSetup};
+pub use isolation::{
+    Ahead, ExecutorGroups, Exit, Isolation, ProcessIsolation, Spawn, SupervisorSetup,
+};
 pub use namespaces::{NETWORK_PROPERTY, NamespaceIsolation};
 pub use outputs::collect_outputs;
 pub use stage::stage_inputs;

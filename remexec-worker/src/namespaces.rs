@@ -26,10 +26,14 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
-use crate::cgroups::CgroupLimits;
+use crate::ahead::{Pool, Process, Ready};
+use crate::cgroups::{ActionCgroups, CgroupLimits};
 use crate::isolation::{Launch, check_program, hand_over, run_command};
 use crate::supervisor::RunAs;
-use crate::{Exit, Isolation, Spawn};
+use crate::{Ahead, Exit, Isolation, Spawn};
+
+/// Where a sandbox made ahead sees its waiter (the supervisor, bound read-only).
+const WAITER: &str = "/.remexec-waiter";
 
 /// The platform property an action sets to `on` to ask for the network.
 pub const NETWORK_PROPERTY: &str = "network";
@@ -65,7 +69,20 @@ pub struct NamespaceIsolation {
     /// `unshare` and the supervisor, to make input roots below a directory closed to the
     /// action user reachable ([`reveal_with`](NamespaceIsolation::reveal_with)).
     reveal: Option<Arc<(PathBuf, Vec<OsString>)>>,
+    /// Sandboxes made ahead of need ([`ahead`](NamespaceIsolation::ahead)).
+    ahead: Option<Arc<AheadState>>,
 }
+
+/// The waiter of sandboxes made ahead (a program and its leading arguments), and the sandboxes,
+/// by the directory they are made in and whether they have the network.
+#[derive(Debug)]
+struct AheadState {
+    waiter: Vec<OsString>,
+    pool: Pool<(PathBuf, bool), Sandbox>,
+}
+
+/// A sandbox made ahead: bubblewrap's process, and the action's cgroups if it is limited.
+type Sandbox = Process<Option<ActionCgroups>>;
 
 /// The uid and gid an action chrooted into its input root runs as inside its user namespace:
 /// the platform's `unixUID` and `unixGID` (BuildStream's names), else 0.
@@ -101,6 +118,7 @@ impl NamespaceIsolation {
             chroot: false,
             limits: None,
             reveal: None,
+            ahead: None,
         };
         let scratch =
             tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
@@ -115,6 +133,7 @@ impl NamespaceIsolation {
                 scratch.path(),
                 &path,
                 false,
+                None,
             )
             .env_clear()
             .stdin(Stdio::null())
@@ -169,13 +188,72 @@ impl NamespaceIsolation {
         self
     }
 
+    /// Makes sandboxes ahead of need ([`crate::ahead`]): [`AHEAD`](crate::ahead::AHEAD) of each
+    /// kind, each waiting in `supervisor` (a program and its leading arguments, as for
+    /// [`SupervisorSetup`](crate::SupervisorSetup)), which every sandbox sees read-only at
+    /// `/.remexec-waiter`. Not for actions chrooted into their input roots, which see nothing
+    /// of the host. Blocks while it checks, by running `true` so, that it works:
+    /// `FailedPrecondition` with the reason if not (the action user cannot read the
+    /// supervisor, for example).
+    pub fn ahead(mut self, supervisor: Vec<OsString>) -> Result<Self> {
+        if supervisor.is_empty() {
+            return Err(Error::invalid("the supervisor is not named"));
+        }
+        let scratch =
+            tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
+        if let Some(run_as) = self.run_as {
+            hand_over(scratch.path(), run_as)?;
+        }
+        let mut command = self.waiting(&supervisor, scratch.path(), false);
+        let probe = command
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                let spec = crate::supervisor::spec(&["true".into()], &[], scratch.path())
+                    .map_err(std::io::Error::other)?;
+                let mut stdin = child.stdin.take().ok_or(std::io::ErrorKind::BrokenPipe)?;
+                stdin.write_all(&spec)?;
+                drop(stdin);
+                child.wait_with_output()
+            })
+            .map_err(|e| Error::io("starting a sandbox made ahead", e))?;
+        if !probe.status.success() {
+            return Err(Error::FailedPrecondition(
+                format!(
+                    "sandboxes made ahead of need do not work here ({}): {}",
+                    probe.status,
+                    String::from_utf8_lossy(&probe.stderr).trim()
+                )
+                .into(),
+            ));
+        }
+        self.ahead = Some(Arc::new(AheadState {
+            waiter: supervisor,
+            pool: Pool::default(),
+        }));
+        Ok(self)
+    }
+
+    /// The sandbox of input root `root` whose command is `waiter` ([`AWAIT`](crate::supervisor::AWAIT)).
+    fn waiting(&self, waiter: &[OsString], root: &Path, network: bool) -> std::process::Command {
+        let mut args = vec![WAITER.to_string()];
+        args.extend(waiter[1..].iter().map(|a| a.to_string_lossy().into_owned()));
+        args.push(crate::supervisor::AWAIT.to_string());
+        self.command(&args, root, root, &[], network, waiter.first())
+    }
+
     /// Runs every action with its input root as `/`: see the [module documentation](self).
     pub fn chroot_into_input_root(mut self, yes: bool) -> Self {
         self.chroot = yes;
         self
     }
 
-    /// The command that runs `args` in a sandbox whose writable tree is `root`.
+    /// The command that runs `args` in a sandbox whose writable tree is `root`, with the host's
+    /// `waiter` at [`WAITER`] if given.
     fn command(
         &self,
         args: &[String],
@@ -183,9 +261,13 @@ impl NamespaceIsolation {
         cwd: &Path,
         env: &[(String, String)],
         network: bool,
+        waiter: Option<&OsString>,
     ) -> std::process::Command {
         let mut command = self.bwrap_command(network, root, env);
         command.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
+        if let Some(waiter) = waiter {
+            command.arg("--ro-bind").arg(waiter).arg(WAITER);
+        }
         // Nothing outside the input root and the private /tmp is writable.
         command.args(["--remount-ro", "/"]);
         let (root, cwd): (OsString, OsString) = (root.into(), cwd.into());
@@ -260,6 +342,7 @@ impl NamespaceIsolation {
                     .arg(unshare)
                     .args(["--mount", "--"])
                     .args(supervisor)
+                    .arg(crate::supervisor::STDIN)
                     .arg(crate::supervisor::REVEAL)
                     .arg(root)
                     .args(crate::supervisor::arguments(
@@ -330,11 +413,12 @@ impl Isolation for NamespaceIsolation {
             let root = spawn.input_root.clone();
             crate::blocking::blocking(move || hand_over(&root, run_as)).await?;
         }
-        let network = self.allow_network
-            && spawn
-                .platform
-                .iter()
-                .any(|(n, v)| n == NETWORK_PROPERTY && v == "on");
+        if let Some(ahead) = &self.ahead
+            && let Some(sandbox) = ahead.pool.handed(&spawn.input_root)
+        {
+            return run_ready(sandbox, spawn, cancel).await;
+        }
+        let network = self.network(&spawn.platform);
         let mut command = if self.chroot {
             let ids = chroot_ids(&spawn.platform)?;
             let (root, cwd) = (&spawn.input_root, &spawn.cwd);
@@ -348,7 +432,14 @@ impl Isolation for NamespaceIsolation {
                 None => args.extend(["-u".to_string(), "PWD".to_string()]),
             }
             args.extend(spawn.args.iter().cloned());
-            self.command(&args, &spawn.input_root, &spawn.cwd, &spawn.env, network)
+            self.command(
+                &args,
+                &spawn.input_root,
+                &spawn.cwd,
+                &spawn.env,
+                network,
+                None,
+            )
         };
         let mut cgroups = None;
         if let Some(limits) = &self.limits {
@@ -365,9 +456,105 @@ impl Isolation for NamespaceIsolation {
         };
         run_command(command, spawn, cgroups, launch, cancel).await
     }
+
+    async fn ready(&self, ahead: Ahead<'_>) -> Option<PathBuf> {
+        let state = self.ahead.as_ref().filter(|_| !self.chroot)?;
+        let kind = (ahead.dirs.to_path_buf(), self.network(ahead.platform));
+        let taken = state.pool.take(&kind);
+        for _ in 0..state.pool.wanted(&kind) {
+            let (isolation, kind) = (self.clone(), kind.clone());
+            tokio::spawn(async move {
+                let made = isolation.make_ahead(&kind).await;
+                if let Err(e) = &made {
+                    tracing::warn!(error = %e, "could not make a sandbox ahead of need");
+                }
+                if let Some(state) = &isolation.ahead {
+                    state.pool.made(&kind, made.ok());
+                }
+            });
+        }
+        taken
+    }
+}
+
+/// Runs `spawn` in `sandbox`, made ahead for its input root.
+async fn run_ready(
+    mut ready: Ready<Sandbox>,
+    spawn: Spawn,
+    cancel: CancellationToken,
+) -> Result<Exit> {
+    let spec = crate::supervisor::spec(&spawn.args, &spawn.env, &spawn.cwd)?;
+    let sandbox = &mut ready.sandbox;
+    sandbox.start(&spec).await?;
+    let exit = crate::isolation::wait(&mut sandbox.child, spawn.timeout, cancel).await;
+    let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
+    let own = (clone(&ready.stdout)?, clone(&ready.stderr)?);
+    crate::ahead::copy_output(own, (&spawn.stdout, &spawn.stderr)).await?;
+    if let Some(cgroups) = ready.sandbox.extra.take() {
+        crate::cgroups::finish(cgroups, clone(&spawn.stderr)?).await?;
+    }
+    exit
 }
 
 impl NamespaceIsolation {
+    /// Whether an action of `platform` gets the network.
+    fn network(&self, platform: &[(String, String)]) -> bool {
+        self.allow_network
+            && platform
+                .iter()
+                .any(|(n, v)| n == NETWORK_PROPERTY && v == "on")
+    }
+
+    /// Starts a sandbox of `kind` (the directory it is made in, the network) whose command
+    /// waits for the action's.
+    async fn make_ahead(&self, kind: &(PathBuf, bool)) -> Result<Ready<Sandbox>> {
+        let state = self
+            .ahead
+            .as_ref()
+            .ok_or_else(|| Error::Internal("no sandboxes are made ahead".into()))?;
+        let dir = state.pool.dir_in(&kind.0);
+        let (made, run_as) = (dir.clone(), self.run_as);
+        let (stdout, stderr) = crate::blocking::blocking(move || {
+            let files = crate::ahead::make_dir(&made)?;
+            if let Some(run_as) = run_as {
+                hand_over(&made.join("root"), run_as)?;
+            }
+            Ok(files)
+        })
+        .await?;
+        let mut cgroups = None;
+        if let Some(limits) = &self.limits {
+            let limits = limits.0.clone();
+            let created =
+                crate::blocking::blocking(move || crate::cgroups::create_next(&limits)).await?;
+            cgroups = Some(created);
+        }
+        let mut command = self.waiting(&state.waiter, &dir.join("root"), kind.1);
+        if let (Some(limits), Some(cgroups)) = (&self.limits, &cgroups) {
+            command = self.supervised(&command, &limits.1, cgroups.dirs());
+        }
+        let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
+        command
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(clone(&stdout)?)
+            .stderr(clone(&stderr)?);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", self.bwrap.display()), e))?;
+        Ok(Ready {
+            dir,
+            stdout,
+            stderr,
+            sandbox: Process {
+                child,
+                extra: cgroups,
+            },
+        })
+    }
+
     /// `command` (the sandbox) started by `setpriv --pdeathsig SIGKILL -- SUPERVISOR --cgroup
     /// DIR… --`, so that it runs in the action's cgroups and dies with the worker.
     fn supervised(
@@ -383,6 +570,7 @@ impl NamespaceIsolation {
         outer
             .args(["--pdeathsig", "SIGKILL", "--"])
             .args(supervisor)
+            .arg(crate::supervisor::STDIN)
             .args(crate::supervisor::with_cgroups(None, cgroups, &inner));
         outer
     }

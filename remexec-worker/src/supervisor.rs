@@ -41,9 +41,13 @@
 //! supervisor (`remexec` does it for its hidden `supervise` subcommand).
 
 use std::ffi::OsString;
+use std::io::Read as _;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use remexec_core::{Error, Result};
 
 /// The exit code of a command the supervisor could not start (as a shell's 127).
 pub const CANNOT_START: u8 = 127;
@@ -65,6 +69,113 @@ pub const ENV_FILE: &str = "--env-file";
 /// The supervisor's leading argument that names the input root to make reachable (in a mount
 /// namespace of its own): see the [module documentation](self).
 pub const REVEAL: &str = "--reveal";
+
+/// The supervisor's leading argument (before [`REVEAL`]) that gives the command the
+/// supervisor's own standard input, where it has no lifeline: the namespaces backend's, which
+/// starts bubblewrap (a sandbox made ahead reads its action's command there).
+pub const STDIN: &str = "--stdin";
+
+/// The supervisor's argument that makes it a waiter: it reads a [`spec`] from its standard
+/// input to the end, then `exec`s that command with exactly that environment, in that
+/// working directory, with an empty standard input.
+pub const AWAIT: &str = "--await";
+
+/// The first bytes of a spec.
+const MAGIC: &[u8] = b"RXW1\0";
+
+/// The largest spec a waiter reads: Linux's own bound on arguments and environment together
+/// is smaller.
+const MAX_SPEC: u64 = 16 << 20;
+
+/// The spec of a command for a waiter: `MAGIC`, the working directory, the number of
+/// arguments, the arguments, then `NAME=VALUE` entries; each ended by a NUL byte.
+/// `InvalidArgument` for a NUL byte inside a field, or a name that is empty or has `=`.
+pub fn spec(args: &[String], env: &[(String, String)], cwd: &Path) -> Result<Vec<u8>> {
+    let mut out = MAGIC.to_vec();
+    let mut field = |bytes: &[u8], what: &str| {
+        if bytes.contains(&0) {
+            return Err(Error::invalid(format!("{what} has a NUL byte")));
+        }
+        out.extend_from_slice(bytes);
+        out.push(0);
+        Ok(())
+    };
+    field(cwd.as_os_str().as_bytes(), "the working directory")?;
+    field(args.len().to_string().as_bytes(), "")?;
+    for arg in args {
+        field(arg.as_bytes(), "an argument")?;
+    }
+    out.extend(encode_environment(env)?);
+    Ok(out)
+}
+
+/// A decoded [`spec`]: working directory, arguments, environment.
+type Decoded = (PathBuf, Vec<OsString>, Vec<(OsString, OsString)>);
+
+/// Decodes a [`spec`]; the reason if it is not one.
+fn decode(bytes: &[u8]) -> std::result::Result<Decoded, String> {
+    let body = bytes.strip_prefix(MAGIC).ok_or("not a command spec")?;
+    let body = body
+        .strip_suffix(&[0])
+        .ok_or("a spec ends with a NUL byte")?;
+    let mut fields = body.split(|b| *b == 0);
+    let cwd = PathBuf::from(OsString::from_vec(
+        fields.next().unwrap_or_default().to_vec(),
+    ));
+    let count: usize = fields
+        .next()
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.parse().ok())
+        .ok_or("no argument count")?;
+    let args: Vec<OsString> = fields
+        .by_ref()
+        .take(count)
+        .map(|a| OsString::from_vec(a.to_vec()))
+        .collect();
+    if args.len() != count || args.is_empty() {
+        return Err("too few arguments".into());
+    }
+    let env = fields
+        .map(|entry| {
+            let at = entry.iter().position(|b| *b == b'=').filter(|at| *at > 0);
+            let at = at.ok_or("an environment entry without a name")?;
+            let os = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
+            Ok((os(&entry[..at]), os(&entry[at + 1..])))
+        })
+        .collect::<std::result::Result<_, String>>()?;
+    Ok((cwd, args, env))
+}
+
+/// The waiter ([`AWAIT`]): reads the spec and `exec`s it. Returns only if it cannot, with
+/// [`CANNOT_START`] and the reason on stderr.
+pub fn await_command() -> ExitCode {
+    let mut bytes = Vec::new();
+    let read = std::io::stdin()
+        .lock()
+        .take(MAX_SPEC)
+        .read_to_end(&mut bytes);
+    let decoded = match read {
+        // No spec at all: the backend dropped the sandbox unused.
+        Ok(0) => return ExitCode::SUCCESS,
+        Ok(_) => decode(&bytes),
+        Err(e) => Err(format!("reading the command: {e}")),
+    };
+    let error = match decoded {
+        Ok((cwd, args, env)) => {
+            let e = std::process::Command::new(&args[0])
+                .args(&args[1..])
+                .env_clear()
+                .envs(env)
+                .current_dir(cwd)
+                .stdin(std::process::Stdio::null())
+                .exec();
+            format!("cannot start {:?}: {e}", args[0])
+        }
+        Err(e) => e,
+    };
+    eprintln!("remexec: {error}");
+    ExitCode::from(CANNOT_START)
+}
 
 /// Whether the user `run_as` may search (`x`) the directory `dir`, by its mode bits.
 fn searchable(dir: &Path, run_as: RunAs) -> bool {
@@ -374,6 +485,7 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 /// Docker backend's reaper.
 pub fn main(args: &[OsString]) -> ExitCode {
     let args = match args {
+        [flag] if flag == AWAIT => return await_command(),
         [flag, worker, rest @ ..] if flag == PID_NAMESPACE => {
             return match outside(worker, args.len(), rest) {
                 Ok(code) => code,
@@ -391,6 +503,10 @@ pub fn main(args: &[OsString]) -> ExitCode {
             rest
         }
         _ => args,
+    };
+    let (stdin, args) = match args {
+        [flag, rest @ ..] if flag == STDIN => (std::process::Stdio::inherit(), rest),
+        _ => (std::process::Stdio::null(), args),
     };
     let (reveal_root, args) = match args {
         [flag, root, rest @ ..] if flag == REVEAL => (Some(Path::new(root)), rest),
@@ -431,8 +547,9 @@ pub fn main(args: &[OsString]) -> ExitCode {
         }
     }
     let mut child = std::process::Command::new(&command[0]);
-    // Never the lifeline: an action's standard input is empty.
-    child.args(&command[1..]).stdin(std::process::Stdio::null());
+    // Never the lifeline: an action's standard input is empty, or the worker's pipe to a
+    // sandbox made ahead.
+    child.args(&command[1..]).stdin(stdin);
     if let Some(env) = env {
         child.env_clear().envs(env);
     }
@@ -542,6 +659,49 @@ mod tests {
         ] {
             let bad: Vec<OsString> = bad.iter().map(OsString::from).collect();
             assert!(parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn specs_round_trip_and_hostile_ones_are_refused() {
+        let args = vec!["sh".to_string(), "-c".into(), "".into(), "a=b".into()];
+        let env = vec![
+            ("A".to_string(), "1=2".to_string()),
+            ("E".into(), "".into()),
+        ];
+        let bytes = spec(&args, &env, Path::new("/x/y")).unwrap();
+        let (cwd, a, e) = decode(&bytes).unwrap();
+        assert_eq!(cwd, Path::new("/x/y"));
+        assert_eq!(a, args.iter().map(OsString::from).collect::<Vec<_>>());
+        let want: Vec<(OsString, OsString)> =
+            env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        assert_eq!(e, want);
+        // No environment at all.
+        assert_eq!(
+            decode(&spec(&args, &[], Path::new("/")).unwrap())
+                .unwrap()
+                .2,
+            vec![]
+        );
+        for bad in [
+            spec(&["a\0b".into()], &[], Path::new("/")),
+            spec(&args, &[("A=B".into(), "v".into())], Path::new("/")),
+            spec(&args, &[], Path::new("/a\0b")),
+        ] {
+            assert!(bad.is_err());
+        }
+        let good = spec(&args, &env, Path::new("/")).unwrap();
+        for bad in [
+            &b""[..],
+            b"RXW1\0/\0",
+            b"RXW1\0/\0x\0",
+            b"RXW1\0/\x005\0a\0",
+            b"RXW1\0/\x000\0",
+            b"RXW1\0/\x001\0a\0=v\0",
+            &good[..good.len() - 1],
+            &good[1..],
+        ] {
+            assert!(decode(bad).is_err(), "{bad:?}");
         }
     }
 }

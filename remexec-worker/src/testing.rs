@@ -39,6 +39,48 @@ fn path_env() -> Vec<(String, String)> {
     vec![("PATH".into(), PATH.into())]
 }
 
+/// An input root for one check: in a sandbox made ahead of need where the isolation has one
+/// ready ([`Isolation::ready`], asked each time, so that later checks find those the earlier
+/// ones had made), else in a scratch directory. Removed when dropped.
+struct Scratch {
+    root: std::path::PathBuf,
+    remove: std::path::PathBuf,
+}
+
+impl Scratch {
+    fn path(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.remove);
+    }
+}
+
+/// See [`Scratch`]. Sandboxes are made in one directory per process (below the system's
+/// temporary directory), so that those made for one check serve the next.
+async fn scratch(isolation: &dyn Isolation) -> Scratch {
+    static DIRS: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| {
+        let dirs = std::env::temp_dir().join(format!("remexec-ahead-{}", std::process::id()));
+        std::fs::create_dir_all(&dirs).unwrap();
+        dirs
+    });
+    let ahead = crate::Ahead {
+        executor: "0",
+        dirs: &DIRS,
+        platform: &[],
+    };
+    let dir = match isolation.ready(ahead).await {
+        Some(dir) => dir,
+        None => tempfile::tempdir().unwrap().keep(),
+    };
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    Scratch { root, remove: dir }
+}
+
 /// A spawn of `args` in `cwd` with output to fresh unlinked files, which are returned too.
 fn spawn(args: Vec<String>, cwd: &Path, timeout: Option<Duration>) -> (Spawn, File, File) {
     let stdout = tempfile::tempfile().unwrap();
@@ -162,7 +204,7 @@ pub async fn isolation_conformance(isolation: &dyn Isolation) {
 
 /// A command's own exit code is `Exited(code)`, and death by a signal is `Exited(128 + n)`.
 pub async fn exit_codes(isolation: &dyn Isolation) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch(isolation).await;
     for (script, want) in [
         ("exit 0", 0),
         ("exit 3", 3),
@@ -179,7 +221,7 @@ pub async fn exit_codes(isolation: &dyn Isolation) {
 /// Standard output and standard error go to the given files, each to its own, in full (1 MiB
 /// of output included).
 pub async fn output_goes_to_the_given_files(isolation: &dyn Isolation) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch(isolation).await;
     let outcome = run(isolation, dir.path(), "echo out; echo err >&2; echo more").await;
     assert_eq!(outcome.exit, Exit::Exited(0));
     assert_eq!(outcome.stdout, "out\nmore\n");
@@ -200,7 +242,7 @@ pub async fn output_goes_to_the_given_files(isolation: &dyn Isolation) {
 
 /// Standard input is empty: a command reading it sees end of file at once.
 pub async fn stdin_is_empty(isolation: &dyn Isolation) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch(isolation).await;
     let spawn = spawn(vec!["/bin/cat".into()], dir.path(), Some(PROMPT));
     let outcome = run_with(isolation, spawn, None).await;
     assert_eq!(
@@ -213,7 +255,7 @@ pub async fn stdin_is_empty(isolation: &dyn Isolation) {
 
 /// The command sees exactly the given environment, nothing inherited from the worker.
 pub async fn environment_is_exactly_as_given(isolation: &dyn Isolation) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch(isolation).await;
     let (mut empty, out, err) = spawn(vec!["/usr/bin/env".into()], dir.path(), Some(PROMPT));
     empty.env.clear();
     let outcome = run_with(isolation, (empty, out, err), None).await;
@@ -243,7 +285,7 @@ pub async fn environment_is_exactly_as_given(isolation: &dyn Isolation) {
 
 /// A program without a `/` is looked up in the given `PATH`, not the worker's.
 pub async fn program_is_looked_up_in_the_given_path(isolation: &dyn Isolation) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch(isolation).await;
     let (found, out, err) = spawn(
         vec!["sh".into(), "-c".into(), "exit 4".into()],
         dir.path(),
@@ -264,10 +306,12 @@ pub async fn program_is_looked_up_in_the_given_path(isolation: &dyn Isolation) {
 
 /// The command runs in the given working directory, and relative paths resolve there.
 pub async fn working_directory_is_as_given(isolation: &dyn Isolation) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch(isolation).await;
     let cwd = dir.path().join("deep").join("er");
     std::fs::create_dir_all(&cwd).unwrap();
-    let outcome = run(isolation, &cwd, "pwd -P; echo made > made.txt").await;
+    let (mut deeper, out, err) = spawn(sh("pwd -P; echo made > made.txt"), &cwd, Some(PROMPT));
+    deeper.input_root = dir.path().to_path_buf();
+    let outcome = run_with(isolation, (deeper, out, err), None).await;
     assert_eq!(outcome.exit, Exit::Exited(0), "{outcome:?}");
     let real = cwd.canonicalize().unwrap();
     assert_eq!(outcome.stdout, format!("{}\n", real.display()));
@@ -279,7 +323,7 @@ pub async fn working_directory_is_as_given(isolation: &dyn Isolation) {
 
 /// A command that overruns its timeout is killed promptly and reported as `TimedOut`.
 pub async fn timeout_kills_the_command(isolation: &dyn Isolation) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch(isolation).await;
     let spawn = spawn(
         sh("echo started; exec sleep 300"),
         dir.path(),
@@ -297,7 +341,7 @@ pub async fn timeout_kills_the_command(isolation: &dyn Isolation) {
 /// A cancelled command is killed promptly and reported as `Cancelled`, also when the token
 /// was cancelled before the run.
 pub async fn cancel_kills_the_command(isolation: &dyn Isolation) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch(isolation).await;
     let spawn1 = spawn(
         sh("exec sleep 300"),
         dir.path(),
@@ -322,7 +366,7 @@ pub async fn cancel_kills_the_command(isolation: &dyn Isolation) {
 
 /// A background process the command started dies when the command exits by itself.
 pub async fn background_processes_die_on_exit(isolation: &dyn Isolation) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch(isolation).await;
     let marker = marker();
     let outcome = run(isolation, dir.path(), &with_background(&marker, "exit 0")).await;
     assert_eq!(outcome.exit, Exit::Exited(0), "{outcome:?}");
@@ -331,7 +375,7 @@ pub async fn background_processes_die_on_exit(isolation: &dyn Isolation) {
 
 /// A background process the command started dies when the command times out.
 pub async fn background_processes_die_on_timeout(isolation: &dyn Isolation) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch(isolation).await;
     let marker = marker();
     let script = with_background(&marker, "exec sleep 300");
     let spawn = spawn(sh(&script), dir.path(), Some(Duration::from_secs(2)));
@@ -342,7 +386,7 @@ pub async fn background_processes_die_on_timeout(isolation: &dyn Isolation) {
 
 /// A background process the command started dies when the command is cancelled.
 pub async fn background_processes_die_on_cancel(isolation: &dyn Isolation) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch(isolation).await;
     let marker = marker();
     let script = with_background(&marker, "exec sleep 300");
     let (spawn, out, err) = spawn(sh(&script), dir.path(), Some(Duration::from_secs(600)));
@@ -369,7 +413,7 @@ pub async fn background_processes_die_on_cancel(isolation: &dyn Isolation) {
 
 /// A program that does not exist, or an empty command, is `Err`, not an exit code.
 pub async fn missing_program_is_err(isolation: &dyn Isolation) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch(isolation).await;
     for args in [vec!["/nonexistent/program".to_string()], vec![]] {
         let (spawn, _out, _err) = spawn(args.clone(), dir.path(), Some(PROMPT));
         let result = isolation.run(spawn, CancellationToken::new()).await;

@@ -86,12 +86,15 @@ impl Worker {
         config.validate()?;
         let cache = FileCache::open(&config.work_dir.join("cache"), config.cache_budget)?;
         let actions = config.work_dir.join("actions");
-        if let Some(aside) = remexec_core::fs::reset_dir(&actions)? {
-            tracing::warn!(
-                dir = %actions.display(),
-                moved_to = %aside.display(),
-                "could not remove leftover action directories; moved them aside"
-            );
+        // Action directories, and those of sandboxes made ahead of need.
+        for dir in [&actions, &config.work_dir.join(crate::ahead::DIR)] {
+            if let Some(aside) = remexec_core::fs::reset_dir(dir)? {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    moved_to = %aside.display(),
+                    "could not remove leftover action directories; moved them aside"
+                );
+            }
         }
         // An action run as another user may pass through to its own directory, and no further:
         // the file cache (whose files its inputs are hard links to) is the worker's alone.
@@ -100,6 +103,7 @@ impl Worker {
             (config.work_dir.clone(), 0o711),
             (config.work_dir.join("cache"), 0o700),
             (actions, 0o711),
+            (config.work_dir.join(crate::ahead::DIR), 0o711),
         ] {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| Error::io(format!("restricting {}", dir.display()), e))?;

@@ -511,3 +511,52 @@ pub fn files(dir: &Path, n: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// bubblewrap, as a path, if the host has it (`BWRAP` names another).
+pub fn bwrap() -> Option<PathBuf> {
+    let bwrap = require_tool("BWRAP", "bwrap")?;
+    // `require_tool` found it on PATH; the backend wants a path.
+    Some(if bwrap.is_absolute() {
+        bwrap
+    } else {
+        PathBuf::from("/usr/bin").join(bwrap)
+    })
+}
+
+/// Builds the test image if it is missing (as `.ci/test` does first).
+pub fn docker_image() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/test-image");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits (containers are removed in the background) until the engine has no container of
+/// the backend called `name`, and panics if it keeps one.
+pub async fn assert_no_container_left(name: &str) {
+    let left = || {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=remexec.worker={name}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for _ in 0..200 {
+        if left().is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("containers left behind: {}", left());
+}

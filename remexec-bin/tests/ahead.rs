@@ -1,0 +1,250 @@
+//! Sandboxes made ahead of need (`remexec_worker::ahead`), against the real bubblewrap and
+//! the real Docker engine: they pass the isolation conformance suite, run each action in its
+//! own input root only, work below a directory closed to the action user and with cgroup
+//! limits, and leave nothing behind.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::bwrap;
+use remexec_worker::RunAs;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `isolation`'s sandbox made ahead for an action in `dirs`, once one is ready.
+async fn ready_in(isolation: &dyn remexec_worker::Isolation, dirs: &std::path::Path) -> PathBuf {
+    let ahead = remexec_worker::Ahead {
+        executor: "0",
+        dirs,
+        platform: &[],
+    };
+    for _ in 0..600 {
+        if let Some(dir) = isolation.ready(ahead).await {
+            return dir;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no sandbox was made ahead of need in 30 s");
+}
+
+/// Sandboxes made ahead of need pass the conformance suite (the suite asks for one before each
+/// check, so that most run in one), run the action in its own input root, and an action in one
+/// cannot reach another's input root, made ahead beside its own.
+#[tokio::test]
+async fn sandboxes_made_ahead_of_need_run_each_action_in_its_own_root() {
+    use remexec_worker::{Exit, Isolation as _};
+    let Some(bwrap) = bwrap() else { return };
+    let waiter = vec![env!("CARGO_BIN_EXE_remexec-supervisor").into()];
+    let isolation = remexec_worker::NamespaceIsolation::new(bwrap.clone(), None, None)
+        .unwrap()
+        .ahead(waiter.clone())
+        .unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let (mine, theirs) = (
+        ready_in(&isolation, dirs.path()).await,
+        ready_in(&isolation, dirs.path()).await,
+    );
+    let (root, other) = (mine.join("root"), theirs.join("root"));
+    std::fs::write(root.join("in.txt"), "staged after the sandbox was made\n").unwrap();
+    let script = format!(
+        "cat in.txt; pwd; echo made > out.txt; ls {other} || echo unseen; \
+         echo evil > {other}/evil.txt || echo unwritten; echo err >&2; exit 3",
+        other = other.display()
+    );
+    let (stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    let spawn = remexec_worker::Spawn {
+        args: vec!["/bin/sh".into(), "-c".into(), script],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: root.clone(),
+        input_root: root.clone(),
+        platform: vec![],
+        executor: "0".into(),
+        stdout: stdout.try_clone().unwrap(),
+        stderr: stderr.try_clone().unwrap(),
+        timeout: Some(std::time::Duration::from_secs(60)),
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let exit = isolation.run(spawn, cancel).await.unwrap();
+    assert_eq!(exit, Exit::Exited(3));
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        f.rewind().unwrap();
+        f.read_to_string(&mut text).unwrap();
+        text
+    };
+    let out = read(stdout);
+    assert!(out.starts_with(&format!(
+        "staged after the sandbox was made\n{}\n",
+        root.display()
+    )));
+    assert!(out.contains("unseen") && out.contains("unwritten"), "{out}");
+    assert!(read(stderr).ends_with("err\n"));
+    assert_eq!(
+        std::fs::read_to_string(root.join("out.txt")).unwrap(),
+        "made\n"
+    );
+    assert!(!other.join("evil.txt").exists());
+    remexec_worker::testing::isolation_conformance(&isolation).await;
+    if is_root() {
+        let nobody = RunAs {
+            uid: 65534,
+            gid: 65534,
+        };
+        let setpriv = Some(PathBuf::from("/usr/bin/setpriv"));
+        match remexec_worker::NamespaceIsolation::new(bwrap, setpriv, Some(nobody))
+            .unwrap()
+            .ahead(waiter)
+        {
+            Ok(isolation) => remexec_worker::testing::isolation_conformance(&isolation).await,
+            // The action user may not reach the build's supervisor (a checkout below /root).
+            Err(e) => eprintln!("as nobody: {e}"),
+        }
+    }
+}
+
+/// As root, with the action user: sandboxes made ahead below a directory closed to that user
+/// (reached through the supervisor's `--reveal`), and with cgroup limits (joined by the
+/// supervisor), wait for their command, run it as the user in its cgroups, and see the 64 MiB
+/// memory limit.
+#[tokio::test]
+async fn sandboxes_made_ahead_work_below_a_closed_directory_and_with_limits() {
+    use remexec_worker::{Exit, Isolation as _};
+    let Some(bwrap) = bwrap() else { return };
+    if !is_root() {
+        return;
+    }
+    let nobody = RunAs {
+        uid: 65534,
+        gid: 65534,
+    };
+    let supervisor: Vec<std::ffi::OsString> =
+        vec![env!("CARGO_BIN_EXE_remexec").into(), "supervise".into()];
+    let limits = remexec_worker::cgroups::Limits {
+        cpus: Some(1.0),
+        memory: Some(64 << 20),
+    };
+    let cgroups = remexec_worker::cgroups::CgroupLimits::detect("ahead-test", limits).unwrap();
+    let setpriv = Some(PathBuf::from("/usr/bin/setpriv"));
+    let isolation = remexec_worker::NamespaceIsolation::new(bwrap, setpriv, Some(nobody))
+        .unwrap()
+        .reveal_with(PathBuf::from("/usr/bin/unshare"), supervisor.clone())
+        .ahead(supervisor.clone())
+        .unwrap()
+        .with_limits(cgroups, supervisor)
+        .unwrap();
+    let closed = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dirs = closed.path().join("ahead");
+    std::fs::create_dir(&dirs).unwrap();
+    let root = ready_in(&isolation, &dirs).await.join("root");
+    let (stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    let spawn = remexec_worker::Spawn {
+        args: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "id -u; echo made > out.txt; head -c 268435456 /dev/zero | tail -n 1 >/dev/null".into(),
+        ],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: root.clone(),
+        input_root: root.clone(),
+        platform: vec![],
+        executor: "0".into(),
+        stdout: stdout.try_clone().unwrap(),
+        stderr: stderr.try_clone().unwrap(),
+        timeout: Some(std::time::Duration::from_secs(60)),
+    };
+    let exit = isolation.run(spawn, Default::default()).await.unwrap();
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        f.rewind().unwrap();
+        f.read_to_string(&mut text).unwrap();
+        text
+    };
+    let (out, err) = (read(stdout), read(stderr));
+    assert_ne!(exit, Exit::Exited(0), "{out}{err}");
+    assert_eq!(out, "65534\n");
+    let told = format!("exceeded its memory limit of {} bytes", 64 << 20);
+    assert!(err.contains(&told), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("out.txt")).unwrap(),
+        "made\n"
+    );
+}
+
+/// Containers made ahead of need pass the suite (most checks run in one), in an image with
+/// nothing of remexec's or of glibc (busybox): the waiter comes with the host's loader. The
+/// action gets exactly its environment, unlike a container made for it. Dropped, the
+/// backend leaves nothing on the engine.
+#[cfg(feature = "docker")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_made_ahead_of_need_pass_the_conformance_suite() {
+    common::docker_image();
+    use remexec_worker::cgroups::Limits;
+    use remexec_worker::{DockerIsolation, Isolation as _};
+    let no_limits = Limits {
+        cpus: None,
+        memory: None,
+    };
+    let waiter = vec![env!("CARGO_BIN_EXE_remexec-supervisor").into()];
+    let docker = DockerIsolation::connect("ahead", "remexec-test:latest", no_limits)
+        .await
+        .unwrap()
+        .ahead(waiter)
+        .await
+        .unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let root = ready_in(&docker, dirs.path()).await.join("root");
+    std::fs::write(root.join("in.txt"), "staged\n").unwrap();
+    let (stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    let spawn = remexec_worker::Spawn {
+        args: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "cat in.txt; env; exit 5".into(),
+        ],
+        env: vec![
+            ("PATH".into(), "/bin".into()),
+            ("ODD".into(), "a=b c".into()),
+        ],
+        cwd: root.clone(),
+        input_root: root.clone(),
+        platform: vec![],
+        executor: "0".into(),
+        stdout: stdout.try_clone().unwrap(),
+        stderr,
+        timeout: Some(std::time::Duration::from_secs(60)),
+    };
+    let exit = docker.run(spawn, Default::default()).await.unwrap();
+    assert_eq!(exit, remexec_worker::Exit::Exited(5));
+    let mut out = String::new();
+    use std::io::{Read, Seek};
+    let mut stdout = stdout;
+    stdout.rewind().unwrap();
+    stdout.read_to_string(&mut out).unwrap();
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    // The shell adds PWD (and busybox's SHLVL); Docker's HOSTNAME does not get through.
+    let want = ["ODD=a=b c", "PATH=/bin", "staged"];
+    assert!(want.iter().all(|w| lines.contains(w)), "{lines:?}");
+    assert!(!out.contains("HOSTNAME"), "{out}");
+    use remexec_worker::testing as suite;
+    suite::exit_codes(&docker).await;
+    suite::output_goes_to_the_given_files(&docker).await;
+    suite::stdin_is_empty(&docker).await;
+    suite::working_directory_is_as_given(&docker).await;
+    suite::timeout_kills_the_command(&docker).await;
+    suite::cancel_kills_the_command(&docker).await;
+    suite::background_processes_die_on_exit(&docker).await;
+    suite::background_processes_die_on_timeout(&docker).await;
+    suite::background_processes_die_on_cancel(&docker).await;
+    drop(docker);
+    common::assert_no_container_left("ahead").await;
+}
