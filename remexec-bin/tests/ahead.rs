@@ -90,6 +90,23 @@ async fn sandboxes_made_ahead_of_need_run_each_action_in_its_own_root() {
         "made\n"
     );
     assert!(!other.join("evil.txt").exists());
+    // A sandbox handed out for a lease that never ran it (staging failed): once the worker has
+    // removed its directory, the next request kills it.
+    let abandoned = theirs.join("root");
+    let lives = || {
+        let wanted = abandoned.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&wanted)
+        })
+    };
+    assert!(lives(), "the sandbox made ahead is not running");
+    std::fs::remove_dir_all(&theirs).unwrap();
+    ready_in(&isolation, dirs.path()).await;
+    assert!(
+        common::wait_until(10, || !lives()),
+        "an abandoned sandbox lives on"
+    );
     remexec_worker::testing::isolation_conformance(&isolation).await;
     if is_root() {
         let nobody = RunAs {
@@ -179,16 +196,46 @@ async fn sandboxes_made_ahead_work_below_a_closed_directory_and_with_limits() {
     );
 }
 
+/// Runs `sh -c script` in `root` (with `PATH=/bin` and `ODD=a=b c`) under `isolation`: how
+/// it ended, and its standard output.
+async fn run_in(
+    isolation: &dyn remexec_worker::Isolation,
+    root: &std::path::Path,
+    script: &str,
+) -> (remexec_worker::Exit, String) {
+    use std::io::{Read, Seek};
+    let (mut stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    let spawn = remexec_worker::Spawn {
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec![
+            ("PATH".into(), "/bin".into()),
+            ("ODD".into(), "a=b c".into()),
+        ],
+        cwd: root.to_path_buf(),
+        input_root: root.to_path_buf(),
+        platform: vec![],
+        executor: "0".into(),
+        stdout: stdout.try_clone().unwrap(),
+        stderr,
+        timeout: Some(std::time::Duration::from_secs(60)),
+    };
+    let exit = isolation.run(spawn, Default::default()).await.unwrap();
+    let mut out = String::new();
+    stdout.rewind().unwrap();
+    stdout.read_to_string(&mut out).unwrap();
+    (exit, out)
+}
+
 /// Containers made ahead of need pass the suite (most checks run in one), in an image with
 /// nothing of remexec's or of glibc (busybox): the waiter comes with the host's loader. The
-/// action gets exactly its environment, unlike a container made for it. Dropped, the
-/// backend leaves nothing on the engine.
+/// action gets the environment a container made for it gets. Dropped, the backend leaves
+/// nothing on the engine.
 #[cfg(feature = "docker")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_made_ahead_of_need_pass_the_conformance_suite() {
     common::docker_image();
     use remexec_worker::cgroups::Limits;
-    use remexec_worker::{DockerIsolation, Isolation as _};
+    use remexec_worker::DockerIsolation;
     let no_limits = Limits {
         cpus: None,
         memory: None,
@@ -201,40 +248,31 @@ async fn containers_made_ahead_of_need_pass_the_conformance_suite() {
         .await
         .unwrap();
     let dirs = tempfile::tempdir().unwrap();
-    let root = ready_in(&docker, dirs.path()).await.join("root");
-    std::fs::write(root.join("in.txt"), "staged\n").unwrap();
-    let (stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
-    let spawn = remexec_worker::Spawn {
-        args: vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            "cat in.txt; env; exit 5".into(),
-        ],
-        env: vec![
-            ("PATH".into(), "/bin".into()),
-            ("ODD".into(), "a=b c".into()),
-        ],
-        cwd: root.clone(),
-        input_root: root.clone(),
-        platform: vec![],
-        executor: "0".into(),
-        stdout: stdout.try_clone().unwrap(),
-        stderr,
-        timeout: Some(std::time::Duration::from_secs(60)),
-    };
-    let exit = docker.run(spawn, Default::default()).await.unwrap();
-    assert_eq!(exit, remexec_worker::Exit::Exited(5));
-    let mut out = String::new();
-    use std::io::{Read, Seek};
-    let mut stdout = stdout;
-    stdout.rewind().unwrap();
-    stdout.read_to_string(&mut out).unwrap();
-    let mut lines: Vec<&str> = out.lines().collect();
-    lines.sort_unstable();
-    // The shell adds PWD (and busybox's SHLVL); Docker's HOSTNAME does not get through.
-    let want = ["ODD=a=b c", "PATH=/bin", "staged"];
-    assert!(want.iter().all(|w| lines.contains(w)), "{lines:?}");
-    assert!(!out.contains("HOSTNAME"), "{out}");
+    // The same command in a container made ahead and in one made for it: the same
+    // environment (the image's, the engine's HOSTNAME, the action's over them) and output.
+    let ahead = ready_in(&docker, dirs.path()).await.join("root");
+    let cold = tempfile::tempdir().unwrap();
+    let mut seen = Vec::new();
+    for root in [ahead.as_path(), cold.path()] {
+        std::fs::write(root.join("in.txt"), "staged\n").unwrap();
+        let (exit, out) = run_in(&docker, root, "cat in.txt; env; exit 5").await;
+        assert_eq!(exit, remexec_worker::Exit::Exited(5));
+        let mut names: Vec<String> = out
+            .lines()
+            .map(|l| l.split('=').next().unwrap().to_string())
+            .collect();
+        names.sort_unstable();
+        assert!(
+            out.contains("\nODD=a=b c\n") && out.starts_with("staged\n"),
+            "{out}"
+        );
+        assert!(out.contains("\nPATH=/bin\n"), "{out}");
+        seen.push(names);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the environment of a container made ahead"
+    );
     use remexec_worker::testing as suite;
     suite::exit_codes(&docker).await;
     suite::output_goes_to_the_given_files(&docker).await;

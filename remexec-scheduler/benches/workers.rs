@@ -1,13 +1,16 @@
 //! A thousand workers on one scheduler: `WORKERS` simulated workers (default 1,000) of
 //! `EXECUTORS` executors each (default 8) attach to one scheduler's WorkerService over real gRPC
-//! on loopback, each on its own HTTP/2 connection, all in this process. `ACTIONS` no-op actions
+//! on loopback, each on its own HTTP/2 connection. The simulated workers run in a second process
+//! (this bench started again with `WORKERS_OF=URL`), so that this process holds the scheduler
+//! alone: the scheduler, its in-memory CAS and the Execute operations. `ACTIONS` no-op actions
 //! (default 100,000) are queued at once; each worker answers every lease at once with a
-//! successful result. Prints dispatches per second; the dispatch latency, from a worker's result
-//! to the next lease of the executor it freed, while actions are queued (p50, p99, max); the
-//! time from queueing to the lease (which, with more actions than executors, is mostly the
-//! wait for one); then, with every executor idle, the latency from Execute to the lease of
-//! `SINGLE` actions (default 1,000) sent one at a time; and this process's peak RSS (the scheduler's, plus the simulated workers' own
-//! connections and tasks).
+//! successful result. Prints dispatches per second (from the first lease to the last of the
+//! queued actions, by the workers' clock); the dispatch latency, from a worker's result to the
+//! next lease of the executor it freed, while actions are queued (p50, p99, max); the time from
+//! queueing to the lease (with more actions than executors, mostly the wait for one); then, with
+//! every executor idle, the time from Execute to the completed operation of `SINGLE` actions
+//! (default 1,000) sent one at a time; and the scheduler process's RSS (idle, with the workers
+//! attached, and peak) beside the workers' process's peak.
 //!
 //! `cargo bench -p remexec-scheduler --bench workers` (`WORKERS=100 ACTIONS=10000` for a quick
 //! run).
@@ -62,13 +65,15 @@ async fn finish(
     }
 }
 
-/// What the simulated workers saw.
+/// What the simulated workers saw of the first `flood` leases (the queued actions).
 struct Seen {
+    flood: u64,
     /// From a result to the freed executor's next lease.
     dispatch: parking_lot::Mutex<Histogram<u64>>,
     /// From queueing to the lease.
     latency: parking_lot::Mutex<Histogram<u64>>,
     leases: AtomicU64,
+    first: parking_lot::Mutex<Option<Instant>>,
     last: parking_lot::Mutex<Option<Instant>>,
 }
 
@@ -100,15 +105,18 @@ async fn worker(url: &str, n: usize, executors: usize, seen: Arc<Seen>) {
             let Some(S::Lease(lease)) = message.message else {
                 continue;
             };
-            if let Some(at) = freed.remove(&lease.executor_id) {
-                let gap = Instant::now().duration_since(at);
-                let _ = seen.dispatch.lock().record(gap.as_nanos().max(1) as u64);
+            let n = seen.leases.fetch_add(1, Ordering::Relaxed);
+            if n < seen.flood {
+                if let Some(at) = freed.remove(&lease.executor_id) {
+                    let gap = Instant::now().duration_since(at);
+                    let _ = seen.dispatch.lock().record(gap.as_nanos().max(1) as u64);
+                }
+                let queued = UNIX_EPOCH + Duration::from_nanos(lease.queued_at_unix_nanos as u64);
+                let waited = SystemTime::now().duration_since(queued).unwrap_or_default();
+                let _ = seen.latency.lock().record(waited.as_nanos().max(1) as u64);
+                seen.first.lock().get_or_insert_with(Instant::now);
+                *seen.last.lock() = Some(Instant::now());
             }
-            let queued = UNIX_EPOCH + Duration::from_nanos(lease.queued_at_unix_nanos as u64);
-            let waited = SystemTime::now().duration_since(queued).unwrap_or_default();
-            let _ = seen.latency.lock().record(waited.as_nanos().max(1) as u64);
-            seen.leases.fetch_add(1, Ordering::Relaxed);
-            *seen.last.lock() = Some(Instant::now());
             let result = LeaseResult {
                 lease_id: lease.lease_id,
                 result: Some(ActionResult::default()),
@@ -126,8 +134,8 @@ async fn worker(url: &str, n: usize, executors: usize, seen: Arc<Seen>) {
 }
 
 /// Sends `SINGLE` actions one at a time, each once the last is done, and prints the latency
-/// from Execute to its lease.
-async fn one_at_a_time(scheduler: &Scheduler, cas: &MapStore, seen: &Seen) {
+/// from Execute to the completed operation.
+async fn one_at_a_time(scheduler: &Scheduler, cas: &MapStore) {
     let mut single = Histogram::<u64>::new(3).unwrap();
     for i in 0..env("SINGLE", 1000) {
         let args = ["true", "single", &i.to_string()];
@@ -137,22 +145,60 @@ async fn one_at_a_time(scheduler: &Scheduler, cas: &MapStore, seen: &Seen) {
             skip_cache_lookup: true,
             ..Default::default()
         };
-        let before = seen.leases.load(Ordering::Relaxed);
         let sent = Instant::now();
         let operation = scheduler.execute(request).await.unwrap();
-        while seen.leases.load(Ordering::Relaxed) == before {
-            tokio::task::yield_now().await;
-        }
-        let _ = single.record(sent.elapsed().as_nanos().max(1) as u64);
         finish(operation).await;
+        let _ = single.record(sent.elapsed().as_nanos().max(1) as u64);
     }
     println!(
-        "\nOne action at a time, every executor idle: Execute to lease p50 {:.2} ms, p99 {:.2} ms, \
-         max {:.2} ms ({} actions).",
+        "\nOne action at a time, every executor idle: Execute to completed operation p50 {:.2} \
+         ms, p99 {:.2} ms, max {:.2} ms ({} actions).",
         single.value_at_quantile(0.5) as f64 / 1e6,
         single.value_at_quantile(0.99) as f64 / 1e6,
         single.max() as f64 / 1e6,
         single.len()
+    );
+}
+
+/// The simulated workers' process: attaches `WORKERS` workers to `url`, answers every lease,
+/// and when its standard input ends prints what it saw of the first `ACTIONS` leases on one
+/// line: leases, seconds from the first to the last, dispatch p50, p99 and max, queued to
+/// lease p50 and p99 (ms), and its own peak RSS (MiB).
+async fn simulate(url: &str, workers: usize, executors: usize, actions: usize) {
+    let seen = Arc::new(Seen {
+        flood: actions as u64,
+        dispatch: parking_lot::Mutex::new(Histogram::new(3).unwrap()),
+        latency: parking_lot::Mutex::new(Histogram::new(3).unwrap()),
+        leases: AtomicU64::new(0),
+        first: parking_lot::Mutex::new(None),
+        last: parking_lot::Mutex::new(None),
+    });
+    for chunk in (0..workers).collect::<Vec<_>>().chunks(100) {
+        let attaching = chunk
+            .iter()
+            .map(|&n| worker(url, n, executors, Arc::clone(&seen)));
+        futures::future::join_all(attaching).await;
+    }
+    let _ = tokio::task::spawn_blocking(|| {
+        std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())
+    })
+    .await;
+    let (first, last) = (*seen.first.lock(), *seen.last.lock());
+    let seconds = match (first, last) {
+        (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
+        _ => 0.0,
+    };
+    let (dispatch, latency) = (seen.dispatch.lock().clone(), seen.latency.lock().clone());
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
+    println!(
+        "{} {seconds} {} {} {} {} {} {}",
+        seen.leases.load(Ordering::Relaxed).min(seen.flood),
+        ms(&dispatch, 0.5),
+        ms(&dispatch, 0.99),
+        dispatch.max() as f64 / 1e6,
+        ms(&latency, 0.5),
+        ms(&latency, 0.99),
+        memory("VmHWM"),
     );
 }
 
@@ -173,19 +219,13 @@ async fn run(workers: usize, executors: usize, actions: usize) {
         digests.push(store_action(cas.as_ref(), &args, &[("OSFamily", "linux")], true).await);
     }
     let idle = memory("VmRSS");
-    let seen = Arc::new(Seen {
-        dispatch: parking_lot::Mutex::new(Histogram::new(3).unwrap()),
-        latency: parking_lot::Mutex::new(Histogram::new(3).unwrap()),
-        leases: AtomicU64::new(0),
-        last: parking_lot::Mutex::new(None),
-    });
     let started = Instant::now();
-    for chunk in (0..workers).collect::<Vec<_>>().chunks(100) {
-        let attaching = chunk
-            .iter()
-            .map(|&n| worker(&url, n, executors, Arc::clone(&seen)));
-        futures::future::join_all(attaching).await;
-    }
+    let mut simulated = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("WORKERS_OF", &url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     while pool.workers().len() < workers {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -204,33 +244,37 @@ async fn run(workers: usize, executors: usize, actions: usize) {
     let queued_s = start.elapsed().as_secs_f64();
     let done = futures::future::join_all(operations.into_iter().map(finish)).await;
     let failed = done.iter().filter(|r| r.result.is_none()).count();
-    let dispatched = seen.leases.load(Ordering::Relaxed);
-    let last = seen.last.lock().unwrap_or_else(Instant::now);
-    let seconds = last.duration_since(start).as_secs_f64();
-    let (dispatch, latency) = (seen.dispatch.lock().clone(), seen.latency.lock().clone());
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
+    let done_s = start.elapsed().as_secs_f64();
+    drop(done);
+    let peak = memory("VmHWM");
+    one_at_a_time(&scheduler, cas.as_ref()).await;
+    drop(simulated.stdin.take());
+    let out = tokio::task::spawn_blocking(move || simulated.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let seen: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let [leases, seconds, d50, d99, dmax, l50, l99, workers_peak] = seen[..] else {
+        panic!("the simulated workers said {:?}", out.stdout);
+    };
     println!(
         "| workers × executors | actions | failed | dispatches/s | dispatch p50 / p99 / max ms \
-         | queued to lease p50 / p99 ms | RSS MiB: idle, attached, peak |"
+         | queued to lease p50 / p99 ms | scheduler RSS MiB: idle, attached, peak \
+         | workers' process peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| {workers} × {executors} | {dispatched} | {failed} | {:.0} | {:.2} / {:.2} / {:.2} \
-         | {:.0} / {:.0} | {:.0}, {:.0}, {:.0} |",
-        dispatched as f64 / seconds,
-        ms(&dispatch, 0.5),
-        ms(&dispatch, 0.99),
-        dispatch.max() as f64 / 1e6,
-        ms(&latency, 0.5),
-        ms(&latency, 0.99),
-        idle,
-        attached,
-        memory("VmHWM"),
+        "| {workers} × {executors} | {leases} | {failed} | {:.0} | {d50:.2} / {d99:.2} / \
+         {dmax:.2} | {l50:.0} / {l99:.0} | {idle:.0}, {attached:.0}, {peak:.0} \
+         | {workers_peak:.0} |",
+        leases / seconds,
     );
-    one_at_a_time(&scheduler, cas.as_ref(), &seen).await;
     println!(
-        "\nAttaching took {attach_s:.2} s; queueing the actions {queued_s:.2} s; the last lease \
-         arrived {seconds:.2} s after the first Execute."
+        "\nAttaching took {attach_s:.2} s; queueing the actions {queued_s:.2} s; all were done \
+         {done_s:.2} s after the first Execute."
     );
 }
 
@@ -244,5 +288,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(workers, executors, actions));
+    match std::env::var("WORKERS_OF") {
+        Ok(url) => runtime.block_on(simulate(&url, workers, executors, actions)),
+        Err(_) => runtime.block_on(run(workers, executors, actions)),
+    }
 }

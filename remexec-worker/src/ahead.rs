@@ -3,7 +3,7 @@
 //! Setting up a sandbox (bubblewrap's namespaces and mounts) takes several milliseconds, most
 //! of it waiting on the kernel, not working. A backend that makes sandboxes ahead starts each
 //! one with a *waiter* as its command (the supervisor's [`AWAIT`](crate::supervisor::AWAIT) mode) and an empty input root
-//! bound in, `DIRS/ahead-N/root`, while no action needs it yet. The worker stages the next
+//! bound in, `DIRS/ahead-XXXXXX/root`, while no action needs it yet. The worker stages the next
 //! action's inputs into that directory. [`run`](crate::Isolation::run) then writes the
 //! action's command, environment and working directory to the waiter's standard input and
 //! closes it, and the waiter `exec`s the command: the action pays for one process start, not
@@ -30,7 +30,7 @@ pub(crate) trait Waiting: Send {
     fn waits(&mut self) -> bool;
 }
 
-/// A sandbox made ahead: its directory (`…/ahead-N`, whose `root` is the input root bound
+/// A sandbox made ahead: its directory (`…/ahead-XXXXXX`, whose `root` is the input root bound
 /// in), its output files, and the backend's own part.
 #[derive(Debug)]
 pub(crate) struct Ready<T> {
@@ -76,8 +76,13 @@ impl<T> Process<T> {
 pub(crate) async fn hand(mut stdin: impl tokio::io::AsyncWrite + Unpin, spec: &[u8]) -> Result<()> {
     use tokio::io::AsyncWriteExt as _;
     let handing = |e| Error::io("handing the command to its sandbox", e);
-    stdin.write_all(spec).await.map_err(handing)?;
-    stdin.shutdown().await.map_err(handing)
+    let handed = async {
+        stdin.write_all(spec).await.map_err(handing)?;
+        stdin.shutdown().await.map_err(handing)
+    };
+    tokio::time::timeout(PROMPT, handed)
+        .await
+        .map_err(|_| Error::Unavailable("the sandbox did not take its command".into()))?
 }
 
 impl<T> Drop for Process<T> {
@@ -109,109 +114,176 @@ pub(crate) async fn copy_output(from: (File, File), to: (&File, &File)) -> Resul
     .await
 }
 
-/// The sandboxes of one backend made ahead, by kind (`K`: what must match, with the
-/// directory they were made in), and those handed out, by input root.
-#[derive(Debug)]
-pub(crate) struct Pool<K, T> {
-    #[allow(clippy::type_complexity)]
-    ready: parking_lot::Mutex<std::collections::HashMap<K, Vec<Ready<T>>>>,
-    /// Being made, by kind.
-    making: parking_lot::Mutex<std::collections::HashMap<K, usize>>,
-    handed: parking_lot::Mutex<std::collections::HashMap<PathBuf, Ready<T>>>,
-    /// Sandboxes found dead before they were used: after [`DEAD_LIMIT`], none are made.
-    dead: std::sync::atomic::AtomicUsize,
-    /// When making one of a kind last failed (an image not on the engine): none of that kind
-    /// are made for [`RETRY_AFTER`].
-    failed: parking_lot::Mutex<std::collections::HashMap<K, std::time::Instant>>,
-}
+/// How many kinds of sandbox a backend keeps ready at once: those of the kinds asked for
+/// least recently go (clients choose images).
+const KINDS: usize = 2;
+
+/// How many sandboxes in a row may die unused before a backend stops making them ahead.
+const DEAD_LIMIT: usize = 8;
 
 /// How long a kind of sandbox that could not be made is not tried again.
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// How many sandboxes may die unused before a backend stops making them ahead.
-const DEAD_LIMIT: usize = 8;
+/// How long making one sandbox, or handing it its command, may take.
+pub(crate) const PROMPT: std::time::Duration = std::time::Duration::from_secs(60);
 
-impl<K: Eq + std::hash::Hash + Clone, T: Waiting> Default for Pool<K, T> {
+/// The sandboxes of one backend made ahead, by kind (`K`: what must match, with the
+/// directory they were made in), and those handed out, by input root.
+#[derive(Debug)]
+pub(crate) struct Pool<K, T> {
+    state: parking_lot::Mutex<State<K, T>>,
+}
+
+#[derive(Debug)]
+struct State<K, T> {
+    /// Ready, by kind; at most [`KINDS`] kinds, the latest asked for first in `recent`.
+    ready: std::collections::HashMap<K, Vec<Ready<T>>>,
+    recent: std::collections::VecDeque<K>,
+    /// Being made, by kind.
+    making: std::collections::HashMap<K, usize>,
+    /// Handed out by [`Pool::take`], by input root, until [`Pool::handed`] claims them.
+    handed: std::collections::HashMap<PathBuf, Ready<T>>,
+    /// Sandboxes found dead before they were used, in a row.
+    dead: usize,
+    /// When making one of a kind last failed (an image not on the engine).
+    failed: std::collections::HashMap<K, std::time::Instant>,
+}
+
+impl<K, T> Default for Pool<K, T> {
     fn default() -> Self {
         Self {
-            ready: Default::default(),
-            making: Default::default(),
-            handed: Default::default(),
-            dead: Default::default(),
-            failed: Default::default(),
+            state: parking_lot::Mutex::new(State {
+                ready: Default::default(),
+                recent: Default::default(),
+                making: Default::default(),
+                handed: Default::default(),
+                dead: 0,
+                failed: Default::default(),
+            }),
         }
     }
 }
 
 impl<K: Eq + std::hash::Hash + Clone, T: Waiting> Pool<K, T> {
-    /// A ready sandbox of `kind` (its directory), now handed out; `None` if none waits.
+    /// A ready sandbox of `kind` (its directory), now handed out; `None` if none waits. Also
+    /// drops the handed-out sandboxes whose input roots are gone (their leases ended without
+    /// running them), and the ready ones of kinds no longer asked for.
     pub(crate) fn take(&self, kind: &K) -> Option<PathBuf> {
-        let mut ready = self.ready.lock();
-        let list = ready.get_mut(kind)?;
-        while let Some(mut sandbox) = list.pop() {
-            if sandbox.sandbox.waits() {
-                let dir = sandbox.dir.clone();
-                self.handed.lock().insert(sandbox.root(), sandbox);
-                return Some(dir);
+        let mut dropped = Vec::new();
+        let taken = {
+            let mut state = self.state.lock();
+            let gone: Vec<PathBuf> = state
+                .handed
+                .keys()
+                .filter(|r| !r.exists())
+                .cloned()
+                .collect();
+            dropped.extend(gone.iter().filter_map(|root| state.handed.remove(root)));
+            state.recent.retain(|k| k != kind);
+            state.recent.push_front(kind.clone());
+            while state.recent.len() > KINDS {
+                if let Some(old) = state.recent.pop_back() {
+                    dropped.extend(state.ready.remove(&old).unwrap_or_default());
+                }
             }
-            let dead = 1 + self.dead.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let said = read_start(&sandbox.stderr);
-            tracing::warn!(dead, said, "a sandbox made ahead of need died unused");
-            if dead == DEAD_LIMIT {
-                tracing::warn!("no more sandboxes are made ahead of need");
-            }
-            // Small and empty: removed here rather than handed to another thread.
+            state.take(kind, &mut dropped)
+        };
+        // Killed and removed outside the lock.
+        for sandbox in dropped {
             let _ = std::fs::remove_dir_all(&sandbox.dir);
         }
-        None
+        taken
     }
 
     /// The sandbox handed out for `root`, if it still waits.
     pub(crate) fn handed(&self, root: &Path) -> Option<Ready<T>> {
-        let mut sandbox = self.handed.lock().remove(root)?;
+        let mut sandbox = self.state.lock().handed.remove(root)?;
         sandbox.sandbox.waits().then_some(sandbox)
     }
 
     /// How many more of `kind` to make now to have [`AHEAD`] (counted as being made).
     pub(crate) fn wanted(&self, kind: &K) -> usize {
-        if self.dead.load(std::sync::atomic::Ordering::Relaxed) >= DEAD_LIMIT
-            || self
-                .failed
-                .lock()
-                .get(kind)
-                .is_some_and(|at| at.elapsed() < RETRY_AFTER)
-        {
+        let mut state = self.state.lock();
+        let failing = state
+            .failed
+            .get(kind)
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER);
+        if state.dead >= DEAD_LIMIT || failing {
             return 0;
         }
-        let have = self.ready.lock().get(kind).map_or(0, Vec::len);
-        let mut making = self.making.lock();
-        let making = making.entry(kind.clone()).or_default();
+        let have = state.ready.get(kind).map_or(0, Vec::len);
+        let making = state.making.entry(kind.clone()).or_default();
         let wanted = AHEAD.saturating_sub(have + *making);
         *making += wanted;
         wanted
     }
 
-    /// A fresh directory name for a sandbox in `dirs`.
-    pub(crate) fn dir_in(&self, dirs: &Path) -> PathBuf {
-        // One count for the process: backends of one worker share its directory.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        dirs.join(format!("ahead-{}-{n}", std::process::id()))
-    }
-
     /// A sandbox of `kind` is made (`Some`) or could not be.
     pub(crate) fn made(&self, kind: &K, sandbox: Option<Ready<T>>) {
-        if let Some(making) = self.making.lock().get_mut(kind) {
+        let mut state = self.state.lock();
+        if let Some(making) = state.making.get_mut(kind) {
             *making = making.saturating_sub(1);
         }
-        if let Some(sandbox) = sandbox {
-            self.ready
-                .lock()
-                .entry(kind.clone())
-                .or_default()
-                .push(sandbox);
+        match sandbox {
+            Some(sandbox) if state.recent.contains(kind) => {
+                state.ready.entry(kind.clone()).or_default().push(sandbox);
+            }
+            // A kind no longer asked for: dropped.
+            Some(_) => {}
+            None => {
+                state.failed.insert(kind.clone(), std::time::Instant::now());
+            }
         }
     }
+}
+
+impl<K: Eq + std::hash::Hash, T: Waiting> State<K, T> {
+    /// A live ready sandbox of `kind`, moved to `handed`; dead ones found go to `dropped`.
+    fn take(&mut self, kind: &K, dropped: &mut Vec<Ready<T>>) -> Option<PathBuf> {
+        while let Some(mut sandbox) = self.ready.get_mut(kind)?.pop() {
+            if sandbox.sandbox.waits() {
+                self.dead = 0;
+                let dir = sandbox.dir.clone();
+                self.handed.insert(sandbox.root(), sandbox);
+                return Some(dir);
+            }
+            self.dead += 1;
+            let said = read_start(&sandbox.stderr);
+            tracing::warn!(
+                dead = self.dead,
+                said,
+                "a sandbox made ahead of need died unused"
+            );
+            if self.dead == DEAD_LIMIT {
+                tracing::warn!("no more sandboxes are made ahead of need");
+            }
+            dropped.push(sandbox);
+        }
+        None
+    }
+}
+
+/// A fresh directory for a sandbox in `dirs`, with an unguessable name (so that nothing that
+/// cannot list `dirs` finds it) and an empty `root` that only the worker may write to until
+/// the action's inputs are staged and handed over: `(dir, stdout, stderr)`, the last two the
+/// sandbox's output files. Blocks.
+pub(crate) fn make_dir(dirs: &Path) -> Result<(PathBuf, File, File)> {
+    let dir = tempfile::Builder::new()
+        .prefix("ahead-")
+        .tempdir_in(dirs)
+        .map_err(|e| Error::io(format!("creating a directory in {}", dirs.display()), e))?
+        .keep();
+    use std::os::unix::fs::PermissionsExt as _;
+    let searchable = std::fs::Permissions::from_mode(0o711);
+    let root = dir.join("root");
+    std::fs::set_permissions(&dir, searchable)
+        .and_then(|()| std::fs::create_dir(&root))
+        .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+    let file = || {
+        tempfile::tempfile_in(&dir)
+            .map_err(|e| Error::io(format!("creating a file in {}", dir.display()), e))
+    };
+    Ok((dir.clone(), file()?, file()?))
 }
 
 /// The first KiB of what a sandbox wrote to `file`, for a log line.
@@ -220,16 +292,4 @@ pub(crate) fn read_start(file: &File) -> String {
     let mut start = vec![0; 1024];
     let n = file.read_at(&mut start, 0).unwrap_or(0);
     String::from_utf8_lossy(&start[..n]).trim().to_string()
-}
-
-/// Creates `dir/root` (and `dir`), and the sandbox's two output files in `dir`. Blocks.
-pub(crate) fn make_dir(dir: &Path) -> Result<(File, File)> {
-    let root = dir.join("root");
-    std::fs::create_dir_all(&root)
-        .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
-    let file = || {
-        tempfile::tempfile_in(dir)
-            .map_err(|e| Error::io(format!("creating a file in {}", dir.display()), e))
-    };
-    Ok((file()?, file()?))
 }

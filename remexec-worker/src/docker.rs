@@ -387,7 +387,15 @@ impl DockerIsolation {
                 .next()
                 .await;
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), pump).await;
+        let mut pump = pump;
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut pump)
+            .await
+            .is_err()
+        {
+            // Nothing may write to the output files once this returns.
+            pump.abort();
+            let _ = pump.await;
+        }
         let state = self
             .docker
             .inspect_container(name, None::<InspectContainerOptions>)
@@ -551,6 +559,8 @@ impl Drop for Removal {
 #[async_trait]
 impl Isolation for DockerIsolation {
     async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit> {
+        // Claimed first, so that any early return below drops (removes) it.
+        let ready = self.handed(&spawn.input_root);
         if spawn.args.is_empty() {
             return Err(Error::invalid("empty command"));
         }
@@ -561,7 +571,7 @@ impl Isolation for DockerIsolation {
             let root = spawn.input_root.clone();
             crate::blocking::blocking(move || hand_over(&root, run_as)).await?;
         }
-        if let Some(ready) = self.handed(&spawn.input_root) {
+        if let Some(ready) = ready {
             return self.run_ready(ready, spawn, cancel).await;
         }
         let body = self.body(&spawn)?;

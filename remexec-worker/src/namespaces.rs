@@ -401,6 +401,11 @@ impl NamespaceIsolation {
 #[async_trait]
 impl Isolation for NamespaceIsolation {
     async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit> {
+        // Claimed first, so that any early return below drops (kills) it.
+        let ready = self
+            .ahead
+            .as_ref()
+            .and_then(|a| a.pool.handed(&spawn.input_root));
         let program = spawn
             .args
             .first()
@@ -413,10 +418,8 @@ impl Isolation for NamespaceIsolation {
             let root = spawn.input_root.clone();
             crate::blocking::blocking(move || hand_over(&root, run_as)).await?;
         }
-        if let Some(ahead) = &self.ahead
-            && let Some(sandbox) = ahead.pool.handed(&spawn.input_root)
-        {
-            return run_ready(sandbox, spawn, cancel).await;
+        if let Some(ready) = ready {
+            return run_ready(ready, spawn, cancel).await;
         }
         let network = self.network(&spawn.platform);
         let mut command = if self.chroot {
@@ -464,7 +467,11 @@ impl Isolation for NamespaceIsolation {
         for _ in 0..state.pool.wanted(&kind) {
             let (isolation, kind) = (self.clone(), kind.clone());
             tokio::spawn(async move {
-                let made = isolation.make_ahead(&kind).await;
+                let making = isolation.make_ahead(&kind);
+                let made = match tokio::time::timeout(crate::ahead::PROMPT, making).await {
+                    Ok(made) => made,
+                    Err(_) => Err(Error::Unavailable("making a sandbox took too long".into())),
+                };
                 if let Err(e) = &made {
                     tracing::warn!(error = %e, "could not make a sandbox ahead of need");
                 }
@@ -512,16 +519,25 @@ impl NamespaceIsolation {
             .ahead
             .as_ref()
             .ok_or_else(|| Error::Internal("no sandboxes are made ahead".into()))?;
-        let dir = state.pool.dir_in(&kind.0);
-        let (made, run_as) = (dir.clone(), self.run_as);
-        let (stdout, stderr) = crate::blocking::blocking(move || {
-            let files = crate::ahead::make_dir(&made)?;
-            if let Some(run_as) = run_as {
-                hand_over(&made.join("root"), run_as)?;
-            }
-            Ok(files)
-        })
-        .await?;
+        let dirs = kind.0.clone();
+        let (dir, stdout, stderr) =
+            crate::blocking::blocking(move || crate::ahead::make_dir(&dirs)).await?;
+        let made = self.start_ahead(state, kind.1, &dir, stdout, stderr).await;
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        made
+    }
+
+    /// Starts the sandbox made ahead in `dir` (with the network if `network`).
+    async fn start_ahead(
+        &self,
+        state: &AheadState,
+        network: bool,
+        dir: &Path,
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+    ) -> Result<Ready<Sandbox>> {
         let mut cgroups = None;
         if let Some(limits) = &self.limits {
             let limits = limits.0.clone();
@@ -529,7 +545,7 @@ impl NamespaceIsolation {
                 crate::blocking::blocking(move || crate::cgroups::create_next(&limits)).await?;
             cgroups = Some(created);
         }
-        let mut command = self.waiting(&state.waiter, &dir.join("root"), kind.1);
+        let mut command = self.waiting(&state.waiter, &dir.join("root"), network);
         if let (Some(limits), Some(cgroups)) = (&self.limits, &cgroups) {
             command = self.supervised(&command, &limits.1, cgroups.dirs());
         }
@@ -545,7 +561,7 @@ impl NamespaceIsolation {
             .spawn()
             .map_err(|e| Error::io(format!("starting {}", self.bwrap.display()), e))?;
         Ok(Ready {
-            dir,
+            dir: dir.to_path_buf(),
             stdout,
             stderr,
             sandbox: Process {

@@ -106,6 +106,12 @@ pub fn spec(args: &[String], env: &[(String, String)], cwd: &Path) -> Result<Vec
         field(arg.as_bytes(), "an argument")?;
     }
     out.extend(encode_environment(env)?);
+    if out.len() as u64 > MAX_SPEC {
+        return Err(Error::invalid(format!(
+            "the command and its environment take {} bytes, over {MAX_SPEC}",
+            out.len()
+        )));
+    }
     Ok(out)
 }
 
@@ -146,9 +152,15 @@ fn decode(bytes: &[u8]) -> std::result::Result<Decoded, String> {
     Ok((cwd, args, env))
 }
 
-/// The waiter ([`AWAIT`]): reads the spec and `exec`s it. Returns only if it cannot, with
-/// [`CANNOT_START`] and the reason on stderr.
-pub fn await_command() -> ExitCode {
+/// The waiter's argument after [`AWAIT`] that sets the command's environment over the
+/// waiter's own instead of in place of it: a container's, which holds its image's `ENV`, as a
+/// container made for the action gets it.
+pub const OVER_ENV: &str = "--over-env";
+
+/// The waiter ([`AWAIT`]): reads the spec and `exec`s it, with exactly its environment, or
+/// that set over the waiter's own if `over`. Returns only if it cannot, with [`CANNOT_START`]
+/// and the reason on stderr.
+pub fn await_command(over: bool) -> ExitCode {
     let mut bytes = Vec::new();
     let read = std::io::stdin()
         .lock()
@@ -162,9 +174,12 @@ pub fn await_command() -> ExitCode {
     };
     let error = match decoded {
         Ok((cwd, args, env)) => {
-            let e = std::process::Command::new(&args[0])
+            let mut command = std::process::Command::new(&args[0]);
+            if !over {
+                command.env_clear();
+            }
+            let e = command
                 .args(&args[1..])
-                .env_clear()
                 .envs(env)
                 .current_dir(cwd)
                 .stdin(std::process::Stdio::null())
@@ -485,7 +500,8 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 /// Docker backend's reaper.
 pub fn main(args: &[OsString]) -> ExitCode {
     let args = match args {
-        [flag] if flag == AWAIT => return await_command(),
+        [flag] if flag == AWAIT => return await_command(false),
+        [flag, over] if flag == AWAIT && over == OVER_ENV => return await_command(true),
         [flag, worker, rest @ ..] if flag == PID_NAMESPACE => {
             return match outside(worker, args.len(), rest) {
                 Ok(code) => code,

@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CONTAINERS, DockerIsolation, Removal, engine};
 use crate::ahead::{Pool, Ready, Waiting};
-use crate::isolation::hand_over;
 use crate::{Ahead, Exit, Spawn};
 
 /// Where a container made ahead sees its waiter, and the host's loader and libraries.
@@ -145,7 +144,8 @@ impl State {
         }
         cmd.push(inside("waiter"));
         cmd.extend(leading.iter().map(|a| a.to_string_lossy().into_owned()));
-        cmd.push(crate::supervisor::AWAIT.into());
+        // Over the image's environment, as a container made for the action gets it.
+        cmd.extend([crate::supervisor::AWAIT, crate::supervisor::OVER_ENV].map(String::from));
         Ok(Self {
             cmd,
             mounts,
@@ -213,7 +213,13 @@ impl DockerIsolation {
         for _ in 0..state.pool.wanted(&kind) {
             let (isolation, kind) = (self.clone(), kind.clone());
             tokio::spawn(async move {
-                let made = isolation.make_ahead(&kind).await;
+                let making = isolation.make_ahead(&kind);
+                let made = match tokio::time::timeout(crate::ahead::PROMPT, making).await {
+                    Ok(made) => made,
+                    Err(_) => Err(Error::Unavailable(
+                        "making a container took too long".into(),
+                    )),
+                };
                 if let Err(e) = &made {
                     tracing::warn!(error = %e, "could not make a container ahead of need");
                 }
@@ -236,20 +242,28 @@ impl DockerIsolation {
             .ahead
             .as_ref()
             .ok_or_else(|| Error::Internal("no containers are made ahead".into()))?;
-        let dir = state.pool.dir_in(&kind.0);
-        let (made, run_as) = (dir.clone(), self.run_as);
-        let (stdout, stderr) = crate::blocking::blocking(move || {
-            let files = crate::ahead::make_dir(&made)?;
-            if let Some(run_as) = run_as {
-                hand_over(&made.join("root"), run_as)?;
-            }
-            Ok(files)
-        })
-        .await?;
+        let dirs = kind.0.clone();
+        let (dir, stdout, stderr) =
+            crate::blocking::blocking(move || crate::ahead::make_dir(&dirs)).await?;
+        let made = self.start_ahead(state, kind, &dir, stdout, stderr).await;
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        made
+    }
+
+    /// Creates and starts the container made ahead in `dir`.
+    async fn start_ahead(
+        &self,
+        state: &State,
+        kind: &(PathBuf, String, bool),
+        dir: &Path,
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+    ) -> Result<Ready<Container>> {
         let root = dir.join("root");
         let mut body = self.container(&kind.1, kind.2, &root, state.mounts.clone());
         body.cmd = Some(state.cmd.clone());
-        body.env = Some(Vec::new());
         body.working_dir = Some(root.to_string_lossy().into_owned());
         body.open_stdin = Some(true);
         body.stdin_once = Some(true);
@@ -275,7 +289,7 @@ impl DockerIsolation {
             .await
             .map_err(engine)?;
         Ok(Ready {
-            dir,
+            dir: dir.to_path_buf(),
             stdout,
             stderr,
             sandbox: Container {
@@ -323,7 +337,13 @@ mod tests {
         assert!(state.cmd[0].starts_with("/.remexec/ld-"), "{:?}", state.cmd);
         assert_eq!(
             &state.cmd[1..],
-            ["--library-path", "/.remexec", "/.remexec/waiter", "--await"]
+            [
+                "--library-path",
+                "/.remexec",
+                "/.remexec/waiter",
+                "--await",
+                "--over-env"
+            ]
         );
         let targets: Vec<_> = state
             .mounts
