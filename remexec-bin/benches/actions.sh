@@ -10,6 +10,8 @@
 # to spawn's, then the phases of the 1-client runs (from the actions' ExecutedActionMetadata).
 # Run it as root for the production set-up (actions as the unprivileged remexec-action user).
 # CLIENT=BINARY runs the load from another remexec binary (an A/B of servers with one client).
+# PACED=N (default 15) also times, for each backend, N single actions a second apart, as a
+# build's actions come rather than back to back, and prints their p50.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${1:-target/release/remexec}"
@@ -44,6 +46,18 @@ start_serve() {
   echo "serve --isolation $1 did not start: $(tail -3 "$TMP/serve-$1.log")" >&2; exit 1
 }
 
+# p50 of PACED single actions a second apart, in ms: "| BACKEND | P50 ms |".
+paced() {
+  local times=()
+  for _ in $(seq "${PACED:-15}"); do
+    sleep 1
+    times+=("$(bench execute "$URL" 1 1 | field p50_s)")
+  done
+  python3 -c "import statistics,sys; print(f'| {sys.argv[1]} | {statistics.median(map(float, sys.argv[2:]))*1000:.1f} ms |')" \
+    "$1" "${times[@]}"
+}
+PACED_ROWS=""
+
 spawn1="$(bench spawn none 1 "$ONE")"
 spawn64="$(bench spawn none 64 "$MANY")"
 s_p50="$(field p50_s <<<"$spawn1")"; s_rate="$(field ops_per_s <<<"$spawn64")"
@@ -69,6 +83,7 @@ print(f"| execute, {backend} | {one['p50_s']*1000:.3f} ms | {one['p50_s']/s_p50:
       f"{many['ops_per_s']:.0f} | {many['ops_per_s']/s_rate:.2f} |")
 PY
   PHASES+="$backend $one"$'\n'
+  PACED_ROWS+="$(paced "$backend")"$'\n'
   kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 done
 echo
@@ -84,3 +99,9 @@ print("|---|" + "---|" * len(reports))
 for i, name in enumerate(names):
     print(f"| {name} | " + " | ".join(f"{r['phases'][i]['p50_s']*1000:.3f}" for _, r in reports) + " |")
 PY
+echo
+echo "Single actions a second apart (PACED=${PACED:-15}), p50:"
+echo
+echo "| backend | p50 |"
+echo "|---|---|"
+printf '%s' "$PACED_ROWS"

@@ -234,8 +234,8 @@ async fn run_in(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_made_ahead_of_need_pass_the_conformance_suite() {
     common::docker_image();
-    use remexec_worker::cgroups::Limits;
     use remexec_worker::DockerIsolation;
+    use remexec_worker::cgroups::Limits;
     let no_limits = Limits {
         cpus: None,
         memory: None,

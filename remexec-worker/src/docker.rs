@@ -330,7 +330,9 @@ impl DockerIsolation {
             .stdout(true)
             .stderr(true)
             .stream(true)
-            .logs(true)
+            // Attached before the start, as `docker run` does: a replay of the logs as well
+            // could repeat output the stream also carries.
+            .logs(false)
             .build();
         let attached = self
             .docker
@@ -396,18 +398,33 @@ impl DockerIsolation {
             pump.abort();
             let _ = pump.await;
         }
-        let state = self
-            .docker
-            .inspect_container(name, None::<InspectContainerOptions>)
-            .await
-            .map_err(engine)?
-            .state
-            .unwrap_or_default();
+        let mut state = self.state(name).await?;
+        // The engine may learn of an out-of-memory kill a moment after the exit: a killed
+        // container of a memory-limited backend is asked again for up to a second.
+        let killed = state.exit_code == Some(128 + 9);
+        for _ in 0..10 {
+            if !killed || self.limits.memory.is_none() || state.oom_killed == Some(true) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            state = self.state(name).await?;
+        }
         let exit = match ended {
             Some(exit) => exit,
             None => Exit::Exited(i32::try_from(state.exit_code.unwrap_or(-1)).unwrap_or(-1)),
         };
         Ok((exit, state.oom_killed == Some(true)))
+    }
+
+    /// The container `name`'s state.
+    async fn state(&self, name: &str) -> Result<bollard::models::ContainerState> {
+        Ok(self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(engine)?
+            .state
+            .unwrap_or_default())
     }
 
     /// Tells the action's `stderr` that it was killed for want of memory.
