@@ -20,7 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt;
 use remexec_core::{BlobStore, ChunkStream, Digest, Error, ListBlobs, ReadRange, Result};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncSeekExt;
 
 use crate::files::{FileTable, Opened};
 use crate::key::Key;
@@ -257,10 +257,7 @@ impl BlobStore for DiskStore {
                 .await
                 .map_err(|e| Error::io("seeking a blob", e))?;
         }
-        let reader = file.take(take);
-        let stream = tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK)
-            .map(|r| r.map_err(|e| Error::io("reading a blob", e)));
-        Ok(Some(stream.boxed()))
+        Ok(Some(read_chunks(file.into_std().await, take)))
     }
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Disk({})", self.files)
@@ -268,6 +265,33 @@ impl BlobStore for DiskStore {
     fn usage(&self) -> Option<remexec_core::metrics::StoreUsage> {
         Some(self.files.store_usage())
     }
+}
+
+/// `take` bytes of `file` from where it stands, as chunks of up to [`READ_CHUNK`], each read
+/// on the blocking pool straight into the buffer it is sent in (`tokio::fs` would read into
+/// a buffer of its own and copy). A file shorter than `take` ends the stream with an error.
+fn read_chunks(file: std::fs::File, take: u64) -> ChunkStream {
+    futures::stream::try_unfold((file, take), |(mut file, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let want = left.min(READ_CHUNK as u64);
+        let (file, chunk) = remexec_core::fs::blocking(move || {
+            use std::io::Read as _;
+            let mut chunk = Vec::with_capacity(want as usize);
+            (&mut file)
+                .take(want)
+                .read_to_end(&mut chunk)
+                .map_err(|e| Error::io("reading a blob", e))?;
+            if chunk.len() as u64 != want {
+                return Err(Error::Internal("a blob's file ended early".into()));
+            }
+            Ok((file, chunk))
+        })
+        .await?;
+        Ok(Some((bytes::Bytes::from(chunk), (file, left - want))))
+    })
+    .boxed()
 }
 
 #[cfg(test)]
