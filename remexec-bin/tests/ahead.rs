@@ -37,7 +37,7 @@ async fn ready_in(isolation: &dyn remexec_worker::Isolation, dirs: &std::path::P
 /// cannot reach another's input root, made ahead beside its own.
 #[tokio::test]
 async fn sandboxes_made_ahead_of_need_run_each_action_in_its_own_root() {
-    use remexec_worker::{Exit, Isolation as _};
+    use remexec_worker::Exit;
     let Some(bwrap) = bwrap() else { return };
     let waiter = vec![env!("CARGO_BIN_EXE_remexec-supervisor").into()];
     let isolation = remexec_worker::NamespaceIsolation::new(bwrap.clone(), None, None)
@@ -56,35 +56,14 @@ async fn sandboxes_made_ahead_of_need_run_each_action_in_its_own_root() {
          echo evil > {other}/evil.txt || echo unwritten; echo err >&2; exit 3",
         other = other.display()
     );
-    let (stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
-    let spawn = remexec_worker::Spawn {
-        args: vec!["/bin/sh".into(), "-c".into(), script],
-        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        cwd: root.clone(),
-        input_root: root.clone(),
-        platform: vec![],
-        executor: "0".into(),
-        stdout: stdout.try_clone().unwrap(),
-        stderr: stderr.try_clone().unwrap(),
-        timeout: Some(std::time::Duration::from_secs(60)),
-    };
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let exit = isolation.run(spawn, cancel).await.unwrap();
+    let (exit, out, err) = run_in(&isolation, &root, &script, "/usr/bin:/bin").await;
     assert_eq!(exit, Exit::Exited(3));
-    let read = |mut f: std::fs::File| {
-        use std::io::{Read, Seek};
-        let mut text = String::new();
-        f.rewind().unwrap();
-        f.read_to_string(&mut text).unwrap();
-        text
-    };
-    let out = read(stdout);
     assert!(out.starts_with(&format!(
         "staged after the sandbox was made\n{}\n",
         root.display()
     )));
     assert!(out.contains("unseen") && out.contains("unwritten"), "{out}");
-    assert!(read(stderr).ends_with("err\n"));
+    assert!(err.ends_with("err\n"));
     assert_eq!(
         std::fs::read_to_string(root.join("out.txt")).unwrap(),
         "made\n"
@@ -131,7 +110,7 @@ async fn sandboxes_made_ahead_of_need_run_each_action_in_its_own_root() {
 /// memory limit.
 #[tokio::test]
 async fn sandboxes_made_ahead_work_below_a_closed_directory_and_with_limits() {
-    use remexec_worker::{Exit, Isolation as _};
+    use remexec_worker::Exit;
     let Some(bwrap) = bwrap() else { return };
     if !is_root() {
         return;
@@ -161,16 +140,32 @@ async fn sandboxes_made_ahead_work_below_a_closed_directory_and_with_limits() {
     let dirs = closed.path().join("ahead");
     std::fs::create_dir(&dirs).unwrap();
     let root = ready_in(&isolation, &dirs).await.join("root");
+    let script = "id -u; echo made > out.txt; head -c 268435456 /dev/zero | tail -n 1 >/dev/null";
+    let (exit, out, err) = run_in(&isolation, &root, script, "/usr/bin:/bin").await;
+    assert_ne!(exit, Exit::Exited(0), "{out}{err}");
+    assert_eq!(out, "65534\n");
+    let told = format!("exceeded its memory limit of {} bytes", 64 << 20);
+    assert!(err.contains(&told), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("out.txt")).unwrap(),
+        "made\n"
+    );
+}
+
+/// Runs `sh -c script` in `root` (with `PATH=path` and `ODD=a=b c`) under `isolation`: how
+/// it ended, its standard output and its standard error.
+async fn run_in(
+    isolation: &dyn remexec_worker::Isolation,
+    root: &std::path::Path,
+    script: &str,
+    path: &str,
+) -> (remexec_worker::Exit, String, String) {
     let (stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
     let spawn = remexec_worker::Spawn {
-        args: vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            "id -u; echo made > out.txt; head -c 268435456 /dev/zero | tail -n 1 >/dev/null".into(),
-        ],
-        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        cwd: root.clone(),
-        input_root: root.clone(),
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec![("PATH".into(), path.into()), ("ODD".into(), "a=b c".into())],
+        cwd: root.to_path_buf(),
+        input_root: root.to_path_buf(),
         platform: vec![],
         executor: "0".into(),
         stdout: stdout.try_clone().unwrap(),
@@ -185,45 +180,7 @@ async fn sandboxes_made_ahead_work_below_a_closed_directory_and_with_limits() {
         f.read_to_string(&mut text).unwrap();
         text
     };
-    let (out, err) = (read(stdout), read(stderr));
-    assert_ne!(exit, Exit::Exited(0), "{out}{err}");
-    assert_eq!(out, "65534\n");
-    let told = format!("exceeded its memory limit of {} bytes", 64 << 20);
-    assert!(err.contains(&told), "{err}");
-    assert_eq!(
-        std::fs::read_to_string(root.join("out.txt")).unwrap(),
-        "made\n"
-    );
-}
-
-/// Runs `sh -c script` in `root` (with `PATH=/bin` and `ODD=a=b c`) under `isolation`: how
-/// it ended, and its standard output.
-async fn run_in(
-    isolation: &dyn remexec_worker::Isolation,
-    root: &std::path::Path,
-    script: &str,
-) -> (remexec_worker::Exit, String) {
-    use std::io::{Read, Seek};
-    let (mut stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
-    let spawn = remexec_worker::Spawn {
-        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        env: vec![
-            ("PATH".into(), "/bin".into()),
-            ("ODD".into(), "a=b c".into()),
-        ],
-        cwd: root.to_path_buf(),
-        input_root: root.to_path_buf(),
-        platform: vec![],
-        executor: "0".into(),
-        stdout: stdout.try_clone().unwrap(),
-        stderr,
-        timeout: Some(std::time::Duration::from_secs(60)),
-    };
-    let exit = isolation.run(spawn, Default::default()).await.unwrap();
-    let mut out = String::new();
-    stdout.rewind().unwrap();
-    stdout.read_to_string(&mut out).unwrap();
-    (exit, out)
+    (exit, read(stdout), read(stderr))
 }
 
 /// Containers made ahead of need pass the suite (most checks run in one), in an image with
@@ -255,7 +212,7 @@ async fn containers_made_ahead_of_need_pass_the_conformance_suite() {
     let mut seen = Vec::new();
     for root in [ahead.as_path(), cold.path()] {
         std::fs::write(root.join("in.txt"), "staged\n").unwrap();
-        let (exit, out) = run_in(&docker, root, "cat in.txt; env; exit 5").await;
+        let (exit, out, _) = run_in(&docker, root, "cat in.txt; env; exit 5", "/bin").await;
         assert_eq!(exit, remexec_worker::Exit::Exited(5));
         let mut names: Vec<String> = out
             .lines()

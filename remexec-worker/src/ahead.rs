@@ -286,6 +286,66 @@ pub(crate) fn make_dir(dirs: &Path) -> Result<(PathBuf, File, File)> {
     Ok((dir.clone(), file()?, file()?))
 }
 
+/// A backend that makes sandboxes ahead of need, of kinds `Kind` (the directory they are made
+/// in first).
+#[async_trait::async_trait]
+pub(crate) trait MakesAhead: Clone + Send + Sync + 'static {
+    /// What must match between an action and a sandbox, with the directory it is made in.
+    type Kind: Eq + std::hash::Hash + Clone + Send + Sync + 'static;
+    /// What the backend keeps of a sandbox.
+    type Sandbox: Waiting + 'static;
+
+    /// Its pool, if it makes sandboxes ahead.
+    fn pool(&self) -> Option<&Pool<Self::Kind, Self::Sandbox>>;
+
+    /// The directory sandboxes of `kind` are made in.
+    fn dirs(kind: &Self::Kind) -> &Path;
+
+    /// Starts a sandbox of `kind` in `dir` (made by [`make`]), writing to these output files.
+    async fn start(
+        &self,
+        kind: &Self::Kind,
+        dir: &Path,
+        stdout: File,
+        stderr: File,
+    ) -> Result<Ready<Self::Sandbox>>;
+}
+
+/// Makes a sandbox of `kind`: its directory, then `backend`'s start in it; the directory goes
+/// if that fails.
+pub(crate) async fn make<B: MakesAhead>(backend: &B, kind: &B::Kind) -> Result<Ready<B::Sandbox>> {
+    let dirs = B::dirs(kind).to_path_buf();
+    let (dir, stdout, stderr) = crate::blocking::blocking(move || make_dir(&dirs)).await?;
+    let made = backend.start(kind, &dir, stdout, stderr).await;
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    made
+}
+
+/// A ready sandbox of `kind` from `backend`'s pool (see [`Pool::take`]), and more made in the
+/// background, each within [`PROMPT`], up to [`AHEAD`].
+pub(crate) fn take_and_refill<B: MakesAhead>(backend: &B, kind: B::Kind) -> Option<PathBuf> {
+    let pool = backend.pool()?;
+    let taken = pool.take(&kind);
+    for _ in 0..pool.wanted(&kind) {
+        let (backend, kind) = (backend.clone(), kind.clone());
+        tokio::spawn(async move {
+            let made = match tokio::time::timeout(PROMPT, make(&backend, &kind)).await {
+                Ok(made) => made,
+                Err(_) => Err(Error::Unavailable("making a sandbox took too long".into())),
+            };
+            if let Err(e) = &made {
+                tracing::warn!(error = %e, "could not make a sandbox ahead of need");
+            }
+            if let Some(pool) = backend.pool() {
+                pool.made(&kind, made.ok());
+            }
+        });
+    }
+    taken
+}
+
 /// The first KiB of what a sandbox wrote to `file`, for a log line.
 pub(crate) fn read_start(file: &File) -> String {
     use std::os::unix::fs::FileExt as _;

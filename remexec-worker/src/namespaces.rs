@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
-use crate::ahead::{Pool, Process, Ready};
+use crate::ahead::{MakesAhead, Pool, Process, Ready};
 use crate::cgroups::{ActionCgroups, CgroupLimits};
 use crate::isolation::{Launch, check_program, hand_over, run_command};
 use crate::supervisor::RunAs;
@@ -461,26 +461,71 @@ impl Isolation for NamespaceIsolation {
     }
 
     async fn ready(&self, ahead: Ahead<'_>) -> Option<PathBuf> {
-        let state = self.ahead.as_ref().filter(|_| !self.chroot)?;
-        let kind = (ahead.dirs.to_path_buf(), self.network(ahead.platform));
-        let taken = state.pool.take(&kind);
-        for _ in 0..state.pool.wanted(&kind) {
-            let (isolation, kind) = (self.clone(), kind.clone());
-            tokio::spawn(async move {
-                let making = isolation.make_ahead(&kind);
-                let made = match tokio::time::timeout(crate::ahead::PROMPT, making).await {
-                    Ok(made) => made,
-                    Err(_) => Err(Error::Unavailable("making a sandbox took too long".into())),
-                };
-                if let Err(e) = &made {
-                    tracing::warn!(error = %e, "could not make a sandbox ahead of need");
-                }
-                if let Some(state) = &isolation.ahead {
-                    state.pool.made(&kind, made.ok());
-                }
-            });
+        if self.chroot {
+            return None;
         }
-        taken
+        let kind = (ahead.dirs.to_path_buf(), self.network(ahead.platform));
+        crate::ahead::take_and_refill(self, kind)
+    }
+}
+
+#[async_trait]
+impl MakesAhead for NamespaceIsolation {
+    type Kind = (PathBuf, bool);
+    type Sandbox = Sandbox;
+
+    fn pool(&self) -> Option<&Pool<Self::Kind, Sandbox>> {
+        self.ahead.as_ref().map(|a| &a.pool)
+    }
+
+    fn dirs(kind: &Self::Kind) -> &Path {
+        &kind.0
+    }
+
+    /// Starts a sandbox with the network if `kind` says so, whose command waits for the
+    /// action's.
+    async fn start(
+        &self,
+        kind: &Self::Kind,
+        dir: &Path,
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+    ) -> Result<Ready<Sandbox>> {
+        let state = self
+            .ahead
+            .as_ref()
+            .ok_or_else(|| Error::Internal("no sandboxes are made ahead".into()))?;
+        let mut cgroups = None;
+        if let Some(limits) = &self.limits {
+            let limits = limits.0.clone();
+            let created =
+                crate::blocking::blocking(move || crate::cgroups::create_next(&limits)).await?;
+            cgroups = Some(created);
+        }
+        let mut command = self.waiting(&state.waiter, &dir.join("root"), kind.1);
+        if let (Some(limits), Some(cgroups)) = (&self.limits, &cgroups) {
+            command = self.supervised(&command, &limits.1, cgroups.dirs());
+        }
+        let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
+        command
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(clone(&stdout)?)
+            .stderr(clone(&stderr)?);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", self.bwrap.display()), e))?;
+        Ok(Ready {
+            dir: dir.to_path_buf(),
+            stdout,
+            stderr,
+            sandbox: Process {
+                child,
+                extra: cgroups,
+            },
+        })
     }
 }
 
@@ -510,65 +555,6 @@ impl NamespaceIsolation {
             && platform
                 .iter()
                 .any(|(n, v)| n == NETWORK_PROPERTY && v == "on")
-    }
-
-    /// Starts a sandbox of `kind` (the directory it is made in, the network) whose command
-    /// waits for the action's.
-    async fn make_ahead(&self, kind: &(PathBuf, bool)) -> Result<Ready<Sandbox>> {
-        let state = self
-            .ahead
-            .as_ref()
-            .ok_or_else(|| Error::Internal("no sandboxes are made ahead".into()))?;
-        let dirs = kind.0.clone();
-        let (dir, stdout, stderr) =
-            crate::blocking::blocking(move || crate::ahead::make_dir(&dirs)).await?;
-        let made = self.start_ahead(state, kind.1, &dir, stdout, stderr).await;
-        if made.is_err() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        made
-    }
-
-    /// Starts the sandbox made ahead in `dir` (with the network if `network`).
-    async fn start_ahead(
-        &self,
-        state: &AheadState,
-        network: bool,
-        dir: &Path,
-        stdout: std::fs::File,
-        stderr: std::fs::File,
-    ) -> Result<Ready<Sandbox>> {
-        let mut cgroups = None;
-        if let Some(limits) = &self.limits {
-            let limits = limits.0.clone();
-            let created =
-                crate::blocking::blocking(move || crate::cgroups::create_next(&limits)).await?;
-            cgroups = Some(created);
-        }
-        let mut command = self.waiting(&state.waiter, &dir.join("root"), network);
-        if let (Some(limits), Some(cgroups)) = (&self.limits, &cgroups) {
-            command = self.supervised(&command, &limits.1, cgroups.dirs());
-        }
-        let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
-        command
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(clone(&stdout)?)
-            .stderr(clone(&stderr)?);
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = tokio::process::Command::from(command)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::io(format!("starting {}", self.bwrap.display()), e))?;
-        Ok(Ready {
-            dir: dir.to_path_buf(),
-            stdout,
-            stderr,
-            sandbox: Process {
-                child,
-                extra: cgroups,
-            },
-        })
     }
 
     /// `command` (the sandbox) started by `setpriv --pdeathsig SIGKILL -- SUPERVISOR --cgroup

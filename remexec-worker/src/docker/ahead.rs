@@ -18,7 +18,7 @@ use remexec_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
 use super::{CONTAINERS, DockerIsolation, Removal, engine};
-use crate::ahead::{Pool, Ready, Waiting};
+use crate::ahead::{MakesAhead, Pool, Ready, Waiting};
 use crate::{Ahead, Exit, Spawn};
 
 /// Where a container made ahead sees its waiter, and the host's loader and libraries.
@@ -35,7 +35,7 @@ pub(super) struct State {
 
 /// A container made ahead: its name, its standard input until the action's command is handed
 /// over, and the task copying its output. Removed (in the background) when dropped.
-pub(super) struct Container {
+pub(crate) struct Container {
     name: String,
     input: Option<Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
     pump: Option<tokio::task::JoinHandle<()>>,
@@ -170,7 +170,7 @@ impl DockerIsolation {
             self.default_image.clone(),
             false,
         );
-        let ready = self.make_ahead(&kind).await?;
+        let ready = crate::ahead::make(&self, &kind).await?;
         let root = ready.root();
         let (stdout, stderr) = (tempfile::tempfile(), tempfile::tempfile());
         let clone = |f: std::io::Result<std::fs::File>| {
@@ -206,29 +206,8 @@ impl DockerIsolation {
 
     /// See [`Isolation::ready`](crate::Isolation::ready).
     pub(super) fn ready_dir(&self, ahead: Ahead<'_>) -> Option<PathBuf> {
-        let state = self.ahead.as_ref()?;
         let (image, network) = self.kind(ahead.platform).ok()?;
-        let kind = (ahead.dirs.to_path_buf(), image, network);
-        let taken = state.pool.take(&kind);
-        for _ in 0..state.pool.wanted(&kind) {
-            let (isolation, kind) = (self.clone(), kind.clone());
-            tokio::spawn(async move {
-                let making = isolation.make_ahead(&kind);
-                let made = match tokio::time::timeout(crate::ahead::PROMPT, making).await {
-                    Ok(made) => made,
-                    Err(_) => Err(Error::Unavailable(
-                        "making a container took too long".into(),
-                    )),
-                };
-                if let Err(e) = &made {
-                    tracing::warn!(error = %e, "could not make a container ahead of need");
-                }
-                if let Some(state) = &isolation.ahead {
-                    state.pool.made(&kind, made.ok());
-                }
-            });
-        }
-        taken
+        crate::ahead::take_and_refill(self, (ahead.dirs.to_path_buf(), image, network))
     }
 
     /// The container made ahead for `root`, if it still waits.
@@ -236,31 +215,57 @@ impl DockerIsolation {
         self.ahead.as_ref()?.pool.handed(root)
     }
 
-    /// Creates and starts a container of `kind` whose command waits for the action's.
-    async fn make_ahead(&self, kind: &(PathBuf, String, bool)) -> Result<Ready<Container>> {
-        let state = self
-            .ahead
-            .as_ref()
-            .ok_or_else(|| Error::Internal("no containers are made ahead".into()))?;
-        let dirs = kind.0.clone();
-        let (dir, stdout, stderr) =
-            crate::blocking::blocking(move || crate::ahead::make_dir(&dirs)).await?;
-        let made = self.start_ahead(state, kind, &dir, stdout, stderr).await;
-        if made.is_err() {
-            let _ = std::fs::remove_dir_all(&dir);
+    /// Runs `spawn` in `ready`, made ahead for its input root.
+    pub(super) async fn run_ready(
+        &self,
+        mut ready: Ready<Container>,
+        spawn: Spawn,
+        cancel: CancellationToken,
+    ) -> Result<Exit> {
+        let spec = crate::supervisor::spec(&spawn.args, &spawn.env, &spawn.cwd)?;
+        let sandbox = &mut ready.sandbox;
+        let taken = (sandbox.input.take(), sandbox.pump.take());
+        let (Some(input), Some(pump)) = taken else {
+            return Err(Error::Internal("the container was started already".into()));
+        };
+        crate::ahead::hand(input, &spec).await?;
+        let (exit, oom) = self.finish(&sandbox.name, &spawn, &cancel, pump).await?;
+        let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
+        let own = (clone(&ready.stdout)?, clone(&ready.stderr)?);
+        crate::ahead::copy_output(own, (&spawn.stdout, &spawn.stderr)).await?;
+        if oom {
+            self.tell_oom(&spawn.stderr)?;
         }
-        made
+        Ok(exit)
+    }
+}
+
+#[async_trait::async_trait]
+impl MakesAhead for DockerIsolation {
+    type Kind = (PathBuf, String, bool);
+    type Sandbox = Container;
+
+    fn pool(&self) -> Option<&Pool<Self::Kind, Container>> {
+        self.ahead.as_ref().map(|a| &a.pool)
     }
 
-    /// Creates and starts the container made ahead in `dir`.
-    async fn start_ahead(
+    fn dirs(kind: &Self::Kind) -> &Path {
+        &kind.0
+    }
+
+    /// Creates and starts a container of `kind` in `dir` whose command waits for the
+    /// action's.
+    async fn start(
         &self,
-        state: &State,
-        kind: &(PathBuf, String, bool),
+        kind: &Self::Kind,
         dir: &Path,
         stdout: std::fs::File,
         stderr: std::fs::File,
     ) -> Result<Ready<Container>> {
+        let state = self
+            .ahead
+            .as_ref()
+            .ok_or_else(|| Error::Internal("no containers are made ahead".into()))?;
         let root = dir.join("root");
         let mut body = self.container(&kind.1, kind.2, &root, state.mounts.clone());
         body.cmd = Some(state.cmd.clone());
@@ -299,30 +304,6 @@ impl DockerIsolation {
                 _removal: removal,
             },
         })
-    }
-
-    /// Runs `spawn` in `ready`, made ahead for its input root.
-    pub(super) async fn run_ready(
-        &self,
-        mut ready: Ready<Container>,
-        spawn: Spawn,
-        cancel: CancellationToken,
-    ) -> Result<Exit> {
-        let spec = crate::supervisor::spec(&spawn.args, &spawn.env, &spawn.cwd)?;
-        let sandbox = &mut ready.sandbox;
-        let taken = (sandbox.input.take(), sandbox.pump.take());
-        let (Some(input), Some(pump)) = taken else {
-            return Err(Error::Internal("the container was started already".into()));
-        };
-        crate::ahead::hand(input, &spec).await?;
-        let (exit, oom) = self.finish(&sandbox.name, &spawn, &cancel, pump).await?;
-        let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
-        let own = (clone(&ready.stdout)?, clone(&ready.stderr)?);
-        crate::ahead::copy_output(own, (&spawn.stdout, &spawn.stderr)).await?;
-        if oom {
-            self.tell_oom(&spawn.stderr)?;
-        }
-        Ok(exit)
     }
 }
 
