@@ -220,19 +220,29 @@ impl<K: Eq + std::hash::Hash + Clone, T: Waiting> Pool<K, T> {
 
     /// A sandbox of `kind` is made (`Some`) or could not be.
     pub(crate) fn made(&self, kind: &K, sandbox: Option<Ready<T>>) {
-        let mut state = self.state.lock();
-        if let Some(making) = state.making.get_mut(kind) {
-            *making = making.saturating_sub(1);
-        }
-        match sandbox {
-            Some(sandbox) if state.recent.contains(kind) => {
-                state.ready.entry(kind.clone()).or_default().push(sandbox);
+        let unwanted = {
+            let mut state = self.state.lock();
+            if let Some(making) = state.making.get_mut(kind) {
+                *making = making.saturating_sub(1);
             }
-            // A kind no longer asked for: dropped.
-            Some(_) => {}
-            None => {
-                state.failed.insert(kind.clone(), std::time::Instant::now());
+            // Kinds are the clients' to choose: nothing is kept of those not in use.
+            state.making.retain(|_, n| *n > 0);
+            state.failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
+            match sandbox {
+                Some(sandbox) if state.recent.contains(kind) => {
+                    state.ready.entry(kind.clone()).or_default().push(sandbox);
+                    None
+                }
+                // A kind no longer asked for.
+                Some(sandbox) => Some(sandbox),
+                None => {
+                    state.failed.insert(kind.clone(), std::time::Instant::now());
+                    None
+                }
             }
+        };
+        if let Some(sandbox) = unwanted {
+            let _ = std::fs::remove_dir_all(&sandbox.dir);
         }
     }
 }
@@ -352,4 +362,125 @@ pub(crate) fn read_start(file: &File) -> String {
     let mut start = vec![0; 1024];
     let n = file.read_at(&mut start, 0).unwrap_or(0);
     String::from_utf8_lossy(&start[..n]).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sandbox that waits while its flag says so.
+    #[derive(Debug)]
+    struct Fake(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Waiting for Fake {
+        fn waits(&mut self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    fn fake(dirs: &Path, alive: bool) -> Ready<Fake> {
+        let (dir, stdout, stderr) = make_dir(dirs).unwrap();
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(alive));
+        Ready {
+            dir,
+            stdout,
+            stderr,
+            sandbox: Fake(flag),
+        }
+    }
+
+    #[test]
+    fn the_pool_hands_out_live_sandboxes_and_keeps_nothing_of_kinds_not_in_use() {
+        let dirs = tempfile::tempdir().unwrap();
+        let pool: Pool<&str, Fake> = Pool::default();
+        // Nothing yet: none handed out, AHEAD wanted, and no more while those are being made.
+        assert_eq!(pool.take(&"a"), None);
+        assert_eq!(pool.wanted(&"a"), AHEAD);
+        assert_eq!(pool.wanted(&"a"), 0);
+        let made = fake(dirs.path(), true);
+        let root = made.root();
+        pool.made(&"a", Some(made));
+        let dir = pool.take(&"a").unwrap();
+        assert_eq!(dir.join("root"), root);
+        assert!(pool.handed(&root).is_some(), "handed out once");
+        assert!(pool.handed(&root).is_none(), "and only once");
+        // A dead one is dropped with its directory, and none is handed out.
+        let dead = fake(dirs.path(), false);
+        let dead_dir = dead.dir.clone();
+        pool.made(&"a", Some(dead));
+        assert_eq!(pool.take(&"a"), None);
+        assert!(!dead_dir.exists());
+        // A third kind asked for drops the ready ones of the kind asked for least recently.
+        let old = fake(dirs.path(), true);
+        let old_dir = old.dir.clone();
+        pool.made(&"a", Some(old));
+        assert_eq!(pool.take(&"b"), None);
+        assert_eq!(pool.take(&"c"), None);
+        assert!(
+            !old_dir.exists(),
+            "a kind no longer asked for keeps nothing"
+        );
+        // One made for a kind no longer asked for is dropped at once.
+        let late = fake(dirs.path(), true);
+        let late_dir = late.dir.clone();
+        pool.made(&"a", Some(late));
+        assert!(!late_dir.exists());
+        // A kind that could not be made is not tried again for a while.
+        pool.made(&"c", None);
+        assert_eq!(pool.wanted(&"c"), 0);
+        // A handed-out sandbox whose directory is gone (its lease never ran it) goes at the
+        // next request.
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (dir, stdout, stderr) = make_dir(dirs.path()).unwrap();
+        let kept = Ready {
+            dir,
+            stdout,
+            stderr,
+            sandbox: Fake(std::sync::Arc::clone(&flag)),
+        };
+        let kept_root = kept.root();
+        pool.made(&"b", Some(kept));
+        let handed = pool.take(&"b").unwrap();
+        std::fs::remove_dir_all(&handed).unwrap();
+        assert_eq!(std::sync::Arc::strong_count(&flag), 2);
+        pool.take(&"b");
+        assert_eq!(std::sync::Arc::strong_count(&flag), 1, "dropped");
+        assert!(pool.handed(&kept_root).is_none());
+    }
+
+    #[test]
+    fn after_eight_dead_in_a_row_none_are_made() {
+        let dirs = tempfile::tempdir().unwrap();
+        let pool: Pool<&str, Fake> = Pool::default();
+        for _ in 0..DEAD_LIMIT {
+            assert_eq!(pool.take(&"a"), None);
+            pool.made(&"a", Some(fake(dirs.path(), false)));
+        }
+        assert_eq!(pool.take(&"a"), None);
+        assert_eq!(pool.wanted(&"a"), 0);
+    }
+
+    #[test]
+    fn sandbox_directories_are_unguessable_and_closed_until_handed_over() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dirs = tempfile::tempdir().unwrap();
+        let (a, _, _) = make_dir(dirs.path()).unwrap();
+        let (b, _, _) = make_dir(dirs.path()).unwrap();
+        assert_ne!(a, b);
+        let name = a.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("ahead-") && name.len() > "ahead-".len() + 4,
+            "{name}"
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&a), 0o711, "searchable, not listable");
+        let root = std::fs::metadata(a.join("root")).unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(root.uid(), nix::unistd::geteuid().as_raw(), "the worker's");
+        assert_eq!(
+            mode(&a.join("root")) & 0o022,
+            0,
+            "writable by the worker alone"
+        );
+    }
 }
