@@ -243,3 +243,33 @@ async fn containers_made_ahead_of_need_pass_the_conformance_suite() {
     drop(docker);
     common::assert_no_container_left("ahead").await;
 }
+
+/// Through a real server (`remexec serve --isolation namespaces`) and its worker: the first
+/// action runs in a sandbox made when it starts, and once the backend has made some ahead, the
+/// next ones run in those, each in an input root of its own.
+#[test]
+fn a_servers_actions_run_in_sandboxes_made_ahead() {
+    if bwrap().is_none() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let server = common::ServerProcess::start(data.path(), &["--isolation", "namespaces"]);
+    let pwd = |n: usize| {
+        let script = format!("pwd; echo {n}");
+        let (code, out, err) = common::exec(&server, data.path(), &["--", "sh", "-c", &script]);
+        assert_eq!(code, 0, "{err}");
+        out.lines().next().unwrap().to_string()
+    };
+    assert!(
+        pwd(0).contains("/worker/actions/"),
+        "the first is made for it"
+    );
+    let ahead = data.path().join("worker/ahead");
+    assert!(common::wait_until(30, || std::fs::read_dir(&ahead)
+        .is_ok_and(|d| d.count() >= 4)));
+    let (first, second) = (pwd(1), pwd(2));
+    for root in [&first, &second] {
+        assert!(root.contains("/worker/ahead/ahead-"), "{root}");
+    }
+    assert_ne!(first, second, "never reused");
+}
