@@ -207,7 +207,8 @@ impl Cluster {
         let server = self.scheduler.url();
         assert!(
             wait_until(30, || members(&status(&server), "live").contains(name)),
-            "{name} never became a member"
+            "{name} never became a member; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
 

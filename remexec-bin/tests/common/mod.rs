@@ -320,13 +320,32 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-/// A free port on 127.0.0.1 (bound, then released).
+/// A free port on 127.0.0.1 (bound, then released), for a child process to listen on.
+///
+/// It is drawn at random below the kernel's ephemeral range (`ip_local_port_range`, 32768 and
+/// up by default). A port from that range, free when checked, can be taken by any other test's
+/// outgoing connection before the child binds it; one below it can only be taken by another
+/// test that drew the same port, one chance in some twenty thousand.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low <= 12000 {
+        // An unusual range: let the kernel choose.
+        let any = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        return any.local_addr().unwrap().port();
+    }
+    let (from, to) = (10000, low);
+    for attempt in 0u32..1000 {
+        let seed = RandomState::new().hash_one((std::process::id(), attempt, Instant::now()));
+        let port = from + (seed % u64::from(to - from)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {from}..{to}");
 }
 
 /// An S3-compatible server for tests: `moto_server` from PyPI (`moto[server]`, installed by
