@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "protos/remexec/worker/v1/worker.proto",
         "protos/remexec/cluster/v1/cluster.proto",
         "protos/remexec/bytestream/bytestream.proto",
+        "protos/remexec/asset/v1/asset.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -49,6 +49,15 @@ pub mod cluster {
     }
 }
 
+/// What remexec's Remote Asset service keeps in the Action Cache for each association.
+pub mod asset {
+    /// Version 1.
+    #[allow(missing_docs, unreachable_pub, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("remexec.asset.v1");
+    }
+}
+
 /// An encoded `google.protobuf.FileDescriptorSet` of every service remexec serves except
 /// `grpc.health.v1` (which `tonic-health` describes itself), for gRPC server reflection, e.g. with
 /// `tonic_reflection::server::Builder::register_encoded_file_descriptor_set`.

@@ -140,7 +140,14 @@ impl BoundServer {
             Some(peers) => cluster.with_schedulers(peers.name.clone(), peers.members()),
             None => cluster,
         });
+        let assets = asset_routes(config, &store, &ac)?;
+        if assets.is_some() {
+            tracing::info!(fetch = config.asset.fetch, "serving the Remote Asset API");
+        }
         let services = move |mut routes: tonic::service::Routes| {
+            if let Some(mount) = assets {
+                routes = mount(routes);
+            }
             if let Some(cluster) = cluster {
                 routes = routes.add_service(cluster.into_service());
             }
@@ -240,4 +247,51 @@ fn local_worker(
         Arc::new(store),
         isolation,
     )
+}
+
+/// Adds a port's routes.
+type Mount = Box<dyn FnOnce(tonic::service::Routes) -> tonic::service::Routes + Send + Sync>;
+
+/// The Remote Asset API's Fetch and Push over `store` and `ac`, as `[asset]` says; `None` when
+/// it is off.
+#[cfg(feature = "asset")]
+fn asset_routes(
+    config: &Config,
+    store: &Arc<dyn remexec_core::BlobStore>,
+    ac: &Arc<dyn remexec_core::ActionCache>,
+) -> Result<Option<Mount>> {
+    use remexec_cas::asset::{AssetOptions, AssetService};
+    let section = &config.asset;
+    if !section.enabled {
+        return Ok(None);
+    }
+    let mut options = AssetOptions::default();
+    options.fetch = section.fetch;
+    options.allowed_hosts = (!section.allowed_hosts.is_empty()).then(|| section.allowed_hosts.clone());
+    options.private_addresses = section.private_addresses;
+    options.max_size = section.max_size.as_u64();
+    options.max_archive_entries = section.max_archive_entries;
+    options.timeout = Duration::from_secs(section.timeout_secs);
+    if let Some(ca) = &section.ca {
+        let pem = std::fs::read(ca).map_err(|e| Error::io(format!("reading [asset] ca {}", ca.display()), e))?;
+        options.extra_roots.push(pem);
+    }
+    let scratch = config.data_dir.join("asset");
+    remexec_core::fs::reset_dir(&scratch)?;
+    options.scratch = Some(scratch);
+    let service = AssetService::new(Arc::clone(store), Arc::clone(ac), options)?;
+    Ok(Some(Box::new(move |routes| service.add_to(routes))))
+}
+
+/// Without the `asset` feature there is no Remote Asset API.
+#[cfg(not(feature = "asset"))]
+fn asset_routes(
+    config: &Config,
+    _: &Arc<dyn remexec_core::BlobStore>,
+    _: &Arc<dyn remexec_core::ActionCache>,
+) -> Result<Option<Mount>> {
+    if config.asset.enabled {
+        tracing::warn!("[asset] is enabled, but this build has no `asset` feature: no Remote Asset API");
+    }
+    Ok(None)
 }

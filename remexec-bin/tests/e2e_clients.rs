@@ -30,6 +30,48 @@ fn bazel_builds_with_remote_cache_and_rebuilds_from_it() {
     );
 }
 
+/// Bazel's `--experimental_remote_downloader` against remexec's Remote Asset API: an
+/// `http_file` and an `http_archive` from a loopback origin, again with the origin stopped (a
+/// fresh output base, no repository cache), and a wrong `sha256` refused and never stored.
+#[test]
+fn bazel_fetches_http_files_and_archives_through_the_remote_downloader() {
+    let Some(bazel) = require_tool("BAZEL", "bazel") else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("remexec.toml");
+    std::fs::write(&config, "[asset]\nprivate_addresses = true\n").unwrap();
+    let config = config.to_str().unwrap();
+    let server = ServerProcess::start(data.path(), &["--config", config]);
+    let bad = data.path().join("bad-digest");
+    let status = Command::new("bash")
+        .arg(fixtures().join("bazel/asset_e2e.sh"))
+        .arg(server.url())
+        .env("BAZEL", bazel)
+        .env("BAD_DIGEST_OUT", &bad)
+        .status()
+        .unwrap();
+    assert!(status.success(), "asset_e2e.sh failed: {status}");
+    // The content whose checksum did not match is not in the CAS.
+    let bad = std::fs::read_to_string(&bad).unwrap();
+    let digest = remexec_core::Digest::parse(remexec_core::DigestFunction::Sha256, bad.trim()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let missing = runtime.block_on(async {
+        use remexec_proto::reapi::FindMissingBlobsRequest;
+        let channel = remexec_core::client::connect(&server.url()).await.unwrap();
+        let request = FindMissingBlobsRequest {
+            blob_digests: vec![digest.to_proto()],
+            ..Default::default()
+        };
+        let reply = remexec_core::client::cas_client(channel)
+            .find_missing_blobs(request)
+            .await
+            .unwrap();
+        reply.into_inner().missing_blob_digests
+    });
+    assert_eq!(missing, vec![digest.to_proto()], "the refused content was stored");
+}
+
 #[test]
 fn buildgrid_bgd_client_uploads_downloads_and_uses_the_action_cache() {
     let Some(bgd) = require_tool("BGD", "bgd") else {

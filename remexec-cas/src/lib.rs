@@ -7,6 +7,8 @@
 //!   [`DiskActionCache`]) and the [`CompletenessCheckingCache`] wrapper.
 //! - [`service`]: the REAPI Capabilities, ContentAddressableStorage, ByteStream and ActionCache
 //!   gRPC services, which an embedder mounts in its own tonic server.
+//! - [`asset`] (feature `asset`): the Remote Asset API's Fetch and Push services, which download
+//!   from `http(s)` origins into the CAS and remember URIs in the Action Cache.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -30,6 +32,8 @@
 //! ```
 
 pub mod ac;
+#[cfg(feature = "asset")]
+pub mod asset;
 pub mod cluster;
 pub mod external;
 pub mod external_options;

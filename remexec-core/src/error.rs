@@ -31,6 +31,9 @@ pub enum Error {
     DeadlineExceeded(Message),
     /// The work was cancelled.
     Cancelled(Message),
+    /// A consistency check failed: content fetched from an origin did not match the checksum
+    /// asked for. The caller may retry.
+    Aborted(Message),
     /// The request is valid REAPI but this server does not do it.
     Unimplemented(Message),
     /// The caller did not prove who it is: no credentials where they are required, or
@@ -195,6 +198,7 @@ impl Error {
             | Self::Unavailable(m)
             | Self::DeadlineExceeded(m)
             | Self::Cancelled(m)
+            | Self::Aborted(m)
             | Self::Unimplemented(m)
             | Self::Unauthenticated(m)
             | Self::PermissionDenied(m)
@@ -240,6 +244,7 @@ impl Error {
             Self::Unavailable(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Cancelled(_) => Code::Cancelled,
+            Self::Aborted(_) => Code::Aborted,
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
                 Code::ResourceExhausted
@@ -293,6 +298,7 @@ impl From<tonic::Status> for Error {
             Code::Unavailable => Self::Unavailable(message.into()),
             Code::DeadlineExceeded => Self::DeadlineExceeded(message.into()),
             Code::Cancelled => Self::Cancelled(message.into()),
+            Code::Aborted => Self::Aborted(message.into()),
             Code::Unimplemented => Self::Unimplemented(message.into()),
             // A broken connection (tonic reports it as Unknown with the transport error as its
             // source, unlike an Unknown the server sent): worth a retry elsewhere.

@@ -9,6 +9,8 @@ use super::Permission;
 pub enum Need {
     /// This permission on the instance the request names.
     Permission(Permission),
+    /// Both permissions on the instance the request names (from one grant or two).
+    Both(Permission, Permission),
     /// Any permission on the instance (capabilities).
     Any,
     /// Nothing: open to everyone (health checks).
@@ -21,6 +23,7 @@ impl fmt::Display for Need {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Permission(p) => write!(f, "the {p} permission"),
+            Self::Both(a, b) => write!(f, "the {a} and {b} permissions"),
             Self::Any => f.write_str("any permission"),
             Self::Nothing => f.write_str("nothing"),
             Self::Cluster => f.write_str("a cluster certificate"),
@@ -46,7 +49,7 @@ pub enum InstanceFrom {
 /// Methods this table does not know need [`Permission::Admin`].
 pub fn method_need(path: &str) -> (Need, InstanceFrom) {
     use InstanceFrom::{AnyInstance, InstanceField, None, ResourceField};
-    use Permission::{Admin, CacheRead, CacheWrite, Execute};
+    use Permission::{Admin, CacheRead, CacheWrite, Execute, Fetch};
     let (service, method) = path
         .strip_prefix('/')
         .and_then(|p| p.split_once('/'))
@@ -77,6 +80,10 @@ pub fn method_need(path: &str) -> (Need, InstanceFrom) {
         ("build.bazel.remote.execution.v2.Execution", "WaitExecution") => {
             (Need::Permission(Execute), AnyInstance)
         }
+        ("build.bazel.remote.asset.v1.Fetch", "FetchBlob" | "FetchDirectory") => {
+            (Need::Both(CacheRead, Fetch), InstanceField)
+        }
+        ("build.bazel.remote.asset.v1.Push", "PushBlob" | "PushDirectory") => write,
         ("google.longrunning.Operations", "ListOperations") => (Need::Permission(Admin), None),
         ("google.longrunning.Operations", _) => (Need::Permission(Execute), AnyInstance),
         ("remexec.worker.v1.WorkerService" | "remexec.cluster.v1.Peer", _) => (Need::Cluster, None),
@@ -107,6 +114,8 @@ pub fn is_served(path: &str) -> bool {
             | "build.bazel.remote.execution.v2.Execution"
             | "google.bytestream.ByteStream"
             | "google.longrunning.Operations"
+            | "build.bazel.remote.asset.v1.Fetch"
+            | "build.bazel.remote.asset.v1.Push"
             | "remexec.worker.v1.WorkerService"
             | "remexec.cluster.v1.Cluster"
             | "remexec.cluster.v1.Peer"

@@ -67,25 +67,30 @@ pub enum Permission {
     Execute,
     /// Administrative and status endpoints (`admin`).
     Admin,
+    /// Have the server download from origins on the caller's behalf: the Remote Asset API's
+    /// `Fetch` (`fetch`), which also needs `cache-read`.
+    Fetch,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 4] = [
+    pub const ALL: [Permission; 5] = [
         Permission::CacheRead,
         Permission::CacheWrite,
         Permission::Execute,
         Permission::Admin,
+        Permission::Fetch,
     ];
 
     /// The name used in token files, JWT claims and config: `cache-read`, `cache-write`,
-    /// `execute`, `admin`.
+    /// `execute`, `admin`, `fetch`.
     pub fn name(self) -> &'static str {
         match self {
             Self::CacheRead => "cache-read",
             Self::CacheWrite => "cache-write",
             Self::Execute => "execute",
             Self::Admin => "admin",
+            Self::Fetch => "fetch",
         }
     }
 
@@ -103,7 +108,7 @@ impl Permission {
                     format!("of {} characters", name.len())
                 };
                 Error::invalid(format!(
-                    "unknown permission {shown}: expected cache-read, cache-write, execute or admin"
+                    "unknown permission {shown}: expected cache-read, cache-write, execute, admin or fetch"
                 ))
             })
     }
@@ -208,6 +213,7 @@ impl Grant {
     pub fn allows(&self, need: Need, instance: &str) -> bool {
         let permitted = match need {
             Need::Permission(p) => self.permissions & p.bit() != 0,
+            Need::Both(a, b) => self.permissions & a.bit() != 0 && self.permissions & b.bit() != 0,
             Need::Any => self.permissions != 0,
             Need::Nothing => return true,
             Need::Cluster => return false,
@@ -219,6 +225,10 @@ impl Grant {
     pub fn allows_somewhere(&self, need: Need) -> bool {
         match need {
             Need::Permission(p) => self.permissions & p.bit() != 0 && !self.instances.is_empty(),
+            Need::Both(a, b) => {
+                self.allows_somewhere(Need::Permission(a))
+                    && self.allows_somewhere(Need::Permission(b))
+            }
             Need::Any => self.permissions != 0 && !self.instances.is_empty(),
             Need::Nothing => true,
             Need::Cluster => false,
@@ -271,6 +281,11 @@ pub struct Principal {
 impl Principal {
     /// Whether this principal may do `need` on `instance`.
     pub fn allows(&self, need: Need, instance: &str) -> bool {
+        if let Need::Both(a, b) = need {
+            // The two may come from different grants.
+            return self.allows(Need::Permission(a), instance)
+                && self.allows(Need::Permission(b), instance);
+        }
         self.cluster || self.grants.iter().any(|g| g.allows(need, instance))
     }
 
@@ -291,7 +306,12 @@ impl Principal {
     /// `PERMISSION_DENIED` unless this principal may do `need` on some instance (for calls that
     /// name none, such as the Operations methods or the status page).
     pub fn authorize_somewhere(&self, need: Need, method: &str) -> Result<()> {
-        if self.cluster || self.grants.iter().any(|g| g.allows_somewhere(need)) {
+        let somewhere = |need| self.grants.iter().any(|g: &Grant| g.allows_somewhere(need));
+        let allowed = match need {
+            Need::Both(a, b) => somewhere(Need::Permission(a)) && somewhere(Need::Permission(b)),
+            need => somewhere(need),
+        };
+        if self.cluster || allowed {
             return Ok(());
         }
         Err(Error::PermissionDenied(

@@ -339,6 +339,21 @@ fn every_reapi_method_needs_a_permission() {
             InstanceFrom::InstanceField,
         ),
         (
+            "/build.bazel.remote.asset.v1.Fetch/FetchBlob",
+            Need::Both(Permission::CacheRead, Permission::Fetch),
+            InstanceFrom::InstanceField,
+        ),
+        (
+            "/build.bazel.remote.asset.v1.Fetch/FetchDirectory",
+            Need::Both(Permission::CacheRead, Permission::Fetch),
+            InstanceFrom::InstanceField,
+        ),
+        (
+            "/build.bazel.remote.asset.v1.Push/PushBlob",
+            WRITE,
+            InstanceFrom::InstanceField,
+        ),
+        (
             "/remexec.worker.v1.WorkerService/Attach",
             Need::Cluster,
             InstanceFrom::None,
@@ -356,6 +371,34 @@ fn every_reapi_method_needs_a_permission() {
     ] {
         assert_eq!(method_need(path), (need, from), "{path}");
     }
+}
+
+#[test]
+fn fetching_needs_cache_read_and_fetch_from_one_grant_or_two() {
+    let fetch = Need::Both(Permission::CacheRead, Permission::Fetch);
+    let principal = |grants: Vec<Grant>| Principal {
+        name: "p".into(),
+        method: Method::Token,
+        grants,
+        cluster: false,
+    };
+    let grant = |p: &[&str], i: &[&str]| Grant::parse(p, i).unwrap();
+    let reader = principal(vec![grant(&["cache-read"], &["*"])]);
+    assert!(!reader.allows(fetch, "a"));
+    assert!(reader.authorize_somewhere(fetch, "FetchBlob").is_err());
+    let fetcher = principal(vec![grant(&["fetch"], &["*"])]);
+    assert!(!fetcher.allows(fetch, "a"));
+    let both = principal(vec![grant(&["cache-read", "fetch"], &["a"])]);
+    assert!(both.allows(fetch, "a"));
+    assert!(!both.allows(fetch, "b"));
+    // From two grants, each on the instance.
+    let split = principal(vec![grant(&["cache-read"], &["*"]), grant(&["fetch"], &["a"])]);
+    assert!(split.allows(fetch, "a"));
+    assert!(!split.allows(fetch, "b"));
+    assert!(split.authorize_somewhere(fetch, "FetchBlob").is_ok());
+    let err = reader.authorize(fetch, "a", "FetchBlob").unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.to_string().contains("cache-read and fetch"), "{err}");
 }
 
 /// A 2048-bit RSA key made for this test only (`openssl genpkey`), never trusted anywhere.
