@@ -267,13 +267,15 @@ fn asset_routes(
     }
     let mut options = AssetOptions::default();
     options.fetch = section.fetch;
-    options.allowed_hosts = (!section.allowed_hosts.is_empty()).then(|| section.allowed_hosts.clone());
+    options.allowed_hosts =
+        (!section.allowed_hosts.is_empty()).then(|| section.allowed_hosts.clone());
     options.private_addresses = section.private_addresses;
     options.max_size = section.max_size.as_u64();
     options.max_archive_entries = section.max_archive_entries;
     options.timeout = Duration::from_secs(section.timeout_secs);
     if let Some(ca) = &section.ca {
-        let pem = std::fs::read(ca).map_err(|e| Error::io(format!("reading [asset] ca {}", ca.display()), e))?;
+        let pem = std::fs::read(ca)
+            .map_err(|e| Error::io(format!("reading [asset] ca {}", ca.display()), e))?;
         options.extra_roots.push(pem);
     }
     let scratch = config.data_dir.join("asset");
@@ -291,7 +293,9 @@ fn asset_routes(
     _: &Arc<dyn remexec_core::ActionCache>,
 ) -> Result<Option<Mount>> {
     if config.asset.enabled {
-        tracing::warn!("[asset] is enabled, but this build has no `asset` feature: no Remote Asset API");
+        tracing::warn!(
+            "[asset] is enabled, but this build has no `asset` feature: no Remote Asset API"
+        );
     }
     Ok(None)
 }

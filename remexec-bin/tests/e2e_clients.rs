@@ -54,7 +54,8 @@ fn bazel_fetches_http_files_and_archives_through_the_remote_downloader() {
     assert!(status.success(), "asset_e2e.sh failed: {status}");
     // The content whose checksum did not match is not in the CAS.
     let bad = std::fs::read_to_string(&bad).unwrap();
-    let digest = remexec_core::Digest::parse(remexec_core::DigestFunction::Sha256, bad.trim()).unwrap();
+    let digest =
+        remexec_core::Digest::parse(remexec_core::DigestFunction::Sha256, bad.trim()).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let missing = runtime.block_on(async {
         use remexec_proto::reapi::FindMissingBlobsRequest;
@@ -69,7 +70,11 @@ fn bazel_fetches_http_files_and_archives_through_the_remote_downloader() {
             .unwrap();
         reply.into_inner().missing_blob_digests
     });
-    assert_eq!(missing, vec![digest.to_proto()], "the refused content was stored");
+    assert_eq!(
+        missing,
+        vec![digest.to_proto()],
+        "the refused content was stored"
+    );
 }
 
 #[test]

@@ -843,3 +843,77 @@ fn bazel_builds_on_a_cluster_whose_cas_ports_admit_cluster_certificates_only() {
         .unwrap();
     assert!(status.success(), "exec_e2e.sh over TLS failed: {status}");
 }
+
+/// Fetch needs `fetch` besides `cache-read`, and Push `cache-write`; through a real server, a
+/// fetch from the cloud's metadata address is refused by the origin policy even for a caller
+/// allowed to fetch.
+#[tokio::test]
+async fn fetching_needs_the_fetch_permission_and_pushing_cache_write() {
+    use remexec_proto::build::bazel::remote::asset::v1::fetch_client::FetchClient;
+    use remexec_proto::build::bazel::remote::asset::v1::push_client::PushClient;
+    use remexec_proto::build::bazel::remote::asset::v1::{FetchBlobRequest, PushBlobRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(
+        dir.path(),
+        &[
+            ("reader", "reader-secret", r#""cache-read""#, r#""*""#),
+            (
+                "fetcher",
+                "fetcher-secret",
+                r#""cache-read", "fetch""#,
+                r#""*""#,
+            ),
+            (
+                "writer",
+                "writer-secret",
+                r#""cache-read", "cache-write""#,
+                r#""*""#,
+            ),
+        ],
+    );
+    let server = ServerProcess::start_role(
+        "scheduler",
+        &dir.path().join("data"),
+        &["--token-file", &tokens],
+    );
+    let channel = client::connect(&server.url()).await.unwrap();
+    let fetch = |token: &'static str| {
+        let channel = channel.clone();
+        async move {
+            let request = FetchBlobRequest {
+                uris: vec!["http://169.254.169.254/latest/meta-data/".into()],
+                ..Default::default()
+            };
+            FetchClient::new(channel)
+                .fetch_blob(bearer(request, Some(token)))
+                .await
+        }
+    };
+    assert_eq!(code(fetch("reader-secret").await), Code::PermissionDenied);
+    assert_eq!(code(fetch("writer-secret").await), Code::PermissionDenied);
+    let reply = fetch("fetcher-secret").await.unwrap().into_inner();
+    let status = reply.status.unwrap();
+    assert_eq!(
+        Code::from_i32(status.code),
+        Code::PermissionDenied,
+        "{status:?}"
+    );
+    assert!(status.message.contains("not public"), "{status:?}");
+    assert_eq!(reply.blob_digest, None);
+    let push = |token: &'static str| {
+        let channel = channel.clone();
+        async move {
+            let request = PushBlobRequest {
+                uris: vec!["https://example.com/a".into()],
+                blob_digest: Some(blob().0),
+                ..Default::default()
+            };
+            PushClient::new(channel)
+                .push_blob(bearer(request, Some(token)))
+                .await
+        }
+    };
+    assert_eq!(code(push("fetcher-secret").await), Code::PermissionDenied);
+    // Allowed, but the blob is not in the CAS.
+    assert_eq!(code(push("writer-secret").await), Code::FailedPrecondition);
+}

@@ -151,7 +151,7 @@ pub(crate) struct Shared {
     /// The stage last published; a joining caller starts there.
     pub(crate) stage: execution_stage::Value,
     /// The queue position while queued.
-    pub(crate) queued: Option<(i32, u64)>,
+    pub(crate) queued: Option<crate::queue::Position>,
     /// Completed or abandoned: nobody may join any more.
     pub(crate) over: bool,
 }
@@ -168,6 +168,8 @@ pub(crate) struct Execution {
     pub(crate) platform: String,
     /// What the first caller said of the action.
     pub(crate) metadata: remexec_core::reapi::RequestMetadata,
+    /// Whose turn it is in the queue: the first caller's invocation.
+    pub(crate) invocation: String,
     /// The first caller's Execute span: the parent of the phase spans.
     pub(crate) span: tracing::Span,
     pub(crate) priority: i32,

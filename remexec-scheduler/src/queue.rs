@@ -1,6 +1,13 @@
 //! The action queue, indexed by platform: each distinct set of requirements (a class) has its
 //! own priority queue. A dispatch [`pass`](Queue::pass) matches each class against the executors
 //! once, then hands out idle executors across classes in global priority order.
+//!
+//! At equal priority the queue takes turns between invocations (start-time fair queueing):
+//! each action gets a tag, one past the larger of the last tag its invocation was given and the
+//! tag of the last action dispatched; actions go in tag order. So a build that queues 2,000
+//! actions gets tags 1 to 2,000, and one that starts later, after 100 of them went, gets 101,
+//! 102... for its own: the two alternate, instead of the second waiting behind the first's
+//! 1,900. An invocation alone in the queue goes in arrival order, as before.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -9,8 +16,8 @@ use std::time::{Duration, Instant};
 use crate::platform::{INSTANCE_PROPERTY, MatchRules, Property};
 use crate::pool::ExecutorInfo;
 
-/// Queue order: priority (lower first), then arrival.
-pub(crate) type Position = (i32, u64);
+/// Queue order: priority (lower first), then the fair-queueing tag, then arrival.
+pub(crate) type Position = (i32, u64, u64);
 
 /// The queued actions of one platform.
 #[derive(Debug)]
@@ -36,6 +43,11 @@ pub(crate) struct Queue<T> {
     classes: HashMap<Vec<Property>, Class<T>>,
     seq: u64,
     len: usize,
+    /// The tag of the last action dispatched: the fair queue's virtual time.
+    now: u64,
+    /// Each invocation's last tag, while it is ahead of `now` (later ones are forgotten: `now`
+    /// stands for them).
+    tags: HashMap<String, u64>,
 }
 
 impl<T> Default for Queue<T> {
@@ -44,7 +56,25 @@ impl<T> Default for Queue<T> {
             classes: HashMap::new(),
             seq: 0,
             len: 0,
+            now: 0,
+            tags: HashMap::new(),
         }
+    }
+}
+
+/// Which invocation an action takes turns as: the client's `tool_invocation_id`, else its
+/// `correlated_invocations_id`, else the authenticated `caller`'s name.
+pub(crate) fn invocation(metadata: &remexec_core::reapi::RequestMetadata, caller: &str) -> String {
+    let id = [
+        &metadata.tool_invocation_id,
+        &metadata.correlated_invocations_id,
+    ]
+    .into_iter()
+    .find(|id| !id.is_empty());
+    match id {
+        // Long ids are cut: they are keys, not labels.
+        Some(id) => format!("id:{}", id.chars().take(128).collect::<String>()),
+        None => format!("caller:{caller}"),
     }
 }
 
@@ -72,10 +102,27 @@ impl<T> Queue<T> {
         depths
     }
 
-    /// Queues `item` (with canonical `requirements`) behind its priority peers.
-    pub(crate) fn push(&mut self, requirements: &[Property], priority: i32, item: T) -> Position {
+    /// Queues `item` (with canonical `requirements`) of `invocation` behind its priority peers,
+    /// taking turns with other invocations.
+    pub(crate) fn push(
+        &mut self,
+        requirements: &[Property],
+        priority: i32,
+        invocation: &str,
+        item: T,
+    ) -> Position {
         self.seq += 1;
-        let position = (priority, self.seq);
+        let tag = match self.tags.get_mut(invocation) {
+            Some(last) => {
+                *last = (*last).max(self.now) + 1;
+                *last
+            }
+            None => {
+                self.tags.insert(invocation.to_string(), self.now + 1);
+                self.now + 1
+            }
+        };
+        let position = (priority, tag, self.seq);
         let class = self
             .classes
             .entry(requirements.to_vec())
@@ -172,9 +219,10 @@ impl<T> Queue<T> {
             let Some(&executor) = matching.get(*cursor) else {
                 continue; // every executor this class could use is taken
             };
-            let Some((_, item)) = items.pop_first() else {
+            let Some(((_, tag, _), item)) = items.pop_first() else {
                 continue;
             };
+            self.now = self.now.max(tag);
             taken[executor] = true;
             pass.starts.push((item, executor));
             if let Some((&next, _)) = items.first_key_value() {
@@ -183,6 +231,8 @@ impl<T> Queue<T> {
         }
         self.len -= pass.starts.len() + pass.expired.len();
         self.classes.retain(|_, class| !class.items.is_empty());
+        let now = self.now;
+        self.tags.retain(|_, last| *last > now);
         pass
     }
 }
@@ -230,6 +280,8 @@ pub(crate) fn unmatched_message(
 pub struct DispatchBench {
     queue: Queue<u64>,
     requirements: Vec<Vec<Property>>,
+    /// The invocations the actions come from, taking turns.
+    invocations: Vec<String>,
     executors: Vec<ExecutorInfo>,
     busy: HashSet<String>,
     rules: MatchRules,
@@ -246,10 +298,12 @@ impl DispatchBench {
                 ])
             })
             .collect();
+        let invocations: Vec<String> = (0..16).map(|i| format!("build-{i}")).collect();
         let mut queue = Queue::default();
         for i in 0..queued {
             let class = &requirements[i % requirements.len()];
-            queue.push(class, (i % 7) as i32, i as u64);
+            let invocation = &invocations[i % invocations.len()];
+            queue.push(class, (i % 7) as i32, invocation, i as u64);
         }
         let executors: Vec<ExecutorInfo> = (0..executors)
             .map(|e| ExecutorInfo {
@@ -266,6 +320,7 @@ impl DispatchBench {
         Self {
             queue,
             requirements,
+            invocations,
             executors,
             busy,
             rules: MatchRules::default(),
@@ -285,7 +340,8 @@ impl DispatchBench {
         let started = pass.starts.len();
         for (item, _) in pass.starts {
             let class = &self.requirements[item as usize % self.requirements.len()];
-            self.queue.push(class, (item % 7) as i32, item);
+            let invocation = &self.invocations[item as usize % self.invocations.len()];
+            self.queue.push(class, (item % 7) as i32, invocation, item);
         }
         started
     }
@@ -311,11 +367,11 @@ mod tests {
         let linux = canonical(vec![("os".into(), "linux".into())]);
         let any: Vec<Property> = Vec::new();
         let mut queue = Queue::default();
-        queue.push(&any, 5, "any5");
-        queue.push(&linux, 1, "linux1");
-        queue.push(&any, 0, "any0");
-        queue.push(&linux, 3, "linux3");
-        queue.push(&linux, 9, "linux9");
+        queue.push(&any, 5, "", "any5");
+        queue.push(&linux, 1, "", "linux1");
+        queue.push(&any, 0, "", "any0");
+        queue.push(&linux, 3, "", "linux3");
+        queue.push(&linux, 9, "", "linux9");
         let executors = vec![
             executor("a", &[("os", "linux")]),
             executor("b", &[("os", "mac")]),
@@ -345,8 +401,8 @@ mod tests {
     fn a_class_nobody_matches_expires_after_the_grace() {
         let gpu = canonical(vec![("gpu".into(), "1".into())]);
         let mut queue = Queue::default();
-        queue.push(&gpu, 0, 1);
-        queue.push(&gpu, 0, 2);
+        queue.push(&gpu, 0, "", 1);
+        queue.push(&gpu, 0, "", 2);
         let executors = vec![executor("a", &[])];
         let rules = MatchRules::default();
         let none = HashSet::new();
@@ -366,6 +422,64 @@ mod tests {
             second.expired[0].1
         );
         assert_eq!(queue.len(), 0);
+    }
+
+    /// Passes of one executor until every item of `late` has started; how many passes.
+    fn passes_until_done(queue: &mut Queue<(char, u32)>, late: char) -> usize {
+        let executors = [executor("a", &[])];
+        let (rules, none) = (MatchRules::default(), HashSet::new());
+        let mut passes = 0;
+        loop {
+            let pass = queue.pass(&executors, &[], &none, &rules, Duration::ZERO);
+            passes += 1;
+            let remaining = queue.classes.values().flat_map(|c| c.items.values());
+            if !remaining.into_iter().any(|(who, _)| *who == late) {
+                return passes;
+            }
+            assert_eq!(pass.starts.len(), 1);
+        }
+    }
+
+    #[test]
+    fn invocations_take_turns_at_equal_priority_and_priority_still_comes_first() {
+        let any: Vec<Property> = Vec::new();
+        let mut queue = Queue::default();
+        for i in 0..2000 {
+            queue.push(&any, 0, "big", ('b', i));
+        }
+        let executors = [executor("a", &[])];
+        let (rules, none) = (MatchRules::default(), HashSet::new());
+        for _ in 0..100 {
+            queue.pass(&executors, &[], &none, &rules, Duration::ZERO);
+        }
+        for i in 0..10 {
+            queue.push(&any, 0, "small", ('s', i));
+        }
+        // Alternating: the small build is done in 20 passes, not 1,910.
+        assert_eq!(passes_until_done(&mut queue, 's'), 20);
+        // In arrival order within an invocation.
+        let mut queue = Queue::default();
+        for i in 0..3 {
+            queue.push(&any, 0, "one", ('o', i));
+        }
+        let order: Vec<u32> = (0..3)
+            .map(|_| {
+                queue
+                    .pass(&executors, &[], &none, &rules, Duration::ZERO)
+                    .starts[0]
+                    .0
+                    .1
+            })
+            .collect();
+        assert_eq!(order, [0, 1, 2]);
+        // A higher priority (a lower number) goes first whatever the turns.
+        queue.push(&any, 5, "low", ('l', 0));
+        queue.push(&any, -1, "high", ('h', 0));
+        let first = queue.pass(&executors, &[], &none, &rules, Duration::ZERO);
+        assert_eq!(first.starts[0].0, ('h', 0));
+        // Finished invocations are forgotten.
+        passes_until_done(&mut queue, 'l');
+        assert!(queue.tags.is_empty(), "{:?}", queue.tags);
     }
 
     #[test]

@@ -263,11 +263,24 @@ impl Scheduler {
     }
 
     /// [`execute`](Self::execute) for a client that sent `metadata`: the execution's metrics,
-    /// phase spans (children of the current span) and status-page entry carry it.
+    /// phase spans (children of the current span) and status-page entry carry it, and the
+    /// queue takes turns between its invocation and others ([`execute_as`](Self::execute_as)).
     pub async fn execute_with(
         &self,
         req: ExecuteRequest,
         metadata: RequestMetadata,
+    ) -> Result<watch::Receiver<Operation>> {
+        self.execute_as(req, metadata, "").await
+    }
+
+    /// [`execute_with`](Self::execute_with) for an authenticated `caller` (a principal's name):
+    /// at equal priority the queue takes turns between invocations, told apart by
+    /// `metadata.tool_invocation_id`, else `correlated_invocations_id`, else `caller`.
+    pub async fn execute_as(
+        &self,
+        req: ExecuteRequest,
+        metadata: RequestMetadata,
+        caller: &str,
     ) -> Result<watch::Receiver<Operation>> {
         validate_instance_name(&req.instance_name)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
@@ -337,6 +350,7 @@ impl Scheduler {
             key,
             platform: platform_label(&requirements),
             requirements,
+            invocation: crate::queue::invocation(&metadata, caller),
             metadata,
             span: tracing::Span::current(),
             job,
@@ -493,9 +507,12 @@ impl Inner {
         }
         let name = self.new_name();
         let (op, rx) = Op::new(operation(&name, exec.key.1, Stage::Queued, None));
-        let position = state
-            .queue
-            .push(&exec.requirements, exec.priority, Arc::clone(&exec));
+        let position = state.queue.push(
+            &exec.requirements,
+            exec.priority,
+            &exec.invocation,
+            Arc::clone(&exec),
+        );
         {
             let mut shared = exec.shared.lock();
             shared.waiters.push(Arc::clone(&op));
@@ -546,9 +563,12 @@ impl Inner {
         for op in &shared.waiters {
             op.publish(exec.key.1, Stage::Queued, None);
         }
-        let position = state
-            .queue
-            .push(&exec.requirements, exec.priority, Arc::clone(exec));
+        let position = state.queue.push(
+            &exec.requirements,
+            exec.priority,
+            &exec.invocation,
+            Arc::clone(exec),
+        );
         shared.queued = Some(position);
         true
     }

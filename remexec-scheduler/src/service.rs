@@ -209,9 +209,14 @@ impl Execution for ExecutionService {
                 remexec_core::observe::request_metadata(&request.metadata().clone().into_headers())
             })
             .unwrap_or_default();
+        let caller = request
+            .extensions()
+            .get::<remexec_core::auth::Principal>()
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
         let rx = self
             .scheduler
-            .execute_with(request.into_inner(), metadata)
+            .execute_as(request.into_inner(), metadata, &caller)
             .await;
         respond(rx.map(|rx| {
             let first = crate::operations::cache_check_stage(&rx.borrow());

@@ -602,3 +602,59 @@ async fn an_executor_a_pool_adds_without_telling_is_used_within_the_snapshot_age
         .expect("the silently added executor was never used");
     assert_eq!(response.result.map(|r| r.exit_code), Some(0));
 }
+
+/// Fair scheduling: a 10-action build started while a 2,000-action build is running takes
+/// turns with it, instead of waiting behind it. Counted in starts, not timed: between the small
+/// build's submission and its last start, about as many of the big build's actions start as
+/// its own (FIFO would start some 1,900 first).
+#[tokio::test]
+async fn a_small_build_takes_turns_with_a_big_one_already_running() {
+    let mut pool = FakePool::new(4, &[], FakePool::ok());
+    pool.delay = Duration::from_millis(2);
+    let s = setup(pool, |c| c.max_queued = 10_000);
+    let metadata = |id: &str| remexec_core::reapi::RequestMetadata {
+        tool_invocation_id: id.into(),
+        ..Default::default()
+    };
+    let mut big = Vec::new();
+    for i in 0..2000 {
+        let arg = format!("big-{i}");
+        let digest = store_action(&*s.cas, &["true", &arg], &[], true).await;
+        let rx = s
+            .scheduler
+            .execute_with(request(digest), metadata("big"))
+            .await;
+        big.push(rx.unwrap());
+    }
+    let mut small = Vec::new();
+    for i in 0..10 {
+        let arg = format!("small-{i}");
+        small.push(store_action(&*s.cas, &["true", &arg], &[], true).await);
+    }
+    while s.pool.runs.load(Ordering::SeqCst) < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let submitted = s.pool.runs.load(Ordering::SeqCst);
+    let mut waits = Vec::new();
+    for digest in small {
+        let rx = s
+            .scheduler
+            .execute_with(request(digest), metadata("small"))
+            .await;
+        waits.push(finish(rx.unwrap()));
+    }
+    for response in futures::future::join_all(waits).await {
+        assert_eq!(response.result.unwrap().exit_code, 0);
+    }
+    let order = s.pool.order.lock().unwrap().clone();
+    let last_small = order.iter().rposition(|a| a.contains("small")).unwrap();
+    let big_between = order[submitted..last_small]
+        .iter()
+        .filter(|a| a.contains("big"))
+        .count();
+    assert!(
+        big_between <= 10 + 8,
+        "{big_between} of the big build's actions started before the small build's last"
+    );
+    drop(big);
+}

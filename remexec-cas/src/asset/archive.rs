@@ -74,7 +74,12 @@ impl Format {
 
 /// Unpacks the archive at `file` into the empty directory `dest`. Blocks. A malformed or
 /// oversized archive is `InvalidArgument`, as the content the client named is unusable.
-pub(crate) fn unpack(format: Format, file: &Path, dest: &Path, limits: ArchiveLimits) -> Result<()> {
+pub(crate) fn unpack(
+    format: Format,
+    file: &Path,
+    dest: &Path,
+    limits: ArchiveLimits,
+) -> Result<()> {
     let open = File::open(file).map_err(|e| Error::io(format!("opening {}", file.display()), e))?;
     match format {
         Format::Tar => unpack_tar(BufReader::new(open), dest, limits),
@@ -112,15 +117,15 @@ fn unpack_tar(reader: impl Read, dest: &Path, limits: ArchiveLimits) -> Result<(
         }
         bytes += entry.size();
         if bytes > limits.max_size {
-            return Err(bad(format!(
-                "it unpacks to over {} bytes",
-                limits.max_size
-            )));
+            return Err(bad(format!("it unpacks to over {} bytes", limits.max_size)));
         }
         if !entry.unpack_in(dest).map_err(bad)? {
             return Err(bad(format!(
                 "entry {:?} would be written outside the archive",
-                entry.path().map(|p| p.display().to_string()).unwrap_or_default()
+                entry
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
             )));
         }
     }
@@ -136,9 +141,11 @@ fn unpack_zip(reader: impl Read + Seek, dest: &Path, limits: ArchiveLimits) -> R
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(bad)?;
         let name = entry.name().to_string();
-        let rel = entry
-            .enclosed_name()
-            .ok_or_else(|| bad(format!("entry {name:?} would be written outside the archive")))?;
+        let rel = entry.enclosed_name().ok_or_else(|| {
+            bad(format!(
+                "entry {name:?} would be written outside the archive"
+            ))
+        })?;
         let rel = rel
             .to_str()
             .ok_or_else(|| bad(format!("entry {name:?} is not UTF-8")))?
@@ -155,7 +162,10 @@ fn unpack_zip(reader: impl Read + Seek, dest: &Path, limits: ArchiveLimits) -> R
         let room = limits.max_size - bytes;
         let mut content = Vec::new();
         if entry.is_symlink() {
-            (&mut entry).take(4096).read_to_end(&mut content).map_err(bad)?;
+            (&mut entry)
+                .take(4096)
+                .read_to_end(&mut content)
+                .map_err(bad)?;
             let target = String::from_utf8(content)
                 .map_err(|_| bad(format!("symlink {name:?} has a target that is not UTF-8")))?;
             let (parent, file) = split(&rel);

@@ -50,9 +50,9 @@ use remexec_proto::asset::v1::AssetEntry;
 use remexec_proto::build::bazel::remote::asset::v1 as api;
 use remexec_proto::google::protobuf::{Duration as ProtoDuration, Timestamp};
 
+use api::Qualifier;
 use api::fetch_server::{Fetch, FetchServer};
 use api::push_server::{Push, PushServer};
-use api::Qualifier;
 
 use crate::service::respond;
 use archive::{ArchiveLimits, Format};
@@ -163,7 +163,8 @@ impl AssetService {
             let Some(entry) = index::lookup(&*self.ac, scope.instance, key).await? else {
                 continue;
             };
-            let expired = entry.expires_at_unix_seconds != 0 && entry.expires_at_unix_seconds <= now;
+            let expired =
+                entry.expires_at_unix_seconds != 0 && entry.expires_at_unix_seconds <= now;
             let too_old = oldest.is_some_and(|t| entry.stored_at_unix_seconds < t.seconds);
             let wrong_kind = entry.directory != (kind == Kind::Directory);
             if expired || too_old || wrong_kind {
@@ -264,12 +265,14 @@ impl AssetService {
                 };
                 let (from, to) = (file.clone(), dest.clone());
                 remexec_core::fs::blocking(move || {
-                    std::fs::create_dir(&to).map_err(|e| Error::io("making a scratch directory", e))?;
+                    std::fs::create_dir(&to)
+                        .map_err(|e| Error::io("making a scratch directory", e))?;
                     archive::unpack(format, &from, &to, archive_limits)
                 })
                 .await?;
                 let (root, _) =
-                    remexec_core::client::upload_directory(&*self.store, instance, f, &dest).await?;
+                    remexec_core::client::upload_directory(&*self.store, instance, f, &dest)
+                        .await?;
                 Ok(root)
             }
         }
@@ -305,14 +308,19 @@ impl AssetService {
         kind: Kind,
         oldest: Option<&Timestamp>,
         timeout: Option<&ProtoDuration>,
-    ) -> Result<(String, remexec_proto::google::rpc::Status, Option<Digest>, Option<Timestamp>)> {
+    ) -> Result<(
+        String,
+        remexec_proto::google::rpc::Status,
+        Option<Digest>,
+        Option<Timestamp>,
+    )> {
         if let Some((uri, entry)) = self.known(scope, kind, oldest).await? {
             let digest = entry
                 .digest
                 .as_ref()
                 .map(|d| Digest::from_proto(scope.function, d))
                 .transpose()?;
-            let expires = (entry.expires_at_unix_seconds != 0).then(|| Timestamp {
+            let expires = (entry.expires_at_unix_seconds != 0).then_some(Timestamp {
                 seconds: entry.expires_at_unix_seconds,
                 nanos: 0,
             });
@@ -334,7 +342,8 @@ impl AssetService {
             Ok(digest) => {
                 // Only the URI that answered: another may have failed, or not been tried.
                 let fetched = std::slice::from_ref(&uri);
-                self.remember(scope, (kind, digest), fetched, started, 0).await?;
+                self.remember(scope, (kind, digest), fetched, started, 0)
+                    .await?;
                 Ok((uri, remexec_core::ok_rpc_status(), Some(digest), None))
             }
             Err(e) => {
@@ -370,7 +379,9 @@ fn check_request<'a>(
 ) -> Result<Scope<'a>> {
     let function = crate::service::request_scope(instance, digest_function)?;
     if uris.is_empty() {
-        return Err(Error::invalid("uris is empty: a request names at least one"));
+        return Err(Error::invalid(
+            "uris is empty: a request names at least one",
+        ));
     }
     if uris.len() > MAX_URIS || qualifiers.len() > MAX_QUALIFIERS {
         return Err(Error::invalid(format!(
@@ -390,7 +401,10 @@ fn check_request<'a>(
     let mut names: Vec<&str> = qualifiers.iter().map(|q| q.name.as_str()).collect();
     names.sort_unstable();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(Error::invalid(format!("qualifier {:?} is given twice", w[0])));
+        return Err(Error::invalid(format!(
+            "qualifier {:?} is given twice",
+            w[0]
+        )));
     }
     Ok(Scope {
         instance,
@@ -461,9 +475,19 @@ impl Fetch for AssetService {
     ) -> Result<tonic::Response<api::FetchBlobResponse>, tonic::Status> {
         let req = request.into_inner();
         let result = async {
-            let scope = check_request(&req.instance_name, req.digest_function, &req.uris, &req.qualifiers)?;
+            let scope = check_request(
+                &req.instance_name,
+                req.digest_function,
+                &req.uris,
+                &req.qualifiers,
+            )?;
             let (uri, status, digest, expires_at) = self
-                .fetch_asset(&scope, Kind::Blob, req.oldest_content_accepted.as_ref(), req.timeout.as_ref())
+                .fetch_asset(
+                    &scope,
+                    Kind::Blob,
+                    req.oldest_content_accepted.as_ref(),
+                    req.timeout.as_ref(),
+                )
                 .await?;
             Ok(api::FetchBlobResponse {
                 status: Some(status),
@@ -484,9 +508,19 @@ impl Fetch for AssetService {
     ) -> Result<tonic::Response<api::FetchDirectoryResponse>, tonic::Status> {
         let req = request.into_inner();
         let result = async {
-            let scope = check_request(&req.instance_name, req.digest_function, &req.uris, &req.qualifiers)?;
+            let scope = check_request(
+                &req.instance_name,
+                req.digest_function,
+                &req.uris,
+                &req.qualifiers,
+            )?;
             let (uri, status, digest, expires_at) = self
-                .fetch_asset(&scope, Kind::Directory, req.oldest_content_accepted.as_ref(), req.timeout.as_ref())
+                .fetch_asset(
+                    &scope,
+                    Kind::Directory,
+                    req.oldest_content_accepted.as_ref(),
+                    req.timeout.as_ref(),
+                )
                 .await?;
             Ok(api::FetchDirectoryResponse {
                 status: Some(status),
@@ -523,7 +557,8 @@ impl AssetService {
         }
         let expires = expire_at.map_or(0, |t| t.seconds.max(1));
         let uris = scope.uris;
-        self.remember(scope, (kind, digest), uris, index::now(), expires).await
+        self.remember(scope, (kind, digest), uris, index::now(), expires)
+            .await
     }
 }
 
@@ -535,9 +570,19 @@ impl Push for AssetService {
     ) -> Result<tonic::Response<api::PushBlobResponse>, tonic::Status> {
         let req = request.into_inner();
         let result = async {
-            let scope = check_request(&req.instance_name, req.digest_function, &req.uris, &req.qualifiers)?;
-            self.push_asset(&scope, Kind::Blob, req.blob_digest.as_ref(), req.expire_at.as_ref())
-                .await?;
+            let scope = check_request(
+                &req.instance_name,
+                req.digest_function,
+                &req.uris,
+                &req.qualifiers,
+            )?;
+            self.push_asset(
+                &scope,
+                Kind::Blob,
+                req.blob_digest.as_ref(),
+                req.expire_at.as_ref(),
+            )
+            .await?;
             Ok(api::PushBlobResponse {})
         }
         .await;
@@ -550,7 +595,12 @@ impl Push for AssetService {
     ) -> Result<tonic::Response<api::PushDirectoryResponse>, tonic::Status> {
         let req = request.into_inner();
         let result = async {
-            let scope = check_request(&req.instance_name, req.digest_function, &req.uris, &req.qualifiers)?;
+            let scope = check_request(
+                &req.instance_name,
+                req.digest_function,
+                &req.uris,
+                &req.qualifiers,
+            )?;
             self.push_asset(
                 &scope,
                 Kind::Directory,

@@ -127,9 +127,8 @@ impl reqwest::dns::Resolve for CheckedResolver {
         let policy = Arc::clone(&self.0);
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let kept: Vec<SocketAddr> = found
                 .iter()
                 .copied()
@@ -191,8 +190,12 @@ impl Origins {
             // this policy never sees.
             .no_proxy();
         for pem in extra_roots {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| Error::InvalidArgument(remexec_core::Message::caused_by("reading the origins' extra CA certificates", e)))?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                Error::InvalidArgument(remexec_core::Message::caused_by(
+                    "reading the origins' extra CA certificates",
+                    e,
+                ))
+            })?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
@@ -308,7 +311,10 @@ fn request_error(url: &reqwest::Url, error: reqwest::Error) -> Error {
     if error.is_timeout() {
         return Error::DeadlineExceeded(format!("fetching {url} timed out").into());
     }
-    Error::Unavailable(remexec_core::Message::caused_by(format!("fetching {url}"), error))
+    Error::Unavailable(remexec_core::Message::caused_by(
+        format!("fetching {url}"),
+        error,
+    ))
 }
 
 #[cfg(test)]
@@ -357,7 +363,10 @@ mod tests {
             ("file:///etc/passwd", tonic::Code::InvalidArgument),
             ("http://127.0.0.1:8080/", tonic::Code::PermissionDenied),
             ("http://[::1]/", tonic::Code::PermissionDenied),
-            ("http://169.254.169.254/latest/", tonic::Code::PermissionDenied),
+            (
+                "http://169.254.169.254/latest/",
+                tonic::Code::PermissionDenied,
+            ),
             ("http://2130706433/", tonic::Code::PermissionDenied),
         ] {
             let err = open.check_url(&url(u)).unwrap_err();
@@ -369,7 +378,11 @@ mod tests {
         };
         assert!(listed.check_url(&url("https://EXAMPLE.com/")).is_ok());
         assert!(listed.check_url(&url("https://a.mirror.org/")).is_ok());
-        for u in ["https://mirror.org/", "https://example.com.evil/", "https://evilmirror.org/"] {
+        for u in [
+            "https://mirror.org/",
+            "https://example.com.evil/",
+            "https://evilmirror.org/",
+        ] {
             let err = listed.check_url(&url(u)).unwrap_err();
             assert_eq!(err.code(), tonic::Code::PermissionDenied, "{u}");
         }

@@ -97,7 +97,7 @@ impl Sri {
     /// `Aborted` unless `hasher` (fed the content) matches; `what` names the content.
     pub(crate) fn check(&self, hasher: SriHasher, what: &str) -> Result<()> {
         let got = hasher.finish();
-        if self.expected.iter().any(|e| *e == got) {
+        if self.expected.contains(&got) {
             return Ok(());
         }
         let got = base64::engine::general_purpose::STANDARD.encode(&got);

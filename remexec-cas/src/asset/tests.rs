@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, State};
@@ -37,7 +37,8 @@ async fn serve_file(State(s): State<Served>, UrlPath(name): UrlPath<String>) -> 
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
     if let Some(target) = name.strip_prefix("redirect-") {
-        return Redirect::temporary(&format!("http://localhost:{}/{target}", s.port)).into_response();
+        return Redirect::temporary(&format!("http://localhost:{}/{target}", s.port))
+            .into_response();
     }
     match s.files.iter().find(|(n, _)| *n == name) {
         Some((_, data)) => data.clone().into_response(),
@@ -67,7 +68,10 @@ async fn origin(files: Vec<(&'static str, Vec<u8>)>) -> Origin {
 fn service(options: AssetOptions) -> (AssetService, Arc<dyn BlobStore>) {
     let store: Arc<dyn BlobStore> = Arc::new(MemoryStore::new(64 << 20));
     let ac = Arc::new(MemoryActionCache::new(16 << 20));
-    (AssetService::new(Arc::clone(&store), ac, options).unwrap(), store)
+    (
+        AssetService::new(Arc::clone(&store), ac, options).unwrap(),
+        store,
+    )
 }
 
 fn loopback_allowed() -> AssetOptions {
@@ -98,7 +102,10 @@ fn blob_request(uris: &[String], qualifiers: Vec<Qualifier>) -> api::FetchBlobRe
 }
 
 async fn fetch_blob(s: &AssetService, req: api::FetchBlobRequest) -> api::FetchBlobResponse {
-    s.fetch_blob(tonic::Request::new(req)).await.unwrap().into_inner()
+    s.fetch_blob(tonic::Request::new(req))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 fn code(status: &Option<remexec_proto::google::rpc::Status>) -> tonic::Code {
@@ -111,16 +118,23 @@ async fn a_fetched_blob_is_stored_and_answered_from_the_index_after() {
     let origin = origin(vec![("a.txt", data.clone())]).await;
     let (s, store) = service(loopback_allowed());
     let uri = format!("{}/a.txt", origin.url);
-    let req = blob_request(&[uri.clone()], vec![sri(&data)]);
+    let req = blob_request(std::slice::from_ref(&uri), vec![sri(&data)]);
     let first = fetch_blob(&s, req.clone()).await;
     assert_eq!(code(&first.status), tonic::Code::Ok, "{:?}", first.status);
     assert_eq!(first.uri, uri);
     let digest = DigestFunction::Sha256.digest_of(&data);
     assert_eq!(first.blob_digest, Some(digest.to_proto()));
-    assert_eq!(store.get_bytes("", digest, 1 << 20).await.unwrap().unwrap(), data);
+    assert_eq!(
+        store.get_bytes("", digest, 1 << 20).await.unwrap().unwrap(),
+        data
+    );
     let second = fetch_blob(&s, req.clone()).await;
     assert_eq!(second.blob_digest, first.blob_digest);
-    assert_eq!(origin.hits.load(Ordering::SeqCst), 1, "the second came from the index");
+    assert_eq!(
+        origin.hits.load(Ordering::SeqCst),
+        1,
+        "the second came from the index"
+    );
     // Content older than the client accepts is fetched again.
     let mut fresh = req;
     fresh.oldest_content_accepted = Some(Timestamp {
@@ -138,8 +152,17 @@ async fn a_wrong_checksum_is_aborted_and_nothing_is_stored_or_remembered() {
     let origin = origin(vec![("a.txt", data.clone())]).await;
     let (s, store) = service(loopback_allowed());
     let uri = format!("{}/a.txt", origin.url);
-    let wrong = fetch_blob(&s, blob_request(&[uri.clone()], vec![sri(b"expected")])).await;
-    assert_eq!(code(&wrong.status), tonic::Code::Aborted, "{:?}", wrong.status);
+    let wrong = fetch_blob(
+        &s,
+        blob_request(std::slice::from_ref(&uri), vec![sri(b"expected")]),
+    )
+    .await;
+    assert_eq!(
+        code(&wrong.status),
+        tonic::Code::Aborted,
+        "{:?}",
+        wrong.status
+    );
     assert_eq!(wrong.blob_digest, None);
     let digest = DigestFunction::Sha256.digest_of(&data);
     assert!(!store.contains("", digest).await.unwrap());
@@ -153,12 +176,20 @@ async fn a_wrong_checksum_is_aborted_and_nothing_is_stored_or_remembered() {
 async fn later_uris_are_tried_when_earlier_ones_fail() {
     let origin = origin(vec![("b.txt", b"b".to_vec())]).await;
     let (s, _) = service(loopback_allowed());
-    let uris = [format!("{}/missing", origin.url), format!("{}/b.txt", origin.url)];
+    let uris = [
+        format!("{}/missing", origin.url),
+        format!("{}/b.txt", origin.url),
+    ];
     let got = fetch_blob(&s, blob_request(&uris, vec![])).await;
     assert_eq!(code(&got.status), tonic::Code::Ok);
     assert_eq!(got.uri, uris[1]);
     let missing = fetch_blob(&s, blob_request(&uris[..1], vec![])).await;
-    assert_eq!(code(&missing.status), tonic::Code::NotFound, "{:?}", missing.status);
+    assert_eq!(
+        code(&missing.status),
+        tonic::Code::NotFound,
+        "{:?}",
+        missing.status
+    );
 }
 
 #[tokio::test]
@@ -172,10 +203,19 @@ async fn loopback_and_private_origins_are_refused_unless_allowed() {
         format!("http://localhost:{port}/a.txt"),
         format!("http://[::ffff:127.0.0.1]:{port}/a.txt"),
     ] {
-        let got = fetch_blob(&s, blob_request(&[uri.clone()], vec![])).await;
-        assert_eq!(code(&got.status), tonic::Code::PermissionDenied, "{uri}: {:?}", got.status);
+        let got = fetch_blob(&s, blob_request(std::slice::from_ref(&uri), vec![])).await;
+        assert_eq!(
+            code(&got.status),
+            tonic::Code::PermissionDenied,
+            "{uri}: {:?}",
+            got.status
+        );
     }
-    assert_eq!(origin.hits.load(Ordering::SeqCst), 0, "no request reached the origin");
+    assert_eq!(
+        origin.hits.load(Ordering::SeqCst),
+        0,
+        "no request reached the origin"
+    );
     // A redirect to a host not on the list is not followed.
     let listed = AssetOptions {
         allowed_hosts: Some(vec!["127.0.0.1".into()]),
@@ -183,9 +223,22 @@ async fn loopback_and_private_origins_are_refused_unless_allowed() {
         ..AssetOptions::default()
     };
     let (s, _) = service(listed);
-    let got = fetch_blob(&s, blob_request(&[format!("{}/redirect-a.txt", origin.url)], vec![])).await;
-    assert_eq!(code(&got.status), tonic::Code::PermissionDenied, "{:?}", got.status);
-    assert_eq!(origin.hits.load(Ordering::SeqCst), 1, "only the redirect itself");
+    let got = fetch_blob(
+        &s,
+        blob_request(&[format!("{}/redirect-a.txt", origin.url)], vec![]),
+    )
+    .await;
+    assert_eq!(
+        code(&got.status),
+        tonic::Code::PermissionDenied,
+        "{:?}",
+        got.status
+    );
+    assert_eq!(
+        origin.hits.load(Ordering::SeqCst),
+        1,
+        "only the redirect itself"
+    );
 }
 
 #[tokio::test]
@@ -197,14 +250,24 @@ async fn downloads_are_bounded_in_size_and_time() {
     };
     let (s, _) = service(small);
     let big = fetch_blob(&s, blob_request(&[format!("{}/big", origin.url)], vec![])).await;
-    assert_eq!(code(&big.status), tonic::Code::ResourceExhausted, "{:?}", big.status);
+    assert_eq!(
+        code(&big.status),
+        tonic::Code::ResourceExhausted,
+        "{:?}",
+        big.status
+    );
     let mut slow = blob_request(&[format!("{}/slow", origin.url)], vec![]);
     slow.timeout = Some(ProtoDuration {
         seconds: 0,
         nanos: 300_000_000,
     });
     let got = fetch_blob(&s, slow).await;
-    assert_eq!(code(&got.status), tonic::Code::DeadlineExceeded, "{:?}", got.status);
+    assert_eq!(
+        code(&got.status),
+        tonic::Code::DeadlineExceeded,
+        "{:?}",
+        got.status
+    );
 }
 
 #[tokio::test]
@@ -213,19 +276,37 @@ async fn bad_requests_are_invalid_arguments() {
     let uri = vec!["http://127.0.0.1:1/a".to_string()];
     for (req, why) in [
         (blob_request(&[], vec![]), "no URI"),
-        (blob_request(&uri, vec![q("a", "1"), q("a", "2")]), "a qualifier twice"),
-        (blob_request(&uri, vec![q("git.branch", "main")]), "a qualifier no download honours"),
-        (blob_request(&uri, vec![q("checksum.sri", "md5-AAAA")]), "an unusable checksum"),
-        (blob_request(&uri, vec![q("http_header:bad name", "x")]), "a malformed header"),
+        (
+            blob_request(&uri, vec![q("a", "1"), q("a", "2")]),
+            "a qualifier twice",
+        ),
+        (
+            blob_request(&uri, vec![q("git.branch", "main")]),
+            "a qualifier no download honours",
+        ),
+        (
+            blob_request(&uri, vec![q("checksum.sri", "md5-AAAA")]),
+            "an unusable checksum",
+        ),
+        (
+            blob_request(&uri, vec![q("http_header:bad name", "x")]),
+            "a malformed header",
+        ),
         (blob_request(&["a\0b".into()], vec![]), "a NUL"),
-        (blob_request(&["x".repeat(70_000)], vec![]), "an oversized URI"),
+        (
+            blob_request(&["x".repeat(70_000)], vec![]),
+            "an oversized URI",
+        ),
     ] {
         let err = s.fetch_blob(tonic::Request::new(req)).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{why}: {err:?}");
     }
     let mut bad_instance = blob_request(&uri, vec![]);
     bad_instance.instance_name = "../x".into();
-    let err = s.fetch_blob(tonic::Request::new(bad_instance)).await.unwrap_err();
+    let err = s
+        .fetch_blob(tonic::Request::new(bad_instance))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
 
@@ -247,22 +328,34 @@ async fn pushed_blobs_are_fetched_without_an_origin_until_they_expire() {
         ..Default::default()
     };
     // Content the CAS lacks cannot be pushed.
-    let err = s.push_blob(tonic::Request::new(push(None))).await.unwrap_err();
+    let err = s
+        .push_blob(tonic::Request::new(push(None)))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-    store.put_bytes("", digest, data.to_vec().into()).await.unwrap();
+    store
+        .put_bytes("", digest, data.to_vec().into())
+        .await
+        .unwrap();
     s.push_blob(tonic::Request::new(push(None))).await.unwrap();
-    let got = fetch_blob(&s, blob_request(&[uri.clone()], qualifiers.clone())).await;
+    let got = fetch_blob(
+        &s,
+        blob_request(std::slice::from_ref(&uri), qualifiers.clone()),
+    )
+    .await;
     assert_eq!(code(&got.status), tonic::Code::Ok);
     assert_eq!(got.blob_digest, Some(digest.to_proto()));
     // Other qualifiers are another asset: unknown here, and this server does not download.
-    let other = fetch_blob(&s, blob_request(&[uri.clone()], vec![])).await;
+    let other = fetch_blob(&s, blob_request(std::slice::from_ref(&uri), vec![])).await;
     assert_eq!(code(&other.status), tonic::Code::NotFound);
     // An association that has expired is not used.
     let past = Timestamp {
         seconds: index::now() - 10,
         nanos: 0,
     };
-    s.push_blob(tonic::Request::new(push(Some(past)))).await.unwrap();
+    s.push_blob(tonic::Request::new(push(Some(past))))
+        .await
+        .unwrap();
     let expired = fetch_blob(&s, blob_request(&[uri], qualifiers)).await;
     assert_eq!(code(&expired.status), tonic::Code::NotFound);
 }
@@ -301,7 +394,10 @@ async fn fetch_dir(s: &AssetService, uri: String) -> api::FetchDirectoryResponse
         uris: vec![uri],
         ..Default::default()
     };
-    s.fetch_directory(tonic::Request::new(req)).await.unwrap().into_inner()
+    s.fetch_directory(tonic::Request::new(req))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 #[tokio::test]
@@ -325,23 +421,49 @@ async fn archives_are_unpacked_into_directory_trees_within_their_limits() {
     });
     for name in ["good.tar.gz", "good.zip"] {
         let got = fetch_dir(&s, format!("{}/{name}", origin.url)).await;
-        assert_eq!(code(&got.status), tonic::Code::Ok, "{name}: {:?}", got.status);
+        assert_eq!(
+            code(&got.status),
+            tonic::Code::Ok,
+            "{name}: {:?}",
+            got.status
+        );
         let root = Digest::from_proto(DigestFunction::Sha256, &got.root_directory_digest.unwrap())
             .unwrap();
-        let tree = remexec_core::merkle::fetch_tree(&*store, "", root).await.unwrap();
+        let tree = remexec_core::merkle::fetch_tree(&*store, "", root)
+            .await
+            .unwrap();
         let top = tree.directory(&root).unwrap();
         assert_eq!(top.directories[0].name, "src", "{name}");
         assert_eq!(top.files[0].name, "run.sh");
         assert!(top.files[0].is_executable, "{name}");
-        let src = Digest::from_proto(DigestFunction::Sha256, top.directories[0].digest.as_ref().unwrap()).unwrap();
-        let file = tree.directory(&src).unwrap().files[0].digest.clone().unwrap();
+        let src = Digest::from_proto(
+            DigestFunction::Sha256,
+            top.directories[0].digest.as_ref().unwrap(),
+        )
+        .unwrap();
+        let file = tree.directory(&src).unwrap().files[0]
+            .digest
+            .clone()
+            .unwrap();
         let file = Digest::from_proto(DigestFunction::Sha256, &file).unwrap();
-        assert_eq!(store.get_bytes("", file, 100).await.unwrap().unwrap(), &b"int a;"[..]);
+        assert_eq!(
+            store.get_bytes("", file, 100).await.unwrap().unwrap(),
+            &b"int a;"[..]
+        );
     }
     for name in ["evil.tar.gz", "bomb.zip"] {
         let got = fetch_dir(&s, format!("{}/{name}", origin.url)).await;
-        assert_eq!(code(&got.status), tonic::Code::InvalidArgument, "{name}: {:?}", got.status);
+        assert_eq!(
+            code(&got.status),
+            tonic::Code::InvalidArgument,
+            "{name}: {:?}",
+            got.status
+        );
     }
     assert!(!scratch.path().join("escaped").exists());
-    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0, "scratch is cleaned up");
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).unwrap().count(),
+        0,
+        "scratch is cleaned up"
+    );
 }

@@ -392,7 +392,10 @@ fn fetching_needs_cache_read_and_fetch_from_one_grant_or_two() {
     assert!(both.allows(fetch, "a"));
     assert!(!both.allows(fetch, "b"));
     // From two grants, each on the instance.
-    let split = principal(vec![grant(&["cache-read"], &["*"]), grant(&["fetch"], &["a"])]);
+    let split = principal(vec![
+        grant(&["cache-read"], &["*"]),
+        grant(&["fetch"], &["a"]),
+    ]);
     assert!(split.allows(fetch, "a"));
     assert!(!split.allows(fetch, "b"));
     assert!(split.authorize_somewhere(fetch, "FetchBlob").is_ok());
