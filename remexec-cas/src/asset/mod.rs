@@ -467,6 +467,42 @@ fn clamp(timeout: Option<&ProtoDuration>, max: Duration) -> Duration {
         .map_or(max, |t| t.min(max))
 }
 
+/// What both Fetch methods ask.
+struct Ask<'a> {
+    instance: &'a str,
+    digest_function: i32,
+    uris: &'a [String],
+    qualifiers: &'a [Qualifier],
+    oldest: Option<&'a Timestamp>,
+    timeout: Option<&'a ProtoDuration>,
+}
+
+/// What both Fetch methods answer.
+struct Answer {
+    uri: String,
+    status: remexec_proto::google::rpc::Status,
+    digest: Option<remexec_proto::reapi::Digest>,
+    expires_at: Option<Timestamp>,
+    digest_function: i32,
+}
+
+impl AssetService {
+    /// FetchBlob and FetchDirectory, checked and answered.
+    async fn answer(&self, ask: Ask<'_>, kind: Kind) -> Result<Answer> {
+        let scope = check_request(ask.instance, ask.digest_function, ask.uris, ask.qualifiers)?;
+        let (uri, status, digest, expires_at) = self
+            .fetch_asset(&scope, kind, ask.oldest, ask.timeout)
+            .await?;
+        Ok(Answer {
+            uri,
+            status,
+            digest: digest.map(|d| d.to_proto()),
+            expires_at,
+            digest_function: scope.function.to_proto(),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Fetch for AssetService {
     async fn fetch_blob(
@@ -474,32 +510,23 @@ impl Fetch for AssetService {
         request: tonic::Request<api::FetchBlobRequest>,
     ) -> Result<tonic::Response<api::FetchBlobResponse>, tonic::Status> {
         let req = request.into_inner();
-        let result = async {
-            let scope = check_request(
-                &req.instance_name,
-                req.digest_function,
-                &req.uris,
-                &req.qualifiers,
-            )?;
-            let (uri, status, digest, expires_at) = self
-                .fetch_asset(
-                    &scope,
-                    Kind::Blob,
-                    req.oldest_content_accepted.as_ref(),
-                    req.timeout.as_ref(),
-                )
-                .await?;
-            Ok(api::FetchBlobResponse {
-                status: Some(status),
-                uri,
-                qualifiers: req.qualifiers.clone(),
-                expires_at,
-                blob_digest: digest.map(|d| d.to_proto()),
-                digest_function: scope.function.to_proto(),
-            })
-        }
-        .await;
-        respond(result)
+        let ask = Ask {
+            instance: &req.instance_name,
+            digest_function: req.digest_function,
+            uris: &req.uris,
+            qualifiers: &req.qualifiers,
+            oldest: req.oldest_content_accepted.as_ref(),
+            timeout: req.timeout.as_ref(),
+        };
+        let answer = self.answer(ask, Kind::Blob).await;
+        respond(answer.map(|a| api::FetchBlobResponse {
+            status: Some(a.status),
+            uri: a.uri,
+            qualifiers: req.qualifiers.clone(),
+            expires_at: a.expires_at,
+            blob_digest: a.digest,
+            digest_function: a.digest_function,
+        }))
     }
 
     async fn fetch_directory(
@@ -507,57 +534,54 @@ impl Fetch for AssetService {
         request: tonic::Request<api::FetchDirectoryRequest>,
     ) -> Result<tonic::Response<api::FetchDirectoryResponse>, tonic::Status> {
         let req = request.into_inner();
-        let result = async {
-            let scope = check_request(
-                &req.instance_name,
-                req.digest_function,
-                &req.uris,
-                &req.qualifiers,
-            )?;
-            let (uri, status, digest, expires_at) = self
-                .fetch_asset(
-                    &scope,
-                    Kind::Directory,
-                    req.oldest_content_accepted.as_ref(),
-                    req.timeout.as_ref(),
-                )
-                .await?;
-            Ok(api::FetchDirectoryResponse {
-                status: Some(status),
-                uri,
-                qualifiers: req.qualifiers.clone(),
-                expires_at,
-                root_directory_digest: digest.map(|d| d.to_proto()),
-                digest_function: scope.function.to_proto(),
-            })
-        }
-        .await;
-        respond(result)
+        let ask = Ask {
+            instance: &req.instance_name,
+            digest_function: req.digest_function,
+            uris: &req.uris,
+            qualifiers: &req.qualifiers,
+            oldest: req.oldest_content_accepted.as_ref(),
+            timeout: req.timeout.as_ref(),
+        };
+        let answer = self.answer(ask, Kind::Directory).await;
+        respond(answer.map(|a| api::FetchDirectoryResponse {
+            status: Some(a.status),
+            uri: a.uri,
+            qualifiers: req.qualifiers.clone(),
+            expires_at: a.expires_at,
+            root_directory_digest: a.digest,
+            digest_function: a.digest_function,
+        }))
     }
 }
 
+/// What both Push methods ask.
+struct PushAsk<'a> {
+    instance: &'a str,
+    digest_function: i32,
+    uris: &'a [String],
+    qualifiers: &'a [Qualifier],
+    digest: Option<&'a remexec_proto::reapi::Digest>,
+    expire_at: Option<&'a Timestamp>,
+}
+
 impl AssetService {
-    /// PushBlob and PushDirectory: checks the content is there, then records it.
-    async fn push_asset(
-        &self,
-        scope: &Scope<'_>,
-        kind: Kind,
-        digest: Option<&remexec_proto::reapi::Digest>,
-        expire_at: Option<&Timestamp>,
-    ) -> Result<()> {
+    /// PushBlob and PushDirectory: checks the request and that the content is there, then
+    /// records it for every URI.
+    async fn push_asset(&self, ask: PushAsk<'_>, kind: Kind) -> Result<()> {
+        let scope = check_request(ask.instance, ask.digest_function, ask.uris, ask.qualifiers)?;
         let field = match kind {
             Kind::Blob => "blob_digest",
             Kind::Directory => "root_directory_digest",
         };
-        let digest = Digest::from_field(scope.function, digest, field)?;
+        let digest = Digest::from_field(scope.function, ask.digest, field)?;
         if !self.complete(scope.instance, digest, kind).await? {
             return Err(Error::FailedPrecondition(
                 format!("{field} {digest} is not in the CAS (or part of its tree is not): push the content first").into(),
             ));
         }
-        let expires = expire_at.map_or(0, |t| t.seconds.max(1));
+        let expires = ask.expire_at.map_or(0, |t| t.seconds.max(1));
         let uris = scope.uris;
-        self.remember(scope, (kind, digest), uris, index::now(), expires)
+        self.remember(&scope, (kind, digest), uris, index::now(), expires)
             .await
     }
 }
@@ -569,24 +593,16 @@ impl Push for AssetService {
         request: tonic::Request<api::PushBlobRequest>,
     ) -> Result<tonic::Response<api::PushBlobResponse>, tonic::Status> {
         let req = request.into_inner();
-        let result = async {
-            let scope = check_request(
-                &req.instance_name,
-                req.digest_function,
-                &req.uris,
-                &req.qualifiers,
-            )?;
-            self.push_asset(
-                &scope,
-                Kind::Blob,
-                req.blob_digest.as_ref(),
-                req.expire_at.as_ref(),
-            )
-            .await?;
-            Ok(api::PushBlobResponse {})
-        }
-        .await;
-        respond(result)
+        let ask = PushAsk {
+            instance: &req.instance_name,
+            digest_function: req.digest_function,
+            uris: &req.uris,
+            qualifiers: &req.qualifiers,
+            digest: req.blob_digest.as_ref(),
+            expire_at: req.expire_at.as_ref(),
+        };
+        let pushed = self.push_asset(ask, Kind::Blob).await;
+        respond(pushed.map(|()| api::PushBlobResponse {}))
     }
 
     async fn push_directory(
@@ -594,23 +610,15 @@ impl Push for AssetService {
         request: tonic::Request<api::PushDirectoryRequest>,
     ) -> Result<tonic::Response<api::PushDirectoryResponse>, tonic::Status> {
         let req = request.into_inner();
-        let result = async {
-            let scope = check_request(
-                &req.instance_name,
-                req.digest_function,
-                &req.uris,
-                &req.qualifiers,
-            )?;
-            self.push_asset(
-                &scope,
-                Kind::Directory,
-                req.root_directory_digest.as_ref(),
-                req.expire_at.as_ref(),
-            )
-            .await?;
-            Ok(api::PushDirectoryResponse {})
-        }
-        .await;
-        respond(result)
+        let ask = PushAsk {
+            instance: &req.instance_name,
+            digest_function: req.digest_function,
+            uris: &req.uris,
+            qualifiers: &req.qualifiers,
+            digest: req.root_directory_digest.as_ref(),
+            expire_at: req.expire_at.as_ref(),
+        };
+        let pushed = self.push_asset(ask, Kind::Directory).await;
+        respond(pushed.map(|()| api::PushDirectoryResponse {}))
     }
 }

@@ -467,3 +467,58 @@ async fn archives_are_unpacked_into_directory_trees_within_their_limits() {
         "scratch is cleaned up"
     );
 }
+
+/// An `https` origin: Python's HTTP server behind TLS with a demo certificate for 127.0.0.1,
+/// serving `dir`. Its port, and the CA that signed its certificate.
+fn https_origin(dir: &std::path::Path) -> (std::process::Child, u16, Vec<u8>) {
+    let files = remexec_core::dev_certs::generate().unwrap();
+    let file = |name: &str| {
+        let f = files.iter().find(|f| f.name == name).unwrap();
+        std::fs::write(dir.join(name), &f.contents).unwrap();
+        f.contents.clone().into_bytes()
+    };
+    let ca = file("ca.pem");
+    file("server.pem");
+    file("server.key");
+    let script = "import http.server, ssl, sys\n\
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+        ctx.load_cert_chain('server.pem', 'server.key')\n\
+        srv = http.server.HTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n\
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)\n\
+        print(srv.server_address[1], flush=True)\n\
+        srv.serve_forever()\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = child.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    (child, line.trim().parse().unwrap(), ca)
+}
+
+#[tokio::test]
+async fn https_origins_are_fetched_over_tls_trusting_only_the_roots_given() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), b"over tls").unwrap();
+    let (mut child, port, ca) = https_origin(dir.path());
+    let uri = format!("https://127.0.0.1:{port}/a.txt");
+    // The demo CA is no web root: refused.
+    let (untrusting, _) = service(loopback_allowed());
+    let got = fetch_blob(&untrusting, blob_request(std::slice::from_ref(&uri), vec![])).await;
+    assert_eq!(code(&got.status), tonic::Code::Unavailable, "{:?}", got.status);
+    let (trusting, store) = service(AssetOptions {
+        extra_roots: vec![ca],
+        ..loopback_allowed()
+    });
+    let got = fetch_blob(&trusting, blob_request(&[uri], vec![sri(b"over tls")])).await;
+    assert_eq!(code(&got.status), tonic::Code::Ok, "{:?}", got.status);
+    let digest = DigestFunction::Sha256.digest_of(b"over tls");
+    assert_eq!(got.blob_digest, Some(digest.to_proto()));
+    assert!(store.contains("", digest).await.unwrap());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
