@@ -84,6 +84,8 @@ pub struct AssetSection {
     pub timeout_secs: u64,
     /// More CA certificates (PEM) to trust for `https` origins, besides the web's roots.
     pub ca: Option<PathBuf>,
+    /// Most downloads at once; more wait for a turn, within their timeout.
+    pub max_concurrent_fetches: usize,
 }
 
 impl Default for AssetSection {
@@ -97,6 +99,7 @@ impl Default for AssetSection {
             max_archive_entries: 100_000,
             timeout_secs: 600,
             ca: None,
+            max_concurrent_fetches: 16,
         }
     }
 }

@@ -140,7 +140,7 @@ impl BoundServer {
             Some(peers) => cluster.with_schedulers(peers.name.clone(), peers.members()),
             None => cluster,
         });
-        let assets = asset_routes(config, &store, &ac)?;
+        let assets = asset_routes(config, (&store, &ac), &metrics)?;
         if assets.is_some() {
             tracing::info!(fetch = config.asset.fetch, "serving the Remote Asset API");
         }
@@ -257,8 +257,8 @@ type Mount = Box<dyn FnOnce(tonic::service::Routes) -> tonic::service::Routes + 
 #[cfg(feature = "asset")]
 fn asset_routes(
     config: &Config,
-    store: &Arc<dyn remexec_core::BlobStore>,
-    ac: &Arc<dyn remexec_core::ActionCache>,
+    (store, ac): (&Arc<dyn remexec_core::BlobStore>, &Arc<dyn remexec_core::ActionCache>),
+    metrics: &Metrics,
 ) -> Result<Option<Mount>> {
     use remexec_cas::asset::{AssetOptions, AssetService};
     let section = &config.asset;
@@ -273,6 +273,7 @@ fn asset_routes(
     options.max_size = section.max_size.as_u64();
     options.max_archive_entries = section.max_archive_entries;
     options.timeout = Duration::from_secs(section.timeout_secs);
+    options.max_concurrent_fetches = section.max_concurrent_fetches;
     if let Some(ca) = &section.ca {
         let pem = std::fs::read(ca)
             .map_err(|e| Error::io(format!("reading [asset] ca {}", ca.display()), e))?;
@@ -281,7 +282,8 @@ fn asset_routes(
     let scratch = config.data_dir.join("asset");
     remexec_core::fs::reset_dir(&scratch)?;
     options.scratch = Some(scratch);
-    let service = AssetService::new(Arc::clone(store), Arc::clone(ac), options)?;
+    let service =
+        AssetService::new(Arc::clone(store), Arc::clone(ac), options)?.with_metrics(metrics.clone());
     Ok(Some(Box::new(move |routes| service.add_to(routes))))
 }
 
@@ -289,8 +291,8 @@ fn asset_routes(
 #[cfg(not(feature = "asset"))]
 fn asset_routes(
     config: &Config,
-    _: &Arc<dyn remexec_core::BlobStore>,
-    _: &Arc<dyn remexec_core::ActionCache>,
+    _: (&Arc<dyn remexec_core::BlobStore>, &Arc<dyn remexec_core::ActionCache>),
+    _: &Metrics,
 ) -> Result<Option<Mount>> {
     if config.asset.enabled {
         tracing::warn!(

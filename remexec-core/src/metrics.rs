@@ -52,6 +52,28 @@ pub enum ExecutionOutcome {
     Error,
 }
 
+/// How a Remote Asset Fetch was answered (`remexec_asset_fetches_total`'s `result`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AssetFetch {
+    /// From the asset index: fetched or pushed before.
+    Index,
+    /// Downloaded from an origin.
+    Origin,
+    /// Every origin failed; the response's status says how.
+    Failed,
+}
+
+impl AssetFetch {
+    /// The label value: `index`, `origin`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Index => "index",
+            Self::Origin => "origin",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 impl ExecutionOutcome {
     /// The label value: `success`, `non_zero_exit`, `timed_out`, `cancelled`, `cached`, `error`.
     pub fn as_str(self) -> &'static str {
@@ -159,6 +181,7 @@ struct Families {
     store_refused: Family<StoreLabels, Counter>,
     ac_lookups: Family<ResultLabels, Counter>,
     execute_checks: Family<ResultLabels, Counter>,
+    asset_fetches: Family<ResultLabels, Counter>,
     queue_depth: Family<PlatformLabels, Gauge>,
     queue_seconds: Family<PlatformLabels, Histogram>,
     executions: Family<OutcomeLabels, Counter>,
@@ -260,6 +283,11 @@ fn registry(f: &Families) -> Registry {
         f.ac_lookups.clone(),
     );
     r.register(
+        "remexec_asset_fetches",
+        "Remote Asset Fetch calls, by result: index (answered from the asset index), origin (downloaded) or failed (the origin's failure, in the response's status)",
+        f.asset_fetches.clone(),
+    );
+    r.register(
         "remexec_execute_cache_checks",
         "Execute's own Action Cache checks (skip_cache_lookup unset), by result (hit or miss)",
         f.execute_checks.clone(),
@@ -343,6 +371,7 @@ impl Metrics {
             store_refused: Family::default(),
             ac_lookups: Family::default(),
             execute_checks: Family::default(),
+            asset_fetches: Family::default(),
             queue_depth: Family::default(),
             queue_seconds: Family::new_with_constructor(seconds),
             executions: Family::default(),
@@ -452,6 +481,12 @@ impl Metrics {
     /// then runs, and one miss must not count twice.
     pub fn execute_cache_check(&self, hit: bool) {
         count_result(&self.f().execute_checks, hit);
+    }
+
+    /// A Remote Asset Fetch was answered.
+    pub fn asset_fetch(&self, result: AssetFetch) {
+        let result = result.as_str();
+        self.f().asset_fetches.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Execute's Action Cache checks so far: hits and misses.

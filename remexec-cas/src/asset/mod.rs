@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remexec_core::merkle::walk_tree;
+use remexec_core::metrics::AssetFetch;
 use remexec_core::{ActionCache, BlobStore, Digest, DigestFunction, Error, Result};
 use remexec_proto::asset::v1::AssetEntry;
 use remexec_proto::build::bazel::remote::asset::v1 as api;
@@ -86,6 +87,9 @@ pub struct AssetOptions {
     /// Where downloads and unpacked archives are kept while they are stored (default: the
     /// system's temporary directory).
     pub scratch: Option<std::path::PathBuf>,
+    /// Most downloads at once (default 16); more wait for a turn, within their timeout. Each
+    /// may take `max_size` of scratch space, twice for an archive.
+    pub max_concurrent_fetches: usize,
 }
 
 impl Default for AssetOptions {
@@ -100,6 +104,7 @@ impl Default for AssetOptions {
             max_redirects: 10,
             extra_roots: Vec::new(),
             scratch: None,
+            max_concurrent_fetches: 16,
         }
     }
 }
@@ -111,6 +116,9 @@ pub struct AssetService {
     ac: Arc<dyn ActionCache>,
     origins: Origins,
     options: Arc<AssetOptions>,
+    /// Turns to download.
+    fetches: Arc<tokio::sync::Semaphore>,
+    metrics: remexec_core::metrics::Metrics,
 }
 
 impl AssetService {
@@ -126,12 +134,23 @@ impl AssetService {
             private_addresses: options.private_addresses,
         };
         let origins = Origins::new(policy, &options.extra_roots, options.max_redirects)?;
+        let fetches = Arc::new(tokio::sync::Semaphore::new(
+            options.max_concurrent_fetches.max(1),
+        ));
         Ok(Self {
             store,
             ac,
             origins,
             options: Arc::new(options),
+            fetches,
+            metrics: remexec_core::metrics::Metrics::new(),
         })
+    }
+
+    /// Counts fetches into `metrics` (`remexec_asset_fetches_total`).
+    pub fn with_metrics(mut self, metrics: remexec_core::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The `Fetch` service.
@@ -216,6 +235,20 @@ impl AssetService {
         fetch: &Fetched,
         timeout: Option<&ProtoDuration>,
     ) -> (String, Result<Digest>) {
+        let first = scope.uris.first().cloned().unwrap_or_default();
+        // A turn to download, waited for within the fetch's own timeout.
+        let wait = clamp(timeout, self.options.timeout);
+        let _turn = match tokio::time::timeout(wait, self.fetches.acquire()).await {
+            Ok(Ok(turn)) => turn,
+            Ok(Err(_)) => return (first, Err(Error::Unavailable("the server is stopping".into()))),
+            Err(_) => {
+                let busy = format!(
+                    "no turn to download within {wait:?}: {} downloads are running",
+                    self.options.max_concurrent_fetches
+                );
+                return (first, Err(Error::DeadlineExceeded(busy.into())));
+            }
+        };
         let mut last = (String::new(), Err(Error::invalid("no URI to fetch")));
         for uri in scope.uris {
             let result = self.download_one(scope, kind, fetch, uri, timeout).await;
@@ -324,9 +357,11 @@ impl AssetService {
                 seconds: entry.expires_at_unix_seconds,
                 nanos: 0,
             });
+            self.metrics.asset_fetch(AssetFetch::Index);
             return Ok((uri, remexec_core::ok_rpc_status(), digest, expires));
         }
         if !self.options.fetch {
+            self.metrics.asset_fetch(AssetFetch::Failed);
             let err = Error::NotFound(
                 "this server answers Fetch from its asset index only, and knows none of the URIs"
                     .into(),
@@ -344,9 +379,11 @@ impl AssetService {
                 let fetched = std::slice::from_ref(&uri);
                 self.remember(scope, (kind, digest), fetched, started, 0)
                     .await?;
+                self.metrics.asset_fetch(AssetFetch::Origin);
                 Ok((uri, remexec_core::ok_rpc_status(), Some(digest), None))
             }
             Err(e) => {
+                self.metrics.asset_fetch(AssetFetch::Failed);
                 tracing::info!(%uri, error = %e, "an asset fetch failed");
                 Ok((uri, e.to_rpc_status(), None, None))
             }

@@ -242,6 +242,47 @@ async fn loopback_and_private_origins_are_refused_unless_allowed() {
 }
 
 #[tokio::test]
+async fn downloads_take_turns_and_are_counted() {
+    let origin = origin(vec![("a.txt", b"a".to_vec())]).await;
+    let metrics = remexec_core::metrics::Metrics::new();
+    let (s, _) = service(AssetOptions {
+        max_concurrent_fetches: 1,
+        ..loopback_allowed()
+    });
+    let s = s.with_metrics(metrics.clone());
+    // One download never ends; the next waits for its turn, within its own timeout.
+    let stuck = s.clone();
+    let slow = blob_request(&[format!("{}/slow", origin.url)], vec![]);
+    let hold = tokio::spawn(async move { fetch_blob(&stuck, slow).await });
+    while origin.hits.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut waiting = blob_request(&[format!("{}/a.txt", origin.url)], vec![]);
+    waiting.timeout = Some(ProtoDuration {
+        seconds: 0,
+        nanos: 200_000_000,
+    });
+    let got = fetch_blob(&s, waiting.clone()).await;
+    assert_eq!(code(&got.status), tonic::Code::DeadlineExceeded, "{:?}", got.status);
+    assert!(got.status.unwrap().message.contains("no turn"));
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 1, "it never reached the origin");
+    hold.abort();
+    let _ = hold.await;
+    // The turn is free again: fetched, then answered from the index.
+    waiting.timeout = None;
+    assert_eq!(code(&fetch_blob(&s, waiting.clone()).await.status), tonic::Code::Ok);
+    assert_eq!(code(&fetch_blob(&s, waiting).await.status), tonic::Code::Ok);
+    let text = metrics.encode();
+    for line in [
+        r#"remexec_asset_fetches_total{result="failed"} 1"#,
+        r#"remexec_asset_fetches_total{result="origin"} 1"#,
+        r#"remexec_asset_fetches_total{result="index"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+}
+
+#[tokio::test]
 async fn downloads_are_bounded_in_size_and_time() {
     let origin = origin(vec![("big", vec![7u8; 100_000])]).await;
     let small = AssetOptions {
