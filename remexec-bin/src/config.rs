@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
+pub use remexec_cas::asset_options::AssetSettings as AssetSection;
 pub use remexec_cas::external_options::{
     ExternalKind, ExternalOptions as ExternalSection, redact_url,
 };
@@ -57,51 +58,6 @@ pub struct Config {
     pub cluster: ClusterSection,
     /// The Remote Asset API (`serve` and `scheduler`).
     pub asset: AssetSection,
-}
-
-/// `[asset]`: the Remote Asset API's Fetch and Push services, the downloader that Bazel's
-/// `--experimental_remote_downloader` uses. See `docs/security.md` for the fetch policy.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AssetSection {
-    /// Serve Fetch and Push on the client port (default true; needs the `asset` feature).
-    pub enabled: bool,
-    /// Download from origins when the asset index cannot answer a Fetch (default true); off,
-    /// Fetch answers only what was fetched or pushed before.
-    pub fetch: bool,
-    /// Hosts that may be fetched from: names (`example.com`) or subdomains
-    /// (`*.example.com`). Empty (the default) allows any host.
-    pub allowed_hosts: Vec<String>,
-    /// Allow origins at loopback, private, link-local and other non-public addresses (default
-    /// false, which guards against server-side request forgery).
-    pub private_addresses: bool,
-    /// Largest download, and largest total an archive may unpack to.
-    pub max_size: ByteSize,
-    /// Most entries an archive may unpack to.
-    pub max_archive_entries: usize,
-    /// Longest a download may take, in seconds (a request's `timeout` may shorten it).
-    #[serde(deserialize_with = "remexec_core::durations::whole_seconds")]
-    pub timeout_secs: u64,
-    /// More CA certificates (PEM) to trust for `https` origins, besides the web's roots.
-    pub ca: Option<PathBuf>,
-    /// Most downloads at once; more wait for a turn, within their timeout.
-    pub max_concurrent_fetches: usize,
-}
-
-impl Default for AssetSection {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            fetch: true,
-            allowed_hosts: Vec::new(),
-            private_addresses: false,
-            max_size: ByteSize::gib(4),
-            max_archive_entries: 100_000,
-            timeout_secs: 600,
-            ca: None,
-            max_concurrent_fetches: 16,
-        }
-    }
 }
 
 /// `[tls]`: TLS on the client port. Files are PEM; SIGHUP reloads them.

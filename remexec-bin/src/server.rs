@@ -129,33 +129,15 @@ impl BoundServer {
             .with_limits(config.cache_limits())
             .with_execution(remexec_scheduler::execution_capabilities())
             .into_routes();
-        let mut names = Vec::new();
-        if cluster.is_some() {
-            names.push(CLUSTER_SERVICE);
-        }
-        if peer_service.is_some() {
-            names.push(PEER_SERVICE);
-        }
         let cluster = cluster.map(|cluster| match &peers {
             Some(peers) => cluster.with_schedulers(peers.name.clone(), peers.members()),
             None => cluster,
         });
-        let assets = asset_routes(config, (&store, &ac), &metrics)?;
-        if assets.is_some() {
-            tracing::info!(fetch = config.asset.fetch, "serving the Remote Asset API");
-        }
-        let services = move |mut routes: tonic::service::Routes| {
-            if let Some(mount) = assets {
-                routes = mount(routes);
-            }
-            if let Some(cluster) = cluster {
-                routes = routes.add_service(cluster.into_service());
-            }
-            if let Some(service) = peer_service {
-                routes = routes.add_service(service.into_service());
-            }
-            routes
-        };
+        let ca = (config.asset.ca.as_deref().map(std::fs::read).transpose())
+            .map_err(|e| Error::io("reading [asset] ca", e))?;
+        let assets = config
+            .asset
+            .mount((&store, &ac), ca, &config.data_dir, &metrics)?;
         let scheduler_config = config.scheduler_config().map_err(Error::InvalidArgument)?;
         let mut node = SchedulerNode::builder(Arc::clone(&store), ac, storage)
             .config(scheduler_config)
@@ -167,8 +149,19 @@ impl BoundServer {
             .metrics(metrics.clone())
             .access_log(config.telemetry.access_log)
             .drain(Duration::from_secs(config.drain_secs))
-            .services(services, names)
             .version(crate::status::VERSION);
+        if let Some(cluster) = cluster {
+            node = node.services(
+                |r| r.add_service(cluster.into_service()),
+                vec![CLUSTER_SERVICE],
+            );
+        }
+        if let Some(peer) = peer_service {
+            node = node.services(|r| r.add_service(peer.into_service()), vec![PEER_SERVICE]);
+        }
+        if let Some(mount) = assets {
+            node = node.services(mount, Vec::new());
+        }
         if let Some(port) = security.worker_port {
             node = node.worker_port(PortOptions {
                 listen: Listen::Addr(port.listen),
@@ -237,67 +230,10 @@ fn local_worker(
     metrics: &Metrics,
     isolation: Arc<dyn Isolation>,
 ) -> Result<Worker> {
-    let store = match store.verifies_writes() {
-        true => store,
-        false => Arc::new(VerifyingStore::new(store)),
-    };
-    let store = MeteredStore::new(store, metrics.clone());
+    let store = MeteredStore::new(VerifyingStore::unless_verified(store), metrics.clone());
     Worker::new(
         crate::settings::worker_config(config, "-local")?,
         Arc::new(store),
         isolation,
     )
-}
-
-/// Adds a port's routes.
-type Mount = Box<dyn FnOnce(tonic::service::Routes) -> tonic::service::Routes + Send + Sync>;
-
-/// The Remote Asset API's Fetch and Push over `store` and `ac`, as `[asset]` says; `None` when
-/// it is off.
-#[cfg(feature = "asset")]
-fn asset_routes(
-    config: &Config,
-    (store, ac): (&Arc<dyn remexec_core::BlobStore>, &Arc<dyn remexec_core::ActionCache>),
-    metrics: &Metrics,
-) -> Result<Option<Mount>> {
-    use remexec_cas::asset::{AssetOptions, AssetService};
-    let section = &config.asset;
-    if !section.enabled {
-        return Ok(None);
-    }
-    let mut options = AssetOptions::default();
-    options.fetch = section.fetch;
-    options.allowed_hosts =
-        (!section.allowed_hosts.is_empty()).then(|| section.allowed_hosts.clone());
-    options.private_addresses = section.private_addresses;
-    options.max_size = section.max_size.as_u64();
-    options.max_archive_entries = section.max_archive_entries;
-    options.timeout = Duration::from_secs(section.timeout_secs);
-    options.max_concurrent_fetches = section.max_concurrent_fetches;
-    if let Some(ca) = &section.ca {
-        let pem = std::fs::read(ca)
-            .map_err(|e| Error::io(format!("reading [asset] ca {}", ca.display()), e))?;
-        options.extra_roots.push(pem);
-    }
-    let scratch = config.data_dir.join("asset");
-    remexec_core::fs::reset_dir(&scratch)?;
-    options.scratch = Some(scratch);
-    let service =
-        AssetService::new(Arc::clone(store), Arc::clone(ac), options)?.with_metrics(metrics.clone());
-    Ok(Some(Box::new(move |routes| service.add_to(routes))))
-}
-
-/// Without the `asset` feature there is no Remote Asset API.
-#[cfg(not(feature = "asset"))]
-fn asset_routes(
-    config: &Config,
-    _: (&Arc<dyn remexec_core::BlobStore>, &Arc<dyn remexec_core::ActionCache>),
-    _: &Metrics,
-) -> Result<Option<Mount>> {
-    if config.asset.enabled {
-        tracing::warn!(
-            "[asset] is enabled, but this build has no `asset` feature: no Remote Asset API"
-        );
-    }
-    Ok(None)
 }

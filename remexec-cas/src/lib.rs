@@ -34,6 +34,7 @@
 pub mod ac;
 #[cfg(feature = "asset")]
 pub mod asset;
+pub mod asset_options;
 pub mod cluster;
 pub mod external;
 pub mod external_options;

@@ -486,7 +486,10 @@ impl Metrics {
     /// A Remote Asset Fetch was answered.
     pub fn asset_fetch(&self, result: AssetFetch) {
         let result = result.as_str();
-        self.f().asset_fetches.get_or_create(&ResultLabels { result }).inc();
+        self.f()
+            .asset_fetches
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Execute's Action Cache checks so far: hits and misses.

@@ -240,7 +240,12 @@ impl AssetService {
         let wait = clamp(timeout, self.options.timeout);
         let _turn = match tokio::time::timeout(wait, self.fetches.acquire()).await {
             Ok(Ok(turn)) => turn,
-            Ok(Err(_)) => return (first, Err(Error::Unavailable("the server is stopping".into()))),
+            Ok(Err(_)) => {
+                return (
+                    first,
+                    Err(Error::Unavailable("the server is stopping".into())),
+                );
+            }
             Err(_) => {
                 let busy = format!(
                     "no turn to download within {wait:?}: {} downloads are running",

@@ -263,14 +263,26 @@ async fn downloads_take_turns_and_are_counted() {
         nanos: 200_000_000,
     });
     let got = fetch_blob(&s, waiting.clone()).await;
-    assert_eq!(code(&got.status), tonic::Code::DeadlineExceeded, "{:?}", got.status);
+    assert_eq!(
+        code(&got.status),
+        tonic::Code::DeadlineExceeded,
+        "{:?}",
+        got.status
+    );
     assert!(got.status.unwrap().message.contains("no turn"));
-    assert_eq!(origin.hits.load(Ordering::SeqCst), 1, "it never reached the origin");
+    assert_eq!(
+        origin.hits.load(Ordering::SeqCst),
+        1,
+        "it never reached the origin"
+    );
     hold.abort();
     let _ = hold.await;
     // The turn is free again: fetched, then answered from the index.
     waiting.timeout = None;
-    assert_eq!(code(&fetch_blob(&s, waiting.clone()).await.status), tonic::Code::Ok);
+    assert_eq!(
+        code(&fetch_blob(&s, waiting.clone()).await.status),
+        tonic::Code::Ok
+    );
     assert_eq!(code(&fetch_blob(&s, waiting).await.status), tonic::Code::Ok);
     let text = metrics.encode();
     for line in [
@@ -549,8 +561,17 @@ async fn https_origins_are_fetched_over_tls_trusting_only_the_roots_given() {
     let uri = format!("https://127.0.0.1:{port}/a.txt");
     // The demo CA is no web root: refused.
     let (untrusting, _) = service(loopback_allowed());
-    let got = fetch_blob(&untrusting, blob_request(std::slice::from_ref(&uri), vec![])).await;
-    assert_eq!(code(&got.status), tonic::Code::Unavailable, "{:?}", got.status);
+    let got = fetch_blob(
+        &untrusting,
+        blob_request(std::slice::from_ref(&uri), vec![]),
+    )
+    .await;
+    assert_eq!(
+        code(&got.status),
+        tonic::Code::Unavailable,
+        "{:?}",
+        got.status
+    );
     let (trusting, store) = service(AssetOptions {
         extra_roots: vec![ca],
         ..loopback_allowed()

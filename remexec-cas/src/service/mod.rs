@@ -109,12 +109,8 @@ impl CacheServices {
     /// Services over `store` (verified on write, by itself or here) and `ac`, with default
     /// limits.
     pub fn new(store: Arc<dyn BlobStore>, ac: Arc<dyn ActionCache>) -> Self {
-        let store = match store.verifies_writes() {
-            true => store,
-            false => Arc::new(VerifyingStore::new(store)),
-        };
         Self {
-            store,
+            store: VerifyingStore::unless_verified(store),
             ac,
             limits: Limits::default(),
             execution: None,

@@ -21,6 +21,15 @@ impl VerifyingStore {
     pub fn new(inner: Arc<dyn BlobStore>) -> Self {
         Self { inner }
     }
+
+    /// `store` if it verifies writes itself ([`BlobStore::verifies_writes`]), else `store`
+    /// behind a `VerifyingStore`: every write is hashed exactly once.
+    pub fn unless_verified(store: Arc<dyn BlobStore>) -> Arc<dyn BlobStore> {
+        match store.verifies_writes() {
+            true => store,
+            false => Arc::new(Self::new(store)),
+        }
+    }
 }
 
 /// Wraps `data` so that it ends in an error unless it hashes to `digest`.
