@@ -10,7 +10,8 @@
 //!   request. Failures at the origin come back in the response's `status`, as the API says;
 //!   bad requests are gRPC errors.
 //! - **Push** checks that the content is in the CAS and records the association.
-//! - **The index** is kept in the Action Cache (see [`index`]).
+//! - **The index** is kept in the Action Cache: one empty `ActionResult` per kind, URI and
+//!   qualifiers, holding a `remexec.asset.v1.AssetEntry` (`remexec_proto::asset`).
 //!
 //! Qualifiers: any may be pushed and looked up. A download understands `checksum.sri`,
 //! `bazel.canonical_id` (part of the key only), `resource_type` (an archive's MIME type) and
