@@ -584,3 +584,58 @@ async fn https_origins_are_fetched_over_tls_trusting_only_the_roots_given() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A tar that plants a symlink out of the archive and then writes through it.
+fn tar_through_a_symlink(outside: &std::path::Path) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut builder = tar::Builder::new(gz);
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    link.set_link_name(outside).unwrap();
+    builder.append_data(&mut link, "link", &[][..]).unwrap();
+    let mut file = tar::Header::new_gnu();
+    file.set_size(4);
+    file.set_mode(0o644);
+    file.set_entry_type(tar::EntryType::Regular);
+    let name = b"link/evil";
+    file.as_old_mut().name[..name.len()].copy_from_slice(name);
+    file.set_cksum();
+    builder.append(&file, &b"evil"[..]).unwrap();
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+#[tokio::test]
+async fn archives_never_write_through_their_own_symlinks_and_redirect_loops_end() {
+    let outside = tempfile::tempdir().unwrap();
+    let origin = origin(vec![
+        ("through.tar.gz", tar_through_a_symlink(outside.path())),
+        ("a.txt", b"a".to_vec()),
+    ])
+    .await;
+    let (s, _) = service(loopback_allowed());
+    let got = fetch_dir(&s, format!("{}/through.tar.gz", origin.url)).await;
+    assert_eq!(
+        code(&got.status),
+        tonic::Code::InvalidArgument,
+        "{:?}",
+        got.status
+    );
+    assert!(
+        !outside.path().join("evil").exists(),
+        "written through the symlink"
+    );
+    // Eleven redirects (each to localhost, allowed here) are one too many.
+    let chain = format!("{}/{}a.txt", origin.url, "redirect-".repeat(11));
+    let got = fetch_blob(&s, blob_request(&[chain], vec![])).await;
+    assert_eq!(
+        code(&got.status),
+        tonic::Code::Unavailable,
+        "{:?}",
+        got.status
+    );
+    assert!(got.status.unwrap().message.contains("redirect"));
+    let ten = format!("{}/{}a.txt", origin.url, "redirect-".repeat(10));
+    let got = fetch_blob(&s, blob_request(&[ten], vec![])).await;
+    assert_eq!(code(&got.status), tonic::Code::Ok, "{:?}", got.status);
+}
