@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use remexec_core::{Result, client};
 use remexec_worker::node::WorkerNode;
-use remexec_worker::{Exit, Isolation, ProcessIsolation, Spawn, Worker, WorkerConfig};
+use remexec_worker::{Ended, Isolation, ProcessIsolation, Spawn, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 #[path = "embedded_scheduler.rs"]
@@ -28,7 +28,7 @@ pub(crate) struct Counted {
 
 #[async_trait]
 impl Isolation for Counted {
-    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit> {
+    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Ended> {
         self.runs.fetch_add(1, Ordering::Relaxed);
         self.inner.run(spawn, cancel).await
     }

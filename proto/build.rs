@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "protos/remexec/cluster/v1/cluster.proto",
         "protos/remexec/bytestream/bytestream.proto",
         "protos/remexec/asset/v1/asset.proto",
+        "protos/remexec/usage/v1/usage.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

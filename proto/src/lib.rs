@@ -49,6 +49,16 @@ pub mod cluster {
     }
 }
 
+/// What each action used (CPU, memory, I/O, staging), as workers report it in
+/// `ExecutedActionMetadata.auxiliary_metadata`.
+pub mod usage {
+    /// Version 1.
+    #[allow(missing_docs, unreachable_pub, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("remexec.usage.v1");
+    }
+}
+
 /// What remexec's Remote Asset service keeps in the Action Cache for each association.
 pub mod asset {
     /// Version 1.

@@ -56,8 +56,8 @@ async fn sandboxes_made_ahead_of_need_run_each_action_in_its_own_root() {
          echo evil > {other}/evil.txt || echo unwritten; echo err >&2; exit 3",
         other = other.display()
     );
-    let (exit, out, err) = run_in(&isolation, &root, &script, "/usr/bin:/bin").await;
-    assert_eq!(exit, Exit::Exited(3));
+    let (ended, out, err) = run_in(&isolation, &root, &script, "/usr/bin:/bin").await;
+    assert_eq!(ended.exit, Exit::Exited(3));
     assert!(out.starts_with(&format!(
         "staged after the sandbox was made\n{}\n",
         root.display()
@@ -141,8 +141,13 @@ async fn sandboxes_made_ahead_work_below_a_closed_directory_and_with_limits() {
     std::fs::create_dir(&dirs).unwrap();
     let root = ready_in(&isolation, &dirs).await.join("root");
     let script = "id -u; echo made > out.txt; head -c 268435456 /dev/zero | tail -n 1 >/dev/null";
-    let (exit, out, err) = run_in(&isolation, &root, script, "/usr/bin:/bin").await;
-    assert_ne!(exit, Exit::Exited(0), "{out}{err}");
+    let (ended, out, err) = run_in(&isolation, &root, script, "/usr/bin:/bin").await;
+    assert_ne!(ended.exit, Exit::Exited(0), "{out}{err}");
+    // The cgroup counted it, and saw the kill.
+    let usage = ended.usage;
+    assert!(usage.memory_killed, "{usage:?}");
+    assert!(usage.peak_memory_bytes >= 60 << 20, "{usage:?}");
+    assert!(usage.peak_memory_bytes <= 64 << 20, "{usage:?}");
     assert_eq!(out, "65534\n");
     let told = format!("exceeded its memory limit of {} bytes", 64 << 20);
     assert!(err.contains(&told), "{err}");
@@ -159,7 +164,7 @@ async fn run_in(
     root: &std::path::Path,
     script: &str,
     path: &str,
-) -> (remexec_worker::Exit, String, String) {
+) -> (remexec_worker::Ended, String, String) {
     let (stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
     let spawn = remexec_worker::Spawn {
         args: vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -212,8 +217,8 @@ async fn containers_made_ahead_of_need_pass_the_conformance_suite() {
     let mut seen = Vec::new();
     for root in [ahead.as_path(), cold.path()] {
         std::fs::write(root.join("in.txt"), "staged\n").unwrap();
-        let (exit, out, _) = run_in(&docker, root, "cat in.txt; env; exit 5", "/bin").await;
-        assert_eq!(exit, remexec_worker::Exit::Exited(5));
+        let (ended, out, _) = run_in(&docker, root, "cat in.txt; env; exit 5", "/bin").await;
+        assert_eq!(ended.exit, remexec_worker::Exit::Exited(5));
         let mut names: Vec<String> = out
             .lines()
             .map(|l| l.split('=').next().unwrap().to_string())

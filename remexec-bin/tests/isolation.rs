@@ -26,6 +26,7 @@ fn is_root() -> bool {
 async fn the_supervised_backend_passes_the_isolation_conformance_suite() {
     let isolation = ProcessIsolation::supervised(setup(None)).unwrap();
     remexec_worker::testing::isolation_conformance(&isolation).await;
+    remexec_worker::testing::usage_is_measured(&isolation).await;
     if is_root() {
         // As nobody, with the scratch directories handed over.
         let nobody = RunAs {
@@ -35,6 +36,7 @@ async fn the_supervised_backend_passes_the_isolation_conformance_suite() {
         let isolation = ProcessIsolation::supervised(setup(Some(nobody))).unwrap();
         assert_eq!(isolation.run_as(), Some(Some(nobody)));
         remexec_worker::testing::isolation_conformance(&isolation).await;
+        remexec_worker::testing::usage_is_measured(&isolation).await;
     }
 }
 
@@ -527,7 +529,7 @@ mod docker {
             timeout: Some(std::time::Duration::from_secs(30)),
         };
         let missing = docker.run(spawn, Default::default()).await.unwrap();
-        assert_eq!(missing, remexec_worker::Exit::Exited(127));
+        assert_eq!(missing.exit, remexec_worker::Exit::Exited(127));
         common::assert_no_container_left("conformance").await;
     }
 
@@ -691,7 +693,8 @@ async fn a_chrooted_action_sees_only_its_input_root() {
     let exit = isolation
         .run(spawn, tokio_util::sync::CancellationToken::new())
         .await
-        .unwrap();
+        .unwrap()
+        .exit;
     let (out, err) = (read(stdout), read(stderr));
     assert_eq!(exit, remexec_worker::Exit::Exited(0), "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
@@ -714,7 +717,7 @@ async fn a_chrooted_action_sees_only_its_input_root() {
     let (_root, spawn, stdout, _) = run(uid);
     let cancel = tokio_util::sync::CancellationToken::new();
     assert_eq!(
-        isolation.run(spawn, cancel).await.unwrap(),
+        isolation.run(spawn, cancel).await.unwrap().exit,
         remexec_worker::Exit::Exited(0)
     );
     assert!(read(stdout).lines().any(|l| l == "1234"));
@@ -757,7 +760,8 @@ async fn owners_of_loader_files(isolation: &dyn remexec_worker::Isolation) -> Ve
     let exit = isolation
         .run(spawn, tokio_util::sync::CancellationToken::new())
         .await
-        .unwrap();
+        .unwrap()
+        .exit;
     assert_eq!(exit, remexec_worker::Exit::Exited(0));
     std::fs::read_dir(&debug)
         .unwrap()

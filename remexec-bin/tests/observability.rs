@@ -286,6 +286,93 @@ fn a_failed_action_is_kept_and_its_message_links_to_its_page() {
     }
 }
 
+/// What an action used (`remexec.usage.v1.ActionUsage`, measured by the supervised process
+/// backend of `remexec serve`) is in its result: `remexec show action` and the action page
+/// print it, and the scheduler's histograms count it.
+#[test]
+fn what_an_action_used_is_shown_and_counted() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin_addr.unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let input = cwd.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("a.txt"), "a".repeat(1000)).unwrap();
+    std::fs::write(input.join("b.txt"), "b".repeat(24)).unwrap();
+    // A child fills a 64 MiB buffer twice; the action fails, so its response is kept.
+    let script = "cat a.txt b.txt >/dev/null; dd if=/dev/zero of=/dev/null bs=67108864 count=2 2>/dev/null; exit 3";
+    let input_arg = input.to_str().unwrap();
+    let (code, _, stderr) = common::exec(
+        &server,
+        cwd.path(),
+        &["--input", input_arg, "--", "sh", "-c", script],
+    );
+    assert_eq!(code, 3, "{stderr}");
+    let link = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("remexec exec: remexec: "))
+        .unwrap_or_else(|| panic!("no link in the message:\n{stderr}"));
+    let path = link.strip_prefix(&format!("http://{admin}")).unwrap();
+    let (status, page) = http_get(admin, path, &[]).unwrap();
+    assert_eq!(status, 200, "{page}");
+    let resources = page
+        .lines()
+        .find(|l| l.starts_with("resources "))
+        .unwrap_or_else(|| panic!("no resources line: {page}"));
+    // `resources user_cpu Xs system_cpu Ys peak_memory N MiB (rusage) read R MiB written W MiB`
+    let words: Vec<&str> = resources.split_whitespace().collect();
+    let after = |name: &str| words[words.iter().position(|w| *w == name).unwrap() + 1];
+    let mib = |name: &str| {
+        assert_eq!(
+            words[words.iter().position(|w| *w == name).unwrap() + 2],
+            "MiB"
+        );
+        after(name).parse::<f64>().unwrap()
+    };
+    let peak = mib("peak_memory");
+    assert!((64.0..1024.0).contains(&peak), "{resources}");
+    assert!(
+        mib("read") >= 128.0 && mib("written") >= 128.0,
+        "{resources}"
+    );
+    let cpu = |name: &str| after(name).trim_end_matches('s').parse::<f64>().unwrap();
+    assert!(cpu("user_cpu") + cpu("system_cpu") > 0.0, "{resources}");
+    assert!(resources.contains("(rusage)"), "{resources}");
+    assert!(
+        page.contains("staging entries 2 files 2 (1.0 KiB) cache_hits 0 fetched 1.0 KiB"),
+        "{page}"
+    );
+    // `remexec show action` prints the same lines.
+    let action = path["/action/".len()..].split('?').next().unwrap();
+    let query = path.split_once('?').unwrap().1;
+    let response = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("response="))
+        .unwrap()
+        .replace("%2F", "/");
+    let out = Command::new(env!("CARGO_BIN_EXE_remexec"))
+        .args(["show", "action", action, "--response", &response])
+        .args(["--server", &server.url()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(resources), "{text}");
+    assert!(text.contains("staging entries 2 files 2"), "{text}");
+    // The scheduler's histograms counted it.
+    let (_, metrics) = http_get(admin, "/metrics", &[]).unwrap();
+    for series in [
+        "remexec_action_peak_memory_bytes_count 1",
+        r#"remexec_action_cpu_seconds_count{mode="user"} 1"#,
+        r#"remexec_action_io_bytes_count{direction="written"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} not in {metrics}");
+    }
+    assert!(
+        metrics.contains(r#"remexec_action_peak_memory_bytes_bucket{le="67108864.0"} 0"#),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn the_status_page_needs_the_admin_permission_when_tokens_are_configured() {
     use sha2::Digest as _;

@@ -60,6 +60,7 @@ pub mod testing;
 pub mod timestamps;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod usage;
 
 pub use action_cache::ActionCache;
 pub use blob_store::{

@@ -161,6 +161,16 @@ struct StoreLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -186,6 +196,9 @@ struct Families {
     queue_seconds: Family<PlatformLabels, Histogram>,
     executions: Family<OutcomeLabels, Counter>,
     phase_seconds: Family<PhaseLabels, Histogram>,
+    action_cpu_seconds: Family<ModeLabels, Histogram>,
+    action_peak_memory: Histogram,
+    action_io_bytes: Family<DirectionLabels, Histogram>,
     workers: Gauge,
     executors: Family<StateLabels, Gauge>,
     cluster_members: Gauge,
@@ -253,6 +266,25 @@ fn register_stores(r: &mut Registry, f: &Families) {
     );
 }
 
+/// What executed actions used: CPU time, peak memory and I/O.
+fn register_actions(r: &mut Registry, f: &Families) {
+    r.register(
+        "remexec_action_cpu_seconds",
+        "CPU time each executed action used, by mode (user or system), as its worker measured it",
+        f.action_cpu_seconds.clone(),
+    );
+    r.register(
+        "remexec_action_peak_memory_bytes",
+        "Peak memory of each executed action, as its worker measured it",
+        f.action_peak_memory.clone(),
+    );
+    r.register(
+        "remexec_action_io_bytes",
+        "Bytes each executed action read or wrote through system calls, by direction (read or written)",
+        f.action_io_bytes.clone(),
+    );
+}
+
 /// A registry holding every family of `f`, with their names and help texts.
 fn registry(f: &Families) -> Registry {
     let mut r = Registry::default();
@@ -312,6 +344,7 @@ fn registry(f: &Families) -> Registry {
         "Time spent in each phase of an execution, as the worker timed it",
         f.phase_seconds.clone(),
     );
+    register_actions(&mut r, f);
     r.register(
         "remexec_workers",
         "Workers attached to the scheduler",
@@ -376,6 +409,13 @@ impl Metrics {
             queue_seconds: Family::new_with_constructor(seconds),
             executions: Family::default(),
             phase_seconds: Family::new_with_constructor(seconds),
+            action_cpu_seconds: Family::new_with_constructor(seconds),
+            // 1 MiB to 32 GiB, doubling.
+            action_peak_memory: Histogram::new(exponential_buckets(1048576.0, 2.0, 16)),
+            // 4 KiB to 16 GiB, quadrupling.
+            action_io_bytes: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(4096.0, 4.0, 12))
+            }),
             workers: Gauge::default(),
             executors: Family::default(),
             cluster_members: Gauge::default(),
@@ -555,6 +595,31 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// An executed action used `usage`: its CPU time and peak memory if measured, its I/O if
+    /// counted.
+    pub fn action_usage(&self, usage: &crate::usage::ActionUsage) {
+        if !usage.measured() {
+            return;
+        }
+        let f = self.f();
+        for (mode, micros) in [
+            ("user", usage.user_cpu_micros),
+            ("system", usage.system_cpu_micros),
+        ] {
+            f.action_cpu_seconds
+                .get_or_create(&ModeLabels { mode })
+                .observe(micros as f64 / 1e6);
+        }
+        f.action_peak_memory.observe(usage.peak_memory_bytes as f64);
+        for (direction, bytes) in [("read", usage.read_bytes), ("written", usage.written_bytes)] {
+            if let Some(bytes) = bytes {
+                f.action_io_bytes
+                    .get_or_create(&DirectionLabels { direction })
+                    .observe(bytes as f64);
+            }
+        }
+    }
+
     /// Sets the number of workers serving the cluster's CAS.
     pub fn cluster_members(&self, members: usize) {
         self.f()
@@ -657,6 +722,15 @@ mod tests {
         m.action_cache_lookup(false);
         m.cas_received(10);
         m.phase(Phase::Run, Duration::from_millis(1500));
+        m.action_usage(&crate::usage::ActionUsage {
+            source: crate::usage::Source::Rusage as i32,
+            user_cpu_micros: 2_000_000,
+            peak_memory_bytes: 3 << 20,
+            read_bytes: Some(100),
+            ..Default::default()
+        });
+        // Not measured: not counted.
+        m.action_usage(&crate::usage::ActionUsage::default());
         m.on_scrape(|m| m.queue_depths([("OSFamily=linux".to_string(), 3)]));
         let text = m.encode();
         assert!(
@@ -668,6 +742,18 @@ mod tests {
         assert!(text.contains("remexec_cas_received_bytes_total 10"));
         assert!(text.contains(r#"remexec_queue_depth{platform="OSFamily=linux"} 3"#));
         assert!(text.contains(r#"remexec_execution_phase_duration_seconds_count{phase="run"} 1"#));
+        assert!(
+            text.contains(r#"remexec_action_cpu_seconds_sum{mode="user"} 2.0"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"remexec_action_cpu_seconds_count{mode="system"} 1"#));
+        assert!(
+            text.contains("remexec_action_peak_memory_bytes_count 1"),
+            "{text}"
+        );
+        assert!(text.contains(r#"remexec_action_peak_memory_bytes_bucket{le="4194304.0"} 1"#));
+        assert!(text.contains(r#"remexec_action_io_bytes_count{direction="read"} 1"#));
+        assert!(!text.contains(r#"direction="written""#));
         // Depths are replaced, not accumulated: a platform no longer queued disappears.
         m.on_scrape(|m| m.queue_depths(Vec::new()));
         assert!(!m.encode().contains("OSFamily=linux\"} 3"));

@@ -197,12 +197,14 @@ impl Observer {
     ) {
         let outcome = outcome_of(response);
         self.metrics.execution(outcome);
-        let phases = response
+        let meta = response
             .result
             .as_ref()
-            .and_then(|r| r.execution_metadata.as_ref())
-            .map(remexec_core::observe::phases)
-            .unwrap_or_default();
+            .and_then(|r| r.execution_metadata.as_ref());
+        let phases = meta.map(remexec_core::observe::phases).unwrap_or_default();
+        if let Some(usage) = meta.and_then(remexec_core::usage::ActionUsage::of) {
+            self.metrics.action_usage(&usage);
+        }
         for (phase, start, end) in &phases {
             let took = end.duration_since(*start).unwrap_or(Duration::ZERO);
             self.metrics.phase(*phase, took);

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use remexec_core::{Error, Result};
 
+use crate::usage::CgroupUsage;
+
 /// What each action may use.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limits {
@@ -46,6 +48,8 @@ pub struct CgroupLimits {
 #[derive(Debug)]
 pub(crate) struct ActionCgroups {
     dirs: Vec<PathBuf>,
+    /// The directory that counts CPU time (v1: the `cpu,cpuacct` one, if any; v2: the one).
+    cpu: Option<PathBuf>,
     memory: Option<PathBuf>,
     pub(crate) memory_limit: Option<u64>,
     unified: bool,
@@ -229,6 +233,7 @@ impl CgroupLimits {
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let mut action = ActionCgroups {
             dirs: vec![dir.clone()],
+            cpu: Some(dir.clone()),
             memory: None,
             memory_limit: self.limits.memory,
             unified: true,
@@ -255,6 +260,7 @@ impl CgroupLimits {
         }
         let mut action = ActionCgroups {
             dirs: Vec::new(),
+            cpu: None,
             memory: None,
             memory_limit: self.limits.memory,
             unified: false,
@@ -264,6 +270,7 @@ impl CgroupLimits {
             std::fs::create_dir(&dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
             action.dirs.push(dir.clone());
+            action.cpu = Some(dir.clone());
             let quota = ((cpus * CFS_PERIOD_US as f64).round() as u64).max(1000);
             write(&dir.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
             write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
@@ -289,6 +296,43 @@ impl ActionCgroups {
     /// The directories whose `cgroup.procs` the supervisor joins.
     pub(crate) fn dirs(&self) -> &[PathBuf] {
         &self.dirs
+    }
+
+    /// What the cgroups counted: CPU time (v2 `cpu.stat`, v1 `cpuacct.usage_user` and
+    /// `cpuacct.usage_sys` where `cpuacct` is mounted with `cpu`), peak memory (v2
+    /// `memory.peak`, Linux 5.19 and later; v1 `memory.max_usage_in_bytes`) and whether the
+    /// kernel killed a process for want of memory. Blocks.
+    pub(crate) fn usage(&self) -> CgroupUsage {
+        let number = |path: PathBuf| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        let cpu = self.cpu.as_ref().and_then(|dir| match self.unified {
+            true => {
+                let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+                let field = |name: &str| {
+                    stat.lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                Some((field("user_usec")?, field("system_usec")?))
+            }
+            false => {
+                let user = number(dir.join("cpuacct.usage_user"))?;
+                let system = number(dir.join("cpuacct.usage_sys"))?;
+                Some((user / 1000, system / 1000))
+            }
+        });
+        let peak_memory = self.memory.as_ref().and_then(|dir| match self.unified {
+            true => number(dir.join("memory.peak")),
+            false => number(dir.join("memory.max_usage_in_bytes")),
+        });
+        CgroupUsage {
+            cpu,
+            peak_memory,
+            memory_killed: self.oom_killed(),
+        }
     }
 
     /// Whether the kernel killed a process of the action for want of memory.
@@ -330,11 +374,12 @@ pub(crate) fn create_next(limits: &CgroupLimits) -> Result<ActionCgroups> {
     limits.create(&format!("action-{}-{n}", std::process::id()))
 }
 
-/// After the action: tells its `stderr` if the kernel killed it for want of memory, and
-/// removes its cgroups (on the blocking pool).
-pub(crate) async fn finish(cgroups: ActionCgroups, stderr: std::fs::File) -> Result<()> {
+/// After the action: reads what its cgroups counted, tells its `stderr` if the kernel killed
+/// it for want of memory, and removes its cgroups (on the blocking pool).
+pub(crate) async fn finish(cgroups: ActionCgroups, stderr: std::fs::File) -> Result<CgroupUsage> {
     crate::blocking::blocking(move || {
-        if cgroups.oom_killed() {
+        let usage = cgroups.usage();
+        if usage.memory_killed {
             use std::io::Write as _;
             let limit = cgroups.memory_limit.unwrap_or_default();
             let mut stderr = stderr;
@@ -344,7 +389,7 @@ pub(crate) async fn finish(cgroups: ActionCgroups, stderr: std::fs::File) -> Res
             );
         }
         drop(cgroups);
-        Ok(())
+        Ok(usage)
     })
     .await
 }

@@ -43,7 +43,7 @@ mod ahead;
 use crate::cgroups::Limits;
 use crate::isolation::hand_over;
 use crate::supervisor::RunAs;
-use crate::{Ahead, Exit, Isolation, NETWORK_PROPERTY, Spawn};
+use crate::{Ahead, Ended, Exit, Isolation, NETWORK_PROPERTY, Spawn};
 
 /// The platform property naming an action's image.
 pub const IMAGE_PROPERTY: &str = "container-image";
@@ -292,7 +292,7 @@ impl DockerIsolation {
         name: &str,
         spawn: &Spawn,
         cancel: &CancellationToken,
-    ) -> Result<Exit> {
+    ) -> Result<Ended> {
         let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
         let (_, pump) = self
             .attach(name, false, (clone(&spawn.stdout)?, clone(&spawn.stderr)?))
@@ -311,7 +311,7 @@ impl DockerIsolation {
         if oom {
             self.tell_oom(&spawn.stderr)?;
         }
-        Ok(exit)
+        Ok(ended(exit, oom))
     }
 
     /// Attaches to the container `name` (its standard input too, if `stdin`), and copies its
@@ -443,6 +443,16 @@ impl DockerIsolation {
 
 /// `InvalidArgument` unless `image` looks like an image reference: at most 255 characters of
 /// letters, digits and `._-/:@`, starting with a letter or digit.
+/// How a container's command ended. The engine keeps no figures of a container that is gone,
+/// so nothing is measured but a kill for want of memory.
+fn ended(exit: Exit, memory_killed: bool) -> Ended {
+    let usage = remexec_core::usage::ActionUsage {
+        memory_killed,
+        ..Default::default()
+    };
+    Ended { exit, usage }
+}
+
 fn check_image(image: &str) -> Result<()> {
     let valid = !image.is_empty()
         && image.len() <= 255
@@ -575,14 +585,14 @@ impl Drop for Removal {
 
 #[async_trait]
 impl Isolation for DockerIsolation {
-    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit> {
+    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Ended> {
         // Claimed first, so that any early return below drops (removes) it.
         let ready = self.handed(&spawn.input_root);
         if spawn.args.is_empty() {
             return Err(Error::invalid("empty command"));
         }
         if cancel.is_cancelled() {
-            return Ok(Exit::Cancelled);
+            return Ok(Exit::Cancelled.into());
         }
         if let Some(run_as) = self.run_as {
             let root = spawn.input_root.clone();

@@ -16,6 +16,7 @@ use remexec_core::fs::create_dirs_beneath;
 use remexec_core::merkle::{resolve_output_path, resolve_working_directory};
 use remexec_core::reapi::{ActionResult, Command, ExecutedActionMetadata};
 use remexec_core::timestamps::timestamp;
+use remexec_core::usage::ActionUsage;
 use remexec_core::{Digest, DigestFunction, Error, Result};
 use remexec_proto::worker::v1::{Lease, LeaseResult};
 use tokio_util::sync::CancellationToken;
@@ -298,12 +299,9 @@ impl Worker {
             self.config.tree_limits,
         );
         let limit = self.config.input_fetch_timeout;
-        if phase("input fetch (staging)", limit, cancel, staging)
-            .await?
-            .is_none()
-        {
+        let Some(staged) = phase("input fetch (staging)", limit, cancel, staging).await? else {
             return Ok(None);
-        }
+        };
         let fetch_done = SystemTime::now();
         let input_root = root.clone();
         let (dir_owned, command) = (dir.to_path_buf(), Arc::new(command));
@@ -323,27 +321,19 @@ impl Worker {
             timeout: Some(self.config.action_timeout(lease.timeout_ms)),
         };
         let exec_start = SystemTime::now();
-        let exit = self.isolation.run(spawn, cancel.clone()).await?;
+        let ended = self.isolation.run(spawn, cancel.clone()).await?;
         let exec_done = SystemTime::now();
         let mut result = ActionResult::default();
-        let Some(status) = exit_status(exit, &mut result) else {
+        let Some(status) = exit_status(ended.exit, &mut result) else {
             return Ok(None);
         };
-        let cas = self.cas.as_ref();
-        let upload = async {
-            collect_outputs(cas, instance, function, &command, &input_root, &mut result).await?;
-            result.stdout_digest = Some(
-                upload_open_file(cas, instance, function, &stdout)
-                    .await?
-                    .to_proto(),
-            );
-            result.stderr_digest = Some(
-                upload_open_file(cas, instance, function, &stderr)
-                    .await?
-                    .to_proto(),
-            );
-            Ok(())
-        };
+        let upload = self.upload(
+            (instance, function),
+            &command,
+            &input_root,
+            (&stdout, &stderr),
+            &mut result,
+        );
         let limit = self.config.output_upload_timeout;
         if phase("output upload", limit, cancel, upload)
             .await?
@@ -360,8 +350,41 @@ impl Worker {
             exec_done,
             upload_done: SystemTime::now(),
         };
-        result.execution_metadata = Some(times.metadata(&self.config.name));
+        let mut metadata = times.metadata(&self.config.name);
+        let usage = ActionUsage {
+            staging: Some(staged),
+            ..ended.usage
+        };
+        usage.attach(&mut metadata);
+        result.execution_metadata = Some(metadata);
         Ok(Some((result, status)))
+    }
+}
+
+impl Worker {
+    /// Uploads the outputs of `command` (run in `input_root`) and its standard output and error
+    /// into `result`.
+    async fn upload(
+        &self,
+        (instance, function): (&str, DigestFunction),
+        command: &Command,
+        input_root: &Path,
+        (stdout, stderr): (&File, &File),
+        result: &mut ActionResult,
+    ) -> Result<()> {
+        let cas = self.cas.as_ref();
+        collect_outputs(cas, instance, function, command, input_root, result).await?;
+        result.stdout_digest = Some(
+            upload_open_file(cas, instance, function, stdout)
+                .await?
+                .to_proto(),
+        );
+        result.stderr_digest = Some(
+            upload_open_file(cas, instance, function, stderr)
+                .await?
+                .to_proto(),
+        );
+        Ok(())
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use remexec_core::usage::ActionUsage;
 use remexec_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +55,27 @@ pub enum Exit {
     Cancelled,
 }
 
+/// How a command ended, and what it used.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ended {
+    /// How it ended.
+    pub exit: Exit,
+    /// What it used, as far as the backend measures it: CPU time, peak memory and I/O under
+    /// the supervised process backend and wherever the action has cgroups of its own;
+    /// [`ActionUsage::default`] (not measured) elsewhere. The worker adds the staging figures.
+    pub usage: ActionUsage,
+}
+
+impl From<Exit> for Ended {
+    /// An end with nothing measured.
+    fn from(exit: Exit) -> Self {
+        Self {
+            exit,
+            usage: ActionUsage::default(),
+        }
+    }
+}
+
 /// What an action needs of a sandbox made ahead of need ([`Isolation::ready`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Ahead<'a> {
@@ -77,7 +99,7 @@ pub struct Ahead<'a> {
 #[async_trait]
 pub trait Isolation: Send + Sync + Debug + 'static {
     /// Runs the command to completion, timeout or cancellation.
-    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit>;
+    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Ended>;
 
     /// A sandbox made ahead of need for an action like `ahead`'s: the directory (in
     /// `ahead.dirs`) whose `root` subdirectory must be the action's input root, which the
@@ -119,7 +141,7 @@ impl ExecutorGroups {
 
 #[async_trait]
 impl Isolation for ExecutorGroups {
-    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit> {
+    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Ended> {
         let isolation = self.by_executor.get(&spawn.executor).ok_or_else(|| {
             Error::Internal(format!("executor {:?} belongs to no group", spawn.executor).into())
         })?;
@@ -238,7 +260,7 @@ impl Supervision {
     /// with the reason if the host does not allow it (PID or user namespaces disabled, a bad
     /// supervisor). Blocks.
     fn probe(&self) -> Result<()> {
-        let mut command = self.command(&["true".to_string()], None, None, None, &[]);
+        let mut command = self.command(&["true".to_string()], None, None, None, None, &[]);
         let stdin = self
             .lifeline
             .stdin()
@@ -278,6 +300,7 @@ impl Supervision {
         cwd: Option<&Path>,
         input_root: Option<&Path>,
         env_file: Option<&Path>,
+        usage: Option<&Path>,
         cgroups: &[PathBuf],
     ) -> std::process::Command {
         let setup = &self.setup;
@@ -295,6 +318,9 @@ impl Supervision {
         }
         if let Some(file) = env_file {
             command.arg(crate::supervisor::ENV_FILE).arg(file);
+        }
+        if let Some(file) = usage {
+            command.arg(crate::supervisor::USAGE).arg(file);
         }
         command.args(crate::supervisor::with_cgroups(setup.run_as, cgroups, args));
         if let Some(cwd) = cwd {
@@ -384,7 +410,7 @@ pub(crate) async fn wait(
 
 #[async_trait]
 impl Isolation for ProcessIsolation {
-    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit> {
+    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Ended> {
         let program = spawn
             .args
             .first()
@@ -414,19 +440,20 @@ impl Isolation for ProcessIsolation {
                 launch.stdin = Some(stdin.map_err(|e| Error::io("cloning a handle", e))?);
                 launch.in_namespace = supervision.direct;
                 let env = crate::supervisor::encode_environment(&spawn.env)?;
-                let env_file = crate::blocking::blocking(move || {
+                let (env_file, usage_file) = crate::blocking::blocking(move || {
                     use std::io::Write as _;
                     let mut file = tempfile::NamedTempFile::new()
                         .map_err(|e| Error::io("creating the environment file", e))?;
                     file.write_all(&env)
                         .map_err(|e| Error::io("writing the environment file", e))?;
-                    Ok(file)
+                    Ok((file, usage_file()?))
                 })
                 .await?;
                 let (cwd, root) = (Some(spawn.cwd.as_path()), Some(spawn.input_root.as_path()));
-                let file = Some(env_file.path());
-                let command = supervision.command(&spawn.args, cwd, root, file, dirs);
+                let (file, usage) = (Some(env_file.path()), Some(usage_file.path()));
+                let command = supervision.command(&spawn.args, cwd, root, file, usage, dirs);
                 launch.env_file = Some(env_file);
+                launch.usage_file = Some(usage_file);
                 command
             }
         };
@@ -449,19 +476,29 @@ pub(crate) struct Launch {
     /// The supervisor's [`ENV_FILE`](crate::supervisor::ENV_FILE), kept until the command
     /// ends; `command` starts with no environment then too.
     pub(crate) env_file: Option<tempfile::NamedTempFile>,
+    /// The file the supervisor writes its [`USAGE`](crate::supervisor::USAGE) report to.
+    pub(crate) usage_file: Option<tempfile::NamedTempFile>,
+}
+
+/// An empty file for a supervisor's [`USAGE`](crate::supervisor::USAGE) report, in the
+/// system's temporary directory (as the environment file), readable and writable by the
+/// worker's user alone. Blocks.
+pub(crate) fn usage_file() -> Result<tempfile::NamedTempFile> {
+    tempfile::NamedTempFile::new().map_err(|e| Error::io("creating the usage file", e))
 }
 
 /// Runs `command` (which starts `spawn`'s command, through whatever wrappers) with exactly
 /// `spawn`'s environment and output files, in its own process group, as `launch` says; waits
-/// for it to end, time out or be cancelled; then tells its stderr of an out-of-memory kill and
-/// removes `cgroups`.
+/// for it to end, time out or be cancelled; then tells its stderr of an out-of-memory kill,
+/// removes `cgroups`, and reports what the command used (the supervisor's report in
+/// `launch.usage_file`, and the cgroups' figures).
 pub(crate) async fn run_command(
     mut command: std::process::Command,
     spawn: Spawn,
     cgroups: Option<crate::cgroups::ActionCgroups>,
     launch: Launch,
     cancel: CancellationToken,
-) -> Result<Exit> {
+) -> Result<Ended> {
     let program = spawn.args.first().cloned().unwrap_or_default();
     let stderr = spawn
         .stderr
@@ -471,7 +508,7 @@ pub(crate) async fn run_command(
         .stdin(launch.stdin.unwrap_or_else(Stdio::null))
         .env_clear();
     // Kept until the command ends.
-    let env_file = launch.env_file;
+    let (env_file, usage_file) = (launch.env_file, launch.usage_file);
     if !launch.env_elsewhere && env_file.is_none() {
         command.envs(spawn.env.iter().map(|(k, v)| (k, v)));
     }
@@ -501,10 +538,22 @@ pub(crate) async fn run_command(
     };
     let mut child = child;
     let exit = wait(&mut child, spawn.timeout, cancel).await;
-    if let Some(cgroups) = cgroups {
-        crate::cgroups::finish(cgroups, stderr).await?;
-    }
-    exit
+    drop(env_file);
+    let report = match usage_file {
+        Some(file) => {
+            let read = move || Ok(crate::usage::read_report(file.path()));
+            crate::blocking::blocking(read).await?
+        }
+        None => None,
+    };
+    let counted = match cgroups {
+        Some(cgroups) => Some(crate::cgroups::finish(cgroups, stderr).await?),
+        None => None,
+    };
+    Ok(Ended {
+        exit: exit?,
+        usage: crate::usage::combine(report, counted),
+    })
 }
 
 #[cfg(test)]

@@ -65,6 +65,7 @@ pub mod supervisor;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+mod usage;
 mod worker;
 
 pub use config::{DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig, host_isa};
@@ -72,7 +73,7 @@ pub use config::{DEFAULT_MAX_MESSAGE_SIZE, ExecutorSpec, WorkerConfig, host_isa}
 pub use docker::{DockerIsolation, IMAGE_PROPERTY};
 pub use file_cache::FileCache;
 pub use isolation::{
-    Ahead, ExecutorGroups, Exit, Isolation, ProcessIsolation, Spawn, SupervisorSetup,
+    Ahead, Ended, ExecutorGroups, Exit, Isolation, ProcessIsolation, Spawn, SupervisorSetup,
 };
 pub use namespaces::{NETWORK_PROPERTY, NamespaceIsolation};
 pub use outputs::collect_outputs;

@@ -30,7 +30,7 @@ use crate::ahead::{MakesAhead, Pool, Process, Ready};
 use crate::cgroups::{ActionCgroups, CgroupLimits};
 use crate::isolation::{Launch, check_program, hand_over, run_command};
 use crate::supervisor::RunAs;
-use crate::{Ahead, Exit, Isolation, Spawn};
+use crate::{Ahead, Ended, Isolation, Spawn};
 
 /// Where a sandbox made ahead sees its waiter (the supervisor, bound read-only).
 const WAITER: &str = "/.remexec-waiter";
@@ -82,7 +82,8 @@ struct AheadState {
 }
 
 /// A sandbox made ahead: bubblewrap's process, and the action's cgroups if it is limited.
-type Sandbox = Process<Option<ActionCgroups>>;
+/// A sandbox made ahead: with limits, its cgroups and the file its supervisor reports to.
+type Sandbox = Process<Option<(ActionCgroups, tempfile::NamedTempFile)>>;
 
 /// The uid and gid an action chrooted into its input root runs as inside its user namespace:
 /// the platform's `unixUID` and `unixGID` (BuildStream's names), else 0.
@@ -400,7 +401,7 @@ impl NamespaceIsolation {
 
 #[async_trait]
 impl Isolation for NamespaceIsolation {
-    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Exit> {
+    async fn run(&self, spawn: Spawn, cancel: CancellationToken) -> Result<Ended> {
         // Claimed first, so that any early return below drops (kills) it.
         let ready = self
             .ahead
@@ -445,18 +446,21 @@ impl Isolation for NamespaceIsolation {
             )
         };
         let mut cgroups = None;
-        if let Some(limits) = &self.limits {
-            let (cgroup_limits, supervisor) = (limits.0.clone(), &limits.1);
-            let created =
-                crate::blocking::blocking(move || crate::cgroups::create_next(&cgroup_limits))
-                    .await?;
-            command = self.supervised(&command, supervisor, created.dirs());
-            cgroups = Some(created);
-        }
-        let launch = Launch {
+        let mut launch = Launch {
             env_elsewhere: true,
             ..Launch::default()
         };
+        if let Some(limits) = &self.limits {
+            let (cgroup_limits, supervisor) = (limits.0.clone(), &limits.1);
+            let (created, usage) = crate::blocking::blocking(move || {
+                let created = crate::cgroups::create_next(&cgroup_limits)?;
+                Ok((created, crate::isolation::usage_file()?))
+            })
+            .await?;
+            command = self.supervised(&command, supervisor, created.dirs(), usage.path());
+            cgroups = Some(created);
+            launch.usage_file = Some(usage);
+        }
         run_command(command, spawn, cgroups, launch, cancel).await
     }
 
@@ -495,16 +499,17 @@ impl MakesAhead for NamespaceIsolation {
             .ahead
             .as_ref()
             .ok_or_else(|| Error::Internal("no sandboxes are made ahead".into()))?;
-        let mut cgroups = None;
-        if let Some(limits) = &self.limits {
-            let limits = limits.0.clone();
-            let created =
-                crate::blocking::blocking(move || crate::cgroups::create_next(&limits)).await?;
-            cgroups = Some(created);
-        }
+        let mut extra = None;
         let mut command = self.waiting(&state.waiter, &dir.join("root"), kind.1);
-        if let (Some(limits), Some(cgroups)) = (&self.limits, &cgroups) {
-            command = self.supervised(&command, &limits.1, cgroups.dirs());
+        if let Some(limits) = &self.limits {
+            let cgroup_limits = limits.0.clone();
+            let (cgroups, usage) = crate::blocking::blocking(move || {
+                let created = crate::cgroups::create_next(&cgroup_limits)?;
+                Ok((created, crate::isolation::usage_file()?))
+            })
+            .await?;
+            command = self.supervised(&command, &limits.1, cgroups.dirs(), usage.path());
+            extra = Some((cgroups, usage));
         }
         let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
         command
@@ -521,10 +526,7 @@ impl MakesAhead for NamespaceIsolation {
             dir: dir.to_path_buf(),
             stdout,
             stderr,
-            sandbox: Process {
-                child,
-                extra: cgroups,
-            },
+            sandbox: Process { child, extra },
         })
     }
 }
@@ -534,7 +536,7 @@ async fn run_ready(
     mut ready: Ready<Sandbox>,
     spawn: Spawn,
     cancel: CancellationToken,
-) -> Result<Exit> {
+) -> Result<Ended> {
     let spec = crate::supervisor::spec(&spawn.args, &spawn.env, &spawn.cwd)?;
     let sandbox = &mut ready.sandbox;
     sandbox.start(&spec).await?;
@@ -542,10 +544,16 @@ async fn run_ready(
     let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
     let own = (clone(&ready.stdout)?, clone(&ready.stderr)?);
     crate::ahead::copy_output(own, (&spawn.stdout, &spawn.stderr)).await?;
-    if let Some(cgroups) = ready.sandbox.extra.take() {
-        crate::cgroups::finish(cgroups, clone(&spawn.stderr)?).await?;
+    // Without limits, no supervisor waits for the sandbox (its waiter `exec`s the command):
+    // nothing is measured.
+    let mut usage = remexec_core::usage::ActionUsage::default();
+    if let Some((cgroups, file)) = ready.sandbox.extra.take() {
+        let read = move || Ok(crate::usage::read_report(file.path()));
+        let report = crate::blocking::blocking(read).await?;
+        let counted = crate::cgroups::finish(cgroups, clone(&spawn.stderr)?).await?;
+        usage = crate::usage::combine(report, Some(counted));
     }
-    exit
+    Ok(Ended { exit: exit?, usage })
 }
 
 impl NamespaceIsolation {
@@ -564,6 +572,7 @@ impl NamespaceIsolation {
         command: &std::process::Command,
         supervisor: &[OsString],
         cgroups: &[PathBuf],
+        usage: &Path,
     ) -> std::process::Command {
         let mut inner = vec![command.get_program().to_string_lossy().into_owned()];
         inner.extend(command.get_args().map(|a| a.to_string_lossy().into_owned()));
@@ -573,6 +582,8 @@ impl NamespaceIsolation {
             .args(["--pdeathsig", "SIGKILL", "--"])
             .args(supervisor)
             .arg(crate::supervisor::STDIN)
+            .arg(crate::supervisor::USAGE)
+            .arg(usage)
             .args(crate::supervisor::with_cgroups(None, cgroups, &inner));
         outer
     }

@@ -7,10 +7,12 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{StreamExt, TryStreamExt};
 use remexec_core::client::{FileSource, Materializer, Safety};
 use remexec_core::merkle::{TreeLimits, fetch_tree};
+use remexec_core::usage::Staging;
 use remexec_core::{BlobStore, Digest, Error, Result};
 
 use crate::file_cache::FileCache;
@@ -23,6 +25,11 @@ struct CachedFiles<'a> {
     cas: &'a dyn BlobStore,
     cache: &'a FileCache,
     instance: &'a str,
+    /// Distinct files prepared, their bytes, those the cache held, and bytes fetched.
+    files: AtomicU64,
+    bytes: AtomicU64,
+    hits: AtomicU64,
+    fetched: AtomicU64,
 }
 
 #[async_trait::async_trait]
@@ -33,6 +40,15 @@ impl FileSource for CachedFiles<'_> {
             .copied()
             .filter(|&(digest, executable)| refetch || !self.cache.contains(digest, executable))
             .collect();
+        let size = |files: &[(Digest, bool)]| files.iter().map(|(d, _)| d.size()).sum::<u64>();
+        // A refetch (of files found damaged) adds to the bytes fetched, not to the files.
+        if !refetch {
+            let hits = (files.len() - wanted.len()) as u64;
+            self.files.fetch_add(files.len() as u64, Ordering::Relaxed);
+            self.bytes.fetch_add(size(files), Ordering::Relaxed);
+            self.hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        self.fetched.fetch_add(size(&wanted), Ordering::Relaxed);
         futures::stream::iter(wanted)
             .map(|(digest, executable)| {
                 self.cache
@@ -60,7 +76,8 @@ impl FileSource for CachedFiles<'_> {
 
 /// Creates the tree rooted at `root_digest` under `root` (an existing, empty directory):
 /// directories, hardlinked files (with their executable bit) and symlinks, at every path of the
-/// layout. Returns the number of entries staged.
+/// layout. Returns what it took: the entries staged, the distinct files and their bytes, how
+/// many the file cache held, and the bytes fetched into it.
 ///
 /// A missing directory or file is `FailedPrecondition`; a tree beyond `limits` is
 /// `InvalidArgument`, found before anything is created.
@@ -71,7 +88,7 @@ pub async fn stage_inputs(
     root_digest: Digest,
     root: &Path,
     limits: TreeLimits,
-) -> Result<u64> {
+) -> Result<Staging> {
     let tree = fetch_tree(cas, instance, root_digest)
         .await
         .map_err(|e| match e {
@@ -83,9 +100,19 @@ pub async fn stage_inputs(
         cas,
         cache,
         instance,
+        files: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        hits: AtomicU64::new(0),
+        fetched: AtomicU64::new(0),
     };
     let mut materializer = Materializer::new(root, &source, Safety::Fresh);
     materializer.tree(&tree, root_digest, "").await?;
     materializer.finish().await?;
-    Ok(entries)
+    Ok(Staging {
+        entries,
+        files: source.files.into_inner(),
+        bytes: source.bytes.into_inner(),
+        cache_hits: source.hits.into_inner(),
+        fetched_bytes: source.fetched.into_inner(),
+    })
 }

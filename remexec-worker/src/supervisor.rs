@@ -66,6 +66,13 @@ pub const PROCESS_1: &str = "--process-1";
 /// reaches a process that runs as root; it gives the command exactly these variables.
 pub const ENV_FILE: &str = "--env-file";
 
+/// The supervisor's argument, before `--`, naming the file it writes its report on what the
+/// action used to, once the command and every process it started are gone: the CPU time and
+/// largest resident set `getrusage(RUSAGE_CHILDREN)` gives, and the bytes its `/proc/self/io`
+/// counted, as `NAME VALUE` lines. The worker creates the file; the supervisor opens it before
+/// anything else, and writes nothing if it cannot start the command.
+pub const USAGE: &str = "--usage";
+
 /// The supervisor's leading argument that names the input root to make reachable (in a mount
 /// namespace of its own): see the [module documentation](self).
 pub const REVEAL: &str = "--reveal";
@@ -350,7 +357,7 @@ fn parse(args: &[OsString]) -> Result<(Option<RunAs>, &[OsString]), String> {
             Some("--uid") => uid = Some(number(args.get(i + 1), "--uid")?),
             Some("--gid") => gid = Some(number(args.get(i + 1), "--gid")?),
             // Handled by `main` before anything else.
-            Some("--cgroup" | ENV_FILE) if args.get(i + 1).is_some() => {}
+            Some("--cgroup" | ENV_FILE | USAGE) if args.get(i + 1).is_some() => {}
             Some("--") => break,
             other => return Err(format!("unexpected argument {other:?}")),
         }
@@ -535,7 +542,14 @@ pub fn main(args: &[OsString]) -> ExitCode {
             return ExitCode::from(CANNOT_START);
         }
     };
-    // Read before the reveal, which may hide the directory the file is in.
+    // Read (or opened) before the reveal, which may hide the directory the file is in.
+    let usage = match usage_file(args) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("remexec supervisor: {e}");
+            return ExitCode::from(CANNOT_START);
+        }
+    };
     let env = match environment(args) {
         Ok(env) => env,
         Err(e) => {
@@ -575,6 +589,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
         // std drops the supplementary groups when a root parent changes the user.
         child.uid(r.uid).gid(r.gid);
     }
+    let io_before = usage.as_ref().and_then(|_| crate::usage::io_counters());
     let status = match child.status() {
         Ok(status) => status,
         Err(e) => {
@@ -582,7 +597,43 @@ pub fn main(args: &[OsString]) -> ExitCode {
             return ExitCode::from(CANNOT_START);
         }
     };
+    if let Some(mut file) = usage {
+        use std::io::Write as _;
+        reap_orphans();
+        let _ = file.write_all(crate::usage::report(io_before).as_bytes());
+    }
     exit_code(status)
+}
+
+/// Reaps the action's processes that have ended without their parent waiting for them
+/// (orphans, reparented to process 1), so that their use is counted with the command's. Those
+/// still running die with process 1, uncounted.
+fn reap_orphans() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The [`USAGE`] file named before `--`, opened for writing.
+fn usage_file(args: &[OsString]) -> Result<Option<std::fs::File>, String> {
+    for pair in args.windows(2) {
+        if pair[0] == "--" {
+            break;
+        }
+        if pair[0] == USAGE {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&pair[1])
+                .map_err(|e| format!("opening {}: {e}", Path::new(&pair[1]).display()))?;
+            return Ok(Some(file));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Exit, Isolation, Spawn};
+use remexec_core::usage::ActionUsage;
 
 /// The `PATH` the suite's commands get.
 const PATH: &str = "/usr/bin:/bin";
@@ -26,6 +27,7 @@ const PROMPT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 struct Outcome {
     exit: Exit,
+    usage: ActionUsage,
     stdout: String,
     stderr: String,
     took: Duration,
@@ -121,9 +123,11 @@ async fn run_with(
             cancel.cancel();
         }
     };
-    let (exit, ()) = tokio::join!(run, canceller);
+    let (ended, ()) = tokio::join!(run, canceller);
+    let ended = ended.expect("the command must run");
     Outcome {
-        exit: exit.expect("the command must run"),
+        exit: ended.exit,
+        usage: ended.usage,
         stdout: read_back(out),
         stderr: read_back(err),
         took: start.elapsed(),
@@ -200,6 +204,47 @@ pub async fn isolation_conformance(isolation: &dyn Isolation) {
     background_processes_die_on_timeout(isolation).await;
     background_processes_die_on_cancel(isolation).await;
     missing_program_is_err(isolation).await;
+    usage_covers_every_process(isolation).await;
+}
+
+/// What a command used, where the backend measures it, covers every process it started: a
+/// child that fills a 64 MiB buffer (`dd`, reading `/dev/zero` into it and writing it to
+/// `/dev/null`) shows in the peak memory, the CPU time and the bytes read and written. A
+/// backend that measures nothing says so ([`ActionUsage::measured`] is false).
+pub async fn usage_covers_every_process(isolation: &dyn Isolation) {
+    measured_usage(isolation).await;
+}
+
+/// [`usage_covers_every_process`], for a backend that must measure: the supervised process
+/// backend, and any with cgroups of its own for each action.
+pub async fn usage_is_measured(isolation: &dyn Isolation) {
+    let usage = measured_usage(isolation).await;
+    assert!(usage.measured(), "{usage:?}");
+    assert!(usage.read_bytes.is_some(), "{usage:?}");
+}
+
+async fn measured_usage(isolation: &dyn Isolation) -> ActionUsage {
+    const BUFFER: u64 = 64 << 20;
+    let dir = scratch(isolation).await;
+    let script = format!("dd if=/dev/zero of=/dev/null bs={BUFFER} count=2 2>/dev/null; exit 0");
+    let outcome = run(isolation, dir.path(), &script).await;
+    assert_eq!(outcome.exit, Exit::Exited(0), "{outcome:?}");
+    let usage = outcome.usage;
+    if !usage.measured() {
+        assert_eq!(usage, ActionUsage::default(), "{outcome:?}");
+        return usage;
+    }
+    assert!(usage.peak_memory_bytes >= BUFFER, "{usage:?}");
+    assert!(usage.peak_memory_bytes < 16 * BUFFER, "{usage:?}");
+    assert!(
+        usage.user_cpu_micros + usage.system_cpu_micros > 0,
+        "{usage:?}"
+    );
+    assert!(!usage.memory_killed, "{usage:?}");
+    if let (Some(read), Some(written)) = (usage.read_bytes, usage.written_bytes) {
+        assert!(read >= 2 * BUFFER && written >= 2 * BUFFER, "{usage:?}");
+    }
+    usage
 }
 
 /// A command's own exit code is `Exited(code)`, and death by a signal is `Exited(128 + n)`.
@@ -359,8 +404,8 @@ pub async fn cancel_kills_the_command(isolation: &dyn Isolation) {
     let cancel = CancellationToken::new();
     cancel.cancel();
     let start = Instant::now();
-    let exit = isolation.run(early, cancel).await.expect("a cancelled run");
-    assert_eq!(exit, Exit::Cancelled);
+    let ended = isolation.run(early, cancel).await.expect("a cancelled run");
+    assert_eq!(ended.exit, Exit::Cancelled);
     assert!(start.elapsed() < PROMPT);
 }
 
@@ -399,10 +444,10 @@ pub async fn background_processes_die_on_cancel(isolation: &dyn Isolation) {
         }
         cancel.cancel();
     };
-    let (exit, ()) = tokio::join!(run, canceller);
-    let exit = exit.expect("the command must run");
+    let (ended, ()) = tokio::join!(run, canceller);
+    let ended = ended.expect("the command must run");
     assert_eq!(
-        exit,
+        ended.exit,
         Exit::Cancelled,
         "{}{}",
         read_back(out),

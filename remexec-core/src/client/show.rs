@@ -227,6 +227,9 @@ pub fn describe(result: &ActionResult) -> String {
                 &meta.output_upload_completed_timestamp
             ),
         );
+        if let Some(usage) = crate::usage::ActionUsage::of(meta) {
+            out += &usage.describe();
+        }
     }
     out
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CONTAINERS, DockerIsolation, Removal, engine};
 use crate::ahead::{MakesAhead, Pool, Ready, Waiting};
-use crate::{Ahead, Exit, Spawn};
+use crate::{Ahead, Ended, Exit, Spawn};
 
 /// Where a container made ahead sees its waiter, and the host's loader and libraries.
 const WAITER_DIR: &str = "/.remexec";
@@ -191,6 +191,7 @@ impl DockerIsolation {
         match self
             .run_ready(ready, spawn, CancellationToken::new())
             .await?
+            .exit
         {
             Exit::Exited(0) => Ok(self),
             exit => Err(Error::FailedPrecondition(
@@ -221,7 +222,7 @@ impl DockerIsolation {
         mut ready: Ready<Container>,
         spawn: Spawn,
         cancel: CancellationToken,
-    ) -> Result<Exit> {
+    ) -> Result<Ended> {
         let spec = crate::supervisor::spec(&spawn.args, &spawn.env, &spawn.cwd)?;
         let sandbox = &mut ready.sandbox;
         let taken = (sandbox.input.take(), sandbox.pump.take());
@@ -236,7 +237,7 @@ impl DockerIsolation {
         if oom {
             self.tell_oom(&spawn.stderr)?;
         }
-        Ok(exit)
+        Ok(super::ended(exit, oom))
     }
 }
 

@@ -13,7 +13,41 @@ use crate::{FileCache, stage_inputs};
 async fn stage(cas: &MemCas, root: Digest, dest: &std::path::Path) -> remexec_core::Result<u64> {
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = FileCache::open(cache_dir.path(), 1 << 30).unwrap();
-    stage_inputs(cas, &cache, "", root, dest, TreeLimits::default()).await
+    let staged = stage_inputs(cas, &cache, "", root, dest, TreeLimits::default()).await?;
+    Ok(staged.entries)
+}
+
+#[tokio::test]
+async fn staging_counts_files_bytes_and_cache_hits() {
+    let cas = MemCas::default();
+    let (x, y) = (cas.add("shared content"), cas.add("other"));
+    let package = cas.add_dir(&Directory {
+        files: vec![file("x", x), file("y", y)],
+        ..Default::default()
+    });
+    let root = cas.add_dir(&Directory {
+        directories: vec![subdir("a", package), subdir("b", package)],
+        files: vec![file("z", x)],
+        ..Default::default()
+    });
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = FileCache::open(cache_dir.path(), 1 << 30).unwrap();
+    let limits = TreeLimits::default();
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cold = stage_inputs(&cas, &cache, "", root, first.path(), limits)
+        .await
+        .unwrap();
+    // Two distinct files (x at three paths, y at two), none cached: all fetched.
+    let bytes = x.size() + y.size();
+    assert_eq!(cold.entries, 7);
+    assert_eq!((cold.files, cold.bytes, cold.cache_hits), (2, bytes, 0));
+    assert_eq!(cold.fetched_bytes, bytes);
+    // The same tree again: every file a hit, nothing fetched.
+    let warm = stage_inputs(&cas, &cache, "", root, second.path(), limits)
+        .await
+        .unwrap();
+    assert_eq!((warm.files, warm.bytes, warm.cache_hits), (2, bytes, 2));
+    assert_eq!(warm.fetched_bytes, 0);
 }
 
 #[tokio::test]
