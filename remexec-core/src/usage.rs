@@ -71,6 +71,14 @@ pub struct ActionUsage {
     /// What staging the input root took.
     #[prost(message, optional, tag = "8")]
     pub staging: Option<Staging>,
+    /// Set by the scheduler: the first attempt was killed for want of memory on an executor
+    /// of this many MiB, and this is a second attempt's result; 0 if none.
+    #[prost(uint64, tag = "9")]
+    pub memory_retry_from_mb: u64,
+    /// Set by the scheduler: the `memory-mb` it asked of executors, learned from earlier runs
+    /// of the action's shape, where more than the action asked; 0 if no more.
+    #[prost(uint64, tag = "10")]
+    pub sized_memory_mb: u64,
 }
 
 /// `remexec.usage.v1.Staging`: staging an action's input root from the CAS.
@@ -133,13 +141,29 @@ impl ActionUsage {
                 "resources user_cpu {:.3}s system_cpu {:.3}s peak_memory {} ({source})",
                 secs(self.user_cpu_micros),
                 secs(self.system_cpu_micros),
-                bytes(self.peak_memory_bytes),
+                crate::human_size(self.peak_memory_bytes),
             );
             if let (Some(read), Some(written)) = (self.read_bytes, self.written_bytes) {
-                let _ = write!(out, " read {} written {}", bytes(read), bytes(written));
+                let _ = write!(
+                    out,
+                    " read {} written {}",
+                    crate::human_size(read),
+                    crate::human_size(written)
+                );
             }
             if self.memory_killed {
                 out += " killed_for_memory";
+            }
+            out.push('\n');
+        }
+        if self.sized_memory_mb > 0 || self.memory_retry_from_mb > 0 {
+            let _ = write!(out, "sizing memory-mb {}", self.sized_memory_mb);
+            if self.memory_retry_from_mb > 0 {
+                let _ = write!(
+                    out,
+                    " retried_after_memory_kill_on {} MiB",
+                    self.memory_retry_from_mb
+                );
             }
             out.push('\n');
         }
@@ -149,28 +173,13 @@ impl ActionUsage {
                 "staging entries {} files {} ({}) cache_hits {} fetched {}",
                 s.entries,
                 s.files,
-                bytes(s.bytes),
+                crate::human_size(s.bytes),
                 s.cache_hits,
-                bytes(s.fetched_bytes)
+                crate::human_size(s.fetched_bytes)
             );
         }
         out
     }
-}
-
-/// `n` bytes for people: `512 B`, `3.0 KiB`, `1.5 MiB`, `2.0 GiB`.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]
@@ -194,6 +203,8 @@ mod tests {
                 cache_hits: 5,
                 fetched_bytes: 1 << 20,
             }),
+            memory_retry_from_mb: 256,
+            sized_memory_mb: 282,
         };
         let mut meta = ExecutedActionMetadata::default();
         usage.attach(&mut meta);
@@ -204,6 +215,7 @@ mod tests {
         assert!(text.contains("user_cpu 2.000s system_cpu 0.250s peak_memory 600.0 MiB (cgroup)"));
         assert!(text.contains("read 4.0 KiB written 0 B killed_for_memory"));
         assert!(text.contains("staging entries 10 files 7 (3.0 MiB) cache_hits 5 fetched 1.0 MiB"));
+        assert!(text.contains("sizing memory-mb 282 retried_after_memory_kill_on 256 MiB\n"));
         meta.auxiliary_metadata[0].value = vec![0xff, 0xff, 0xff];
         assert_eq!(ActionUsage::of(&meta), None);
         // Not measured: no resources line, the staging line alone.

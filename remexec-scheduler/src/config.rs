@@ -55,6 +55,9 @@ pub struct SchedulerConfig {
     ///
     /// [`INSTANCE_PROPERTY`]: crate::INSTANCE_PROPERTY
     pub served_instances: Vec<String>,
+    /// Most action shapes whose memory learned sizing remembers (the least recently used go
+    /// first); 0 turns learned sizing off. See `docs/CONFIG.md`, "Learned sizing".
+    pub sizing_history: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -75,6 +78,7 @@ impl Default for SchedulerConfig {
             tree_limits: remexec_core::merkle::TreeLimits::default(),
             status_url: None,
             served_instances: Vec::new(),
+            sizing_history: 10_000,
         }
     }
 }
@@ -127,6 +131,8 @@ pub struct SchedulerOptions {
     pub lease_allowance_secs: u64,
     /// Most finished operations kept for WaitExecution and GetOperation.
     pub retained_operations: usize,
+    /// Most action shapes learned sizing remembers; 0 turns it off.
+    pub sizing_history: usize,
 }
 
 impl Default for SchedulerOptions {
@@ -145,6 +151,7 @@ impl Default for SchedulerOptions {
             max_queued: defaults.max_queued,
             lease_allowance_secs: defaults.lease_allowance.as_secs(),
             retained_operations: defaults.retained_operations,
+            sizing_history: defaults.sizing_history,
         }
     }
 }
@@ -185,6 +192,7 @@ impl SchedulerOptions {
             max_queued: self.max_queued,
             lease_allowance: Duration::from_secs(self.lease_allowance_secs),
             retained_operations: self.retained_operations,
+            sizing_history: self.sizing_history,
             ..SchedulerConfig::default()
         };
         config.validate()?;

@@ -40,6 +40,7 @@ mod queue;
 pub mod routing;
 mod scheduler;
 mod service;
+mod sizing;
 pub mod status;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -70,6 +70,8 @@ pub struct ActionRecord {
     pub phases: Vec<(Phase, f64)>,
     /// The digest, `hash/size`, of the `ExecuteResponse` kept in the CAS for a failure.
     pub response: Option<String>,
+    /// CPU seconds (user and system) and peak memory in bytes, if its worker measured them.
+    pub usage: Option<(f64, u64)>,
 }
 
 /// An action on an executor now.
@@ -202,8 +204,9 @@ impl Observer {
             .as_ref()
             .and_then(|r| r.execution_metadata.as_ref());
         let phases = meta.map(remexec_core::observe::phases).unwrap_or_default();
-        if let Some(usage) = meta.and_then(remexec_core::usage::ActionUsage::of) {
-            self.metrics.action_usage(&usage);
+        let usage = meta.and_then(remexec_core::usage::ActionUsage::of);
+        if let Some(usage) = &usage {
+            self.metrics.action_usage(usage);
         }
         for (phase, start, end) in &phases {
             let took = end.duration_since(*start).unwrap_or(Duration::ZERO);
@@ -235,6 +238,10 @@ impl Observer {
                 .map(|(p, s, e)| (*p, e.duration_since(*s).map_or(0.0, |d| d.as_secs_f64())))
                 .collect(),
             response: kept.map(|d| d.to_string()),
+            usage: usage.filter(|u| u.measured()).map(|u| {
+                let cpu = (u.user_cpu_micros + u.system_cpu_micros) as f64 / 1e6;
+                (cpu, u.peak_memory_bytes)
+            }),
         };
         let mut recent = self.recent.lock();
         if recent.len() == RECENT {

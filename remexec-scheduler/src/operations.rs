@@ -152,6 +152,9 @@ pub(crate) struct Shared {
     pub(crate) stage: execution_stage::Value,
     /// The queue position while queued.
     pub(crate) queued: Option<crate::queue::Position>,
+    /// The requirements it is queued with: the action's own, or larger ones learned sizing
+    /// chose (see `sizing`).
+    pub(crate) class: Vec<Property>,
     /// Completed or abandoned: nobody may join any more.
     pub(crate) over: bool,
 }
@@ -162,9 +165,13 @@ pub(crate) struct Execution {
     /// Instance name and action digest.
     pub(crate) key: (String, Digest),
     pub(crate) job: Job,
-    /// The platform, sorted: the action's dispatch class.
-    pub(crate) requirements: Vec<Property>,
-    /// The platform's metric label.
+    /// Its shape, for learned sizing.
+    pub(crate) shape: String,
+    /// The `memory-mb` learned sizing asked for (0: none), and that of the executor whose
+    /// memory kill made it run again (0: none).
+    pub(crate) sized_mb: std::sync::atomic::AtomicU64,
+    pub(crate) memory_retry_from_mb: std::sync::atomic::AtomicU64,
+    /// The platform's metric label (what the action asks for, not what sizing made of it).
     pub(crate) platform: String,
     /// What the first caller said of the action.
     pub(crate) metadata: remexec_core::reapi::RequestMetadata,

@@ -74,6 +74,8 @@ struct Inner {
     claim_changes: Mutex<crate::pool::Changes>,
     /// The executors the dispatch passes see.
     snapshot: Mutex<Snapshot>,
+    /// What each shape of action needed before.
+    sizing: crate::sizing::Sizing,
 }
 
 /// How long a dispatch pass may use the pool's executor list without asking the pool again,
@@ -171,7 +173,9 @@ impl Scheduler {
         let observer = Observer::new(metrics.clone(), config.status_url.clone());
         let (pool_changes, snapshot_changes) = (pool.changes(), pool.changes());
         let served = config.served_instances.iter().cloned().collect();
+        let sizing = crate::sizing::Sizing::new(config.sizing_history);
         let inner = Arc::new(Inner {
+            sizing,
             config,
             cas,
             ac,
@@ -344,28 +348,8 @@ impl Scheduler {
             timeout: Some(timeout),
             queued_at: SystemTime::now(),
         };
-        inner.refresh_claims();
-        let requirements = requirements_of(&job, &inner.claimed.read());
-        let exec = Arc::new(Execution {
-            key,
-            platform: platform_label(&requirements),
-            requirements,
-            invocation: crate::queue::invocation(&metadata, caller),
-            metadata,
-            span: tracing::Span::current(),
-            job,
-            priority,
-            do_not_cache,
-            attempts: AtomicU32::new(0),
-            refusals: AtomicU32::new(0),
-            cancel: Cancel::new(),
-            shared: Mutex::new(Shared {
-                waiters: Vec::new(),
-                stage: Stage::Queued,
-                queued: None,
-                over: false,
-            }),
-        });
+        let invocation = crate::queue::invocation(&metadata, caller);
+        let exec = inner.execution(key, job, metadata, invocation, (priority, do_not_cache))?;
         let rx = inner.start(exec)?;
         inner.wake.notify_one();
         Ok(rx)
@@ -430,6 +414,7 @@ impl Scheduler {
         }
         shared.over = true;
         let queued = shared.queued.take();
+        let class = shared.class.clone();
         drop(shared);
         if state
             .inflight
@@ -440,7 +425,7 @@ impl Scheduler {
         }
         match queued {
             Some(position) => {
-                state.queue.remove(&exec.requirements, position);
+                state.queue.remove(&class, position);
             }
             None => exec.cancel.cancel(),
         }
@@ -461,6 +446,50 @@ impl Scheduler {
 }
 
 impl Inner {
+    /// A new execution of `job`, queued with the requirements learned sizing gives it.
+    fn execution(
+        &self,
+        key: (String, Digest),
+        job: Job,
+        metadata: RequestMetadata,
+        invocation: String,
+        (priority, do_not_cache): (i32, bool),
+    ) -> Result<Arc<Execution>> {
+        let inner = self;
+        inner.refresh_claims();
+        let requirements = requirements_of(&job, &inner.claimed.read());
+        let function = key.1.function();
+        let command = Digest::from_field(function, job.action.command_digest.as_ref(), "command")?;
+        let shape = crate::sizing::shape(&key.0, &command, &requirements);
+        let rules = &inner.config.match_rules;
+        let there = || (inner.executors(), inner.pool.potential());
+        let (class, sized) = inner.sizing.sized(&shape, &requirements, rules, there);
+        let exec = Arc::new(Execution {
+            key,
+            platform: platform_label(&requirements),
+            shape,
+            sized_mb: sized.into(),
+            memory_retry_from_mb: 0.into(),
+            invocation,
+            metadata,
+            span: tracing::Span::current(),
+            job,
+            priority,
+            do_not_cache,
+            attempts: AtomicU32::new(0),
+            refusals: AtomicU32::new(0),
+            cancel: Cancel::new(),
+            shared: Mutex::new(Shared {
+                waiters: Vec::new(),
+                stage: Stage::Queued,
+                queued: None,
+                class,
+                over: false,
+            }),
+        });
+        Ok(exec)
+    }
+
     fn new_name(&self) -> String {
         format!("operations/{}/{}", self.config.name, uuid::Uuid::new_v4())
     }
@@ -507,14 +536,14 @@ impl Inner {
         }
         let name = self.new_name();
         let (op, rx) = Op::new(operation(&name, exec.key.1, Stage::Queued, None));
-        let position = state.queue.push(
-            &exec.requirements,
-            exec.priority,
-            &exec.invocation,
-            Arc::clone(&exec),
-        );
         {
             let mut shared = exec.shared.lock();
+            let position = state.queue.push(
+                &shared.class,
+                exec.priority,
+                &exec.invocation,
+                Arc::clone(&exec),
+            );
             shared.waiters.push(Arc::clone(&op));
             shared.queued = Some(position);
         }
@@ -564,7 +593,7 @@ impl Inner {
             op.publish(exec.key.1, Stage::Queued, None);
         }
         let position = state.queue.push(
-            &exec.requirements,
+            &shared.class,
             exec.priority,
             &exec.invocation,
             Arc::clone(exec),
@@ -794,8 +823,14 @@ impl Inner {
             }
             None => outcome,
         };
+        if let Ok(JobOutcome::Completed(result) | JobOutcome::TimedOut(result)) = &outcome
+            && self.learn(exec, executor, result)
+        {
+            return None;
+        }
         Some(match outcome {
-            Ok(JobOutcome::Completed(result)) => {
+            Ok(JobOutcome::Completed(mut result)) => {
+                crate::sizing::say(exec, &mut result);
                 self.cache(exec, &result).await;
                 ExecuteResponse {
                     result: Some(result),
@@ -803,7 +838,8 @@ impl Inner {
                     ..Default::default()
                 }
             }
-            Ok(JobOutcome::TimedOut(result)) => {
+            Ok(JobOutcome::TimedOut(mut result)) => {
+                crate::sizing::say(exec, &mut result);
                 let limit = exec.job.timeout.unwrap_or_default();
                 ExecuteResponse {
                     result: Some(result),
@@ -834,6 +870,20 @@ impl Inner {
                 ..Default::default()
             },
         })
+    }
+
+    /// Learns what `result`, from `executor`, says of the action's shape; if the action was
+    /// killed for want of memory, re-queues it once on an executor with more, if there is one
+    /// (true: re-queued).
+    fn learn(&self, exec: &Arc<Execution>, executor: &ExecutorInfo, result: &ActionResult) -> bool {
+        let there = || (self.executors(), self.pool.potential());
+        let rules = &self.config.match_rules;
+        if !self.sizing.learn(exec, executor, result, rules, there) {
+            return false;
+        }
+        let requeued = self.requeue(exec);
+        self.wake.notify_one();
+        requeued
     }
 
     /// Re-queues an execution whose executor refused it (`refused`) or was lost; `None` if it

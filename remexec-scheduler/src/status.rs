@@ -255,7 +255,7 @@ pub fn page(status: &ServerStatus) -> String {
 /// The table of recent actions, with their phases.
 fn recent_table(out: &mut String, recent: &[ActionRecord]) {
     *out += "<h2>Recent actions</h2>\n<table id=\"recent\"><tr><th>outcome</th><th>exit</th><th>mnemonic</th><th>target</th><th>executor</th>\
-            <th>queued</th><th>input fetch</th><th>run</th><th>upload</th><th>action</th></tr>\n";
+            <th>queued</th><th>input fetch</th><th>run</th><th>upload</th><th>cpu</th><th>peak memory</th><th>action</th></tr>\n";
     for a in recent {
         let phase = |p: remexec_core::metrics::Phase| {
             a.phases
@@ -271,7 +271,7 @@ fn recent_table(out: &mut String, recent: &[ActionRecord]) {
         };
         let _ = writeln!(
             out,
-            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             a.outcome,
             a.exit_code.map_or(String::new(), |c| c.to_string()),
             esc(&a.mnemonic),
@@ -281,6 +281,9 @@ fn recent_table(out: &mut String, recent: &[ActionRecord]) {
             phase(Phase::InputFetch),
             phase(Phase::Run),
             phase(Phase::Upload),
+            a.usage
+                .map_or(String::new(), |(cpu, _)| format!("{cpu:.3}s")),
+            a.usage.map_or(String::new(), |(_, peak)| { bytes(peak) }),
             action_link(&a.instance, &a.action, a.response.as_deref())
         );
     }

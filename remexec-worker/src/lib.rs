@@ -39,7 +39,8 @@
 //!     stderr: tempfile::tempfile()?,
 //!     timeout: Some(Duration::from_secs(60)),
 //! };
-//! assert_eq!(ProcessIsolation::default().run(spawn, CancellationToken::new()).await?, Exit::Exited(7));
+//! let ended = ProcessIsolation::default().run(spawn, CancellationToken::new()).await?;
+//! assert_eq!(ended.exit, Exit::Exited(7));
 //! # Ok(())
 //! # }
 //! ```

@@ -182,6 +182,8 @@ mod tests {
                 cache_hits: 9,
                 fetched_bytes: 10,
             }),
+            memory_retry_from_mb: 11,
+            sized_memory_mb: 12,
         };
         let bytes = core.encode_to_vec();
         let generated = proto::ActionUsage::decode(bytes.as_slice()).unwrap();
@@ -199,6 +201,10 @@ mod tests {
         let staging = generated.staging.unwrap();
         assert_eq!((staging.entries, staging.files, staging.bytes), (6, 7, 8));
         assert_eq!((staging.cache_hits, staging.fetched_bytes), (9, 10));
+        assert_eq!(
+            (generated.memory_retry_from_mb, generated.sized_memory_mb),
+            (11, 12)
+        );
         assert_eq!(generated.encode_to_vec(), bytes);
         assert_eq!(ActionUsage::decode(bytes.as_slice()).unwrap(), core);
     }
