@@ -371,6 +371,20 @@ fn what_an_action_used_is_shown_and_counted() {
         metrics.contains(r#"remexec_action_peak_memory_bytes_bucket{le="67108864.0"} 0"#),
         "{metrics}"
     );
+    // A success is counted when it runs, and not again when Execute answers it from the
+    // Action Cache (whose results a client may write itself).
+    for (run, counted) in [(1, 2), (2, 2)] {
+        let (code, _, stderr) = common::exec(&server, cwd.path(), &["--", "true"]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            stderr.contains("from the Action Cache"),
+            run == 2,
+            "{stderr}"
+        );
+        let (_, metrics) = http_get(admin, "/metrics", &[]).unwrap();
+        let series = format!("remexec_action_peak_memory_bytes_count {counted}\n");
+        assert!(metrics.contains(&series), "run {run}: {metrics}");
+    }
 }
 
 #[test]

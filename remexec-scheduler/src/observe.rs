@@ -205,7 +205,12 @@ impl Observer {
             .and_then(|r| r.execution_metadata.as_ref());
         let phases = meta.map(remexec_core::observe::phases).unwrap_or_default();
         let usage = meta.and_then(remexec_core::usage::ActionUsage::of);
-        if let Some(usage) = &usage {
+        // Counted once, when it ran: a cache hit's result (which a client may have written
+        // itself with UpdateActionResult) is not.
+        if let Some(usage) = usage
+            .as_ref()
+            .filter(|_| outcome != ExecutionOutcome::Cached)
+        {
             self.metrics.action_usage(usage);
         }
         for (phase, start, end) in &phases {
