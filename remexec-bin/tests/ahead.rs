@@ -87,6 +87,16 @@ async fn sandboxes_made_ahead_of_need_run_each_action_in_its_own_root() {
         "an abandoned sandbox lives on"
     );
     remexec_worker::testing::isolation_conformance(&isolation).await;
+    // Sandboxes made ahead and started by the supervisor measure what each action used.
+    let setpriv = Some(PathBuf::from("/usr/bin/setpriv"));
+    let measured = remexec_worker::NamespaceIsolation::new(bwrap.clone(), setpriv, None)
+        .unwrap()
+        .measure_with(waiter.clone())
+        .unwrap()
+        .ahead(waiter.clone())
+        .unwrap();
+    remexec_worker::testing::isolation_conformance(&measured).await;
+    remexec_worker::testing::usage_is_measured(&measured).await;
     if is_root() {
         let nobody = RunAs {
             uid: 65534,

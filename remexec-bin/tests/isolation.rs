@@ -224,6 +224,14 @@ async fn the_namespaces_backend_passes_the_isolation_conformance_suite() {
     let Some(bwrap) = bwrap() else { return };
     let isolation = remexec_worker::NamespaceIsolation::new(bwrap.clone(), None, None).unwrap();
     remexec_worker::testing::isolation_conformance(&isolation).await;
+    // Started by the supervisor, which measures what each action used.
+    let setpriv = PathBuf::from("/usr/bin/setpriv");
+    let measured = remexec_worker::NamespaceIsolation::new(bwrap.clone(), Some(setpriv), None)
+        .unwrap()
+        .measure_with(setup(None).supervisor)
+        .unwrap();
+    remexec_worker::testing::isolation_conformance(&measured).await;
+    remexec_worker::testing::usage_is_measured(&measured).await;
     if is_root() {
         let nobody = RunAs {
             uid: 65534,

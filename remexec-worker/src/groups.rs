@@ -395,6 +395,10 @@ pub fn namespace_isolation(setup: &Setup, group: &GroupOptions) -> Result<Namesp
             }
         };
     }
+    // What each action used, where the host has setpriv (the limits' supervisor measures too).
+    if setup.host.setpriv.is_some() {
+        isolation = isolation.measure_with(setup.supervisor.clone())?;
+    }
     match cgroup_limits(setup, group)? {
         None => Ok(isolation),
         Some(cgroups) => isolation.with_limits(cgroups, setup.supervisor.clone()),

@@ -71,6 +71,9 @@ pub struct NamespaceIsolation {
     reveal: Option<Arc<(PathBuf, Vec<OsString>)>>,
     /// Sandboxes made ahead of need ([`ahead`](NamespaceIsolation::ahead)).
     ahead: Option<Arc<AheadState>>,
+    /// The supervisor that starts each sandbox and reports what it used
+    /// ([`measure_with`](NamespaceIsolation::measure_with)).
+    measure: Option<Arc<Vec<OsString>>>,
 }
 
 /// The waiter of sandboxes made ahead (a program and its leading arguments), and the sandboxes,
@@ -81,9 +84,34 @@ struct AheadState {
     pool: Pool<(PathBuf, bool), Sandbox>,
 }
 
-/// A sandbox made ahead: bubblewrap's process, and the action's cgroups if it is limited.
-/// A sandbox made ahead: with limits, its cgroups and the file its supervisor reports to.
-type Sandbox = Process<Option<(ActionCgroups, tempfile::NamedTempFile)>>;
+/// A sandbox made ahead: bubblewrap's process, the action's cgroups if it is limited, and the
+/// file its supervisor reports to if one starts it.
+type Sandbox = Process<Measure>;
+
+/// How a sandbox's use is measured: its cgroups, and its supervisor's report.
+#[derive(Debug, Default)]
+pub(crate) struct Measure {
+    cgroups: Option<ActionCgroups>,
+    report: Option<tempfile::NamedTempFile>,
+}
+
+impl Measure {
+    /// What the sandbox used, once it has ended: see [`crate::usage`]. Removes the cgroups.
+    async fn finish(self, stderr: std::fs::File) -> Result<remexec_core::usage::ActionUsage> {
+        let report = match self.report {
+            Some(file) => {
+                let read = move || Ok(crate::usage::read_report(file.path()));
+                crate::blocking::blocking(read).await?
+            }
+            None => None,
+        };
+        let counted = match self.cgroups {
+            Some(cgroups) => Some(crate::cgroups::finish(cgroups, stderr).await?),
+            None => None,
+        };
+        Ok(crate::usage::combine(report, counted))
+    }
+}
 
 /// The uid and gid an action chrooted into its input root runs as inside its user namespace:
 /// the platform's `unixUID` and `unixGID` (BuildStream's names), else 0.
@@ -120,6 +148,7 @@ impl NamespaceIsolation {
             limits: None,
             reveal: None,
             ahead: None,
+            measure: None,
         };
         let scratch =
             tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
@@ -168,6 +197,21 @@ impl NamespaceIsolation {
             return Err(Error::invalid("limits need util-linux setpriv"));
         }
         self.limits = Some(Arc::new((cgroups, supervisor)));
+        Ok(self)
+    }
+
+    /// Measures what each action uses: its sandbox is started by `supervisor` (a program and
+    /// its leading arguments, as for [`SupervisorSetup`](crate::SupervisorSetup)) under
+    /// `setpriv --pdeathsig SIGKILL`, which waits for bubblewrap and reports the CPU time,
+    /// largest resident set and I/O of every process it reaped (with limits, the supervisor
+    /// that joins the cgroups does this already). `InvalidArgument` without `setpriv`.
+    pub fn measure_with(mut self, supervisor: Vec<OsString>) -> Result<Self> {
+        if self.setpriv.is_none() || supervisor.is_empty() {
+            return Err(Error::invalid(
+                "measuring needs util-linux setpriv and the supervisor",
+            ));
+        }
+        self.measure = Some(Arc::new(supervisor));
         Ok(self)
     }
 
@@ -423,7 +467,7 @@ impl Isolation for NamespaceIsolation {
             return run_ready(ready, spawn, cancel).await;
         }
         let network = self.network(&spawn.platform);
-        let mut command = if self.chroot {
+        let command = if self.chroot {
             let ids = chroot_ids(&spawn.platform)?;
             let (root, cwd) = (&spawn.input_root, &spawn.cwd);
             self.chroot_command(&spawn.args, root, cwd, &spawn.env, network, ids)?
@@ -445,23 +489,13 @@ impl Isolation for NamespaceIsolation {
                 None,
             )
         };
-        let mut cgroups = None;
-        let mut launch = Launch {
+        let (command, measure) = self.measured(command).await?;
+        let launch = Launch {
             env_elsewhere: true,
+            usage_file: measure.report,
             ..Launch::default()
         };
-        if let Some(limits) = &self.limits {
-            let (cgroup_limits, supervisor) = (limits.0.clone(), &limits.1);
-            let (created, usage) = crate::blocking::blocking(move || {
-                let created = crate::cgroups::create_next(&cgroup_limits)?;
-                Ok((created, crate::isolation::usage_file()?))
-            })
-            .await?;
-            command = self.supervised(&command, supervisor, created.dirs(), usage.path());
-            cgroups = Some(created);
-            launch.usage_file = Some(usage);
-        }
-        run_command(command, spawn, cgroups, launch, cancel).await
+        run_command(command, spawn, measure.cgroups, launch, cancel).await
     }
 
     async fn ready(&self, ahead: Ahead<'_>) -> Option<PathBuf> {
@@ -499,18 +533,8 @@ impl MakesAhead for NamespaceIsolation {
             .ahead
             .as_ref()
             .ok_or_else(|| Error::Internal("no sandboxes are made ahead".into()))?;
-        let mut extra = None;
-        let mut command = self.waiting(&state.waiter, &dir.join("root"), kind.1);
-        if let Some(limits) = &self.limits {
-            let cgroup_limits = limits.0.clone();
-            let (cgroups, usage) = crate::blocking::blocking(move || {
-                let created = crate::cgroups::create_next(&cgroup_limits)?;
-                Ok((created, crate::isolation::usage_file()?))
-            })
-            .await?;
-            command = self.supervised(&command, &limits.1, cgroups.dirs(), usage.path());
-            extra = Some((cgroups, usage));
-        }
+        let waiting = self.waiting(&state.waiter, &dir.join("root"), kind.1);
+        let (mut command, extra) = self.measured(waiting).await?;
         let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
         command
             .env_clear()
@@ -544,15 +568,10 @@ async fn run_ready(
     let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("cloning a handle", e));
     let own = (clone(&ready.stdout)?, clone(&ready.stderr)?);
     crate::ahead::copy_output(own, (&spawn.stdout, &spawn.stderr)).await?;
-    // Without limits, no supervisor waits for the sandbox (its waiter `exec`s the command):
-    // nothing is measured.
-    let mut usage = remexec_core::usage::ActionUsage::default();
-    if let Some((cgroups, file)) = ready.sandbox.extra.take() {
-        let read = move || Ok(crate::usage::read_report(file.path()));
-        let report = crate::blocking::blocking(read).await?;
-        let counted = crate::cgroups::finish(cgroups, clone(&spawn.stderr)?).await?;
-        usage = crate::usage::combine(report, Some(counted));
-    }
+    // The waiter `exec`s the command: what measures is the supervisor that started the
+    // sandbox, and its cgroups, if any.
+    let measure = std::mem::take(&mut ready.sandbox.extra);
+    let usage = measure.finish(clone(&spawn.stderr)?).await?;
     Ok(Ended { exit: exit?, usage })
 }
 
@@ -567,6 +586,34 @@ impl NamespaceIsolation {
 
     /// `command` (the sandbox) started by `setpriv --pdeathsig SIGKILL -- SUPERVISOR --cgroup
     /// DIR… --`, so that it runs in the action's cgroups and dies with the worker.
+    /// `command` (a bubblewrap sandbox) as it is started: by the supervisor that joins the
+    /// action's cgroups (with limits) or that measures it ([`measure_with`](Self::measure_with)),
+    /// which reports to a new file; else as it is, unmeasured.
+    async fn measured(
+        &self,
+        command: std::process::Command,
+    ) -> Result<(std::process::Command, Measure)> {
+        let (limits, supervisor) = match (&self.limits, &self.measure) {
+            (Some(limits), _) => (Some(limits.0.clone()), &limits.1),
+            (None, Some(supervisor)) => (None, &**supervisor),
+            (None, None) => return Ok((command, Measure::default())),
+        };
+        let (cgroups, report) = crate::blocking::blocking(move || {
+            let cgroups = limits
+                .map(|l| crate::cgroups::create_next(&l))
+                .transpose()?;
+            Ok((cgroups, crate::isolation::usage_file()?))
+        })
+        .await?;
+        let dirs = cgroups.as_ref().map_or(&[][..], |c| c.dirs());
+        let command = self.supervised(&command, supervisor, dirs, report.path());
+        let measure = Measure {
+            cgroups,
+            report: Some(report),
+        };
+        Ok((command, measure))
+    }
+
     fn supervised(
         &self,
         command: &std::process::Command,
@@ -576,7 +623,10 @@ impl NamespaceIsolation {
     ) -> std::process::Command {
         let mut inner = vec![command.get_program().to_string_lossy().into_owned()];
         inner.extend(command.get_args().map(|a| a.to_string_lossy().into_owned()));
-        let setpriv = self.setpriv.as_ref().expect("checked by with_limits");
+        let setpriv = self
+            .setpriv
+            .as_ref()
+            .expect("checked by with_limits and measure_with");
         let mut outer = std::process::Command::new(setpriv);
         outer
             .args(["--pdeathsig", "SIGKILL", "--"])

@@ -527,6 +527,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
         }
         _ => args,
     };
+    let process_1 = std::process::id() == 1;
     let (stdin, args) = match args {
         [flag, rest @ ..] if flag == STDIN => (std::process::Stdio::inherit(), rest),
         _ => (std::process::Stdio::null(), args),
@@ -564,17 +565,9 @@ pub fn main(args: &[OsString]) -> ExitCode {
         return ExitCode::from(CANNOT_START);
     }
     // Join the action's cgroups first: every process the command starts is then counted.
-    for pair in args.windows(2) {
-        if pair[0] == "--cgroup" {
-            let procs = Path::new(&pair[1]).join("cgroup.procs");
-            if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
-                eprintln!("remexec: cannot join the cgroup {}: {e}", procs.display());
-                return ExitCode::from(CANNOT_START);
-            }
-        }
-        if pair[0] == "--" {
-            break;
-        }
+    if let Err(e) = join_cgroups(args) {
+        eprintln!("remexec: {e}");
+        return ExitCode::from(CANNOT_START);
     }
     let mut child = std::process::Command::new(&command[0]);
     // Never the lifeline: an action's standard input is empty, or the worker's pipe to a
@@ -589,29 +582,64 @@ pub fn main(args: &[OsString]) -> ExitCode {
         // std drops the supplementary groups when a root parent changes the user.
         child.uid(r.uid).gid(r.gid);
     }
-    let io_before = usage.as_ref().and_then(|_| crate::usage::io_counters());
-    let status = match child.status() {
-        Ok(status) => status,
+    match measured_status(&mut child, usage, process_1) {
+        Ok(status) => exit_code(status),
         Err(e) => {
             eprintln!("remexec: cannot start {:?}: {e}", command[0]);
-            return ExitCode::from(CANNOT_START);
+            ExitCode::from(CANNOT_START)
         }
-    };
+    }
+}
+
+/// Joins each cgroup named by a `--cgroup DIR` before `--`.
+fn join_cgroups(args: &[OsString]) -> Result<(), String> {
+    for pair in args.windows(2) {
+        if pair[0] == "--" {
+            break;
+        }
+        if pair[0] == "--cgroup" {
+            let procs = Path::new(&pair[1]).join("cgroup.procs");
+            std::fs::write(&procs, std::process::id().to_string())
+                .map_err(|e| format!("cannot join the cgroup {}: {e}", procs.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `child` to its end; with a `usage` file, then reaps what is left of the action and
+/// writes the report there.
+fn measured_status(
+    child: &mut std::process::Command,
+    usage: Option<std::fs::File>,
+    process_1: bool,
+) -> std::io::Result<std::process::ExitStatus> {
+    let io_before = usage.as_ref().and_then(|_| crate::usage::io_counters());
+    // Outside a PID namespace of its own (the namespaces backend's, around bubblewrap), the
+    // processes bubblewrap leaves to end after it must come back here to be counted.
+    if usage.is_some() && !process_1 {
+        let _ = nix::sys::prctl::set_child_subreaper(true);
+    }
+    let status = child.status()?;
     if let Some(mut file) = usage {
         use std::io::Write as _;
-        reap_orphans();
+        reap_orphans(!process_1);
         let _ = file.write_all(crate::usage::report(io_before).as_bytes());
     }
-    exit_code(status)
+    Ok(status)
 }
 
 /// Reaps the action's processes that have ended without their parent waiting for them
-/// (orphans, reparented to process 1), so that their use is counted with the command's. Those
-/// still running die with process 1, uncounted.
-fn reap_orphans() {
+/// (orphans, reparented here), so that their use is counted with the command's. As process 1,
+/// those still running die with it, uncounted. As a subreaper (`wait`), it waits up to a
+/// second for the rest to end: bubblewrap's own processes, which end with their sandbox.
+fn reap_orphans(wait: bool) {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     loop {
         match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if wait && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             Ok(WaitStatus::StillAlive) | Err(_) => break,
             Ok(_) => {}
         }
