@@ -638,7 +638,8 @@ fn reap_orphans(wait: bool) {
     loop {
         match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) if wait && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+                // They end within a millisecond or two of bubblewrap's monitor.
+                std::thread::sleep(std::time::Duration::from_micros(200));
             }
             Ok(WaitStatus::StillAlive) | Err(_) => break,
             Ok(_) => {}
