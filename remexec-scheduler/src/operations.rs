@@ -169,7 +169,7 @@ pub(crate) struct Execution {
     pub(crate) shape: String,
     /// The `memory-mb` learned sizing asked for (0: none), and that of the executor whose
     /// memory kill made it run again (0: none).
-    pub(crate) sized_mb: std::sync::atomic::AtomicU64,
+    pub(crate) sized_mb: u64,
     pub(crate) memory_retry_from_mb: std::sync::atomic::AtomicU64,
     /// The platform's metric label (what the action asks for, not what sizing made of it).
     pub(crate) platform: String,

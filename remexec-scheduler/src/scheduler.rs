@@ -468,7 +468,7 @@ impl Inner {
             key,
             platform: platform_label(&requirements),
             shape,
-            sized_mb: sized.into(),
+            sized_mb: sized,
             memory_retry_from_mb: 0.into(),
             invocation,
             metadata,

@@ -203,7 +203,7 @@ impl Sizing {
 /// Says in `result`'s usage what learned sizing did for `exec`: the memory it asked for, and
 /// the executor whose memory kill made the action run again.
 pub(crate) fn say(exec: &Execution, result: &mut ActionResult) {
-    let mut sized = exec.sized_mb.load(Ordering::SeqCst);
+    let mut sized = exec.sized_mb;
     let retried = exec.memory_retry_from_mb.load(Ordering::SeqCst);
     let Some(meta) = result.execution_metadata.as_mut() else {
         return;

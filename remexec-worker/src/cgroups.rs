@@ -311,11 +311,7 @@ impl ActionCgroups {
         let cpu = self.cpu.as_ref().and_then(|dir| match self.unified {
             true => {
                 let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
-                let field = |name: &str| {
-                    stat.lines()
-                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                };
+                let field = |name| crate::usage::field(&stat, name, ' ');
                 Some((field("user_usec")?, field("system_usec")?))
             }
             false => {

@@ -541,7 +541,7 @@ pub(crate) async fn run_command(
     drop(env_file);
     let report = match usage_file {
         Some(file) => {
-            let read = move || Ok(crate::usage::read_report(file.path()));
+            let read = move || Ok(crate::usage::read_report(&file));
             crate::blocking::blocking(read).await?
         }
         None => None,

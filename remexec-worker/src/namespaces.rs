@@ -100,7 +100,7 @@ impl Measure {
     async fn finish(self, stderr: std::fs::File) -> Result<remexec_core::usage::ActionUsage> {
         let report = match self.report {
             Some(file) => {
-                let read = move || Ok(crate::usage::read_report(file.path()));
+                let read = move || Ok(crate::usage::read_report(&file));
                 crate::blocking::blocking(read).await?
             }
             None => None,

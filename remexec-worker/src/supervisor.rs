@@ -654,9 +654,13 @@ fn usage_file(args: &[OsString]) -> Result<Option<std::fs::File>, String> {
             break;
         }
         if pair[0] == USAGE {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            // Never through a symlink, never blocked by a FIFO put at the path.
+            let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .truncate(true)
+                .custom_flags(flags.bits())
                 .open(&pair[1])
                 .map_err(|e| format!("opening {}: {e}", Path::new(&pair[1]).display()))?;
             return Ok(Some(file));

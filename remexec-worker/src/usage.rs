@@ -9,7 +9,6 @@
 //! replace the supervisor's: they count every process too, and memory as the limit does.
 
 use std::io::Read as _;
-use std::path::Path;
 
 use remexec_core::usage::{ActionUsage, Source};
 
@@ -23,18 +22,21 @@ pub(crate) struct IoCounters {
     written: u64,
 }
 
+/// The number on the first line of `text` that starts with `name` and then `separator`
+/// (`rchar: 10` in `/proc/self/io`, `user_usec 10` in a cgroup's `cpu.stat`).
+pub(crate) fn field(text: &str, name: &str, separator: char) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(separator))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 /// This process's I/O counters, with those of the children it has reaped; `None` if `/proc`
 /// does not tell.
 pub(crate) fn io_counters() -> Option<IoCounters> {
     let text = std::fs::read_to_string("/proc/self/io").ok()?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
     Some(IoCounters {
-        read: field("rchar")?,
-        written: field("wchar")?,
+        read: field(&text, "rchar", ':')?,
+        written: field(&text, "wchar", ':')?,
     })
 }
 
@@ -69,11 +71,7 @@ pub(crate) fn report(before: Option<IoCounters>) -> String {
 /// The usage a supervisor reported in `text`; `None` if it reported no CPU and memory figures
 /// (it could not start the command, say). Unknown lines are ignored.
 pub(crate) fn parse_report(text: &str) -> Option<ActionUsage> {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
+    let field = |name: &str| field(text, name, ' ');
     Some(ActionUsage {
         source: Source::Rusage as i32,
         user_cpu_micros: field("user_us")?,
@@ -85,10 +83,12 @@ pub(crate) fn parse_report(text: &str) -> Option<ActionUsage> {
     })
 }
 
-/// The report in the file at `path` (at most [`MAX_REPORT`] bytes of it). Blocks.
-pub(crate) fn read_report(path: &Path) -> Option<ActionUsage> {
+/// The report in `file` (at most [`MAX_REPORT`] bytes of it), read through the worker's own
+/// handle, never by path: an action of the worker's user could put a FIFO at the path. Blocks.
+pub(crate) fn read_report(file: &tempfile::NamedTempFile) -> Option<ActionUsage> {
     let mut text = String::new();
-    std::fs::File::open(path)
+    file.as_file()
+        .try_clone()
         .ok()?
         .take(MAX_REPORT)
         .read_to_string(&mut text)
@@ -207,6 +207,22 @@ mod tests {
         );
         assert_eq!(generated.encode_to_vec(), bytes);
         assert_eq!(ActionUsage::decode(bytes.as_slice()).unwrap(), core);
+    }
+
+    /// The worker reads the report through its own handle: a FIFO an action puts at the path
+    /// neither blocks it nor feeds it figures.
+    #[test]
+    fn a_report_is_read_through_the_workers_handle_whatever_is_at_the_path() {
+        let file = crate::isolation::usage_file().unwrap();
+        std::fs::write(file.path(), "user_us 1\nsystem_us 2\nmaxrss_kib 3\n").unwrap();
+        std::fs::remove_file(file.path()).unwrap();
+        nix::unistd::mkfifo(file.path(), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let usage = read_report(&file).unwrap();
+        assert_eq!(
+            (usage.user_cpu_micros, usage.peak_memory_bytes),
+            (1, 3 << 10)
+        );
+        std::fs::remove_file(file.path()).unwrap();
     }
 
     #[test]
