@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "protos/remexec/bytestream/bytestream.proto",
         "protos/remexec/asset/v1/asset.proto",
         "protos/remexec/usage/v1/usage.proto",
+        "protos/remexec/build_event_stream/build_event_stream.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
@@ -27,6 +28,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .extern_path(".google.rpc", "::bazel_remote_apis::google::rpc")
         .compile_fds(fds)?;
+
+    // The Build Event Service, from the vendored googleapis files (its messages carry Bazel's
+    // events as `Any`; `build_event_stream.proto` above describes them).
+    let bes = protox::compile(
+        ["google/devtools/build/v1/publish_build_event.proto"],
+        ["reflection"],
+    )?;
+    tonic_prost_build::configure()
+        .extern_path(".google.api", "::prost_types")
+        .compile_fds(bes)?;
 
     reflection_descriptor_set()?;
     Ok(())
@@ -75,6 +86,7 @@ fn reflection_descriptor_set() -> Result<(), Box<dyn std::error::Error>> {
         "google/longrunning/operations.proto",
         "remexec/worker/v1/worker.proto",
         "remexec/cluster/v1/cluster.proto",
+        "google/devtools/build/v1/publish_build_event.proto",
     ])?;
     let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
     std::fs::write(

@@ -59,6 +59,25 @@ pub mod usage {
     }
 }
 
+/// The Build Event Service (`google.devtools.build.v1`), through which Bazel streams a build's
+/// events (`--bes_backend`).
+pub mod build_events {
+    /// Version 1.
+    #[allow(missing_docs, unreachable_pub, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("google.devtools.build.v1");
+    }
+}
+
+/// Bazel's Build Event Protocol (`build_event_stream.BuildEvent`, the `bazel_event` of the Build
+/// Event Service): a wire-compatible subset, enough for the invocation pages.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod build_event_stream {
+    tonic::include_proto!("build_event_stream");
+}
+
+pub use prost_types;
+
 /// What remexec's Remote Asset service keeps in the Action Cache for each association.
 pub mod asset {
     /// Version 1.

@@ -14,6 +14,7 @@ pub use remexec_cas::options::{
 };
 use remexec_core::Message;
 pub use remexec_scheduler::config::SchedulerOptions as SchedulerSection;
+pub use remexec_scheduler::events::BuildEventsOptions as BuildEventsSection;
 pub use remexec_worker::groups::{
     DEFAULT_IMAGE, FlexibleOptions as FlexibleSection, GroupOptions as GroupSection, IsolationKind,
 };
@@ -58,6 +59,8 @@ pub struct Config {
     pub cluster: ClusterSection,
     /// The Remote Asset API (`serve` and `scheduler`).
     pub asset: AssetSection,
+    /// The Build Event Service and invocation pages (`serve` and `scheduler`).
+    pub build_events: BuildEventsSection,
 }
 
 /// `[tls]`: TLS on the client port. Files are PEM; SIGHUP reloads them.
@@ -289,6 +292,7 @@ impl Default for Config {
             cluster: ClusterSection::default(),
             telemetry: TelemetrySection::default(),
             asset: AssetSection::default(),
+            build_events: BuildEventsSection::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ use remexec_core::client::ClientTls;
 use remexec_core::metrics::Metrics;
 use remexec_core::server::admin::Readiness;
 use remexec_core::{BlobStore, Error, Result};
+use remexec_proto::cluster::v1::{cluster_server, peer_server};
 use remexec_scheduler::WorkerPool;
 use remexec_scheduler::node::{Listen, PortOptions, SchedulerNode};
 use remexec_scheduler::routing::Routing;
@@ -22,12 +23,6 @@ use remexec_worker::{Isolation, Worker};
 
 use crate::config::Config;
 use crate::security::Security;
-
-/// The cluster service, on a cluster scheduler's client port.
-const CLUSTER_SERVICE: &str = "remexec.cluster.v1.Cluster";
-
-/// The schedulers' service to each other, on the client port of a scheduler with peers.
-const PEER_SERVICE: &str = "remexec.cluster.v1.Peer";
 
 /// The trees of the external tier that `[external]` names, or `None` if it names none
 /// ([`ExternalOptions::specs`](remexec_cas::external_options::ExternalOptions::specs)), with
@@ -133,11 +128,9 @@ impl BoundServer {
             Some(peers) => cluster.with_schedulers(peers.name.clone(), peers.members()),
             None => cluster,
         });
-        let ca = (config.asset.ca.as_deref().map(std::fs::read).transpose())
-            .map_err(|e| Error::io("reading [asset] ca", e))?;
-        let assets = config
-            .asset
-            .mount((&store, &ac), ca, &config.data_dir, &metrics)?;
+        let ca = config.asset.ca.as_deref().map(std::fs::read).transpose();
+        let ca = ca.map_err(|e| Error::io("reading [asset] ca", e))?;
+        let assets = (config.asset).mount((&store, &ac), ca, &config.data_dir, &metrics)?;
         let scheduler_config = config.scheduler_config().map_err(Error::InvalidArgument)?;
         let mut node = SchedulerNode::builder(Arc::clone(&store), ac, storage)
             .config(scheduler_config)
@@ -149,15 +142,15 @@ impl BoundServer {
             .metrics(metrics.clone())
             .access_log(config.telemetry.access_log)
             .drain(Duration::from_secs(config.drain_secs))
+            .build_events(config.build_events.open(&config.data_dir)?)
             .version(crate::status::VERSION);
         if let Some(cluster) = cluster {
-            node = node.services(
-                |r| r.add_service(cluster.into_service()),
-                vec![CLUSTER_SERVICE],
-            );
+            let names = vec![cluster_server::SERVICE_NAME];
+            node = node.services(|r| r.add_service(cluster.into_service()), names);
         }
         if let Some(peer) = peer_service {
-            node = node.services(|r| r.add_service(peer.into_service()), vec![PEER_SERVICE]);
+            let names = vec![peer_server::SERVICE_NAME];
+            node = node.services(|r| r.add_service(peer.into_service()), names);
         }
         if let Some(mount) = assets {
             node = node.services(mount, Vec::new());

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use common::{ServerProcess, fixtures, http_get, require_tool, wait_until};
+use common::{ServerProcess, fixtures, headless, http_get, require_tool, wait_until};
 
 /// The value of the series `series` (name and labels, exactly as exposed) in `text`; 0 if absent.
 fn value(text: &str, series: &str) -> f64 {
@@ -94,28 +94,6 @@ fn status_command(admin: SocketAddr, extra: &[&str]) -> std::process::Output {
         .args(extra)
         .output()
         .unwrap()
-}
-
-/// Loads `url` in headless Chromium with `extra` flags; returns its stdout.
-fn headless(chromium: &std::path::Path, url: &str, extra: &[&str]) -> String {
-    let out = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--window-size=1280,900",
-        ])
-        .args(extra)
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -233,7 +211,7 @@ fn a_failed_action_is_kept_and_its_message_links_to_its_page() {
     assert!(path.starts_with("/action/"), "{path}");
     let (code, page) = http_get(admin, path, &[]).unwrap();
     assert_eq!(code, 200, "{page}");
-    assert!(page.contains("exit_code: 7"), "{page}");
+    assert!(page.contains("<th>exit code</th><td>7</td>"), "{page}");
     assert!(page.contains("it &lt;broke&gt; &amp; failed"), "{page}");
     // The response is in the CAS: `remexec show action --response` prints it.
     let query: HashMap<_, _> = path
@@ -286,6 +264,17 @@ fn a_failed_action_is_kept_and_its_message_links_to_its_page() {
     }
 }
 
+/// Row `name` of an action page's metadata table, as `remexec show action` prints it: `NAME
+/// VALUE`.
+fn page_row(page: &str, name: &str) -> String {
+    let start = format!("<tr><th>{name}</th><td>");
+    let value = page
+        .lines()
+        .find_map(|l| l.strip_prefix(&start)?.strip_suffix("</td></tr>"))
+        .unwrap_or_else(|| panic!("no {name} row: {page}"));
+    format!("{name} {value}")
+}
+
 /// What an action used (`remexec.usage.v1.ActionUsage`, measured by the supervised process
 /// backend of `remexec serve`) is in its result: `remexec show action` and the action page
 /// print it, and the scheduler's histograms count it.
@@ -315,10 +304,8 @@ fn what_an_action_used_is_shown_and_counted() {
     let path = link.strip_prefix(&format!("http://{admin}")).unwrap();
     let (status, page) = http_get(admin, path, &[]).unwrap();
     assert_eq!(status, 200, "{page}");
-    let resources = page
-        .lines()
-        .find(|l| l.starts_with("resources "))
-        .unwrap_or_else(|| panic!("no resources line: {page}"));
+    let row = |name: &str| page_row(&page, name);
+    let resources = &row("resources");
     // `resources user_cpu Xs system_cpu Ys peak_memory N MiB (rusage) read R MiB written W MiB`
     let words: Vec<&str> = resources.split_whitespace().collect();
     let after = |name: &str| words[words.iter().position(|w| *w == name).unwrap() + 1];
@@ -338,9 +325,9 @@ fn what_an_action_used_is_shown_and_counted() {
     let cpu = |name: &str| after(name).trim_end_matches('s').parse::<f64>().unwrap();
     assert!(cpu("user_cpu") + cpu("system_cpu") > 0.0, "{resources}");
     assert!(resources.contains("(rusage)"), "{resources}");
-    assert!(
-        page.contains("staging entries 2 files 2 (1.0 KiB) cache_hits 0 fetched 1.0 KiB"),
-        "{page}"
+    assert_eq!(
+        row("staging"),
+        "staging entries 2 files 2 (1.0 KiB) cache_hits 0 fetched 1.0 KiB"
     );
     // `remexec show action` prints the same lines.
     let action = path["/action/".len()..].split('?').next().unwrap();

@@ -386,8 +386,24 @@ async fn a_real_server_lists_what_each_of_its_ports_serves() {
     let server = common::ServerProcess::start(data.path(), &[]);
     let listed = listed_by(&server.http_url()).await;
     let mut want: Vec<String> = SERVED.iter().map(|s| s.to_string()).collect();
+    // The Build Event Service, which the binary turns on by default.
+    want.push("google.devtools.build.v1.PublishBuildEvent".into());
     want.sort();
     assert_eq!(listed, want, "serve's one port serves everything");
+    let answer = ask_v1(
+        &server.http_url(),
+        v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "google.devtools.build.v1.PublishBuildEvent".into(),
+        ),
+    )
+    .await;
+    assert!(
+        matches!(
+            answer,
+            v1::server_reflection_response::MessageResponse::FileDescriptorResponse(_)
+        ),
+        "{answer:?}"
+    );
     // With a worker port, the client port no longer offers the worker API.
     let port = common::free_port();
     let worker_listen = format!("127.0.0.1:{port}");

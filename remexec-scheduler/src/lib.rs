@@ -15,7 +15,9 @@
 //!   [`OperationsService`]; [`execution_capabilities`] is what Capabilities should advertise.
 //!
 //! - [`node::SchedulerNode`] assembles all of it, with the storage services it is given, on
-//!   the port stack of `remexec_core::server`; [`status`] is its status page.
+//!   the port stack of `remexec_core::server`; [`pages`] are its admin port's pages: the
+//!   status page ([`status`]), actions ([`action_page`]) and, with [`events`], the Build Event
+//!   Service's invocations.
 //!
 //! It depends on `remexec-core` and `remexec-proto` only, never on `remexec-cas` or
 //! `remexec-worker`: stores arrive as `Arc<dyn BlobStore>` and `Arc<dyn ActionCache>`.
@@ -29,11 +31,15 @@
 //! assert!(!rules.matches(&[("OSFamily".into(), "windows".into())], &executor));
 //! ```
 
+pub mod action_page;
 pub mod config;
+pub mod events;
+pub mod html;
 mod inputs;
 pub mod node;
 pub mod observe;
 mod operations;
+pub mod pages;
 pub mod platform;
 mod pool;
 mod queue;

@@ -131,6 +131,7 @@ pub struct SchedulerNodeBuilder {
     services: Vec<Mount>,
     descriptors: Vec<&'static [u8]>,
     version: String,
+    events: Option<crate::events::BuildEvents>,
     keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
@@ -247,6 +248,21 @@ impl SchedulerNodeBuilder {
         self
     }
 
+    /// Serves the Build Event Service of `events` on the client port, records the node's
+    /// remote actions under their invocations, and shows invocations on the admin port
+    /// (nothing for `None`).
+    pub fn build_events(mut self, events: impl Into<Option<crate::events::BuildEvents>>) -> Self {
+        let Some(events) = events.into() else {
+            return self;
+        };
+        let service = events.service();
+        self.events = Some(events);
+        self.services(
+            move |routes| routes.add_service(service),
+            vec![crate::events::SERVICE_NAME],
+        )
+    }
+
     /// Keeps `value` alive as long as the node (the membership its routing follows, say).
     pub fn keep(mut self, value: impl std::any::Any + Send + Sync) -> Self {
         self.keep.push(Box::new(value));
@@ -321,9 +337,13 @@ impl SchedulerNodeBuilder {
             auth: self.client.auth,
             started: Instant::now(),
             version: self.version,
+            events: self.events,
         };
+        if let Some(events) = &status.events {
+            events.follow(&scheduler);
+        }
         let admin = admin.map(|listener| {
-            let pages = crate::status::pages(status, readiness.clone());
+            let pages = crate::pages::pages(status, readiness.clone());
             let admin = Admin {
                 readiness: readiness.clone(),
                 metrics,
@@ -437,6 +457,7 @@ impl SchedulerNode {
             services: Vec::new(),
             descriptors: Vec::new(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            events: None,
             keep: Vec::new(),
         }
     }

@@ -168,12 +168,24 @@ pub(crate) struct Finished<'a> {
     pub(crate) executor: Option<&'a str>,
 }
 
+/// Called with each finished action (see [`crate::Scheduler::on_action_finished`]).
+pub type ActionHook = Box<dyn Fn(&ActionRecord) + Send + Sync>;
+
 /// The scheduler's observability state.
-#[derive(Debug)]
 pub(crate) struct Observer {
     pub(crate) metrics: Metrics,
     status_url: Option<String>,
+    pub(crate) hooks: parking_lot::RwLock<Vec<ActionHook>>,
     recent: Mutex<VecDeque<ActionRecord>>,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer")
+            .field("status_url", &self.status_url)
+            .field("hooks", &self.hooks.read().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Observer {
@@ -182,6 +194,7 @@ impl Observer {
             metrics,
             status_url: status_url.map(|u| u.trim_end_matches('/').to_string()),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            hooks: parking_lot::RwLock::new(Vec::new()),
         }
     }
 
@@ -248,6 +261,9 @@ impl Observer {
                 (cpu, u.peak_memory_bytes)
             }),
         };
+        for hook in self.hooks.read().iter() {
+            hook(&record);
+        }
         let mut recent = self.recent.lock();
         if recent.len() == RECENT {
             recent.pop_back();

@@ -254,6 +254,11 @@ impl Scheduler {
         }
     }
 
+    /// Calls `hook` with each action that ends, after the status page records it.
+    pub fn on_action_finished(&self, hook: crate::observe::ActionHook) {
+        self.inner.observer.hooks.write().push(hook);
+    }
+
     /// The settings.
     pub fn config(&self) -> &SchedulerConfig {
         &self.inner.config

@@ -1,7 +1,11 @@
-//! The status page a scheduler node adds to its admin port ([`pages`]): `/` (HTML that refreshes itself, no JavaScript),
-//! `/status` (the same as JSON) and `/action/HASH/SIZE` (one action, with the response kept
-//! for a failure). Read-only; with authentication configured, a bearer token with the `admin`
-//! permission is required.
+//! The pages a scheduler node adds to its admin port ([`crate::pages::pages`]): `/` (HTML that refreshes
+//! itself, no JavaScript), `/status` (the same as JSON), `/action/HASH/SIZE` (one action, with
+//! the response kept for a failure; [`crate::action_page`]), `/tree/HASH/SIZE` (a directory of
+//! inputs), `/blob/HASH/SIZE` (a download from the CAS) and, with [build
+//! events](crate::events), `/invocations` and `/invocation/ID` (HTML, or JSON for `Accept:
+//! application/json`). Read-only; with authentication configured, a bearer token with the
+//! `admin` permission is required. Every page is sent with a Content-Security-Policy that
+//! allows no script.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -11,7 +15,6 @@ use crate::{ActionRecord, Scheduler, SchedulerStatus};
 use html_escape::encode_text as esc;
 use remexec_core::auth::{AuthPolicy, Need, Permission};
 use remexec_core::metrics::{Metrics, StoreUsage};
-use remexec_core::server::admin::Readiness;
 use remexec_core::{ActionCache, BlobStore, Digest, Result};
 use serde::Serialize;
 
@@ -35,6 +38,8 @@ pub struct StatusSource {
     pub started: Instant,
     /// The version the page and `/status` report.
     pub version: String,
+    /// The build events whose invocations the pages show, if kept.
+    pub events: Option<crate::events::BuildEvents>,
 }
 
 /// Action Cache lookups by clients since the start.
@@ -99,7 +104,7 @@ pub struct ServerStatus {
 impl StatusSource {
     /// `PERMISSION_DENIED`/`UNAUTHENTICATED` unless the request's bearer token (or an open
     /// policy) grants `admin`.
-    fn authorize(&self, headers: &http::HeaderMap, path: &str) -> Result<()> {
+    pub(crate) fn authorize(&self, headers: &http::HeaderMap, path: &str) -> Result<()> {
         let principal = self.auth.authenticate(headers, None)?;
         principal.authorize_somewhere(Need::Permission(Permission::Admin), path)
     }
@@ -123,60 +128,40 @@ impl StatusSource {
         }
     }
 
-    /// The page of one action: what `remexec show action` prints, with the kept response if
-    /// `response` names one.
+    /// The page of one action, with the kept `response` if one is named, and a link to
+    /// `invocation` if it is kept.
     pub async fn action_page(
         &self,
         action: Digest,
         instance: &str,
         response: Option<Digest>,
+        invocation: Option<&str>,
     ) -> Result<String> {
         remexec_core::validate_instance_name(instance)?;
-        let mut text = String::new();
-        let known = match response {
-            Some(d) => {
-                let response =
-                    remexec_core::client::show::kept_response(self.store.as_ref(), instance, d)
-                        .await?;
-                text += &remexec_core::client::show::describe_response(&response);
-                Some(response.result.unwrap_or_default())
-            }
-            None => None,
-        };
-        text += &remexec_core::client::show::show_action(
-            self.store.as_ref(),
-            self.ac.as_ref(),
-            instance,
-            action,
-            known,
-        )
-        .await?;
-        Ok(format!(
-            "{}<h1>Action {}</h1>\n<p><a href=\"/\">back</a></p>\n<pre>{}</pre>\n</body></html>\n",
-            head("remexec action", None),
-            esc(&action.to_string()),
-            esc(&text)
-        ))
+        let store = self.store.as_ref();
+        let mut context = crate::action_page::PageContext::default();
+        if let Some(d) = response {
+            let response = remexec_core::client::show::kept_response(store, instance, d).await?;
+            context.result = response.result.clone();
+            context.response = Some(response);
+        } else {
+            context.result = self.ac.get(instance, action).await?;
+        }
+        if let (Some(id), Some(events)) = (invocation, &self.events)
+            && let Some(inv) = events.invocation(id).await?
+        {
+            let digest = action.to_string();
+            context.label = (inv.actions.iter())
+                .find(|a| a.action == digest && a.instance == instance)
+                .map(|a| (a.mnemonic.clone(), a.target.clone()));
+            context.invocation = Some(inv.id);
+        }
+        crate::action_page::action_page(store, instance, action, context).await
     }
 }
 
-fn head(title: &str, refresh: Option<u32>) -> String {
-    let refresh = refresh.map_or(String::new(), |s| {
-        format!("<meta http-equiv=\"refresh\" content=\"{s}\">")
-    });
-    format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{refresh}<title>{}</title>\
-         <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
-         td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left;font-size:90%}}\
-         .failure{{color:#b00}}code{{font-size:90%}}</style></head><body>\n",
-        esc(title)
-    )
-}
-
-/// `n` bytes, readably.
-pub fn bytes(n: u64) -> String {
-    bytesize::ByteSize(n).to_string()
-}
+pub use crate::html::bytes;
+use crate::html::head;
 
 /// The status page.
 pub fn page(status: &ServerStatus) -> String {
@@ -299,65 +284,6 @@ fn action_link(instance: &str, action: &str, response: Option<&str>) -> String {
         html_escape::encode_double_quoted_attribute(&href),
         esc(short)
     )
-}
-
-/// The query of an action page.
-#[derive(Debug, serde::Deserialize)]
-struct ActionQuery {
-    #[serde(default)]
-    instance: String,
-    response: Option<String>,
-}
-
-/// `/`, `/status` and `/action/HASH/SIZE` over `source`, reporting `readiness`: the pages a
-/// scheduler node merges into its admin port.
-pub fn pages(source: StatusSource, readiness: Readiness) -> axum::Router {
-    use axum::extract::{Path, Query, State};
-    use axum::response::{Html, IntoResponse, Json, Response};
-    use axum::routing::get;
-    use remexec_core::server::admin::refusal;
-    type S = (StatusSource, Readiness);
-    async fn json(State((src, ready)): State<S>, headers: http::HeaderMap) -> Response {
-        match src.authorize(&headers, "/status") {
-            Ok(()) => Json(src.snapshot(ready.is_ready())).into_response(),
-            Err(e) => refusal(&e),
-        }
-    }
-    async fn html(State((src, ready)): State<S>, headers: http::HeaderMap) -> Response {
-        match src.authorize(&headers, "/") {
-            Ok(()) => Html(page(&src.snapshot(ready.is_ready()))).into_response(),
-            Err(e) => refusal(&e),
-        }
-    }
-    async fn action(
-        State((src, _)): State<S>,
-        headers: http::HeaderMap,
-        Path((hash, size)): Path<(String, String)>,
-        Query(query): Query<ActionQuery>,
-    ) -> Response {
-        let page = async {
-            src.authorize(&headers, "/action")?;
-            let action = crate::observe::parse_digest(&hash, &size)?;
-            let response = match query
-                .response
-                .as_deref()
-                .and_then(crate::observe::split_digest)
-            {
-                Some((h, s)) => Some(crate::observe::parse_digest(h, s)?),
-                None => None,
-            };
-            src.action_page(action, &query.instance, response).await
-        };
-        match page.await {
-            Ok(page) => Html(page).into_response(),
-            Err(e) => refusal(&e),
-        }
-    }
-    axum::Router::new()
-        .route("/", get(html))
-        .route("/status", get(json))
-        .route("/action/{hash}/{size}", get(action))
-        .with_state((source, readiness))
 }
 
 /// The terminal summary of a `/status` document (read loosely, so that an older or newer

@@ -579,3 +579,25 @@ pub async fn assert_no_container_left(name: &str) {
     }
     panic!("containers left behind: {}", left());
 }
+
+/// Loads `url` in headless Chromium with `extra` flags; returns its stdout.
+pub fn headless(chromium: &std::path::Path, url: &str, extra: &[&str]) -> String {
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,900",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -49,7 +49,7 @@ pub enum InstanceFrom {
 /// Methods this table does not know need [`Permission::Admin`].
 pub fn method_need(path: &str) -> (Need, InstanceFrom) {
     use InstanceFrom::{AnyInstance, InstanceField, None, ResourceField};
-    use Permission::{Admin, CacheRead, CacheWrite, Execute, Fetch};
+    use Permission::{Admin, BuildEvents, CacheRead, CacheWrite, Execute, Fetch};
     let (service, method) = path
         .strip_prefix('/')
         .and_then(|p| p.split_once('/'))
@@ -84,6 +84,10 @@ pub fn method_need(path: &str) -> (Need, InstanceFrom) {
             (Need::Both(CacheRead, Fetch), InstanceField)
         }
         ("build.bazel.remote.asset.v1.Push", "PushBlob" | "PushDirectory") => write,
+        // Events name no instance: the permission on any instance suffices.
+        (BUILD_EVENTS, "PublishLifecycleEvent" | "PublishBuildToolEventStream") => {
+            (Need::Permission(BuildEvents), None)
+        }
         ("google.longrunning.Operations", "ListOperations") => (Need::Permission(Admin), None),
         ("google.longrunning.Operations", _) => (Need::Permission(Execute), AnyInstance),
         ("remexec.worker.v1.WorkerService" | "remexec.cluster.v1.Peer", _) => (Need::Cluster, None),
@@ -96,6 +100,7 @@ pub fn method_need(path: &str) -> (Need, InstanceFrom) {
     }
 }
 
+const BUILD_EVENTS: &str = "google.devtools.build.v1.PublishBuildEvent";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 
@@ -116,6 +121,7 @@ pub fn is_served(path: &str) -> bool {
             | "google.longrunning.Operations"
             | "build.bazel.remote.asset.v1.Fetch"
             | "build.bazel.remote.asset.v1.Push"
+            | BUILD_EVENTS
             | "remexec.worker.v1.WorkerService"
             | "remexec.cluster.v1.Cluster"
             | "remexec.cluster.v1.Peer"

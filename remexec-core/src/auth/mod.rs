@@ -70,20 +70,23 @@ pub enum Permission {
     /// Have the server download from origins on the caller's behalf: the Remote Asset API's
     /// `Fetch` (`fetch`), which also needs `cache-read`.
     Fetch,
+    /// Stream build events to the Build Event Service (`build-events`).
+    BuildEvents,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 6] = [
         Permission::CacheRead,
         Permission::CacheWrite,
         Permission::Execute,
         Permission::Admin,
         Permission::Fetch,
+        Permission::BuildEvents,
     ];
 
     /// The name used in token files, JWT claims and config: `cache-read`, `cache-write`,
-    /// `execute`, `admin`, `fetch`.
+    /// `execute`, `admin`, `fetch`, `build-events`.
     pub fn name(self) -> &'static str {
         match self {
             Self::CacheRead => "cache-read",
@@ -91,6 +94,7 @@ impl Permission {
             Self::Execute => "execute",
             Self::Admin => "admin",
             Self::Fetch => "fetch",
+            Self::BuildEvents => "build-events",
         }
     }
 
