@@ -3,6 +3,9 @@
 //! - REAPI v2 (v2.12), ByteStream, google.longrunning and google.rpc come from the
 //!   [`bazel_remote_apis`] crate and are re-exported here, so every remexec crate uses the same
 //!   types.
+//! - The Build Event Service (`google.devtools.build.v1`) is compiled from the vendored
+//!   googleapis files in `reflection/`, and Bazel's Build Event Protocol
+//!   (`build_event_stream`) from a wire-compatible subset in `protos/`.
 //! - remexec's own protocols are compiled from `protos/` with protox and tonic-prost-build at build
 //!   time; no system `protoc` is needed. REAPI messages they mention map to the crate's types.
 //!
@@ -93,8 +96,9 @@ pub mod asset {
 ///
 /// It holds the real REAPI v2 `remote_execution.proto` (services `Execution`, `ActionCache`,
 /// `ContentAddressableStorage` and `Capabilities`), `google/bytestream/bytestream.proto`,
-/// `google/longrunning/operations.proto`, remexec's own `remexec/worker/v1/worker.proto`
-/// (`WorkerService`) and all the files they import, with comments and custom options. The
+/// `google/longrunning/operations.proto`, the Build Event Service's
+/// `google/devtools/build/v1/publish_build_event.proto` (`PublishBuildEvent`), remexec's own
+/// `remexec/worker/v1/worker.proto` (`WorkerService`) and all the files they import, with comments and custom options. The
 /// upstream files are vendored under `proto/reflection/` (see its README for their origin);
 /// `build.rs` compiles them with protox, apart from the name-only stubs that the Rust code
 /// generation uses.

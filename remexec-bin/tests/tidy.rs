@@ -540,7 +540,7 @@ fn a_crate_that_implements_a_backend_compiles_only_the_vocabulary() {
 
 /// Most lines `remexec-bin/src` may hold (command line, config mapping, file and env reading,
 /// client tools): under 3,000. Lower it as code moves to the libraries; never raise it.
-const MAX_BINARY_LINES: usize = 2907;
+const MAX_BINARY_LINES: usize = 2904;
 
 #[test]
 fn the_binary_keeps_only_the_command_line() {
