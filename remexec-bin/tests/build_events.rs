@@ -208,6 +208,20 @@ async fn upload(channel: &Channel, data: &[u8]) -> String {
     format!("bytestream://localhost/blobs/{}/{}", pb.hash, pb.size_bytes)
 }
 
+/// A GET's whole response, headers and body.
+fn raw_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: remexec\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 fn json(admin: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     let (code, body) = http_get(admin, path, &[("Accept", "application/json")]).unwrap();
     (
@@ -270,6 +284,31 @@ async fn events_are_acknowledged_in_order_and_shown_escaped() {
     assert!(
         page.contains("assertion failed: &lt;img src=x onerror=alert(1)&gt; &amp; more"),
         "the failing test's log is shown, escaped: {page}"
+    );
+    // The log itself, as text or as a download with a name made safe, never as a page.
+    let blob = uri.split("/blobs/").nth(1).unwrap();
+    let head = raw_get(
+        admin,
+        &format!("/blob/{blob}?instance=&name=a%22%0D%0Ab.log&view=text"),
+    );
+    assert!(head.ends_with(LOG_TEXT), "{head}");
+    let head = head.to_ascii_lowercase();
+    for header in [
+        "content-type: text/plain; charset=utf-8",
+        "x-content-type-options: nosniff",
+        "content-security-policy: default-src 'none'",
+        "content-disposition: inline; filename=\"a___b.log\"",
+    ] {
+        assert!(head.contains(header), "{header} not in {head}");
+    }
+    let download = raw_get(admin, &format!("/blob/{blob}?name=test.log")).to_ascii_lowercase();
+    assert!(
+        download.contains("content-type: application/octet-stream"),
+        "{download}"
+    );
+    assert!(
+        download.contains("content-disposition: attachment; filename=\"test.log\""),
+        "{download}"
     );
     let (code, list) = http_get(admin, "/invocations", &[]).unwrap();
     assert_eq!(code, 200);

@@ -48,22 +48,16 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// What is percent-encoded in an invocation id: all but the characters ids may hold
-/// ([`check_id`](super::service::check_id)), which every id kept is checked for.
-const ID_ENCODED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b':');
-
-/// `id`, percent-encoded for a path or query.
-pub fn encode_id(id: &str) -> percent_encoding::PercentEncode<'_> {
-    percent_encoding::utf8_percent_encode(id, ID_ENCODED)
-}
-
 /// The path of invocation `id`'s page.
 pub fn invocation_path(id: &str) -> String {
-    format!("/invocation/{}", encode_id(id))
+    // Ids are checked before they are kept; any other is encoded whole.
+    match crate::observe::is_invocation_id(id) {
+        true => format!("/invocation/{id}"),
+        false => format!(
+            "/invocation/{}",
+            percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+        ),
+    }
 }
 
 /// `bytestream://HOST/[INSTANCE/]blobs/HASH/SIZE` as instance and digest, or `None`.
@@ -139,7 +133,7 @@ pub async fn log_pane_uri(store: &dyn BlobStore, uri: &str, name: &str) -> Strin
 
 /// A log pane: the start of blob `digest`, escaped, with a link to the whole.
 pub async fn log_pane(store: &dyn BlobStore, instance: &str, digest: Digest, name: &str) -> String {
-    let link = blob_link(instance, &digest, name, "the whole log");
+    let link = text_link(instance, &digest, name, "the whole log");
     match read_log(store, instance, digest).await {
         Ok((text, more)) => {
             let note = match more {
@@ -176,16 +170,26 @@ fn log_pane_text(text: &str, note: &str) -> String {
 
 /// A link to download (or, for `text`, view) a blob.
 pub fn blob_link(instance: &str, digest: &Digest, name: &str, text: &str) -> String {
+    let href = blob_path(instance, digest, name);
+    format!("<a href=\"{}\">{}</a>", attr(&href), esc(text))
+}
+
+/// A link to view a blob as text (a log), in the browser.
+pub fn text_link(instance: &str, digest: &Digest, name: &str, text: &str) -> String {
+    let href = blob_path(instance, digest, name) + "&view=text";
+    format!("<a href=\"{}\">{}</a>", attr(&href), esc(text))
+}
+
+fn blob_path(instance: &str, digest: &Digest, name: &str) -> String {
     let enc = |s: &str| {
         percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
     };
-    let href = format!(
+    format!(
         "/blob/{}?instance={}&name={}",
         digest,
         enc(instance),
         enc(name)
-    );
-    format!("<a href=\"{}\">{}</a>", attr(&href), esc(text))
+    )
 }
 
 #[cfg(test)]

@@ -19,24 +19,48 @@ use crate::platform::Property;
 const RECENT: usize = 100;
 
 /// The admin port's path of an action's page, `/action/HASH/SIZE?instance=I`, with
-/// `&response=HASH/SIZE` naming the `ExecuteResponse` kept for a failure: the one place the
-/// format is written. `action` and `response` are digests as `hash/size` text (a
-/// [`Digest`]'s `Display`); the instance name is percent-encoded. The admin port reads it
-/// back with [`split_digest`].
+/// `&response=HASH/SIZE` naming the `ExecuteResponse` kept for a failure and
+/// `&invocation=ID` the build it ran for: the one place the format is written. `action` and
+/// `response` are digests as `hash/size` text (a [`Digest`]'s `Display`); the instance name is
+/// percent-encoded; an invocation id that is not one ([`is_invocation_id`]) is left out. The
+/// admin port reads it back with [`split_digest`].
 ///
 /// ```
-/// let path = remexec_scheduler::observe::action_path("ab12/3", "team a", Some("cd34/5"));
-/// assert_eq!(path, "/action/ab12/3?instance=team%20a&response=cd34/5");
-/// assert_eq!(remexec_scheduler::observe::split_digest("cd34/5"), Some(("cd34", "5")));
+/// use remexec_scheduler::observe::{action_path, split_digest};
+/// let path = action_path("ab12/3", "team a", Some("cd34/5"), Some("inv-1"));
+/// assert_eq!(path, "/action/ab12/3?instance=team%20a&response=cd34/5&invocation=inv-1");
+/// assert_eq!(split_digest("cd34/5"), Some(("cd34", "5")));
+/// assert_eq!(action_path("ab12/3", "", None, Some("<x>")), "/action/ab12/3?instance=");
 /// ```
-pub fn action_path(action: &str, instance: &str, response: Option<&str>) -> String {
+pub fn action_path(
+    action: &str,
+    instance: &str,
+    response: Option<&str>,
+    invocation: Option<&str>,
+) -> String {
     let instance =
         percent_encoding::utf8_percent_encode(instance, percent_encoding::NON_ALPHANUMERIC);
     let mut path = format!("/action/{action}?instance={instance}");
     if let Some(response) = response {
         path += &format!("&response={response}");
     }
+    if let Some(id) = invocation.filter(|id| is_invocation_id(id)) {
+        path += &format!("&invocation={id}");
+    }
     path
+}
+
+/// Longest invocation id.
+const MAX_INVOCATION_ID: usize = 128;
+
+/// Whether `id` can name an invocation (Bazel's are UUIDs): 1 to 128 letters, digits or
+/// `._:-`, so that it is safe in a path, a query and a page as it is.
+pub fn is_invocation_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_INVOCATION_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// The hash and size of a digest written as `hash/size` (as in [`action_path`]); `None` if it
@@ -290,7 +314,8 @@ impl Observer {
                 action_path(
                     &done.action.to_string(),
                     done.instance,
-                    Some(&digest.to_string())
+                    Some(&digest.to_string()),
+                    Some(&done.metadata.tool_invocation_id)
                 )
             ),
             None => format!(

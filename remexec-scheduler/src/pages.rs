@@ -81,6 +81,8 @@ struct CasQuery {
     path: String,
     #[serde(default)]
     name: String,
+    /// `text`: a log, shown in the browser as plain text.
+    view: Option<String>,
 }
 
 fn digest(hash: &str, size: &str, instance: &str) -> Result<Digest> {
@@ -162,16 +164,18 @@ async fn blob(
         Ok((d, stream)) => {
             let name = crate::action_page::download_name(&query.name);
             let body = axum::body::Body::from_stream(stream);
+            // Text is shown as text only: with `nosniff` and no script allowed.
+            let (kind, disposition) = match query.view.as_deref() {
+                Some("text") => ("text/plain; charset=utf-8", "inline"),
+                _ => ("application/octet-stream", "attachment"),
+            };
             (
                 [
-                    (
-                        http::header::CONTENT_TYPE,
-                        "application/octet-stream".to_string(),
-                    ),
+                    (http::header::CONTENT_TYPE, kind.to_string()),
                     (http::header::CONTENT_LENGTH, d.size().to_string()),
                     (
                         http::header::CONTENT_DISPOSITION,
-                        format!("attachment; filename=\"{name}\""),
+                        format!("{disposition}; filename=\"{name}\""),
                     ),
                 ],
                 body,

@@ -202,7 +202,7 @@ pub fn page(status: &ServerStatus) -> String {
             esc(&r.executor),
             esc(&r.mnemonic),
             esc(&r.target),
-            action_link(&r.instance, &r.action, None),
+            action_link(&r.instance, &r.action, None, None),
             r.running_secs
         );
     }
@@ -233,7 +233,7 @@ pub fn page(status: &ServerStatus) -> String {
     }
     out += "</table>\n";
     recent_table(&mut out, &s.recent);
-    out += "<p><a href=\"/status\">JSON</a> &middot; <a href=\"/metrics\">metrics</a></p>\n</body></html>\n";
+    out += "<p><a href=\"/invocations\">invocations</a> &middot; <a href=\"/status\">JSON</a> &middot; <a href=\"/metrics\">metrics</a></p>\n</body></html>\n";
     out
 }
 
@@ -269,15 +269,25 @@ fn recent_table(out: &mut String, recent: &[ActionRecord]) {
             a.usage
                 .map_or(String::new(), |(cpu, _)| format!("{cpu:.3}s")),
             a.usage.map_or(String::new(), |(_, peak)| { bytes(peak) }),
-            action_link(&a.instance, &a.action, a.response.as_deref())
+            action_link(
+                &a.instance,
+                &a.action,
+                a.response.as_deref(),
+                Some(&a.tool_invocation_id)
+            )
         );
     }
     *out += "</table>\n";
 }
 
 /// A link to an action's page.
-fn action_link(instance: &str, action: &str, response: Option<&str>) -> String {
-    let href = crate::observe::action_path(action, instance, response);
+fn action_link(
+    instance: &str,
+    action: &str,
+    response: Option<&str>,
+    invocation: Option<&str>,
+) -> String {
+    let href = crate::observe::action_path(action, instance, response, invocation);
     let short = action.get(..12).unwrap_or(action);
     format!(
         "<a href=\"{}\"><code>{}</code></a>",

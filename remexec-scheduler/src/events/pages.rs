@@ -9,7 +9,9 @@ use html_escape::{encode_double_quoted_attribute as attr, encode_text as esc};
 use remexec_core::{BlobStore, Result};
 
 use super::invocation::{Invocation, Row, Status};
-use crate::html::{encode_id, invocation_path, log_pane_uri, now_ms, strip_ansi, when};
+use crate::html::{
+    bytestream_uri, invocation_path, log_pane_uri, now_ms, strip_ansi, text_link, when,
+};
 
 /// Slowest actions listed in the timing summary.
 const SLOWEST: usize = 10;
@@ -148,8 +150,10 @@ async fn tests(out: &mut String, inv: &Invocation, store: &dyn BlobStore) {
         inv.tests.len()
     );
     for (n, (label, t)) in inv.tests.iter().enumerate() {
-        let log = match t.status.is_failure() || t.status == Status::Flaky {
-            true if !t.logs.is_empty() => format!("<a href=\"#log-{n}\">below</a>"),
+        let last = t.logs.last().and_then(|l| bytestream_uri(&l.uri));
+        let log = match (t.status.is_failure() || t.status == Status::Flaky, last) {
+            (true, _) if !t.logs.is_empty() => format!("<a href=\"#log-{n}\">below</a>"),
+            (_, Some((instance, digest))) => text_link(&instance, &digest, "test.log", "test.log"),
             _ => String::new(),
         };
         let _ = writeln!(
@@ -257,11 +261,8 @@ fn timing(out: &mut String, inv: &Invocation) {
 }
 
 fn action_link(inv: &Invocation, a: &super::invocation::RemoteAction) -> String {
-    let href = format!(
-        "{}&invocation={}",
-        crate::observe::action_path(&a.action, &a.instance, a.response.as_deref()),
-        encode_id(&inv.id)
-    );
+    let href =
+        crate::observe::action_path(&a.action, &a.instance, a.response.as_deref(), Some(&inv.id));
     format!(
         "<a href=\"{}\"><code>{}</code></a>",
         attr(&href),

@@ -28,8 +28,6 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Largest request message accepted: bigger ones get `OUT_OF_RANGE`/`RESOURCE_EXHAUSTED` from
 /// the transport, before they are buffered whole.
 pub const MAX_EVENT_BYTES: usize = 4 << 20;
-/// Longest invocation id or build id accepted.
-const MAX_ID: usize = 128;
 /// The type Bazel's events travel as.
 const BAZEL_EVENT: &str = "build_event_stream.BuildEvent";
 
@@ -37,18 +35,13 @@ const BAZEL_EVENT: &str = "build_event_stream.BuildEvent";
 #[derive(Clone, Debug)]
 pub(super) struct Service(pub(super) BuildEvents);
 
-/// `id` if it is a usable invocation or build id: 1 to [`MAX_ID`] of `[A-Za-z0-9._:-]`
-/// (Bazel's are UUIDs), so that it is safe in a path and a page.
+/// `Ok` if `id` is a usable invocation or build id
+/// ([`is_invocation_id`](crate::observe::is_invocation_id)); `INVALID_ARGUMENT` otherwise.
 pub fn check_id(id: &str, what: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    match ok {
+    match crate::observe::is_invocation_id(id) {
         true => Ok(()),
         false => Err(Error::invalid(format!(
-            "{what} must be 1 to {MAX_ID} letters, digits or ._:- (got {:?})",
+            "{what} must be 1 to 128 letters, digits or ._:- (got {:?})",
             super::invocation::cut(id, 64)
         ))),
     }
