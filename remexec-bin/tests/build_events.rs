@@ -410,6 +410,40 @@ async fn bad_streams_get_clear_errors() {
     // And the server still takes a good stream.
     let (acks, error) = publish(&channel, vec![request("after", 1, ok())]).await;
     assert_eq!((acks, error.map(|s| s.code())), (vec![1], None));
+    // At most 16 streams (build ids, components) per invocation.
+    for n in 0..17 {
+        let mut r = request("many", 1, ok());
+        let ordered = r.ordered_build_event.as_mut().unwrap();
+        ordered.stream_id.as_mut().unwrap().build_id = format!("build-{n}");
+        let (_, error) = publish(&channel, vec![r]).await;
+        let want = if n < 16 {
+            None
+        } else {
+            Some(Code::FailedPrecondition)
+        };
+        assert_eq!(error.map(|s| s.code()), want, "stream {n}");
+    }
+    // A start in the year 292 billion: the pages print it as a number.
+    use bep::build_event_id::{BuildStartedId, Id};
+    let started = bep::BuildStarted {
+        start_time: Some(prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: 999_999_999,
+        }),
+        ..Default::default()
+    };
+    let event = bazel_event(
+        Id::Started(BuildStartedId {}),
+        bep::build_event::Payload::Started(started),
+    );
+    let (_, error) = publish(&channel, vec![request("far-future", 1, event)]).await;
+    assert!(error.is_none(), "{error:?}");
+    let admin = server.admin_addr.unwrap();
+    for path in ["/invocations", "/invocation/far-future"] {
+        let (code, body) = http_get(admin, path, &[]).unwrap();
+        assert_eq!(code, 200, "{path}: {body}");
+        assert!(body.contains("ms after the epoch"), "{body}");
+    }
 }
 
 /// What was acknowledged survives a SIGKILL of the server, and the client resumes after it.

@@ -34,11 +34,19 @@ pub const SHOWN_LOG: u64 = 64 * 1024;
 
 /// Milliseconds since the epoch as `2026-12-07T20:12:45Z`.
 pub fn when(ms: u64) -> String {
+    use std::fmt::Write as _;
     if ms == 0 {
         return String::new();
     }
-    let t = UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string()
+    let Some(t) = UNIX_EPOCH.checked_add(Duration::from_millis(ms)) else {
+        return format!("{ms} ms after the epoch");
+    };
+    let mut out = String::new();
+    // humantime prints years 1970 to 9999; a client may send any time.
+    match write!(out, "{}", humantime::format_rfc3339_seconds(t)) {
+        Ok(()) => out,
+        Err(_) => format!("{ms} ms after the epoch"),
+    }
 }
 
 /// Now, in milliseconds since the epoch.
@@ -213,6 +221,13 @@ mod tests {
         ] {
             assert!(bytestream_uri(&bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn any_time_prints() {
+        assert_eq!(when(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert!(when(u64::MAX).ends_with("ms after the epoch"));
+        assert_eq!(when(0), "");
     }
 
     #[test]

@@ -53,11 +53,12 @@ pub fn action_path(
 /// Longest invocation id.
 const MAX_INVOCATION_ID: usize = 128;
 
-/// Whether `id` can name an invocation (Bazel's are UUIDs): 1 to 128 letters, digits or
-/// `._:-`, so that it is safe in a path, a query and a page as it is.
+/// Whether `id` can name an invocation (Bazel's are UUIDs): up to 128 letters, digits or
+/// `._:-`, at least one a letter or digit, so that it is safe in a path, a query and a page as
+/// it is.
 pub fn is_invocation_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_INVOCATION_ID
+    id.len() <= MAX_INVOCATION_ID
+        && id.bytes().any(|b| b.is_ascii_alphanumeric())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))

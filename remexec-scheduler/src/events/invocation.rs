@@ -211,11 +211,21 @@ pub struct Invocation {
     pub dropped: u64,
     /// The record has reached [`MAX_INVOCATION_BYTES`].
     pub full: bool,
+    /// Changed since it was last stored.
+    #[serde(skip)]
+    pub dirty: bool,
+    /// Bytes of the record as last stored.
+    #[serde(skip)]
+    pub record_bytes: usize,
 }
 
-/// A copy of `s` cut to [`MAX_TEXT`] bytes (on a character boundary).
+/// A copy of `s` cut to [`MAX_TEXT`] bytes (on a character boundary), control characters
+/// replaced by `?` (so that its JSON is at most twice as long).
 pub fn text(s: &str) -> String {
-    cut(s, MAX_TEXT).to_string()
+    cut(s, MAX_TEXT)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.
@@ -244,14 +254,18 @@ fn tail(s: &str, max: usize) -> &str {
 
 fn millis(t: Option<&prost_types::Timestamp>, fallback: i64) -> u64 {
     let ms = t.map_or(fallback, |t| {
-        t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos / 1_000_000))
     });
     u64::try_from(ms).unwrap_or(0)
 }
 
 fn duration_ms(d: Option<&prost_types::Duration>, fallback: i64) -> u64 {
     let ms = d.map_or(fallback, |d| {
-        d.seconds.saturating_mul(1000) + i64::from(d.nanos / 1_000_000)
+        d.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(d.nanos / 1_000_000))
     });
     u64::try_from(ms).unwrap_or(0)
 }
@@ -349,7 +363,10 @@ impl Invocation {
             }
             (P::Configured(c), Some(Id::TargetConfigured(id))) => {
                 let test = c.target_kind.ends_with("_test rule") || c.test_size != 0;
-                if let Some(t) = self.target(&id.label) {
+                let full = self.full;
+                if let Some(t) = self.target(&id.label)
+                    && (t.kind.is_empty() || !full)
+                {
                     t.kind = text(&c.target_kind);
                     t.test = test;
                 }
@@ -451,18 +468,20 @@ impl Invocation {
             r.test_attempt_duration_millis,
         );
         let cached = r.cached_locally || r.execution_info.is_some_and(|e| e.cached_remotely);
+        let full = self.full;
         let Some(t) = self.test(&id.label) else {
             return;
         };
-        t.attempts += 1;
-        t.duration_ms += took;
-        t.cached += u32::from(cached);
+        t.attempts = t.attempts.saturating_add(1);
+        t.duration_ms = t.duration_ms.saturating_add(took);
+        t.cached = t.cached.saturating_add(u32::from(cached));
         if t.status == Status::Running || status.is_failure() || t.status.is_failure() {
             t.status = status;
         }
         let log = r.test_action_output.iter().find(|f| f.name == "test.log");
         if let Some(bep::file::File::Uri(uri)) = log.and_then(|f| f.file.as_ref())
             && t.logs.len() < MAX_LOGS
+            && !full
         {
             t.logs.push(TestLog {
                 run: id.run,

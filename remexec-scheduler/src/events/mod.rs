@@ -108,6 +108,9 @@ type Live = Arc<tokio::sync::Mutex<Invocation>>;
 struct Inner {
     store: InvocationStore,
     live: Mutex<HashMap<String, Live>>,
+    /// Held while an invocation is attached (looked up, loaded, made live), so that no task
+    /// makes live a copy older than what another committed and let go meanwhile.
+    attaching: tokio::sync::Mutex<()>,
     streams: Arc<Semaphore>,
     max_streams: usize,
 }
@@ -125,6 +128,7 @@ impl BuildEvents {
             inner: Arc::new(Inner {
                 store,
                 live: Mutex::new(HashMap::new()),
+                attaching: tokio::sync::Mutex::new(()),
                 streams: Arc::new(Semaphore::new(max_streams)),
                 max_streams,
             }),
@@ -197,7 +201,7 @@ impl BuildEvents {
                     for action in actions {
                         inv.add_action(action);
                     }
-                    self.commit(&mut inv).await
+                    self.commit(inv).await.1
                 };
                 if let Err(e) = result.await {
                     tracing::warn!(invocation = %id, error = %e, "build events: could not record actions");
@@ -209,7 +213,8 @@ impl BuildEvents {
 
     /// Whether invocation `id` is being streamed or is kept.
     fn knows(&self, id: &str) -> bool {
-        self.inner.live.lock().contains_key(id) || self.inner.store.contains(id)
+        let live = self.inner.live.lock().contains_key(id);
+        live || self.inner.store.contains(id)
     }
 
     /// A place in the limit of open streams, or `RESOURCE_EXHAUSTED`.
@@ -229,6 +234,7 @@ impl BuildEvents {
 
     /// The live invocation `id`: being streamed, else as stored, else new.
     async fn attach(&self, id: &str, build_id: &str) -> Result<Live> {
+        let _attaching = self.inner.attaching.lock().await;
         if let Some(live) = self.inner.live.lock().get(id) {
             return Ok(Arc::clone(live));
         }
@@ -254,17 +260,39 @@ impl BuildEvents {
             .retain(|_, live| Arc::strong_count(live) > 1);
     }
 
-    /// Writes `inv` to the store; durable when it returns.
-    async fn commit(&self, inv: &mut Invocation) -> Result<()> {
-        let mut record = Record::of(inv)?;
-        if record.len() > MAX_INVOCATION_BYTES && !inv.full {
-            inv.full = true;
-            record = Record::of(inv)?;
-        }
+    /// Writes the invocation `inv` holds to the store, encoding it on a blocking thread; durable
+    /// when it returns `Ok`. Gives the guard back either way.
+    async fn commit(
+        &self,
+        mut inv: tokio::sync::OwnedMutexGuard<Invocation>,
+    ) -> (tokio::sync::OwnedMutexGuard<Invocation>, Result<()>) {
         let events = self.clone();
-        tokio::task::spawn_blocking(move || events.inner.store.write(record))
-            .await
-            .map_err(|e| Error::internal("writing an invocation", e))?
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut record = Record::of(&inv);
+            if let Ok(r) = &record
+                && r.len() > MAX_INVOCATION_BYTES
+                && !inv.full
+            {
+                inv.full = true;
+                record = Record::of(&inv);
+            }
+            let result = record.and_then(|r| {
+                let len = r.len();
+                events.inner.store.write(r).map(|()| len)
+            });
+            if let Ok(len) = &result {
+                inv.dirty = false;
+                inv.record_bytes = *len;
+            }
+            let result = result.map(|_| ());
+            (inv, result)
+        })
+        .await;
+        match joined {
+            Ok(done) => done,
+            // The blocking task panicked: the guard went with it; nothing is acknowledged.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     /// The newest `limit` invocations, newest first.

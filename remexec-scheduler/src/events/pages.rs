@@ -13,6 +13,8 @@ use crate::html::{
     bytestream_uri, invocation_path, log_pane_uri, now_ms, strip_ansi, text_link, when,
 };
 
+/// Most logs shown in one page (each at most 64 KiB); the others are links.
+const MAX_PANES: usize = 20;
 /// Slowest actions listed in the timing summary.
 const SLOWEST: usize = 10;
 
@@ -167,6 +169,7 @@ async fn tests(out: &mut String, inv: &Invocation, store: &dyn BlobStore) {
         );
     }
     *out += "</table>\n";
+    let mut panes = 0;
     for (n, (label, t)) in inv.tests.iter().enumerate() {
         if !(t.status.is_failure() || t.status == Status::Flaky) {
             continue;
@@ -181,7 +184,16 @@ async fn tests(out: &mut String, inv: &Invocation, store: &dyn BlobStore) {
                 log.attempt,
                 log.status.as_str()
             );
-            *out += &log_pane_uri(store, &log.uri, "test.log").await;
+            // A page reads a bounded number of logs; the rest are links.
+            panes += 1;
+            *out += &match (panes <= MAX_PANES, bytestream_uri(&log.uri)) {
+                (true, _) => log_pane_uri(store, &log.uri, "test.log").await,
+                (false, Some((instance, d))) => format!(
+                    "<p>{}</p>\n",
+                    text_link(&instance, &d, "test.log", "test.log")
+                ),
+                (false, None) => format!("<p><code>{}</code></p>\n", esc(&log.uri)),
+            };
         }
     }
 }

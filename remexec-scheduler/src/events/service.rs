@@ -28,6 +28,13 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Largest request message accepted: bigger ones get `OUT_OF_RANGE`/`RESOURCE_EXHAUSTED` from
 /// the transport, before they are buffered whole.
 pub const MAX_EVENT_BYTES: usize = 4 << 20;
+/// Most event streams (build id and component) one invocation may have.
+const MAX_STREAMS_PER_INVOCATION: usize = 16;
+/// Longest wait for a stream's next event before it is ended with `DEADLINE_EXCEEDED`.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Least time between two commits of an invocation, per MiB of its record: a client that sends
+/// one event at a time does not make each one a rewrite of the whole record.
+const COMMIT_SPACING_PER_MIB: std::time::Duration = std::time::Duration::from_millis(60);
 /// The type Bazel's events travel as.
 const BAZEL_EVENT: &str = "build_event_stream.BuildEvent";
 
@@ -99,14 +106,30 @@ impl Service {
     ) -> Result<()> {
         let mut attached: Option<(bes::StreamId, Arc<tokio::sync::Mutex<Invocation>>)> = None;
         let mut ended = false;
+        let mut last_commit = tokio::time::Instant::now();
+        let mut spacing = std::time::Duration::ZERO;
         while !ended {
-            let Some(first) = stream.message().await? else {
+            let first = match tokio::time::timeout(IDLE, stream.message()).await {
+                Ok(first) => first?,
+                Err(_) => {
+                    return Err(Error::DeadlineExceeded(
+                        format!("no build event for {} s", IDLE.as_secs()).into(),
+                    ));
+                }
+            };
+            let Some(first) = first else {
                 break;
             };
             let mut bytes = first.encoded_len();
             let mut batch = vec![first];
+            // What has arrived, and what arrives until the invocation's next commit is due.
+            let due = last_commit + spacing;
             while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                match stream.message().now_or_never() {
+                let next = match tokio::time::timeout_at(due, stream.message()).await {
+                    Ok(next) => Some(next),
+                    Err(_) => stream.message().now_or_never(),
+                };
+                match next {
                     Some(Ok(Some(m))) => {
                         bytes += m.encoded_len();
                         batch.push(m);
@@ -119,7 +142,9 @@ impl Service {
                     None => break,
                 }
             }
-            let (answered, error) = self.apply_batch(&mut attached, batch).await;
+            let (answered, error, record) = self.apply_batch(&mut attached, batch).await;
+            last_commit = tokio::time::Instant::now();
+            spacing = COMMIT_SPACING_PER_MIB.mul_f64(record as f64 / f64::from(1 << 20));
             for ack in answered {
                 if acks.send(Ok(ack)).await.is_err() {
                     return Ok(());
@@ -133,13 +158,17 @@ impl Service {
     }
 
     /// Applies `batch` up to its first bad event, commits what it applied, and returns the
-    /// acknowledgements of what it applied (or had applied before), and the error that
-    /// stopped it, if any.
+    /// acknowledgements of what it applied (or had applied before), the error that stopped it,
+    /// if any, and the size of the invocation's record.
     async fn apply_batch(
         &self,
         attached: &mut Option<(bes::StreamId, Arc<tokio::sync::Mutex<Invocation>>)>,
         batch: Vec<bes::PublishBuildToolEventStreamRequest>,
-    ) -> (Vec<bes::PublishBuildToolEventStreamResponse>, Option<Error>) {
+    ) -> (
+        Vec<bes::PublishBuildToolEventStreamResponse>,
+        Option<Error>,
+        usize,
+    ) {
         let mut answered = Vec::with_capacity(batch.len());
         let mut changed = false;
         let mut guard = None;
@@ -156,14 +185,18 @@ impl Service {
                 }
             }
         }
-        if let Some(mut inv) = guard
-            && changed
-            && let Err(e) = self.0.commit(&mut inv).await
-        {
-            // Nothing of the batch is acknowledged: the client sends it again.
-            return (Vec::new(), Some(e));
+        let Some(inv) = guard else {
+            return (answered, error, 0);
+        };
+        // Also when nothing changed but an earlier commit failed: what is acknowledged is stored.
+        if !(changed || inv.dirty) {
+            return (answered, error, inv.record_bytes);
         }
-        (answered, error)
+        match self.0.commit(inv).await {
+            (inv, Ok(())) => (answered, error, inv.record_bytes),
+            // Nothing of the batch is acknowledged: the client sends it again.
+            (inv, Err(e)) => (Vec::new(), Some(e), inv.record_bytes),
+        }
     }
 
     /// Applies one request to the invocation `guard` holds (attaching it first), setting
@@ -224,8 +257,20 @@ impl Service {
                 let event = ordered
                     .event
                     .ok_or_else(|| Error::invalid(format!("event {seq} has no event")))?;
+                if !inv.streams.contains_key(&key)
+                    && inv.streams.len() >= MAX_STREAMS_PER_INVOCATION
+                {
+                    return Err(Error::FailedPrecondition(
+                        format!(
+                            "invocation {} already has {MAX_STREAMS_PER_INVOCATION} event streams",
+                            stream_id.invocation_id
+                        )
+                        .into(),
+                    ));
+                }
                 apply(inv, seq, event)?;
                 inv.streams.insert(key, seq);
+                inv.dirty = true;
                 *changed = true;
             }
             Ok(bes::PublishBuildToolEventStreamResponse {

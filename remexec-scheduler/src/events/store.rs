@@ -22,6 +22,9 @@ const INVOCATIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("invo
 /// Invocation id → its [`Entry`], as JSON.
 const ROWS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("rows");
 
+/// Bytes of redb's page cache.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// How much the store keeps.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -78,6 +81,7 @@ struct Index {
 pub struct InvocationStore {
     db: redb::Database,
     index: Mutex<Index>,
+    writer: Mutex<()>,
     limits: Limits,
 }
 
@@ -97,7 +101,10 @@ impl InvocationStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
-        let db = redb::Database::create(path)
+        // redb's default cache is 1 GiB; records are read one at a time.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
             .map_err(|e| db_error("opening")(e.into()))
             .map_err(|e| Error::internal(format!("at {}", path.display()), e))?;
         let index = (|| -> std::result::Result<Index, redb::Error> {
@@ -124,6 +131,7 @@ impl InvocationStore {
         Ok(Self {
             db,
             index: Mutex::new(index),
+            writer: Mutex::new(()),
             limits,
         })
     }
@@ -156,32 +164,11 @@ impl InvocationStore {
     /// [`save`](Self::save)s what [`Record::of`] encoded (so that the encoding can happen
     /// outside a blocking thread).
     pub fn write(&self, Record { id, record, row }: Record) -> Result<()> {
+        // One writer at a time; the index is locked only to plan and to apply, never across
+        // the commit, so that readers (the list, `contains`) do not wait for the disk.
+        let _writer = self.writer.lock();
         let id = id.as_str();
-        let mut index = self.index.lock();
-        let order = match index.entries.get(id) {
-            Some(e) => e.order,
-            None => index.next,
-        };
-        let entry = Entry {
-            order,
-            bytes: record.len() as u64,
-            row,
-        };
-        let before = index.entries.get(id).map_or(0, |e| e.bytes);
-        let mut count = index.entries.len() + usize::from(!index.entries.contains_key(id));
-        let mut bytes = index.bytes - before + entry.bytes;
-        let mut evict = Vec::new();
-        for (_, other) in index.by_order.iter() {
-            if count <= self.limits.max_invocations && bytes <= self.limits.max_bytes {
-                break;
-            }
-            if other == id {
-                continue;
-            }
-            bytes -= index.entries.get(other).map_or(0, |e| e.bytes);
-            count -= 1;
-            evict.push(other.clone());
-        }
+        let (entry, evict) = self.plan(id, record.len() as u64, row);
         let row = serde_json::to_vec(&entry).map_err(json_error)?;
         (|| -> std::result::Result<(), redb::Error> {
             let txn = self.db.begin_write()?;
@@ -199,18 +186,45 @@ impl InvocationStore {
             Ok(())
         })()
         .map_err(db_error("writing an invocation"))?;
+        let mut index = self.index.lock();
         for old in evict {
             if let Some(e) = index.entries.remove(&old) {
                 index.by_order.remove(&e.order);
+                index.bytes -= e.bytes;
             }
         }
-        if order == index.next {
+        if entry.order == index.next {
             index.next += 1;
-            index.by_order.insert(order, id.to_string());
+            index.by_order.insert(entry.order, id.to_string());
         }
-        index.bytes = bytes;
-        index.entries.insert(id.to_string(), entry);
+        index.bytes += entry.bytes;
+        if let Some(before) = index.entries.insert(id.to_string(), entry) {
+            index.bytes -= before.bytes;
+        }
         Ok(())
+    }
+
+    /// The entry of `id`'s new record of `bytes`, and the oldest others to evict so that the
+    /// store stays within its limits.
+    fn plan(&self, id: &str, bytes: u64, row: Row) -> (Entry, Vec<String>) {
+        let index = self.index.lock();
+        let order = index.entries.get(id).map_or(index.next, |e| e.order);
+        let before = index.entries.get(id).map_or(0, |e| e.bytes);
+        let mut count = index.entries.len() + usize::from(!index.entries.contains_key(id));
+        let mut total = index.bytes - before + bytes;
+        let mut evict = Vec::new();
+        for other in index.by_order.values() {
+            if count <= self.limits.max_invocations && total <= self.limits.max_bytes {
+                break;
+            }
+            if other == id {
+                continue;
+            }
+            total -= index.entries.get(other).map_or(0, |e| e.bytes);
+            count -= 1;
+            evict.push(other.clone());
+        }
+        (Entry { order, bytes, row }, evict)
     }
 
     /// The newest `limit` invocations' rows, newest first.
