@@ -308,17 +308,19 @@ impl Invocation {
     }
 
     fn target(&mut self, label: &str) -> Option<&mut Target> {
-        if !self.targets.contains_key(label) && !self.room(self.targets.len()) {
+        let key = text(label);
+        if !self.targets.contains_key(&key) && !self.room(self.targets.len()) {
             return None;
         }
-        Some(self.targets.entry(text(label)).or_default())
+        Some(self.targets.entry(key).or_default())
     }
 
     fn test(&mut self, label: &str) -> Option<&mut Test> {
-        if !self.tests.contains_key(label) && !self.room(self.tests.len()) {
+        let key = text(label);
+        if !self.tests.contains_key(&key) && !self.room(self.tests.len()) {
             return None;
         }
-        Some(self.tests.entry(text(label)).or_default())
+        Some(self.tests.entry(key).or_default())
     }
 
     /// Folds one of Bazel's events in.
@@ -562,6 +564,43 @@ mod tests {
         let mut inv = Invocation::new("i", "b");
         inv.add_output(&"x".repeat(MAX_OUTPUT * 3));
         assert_eq!(inv.output.len(), MAX_OUTPUT);
+    }
+
+    fn test_result(label: &str, uri: &str) -> bep::BuildEvent {
+        use bep::build_event_id::{Id, TestResultId};
+        bep::BuildEvent {
+            id: Some(bep::BuildEventId {
+                id: Some(Id::TestResult(TestResultId {
+                    label: label.into(),
+                    ..Default::default()
+                })),
+            }),
+            payload: Some(bep::build_event::Payload::TestResult(bep::TestResult {
+                status: bep::TestStatus::Failed as i32,
+                test_action_output: vec![bep::File {
+                    name: "test.log".into(),
+                    file: Some(bep::file::File::Uri(uri.into())),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_full_invocation_takes_no_more_logs_and_control_characters_are_replaced() {
+        let mut inv = Invocation::new("i", "b");
+        inv.apply(test_result("//a:\u{1}t", "bytestream://h/blobs/x/1"));
+        let test = &inv.tests["//a:?t"];
+        assert_eq!((test.attempts, test.logs.len()), (1, 1));
+        inv.full = true;
+        inv.apply(test_result("//a:\u{1}t", "bytestream://h/blobs/y/1"));
+        let test = &inv.tests["//a:?t"];
+        assert_eq!((test.attempts, test.logs.len()), (2, 1), "counted, not kept");
+        inv.apply(test_result("//b:new", "bytestream://h/blobs/z/1"));
+        assert!(!inv.tests.contains_key("//b:new"));
+        assert_eq!(inv.dropped, 1);
     }
 
     #[test]
