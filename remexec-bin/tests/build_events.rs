@@ -198,7 +198,7 @@ async fn upload(channel: &Channel, data: &[u8]) -> String {
         .batch_update_blobs(BatchUpdateBlobsRequest {
             requests: vec![batch_update_blobs_request::Request {
                 digest: Some(pb.clone()),
-                data: data.to_vec().into(),
+                data: data.to_vec(),
                 ..Default::default()
             }],
             ..Default::default()

@@ -101,7 +101,7 @@ pub struct Test {
     pub duration_ms: u64,
     /// Attempts whose result came from a cache.
     pub cached: u32,
-    /// Each attempt's `test.log`, as the client named it (most [`MAX_LOGS`]).
+    /// Each attempt's `test.log`, as the client named it (at most 16).
     pub logs: Vec<TestLog>,
 }
 
@@ -597,7 +597,11 @@ mod tests {
         inv.full = true;
         inv.apply(test_result("//a:\u{1}t", "bytestream://h/blobs/y/1"));
         let test = &inv.tests["//a:?t"];
-        assert_eq!((test.attempts, test.logs.len()), (2, 1), "counted, not kept");
+        assert_eq!(
+            (test.attempts, test.logs.len()),
+            (2, 1),
+            "counted, not kept"
+        );
         inv.apply(test_result("//b:new", "bytestream://h/blobs/z/1"));
         assert!(!inv.tests.contains_key("//b:new"));
         assert_eq!(inv.dropped, 1);

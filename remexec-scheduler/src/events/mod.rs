@@ -1,13 +1,13 @@
 //! Build events: the Build Event Service a client streams its builds to (Bazel's
 //! `--bes_backend`), the invocations kept from them on disk, and the pages that show them.
 //!
-//! - [`BuildEvents`] holds the [`InvocationStore`](store::InvocationStore) (one redb file,
+//! - [`BuildEvents`] holds the [`InvocationStore`] (one redb file,
 //!   crash-safe, bounded by a count and bytes, oldest evicted first) and the invocations being
 //!   streamed now.
 //! - [`BuildEvents::service`] is `google.devtools.build.v1.PublishBuildEvent`, for a node's client
 //!   port (it needs the `build-events` permission there); events are acknowledged in order,
 //!   once committed ([`service`]).
-//! - [`BuildEvents::follow`] records each remote action a [`Scheduler`](crate::Scheduler) ends
+//! - [`BuildEvents::follow`] records each remote action a [`Scheduler`] ends
 //!   under the invocation that its `RequestMetadata.tool_invocation_id` names.
 //! - [`pages`] renders the invocation list and an invocation's page, which the status pages
 //!   ([`crate::pages::pages`]) serve on the admin port.
@@ -270,14 +270,14 @@ impl BuildEvents {
         let joined = tokio::task::spawn_blocking(move || {
             let mut record = Record::of(&inv);
             if let Ok(r) = &record
-                && r.len() > MAX_INVOCATION_BYTES
+                && r.bytes() > MAX_INVOCATION_BYTES
                 && !inv.full
             {
                 inv.full = true;
                 record = Record::of(&inv);
             }
             let result = record.and_then(|r| {
-                let len = r.len();
+                let len = r.bytes();
                 events.inner.store.write(r).map(|()| len)
             });
             if let Ok(len) = &result {

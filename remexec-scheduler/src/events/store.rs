@@ -63,7 +63,7 @@ impl Record {
     }
 
     /// Bytes of the encoded invocation.
-    pub fn len(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         self.record.len()
     }
 }
@@ -261,7 +261,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.redb");
         // Room for three small ones, by count and by bytes.
-        let small = Record::of(&invocation("inv-0", 10)).unwrap().len() as u64;
+        let small = Record::of(&invocation("inv-0", 10)).unwrap().bytes() as u64;
         let limits = Limits {
             max_invocations: 3,
             max_bytes: 3 * small + 30,
