@@ -410,6 +410,16 @@ async fn bad_streams_get_clear_errors() {
     // And the server still takes a good stream.
     let (acks, error) = publish(&channel, vec![request("after", 1, ok())]).await;
     assert_eq!((acks, error.map(|s| s.code())), (vec![1], None));
+}
+
+/// An invocation takes at most 16 streams, and a start time past what calendars print still
+/// makes a page.
+#[tokio::test]
+async fn an_invocations_streams_and_times_are_bounded() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--admin-listen", "127.0.0.1:0"]);
+    let channel = client::connect(&server.url()).await.unwrap();
+    let ok = || progress("fine");
     // At most 16 streams (build ids, components) per invocation.
     for n in 0..17 {
         let mut r = request("many", 1, ok());
