@@ -625,6 +625,14 @@ async fn a_flood_of_events_keeps_memory_bounded() {
         store as f64 / (1 << 20) as f64,
     );
     assert!(answered > 0);
+    let (_, metrics) = http_get(admin, "/metrics", &[]).unwrap();
+    for series in [
+        "remexec_build_events_total 100000",
+        "remexec_build_event_streams 0",
+        "remexec_invocations_kept 1",
+    ] {
+        assert!(metrics.contains(series), "{series} not in {metrics}");
+    }
     assert!(
         after < before + (256 << 20),
         "peak RSS grew from {before} to {after} bytes"

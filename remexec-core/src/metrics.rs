@@ -206,6 +206,10 @@ struct Families {
     copies_to_make: Gauge,
     copies_made: Counter,
     unreachable_members: Gauge,
+    build_events: Counter,
+    build_event_streams: Gauge,
+    invocations_kept: Gauge,
+    invocations_kept_bytes: Gauge,
 }
 
 struct Inner {
@@ -235,6 +239,30 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The Build Event Service's figures.
+fn register_build_events(r: &mut Registry, f: &Families) {
+    r.register(
+        "remexec_build_events",
+        "Build events applied (acknowledged once stored), duplicates of a resumed stream not counted",
+        f.build_events.clone(),
+    );
+    r.register(
+        "remexec_build_event_streams",
+        "Build event streams open now",
+        f.build_event_streams.clone(),
+    );
+    r.register(
+        "remexec_invocations_kept",
+        "Invocations the build event store holds",
+        f.invocations_kept.clone(),
+    );
+    r.register(
+        "remexec_invocations_kept_bytes",
+        "Bytes of the invocation records the build event store holds",
+        f.invocations_kept_bytes.clone(),
+    );
 }
 
 /// The stores' figures: size, budget, evictions, referenced bytes and refused writes.
@@ -314,6 +342,7 @@ fn registry(f: &Families) -> Registry {
         "GetActionResult calls, by result (hit or miss)",
         f.ac_lookups.clone(),
     );
+    register_build_events(&mut r, f);
     r.register(
         "remexec_asset_fetches",
         "Remote Asset Fetch calls, by result: index (answered from the asset index), origin (downloaded) or failed (the origin's failure, in the response's status)",
@@ -423,6 +452,10 @@ impl Metrics {
             copies_to_make: Gauge::default(),
             copies_made: Counter::default(),
             unreachable_members: Gauge::default(),
+            build_events: Counter::default(),
+            build_event_streams: Gauge::default(),
+            invocations_kept: Gauge::default(),
+            invocations_kept_bytes: Gauge::default(),
         };
         let r = registry(&families);
         Self {
@@ -656,6 +689,28 @@ impl Metrics {
         self.f()
             .unreachable_members
             .set(i64::try_from(members).unwrap_or(i64::MAX));
+    }
+
+    /// `n` more build events applied.
+    pub fn build_events(&self, n: u64) {
+        self.f().build_events.inc_by(n);
+    }
+
+    /// One build event stream more (`true`) or less open.
+    pub fn build_event_stream(&self, opened: bool) {
+        match opened {
+            true => self.f().build_event_streams.inc(),
+            false => self.f().build_event_streams.dec(),
+        };
+    }
+
+    /// Sets the invocations the build event store holds, and their bytes.
+    pub fn invocations_kept(&self, count: usize, bytes: u64) {
+        let f = self.f();
+        f.invocations_kept
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        f.invocations_kept_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Sets the number of attached workers and of busy and idle executors.

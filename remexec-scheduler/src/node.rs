@@ -341,6 +341,7 @@ impl SchedulerNodeBuilder {
         };
         if let Some(events) = &status.events {
             events.follow(&scheduler);
+            events.count_into(&metrics);
         }
         let admin = admin.map(|listener| {
             let pages = crate::pages::pages(status, readiness.clone());

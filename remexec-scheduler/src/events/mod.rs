@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use remexec_core::metrics::Metrics;
 use remexec_core::{Error, Result};
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -104,6 +105,20 @@ impl BuildEventsOptions {
 
 type Live = Arc<tokio::sync::Mutex<Invocation>>;
 
+/// An open stream's place in the limit, counted in the metrics while it is held.
+struct OpenStream {
+    _permit: OwnedSemaphorePermit,
+    metrics: Option<Metrics>,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.build_event_stream(false);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     store: InvocationStore,
@@ -113,6 +128,7 @@ struct Inner {
     attaching: tokio::sync::Mutex<()>,
     streams: Arc<Semaphore>,
     max_streams: usize,
+    metrics: std::sync::OnceLock<Metrics>,
 }
 
 /// Build events: see the [module](self). Cheap to clone.
@@ -131,6 +147,7 @@ impl BuildEvents {
                 attaching: tokio::sync::Mutex::new(()),
                 streams: Arc::new(Semaphore::new(max_streams)),
                 max_streams,
+                metrics: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -146,6 +163,26 @@ impl BuildEvents {
             service::Service(self.clone()),
         )
         .max_decoding_message_size(service::MAX_EVENT_BYTES)
+    }
+
+    /// Counts into `metrics` (`remexec_build_events_total`, `remexec_build_event_streams`,
+    /// `remexec_invocations_kept`); the first call counts, later ones change nothing.
+    pub fn count_into(&self, metrics: &Metrics) {
+        if self.inner.metrics.set(metrics.clone()).is_ok() {
+            // Weak: the metrics must not keep the store (and its open file) alive.
+            let inner = Arc::downgrade(&self.inner);
+            metrics.on_scrape(move |m| {
+                if let Some(inner) = inner.upgrade() {
+                    let (count, bytes) = inner.store.usage();
+                    m.invocations_kept(count, bytes);
+                }
+            });
+        }
+    }
+
+    /// The metrics counted into, if any.
+    fn metrics(&self) -> Option<&Metrics> {
+        self.inner.metrics.get()
     }
 
     /// Records each action `scheduler` ends under its invocation, if that invocation is kept
@@ -218,8 +255,8 @@ impl BuildEvents {
     }
 
     /// A place in the limit of open streams, or `RESOURCE_EXHAUSTED`.
-    fn open_stream(&self) -> Result<OwnedSemaphorePermit> {
-        Arc::clone(&self.inner.streams)
+    fn open_stream(&self) -> Result<OpenStream> {
+        let permit = Arc::clone(&self.inner.streams)
             .try_acquire_owned()
             .map_err(|_| {
                 Error::ResourceExhausted(
@@ -229,7 +266,14 @@ impl BuildEvents {
                     )
                     .into(),
                 )
-            })
+            })?;
+        if let Some(m) = self.metrics() {
+            m.build_event_stream(true);
+        }
+        Ok(OpenStream {
+            _permit: permit,
+            metrics: self.metrics().cloned(),
+        })
     }
 
     /// The live invocation `id`: being streamed, else as stored, else new.

@@ -269,6 +269,9 @@ impl Service {
                     ));
                 }
                 apply(inv, seq, event)?;
+                if let Some(m) = self.0.metrics() {
+                    m.build_events(1);
+                }
                 inv.streams.insert(key, seq);
                 inv.dirty = true;
                 *changed = true;

@@ -115,15 +115,39 @@ impl InvocationStore {
             let txn = db.begin_read()?;
             let rows = txn.open_table(ROWS)?;
             let mut index = Index::default();
+            let mut unreadable = Vec::new();
             for item in rows.iter()? {
                 let (id, entry) = item?;
-                let Ok(entry) = serde_json::from_slice::<Entry>(entry.value()) else {
-                    continue;
-                };
-                index.next = index.next.max(entry.order + 1);
-                index.bytes += entry.bytes;
-                index.by_order.insert(entry.order, id.value().to_string());
-                index.entries.insert(id.value().to_string(), entry);
+                let id = id.value().to_string();
+                match serde_json::from_slice::<Entry>(entry.value()) {
+                    Ok(entry) => {
+                        index.next = index.next.max(entry.order + 1);
+                        index.bytes += entry.bytes;
+                        index.by_order.insert(entry.order, id.clone());
+                        index.entries.insert(id, entry);
+                    }
+                    Err(_) => unreadable.push(id),
+                }
+            }
+            drop(rows);
+            drop(txn);
+            // Rows no version can read (there are none unless a record format changes without
+            // defaults): their records would stay uncounted, so they go.
+            if !unreadable.is_empty() {
+                tracing::warn!(
+                    count = unreadable.len(),
+                    "build event store: deleting unreadable invocations"
+                );
+                let txn = db.begin_write()?;
+                {
+                    let mut records = txn.open_table(INVOCATIONS)?;
+                    let mut rows = txn.open_table(ROWS)?;
+                    for id in &unreadable {
+                        records.remove(id.as_str())?;
+                        rows.remove(id.as_str())?;
+                    }
+                }
+                txn.commit()?;
             }
             Ok(index)
         })()
@@ -291,6 +315,31 @@ mod tests {
         );
         store.save(&invocation("inv-6", 10)).unwrap();
         assert_eq!(store.rows(1)[0].id, "inv-6");
+    }
+
+    #[test]
+    fn unreadable_rows_are_deleted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.redb");
+        let limits = Limits {
+            max_invocations: 3,
+            max_bytes: 1 << 20,
+        };
+        let store = InvocationStore::open(&path, limits).unwrap();
+        store.save(&invocation("good", 10)).unwrap();
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut rows = txn.open_table(ROWS).unwrap();
+            let mut records = txn.open_table(INVOCATIONS).unwrap();
+            rows.insert("bad", b"{not json".as_slice()).unwrap();
+            records.insert("bad", b"{}".as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        drop(store);
+        let store = InvocationStore::open(&path, limits).unwrap();
+        assert_eq!(store.usage().0, 1);
+        assert!(store.load("bad").unwrap().is_none(), "its record went too");
+        assert!(store.load("good").unwrap().is_some());
     }
 
     #[test]
