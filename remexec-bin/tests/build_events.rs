@@ -566,6 +566,14 @@ async fn a_flood_of_events_keeps_memory_bounded() {
     let pid = server.child.id();
     let channel = client::connect(&server.url()).await.unwrap();
     let before = peak_rss(pid);
+    // Cache writes' latencies before the flood, and during it (reported, not asserted).
+    let mut quiet = Vec::new();
+    for n in 0..40 {
+        let t = Instant::now();
+        upload(&channel, format!("quiet {n}").as_bytes()).await;
+        quiet.push(t.elapsed());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let requests = (1..=EVENTS).map(|seq| {
         let event = match seq % 2 {
             0 => progress(&format!("{seq:>90}\n")),
@@ -598,12 +606,14 @@ async fn a_flood_of_events_keeps_memory_bounded() {
         n
     });
     // The cache answers while the flood goes on.
-    let mut answered = 0;
+    let mut busy = Vec::new();
     while !flood.is_finished() {
-        upload(&channel, format!("blob {answered}").as_bytes()).await;
-        answered += 1;
+        let t = Instant::now();
+        upload(&channel, format!("blob {}", busy.len()).as_bytes()).await;
+        busy.push(t.elapsed());
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let answered = busy.len();
     assert_eq!(flood.await.unwrap(), EVENTS);
     let took = started.elapsed();
     let after = peak_rss(pid);
@@ -623,6 +633,21 @@ async fn a_flood_of_events_keeps_memory_bounded() {
         before as f64 / (1 << 20) as f64,
         after as f64 / (1 << 20) as f64,
         store as f64 / (1 << 20) as f64,
+    );
+    let ms = |mut l: Vec<std::time::Duration>| {
+        l.sort();
+        let at = |q: f64| l[((l.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+        format!(
+            "p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms",
+            at(0.5),
+            at(0.9),
+            at(1.0)
+        )
+    };
+    eprintln!(
+        "cache write latency: before the flood {}; during it {}",
+        ms(quiet),
+        ms(busy)
     );
     assert!(answered > 0);
     let (_, metrics) = http_get(admin, "/metrics", &[]).unwrap();
