@@ -321,6 +321,15 @@ async fn events_are_acknowledged_in_order_and_shown_escaped() {
         ("/invocation/nope".to_string(), 404),
         ("/invocation/%3Cscript%3E".to_string(), 400),
         (format!("/invocation/{}", "a".repeat(200)), 400),
+        // The CAS pages: a bad digest, a hostile instance, what the CAS does not hold.
+        ("/tree/zz/1".to_string(), 400),
+        (format!("/tree/{}/5?instance=%2E%2E", "0".repeat(64)), 400),
+        (
+            format!("/blob/{}/5?instance=a%2F..%2Fb", "0".repeat(64)),
+            400,
+        ),
+        (format!("/tree/{}/5?path=%3Cscript%3E", "0".repeat(64)), 404),
+        (format!("/blob/{}/5?name=%0D%0Ax", "0".repeat(64)), 404),
     ] {
         let (code, body) = http_get(admin, &path, &[]).unwrap();
         assert_eq!(code, want, "{path}: {body}");

@@ -150,8 +150,8 @@ fn result_rows(out: &mut String, result: &ActionResult) {
     row(out, "worker", &meta.worker);
     let queued = meta.queued_timestamp.as_ref();
     if let Some(t) = queued {
-        let ms = t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000);
-        row(out, "queued at", &when(u64::try_from(ms).unwrap_or(0)));
+        let ms = crate::events::invocation::ms_of(t.seconds, t.nanos);
+        row(out, "queued at", &when(ms));
     }
     for (phase, start, end) in remexec_core::observe::phases(meta) {
         let took = end.duration_since(start).unwrap_or_default();

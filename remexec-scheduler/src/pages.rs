@@ -118,7 +118,7 @@ async fn action(
             let invocation = query
                 .invocation
                 .as_deref()
-                .filter(|id| crate::events::service::check_id(id, "invocation").is_ok());
+                .filter(|id| crate::observe::is_invocation_id(id));
             src.action_page(action, &query.instance, response, invocation)
                 .await
         }

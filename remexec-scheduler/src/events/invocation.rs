@@ -252,22 +252,25 @@ fn tail(s: &str, max: usize) -> &str {
     &s[start..]
 }
 
-fn millis(t: Option<&prost_types::Timestamp>, fallback: i64) -> u64 {
-    let ms = t.map_or(fallback, |t| {
-        t.seconds
-            .saturating_mul(1000)
-            .saturating_add(i64::from(t.nanos / 1_000_000))
-    });
+/// Milliseconds of `seconds` and `nanos` (a Timestamp's or a Duration's), 0 if negative;
+/// saturating, since a client sends them.
+pub fn ms_of(seconds: i64, nanos: i32) -> u64 {
+    let ms = seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(nanos / 1_000_000));
     u64::try_from(ms).unwrap_or(0)
 }
 
+fn millis(t: Option<&prost_types::Timestamp>, fallback: i64) -> u64 {
+    t.map_or(u64::try_from(fallback).unwrap_or(0), |t| {
+        ms_of(t.seconds, t.nanos)
+    })
+}
+
 fn duration_ms(d: Option<&prost_types::Duration>, fallback: i64) -> u64 {
-    let ms = d.map_or(fallback, |d| {
-        d.seconds
-            .saturating_mul(1000)
-            .saturating_add(i64::from(d.nanos / 1_000_000))
-    });
-    u64::try_from(ms).unwrap_or(0)
+    d.map_or(u64::try_from(fallback).unwrap_or(0), |d| {
+        ms_of(d.seconds, d.nanos)
+    })
 }
 
 impl Invocation {
